@@ -1,0 +1,79 @@
+"""The aiohttp application: middlewares, every API area's routes, and lifecycle.
+
+Each area module exposes `setup(app, hs)`, which builds that area's handlers
+and registers its routes. Resources (the database, background tasks) live in
+`cleanup_ctx`, so startup and shutdown are symmetric.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from homeserver.api import (
+    account,
+    account_data,
+    devices,
+    directory,
+    discovery,
+    events_api,
+    filters,
+    login,
+    metrics,
+    profile,
+    register,
+    rooms,
+    sync,
+)
+from homeserver.api.middleware import error_middleware
+from homeserver.config import Config
+from homeserver.server import HomeServer, build_homeserver
+from homeserver.storage.migrate import migrate
+
+log = logging.getLogger(__name__)
+
+HS_KEY = web.AppKey("homeserver", HomeServer)
+
+AreaSetup = Callable[[web.Application, HomeServer], None]
+
+# Order matters only for overlapping paths; more specific areas first.
+AREAS: list[AreaSetup] = [
+    discovery.setup,
+    register.setup,
+    login.setup,
+    account.setup,
+    devices.setup,
+    filters.setup,
+    profile.setup,
+    rooms.setup,
+    events_api.setup,
+    directory.setup,
+    account_data.setup,
+    sync.setup,
+    metrics.setup,
+]
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    hs = app[HS_KEY]
+    await migrate(hs.db)
+    await hs.db.load_stream_position()
+    for service in hs.background:
+        await service.start()
+    yield
+    for service in reversed(hs.background):
+        await service.stop()
+    hs.notifier.notify_all()
+    await hs.db.close()
+
+
+def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
+    hs = hs or build_homeserver(config)
+    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_request_bytes)
+    app[HS_KEY] = hs
+    for setup in AREAS:
+        setup(app, hs)
+    app.cleanup_ctx.append(_lifecycle)
+    return app

@@ -1,0 +1,175 @@
+"""Configuration: a YAML file validated once into typed dataclasses.
+
+`load_config` is the only place that reads the file; everything else receives a
+`Config`. Unknown keys are rejected so typos do not silently do nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class ListenerConfig:
+    bind_address: str = "127.0.0.1"
+    port: int = 8008
+
+
+@dataclass(slots=True)
+class FederationConfig:
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    port: int = 8448
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+    # Verify remote servers' TLS certificates; a custom CA bundle may be added.
+    verify_certificates: bool = True
+    custom_ca_file: str | None = None
+    # Loopback and private ranges are refused unless listed here (test setups).
+    ip_range_whitelist: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///data/homeserver.db"
+
+
+@dataclass(slots=True)
+class RegistrationConfig:
+    # Open registration is off: accounts come from tokens or the admin CLI.
+    enabled: bool = False
+    requires_token: bool = True
+    shared_secret: str | None = None
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    max_request_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_sync_timeout_ms: int = 60_000
+
+
+@dataclass(slots=True)
+class RateLimitConfig:
+    enabled: bool = True
+    # Token-bucket settings: sustained per-second rate and burst size.
+    messages_per_second: float = 10.0
+    messages_burst: int = 50
+    login_per_second: float = 0.2
+    login_burst: int = 5
+    register_per_second: float = 0.2
+    register_burst: int = 5
+
+
+@dataclass(slots=True)
+class Config:
+    server_name: str = "localhost:8008"
+    public_baseurl: str | None = None
+    signing_key_path: str = "data/signing.key"
+    media_store_path: str = "data/media"
+    log_level: str = "INFO"
+    default_room_version: str = "12"
+    metrics_enabled: bool = True
+    # bcrypt cost factor for password hashes (tests lower it; 12 is the production default).
+    bcrypt_rounds: int = 12
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    # Where relative paths in this config are resolved from (the file's directory's parent).
+    base_dir: str = "."
+
+    def resolve_path(self, path: str) -> str:
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    @property
+    def baseurl(self) -> str:
+        if self.public_baseurl:
+            return self.public_baseurl.rstrip("/")
+        return f"http://{self.listener.bind_address}:{self.listener.port}"
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key: {where}{key}")
+        ftype = fields[key].type
+        sub = _NESTED.get(str(ftype))
+        kwargs[key] = _build(sub, value or {}, f"{where}{key}.") if sub else value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, type[Any]] = {
+    "ListenerConfig": ListenerConfig,
+    "FederationConfig": FederationConfig,
+    "DatabaseConfig": DatabaseConfig,
+    "RegistrationConfig": RegistrationConfig,
+    "LimitsConfig": LimitsConfig,
+    "RateLimitConfig": RateLimitConfig,
+}
+
+
+def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
+    cfg: Config = _build(Config, data, "")
+    cfg.base_dir = base_dir
+    if not cfg.server_name:
+        raise ConfigError("server_name is required")
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found; run `sotto generate-config` first")
+    data = yaml.safe_load(path.read_text()) or {}
+    # Relative paths are relative to the directory holding config/ (the project root).
+    base = path.resolve().parent
+    if base.name == "config":
+        base = base.parent
+    return config_from_dict(data, str(base))
+
+
+def generate_config_yaml(server_name: str, port: int = 8008) -> str:
+    """The first-run config written by `sotto generate-config`."""
+    return f"""\
+# Sotto homeserver configuration. See config/README.md for every option.
+server_name: "{server_name}"
+# The URL clients use to reach this server (defaults to http://<bind_address>:<port>).
+# public_baseurl: "https://matrix.example.org"
+signing_key_path: data/signing.key
+media_store_path: data/media
+log_level: INFO
+default_room_version: "12"
+
+listener:
+  bind_address: 127.0.0.1
+  port: {port}
+
+database:
+  # SQLite by default; for PostgreSQL: postgresql+asyncpg://user@host/dbname
+  url: sqlite+aiosqlite:///data/homeserver.db
+
+registration:
+  # Open registration is off; create accounts with `sotto register-user`,
+  # or enable token-based registration.
+  enabled: false
+  requires_token: true
+  shared_secret: "{secrets.token_urlsafe(32)}"
+"""

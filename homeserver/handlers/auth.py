@@ -1,0 +1,148 @@
+"""Authentication: access tokens, requesters and password hashing.
+
+Tokens are random 256-bit strings handed to the client once; only their
+SHA-256 digest is stored. Lookups are cached in a small bounded LRU so the
+hot path (every authenticated request) costs no database round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import string
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import bcrypt
+from aiohttp import web
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.storage.accounts import AccountStore, TokenInfo
+
+REQUESTER_KEY = "sotto.requester"
+_TOKEN_CACHE_SIZE = 10_000
+
+
+@dataclass(slots=True, frozen=True)
+class Requester:
+    user_id: str
+    device_id: str
+    is_admin: bool = False
+    is_guest: bool = False
+    token_hash: str = ""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def generate_token(prefix: str = "syt") -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def generate_device_id() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+
+
+def _check_password_sync(password: str, password_hash: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode()[:72], password_hash.encode())
+    except ValueError:
+        return False
+
+
+class PasswordHasher:
+    """bcrypt in a worker thread: it is deliberately slow and must not block the loop."""
+
+    def __init__(self, rounds: int = 12) -> None:
+        self.rounds = rounds
+
+    async def hash(self, password: str) -> str:
+        rounds = self.rounds
+
+        def work() -> str:
+            return bcrypt.hashpw(password.encode()[:72], bcrypt.gensalt(rounds=rounds)).decode()
+
+        return await asyncio.to_thread(work)
+
+    async def check(self, password: str, password_hash: str | None) -> bool:
+        if not password_hash:
+            return False
+        return await asyncio.to_thread(_check_password_sync, password, password_hash)
+
+
+class AuthHandler:
+    def __init__(self, store: AccountStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._cache: OrderedDict[str, TokenInfo] = OrderedDict()
+
+    async def create_session(self, user_id: str, device_id: str | None, display_name: str | None) -> tuple[str, str]:
+        """Create (or reuse) a device and a new access token. Returns (token, device_id)."""
+        device_id = device_id or generate_device_id()
+        now = self.clock.time_ms()
+        await self.store.upsert_device(user_id, device_id, display_name, now)
+        # Logging in again with an existing device_id replaces that device's old tokens.
+        for old in await self.store.tokens_for_devices(user_id, [device_id]):
+            await self.store.delete_token(old)
+            self._cache.pop(old, None)
+        token = generate_token()
+        await self.store.add_access_token(hash_token(token), user_id, device_id, now)
+        return token, device_id
+
+    def invalidate(self, token_hashes: list[str]) -> None:
+        for h in token_hashes:
+            self._cache.pop(h, None)
+
+    def invalidate_user(self, user_id: str) -> None:
+        for h in [h for h, info in self._cache.items() if info.user_id == user_id]:
+            del self._cache[h]
+
+    async def _lookup(self, token_hash: str) -> TokenInfo | None:
+        info = self._cache.get(token_hash)
+        if info is not None:
+            self._cache.move_to_end(token_hash)
+            return info
+        info = await self.store.get_token(token_hash)
+        if info is not None:
+            self._cache[token_hash] = info
+            if len(self._cache) > _TOKEN_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return info
+
+    @staticmethod
+    def extract_token(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                return value.strip()
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Invalid Authorization header", soft_logout=False)
+        # Tokens in query strings are not accepted (MSC4127): they end up in proxy logs.
+        return None
+
+    async def get_requester(self, request: web.Request, *, allow_guest: bool = False) -> Requester:
+        cached = request.get(REQUESTER_KEY)
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        token = self.extract_token(request)
+        if token is None:
+            if "access_token" in request.query:
+                raise MatrixError(
+                    401, Codes.MISSING_TOKEN, "Access tokens in the query string are not accepted; use the "
+                    "Authorization header"
+                )
+            raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
+        th = hash_token(token)
+        info = await self._lookup(th)
+        if info is None:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
+        if info.deactivated:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
+        if info.is_guest and not allow_guest:
+            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access not allowed")
+        requester = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, th)
+        request[REQUESTER_KEY] = requester
+        return requester

@@ -1,0 +1,35 @@
+"""Creating accounts: shared by /register, the admin API and `sotto register-user`."""
+
+from __future__ import annotations
+
+import re
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.handlers.auth import PasswordHasher
+from homeserver.storage.accounts import AccountStore
+
+# The spec's user ID localpart grammar (historical characters are not allowed for new users).
+_LOCALPART = re.compile(r"^[a-z0-9._=\-/+]+$")
+
+
+def validate_localpart(localpart: str, server_name: str) -> str:
+    if not localpart or not _LOCALPART.match(localpart):
+        raise MatrixError(400, Codes.INVALID_USERNAME, "User ID may only contain a-z, 0-9, . _ = - / +")
+    user_id = f"@{localpart}:{server_name}"
+    if len(user_id.encode()) > 255:
+        raise MatrixError(400, Codes.INVALID_USERNAME, "User ID is too long")
+    return user_id
+
+
+async def create_account(
+    store: AccountStore, passwords: PasswordHasher, server_name: str, localpart: str, password: str | None,
+    now_ms: int, *, admin: bool = False, guest: bool = False,
+) -> str:
+    """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID."""
+    user_id = validate_localpart(localpart.lower() if not guest else localpart, server_name)
+    if await store.find_user_case_insensitive(user_id):
+        raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
+    password_hash = await passwords.hash(password) if password else None
+    await store.create_user(user_id, password_hash, now_ms, is_admin=admin, is_guest=guest,
+                            displayname=localpart)
+    return user_id

@@ -1,0 +1,90 @@
+"""The composition root: builds every store and handler with explicit dependencies.
+
+`HomeServer` is a plain record of the wired components; API modules read the
+handlers they need from it at route registration. Nothing looks services up
+at request time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from signedjson.key import SigningKey
+
+from homeserver.clock import Clock
+from homeserver.config import Config
+from homeserver.events import decode_signing_key, encode_signing_key, generate_signing_key
+from homeserver.handlers.auth import AuthHandler, PasswordHasher
+from homeserver.handlers.event_creation import EventCreator
+from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.engine import Database
+from homeserver.storage.events import EventStore
+from homeserver.storage.filters import FilterStore
+from homeserver.sync.notifier import Notifier
+
+log = logging.getLogger(__name__)
+
+
+def load_or_create_signing_key(path: str) -> SigningKey:
+    if os.path.exists(path):
+        with open(path) as f:
+            return decode_signing_key(f.read().strip())
+    key = generate_signing_key("a_" + os.urandom(3).hex())
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    # The private key is readable by its owner only.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(encode_signing_key(key) + "\n")
+    log.info("generated a new signing key at %s", path)
+    return key
+
+
+@dataclass
+class HomeServer:
+    config: Config
+    clock: Clock
+    db: Database
+    signing_key: SigningKey
+    notifier: Notifier
+    accounts: AccountStore
+    events: EventStore
+    auth: AuthHandler
+    passwords: PasswordHasher
+    creator: EventCreator
+    filters: FilterStore
+    account_data: AccountDataStore
+    # Extension points filled by area modules' setup functions (see homeserver.app):
+    # extra /sync sections (to-device, device lists ...) and background services.
+    sync_extensions: list[Any] = field(default_factory=list)
+    background: list[Any] = field(default_factory=list)
+
+    @property
+    def server_name(self) -> str:
+        return self.config.server_name
+
+
+def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
+    clock = clock or Clock()
+    db = Database(config.database.url, config.base_dir)
+    signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
+    notifier = Notifier()
+    accounts = AccountStore(db)
+    events = EventStore(db)
+    return HomeServer(
+        config=config,
+        clock=clock,
+        db=db,
+        signing_key=signing_key,
+        notifier=notifier,
+        accounts=accounts,
+        events=events,
+        auth=AuthHandler(accounts, clock),
+        passwords=PasswordHasher(config.bcrypt_rounds),
+        creator=EventCreator(events, notifier, clock, config.server_name, signing_key),
+        filters=FilterStore(db),
+        account_data=AccountDataStore(db),
+    )

@@ -1,0 +1,207 @@
+"""Accounts: users, devices, access tokens and registration tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, insert, select, update
+
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import access_tokens, devices, registration_tokens, users
+
+
+@dataclass(slots=True, frozen=True)
+class TokenInfo:
+    user_id: str
+    device_id: str
+    is_admin: bool
+    is_guest: bool
+    deactivated: bool
+
+
+@dataclass(slots=True)
+class DeviceRow:
+    user_id: str
+    device_id: str
+    display_name: str | None
+    last_seen_ts: int | None
+    last_seen_ip: str | None
+
+
+class AccountStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_user(
+        self, user_id: str, password_hash: str | None, created_ts: int, *, is_admin: bool = False,
+        is_guest: bool = False, displayname: str | None = None,
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(users).values(
+                    user_id=user_id, password_hash=password_hash, is_admin=is_admin, is_guest=is_guest,
+                    deactivated=False, created_ts=created_ts, displayname=displayname,
+                )
+            )
+
+    async def user_exists(self, user_id: str) -> bool:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users.c.user_id).where(users.c.user_id == user_id))).first()
+        return row is not None
+
+    async def get_user(self, user_id: str) -> dict[str, object] | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.user_id == user_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def find_user_case_insensitive(self, user_id: str) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(users.c.user_id).where(func.lower(users.c.user_id) == user_id.lower()))
+            ).first()
+        return row[0] if row else None
+
+    async def set_password_hash(self, user_id: str, password_hash: str | None) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(users).where(users.c.user_id == user_id).values(password_hash=password_hash))
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(users).where(users.c.user_id == user_id).values(is_admin=is_admin))
+
+    async def deactivate(self, user_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(users).where(users.c.user_id == user_id).values(deactivated=True, password_hash=None)
+            )
+            await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
+
+    async def set_profile(self, user_id: str, **fields: str | None) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(users).where(users.c.user_id == user_id).values(**fields))
+
+    # Devices and tokens -----------------------------------------------------------------
+
+    async def upsert_device(self, user_id: str, device_id: str, display_name: str | None, ts: int) -> bool:
+        """Create the device if new; returns True if it was created."""
+        async with self.db.write() as conn:
+            exists = (
+                await conn.execute(
+                    select(devices.c.device_id).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                )
+            ).first()
+            if exists:
+                return False
+            await conn.execute(
+                insert(devices).values(
+                    user_id=user_id, device_id=device_id, display_name=display_name, last_seen_ts=ts
+                )
+            )
+            return True
+
+    async def add_access_token(self, token_hash: str, user_id: str, device_id: str, ts: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(access_tokens).values(token_hash=token_hash, user_id=user_id, device_id=device_id, created_ts=ts)
+            )
+
+    async def get_token(self, token_hash: str) -> TokenInfo | None:
+        q = (
+            select(access_tokens.c.user_id, access_tokens.c.device_id, users.c.is_admin, users.c.is_guest,
+                   users.c.deactivated)
+            .join(users, users.c.user_id == access_tokens.c.user_id)
+            .where(access_tokens.c.token_hash == token_hash)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None
+        return TokenInfo(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4]))
+
+    async def delete_token(self, token_hash: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(access_tokens).where(access_tokens.c.token_hash == token_hash))
+
+    async def tokens_for_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
+        q = select(access_tokens.c.token_hash).where(access_tokens.c.user_id == user_id)
+        if device_ids is not None:
+            q = q.where(access_tokens.c.device_id.in_(device_ids))
+        async with self.db.read() as conn:
+            return [r[0] for r in await conn.execute(q)]
+
+    async def delete_devices(self, user_id: str, device_ids: list[str] | None) -> None:
+        """Delete devices (all of the user's when device_ids is None) and their tokens."""
+        async with self.db.write() as conn:
+            dq = delete(devices).where(devices.c.user_id == user_id)
+            tq = delete(access_tokens).where(access_tokens.c.user_id == user_id)
+            if device_ids is not None:
+                dq = dq.where(devices.c.device_id.in_(device_ids))
+                tq = tq.where(access_tokens.c.device_id.in_(device_ids))
+            await conn.execute(tq)
+            await conn.execute(dq)
+
+    async def list_devices(self, user_id: str) -> list[DeviceRow]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(devices.c.user_id, devices.c.device_id, devices.c.display_name, devices.c.last_seen_ts,
+                       devices.c.last_seen_ip).where(devices.c.user_id == user_id)
+            )
+            return [DeviceRow(*r) for r in rows]
+
+    async def get_device(self, user_id: str, device_id: str) -> DeviceRow | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(devices.c.user_id, devices.c.device_id, devices.c.display_name, devices.c.last_seen_ts,
+                           devices.c.last_seen_ip).where(devices.c.user_id == user_id,
+                                                         devices.c.device_id == device_id)
+                )
+            ).first()
+        return DeviceRow(*row) if row else None
+
+    async def update_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(devices).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                .values(display_name=display_name)
+            )
+            return bool(res.rowcount)
+
+    async def touch_device(self, user_id: str, device_id: str, ts: int, ip: str | None) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(devices).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                .values(last_seen_ts=ts, last_seen_ip=ip)
+            )
+
+    # Registration tokens ----------------------------------------------------------------
+
+    async def create_registration_token(self, token: str, uses_allowed: int | None, expiry_ts: int | None) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(registration_tokens).values(
+                    token=token, uses_allowed=uses_allowed, completed=0, expiry_ts=expiry_ts
+                )
+            )
+
+    async def registration_token_valid(self, token: str, now_ms: int) -> bool:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(registration_tokens.c.uses_allowed, registration_tokens.c.completed,
+                           registration_tokens.c.expiry_ts).where(registration_tokens.c.token == token)
+                )
+            ).first()
+        if row is None:
+            return False
+        uses_allowed, completed, expiry = row
+        if expiry is not None and expiry < now_ms:
+            return False
+        return uses_allowed is None or completed < uses_allowed
+
+    async def use_registration_token(self, token: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(registration_tokens).where(registration_tokens.c.token == token)
+                .values(completed=registration_tokens.c.completed + 1)
+            )

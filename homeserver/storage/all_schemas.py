@@ -1,0 +1,8 @@
+"""Imports every schema module so all tables are registered on one MetaData.
+
+Area-specific schema modules (E2EE, federation, media ...) add themselves here.
+"""
+
+from __future__ import annotations
+
+from homeserver.storage import schema  # noqa: F401

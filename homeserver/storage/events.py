@@ -1,0 +1,413 @@
+"""Events: persisting PDUs with their effect on room state, and reading them back.
+
+`persist_event` is the only way an event enters a room's timeline. In one
+transaction it stores the PDU, advances current state and forward
+extremities, records the client's transaction ID and applies redactions, so
+an event is acknowledged only once all of that is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver import jsonutil
+from homeserver.events import Event, get_room_version, redact
+from homeserver.events.room_versions import RoomVersion
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import (
+    room_forgotten,
+    current_state,
+    event_txns,
+    events,
+    forward_extremities,
+    rooms,
+)
+
+StateKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    """An event as read back for clients: the PDU plus server-side metadata."""
+
+    event: Event
+    stream_id: int
+    unsigned: dict[str, Any]
+    txn_id: str | None
+    device_id: str | None
+    redacted_by: str | None
+
+
+@dataclass(slots=True)
+class TxnInfo:
+    user_id: str
+    device_id: str
+    txn_id: str
+
+
+def _relation(event: Event) -> tuple[str | None, str | None]:
+    rel = event.content.get("m.relates_to")
+    if isinstance(rel, dict):
+        rel_type = rel.get("rel_type")
+        target = rel.get("event_id")
+        if isinstance(target, str):
+            return (rel_type if isinstance(rel_type, str) else None), target
+        reply = rel.get("m.in_reply_to")
+        if isinstance(reply, dict) and isinstance(reply.get("event_id"), str):
+            return "m.in_reply_to", reply["event_id"]
+    return None, None
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Room versions never change, so this cache needs no invalidation; it is bounded.
+        self._versions: dict[str, RoomVersion] = {}
+
+    # Rooms ---------------------------------------------------------------------------------
+
+    async def get_room_version(self, room_id: str) -> RoomVersion | None:
+        rv = self._versions.get(room_id)
+        if rv is not None:
+            return rv
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(rooms.c.room_version).where(rooms.c.room_id == room_id))).first()
+        if row is None:
+            return None
+        rv = get_room_version(row[0])
+        if len(self._versions) > 50_000:
+            self._versions.clear()
+        self._versions[room_id] = rv
+        return rv
+
+    # Reading -------------------------------------------------------------------------------
+
+    _cols = (
+        events.c.stream_id, events.c.event_id, events.c.room_id, events.c.json, events.c.unsigned_json,
+        events.c.txn_id, events.c.device_id, events.c.redacted_by,
+    )
+
+    async def _load(self, conn: AsyncConnection, query: Any) -> list[StoredEvent]:
+        rows = (await conn.execute(query)).all()
+        out = []
+        for row in rows:
+            rv = self._versions.get(row.room_id)
+            if rv is None:
+                vrow = (await conn.execute(select(rooms.c.room_version).where(rooms.c.room_id == row.room_id))).first()
+                if vrow is None:
+                    continue
+                rv = get_room_version(vrow[0])
+                self._versions[row.room_id] = rv
+            out.append(
+                StoredEvent(
+                    event=Event(jsonutil.loads(row.json), rv, row.event_id),
+                    stream_id=row.stream_id,
+                    unsigned=jsonutil.loads(row.unsigned_json) if row.unsigned_json else {},
+                    txn_id=row.txn_id,
+                    device_id=row.device_id,
+                    redacted_by=row.redacted_by,
+                )
+            )
+        return out
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, StoredEvent]:
+        if not event_ids:
+            return {}
+        async with self.db.read() as conn:
+            found = await self._load(conn, select(*self._cols).where(events.c.event_id.in_(list(event_ids))))
+        return {s.event.event_id: s for s in found}
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        return (await self.get_events([event_id])).get(event_id)
+
+    async def get_pdus(self, event_ids: Collection[str]) -> dict[str, Event]:
+        """The EventSource protocol for state resolution and auth checks."""
+        return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
+
+    async def room_events(
+        self, room_id: str, *, after: int | None = None, upto: int | None = None, limit: int,
+        backwards: bool = True, types: Collection[str] | None = None, not_types: Collection[str] | None = None,
+        senders: Collection[str] | None = None, lower_bound: int | None = None, outliers: bool = False,
+    ) -> list[StoredEvent]:
+        """Timeline events with after < stream_id <= upto, newest first when backwards."""
+        q = select(*self._cols).where(events.c.room_id == room_id)
+        if not outliers:
+            q = q.where(events.c.outlier.is_(False))
+        if after is not None:
+            q = q.where(events.c.stream_id > after)
+        if lower_bound is not None:
+            q = q.where(events.c.stream_id >= lower_bound)
+        if upto is not None:
+            q = q.where(events.c.stream_id <= upto)
+        if types:
+            q = q.where(events.c.type.in_(list(types)))
+        if not_types:
+            q = q.where(events.c.type.not_in(list(not_types)))
+        if senders:
+            q = q.where(events.c.sender.in_(list(senders)))
+        q = q.order_by(events.c.stream_id.desc() if backwards else events.c.stream_id.asc()).limit(limit)
+        async with self.db.read() as conn:
+            return await self._load(conn, q)
+
+    async def count_room_events(self, room_id: str, after: int, upto: int) -> int:
+        async with self.db.read() as conn:
+            value = (
+                await conn.execute(
+                    select(func.count()).select_from(events).where(
+                        events.c.room_id == room_id, events.c.stream_id > after, events.c.stream_id <= upto,
+                        events.c.outlier.is_(False),
+                    )
+                )
+            ).scalar()
+        return int(value or 0)
+
+    async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
+        if not room_ids:
+            return set()
+        q = select(events.c.room_id).distinct().where(
+            events.c.room_id.in_(list(room_ids)), events.c.stream_id > after, events.c.stream_id <= upto,
+            events.c.outlier.is_(False),
+        )
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(q)}
+
+    async def get_txn_event(self, txn: TxnInfo) -> str | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(event_txns.c.event_id).where(
+                        event_txns.c.user_id == txn.user_id, event_txns.c.device_id == txn.device_id,
+                        event_txns.c.txn_id == txn.txn_id,
+                    )
+                )
+            ).first()
+        return row[0] if row else None
+
+    async def get_relations(
+        self, event_id: str, rel_type: str | None = None, limit: int = 50, before: int | None = None,
+        forwards: bool = False, event_type: str | None = None,
+    ) -> list[StoredEvent]:
+        q = select(*self._cols).where(events.c.relates_to == event_id, events.c.rel_type != "m.in_reply_to")
+        if rel_type:
+            q = q.where(events.c.rel_type == rel_type)
+        if event_type:
+            q = q.where(events.c.type == event_type)
+        if before is not None:
+            q = q.where(events.c.stream_id > before if forwards else events.c.stream_id < before)
+        q = q.order_by(events.c.stream_id.asc() if forwards else events.c.stream_id.desc()).limit(limit)
+        async with self.db.read() as conn:
+            return await self._load(conn, q)
+
+    # Current state ---------------------------------------------------------------------------
+
+    async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(current_state.c.type, current_state.c.state_key, current_state.c.event_id).where(
+                    current_state.c.room_id == room_id
+                )
+            )
+            return {(r[0], r[1]): r[2] for r in rows}
+
+    async def get_current_state(
+        self, room_id: str, keys: Iterable[StateKey] | None = None, types: Collection[str] | None = None
+    ) -> dict[StateKey, StoredEvent]:
+        q = (
+            select(*self._cols)
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(current_state.c.room_id == room_id)
+        )
+        if keys is not None:
+            keys = list(keys)
+            if not keys:
+                return {}
+            q = q.where(tuple_(current_state.c.type, current_state.c.state_key).in_(keys))
+        if types is not None:
+            q = q.where(current_state.c.type.in_(list(types)))
+        async with self.db.read() as conn:
+            found = await self._load(conn, q)
+        return {s.event.state_key_tuple: s for s in found}
+
+    async def get_state_changed_since(self, room_id: str, after: int, upto: int) -> list[StoredEvent]:
+        """Current state entries set in (after, upto]."""
+        q = (
+            select(*self._cols)
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(current_state.c.room_id == room_id, current_state.c.stream_id > after,
+                   current_state.c.stream_id <= upto)
+        )
+        async with self.db.read() as conn:
+            return await self._load(conn, q)
+
+    async def get_extremities_and_depth(self, room_id: str) -> tuple[list[str], int]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(forward_extremities.c.event_id, events.c.depth)
+                    .select_from(
+                        forward_extremities.join(events, events.c.event_id == forward_extremities.c.event_id)
+                    )
+                    .where(forward_extremities.c.room_id == room_id)
+                    .order_by(events.c.depth.desc())
+                )
+            ).all()
+        if not rows:
+            return [], 0
+        return [r[0] for r in rows], int(rows[0][1])
+
+    async def get_memberships_for_user(self, user_id: str) -> list[tuple[str, str, str, int]]:
+        """(room_id, membership, event_id, stream_id) for every room the user has a member event in."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(current_state.c.room_id, current_state.c.membership, current_state.c.event_id,
+                       current_state.c.stream_id).where(
+                    current_state.c.state_key == user_id, current_state.c.type == "m.room.member"
+                )
+            )
+            return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
+    async def get_membership(self, room_id: str, user_id: str) -> tuple[str, str, int] | None:
+        """(membership, event_id, stream_id) of the user's current member event, if any."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(current_state.c.membership, current_state.c.event_id, current_state.c.stream_id).where(
+                        current_state.c.room_id == room_id, current_state.c.type == "m.room.member",
+                        current_state.c.state_key == user_id,
+                    )
+                )
+            ).first()
+        return (row[0], row[1], int(row[2])) if row else None
+
+    async def get_room_members(self, room_id: str, membership: str | None = "join") -> list[str]:
+        q = select(current_state.c.state_key).where(
+            current_state.c.room_id == room_id, current_state.c.type == "m.room.member"
+        )
+        if membership is not None:
+            q = q.where(current_state.c.membership == membership)
+        async with self.db.read() as conn:
+            return [r[0] for r in await conn.execute(q)]
+
+    # Writing ---------------------------------------------------------------------------------
+
+    async def persist_event(
+        self, event: Event, *, txn: TxnInfo | None = None, outlier: bool = False,
+        new_room: tuple[str, str | None, int] | None = None, update_state: bool = True,
+    ) -> int:
+        """Store a new event and its effects; returns its stream ID. `new_room` is (version, creator, ts)."""
+        async with self.db.write() as conn:
+            return await self._persist(conn, event, txn=txn, outlier=outlier, new_room=new_room,
+                                       update_state=update_state)
+
+    async def _persist(
+        self, conn: AsyncConnection, event: Event, *, txn: TxnInfo | None, outlier: bool,
+        new_room: tuple[str, str | None, int] | None, update_state: bool,
+    ) -> int:
+        room_id = event.room_id
+        if new_room is not None:
+            version, creator, ts = new_room
+            await conn.execute(
+                insert(rooms).values(room_id=room_id, room_version=version, creator=creator, is_public=False,
+                                     created_ts=ts)
+            )
+            self._versions[room_id] = event.room_version
+        stream_id = self.db.next_stream_id()
+        unsigned: dict[str, Any] = {}
+        replaces: str | None = None
+        if event.is_state() and not outlier and update_state:
+            key = event.state_key_tuple
+            prev = (
+                await conn.execute(
+                    select(current_state.c.event_id, events.c.json)
+                    .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+                    .where(current_state.c.room_id == room_id, current_state.c.type == key[0],
+                           current_state.c.state_key == key[1])
+                )
+            ).first()
+            if prev is not None:
+                replaces = prev[0]
+                prev_pdu = jsonutil.loads(prev[1])
+                unsigned = {"replaces_state": replaces, "prev_content": prev_pdu.get("content", {}),
+                            "prev_sender": prev_pdu.get("sender")}
+        rel_type, relates_to = _relation(event)
+        await conn.execute(
+            insert(events).values(
+                stream_id=stream_id, event_id=event.event_id, room_id=room_id, type=event.type,
+                state_key=event.state_key, sender=event.sender, depth=event.depth,
+                origin_server_ts=event.origin_server_ts, json=jsonutil.dumps(event.pdu),
+                replaces_state=replaces, rel_type=rel_type, relates_to=relates_to, outlier=outlier,
+                txn_id=txn.txn_id if txn else None, device_id=txn.device_id if txn else None,
+                unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
+            )
+        )
+        if outlier:
+            return stream_id
+        if txn is not None:
+            await conn.execute(
+                insert(event_txns).values(user_id=txn.user_id, device_id=txn.device_id, txn_id=txn.txn_id,
+                                          event_id=event.event_id, created_ts=event.origin_server_ts)
+            )
+        if event.is_state() and update_state:
+            key = event.state_key_tuple
+            values = dict(event_id=event.event_id, stream_id=stream_id, membership=event.membership)
+            if replaces is not None:
+                await conn.execute(
+                    update(current_state).where(current_state.c.room_id == room_id, current_state.c.type == key[0],
+                                                current_state.c.state_key == key[1]).values(**values)
+                )
+            else:
+                await conn.execute(insert(current_state).values(room_id=room_id, type=key[0], state_key=key[1],
+                                                                **values))
+        prevs = event.prev_event_ids
+        if prevs:
+            await conn.execute(
+                delete(forward_extremities).where(forward_extremities.c.room_id == room_id,
+                                                  forward_extremities.c.event_id.in_(prevs))
+            )
+        await conn.execute(insert(forward_extremities).values(room_id=room_id, event_id=event.event_id))
+        if event.type == "m.room.member" and event.membership == "join" and event.state_key:
+            await self.unforget_room(conn, event.state_key, room_id)
+        if event.type == "m.room.redaction" and event.redacts:
+            await self._apply_redaction(conn, event)
+        return stream_id
+
+    async def _apply_redaction(self, conn: AsyncConnection, redaction: Event) -> None:
+        target = (
+            await conn.execute(
+                select(events.c.json, events.c.room_id).where(events.c.event_id == redaction.redacts)
+            )
+        ).first()
+        if target is None or target[1] != redaction.room_id:
+            return
+        pruned = redact(jsonutil.loads(target[0]), redaction.room_version)
+        await conn.execute(
+            update(events).where(events.c.event_id == redaction.redacts)
+            .values(json=jsonutil.dumps(pruned), redacted_by=redaction.event_id)
+        )
+
+    async def set_room_public(self, room_id: str, public: bool) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(rooms).where(rooms.c.room_id == room_id).values(is_public=public))
+
+    async def forget_room(self, user_id: str, room_id: str) -> None:
+        async with self.db.write() as conn:
+            exists = (
+                await conn.execute(select(room_forgotten.c.room_id).where(
+                    and_(room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id)))
+            ).first()
+            if not exists:
+                await conn.execute(insert(room_forgotten).values(user_id=user_id, room_id=room_id))
+
+    async def forgotten_rooms(self, user_id: str) -> set[str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id))
+            return {r[0] for r in rows}
+
+    async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None:
+        await conn.execute(delete(room_forgotten).where(room_forgotten.c.user_id == user_id,
+                                                         room_forgotten.c.room_id == room_id))

@@ -1,0 +1,34 @@
+"""Apply alembic migrations programmatically, inside an existing event loop.
+
+Alembic's async template calls asyncio.run(), which fails inside a running
+loop; so we hand alembic a connection through `config.attributes`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection
+
+from homeserver.storage.engine import Database
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+
+def alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(alembic_config(connection), "head")
+
+
+async def migrate(db: Database) -> None:
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_upgrade)

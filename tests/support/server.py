@@ -1,0 +1,90 @@
+"""Run a real Sotto server on a real loopback port for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from homeserver.app import create_app
+from homeserver.config import Config, config_from_dict
+from homeserver.handlers.users import create_account
+from homeserver.server import HomeServer, build_homeserver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    hs: HomeServer
+    config: Config
+    base_url: str
+    runner: web.AppRunner
+
+    @property
+    def server_name(self) -> str:
+        return self.config.server_name
+
+    async def register(self, localpart: str, password: str = "password", admin: bool = False) -> str:
+        return await create_account(
+            self.hs.accounts, self.hs.passwords, self.server_name, localpart, password,
+            self.hs.clock.time_ms(), admin=admin,
+        )
+
+    async def login(self, localpart: str, password: str = "password") -> dict[str, Any]:
+        """Register (if needed) and log in over HTTP; returns the login response."""
+        if not await self.hs.accounts.user_exists(f"@{localpart}:{self.server_name}"):
+            await self.register(localpart, password)
+        async with aiohttp.ClientSession() as s, s.post(
+            f"{self.base_url}/_matrix/client/v3/login",
+            json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+                  "password": password},
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            assert resp.status == 200, body
+            return body
+
+
+def test_config(tmp_path: str, port: int, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "server_name": f"127.0.0.1:{port}",
+        "signing_key_path": os.path.join(tmp_path, "signing.key"),
+        "media_store_path": os.path.join(tmp_path, "media"),
+        "bcrypt_rounds": 4,
+        "listener": {"bind_address": "127.0.0.1", "port": port},
+        "database": {"url": f"sqlite+aiosqlite:///{os.path.join(tmp_path, 'homeserver.db')}"},
+        "rate_limits": {"enabled": False},
+        "registration": {"enabled": True, "requires_token": False, "shared_secret": "test-secret"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return config_from_dict(data, tmp_path)
+
+
+@asynccontextmanager
+async def run_server(tmp_path: str, **overrides: Any) -> AsyncIterator[RunningServer]:
+    port = free_port()
+    config = test_config(tmp_path, port, **overrides)
+    hs = build_homeserver(config)
+    app = create_app(config, hs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield RunningServer(hs, config, f"http://127.0.0.1:{port}", runner)
+    finally:
+        await runner.cleanup()
