@@ -46,7 +46,7 @@ def test_appendix_examples(source: str, expected: str) -> None:
 
 
 def test_control_characters_use_spec_escapes() -> None:
-    value = {"s": "\b\t\n\f\r\"\\\x00\x1f\x7f/"}
+    value = {"s": '\b\t\n\f\r"\\\x00\x1f\x7f/'}
     assert canonical_json(value) == b'{"s":"\\b\\t\\n\\f\\r\\"\\\\\\u0000\\u001f\x7f/"}'
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import pytest
+from signedjson.key import get_verify_key
 
 from homeserver.events.hashing import check_content_hash, compute_content_hash
 from homeserver.events.room_versions import RoomVersions
@@ -20,10 +21,17 @@ from homeserver.events.signing import (
     verify_json_signature,
     verify_key_id,
 )
-from signedjson.key import get_verify_key
 
 SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
 KEY = decode_signing_key(f"ed25519 1 {SEED}")
+
+# Expected signatures, verbatim from appendices.md.
+SIG_EMPTY = "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
+SIG_ONE_TWO = "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
+SIG_MINIMAL_EVENT = "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+SIG_REDACTABLE_EVENT = (
+    "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
+)
 
 
 def test_key_round_trip() -> None:
@@ -48,13 +56,7 @@ def test_decode_signing_key_rejects_garbage(line: str) -> None:
 
 def test_sign_empty_object() -> None:
     signed = sign_json_object({}, "domain", KEY)
-    assert signed == {
-        "signatures": {
-            "domain": {
-                "ed25519:1": "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
-            }
-        }
-    }
+    assert signed == {"signatures": {"domain": {"ed25519:1": SIG_EMPTY}}}
     verify_json_signature(signed, "domain", get_verify_key(KEY))
 
 
@@ -63,11 +65,7 @@ def test_sign_object_with_data() -> None:
     signed = sign_json_object(original, "domain", KEY)
     assert signed == {
         "one": 1,
-        "signatures": {
-            "domain": {
-                "ed25519:1": "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
-            }
-        },
+        "signatures": {"domain": {"ed25519:1": SIG_ONE_TWO}},
         "two": "Two",
     }
     assert original == {"one": 1, "two": "Two"}  # not mutated
@@ -110,11 +108,7 @@ def test_sign_minimal_event() -> None:
         "prev_events": [],
         "room_id": "!x:domain",
         "sender": "@a:domain",
-        "signatures": {
-            "domain": {
-                "ed25519:1": "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
-            }
-        },
+        "signatures": {"domain": {"ed25519:1": SIG_MINIMAL_EVENT}},
         "type": "X",
         "unsigned": {"age_ts": 1000000},
     }
@@ -136,11 +130,7 @@ def test_sign_redactable_event() -> None:
     }
     signed = _hash_and_sign(event)
     assert signed["hashes"] == {"sha256": "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g"}
-    assert signed["signatures"] == {
-        "domain": {
-            "ed25519:1": "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
-        }
-    }
+    assert signed["signatures"] == {"domain": {"ed25519:1": SIG_REDACTABLE_EVENT}}
     assert check_content_hash(signed)
     verify_event_signature(signed, "domain", get_verify_key(KEY), RoomVersions.V10)
     # The signature covers only the redacted form: a redacted copy verifies,
