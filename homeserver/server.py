@@ -18,12 +18,18 @@ from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.events import decode_signing_key, encode_signing_key, generate_signing_key
 from homeserver.handlers.auth import AuthHandler, PasswordHasher
+from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler
 from homeserver.handlers.event_creation import EventCreator
+from homeserver.handlers.messages import MessageHandler
+from homeserver.handlers.rooms import RoomHandler
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.aliases import AliasStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
+from homeserver.storage.receipts import ReceiptStore
+from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,12 @@ class HomeServer:
     creator: EventCreator
     filters: FilterStore
     account_data: AccountDataStore
+    aliases: AliasStore
+    rooms: RoomHandler
+    messages: MessageHandler
+    typing: TypingHandler
+    receipts: ReceiptHandler
+    sync: SyncHandler
     # Extension points filled by area modules' setup functions (see homeserver.app):
     # extra /sync sections (to-device, device lists ...) and background services.
     sync_extensions: list[Any] = field(default_factory=list)
@@ -74,6 +86,12 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     notifier = Notifier()
     accounts = AccountStore(db)
     events = EventStore(db)
+    creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
+    aliases = AliasStore(db)
+    account_data = AccountDataStore(db)
+    typing = TypingHandler(notifier, clock)
+    receipts = ReceiptHandler(ReceiptStore(db), events, notifier, clock)
+    sync_extensions: list[Any] = []
     return HomeServer(
         config=config,
         clock=clock,
@@ -84,7 +102,16 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         events=events,
         auth=AuthHandler(accounts, clock),
         passwords=PasswordHasher(config.bcrypt_rounds),
-        creator=EventCreator(events, notifier, clock, config.server_name, signing_key),
+        creator=creator,
         filters=FilterStore(db),
-        account_data=AccountDataStore(db),
+        account_data=account_data,
+        aliases=aliases,
+        rooms=RoomHandler(
+            events, creator, aliases, accounts, config.server_name, config.default_room_version
+        ),
+        messages=MessageHandler(db, events, clock),
+        typing=typing,
+        receipts=receipts,
+        sync=SyncHandler(db, events, account_data, typing, receipts, notifier, clock, sync_extensions),
+        sync_extensions=sync_extensions,
     )

@@ -79,7 +79,9 @@ class AuthHandler:
         self.clock = clock
         self._cache: OrderedDict[str, TokenInfo] = OrderedDict()
 
-    async def create_session(self, user_id: str, device_id: str | None, display_name: str | None) -> tuple[str, str]:
+    async def create_session(
+        self, user_id: str, device_id: str | None, display_name: str | None
+    ) -> tuple[str, str]:
         """Create (or reuse) a device and a new access token. Returns (token, device_id)."""
         device_id = device_id or generate_device_id()
         now = self.clock.time_ms()
@@ -131,8 +133,9 @@ class AuthHandler:
         if token is None:
             if "access_token" in request.query:
                 raise MatrixError(
-                    401, Codes.MISSING_TOKEN, "Access tokens in the query string are not accepted; use the "
-                    "Authorization header"
+                    401,
+                    Codes.MISSING_TOKEN,
+                    "Access tokens in the query string are not accepted; use the Authorization header",
                 )
             raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
         th = hash_token(token)

@@ -80,22 +80,37 @@ class EventCreator:
                     stored = await self.store.get_event(existing)
                     if stored is not None:
                         return stored.event, stored.stream_id
-            event, auth_map, create = await self._build(room_version, room_id, type, sender, content, state_key,
-                                                        redacts)
+            event, auth_map, create = await self._build(
+                room_version, room_id, type, sender, content, state_key, redacts
+            )
             self._check(event, auth_map, create)
             stream_id = await self.store.persist_event(event, txn=txn)
         await self._after_persist(event, stream_id)
         return event, stream_id
 
     async def create_room_event(
-        self, *, room_version: RoomVersion, room_id: str | None, sender: str, content: dict[str, Any],
+        self,
+        *,
+        room_version: RoomVersion,
+        room_id: str | None,
+        sender: str,
+        content: dict[str, Any],
     ) -> tuple[Event, int]:
         """Persist the m.room.create event of a new local room."""
         now = self.clock.time_ms()
         event = build_event(
-            room_version=room_version, room_id=room_id, type="m.room.create", sender=sender, content=content,
-            state_key="", prev_event_ids=[], auth_event_ids=[], depth=1, origin_server_ts=now,
-            server_name=self.server_name, signing_key=self.signing_key,
+            room_version=room_version,
+            room_id=room_id,
+            type="m.room.create",
+            sender=sender,
+            content=content,
+            state_key="",
+            prev_event_ids=[],
+            auth_event_ids=[],
+            depth=1,
+            origin_server_ts=now,
+            server_name=self.server_name,
+            signing_key=self.signing_key,
         )
         self._check(event, {}, event)
         stream_id = await self.store.persist_event(event, new_room=(room_version.identifier, sender, now))
@@ -103,8 +118,14 @@ class EventCreator:
         return event, stream_id
 
     async def _build(
-        self, room_version: RoomVersion, room_id: str, type: str, sender: str, content: dict[str, Any],
-        state_key: str | None, redacts: str | None,
+        self,
+        room_version: RoomVersion,
+        room_id: str,
+        type: str,
+        sender: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        redacts: str | None,
     ) -> tuple[Event, dict[tuple[str, str], Event], Event | None]:
         needed = auth_types_for_event(room_version, type, sender, state_key, content)
         needed_with_create = set(needed) | {("m.room.create", "")}
@@ -113,10 +134,18 @@ class EventCreator:
         auth_map = {k: v.event for k, v in state.items() if k in set(needed)}
         prevs, depth = await self.store.get_extremities_and_depth(room_id)
         event = build_event(
-            room_version=room_version, room_id=room_id, type=type, sender=sender, content=content,
-            state_key=state_key, prev_event_ids=prevs[:MAX_PREV_EVENTS],
-            auth_event_ids=sorted(e.event_id for e in auth_map.values()), depth=min(depth + 1, 2**63 - 1),
-            origin_server_ts=self.clock.time_ms(), server_name=self.server_name, signing_key=self.signing_key,
+            room_version=room_version,
+            room_id=room_id,
+            type=type,
+            sender=sender,
+            content=content,
+            state_key=state_key,
+            prev_event_ids=prevs[:MAX_PREV_EVENTS],
+            auth_event_ids=sorted(e.event_id for e in auth_map.values()),
+            depth=min(depth + 1, 2**63 - 1),
+            origin_server_ts=self.clock.time_ms(),
+            server_name=self.server_name,
+            signing_key=self.signing_key,
             redacts=redacts,
         )
         return event, auth_map, create.event if create else None

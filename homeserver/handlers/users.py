@@ -22,14 +22,22 @@ def validate_localpart(localpart: str, server_name: str) -> str:
 
 
 async def create_account(
-    store: AccountStore, passwords: PasswordHasher, server_name: str, localpart: str, password: str | None,
-    now_ms: int, *, admin: bool = False, guest: bool = False,
+    store: AccountStore,
+    passwords: PasswordHasher,
+    server_name: str,
+    localpart: str,
+    password: str | None,
+    now_ms: int,
+    *,
+    admin: bool = False,
+    guest: bool = False,
 ) -> str:
     """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID."""
     user_id = validate_localpart(localpart.lower() if not guest else localpart, server_name)
     if await store.find_user_case_insensitive(user_id):
         raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
     password_hash = await passwords.hash(password) if password else None
-    await store.create_user(user_id, password_hash, now_ms, is_admin=admin, is_guest=guest,
-                            displayname=localpart)
+    await store.create_user(
+        user_id, password_hash, now_ms, is_admin=admin, is_guest=guest, displayname=localpart
+    )
     return user_id

@@ -24,14 +24,22 @@ class AccountDataStore:
             stream_id = self.db.next_stream_id()
             res = await conn.execute(
                 update(account_data)
-                .where(account_data.c.user_id == user_id, account_data.c.room_id == room_key,
-                       account_data.c.type == type)
+                .where(
+                    account_data.c.user_id == user_id,
+                    account_data.c.room_id == room_key,
+                    account_data.c.type == type,
+                )
                 .values(content=jsonutil.dumps(content), stream_id=stream_id)
             )
             if not res.rowcount:
                 await conn.execute(
-                    insert(account_data).values(user_id=user_id, room_id=room_key, type=type,
-                                                content=jsonutil.dumps(content), stream_id=stream_id)
+                    insert(account_data).values(
+                        user_id=user_id,
+                        room_id=room_key,
+                        type=type,
+                        content=jsonutil.dumps(content),
+                        stream_id=stream_id,
+                    )
                 )
         return stream_id
 
@@ -40,7 +48,8 @@ class AccountDataStore:
             row = (
                 await conn.execute(
                     select(account_data.c.content).where(
-                        account_data.c.user_id == user_id, account_data.c.room_id == (room_id or ""),
+                        account_data.c.user_id == user_id,
+                        account_data.c.room_id == (room_id or ""),
                         account_data.c.type == type,
                     )
                 )

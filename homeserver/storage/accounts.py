@@ -33,14 +33,25 @@ class AccountStore:
         self.db = db
 
     async def create_user(
-        self, user_id: str, password_hash: str | None, created_ts: int, *, is_admin: bool = False,
-        is_guest: bool = False, displayname: str | None = None,
+        self,
+        user_id: str,
+        password_hash: str | None,
+        created_ts: int,
+        *,
+        is_admin: bool = False,
+        is_guest: bool = False,
+        displayname: str | None = None,
     ) -> None:
         async with self.db.write() as conn:
             await conn.execute(
                 insert(users).values(
-                    user_id=user_id, password_hash=password_hash, is_admin=is_admin, is_guest=is_guest,
-                    deactivated=False, created_ts=created_ts, displayname=displayname,
+                    user_id=user_id,
+                    password_hash=password_hash,
+                    is_admin=is_admin,
+                    is_guest=is_guest,
+                    deactivated=False,
+                    created_ts=created_ts,
+                    displayname=displayname,
                 )
             )
 
@@ -57,13 +68,17 @@ class AccountStore:
     async def find_user_case_insensitive(self, user_id: str) -> str | None:
         async with self.db.read() as conn:
             row = (
-                await conn.execute(select(users.c.user_id).where(func.lower(users.c.user_id) == user_id.lower()))
+                await conn.execute(
+                    select(users.c.user_id).where(func.lower(users.c.user_id) == user_id.lower())
+                )
             ).first()
         return row[0] if row else None
 
     async def set_password_hash(self, user_id: str, password_hash: str | None) -> None:
         async with self.db.write() as conn:
-            await conn.execute(update(users).where(users.c.user_id == user_id).values(password_hash=password_hash))
+            await conn.execute(
+                update(users).where(users.c.user_id == user_id).values(password_hash=password_hash)
+            )
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         async with self.db.write() as conn:
@@ -76,6 +91,18 @@ class AccountStore:
             )
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
 
+    async def get_profile(self, user_id: str) -> tuple[str | None, str | None, bool] | None:
+        """(displayname, avatar_url, deactivated), or None for an unknown user."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(users.c.displayname, users.c.avatar_url, users.c.deactivated).where(
+                        users.c.user_id == user_id
+                    )
+                )
+            ).first()
+        return (row[0], row[1], bool(row[2])) if row else None
+
     async def set_profile(self, user_id: str, **fields: str | None) -> None:
         async with self.db.write() as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**fields))
@@ -87,7 +114,9 @@ class AccountStore:
         async with self.db.write() as conn:
             exists = (
                 await conn.execute(
-                    select(devices.c.device_id).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                    select(devices.c.device_id).where(
+                        devices.c.user_id == user_id, devices.c.device_id == device_id
+                    )
                 )
             ).first()
             if exists:
@@ -102,13 +131,20 @@ class AccountStore:
     async def add_access_token(self, token_hash: str, user_id: str, device_id: str, ts: int) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                insert(access_tokens).values(token_hash=token_hash, user_id=user_id, device_id=device_id, created_ts=ts)
+                insert(access_tokens).values(
+                    token_hash=token_hash, user_id=user_id, device_id=device_id, created_ts=ts
+                )
             )
 
     async def get_token(self, token_hash: str) -> TokenInfo | None:
         q = (
-            select(access_tokens.c.user_id, access_tokens.c.device_id, users.c.is_admin, users.c.is_guest,
-                   users.c.deactivated)
+            select(
+                access_tokens.c.user_id,
+                access_tokens.c.device_id,
+                users.c.is_admin,
+                users.c.is_guest,
+                users.c.deactivated,
+            )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
         )
@@ -143,8 +179,13 @@ class AccountStore:
     async def list_devices(self, user_id: str) -> list[DeviceRow]:
         async with self.db.read() as conn:
             rows = await conn.execute(
-                select(devices.c.user_id, devices.c.device_id, devices.c.display_name, devices.c.last_seen_ts,
-                       devices.c.last_seen_ip).where(devices.c.user_id == user_id)
+                select(
+                    devices.c.user_id,
+                    devices.c.device_id,
+                    devices.c.display_name,
+                    devices.c.last_seen_ts,
+                    devices.c.last_seen_ip,
+                ).where(devices.c.user_id == user_id)
             )
             return [DeviceRow(*r) for r in rows]
 
@@ -152,9 +193,13 @@ class AccountStore:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
-                    select(devices.c.user_id, devices.c.device_id, devices.c.display_name, devices.c.last_seen_ts,
-                           devices.c.last_seen_ip).where(devices.c.user_id == user_id,
-                                                         devices.c.device_id == device_id)
+                    select(
+                        devices.c.user_id,
+                        devices.c.device_id,
+                        devices.c.display_name,
+                        devices.c.last_seen_ts,
+                        devices.c.last_seen_ip,
+                    ).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
                 )
             ).first()
         return DeviceRow(*row) if row else None
@@ -162,7 +207,8 @@ class AccountStore:
     async def update_device(self, user_id: str, device_id: str, display_name: str | None) -> bool:
         async with self.db.write() as conn:
             res = await conn.execute(
-                update(devices).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                update(devices)
+                .where(devices.c.user_id == user_id, devices.c.device_id == device_id)
                 .values(display_name=display_name)
             )
             return bool(res.rowcount)
@@ -170,13 +216,16 @@ class AccountStore:
     async def touch_device(self, user_id: str, device_id: str, ts: int, ip: str | None) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                update(devices).where(devices.c.user_id == user_id, devices.c.device_id == device_id)
+                update(devices)
+                .where(devices.c.user_id == user_id, devices.c.device_id == device_id)
                 .values(last_seen_ts=ts, last_seen_ip=ip)
             )
 
     # Registration tokens ----------------------------------------------------------------
 
-    async def create_registration_token(self, token: str, uses_allowed: int | None, expiry_ts: int | None) -> None:
+    async def create_registration_token(
+        self, token: str, uses_allowed: int | None, expiry_ts: int | None
+    ) -> None:
         async with self.db.write() as conn:
             await conn.execute(
                 insert(registration_tokens).values(
@@ -188,8 +237,11 @@ class AccountStore:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
-                    select(registration_tokens.c.uses_allowed, registration_tokens.c.completed,
-                           registration_tokens.c.expiry_ts).where(registration_tokens.c.token == token)
+                    select(
+                        registration_tokens.c.uses_allowed,
+                        registration_tokens.c.completed,
+                        registration_tokens.c.expiry_ts,
+                    ).where(registration_tokens.c.token == token)
                 )
             ).first()
         if row is None:
@@ -199,9 +251,39 @@ class AccountStore:
             return False
         return uses_allowed is None or completed < uses_allowed
 
+    async def consume_registration_token(self, token: str, now_ms: int) -> bool:
+        """Count one use of a token if it is still valid; False if it was not.
+
+        Check and increment are one statement, so two registrations racing for
+        a token's last use cannot both succeed.
+        """
+        t = registration_tokens.c
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(registration_tokens)
+                .where(
+                    t.token == token,
+                    (t.uses_allowed.is_(None)) | (t.completed < t.uses_allowed),
+                    (t.expiry_ts.is_(None)) | (t.expiry_ts >= now_ms),
+                )
+                .values(completed=t.completed + 1)
+            )
+            return bool(res.rowcount)
+
+    async def refund_registration_token(self, token: str) -> None:
+        """Give back a use taken by `consume_registration_token` when registration then failed."""
+        t = registration_tokens.c
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(registration_tokens)
+                .where(t.token == token, t.completed > 0)
+                .values(completed=t.completed - 1)
+            )
+
     async def use_registration_token(self, token: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(
-                update(registration_tokens).where(registration_tokens.c.token == token)
+                update(registration_tokens)
+                .where(registration_tokens.c.token == token)
                 .values(completed=registration_tokens.c.completed + 1)
             )

@@ -53,6 +53,7 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()
         self._stream_id = 0
+        self._persisted = 0
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -63,8 +64,13 @@ class Database:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction on the single write path; commits on normal exit."""
         # Positions handed out in a rolled-back transaction are skipped, never reused.
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        async with self._write_lock:
+            try:
+                async with self.engine.begin() as conn:
+                    yield conn
+            finally:
+                # Everything allocated so far is now committed (or abandoned): readers may see it.
+                self._persisted = self._stream_id
 
     def next_stream_id(self) -> int:
         """Allocate a stream position. Only call inside `write()`."""
@@ -74,7 +80,8 @@ class Database:
 
     @property
     def current_stream_id(self) -> int:
-        return self._stream_id
+        """The highest position whose transaction has finished: safe for readers."""
+        return self._persisted
 
     async def load_stream_position(self) -> None:
         from homeserver.storage.schema import metadata
@@ -86,6 +93,7 @@ class Database:
                     value = (await conn.execute(select(func.max(table.c.stream_id)))).scalar()
                     best = max(best, int(value or 0))
         self._stream_id = best
+        self._persisted = best
         log.info("stream position loaded: %d", best)
 
     async def close(self) -> None:

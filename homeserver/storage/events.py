@@ -20,11 +20,11 @@ from homeserver.events import Event, get_room_version, redact
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import (
-    room_forgotten,
     current_state,
     event_txns,
     events,
     forward_extremities,
+    room_forgotten,
     rooms,
 )
 
@@ -88,8 +88,14 @@ class EventStore:
     # Reading -------------------------------------------------------------------------------
 
     _cols = (
-        events.c.stream_id, events.c.event_id, events.c.room_id, events.c.json, events.c.unsigned_json,
-        events.c.txn_id, events.c.device_id, events.c.redacted_by,
+        events.c.stream_id,
+        events.c.event_id,
+        events.c.room_id,
+        events.c.json,
+        events.c.unsigned_json,
+        events.c.txn_id,
+        events.c.device_id,
+        events.c.redacted_by,
     )
 
     async def _load(self, conn: AsyncConnection, query: Any) -> list[StoredEvent]:
@@ -98,7 +104,9 @@ class EventStore:
         for row in rows:
             rv = self._versions.get(row.room_id)
             if rv is None:
-                vrow = (await conn.execute(select(rooms.c.room_version).where(rooms.c.room_id == row.room_id))).first()
+                vrow = (
+                    await conn.execute(select(rooms.c.room_version).where(rooms.c.room_id == row.room_id))
+                ).first()
                 if vrow is None:
                     continue
                 rv = get_room_version(vrow[0])
@@ -130,9 +138,18 @@ class EventStore:
         return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
 
     async def room_events(
-        self, room_id: str, *, after: int | None = None, upto: int | None = None, limit: int,
-        backwards: bool = True, types: Collection[str] | None = None, not_types: Collection[str] | None = None,
-        senders: Collection[str] | None = None, lower_bound: int | None = None, outliers: bool = False,
+        self,
+        room_id: str,
+        *,
+        after: int | None = None,
+        upto: int | None = None,
+        limit: int,
+        backwards: bool = True,
+        types: Collection[str] | None = None,
+        not_types: Collection[str] | None = None,
+        senders: Collection[str] | None = None,
+        lower_bound: int | None = None,
+        outliers: bool = False,
     ) -> list[StoredEvent]:
         """Timeline events with after < stream_id <= upto, newest first when backwards."""
         q = select(*self._cols).where(events.c.room_id == room_id)
@@ -158,8 +175,12 @@ class EventStore:
         async with self.db.read() as conn:
             value = (
                 await conn.execute(
-                    select(func.count()).select_from(events).where(
-                        events.c.room_id == room_id, events.c.stream_id > after, events.c.stream_id <= upto,
+                    select(func.count())
+                    .select_from(events)
+                    .where(
+                        events.c.room_id == room_id,
+                        events.c.stream_id > after,
+                        events.c.stream_id <= upto,
                         events.c.outlier.is_(False),
                     )
                 )
@@ -169,9 +190,15 @@ class EventStore:
     async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
         if not room_ids:
             return set()
-        q = select(events.c.room_id).distinct().where(
-            events.c.room_id.in_(list(room_ids)), events.c.stream_id > after, events.c.stream_id <= upto,
-            events.c.outlier.is_(False),
+        q = (
+            select(events.c.room_id)
+            .distinct()
+            .where(
+                events.c.room_id.in_(list(room_ids)),
+                events.c.stream_id > after,
+                events.c.stream_id <= upto,
+                events.c.outlier.is_(False),
+            )
         )
         async with self.db.read() as conn:
             return {r[0] for r in await conn.execute(q)}
@@ -181,7 +208,8 @@ class EventStore:
             row = (
                 await conn.execute(
                     select(event_txns.c.event_id).where(
-                        event_txns.c.user_id == txn.user_id, event_txns.c.device_id == txn.device_id,
+                        event_txns.c.user_id == txn.user_id,
+                        event_txns.c.device_id == txn.device_id,
                         event_txns.c.txn_id == txn.txn_id,
                     )
                 )
@@ -189,8 +217,13 @@ class EventStore:
         return row[0] if row else None
 
     async def get_relations(
-        self, event_id: str, rel_type: str | None = None, limit: int = 50, before: int | None = None,
-        forwards: bool = False, event_type: str | None = None,
+        self,
+        event_id: str,
+        rel_type: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        forwards: bool = False,
+        event_type: str | None = None,
     ) -> list[StoredEvent]:
         q = select(*self._cols).where(events.c.relates_to == event_id, events.c.rel_type != "m.in_reply_to")
         if rel_type:
@@ -238,8 +271,11 @@ class EventStore:
         q = (
             select(*self._cols)
             .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
-            .where(current_state.c.room_id == room_id, current_state.c.stream_id > after,
-                   current_state.c.stream_id <= upto)
+            .where(
+                current_state.c.room_id == room_id,
+                current_state.c.stream_id > after,
+                current_state.c.stream_id <= upto,
+            )
         )
         async with self.db.read() as conn:
             return await self._load(conn, q)
@@ -264,10 +300,12 @@ class EventStore:
         """(room_id, membership, event_id, stream_id) for every room the user has a member event in."""
         async with self.db.read() as conn:
             rows = await conn.execute(
-                select(current_state.c.room_id, current_state.c.membership, current_state.c.event_id,
-                       current_state.c.stream_id).where(
-                    current_state.c.state_key == user_id, current_state.c.type == "m.room.member"
-                )
+                select(
+                    current_state.c.room_id,
+                    current_state.c.membership,
+                    current_state.c.event_id,
+                    current_state.c.stream_id,
+                ).where(current_state.c.state_key == user_id, current_state.c.type == "m.room.member")
             )
             return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
@@ -276,8 +314,11 @@ class EventStore:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
-                    select(current_state.c.membership, current_state.c.event_id, current_state.c.stream_id).where(
-                        current_state.c.room_id == room_id, current_state.c.type == "m.room.member",
+                    select(
+                        current_state.c.membership, current_state.c.event_id, current_state.c.stream_id
+                    ).where(
+                        current_state.c.room_id == room_id,
+                        current_state.c.type == "m.room.member",
                         current_state.c.state_key == user_id,
                     )
                 )
@@ -296,24 +337,37 @@ class EventStore:
     # Writing ---------------------------------------------------------------------------------
 
     async def persist_event(
-        self, event: Event, *, txn: TxnInfo | None = None, outlier: bool = False,
-        new_room: tuple[str, str | None, int] | None = None, update_state: bool = True,
+        self,
+        event: Event,
+        *,
+        txn: TxnInfo | None = None,
+        outlier: bool = False,
+        new_room: tuple[str, str | None, int] | None = None,
+        update_state: bool = True,
     ) -> int:
         """Store a new event and its effects; returns its stream ID. `new_room` is (version, creator, ts)."""
         async with self.db.write() as conn:
-            return await self._persist(conn, event, txn=txn, outlier=outlier, new_room=new_room,
-                                       update_state=update_state)
+            return await self._persist(
+                conn, event, txn=txn, outlier=outlier, new_room=new_room, update_state=update_state
+            )
 
     async def _persist(
-        self, conn: AsyncConnection, event: Event, *, txn: TxnInfo | None, outlier: bool,
-        new_room: tuple[str, str | None, int] | None, update_state: bool,
+        self,
+        conn: AsyncConnection,
+        event: Event,
+        *,
+        txn: TxnInfo | None,
+        outlier: bool,
+        new_room: tuple[str, str | None, int] | None,
+        update_state: bool,
     ) -> int:
         room_id = event.room_id
         if new_room is not None:
             version, creator, ts = new_room
             await conn.execute(
-                insert(rooms).values(room_id=room_id, room_version=version, creator=creator, is_public=False,
-                                     created_ts=ts)
+                insert(rooms).values(
+                    room_id=room_id, room_version=version, creator=creator, is_public=False, created_ts=ts
+                )
             )
             self._versions[room_id] = event.room_version
         stream_id = self.db.next_stream_id()
@@ -325,23 +379,39 @@ class EventStore:
                 await conn.execute(
                     select(current_state.c.event_id, events.c.json)
                     .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
-                    .where(current_state.c.room_id == room_id, current_state.c.type == key[0],
-                           current_state.c.state_key == key[1])
+                    .where(
+                        current_state.c.room_id == room_id,
+                        current_state.c.type == key[0],
+                        current_state.c.state_key == key[1],
+                    )
                 )
             ).first()
             if prev is not None:
                 replaces = prev[0]
                 prev_pdu = jsonutil.loads(prev[1])
-                unsigned = {"replaces_state": replaces, "prev_content": prev_pdu.get("content", {}),
-                            "prev_sender": prev_pdu.get("sender")}
+                unsigned = {
+                    "replaces_state": replaces,
+                    "prev_content": prev_pdu.get("content", {}),
+                    "prev_sender": prev_pdu.get("sender"),
+                }
         rel_type, relates_to = _relation(event)
         await conn.execute(
             insert(events).values(
-                stream_id=stream_id, event_id=event.event_id, room_id=room_id, type=event.type,
-                state_key=event.state_key, sender=event.sender, depth=event.depth,
-                origin_server_ts=event.origin_server_ts, json=jsonutil.dumps(event.pdu),
-                replaces_state=replaces, rel_type=rel_type, relates_to=relates_to, outlier=outlier,
-                txn_id=txn.txn_id if txn else None, device_id=txn.device_id if txn else None,
+                stream_id=stream_id,
+                event_id=event.event_id,
+                room_id=room_id,
+                type=event.type,
+                state_key=event.state_key,
+                sender=event.sender,
+                depth=event.depth,
+                origin_server_ts=event.origin_server_ts,
+                json=jsonutil.dumps(event.pdu),
+                replaces_state=replaces,
+                rel_type=rel_type,
+                relates_to=relates_to,
+                outlier=outlier,
+                txn_id=txn.txn_id if txn else None,
+                device_id=txn.device_id if txn else None,
                 unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
             )
         )
@@ -349,25 +419,37 @@ class EventStore:
             return stream_id
         if txn is not None:
             await conn.execute(
-                insert(event_txns).values(user_id=txn.user_id, device_id=txn.device_id, txn_id=txn.txn_id,
-                                          event_id=event.event_id, created_ts=event.origin_server_ts)
+                insert(event_txns).values(
+                    user_id=txn.user_id,
+                    device_id=txn.device_id,
+                    txn_id=txn.txn_id,
+                    event_id=event.event_id,
+                    created_ts=event.origin_server_ts,
+                )
             )
         if event.is_state() and update_state:
             key = event.state_key_tuple
             values = dict(event_id=event.event_id, stream_id=stream_id, membership=event.membership)
             if replaces is not None:
                 await conn.execute(
-                    update(current_state).where(current_state.c.room_id == room_id, current_state.c.type == key[0],
-                                                current_state.c.state_key == key[1]).values(**values)
+                    update(current_state)
+                    .where(
+                        current_state.c.room_id == room_id,
+                        current_state.c.type == key[0],
+                        current_state.c.state_key == key[1],
+                    )
+                    .values(**values)
                 )
             else:
-                await conn.execute(insert(current_state).values(room_id=room_id, type=key[0], state_key=key[1],
-                                                                **values))
+                await conn.execute(
+                    insert(current_state).values(room_id=room_id, type=key[0], state_key=key[1], **values)
+                )
         prevs = event.prev_event_ids
         if prevs:
             await conn.execute(
-                delete(forward_extremities).where(forward_extremities.c.room_id == room_id,
-                                                  forward_extremities.c.event_id.in_(prevs))
+                delete(forward_extremities).where(
+                    forward_extremities.c.room_id == room_id, forward_extremities.c.event_id.in_(prevs)
+                )
             )
         await conn.execute(insert(forward_extremities).values(room_id=room_id, event_id=event.event_id))
         if event.type == "m.room.member" and event.membership == "join" and event.state_key:
@@ -386,7 +468,8 @@ class EventStore:
             return
         pruned = redact(jsonutil.loads(target[0]), redaction.room_version)
         await conn.execute(
-            update(events).where(events.c.event_id == redaction.redacts)
+            update(events)
+            .where(events.c.event_id == redaction.redacts)
             .values(json=jsonutil.dumps(pruned), redacted_by=redaction.event_id)
         )
 
@@ -397,17 +480,25 @@ class EventStore:
     async def forget_room(self, user_id: str, room_id: str) -> None:
         async with self.db.write() as conn:
             exists = (
-                await conn.execute(select(room_forgotten.c.room_id).where(
-                    and_(room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id)))
+                await conn.execute(
+                    select(room_forgotten.c.room_id).where(
+                        and_(room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id)
+                    )
+                )
             ).first()
             if not exists:
                 await conn.execute(insert(room_forgotten).values(user_id=user_id, room_id=room_id))
 
     async def forgotten_rooms(self, user_id: str) -> set[str]:
         async with self.db.read() as conn:
-            rows = await conn.execute(select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id))
+            rows = await conn.execute(
+                select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id)
+            )
             return {r[0] for r in rows}
 
     async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None:
-        await conn.execute(delete(room_forgotten).where(room_forgotten.c.user_id == user_id,
-                                                         room_forgotten.c.room_id == room_id))
+        await conn.execute(
+            delete(room_forgotten).where(
+                room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id
+            )
+        )

@@ -21,8 +21,9 @@ class FilterStore:
                 await conn.execute(select(func.max(filters.c.filter_id)).where(filters.c.user_id == user_id))
             ).scalar()
             filter_id = int(current or 0) + 1
-            await conn.execute(insert(filters).values(user_id=user_id, filter_id=filter_id,
-                                                      json=jsonutil.dumps(filter_json)))
+            await conn.execute(
+                insert(filters).values(user_id=user_id, filter_id=filter_id, json=jsonutil.dumps(filter_json))
+            )
         return str(filter_id)
 
     async def get(self, user_id: str, filter_id: str) -> dict[str, Any] | None:

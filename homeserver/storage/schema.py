@@ -207,4 +207,3 @@ server_keys = Table(
     Column("expired_ts", BigInteger, nullable=True),
     PrimaryKeyConstraint("server_name", "key_id"),
 )
-

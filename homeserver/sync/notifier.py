@@ -37,7 +37,9 @@ class Notifier:
             if not fut.done():
                 fut.set_result(None)
 
-    def notify(self, *, rooms: Iterable[str] = (), users: Iterable[str] = (), local_only: bool = False) -> None:
+    def notify(
+        self, *, rooms: Iterable[str] = (), users: Iterable[str] = (), local_only: bool = False
+    ) -> None:
         rooms = list(rooms)
         users = list(users)
         for room_id in rooms:

@@ -1,0 +1,50 @@
+"""Discovery and capabilities: /versions, .well-known, /capabilities, and small
+endpoints clients call on startup that have a well-defined "nothing here" answer."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.http import V3, json_response
+from homeserver.events import KNOWN_ROOM_VERSIONS
+from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
+from homeserver.server import HomeServer
+
+# Spec versions whose required endpoints for our supported feature set we implement.
+# v1.11+ is deliberately not advertised until authenticated media exists.
+SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10"]
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    async def versions(request: web.Request) -> web.Response:
+        return json_response({"versions": SPEC_VERSIONS, "unstable_features": {}})
+
+    async def well_known_client(request: web.Request) -> web.Response:
+        return json_response({"m.homeserver": {"base_url": hs.config.baseurl}})
+
+    async def capabilities(request: web.Request) -> web.Response:
+        await hs.auth.get_requester(request)
+        available = {v: "stable" for v in SUPPORTED_ROOM_VERSIONS}
+        available.update(
+            {v: "stable" for v in KNOWN_ROOM_VERSIONS if v not in available and v.isdigit() and int(v) < 10}
+        )
+        return json_response(
+            {
+                "capabilities": {
+                    "m.room_versions": {"default": hs.config.default_room_version, "available": available},
+                    "m.change_password": {"enabled": True},
+                    "m.set_displayname": {"enabled": True},
+                    "m.set_avatar_url": {"enabled": True},
+                    "m.3pid_changes": {"enabled": False},
+                    "m.get_login_token": {"enabled": False},
+                }
+            }
+        )
+
+    app.router.add_routes(
+        [
+            web.get("/_matrix/client/versions", versions),
+            web.get("/.well-known/matrix/client", well_known_client),
+            web.get(V3 + "/capabilities", capabilities),
+        ]
+    )

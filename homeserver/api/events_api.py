@@ -1,0 +1,249 @@
+"""Room events: send, state, redact, history (/messages, /context, /event), members,
+typing, receipts and read markers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from homeserver import jsonutil
+from homeserver.api.http import V3, json_response, query_int, read_json
+from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.client_format import client_event
+from homeserver.server import HomeServer
+from homeserver.storage.events import TxnInfo
+from homeserver.sync.filter import EventFilter
+
+MAX_STATE_KEY_BYTES = 255
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    auth = hs.auth
+    creator = hs.creator
+    messages = hs.messages
+
+    async def _require_joined(room_id: str, user_id: str) -> None:
+        m = await hs.events.get_membership(room_id, user_id)
+        if m is None or m[0] != "join":
+            if await hs.events.get_room_version(room_id) is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+            raise forbidden("You are not joined to this room")
+
+    async def send(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        content = await read_json(request, allow_empty=False)
+        txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
+        await _require_joined(room_id, requester.user_id)
+        event, _ = await creator.create_and_send(
+            room_id=room_id,
+            type=request.match_info["event_type"],
+            sender=requester.user_id,
+            content=content,
+            txn=txn,
+        )
+        return json_response({"event_id": event.event_id})
+
+    async def put_state(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        state_key = request.match_info.get("state_key", "")
+        if len(state_key.encode()) > MAX_STATE_KEY_BYTES:
+            raise MatrixError(400, Codes.INVALID_PARAM, "state_key too long")
+        type_ = request.match_info["event_type"]
+        content = await read_json(request, allow_empty=False)
+        await _require_joined(room_id, requester.user_id)
+        existing = await hs.events.get_current_state(room_id, [(type_, state_key)])
+        prev = existing.get((type_, state_key))
+        if prev is not None and prev.event.sender == requester.user_id and prev.event.content == content:
+            # Setting identical state again is idempotent and returns the existing event.
+            return json_response({"event_id": prev.event.event_id})
+        event, _ = await creator.create_and_send(
+            room_id=room_id, type=type_, sender=requester.user_id, content=content, state_key=state_key
+        )
+        return json_response({"event_id": event.event_id})
+
+    async def get_state_event(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        stored = await messages.state_event(
+            requester.user_id,
+            request.match_info["room_id"],
+            request.match_info["event_type"],
+            request.match_info.get("state_key", ""),
+        )
+        if request.query.get("format") == "event":
+            return json_response(client_event(stored, hs.clock.time_ms()))
+        return json_response(stored.event.content)
+
+    async def get_state(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        return json_response(await messages.room_state(requester.user_id, request.match_info["room_id"]))
+
+    async def redact(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        body = await read_json(request, allow_empty=True)
+        await _require_joined(room_id, requester.user_id)
+        target = request.match_info["event_id"]
+        rv = await hs.events.get_room_version(room_id)
+        assert rv is not None
+        content: dict[str, Any] = {}
+        if isinstance(body.get("reason"), str):
+            content["reason"] = body["reason"]
+        if rv.updated_redaction_rules:
+            content["redacts"] = target
+        txn = TxnInfo(requester.user_id, requester.device_id, "redact:" + request.match_info["txn_id"])
+        event, _ = await creator.create_and_send(
+            room_id=room_id,
+            type="m.room.redaction",
+            sender=requester.user_id,
+            content=content,
+            txn=txn,
+            redacts=target,
+        )
+        return json_response({"event_id": event.event_id})
+
+    async def get_messages(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        raw_filter = request.query.get("filter")
+        event_filter = EventFilter()
+        lazy = False
+        if raw_filter:
+            try:
+                parsed = jsonutil.loads(raw_filter)
+            except ValueError:
+                raise MatrixError(400, Codes.BAD_JSON, "filter is not JSON") from None
+            event_filter = EventFilter.parse(parsed)
+            lazy = bool(isinstance(parsed, dict) and parsed.get("lazy_load_members"))
+        body = await messages.messages(
+            requester.user_id,
+            requester.device_id,
+            request.match_info["room_id"],
+            request.query.get("from"),
+            request.query.get("to"),
+            request.query.get("dir", "b"),
+            query_int(request, "limit", 10, minimum=0),
+            event_filter,
+            lazy,
+        )
+        return json_response(body)
+
+    async def context(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        body = await messages.context(
+            requester.user_id,
+            requester.device_id,
+            request.match_info["room_id"],
+            request.match_info["event_id"],
+            query_int(request, "limit", 10),
+            EventFilter(),
+        )
+        return json_response(body)
+
+    async def get_event(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        return json_response(
+            await messages.get_event(
+                requester.user_id, request.match_info["room_id"], request.match_info["event_id"]
+            )
+        )
+
+    async def members(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        chunk = await messages.members(
+            requester.user_id,
+            request.match_info["room_id"],
+            request.query.get("membership"),
+            request.query.get("not_membership"),
+        )
+        return json_response({"chunk": chunk})
+
+    async def joined_members(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        await _require_joined(room_id, requester.user_id)
+        state = await hs.events.get_current_state(room_id, types=["m.room.member"])
+        joined = {
+            s.event.state_key: {
+                "display_name": s.event.content.get("displayname"),
+                "avatar_url": s.event.content.get("avatar_url"),
+            }
+            for s in state.values()
+            if s.event.membership == "join"
+        }
+        return json_response({"joined": joined})
+
+    async def typing(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        if request.match_info["user_id"] != requester.user_id:
+            raise forbidden("Cannot set typing for another user")
+        body = await read_json(request)
+        is_typing = body.get("typing")
+        if not isinstance(is_typing, bool):
+            raise MatrixError(400, Codes.BAD_JSON, "typing must be a boolean")
+        timeout = body.get("timeout", 30_000)
+        if is_typing and (not isinstance(timeout, int) or isinstance(timeout, bool)):
+            raise MatrixError(400, Codes.BAD_JSON, "timeout must be an integer")
+        await _require_joined(room_id, requester.user_id)
+        await hs.typing.set_typing(room_id, requester.user_id, is_typing, int(timeout or 0))
+        return json_response({})
+
+    async def receipt(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        receipt_type = request.match_info["receipt_type"]
+        event_id = request.match_info["event_id"]
+        body = await read_json(request, allow_empty=True)
+        await _require_joined(room_id, requester.user_id)
+        thread_id = body.get("thread_id")
+        if thread_id is not None and not isinstance(thread_id, str):
+            raise MatrixError(400, Codes.INVALID_PARAM, "thread_id must be a string")
+        if receipt_type == "m.fully_read":
+            await _set_fully_read(requester.user_id, room_id, event_id)
+        else:
+            await hs.receipts.post_receipt(requester.user_id, room_id, receipt_type, event_id, thread_id)
+        return json_response({})
+
+    async def _set_fully_read(user_id: str, room_id: str, event_id: str) -> None:
+        stored = await hs.events.get_event(event_id)
+        if stored is None or stored.event.room_id != room_id:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown event")
+        await hs.account_data.set(user_id, room_id, "m.fully_read", {"event_id": event_id})
+        hs.notifier.notify(users=[user_id])
+
+    async def read_markers(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        body = await read_json(request, allow_empty=True)
+        await _require_joined(room_id, requester.user_id)
+        if isinstance(body.get("m.fully_read"), str):
+            await _set_fully_read(requester.user_id, room_id, body["m.fully_read"])
+        for rtype in ("m.read", "m.read.private"):
+            if isinstance(body.get(rtype), str):
+                await hs.receipts.post_receipt(requester.user_id, room_id, rtype, body[rtype])
+        return json_response({})
+
+    room = V3 + "/rooms/{room_id}"
+    app.router.add_routes(
+        [
+            web.put(room + "/send/{event_type}/{txn_id}", send),
+            web.put(room + "/state/{event_type}", put_state),
+            web.put(room + "/state/{event_type}/", put_state),
+            web.put(room + "/state/{event_type}/{state_key}", put_state),
+            web.get(room + "/state/{event_type}", get_state_event),
+            web.get(room + "/state/{event_type}/", get_state_event),
+            web.get(room + "/state/{event_type}/{state_key}", get_state_event),
+            web.get(room + "/state", get_state),
+            web.put(room + "/redact/{event_id}/{txn_id}", redact),
+            web.get(room + "/messages", get_messages),
+            web.get(room + "/context/{event_id}", context),
+            web.get(room + "/event/{event_id}", get_event),
+            web.get(room + "/members", members),
+            web.get(room + "/joined_members", joined_members),
+            web.put(room + "/typing/{user_id}", typing),
+            web.post(room + "/receipt/{receipt_type}/{event_id}", receipt),
+            web.post(room + "/read_markers", read_markers),
+        ]
+    )

@@ -1,0 +1,58 @@
+"""Turning stored PDUs into the Client-Server API's event format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.storage.events import StoredEvent
+
+# Invite and knock previews show only these state events (stripped to type/state_key/sender/content).
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+def client_event(
+    stored: StoredEvent,
+    now_ms: int,
+    *,
+    device_id: str | None = None,
+    include_room_id: bool = True,
+    redacted_because: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """ClientEvent / ClientEventWithoutRoomID. `device_id` is the requester's, for transaction_id."""
+    ev = stored.event
+    out: dict[str, Any] = {
+        "type": ev.type,
+        "event_id": ev.event_id,
+        "sender": ev.sender,
+        "origin_server_ts": ev.origin_server_ts,
+        "content": ev.content,
+    }
+    if include_room_id:
+        out["room_id"] = ev.room_id
+    if ev.state_key is not None:
+        out["state_key"] = ev.state_key
+    redacts = ev.redacts
+    if redacts is not None and ev.type == "m.room.redaction":
+        out["redacts"] = redacts
+    unsigned: dict[str, Any] = dict(stored.unsigned)
+    unsigned["age"] = max(0, now_ms - ev.origin_server_ts)
+    if stored.txn_id is not None and device_id is not None and stored.device_id == device_id:
+        unsigned["transaction_id"] = stored.txn_id
+    if stored.redacted_by is not None:
+        unsigned.pop("prev_content", None)
+        unsigned["redacted_because"] = redacted_because or {"event_id": stored.redacted_by}
+    out["unsigned"] = unsigned
+    return out
+
+
+def stripped_state(stored: StoredEvent) -> dict[str, Any]:
+    ev = stored.event
+    return {"type": ev.type, "state_key": ev.state_key, "sender": ev.sender, "content": ev.content}

@@ -1,0 +1,226 @@
+"""Reading room history: /messages, /context, /event, /members and state, with visibility.
+
+Visibility follows the room's current m.room.history_visibility: members
+see history (from their join when it is "joined"); former members see up to
+the moment they left; "world_readable" rooms are visible to everyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.client_format import client_event
+from homeserver.storage.engine import Database
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.sync.filter import EventFilter
+from homeserver.sync.tokens import pagination_token, parse_pagination_token
+
+MAX_LIMIT = 1000
+
+
+@dataclass(slots=True)
+class Window:
+    """The stream range a user may read in a room."""
+
+    lower: int | None
+    upper: int
+
+
+class MessageHandler:
+    def __init__(self, db: Database, events: EventStore, clock: Clock) -> None:
+        self.db = db
+        self.events = events
+        self.clock = clock
+
+    async def visible_window(self, room_id: str, user_id: str) -> Window:
+        if await self.events.get_room_version(room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        current = self.db.current_stream_id
+        vis_state = await self.events.get_current_state(room_id, [("m.room.history_visibility", "")])
+        vis_ev = vis_state.get(("m.room.history_visibility", ""))
+        visibility = vis_ev.event.content.get("history_visibility", "shared") if vis_ev else "shared"
+        membership = await self.events.get_membership(room_id, user_id)
+        if membership is None:
+            if visibility == "world_readable":
+                return Window(None, current)
+            raise forbidden("You are not a member of this room")
+        state, _event_id, stream = membership
+        if state == "join":
+            return Window(stream if visibility == "joined" else None, current)
+        if state in ("leave", "ban"):
+            return Window(None, stream)
+        if state == "invite" and visibility in ("invited", "shared", "world_readable"):
+            return Window(None, stream)
+        raise forbidden("You cannot see this room's history")
+
+    def _format(self, stored: list[StoredEvent], device_id: str | None) -> list[dict[str, Any]]:
+        now = self.clock.time_ms()
+        return [client_event(s, now, device_id=device_id) for s in stored]
+
+    async def messages(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        from_token: str | None,
+        to_token: str | None,
+        direction: str,
+        limit: int,
+        event_filter: EventFilter,
+        lazy_load_members: bool,
+    ) -> dict[str, Any]:
+        window = await self.visible_window(room_id, user_id)
+        limit = max(1, min(limit, MAX_LIMIT))
+        backwards = direction == "b"
+        if direction not in ("b", "f"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be b or f")
+        if from_token is not None:
+            start = parse_pagination_token(from_token)
+        else:
+            start = window.upper if backwards else 0
+        bound = parse_pagination_token(to_token) if to_token else None
+        if backwards:
+            upto = min(start, window.upper)
+            after = window.lower - 1 if window.lower is not None else None
+            if bound is not None:
+                after = max(after or 0, bound)
+            batch = await self.events.room_events(
+                room_id,
+                after=after,
+                upto=upto,
+                limit=limit,
+                backwards=True,
+                types=event_filter.types,
+                not_types=event_filter.not_types,
+            )
+        else:
+            after = start
+            if window.lower is not None:
+                after = max(after, window.lower - 1)
+            upto = window.upper if bound is None else min(window.upper, bound)
+            batch = await self.events.room_events(
+                room_id,
+                after=after,
+                upto=upto,
+                limit=limit,
+                backwards=False,
+                types=event_filter.types,
+                not_types=event_filter.not_types,
+            )
+        chunk = [s for s in batch if event_filter.allows(s.event.type, s.event.sender)]
+        body: dict[str, Any] = {
+            "start": from_token or pagination_token(start),
+            "chunk": self._format(chunk, device_id),
+        }
+        if len(batch) == limit:
+            last = batch[-1].stream_id
+            body["end"] = pagination_token(last - 1 if backwards else last)
+        if lazy_load_members and chunk:
+            senders = {s.event.sender for s in chunk}
+            members = await self.events.get_current_state(room_id, [("m.room.member", u) for u in senders])
+            body["state"] = self._format(list(members.values()), None)
+        return body
+
+    async def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
+        window = await self.visible_window(room_id, user_id)
+        stored = await self.events.get_event(event_id)
+        if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        return client_event(stored, self.clock.time_ms())
+
+    @staticmethod
+    def _in_window(stored: StoredEvent, window: Window) -> bool:
+        if stored.stream_id > window.upper:
+            return False
+        return window.lower is None or stored.stream_id >= window.lower or stored.event.is_state()
+
+    async def context(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        event_id: str,
+        limit: int,
+        event_filter: EventFilter,
+    ) -> dict[str, Any]:
+        window = await self.visible_window(room_id, user_id)
+        stored = await self.events.get_event(event_id)
+        if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        limit = max(0, min(limit, MAX_LIMIT))
+        before_n = limit // 2
+        after_n = limit - before_n
+        lower = window.lower - 1 if window.lower is not None else None
+        before = (
+            await self.events.room_events(
+                room_id,
+                after=lower,
+                upto=stored.stream_id - 1,
+                limit=before_n,
+                backwards=True,
+                types=event_filter.types,
+                not_types=event_filter.not_types,
+            )
+            if before_n
+            else []
+        )
+        after = (
+            await self.events.room_events(
+                room_id,
+                after=stored.stream_id,
+                upto=window.upper,
+                limit=after_n,
+                backwards=False,
+                types=event_filter.types,
+                not_types=event_filter.not_types,
+            )
+            if after_n
+            else []
+        )
+        state = await self.events.get_current_state(room_id)
+        now = self.clock.time_ms()
+        return {
+            "event": client_event(stored, now, device_id=device_id),
+            "events_before": self._format(before, device_id),
+            "events_after": self._format(after, device_id),
+            "start": pagination_token((before[-1].stream_id if before else stored.stream_id) - 1),
+            "end": pagination_token(after[-1].stream_id if after else stored.stream_id),
+            "state": self._format(list(state.values()), None),
+        }
+
+    async def room_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        window = await self.visible_window(room_id, user_id)
+        membership = await self.events.get_membership(room_id, user_id)
+        if membership is not None and membership[0] != "join" and window.upper < self.db.current_stream_id:
+            # Former members see the state as it was when they left (approximated by filtering).
+            state = await self.events.get_current_state(room_id)
+            stored = [s for s in state.values() if s.stream_id <= window.upper]
+        else:
+            stored = list((await self.events.get_current_state(room_id)).values())
+        return self._format(stored, None)
+
+    async def state_event(self, user_id: str, room_id: str, type_: str, state_key: str) -> StoredEvent:
+        await self.visible_window(room_id, user_id)
+        found = await self.events.get_current_state(room_id, [(type_, state_key)])
+        stored = found.get((type_, state_key))
+        if stored is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "State event not found")
+        return stored
+
+    async def members(
+        self, user_id: str, room_id: str, membership: str | None, not_membership: str | None
+    ) -> list[dict[str, Any]]:
+        await self.visible_window(room_id, user_id)
+        state = await self.events.get_current_state(room_id, types=["m.room.member"])
+        out = []
+        for s in state.values():
+            m = s.event.membership
+            if membership and m != membership:
+                continue
+            if not_membership and m == not_membership:
+                continue
+            out.append(s)
+        return self._format(out, None)
