@@ -21,7 +21,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.storage.accounts import AccountStore, TokenInfo
 
-REQUESTER_KEY = "sotto.requester"
+
 _TOKEN_CACHE_SIZE = 10_000
 
 
@@ -32,6 +32,9 @@ class Requester:
     is_admin: bool = False
     is_guest: bool = False
     token_hash: str = ""
+
+
+REQUESTER_KEY = web.RequestKey("sotto.requester", Requester)
 
 
 def hash_token(token: str) -> str:
@@ -128,7 +131,7 @@ class AuthHandler:
     async def get_requester(self, request: web.Request, *, allow_guest: bool = False) -> Requester:
         cached = request.get(REQUESTER_KEY)
         if cached is not None:
-            return cached  # type: ignore[no-any-return]
+            return cached
         token = self.extract_token(request)
         if token is None:
             if "access_token" in request.query:

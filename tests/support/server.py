@@ -37,19 +37,30 @@ class RunningServer:
 
     async def register(self, localpart: str, password: str = "password", admin: bool = False) -> str:
         return await create_account(
-            self.hs.accounts, self.hs.passwords, self.server_name, localpart, password,
-            self.hs.clock.time_ms(), admin=admin,
+            self.hs.accounts,
+            self.hs.passwords,
+            self.server_name,
+            localpart,
+            password,
+            self.hs.clock.time_ms(),
+            admin=admin,
         )
 
     async def login(self, localpart: str, password: str = "password") -> dict[str, Any]:
         """Register (if needed) and log in over HTTP; returns the login response."""
         if not await self.hs.accounts.user_exists(f"@{localpart}:{self.server_name}"):
             await self.register(localpart, password)
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{self.base_url}/_matrix/client/v3/login",
-            json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
-                  "password": password},
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{self.base_url}/_matrix/client/v3/login",
+                json={
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": localpart},
+                    "password": password,
+                },
+            ) as resp,
+        ):
             body: dict[str, Any] = await resp.json()
             assert resp.status == 200, body
             return body

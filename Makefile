@@ -1,0 +1,36 @@
+# Sotto — one command to run, one to test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/homeserver.yaml
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint check venv bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start the homeserver on SQLite (writes config/homeserver.yaml on first run).
+run: $(STAMP)
+	@test -f $(CONFIG) || $(BIN)/sotto generate-config --config $(CONFIG)
+	$(BIN)/sotto migrate --config $(CONFIG)
+	$(BIN)/sotto serve --config $(CONFIG)
+
+## Run every test.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## ruff + mypy --strict.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache
