@@ -1,11 +1,44 @@
-"""Placeholder: being implemented (accounts area)."""
+"""Login and logout: GET/POST /login, POST /logout, POST /logout/all."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.api.devices import get_device_handler
+from homeserver.api.http import V3, json_response, read_json
+from homeserver.handlers.registration import LoginHandler
 from homeserver.server import HomeServer
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    return None
+    login_handler = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth)
+    devices = get_device_handler(app, hs)
+    auth = hs.auth
+
+    async def login_flows(request: web.Request) -> web.Response:
+        return json_response({"flows": login_handler.flows()})
+
+    async def login(request: web.Request) -> web.Response:
+        return json_response(await login_handler.login(await read_json(request)))
+
+    async def logout(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request, allow_guest=True)
+        # Logging out deletes the token's device too (and, through the hooks, its E2EE keys).
+        await devices.delete_devices(requester.user_id, [requester.device_id])
+        auth.invalidate([requester.token_hash])
+        return json_response({})
+
+    async def logout_all(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request, allow_guest=True)
+        await devices.delete_devices(requester.user_id, None)
+        auth.invalidate_user(requester.user_id)
+        return json_response({})
+
+    app.router.add_routes(
+        [
+            web.get(V3 + "/login", login_flows),
+            web.post(V3 + "/login", login),
+            web.post(V3 + "/logout", logout),
+            web.post(V3 + "/logout/all", logout_all),
+        ]
+    )

@@ -1,11 +1,55 @@
-"""Placeholder: being implemented (accounts area)."""
+"""Profiles: GET /profile/{userId} and GET/PUT/DELETE /profile/{userId}/{keyName}.
+
+`displayname` and `avatar_url` are the historical paths and the generic
+`{keyName}` route of v1.16 at once. The `ProfileHandler` is shared under
+`PROFILE_HANDLER_KEY` so federation can set its `remote_lookup`.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.api.http import V3, json_response, read_json
+from homeserver.handlers.profile import ProfileHandler
 from homeserver.server import HomeServer
+
+PROFILE_HANDLER_KEY = web.AppKey("sotto.profile_handler", ProfileHandler)
+
+
+def get_profile_handler(app: web.Application, hs: HomeServer) -> ProfileHandler:
+    if PROFILE_HANDLER_KEY not in app:
+        app[PROFILE_HANDLER_KEY] = ProfileHandler(hs.accounts, hs.events, hs.creator, hs.server_name)
+    return app[PROFILE_HANDLER_KEY]
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    return None
+    profiles = get_profile_handler(app, hs)
+    auth = hs.auth
+
+    async def get_profile(request: web.Request) -> web.Response:
+        return json_response(await profiles.get_profile(request.match_info["user_id"]))
+
+    async def get_field(request: web.Request) -> web.Response:
+        return json_response(
+            await profiles.get_field(request.match_info["user_id"], request.match_info["key"])
+        )
+
+    async def set_field(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        body = await read_json(request)
+        await profiles.set_field(requester, request.match_info["user_id"], request.match_info["key"], body)
+        return json_response({})
+
+    async def delete_field(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        await profiles.delete_field(requester, request.match_info["user_id"], request.match_info["key"])
+        return json_response({})
+
+    app.router.add_routes(
+        [
+            web.get(V3 + "/profile/{user_id}", get_profile),
+            web.get(V3 + "/profile/{user_id}/{key}", get_field),
+            web.put(V3 + "/profile/{user_id}/{key}", set_field),
+            web.delete(V3 + "/profile/{user_id}/{key}", delete_field),
+        ]
+    )

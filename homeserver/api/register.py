@@ -1,11 +1,56 @@
-"""Placeholder: being implemented (accounts area)."""
+"""Registration: POST /register, GET /register/available and registration token validity.
+
+Also owns the app's single `UserInteractiveAuth` (`UIA_KEY`, `get_uia`), which
+every UIA-protected endpoint shares so sessions are tracked in one place.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.api.http import V1, V3, json_response, read_json
+from homeserver.errors import missing_param
+from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.server import HomeServer
+
+UIA_KEY = web.AppKey("sotto.uia", UserInteractiveAuth)
+
+
+def get_uia(app: web.Application, hs: HomeServer) -> UserInteractiveAuth:
+    """The app's UIA session manager, created on first use."""
+    if UIA_KEY not in app:
+        app[UIA_KEY] = UserInteractiveAuth(hs.accounts, hs.passwords, hs.clock, hs.server_name)
+    return app[UIA_KEY]
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    return None
+    registration = RegistrationHandler(
+        hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock
+    )
+
+    async def register(request: web.Request) -> web.Response:
+        body = await read_json(request, allow_empty=True)
+        kind = request.query.get("kind", "user")
+        return json_response(await registration.register(kind, body))
+
+    async def available(request: web.Request) -> web.Response:
+        username = request.query.get("username")
+        if username is None:
+            raise missing_param("username")
+        await registration.check_username(username)
+        return json_response({"available": True})
+
+    async def token_validity(request: web.Request) -> web.Response:
+        token = request.query.get("token")
+        if token is None:
+            raise missing_param("token")
+        return json_response({"valid": await registration.token_validity(token)})
+
+    app.router.add_routes(
+        [
+            web.post(V3 + "/register", register),
+            web.get(V3 + "/register/available", available),
+            web.get(V1 + "/register/m.login.registration_token/validity", token_validity),
+        ]
+    )

@@ -1,0 +1,160 @@
+"""Profiles: display names and avatars, and their propagation into rooms.
+
+A change to a local user's display name or avatar is stored first, then a new
+`m.room.member` event (the current one with the field replaced) is sent into
+every room the user has joined, as the spec's "Events on Change of Profile
+Information" asks.
+
+Only `displayname` and `avatar_url` are stored; other profile fields (`m.tz`,
+custom keys) are refused with 403 until they have a table of their own.
+Remote users' profiles are looked up through `remote_lookup`, which federation
+sets; without it they are reported as not found.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param, not_found
+from homeserver.handlers.auth import Requester
+from homeserver.handlers.event_creation import EventCreator
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.events import EventStore
+
+log = logging.getLogger(__name__)
+
+DISPLAYNAME = "displayname"
+AVATAR_URL = "avatar_url"
+STORED_FIELDS = (DISPLAYNAME, AVATAR_URL)
+MAX_DISPLAYNAME_LEN = 256
+MAX_AVATAR_URL_LEN = 1000
+MAX_KEY_BYTES = 255
+# The spec's keyName grammar: the two historical fields, m.tz, or a namespaced identifier.
+_KEY_RE = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
+
+# (user_id, field or None for the whole profile) -> profile JSON. Raises MatrixError (404/403).
+RemoteProfileLookup = Callable[[str, str | None], Awaitable[dict[str, Any]]]
+
+
+def validate_key(key: str) -> None:
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise MatrixError(400, "M_KEY_TOO_LARGE", "Profile key is longer than 255 bytes")
+    if not _KEY_RE.match(key):
+        raise MatrixError(400, Codes.INVALID_PARAM, "Invalid profile key name")
+
+
+def _validate_value(key: str, value: Any) -> str | None:
+    """The value to store for a stored field; an empty string clears it."""
+    if not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    if key == DISPLAYNAME:
+        if len(value) > MAX_DISPLAYNAME_LEN:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Display name is too long")
+    elif value:
+        if len(value) > MAX_AVATAR_URL_LEN:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Avatar URL is too long")
+        if not value.startswith("mxc://"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "avatar_url must be an mxc:// URI")
+    return value or None
+
+
+class ProfileHandler:
+    def __init__(
+        self, accounts: AccountStore, events: EventStore, creator: EventCreator, server_name: str
+    ) -> None:
+        self.accounts = accounts
+        self.events = events
+        self.creator = creator
+        self.server_name = server_name
+        self.remote_lookup: RemoteProfileLookup | None = None
+
+    def is_local(self, user_id: str) -> bool:
+        return user_id.partition(":")[2] == self.server_name
+
+    async def get_profile(self, user_id: str) -> dict[str, Any]:
+        if not user_id.startswith("@") or ":" not in user_id:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid user ID")
+        if not self.is_local(user_id):
+            if self.remote_lookup is None:
+                raise not_found("Profile not found")
+            return await self.remote_lookup(user_id, None)
+        row = await self.accounts.get_profile(user_id)
+        if row is None or row[2]:
+            raise not_found("Profile not found")
+        displayname, avatar_url, _ = row
+        profile: dict[str, Any] = {}
+        if displayname is not None:
+            profile[DISPLAYNAME] = displayname
+        if avatar_url is not None:
+            profile[AVATAR_URL] = avatar_url
+        return profile
+
+    async def get_field(self, user_id: str, key: str) -> dict[str, Any]:
+        validate_key(key)
+        if not self.is_local(user_id) and self.remote_lookup is not None:
+            profile = await self.remote_lookup(user_id, key)
+        else:
+            profile = await self.get_profile(user_id)
+        if key not in profile:
+            raise not_found(f"No {key} set for this user")
+        return {key: profile[key]}
+
+    async def set_field(self, requester: Requester, user_id: str, key: str, body: Mapping[str, Any]) -> None:
+        validate_key(key)
+        self._check_may_edit(requester, user_id)
+        if key not in body:
+            raise missing_param(key)
+        if key not in STORED_FIELDS:
+            raise forbidden(f"The profile field {key} cannot be set on this server")
+        await self._update(user_id, key, _validate_value(key, body[key]))
+
+    async def delete_field(self, requester: Requester, user_id: str, key: str) -> None:
+        validate_key(key)
+        self._check_may_edit(requester, user_id)
+        if key in STORED_FIELDS:
+            await self._update(user_id, key, None)
+        # Other fields are never stored, so deleting them is already done.
+
+    def _check_may_edit(self, requester: Requester, user_id: str) -> None:
+        if user_id != requester.user_id and not (requester.is_admin and self.is_local(user_id)):
+            raise forbidden("You cannot change another user's profile")
+
+    async def _update(self, user_id: str, key: str, value: str | None) -> None:
+        row = await self.accounts.get_profile(user_id)
+        if row is None or row[2]:
+            raise not_found("Unknown user")
+        current = row[0] if key == DISPLAYNAME else row[1]
+        if current == value:
+            return
+        await self.accounts.set_profile(user_id, **{key: value})
+        await self._propagate(user_id, key, value)
+
+    async def _propagate(self, user_id: str, key: str, value: str | None) -> None:
+        """Send an updated join event into every room the user is joined to."""
+        joined = [
+            room_id
+            for room_id, membership, _, _ in await self.events.get_memberships_for_user(user_id)
+            if membership == "join"
+        ]
+        for room_id in joined:
+            try:
+                state = await self.events.get_current_state(room_id, [("m.room.member", user_id)])
+                member = state.get(("m.room.member", user_id))
+                if member is None:
+                    continue
+                content = dict(member.event.content)
+                if content.get("membership") != "join" or content.get(key) == value:
+                    continue
+                if value is None:
+                    content.pop(key, None)
+                else:
+                    content[key] = value
+                await self.creator.create_and_send(
+                    room_id=room_id, type="m.room.member", sender=user_id, content=content, state_key=user_id
+                )
+            except Exception:
+                # The profile is saved; one room refusing the update must not block the others.
+                log.exception("could not update %s's member event in %s", user_id, room_id)

@@ -1,0 +1,325 @@
+"""The account lifecycle: registration, password login, password change, deactivation.
+
+Every write that ends a session (password change, deactivation) goes through
+`DeviceHandler.delete_devices`, so tokens leave the auth cache and per-device
+data (E2EE keys) is cleaned up by the hooks registered there.
+
+Passwords and tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.config import Config
+from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param
+from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester
+from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.event_creation import EventCreator
+from homeserver.handlers.uia import (
+    STAGE_DUMMY,
+    STAGE_PASSWORD,
+    STAGE_REGISTRATION_TOKEN,
+    Flow,
+    UserInteractiveAuth,
+    check_password_login,
+    user_id_from_identifier,
+    valid_token_syntax,
+)
+from homeserver.handlers.users import create_account, validate_localpart
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.events import EventStore
+
+log = logging.getLogger(__name__)
+
+MAX_PASSWORD_LEN = 512
+PASSWORD_FLOWS: list[Flow] = [[STAGE_PASSWORD]]
+# Registration tokens come first and are followed by m.login.dummy, as Synapse offers them:
+# matrix-nio's register_with_token completes the token stage and then a dummy stage.
+TOKEN_FLOW: Flow = [STAGE_REGISTRATION_TOKEN, STAGE_DUMMY]
+
+
+def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    return value
+
+
+def _opt_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_json(f"{key} must be a boolean")
+    return value
+
+
+def validate_password(password: str | None) -> None:
+    if password is None:
+        return
+    if not password:
+        raise MatrixError(400, Codes.WEAK_PASSWORD, "Password must not be empty")
+    if len(password) > MAX_PASSWORD_LEN:
+        raise MatrixError(400, Codes.INVALID_PARAM, "Password is too long")
+
+
+@dataclass(slots=True, frozen=True)
+class RegistrationRequest:
+    username: str | None = None
+    password: str | None = None
+    device_id: str | None = None
+    initial_device_display_name: str | None = None
+    inhibit_login: bool = False
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RegistrationRequest:
+        req = cls(
+            username=_opt_str(body, "username"),
+            password=_opt_str(body, "password"),
+            device_id=_opt_str(body, "device_id"),
+            initial_device_display_name=_opt_str(body, "initial_device_display_name"),
+            inhibit_login=_opt_bool(body, "inhibit_login", False),
+        )
+        validate_password(req.password)
+        return req
+
+
+class RegistrationHandler:
+    def __init__(
+        self,
+        config: Config,
+        accounts: AccountStore,
+        passwords: PasswordHasher,
+        auth: AuthHandler,
+        uia: UserInteractiveAuth,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.passwords = passwords
+        self.auth = auth
+        self.uia = uia
+        self.clock = clock
+
+    @property
+    def server_name(self) -> str:
+        return self.config.server_name
+
+    @property
+    def flows(self) -> list[Flow]:
+        if self.config.registration.requires_token:
+            return [TOKEN_FLOW]
+        return [[STAGE_DUMMY], TOKEN_FLOW]
+
+    def _require_open(self) -> None:
+        if not self.config.registration.enabled:
+            raise forbidden("Registration has been disabled")
+
+    async def check_username(self, username: str) -> str:
+        """Validate a desired username and check it is free; returns the user ID it maps to."""
+        self._require_open()
+        user_id = validate_localpart(username.lower(), self.server_name)
+        if await self.accounts.find_user_case_insensitive(user_id):
+            raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
+        return user_id
+
+    async def token_validity(self, token: str) -> bool:
+        self._require_open()
+        return valid_token_syntax(token) and await self.accounts.registration_token_valid(
+            token, self.clock.time_ms()
+        )
+
+    async def register(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if kind == "guest":
+            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+        if kind != "user":
+            raise MatrixError(400, Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
+        self._require_open()
+        params = {k: v for k, v in body.items() if k != "auth"}
+        req = RegistrationRequest.from_json(params)
+        # A taken or invalid name is reported before the client goes through any auth stage.
+        if req.username is not None:
+            await self.check_username(req.username)
+        flows = self.flows
+        result = await self.uia.check(
+            operation="POST /register", flows=flows, auth=body.get("auth"), client_params=params
+        )
+        # Later requests in a session may carry only `auth`: use the parameters remembered with it.
+        req = RegistrationRequest.from_json(result.client_params)
+        token = result.registration_token if STAGE_REGISTRATION_TOKEN in result.completed else None
+        if token is not None and not await self.accounts.consume_registration_token(
+            token, self.clock.time_ms()
+        ):
+            self.uia.reject_stage(
+                result,
+                STAGE_REGISTRATION_TOKEN,
+                flows,
+                Codes.UNAUTHORIZED,
+                "Registration token is no longer valid",
+            )
+        try:
+            user_id = await self._create_user(req)
+        except BaseException:
+            # A token use counts only for a registration that succeeded.
+            if token is not None:
+                await self.accounts.refund_registration_token(token)
+            raise
+        self.uia.finish(result)
+        log.info("registered %s", user_id)
+        response: dict[str, Any] = {"user_id": user_id, "home_server": self.server_name}
+        if not req.inhibit_login:
+            access_token, device_id = await self.auth.create_session(
+                user_id, req.device_id, req.initial_device_display_name
+            )
+            response.update(access_token=access_token, device_id=device_id)
+        return response
+
+    async def _create_user(self, req: RegistrationRequest) -> str:
+        now = self.clock.time_ms()
+        if req.username is not None:
+            return await create_account(
+                self.accounts, self.passwords, self.server_name, req.username, req.password, now
+            )
+        while True:
+            # A random name; retried on the (astronomically unlikely) collision.
+            candidate = "u" + secrets.token_hex(6)
+            try:
+                return await create_account(
+                    self.accounts, self.passwords, self.server_name, candidate, req.password, now
+                )
+            except MatrixError as e:
+                if e.errcode != Codes.USER_IN_USE:
+                    raise
+
+
+class LoginHandler:
+    LOGIN_TYPES = ("m.login.password",)
+
+    def __init__(
+        self, config: Config, accounts: AccountStore, passwords: PasswordHasher, auth: AuthHandler
+    ) -> None:
+        self.config = config
+        self.accounts = accounts
+        self.passwords = passwords
+        self.auth = auth
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [{"type": t} for t in self.LOGIN_TYPES]
+
+    async def login(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        login_type = body.get("type")
+        if login_type is None:
+            raise missing_param("type")
+        if login_type not in self.LOGIN_TYPES:
+            raise MatrixError(400, Codes.UNKNOWN, "Unknown login type")
+        device_id = _opt_str(body, "device_id")
+        display_name = _opt_str(body, "initial_device_display_name")
+        server_name = self.config.server_name
+        claimed = user_id_from_identifier(body, server_name)
+        try:
+            user_id = await check_password_login(
+                self.accounts, self.passwords, server_name, claimed, body.get("password")
+            )
+        except MatrixError as e:
+            if e.status == 403:
+                log.info("failed login for %s: %s", claimed, e.errcode)
+            raise
+        token, device_id = await self.auth.create_session(user_id, device_id, display_name)
+        return {
+            "user_id": user_id,
+            "access_token": token,
+            "device_id": device_id,
+            "home_server": server_name,
+            "well_known": {"m.homeserver": {"base_url": self.config.baseurl + "/"}},
+        }
+
+
+class AccountHandler:
+    """Password change and deactivation (both behind UIA with the account's password)."""
+
+    def __init__(
+        self,
+        accounts: AccountStore,
+        passwords: PasswordHasher,
+        auth: AuthHandler,
+        uia: UserInteractiveAuth,
+        devices: DeviceHandler,
+        events: EventStore,
+        creator: EventCreator,
+    ) -> None:
+        self.accounts = accounts
+        self.passwords = passwords
+        self.auth = auth
+        self.uia = uia
+        self.devices = devices
+        self.events = events
+        self.creator = creator
+
+    async def change_password(self, requester: Requester | None, body: Mapping[str, Any]) -> None:
+        new_password = body.get("new_password")
+        if new_password is None:
+            raise missing_param("new_password")
+        if not isinstance(new_password, str):
+            raise bad_json("new_password must be a string")
+        validate_password(new_password)
+        logout_devices = _opt_bool(body, "logout_devices", True)
+        result = await self.uia.check(
+            operation="POST /account/password",
+            flows=PASSWORD_FLOWS,
+            auth=body.get("auth"),
+            requester=requester.user_id if requester else None,
+        )
+        user_id = requester.user_id if requester else result.user_id
+        assert user_id is not None  # the password stage identified the user
+        await self.accounts.set_password_hash(user_id, await self.passwords.hash(new_password))
+        self.uia.finish(result)
+        if logout_devices:
+            # The session that asked for the change stays logged in.
+            await self.devices.delete_other_devices(user_id, requester.device_id if requester else None)
+        log.info("password changed for %s", user_id)
+
+    async def deactivate(self, requester: Requester | None, body: Mapping[str, Any]) -> dict[str, Any]:
+        erase = _opt_bool(body, "erase", False)
+        _opt_str(body, "id_server")
+        result = await self.uia.check(
+            operation="POST /account/deactivate",
+            flows=PASSWORD_FLOWS,
+            auth=body.get("auth"),
+            requester=requester.user_id if requester else None,
+        )
+        user_id = requester.user_id if requester else result.user_id
+        assert user_id is not None
+        self.uia.finish(result)
+        await self.devices.delete_devices(user_id, None)
+        await self.accounts.deactivate(user_id)
+        self.auth.invalidate_user(user_id)
+        if erase:
+            await self.accounts.set_profile(user_id, displayname=None, avatar_url=None)
+        await self._leave_all_rooms(user_id)
+        log.info("deactivated %s", user_id)
+        # No third-party identifiers are bound through this server.
+        return {"id_server_unbind_result": "no-support"}
+
+    async def _leave_all_rooms(self, user_id: str) -> None:
+        for room_id, membership, _, _ in await self.events.get_memberships_for_user(user_id):
+            if membership not in ("join", "invite", "knock"):
+                continue
+            try:
+                await self.creator.create_and_send(
+                    room_id=room_id,
+                    type="m.room.member",
+                    sender=user_id,
+                    content={"membership": "leave"},
+                    state_key=user_id,
+                )
+            except Exception:
+                # Best effort: the account is already unusable; one room failing must not stop the rest.
+                log.exception("could not remove deactivated %s from %s", user_id, room_id)
+
+
+def whoami(requester: Requester) -> dict[str, Any]:
+    return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": requester.is_guest}

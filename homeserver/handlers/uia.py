@@ -1,0 +1,363 @@
+"""User-interactive authentication (UIA): sessions, flows and the stages we offer.
+
+An endpoint protected by UIA calls `UserInteractiveAuth.check` with the flows
+it accepts. Until a flow is complete, `check` raises `InteractiveAuthRequired`
+(a 401 carrying `flows`, `params`, `session` and, once something is done,
+`completed`); when one is, it returns a `UIAResult` and the endpoint performs
+its action, then calls `finish` so the session cannot be replayed.
+
+Invariants:
+- Sessions live in memory, bounded in number and lifetime (LRU + TTL on the
+  injected clock). A lost or expired session simply starts a new one.
+- A session is bound to the operation and the requester that started it, so
+  auth completed for one action cannot authorise another.
+- Stages are completed in flow order; a completed stage is never re-run.
+- Failed stage attempts are counted per session; too many end the session.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, InteractiveAuthRequired, MatrixError, bad_json, missing_param
+from homeserver.handlers.auth import PasswordHasher
+from homeserver.storage.accounts import AccountStore
+
+STAGE_DUMMY = "m.login.dummy"
+STAGE_PASSWORD = "m.login.password"
+STAGE_REGISTRATION_TOKEN = "m.login.registration_token"
+SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN})
+
+SESSION_TTL_MS = 15 * 60 * 1000
+MAX_SESSIONS = 10_000
+MAX_FAILED_ATTEMPTS = 10
+
+# Registration tokens use the opaque identifier grammar, at most 64 characters.
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9._~\-]{1,64}$")
+
+Flow = Sequence[str]
+
+
+class StageFailed(Exception):
+    """A stage attempt that failed but may be retried (401 with errcode/error)."""
+
+    def __init__(self, errcode: Codes | str, message: str) -> None:
+        super().__init__(message)
+        self.errcode = str(errcode)
+        self.message = message
+
+
+@dataclass(slots=True)
+class UIASession:
+    session_id: str
+    operation: str
+    owner: str | None
+    last_used_ms: int
+    completed: list[str] = field(default_factory=list)
+    # The user a password stage authenticated (the account acted on when there is no access token).
+    user_id: str | None = None
+    registration_token: str | None = None
+    # Request parameters from earlier requests in this session (clients may omit them later).
+    client_params: dict[str, Any] = field(default_factory=dict)
+    failures: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class UIAResult:
+    session_id: str
+    completed: tuple[str, ...]
+    user_id: str | None
+    registration_token: str | None
+    client_params: Mapping[str, Any]
+
+
+# User identification (shared with /login) -----------------------------------------------
+
+
+def user_id_from_identifier(body: Mapping[str, Any], server_name: str) -> str:
+    """The user ID named by a login/UIA body's `identifier` (or legacy `user`).
+
+    Third-party identifiers are refused with 403: this server binds no 3PIDs,
+    and the spec asks for 403 when the 3PID is unknown.
+    """
+    identifier = body.get("identifier")
+    if identifier is None:
+        if "user" in body:
+            identifier = {"type": "m.id.user", "user": body["user"]}
+        elif "medium" in body or "address" in body:
+            identifier = {"type": "m.id.thirdparty"}
+        else:
+            raise missing_param("identifier")
+    if not isinstance(identifier, dict):
+        raise bad_json("identifier must be an object")
+    id_type = identifier.get("type")
+    if id_type == "m.id.user":
+        user = identifier.get("user")
+        if user is None:
+            raise missing_param("identifier.user")
+        if not isinstance(user, str) or not user:
+            raise bad_json("identifier.user must be a non-empty string")
+        return qualify_user_id(user, server_name)
+    if id_type in ("m.id.thirdparty", "m.id.phone"):
+        raise MatrixError(403, Codes.FORBIDDEN, "Unknown third-party identifier")
+    raise MatrixError(400, Codes.UNKNOWN, "Unknown login identifier type")
+
+
+def qualify_user_id(user: str, server_name: str) -> str:
+    """A full user ID from a localpart or a full user ID."""
+    return user if user.startswith("@") else f"@{user}:{server_name}"
+
+
+async def check_password_login(
+    accounts: AccountStore, passwords: PasswordHasher, server_name: str, user_id: str, password: Any
+) -> str:
+    """Verify a local user's password; returns the canonical user ID.
+
+    Raises 403 M_FORBIDDEN for an unknown user or a wrong password, and
+    403 M_USER_DEACTIVATED for a deactivated account.
+    """
+    if password is None:
+        raise missing_param("password")
+    if not isinstance(password, str):
+        raise bad_json("password must be a string")
+    invalid = MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+    _, _, domain = user_id.partition(":")
+    if domain != server_name:
+        raise invalid
+    user = await accounts.get_user(user_id)
+    if user is None:
+        found = await accounts.find_user_case_insensitive(user_id)
+        user = await accounts.get_user(found) if found else None
+    if user is None:
+        raise invalid
+    if user["deactivated"]:
+        raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
+    password_hash = user["password_hash"]
+    if not await passwords.check(password, password_hash if isinstance(password_hash, str) else None):
+        raise invalid
+    return str(user["user_id"])
+
+
+# Sessions and flows ------------------------------------------------------------------------
+
+
+def flows_json(flows: Sequence[Flow]) -> list[dict[str, list[str]]]:
+    return [{"stages": list(flow)} for flow in flows]
+
+
+class UserInteractiveAuth:
+    def __init__(
+        self,
+        accounts: AccountStore,
+        passwords: PasswordHasher,
+        clock: Clock,
+        server_name: str,
+        *,
+        session_ttl_ms: int = SESSION_TTL_MS,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        self.accounts = accounts
+        self.passwords = passwords
+        self.clock = clock
+        self.server_name = server_name
+        self.session_ttl_ms = session_ttl_ms
+        self.max_sessions = max_sessions
+        # Least recently used first, so expiry and eviction both pop from the front.
+        self._sessions: OrderedDict[str, UIASession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def check(
+        self,
+        *,
+        operation: str,
+        flows: Sequence[Flow],
+        auth: Any,
+        requester: str | None = None,
+        client_params: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> UIAResult:
+        """Advance the UIA session named in `auth`; return once a flow is complete.
+
+        `operation` names the protected action (method and path); `requester`
+        is the authenticated user, if the request carried an access token;
+        `client_params` are the request's other parameters, remembered so that
+        later requests in the session may omit them.
+        """
+        if auth is not None and not isinstance(auth, dict):
+            raise bad_json("auth must be an object")
+        session = self._get_session(auth.get("session") if auth else None)
+        if session is None:
+            session = self._new_session(operation, requester)
+        elif session.operation != operation or session.owner != requester:
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "Requested operation has changed during the UI authentication session"
+            )
+        if client_params:
+            session.client_params = dict(client_params)
+        if auth is None:
+            # The spec requires a 401 for a request without auth, even if only dummy auth is needed.
+            self._require(session, flows, params)
+        if self._complete(session, flows):
+            return self._result(session)
+        stage = auth.get("type")
+        if stage is not None:
+            if not isinstance(stage, str):
+                raise bad_json("auth.type must be a string")
+            all_stages = {s for flow in flows for s in flow}
+            if stage not in all_stages or stage not in SUPPORTED_STAGES:
+                raise MatrixError(400, Codes.UNRECOGNIZED, f"Unrecognised authentication type {stage}")
+            if stage not in session.completed:
+                if stage not in self._next_stages(session, flows):
+                    self._require(
+                        session,
+                        flows,
+                        params,
+                        Codes.FORBIDDEN,
+                        f"{stage} cannot be completed at this point of the flow",
+                    )
+                try:
+                    await self._run_stage(session, stage, auth)
+                except StageFailed as e:
+                    session.failures += 1
+                    if session.failures >= MAX_FAILED_ATTEMPTS:
+                        self._sessions.pop(session.session_id, None)
+                        raise MatrixError(403, Codes.FORBIDDEN, "Too many failed attempts") from None
+                    self._require(session, flows, params, e.errcode, e.message)
+                session.completed.append(stage)
+        if self._complete(session, flows):
+            return self._result(session)
+        self._require(session, flows, params)
+
+    def finish(self, result: UIAResult) -> None:
+        """Forget a session once its operation succeeded, so it cannot be replayed."""
+        self._sessions.pop(result.session_id, None)
+
+    def reject_stage(
+        self, result: UIAResult, stage: str, flows: Sequence[Flow], errcode: Codes | str, message: str
+    ) -> NoReturn:
+        """Undo a completed stage that turned out invalid when acted on (an exhausted token)."""
+        session = self._sessions.get(result.session_id)
+        if session is None:
+            raise MatrixError(403, errcode, message)
+        if stage in session.completed:
+            del session.completed[session.completed.index(stage) :]
+        self._require(session, flows, None, errcode, message)
+
+    # Internals -------------------------------------------------------------------------
+
+    def _expire(self) -> None:
+        cutoff = self.clock.time_ms() - self.session_ttl_ms
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if oldest.last_used_ms >= cutoff:
+                break
+            self._sessions.popitem(last=False)
+
+    def _get_session(self, session_id: Any) -> UIASession | None:
+        if session_id is None:
+            return None
+        if not isinstance(session_id, str):
+            raise bad_json("auth.session must be a string")
+        self._expire()
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.last_used_ms = self.clock.time_ms()
+            self._sessions.move_to_end(session_id)
+        return session
+
+    def _new_session(self, operation: str, owner: str | None) -> UIASession:
+        self._expire()
+        while len(self._sessions) >= self.max_sessions:
+            self._sessions.popitem(last=False)
+        session = UIASession(secrets.token_urlsafe(24), operation, owner, self.clock.time_ms())
+        self._sessions[session.session_id] = session
+        return session
+
+    @staticmethod
+    def _next_stages(session: UIASession, flows: Sequence[Flow]) -> set[str]:
+        done = session.completed
+        return {
+            flow[len(done)] for flow in flows if len(flow) > len(done) and list(flow[: len(done)]) == done
+        }
+
+    @staticmethod
+    def _complete(session: UIASession, flows: Sequence[Flow]) -> bool:
+        return any(list(flow) == session.completed for flow in flows)
+
+    @staticmethod
+    def _result(session: UIASession) -> UIAResult:
+        return UIAResult(
+            session.session_id,
+            tuple(session.completed),
+            session.user_id,
+            session.registration_token,
+            session.client_params,
+        )
+
+    @staticmethod
+    def _require(
+        session: UIASession,
+        flows: Sequence[Flow],
+        params: Mapping[str, Any] | None,
+        errcode: str | None = None,
+        error: str | None = None,
+    ) -> NoReturn:
+        body: dict[str, Any] = {
+            "flows": flows_json(flows),
+            "params": dict(params or {}),
+            "session": session.session_id,
+        }
+        if session.completed:
+            body["completed"] = list(session.completed)
+        if errcode is not None:
+            body["errcode"] = str(errcode)
+            body["error"] = error or ""
+        raise InteractiveAuthRequired(body)
+
+    async def _run_stage(self, session: UIASession, stage: str, auth: Mapping[str, Any]) -> None:
+        if stage == STAGE_DUMMY:
+            return
+        if stage == STAGE_PASSWORD:
+            await self._password_stage(session, auth)
+        elif stage == STAGE_REGISTRATION_TOKEN:
+            await self._registration_token_stage(session, auth)
+
+    async def _password_stage(self, session: UIASession, auth: Mapping[str, Any]) -> None:
+        try:
+            claimed = user_id_from_identifier(auth, self.server_name)
+            user_id = await check_password_login(
+                self.accounts, self.passwords, self.server_name, claimed, auth.get("password")
+            )
+        except MatrixError as e:
+            if e.status != 403:
+                raise
+            raise StageFailed(e.errcode, e.message) from None
+        if session.owner is not None and user_id != session.owner:
+            raise StageFailed(Codes.FORBIDDEN, "The password given is not for the logged-in user")
+        if session.user_id is not None and user_id != session.user_id:
+            raise StageFailed(Codes.FORBIDDEN, "A different user already authenticated in this session")
+        session.user_id = user_id
+
+    async def _registration_token_stage(self, session: UIASession, auth: Mapping[str, Any]) -> None:
+        token = auth.get("token")
+        if token is None:
+            raise missing_param("token")
+        if not isinstance(token, str):
+            raise bad_json("token must be a string")
+        if not _TOKEN_RE.match(token) or not await self.accounts.registration_token_valid(
+            token, self.clock.time_ms()
+        ):
+            raise StageFailed(Codes.UNAUTHORIZED, "Invalid registration token")
+        session.registration_token = token
+
+
+def valid_token_syntax(token: str) -> bool:
+    return bool(_TOKEN_RE.match(token))
