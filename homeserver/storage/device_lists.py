@@ -152,6 +152,19 @@ class DeviceListStore:
                     found.update(r[0] for r in rows)
         return found
 
+    async def own_membership_changes(self, user_id: str, since: int, upto: int) -> list[tuple[str, str]]:
+        """(room_id, membership) for rooms where the user's current membership was set in (since, upto]."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(current_state.c.room_id, current_state.c.membership).where(
+                    current_state.c.state_key == user_id,
+                    current_state.c.type == "m.room.member",
+                    current_state.c.stream_id > since,
+                    current_state.c.stream_id <= upto,
+                )
+            )
+            return [(r[0], r[1] or "") for r in rows]
+
     async def joined_rooms(self, user_id: str) -> list[str]:
         async with self.db.read() as conn:
             rows = await conn.execute(
