@@ -20,12 +20,15 @@ from homeserver.api import (
     discovery,
     events_api,
     filters,
+    keys,
     login,
     metrics,
     profile,
     register,
+    room_keys,
     rooms,
     sync,
+    to_device,
 )
 from homeserver.api.middleware import error_middleware
 from homeserver.config import Config
@@ -51,6 +54,9 @@ AREAS: list[AreaSetup] = [
     events_api.setup,
     directory.setup,
     account_data.setup,
+    keys.setup,
+    to_device.setup,
+    room_keys.setup,
     sync.setup,
     metrics.setup,
 ]
