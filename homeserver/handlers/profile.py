@@ -8,7 +8,8 @@ Information" asks.
 Only `displayname` and `avatar_url` are stored; other profile fields (`m.tz`,
 custom keys) are refused with 403 until they have a table of their own.
 Remote users' profiles are looked up through `remote_lookup`, which federation
-sets; without it they are reported as not found.
+sets; without it they are reported as not found. `on_profile_changed` hooks let
+other areas (user directory, presence) follow local changes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _KEY_RE = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-
 
 # (user_id, field or None for the whole profile) -> profile JSON. Raises MatrixError (404/403).
 RemoteProfileLookup = Callable[[str, str | None], Awaitable[dict[str, Any]]]
+# (user_id, new profile {displayname?, avatar_url?}) after a local user's profile changed.
+ProfileChangedHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 def validate_key(key: str) -> None:
@@ -47,7 +50,13 @@ def validate_key(key: str) -> None:
 
 
 def _validate_value(key: str, value: Any) -> str | None:
-    """The value to store for a stored field; an empty string clears it."""
+    """The value to store for a stored field; an empty string or null clears it.
+
+    (Clients such as mautrix clear an avatar with null; the users table cannot
+    keep a null apart from "unset", so both mean "no value".)
+    """
+    if value is None:
+        return None
     if not isinstance(value, str):
         raise bad_json(f"{key} must be a string")
     if key == DISPLAYNAME:
@@ -70,6 +79,8 @@ class ProfileHandler:
         self.creator = creator
         self.server_name = server_name
         self.remote_lookup: RemoteProfileLookup | None = None
+        # Other areas (user directory, presence) register here to follow profile changes.
+        self.on_profile_changed: list[ProfileChangedHook] = []
 
     def is_local(self, user_id: str) -> bool:
         return user_id.partition(":")[2] == self.server_name
@@ -131,6 +142,12 @@ class ProfileHandler:
             return
         await self.accounts.set_profile(user_id, **{key: value})
         await self._propagate(user_id, key, value)
+        profile = {DISPLAYNAME: row[0], AVATAR_URL: row[1], key: value}
+        for hook in self.on_profile_changed:
+            try:
+                await hook(user_id, {k: v for k, v in profile.items() if v is not None})
+            except Exception:
+                log.exception("profile-changed hook %r failed for %s", hook, user_id)
 
     async def _propagate(self, user_id: str, key: str, value: str | None) -> None:
         """Send an updated join event into every room the user is joined to."""

@@ -252,15 +252,11 @@ async def test_reject_stage_undoes_completion(uia: UserInteractiveAuth) -> None:
     result = await uia.check(
         operation="op", flows=flows, auth={"type": STAGE_REGISTRATION_TOKEN, "token": "good-token"}
     )
-    body = await expect_401_sync(lambda: uia.reject_stage(result, STAGE_REGISTRATION_TOKEN, flows, "M_X", "gone"))
+    with pytest.raises(InteractiveAuthRequired) as info:
+        uia.reject_stage(result, STAGE_REGISTRATION_TOKEN, flows, "M_X", "gone")
+    body = info.value.body
     assert body["errcode"] == "M_X"
     assert "completed" not in body
-
-
-async def expect_401_sync(fn: Any) -> dict[str, Any]:
-    with pytest.raises(InteractiveAuthRequired) as info:
-        fn()
-    return info.value.body
 
 
 def test_identifiers() -> None:
