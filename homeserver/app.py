@@ -22,6 +22,7 @@ from homeserver.api import (
     filters,
     keys,
     login,
+    media,
     metrics,
     profile,
     register,
@@ -57,6 +58,7 @@ AREAS: list[AreaSetup] = [
     keys.setup,
     to_device.setup,
     room_keys.setup,
+    media.setup,
     sync.setup,
     metrics.setup,
 ]

@@ -11,8 +11,10 @@ from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
 from homeserver.server import HomeServer
 
 # Spec versions whose required endpoints for our supported feature set we implement.
-# v1.11+ is deliberately not advertised until authenticated media exists.
-SPEC_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10"]
+# v1.11 brings authenticated media (/_matrix/client/v1/media), which clients then use.
+SPEC_VERSIONS = [
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+]
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:

@@ -1,0 +1,179 @@
+"""Tables for the Client-Server modules beyond the core: media, push, presence,
+user directory, search and reports.
+
+Invariants:
+- `media` rows exist before their bytes: a row with `uploaded_ts` NULL is a
+  reserved ID (`/create`) whose content has not arrived yet.
+- `event_push_actions` holds one row per (user, event) that notified; `event_stream`
+  is the event's timeline position (compared against read receipts), `stream_id`
+  is the row's own position so /sync notices new counts.
+- `presence.stream_id` and `push_rules_stream.stream_id` come from the server-wide
+  stream, so /sync can tell what changed since a token.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+from homeserver.storage.schema import metadata
+
+media = Table(
+    "media",
+    metadata,
+    Column("media_id", String(255), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("content_type", String(255), nullable=True),
+    Column("upload_name", Text, nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("sha256", String(64), nullable=True),
+    Column("created_ts", BigInteger, nullable=False),
+    # NULL until the content is uploaded (async upload via /create).
+    Column("uploaded_ts", BigInteger, nullable=True),
+    # For reserved IDs: when the reservation lapses.
+    Column("expires_ts", BigInteger, nullable=True),
+    Column("quarantined", Boolean, nullable=False, default=False),
+    Index("media_user_pending", "user_id", "uploaded_ts"),
+)
+
+media_thumbnails = Table(
+    "media_thumbnails",
+    metadata,
+    Column("media_id", String(255), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    PrimaryKeyConstraint("media_id", "width", "height", "method"),
+)
+
+# User-defined push rules (server-default rules live in code; see push_rules_overrides).
+push_rules = Table(
+    "push_rules",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("rule_id", String(255), nullable=False),
+    # Lower sorts first (higher priority) within a kind.
+    Column("priority", Integer, nullable=False),
+    Column("rule_json", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    PrimaryKeyConstraint("user_id", "kind", "rule_id"),
+)
+
+# Per-user changes to server-default rules: enabled flag and/or actions.
+push_rules_overrides = Table(
+    "push_rules_overrides",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("rule_id", String(255), nullable=False),
+    Column("enabled", Boolean, nullable=True),
+    Column("actions_json", Text, nullable=True),
+    PrimaryKeyConstraint("user_id", "rule_id"),
+)
+
+# The stream position of each user's latest push rule change (for m.push_rules in /sync).
+push_rules_stream = Table(
+    "push_rules_stream",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("stream_id", BigInteger, nullable=False),
+)
+
+event_push_actions = Table(
+    "event_push_actions",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    # "main" for the main timeline, else the thread root's event ID.
+    Column("thread_id", String(255), nullable=False),
+    Column("event_stream", BigInteger, nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    Column("highlight", Boolean, nullable=False),
+    Column("actions_json", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "event_id"),
+    Index("event_push_actions_user_room", "user_id", "room_id", "event_stream"),
+    Index("event_push_actions_user_stream", "user_id", "stream_id"),
+)
+
+pushers = Table(
+    "pushers",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("app_id", String(255), nullable=False),
+    Column("pushkey", String(512), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("app_display_name", Text, nullable=False),
+    Column("device_display_name", Text, nullable=False),
+    Column("profile_tag", String(255), nullable=True),
+    Column("lang", String(64), nullable=False),
+    Column("data_json", Text, nullable=False),
+    Column("device_id", String(255), nullable=True),
+    Column("created_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "app_id", "pushkey"),
+    Index("pushers_app_key", "app_id", "pushkey"),
+)
+
+presence = Table(
+    "presence",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("state", String(32), nullable=False),
+    Column("status_msg", Text, nullable=True),
+    Column("last_active_ts", BigInteger, nullable=False),
+    Column("currently_active", Boolean, nullable=False, default=False),
+    Column("stream_id", BigInteger, nullable=False),
+    Index("presence_stream", "stream_id"),
+)
+
+# Profiles of users seen in rooms (local and remote), from their latest join event.
+user_directory = Table(
+    "user_directory",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("display_name", Text, nullable=True),
+    Column("avatar_url", Text, nullable=True),
+    # Lower-cased "user_id display_name" for substring search.
+    Column("search_text", Text, nullable=False),
+)
+
+# Searchable text of unencrypted messages, lower-cased, one row per (event, key).
+event_search = Table(
+    "event_search",
+    metadata,
+    Column("event_id", String(255), nullable=False),
+    Column("key", String(32), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("event_id", "key"),
+    Index("event_search_room_stream", "room_id", "stream_id"),
+)
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # "event", "room" or "user".
+    Column("kind", String(16), nullable=False),
+    Column("reporter", String(255), nullable=False),
+    Column("room_id", String(255), nullable=True),
+    Column("event_id", String(255), nullable=True),
+    Column("target_user_id", String(255), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("score", Integer, nullable=True),
+    Column("ts", BigInteger, nullable=False),
+    Index("reports_ts", "ts"),
+)

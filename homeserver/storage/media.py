@@ -1,0 +1,174 @@
+"""Local media metadata and cached thumbnails (the bytes live on disk, see handlers.media)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from homeserver.storage.cs_schema import media, media_thumbnails
+from homeserver.storage.engine import Database
+
+
+@dataclass(slots=True, frozen=True)
+class MediaInfo:
+    media_id: str
+    user_id: str
+    content_type: str | None
+    upload_name: str | None
+    size: int | None
+    created_ts: int
+    uploaded_ts: int | None
+    expires_ts: int | None
+    quarantined: bool
+
+    @property
+    def uploaded(self) -> bool:
+        return self.uploaded_ts is not None
+
+
+@dataclass(slots=True, frozen=True)
+class ThumbnailInfo:
+    width: int
+    height: int
+    method: str
+    content_type: str
+    size: int
+
+
+class MediaStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def reserve(self, media_id: str, user_id: str, now: int, expires_ts: int) -> None:
+        """Reserve an ID for a later upload (POST /create)."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(media).values(
+                    media_id=media_id,
+                    user_id=user_id,
+                    created_ts=now,
+                    uploaded_ts=None,
+                    expires_ts=expires_ts,
+                    quarantined=False,
+                )
+            )
+
+    async def count_pending(self, user_id: str, now: int) -> int:
+        async with self.db.read() as conn:
+            value = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(media)
+                    .where(
+                        media.c.user_id == user_id,
+                        media.c.uploaded_ts.is_(None),
+                        media.c.expires_ts > now,
+                    )
+                )
+            ).scalar()
+        return int(value or 0)
+
+    async def store_uploaded(
+        self,
+        media_id: str,
+        user_id: str,
+        content_type: str,
+        upload_name: str | None,
+        size: int,
+        sha256: str,
+        now: int,
+    ) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(media).values(
+                    media_id=media_id,
+                    user_id=user_id,
+                    content_type=content_type,
+                    upload_name=upload_name,
+                    size=size,
+                    sha256=sha256,
+                    created_ts=now,
+                    uploaded_ts=now,
+                    expires_ts=None,
+                    quarantined=False,
+                )
+            )
+
+    async def complete_reserved(
+        self, media_id: str, content_type: str, upload_name: str | None, size: int, sha256: str, now: int
+    ) -> bool:
+        """Fill in a reserved ID; False if it was already uploaded (a race with another upload)."""
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(media)
+                .where(media.c.media_id == media_id, media.c.uploaded_ts.is_(None))
+                .values(
+                    content_type=content_type,
+                    upload_name=upload_name,
+                    size=size,
+                    sha256=sha256,
+                    uploaded_ts=now,
+                    expires_ts=None,
+                )
+            )
+        return bool(res.rowcount)
+
+    async def get(self, media_id: str) -> MediaInfo | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        media.c.media_id,
+                        media.c.user_id,
+                        media.c.content_type,
+                        media.c.upload_name,
+                        media.c.size,
+                        media.c.created_ts,
+                        media.c.uploaded_ts,
+                        media.c.expires_ts,
+                        media.c.quarantined,
+                    ).where(media.c.media_id == media_id)
+                )
+            ).first()
+        return MediaInfo(*row) if row else None
+
+    async def get_thumbnail(
+        self, media_id: str, width: int, height: int, method: str
+    ) -> ThumbnailInfo | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        media_thumbnails.c.width,
+                        media_thumbnails.c.height,
+                        media_thumbnails.c.method,
+                        media_thumbnails.c.content_type,
+                        media_thumbnails.c.size,
+                    ).where(
+                        media_thumbnails.c.media_id == media_id,
+                        media_thumbnails.c.width == width,
+                        media_thumbnails.c.height == height,
+                        media_thumbnails.c.method == method,
+                    )
+                )
+            ).first()
+        return ThumbnailInfo(*row) if row else None
+
+    async def add_thumbnail(self, media_id: str, thumb: ThumbnailInfo) -> None:
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    insert(media_thumbnails).values(
+                        media_id=media_id,
+                        width=thumb.width,
+                        height=thumb.height,
+                        method=thumb.method,
+                        content_type=thumb.content_type,
+                        size=thumb.size,
+                    )
+                )
+        except IntegrityError:
+            # Another worker generated the same thumbnail first; both files are identical.
+            pass
