@@ -1,0 +1,141 @@
+"""matrix-nio's AsyncClient with the few fixes a well-behaved bot needs.
+
+- Rate limits: nio already retries 429 / `M_LIMIT_EXCEEDED` after `retry_after_ms`; servers
+  following spec v1.10+ may give the delay only in the `Retry-After` header, which nio ignores
+  (it then sleeps a fixed 5 s). We read the header so the server's delay is honoured either way.
+- Encrypted reactions: nio sends `m.reaction` in clear even in encrypted rooms; we encrypt it
+  like any other event (the relation stays in clear, as the spec requires).
+- Trust: before a Megolm session is shared, a `before_share` hook lets the trust policy decide
+  about every device that could receive the key, including ones discovered just now.
+- `request_json`: a raw JSON call (cross-signing endpoints nio lacks) that still goes through
+  nio's retry logic for rate limits and connection errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+from uuid import uuid4
+
+from aiohttp import ClientResponse
+from nio import AsyncClient, ErrorResponse, LocalProtocolError, Response, RoomSendResponse
+from nio.api import Api
+
+log = logging.getLogger(__name__)
+
+BeforeShare = Callable[[str], Awaitable[None]]
+
+# A server asking us to wait longer than this is misbehaving; we still wait, but say so.
+LONG_RETRY_MS = 5 * 60 * 1000
+
+
+@dataclass
+class JsonResponse(Response):  # type: ignore[misc]
+    """Any JSON answer, successful or not, for endpoints nio has no response class for."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+    retry_after_ms: int | None = None
+
+    @classmethod
+    def from_dict(cls, parsed_dict: dict[str, Any]) -> JsonResponse:
+        return cls(body=parsed_dict)
+
+    @property
+    def status(self) -> int:
+        transport: ClientResponse | None = self.transport_response
+        return transport.status if transport is not None else 0
+
+
+def retry_after_from_header(value: str | None, now_ms: int) -> int | None:
+    """`Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return int(value) * 1000
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0, int(when.timestamp() * 1000) - now_ms)
+
+
+class SottoAsyncClient(AsyncClient):  # type: ignore[misc]
+    before_share: BeforeShare | None = None
+
+    async def create_matrix_response(
+        self,
+        response_class: type,
+        transport_response: ClientResponse,
+        data: tuple[Any, ...] | None = None,
+        save_to: os.PathLike[str] | None = None,
+    ) -> Any:
+        resp = await super().create_matrix_response(response_class, transport_response, data, save_to)
+        if transport_response.status == 429 and not getattr(resp, "retry_after_ms", None):
+            delay = retry_after_from_header(
+                transport_response.headers.get("Retry-After"), int(time.time() * 1000)
+            )
+            if delay is not None:
+                resp.retry_after_ms = delay
+        if transport_response.status == 429:
+            delay = getattr(resp, "retry_after_ms", None)
+            if delay and delay > LONG_RETRY_MS:
+                log.warning("homeserver asked us to wait %d ms before retrying", delay)
+        return resp
+
+    async def request_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> JsonResponse:
+        """Call a Client-Server endpoint (path under /_matrix/client) with retries."""
+        data = Api.to_json(body) if body is not None else None
+        resp: JsonResponse = await self._send(JsonResponse, method, "/_matrix/client" + path, data)
+        return resp
+
+    async def room_send(
+        self,
+        room_id: str,
+        message_type: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        ignore_unverified_devices: bool = False,
+    ) -> Any:
+        """Like nio's, but reactions are encrypted too and the trust policy runs first."""
+        if not (self.olm and room_id in self.rooms and self.rooms[room_id].encrypted):
+            return await super().room_send(room_id, message_type, content, tx_id, ignore_unverified_devices)
+        room = self.rooms[room_id]
+        if not room.members_synced:
+            await self.joined_members(room_id)
+        if self.should_query_keys:
+            await self.keys_query()
+        if self.before_share is not None:
+            await self.before_share(room_id)
+        if self.olm.should_share_group_session(room_id):
+            try:
+                event = self.sharing_session[room_id]
+                await event.wait()
+            except KeyError:
+                await self.share_group_session(room_id, ignore_unverified_devices=ignore_unverified_devices)
+        message_type, content = self.encrypt(room_id, message_type, content)
+        method, path, data = Api.room_send(
+            self.access_token, room_id, message_type, content, tx_id or uuid4()
+        )
+        return await self._send(RoomSendResponse, method, path, data, (room_id,))
+
+
+def path_user(user_id: str) -> str:
+    return quote(user_id, safe="")
+
+
+def is_error(resp: Any) -> bool:
+    if isinstance(resp, ErrorResponse):
+        return True
+    if isinstance(resp, JsonResponse):
+        return not 200 <= resp.status < 300
+    return False
+
+
+__all__ = ["JsonResponse", "LocalProtocolError", "SottoAsyncClient", "is_error", "path_user"]
