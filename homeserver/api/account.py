@@ -6,9 +6,9 @@ from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V3, json_response, read_json
-from homeserver.api.register import get_uia
+from homeserver.api.register import client_address, get_uia
 from homeserver.handlers.auth import AuthHandler, Requester
-from homeserver.handlers.registration import AccountHandler, whoami
+from homeserver.handlers.registration import AccountHandler, login_limiter, whoami
 from homeserver.server import HomeServer
 
 
@@ -28,6 +28,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         get_device_handler(app, hs),
         hs.events,
         hs.creator,
+        login_limiter(hs.config, hs.clock),
     )
     auth = hs.auth
 
@@ -36,12 +37,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def change_password(request: web.Request) -> web.Response:
         requester = await optional_requester(auth, request)
-        await accounts.change_password(requester, await read_json(request))
+        await accounts.change_password(requester, await read_json(request), client_address(request))
         return json_response({})
 
     async def deactivate(request: web.Request) -> web.Response:
         requester = await optional_requester(auth, request)
-        return json_response(await accounts.deactivate(requester, await read_json(request, allow_empty=True)))
+        body = await read_json(request, allow_empty=True)
+        return json_response(await accounts.deactivate(requester, body, client_address(request)))
 
     async def threepids(request: web.Request) -> web.Response:
         await auth.get_requester(request)

@@ -6,12 +6,13 @@ from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.api.register import client_address
 from homeserver.handlers.registration import LoginHandler
 from homeserver.server import HomeServer
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    login_handler = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth)
+    login_handler = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock)
     devices = get_device_handler(app, hs)
     auth = hs.auth
 
@@ -19,7 +20,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"flows": login_handler.flows()})
 
     async def login(request: web.Request) -> web.Response:
-        return json_response(await login_handler.login(await read_json(request)))
+        return json_response(await login_handler.login(await read_json(request), client_address(request)))
 
     async def logout(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)

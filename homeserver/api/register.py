@@ -24,6 +24,11 @@ def get_uia(app: web.Application, hs: HomeServer) -> UserInteractiveAuth:
     return app[UIA_KEY]
 
 
+def client_address(request: web.Request) -> str:
+    """The key for per-client rate limits: the peer address (a reverse proxy must preserve it)."""
+    return request.remote or ""
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
     registration = RegistrationHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock
@@ -32,7 +37,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def register(request: web.Request) -> web.Response:
         body = await read_json(request, allow_empty=True)
         kind = request.query.get("kind", "user")
-        return json_response(await registration.register(kind, body))
+        return json_response(await registration.register(kind, body, client_address(request)))
 
     async def available(request: web.Request) -> web.Response:
         username = request.query.get("username")

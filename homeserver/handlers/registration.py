@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,45 @@ def validate_password(password: str | None) -> None:
         raise MatrixError(400, Codes.INVALID_PARAM, "Password is too long")
 
 
+class RateLimiter:
+    """Token buckets per key (a client address): `rate` tokens a second, at most `burst`.
+
+    Buckets are kept for the most recent `max_keys` keys only, so memory stays
+    bounded under a flood of addresses. (Login and registration are the only
+    users today; a shared limiter module can take this over.)
+    """
+
+    def __init__(
+        self, clock: Clock, rate: float, burst: int, *, enabled: bool = True, max_keys: int = 10_000
+    ) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.enabled = enabled and rate > 0
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def check(self, key: str) -> None:
+        """Take one token for `key`, or raise 429 M_LIMIT_EXCEEDED."""
+        if not self.enabled:
+            return
+        now = self.clock.monotonic()
+        tokens, at = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            retry_after_ms = int((1.0 - tokens) / self.rate * 1000) + 1
+            raise MatrixError(429, Codes.LIMIT_EXCEEDED, "Too many requests", retry_after_ms=retry_after_ms)
+        self._buckets[key] = (tokens - 1.0, now)
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+
+
+def login_limiter(config: Config, clock: Clock) -> RateLimiter:
+    limits = config.rate_limits
+    return RateLimiter(clock, limits.login_per_second, limits.login_burst, enabled=limits.enabled)
+
+
 @dataclass(slots=True, frozen=True)
 class RegistrationRequest:
     username: str | None = None
@@ -104,6 +144,10 @@ class RegistrationHandler:
         self.auth = auth
         self.uia = uia
         self.clock = clock
+        limits = config.rate_limits
+        self.limiter = RateLimiter(
+            clock, limits.register_per_second, limits.register_burst, enabled=limits.enabled
+        )
 
     @property
     def server_name(self) -> str:
@@ -133,7 +177,9 @@ class RegistrationHandler:
             token, self.clock.time_ms()
         )
 
-    async def register(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def register(self, kind: str, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
+        """Handle one POST /register; `client` (the caller's address) keys the rate limit."""
+        self.limiter.check(client)
         if kind == "guest":
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
         if kind != "user":
@@ -200,17 +246,25 @@ class LoginHandler:
     LOGIN_TYPES = ("m.login.password",)
 
     def __init__(
-        self, config: Config, accounts: AccountStore, passwords: PasswordHasher, auth: AuthHandler
+        self,
+        config: Config,
+        accounts: AccountStore,
+        passwords: PasswordHasher,
+        auth: AuthHandler,
+        clock: Clock,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.passwords = passwords
         self.auth = auth
+        self.limiter = login_limiter(config, clock)
 
     def flows(self) -> list[dict[str, Any]]:
         return [{"type": t} for t in self.LOGIN_TYPES]
 
-    async def login(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def login(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
+        """Handle one POST /login; `client` (the caller's address) keys the rate limit."""
+        self.limiter.check(client)
         login_type = body.get("type")
         if login_type is None:
             raise missing_param("type")
@@ -250,6 +304,7 @@ class AccountHandler:
         devices: DeviceHandler,
         events: EventStore,
         creator: EventCreator,
+        limiter: RateLimiter,
     ) -> None:
         self.accounts = accounts
         self.passwords = passwords
@@ -258,8 +313,14 @@ class AccountHandler:
         self.devices = devices
         self.events = events
         self.creator = creator
+        # Without an access token the password stage is a login in disguise: limit it like /login.
+        self.limiter = limiter
 
-    async def change_password(self, requester: Requester | None, body: Mapping[str, Any]) -> None:
+    async def change_password(
+        self, requester: Requester | None, body: Mapping[str, Any], client: str = ""
+    ) -> None:
+        if requester is None:
+            self.limiter.check(client)
         new_password = body.get("new_password")
         if new_password is None:
             raise missing_param("new_password")
@@ -282,7 +343,11 @@ class AccountHandler:
             await self.devices.delete_other_devices(user_id, requester.device_id if requester else None)
         log.info("password changed for %s", user_id)
 
-    async def deactivate(self, requester: Requester | None, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def deactivate(
+        self, requester: Requester | None, body: Mapping[str, Any], client: str = ""
+    ) -> dict[str, Any]:
+        if requester is None:
+            self.limiter.check(client)
         erase = _opt_bool(body, "erase", False)
         _opt_str(body, "id_server")
         result = await self.uia.check(

@@ -421,3 +421,27 @@ async def test_uia_endpoints_reject_bad_tokens(
 ) -> None:
     status, body = await client(http, server, "bogus").request("POST", path, json={"new_password": "x"})
     assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+
+
+async def test_login_and_register_are_rate_limited(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    limits = {
+        "enabled": True,
+        "login_per_second": 0.001,
+        "login_burst": 2,
+        "register_per_second": 0.001,
+        "register_burst": 2,
+    }
+    async with run_server(str(tmp_path), rate_limits=limits) as srv:
+        raw = client(http, srv)
+        await srv.register("limited", "pw")
+        for _ in range(2):
+            status, _ = await login(raw, "limited", "wrong")
+            assert status == 403
+        status, body = await login(raw, "limited")
+        assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+        assert body["retry_after_ms"] > 0
+        for _ in range(2):
+            status, _ = await raw.request("POST", "/register", json={})
+            assert status == 401
+        status, body = await raw.request("POST", "/register", json={})
+        assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
