@@ -50,7 +50,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         token = request.query.get("token")
         if token is None:
             raise missing_param("token")
-        return json_response({"valid": await registration.token_validity(token)})
+        return json_response({"valid": await registration.token_validity(token, client_address(request))})
 
     app.router.add_routes(
         [

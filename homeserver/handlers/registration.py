@@ -148,6 +148,9 @@ class RegistrationHandler:
         self.limiter = RateLimiter(
             clock, limits.register_per_second, limits.register_burst, enabled=limits.enabled
         )
+        self.validity_limiter = RateLimiter(
+            clock, limits.register_per_second, limits.register_burst, enabled=limits.enabled
+        )
 
     @property
     def server_name(self) -> str:
@@ -171,8 +174,10 @@ class RegistrationHandler:
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
         return user_id
 
-    async def token_validity(self, token: str) -> bool:
+    async def token_validity(self, token: str, client: str = "") -> bool:
         self._require_open()
+        # The spec asks for a limit here: the endpoint is an oracle for guessing tokens.
+        self.validity_limiter.check(client)
         return valid_token_syntax(token) and await self.accounts.registration_token_valid(
             token, self.clock.time_ms()
         )
@@ -280,7 +285,7 @@ class LoginHandler:
             )
         except MatrixError as e:
             if e.status == 403:
-                log.info("failed login for %s: %s", claimed, e.errcode)
+                log.info("failed login for %r: %s", claimed, e.errcode)
             raise
         token, device_id = await self.auth.create_session(user_id, device_id, display_name)
         return {

@@ -231,7 +231,9 @@ class UserInteractiveAuth:
                         self._sessions.pop(session.session_id, None)
                         raise MatrixError(403, Codes.FORBIDDEN, "Too many failed attempts") from None
                     self._require(session, flows, params, e.errcode, e.message)
-                session.completed.append(stage)
+                # A concurrent request may have completed the stage while this one awaited.
+                if stage not in session.completed:
+                    session.completed.append(stage)
         if self._complete(session, flows):
             return self._result(session)
         self._require(session, flows, params)
