@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from bridge import service as federation
 from homeserver.api import (
     account,
     account_data,
@@ -60,6 +61,7 @@ AREAS: list[AreaSetup] = [
     room_keys.setup,
     media.setup,
     sync.setup,
+    federation.setup,
     metrics.setup,
 ]
 

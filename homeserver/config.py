@@ -38,6 +38,11 @@ class FederationConfig:
     custom_ca_file: str | None = None
     # Loopback and private ranges are refused unless listed here (test setups).
     ip_range_whitelist: list[str] = field(default_factory=list)
+    # Notary servers asked for keys a server cannot serve itself (none by default).
+    trusted_key_servers: list[str] = field(default_factory=list)
+    # Outbound retry backoff: doubles from the minimum up to the maximum.
+    retry_min_ms: int = 2_000
+    retry_max_ms: int = 3_600_000
 
 
 @dataclass(slots=True)

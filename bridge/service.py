@@ -1,0 +1,272 @@
+"""Federation's composition root: builds the bridge's components and wires them into the homeserver.
+
+`setup(app, hs)` (an area of homeserver.app) does nothing unless `federation.enabled`.
+Otherwise it builds a `Federation`, installs its hooks (local events and EDUs to send,
+remote joins/invites/leaves) and registers it as a background service, whose `start()`
+resumes the outbound queue and opens the TLS federation listener on
+`federation.bind_address:port`. `start_federation_listener` is that last step on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bridge.client import FederationClient, FederationError, RemoteError, fed_path
+from bridge.discovery import AddressFilter
+from bridge.edus import EduHandler, room_servers
+from bridge.events_in import EventRejected, FederationEventHandler
+from bridge.handler import FederationHandler
+from bridge.keys import KeyRing, LocalKeys, load_old_keys
+from bridge.membership import MembershipHandler
+from bridge.pdu import PduError
+from bridge.queue import OutboundQueue
+from bridge.server import create_federation_app
+from bridge.state import StateTracker
+from bridge.store import FederationStore
+from bridge.tls import client_context, server_context
+from homeserver.errors import Codes, MatrixError
+from homeserver.events import Event
+from homeserver.events.identifiers import domain_of
+from homeserver.server import HomeServer
+
+log = logging.getLogger(__name__)
+
+BACKFILL_ON_JOIN = 50
+
+ExtraRoute = tuple[str, str, Callable[[web.Request, str, Any], Awaitable[Any]]]
+
+
+def _domain(identifier: str) -> str:
+    try:
+        return domain_of(identifier)
+    except ValueError:
+        return ""
+
+
+class Federation:
+    def __init__(self, hs: HomeServer) -> None:
+        cfg = hs.config.federation
+        self.hs = hs
+        self.config = cfg
+        self.local_keys = LocalKeys(
+            hs.server_name,
+            hs.signing_key,
+            load_old_keys(hs.config.resolve_path(hs.config.signing_key_path)),
+            hs.clock,
+        )
+        ca = hs.config.resolve_path(cfg.custom_ca_file) if cfg.custom_ca_file else None
+        self.client = FederationClient(
+            hs.server_name,
+            hs.signing_key,
+            hs.clock,
+            client_context(cfg.verify_certificates, ca),
+            AddressFilter(list(cfg.ip_range_whitelist)),
+        )
+        self.keyring = KeyRing(
+            hs.db,
+            hs.clock,
+            self.local_keys,
+            self.client.fetch_server_keys,
+            self.client.query_notary,
+            list(cfg.trusted_key_servers),
+        )
+        self.store = FederationStore(hs.db)
+        self.tracker = StateTracker(hs.events)
+        self.inbound = FederationEventHandler(hs, self.tracker, self.keyring, self.client)
+        self.queue = OutboundQueue(
+            self.store, self.client, hs.events, hs.clock, hs.server_name, cfg.retry_min_ms, cfg.retry_max_ms
+        )
+        self.handler = FederationHandler(hs, self.store, self.tracker, self.inbound)
+        self.membership = MembershipHandler(hs, self.client, self.tracker, self.inbound)
+        self.edus = EduHandler(hs, self.queue)
+        # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
+        self.extra_routes: list[ExtraRoute] = []
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # Wiring -------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        hs = self.hs
+        hs.creator.listeners.append(self.on_local_event)
+        hs.rooms.remote_join = self.membership.remote_join
+        hs.rooms.remote_invite = self.membership.remote_invite
+        hs.typing.listeners.append(self.edus.on_local_edu)
+        hs.receipts.listeners.append(self.edus.on_local_edu)
+        self.handler.edu_handlers["m.typing"] = self.edus.on_typing
+        self.handler.edu_handlers["m.receipt"] = self.edus.on_receipt
+        self.membership.after_join.append(self.backfill)
+        self._wrap_room_handler()
+
+    def _wrap_room_handler(self) -> None:
+        """Route joins by remote alias, and joins/leaves of rooms this server only holds an
+        invite for, over federation. RoomHandler only calls `remote_join` for rooms it has
+        never heard of, so the two methods are wrapped (see the report: a hook would be cleaner)."""
+        rooms = self.hs.rooms
+        original_join = rooms.join
+        original_set_membership = rooms.set_membership
+
+        async def join(
+            user_id: str,
+            room_id_or_alias: str,
+            servers: list[str] | None = None,
+            extra: dict[str, Any] | None = None,
+        ) -> str:
+            room_id = room_id_or_alias
+            candidates = list(servers or [])
+            if room_id_or_alias.startswith("#") and _domain(room_id_or_alias) != self.hs.server_name:
+                room_id, alias_servers = await self.query_directory(room_id_or_alias)
+                candidates.extend(alias_servers)
+            if (
+                room_id.startswith("!")
+                and await self.hs.events.get_room_version(room_id) is not None
+                and not await self.inbound.is_participating(room_id)
+            ):
+                membership = await self.hs.events.get_membership(room_id, user_id)
+                if membership is not None and membership[0] == "invite":
+                    invite = (await self.hs.events.get_pdus([membership[1]])).get(membership[1])
+                    if invite is not None:
+                        candidates.append(_domain(invite.sender))
+                if ":" in room_id:
+                    candidates.append(room_id.split(":", 1)[1])
+                return await self.membership.remote_join(user_id, room_id, candidates, extra or {})
+            return await original_join(user_id, room_id, candidates, extra)
+
+        async def set_membership(
+            sender: str, room_id: str, target: str, membership: str, reason: str | None = None
+        ) -> None:
+            if (
+                membership == "leave"
+                and sender == target
+                and await self.hs.events.get_room_version(room_id) is not None
+                and not await self.inbound.is_participating(room_id)
+            ):
+                await self.membership.remote_leave(sender, room_id, [])
+                return
+            await original_set_membership(sender, room_id, target, membership, reason)
+
+        rooms.join = join  # type: ignore[method-assign]
+        rooms.set_membership = set_membership  # type: ignore[method-assign]
+
+    async def query_directory(self, alias: str) -> tuple[str, list[str]]:
+        try:
+            body = await self.client.get(
+                _domain(alias), "/_matrix/federation/v1/query/directory", query={"room_alias": alias}
+            )
+        except RemoteError as e:
+            if e.status == 404:
+                raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found") from None
+            raise MatrixError(502, Codes.UNKNOWN, "Could not resolve the room alias") from None
+        except FederationError:
+            raise MatrixError(502, Codes.UNKNOWN, "Could not reach the alias's server") from None
+        room_id = body.get("room_id") if isinstance(body, dict) else None
+        servers = body.get("servers") if isinstance(body, dict) else None
+        if not isinstance(room_id, str):
+            raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
+        return room_id, [s for s in servers or [] if isinstance(s, str)]
+
+    # Local events out ---------------------------------------------------------------------------
+
+    async def on_local_event(self, event: Event, stream_id: int) -> None:
+        async with self.tracker.room_lock(event.room_id):
+            before = await self.tracker.state_before(event)
+            if before is None:
+                before = await self.hs.events.get_current_state_ids(event.room_id)
+                if event.is_state():
+                    before.pop(event.state_key_tuple, None)
+            after = dict(before)
+            if event.is_state():
+                after[event.state_key_tuple] = event.event_id
+            await self.tracker.record(event, after)
+        destinations = await room_servers(self.hs, event.room_id)
+        if event.type == "m.room.member" and event.state_key:
+            destinations.add(_domain(event.state_key))
+        destinations.discard(self.hs.server_name)
+        destinations.discard("")
+        if destinations:
+            await self.queue.send_pdu(event.event_id, destinations)
+
+    # Backfill -----------------------------------------------------------------------------------
+
+    async def backfill(self, room_id: str, server: str, limit: int = BACKFILL_ON_JOIN) -> int:
+        """Fetch history older than what this server has, from `server`. Returns how many
+        events were stored."""
+        rv = await self.hs.events.get_room_version(room_id)
+        if rv is None:
+            return 0
+        oldest = await self.hs.events.room_events(room_id, limit=1, backwards=False)
+        if not oldest:
+            return 0
+        starts = oldest[0].event.prev_event_ids
+        if not starts:
+            return 0
+        try:
+            body = await self.client.get(
+                server,
+                fed_path("/_matrix/federation/v1/backfill/{}", room_id),
+                query=[("v", s) for s in starts] + [("limit", str(limit))],
+            )
+        except FederationError as e:
+            log.info("backfill of %s from %s failed: %s", room_id, server, e)
+            return 0
+        events = await self.inbound.parse_and_verify(
+            body.get("pdus") if isinstance(body, dict) else None, room_id, rv
+        )
+        stored = 0
+        for ev in sorted(events, key=lambda e: (-e.depth, e.event_id)):
+            try:
+                await self.inbound.process(server, ev, backfilled=True)
+                stored += 1
+            except (PduError, EventRejected) as e:
+                log.info("backfilled event %s not accepted: %s", ev.event_id, e)
+        return stored
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.queue.start()
+        await self.start_listener()
+
+    async def start_listener(self) -> None:
+        cfg = self.config
+        if not cfg.tls_certificate_path or not cfg.tls_private_key_path:
+            log.warning("federation is enabled but no TLS certificate is configured: not listening")
+            return
+        ctx = server_context(
+            self.hs.config.resolve_path(cfg.tls_certificate_path),
+            self.hs.config.resolve_path(cfg.tls_private_key_path),
+        )
+        self._runner = web.AppRunner(create_federation_app(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.bind_address, cfg.port, ssl_context=ctx)
+        await site.start()
+        self.port = cfg.port
+        log.info("federation listening on %s:%d (TLS)", cfg.bind_address, cfg.port)
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.client.close()
+
+
+FEDERATION_KEY = web.AppKey("federation", Federation)
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    if not hs.config.federation.enabled:
+        return
+    fed = Federation(hs)
+    fed.install()
+    app[FEDERATION_KEY] = fed
+    hs.background.append(fed)
+
+
+async def start_federation_listener(fed: Federation) -> None:
+    """Open the TLS federation listener (normally done by the background service's start())."""
+    await fed.start_listener()

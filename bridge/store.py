@@ -1,0 +1,184 @@
+"""Federation storage: the outbound queue, destination retry state and received transactions.
+
+One method, one transaction. The outbox is append-only from the senders' point of view:
+rows are deleted only after the destination acknowledged them (see bridge.queue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from bridge.schema import federation_destinations, federation_outbox, federation_received_txns
+from homeserver import jsonutil
+from homeserver.storage.engine import Database
+
+
+@dataclass(slots=True)
+class OutboxBatch:
+    row_ids: list[int]
+    event_ids: list[str]
+    edus: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class RetryState:
+    failures: int
+    retry_interval_ms: int
+    next_retry_ts: int
+
+
+class FederationStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # Outbox --------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        destinations: Collection[str],
+        now_ms: int,
+        *,
+        event_id: str | None = None,
+        edu: dict[str, Any] | None = None,
+    ) -> None:
+        if not destinations:
+            return
+        kind = "pdu" if event_id is not None else "edu"
+        raw = jsonutil.dumps(edu) if edu is not None else None
+        rows = [
+            {"destination": d, "kind": kind, "event_id": event_id, "edu_json": raw, "created_ts": now_ms}
+            for d in sorted(destinations)
+        ]
+        async with self.db.write() as conn:
+            await conn.execute(insert(federation_outbox), rows)
+
+    async def next_batch(self, destination: str, max_pdus: int, max_edus: int) -> OutboxBatch:
+        """The oldest queued items for one destination, within the transaction limits."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        federation_outbox.c.id,
+                        federation_outbox.c.kind,
+                        federation_outbox.c.event_id,
+                        federation_outbox.c.edu_json,
+                    )
+                    .where(federation_outbox.c.destination == destination)
+                    .order_by(federation_outbox.c.id)
+                    .limit(max_pdus + max_edus)
+                )
+            ).all()
+        batch = OutboxBatch([], [], [])
+        for row in rows:
+            if row.kind == "pdu":
+                if len(batch.event_ids) >= max_pdus:
+                    continue
+                batch.event_ids.append(row.event_id)
+            else:
+                if len(batch.edus) >= max_edus:
+                    continue
+                batch.edus.append(jsonutil.loads(row.edu_json))
+            batch.row_ids.append(int(row.id))
+        return batch
+
+    async def remove(self, row_ids: Collection[int]) -> None:
+        if not row_ids:
+            return
+        async with self.db.write() as conn:
+            await conn.execute(delete(federation_outbox).where(federation_outbox.c.id.in_(list(row_ids))))
+
+    async def pending_destinations(self) -> list[str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(federation_outbox.c.destination).distinct())
+            return [r[0] for r in rows]
+
+    async def pending_count(self, destination: str) -> int:
+        async with self.db.read() as conn:
+            value = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(federation_outbox)
+                    .where(federation_outbox.c.destination == destination)
+                )
+            ).scalar()
+        return int(value or 0)
+
+    # Destinations ----------------------------------------------------------------------------
+
+    async def get_retry(self, destination: str) -> RetryState:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        federation_destinations.c.failures,
+                        federation_destinations.c.retry_interval_ms,
+                        federation_destinations.c.next_retry_ts,
+                    ).where(federation_destinations.c.destination == destination)
+                )
+            ).first()
+        if row is None:
+            return RetryState(0, 0, 0)
+        return RetryState(int(row[0]), int(row[1]), int(row[2]))
+
+    async def set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
+        values: dict[str, Any] = {
+            "failures": state.failures,
+            "retry_interval_ms": state.retry_interval_ms,
+            "next_retry_ts": state.next_retry_ts,
+        }
+        if success_ts is not None:
+            values["last_success_ts"] = success_ts
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(federation_destinations)
+                .where(federation_destinations.c.destination == destination)
+                .values(**values)
+            )
+            if res.rowcount == 0:
+                await conn.execute(insert(federation_destinations).values(destination=destination, **values))
+
+    # Received transactions -------------------------------------------------------------------
+
+    async def get_txn_response(self, origin: str, txn_id: str) -> dict[str, Any] | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(federation_received_txns.c.response_json).where(
+                        federation_received_txns.c.origin == origin,
+                        federation_received_txns.c.txn_id == txn_id,
+                    )
+                )
+            ).first()
+        return jsonutil.loads(row[0]) if row else None
+
+    async def store_txn_response(
+        self, origin: str, txn_id: str, response: dict[str, Any], now_ms: int
+    ) -> None:
+        async with self.db.write() as conn:
+            exists = (
+                await conn.execute(
+                    select(federation_received_txns.c.txn_id).where(
+                        federation_received_txns.c.origin == origin,
+                        federation_received_txns.c.txn_id == txn_id,
+                    )
+                )
+            ).first()
+            if exists is None:
+                await conn.execute(
+                    insert(federation_received_txns).values(
+                        origin=origin,
+                        txn_id=txn_id,
+                        response_json=jsonutil.dumps(response),
+                        received_ts=now_ms,
+                    )
+                )
+            # Transaction IDs only need to be remembered for as long as a sender might retry.
+            await conn.execute(
+                delete(federation_received_txns).where(
+                    federation_received_txns.c.received_ts < now_ms - 7 * 24 * 3600 * 1000
+                )
+            )

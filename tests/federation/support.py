@@ -1,0 +1,154 @@
+"""Federation test support: a test CA, Sotto servers with TLS federation listeners, helpers.
+
+Every server gets a certificate for 127.0.0.1 issued by one throwaway CA, and trusts that CA
+(plus loopback, which federation otherwise refuses). A server's name is
+`127.0.0.1:<federation port>`, as federation requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from urllib.parse import quote
+
+import aiohttp
+import trustme
+
+from bridge.service import FEDERATION_KEY, Federation
+from tests.support.server import RunningServer, free_port, run_server
+
+
+@dataclass
+class CertAuthority:
+    ca: trustme.CA
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+
+def make_ca(directory: str) -> CertAuthority:
+    os.makedirs(directory, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    ca_file = os.path.join(directory, "ca.pem")
+    cert_file = os.path.join(directory, "server.pem")
+    key_file = os.path.join(directory, "server.key")
+    ca.cert_pem.write_to_path(ca_file)
+    cert.private_key_pem.write_to_path(key_file)
+    with open(cert_file, "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return CertAuthority(ca, ca_file, cert_file, key_file)
+
+
+def federation_overrides(ca: CertAuthority, fed_port: int, **extra: Any) -> dict[str, Any]:
+    fed = {
+        "enabled": True,
+        "bind_address": "127.0.0.1",
+        "port": fed_port,
+        "tls_certificate_path": ca.cert_file,
+        "tls_private_key_path": ca.key_file,
+        "verify_certificates": True,
+        "custom_ca_file": ca.ca_file,
+        "ip_range_whitelist": ["127.0.0.0/8", "::1/128"],
+        "retry_min_ms": 200,
+        "retry_max_ms": 1000,
+    }
+    fed.update(extra)
+    return {"server_name": f"127.0.0.1:{fed_port}", "federation": fed}
+
+
+@asynccontextmanager
+async def fed_server(
+    tmp_path: str, ca: CertAuthority, fed_port: int | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    port = fed_port or free_port()
+    os.makedirs(tmp_path, exist_ok=True)
+    fed_extra = overrides.pop("federation", {})
+    async with run_server(tmp_path, **federation_overrides(ca, port, **fed_extra), **overrides) as srv:
+        yield srv
+
+
+def federation_of(srv: RunningServer) -> Federation:
+    return srv.runner.app[FEDERATION_KEY]
+
+
+class Client:
+    """A minimal Matrix client over aiohttp (real HTTP against a running server)."""
+
+    def __init__(self, base_url: str, user_id: str, token: str, session: aiohttp.ClientSession) -> None:
+        self.base_url = base_url
+        self.user_id = user_id
+        self.token = token
+        self.session = session
+        self.since: str | None = None
+        self._txn = 0
+
+    @classmethod
+    async def login(cls, srv: RunningServer, localpart: str, session: aiohttp.ClientSession) -> Client:
+        body = await srv.login(localpart)
+        return cls(srv.base_url, body["user_id"], body["access_token"], session)
+
+    async def call(self, method: str, path: str, body: Any = None, expect: int = 200, **params: Any) -> Any:
+        url = self.base_url + "/_matrix/client/v3" + path
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.session.request(method, url, json=body, headers=headers, params=params or None) as resp:
+            data = await resp.json()
+            assert resp.status == expect, (method, path, resp.status, data)
+            return data
+
+    async def create_room(self, **body: Any) -> str:
+        return str((await self.call("POST", "/createRoom", body))["room_id"])
+
+    async def send(self, room_id: str, body: str | dict[str, Any], event_type: str = "m.room.message") -> str:
+        self._txn += 1
+        content = {"msgtype": "m.text", "body": body} if isinstance(body, str) else body
+        path = f"/rooms/{room_id}/send/{event_type}/t{self._txn}-{time.monotonic_ns()}"
+        return str((await self.call("PUT", path, content))["event_id"])
+
+    async def state(self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = "") -> str:
+        return str((await self.call("PUT", f"/rooms/{room_id}/state/{event_type}/{state_key}", content))["event_id"])
+
+    async def join(self, room: str, via: list[str] | None = None, expect: int = 200) -> Any:
+        params = {"via": via[0]} if via else {}
+        return await self.call("POST", f"/join/{quote(room, safe='')}", {}, expect=expect, **params)
+
+    async def sync(self, timeout_ms: int = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"timeout": str(timeout_ms)}
+        if self.since:
+            params["since"] = self.since
+        data = await self.call("GET", "/sync", **params)
+        self.since = data["next_batch"]
+        return data  # type: ignore[no-any-return]
+
+    async def messages(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        data = await self.call("GET", f"/rooms/{room_id}/messages", dir="b", limit=str(limit))
+        return list(reversed(data["chunk"]))
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"
+) -> Any:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def room_bodies(client: Client, room_id: str) -> list[str]:
+    return [
+        e["content"].get("body")
+        for e in await client.messages(room_id)
+        if e["type"] == "m.room.message" and "body" in e.get("content", {})
+    ]

@@ -1,0 +1,79 @@
+"""Server keys, notary, X-Matrix authentication and the version endpoint, between two Sotto servers."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from bridge.client import RemoteError
+from bridge.keys import parse_key_response
+from bridge.xmatrix import parse_authorization
+from homeserver.events import encode_verify_key
+from tests.federation.support import CertAuthority, federation_of, fed_server
+
+
+async def test_key_server_and_version_over_tls(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with fed_server(tmp_dirs[0], test_ca) as a, fed_server(tmp_dirs[1], test_ca) as b:
+        fa, fb = federation_of(a), federation_of(b)
+        keys = await fb.client.fetch_server_keys(a.server_name)
+        parsed = parse_key_response(keys, a.server_name, a.hs.clock.time_ms())
+        assert fa.local_keys.key_id in parsed
+        assert keys["verify_keys"][fa.local_keys.key_id]["key"] == encode_verify_key(a.hs.signing_key)
+        version = await fb.client.get(a.server_name, "/_matrix/federation/v1/version")
+        assert version["server"]["name"] == "Sotto"
+        # The key ring caches the key in the database.
+        vk = await fb.keyring.get_verify_key(a.server_name, fa.local_keys.key_id, 0)
+        assert encode_verify_key(vk) == encode_verify_key(a.hs.signing_key)
+        # Notary: B serves A's keys, countersigned by B.
+        async with aiohttp.ClientSession() as s:
+            ssl_ctx = fa.client.ssl_context
+            url = f"https://{b.server_name}/_matrix/key/v2/query"
+            body = {"server_keys": {a.server_name: {}}}
+            async with s.post(url, json=body, ssl=ssl_ctx) as resp:
+                assert resp.status == 200
+                notary = await resp.json()
+        [entry] = notary["server_keys"]
+        assert set(entry["signatures"]) == {a.server_name, b.server_name}
+
+
+async def test_x_matrix_is_verified(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with fed_server(tmp_dirs[0], test_ca) as a, fed_server(tmp_dirs[1], test_ca) as b:
+        fb = federation_of(b)
+        # A signed request passes authentication (and reaches the handler: unknown event -> 404).
+        with pytest.raises(RemoteError) as err:
+            await fb.client.get(a.server_name, "/_matrix/federation/v1/event/$nope")
+        assert err.value.status == 404
+        # No signature at all.
+        with pytest.raises(RemoteError) as err:
+            await fb.client.get(a.server_name, "/_matrix/federation/v1/event/$nope", signed=False)
+        assert err.value.status == 401
+        # A signature for another destination.
+        fb.client.server_name = b.server_name
+        from bridge.xmatrix import authorization_header
+
+        header = authorization_header(
+            "GET", "/_matrix/federation/v1/event/%24nope", b.server_name, "127.0.0.1:1", None, b.hs.signing_key
+        )
+        assert parse_authorization(header).destination == "127.0.0.1:1"
+        async with aiohttp.ClientSession() as s:
+            url = URL(f"https://{a.server_name}/_matrix/federation/v1/event/%24nope", encoded=True)
+            async with s.get(url, headers={"Authorization": header}, ssl=fb.client.ssl_context) as resp:
+                assert resp.status == 401
+            # A tampered signature.
+            good = authorization_header(
+                "GET", "/_matrix/federation/v1/event/%24nope", b.server_name, a.server_name, None, b.hs.signing_key
+            )
+            bad = good.replace('sig="', 'sig="AAAA')
+            async with s.get(url, headers={"Authorization": bad}, ssl=fb.client.ssl_context) as resp:
+                assert resp.status == 401
+            async with s.get(url, headers={"Authorization": good}, ssl=fb.client.ssl_context) as resp:
+                assert resp.status == 404
+
+
+def test_parse_authorization_variants() -> None:
+    auth = parse_authorization('X-Matrix origin=a.example:8448,key="ed25519:1", sig="abc\\"d",destination="b"')
+    assert auth.origin == "a.example:8448"
+    assert auth.key_id == "ed25519:1"
+    assert auth.signature == 'abc"d'
+    assert auth.destination == "b"
