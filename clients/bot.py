@@ -107,6 +107,7 @@ class Bot:
         self._current_sync: asyncio.Future[Any] | None = None
         self._handled_invites: set[str] = set()
         self._key_requests: set[str] = set()
+        self._user_id = ""
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @classmethod
@@ -116,7 +117,12 @@ class Bot:
 
     @property
     def user_id(self) -> str:
-        return str(self._require_client().user_id)
+        """The bot's Matrix ID (known once connected, or from the config)."""
+        if self.client is not None:
+            return str(self.client.user_id)
+        if self._user_id or self.config.user_id:
+            return self._user_id or str(self.config.user_id)
+        raise BotError("the bot's user ID is not known until it connects")
 
     # -- registration -----------------------------------------------------------------------
 
@@ -195,6 +201,7 @@ class Bot:
         else:
             client = await self._first_login()
         self.client = client
+        self._user_id = str(client.user_id)
         client.before_share = self._before_share
         if cfg.encryption:
             self.trust = TrustManager(client, self.store, cfg.trust)

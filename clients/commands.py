@@ -19,6 +19,7 @@ Handler = Callable[..., Awaitable[Any]]
 _CONVERTERS: dict[Any, Callable[[str], Any]] = {str: str, int: int, float: float}
 _TRUE = {"yes", "y", "true", "on", "1"}
 _FALSE = {"no", "n", "false", "off", "0"}
+_TYPE_WORDS: dict[Any, str] = {int: "a whole number", float: "a number", bool: "yes or no", str: "text"}
 
 
 class CommandError(Exception):
@@ -85,7 +86,9 @@ class Param:
             return _CONVERTERS[self.type](raw)
         except ValueError:
             type_name = getattr(self.type, "__name__", str(self.type))
-            raise CommandError(f"{self.name} must be a {type_name}, not {raw!r}") from None
+            raise CommandError(
+                f"{self.name} must be {_TYPE_WORDS.get(self.type, type_name)}, not {raw!r}"
+            ) from None
 
 
 @dataclass(slots=True)

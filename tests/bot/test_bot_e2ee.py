@@ -43,3 +43,51 @@ async def test_encrypted_command_gets_encrypted_reply(
         assert reply.body == "hello **secret**"
         assert reply.formatted_body == "hello <strong>secret</strong>"
         assert reply.source["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": command_id}}
+
+
+async def test_bot_restarts_from_its_store_and_still_decrypts(
+    server: RunningServer, make_bot: BotFactory, peers: Peers
+) -> None:
+    first = echo_bot(make_bot())
+    async with running(first, server):
+        device_id = first.client.device_id if first.client else None
+        alice = await peers("alice")
+        room = await alice.create_room([first.user_id])
+        await alice.wait_for(joined(first.user_id))
+        await alice.send_text(room, "!echo before")
+        reply = await alice.wait_for_reply(room, first.user_id)
+        assert reply.body == "before"
+
+    # Sent while the bot is down: an old event, not handled after the restart.
+    await alice.send_text(room, "!echo while-offline")
+
+    # A new process: only the store path; credentials and crypto state come from the store.
+    second = echo_bot(Bot(first.config.store_path, sync_timeout_ms=500, shutdown_grace_s=2.0))
+    async with running(second, server):
+        assert second.client is not None and second.client.device_id == device_id
+        await alice.send_text(room, "!echo after")
+        reply = await alice.wait_for_reply(room, second.user_id)
+        assert reply.decrypted and reply.body == "after"
+
+
+async def test_invites_are_accepted_per_allowlist(
+    server: RunningServer, make_bot: BotFactory, peers: Peers
+) -> None:
+    bot = make_bot(allowed_inviters=("@alice:*",))
+    async with running(bot, server):
+        eve = await peers("eve")
+        eve_room = await eve.create_room([bot.user_id])
+        alice = await peers("alice")
+        alice_room = await alice.create_room([bot.user_id])
+        await alice.wait_for(joined(bot.user_id))
+        left = await eve.wait_for(
+            lambda r, e: (
+                r == eve_room
+                and isinstance(e, RoomMemberEvent)
+                and e.state_key == bot.user_id
+                and e.membership == "leave"
+            )
+        )
+        assert left.sender == bot.user_id  # the bot declined the invite itself
+        assert bot.client is not None
+        assert alice_room in bot.client.rooms and eve_room not in bot.client.rooms
