@@ -3,27 +3,51 @@ presence, directory, search ...).
 
 Their API modules share one set of handlers per application. `services(app, hs)` builds
 it on first use, stores it on the app under a typed key, and wires it into the core
-exactly once: an event listener on `hs.creator`, a /sync extension, and background
-services.
+exactly once: an event listener on `hs.creator`, a /sync extension, background
+services, and a middleware that hands /sync's query options to that extension.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from homeserver.handlers.media import MediaRepository
+from homeserver.handlers.push import PushHandler
+from homeserver.handlers.relations import RelationsHandler
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaStore
+from homeserver.storage.push import PushActionStore, PusherStore, PushRuleStore
+from homeserver.storage.relations import RelationsStore
+from homeserver.sync.cs_extension import SYNC_OPTIONS, ClientServerSyncExtension, RelationBundles, SyncOptions
 
 
 @dataclass
 class ClientServerServices:
     media: MediaRepository
+    relations_store: RelationsStore
+    push: PushHandler
+    relations: RelationsHandler
+    sync_extension: ClientServerSyncExtension
 
 
 CS_KEY = web.AppKey("client_server_services", ClientServerServices)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def sync_options_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Expose /sync's filter and set_presence to the sync extension for this request."""
+    if request.method != "GET" or not request.path.endswith("/sync"):
+        return await handler(request)
+    token = SYNC_OPTIONS.set(SyncOptions(request.query.get("filter"), request.query.get("set_presence")))
+    try:
+        return await handler(request)
+    finally:
+        SYNC_OPTIONS.reset(token)
 
 
 def build_services(hs: HomeServer) -> ClientServerServices:
@@ -35,7 +59,26 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         config.resolve_path(config.media_store_path),
         config.limits.max_upload_bytes,
     )
-    return ClientServerServices(media=media)
+    relations_store = RelationsStore(hs.db, hs.events)
+    push = PushHandler(
+        hs.events,
+        relations_store,
+        PushRuleStore(hs.db),
+        PushActionStore(hs.db),
+        PusherStore(hs.db),
+        hs.notifier,
+        hs.clock,
+        hs.server_name,
+    )
+    relations = RelationsHandler(relations_store, hs.events, hs.messages, hs.clock)
+    extension = ClientServerSyncExtension(push, push, hs.filters, [RelationBundles(relations)])
+    return ClientServerServices(
+        media=media,
+        relations_store=relations_store,
+        push=push,
+        relations=relations,
+        sync_extension=extension,
+    )
 
 
 def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
@@ -44,4 +87,7 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
         return existing
     svc = build_services(hs)
     app[CS_KEY] = svc
+    hs.creator.listeners.append(svc.push.on_event)
+    hs.sync_extensions.append(svc.sync_extension)
+    app.middlewares.append(sync_options_middleware)
     return svc

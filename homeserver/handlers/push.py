@@ -1,0 +1,388 @@
+"""Push: rule management, evaluating every new event for each local recipient, unread
+counts per room and thread, /notifications and pushers.
+
+Evaluation runs as an event listener after the event is persisted. Each recipient's
+notifying actions become one `event_push_actions` row; unread counts are those rows
+past the user's newest read receipt (unthreaded receipts cover every thread,
+threaded ones their own). Rulesets and per-room context (members, display names,
+power levels) are cached in bounded LRUs, invalidated by rule changes and by state
+events in the room.
+
+Delivery to push gateways is not implemented yet: pushers are stored and listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError, bad_json, not_found
+from homeserver.events import Event
+from homeserver.handlers.client_format import client_event
+from homeserver.handlers.push_eval import RoomContext, evaluate, is_highlight, is_notify
+from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_default_rule_id, strip_actions
+from homeserver.storage.events import EventStore
+from homeserver.storage.push import (
+    Counts,
+    PushAction,
+    PushActionStore,
+    Pusher,
+    PusherStore,
+    PushRuleStore,
+    RuleNotFound,
+)
+from homeserver.storage.relations import RelationsStore
+from homeserver.sync.notifier import Notifier
+
+log = logging.getLogger(__name__)
+
+MAX_CACHED_RULESETS = 10_000
+MAX_CACHED_ROOMS = 2_000
+# Following relations to find an event's thread stops after this many hops (the spec suggests 3).
+THREAD_HOPS = 3
+MAIN_THREAD = "main"
+
+
+def _valid_actions(actions: Any) -> list[Any]:
+    if not isinstance(actions, list):
+        raise bad_json("actions must be a list")
+    for a in actions:
+        if isinstance(a, str):
+            if a not in ("notify", "dont_notify", "coalesce"):
+                raise MatrixError(400, Codes.INVALID_PARAM, f"Unknown action {a}")
+        elif not (isinstance(a, dict) and isinstance(a.get("set_tweak"), str)):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid action")
+    return strip_actions(actions)
+
+
+class PushHandler:
+    def __init__(
+        self,
+        events: EventStore,
+        relations: RelationsStore,
+        rules: PushRuleStore,
+        actions: PushActionStore,
+        pushers: PusherStore,
+        notifier: Notifier,
+        clock: Clock,
+        server_name: str,
+    ) -> None:
+        self.events = events
+        self.relations = relations
+        self.rules = rules
+        self.actions = actions
+        self.pushers = pushers
+        self.notifier = notifier
+        self.clock = clock
+        self.server_name = server_name
+        self._rulesets: OrderedDict[str, Ruleset] = OrderedDict()
+        self._rooms: OrderedDict[str, RoomContext] = OrderedDict()
+
+    def is_local(self, user_id: str) -> bool:
+        return user_id.endswith(":" + self.server_name)
+
+    # Rulesets ----------------------------------------------------------------------------
+
+    async def ruleset(self, user_id: str) -> Ruleset:
+        cached = self._rulesets.get(user_id)
+        if cached is not None:
+            self._rulesets.move_to_end(user_id)
+            return cached
+        user_rules, overrides = await self.rules.get_rules(user_id)
+        ruleset = build_ruleset(user_id, user_rules, overrides)
+        self._rulesets[user_id] = ruleset
+        if len(self._rulesets) > MAX_CACHED_RULESETS:
+            self._rulesets.popitem(last=False)
+        return ruleset
+
+    async def ruleset_json(self, user_id: str) -> dict[str, Any]:
+        return (await self.ruleset(user_id)).to_json()
+
+    async def rules_changed_since(self, user_id: str, since: int) -> bool:
+        return await self.rules.stream_position(user_id) > since
+
+    async def count_changes_since(self, user_id: str, since: int, upto: int) -> set[str]:
+        return await self.actions.rooms_changed_since(user_id, since, upto)
+
+    def _changed(self, user_id: str) -> None:
+        self._rulesets.pop(user_id, None)
+        # Clients learn about rule changes through m.push_rules account data in /sync.
+        self.notifier.notify(users=[user_id])
+
+    async def get_rule(self, user_id: str, kind: str, rule_id: str) -> dict[str, Any]:
+        if kind not in KINDS:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
+        rule = (await self.ruleset(user_id)).find(kind, rule_id)
+        if rule is None:
+            raise not_found("Unknown push rule")
+        return rule
+
+    async def put_rule(
+        self,
+        user_id: str,
+        kind: str,
+        rule_id: str,
+        body: dict[str, Any],
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        if kind not in KINDS:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
+        if is_default_rule_id(rule_id):
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "Rule IDs starting with '.' are reserved for the server"
+            )
+        if not rule_id or "/" in rule_id or "\\" in rule_id or len(rule_id) > 255:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid rule ID")
+        if before is not None and after is not None:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Give before or after, not both")
+        for anchor in (before, after):
+            if anchor is not None and is_default_rule_id(anchor):
+                raise MatrixError(
+                    400, Codes.INVALID_PARAM, "Cannot position a rule relative to a server rule"
+                )
+        rule: dict[str, Any] = {"actions": _valid_actions(body.get("actions"))}
+        if kind in ("override", "underride"):
+            conditions = body.get("conditions", [])
+            if not isinstance(conditions, list) or not all(isinstance(c, dict) for c in conditions):
+                raise bad_json("conditions must be a list of objects")
+            rule["conditions"] = conditions
+        elif kind == "content":
+            pattern = body.get("pattern")
+            if not isinstance(pattern, str) or not pattern:
+                raise MatrixError(400, Codes.MISSING_PARAM, "Content rules need a pattern")
+            rule["pattern"] = pattern
+        try:
+            await self.rules.put_rule(user_id, kind, rule_id, rule, before, after)
+        except RuleNotFound:
+            raise not_found("The before/after rule does not exist") from None
+        self._changed(user_id)
+
+    async def delete_rule(self, user_id: str, kind: str, rule_id: str) -> None:
+        if kind not in KINDS:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
+        try:
+            await self.rules.delete_rule(user_id, kind, rule_id)
+        except RuleNotFound:
+            raise not_found("Unknown push rule") from None
+        self._changed(user_id)
+
+    async def set_rule_field(
+        self, user_id: str, kind: str, rule_id: str, *, enabled: bool | None = None, actions: Any = None
+    ) -> None:
+        await self.get_rule(user_id, kind, rule_id)
+        valid = _valid_actions(actions) if actions is not None else None
+        if is_default_rule_id(rule_id):
+            await self.rules.set_override(user_id, rule_id, enabled=enabled, actions=valid)
+        else:
+            try:
+                await self.rules.set_user_rule_field(user_id, kind, rule_id, enabled=enabled, actions=valid)
+            except RuleNotFound:
+                raise not_found("Unknown push rule") from None
+        self._changed(user_id)
+
+    # Evaluation --------------------------------------------------------------------------
+
+    async def _room_context(self, room_id: str) -> RoomContext | None:
+        cached = self._rooms.get(room_id)
+        if cached is not None:
+            self._rooms.move_to_end(room_id)
+            return cached
+        rv = await self.events.get_room_version(room_id)
+        if rv is None:
+            return None
+        state = await self.events.get_current_state(
+            room_id, types=["m.room.member", "m.room.power_levels", "m.room.create"]
+        )
+        names: dict[str, str] = {}
+        joined = 0
+        power: dict[str, Any] = {}
+        creators: set[str] = set()
+        for (type_, key), stored in state.items():
+            content = stored.event.content
+            if type_ == "m.room.member" and content.get("membership") == "join":
+                joined += 1
+                name = content.get("displayname")
+                names[key] = name if isinstance(name, str) else ""
+            elif type_ == "m.room.power_levels":
+                power = content
+            elif type_ == "m.room.create" and rv.privileged_creators:
+                creators.add(stored.event.sender)
+                extra = content.get("additional_creators")
+                if isinstance(extra, list):
+                    creators.update(c for c in extra if isinstance(c, str))
+        ctx = RoomContext(joined, names, power, frozenset(creators))
+        self._rooms[room_id] = ctx
+        if len(self._rooms) > MAX_CACHED_ROOMS:
+            self._rooms.popitem(last=False)
+        return ctx
+
+    async def thread_id_for(self, event: Event) -> str:
+        rel = event.content.get("m.relates_to")
+        if not isinstance(rel, dict):
+            return MAIN_THREAD
+        target = rel.get("event_id")
+        if rel.get("rel_type") == "m.thread" and isinstance(target, str):
+            return target
+        # Reactions and edits of a thread event belong to that thread; plain replies do not.
+        for _ in range(THREAD_HOPS):
+            if not isinstance(target, str):
+                break
+            found = await self.relations.relation_of(target)
+            if found is None:
+                break
+            rel_type, relates_to = found
+            if rel_type == "m.thread" and relates_to is not None:
+                return relates_to
+            if rel_type in (None, "m.in_reply_to"):
+                break
+            target = relates_to
+        return MAIN_THREAD
+
+    async def on_event(self, event: Event, stream_id: int) -> None:
+        """Listener: evaluate a newly persisted event for every local user it may notify."""
+        try:
+            await self._on_event(event, stream_id)
+        except Exception:
+            # Push is best effort; it must never fail the send that triggered it.
+            log.exception("push evaluation failed for %s", event.event_id)
+
+    async def _on_event(self, event: Event, stream_id: int) -> None:
+        room_id = event.room_id
+        if event.is_state():
+            self._rooms.pop(room_id, None)
+        ctx = await self._room_context(room_id)
+        if ctx is None:
+            return
+        recipients = [u for u in ctx.display_names if u != event.sender and self.is_local(u)]
+        if (
+            event.type == "m.room.member"
+            and event.membership == "invite"
+            and event.state_key
+            and self.is_local(event.state_key)
+            and event.state_key != event.sender
+            and event.state_key not in recipients
+        ):
+            recipients.append(event.state_key)
+        if not recipients:
+            return
+        flat = {
+            "type": event.type,
+            "sender": event.sender,
+            "room_id": room_id,
+            "event_id": event.event_id,
+            "content": event.content,
+        }
+        if event.state_key is not None:
+            flat["state_key"] = event.state_key
+        thread_id: str | None = None
+        batch: list[PushAction] = []
+        for user_id in recipients:
+            actions = evaluate(await self.ruleset(user_id), flat, user_id, ctx)
+            if not is_notify(actions):
+                continue
+            if thread_id is None:
+                thread_id = await self.thread_id_for(event)
+            assert actions is not None
+            batch.append(
+                PushAction(
+                    user_id=user_id,
+                    event_id=event.event_id,
+                    room_id=room_id,
+                    thread_id=thread_id,
+                    event_stream=stream_id,
+                    highlight=is_highlight(actions),
+                    actions=actions,
+                    ts=event.origin_server_ts,
+                )
+            )
+        if batch:
+            await self.actions.add(batch)
+            self.notifier.notify(users=[a.user_id for a in batch])
+
+    # Counts and notifications ------------------------------------------------------------
+
+    async def unread_counts(self, user_id: str, room_ids: list[str]) -> dict[str, dict[str, Counts]]:
+        return await self.actions.unread_counts(user_id, room_ids)
+
+    async def notifications(
+        self, user_id: str, from_token: str | None, limit: int, only: str | None
+    ) -> dict[str, Any]:
+        before: int | None = None
+        if from_token:
+            try:
+                before = int(from_token)
+            except ValueError:
+                raise MatrixError(400, Codes.INVALID_PARAM, "Invalid from token") from None
+        limit = max(1, min(limit, 100))
+        rows = await self.actions.notifications(user_id, before, limit, only == "highlight")
+        stored = await self.events.get_events([r.event_id for r in rows])
+        positions = await self.actions.read_positions(user_id, {r.room_id for r in rows})
+        now = self.clock.time_ms()
+        chunk = []
+        for r in rows:
+            s = stored.get(r.event_id)
+            if s is None:
+                continue
+            read_upto = max(positions.get((r.room_id, ""), 0), positions.get((r.room_id, r.thread_id), 0))
+            chunk.append(
+                {
+                    "actions": r.actions,
+                    "event": client_event(s, now),
+                    "profile_tag": None,
+                    "read": r.event_stream <= read_upto,
+                    "room_id": r.room_id,
+                    "ts": r.ts,
+                }
+            )
+        out: dict[str, Any] = {"notifications": chunk}
+        if len(rows) == limit:
+            out["next_token"] = str(rows[-1].event_stream)
+        return out
+
+    # Pushers -----------------------------------------------------------------------------
+
+    async def set_pusher(self, user_id: str, device_id: str, body: dict[str, Any]) -> None:
+        app_id, pushkey = body.get("app_id"), body.get("pushkey")
+        if not isinstance(app_id, str) or not app_id or not isinstance(pushkey, str) or not pushkey:
+            raise MatrixError(400, Codes.MISSING_PARAM, "app_id and pushkey are required")
+        if len(app_id) > 64 or len(pushkey) > 512:
+            raise MatrixError(400, Codes.INVALID_PARAM, "app_id or pushkey too long")
+        kind = body.get("kind")
+        if kind is None:
+            await self.pushers.delete(user_id, app_id, pushkey)
+            return
+        if kind not in ("http", "email"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unsupported pusher kind")
+        fields = {}
+        for key in ("app_display_name", "device_display_name", "lang"):
+            value = body.get(key)
+            if not isinstance(value, str):
+                raise MatrixError(400, Codes.MISSING_PARAM, f"{key} is required")
+            fields[key] = value
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise MatrixError(400, Codes.MISSING_PARAM, "data is required")
+        if kind == "http":
+            url = data.get("url")
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise MatrixError(400, Codes.INVALID_PARAM, "data.url must be an http(s) URL")
+        profile_tag = body.get("profile_tag")
+        pusher = Pusher(
+            user_id=user_id,
+            app_id=app_id,
+            pushkey=pushkey,
+            kind=kind,
+            app_display_name=fields["app_display_name"],
+            device_display_name=fields["device_display_name"],
+            profile_tag=profile_tag if isinstance(profile_tag, str) else None,
+            lang=fields["lang"],
+            data=data,
+            device_id=device_id,
+        )
+        await self.pushers.set(pusher, bool(body.get("append", False)), self.clock.time_ms())
+
+    async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
+        return [p.to_json() for p in await self.pushers.for_user(user_id)]

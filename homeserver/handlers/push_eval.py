@@ -1,0 +1,191 @@
+"""Push rule evaluation: a pure function of a ruleset, an event and the room's context.
+
+No I/O here, so the rules are unit-testable with plain dicts. Glob patterns are
+compiled once and cached (bounded by functools' LRU).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.handlers.push_rules import LEGACY_MENTION_RULES, Ruleset, strip_actions
+
+_WORD = "A-Za-z0-9_"
+
+
+@dataclass(slots=True)
+class RoomContext:
+    """What conditions need to know about the room, shared by every recipient of one event."""
+
+    member_count: int
+    display_names: dict[str, str] = field(default_factory=dict)
+    power_levels: dict[str, Any] = field(default_factory=dict)
+    # Room v12 creators have infinite power.
+    creators: frozenset[str] = frozenset()
+
+    def user_power(self, user_id: str) -> float:
+        if user_id in self.creators:
+            return float("inf")
+        users = self.power_levels.get("users")
+        if isinstance(users, dict) and isinstance(users.get(user_id), int):
+            return float(users[user_id])
+        default = self.power_levels.get("users_default", 0)
+        return float(default) if isinstance(default, int) else 0.0
+
+    def notification_level(self, key: str) -> float:
+        notifications = self.power_levels.get("notifications")
+        if isinstance(notifications, dict) and isinstance(notifications.get(key), int):
+            return float(notifications[key])
+        return 50.0
+
+
+def split_key(key: str) -> list[str]:
+    """A dot-separated property path; `\\.` is a literal dot and `\\\\` a backslash."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(key):
+        c = key[i]
+        if c == "\\" and i + 1 < len(key) and key[i + 1] in ".\\":
+            current.append(key[i + 1])
+            i += 2
+            continue
+        if c == ".":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def lookup(event: dict[str, Any], key: str) -> tuple[bool, Any]:
+    value: Any = event
+    for part in split_key(key):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob(pattern: str, word_boundary: bool) -> re.Pattern[str]:
+    regex = "".join(".*?" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    if word_boundary:
+        return re.compile(f"(?:^|[^{_WORD}]){regex}(?:[^{_WORD}]|$)", re.IGNORECASE | re.DOTALL)
+    return re.compile(f"^{regex}$", re.IGNORECASE | re.DOTALL)
+
+
+def glob_matches(pattern: str, value: str, word_boundary: bool) -> bool:
+    return _glob(pattern, word_boundary).search(value) is not None
+
+
+def _is_simple(value: Any) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    return isinstance(value, int) and -(2**53) < value < 2**53
+
+
+def _member_count_matches(spec: str, count: int) -> bool:
+    m = re.fullmatch(r"\s*(==|<=|>=|<|>)?\s*([0-9]+)\s*", spec)
+    if not m:
+        return False
+    op, n = m.group(1) or "==", int(m.group(2))
+    return {
+        "==": count == n,
+        "<": count < n,
+        ">": count > n,
+        "<=": count <= n,
+        ">=": count >= n,
+    }[op]
+
+
+def condition_matches(cond: Any, event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+    if not isinstance(cond, dict):
+        return False
+    kind = cond.get("kind")
+    if kind == "event_match":
+        key, pattern = cond.get("key"), cond.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return False
+        found, value = lookup(event, key)
+        if not found or not isinstance(value, str):
+            return False
+        return glob_matches(pattern, value, word_boundary=key == "content.body")
+    if kind == "event_property_is":
+        key = cond.get("key")
+        if not isinstance(key, str) or "value" not in cond:
+            return False
+        found, value = lookup(event, key)
+        return found and _is_simple(value) and type(value) is type(cond["value"]) and value == cond["value"]
+    if kind == "event_property_contains":
+        key = cond.get("key")
+        if not isinstance(key, str) or "value" not in cond:
+            return False
+        found, value = lookup(event, key)
+        if not found or not isinstance(value, list):
+            return False
+        want = cond["value"]
+        return any(_is_simple(v) and type(v) is type(want) and v == want for v in value)
+    if kind == "contains_display_name":
+        name = room.display_names.get(user_id)
+        body = event.get("content", {}).get("body")
+        if not name or not isinstance(body, str):
+            return False
+        return (
+            re.search(f"(?:^|[^{_WORD}]){re.escape(name)}(?:[^{_WORD}]|$)", body, re.IGNORECASE) is not None
+        )
+    if kind == "room_member_count":
+        spec = cond.get("is")
+        return isinstance(spec, str) and _member_count_matches(spec, room.member_count)
+    if kind == "sender_notification_permission":
+        key = cond.get("key")
+        if not isinstance(key, str):
+            return False
+        return room.user_power(str(event.get("sender"))) >= room.notification_level(key)
+    # Unknown conditions never match.
+    return False
+
+
+def rule_matches(
+    kind: str, rule: dict[str, Any], event: dict[str, Any], user_id: str, room: RoomContext
+) -> bool:
+    if kind == "room":
+        return event.get("room_id") == rule["rule_id"]
+    if kind == "sender":
+        return event.get("sender") == rule["rule_id"]
+    if kind == "content":
+        pattern = rule.get("pattern")
+        body = event.get("content", {}).get("body")
+        return isinstance(pattern, str) and isinstance(body, str) and glob_matches(pattern, body, True)
+    return all(condition_matches(c, event, user_id, room) for c in rule.get("conditions", []))
+
+
+def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomContext) -> list[Any] | None:
+    """The actions of the first enabled rule that matches, or None when nothing matches."""
+    content = event.get("content")
+    has_mentions = isinstance(content, dict) and "m.mentions" in content
+    for kind, rule in ruleset.ordered():
+        if not rule.get("enabled", True):
+            continue
+        if has_mentions and rule["rule_id"] in LEGACY_MENTION_RULES:
+            continue
+        if rule_matches(kind, rule, event, user_id, room):
+            actions = rule.get("actions", [])
+            return strip_actions(actions) if isinstance(actions, list) else []
+    return None
+
+
+def is_notify(actions: list[Any] | None) -> bool:
+    return bool(actions) and "notify" in (actions or [])
+
+
+def is_highlight(actions: list[Any] | None) -> bool:
+    for a in actions or []:
+        if isinstance(a, dict) and a.get("set_tweak") == "highlight":
+            return a.get("value", True) is True
+    return False

@@ -1,0 +1,502 @@
+"""Push storage: users' rules and overrides, notification records (push actions), pushers."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, case, delete, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver import jsonutil
+from homeserver.storage.cs_schema import (
+    event_push_actions,
+    push_rules,
+    push_rules_overrides,
+    push_rules_stream,
+    pushers,
+)
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import events, receipts
+
+READ_RECEIPTS = ("m.read", "m.read.private")
+
+
+@dataclass(slots=True)
+class UserRule:
+    kind: str
+    rule_id: str
+    priority: int
+    rule: dict[str, Any]
+    enabled: bool
+
+
+@dataclass(slots=True)
+class Override:
+    enabled: bool | None = None
+    actions: list[Any] | None = None
+
+
+class RuleNotFound(Exception):
+    pass
+
+
+class PushRuleStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_rules(self, user_id: str) -> tuple[list[UserRule], dict[str, Override]]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(
+                    push_rules.c.kind,
+                    push_rules.c.rule_id,
+                    push_rules.c.priority,
+                    push_rules.c.rule_json,
+                    push_rules.c.enabled,
+                ).where(push_rules.c.user_id == user_id)
+            )
+            rules = [UserRule(k, rid, p, jsonutil.loads(j), bool(e)) for k, rid, p, j, e in rows]
+            ov_rows = await conn.execute(
+                select(
+                    push_rules_overrides.c.rule_id,
+                    push_rules_overrides.c.enabled,
+                    push_rules_overrides.c.actions_json,
+                ).where(push_rules_overrides.c.user_id == user_id)
+            )
+            overrides = {
+                rid: Override(None if en is None else bool(en), jsonutil.loads(a) if a else None)
+                for rid, en, a in ov_rows
+            }
+        return rules, overrides
+
+    async def stream_position(self, user_id: str) -> int:
+        async with self.db.read() as conn:
+            value = (
+                await conn.execute(
+                    select(push_rules_stream.c.stream_id).where(push_rules_stream.c.user_id == user_id)
+                )
+            ).scalar()
+        return int(value or 0)
+
+    async def _bump(self, conn: AsyncConnection, user_id: str) -> int:
+        stream_id = self.db.next_stream_id()
+        res = await conn.execute(
+            update(push_rules_stream)
+            .where(push_rules_stream.c.user_id == user_id)
+            .values(stream_id=stream_id)
+        )
+        if not res.rowcount:
+            await conn.execute(insert(push_rules_stream).values(user_id=user_id, stream_id=stream_id))
+        return stream_id
+
+    async def put_rule(
+        self,
+        user_id: str,
+        kind: str,
+        rule_id: str,
+        rule: dict[str, Any],
+        before: str | None,
+        after: str | None,
+    ) -> None:
+        """Create or replace a user rule; `before`/`after` position it relative to another user rule."""
+        async with self.db.write() as conn:
+            rows = (
+                await conn.execute(
+                    select(push_rules.c.rule_id, push_rules.c.priority)
+                    .where(push_rules.c.user_id == user_id, push_rules.c.kind == kind)
+                    .order_by(push_rules.c.priority)
+                )
+            ).all()
+            order = [r[0] for r in rows]
+            exists = rule_id in order
+            anchor = before or after
+            if anchor is not None:
+                if anchor not in order or anchor == rule_id:
+                    raise RuleNotFound(anchor)
+                order = [r for r in order if r != rule_id]
+                pos = order.index(anchor) + (0 if before else 1)
+                order.insert(pos, rule_id)
+            elif not exists:
+                # New rules without a position go first: the highest priority among the user's rules.
+                order.insert(0, rule_id)
+            if exists:
+                await conn.execute(
+                    update(push_rules)
+                    .where(
+                        push_rules.c.user_id == user_id,
+                        push_rules.c.kind == kind,
+                        push_rules.c.rule_id == rule_id,
+                    )
+                    .values(rule_json=jsonutil.dumps(rule))
+                )
+            else:
+                await conn.execute(
+                    insert(push_rules).values(
+                        user_id=user_id,
+                        kind=kind,
+                        rule_id=rule_id,
+                        priority=0,
+                        rule_json=jsonutil.dumps(rule),
+                        enabled=True,
+                    )
+                )
+            old = {r[0]: r[1] for r in rows}
+            for priority, rid in enumerate(order):
+                if old.get(rid) != priority:
+                    await conn.execute(
+                        update(push_rules)
+                        .where(
+                            push_rules.c.user_id == user_id,
+                            push_rules.c.kind == kind,
+                            push_rules.c.rule_id == rid,
+                        )
+                        .values(priority=priority)
+                    )
+            await self._bump(conn, user_id)
+
+    async def delete_rule(self, user_id: str, kind: str, rule_id: str) -> None:
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                delete(push_rules).where(
+                    push_rules.c.user_id == user_id,
+                    push_rules.c.kind == kind,
+                    push_rules.c.rule_id == rule_id,
+                )
+            )
+            if not res.rowcount:
+                raise RuleNotFound(rule_id)
+            await self._bump(conn, user_id)
+
+    async def set_user_rule_field(
+        self,
+        user_id: str,
+        kind: str,
+        rule_id: str,
+        *,
+        enabled: bool | None = None,
+        actions: list[Any] | None = None,
+    ) -> None:
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(push_rules.c.rule_json).where(
+                        push_rules.c.user_id == user_id,
+                        push_rules.c.kind == kind,
+                        push_rules.c.rule_id == rule_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                raise RuleNotFound(rule_id)
+            values: dict[str, Any] = {}
+            if enabled is not None:
+                values["enabled"] = enabled
+            if actions is not None:
+                rule = jsonutil.loads(row[0])
+                rule["actions"] = actions
+                values["rule_json"] = jsonutil.dumps(rule)
+            await conn.execute(
+                update(push_rules)
+                .where(
+                    push_rules.c.user_id == user_id,
+                    push_rules.c.kind == kind,
+                    push_rules.c.rule_id == rule_id,
+                )
+                .values(**values)
+            )
+            await self._bump(conn, user_id)
+
+    async def set_override(
+        self, user_id: str, rule_id: str, *, enabled: bool | None = None, actions: list[Any] | None = None
+    ) -> None:
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(push_rules_overrides.c.enabled, push_rules_overrides.c.actions_json).where(
+                        push_rules_overrides.c.user_id == user_id, push_rules_overrides.c.rule_id == rule_id
+                    )
+                )
+            ).first()
+            new_enabled = enabled if enabled is not None else (row[0] if row else None)
+            new_actions = jsonutil.dumps(actions) if actions is not None else (row[1] if row else None)
+            if row is None:
+                await conn.execute(
+                    insert(push_rules_overrides).values(
+                        user_id=user_id, rule_id=rule_id, enabled=new_enabled, actions_json=new_actions
+                    )
+                )
+            else:
+                await conn.execute(
+                    update(push_rules_overrides)
+                    .where(
+                        push_rules_overrides.c.user_id == user_id, push_rules_overrides.c.rule_id == rule_id
+                    )
+                    .values(enabled=new_enabled, actions_json=new_actions)
+                )
+            await self._bump(conn, user_id)
+
+
+@dataclass(slots=True, frozen=True)
+class PushAction:
+    user_id: str
+    event_id: str
+    room_id: str
+    thread_id: str
+    event_stream: int
+    highlight: bool
+    actions: list[Any]
+    ts: int
+
+
+@dataclass(slots=True)
+class Counts:
+    notifications: int = 0
+    highlights: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"notification_count": self.notifications, "highlight_count": self.highlights}
+
+
+@dataclass(slots=True, frozen=True)
+class NotificationRow:
+    stream_id: int
+    event_id: str
+    room_id: str
+    thread_id: str
+    event_stream: int
+    actions: list[Any]
+    ts: int
+
+
+class PushActionStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, actions: list[PushAction]) -> int:
+        """Record notifications for one event; returns the stream position of the batch."""
+        async with self.db.write() as conn:
+            stream_id = self.db.next_stream_id()
+            await conn.execute(
+                insert(event_push_actions),
+                [
+                    dict(
+                        user_id=a.user_id,
+                        event_id=a.event_id,
+                        room_id=a.room_id,
+                        thread_id=a.thread_id,
+                        event_stream=a.event_stream,
+                        stream_id=stream_id,
+                        highlight=a.highlight,
+                        actions_json=jsonutil.dumps(a.actions),
+                        ts=a.ts,
+                    )
+                    for a in actions
+                ],
+            )
+        return stream_id
+
+    def _receipt_positions(self, user_id: str, room_ids: Collection[str]) -> Any:
+        """(room_id, thread_id, pos): the newest read receipt position per room and thread."""
+        return (
+            select(
+                receipts.c.room_id.label("room_id"),
+                receipts.c.thread_id.label("thread_id"),
+                func.max(events.c.stream_id).label("pos"),
+            )
+            .select_from(receipts.join(events, events.c.event_id == receipts.c.event_id))
+            .where(
+                receipts.c.user_id == user_id,
+                receipts.c.receipt_type.in_(READ_RECEIPTS),
+                receipts.c.room_id.in_(list(room_ids)),
+            )
+            .group_by(receipts.c.room_id, receipts.c.thread_id)
+            .cte("receipt_positions")
+        )
+
+    async def unread_counts(self, user_id: str, room_ids: Collection[str]) -> dict[str, dict[str, Counts]]:
+        """room_id -> thread_id ("main" or a root) -> unread counts, after the user's read receipts.
+
+        An unthreaded receipt covers every thread; a threaded one only its own thread.
+        """
+        if not room_ids:
+            return {}
+        epa = event_push_actions
+        pos = self._receipt_positions(user_id, room_ids)
+        unthreaded = pos.alias("unthreaded")
+        threaded = pos.alias("threaded")
+        q = (
+            select(
+                epa.c.room_id,
+                epa.c.thread_id,
+                func.count(),
+                func.sum(case((epa.c.highlight.is_(True), 1), else_=0)),
+            )
+            .select_from(
+                epa.outerjoin(
+                    unthreaded,
+                    and_(unthreaded.c.room_id == epa.c.room_id, unthreaded.c.thread_id == literal("")),
+                ).outerjoin(
+                    threaded,
+                    and_(threaded.c.room_id == epa.c.room_id, threaded.c.thread_id == epa.c.thread_id),
+                )
+            )
+            .where(
+                epa.c.user_id == user_id,
+                epa.c.room_id.in_(list(room_ids)),
+                epa.c.event_stream > func.coalesce(unthreaded.c.pos, 0),
+                epa.c.event_stream > func.coalesce(threaded.c.pos, 0),
+            )
+            .group_by(epa.c.room_id, epa.c.thread_id)
+        )
+        out: dict[str, dict[str, Counts]] = {}
+        async with self.db.read() as conn:
+            for room_id, thread_id, n, h in await conn.execute(q):
+                out.setdefault(room_id, {})[thread_id] = Counts(int(n or 0), int(h or 0))
+        return out
+
+    async def rooms_changed_since(self, user_id: str, since: int, upto: int) -> set[str]:
+        q = (
+            select(event_push_actions.c.room_id)
+            .distinct()
+            .where(
+                event_push_actions.c.user_id == user_id,
+                event_push_actions.c.stream_id > since,
+                event_push_actions.c.stream_id <= upto,
+            )
+        )
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(q)}
+
+    async def notifications(
+        self, user_id: str, before: int | None, limit: int, only_highlight: bool
+    ) -> list[NotificationRow]:
+        epa = event_push_actions
+        q = select(
+            epa.c.stream_id,
+            epa.c.event_id,
+            epa.c.room_id,
+            epa.c.thread_id,
+            epa.c.event_stream,
+            epa.c.actions_json,
+            epa.c.ts,
+        ).where(epa.c.user_id == user_id)
+        if before is not None:
+            q = q.where(epa.c.event_stream < before)
+        if only_highlight:
+            q = q.where(epa.c.highlight.is_(True))
+        q = q.order_by(epa.c.event_stream.desc()).limit(limit)
+        async with self.db.read() as conn:
+            return [
+                NotificationRow(s, e, r, t, es, jsonutil.loads(a), ts)
+                for s, e, r, t, es, a, ts in await conn.execute(q)
+            ]
+
+    async def read_positions(self, user_id: str, room_ids: Collection[str]) -> dict[tuple[str, str], int]:
+        """(room_id, receipt thread_id or "") -> newest read position."""
+        if not room_ids:
+            return {}
+        pos = self._receipt_positions(user_id, room_ids)
+        async with self.db.read() as conn:
+            return {(r, t): int(p) for r, t, p in await conn.execute(select(pos))}
+
+
+@dataclass(slots=True, frozen=True)
+class Pusher:
+    user_id: str
+    app_id: str
+    pushkey: str
+    kind: str
+    app_display_name: str
+    device_display_name: str
+    profile_tag: str | None
+    lang: str
+    data: dict[str, Any]
+    device_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "app_id": self.app_id,
+            "pushkey": self.pushkey,
+            "kind": self.kind,
+            "app_display_name": self.app_display_name,
+            "device_display_name": self.device_display_name,
+            "lang": self.lang,
+            "data": self.data,
+        }
+        if self.profile_tag is not None:
+            out["profile_tag"] = self.profile_tag
+        return out
+
+
+class PusherStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    _cols = (
+        pushers.c.user_id,
+        pushers.c.app_id,
+        pushers.c.pushkey,
+        pushers.c.kind,
+        pushers.c.app_display_name,
+        pushers.c.device_display_name,
+        pushers.c.profile_tag,
+        pushers.c.lang,
+        pushers.c.data_json,
+        pushers.c.device_id,
+    )
+
+    async def for_user(self, user_id: str) -> list[Pusher]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(*self._cols).where(pushers.c.user_id == user_id))
+            return [Pusher(*r[:8], jsonutil.loads(r[8]), r[9]) for r in rows]
+
+    async def for_users(self, user_ids: Collection[str]) -> list[Pusher]:
+        if not user_ids:
+            return []
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(*self._cols).where(pushers.c.user_id.in_(list(user_ids))))
+            return [Pusher(*r[:8], jsonutil.loads(r[8]), r[9]) for r in rows]
+
+    async def set(self, pusher: Pusher, append: bool, now: int) -> None:
+        async with self.db.write() as conn:
+            if not append:
+                # Without append, this pushkey belongs to this user only (the device changed hands).
+                await conn.execute(
+                    delete(pushers).where(
+                        pushers.c.app_id == pusher.app_id,
+                        pushers.c.pushkey == pusher.pushkey,
+                        pushers.c.user_id != pusher.user_id,
+                    )
+                )
+            await conn.execute(
+                delete(pushers).where(
+                    pushers.c.user_id == pusher.user_id,
+                    pushers.c.app_id == pusher.app_id,
+                    pushers.c.pushkey == pusher.pushkey,
+                )
+            )
+            await conn.execute(
+                insert(pushers).values(
+                    user_id=pusher.user_id,
+                    app_id=pusher.app_id,
+                    pushkey=pusher.pushkey,
+                    kind=pusher.kind,
+                    app_display_name=pusher.app_display_name,
+                    device_display_name=pusher.device_display_name,
+                    profile_tag=pusher.profile_tag,
+                    lang=pusher.lang,
+                    data_json=jsonutil.dumps(pusher.data),
+                    device_id=pusher.device_id,
+                    created_ts=now,
+                )
+            )
+
+    async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                delete(pushers).where(
+                    pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+                )
+            )

@@ -1,0 +1,176 @@
+"""The /sync extension for the Client-Server modules: unread notification counts (per room
+and per thread), m.push_rules account data, presence, bundled relations and knocked rooms.
+
+It post-processes the response the core SyncHandler built. Rooms whose counts changed
+without any other activity (a new notification computed after the event was synced)
+are added with an empty timeline, so counts never go stale.
+
+The core SyncHandler does not pass the request's filter or `set_presence` to
+extensions; `SYNC_OPTIONS` carries them, set per request by a small middleware
+(see handlers.cs_services). It defaults to "no options" when unset.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from homeserver import jsonutil
+from homeserver.handlers.auth import Requester
+from homeserver.storage.filters import FilterStore
+from homeserver.storage.push import Counts
+from homeserver.sync.filter import SyncFilter
+
+
+@dataclass(slots=True, frozen=True)
+class SyncOptions:
+    filter_param: str | None = None
+    set_presence: str | None = None
+
+
+SYNC_OPTIONS: ContextVar[SyncOptions | None] = ContextVar("sotto_sync_options", default=None)
+
+MAX_CACHED_FILTERS = 10_000
+
+
+class PushCounts(Protocol):
+    async def unread_counts(self, user_id: str, room_ids: list[str]) -> dict[str, dict[str, Counts]]: ...
+
+
+class PushRulesSource(Protocol):
+    async def ruleset_json(self, user_id: str) -> dict[str, Any]: ...
+    async def rules_changed_since(self, user_id: str, since: int) -> bool: ...
+    async def count_changes_since(self, user_id: str, since: int, upto: int) -> set[str]: ...
+
+
+class SyncPart(Protocol):
+    """Further sections (presence, relations, knocks) plug in through this."""
+
+    async def sync_part(
+        self, requester: Requester, since: int | None, upto: int, joined: list[str], response: dict[str, Any]
+    ) -> None: ...
+
+
+class Bundler(Protocol):
+    async def bundle(self, formatted: list[dict[str, Any]], user_id: str) -> None: ...
+
+
+class RelationBundles:
+    """Adds bundled aggregations (edits, threads, references, reactions) to timeline events."""
+
+    def __init__(self, bundler: Bundler) -> None:
+        self.bundler = bundler
+
+    async def sync_part(
+        self, requester: Requester, since: int | None, upto: int, joined: list[str], response: dict[str, Any]
+    ) -> None:
+        timeline: list[dict[str, Any]] = []
+        for section in ("join", "leave"):
+            for room in response["rooms"].get(section, {}).values():
+                timeline.extend(room.get("timeline", {}).get("events", []))
+        if timeline:
+            await self.bundler.bundle(timeline, requester.user_id)
+
+
+def empty_room() -> dict[str, Any]:
+    return {
+        "timeline": {"events": [], "limited": False},
+        "state": {"events": []},
+        "ephemeral": {"events": []},
+        "account_data": {"events": []},
+    }
+
+
+class ClientServerSyncExtension:
+    def __init__(
+        self,
+        push: PushCounts,
+        rules: PushRulesSource,
+        filters: FilterStore,
+        parts: list[SyncPart] | None = None,
+    ) -> None:
+        self.push = push
+        self.rules = rules
+        self.filters = filters
+        self.parts = parts or []
+        self._filters: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+
+    async def _filter_json(self, user_id: str) -> dict[str, Any]:
+        opts = SYNC_OPTIONS.get()
+        raw = opts.filter_param if opts else None
+        if not raw:
+            return {}
+        if raw.lstrip().startswith("{"):
+            try:
+                parsed = jsonutil.loads(raw)
+            except ValueError:
+                return {}
+            return parsed if isinstance(parsed, dict) else {}
+        key = (user_id, raw)
+        cached = self._filters.get(key)
+        if cached is None:
+            # Stored filters never change, so caching them needs no invalidation.
+            cached = await self.filters.get(user_id, raw) or {}
+            self._filters[key] = cached
+            if len(self._filters) > MAX_CACHED_FILTERS:
+                self._filters.popitem(last=False)
+        return cached
+
+    async def sync_fields(
+        self,
+        requester: Requester,
+        since: int | None,
+        upto: int,
+        joined_room_ids: list[str],
+        response: dict[str, Any],
+    ) -> None:
+        user_id = requester.user_id
+        filter_json = await self._filter_json(user_id)
+        await self._push_rules(user_id, since, response)
+        await self._unread(user_id, since, upto, joined_room_ids, filter_json, response)
+        for part in self.parts:
+            await part.sync_part(requester, since, upto, joined_room_ids, response)
+
+    async def _push_rules(self, user_id: str, since: int | None, response: dict[str, Any]) -> None:
+        if since is not None and not await self.rules.rules_changed_since(user_id, since):
+            return
+        events = response.setdefault("account_data", {}).setdefault("events", [])
+        events[:] = [e for e in events if e.get("type") != "m.push_rules"]
+        events.append({"type": "m.push_rules", "content": await self.rules.ruleset_json(user_id)})
+
+    async def _unread(
+        self,
+        user_id: str,
+        since: int | None,
+        upto: int,
+        joined: list[str],
+        filter_json: dict[str, Any],
+        response: dict[str, Any],
+    ) -> None:
+        rooms_join: dict[str, Any] = response["rooms"]["join"]
+        wanted = set(rooms_join)
+        if since is not None:
+            room_filter = SyncFilter.parse(filter_json)
+            changed = await self.rules.count_changes_since(user_id, since, upto)
+            wanted |= {r for r in changed if r in set(joined) and room_filter.allows_room(r)}
+        if not wanted:
+            return
+        timeline = filter_json.get("room", {}).get("timeline", {}) if isinstance(filter_json, dict) else {}
+        thread_aware = isinstance(timeline, dict) and timeline.get("unread_thread_notifications") is True
+        counts = await self.push.unread_counts(user_id, sorted(wanted))
+        for room_id in wanted:
+            room = rooms_join.setdefault(room_id, empty_room())
+            per_thread = counts.get(room_id, {})
+            if thread_aware:
+                room["unread_notifications"] = per_thread.get("main", Counts()).to_json()
+                room["unread_thread_notifications"] = {
+                    tid: c.to_json() for tid, c in per_thread.items() if tid != "main" and c.notifications
+                }
+            else:
+                total = Counts(
+                    sum(c.notifications for c in per_thread.values()),
+                    sum(c.highlights for c in per_thread.values()),
+                )
+                room["unread_notifications"] = total.to_json()
