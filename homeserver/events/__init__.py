@@ -46,6 +46,7 @@ from homeserver.events.signing import (
     verify_json_signature,
     verify_key_id,
 )
+from homeserver.events.validation import EventFormatError, validate_pdu
 
 __all__ = [
     "DEFAULT_ROOM_VERSION",
@@ -53,6 +54,7 @@ __all__ = [
     "AuthError",
     "CanonicalJsonError",
     "Event",
+    "EventFormatError",
     "RoomVersion",
     "RoomVersions",
     "SignatureError",
@@ -81,6 +83,7 @@ __all__ = [
     "sign_event",
     "sign_json_object",
     "validate_auth_event_list",
+    "validate_pdu",
     "verify_event_signature",
     "verify_json_signature",
     "verify_key_id",

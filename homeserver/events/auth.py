@@ -177,6 +177,20 @@ def check_auth(
     ``join_authorised_via_users_server`` demands; without it only the presence
     of a signature from that server is checked.
     """
+    try:
+        _check_auth(event, auth_events, create_event, validate_auth_events, is_signed_by)
+    except ValueError as exc:
+        # Malformed events (no room_id, sender, ...) fail authorisation.
+        raise AuthError(f"malformed event: {exc}") from exc
+
+
+def _check_auth(
+    event: Event,
+    auth_events: Mapping[tuple[str, str], Event],
+    create_event: Event | None,
+    validate_auth_events: bool,
+    is_signed_by: SignedByCheck | None,
+) -> None:
     rv = event.room_version
     # Rule 1: m.room.create.
     if event.type == CREATE:

@@ -55,6 +55,8 @@ def build_event(
             raise ValueError("room version 12 create events must not have a room_id")
     elif room_id is None:
         raise ValueError("room_id is required (only v12 create events derive it)")
+    elif room_version.room_id_is_create_event_hash and "$" + room_id[1:] in auth_event_ids:
+        raise ValueError("room version 12 events must not cite the create event in auth_events")
 
     content = dict(content)
     if is_create and not room_version.implicit_room_creator:

@@ -63,8 +63,9 @@ class Event:
     # -- core fields ----------------------------------------------------------
     @property
     def type(self) -> str:
-        value = self._pdu["type"]
-        assert isinstance(value, str)
+        value = self._pdu.get("type")
+        if not isinstance(value, str):
+            raise ValueError(f"event {self._event_id} has no valid type")
         return value
 
     @property
@@ -74,8 +75,9 @@ class Event:
 
     @property
     def sender(self) -> str:
-        value = self._pdu["sender"]
-        assert isinstance(value, str)
+        value = self._pdu.get("sender")
+        if not isinstance(value, str):
+            raise ValueError(f"event {self._event_id} has no valid sender")
         return value
 
     @property
