@@ -1,0 +1,120 @@
+"""A third implementation: matrix-js-sdk with its Rust crypto (WASM) in Node exchanges
+encrypted messages with a matrix-nio client through Sotto.
+
+The Node packages are installed into tests/js/ on first run (`npm ci`); the test is
+skipped only when npm is not installed at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.e2ee.nio_helpers import NioUser, nio_login
+from tests.support.server import RunningServer
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+
+
+def ensure_js_sdk() -> str:
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    node = shutil.which("node")
+    assert node is not None, "npm is installed but node is not"
+    if not (JS_DIR / "node_modules" / "matrix-js-sdk" / "package.json").exists():
+        command = "ci" if (JS_DIR / "package-lock.json").exists() else "install"
+        subprocess.run(
+            [npm, command, "--no-audit", "--no-fund"],
+            cwd=JS_DIR,
+            check=True,
+            timeout=900,
+            stdout=subprocess.DEVNULL,
+        )
+    return node
+
+
+async def step_until(bob: NioUser, done: asyncio.Future[str], what: str, rounds: int = 200) -> str:
+    for _ in range(rounds):
+        if done.done():
+            return done.result()
+        await bob.step(timeout=200)
+    raise AssertionError(f"the js-sdk client never reported {what}")
+
+
+async def test_js_sdk_and_nio_exchange_encrypted_messages(server: RunningServer, tmp_path: Path) -> None:
+    node = ensure_js_sdk()
+    bob = await nio_login(server, str(tmp_path / "stores"), "bob")
+    js_login = await server.login("jsuser")
+    expected = f"from-nio-{secrets.token_hex(6)}"
+    reply = f"from-js-{secrets.token_hex(6)}"
+    stderr_lines: list[str] = []
+    proc: asyncio.subprocess.Process | None = None
+    try:
+        room = await bob.create_encrypted_room([js_login["user_id"]])
+        env = {
+            **os.environ,
+            "HS_URL": server.base_url,
+            "USER_ID": js_login["user_id"],
+            "ACCESS_TOKEN": js_login["access_token"],
+            "DEVICE_ID": js_login["device_id"],
+            "ROOM_ID": room,
+            "EXPECT_BODY": expected,
+            "REPLY_BODY": reply,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            node,
+            "e2ee_client.mjs",
+            cwd=JS_DIR,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        loop = asyncio.get_running_loop()
+        steps: dict[str, asyncio.Future[str]] = {k: loop.create_future() for k in ("READY", "GOT", "SENT")}
+
+        async def read_stdout() -> None:
+            assert proc is not None and proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith("@@"):
+                    name, _, detail = line[2:].partition(" ")
+                    if name in steps and not steps[name].done():
+                        steps[name].set_result(detail)
+
+        async def read_stderr() -> None:
+            assert proc is not None and proc.stderr is not None
+            async for raw in proc.stderr:
+                stderr_lines.append(raw.decode(errors="replace"))
+                del stderr_lines[:-100]
+
+        readers = [asyncio.create_task(read_stdout()), asyncio.create_task(read_stderr())]
+        try:
+            await step_until(bob, steps["READY"], "READY")
+            # Wait until nio knows the js-sdk device's keys, then send it an encrypted message.
+            for _ in range(100):
+                if js_login["device_id"] in bob.client.device_store[js_login["user_id"]]:
+                    break
+                await bob.step(timeout=200)
+            await bob.send_text(room, expected)
+            assert await step_until(bob, steps["GOT"], "GOT") == expected
+            await step_until(bob, steps["SENT"], "SENT")
+            await bob.wait_for_text(room, reply)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            for reader in readers:
+                reader.cancel()
+    except BaseException:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        print("node stderr:\n" + "".join(stderr_lines))
+        raise
+    finally:
+        await bob.close()

@@ -1,0 +1,96 @@
+// matrix-js-sdk (Rust crypto, WASM) client for Sotto's E2EE interop test.
+//
+// Driven by tests/integration/test_e2ee_js.py through environment variables; reports
+// progress on stdout as "@@<STEP> <detail>" lines (everything else there is SDK logging):
+//   @@READY            joined the room with crypto running
+//   @@GOT <body>       decrypted the expected message from the peer
+//   @@SENT <event_id>  sent our encrypted reply
+// Exits 0 when done, non-zero on error or timeout.
+
+// matrix-js-sdk 43 wants Node >= 22; Node 20 lacks only Promise.withResolvers.
+if (typeof Promise.withResolvers !== "function") {
+    Promise.withResolvers = function withResolvers() {
+        let resolve;
+        let reject;
+        const promise = new Promise((res, rej) => {
+            resolve = res;
+            reject = rej;
+        });
+        return { promise, resolve, reject };
+    };
+}
+
+const env = (name) => {
+    const value = process.env[name];
+    if (!value) throw new Error(`missing environment variable ${name}`);
+    return value;
+};
+
+const say = (line) => process.stdout.write(`@@${line}\n`);
+
+async function main() {
+    const sdk = await import("matrix-js-sdk");
+    const { logger } = await import("matrix-js-sdk/lib/logger.js");
+    logger.setLevel(process.env.JS_SDK_LOG_LEVEL || "warn");
+
+    const roomId = env("ROOM_ID");
+    const expected = env("EXPECT_BODY");
+    const reply = env("REPLY_BODY");
+    const client = sdk.createClient({
+        baseUrl: env("HS_URL"),
+        userId: env("USER_ID"),
+        accessToken: env("ACCESS_TOKEN"),
+        deviceId: env("DEVICE_ID"),
+    });
+    await client.initRustCrypto({ useIndexedDB: false });
+
+    const got = Promise.withResolvers();
+    const check = (event) => {
+        if (event.getRoomId() !== roomId || event.getType() !== "m.room.message") return;
+        if (!event.isEncrypted()) return;
+        if (event.getContent().body === expected) got.resolve(event);
+    };
+    client.on(sdk.MatrixEventEvent.Decrypted, check);
+    client.on(sdk.RoomEvent.Timeline, (event) => {
+        if (!event.isBeingDecrypted() && !event.isDecryptionFailure()) check(event);
+    });
+
+    const synced = Promise.withResolvers();
+    client.on(sdk.ClientEvent.Sync, (state) => {
+        if (state === "PREPARED" || state === "SYNCING") synced.resolve();
+        if (state === "ERROR") synced.reject(new Error("sync failed"));
+    });
+    // Short long-polls: the test server shuts down soon after we exit, and waits for open requests.
+    await client.startClient({ initialSyncLimit: 20, pollTimeout: 2000 });
+    await synced.promise;
+
+    await client.joinRoom(roomId);
+    // Wait until the room is known locally with encryption enabled, so our reply is encrypted.
+    for (let i = 0; i < 100; i++) {
+        const room = client.getRoom(roomId);
+        if (room && (await client.getCrypto().isEncryptionEnabledInRoom(roomId))) break;
+        await new Promise((r) => setTimeout(r, 100));
+    }
+    say("READY");
+
+    const event = await got.promise;
+    say(`GOT ${event.getContent().body}`);
+
+    const sent = await client.sendTextMessage(roomId, reply);
+    say(`SENT ${sent.event_id}`);
+    // Give the SDK a moment to finish outgoing requests, then stop cleanly.
+    await new Promise((r) => setTimeout(r, 500));
+    client.stopClient();
+    process.exit(0);
+}
+
+const timeout = setTimeout(() => {
+    process.stderr.write("timed out\n");
+    process.exit(3);
+}, Number(process.env.JS_TIMEOUT_MS || 90000));
+timeout.unref();
+
+main().catch((err) => {
+    process.stderr.write(`error: ${err && err.stack ? err.stack : err}\n`);
+    process.exit(2);
+});
