@@ -200,3 +200,13 @@ def test_builder_rejects_non_canonical_content() -> None:
             content={"n": 1.5}, prev_event_ids=[], auth_event_ids=[], depth=1, origin_server_ts=1,
             server_name="x", signing_key=KEY,
         )  # fmt: skip
+
+
+def test_v12_builder_refuses_to_cite_create() -> None:
+    room_id = "!" + "A" * 43
+    with pytest.raises(ValueError, match="create event"):
+        build_event(
+            room_version=RoomVersions.V12, room_id=room_id, type="m.room.message", sender="@a:x",
+            content={}, prev_event_ids=[], auth_event_ids=["$" + "A" * 43], depth=2,
+            origin_server_ts=1, server_name="x", signing_key=KEY,
+        )  # fmt: skip
