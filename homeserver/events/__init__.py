@@ -46,7 +46,7 @@ from homeserver.events.signing import (
     verify_json_signature,
     verify_key_id,
 )
-from homeserver.events.validation import EventFormatError, validate_pdu
+from homeserver.events.validation import EventFormatError, required_signature_servers, validate_pdu
 
 __all__ = [
     "DEFAULT_ROOM_VERSION",
@@ -79,6 +79,7 @@ __all__ = [
     "get_room_version",
     "pdu_json",
     "redact",
+    "required_signature_servers",
     "room_id_from_create_event_id",
     "sign_event",
     "sign_json_object",

@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.events.canonical import CanonicalJsonError, canonical_json, check_canonical
-from homeserver.events.identifiers import is_v12_room_id, is_valid_user_id
+from homeserver.events.identifiers import domain_of, is_v12_room_id, is_valid_user_id
+from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion
 
-__all__ = ["MAX_PDU_SIZE", "EventFormatError", "validate_pdu"]
+__all__ = ["MAX_PDU_SIZE", "EventFormatError", "required_signature_servers", "validate_pdu"]
 
 MAX_PDU_SIZE = 65536
 _MAX_ID_BYTES = 255
@@ -101,3 +102,27 @@ def validate_pdu(pdu: dict[str, Any], room_version: RoomVersion) -> None:
         _require("$" + room_id[1:] not in auth_events, "auth_events must not contain the create event")
     else:
         _require(":" in room_id, "room_id must have a server name")
+
+
+def required_signature_servers(event: Event) -> set[str]:
+    """Servers whose valid signature an event must carry (server-server API:
+    "Validating hashes and signatures on received events"; v8+ restricted
+    joins).
+
+    * The sender's server - except for invites made from a third-party
+      invite, which another server may relay (the auth rules then require the
+      sender to match the ``m.room.third_party_invite`` sender).
+    * For joins naming ``join_authorised_via_users_server``, that user's server.
+    """
+    servers: set[str] = set()
+    content = event.content
+    is_3pid_invite = event.membership == "invite" and "third_party_invite" in content
+    if not is_3pid_invite:
+        servers.add(domain_of(event.sender))
+    authoriser = content.get("join_authorised_via_users_server")
+    if event.room_version.restricted_join_rule and event.membership == "join" and isinstance(authoriser, str):
+        try:
+            servers.add(domain_of(authoriser))
+        except ValueError:
+            pass  # not a user ID: the auth rules reject the join
+    return servers

@@ -9,7 +9,7 @@ import pytest
 from homeserver.events.model import Event
 from homeserver.events.room_versions import RoomVersion, RoomVersions
 from homeserver.events.testing import RoomSim
-from homeserver.events.validation import EventFormatError, validate_pdu
+from homeserver.events.validation import EventFormatError, required_signature_servers, validate_pdu
 
 ALL = [RoomVersions.V10, RoomVersions.V11, RoomVersions.V12]
 
@@ -68,3 +68,21 @@ def test_room_id_rules() -> None:
         validate_pdu({k: v for k, v in v11_room.create.pdu.items() if k != "room_id"}, RoomVersions.V11)
     with pytest.raises(EventFormatError, match="server name"):
         validate_pdu({**v11_msg.pdu, "room_id": "!nodomain"}, RoomVersions.V11)
+
+
+@pytest.mark.parametrize("rv", ALL)
+def test_required_signature_servers(rv: RoomVersion) -> None:
+    room, msg = _room(rv)
+    assert required_signature_servers(msg) == {"a.example"}
+    join = room.send(
+        "m.room.member", "@bob:b.example",
+        {"membership": "join", "join_authorised_via_users_server": "@alice:a.example"},
+        "@bob:b.example", check=False, commit=False,
+    )  # fmt: skip
+    assert required_signature_servers(join) == {"a.example", "b.example"}
+    tpi = room.send(
+        "m.room.member", "@carol:c.example",
+        {"membership": "invite", "third_party_invite": {"signed": {}}},
+        "@dave:d.example", check=False, commit=False,
+    )  # fmt: skip
+    assert required_signature_servers(tpi) == set()
