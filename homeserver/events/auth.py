@@ -105,6 +105,10 @@ def validate_auth_event_list(event: Event, auth_events: list[Event]) -> None:
         raise AuthError("auth_events lists the same event twice")
     seen: set[tuple[str, str]] = set()
     for auth_event in auth_events:
+        if auth_event.event_id not in cited:
+            raise AuthError(f"{auth_event.event_id} is not among the event's auth_events")
+        if event.room_version.room_id_is_create_event_hash and auth_event.type == CREATE:
+            raise AuthError("auth_events must not cite the create event in this room version")
         if auth_event.state_key is None:
             raise AuthError(f"auth event {auth_event.event_id} is not a state event")
         key = auth_event.state_key_tuple

@@ -337,3 +337,15 @@ def test_v12_creators_have_infinite_power() -> None:
     assert is_allowed(room, probe(room, "m.room.member", BOB, {"membership": "ban"}, CAROL))
     # ...but one creator cannot ban another (equal, infinite power)
     assert not is_allowed(room, probe(room, "m.room.member", BOB, {"membership": "ban"}, ALICE))
+
+
+def test_v12_auth_event_list_must_not_contain_create() -> None:
+    room = make_room(V12)
+    good = probe(room, "m.room.message", CAROL, {"body": "x"})
+    listed = [room.events[i] for i in good.auth_event_ids]
+    validate_auth_event_list(good, listed)
+    forged = Event(dict(good.pdu, auth_events=[room.create.event_id, *good.auth_event_ids]), V12)
+    with pytest.raises(AuthError, match="create event"):
+        validate_auth_event_list(forged, [room.create, *listed])
+    with pytest.raises(AuthError, match="not among"):
+        validate_auth_event_list(good, [room.create, *listed])
