@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.storage.events import StoredEvent
+from homeserver.storage.events import EventStore, StoredEvent
 
 # Invite and knock previews show only these state events (stripped to type/state_key/sender/content).
 STRIPPED_STATE_TYPES = (
@@ -56,3 +56,29 @@ def client_event(
 def stripped_state(stored: StoredEvent) -> dict[str, Any]:
     ev = stored.event
     return {"type": ev.type, "state_key": ev.state_key, "sender": ev.sender, "content": ev.content}
+
+
+async def format_events(
+    store: EventStore,
+    stored: list[StoredEvent],
+    now_ms: int,
+    *,
+    device_id: str | None = None,
+    include_room_id: bool = True,
+) -> list[dict[str, Any]]:
+    """Format a batch of events, fetching the redaction events of redacted ones in one query."""
+    redaction_ids = [s.redacted_by for s in stored if s.redacted_by]
+    because: dict[str, dict[str, Any]] = {}
+    if redaction_ids:
+        found = await store.get_events(redaction_ids)
+        because = {eid: client_event(s, now_ms) for eid, s in found.items()}
+    return [
+        client_event(
+            s,
+            now_ms,
+            device_id=device_id,
+            include_room_id=include_room_id,
+            redacted_because=because.get(s.redacted_by or ""),
+        )
+        for s in stored
+    ]

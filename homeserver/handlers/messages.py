@@ -12,7 +12,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, forbidden
-from homeserver.handlers.client_format import client_event
+from homeserver.handlers.client_format import client_event, format_events
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.sync.filter import EventFilter
@@ -56,9 +56,8 @@ class MessageHandler:
             return Window(None, stream)
         raise forbidden("You cannot see this room's history")
 
-    def _format(self, stored: list[StoredEvent], device_id: str | None) -> list[dict[str, Any]]:
-        now = self.clock.time_ms()
-        return [client_event(s, now, device_id=device_id) for s in stored]
+    async def _format(self, stored: list[StoredEvent], device_id: str | None) -> list[dict[str, Any]]:
+        return await format_events(self.events, stored, self.clock.time_ms(), device_id=device_id)
 
     async def messages(
         self,
@@ -113,7 +112,7 @@ class MessageHandler:
         chunk = [s for s in batch if event_filter.allows(s.event.type, s.event.sender)]
         body: dict[str, Any] = {
             "start": from_token or pagination_token(start),
-            "chunk": self._format(chunk, device_id),
+            "chunk": await self._format(chunk, device_id),
         }
         if len(batch) == limit:
             last = batch[-1].stream_id
@@ -121,7 +120,7 @@ class MessageHandler:
         if lazy_load_members and chunk:
             senders = {s.event.sender for s in chunk}
             members = await self.events.get_current_state(room_id, [("m.room.member", u) for u in senders])
-            body["state"] = self._format(list(members.values()), None)
+            body["state"] = await self._format(list(members.values()), None)
         return body
 
     async def get_event(self, user_id: str, room_id: str, event_id: str) -> dict[str, Any]:
@@ -129,7 +128,7 @@ class MessageHandler:
         stored = await self.events.get_event(event_id)
         if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-        return client_event(stored, self.clock.time_ms())
+        return (await self._format([stored], None))[0]
 
     @staticmethod
     def _in_window(stored: StoredEvent, window: Window) -> bool:
@@ -183,12 +182,12 @@ class MessageHandler:
         state = await self.events.get_current_state(room_id)
         now = self.clock.time_ms()
         return {
-            "event": client_event(stored, now, device_id=device_id),
-            "events_before": self._format(before, device_id),
-            "events_after": self._format(after, device_id),
+            "event": (await self._format([stored], device_id))[0],
+            "events_before": await self._format(before, device_id),
+            "events_after": await self._format(after, device_id),
             "start": pagination_token((before[-1].stream_id if before else stored.stream_id) - 1),
             "end": pagination_token(after[-1].stream_id if after else stored.stream_id),
-            "state": self._format(list(state.values()), None),
+            "state": await self._format(list(state.values()), None),
         }
 
     async def room_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
@@ -200,7 +199,7 @@ class MessageHandler:
             stored = [s for s in state.values() if s.stream_id <= window.upper]
         else:
             stored = list((await self.events.get_current_state(room_id)).values())
-        return self._format(stored, None)
+        return await self._format(stored, None)
 
     async def state_event(self, user_id: str, room_id: str, type_: str, state_key: str) -> StoredEvent:
         await self.visible_window(room_id, user_id)
@@ -223,4 +222,4 @@ class MessageHandler:
             if not_membership and m == not_membership:
                 continue
             out.append(s)
-        return self._format(out, None)
+        return await self._format(out, None)

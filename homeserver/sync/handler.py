@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from homeserver.clock import Clock
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, client_event, stripped_state
+from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, format_events, stripped_state
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
@@ -196,25 +196,16 @@ class SyncHandler:
                 state.extend((await self.events.get_current_state(room_id, missing)).values())
         state = [s for s in state if f.state.allows(s.event.type, s.event.sender)]
         now = self.clock.time_ms()
-        device = req.requester.device_id
-        redactions = await self._redactions(timeline + state)
         prev = (timeline[0].stream_id - 1) if timeline else upto
         room: dict[str, Any] = {
             "timeline": {
-                "events": [
-                    client_event(
-                        s,
-                        now,
-                        device_id=device,
-                        include_room_id=False,
-                        redacted_because=redactions.get(s.redacted_by or ""),
-                    )
-                    for s in timeline
-                ],
+                "events": await format_events(
+                    self.events, timeline, now, device_id=req.requester.device_id, include_room_id=False
+                ),
                 "limited": limited,
                 "prev_batch": pagination_token(prev),
             },
-            "state": {"events": [client_event(s, now, include_room_id=False) for s in state]},
+            "state": {"events": await format_events(self.events, state, now, include_room_id=False)},
         }
         if full or any(s.event.type == "m.room.member" for s in timeline + state):
             room["summary"] = await self._summary(room_id, req.requester.user_id)
@@ -237,13 +228,6 @@ class SyncHandler:
         if missing:
             by_id.update(await self.events.get_events(missing))
         return [by_id[eid] for eid in state_ids.values() if eid in by_id]
-
-    async def _redactions(self, stored: list[StoredEvent]) -> dict[str, dict[str, Any]]:
-        ids = [s.redacted_by for s in stored if s.redacted_by]
-        if not ids:
-            return {}
-        now = self.clock.time_ms()
-        return {eid: client_event(s, now) for eid, s in (await self.events.get_events(ids)).items()}
 
     async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
         joined = await self.events.get_room_members(room_id, "join")
