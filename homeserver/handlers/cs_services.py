@@ -15,13 +15,21 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from homeserver.handlers.media import MediaRepository
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.push import PushHandler
 from homeserver.handlers.relations import RelationsHandler
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaStore
+from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushActionStore, PusherStore, PushRuleStore
 from homeserver.storage.relations import RelationsStore
-from homeserver.sync.cs_extension import SYNC_OPTIONS, ClientServerSyncExtension, RelationBundles, SyncOptions
+from homeserver.sync.cs_extension import (
+    SYNC_OPTIONS,
+    ClientServerSyncExtension,
+    PresenceSection,
+    RelationBundles,
+    SyncOptions,
+)
 
 
 @dataclass
@@ -30,6 +38,7 @@ class ClientServerServices:
     relations_store: RelationsStore
     push: PushHandler
     relations: RelationsHandler
+    presence: PresenceHandler
     sync_extension: ClientServerSyncExtension
 
 
@@ -71,12 +80,18 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         hs.server_name,
     )
     relations = RelationsHandler(relations_store, hs.events, hs.messages, hs.clock)
-    extension = ClientServerSyncExtension(push, push, hs.filters, [RelationBundles(relations)])
+    presence = PresenceHandler(
+        PresenceStore(hs.db), hs.events, hs.accounts, hs.notifier, hs.clock, hs.server_name
+    )
+    extension = ClientServerSyncExtension(
+        push, push, hs.filters, [RelationBundles(relations), PresenceSection(presence)]
+    )
     return ClientServerServices(
         media=media,
         relations_store=relations_store,
         push=push,
         relations=relations,
+        presence=presence,
         sync_extension=extension,
     )
 
@@ -88,6 +103,8 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     svc = build_services(hs)
     app[CS_KEY] = svc
     hs.creator.listeners.append(svc.push.on_event)
+    hs.creator.listeners.append(svc.presence.on_event)
+    hs.background.append(svc.presence)
     hs.sync_extensions.append(svc.sync_extension)
     app.middlewares.append(sync_options_middleware)
     return svc

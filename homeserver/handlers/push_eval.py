@@ -155,9 +155,9 @@ def rule_matches(
     kind: str, rule: dict[str, Any], event: dict[str, Any], user_id: str, room: RoomContext
 ) -> bool:
     if kind == "room":
-        return event.get("room_id") == rule["rule_id"]
+        return bool(event.get("room_id") == rule["rule_id"])
     if kind == "sender":
-        return event.get("sender") == rule["rule_id"]
+        return bool(event.get("sender") == rule["rule_id"])
     if kind == "content":
         pattern = rule.get("pattern")
         body = event.get("content", {}).get("body")

@@ -21,7 +21,7 @@ from homeserver import jsonutil
 from homeserver.handlers.auth import Requester
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.push import Counts
-from homeserver.sync.filter import SyncFilter
+from homeserver.sync.filter import EventFilter, SyncFilter
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,7 +49,13 @@ class SyncPart(Protocol):
     """Further sections (presence, relations, knocks) plug in through this."""
 
     async def sync_part(
-        self, requester: Requester, since: int | None, upto: int, joined: list[str], response: dict[str, Any]
+        self,
+        requester: Requester,
+        since: int | None,
+        upto: int,
+        joined: list[str],
+        filter_json: dict[str, Any],
+        response: dict[str, Any],
     ) -> None: ...
 
 
@@ -64,7 +70,13 @@ class RelationBundles:
         self.bundler = bundler
 
     async def sync_part(
-        self, requester: Requester, since: int | None, upto: int, joined: list[str], response: dict[str, Any]
+        self,
+        requester: Requester,
+        since: int | None,
+        upto: int,
+        joined: list[str],
+        filter_json: dict[str, Any],
+        response: dict[str, Any],
     ) -> None:
         timeline: list[dict[str, Any]] = []
         for section in ("join", "leave"):
@@ -72,6 +84,39 @@ class RelationBundles:
                 timeline.extend(room.get("timeline", {}).get("events", []))
         if timeline:
             await self.bundler.bundle(timeline, requester.user_id)
+
+
+class PresenceSource(Protocol):
+    async def user_syncing(self, user_id: str, set_presence: str | None) -> None: ...
+    async def sync_events(
+        self, user_id: str, joined: list[str], since: int | None, upto: int
+    ) -> list[dict[str, Any]]: ...
+
+
+class PresenceSection:
+    """Marks the user as syncing (online) and delivers room peers' presence changes."""
+
+    def __init__(self, presence: PresenceSource) -> None:
+        self.presence = presence
+
+    async def sync_part(
+        self,
+        requester: Requester,
+        since: int | None,
+        upto: int,
+        joined: list[str],
+        filter_json: dict[str, Any],
+        response: dict[str, Any],
+    ) -> None:
+        opts = SYNC_OPTIONS.get()
+        await self.presence.user_syncing(requester.user_id, opts.set_presence if opts else None)
+        presence_filter = EventFilter.parse(filter_json.get("presence"))
+        if not presence_filter.allows("m.presence", requester.user_id) and presence_filter.not_types:
+            return
+        events = await self.presence.sync_events(requester.user_id, joined, since, upto)
+        events = [e for e in events if presence_filter.allows(e["type"], e["sender"])]
+        if events:
+            response.setdefault("presence", {})["events"] = events
 
 
 def empty_room() -> dict[str, Any]:
@@ -131,7 +176,7 @@ class ClientServerSyncExtension:
         await self._push_rules(user_id, since, response)
         await self._unread(user_id, since, upto, joined_room_ids, filter_json, response)
         for part in self.parts:
-            await part.sync_part(requester, since, upto, joined_room_ids, response)
+            await part.sync_part(requester, since, upto, joined_room_ids, filter_json, response)
 
     async def _push_rules(self, user_id: str, since: int | None, response: dict[str, Any]) -> None:
         if since is not None and not await self.rules.rules_changed_since(user_id, since):
