@@ -394,16 +394,18 @@ class FederationEventHandler:
             await self.tracker.ensure(others, event.room_version)
             sets = [*list((await self.tracker.state_after(others)).values()), state_after]
             new_current = await self.tracker.resolve(event.room_version, sets)
-        changes = await self.state_changes(current, new_current)
+        changes = await self.state_changes(current, new_current, event)
         sid = await self.events.persist_federated_event(event, state_changes=changes, extra=extra)
         return sid, None
 
     async def state_changes(
-        self, current: StateMap, new: StateMap
+        self, current: StateMap, new: StateMap, event: Event | None = None
     ) -> dict[tuple[str, str], tuple[str, str | None] | None]:
         changed = {k: v for k, v in new.items() if current.get(k) != v}
         members = [v for k, v in changed.items() if k[0] == "m.room.member"]
         found = await self.events.get_pdus(members) if members else {}
+        if event is not None:
+            found[event.event_id] = event
         out: dict[tuple[str, str], tuple[str, str | None] | None] = {}
         for k, v in changed.items():
             membership = found[v].membership if k[0] == "m.room.member" and v in found else None
