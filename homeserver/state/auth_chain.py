@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable
 from homeserver.events.model import Event
 from homeserver.state.types import EventSource
 
-__all__ = ["EventFetcher", "get_auth_chain"]
+__all__ = ["EventFetcher", "get_auth_chain", "room_of"]
 
 
 class EventFetcher:
@@ -30,6 +30,14 @@ class EventFetcher:
         self._events: dict[str, Event] = {}
         self._absent: set[str] = set()
         self.room_id = room_id
+
+    def pin_room(self, room_id: str) -> None:
+        """From now on only accept events of ``room_id``; forget others."""
+        self.room_id = room_id
+        for event_id, event in list(self._events.items()):
+            if room_of(event) != room_id:
+                del self._events[event_id]
+                self._absent.add(event_id)
 
     def get(self, event_id: str) -> Event | None:
         return self._events.get(event_id)
@@ -50,7 +58,7 @@ class EventFetcher:
             if event is None or event.event_id != event_id:
                 self._absent.add(event_id)
                 continue
-            if self.room_id is not None and _room_of(event) != self.room_id:
+            if self.room_id is not None and room_of(event) != self.room_id:
                 # An event from another room must never influence this one.
                 self._absent.add(event_id)
                 continue
@@ -143,7 +151,7 @@ class EventFetcher:
         return {event_id for event_id, ok in reaches.items() if ok}
 
 
-def _room_of(event: Event) -> str | None:
+def room_of(event: Event) -> str | None:
     try:
         return event.room_id
     except ValueError:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from homeserver.events.auth import AuthError, auth_types_for_event, check_auth
 from homeserver.events.model import Event
 from homeserver.events.room_versions import STATE_RES_V2_1, RoomVersion
-from homeserver.state.auth_chain import EventFetcher, get_auth_chain
+from homeserver.state.auth_chain import EventFetcher, get_auth_chain, room_of
 from homeserver.state.ordering import mainline_order, reverse_topological_power_order
 from homeserver.state.types import EventSource, StateKey, StateMap
 
@@ -58,6 +58,24 @@ def _is_power_event(event: Event) -> bool:
         and event.membership in ("leave", "ban")
         and event.sender != event.state_key
     )
+
+
+def _room_being_resolved(unconflicted: StateMap, state_ids: set[str], fetcher: EventFetcher) -> str | None:
+    """The room of the (unconflicted) create event, else the most common room
+    among the state events (ties broken by room ID, for determinism)."""
+    create_id = unconflicted.get(("m.room.create", ""))
+    create = fetcher.get(create_id) if create_id is not None else None
+    if create is not None and room_of(create) is not None:
+        return room_of(create)
+    counts: dict[str, int] = {}
+    for event_id in state_ids:
+        event = fetcher.get(event_id)
+        room_id = room_of(event) if event is not None else None
+        if room_id is not None:
+            counts[room_id] = counts.get(room_id, 0) + 1
+    if not counts:
+        return None
+    return min(counts, key=lambda r: (-counts[r], r))
 
 
 async def _iterative_auth_checks(
@@ -112,12 +130,11 @@ async def resolve_state(
     conflicted_ids = set().union(*conflicted.values())
     all_state_ids = set().union(*(s.values() for s in sets))
     fetcher = EventFetcher(source)
-    # Pin the room from a deterministic choice of event, then let the fetcher
-    # ignore anything from other rooms.
     await fetcher.fetch(sorted(all_state_ids))
-    known = sorted(e for e in all_state_ids if fetcher.get(e) is not None)
-    if known:
-        fetcher.room_id = fetcher.require(known[0]).room_id
+    room_id = _room_being_resolved(unconflicted, all_state_ids, fetcher)
+    if room_id is not None:
+        # From here on, events of any other room are treated as unknown.
+        fetcher.pin_room(room_id)
     await fetcher.load_auth_closure(sorted(all_state_ids))
 
     # Full conflicted set = conflicted events + auth difference (+ subgraph).

@@ -131,3 +131,17 @@ async def test_v2_uses_unconflicted_state_v21_does_not(version: RoomVersion) -> 
     expected = change if version.state_res == "v2.1" else jr0
     assert resolved[("m.room.join_rules", "")] == expected.event_id
     assert resolved[("m.room.member", BOB)] == leave.event_id
+
+
+async def test_state_from_another_room_is_ignored() -> None:
+    room, other = RoomSim(RV), RoomSim(RV, room_localpart="other")
+    for sim in (room, other):
+        sim.member(ALICE, "join")
+        sim.send("m.room.power_levels", ALICE, {"users": {ALICE: 100}}, "")
+    foreign_topic = other.send("m.room.topic", ALICE, {"topic": "elsewhere"}, "")
+    s1 = {**room.state_ids(), ("m.room.topic", ""): foreign_topic.event_id}
+    s2 = room.state_ids()
+    source = DictSource([*room.events.values(), *other.events.values()])
+    resolved = await resolve_state(RV, [s1, s2], source)
+    assert ("m.room.topic", "") not in resolved
+    assert resolved == room.state_ids()
