@@ -150,8 +150,15 @@ async def test_to_device_wakes_long_poll(server: RunningServer, http: aiohttp.Cl
     alice = await olm_user(server, http, "alice")
     bob = await olm_user(server, http, "bob")
     await bob.sync()
-    poll = asyncio.create_task(bob.sync(timeout=10_000))
-    await asyncio.sleep(0.2)
+
+    async def poll_until_message() -> dict[str, Any]:
+        while True:  # other wake-ups (presence ...) may end a long-poll first
+            resp = await bob.sync(timeout=10_000)
+            if resp["to_device"]["events"]:
+                return resp
+
+    poll = asyncio.create_task(poll_until_message())
+    await asyncio.sleep(0.3)
     await alice.raw.ok("PUT", "/sendToDevice/m.test/w", json={"messages": {bob.user_id: {bob.device_id: {}}}})
     resp = await asyncio.wait_for(poll, 5)
     assert len(resp["to_device"]["events"]) == 1
