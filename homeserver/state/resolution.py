@@ -1,4 +1,4 @@
-"""State resolution v2 (room versions 2-11) and v2.1 (room version 12)
+"""State resolution v2 (room versions 10, 11) and v2.1 (room version 12)
 (rooms/fragments/v2-state-res; rooms/v12 "State resolution").
 
 Role: given the states after each of an event's prev_events, compute the one
@@ -15,6 +15,13 @@ Invariants:
 * Reading of "auth difference": an event counts as part of its own auth chain
   (as Synapse does), so unconflicted state never enters the full conflicted
   set merely because other events cite it.
+* Rejected events: per the spec ("handled as usual") conflicted events are
+  re-authorised whatever their ``rejected_reason``; only *auth events* that
+  were rejected are never used as fallback auth (Synapse instead keeps
+  previously rejected events out of state entirely).
+* Cost: the whole auth DAG below the state sets is loaded into memory
+  (batched per DAG level).  Fine for modest rooms; a chain-cover index would
+  be the next step for very large ones.
 """
 
 from __future__ import annotations
