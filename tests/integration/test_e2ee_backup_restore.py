@@ -11,9 +11,9 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import olm
 from nio import MegolmEvent, MessageDirection, RoomMessagesResponse, RoomMessageText
 from nio.crypto import Olm
+from olm.pk import PkDecryption, PkEncryption, PkMessage
 
 from tests.integration.e2ee.nio_helpers import NioUser, nio_login
 from tests.support.http import RawClient
@@ -30,7 +30,7 @@ def raw_for(user: NioUser, server: RunningServer, http: aiohttp.ClientSession) -
 def backup_payload(user: NioUser, public_key: str) -> dict[str, Any]:
     """Every inbound Megolm session of the device, encrypted to the backup key."""
     rooms: dict[str, Any] = {}
-    encryption = olm.PkEncryption(public_key)
+    encryption = PkEncryption(public_key)
     for session in user.client.olm.inbound_group_store:
         plaintext = {
             "algorithm": MEGOLM_ALGORITHM,
@@ -53,15 +53,13 @@ def backup_payload(user: NioUser, public_key: str) -> dict[str, Any]:
     return {"rooms": rooms}
 
 
-def restore(user: NioUser, decryption: olm.PkDecryption, backup: dict[str, Any]) -> int:
+def restore(user: NioUser, decryption: PkDecryption, backup: dict[str, Any]) -> int:
     """Decrypt the backed-up sessions and import them into the device's store."""
     imported = 0
     for room_id, room in backup["rooms"].items():
         for data in room["sessions"].values():
             sd = data["session_data"]
-            plain = json.loads(
-                decryption.decrypt(olm.PkMessage(sd["ephemeral"], sd["mac"], sd["ciphertext"]))
-            )
+            plain = json.loads(decryption.decrypt(PkMessage(sd["ephemeral"], sd["mac"], sd["ciphertext"])))
             assert plain["algorithm"] == MEGOLM_ALGORITHM
             session = Olm._import_group_session(
                 plain["session_key"],
@@ -97,7 +95,7 @@ async def test_backup_and_restore_on_new_device(
 
         # Alice's first device creates a backup and uploads her sessions.
         raw = raw_for(alice, server, http)
-        decryption = olm.PkDecryption()
+        decryption = PkDecryption()  # type: ignore[no-untyped-call]
         recovery_pickle = decryption.pickle("recovery passphrase")
         version = (
             await raw.ok(
@@ -119,7 +117,7 @@ async def test_backup_and_restore_on_new_device(
             assert info["version"] == version and info["count"] == stored["count"]
             assert info["etag"] == stored["etag"]
             backup = await raw2.ok("GET", "/room_keys/keys", params={"version": info["version"]})
-            recovered = olm.PkDecryption.from_pickle(recovery_pickle, "recovery passphrase")
+            recovered = PkDecryption.from_pickle(recovery_pickle, "recovery passphrase")
             assert recovered.public_key == info["auth_data"]["public_key"]
             assert restore(alice2, recovered, backup) >= 1
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import olm
 import pytest
+from olm.utility import ed25519_verify
 
 from tests.integration.e2ee.fixtures import CrossSigning, olm_user
 from tests.integration.e2ee.olm_client import OlmClient, canonical
@@ -296,9 +296,7 @@ async def test_cross_signing_upload_and_visibility(
     device = query["device_keys"][alice.user_id][alice.device_id]
     ssk_id = f"ed25519:{cs.self_signing.public_key}"
     assert ssk_id in device["signatures"][alice.user_id]
-    olm.ed25519_verify(
-        cs.self_signing.public_key, canonical(device), device["signatures"][alice.user_id][ssk_id]
-    )
+    ed25519_verify(cs.self_signing.public_key, canonical(device), device["signatures"][alice.user_id][ssk_id])
     own = await alice.raw.ok("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
     assert alice.user_id in own["user_signing_keys"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import olm
+from olm.group_session import OutboundGroupSession
 
 from tests.integration.e2ee.fixtures import olm_user
 from tests.integration.e2ee.nio_helpers import ENCRYPTION_STATE, nio_login
@@ -52,7 +52,7 @@ async def test_python_olm_and_nio_exchange_messages(
 
         # libolm -> vodozemac: claim Bob's one-time key, Olm session, share a Megolm session, send.
         session, their_curve, their_ed = await alice.claim_and_start_session(bob.user_id, bob.device_id)
-        group = olm.OutboundGroupSession()
+        group = OutboundGroupSession()
         room_key = {
             "algorithm": MEGOLM_ALGORITHM,
             "room_id": room,

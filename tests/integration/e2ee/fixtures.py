@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 import aiohttp
-import olm
+from olm.pk import PkSigning
 
 from tests.integration.e2ee.olm_client import OlmClient, canonical
 from tests.support.server import RunningServer
@@ -23,19 +23,19 @@ class CrossSigning:
 
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
-        self.master = olm.PkSigning(olm.PkSigning.generate_seed())
-        self.self_signing = olm.PkSigning(olm.PkSigning.generate_seed())
-        self.user_signing = olm.PkSigning(olm.PkSigning.generate_seed())
+        self.master = PkSigning(PkSigning.generate_seed())
+        self.self_signing = PkSigning(PkSigning.generate_seed())
+        self.user_signing = PkSigning(PkSigning.generate_seed())
 
     @staticmethod
-    def sign_with(signer: olm.PkSigning, user_id: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def sign_with(signer: PkSigning, user_id: str, obj: dict[str, Any]) -> dict[str, Any]:
         signed = dict(obj)
         sigs = {u: dict(s) for u, s in (obj.get("signatures") or {}).items()}
         sigs.setdefault(user_id, {})[f"ed25519:{signer.public_key}"] = signer.sign(canonical(obj))
         signed["signatures"] = sigs
         return signed
 
-    def key(self, usage: str, signer: olm.PkSigning) -> dict[str, Any]:
+    def key(self, usage: str, signer: PkSigning) -> dict[str, Any]:
         return {
             "user_id": self.user_id,
             "usage": [usage],

@@ -118,7 +118,7 @@ async def nio_login(
     async def on_undecryptable(room: Any, event: MegolmEvent) -> None:
         user.undecryptable.append(event)
 
-    client.add_event_callback(on_text, RoomMessageText)  # type: ignore[arg-type]
-    client.add_event_callback(on_undecryptable, MegolmEvent)  # type: ignore[arg-type]
+    client.add_event_callback(on_text, RoomMessageText)
+    client.add_event_callback(on_undecryptable, MegolmEvent)
     await user.step()
     return user

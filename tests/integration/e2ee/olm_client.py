@@ -14,8 +14,18 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import olm
 from canonicaljson import encode_canonical_json
+from olm.account import Account
+from olm.group_session import InboundGroupSession, OutboundGroupSession
+from olm.session import (
+    InboundSession,
+    OlmMessage,
+    OlmPreKeyMessage,
+    OlmSessionError,
+    OutboundSession,
+    Session,
+)
+from olm.utility import ed25519_verify
 
 from tests.support.http import RawClient
 
@@ -35,10 +45,10 @@ class OlmClient:
     user_id: str
     device_id: str
     token: str
-    account: olm.Account = field(default_factory=olm.Account)
+    account: Account = field(default_factory=Account)
     next_batch: str | None = None
-    sessions: dict[str, list[olm.Session]] = field(default_factory=dict)
-    inbound_group: dict[str, olm.InboundGroupSession] = field(default_factory=dict)
+    sessions: dict[str, list[Session]] = field(default_factory=dict)
+    inbound_group: dict[str, InboundGroupSession] = field(default_factory=dict)
     to_device_log: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -119,27 +129,25 @@ class OlmClient:
 
     # Olm ---------------------------------------------------------------------------------
 
-    async def claim_and_start_session(
-        self, user_id: str, device_id: str
-    ) -> tuple[olm.OutboundSession, str, str]:
+    async def claim_and_start_session(self, user_id: str, device_id: str) -> tuple[OutboundSession, str, str]:
         """Query the device's keys, claim a one-time key and start an Olm session."""
         query = await self.raw.ok("POST", "/keys/query", json={"device_keys": {user_id: [device_id]}})
         dk = query["device_keys"][user_id][device_id]
         their_curve = dk["keys"][f"curve25519:{device_id}"]
         their_ed = dk["keys"][f"ed25519:{device_id}"]
-        olm.ed25519_verify(their_ed, canonical(dk), dk["signatures"][user_id][f"ed25519:{device_id}"])
+        ed25519_verify(their_ed, canonical(dk), dk["signatures"][user_id][f"ed25519:{device_id}"])
         claim = await self.raw.ok(
             "POST", "/keys/claim", json={"one_time_keys": {user_id: {device_id: "signed_curve25519"}}}
         )
         ((_, otk),) = claim["one_time_keys"][user_id][device_id].items()
-        olm.ed25519_verify(their_ed, canonical(otk), otk["signatures"][user_id][f"ed25519:{device_id}"])
-        session = olm.OutboundSession(self.account, their_curve, otk["key"])
+        ed25519_verify(their_ed, canonical(otk), otk["signatures"][user_id][f"ed25519:{device_id}"])
+        session = OutboundSession(self.account, their_curve, otk["key"])
         self.sessions.setdefault(their_curve, []).append(session)
         return session, their_curve, their_ed
 
     def olm_encrypt(
         self,
-        session: olm.Session,
+        session: Session,
         their_user: str,
         their_device: str,
         their_curve: str,
@@ -157,7 +165,7 @@ class OlmClient:
             "keys": {"ed25519": self.ed25519},
         }
         message = session.encrypt(json.dumps(payload))
-        msg_type = 0 if isinstance(message, olm.OlmPreKeyMessage) else 1
+        msg_type = 0 if isinstance(message, OlmPreKeyMessage) else 1
         return {
             "algorithm": OLM_ALGORITHM,
             "sender_key": self.curve25519,
@@ -170,26 +178,26 @@ class OlmClient:
             return
         sender_key = content["sender_key"]
         ct = content["ciphertext"][self.curve25519]
-        message: olm.OlmMessage | olm.OlmPreKeyMessage
+        message: OlmMessage | OlmPreKeyMessage
         plaintext = None
         if ct["type"] == 0:
-            message = olm.OlmPreKeyMessage(ct["body"])
+            message = OlmPreKeyMessage(ct["body"])
             for session in self.sessions.get(sender_key, []):
                 if session.matches(message, sender_key):
                     plaintext = session.decrypt(message)
                     break
             if plaintext is None:
-                session = olm.InboundSession(self.account, message, sender_key)
+                session = InboundSession(self.account, message, sender_key)
                 self.account.remove_one_time_keys(session)
                 self.sessions.setdefault(sender_key, []).append(session)
                 plaintext = session.decrypt(message)
         else:
-            message = olm.OlmMessage(ct["body"])
+            message = OlmMessage(ct["body"])
             for session in self.sessions.get(sender_key, []):
                 try:
                     plaintext = session.decrypt(message)
                     break
-                except olm.OlmSessionError:
+                except OlmSessionError:
                     continue
         if plaintext is None:
             raise AssertionError("could not decrypt an Olm message")
@@ -199,7 +207,7 @@ class OlmClient:
         event["decrypted"] = payload
         if payload["type"] == "m.room_key" and payload["content"].get("algorithm") == MEGOLM_ALGORITHM:
             room_key = payload["content"]
-            self.inbound_group[room_key["session_id"]] = olm.InboundGroupSession(room_key["session_key"])
+            self.inbound_group[room_key["session_id"]] = InboundGroupSession(room_key["session_key"])
 
     # Megolm ------------------------------------------------------------------------------
 
@@ -213,7 +221,7 @@ class OlmClient:
 
     @staticmethod
     def megolm_encrypt(
-        group: olm.OutboundGroupSession,
+        group: OutboundGroupSession,
         room_id: str,
         sender_key: str,
         device_id: str,
