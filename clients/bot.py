@@ -29,7 +29,7 @@ import asyncio
 import logging
 import random
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ from clients.config import BotConfig
 from clients.context import Context
 from clients.crosssigning import CrossSigning, CrossSigningError
 from clients.formatting import text_content
-from clients.store import Credentials, StoreDir
+from clients.store import Credentials, StoreDir, StoreLockedError
 from clients.trust import TrustManager, TrustMode, matches
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class Bot:
         self._membership_handlers: list[Handler] = []
         self._file_handlers: list[Handler] = []
         self._invite_deciders: list[InviteDecider] = []
+        self._to_device_handlers: list[Callable[[Any], Awaitable[None]]] = []
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,6 +115,14 @@ class Bot:
     def from_env(cls, **overrides: Any) -> Bot:
         """A bot configured from SOTTO_BOT_* environment variables (see BotConfig.from_env)."""
         return cls(config=BotConfig.from_env(**overrides))
+
+    def configure(self, **changes: Any) -> None:
+        """Change settings before the bot connects (the CLI's --store, for instance)."""
+        if self.client is not None:
+            raise BotError("cannot reconfigure a connected bot")
+        self.config = self.config.with_overrides(**changes)
+        self.store = StoreDir(self.config.store_path)
+        self.commands.prefix = self.config.command_prefix
 
     @property
     def user_id(self) -> str:
@@ -162,6 +171,11 @@ class Bot:
         self._invite_deciders.append(func)
         return func
 
+    def on_to_device(self, func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """`async def f(event)` for decrypted to-device events (verification uses this)."""
+        self._to_device_handlers.append(func)
+        return func
+
     def on_startup(self, func: Hook) -> Hook:
         """`async def f()` run once the first sync is done (rooms known), before `ready` is set."""
         self._startup_hooks.append(func)
@@ -191,7 +205,10 @@ class Bot:
         if self.client is not None:
             return self.client
         cfg = self.config
-        self.store.ensure()
+        try:
+            self.store.lock()
+        except StoreLockedError as exc:
+            raise BotError(str(exc)) from None
         creds = self.store.load_credentials()
         if creds is not None:
             if cfg.user_id and cfg.user_id != creds.user_id:
@@ -199,7 +216,11 @@ class Bot:
             client = self._new_client(creds.homeserver, creds.user_id, creds.device_id)
             client.restore_login(creds.user_id, creds.device_id, creds.access_token)
         else:
-            client = await self._first_login()
+            try:
+                client = await self._first_login()
+            except BaseException:
+                self.store.unlock()
+                raise
         self.client = client
         self._user_id = str(client.user_id)
         client.before_share = self._before_share
@@ -208,7 +229,7 @@ class Bot:
             if client.should_upload_keys:
                 await client.keys_upload()
             if cfg.cross_signing:
-                await self._bootstrap_cross_signing()
+                await self._bootstrap_cross_signing(reset=cfg.reset_cross_signing)
         log.info("connected as %s (device %s)", client.user_id, client.device_id)
         return client
 
@@ -345,6 +366,9 @@ class Bot:
         client = self._require_client()
         if client.olm:
             await self._crypto_housekeeping()
+        for to_device in resp.to_device_events:
+            for on_to_device in self._to_device_handlers:
+                self._spawn(on_to_device(to_device))
         for room_id, info in resp.rooms.invite.items():
             await self._handle_invite(room_id, info.invite_state)
         if first and not self.config.process_missed_events:
@@ -386,6 +410,7 @@ class Bot:
             if database is not None:
                 database.close()
             self.client = None
+        self.store.unlock()
         self.ready.clear()
         self._stopping = False
         log.info("bot stopped")
@@ -520,7 +545,7 @@ class Bot:
     async def _help(self, ctx: Context, name: str = "") -> None:
         await ctx.reply(self.commands.help_text(name or None))
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         async def bounded() -> None:
             async with self._slots:
                 await coro

@@ -37,6 +37,8 @@ class BotConfig:
     encryption: bool = True
     cross_signing: bool = True
     keep_master_key: bool = False
+    # Replace an identity the bot does not hold the keys of (login --reset-cross-signing).
+    reset_cross_signing: bool = False
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     pickle_key: str = field(default="DEFAULT_KEY", repr=False)
     # Behaviour.

@@ -14,6 +14,7 @@ Invariants: secrets never leave this directory and are never logged; writes are 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -22,8 +23,13 @@ from pathlib import Path
 from typing import Any
 
 CREDENTIALS_FILE = "credentials.json"
+LOCK_FILE = ".lock"
 CROSS_SIGNING_FILE = "cross_signing.json"
 TRUST_FILE = "trust.json"
+
+
+class StoreLockedError(Exception):
+    """Another process is using the store directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,26 @@ class StoreDir:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the directory for this process: two processes on one Olm account corrupt it."""
+        if self._lock_fd is not None:
+            return
+        self.ensure()
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(f"{self.path} is in use by another sotto-bot process") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,15 @@ class TrustState:
         return cls(dict(data.get("pins", {})), {(u, d) for u, d in blocked})
 
 
+def forget_pin(store: StoreDir, user_id: str, state: TrustState | None = None) -> bool:
+    """Drop a user's pinned identity (works offline, on the store alone)."""
+    state = state or TrustState.from_json(store.read_json(TRUST_FILE))
+    if state.pins.pop(user_id, None) is None:
+        return False
+    store.write_json(TRUST_FILE, state.to_json())
+    return True
+
+
 class TrustManager:
     """Applies a TrustPolicy to the devices nio knows about, persisting pins in the store."""
 
@@ -123,7 +132,10 @@ class TrustManager:
             key = (device.user_id, device.id)
             if device.deleted or key == own:
                 continue
-            if device.trust_state.name == "unset" or key in self.state.blocked:
+            if key in self.state.blocked and not device.blacklisted:
+                # Verified interactively since policy blocked it: the operator's word wins.
+                self.state.blocked.discard(key)
+            elif device.trust_state.name == "unset" or key in self.state.blocked:
                 out.append(device)
         return out
 
@@ -184,14 +196,9 @@ class TrustManager:
             for user in users
         }
 
-    def forget(self, user_id: str) -> None:
-        """Accept a user's new identity: drop the pin and re-examine their devices."""
-        self.state.pins.pop(user_id, None)
-        if self.client.olm:
-            for device in self.client.device_store.active_user_devices(user_id):
-                if device.blacklisted:
-                    self.state.blocked.add((user_id, device.id))
-        self.save()
+    def forget(self, user_id: str) -> bool:
+        """Accept a user's new identity: drop the pin; their blocked devices get re-examined."""
+        return forget_pin(self.store, user_id, self.state)
 
     def save(self) -> None:
         self.store.write_json(TRUST_FILE, self.state.to_json())

@@ -1,0 +1,352 @@
+"""`sotto-bot`: log a bot in, run a bot module, and script a Matrix account from the shell.
+
+    sotto-bot login --homeserver URL --user @bot:example.org   # creates the store (asks the password)
+    sotto-bot run echo.py                                       # runs the Bot defined in echo.py
+    sotto-bot send '!room:example.org' 'hello **world**'        # prints the event ID
+    sotto-bot listen '!room:example.org' --json                 # one JSON object per line
+    sotto-bot verify                                            # answer an emoji verification
+    sotto-bot trust reset @user:example.org                     # accept a user's new identity
+
+Every command takes `--store DIR` (default `$SOTTO_BOT_STORE` or `./bot-store`). One process uses
+a store at a time (it is locked), so stop a running bot before scripting with its store.
+Exit codes: 0 success, 1 failure (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from clients.bot import Bot, BotError
+from clients.config import DEFAULT_STORE, BotConfig
+from clients.context import Context
+from clients.crosssigning import load_keys
+from clients.store import TRUST_FILE, StoreDir
+from clients.trust import TrustState, forget_pin
+from clients.verification import SasPrompt, Verifier
+
+log = logging.getLogger("sotto-bot")
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", help=f"the bot's store directory (default $SOTTO_BOT_STORE or {DEFAULT_STORE})"
+    )
+
+
+def store_of(args: argparse.Namespace) -> str:
+    return str(args.store or os.environ.get("SOTTO_BOT_STORE") or DEFAULT_STORE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sotto-bot", description="Encrypted Matrix bots on matrix-nio.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never message bodies)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    login = sub.add_parser("login", help="log in and create the store (device, keys, cross-signing)")
+    _store_arg(login)
+    login.add_argument("--homeserver", required=True, help="e.g. https://matrix.example.org")
+    login.add_argument("--user", required=True, help="the bot's user ID, @bot:example.org")
+    login.add_argument(
+        "--password-file", help="read the password from this file (else $SOTTO_BOT_PASSWORD or ask)"
+    )
+    login.add_argument("--token", help="use an existing access token instead of a password")
+    login.add_argument("--device-name", default="sotto-bot")
+    login.add_argument("--no-encryption", action="store_true", help="no E2EE (not recommended)")
+    login.add_argument("--reset-cross-signing", action="store_true", help="replace the account's identity")
+    login.add_argument(
+        "--keep-master-key", action="store_true", help="keep the master private key in the store"
+    )
+
+    run = sub.add_parser("run", help="run the Bot defined in a Python file")
+    _store_arg(run)
+    run.add_argument("file", help="a module that creates a Bot (named `bot` if it has several)")
+
+    send = sub.add_parser("send", help="send a message and print its event ID")
+    _store_arg(send)
+    send.add_argument("room", help="room ID or #alias:server")
+    send.add_argument("text", help="the message; markdown unless --plain ('-' reads stdin)")
+    send.add_argument("--plain", action="store_true", help="no markdown formatting")
+    send.add_argument("--notice", action="store_true", help="send as m.notice")
+
+    listen = sub.add_parser("listen", help="print new messages in a room")
+    _store_arg(listen)
+    listen.add_argument("room", help="room ID or #alias:server")
+    listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    listen.add_argument("--count", type=int, default=0, help="exit after this many messages")
+
+    verify = sub.add_parser("verify", help="interactive emoji (SAS) verification of the bot's device")
+    _store_arg(verify)
+    verify.add_argument("--user", help="start a verification with this user's device (else wait for one)")
+    verify.add_argument("--device", help="the device ID to verify (with --user)")
+    verify.add_argument("--timeout", type=float, default=300.0)
+    verify.add_argument("--yes", action="store_true", help="accept matching emoji without asking (testing)")
+
+    trust = sub.add_parser("trust", help="show or reset trust-on-first-use pins")
+    _store_arg(trust)
+    trust.add_argument("action", choices=["list", "reset"])
+    trust.add_argument("user", nargs="?", help="the user whose new identity to accept (reset)")
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        return Path(args.password_file).read_text().rstrip("\n")
+    env = os.environ.get("SOTTO_BOT_PASSWORD")
+    if env:
+        return env
+    return getpass.getpass(f"Password for {args.user}: ")
+
+
+async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
+    store = StoreDir(store_of(args))
+    if store.load_credentials() is not None:
+        print(f"{store.path} already holds a login; use another --store or remove it", file=sys.stderr)
+        return 1
+    password = None if args.token else _read_password(args)
+    bot = Bot(
+        str(store.path),
+        homeserver=args.homeserver,
+        user_id=args.user,
+        password=password,
+        access_token=args.token,
+        device_name=args.device_name,
+        encryption=not args.no_encryption,
+        keep_master_key=args.keep_master_key,
+        reset_cross_signing=args.reset_cross_signing,
+    )
+    try:
+        client = await bot.connect()
+        print(f"logged in as {client.user_id}, device {client.device_id}", file=out)
+        keys = load_keys(store)
+        if keys is not None:
+            print(f"cross-signing master key: {keys.master_public}", file=out)
+        elif not args.no_encryption:
+            print("cross-signing is not set up (see the log above)", file=out)
+    finally:
+        await bot.close()
+    return 0
+
+
+def load_bot_module(path: str) -> Bot:
+    """Import a bot file and return its Bot (the one named `bot`, or the only one)."""
+    file = Path(path).resolve()
+    spec = importlib.util.spec_from_file_location(f"sotto_bot_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise BotError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.parent))
+    spec.loader.exec_module(module)
+    named = getattr(module, "bot", None)
+    if isinstance(named, Bot):
+        return named
+    bots = [value for value in vars(module).values() if isinstance(value, Bot)]
+    if len(bots) != 1:
+        raise BotError(f"{path} must define one Bot (found {len(bots)}); name it `bot`")
+    return bots[0]
+
+
+async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    if args.store:
+        os.environ["SOTTO_BOT_STORE"] = args.store  # for modules that use Bot.from_env()
+    bot = load_bot_module(args.file)
+    if args.store:
+        bot.configure(store_path=args.store)
+    await bot._run_with_signals()
+    return 0
+
+
+async def _connected(store: str) -> Bot:
+    bot = Bot(config=BotConfig.from_env(store_path=store))
+    await bot.connect()
+    await bot.sync_once()
+    return bot
+
+
+async def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    bot = await _connected(store_of(args))
+    try:
+        room_id = await bot.resolve_room(args.room)
+        client = bot._require_client()
+        if room_id not in client.rooms:
+            await bot.join(room_id)
+            await bot.sync_once()
+        event_id = await bot.send_text(room_id, text, markdown=not args.plain, notice=args.notice)
+        print(event_id, file=out)
+    finally:
+        await bot.close()
+    return 0
+
+
+def message_record(ctx: Context) -> dict[str, Any]:
+    content = ctx.content
+    record: dict[str, Any] = {
+        "room_id": ctx.room_id,
+        "event_id": ctx.event_id,
+        "sender": ctx.sender,
+        "origin_server_ts": ctx.event.server_timestamp,
+        "type": ctx.event.source.get("type"),
+        "msgtype": content.get("msgtype"),
+        "body": ctx.body,
+        "encrypted": ctx.encrypted,
+    }
+    if content.get("format") == "org.matrix.custom.html":
+        record["formatted_body"] = content.get("formatted_body")
+    if ctx.thread_root:
+        record["thread_root"] = ctx.thread_root
+    attachment = ctx.attachment
+    if attachment is not None:
+        record["file"] = {
+            "name": attachment.filename,
+            "mimetype": attachment.mimetype,
+            "size": attachment.size,
+        }
+    return record
+
+
+async def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
+    bot = Bot(config=BotConfig.from_env(store_path=store_of(args)))
+    wanted: dict[str, str] = {}
+    seen = 0
+
+    @bot.on_startup
+    async def resolve() -> None:
+        wanted["room_id"] = await bot.resolve_room(args.room)
+
+    @bot.on_message
+    async def show(ctx: Context) -> None:
+        nonlocal seen
+        if ctx.room_id != wanted.get("room_id"):
+            return
+        if args.json:
+            out.write(json.dumps(message_record(ctx), ensure_ascii=False) + "\n")
+        else:
+            out.write(f"{ctx.sender}: {ctx.body}\n")
+        out.flush()
+        seen += 1
+        if args.count and seen >= args.count:
+            bot.request_stop()
+
+    await bot._run_with_signals()
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    async def ask(prompt: SasPrompt) -> bool:
+        print(prompt.describe(), file=out, flush=True)
+        if args.yes:
+            return True
+        answer = await asyncio.to_thread(input, "Do they match what the other device shows? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return await run_verification(
+        Bot(config=BotConfig.from_env(store_path=store_of(args))),
+        ask,
+        args.user,
+        args.device,
+        args.timeout,
+        out,
+    )
+
+
+async def run_verification(
+    bot: Bot, confirm: Any, user: str | None, device: str | None, timeout: float, out: TextIO
+) -> int:
+    verifier = Verifier(bot, confirm)
+    task = asyncio.create_task(bot.serve())
+    try:
+        ready = asyncio.create_task(bot.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+        if user and device:
+            await verifier.start(user, device)
+        elif bot.client is not None:
+            print(
+                f"waiting for a verification of {bot.client.user_id} / {bot.client.device_id} …",
+                file=out,
+                flush=True,
+            )
+        result = await asyncio.wait_for(verifier.results.get(), timeout)
+    except TimeoutError:
+        print("no verification completed in time", file=sys.stderr)
+        return 1
+    finally:
+        await bot.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    if result.verified:
+        print(f"verified {result.user_id} / {result.device_id}", file=out)
+        return 0
+    print(f"not verified: {result.reason}", file=sys.stderr)
+    return 1
+
+
+async def cmd_trust(args: argparse.Namespace, out: TextIO) -> int:
+    store = StoreDir(store_of(args))
+    if args.action == "list":
+        state = TrustState.from_json(store.read_json(TRUST_FILE))
+        for user, master in sorted(state.pins.items()):
+            print(f"{user}\tmaster {master}", file=out)
+        for user, device in sorted(state.blocked):
+            print(f"{user}\tblocked device {device}", file=out)
+        return 0
+    if not args.user:
+        print("trust reset needs a user ID", file=sys.stderr)
+        return 2
+    store.lock()
+    try:
+        changed = forget_pin(store, args.user)
+    finally:
+        store.unlock()
+    print(f"{'forgot' if changed else 'no pin for'} {args.user}", file=out)
+    return 0
+
+
+COMMANDS = {
+    "login": cmd_login,
+    "run": cmd_run,
+    "send": cmd_send,
+    "listen": cmd_listen,
+    "verify": cmd_verify,
+    "trust": cmd_trust,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose
+        else logging.WARNING
+        if args.command in ("send", "listen")
+        else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("nio").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(COMMANDS[args.command](args, sys.stdout))
+    except BotError as exc:
+        print(f"sotto-bot: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
