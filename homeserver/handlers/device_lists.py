@@ -11,9 +11,10 @@ them too, so their other devices notice new siblings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from typing import Protocol
 
-from homeserver.storage.device_lists import DeviceListStore
+from homeserver.storage.device_lists import MembershipChange
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,22 @@ log = logging.getLogger(__name__)
 LocalChangeHook = Callable[[str], Awaitable[None]]
 
 
+class DeviceListSource(Protocol):
+    """What the handler reads (homeserver.storage.device_lists.DeviceListStore; fakes in unit tests)."""
+
+    async def mark_changed(self, user_ids: Iterable[str]) -> int: ...
+    async def changed_between(self, since: int, upto: int) -> set[str]: ...
+    async def membership_changes(
+        self, room_ids: Collection[str], since: int, upto: int
+    ) -> list[MembershipChange]: ...
+    async def joined_members(self, room_ids: Collection[str]) -> set[str]: ...
+    async def users_sharing(self, room_ids: Collection[str], candidates: Collection[str]) -> set[str]: ...
+    async def own_membership_changes(self, user_id: str, since: int, upto: int) -> list[tuple[str, str]]: ...
+    async def joined_rooms(self, user_id: str) -> list[str]: ...
+
+
 class DeviceListHandler:
-    def __init__(self, store: DeviceListStore, notifier: Notifier) -> None:
+    def __init__(self, store: DeviceListSource, notifier: Notifier) -> None:
         self.store = store
         self.notifier = notifier
         # bridge/ appends a hook here to send m.device_list_update EDUs to servers sharing rooms.
