@@ -14,9 +14,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.e2ee.nio_helpers import NioUser, nio_login
+from tests.support.http import RawClient
 from tests.support.server import RunningServer
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -48,7 +50,9 @@ async def step_until(bob: NioUser, done: asyncio.Future[str], what: str, rounds:
     raise AssertionError(f"the js-sdk client never reported {what}")
 
 
-async def test_js_sdk_and_nio_exchange_encrypted_messages(server: RunningServer, tmp_path: Path) -> None:
+async def test_js_sdk_and_nio_exchange_encrypted_messages(
+    server: RunningServer, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     node = ensure_js_sdk()
     bob = await nio_login(server, str(tmp_path / "stores"), "bob")
     js_login = await server.login("jsuser")
@@ -67,6 +71,7 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(server: RunningServer,
             "ROOM_ID": room,
             "EXPECT_BODY": expected,
             "REPLY_BODY": reply,
+            "PASSWORD": "password",
         }
         proc = await asyncio.create_subprocess_exec(
             node,
@@ -77,7 +82,9 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(server: RunningServer,
             stderr=asyncio.subprocess.PIPE,
         )
         loop = asyncio.get_running_loop()
-        steps: dict[str, asyncio.Future[str]] = {k: loop.create_future() for k in ("READY", "GOT", "SENT")}
+        steps: dict[str, asyncio.Future[str]] = {
+            k: loop.create_future() for k in ("READY", "GOT", "SENT", "XSIGNED")
+        }
 
         async def read_stdout() -> None:
             assert proc is not None and proc.stdout is not None
@@ -106,7 +113,17 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(server: RunningServer,
             assert await step_until(bob, steps["GOT"], "GOT") == expected
             await step_until(bob, steps["SENT"], "SENT")
             await bob.wait_for_text(room, reply)
+            assert await step_until(bob, steps["XSIGNED"], "XSIGNED") == "true"
             assert await asyncio.wait_for(proc.wait(), 30) == 0
+            # Its cross-signing identity is visible to another user, and its device is signed by it.
+            js_user, js_device = js_login["user_id"], js_login["device_id"]
+            raw = RawClient(http, server.base_url, bob.client.access_token, bob.user_id)
+            query = await raw.ok("POST", "/keys/query", json={"device_keys": {js_user: []}})
+            ssk = query["self_signing_keys"][js_user]
+            ((ssk_id, _),) = ssk["keys"].items()
+            assert ssk_id in query["device_keys"][js_user][js_device]["signatures"][js_user]
+            assert js_user in query["master_keys"][js_user]["signatures"]
+            assert js_user not in query["user_signing_keys"]
         finally:
             for reader in readers:
                 reader.cancel()

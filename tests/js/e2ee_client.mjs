@@ -5,6 +5,7 @@
 //   @@READY            joined the room with crypto running
 //   @@GOT <body>       decrypted the expected message from the peer
 //   @@SENT <event_id>  sent our encrypted reply
+//   @@XSIGNED <ready>  bootstrapped cross-signing (keys and signatures uploaded)
 // Exits 0 when done, non-zero on error or timeout.
 
 // matrix-js-sdk 43 wants Node >= 22; Node 20 lacks only Promise.withResolvers.
@@ -78,6 +79,21 @@ async function main() {
 
     const sent = await client.sendTextMessage(roomId, reply);
     say(`SENT ${sent.event_id}`);
+
+    // Cross-signing as Element does it: /keys/device_signing/upload (with UIA if the server
+    // asks) and /keys/signatures/upload for our own device.
+    const crypto = client.getCrypto();
+    await crypto.bootstrapCrossSigning({
+        setupNewCrossSigning: true,
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+            await makeRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: env("USER_ID") },
+                password: env("PASSWORD"),
+            });
+        },
+    });
+    say(`XSIGNED ${await crypto.isCrossSigningReady()}`);
     // Give the SDK a moment to finish outgoing requests, then stop cleanly.
     await new Promise((r) => setTimeout(r, 500));
     client.stopClient();
