@@ -73,3 +73,93 @@ async def _member_joined(client: Client, room_id: str, user_id: str) -> bool:
 async def _joined_locally(srv: object, room_id: str, user_id: str) -> bool:
     membership = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
     return membership is not None and membership[0] == "join"
+
+
+async def _ephemeral_seen(client: Client, room_id: str, edu_type: str, predicate: object) -> bool:
+    data = await client.sync(timeout_ms=500)
+    room = data["rooms"]["join"].get(room_id, {})
+    for edu in room.get("ephemeral", {}).get("events", []):
+        if edu["type"] == edu_type and predicate(edu["content"]):  # type: ignore[operator]
+            return True
+    return False
+
+
+async def _event(client: Client, room_id: str, event_id: str) -> dict[str, object] | None:
+    for e in await client.messages(room_id):
+        if e["event_id"] == event_id:
+            return e
+    return None
+
+
+@pytest.mark.parametrize("version", ["11", "12"])
+async def test_edits_redactions_typing_receipts_with_synapse(
+    synapse: SynapseServer, test_ca: CertAuthority, tmp_path: os.PathLike[str], version: str
+) -> None:
+    async with fed_server(str(tmp_path), test_ca) as sotto, aiohttp.ClientSession() as http:
+        syn = synapse_client(synapse, f"gina{version}", http)
+        hank = await Client.login(sotto, "hank", http)
+        room_id = await syn.create_room(preset="public_chat", room_version=version)
+        await hank.join(room_id, via=[synapse.server_name])
+        await wait_for(lambda: _member_joined(syn, room_id, hank.user_id), what="hank joined on Synapse")
+        await syn.sync()
+        await hank.sync()
+
+        # Edits both ways.
+        original = await hank.send(room_id, "typo")
+        edit = {
+            "msgtype": "m.text", "body": "* fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "fixed"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        }
+        edit_id = await hank.send(room_id, edit)
+        seen = await wait_for(lambda: _event(syn, room_id, edit_id), what="Sotto edit on Synapse")
+        assert seen["content"]["m.relates_to"]["event_id"] == original  # type: ignore[index]
+        syn_original = await syn.send(room_id, "synapse typo")
+        edit["m.relates_to"] = {"rel_type": "m.replace", "event_id": syn_original}
+        syn_edit = await syn.send(room_id, edit)
+        await wait_for(lambda: _event(hank, room_id, syn_edit), what="Synapse edit on Sotto")
+
+        # Redactions both ways.
+        secret = await hank.send(room_id, "sotto secret")
+        await wait_for(lambda: _event(syn, room_id, secret), what="message on Synapse")
+        await hank.call("PUT", f"/rooms/{room_id}/redact/{secret}/r1", {"reason": "oops"})
+        await wait_for(
+            lambda: _redacted(syn, room_id, secret), what="Sotto redaction applied on Synapse"
+        )
+        syn_secret = await syn.send(room_id, "synapse secret")
+        await wait_for(lambda: _event(hank, room_id, syn_secret), what="Synapse message on Sotto")
+        await syn.call("PUT", f"/rooms/{room_id}/redact/{syn_secret}/r2", {})
+        await wait_for(lambda: _redacted(hank, room_id, syn_secret), what="Synapse redaction applied on Sotto")
+
+        # Typing both ways.
+        await hank.call("PUT", f"/rooms/{room_id}/typing/{hank.user_id}", {"typing": True, "timeout": 20000})
+        await wait_for(
+            lambda: _ephemeral_seen(syn, room_id, "m.typing", lambda c: hank.user_id in c["user_ids"]),
+            what="Sotto typing on Synapse",
+        )
+        await syn.call("PUT", f"/rooms/{room_id}/typing/{syn.user_id}", {"typing": True, "timeout": 20000})
+        await wait_for(
+            lambda: _ephemeral_seen(hank, room_id, "m.typing", lambda c: syn.user_id in c["user_ids"]),
+            what="Synapse typing on Sotto",
+        )
+
+        # Read receipts both ways.
+        last = await syn.send(room_id, "read me")
+        await wait_for(lambda: _event(hank, room_id, last), what="message to read on Sotto")
+        await hank.call("POST", f"/rooms/{room_id}/receipt/m.read/{last}", {})
+        await wait_for(
+            lambda: _ephemeral_seen(syn, room_id, "m.receipt", lambda c: hank.user_id in str(c.get(last))),
+            what="Sotto receipt on Synapse",
+        )
+        mine = await hank.send(room_id, "read mine")
+        await wait_for(lambda: _event(syn, room_id, mine), what="message to read on Synapse")
+        await syn.call("POST", f"/rooms/{room_id}/receipt/m.read/{mine}", {})
+        await wait_for(
+            lambda: _ephemeral_seen(hank, room_id, "m.receipt", lambda c: syn.user_id in str(c.get(mine))),
+            what="Synapse receipt on Sotto",
+        )
+
+
+async def _redacted(client: Client, room_id: str, event_id: str) -> bool:
+    event = await _event(client, room_id, event_id)
+    return event is not None and not event.get("content") and "redacted_because" in event.get("unsigned", {})  # type: ignore[operator]
