@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import aiohttp
 import pytest
 
@@ -52,3 +54,110 @@ async def _joined_on(srv: object, room_id: str, user_id: str) -> bool:
 
 async def _has_body(client: Client, room_id: str, body: str) -> bool:
     return body in await room_bodies(client, room_id)
+
+
+async def _sync_until(client: Client, predicate: object, what: str, timeout: float = 20.0) -> dict[str, object]:
+    async def check() -> dict[str, object] | None:
+        data = await client.sync(timeout_ms=300)
+        return data if predicate(data) else None  # type: ignore[operator]
+
+    return await wait_for(check, timeout=timeout, what=what)  # type: ignore[no-any-return]
+
+
+async def test_invite_join_leave_kick_typing_receipts(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="private_chat", name="Invite only")
+        await bob.sync()
+        await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
+        data = await _sync_until(bob, lambda d: room_id in d["rooms"]["invite"], "invite on B")
+        invite_state = data["rooms"]["invite"][room_id]["invite_state"]["events"]  # type: ignore[index]
+        assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id for e in invite_state)
+        # Accept the invite: a remote join through the inviting server.
+        await bob.join(room_id)
+        await _sync_until(bob, lambda d: room_id in d["rooms"]["join"], "room joined on B")
+        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined on A")
+
+        # Typing and receipts across servers.
+        await alice.sync()
+        await bob.call("PUT", f"/rooms/{room_id}/typing/{bob.user_id}", {"typing": True, "timeout": 10000})
+        await _sync_until(
+            alice,
+            lambda d: any(
+                e["type"] == "m.typing" and bob.user_id in e["content"]["user_ids"]
+                for e in d["rooms"]["join"].get(room_id, {}).get("ephemeral", {}).get("events", [])
+            ),
+            "typing on A",
+        )
+        msg = await alice.send(room_id, "please read")
+        await wait_for(lambda: _has_body(bob, room_id, "please read"), what="message on B")
+        await bob.call("POST", f"/rooms/{room_id}/receipt/m.read/{msg}", {})
+        await _sync_until(
+            alice,
+            lambda d: any(
+                e["type"] == "m.receipt" and bob.user_id in str(e["content"].get(msg))
+                for e in d["rooms"]["join"].get(room_id, {}).get("ephemeral", {}).get("events", [])
+            ),
+            "receipt on A",
+        )
+
+        # Leave, and come back through an invite; then a kick.
+        await bob.call("POST", f"/rooms/{room_id}/leave", {})
+        await wait_for(lambda: _membership_on(a, room_id, bob.user_id, "leave"), what="leave on A")
+        await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
+        await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "invite"), what="second invite on B")
+        await bob.join(room_id)
+        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob back on A")
+        await alice.call("POST", f"/rooms/{room_id}/kick", {"user_id": bob.user_id, "reason": "bye"})
+        await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "leave"), what="kick on B")
+
+
+async def test_reject_remote_invite(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="private_chat")
+        await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
+        await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "invite"), what="invite on B")
+        await bob.call("POST", f"/rooms/{room_id}/leave", {})
+        await wait_for(lambda: _membership_on(a, room_id, bob.user_id, "leave"), what="rejection on A")
+        assert await _membership_on(b, room_id, bob.user_id, "leave")
+
+
+async def test_history_backfilled_on_join(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        for i in range(15):
+            await alice.send(room_id, f"old {i}")
+        await bob.join(room_id, via=[a.server_name])
+        bodies = await room_bodies(bob, room_id)
+        assert [f"old {i}" for i in range(15)] == [x for x in bodies if x.startswith("old")]
+        # A federation backfill request answers with the newest events first, bounded by limit.
+        fb = federation_of(b)
+        extremities, _ = await a.hs.events.get_extremities_and_depth(room_id)
+        body = await fb.client.get(
+            a.server_name,
+            f"/_matrix/federation/v1/backfill/{quote(room_id, safe='')}",
+            query=[("v", extremities[0]), ("limit", "5")],
+        )
+        assert len(body["pdus"]) == 5
+
+
+async def _membership_on(srv: object, room_id: str, user_id: str, membership: str) -> bool:
+    found = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
+    return found is not None and found[0] == membership
