@@ -1,0 +1,173 @@
+"""Federation under stress: a server that was down catches up, concurrent state converges,
+forged and tampered events are refused."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from homeserver.events import Event, auth_types_for_event, build_event, pdu_json
+from tests.federation.support import (
+    CertAuthority,
+    Client,
+    fed_server,
+    federation_of,
+    room_bodies,
+    wait_for,
+)
+from tests.support.server import RunningServer, free_port
+
+
+async def _joined(srv: RunningServer, room_id: str, user_id: str) -> bool:
+    found = await srv.hs.events.get_membership(room_id, user_id)
+    return found is not None and found[0] == "join"
+
+
+async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    b_port = free_port()
+    async with fed_server(tmp_dirs[0], test_ca) as a, aiohttp.ClientSession() as http:
+        alice = await Client.login(a, "alice", http)
+        room_id = await alice.create_room(preset="public_chat")
+        async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
+            bob = await Client.login(b, "bob", http)
+            await bob.join(room_id, via=[a.server_name])
+            await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        # B is down: A queues everything for it.
+        sent = [f"while down {i}" for i in range(60)]
+        for body in sent:
+            await alice.send(room_id, body)
+        fa = federation_of(a)
+        assert await fa.store.pending_count(f"127.0.0.1:{b_port}") >= 60
+        async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
+            bob = await Client.login(b, "bob", http)
+
+            async def all_there() -> bool:
+                bodies = await room_bodies(bob, room_id)
+                return all(s in bodies for s in sent)
+
+            await wait_for(all_there, timeout=30, what="B catching up")
+            assert await fa.queue.idle(10)
+            bodies = [x for x in await room_bodies(bob, room_id) if x.startswith("while down")]
+            assert bodies == sent  # in order, nothing missing, nothing twice
+
+
+async def test_concurrent_state_changes_converge(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat", room_version="11")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        power = await alice.call("GET", f"/rooms/{room_id}/state/m.room.power_levels/")
+        power["users"][bob.user_id] = 100
+        pl_id = await alice.state(room_id, "m.room.power_levels", power)
+        await wait_for(lambda: _has_event(b, pl_id), what="power levels on B")
+
+        fa, fb = federation_of(a), federation_of(b)
+        await fa.queue.stop()
+        await fb.queue.stop()
+        # Both sides change the same state while they cannot talk to each other.
+        await alice.state(room_id, "m.room.name", {"name": "Alice's name"})
+        await alice.state(room_id, "m.room.topic", {"topic": "from A"})
+        await bob.state(room_id, "m.room.name", {"name": "Bob's name"})
+        await bob.state(room_id, "m.room.topic", {"topic": "from B"})
+        await bob.send(room_id, "bob on the fork")
+        await fa.queue.start()
+        await fb.queue.start()
+
+        async def converged() -> bool:
+            sa = await a.hs.events.get_current_state_ids(room_id)
+            sb = await b.hs.events.get_current_state_ids(room_id)
+            return sa == sb and ("m.room.name", "") in sa
+
+        await wait_for(converged, what="state converging")
+        await fa.queue.idle()
+        await fb.queue.idle()
+        # Both servers can keep talking in the merged room.
+        await alice.send(room_id, "after the merge")
+        await wait_for(lambda: _has_body(bob, room_id, "after the merge"), what="message after merge")
+        assert await a.hs.events.get_current_state_ids(room_id) == await b.hs.events.get_current_state_ids(room_id)
+
+
+async def _has_event(srv: RunningServer, event_id: str) -> bool:
+    return await srv.hs.events.get_event(event_id) is not None
+
+
+async def _has_body(client: Client, room_id: str, body: str) -> bool:
+    return body in await room_bodies(client, room_id)
+
+
+async def _forge(srv: RunningServer, room_id: str, sender: str, content: dict[str, Any], origin: RunningServer) -> Event:
+    """A message built on `srv`'s current room state, signed by `origin`'s key."""
+    rv = await srv.hs.events.get_room_version(room_id)
+    assert rv is not None
+    keys = auth_types_for_event(rv, "m.room.message", sender, None, content)
+    state = await srv.hs.events.get_current_state_ids(room_id)
+    prevs, depth = await srv.hs.events.get_extremities_and_depth(room_id)
+    return build_event(
+        room_version=rv, room_id=room_id, type="m.room.message", sender=sender, content=content,
+        prev_event_ids=prevs, auth_event_ids=sorted(state[k] for k in keys if k in state), depth=depth + 1,
+        origin_server_ts=srv.hs.clock.time_ms(), server_name=origin.server_name, signing_key=origin.hs.signing_key,
+    )
+
+
+async def test_forged_and_tampered_events_are_refused(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        fb = federation_of(b)
+
+        async def send(pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
+            body = {"origin": b.server_name, "origin_server_ts": 0, "pdus": pdus, "edus": []}
+            result: dict[str, Any] = await fb.client.put(
+                a.server_name, f"/_matrix/federation/v1/send/{quote(txn)}", body
+            )
+            return result["pdus"]
+
+        # 1. A bad signature.
+        ev = await _forge(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "sig"}, b)
+        pdu = pdu_json(ev)
+        sigs = pdu["signatures"][b.server_name]
+        key_id = next(iter(sigs))
+        pdu["signatures"] = {b.server_name: {key_id: "A" * 86}}
+        result = await send([pdu], "bad-sig")
+        assert result[ev.event_id].get("error")
+        assert await a.hs.events.get_event(ev.event_id) is None
+
+        # 2. Wrong origin: claims to be from alice (server A) but only B signed it.
+        ev = await _forge(a, room_id, alice.user_id, {"msgtype": "m.text", "body": "spoof"}, b)
+        result = await send([pdu_json(ev)], "wrong-origin")
+        assert result[ev.event_id].get("error")
+        assert await a.hs.events.get_event(ev.event_id) is None
+
+        # 3. Fails the auth rules: a B user who never joined.
+        ev = await _forge(a, room_id, f"@mallory:{b.server_name}", {"msgtype": "m.text", "body": "x"}, b)
+        result = await send([pdu_json(ev)], "not-joined")
+        assert "not allowed" in result[ev.event_id].get("error", "")
+        assert ev.event_id not in [e["event_id"] for e in await alice.messages(room_id)]
+
+        # 4. Tampered content (hash mismatch): stored redacted, content stripped.
+        ev = await _forge(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "original"}, b)
+        pdu = pdu_json(ev)
+        pdu["content"] = {"msgtype": "m.text", "body": "tampered"}
+        result = await send([pdu], "tampered")
+        assert result[ev.event_id] == {}
+        stored = await a.hs.events.get_event(ev.event_id)
+        assert stored is not None and stored.event.content == {}
+
+        # 5. A transaction replayed with the same ID is answered the same, and not reprocessed.
+        again = await send([pdu], "tampered")
+        assert again == result
