@@ -21,6 +21,7 @@ from homeserver.api import (
     discovery,
     events_api,
     filters,
+    guard,
     keys,
     login,
     media,
@@ -30,10 +31,15 @@ from homeserver.api import (
     push_rules,
     register,
     relations,
+    report,
     room_keys,
+    room_upgrade,
     rooms,
+    search,
     sync,
+    tags,
     to_device,
+    user_directory,
 )
 from homeserver.api.middleware import error_middleware
 from homeserver.config import Config
@@ -48,6 +54,7 @@ AreaSetup = Callable[[web.Application, HomeServer], None]
 
 # Order matters only for overlapping paths; more specific areas first.
 AREAS: list[AreaSetup] = [
+    guard.setup,
     discovery.setup,
     register.setup,
     login.setup,
@@ -66,6 +73,11 @@ AREAS: list[AreaSetup] = [
     push_rules.setup,
     relations.setup,
     presence.setup,
+    tags.setup,
+    report.setup,
+    user_directory.setup,
+    search.setup,
+    room_upgrade.setup,
     sync.setup,
     federation.setup,
     metrics.setup,

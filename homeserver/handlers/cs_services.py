@@ -18,11 +18,16 @@ from homeserver.handlers.media import MediaRepository
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.push import PushHandler
 from homeserver.handlers.relations import RelationsHandler
+from homeserver.handlers.room_upgrade import RoomUpgradeHandler
+from homeserver.handlers.search import SearchHandler
+from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushActionStore, PusherStore, PushRuleStore
 from homeserver.storage.relations import RelationsStore
+from homeserver.storage.search import SearchStore
+from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.cs_extension import (
     SYNC_OPTIONS,
     ClientServerSyncExtension,
@@ -39,6 +44,9 @@ class ClientServerServices:
     push: PushHandler
     relations: RelationsHandler
     presence: PresenceHandler
+    user_directory: UserDirectoryHandler
+    search: SearchHandler
+    upgrades: RoomUpgradeHandler
     sync_extension: ClientServerSyncExtension
 
 
@@ -92,6 +100,9 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         push=push,
         relations=relations,
         presence=presence,
+        user_directory=UserDirectoryHandler(UserDirectoryStore(hs.db)),
+        search=SearchHandler(SearchStore(hs.db), hs.events, hs.messages, hs.clock),
+        upgrades=RoomUpgradeHandler(hs.events, hs.creator, hs.rooms, hs.aliases, hs.accounts, hs.server_name),
         sync_extension=extension,
     )
 
@@ -104,6 +115,8 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     app[CS_KEY] = svc
     hs.creator.listeners.append(svc.push.on_event)
     hs.creator.listeners.append(svc.presence.on_event)
+    hs.creator.listeners.append(svc.user_directory.on_event)
+    hs.creator.listeners.append(svc.search.on_event)
     hs.background.append(svc.presence)
     hs.sync_extensions.append(svc.sync_extension)
     app.middlewares.append(sync_options_middleware)

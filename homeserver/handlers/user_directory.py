@@ -1,0 +1,60 @@
+"""User directory: kept current from member events (a listener), searched on request.
+
+Profiles come from each user's latest join event, so remote users and display-name
+changes (which update member events) are covered without extra bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.events import Event
+from homeserver.storage.user_directory import UserDirectoryStore
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 50
+MAX_TERMS = 5
+
+
+class UserDirectoryHandler:
+    def __init__(self, store: UserDirectoryStore) -> None:
+        self.store = store
+
+    async def on_event(self, event: Event, stream_id: int) -> None:
+        if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
+            return
+        name = event.content.get("displayname")
+        avatar = event.content.get("avatar_url")
+        try:
+            await self.store.upsert(
+                event.state_key,
+                name if isinstance(name, str) else None,
+                avatar if isinstance(avatar, str) else None,
+            )
+        except Exception:
+            log.exception("user directory update failed")
+
+    async def search(self, searcher: str, term: Any, limit: Any) -> dict[str, Any]:
+        if not isinstance(term, str):
+            raise MatrixError(400, Codes.MISSING_PARAM, "search_term is required")
+        if limit is None:
+            limit = 10
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
+        limit = min(limit, MAX_LIMIT)
+        terms = term.split()[:MAX_TERMS]
+        if not terms or limit == 0:
+            return {"limited": False, "results": []}
+        found = await self.store.search(searcher, terms, limit + 1)
+        results = []
+        for e in found[:limit]:
+            entry: dict[str, Any] = {"user_id": e.user_id}
+            if e.display_name is not None:
+                entry["display_name"] = e.display_name
+            if e.avatar_url is not None:
+                entry["avatar_url"] = e.avatar_url
+            results.append(entry)
+        return {"limited": len(found) > limit, "results": results}
