@@ -21,7 +21,6 @@ from homeserver.api import (
     discovery,
     events_api,
     filters,
-    guard,
     keys,
     login,
     media,
@@ -54,7 +53,6 @@ AreaSetup = Callable[[web.Application, HomeServer], None]
 
 # Order matters only for overlapping paths; more specific areas first.
 AREAS: list[AreaSetup] = [
-    guard.setup,
     discovery.setup,
     register.setup,
     login.setup,
