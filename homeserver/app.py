@@ -21,6 +21,7 @@ from homeserver.api import (
     discovery,
     events_api,
     filters,
+    guard,
     keys,
     login,
     media,
@@ -53,6 +54,7 @@ AreaSetup = Callable[[web.Application, HomeServer], None]
 
 # Order matters only for overlapping paths; more specific areas first.
 AREAS: list[AreaSetup] = [
+    guard.setup,
     discovery.setup,
     register.setup,
     login.setup,

@@ -75,6 +75,23 @@ class RateLimitConfig:
     login_burst: int = 5
     register_per_second: float = 0.2
     register_burst: int = 5
+    # Per user (admins are exempt): joins (and room creation), invites sent, invites one user
+    # receives, media uploads, one-time key claims (homeserver.ratelimit, homeserver.api.guard).
+    joins_per_second: float = 0.5
+    joins_burst: int = 20
+    invites_per_second: float = 0.5
+    invites_burst: int = 20
+    invites_received_per_second: float = 0.05
+    invites_received_burst: int = 10
+    media_uploads_per_second: float = 1.0
+    media_uploads_burst: int = 20
+    key_claims_per_second: float = 5.0
+    key_claims_burst: int = 50
+    # Federation: per authenticated origin, and per address for requests failing authentication.
+    federation_per_second: float = 50.0
+    federation_burst: int = 500
+    federation_unauthenticated_per_second: float = 1.0
+    federation_unauthenticated_burst: int = 20
 
 
 @dataclass(slots=True)

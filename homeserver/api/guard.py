@@ -1,0 +1,220 @@
+"""Central request guards for the client API: path-parameter grammar and rate limits.
+
+One middleware, applied to every matched route after routing and before the route's
+handler, so API modules stay thin and do not each repeat these checks:
+
+* **Input limits.** Every path parameter is at most 255 bytes and free of NUL; those
+  naming identifiers (`room_id`, `user_id`, `alias`, `event_id`, `room_id_or_alias`)
+  must follow the spec's grammar. Selected bodies (filters) have smaller size caps
+  than the app-wide `limits.max_request_bytes`. Rejections are 400 `M_INVALID_PARAM`
+  or 413 `M_TOO_LARGE`.
+* **Rate limits.** A table maps (method, route) to the named limiters of
+  `homeserver.ratelimit.RateLimits` charged for it, keyed by the requesting user.
+  Server admins are exempt. Every 429 `M_LIMIT_EXCEEDED` leaving the app (also from
+  limiters inside handlers, e.g. /login) gets a `Retry-After` header.
+
+The requester is resolved here through `AuthHandler.get_requester`, which caches it on
+the request, so the handler's own call costs nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from homeserver import jsonutil
+from homeserver.api.http import json_response
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.identifiers import is_v12_room_id, is_valid_server_name, is_valid_user_id
+from homeserver.handlers.auth import REQUESTER_KEY, AuthHandler, Requester
+from homeserver.ratelimit import LimitExceeded, RateLimiter, RateLimits, retry_after_seconds
+from homeserver.server import HomeServer
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RATE_LIMITS_KEY = web.AppKey("sotto.rate_limits", RateLimits)
+
+MAX_PATH_PARAM_BYTES = 255
+MAX_IDENTIFIER_BYTES = 255
+MAX_FILTER_BYTES = 64 * 1024
+
+_C = "/_matrix/client/{_ver}"
+_ROOM = _C + "/rooms/{room_id}"
+
+
+# Identifier grammar (appendices "Identifier Grammar") -----------------------------------------
+
+
+def _sized(value: str) -> bool:
+    return len(value.encode("utf-8", "surrogatepass")) <= MAX_IDENTIFIER_BYTES
+
+
+def _sigil_with_domain(value: str, sigil: str) -> bool:
+    if not value.startswith(sigil) or not _sized(value):
+        return False
+    localpart, sep, server = value[1:].partition(":")
+    return bool(sep and localpart) and is_valid_server_name(server)
+
+
+def is_valid_room_id(value: str) -> bool:
+    """`!opaque:server`, or the v12 `!<43-char hash>` form."""
+    return is_v12_room_id(value) or _sigil_with_domain(value, "!")
+
+
+def is_valid_room_alias(value: str) -> bool:
+    return _sigil_with_domain(value, "#")
+
+
+def is_valid_event_id(value: str) -> bool:
+    """`$opaque:server` (v1, v2) or `$<base64 hash>` (v3+); only the sigil and size are fixed."""
+    return value.startswith("$") and len(value) > 1 and _sized(value)
+
+
+IDENTIFIER_CHECKS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "room_id": (is_valid_room_id, "a room ID"),
+    "user_id": (is_valid_user_id, "a user ID"),
+    "alias": (is_valid_room_alias, "a room alias"),
+    "event_id": (is_valid_event_id, "an event ID"),
+    "room_id_or_alias": (lambda v: is_valid_room_id(v) or is_valid_room_alias(v), "a room ID or alias"),
+}
+
+
+def check_path_params(match_info: web.UrlMappingMatchInfo) -> None:
+    for name, value in match_info.items():
+        if name.startswith("_"):
+            continue
+        if "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_PARAM_BYTES:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"{name} is too long or contains NUL")
+        check = IDENTIFIER_CHECKS.get(name)
+        if check is not None and not check[0](value):
+            raise MatrixError(400, Codes.INVALID_PARAM, f"{name} is not {check[1]}")
+
+
+# Rate-limit table ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Charge `limiter` (a field of RateLimits) per requesting user; `target` charges the
+    invited user's bucket instead (read from the body's `user_id`, or createRoom's `invite`)."""
+
+    limiter: str
+    target: bool = False
+
+
+_MESSAGES = (Charge("messages"),)
+_JOINS = (Charge("joins"),)
+_INVITES = (Charge("invites_sent"), Charge("invites_received", target=True))
+_UPLOADS = (Charge("media_uploads"),)
+
+RATE_LIMITED_ROUTES: dict[tuple[str, str], tuple[Charge, ...]] = {
+    ("PUT", _ROOM + "/send/{event_type}/{txn_id}"): _MESSAGES,
+    ("PUT", _ROOM + "/state/{event_type}"): _MESSAGES,
+    ("PUT", _ROOM + "/state/{event_type}/"): _MESSAGES,
+    ("PUT", _ROOM + "/state/{event_type}/{state_key}"): _MESSAGES,
+    ("PUT", _ROOM + "/redact/{event_id}/{txn_id}"): _MESSAGES,
+    ("POST", _C + "/join/{room_id_or_alias}"): _JOINS,
+    ("POST", _ROOM + "/join"): _JOINS,
+    ("POST", _C + "/createRoom"): (*_JOINS, *_INVITES),
+    ("POST", _ROOM + "/invite"): _INVITES,
+    ("POST", "/_matrix/media/{_ver}/upload"): _UPLOADS,
+    ("PUT", "/_matrix/media/{_ver}/upload/{server_name}/{media_id}"): _UPLOADS,
+    ("POST", "/_matrix/media/v1/create"): _UPLOADS,
+    ("POST", _C + "/keys/claim"): (Charge("key_claims"),),
+}
+
+# Bodies with a tighter cap than the app-wide limit.
+BODY_LIMITS: dict[tuple[str, str], int] = {
+    ("POST", _C + "/user/{user_id}/filter"): MAX_FILTER_BYTES,
+}
+
+
+def route_key(request: web.Request) -> tuple[str, str]:
+    resource = request.match_info.route.resource
+    return request.method, resource.canonical if resource is not None else ""
+
+
+async def _invite_targets(request: web.Request) -> list[str]:
+    """Who this request invites (best effort: the handler validates the body properly)."""
+    try:
+        body = jsonutil.loads(await request.read() or b"{}")
+    except ValueError:
+        return []
+    if not isinstance(body, dict):
+        return []
+    if isinstance(body.get("user_id"), str):
+        return [body["user_id"]]
+    invites = body.get("invite")
+    if isinstance(invites, list):
+        return [i for i in invites if isinstance(i, str)]
+    return []
+
+
+async def _requester(auth: AuthHandler, request: web.Request) -> Requester:
+    requester = await auth.get_requester(request, allow_guest=True)
+    if requester.is_guest:
+        # Do not leave a guest in the cache: the handler decides whether guests may call it.
+        del request[REQUESTER_KEY]
+    return requester
+
+
+def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            await _before(request)
+            return await handler(request)
+        except MatrixError as e:
+            if e.errcode != Codes.LIMIT_EXCEEDED:
+                raise
+            resp = json_response(e.to_json(), status=e.status)
+            retry = e.extra.get("retry_after_ms")
+            if isinstance(retry, int):
+                resp.headers["Retry-After"] = str(retry_after_seconds(retry))
+            return resp
+
+    async def _before(request: web.Request) -> None:
+        if request.match_info.http_exception is not None:
+            return
+        check_path_params(request.match_info)
+        key = route_key(request)
+        cap = BODY_LIMITS.get(key)
+        if cap is not None and ((request.content_length or 0) > cap or len(await request.read()) > cap):
+            raise MatrixError(413, Codes.TOO_LARGE, "Request body too large")
+        charges = RATE_LIMITED_ROUTES.get(key)
+        if charges and hs.config.rate_limits.enabled:
+            await _rate_limit(request, charges)
+
+    async def _rate_limit(request: web.Request, charges: tuple[Charge, ...]) -> None:
+        requester = await _requester(hs.auth, request)
+        if requester.is_admin:
+            return
+        targets = await _invite_targets(request) if any(c.target for c in charges) else []
+        costs: list[tuple[RateLimiter, str, float]] = []
+        for charge in charges:
+            limiter: RateLimiter = getattr(limits, charge.limiter)
+            if charge.target:
+                costs.extend((limiter, target, 1.0) for target in targets)
+            elif charge.limiter == "invites_sent":
+                # Several invites in one request (createRoom) cost one each, up to a full burst.
+                if targets:
+                    costs.append((limiter, requester.user_id, float(min(len(targets), limiter.burst))))
+            else:
+                costs.append((limiter, requester.user_id, 1.0))
+        # Check every bucket before charging any, so a refused request costs nothing.
+        waits = [w for lim, k, c in costs if (w := lim.retry_after_ms(k, c)) is not None]
+        if waits:
+            raise LimitExceeded(max(waits))
+        for limiter, k, c in costs:
+            limiter.charge(k, c)
+
+    return guard
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    limits = RateLimits.from_config(hs.config.rate_limits, hs.clock)
+    app[RATE_LIMITS_KEY] = limits
+    app.middlewares.append(guard_middleware(hs, limits))
