@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-
 from urllib.parse import quote
 
 import aiohttp
@@ -98,7 +97,9 @@ class Client:
     async def call(self, method: str, path: str, body: Any = None, expect: int = 200, **params: Any) -> Any:
         url = self.base_url + "/_matrix/client/v3" + path
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with self.session.request(method, url, json=body, headers=headers, params=params or None) as resp:
+        async with self.session.request(
+            method, url, json=body, headers=headers, params=params or None
+        ) as resp:
             data = await resp.json()
             assert resp.status == expect, (method, path, resp.status, data)
             return data
@@ -113,7 +114,9 @@ class Client:
         return str((await self.call("PUT", path, content))["event_id"])
 
     async def state(self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = "") -> str:
-        return str((await self.call("PUT", f"/rooms/{room_id}/state/{event_type}/{state_key}", content))["event_id"])
+        return str(
+            (await self.call("PUT", f"/rooms/{room_id}/state/{event_type}/{state_key}", content))["event_id"]
+        )
 
     async def join(self, room: str, via: list[str] | None = None, expect: int = 200) -> Any:
         params = {"via": via[0]} if via else {}

@@ -37,7 +37,9 @@ def ensure_synapse() -> Path:
     if PYTHON.exists():
         check = subprocess.run(
             [str(PYTHON), "-c", "import synapse; print(synapse.__version__)"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check.returncode == 0 and check.stdout.strip() == SYNAPSE_VERSION:
             return PYTHON
@@ -45,7 +47,8 @@ def ensure_synapse() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=300)
     subprocess.run(
         [str(PYTHON), "-m", "pip", "install", "-q", f"matrix-synapse=={SYNAPSE_VERSION}"],
-        check=True, timeout=INSTALL_TIMEOUT_S,
+        check=True,
+        timeout=INSTALL_TIMEOUT_S,
     )
     return PYTHON
 
@@ -79,12 +82,20 @@ class SynapseServer:
             "pid_file": str(self.dir / "homeserver.pid"),
             "listeners": [
                 {
-                    "port": self.fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
-                    "x_forwarded": False, "resources": [{"names": ["client", "federation"], "compress": False}],
+                    "port": self.fed_port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": True,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["client", "federation"], "compress": False}],
                 },
                 {
-                    "port": self.client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": False,
-                    "x_forwarded": False, "resources": [{"names": ["client"], "compress": False}],
+                    "port": self.client_port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": False,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["client"], "compress": False}],
                 },
             ],
             "tls_certificate_path": self.ca.cert_file,
@@ -117,8 +128,11 @@ class SynapseServer:
             "rc_3pid_validation": unlimited,
             "rc_key_requests": unlimited,
             "rc_federation": {
-                "window_size": 1000, "sleep_limit": 10000, "sleep_delay": 0,
-                "reject_limit": 10000, "concurrent": 100,
+                "window_size": 1000,
+                "sleep_limit": 10000,
+                "sleep_delay": 0,
+                "reject_limit": 10000,
+                "concurrent": 100,
             },
             "federation_rr_transactions_per_room_per_second": 10000,
         }
@@ -134,12 +148,19 @@ class SynapseServer:
         env.pop("PYTHONPATH", None)
         subprocess.run(
             [str(python), "-m", "synapse.app.homeserver", "-c", str(config), "--generate-keys"],
-            check=True, timeout=120, capture_output=True, cwd=self.dir, env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+            cwd=self.dir,
+            env=env,
         )
-        out = open(self.dir / "stdout.log", "wb")  # noqa: SIM115 - closed with the process
+        out = open(self.dir / "stdout.log", "wb")
         self.proc = subprocess.Popen(
             [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=self.dir, env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            env=env,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -181,7 +202,13 @@ class SynapseServer:
         # The MAC covers nonce NUL user NUL password NUL admin-flag.
         parts = (nonce, localpart, password, "admin" if admin else "notadmin")
         mac = hmac.new(SHARED_SECRET.encode(), b"\x00".join(p.encode() for p in parts), hashlib.sha1)
-        body = {"nonce": nonce, "username": localpart, "password": password, "admin": admin, "mac": mac.hexdigest()}
+        body = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password,
+            "admin": admin,
+            "mac": mac.hexdigest(),
+        }
         req = urllib.request.Request(
             url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
         )

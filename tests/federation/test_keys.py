@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 from yarl import URL
@@ -10,7 +12,9 @@ from bridge.client import RemoteError
 from bridge.keys import parse_key_response
 from bridge.xmatrix import parse_authorization
 from homeserver.events import encode_verify_key
-from tests.federation.support import CertAuthority, federation_of, fed_server
+from tests.federation.support import CertAuthority, fed_server, federation_of
+
+PATH = "/_matrix/federation/v1/event/%24nope"
 
 
 async def test_key_server_and_version_over_tls(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
@@ -29,7 +33,7 @@ async def test_key_server_and_version_over_tls(test_ca: CertAuthority, tmp_dirs:
         async with aiohttp.ClientSession() as s:
             ssl_ctx = fa.client.ssl_context
             url = f"https://{b.server_name}/_matrix/key/v2/query"
-            body = {"server_keys": {a.server_name: {}}}
+            body: dict[str, Any] = {"server_keys": {a.server_name: {}}}
             async with s.post(url, json=body, ssl=ssl_ctx) as resp:
                 assert resp.status == 200
                 notary = await resp.json()
@@ -53,7 +57,12 @@ async def test_x_matrix_is_verified(test_ca: CertAuthority, tmp_dirs: tuple[str,
         from bridge.xmatrix import authorization_header
 
         header = authorization_header(
-            "GET", "/_matrix/federation/v1/event/%24nope", b.server_name, "127.0.0.1:1", None, b.hs.signing_key
+            "GET",
+            "/_matrix/federation/v1/event/%24nope",
+            b.server_name,
+            "127.0.0.1:1",
+            None,
+            b.hs.signing_key,
         )
         assert parse_authorization(header).destination == "127.0.0.1:1"
         async with aiohttp.ClientSession() as s:
@@ -62,7 +71,12 @@ async def test_x_matrix_is_verified(test_ca: CertAuthority, tmp_dirs: tuple[str,
                 assert resp.status == 401
             # A tampered signature.
             good = authorization_header(
-                "GET", "/_matrix/federation/v1/event/%24nope", b.server_name, a.server_name, None, b.hs.signing_key
+                "GET",
+                "/_matrix/federation/v1/event/%24nope",
+                b.server_name,
+                a.server_name,
+                None,
+                b.hs.signing_key,
             )
             bad = good.replace('sig="', 'sig="AAAA')
             async with s.get(url, headers={"Authorization": bad}, ssl=fb.client.ssl_context) as resp:
@@ -72,7 +86,9 @@ async def test_x_matrix_is_verified(test_ca: CertAuthority, tmp_dirs: tuple[str,
 
 
 def test_parse_authorization_variants() -> None:
-    auth = parse_authorization('X-Matrix origin=a.example:8448,key="ed25519:1", sig="abc\\"d",destination="b"')
+    auth = parse_authorization(
+        'X-Matrix origin=a.example:8448,key="ed25519:1", sig="abc\\"d",destination="b"'
+    )
     assert auth.origin == "a.example:8448"
     assert auth.key_id == "ed25519:1"
     assert auth.signature == 'abc"d'

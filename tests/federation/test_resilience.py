@@ -92,7 +92,9 @@ async def test_concurrent_state_changes_converge(test_ca: CertAuthority, tmp_dir
         # Both servers can keep talking in the merged room.
         await alice.send(room_id, "after the merge")
         await wait_for(lambda: _has_body(bob, room_id, "after the merge"), what="message after merge")
-        assert await a.hs.events.get_current_state_ids(room_id) == await b.hs.events.get_current_state_ids(room_id)
+        assert await a.hs.events.get_current_state_ids(room_id) == await b.hs.events.get_current_state_ids(
+            room_id
+        )
 
 
 async def _has_event(srv: RunningServer, event_id: str) -> bool:
@@ -103,7 +105,9 @@ async def _has_body(client: Client, room_id: str, body: str) -> bool:
     return body in await room_bodies(client, room_id)
 
 
-async def _forge(srv: RunningServer, room_id: str, sender: str, content: dict[str, Any], origin: RunningServer) -> Event:
+async def _forge(
+    srv: RunningServer, room_id: str, sender: str, content: dict[str, Any], origin: RunningServer
+) -> Event:
     """A message built on `srv`'s current room state, signed by `origin`'s key."""
     rv = await srv.hs.events.get_room_version(room_id)
     assert rv is not None
@@ -111,13 +115,23 @@ async def _forge(srv: RunningServer, room_id: str, sender: str, content: dict[st
     state = await srv.hs.events.get_current_state_ids(room_id)
     prevs, depth = await srv.hs.events.get_extremities_and_depth(room_id)
     return build_event(
-        room_version=rv, room_id=room_id, type="m.room.message", sender=sender, content=content,
-        prev_event_ids=prevs, auth_event_ids=sorted(state[k] for k in keys if k in state), depth=depth + 1,
-        origin_server_ts=srv.hs.clock.time_ms(), server_name=origin.server_name, signing_key=origin.hs.signing_key,
+        room_version=rv,
+        room_id=room_id,
+        type="m.room.message",
+        sender=sender,
+        content=content,
+        prev_event_ids=prevs,
+        auth_event_ids=sorted(state[k] for k in keys if k in state),
+        depth=depth + 1,
+        origin_server_ts=srv.hs.clock.time_ms(),
+        server_name=origin.server_name,
+        signing_key=origin.hs.signing_key,
     )
 
 
-async def test_forged_and_tampered_events_are_refused(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+async def test_forged_and_tampered_events_are_refused(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
     async with (
         fed_server(tmp_dirs[0], test_ca) as a,
         fed_server(tmp_dirs[1], test_ca) as b,
@@ -135,7 +149,8 @@ async def test_forged_and_tampered_events_are_refused(test_ca: CertAuthority, tm
             result: dict[str, Any] = await fb.client.put(
                 a.server_name, f"/_matrix/federation/v1/send/{quote(txn)}", body
             )
-            return result["pdus"]
+            answers: dict[str, Any] = result["pdus"]
+            return answers
 
         # 1. A bad signature.
         ev = await _forge(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "sig"}, b)

@@ -54,7 +54,9 @@ async def test_synapse_user_joins_sotto_room(
         room_id = await frank.create_room(preset="public_chat", room_version=version)
         await frank.send(room_id, "sotto room opens")
         await syn.join(room_id, via=[sotto.server_name])
-        await wait_for(lambda: _joined_locally(sotto, room_id, syn.user_id), what="Synapse user joined on Sotto")
+        await wait_for(
+            lambda: _joined_locally(sotto, room_id, syn.user_id), what="Synapse user joined on Sotto"
+        )
         await syn.send(room_id, "synapse in sotto room")
         await wait_for(lambda: _has(frank, room_id, "synapse in sotto room"), what="Synapse message on Sotto")
         await frank.send(room_id, "welcome")
@@ -107,13 +109,14 @@ async def test_edits_redactions_typing_receipts_with_synapse(
         # Edits both ways.
         original = await hank.send(room_id, "typo")
         edit = {
-            "msgtype": "m.text", "body": "* fixed",
+            "msgtype": "m.text",
+            "body": "* fixed",
             "m.new_content": {"msgtype": "m.text", "body": "fixed"},
             "m.relates_to": {"rel_type": "m.replace", "event_id": original},
         }
         edit_id = await hank.send(room_id, edit)
         seen = await wait_for(lambda: _event(syn, room_id, edit_id), what="Sotto edit on Synapse")
-        assert seen["content"]["m.relates_to"]["event_id"] == original  # type: ignore[index]
+        assert seen["content"]["m.relates_to"]["event_id"] == original
         syn_original = await syn.send(room_id, "synapse typo")
         edit["m.relates_to"] = {"rel_type": "m.replace", "event_id": syn_original}
         syn_edit = await syn.send(room_id, edit)
@@ -123,13 +126,13 @@ async def test_edits_redactions_typing_receipts_with_synapse(
         secret = await hank.send(room_id, "sotto secret")
         await wait_for(lambda: _event(syn, room_id, secret), what="message on Synapse")
         await hank.call("PUT", f"/rooms/{room_id}/redact/{secret}/r1", {"reason": "oops"})
-        await wait_for(
-            lambda: _redacted(syn, room_id, secret), what="Sotto redaction applied on Synapse"
-        )
+        await wait_for(lambda: _redacted(syn, room_id, secret), what="Sotto redaction applied on Synapse")
         syn_secret = await syn.send(room_id, "synapse secret")
         await wait_for(lambda: _event(hank, room_id, syn_secret), what="Synapse message on Sotto")
         await syn.call("PUT", f"/rooms/{room_id}/redact/{syn_secret}/r2", {})
-        await wait_for(lambda: _redacted(hank, room_id, syn_secret), what="Synapse redaction applied on Sotto")
+        await wait_for(
+            lambda: _redacted(hank, room_id, syn_secret), what="Synapse redaction applied on Sotto"
+        )
 
         # Typing both ways.
         await hank.call("PUT", f"/rooms/{room_id}/typing/{hank.user_id}", {"typing": True, "timeout": 20000})

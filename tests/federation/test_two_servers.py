@@ -56,7 +56,9 @@ async def _has_body(client: Client, room_id: str, body: str) -> bool:
     return body in await room_bodies(client, room_id)
 
 
-async def _sync_until(client: Client, predicate: object, what: str, timeout: float = 20.0) -> dict[str, object]:
+async def _sync_until(
+    client: Client, predicate: object, what: str, timeout: float = 20.0
+) -> dict[str, object]:
     async def check() -> dict[str, object] | None:
         data = await client.sync(timeout_ms=300)
         return data if predicate(data) else None  # type: ignore[operator]
@@ -64,7 +66,9 @@ async def _sync_until(client: Client, predicate: object, what: str, timeout: flo
     return await wait_for(check, timeout=timeout, what=what)  # type: ignore[no-any-return]
 
 
-async def test_invite_join_leave_kick_typing_receipts(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+async def test_invite_join_leave_kick_typing_receipts(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
     async with (
         fed_server(tmp_dirs[0], test_ca) as a,
         fed_server(tmp_dirs[1], test_ca) as b,
