@@ -20,6 +20,7 @@ from homeserver.handlers.push import PushHandler
 from homeserver.handlers.relations import RelationsHandler
 from homeserver.handlers.room_upgrade import RoomUpgradeHandler
 from homeserver.handlers.search import SearchHandler
+from homeserver.handlers.spaces import SpacesHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaStore
@@ -31,6 +32,7 @@ from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.cs_extension import (
     SYNC_OPTIONS,
     ClientServerSyncExtension,
+    KnockSection,
     PresenceSection,
     RelationBundles,
     SyncOptions,
@@ -47,6 +49,7 @@ class ClientServerServices:
     user_directory: UserDirectoryHandler
     search: SearchHandler
     upgrades: RoomUpgradeHandler
+    spaces: SpacesHandler
     sync_extension: ClientServerSyncExtension
 
 
@@ -92,7 +95,10 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         PresenceStore(hs.db), hs.events, hs.accounts, hs.notifier, hs.clock, hs.server_name
     )
     extension = ClientServerSyncExtension(
-        push, push, hs.filters, [RelationBundles(relations), PresenceSection(presence)]
+        push,
+        push,
+        hs.filters,
+        [RelationBundles(relations), PresenceSection(presence), KnockSection(hs.events)],
     )
     return ClientServerServices(
         media=media,
@@ -102,6 +108,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         presence=presence,
         user_directory=UserDirectoryHandler(UserDirectoryStore(hs.db)),
         search=SearchHandler(SearchStore(hs.db), hs.events, hs.messages, hs.clock),
+        spaces=SpacesHandler(hs.events, hs.rooms),
         upgrades=RoomUpgradeHandler(hs.events, hs.creator, hs.rooms, hs.aliases, hs.accounts, hs.server_name),
         sync_extension=extension,
     )

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from homeserver import jsonutil
 from homeserver.handlers.auth import Requester
+from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, stripped_state
+from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.push import Counts
 from homeserver.sync.filter import EventFilter, SyncFilter
@@ -117,6 +119,45 @@ class PresenceSection:
         events = [e for e in events if presence_filter.allows(e["type"], e["sender"])]
         if events:
             response.setdefault("presence", {})["events"] = events
+
+
+class KnockSection:
+    """rooms.knock: rooms the user has knocked on, with their stripped state."""
+
+    def __init__(self, events: EventStore) -> None:
+        self.events = events
+
+    async def sync_part(
+        self,
+        requester: Requester,
+        since: int | None,
+        upto: int,
+        joined: list[str],
+        filter_json: dict[str, Any],
+        response: dict[str, Any],
+    ) -> None:
+        memberships = await self.events.get_memberships_for_user(requester.user_id)
+        knocks = [
+            (room_id, event_id)
+            for room_id, membership, event_id, stream in memberships
+            if membership == "knock" and stream <= upto and (since is None or stream > since)
+        ]
+        if not knocks:
+            return
+        section = response["rooms"].setdefault("knock", {})
+        for room_id, event_id in knocks:
+            state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
+            stripped = [stripped_state(s) for s in state.values()]
+            own = await self.events.get_event(event_id)
+            if own is not None:
+                stripped.append(
+                    {
+                        **stripped_state(own),
+                        "event_id": own.event.event_id,
+                        "origin_server_ts": own.event.origin_server_ts,
+                    }
+                )
+            section[room_id] = {"knock_state": {"events": stripped}}
 
 
 def empty_room() -> dict[str, Any]:
