@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bridge.client import FederationClient, FederationError, RemoteError, fed_path
 from bridge.discovery import AddressFilter
+from bridge.e2ee import FederatedE2EE
 from bridge.edus import EduHandler, room_servers
 from bridge.events_in import EventRejected, FederationEventHandler
 from bridge.handler import FederationHandler
@@ -28,6 +29,7 @@ from bridge.server import create_federation_app
 from bridge.state import StateTracker
 from bridge.store import FederationStore
 from bridge.tls import client_context, server_context
+from homeserver.api.keys import e2ee_services
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
@@ -263,6 +265,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return
     fed = Federation(hs)
     fed.install()
+    e2ee = FederatedE2EE(hs, e2ee_services(app, hs), fed.client, fed.queue)
+    e2ee.install()
+    fed.extra_routes.extend(e2ee.routes())
+    fed.handler.edu_handlers["m.direct_to_device"] = e2ee.on_direct_to_device
+    fed.handler.edu_handlers["m.device_list_update"] = e2ee.on_device_list_update
+    fed.handler.edu_handlers["m.signing_key_update"] = e2ee.on_device_list_update
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 
