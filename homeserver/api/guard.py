@@ -7,7 +7,8 @@ handler, so API modules stay thin and do not each repeat these checks:
   naming identifiers (`room_id`, `user_id`, `alias`, `event_id`, `room_id_or_alias`)
   must follow the spec's grammar. Selected bodies (filters) have smaller size caps
   than the app-wide `limits.max_request_bytes`. Rejections are 400 `M_INVALID_PARAM`
-  or 413 `M_TOO_LARGE`.
+  or 413 `M_TOO_LARGE`; JSON values that cannot be canonical (floats, integers beyond
+  2**53) reaching event building become 400 `M_BAD_JSON` instead of a 500.
 * **Rate limits.** A table maps (method, route) to the named limiters of
   `homeserver.ratelimit.RateLimits` charged for it, keyed by the requesting user.
   Server admins are exempt. Every 429 `M_LIMIT_EXCEEDED` leaving the app (also from
@@ -28,6 +29,7 @@ from aiohttp.typedefs import Middleware
 from homeserver import jsonutil
 from homeserver.api.http import json_response
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.canonical import CanonicalJsonError
 from homeserver.events.identifiers import is_v12_room_id, is_valid_server_name, is_valid_user_id
 from homeserver.handlers.auth import REQUESTER_KEY, AuthHandler, Requester
 from homeserver.ratelimit import LimitExceeded, RateLimiter, RateLimits, retry_after_seconds
@@ -126,6 +128,11 @@ RATE_LIMITED_ROUTES: dict[tuple[str, str], tuple[Charge, ...]] = {
     ("POST", _C + "/keys/claim"): (Charge("key_claims"),),
 }
 
+# Membership targets named in the body must be user IDs (checked before any room lookup).
+TARGET_ROUTES = frozenset(
+    ("POST", _ROOM + "/" + action) for action in ("invite", "kick", "ban", "unban")
+) | {("POST", _C + "/createRoom")}
+
 # Bodies with a tighter cap than the app-wide limit.
 BODY_LIMITS: dict[tuple[str, str], int] = {
     ("POST", _C + "/user/{user_id}/filter"): MAX_FILTER_BYTES,
@@ -138,7 +145,8 @@ def route_key(request: web.Request) -> tuple[str, str]:
 
 
 async def _invite_targets(request: web.Request) -> list[str]:
-    """Who this request invites (best effort: the handler validates the body properly)."""
+    """Whom this request targets: the body's `user_id`, or createRoom's `invite` list
+    (best effort: the handler validates the body properly)."""
     try:
         body = jsonutil.loads(await request.read() or b"{}")
     except ValueError:
@@ -167,6 +175,10 @@ def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
         try:
             await _before(request)
             return await handler(request)
+        except CanonicalJsonError as e:
+            # Client JSON that cannot go into an event (floats, integers beyond 2**53) is the
+            # client's error, not ours; event building only finds out late.
+            raise MatrixError(400, Codes.BAD_JSON, f"Bad JSON value: {e}") from None
         except MatrixError as e:
             if e.errcode != Codes.LIMIT_EXCEEDED:
                 raise
@@ -184,6 +196,10 @@ def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
         cap = BODY_LIMITS.get(key)
         if cap is not None and ((request.content_length or 0) > cap or len(await request.read()) > cap):
             raise MatrixError(413, Codes.TOO_LARGE, "Request body too large")
+        if key in TARGET_ROUTES:
+            for target in await _invite_targets(request):
+                if not is_valid_user_id(target):
+                    raise MatrixError(400, Codes.INVALID_PARAM, "user_id is not a valid user ID")
         charges = RATE_LIMITED_ROUTES.get(key)
         if charges and hs.config.rate_limits.enabled:
             await _rate_limit(request, charges)
