@@ -64,7 +64,7 @@ BAD_PATHS = [
 async def test_bad_path_parameters(
     ctx: dict[str, Any], http: aiohttp.ClientSession, method: str, path: str
 ) -> None:
-    body = {} if method in ("PUT", "POST") else None
+    body: dict[str, Any] | None = {} if method in ("PUT", "POST") else None
     status, out = await call(http, ctx, method, path.replace("{room}", quote(ctx["room"])), json=body)
     assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), out
 
