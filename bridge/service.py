@@ -30,6 +30,7 @@ from bridge.state import StateTracker
 from bridge.store import FederationStore
 from bridge.tls import client_context, server_context
 from homeserver.api.keys import e2ee_services
+from homeserver.api.profile import get_profile_handler
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
@@ -171,6 +172,24 @@ class Federation:
             raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
         return room_id, [s for s in servers or [] if isinstance(s, str)]
 
+    async def remote_profile(self, user_id: str, field: str | None) -> dict[str, Any]:
+        query = {"user_id": user_id}
+        if field is not None:
+            query["field"] = field
+        try:
+            body = await self.client.get(
+                _domain(user_id), "/_matrix/federation/v1/query/profile", query=query
+            )
+        except RemoteError as e:
+            if e.status == 404:
+                raise MatrixError(404, Codes.NOT_FOUND, "Profile not found") from None
+            raise MatrixError(502, Codes.UNKNOWN, "The user's server refused the profile lookup") from None
+        except FederationError:
+            raise MatrixError(502, Codes.UNKNOWN, "Could not reach the user's server") from None
+        if not isinstance(body, dict):
+            raise MatrixError(502, Codes.UNKNOWN, "Malformed profile from the user's server")
+        return {k: v for k, v in body.items() if isinstance(k, str) and isinstance(v, str)}
+
     # Local events out ---------------------------------------------------------------------------
 
     async def on_local_event(self, event: Event, stream_id: int) -> None:
@@ -271,6 +290,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     fed.handler.edu_handlers["m.direct_to_device"] = e2ee.on_direct_to_device
     fed.handler.edu_handlers["m.device_list_update"] = e2ee.on_device_list_update
     fed.handler.edu_handlers["m.signing_key_update"] = e2ee.on_device_list_update
+    get_profile_handler(app, hs).remote_lookup = fed.remote_profile
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 

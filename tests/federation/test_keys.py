@@ -93,3 +93,25 @@ def test_parse_authorization_variants() -> None:
     assert auth.key_id == "ed25519:1"
     assert auth.signature == 'abc"d'
     assert auth.destination == "b"
+
+
+def test_rotated_keys_are_published_as_old_verify_keys(tmp_path: Any) -> None:
+    from bridge.keys import LocalKeys, load_old_keys, rotate_signing_key
+    from homeserver.clock import Clock
+    from homeserver.events import encode_signing_key, generate_signing_key, verify_key_id
+    from homeserver.server import load_or_create_signing_key
+
+    path = str(tmp_path / "signing.key")
+    with open(path, "w") as f:
+        f.write(encode_signing_key(generate_signing_key("old")) + "\n")
+    old = load_or_create_signing_key(path)
+    new = rotate_signing_key(path, now_ms=1234)
+    assert verify_key_id(load_or_create_signing_key(path)) == verify_key_id(new) != verify_key_id(old)
+    local = LocalKeys("hs.example", new, load_old_keys(path), Clock())
+    response = local.key_response()
+    assert response["old_verify_keys"] == {
+        verify_key_id(old): {"key": encode_verify_key(old), "expired_ts": 1234}
+    }
+    keys = parse_key_response(response, "hs.example", 0)
+    assert keys[verify_key_id(old)].valid_until_ts == 1234
+    assert keys[verify_key_id(new)].valid_until_ts > 1234

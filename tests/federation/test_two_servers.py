@@ -165,3 +165,49 @@ async def test_history_backfilled_on_join(test_ca: CertAuthority, tmp_dirs: tupl
 async def _membership_on(srv: object, room_id: str, user_id: str, membership: str) -> bool:
     found = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
     return found is not None and found[0] == membership
+
+
+async def test_profile_alias_join_and_server_acl(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        await bob.call("PUT", f"/profile/{bob.user_id}/displayname", {"displayname": "Bob B."})
+        profile = await alice.call("GET", f"/profile/{bob.user_id}")
+        assert profile["displayname"] == "Bob B."
+
+        room_id = await alice.create_room(preset="public_chat", room_alias_name="fedroom")
+        alias = f"#fedroom:{a.server_name}"
+        assert (await bob.join(alias))["room_id"] == room_id
+        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined by alias")
+        await bob.send(room_id, "allowed")
+        await wait_for(lambda: _has_body(alice, room_id, "allowed"), what="message before the ACL")
+
+        # An ACL refusing IP-literal servers shuts B out: A drops B's events from then on.
+        acl_id = await alice.state(room_id, "m.room.server_acl", {"allow": ["*"], "allow_ip_literals": False})
+        await wait_for(lambda: _has_event(b, acl_id), what="ACL on B")
+        await bob.send(room_id, "after acl")
+        fb = federation_of(b)
+        assert await fb.queue.idle(10)
+        assert "after acl" not in await room_bodies(alice, room_id)
+
+
+async def _has_event(srv: object, event_id: str) -> bool:
+    return await srv.hs.events.get_event(event_id) is not None  # type: ignore[attr-defined]
+
+
+def test_acl_matching() -> None:
+    from bridge.acl import server_allowed
+
+    acl = {"allow": ["*.example.org", "good.net"], "deny": ["bad.example.org"], "allow_ip_literals": False}
+    assert server_allowed("a.example.org:8448", acl)
+    assert server_allowed("good.net", acl)
+    assert not server_allowed("bad.example.org", acl)
+    assert not server_allowed("evil.com", acl)
+    assert not server_allowed("127.0.0.1:8448", acl)
+    assert not server_allowed("[::1]:8448", acl)
+    assert server_allowed("127.0.0.1:1", {"allow": ["*"]})
+    assert not server_allowed("x.org", {})
