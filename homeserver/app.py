@@ -16,11 +16,13 @@ from bridge import service as federation
 from homeserver.api import (
     account,
     account_data,
+    admin,
     devices,
     directory,
     discovery,
     events_api,
     filters,
+    guard,
     guard,
     keys,
     knock,
@@ -57,6 +59,7 @@ AreaSetup = Callable[[web.Application, HomeServer], None]
 # Order matters only for overlapping paths; more specific areas first.
 AREAS: list[AreaSetup] = [
     guard.setup,
+    guard.setup,
     discovery.setup,
     register.setup,
     login.setup,
@@ -84,6 +87,7 @@ AREAS: list[AreaSetup] = [
     spaces.setup,
     sync.setup,
     federation.setup,
+    admin.setup,
     metrics.setup,
 ]
 

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 
 from homeserver.clock import Clock
+from tests.support.http import RawClient
 
 
 class FakeClock(Clock):
@@ -43,3 +44,28 @@ async def raw(
         except ValueError:
             body = await resp.text()
         return resp.status, body, dict(resp.headers)
+
+
+class Client(RawClient):
+    """RawClient that also reaches /_synapse/admin paths unprefixed."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> tuple[int, Any]:
+        if path.startswith("/_synapse"):
+            status, body, _ = await raw(
+                self.session,
+                method,
+                self.base_url + path,
+                token=self.token,
+                json=json,
+                params=params,
+                data=data,
+            )
+            return status, body
+        return await super().request(method, path, json=json, params=params, data=data)

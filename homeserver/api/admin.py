@@ -1,0 +1,182 @@
+"""The Synapse-compatible admin API subset under /_synapse/admin (server admins only).
+
+    GET    /_synapse/admin/v1/server_version
+    GET    /_synapse/admin/v2/users                      list users (from, limit, name, user_id,
+                                                         guests, deactivated, admins, order_by, dir)
+    GET    /_synapse/admin/v2/users/{user_id}            query one user
+    POST   /_synapse/admin/v1/deactivate/{user_id}       {"erase": bool}
+    POST   /_synapse/admin/v1/reset_password/{user_id}   {"new_password": str, "logout_devices": bool}
+    GET    /_synapse/admin/v1/rooms                      list rooms (from, limit, order_by, dir,
+                                                         search_term)
+    GET    /_synapse/admin/v1/rooms/{room_id}            room details (also /members, /state)
+    DELETE /_synapse/admin/v1/rooms/{room_id}            delete (and by default purge) a room
+    DELETE /_synapse/admin/v2/rooms/{room_id}            the same in the background: {"delete_id"}
+    GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
+
+Anyone else gets 403 M_FORBIDDEN (401 without a valid token), whatever the path names.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.devices import get_device_handler
+from homeserver.api.http import json_response, query_int, read_json, require_str
+from homeserver.errors import Codes, MatrixError, bad_json, forbidden
+from homeserver.handlers.admin import AdminHandler, server_version
+from homeserver.server import HomeServer
+from homeserver.storage.admin import AdminStore
+
+ADMIN_KEY = web.AppKey("sotto.admin", AdminHandler)
+
+V1 = "/_synapse/admin/v1"
+V2 = "/_synapse/admin/v2"
+
+
+def _bool_query(request: web.Request, name: str, default: bool | None) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw.lower() not in ("true", "false"):
+        raise MatrixError(400, Codes.INVALID_PARAM, f"{name} must be true or false")
+    return raw.lower() == "true"
+
+
+def _dir_backwards(request: web.Request) -> bool:
+    direction = request.query.get("dir", "f")
+    if direction not in ("f", "b"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
+    return direction == "b"
+
+
+def _bool_body(body: dict[str, object], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_json(f"{key} must be a boolean")
+    return value
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    admin = AdminHandler(
+        AdminStore(hs.db, hs.server_name),
+        hs.accounts,
+        hs.events,
+        hs.aliases,
+        hs.creator,
+        hs.auth,
+        hs.passwords,
+        get_device_handler(app, hs),
+        hs.clock,
+        hs.server_name,
+    )
+    app[ADMIN_KEY] = admin
+
+    async def require_admin(request: web.Request) -> None:
+        requester = await hs.auth.get_requester(request)
+        if not requester.is_admin:
+            raise forbidden("You are not a server admin")
+
+    async def version(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response({"server_version": server_version()})
+
+    async def list_users(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(
+            await admin.list_users(
+                offset=query_int(request, "from", 0),
+                limit=query_int(request, "limit", 100, minimum=1),
+                name=request.query.get("name"),
+                user_id=request.query.get("user_id"),
+                guests=bool(_bool_query(request, "guests", True)),
+                deactivated=bool(_bool_query(request, "deactivated", False)),
+                admins=_bool_query(request, "admins", None),
+                order_by=request.query.get("order_by", "name"),
+                backwards=_dir_backwards(request),
+            )
+        )
+
+    async def query_user(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(await admin.query_user(request.match_info["user_id"]))
+
+    async def deactivate(request: web.Request) -> web.Response:
+        await require_admin(request)
+        body = await read_json(request, allow_empty=True)
+        erase = _bool_body(body, "erase", False)
+        return json_response(await admin.deactivate(request.match_info["user_id"], erase=erase))
+
+    async def reset_password(request: web.Request) -> web.Response:
+        await require_admin(request)
+        body = await read_json(request)
+        password = require_str(body, "new_password")
+        logout = _bool_body(body, "logout_devices", True)
+        await admin.reset_password(request.match_info["user_id"], password, logout_devices=logout)
+        return json_response({})
+
+    async def list_rooms(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(
+            await admin.list_rooms(
+                offset=query_int(request, "from", 0),
+                limit=query_int(request, "limit", 100, minimum=1),
+                order_by=request.query.get("order_by", "name"),
+                backwards=_dir_backwards(request),
+                search_term=request.query.get("search_term"),
+            )
+        )
+
+    async def room_details(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(await admin.room_details(request.match_info["room_id"]))
+
+    async def room_members(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(await admin.room_members(request.match_info["room_id"]))
+
+    async def room_state(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(await admin.room_state(request.match_info["room_id"]))
+
+    async def delete_room(request: web.Request) -> web.Response:
+        await require_admin(request)
+        purge = admin.parse_delete(await read_json(request, allow_empty=True))
+        return json_response(await admin.delete_room(request.match_info["room_id"], purge=purge))
+
+    async def delete_room_v2(request: web.Request) -> web.Response:
+        await require_admin(request)
+        room_id = request.match_info["room_id"]
+        purge = admin.parse_delete(await read_json(request, allow_empty=True))
+        if await hs.events.get_room_version(room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
+        return json_response({"delete_id": admin.start_delete(room_id, purge=purge)})
+
+    async def delete_status_by_room(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(admin.delete_statuses(request.match_info["room_id"]))
+
+    async def delete_status_by_id(request: web.Request) -> web.Response:
+        await require_admin(request)
+        return json_response(admin.delete_status(request.match_info["delete_id"]))
+
+    async def finish_deletes(_app: web.Application) -> None:
+        await admin.wait_for_deletes()
+
+    app.on_shutdown.append(finish_deletes)
+    app.router.add_routes(
+        [
+            web.get(V1 + "/server_version", version),
+            web.get(V2 + "/users", list_users),
+            web.get(V2 + "/users/{user_id}", query_user),
+            web.post(V1 + "/deactivate/{user_id}", deactivate),
+            web.post(V1 + "/reset_password/{user_id}", reset_password),
+            web.get(V1 + "/rooms", list_rooms),
+            web.get(V1 + "/rooms/{room_id}", room_details),
+            web.get(V1 + "/rooms/{room_id}/members", room_members),
+            web.get(V1 + "/rooms/{room_id}/state", room_state),
+            web.delete(V1 + "/rooms/{room_id}", delete_room),
+            web.delete(V2 + "/rooms/{room_id}", delete_room_v2),
+            web.get(V2 + "/rooms/{room_id}/delete_status", delete_status_by_room),
+            web.get(V2 + "/rooms/delete_status/{delete_id}", delete_status_by_id),
+        ]
+    )

@@ -1,0 +1,233 @@
+"""Queries for the admin API: listing users and rooms, room summaries, and purging a room.
+
+Read queries are paged by offset (as Synapse's admin API is). `purge_room` removes every
+row that belongs to a room from every table that has a `room_id` column (and rows keyed
+only by the room's event IDs), in one transaction; tables added later by other areas are
+covered without changes here. Users' key backups (`e2e_room_keys`) are theirs and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver import jsonutil
+from homeserver.storage import all_schemas  # noqa: F401  (every table is on `metadata` for purge_room)
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import current_state, devices, events, metadata, rooms, users
+
+# Tables whose room_id rows survive a purge: they belong to users, not to the room.
+KEEP_ON_PURGE = frozenset({"e2e_room_keys"})
+
+# The room state a summary shows (all with state key "").
+SUMMARY_TYPES = (
+    "m.room.create",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.join_rules",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.encryption",
+)
+
+
+@dataclass(slots=True)
+class UserRow:
+    user_id: str
+    is_admin: bool
+    is_guest: bool
+    deactivated: bool
+    created_ts: int
+    displayname: str | None
+    avatar_url: str | None
+    has_password: bool
+    last_seen_ts: int | None = None
+
+
+@dataclass(slots=True)
+class RoomSummary:
+    room_id: str
+    version: str
+    creator: str | None
+    public: bool
+    created_ts: int
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)  # type -> content
+    joined_members: int = 0
+    joined_local_members: int = 0
+    state_events: int = 0
+
+
+def _user(row: Any, last_seen: int | None = None) -> UserRow:
+    return UserRow(
+        user_id=row.user_id,
+        is_admin=bool(row.is_admin),
+        is_guest=bool(row.is_guest),
+        deactivated=bool(row.deactivated),
+        created_ts=int(row.created_ts),
+        displayname=row.displayname,
+        avatar_url=row.avatar_url,
+        has_password=row.password_hash is not None,
+        last_seen_ts=last_seen,
+    )
+
+
+class AdminStore:
+    def __init__(self, db: Database, server_name: str) -> None:
+        self.db = db
+        self.server_name = server_name
+
+    # Users ---------------------------------------------------------------------------------
+
+    async def list_users(
+        self,
+        *,
+        offset: int,
+        limit: int,
+        name: str | None,
+        user_id: str | None,
+        guests: bool,
+        deactivated: bool,
+        admins: bool | None,
+        order_by: str,
+        backwards: bool,
+    ) -> tuple[list[UserRow], int]:
+        """A page of users and the total number matching the filters."""
+        conds: list[Any] = []
+        if name:
+            conds.append(
+                or_(
+                    users.c.user_id.contains(name, autoescape=True),
+                    users.c.displayname.contains(name, autoescape=True),
+                )
+            )
+        if user_id:
+            conds.append(users.c.user_id.contains(user_id, autoescape=True))
+        if not guests:
+            conds.append(users.c.is_guest.is_(False))
+        if not deactivated:
+            conds.append(users.c.deactivated.is_(False))
+        if admins is not None:
+            conds.append(users.c.is_admin.is_(admins))
+        columns = {
+            "name": users.c.user_id,
+            "displayname": users.c.displayname,
+            "creation_ts": users.c.created_ts,
+            "admin": users.c.is_admin,
+            "deactivated": users.c.deactivated,
+            "is_guest": users.c.is_guest,
+        }
+        column = columns.get(order_by, users.c.user_id)
+        order = [column.desc() if backwards else column.asc(), users.c.user_id.asc()]
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(users).where(*conds))).scalar_one()
+            rows = (
+                await conn.execute(select(users).where(*conds).order_by(*order).offset(offset).limit(limit))
+            ).all()
+            seen = await self._last_seen(conn, [r.user_id for r in rows])
+        return [_user(r, seen.get(r.user_id)) for r in rows], int(total)
+
+    async def get_user(self, user_id: str) -> UserRow | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(users).where(users.c.user_id == user_id))).first()
+            if row is None:
+                return None
+            seen = await self._last_seen(conn, [user_id])
+        return _user(row, seen.get(user_id))
+
+    @staticmethod
+    async def _last_seen(conn: AsyncConnection, user_ids: list[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        q = (
+            select(devices.c.user_id, func.max(devices.c.last_seen_ts))
+            .where(devices.c.user_id.in_(user_ids))
+            .group_by(devices.c.user_id)
+        )
+        return {r[0]: int(r[1]) for r in await conn.execute(q) if r[1] is not None}
+
+    # Rooms ---------------------------------------------------------------------------------
+
+    async def room_ids(self) -> list[str]:
+        async with self.db.read() as conn:
+            return [r[0] for r in await conn.execute(select(rooms.c.room_id).order_by(rooms.c.room_id))]
+
+    async def room_summaries(self, room_ids: Collection[str] | None = None) -> list[RoomSummary]:
+        """Summaries of the given rooms (all rooms when None), in four queries."""
+        where_rooms: list[Any] = [] if room_ids is None else [rooms.c.room_id.in_(list(room_ids))]
+        where_state: list[Any] = [] if room_ids is None else [current_state.c.room_id.in_(list(room_ids))]
+        async with self.db.read() as conn:
+            out = {
+                r.room_id: RoomSummary(
+                    r.room_id, r.room_version, r.creator, bool(r.is_public), int(r.created_ts)
+                )
+                for r in await conn.execute(select(rooms).where(*where_rooms))
+            }
+            state_rows = await conn.execute(
+                select(current_state.c.room_id, current_state.c.type, events.c.json)
+                .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+                .where(*where_state, current_state.c.type.in_(SUMMARY_TYPES), current_state.c.state_key == "")
+            )
+            for room_id, type_, raw in state_rows:
+                if room_id in out:
+                    content = jsonutil.loads(raw).get("content")
+                    out[room_id].state[type_] = content if isinstance(content, dict) else {}
+            members = await conn.execute(
+                select(current_state.c.room_id, current_state.c.state_key).where(
+                    *where_state,
+                    current_state.c.type == "m.room.member",
+                    current_state.c.membership == "join",
+                )
+            )
+            suffix = ":" + self.server_name
+            for room_id, user_id in members:
+                if room_id in out:
+                    out[room_id].joined_members += 1
+                    out[room_id].joined_local_members += user_id.endswith(suffix)
+            counts = await conn.execute(
+                select(current_state.c.room_id, func.count())
+                .where(*where_state)
+                .group_by(current_state.c.room_id)
+            )
+            for room_id, count in counts:
+                if room_id in out:
+                    out[room_id].state_events = int(count)
+        return list(out.values())
+
+    async def count_local_devices(self, user_ids: Collection[str]) -> int:
+        if not user_ids:
+            return 0
+        async with self.db.read() as conn:
+            q = select(func.count()).select_from(devices).where(devices.c.user_id.in_(list(user_ids)))
+            return int((await conn.execute(q)).scalar_one())
+
+    # Purge ---------------------------------------------------------------------------------
+
+    async def purge_room(self, room_id: str) -> dict[str, int]:
+        """Delete everything stored for `room_id`; returns rows deleted per table."""
+        room_events = select(events.c.event_id).where(events.c.room_id == room_id).scalar_subquery()
+        by_room: list[Table] = []
+        by_event: list[Table] = []
+        for table in metadata.sorted_tables:
+            if table.name in KEEP_ON_PURGE:
+                continue
+            if "room_id" in table.c:
+                by_room.append(table)
+            elif "event_id" in table.c:
+                by_event.append(table)
+        deleted: dict[str, int] = {}
+        async with self.db.write() as conn:
+            # Rows keyed by event ID first: they are found through the room's events.
+            for table in by_event:
+                result = await conn.execute(delete(table).where(table.c.event_id.in_(room_events)))
+                deleted[table.name] = result.rowcount
+            # Children before parents, in case a table has a foreign key to another.
+            for table in reversed(by_room):
+                result = await conn.execute(delete(table).where(table.c.room_id == room_id))
+                deleted[table.name] = result.rowcount
+        return {k: v for k, v in deleted.items() if v}
