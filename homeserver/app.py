@@ -23,7 +23,6 @@ from homeserver.api import (
     events_api,
     filters,
     guard,
-    guard,
     keys,
     knock,
     login,
@@ -58,7 +57,6 @@ AreaSetup = Callable[[web.Application, HomeServer], None]
 
 # Order matters only for overlapping paths; more specific areas first.
 AREAS: list[AreaSetup] = [
-    guard.setup,
     guard.setup,
     discovery.setup,
     register.setup,
