@@ -103,6 +103,7 @@ class Federation:
         self.handler.edu_handlers["m.typing"] = self.edus.on_typing
         self.handler.edu_handlers["m.receipt"] = self.edus.on_receipt
         self.membership.after_join.append(self.backfill)
+        self.inbound.accepted_listeners.append(self.on_remote_event)
         self._wrap_room_handler()
 
     def _wrap_room_handler(self) -> None:
@@ -190,9 +191,28 @@ class Federation:
             raise MatrixError(502, Codes.UNKNOWN, "Malformed profile from the user's server")
         return {k: v for k, v in body.items() if isinstance(k, str) and isinstance(v, str)}
 
+    async def on_remote_event(self, event: Event, stream_id: int) -> None:
+        """Remote events accepted into a timeline reach the same listeners as local ones (push,
+        search, user directory ...), except federation's own sender."""
+        for listener in list(self.hs.creator.listeners):
+            if listener == self.on_local_event:
+                continue
+            try:
+                await listener(event, stream_id)
+            except Exception:
+                log.exception("event listener failed for remote event %s", event.event_id)
+
     # Local events out ---------------------------------------------------------------------------
 
     async def on_local_event(self, event: Event, stream_id: int) -> None:
+        try:
+            await self._send_local_event(event)
+        except Exception:
+            # The event is committed; remote servers will still learn of it through the
+            # prev_events of later events (get_missing_events).
+            log.exception("queueing local event %s for federation failed", event.event_id)
+
+    async def _send_local_event(self, event: Event) -> None:
         async with self.tracker.room_lock(event.room_id):
             before = await self.tracker.state_before(event)
             if before is None:

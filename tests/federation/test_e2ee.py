@@ -58,6 +58,10 @@ async def _invited(srv: RunningServer, room_id: str, user_id: str) -> bool:
     return found is not None and found[0] == "invite"
 
 
+# The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def synapse(test_ca: CertAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
     server = SynapseServer(str(tmp_path_factory.mktemp("synapse-e2ee")), test_ca)

@@ -12,6 +12,10 @@ from tests.federation.support import CertAuthority, Client, fed_server, room_bod
 from tests.federation.synapse import SynapseServer
 
 
+# The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
+pytestmark = pytest.mark.timeout(900)
+
+
 @pytest.fixture(scope="module")
 def synapse(test_ca: CertAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
     server = SynapseServer(str(tmp_path_factory.mktemp("synapse")), test_ca)
