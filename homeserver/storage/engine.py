@@ -1,10 +1,22 @@
 """Database engine: connections, the write path and stream positions.
 
-Invariant: all writes go through `Database.write()`, which serialises them
-with one lock per process. Stream IDs are allocated inside that lock, so rows
-become visible in stream order and a sync at position N never misses a row
-below N that commits later. (Several workers on PostgreSQL need a shared
-sequence instead; see docs/operations.md.)
+Invariant: all writes go through `Database.write()`, and stream positions are
+allocated inside it (`next_stream_id()`), so rows become visible in stream order
+and a sync at position N never misses a row at or below N that commits later.
+`current_stream_id` is the highest position below which everything is committed.
+
+- SQLite (one process): one asyncio lock per process serialises writes and the
+  counter lives in memory. Positions handed out in a rolled-back transaction are
+  skipped, never reused.
+- PostgreSQL (one or several worker processes): the asyncio lock still serialises a
+  process's own writers, and each transaction also locks the shared `stream_positions`
+  row (see homeserver.storage.postgres), so writers in all processes commit in position
+  order. Positions of a rolled-back transaction are reused by the next writer, which is
+  safe because nothing at those positions was ever visible. Other workers' commits
+  become visible here through `observe_stream_position()` (fed by Redis) or
+  `refresh_stream_position()`. Reads run in autocommit mode: each statement sees the
+  latest committed data, exactly as in a READ COMMITTED transaction, without the
+  BEGIN/ROLLBACK round trips.
 """
 
 from __future__ import annotations
@@ -12,13 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from homeserver.storage import postgres
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +50,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 class Database:
-    def __init__(self, url: str, base_dir: str = ".") -> None:
+    def __init__(self, url: str, base_dir: str = ".", *, pool_size: int = 10, max_overflow: int = 20) -> None:
         sa_url = make_url(url)
         self.is_sqlite = sa_url.get_backend_name() == "sqlite"
+        self.is_postgres = sa_url.get_backend_name() == "postgresql"
         if self.is_sqlite and sa_url.database and sa_url.database != ":memory:":
             path = sa_url.database
             if not os.path.isabs(path):
@@ -47,30 +63,55 @@ class Database:
         self.url = sa_url
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            # No pre-ping (a round trip per checkout): a connection broken by a database
+            # restart fails one request, and SQLAlchemy then recycles the whole pool.
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=10)
         self.engine: AsyncEngine = create_async_engine(sa_url, **kwargs)
+        self._reader: AsyncEngine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else self.engine
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()
+        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._stream_id = 0
         self._persisted = 0
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may write to this database (stream positions live in it)."""
+        return self.is_postgres
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._reader.connect() as conn:
             yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction on the single write path; commits on normal exit."""
-        # Positions handed out in a rolled-back transaction are skipped, never reused.
         async with self._write_lock:
+            if not self.shared:
+                try:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                finally:
+                    # Everything allocated so far is now committed (or abandoned): readers may see it.
+                    self._persisted = self._stream_id
+                return
+            committed = False
             try:
                 async with self.engine.begin() as conn:
+                    base = await postgres.lock_stream(conn)
+                    self.observe_stream_position(base)
+                    self._stream_id = base
                     yield conn
+                    if self._stream_id != base:
+                        await postgres.store_stream(conn, self._stream_id)
+                committed = True
             finally:
-                # Everything allocated so far is now committed (or abandoned): readers may see it.
-                self._persisted = self._stream_id
+                if committed:
+                    self.observe_stream_position(self._stream_id)
 
     def next_stream_id(self) -> int:
         """Allocate a stream position. Only call inside `write()`."""
@@ -83,18 +124,75 @@ class Database:
         """The highest position whose transaction has finished: safe for readers."""
         return self._persisted
 
+    def observe_stream_position(self, position: int) -> bool:
+        """Record that everything up to `position` is committed (e.g. by another worker).
+
+        Returns True if that moved `current_stream_id` forward."""
+        if position > self._persisted:
+            self._persisted = position
+            return True
+        return False
+
+    async def refresh_stream_position(self) -> int:
+        """Catch up with commits made by other processes; returns `current_stream_id`."""
+        if self.shared:
+            async with self.read() as conn:
+                self.observe_stream_position(await postgres.read_stream(conn))
+        return self._persisted
+
+    async def catch_up(self, position: int) -> None:
+        """Make `current_stream_id` reach `position` if it is committed anywhere.
+
+        A client's sync token may come from another worker that is ahead of this one."""
+        if position > self._persisted and self.shared:
+            await self.refresh_stream_position()
+
     async def load_stream_position(self) -> None:
         from homeserver.storage.schema import metadata
 
         best = 0
         async with self.read() as conn:
-            for table in metadata.sorted_tables:
-                if "stream_id" in table.c:
-                    value = (await conn.execute(select(func.max(table.c.stream_id)))).scalar()
-                    best = max(best, int(value or 0))
+            if self.shared:
+                # The migration seeded the row from the tables; every write since keeps it.
+                best = await postgres.read_stream(conn)
+            else:
+                for table in metadata.sorted_tables:
+                    if "stream_id" in table.c:
+                        value = (await conn.execute(select(func.max(table.c.stream_id)))).scalar()
+                        best = max(best, int(value or 0))
         self._stream_id = best
         self._persisted = best
         log.info("stream position loaded: %d", best)
+
+    def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
+        """Serialise event creation in one room, across every process sharing the database."""
+        lock = self._room_locks.get(room_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._room_locks[room_id] = lock
+        return self._room_lock(lock, room_id)
+
+    @asynccontextmanager
+    async def _room_lock(self, lock: asyncio.Lock, room_id: str) -> AsyncIterator[None]:
+        async with lock:
+            if not self.shared:
+                yield
+                return
+            async with postgres.advisory_lock(self._reader, "room:" + room_id):
+                yield
+
+    def leader(self, name: str, *, retry_s: float = 2.0, check_s: float = 5.0) -> postgres.Leader:
+        """A leader election for singleton work (see `postgres.Leader`); start() it to take part."""
+        return postgres.Leader(self._reader if self.shared else None, name, retry_s=retry_s, check_s=check_s)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """Whether the database answers a trivial query within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self.read() as conn:
+                await conn.scalar(select(literal(1)))
+            return True
+        except Exception:
+            return False
 
     async def close(self) -> None:
         await self.engine.dispose()

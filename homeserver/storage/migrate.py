@@ -10,9 +10,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from homeserver.storage.engine import Database
+from homeserver.storage.postgres import lock_key
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 
@@ -31,4 +33,7 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(db: Database) -> None:
     async with db.engine.begin() as conn:
+        if db.is_postgres:
+            # Workers starting together migrate one at a time; the later ones find nothing to do.
+            await conn.execute(select(func.pg_advisory_xact_lock(lock_key("sotto:migrate"))))
         await conn.run_sync(_upgrade)
