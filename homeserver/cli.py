@@ -63,10 +63,15 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from homeserver.app import create_app
+    from homeserver import workers
+    from homeserver.app import HS_KEY, create_app
 
     config = load_config(args.config)
     _setup_logging(config.log_level)
+    count = args.workers or config.workers.count
+    if count > 1 and args.worker_index is None:
+        # The supervisor runs the workers (this same command with --worker-index) and serves nothing.
+        raise SystemExit(workers.supervise(args.config, config, count))
     loop: asyncio.AbstractEventLoop | None = None
     try:
         import uvloop
@@ -85,7 +90,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # Called by run_app once the socket is bound, so the line is true when it appears.
         print(message, flush=True)
 
-    web.run_app(create_app(config), host=host, port=port, print=announce, loop=loop, access_log=None)
+    app = create_app(config)
+    workers.setup(app, app[HS_KEY])
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=announce,
+        loop=loop,
+        access_log=None,
+        # Workers share the port; the kernel spreads connections over them.
+        reuse_port=args.worker_index is not None,
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -199,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", parents=[common], help="run the homeserver")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes sharing the port (default: workers.count; >1 needs PostgreSQL and Redis)",
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", parents=[common], help="apply database migrations")
@@ -243,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token", default=None, help="use this token instead of a random one")
     p.set_defaults(func=cmd_create_registration_token)
+
+    from homeserver.admin_cli import add_admin_parser
+
+    add_admin_parser(sub, common)
     return parser
 
 

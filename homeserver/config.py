@@ -51,6 +51,22 @@ class DatabaseConfig:
 
 
 @dataclass(slots=True)
+class RedisConfig:
+    # Cross-worker notifications (several `sotto serve` processes on one PostgreSQL database).
+    enabled: bool = False
+    url: str = "redis://127.0.0.1:6379/0"
+    # Pub/sub channel; servers sharing one Redis need different channels.
+    channel: str = "sotto"
+
+
+@dataclass(slots=True)
+class WorkersConfig:
+    # Worker processes started by `sotto serve` (overridden by --workers); more than one
+    # needs PostgreSQL and Redis.
+    count: int = 1
+
+
+@dataclass(slots=True)
 class RegistrationConfig:
     # Open registration is off: accounts come from tokens or the admin CLI.
     enabled: bool = False
@@ -108,6 +124,8 @@ class Config:
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
@@ -142,6 +160,8 @@ _NESTED: dict[str, type[Any]] = {
     "ListenerConfig": ListenerConfig,
     "FederationConfig": FederationConfig,
     "DatabaseConfig": DatabaseConfig,
+    "RedisConfig": RedisConfig,
+    "WorkersConfig": WorkersConfig,
     "RegistrationConfig": RegistrationConfig,
     "LimitsConfig": LimitsConfig,
     "RateLimitConfig": RateLimitConfig,
