@@ -8,9 +8,8 @@ is returned only after the event is committed.
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from signedjson.key import SigningKey
@@ -40,15 +39,11 @@ class EventCreator:
         self.clock = clock
         self.server_name = server_name
         self.signing_key = signing_key
-        self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.listeners: list[EventListener] = []
 
-    def room_lock(self, room_id: str) -> asyncio.Lock:
-        lock = self._room_locks.get(room_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._room_locks[room_id] = lock
-        return lock
+    def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
+        # Per room and, on PostgreSQL, across every worker process sharing the database.
+        return self.store.db.room_lock(room_id)
 
     async def create_and_send(
         self,

@@ -69,6 +69,9 @@ class SyncHandler:
 
     async def sync(self, req: SyncRequest) -> dict[str, Any]:
         deadline = time.monotonic() + req.timeout_ms / 1000
+        if req.since is not None:
+            # The token may come from another worker that is ahead of this one.
+            await self.db.catch_up(req.since.stream)
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
