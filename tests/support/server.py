@@ -16,6 +16,7 @@ from homeserver.app import create_app
 from homeserver.config import Config, config_from_dict
 from homeserver.handlers.users import create_account
 from homeserver.server import HomeServer, build_homeserver
+from tests.support.postgres import fresh_database, use_postgres
 
 
 def free_port() -> int:
@@ -87,6 +88,11 @@ def test_config(tmp_path: str, port: int, **overrides: Any) -> Config:
 
 @asynccontextmanager
 async def run_server(tmp_path: str, **overrides: Any) -> AsyncIterator[RunningServer]:
+    if use_postgres() and "database" not in overrides:
+        # SOTTO_TEST_DATABASE=postgres: the same server on a fresh PostgreSQL database.
+        async with fresh_database() as url, run_server(tmp_path, database={"url": url}, **overrides) as srv:
+            yield srv
+        return
     port = free_port()
     config = test_config(tmp_path, port, **overrides)
     hs = build_homeserver(config)
