@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from homeserver.handlers.uia import (
     valid_token_syntax,
 )
 from homeserver.handlers.users import create_account, validate_localpart
+from homeserver.ratelimit import RateLimiter
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
 
@@ -66,40 +66,6 @@ def validate_password(password: str | None) -> None:
         raise MatrixError(400, Codes.WEAK_PASSWORD, "Password must not be empty")
     if len(password) > MAX_PASSWORD_LEN:
         raise MatrixError(400, Codes.INVALID_PARAM, "Password is too long")
-
-
-class RateLimiter:
-    """Token buckets per key (a client address): `rate` tokens a second, at most `burst`.
-
-    Buckets are kept for the most recent `max_keys` keys only, so memory stays
-    bounded under a flood of addresses. (Login and registration are the only
-    users today; a shared limiter module can take this over.)
-    """
-
-    def __init__(
-        self, clock: Clock, rate: float, burst: int, *, enabled: bool = True, max_keys: int = 10_000
-    ) -> None:
-        self.clock = clock
-        self.rate = rate
-        self.burst = burst
-        self.enabled = enabled and rate > 0
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
-
-    def check(self, key: str) -> None:
-        """Take one token for `key`, or raise 429 M_LIMIT_EXCEEDED."""
-        if not self.enabled:
-            return
-        now = self.clock.monotonic()
-        tokens, at = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            retry_after_ms = int((1.0 - tokens) / self.rate * 1000) + 1
-            raise MatrixError(429, Codes.LIMIT_EXCEEDED, "Too many requests", retry_after_ms=retry_after_ms)
-        self._buckets[key] = (tokens - 1.0, now)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
 
 
 def login_limiter(config: Config, clock: Clock) -> RateLimiter:
