@@ -104,6 +104,32 @@ class FederationClient:
         signed: bool = True,
     ) -> Any:
         """Send a request to `destination` and return its decoded JSON body."""
+        status, _headers, raw = await self.request_raw(
+            method, destination, path, query=query, body=body, timeout=timeout, signed=signed
+        )
+        try:
+            decoded = jsonutil.loads(raw) if raw else {}
+        except ValueError:
+            decoded = None
+        if status >= 300:
+            raise RemoteError(status, decoded)
+        if decoded is None:
+            raise RemoteError(status, {"errcode": "M_NOT_JSON", "error": "response is not JSON"})
+        return decoded
+
+    async def request_raw(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | dict[str, str] | None = None,
+        body: Any | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        signed: bool = True,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send a request; return (status, headers, body bytes) whatever the status."""
         if destination == self.server_name:
             raise FederationError("refusing to send a federation request to ourselves")
         uri = path
@@ -131,23 +157,13 @@ class FederationClient:
             async with self.session().request(
                 method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(raw) > MAX_RESPONSE_BYTES:
+                raw = await resp.content.read(max_bytes + 1)
+                if len(raw) > max_bytes:
                     raise RemoteError(resp.status, {"errcode": "M_TOO_LARGE", "error": "response too large"})
-                status = resp.status
-        except (TimeoutError, aiohttp.ClientError, OSError, ssl.SSLError) as e:
-            raise Unreachable(
-                f"{method} {destination}{path.split('?')[0]}: {type(e).__name__}: {e}"
-            ) from None
-        try:
-            decoded = jsonutil.loads(raw) if raw else {}
-        except ValueError:
-            decoded = None
-        if status >= 300:
-            raise RemoteError(status, decoded)
-        if decoded is None:
-            raise RemoteError(status, {"errcode": "M_NOT_JSON", "error": "response is not JSON"})
-        return decoded
+                return resp.status, dict(resp.headers), raw
+        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as e:
+            where = f"{method} {destination}{path.split('?')[0]}"
+            raise Unreachable(f"{where}: {type(e).__name__}: {e}") from None
 
     async def get(self, destination: str, path: str, **kw: Any) -> Any:
         return await self.request("GET", destination, path, **kw)

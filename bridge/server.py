@@ -76,7 +76,8 @@ def create_federation_app(fed: Federation) -> web.Application:
     def authed(fn: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             origin, content = await authenticate(request)
-            return json_response(await fn(request, origin, content))
+            result = await fn(request, origin, content)
+            return result if isinstance(result, web.Response) else json_response(result)
 
         return handler
 

@@ -22,6 +22,7 @@ from bridge.edus import EduHandler, room_servers
 from bridge.events_in import EventRejected, FederationEventHandler
 from bridge.handler import FederationHandler
 from bridge.keys import KeyRing, LocalKeys, load_old_keys
+from bridge.media import FederatedMedia
 from bridge.membership import MembershipHandler
 from bridge.pdu import PduError
 from bridge.queue import OutboundQueue
@@ -34,6 +35,7 @@ from homeserver.api.profile import get_profile_handler
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
+from homeserver.handlers.cs_services import services as cs_services
 from homeserver.server import HomeServer
 
 log = logging.getLogger(__name__)
@@ -311,6 +313,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     fed.handler.edu_handlers["m.device_list_update"] = e2ee.on_device_list_update
     fed.handler.edu_handlers["m.signing_key_update"] = e2ee.on_device_list_update
     get_profile_handler(app, hs).remote_lookup = fed.remote_profile
+    media = FederatedMedia(hs, cs_services(app, hs).media, fed.client)
+    media.install()
+    fed.extra_routes.extend(media.routes())
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 

@@ -211,3 +211,28 @@ def test_acl_matching() -> None:
     assert not server_allowed("[::1]:8448", acl)
     assert server_allowed("127.0.0.1:1", {"allow": ["*"]})
     assert not server_allowed("x.org", {})
+
+
+async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        data = bytes(range(256)) * 40
+        async with http.post(
+            f"{a.base_url}/_matrix/media/v3/upload",
+            params={"filename": "blob.bin"},
+            data=data,
+            headers={"Authorization": f"Bearer {alice.token}", "Content-Type": "application/octet-stream"},
+        ) as resp:
+            assert resp.status == 200
+            mxc = (await resp.json())["content_uri"]
+        server_name, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        url = f"{b.base_url}/_matrix/client/v1/media/download/{server_name}/{media_id}"
+        for _ in range(2):  # the second download comes from B's cache
+            async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.read() == data
