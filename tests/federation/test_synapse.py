@@ -11,7 +11,6 @@ import pytest
 from tests.federation.support import CertAuthority, Client, fed_server, room_bodies, wait_for
 from tests.federation.synapse import SynapseServer
 
-
 # The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
 pytestmark = pytest.mark.timeout(900)
 
