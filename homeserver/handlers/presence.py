@@ -218,7 +218,9 @@ class PresenceHandler:
     async def sync_events(
         self, user_id: str, joined: list[str], since: int | None, upto: int
     ) -> list[dict[str, Any]]:
-        rows = await self.store.for_rooms_since(joined, [user_id], since, upto)
+        # The user's own presence is left out: it changes as a side effect of syncing,
+        # and echoing it would end every long-poll that follows an initial sync.
+        rows = [r for r in await self.store.for_rooms_since(joined, [], since, upto) if r.user_id != user_id]
         if since is None:
             rows = [r for r in rows if r.state != "offline"]
         now = self.clock.time_ms()
