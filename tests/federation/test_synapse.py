@@ -169,3 +169,34 @@ async def test_edits_redactions_typing_receipts_with_synapse(
 async def _redacted(client: Client, room_id: str, event_id: str) -> bool:
     event = await _event(client, room_id, event_id)
     return event is not None and not event.get("content") and "redacted_because" in event.get("unsigned", {})  # type: ignore[operator]
+
+
+async def _upload(client: Client, http: aiohttp.ClientSession, data: bytes) -> str:
+    async with http.post(
+        f"{client.base_url}/_matrix/media/v3/upload",
+        params={"filename": "x.bin"},
+        data=data,
+        headers={"Authorization": f"Bearer {client.token}", "Content-Type": "application/octet-stream"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["content_uri"])
+
+
+async def _download(client: Client, http: aiohttp.ClientSession, mxc: str) -> bytes:
+    server_name, media_id = mxc.removeprefix("mxc://").split("/", 1)
+    url = f"{client.base_url}/_matrix/client/v1/media/download/{server_name}/{media_id}"
+    async with http.get(url, headers={"Authorization": f"Bearer {client.token}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.read()
+
+
+async def test_media_both_ways_with_synapse(
+    synapse: SynapseServer, test_ca: CertAuthority, tmp_path: os.PathLike[str]
+) -> None:
+    async with fed_server(str(tmp_path), test_ca) as sotto, aiohttp.ClientSession() as http:
+        syn = synapse_client(synapse, "media_user", http)
+        local = await Client.login(sotto, "media_local", http)
+        from_sotto = b"sotto bytes " * 500
+        from_synapse = b"synapse bytes " * 500
+        assert await _download(syn, http, await _upload(local, http, from_sotto)) == from_sotto
+        assert await _download(local, http, await _upload(syn, http, from_synapse)) == from_synapse
