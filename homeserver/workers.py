@@ -26,13 +26,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 from aiohttp import web
 
 from homeserver.api.http import json_response
 from homeserver.config import Config, ConfigError
-from homeserver.server import HomeServer
+from homeserver.server import HomeServer, load_or_create_signing_key
 from homeserver.sync.redis_bridge import RedisBridge
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,11 @@ class Supervisor:
 
     def _spawn(self, w: _Worker) -> None:
         argv = [*self.argv_prefix, "serve", "--config", self.config_path, "--worker-index", str(w.index)]
-        w.proc = subprocess.Popen(argv)
+        env = dict(os.environ)
+        # The workers import this same package, wherever it lives (installed or a checkout).
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        w.proc = subprocess.Popen(argv, env=env)
         w.started = time.monotonic()
         w.history.append(w.proc.pid)
         log.info("worker %d started (pid %d)", w.index, w.proc.pid)
@@ -171,6 +176,8 @@ class Supervisor:
 def supervise(config_path: str, config: Config, count: int) -> int:
     """Run `count` workers until SIGTERM/SIGINT; returns the exit status."""
     check_worker_config(config, count)
+    # Done once here, so the workers do not race to create the key or the schema.
+    load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     asyncio.run(_migrate(config))
     log.info("starting %d workers on port %d", count, config.listener.port)
     return Supervisor(config_path, count).run()

@@ -1,0 +1,160 @@
+"""Several workers on one PostgreSQL database with Redis: notifications, ordering, dedup, leadership.
+
+Two independent `sotto serve` processes of one homeserver run on two ports (as behind a
+load balancer), so each test can choose which worker a request reaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from homeserver.storage.engine import Database
+from tests.scale.checks import assert_exactly_once, assert_linear_chain, room_rows
+from tests.scale.matrix import CS, SendLog, call, register, send_until_acked
+from tests.scale.services import SottoProcesses
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def two_workers(workdir: Path, pg_url: str, redis_url: str) -> AsyncIterator[SottoProcesses]:
+    procs = SottoProcesses(workdir, pg_url, redis_url)
+    procs.start_independent(2)
+    try:
+        await procs.wait_ready()
+        yield procs
+    finally:
+        procs.stop()
+
+
+async def _room_with_members(procs: SottoProcesses, n: int) -> tuple[str, list[tuple[str, str]]]:
+    users = [await register(procs.base_url(i % 2), f"u{i}") for i in range(n)]
+    async with aiohttp.ClientSession() as s:
+        owner = users[0][1]
+        status, body = await call(
+            s, "POST", procs.base_url(0) + CS + "/createRoom", owner, json={"preset": "public_chat"}
+        )
+        assert status == 200, body
+        room_id = str(body["room_id"])
+        for i, (_, token) in enumerate(users[1:], start=1):
+            url = f"{procs.base_url(i % 2)}{CS}/join/{quote(room_id)}"
+            status, body = await call(s, "POST", url, token, {})
+            assert status == 200, body
+    return room_id, users
+
+
+async def test_sync_on_one_worker_wakes_for_a_send_on_the_other(
+    two_workers: SottoProcesses, pg_url: str
+) -> None:
+    room_id, users = await _room_with_members(two_workers, 2)
+    (_, alice), (_, bob) = users
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    async with aiohttp.ClientSession() as s:
+        status, body = await call(s, "GET", b_url + CS + "/sync", bob, params={"timeout": "0"})
+        assert status == 200
+        since = body["next_batch"]
+        latencies = []
+        for i in range(5):
+            poll = asyncio.create_task(
+                call(s, "GET", b_url + CS + "/sync", bob, params={"timeout": "10000", "since": since})
+            )
+            await asyncio.sleep(0.2)  # the long-poll is now waiting on worker B
+            start = time.monotonic()
+            status, sent = await call(
+                s,
+                "PUT",
+                f"{a_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/w{i}",
+                alice,
+                json={"msgtype": "m.text", "body": f"hello {i}"},
+            )
+            assert status == 200, sent
+            status, body = await poll
+            latencies.append(time.monotonic() - start)
+            assert status == 200
+            timeline = body["rooms"]["join"][room_id]["timeline"]["events"]
+            assert [e["event_id"] for e in timeline] == [sent["event_id"]]
+            since = body["next_batch"]
+        # Woken by Redis, not by the 10 s timeout or the database poll.
+        assert max(latencies) < 1.0, latencies
+        # A token issued by worker B is valid on worker A: nothing repeats, nothing is missed.
+        params = {"timeout": "0", "since": since}
+        status, body = await call(s, "GET", a_url + CS + "/sync", alice, params=params)
+        assert status == 200
+        assert room_id not in body["rooms"]["join"]
+
+
+async def test_concurrent_sends_on_both_workers_keep_one_chain(
+    two_workers: SottoProcesses, pg_url: str
+) -> None:
+    room_id, users = await _room_with_members(two_workers, 6)
+    urls = [two_workers.base_url(0), two_workers.base_url(1)]
+    logs = [SendLog() for _ in users]
+
+    async def sender(i: int) -> None:
+        # Each user alternates workers, so both workers write to the room all the time.
+        for n in range(15):
+            txn = f"s{i}-{n}"
+            await send_until_acked([urls[(i + n) % 2]], users[i][1], room_id, txn, txn, logs[i])
+
+    await asyncio.gather(*(sender(i) for i in range(len(users))))
+    rows = await room_rows(pg_url, room_id)
+    assert assert_exactly_once(rows, logs) == 6 * 15
+    assert_linear_chain(rows)
+    assert len({r.stream_id for r in rows}) == len(rows)
+
+
+async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, pg_url: str) -> None:
+    room_id, users = await _room_with_members(two_workers, 1)
+    token = users[0][1]
+    path = f"{CS}/rooms/{quote(room_id)}/send/m.room.message/same-txn"
+    content = {"msgtype": "m.text", "body": "x"}
+    async with aiohttp.ClientSession() as s:
+        results = await asyncio.gather(
+            *(
+                call(s, "PUT", two_workers.base_url(i % 2) + path, token, json=content)
+                for i in range(8)
+            )
+        )
+    assert all(status == 200 for status, _ in results), results
+    assert len({body["event_id"] for _, body in results}) == 1
+    rows = await room_rows(pg_url, room_id)
+    assert sum(1 for r in rows if r.pdu["type"] == "m.room.message") == 1
+
+
+async def test_one_leader_at_a_time_and_failover(pg_url: str) -> None:
+    dbs = [Database(pg_url) for _ in range(2)]
+    leaders = [db.leader("test-singleton", retry_s=0.1, check_s=0.2) for db in dbs]
+    changes: list[tuple[int, bool]] = []
+    for i, leader in enumerate(leaders):
+
+        async def listen(value: bool, i: int = i) -> None:
+            changes.append((i, value))
+
+        leader.add_listener(listen)
+    try:
+        for leader in leaders:
+            await leader.start()
+        waits = [asyncio.ensure_future(x.wait_elected()) for x in leaders]
+        await asyncio.wait(waits, timeout=5, return_when="FIRST_COMPLETED")
+        for w in waits:
+            w.cancel()
+        await asyncio.sleep(0.5)
+        assert sum(x.is_leader for x in leaders) == 1
+        first = next(i for i, x in enumerate(leaders) if x.is_leader)
+        await leaders[first].stop()
+        other = leaders[1 - first]
+        await asyncio.wait_for(other.wait_elected(), 5)
+        assert other.is_leader and not leaders[first].is_leader
+        assert changes == [(first, True), (first, False), (1 - first, True)]
+    finally:
+        for leader in leaders:
+            await leader.stop()
+        for db in dbs:
+            await db.close()
