@@ -356,6 +356,7 @@ class Bot:
                 for hook in self._startup_hooks:
                     await hook()
                 self.ready.set()
+                log.info("ready: %s is in %d rooms", client.user_id, len(client.rooms))
 
     def _backoff(self, failures: int) -> float:
         """Exponential backoff with full jitter, capped."""

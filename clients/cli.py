@@ -225,6 +225,7 @@ async def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
     @bot.on_startup
     async def resolve() -> None:
         wanted["room_id"] = await bot.resolve_room(args.room)
+        print(f"listening to {wanted['room_id']}", file=sys.stderr, flush=True)
 
     @bot.on_message
     async def show(ctx: Context) -> None:

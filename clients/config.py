@@ -67,7 +67,7 @@ class BotConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BotConfig:
         """SOTTO_BOT_STORE, _HOMESERVER, _USER, _PASSWORD, _TOKEN, _PREFIX, _INVITERS, _TRUST,
-        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY; explicit keyword overrides win."""
+        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY, _SYNC_TIMEOUT_MS; explicit keyword overrides win."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "store_path": env.get("SOTTO_BOT_STORE"),
@@ -79,6 +79,8 @@ class BotConfig:
             "allowed_inviters": _split(env.get("SOTTO_BOT_INVITERS")),
             "pickle_key": env.get("SOTTO_BOT_PICKLE_KEY"),
         }
+        if "SOTTO_BOT_SYNC_TIMEOUT_MS" in env:
+            values["sync_timeout_ms"] = int(env["SOTTO_BOT_SYNC_TIMEOUT_MS"])
         if "SOTTO_BOT_ENCRYPTION" in env:
             values["encryption"] = _bool(env["SOTTO_BOT_ENCRYPTION"])
         if "SOTTO_BOT_TRUST" in env or "SOTTO_BOT_TRUSTED_USERS" in env:

@@ -81,6 +81,7 @@ class Verifier:
             await client.keys_query()
         device = client.device_store[user_id].get(device_id) if user_id in client.device_store.users else None
         if device is None:
+            client.olm.users_for_key_query.add(user_id)
             await client.keys_query()
             device = (
                 client.device_store[user_id].get(device_id) if user_id in client.device_store.users else None
@@ -119,7 +120,8 @@ class Verifier:
                 return
             if txn not in client.key_verifications:
                 # nio drops starts from devices it has not queried yet: query, then replay the event.
-                await client.keys_query()
+                if client.should_query_keys:
+                    await client.keys_query()
                 client.olm.handle_key_verification(event)
             if txn in client.key_verifications:
                 await client.accept_key_verification(txn)

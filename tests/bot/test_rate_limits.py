@@ -86,10 +86,13 @@ async def test_limit_exceeded_waits_retry_after_ms_then_succeeds(
     assert fake.send_times[1] - fake.send_times[0] >= 0.4
 
 
-async def test_limit_exceeded_honours_retry_after_header(fake_server: tuple[Fake, str], tmp_path: Path) -> None:
+async def test_limit_exceeded_honours_retry_after_header(
+    fake_server: tuple[Fake, str], tmp_path: Path
+) -> None:
     fake, url = fake_server
-    fake.send_429 = [{"body": {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down"},
-                      "headers": {"Retry-After": "1"}}]
+    fake.send_429 = [
+        {"body": {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down"}, "headers": {"Retry-After": "1"}}
+    ]
     bot = token_bot(url, tmp_path)
     await bot.connect()
     try:
@@ -135,9 +138,13 @@ async def test_revoked_token_stops_the_bot(fake_server: tuple[Fake, str], tmp_pa
         await asyncio.wait_for(bot.serve(), 10)
 
 
-async def test_shutdown_waits_for_handlers_then_cancels(fake_server: tuple[Fake, str], tmp_path: Path) -> None:
+async def test_shutdown_waits_for_handlers_then_cancels(
+    fake_server: tuple[Fake, str], tmp_path: Path
+) -> None:
     _, url = fake_server
-    bot = Bot(str(tmp_path / "store"), homeserver=url, access_token="t", encryption=False, shutdown_grace_s=0.2)
+    bot = Bot(
+        str(tmp_path / "store"), homeserver=url, access_token="t", encryption=False, shutdown_grace_s=0.2
+    )
     finished: list[str] = []
     closed: list[bool] = []
 

@@ -1,0 +1,181 @@
+"""`sotto-bot` as a real subprocess against a real Sotto server, with a nio user on the other side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from nio import RoomMessageText
+
+from tests.bot.peer import Peer
+from tests.support.server import RunningServer
+
+Peers = Callable[[str], Awaitable[Peer]]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Proc:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.stderr: list[str] = []
+        self.stdout: list[str] = []
+
+    async def line_matching(self, stream: str, needle: str, seconds: float = 30.0) -> str:
+        reader = self.proc.stdout if stream == "stdout" else self.proc.stderr
+        store = self.stdout if stream == "stdout" else self.stderr
+        assert reader is not None
+        for line in store:
+            if needle in line:
+                return line
+        async with asyncio.timeout(seconds):
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    raise AssertionError(f"{stream} closed without {needle!r}: {store}")
+                line = raw.decode()
+                store.append(line)
+                if needle in line:
+                    return line
+
+    async def finish(self, seconds: float = 30.0) -> tuple[int, str, str]:
+        out, err = await asyncio.wait_for(self.proc.communicate(), seconds)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, "".join(self.stdout) + out.decode(), "".join(self.stderr) + err.decode()
+
+
+@asynccontextmanager
+async def sotto_bot(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "clients.cli",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SOTTO_BOT_SYNC_TIMEOUT_MS": "500", **(env or {})},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield Proc(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    async with sotto_bot(*args, env=env) as proc:
+        return await proc.finish()
+
+
+async def login_bot(server: RunningServer, tmp_path: Path) -> tuple[str, str]:
+    await server.register("bot", "bot-password")
+    password_file = tmp_path / "password"
+    password_file.write_text("bot-password\n")
+    store = str(tmp_path / "cli-store")
+    user_id = f"@bot:{server.server_name}"
+    rc, out, err = await run_cli(
+        "login",
+        "--homeserver",
+        server.base_url,
+        "--user",
+        user_id,
+        "--password-file",
+        str(password_file),
+        "--store",
+        store,
+    )
+    assert rc == 0, err
+    assert f"logged in as {user_id}" in out and "cross-signing master key:" in out
+    # The password itself never reaches the store or the output.
+    assert "bot-password" not in out + err
+    assert not files_containing(Path(store), b"bot-password")
+    return store, user_id
+
+
+async def test_login_send_listen_and_run(server: RunningServer, tmp_path: Path, peers: Peers) -> None:
+    store, bot_id = await login_bot(server, tmp_path)
+    alice = await peers("alice")
+    room = await alice.create_room([bot_id])
+
+    # send: joins the room it was invited to, then sends encrypted markdown.
+    rc, out, err = await run_cli("send", room, "hello **cli**", "--store", store)
+    assert rc == 0, err
+    event_id = out.strip()
+    message = await alice.wait_for(lambda r, e: e.event_id == event_id)
+    assert isinstance(message, RoomMessageText) and message.decrypted
+    assert message.body == "hello **cli**" and message.formatted_body == "hello <strong>cli</strong>"
+
+    # listen --json: one JSON object per new message.
+    async with sotto_bot("listen", room, "--json", "--count", "1", "--store", store) as listener:
+        await listener.line_matching("stderr", "listening to")
+        sent = await alice.send_text(room, "for the listener")
+        line = await listener.line_matching("stdout", "{")
+        rc, _, err = await listener.finish()
+    assert rc == 0, err
+    record = json.loads(line)
+    assert record["event_id"] == sent and record["body"] == "for the listener"
+    assert record["sender"] == alice.user_id and record["encrypted"] is True and record["room_id"] == room
+
+    # run: the quickstart echo bot, then a clean shutdown on SIGTERM.
+    async with sotto_bot("run", "clients/examples/echo.py", "--store", store) as runner:
+        await runner.line_matching("stderr", "ready:")
+        await alice.send_text(room, "!echo from the quickstart")
+        reply = await alice.wait_for_reply(room, bot_id)
+        assert reply.body == "from the quickstart" and reply.decrypted
+        runner.proc.send_signal(signal.SIGTERM)
+        rc, _, err = await runner.finish()
+    assert rc == 0, err
+    assert "bot stopped" in err
+    assert "from the quickstart" not in err  # no message bodies in the logs
+
+
+async def test_store_is_locked_while_a_bot_runs(server: RunningServer, tmp_path: Path, peers: Peers) -> None:
+    store, _ = await login_bot(server, tmp_path)
+    async with sotto_bot("run", "clients/examples/echo.py", "--store", store) as runner:
+        await runner.line_matching("stderr", "ready:")
+        rc, _, err = await run_cli("send", "!nowhere:x", "hi", "--store", store)
+        assert rc == 1 and "in use by another sotto-bot process" in err
+        runner.proc.send_signal(signal.SIGINT)
+        rc, _, _ = await runner.finish()
+    assert rc == 0
+
+
+async def test_verify_answers_an_emoji_verification(
+    server: RunningServer, tmp_path: Path, peers: Peers
+) -> None:
+    store, bot_id = await login_bot(server, tmp_path)
+    device_id = json.loads((Path(store) / "credentials.json").read_text())["device_id"]
+    alice = await peers("alice")
+    async with sotto_bot("verify", "--yes", "--store", store) as verifier:
+        await verifier.line_matching("stdout", "waiting for a verification")
+        alice.client.olm.users_for_key_query.add(bot_id)
+        await alice.client.keys_query()
+        device = alice.client.device_store[bot_id][device_id]
+        await alice.client.start_key_verification(device)
+        (txn,) = alice.client.key_verifications
+        sas = alice.client.key_verifications[txn]
+        confirmed = False
+        async with asyncio.timeout(30):
+            while not sas.verified:
+                await alice.step(timeout=200)
+                if getattr(sas, "their_sas_key", None) and not confirmed:
+                    await alice.client.confirm_short_auth_string(txn)
+                    confirmed = True
+        rc, out, err = await verifier.finish()
+    assert rc == 0, err
+    assert f"verified {alice.user_id}" in out
+    # The operator saw the same emoji as Alice.
+    assert all(name in out for _, name in sas.get_emoji())
+    assert alice.client.device_store[bot_id][device_id].verified
