@@ -81,6 +81,7 @@ IDENTIFIER_CHECKS: dict[str, tuple[Callable[[str], bool], str]] = {
     "alias": (is_valid_room_alias, "a room alias"),
     "event_id": (is_valid_event_id, "an event ID"),
     "room_id_or_alias": (lambda v: is_valid_room_id(v) or is_valid_room_alias(v), "a room ID or alias"),
+    "room": (lambda v: is_valid_room_id(v) or is_valid_room_alias(v), "a room ID or alias"),
 }
 
 
