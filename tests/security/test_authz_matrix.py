@@ -555,3 +555,35 @@ async def test_other_users_data(world: World, method: str, route: str, body: Any
     # And nothing changed.
     profile = await world.call(None, "GET", f"/_matrix/client/v3/profile/{quote(world.owner.user_id)}")
     assert profile[1].get("displayname") != "hijacked"
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        pytest.param(
+            a,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="RoomHandler.invite/set_membership and the unban route look up the target's "
+                "membership before the auth rules, so a non-member learns who is joined or banned from "
+                "the error text (homeserver/handlers/rooms.py, homeserver/api/rooms.py, lead)",
+            ),
+        )
+        if a != "ban"
+        else a
+        for a in ("invite", "kick", "ban", "unban")
+    ],
+)
+async def test_membership_errors_do_not_reveal_membership(world: World, action: str) -> None:
+    # The outsider's request must fail the same way whatever the target's membership is.
+    answers = set()
+    for target in (world.owner, world.banned, world.kicked, world.outsider):
+        status, out, _ = await world.call(
+            world.outsider,
+            "POST",
+            f"/_matrix/client/v3/rooms/{quote(world.room)}/{action}",
+            {"user_id": target.user_id},
+        )
+        assert status == 403
+        answers.add((out["errcode"], out["error"].replace(target.user_id, "<target>")))
+    assert len(answers) == 1, answers
