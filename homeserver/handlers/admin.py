@@ -348,8 +348,8 @@ class AdminHandler:
         await self.events.set_room_public(room_id, False)
         if purge:
             deleted = await self.store.purge_room(room_id)
-            # The room no longer exists: forget its cached room version too.
-            self.events._versions.pop(room_id, None)
+            # The room no longer exists: forget its cached version and state too.
+            self.events.drop_room_caches(room_id)
             log.info("admin purged room %s (%d rows)", room_id, sum(deleted.values()))
         return {
             "kicked_users": kicked,

@@ -8,6 +8,7 @@ is returned only after the event is committed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -20,6 +21,8 @@ from homeserver.events import AuthError, Event, auth_types_for_event, build_even
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.events import EventStore, TxnInfo
 from homeserver.sync.notifier import Notifier
+
+log = logging.getLogger(__name__)
 
 # A local event cites at most this many forward extremities as prev_events.
 MAX_PREV_EVENTS = 10
@@ -57,12 +60,6 @@ class EventCreator:
         redacts: str | None = None,
     ) -> tuple[Event, int]:
         """Create, authorise and persist a local event. Returns (event, stream_id)."""
-        if txn is not None:
-            existing = await self.store.get_txn_event(txn)
-            if existing is not None:
-                stored = await self.store.get_event(existing)
-                if stored is not None:
-                    return stored.event, stored.stream_id
         room_version = await self.store.get_room_version(room_id)
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
@@ -157,7 +154,13 @@ class EventCreator:
             raise MatrixError(403, Codes.FORBIDDEN, str(e)) from None
 
     async def _after_persist(self, event: Event, stream_id: int) -> None:
+        # Listeners (push counts, search, federation queue) run before syncs wake, so a
+        # notification count arrives in the same /sync as its event. The event is already
+        # durable: a failing listener is logged, never turned into an error for the sender.
+        for listener in self.listeners:
+            try:
+                await listener(event, stream_id)
+            except Exception:
+                log.exception("event listener failed for %s", event.event_id)
         users = [event.state_key] if event.type == "m.room.member" and event.state_key else []
         self.notifier.notify(rooms=[event.room_id], users=users)
-        for listener in self.listeners:
-            await listener(event, stream_id)

@@ -8,7 +8,9 @@ an event is acknowledged only once all of that is durable.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,24 @@ class TxnInfo:
     txn_id: str
 
 
+class _RoomCache:
+    """Auth-relevant current state and forward extremities of one room.
+
+    `state` maps a state key to its current event, or None when known to be absent.
+    """
+
+    __slots__ = ("depth", "extremities", "state")
+
+    def __init__(self) -> None:
+        self.state: dict[StateKey, StoredEvent | None] = {}
+        self.extremities: list[str] | None = None
+        self.depth = 0
+
+
+# Rooms whose state is cached; least recently used rooms are dropped beyond this.
+MAX_CACHED_ROOMS = 2_000
+
+
 def _relation(event: Event) -> tuple[str | None, str | None]:
     rel = event.content.get("m.relates_to")
     if isinstance(rel, dict):
@@ -64,10 +84,71 @@ def _relation(event: Event) -> tuple[str | None, str | None]:
 
 
 class EventStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_state: bool = True) -> None:
         self.db = db
         # Room versions never change, so this cache needs no invalidation; it is bounded.
         self._versions: dict[str, RoomVersion] = {}
+        # The state cache is only correct while this process is the rooms' only writer
+        # (one process on SQLite); with several workers the composition root turns it off.
+        self.cache_state = cache_state
+        self._rooms: OrderedDict[str, _RoomCache] = OrderedDict()
+        # Bumped on every change to a room: a read that raced a write must not fill the cache.
+        self._generation: dict[str, int] = {}
+
+    # State cache -------------------------------------------------------------------------
+
+    def _gen(self, room_id: str) -> int:
+        return self._generation.get(room_id, 0)
+
+    def _cache(self, room_id: str, create: bool = False) -> _RoomCache | None:
+        if not self.cache_state:
+            return None
+        cache = self._rooms.get(room_id)
+        if cache is not None:
+            self._rooms.move_to_end(room_id)
+        elif create:
+            cache = self._rooms[room_id] = _RoomCache()
+            if len(self._rooms) > MAX_CACHED_ROOMS:
+                old, _ = self._rooms.popitem(last=False)
+                self._generation.pop(old, None)
+        return cache
+
+    def drop_room_caches(self, room_id: str) -> None:
+        """Forget everything cached about a room (after it is purged)."""
+        self._versions.pop(room_id, None)
+        self.invalidate_room(room_id)
+
+    def invalidate_room(self, room_id: str) -> None:
+        self._generation[room_id] = self._gen(room_id) + 1
+        self._rooms.pop(room_id, None)
+
+    @asynccontextmanager
+    async def _room_write(self, room_id: str) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that changes a room's state by paths other than persist_event."""
+        self.invalidate_room(room_id)
+        try:
+            async with self.db.write() as conn:
+                yield conn
+        finally:
+            self.invalidate_room(room_id)
+
+    def _cache_local_event(self, stored: StoredEvent) -> None:
+        event = stored.event
+        room_id = event.room_id
+        if event.type == "m.room.redaction":
+            # The redacted event may be cached state; start afresh.
+            self.invalidate_room(room_id)
+            return
+        self._generation[room_id] = self._gen(room_id) + 1
+        cache = self._cache(room_id)
+        if cache is None:
+            return
+        if event.is_state():
+            cache.state[event.state_key_tuple] = stored
+        if cache.extremities is not None:
+            prevs = set(event.prev_event_ids)
+            cache.extremities = [e for e in cache.extremities if e not in prevs] + [event.event_id]
+            cache.depth = max(cache.depth, event.depth)
 
     # Rooms ---------------------------------------------------------------------------------
 
@@ -250,6 +331,36 @@ class EventStore:
     async def get_current_state(
         self, room_id: str, keys: Iterable[StateKey] | None = None, types: Collection[str] | None = None
     ) -> dict[StateKey, StoredEvent]:
+        if keys is not None and types is None and self.cache_state:
+            return await self._cached_state(room_id, list(keys))
+        return await self._query_current_state(room_id, keys, types)
+
+    async def _cached_state(self, room_id: str, keys: list[StateKey]) -> dict[StateKey, StoredEvent]:
+        cache = self._cache(room_id)
+        out: dict[StateKey, StoredEvent] = {}
+        missing: list[StateKey] = []
+        for key in keys:
+            if cache is not None and key in cache.state:
+                hit = cache.state[key]
+                if hit is not None:
+                    out[key] = hit
+            else:
+                missing.append(key)
+        if not missing:
+            return out
+        gen = self._gen(room_id)
+        found = await self._query_current_state(room_id, missing, None)
+        out.update(found)
+        if self._gen(room_id) == gen:
+            cache = self._cache(room_id, create=True)
+            if cache is not None:
+                for key in missing:
+                    cache.state[key] = found.get(key)
+        return out
+
+    async def _query_current_state(
+        self, room_id: str, keys: Iterable[StateKey] | None, types: Collection[str] | None
+    ) -> dict[StateKey, StoredEvent]:
         q = (
             select(*self._cols)
             .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
@@ -281,6 +392,18 @@ class EventStore:
             return await self._load(conn, q)
 
     async def get_extremities_and_depth(self, room_id: str) -> tuple[list[str], int]:
+        cache = self._cache(room_id)
+        if cache is not None and cache.extremities is not None:
+            return list(cache.extremities), cache.depth
+        gen = self._gen(room_id)
+        extremities, depth = await self._query_extremities(room_id)
+        if self.cache_state and self._gen(room_id) == gen:
+            cache = self._cache(room_id, create=True)
+            if cache is not None:
+                cache.extremities, cache.depth = list(extremities), depth
+        return extremities, depth
+
+    async def _query_extremities(self, room_id: str) -> tuple[list[str], int]:
         async with self.db.read() as conn:
             rows = (
                 await conn.execute(
@@ -311,19 +434,12 @@ class EventStore:
 
     async def get_membership(self, room_id: str, user_id: str) -> tuple[str, str, int] | None:
         """(membership, event_id, stream_id) of the user's current member event, if any."""
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        current_state.c.membership, current_state.c.event_id, current_state.c.stream_id
-                    ).where(
-                        current_state.c.room_id == room_id,
-                        current_state.c.type == "m.room.member",
-                        current_state.c.state_key == user_id,
-                    )
-                )
-            ).first()
-        return (row[0], row[1], int(row[2])) if row else None
+        found = (await self.get_current_state(room_id, [("m.room.member", user_id)])).get(
+            ("m.room.member", user_id)
+        )
+        if found is None:
+            return None
+        return (found.event.membership or "leave", found.event.event_id, found.stream_id)
 
     async def get_room_members(self, room_id: str, membership: str | None = "join") -> list[str]:
         q = select(current_state.c.state_key).where(
@@ -346,10 +462,33 @@ class EventStore:
         update_state: bool = True,
     ) -> int:
         """Store a new event and its effects; returns its stream ID. `new_room` is (version, creator, ts)."""
+        unsigned: dict[str, Any] = {}
+        if outlier or not update_state:
+            self.invalidate_room(event.room_id)
         async with self.db.write() as conn:
-            return await self._persist(
-                conn, event, txn=txn, outlier=outlier, new_room=new_room, update_state=update_state
+            stream_id = await self._persist(
+                conn,
+                event,
+                txn=txn,
+                outlier=outlier,
+                new_room=new_room,
+                update_state=update_state,
+                unsigned_out=unsigned,
             )
+        if outlier or not update_state:
+            self.invalidate_room(event.room_id)
+        else:
+            self._cache_local_event(
+                StoredEvent(
+                    event,
+                    stream_id,
+                    unsigned,
+                    txn.txn_id if txn else None,
+                    txn.device_id if txn else None,
+                    None,
+                )
+            )
+        return stream_id
 
     async def _persist(
         self,
@@ -360,6 +499,7 @@ class EventStore:
         outlier: bool,
         new_room: tuple[str, str | None, int] | None,
         update_state: bool,
+        unsigned_out: dict[str, Any] | None = None,
     ) -> int:
         room_id = event.room_id
         if new_room is not None:
@@ -394,6 +534,8 @@ class EventStore:
                     "prev_content": prev_pdu.get("content", {}),
                     "prev_sender": prev_pdu.get("sender"),
                 }
+        if unsigned_out is not None:
+            unsigned_out.update(unsigned)
         rel_type, relates_to = _relation(event)
         await conn.execute(
             insert(events).values(
@@ -534,7 +676,7 @@ class EventStore:
         current_state on its own here). Backfilled events get negative stream positions so
         they sort before the live timeline and never show up in incremental syncs.
         """
-        async with self.db.write() as conn:
+        async with self._room_write(event.room_id) as conn:
             if outlier:
                 exists = (
                     await conn.execute(select(events.c.stream_id).where(events.c.event_id == event.event_id))
@@ -644,7 +786,7 @@ class EventStore:
         the room's only forward extremity."""
         room_id = join_event.room_id
         rv = join_event.room_version
-        async with self.db.write() as conn:
+        async with self._room_write(room_id) as conn:
             known = (await conn.execute(select(rooms.c.room_id).where(rooms.c.room_id == room_id))).first()
             if known is None:
                 create_sender = next((e.sender for e in outliers if e.type == "m.room.create"), None)
@@ -709,7 +851,7 @@ class EventStore:
         the event as an outlier, the room's row if new, and the user's membership so /sync
         shows it. Returns the stream ID, or None if the event was already stored."""
         room_id = event.room_id
-        async with self.db.write() as conn:
+        async with self._room_write(room_id) as conn:
             known = (await conn.execute(select(rooms.c.room_id).where(rooms.c.room_id == room_id))).first()
             if known is None:
                 await conn.execute(
