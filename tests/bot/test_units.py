@@ -206,7 +206,7 @@ def test_reply_relations() -> None:
             "content": {"msgtype": "m.text", "body": "hi", **content},
         }
         event = RoomMessageText.from_dict(source)
-        return Context(bot, room=None, event=event)  # type: ignore[arg-type]
+        return Context(bot, room=None, event=event)
 
     plain = ctx_for({})
     assert plain.reply_relation() == {"m.in_reply_to": {"event_id": "$e"}}
