@@ -29,7 +29,7 @@ from bridge.acl import server_allowed
 from bridge.client import FederationClient, FederationError, fed_path
 from bridge.keys import KeyRing
 from bridge.pdu import PduError, parse_pdu, verify_signatures
-from bridge.state import StateTracker, write_outlier_status
+from bridge.state import EventStateInfo, StateTracker, write_outlier_status
 from homeserver.events import AuthError, Event, auth_types_for_event, check_auth, validate_auth_event_list
 from homeserver.events.room_versions import RoomVersion
 from homeserver.server import HomeServer
@@ -395,7 +395,14 @@ class FederationEventHandler:
             sets = [*list((await self.tracker.state_after(others)).values()), state_after]
             new_current = await self.tracker.resolve(event.room_version, sets)
         changes = await self.state_changes(current, new_current, event)
-        sid = await self.events.persist_federated_event(event, state_changes=changes, extra=extra)
+        written: list[int] = []
+
+        async def write_state(conn: AsyncConnection, _sid: int) -> None:
+            written.append(await self.tracker.write(conn, prepared, None, False))
+
+        sid = await self.events.persist_federated_event(event, state_changes=changes, extra=write_state)
+        if written:
+            self.tracker.settled(event.event_id, EventStateInfo(written[0], None, False))
         return sid, None
 
     async def state_changes(

@@ -54,6 +54,8 @@ class OutboundQueue:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self._txn_counter = itertools.count()
+        # Retry state per destination, loaded once from the database and written through.
+        self._retry: dict[str, RetryState] = {}
         self._stopping = False
         # Transactions successfully sent, for tests and metrics.
         self.sent_transactions = 0
@@ -108,11 +110,24 @@ class OutboundQueue:
         if task is None or task.done():
             self._tasks[destination] = asyncio.create_task(self._run(destination))
 
+    async def _get_retry(self, destination: str) -> RetryState:
+        state = self._retry.get(destination)
+        if state is None:
+            state = await self.store.get_retry(destination)
+            if len(self._retry) > 50_000:
+                self._retry.clear()
+            self._retry[destination] = state
+        return state
+
+    async def _set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
+        await self.store.set_retry(destination, state, success_ts)
+        self._retry[destination] = state
+
     async def remote_up(self, destination: str) -> None:
         """The destination talked to us: forget its backoff and retry now if it has a backlog."""
-        retry = await self.store.get_retry(destination)
+        retry = await self._get_retry(destination)
         if retry.failures:
-            await self.store.set_retry(destination, RetryState(0, 0, 0))
+            await self._set_retry(destination, RetryState(0, 0, 0))
             self.wake(destination)
 
     # Sending ------------------------------------------------------------------------------------
@@ -122,14 +137,14 @@ class OutboundQueue:
         try:
             while not self._stopping:
                 wakeup.clear()
-                retry = await self.store.get_retry(destination)
+                retry = await self._get_retry(destination)
                 delay_ms = retry.next_retry_ts - self.clock.time_ms()
                 if delay_ms > 0:
                     try:
                         await asyncio.wait_for(wakeup.wait(), delay_ms / 1000)
                     except TimeoutError:
                         pass
-                    retry = await self.store.get_retry(destination)
+                    retry = await self._get_retry(destination)
                     if retry.next_retry_ts > self.clock.time_ms():
                         continue
                 batch = await self.store.next_batch(destination, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
@@ -142,10 +157,10 @@ class OutboundQueue:
                 if ok:
                     await self.store.remove(batch.row_ids)
                     if retry.failures:
-                        await self.store.set_retry(destination, RetryState(0, 0, 0), self.clock.time_ms())
+                        await self._set_retry(destination, RetryState(0, 0, 0), self.clock.time_ms())
                 else:
                     interval = min(max(retry.retry_interval_ms * 2, self.retry_min_ms), self.retry_max_ms)
-                    await self.store.set_retry(
+                    await self._set_retry(
                         destination,
                         RetryState(retry.failures + 1, interval, self.clock.time_ms() + interval),
                     )

@@ -27,7 +27,7 @@ from bridge.membership import MembershipHandler
 from bridge.pdu import PduError
 from bridge.queue import OutboundQueue
 from bridge.server import create_federation_app
-from bridge.state import StateTracker
+from bridge.state import EventStateInfo, StateTracker
 from bridge.store import FederationStore
 from bridge.tls import client_context, server_context
 from homeserver.api.keys import e2ee_services
@@ -92,6 +92,7 @@ class Federation:
         self.extra_routes: list[ExtraRoute] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self._room_servers: dict[str, set[str]] = {}
 
     # Wiring -------------------------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class Federation:
     async def on_remote_event(self, event: Event, stream_id: int) -> None:
         """Remote events accepted into a timeline reach the same listeners as local ones (push,
         search, user directory ...), except federation's own sender."""
+        if event.type == "m.room.member":
+            self._room_servers.pop(event.room_id, None)
         for listener in list(self.hs.creator.listeners):
             if listener == self.on_local_event:
                 continue
@@ -224,14 +227,30 @@ class Federation:
             after = dict(before)
             if event.is_state():
                 after[event.state_key_tuple] = event.event_id
-            await self.tracker.record(event, after)
-        destinations = await room_servers(self.hs, event.room_id)
-        if event.type == "m.room.member" and event.state_key:
-            destinations.add(_domain(event.state_key))
-        destinations.discard(self.hs.server_name)
-        destinations.discard("")
-        if destinations:
-            await self.queue.send_pdu(event.event_id, destinations)
+            prepared = await self.tracker.prepare(event, after, event.prev_event_ids)
+            destinations = await self.room_servers(event.room_id)
+            if event.type == "m.room.member" and event.state_key:
+                self._room_servers.pop(event.room_id, None)
+                destinations = destinations | {_domain(event.state_key)}
+            destinations = destinations - {self.hs.server_name, ""}
+            # The event's state and its place in every destination's queue, in one transaction.
+            async with self.hs.db.write() as conn:
+                group = await self.tracker.write(conn, prepared)
+                now = self.hs.clock.time_ms()
+                await self.store.enqueue_in(conn, destinations, now, event_id=event.event_id)
+            self.tracker.settled(event.event_id, EventStateInfo(group, None, False))
+        for destination in destinations:
+            self.queue.wake(destination)
+
+    async def room_servers(self, room_id: str) -> set[str]:
+        """Servers with joined members (cached per room until a membership event arrives)."""
+        cached = self._room_servers.get(room_id)
+        if cached is None:
+            cached = await room_servers(self.hs, room_id)
+            if len(self._room_servers) > 10_000:
+                self._room_servers.clear()
+            self._room_servers[room_id] = cached
+        return cached
 
     # Backfill -----------------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_CHAIN = 50
 _CACHE_GROUPS = 512
+_CACHE_EVENTS = 5000
+_CACHE_INFOS = 20000
 
 
 @dataclass(slots=True)
@@ -55,14 +57,33 @@ class PreparedState:
 
 
 class StoreEventSource:
-    """`EventSource` for state resolution: stored events with their rejection status."""
+    """`EventSource` for state resolution: stored events with their rejection status.
+
+    Keeps a bounded cache of the events it loaded: auth and state events are read again
+    and again, and events never change in ways that matter here (redaction keeps every
+    key the auth rules read)."""
 
     def __init__(self, events: EventStore, tracker: StateTracker) -> None:
         self.events = events
         self.tracker = tracker
+        self._cache: OrderedDict[str, Event] = OrderedDict()
 
     async def get_events(self, event_ids: Collection[str]) -> dict[str, Event]:
-        found = await self.events.get_pdus(event_ids)
+        found: dict[str, Event] = {}
+        missing = []
+        for eid in event_ids:
+            hit = self._cache.get(eid)
+            if hit is not None:
+                found[eid] = hit
+            else:
+                missing.append(eid)
+        if missing:
+            loaded = await self.events.get_pdus(missing)
+            for eid, ev in loaded.items():
+                self._cache[eid] = ev
+            while len(self._cache) > _CACHE_EVENTS:
+                self._cache.popitem(last=False)
+            found.update(loaded)
         infos = await self.tracker.get_infos(list(found))
         for event_id, info in infos.items():
             if info.rejected_reason is not None:
@@ -77,6 +98,8 @@ class StateTracker:
         self._groups: OrderedDict[int, StateMap] = OrderedDict()
         self._group_meta: dict[int, tuple[int | None, int]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # event_id -> its state info, for events whose info is settled (written and committed).
+        self._infos: OrderedDict[str, EventStateInfo] = OrderedDict()
         self.source = StoreEventSource(events, self)
 
     # Reading -----------------------------------------------------------------------------
@@ -85,7 +108,15 @@ class StateTracker:
         if not event_ids:
             return {}
         out: dict[str, EventStateInfo] = {}
-        ids = list(event_ids)
+        ids = []
+        for eid in event_ids:
+            hit = self._infos.get(eid)
+            if hit is not None:
+                out[eid] = hit
+            else:
+                ids.append(eid)
+        if not ids:
+            return out
         async with self.db.read() as conn:
             for i in range(0, len(ids), 500):
                 rows = await conn.execute(
@@ -97,8 +128,22 @@ class StateTracker:
                     ).where(federation_event_state.c.event_id.in_(ids[i : i + 500]))
                 )
                 for r in rows:
-                    out[r[0]] = EventStateInfo(None if r[1] is None else int(r[1]), r[2], bool(r[3]))
+                    info = EventStateInfo(None if r[1] is None else int(r[1]), r[2], bool(r[3]))
+                    out[r[0]] = info
+                    if info.state_group is not None:
+                        self._remember_info(r[0], info)
         return out
+
+    def _remember_info(self, event_id: str, info: EventStateInfo) -> None:
+        self._infos[event_id] = info
+        self._infos.move_to_end(event_id)
+        while len(self._infos) > _CACHE_INFOS:
+            self._infos.popitem(last=False)
+
+    def settled(self, event_id: str, info: EventStateInfo) -> None:
+        """Cache an event's info once the transaction that wrote it has committed."""
+        if info.state_group is not None:
+            self._remember_info(event_id, info)
 
     async def load_group(self, group: int) -> StateMap:
         cached = self._groups.get(group)
@@ -255,7 +300,9 @@ class StateTracker:
     ) -> int:
         prepared = await self.prepare(event, state, event.prev_event_ids)
         async with self.db.write() as conn:
-            return await self.write(conn, prepared, rejected_reason, soft_failed)
+            group = await self.write(conn, prepared, rejected_reason, soft_failed)
+        self.settled(event.event_id, EventStateInfo(group, rejected_reason, soft_failed))
+        return group
 
     def room_lock(self, room_id: str) -> asyncio.Lock:
         lock = self._locks.get(room_id)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.schema import federation_destinations, federation_outbox, federation_received_txns
 from homeserver import jsonutil
@@ -47,14 +48,28 @@ class FederationStore:
     ) -> None:
         if not destinations:
             return
+        async with self.db.write() as conn:
+            await self.enqueue_in(conn, destinations, now_ms, event_id=event_id, edu=edu)
+
+    @staticmethod
+    async def enqueue_in(
+        conn: AsyncConnection,
+        destinations: Collection[str],
+        now_ms: int,
+        *,
+        event_id: str | None = None,
+        edu: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue within the caller's transaction."""
+        if not destinations:
+            return
         kind = "pdu" if event_id is not None else "edu"
         raw = jsonutil.dumps(edu) if edu is not None else None
         rows = [
             {"destination": d, "kind": kind, "event_id": event_id, "edu_json": raw, "created_ts": now_ms}
             for d in sorted(destinations)
         ]
-        async with self.db.write() as conn:
-            await conn.execute(insert(federation_outbox), rows)
+        await conn.execute(insert(federation_outbox), rows)
 
     async def next_batch(self, destination: str, max_pdus: int, max_edus: int) -> OutboxBatch:
         """The oldest queued items for one destination, within the transaction limits."""
