@@ -136,10 +136,11 @@ class ToDeviceHandler:
     async def sync_batch(
         self, user_id: str, device_id: str, since: int | None, upto: int, limit: int
     ) -> InboxBatch:
-        """Confirm (delete) what the device has seen up to `since`, then read (since, upto]."""
-        if since is not None and await self.store.has_confirmed(user_id, device_id, since):
+        """Read (since, upto]; then delete what the device confirmed by syncing with `since`."""
+        batch = await self.store.fetch(user_id, device_id, since, upto, limit)
+        if since is not None and batch.confirmed_pending:
             await self.store.delete_confirmed(user_id, device_id, since)
-        return await self.store.fetch(user_id, device_id, since, upto, limit)
+        return batch
 
     async def on_devices_deleted(self, user_id: str, device_ids: list[str]) -> None:
         await self.store.delete_devices(user_id, device_ids)

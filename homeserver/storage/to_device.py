@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
 from homeserver import jsonutil
 from homeserver.storage.device_lists import chunks, upsert
@@ -29,6 +29,8 @@ class InboxBatch:
     last_stream_id: int
     # More messages are pending in the window than were returned.
     limited: bool
+    # Messages at or below `since` are still stored (the device has confirmed them: delete them).
+    confirmed_pending: bool = False
 
 
 class ToDeviceStore:
@@ -89,30 +91,21 @@ class ToDeviceStore:
     async def fetch(
         self, user_id: str, device_id: str, since: int | None, upto: int, limit: int
     ) -> InboxBatch:
-        """Messages in (since, upto] in arrival order, at most `limit`."""
+        """Messages in (since, upto] in arrival order, at most `limit` (one connection)."""
         di = device_inbox.c
-        q = select(di.stream_id, di.message_json).where(
-            di.user_id == user_id, di.device_id == device_id, di.stream_id <= upto
-        )
-        if since is not None:
-            q = q.where(di.stream_id > since)
+        mine = (di.user_id == user_id, di.device_id == device_id)
+        q = select(di.stream_id, di.message_json).where(*mine, di.stream_id <= upto)
+        confirmed = False
         async with self.db.read() as conn:
+            if since is not None:
+                q = q.where(di.stream_id > since)
+                oldest = (await conn.execute(select(func.min(di.stream_id)).where(*mine))).scalar()
+                confirmed = oldest is not None and oldest <= since
             rows = (await conn.execute(q.order_by(di.stream_id).limit(limit + 1))).all()
         limited = len(rows) > limit
         rows = rows[:limit]
-        return InboxBatch([jsonutil.loads(r[1]) for r in rows], int(rows[-1][0]) if rows else 0, limited)
-
-    async def has_confirmed(self, user_id: str, device_id: str, upto: int) -> bool:
-        di = device_inbox.c
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(di.stream_id)
-                    .where(di.user_id == user_id, di.device_id == device_id, di.stream_id <= upto)
-                    .limit(1)
-                )
-            ).first()
-        return row is not None
+        last = int(rows[-1][0]) if rows else 0
+        return InboxBatch([jsonutil.loads(r[1]) for r in rows], last, limited, confirmed)
 
     async def delete_confirmed(self, user_id: str, device_id: str, upto: int) -> int:
         di = device_inbox.c
@@ -146,8 +139,6 @@ class ToDeviceStore:
             return int(res.rowcount or 0)
 
     async def pending_count(self, user_id: str, device_id: str) -> int:
-        from sqlalchemy import func
-
         async with self.db.read() as conn:
             return int(
                 (
