@@ -85,7 +85,8 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
     accounts = AccountStore(db)
-    events = EventStore(db)
+    # The state cache is only correct while this process is the only writer (not on shared PostgreSQL).
+    events = EventStore(db, cache_state=not db.shared)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     aliases = AliasStore(db)
     account_data = AccountDataStore(db)

@@ -8,6 +8,7 @@ is returned only after the event is committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -29,8 +30,38 @@ MAX_PREV_EVENTS = 10
 # PDUs over this size are rejected by the spec.
 MAX_PDU_BYTES = 65_536
 
+# At most this many queued messages are committed in one transaction.
+MAX_BATCH = 64
+
 # Called after an event is persisted (federation sending, push, ...).
 EventListener = Callable[[Event, int], Awaitable[None]]
+
+
+class _Pending:
+    """A message waiting for its room's next group commit."""
+
+    __slots__ = ("content", "duplicate_of", "future", "result", "sender", "txn", "type")
+
+    def __init__(self, type: str, sender: str, content: dict[str, Any], txn: TxnInfo | None) -> None:
+        self.type = type
+        self.sender = sender
+        self.content = content
+        self.txn = txn
+        self.future: asyncio.Future[tuple[Event, int]] = asyncio.get_running_loop().create_future()
+        self.result: tuple[Event, int] | None = None
+        self.duplicate_of: _Pending | None = None
+
+
+def _settle(p: _Pending) -> None:
+    """Complete a queued message's future from its result (or its twin's error)."""
+    if p.future.done():
+        return
+    if p.result is not None:
+        p.future.set_result(p.result)
+        return
+    twin = p.duplicate_of
+    error = twin.future.exception() if twin is not None and twin.future.done() else None
+    p.future.set_exception(error or MatrixError(500, Codes.UNKNOWN, "Event could not be stored"))
 
 
 class EventCreator:
@@ -43,6 +74,9 @@ class EventCreator:
         self.server_name = server_name
         self.signing_key = signing_key
         self.listeners: list[EventListener] = []
+        self._pending: dict[str, list[_Pending]] = {}
+        self._draining: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
         # Per room and, on PostgreSQL, across every worker process sharing the database.
@@ -63,8 +97,9 @@ class EventCreator:
         room_version = await self.store.get_room_version(room_id)
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        lock = self.room_lock(room_id)
-        async with lock:
+        if state_key is None and redacts is None and type != "m.room.redaction":
+            return await self._enqueue(room_id, room_version, _Pending(type, sender, content, txn))
+        async with self.room_lock(room_id):
             if txn is not None:
                 # A retry may have raced us to the lock.
                 existing = await self.store.get_txn_event(txn)
@@ -77,8 +112,85 @@ class EventCreator:
             )
             self._check(event, auth_map, create)
             stream_id = await self.store.persist_event(event, txn=txn)
-        await self._after_persist(event, stream_id)
+        await self._after_persist([event], [stream_id])
         return event, stream_id
+
+    # Group commit for messages ------------------------------------------------------------
+    # Concurrent non-state events in one room are built as a chain and committed in one
+    # transaction: the room lock is taken once per batch instead of once per message.
+
+    async def _enqueue(self, room_id: str, room_version: RoomVersion, pending: _Pending) -> tuple[Event, int]:
+        queue = self._pending.setdefault(room_id, [])
+        queue.append(pending)
+        if room_id not in self._draining:
+            self._draining.add(room_id)
+            task = asyncio.create_task(self._drain(room_id, room_version))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(pending.future)
+
+    async def _drain(self, room_id: str, room_version: RoomVersion) -> None:
+        try:
+            while self._pending.get(room_id):
+                async with self.room_lock(room_id):
+                    queue = self._pending[room_id]
+                    batch = queue[:MAX_BATCH]
+                    del queue[: len(batch)]
+                    try:
+                        done = await self._commit_batch(room_id, room_version, batch)
+                    except Exception as e:
+                        for p in batch:
+                            if not p.future.done():
+                                p.future.set_exception(e)
+                        continue
+                await self._after_persist([e for e, _ in done], [sid for _, sid in done])
+                for p in batch:
+                    _settle(p)
+        finally:
+            self._draining.discard(room_id)
+            if not self._pending.get(room_id):
+                self._pending.pop(room_id, None)
+
+    async def _commit_batch(
+        self, room_id: str, room_version: RoomVersion, batch: list[_Pending]
+    ) -> list[tuple[Event, int]]:
+        txns = [p.txn for p in batch if p.txn is not None]
+        known = await self.store.get_txn_events(txns)
+        prevs, depth = await self.store.get_extremities_and_depth(room_id)
+        prevs = prevs[:MAX_PREV_EVENTS]
+        chain: list[tuple[Event, TxnInfo | None]] = []
+        owners: list[_Pending] = []
+        in_batch: dict[tuple[str, str, str], _Pending] = {}
+        for p in batch:
+            key = (p.txn.user_id, p.txn.device_id, p.txn.txn_id) if p.txn else None
+            if key is not None and key in known:
+                stored = await self.store.get_event(known[key])
+                if stored is not None:
+                    p.result = (stored.event, stored.stream_id)
+                    continue
+            if key is not None and key in in_batch:
+                p.duplicate_of = in_batch[key]
+                continue
+            try:
+                event, auth_map, create = await self._build(
+                    room_version, room_id, p.type, p.sender, p.content, None, None, prevs=(prevs, depth)
+                )
+                self._check(event, auth_map, create)
+            except MatrixError as e:
+                p.future.set_exception(e)
+                continue
+            prevs, depth = [event.event_id], event.depth
+            chain.append((event, p.txn))
+            owners.append(p)
+            if key is not None:
+                in_batch[key] = p
+        ids = await self.store.persist_message_batch(chain)
+        for p, (event, _), stream_id in zip(owners, chain, ids, strict=True):
+            p.result = (event, stream_id)
+        for p in batch:
+            if p.duplicate_of is not None:
+                p.result = p.duplicate_of.result
+        return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
 
     async def create_room_event(
         self,
@@ -106,7 +218,7 @@ class EventCreator:
         )
         self._check(event, {}, event)
         stream_id = await self.store.persist_event(event, new_room=(room_version.identifier, sender, now))
-        await self._after_persist(event, stream_id)
+        await self._after_persist([event], [stream_id])
         return event, stream_id
 
     async def _build(
@@ -118,13 +230,14 @@ class EventCreator:
         content: dict[str, Any],
         state_key: str | None,
         redacts: str | None,
+        prevs: tuple[list[str], int] | None = None,
     ) -> tuple[Event, dict[tuple[str, str], Event], Event | None]:
         needed = auth_types_for_event(room_version, type, sender, state_key, content)
         needed_with_create = set(needed) | {("m.room.create", "")}
         state = await self.store.get_current_state(room_id, needed_with_create)
         create = state.get(("m.room.create", ""))
         auth_map = {k: v.event for k, v in state.items() if k in set(needed)}
-        prevs, depth = await self.store.get_extremities_and_depth(room_id)
+        prev_ids, depth = prevs if prevs is not None else await self.store.get_extremities_and_depth(room_id)
         event = build_event(
             room_version=room_version,
             room_id=room_id,
@@ -132,7 +245,7 @@ class EventCreator:
             sender=sender,
             content=content,
             state_key=state_key,
-            prev_event_ids=prevs[:MAX_PREV_EVENTS],
+            prev_event_ids=prev_ids[:MAX_PREV_EVENTS],
             auth_event_ids=sorted(e.event_id for e in auth_map.values()),
             depth=min(depth + 1, 2**63 - 1),
             origin_server_ts=self.clock.time_ms(),
@@ -153,14 +266,17 @@ class EventCreator:
         except AuthError as e:
             raise MatrixError(403, Codes.FORBIDDEN, str(e)) from None
 
-    async def _after_persist(self, event: Event, stream_id: int) -> None:
+    async def _after_persist(self, events: list[Event], stream_ids: list[int]) -> None:
         # Listeners (push counts, search, federation queue) run before syncs wake, so a
-        # notification count arrives in the same /sync as its event. The event is already
+        # notification count arrives in the same /sync as its event. The events are already
         # durable: a failing listener is logged, never turned into an error for the sender.
-        for listener in self.listeners:
-            try:
-                await listener(event, stream_id)
-            except Exception:
-                log.exception("event listener failed for %s", event.event_id)
-        users = [event.state_key] if event.type == "m.room.member" and event.state_key else []
-        self.notifier.notify(rooms=[event.room_id], users=users)
+        for event, stream_id in zip(events, stream_ids, strict=True):
+            for listener in self.listeners:
+                try:
+                    await listener(event, stream_id)
+                except Exception:
+                    log.exception("event listener failed for %s", event.event_id)
+        if not events:
+            return
+        users = [e.state_key for e in events if e.type == "m.room.member" and e.state_key]
+        self.notifier.notify(rooms=sorted({e.room_id for e in events}), users=users)

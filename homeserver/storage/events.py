@@ -490,6 +490,89 @@ class EventStore:
             )
         return stream_id
 
+    async def persist_message_batch(self, batch: list[tuple[Event, TxnInfo | None]]) -> list[int]:
+        """Store a chain of non-state events in one transaction (group commit).
+
+        Each event's prev_events is the previous one, so only the first event's prevs stop
+        being forward extremities and only the last becomes one.
+        """
+        if not batch:
+            return []
+        room_id = batch[0][0].room_id
+        assert all(
+            e.room_id == room_id and not e.is_state() and e.type != "m.room.redaction" for e, _ in batch
+        )
+        async with self.db.write() as conn:
+            ids = [self.db.next_stream_id() for _ in batch]
+            rows = []
+            txn_rows = []
+            for (event, txn), stream_id in zip(batch, ids, strict=True):
+                rel_type, relates_to = _relation(event)
+                rows.append(
+                    {
+                        "stream_id": stream_id,
+                        "event_id": event.event_id,
+                        "room_id": room_id,
+                        "type": event.type,
+                        "state_key": None,
+                        "sender": event.sender,
+                        "depth": event.depth,
+                        "origin_server_ts": event.origin_server_ts,
+                        "json": jsonutil.dumps(event.pdu),
+                        "replaces_state": None,
+                        "rel_type": rel_type,
+                        "relates_to": relates_to,
+                        "outlier": False,
+                        "txn_id": txn.txn_id if txn else None,
+                        "device_id": txn.device_id if txn else None,
+                        "unsigned_json": None,
+                    }
+                )
+                if txn is not None:
+                    txn_rows.append(
+                        {
+                            "user_id": txn.user_id,
+                            "device_id": txn.device_id,
+                            "txn_id": txn.txn_id,
+                            "event_id": event.event_id,
+                            "created_ts": event.origin_server_ts,
+                        }
+                    )
+            await conn.execute(insert(events), rows)
+            if txn_rows:
+                await conn.execute(insert(event_txns), txn_rows)
+            first_prevs = batch[0][0].prev_event_ids
+            if first_prevs:
+                await conn.execute(
+                    delete(forward_extremities).where(
+                        forward_extremities.c.room_id == room_id,
+                        forward_extremities.c.event_id.in_(first_prevs),
+                    )
+                )
+            await conn.execute(
+                insert(forward_extremities).values(room_id=room_id, event_id=batch[-1][0].event_id)
+            )
+        for (event, txn), stream_id in zip(batch, ids, strict=True):
+            self._cache_local_event(
+                StoredEvent(
+                    event, stream_id, {}, txn.txn_id if txn else None, txn.device_id if txn else None, None
+                )
+            )
+        return ids
+
+    async def get_txn_events(self, txns: list[TxnInfo]) -> dict[tuple[str, str, str], str]:
+        """Event IDs already recorded for these (user, device, txn) triples."""
+        if not txns:
+            return {}
+        keys = list({(t.user_id, t.device_id, t.txn_id) for t in txns})
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(
+                    event_txns.c.user_id, event_txns.c.device_id, event_txns.c.txn_id, event_txns.c.event_id
+                ).where(tuple_(event_txns.c.user_id, event_txns.c.device_id, event_txns.c.txn_id).in_(keys))
+            )
+            return {(r[0], r[1], r[2]): r[3] for r in rows}
+
     async def _persist(
         self,
         conn: AsyncConnection,

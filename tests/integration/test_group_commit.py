@@ -1,0 +1,82 @@
+"""Concurrent messages in one room are committed in batches without losing order or dedup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from homeserver.errors import MatrixError
+from homeserver.storage.events import TxnInfo
+from tests.support.http import RawClient
+from tests.support.server import RunningServer
+
+MakeUser = Callable[[str], Awaitable[RawClient]]
+
+
+async def test_concurrent_sends_form_one_chain(server: RunningServer, make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    sends = [alice.send(room, f"a{i}", f"a{i}") for i in range(40)] + [
+        bob.send(room, f"b{i}", f"b{i}") for i in range(40)
+    ]
+    # The same transaction twice in flight at once yields one event.
+    sends += [alice.send(room, "twice", "dup"), alice.send(room, "twice", "dup")]
+    ids = await asyncio.gather(*sends)
+    assert ids[-1] == ids[-2]
+    assert len(set(ids)) == 81
+    page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "f", "limit": "200"})
+    messages = [e for e in page["chunk"] if e["type"] == "m.room.message"]
+    assert len(messages) == 81
+    # Every message's only prev_event is the one before it: the DAG is a single chain.
+    stored = await server.hs.events.get_events([e["event_id"] for e in messages])
+    chain = [stored[e["event_id"]].event for e in messages]
+    for before, after in zip(chain, chain[1:], strict=False):
+        assert after.prev_event_ids == [before.event_id]
+        assert after.depth == before.depth + 1
+    extremities, _ = await server.hs.events.get_extremities_and_depth(room)
+    assert extremities == [chain[-1].event_id]
+
+
+async def test_a_rejected_message_does_not_fail_its_batch(server: RunningServer, make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    await make_user("mallory")
+    room = await alice.create_room()
+    creator = server.hs.creator
+
+    async def send(sender: str, body: str, txn: str) -> object:
+        try:
+            event, _ = await creator.create_and_send(
+                room_id=room,
+                type="m.room.message",
+                sender=sender,
+                content={"msgtype": "m.text", "body": body},
+                txn=TxnInfo(sender, "DEV", txn),
+            )
+            return event.event_id
+        except MatrixError as e:
+            return e
+
+    results = await asyncio.gather(
+        send(alice.user_id, "one", "1"),
+        send(f"@mallory:{server.server_name}", "intruder", "2"),
+        send(alice.user_id, "two", "3"),
+    )
+    assert isinstance(results[0], str) and isinstance(results[2], str)
+    assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
+    page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "3"})
+    assert [e["content"].get("body") for e in page["chunk"][:2]] == ["two", "one"]
+
+
+@pytest.mark.parametrize("count", [1, 5])
+async def test_batched_messages_wake_sync_once(make_user: MakeUser, count: int) -> None:
+    alice = await make_user("alice")
+    room = await alice.create_room()
+    since = (await alice.sync())["next_batch"]
+    await asyncio.gather(*(alice.send(room, f"m{i}", f"t{i}") for i in range(count)))
+    sync = await alice.sync(since, timeout=1000)
+    bodies = [e["content"]["body"] for e in sync["rooms"]["join"][room]["timeline"]["events"]]
+    assert sorted(bodies) == sorted(f"m{i}" for i in range(count))
