@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -34,7 +35,7 @@ async def test_concurrent_sends_form_one_chain(server: RunningServer, make_user:
     # Every message's only prev_event is the one before it: the DAG is a single chain.
     stored = await server.hs.events.get_events([e["event_id"] for e in messages])
     chain = [stored[e["event_id"]].event for e in messages]
-    for before, after in zip(chain, chain[1:], strict=False):
+    for before, after in itertools.pairwise(chain):
         assert after.prev_event_ids == [before.event_id]
         assert after.depth == before.depth + 1
     extremities, _ = await server.hs.events.get_extremities_and_depth(room)
