@@ -106,6 +106,7 @@ class Bot:
         self._trust_lock = asyncio.Lock()
         self._stopping = False
         self._current_sync: asyncio.Future[Any] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
         self._handled_invites: set[str] = set()
         self._key_requests: set[str] = set()
         self._user_id = ""
@@ -308,14 +309,24 @@ class Bot:
             await self.connect()
             if "help" not in self.commands.commands:
                 self.commands.add("help", self._help, "Show the commands, or the usage of one.")
-            await self._sync_loop()
+            self._loop_task = asyncio.create_task(self._sync_loop())
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
         finally:
+            self._loop_task = None
             await self._cleanup()
 
     def request_stop(self) -> None:
+        """Stop after the current step; a stuck step (homeserver gone) is cancelled after the grace time."""
         self._stopping = True
         if self._current_sync is not None:
             self._current_sync.cancel()
+        loop_task = self._loop_task
+        if loop_task is not None:
+            asyncio.get_running_loop().call_later(self.config.shutdown_grace_s, loop_task.cancel)
 
     async def stop(self) -> None:
         self.request_stop()

@@ -167,3 +167,22 @@ async def test_shutdown_waits_for_handlers_then_cancels(
     await bot.stop()
     await asyncio.wait_for(task, 5)
     assert finished == ["quick"] and closed == [True] and bot.client is None
+
+
+async def test_stop_does_not_hang_on_a_stuck_step(fake_server: tuple[Fake, str], tmp_path: Path) -> None:
+    _, url = fake_server
+    bot = Bot(
+        str(tmp_path / "store"), homeserver=url, access_token="t", encryption=False, shutdown_grace_s=0.3
+    )
+    started = asyncio.Event()
+
+    @bot.on_startup
+    async def hang() -> None:  # e.g. a request retried forever while the homeserver is down
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(bot.serve())
+    await asyncio.wait_for(started.wait(), 10)
+    await bot.stop()
+    await asyncio.wait_for(task, 5)
+    assert bot.client is None
