@@ -130,15 +130,20 @@ async def login_peer(server: RunningServer, store_root: str, localpart: str) -> 
     user_id = f"@{localpart}:{server.server_name}"
     if not await server.hs.accounts.user_exists(user_id):
         await server.register(localpart)
-    store_path = os.path.join(store_root, localpart)
+    return await login_peer_at(server.base_url, user_id, "password", store_root)
+
+
+async def login_peer_at(base_url: str, user_id: str, password: str, store_root: str) -> Peer:
+    """A nio user on any homeserver (Sotto or Synapse)."""
+    store_path = os.path.join(store_root, user_id[1:].split(":", 1)[0])
     os.makedirs(store_path, exist_ok=True)
     client = AsyncClient(
-        server.base_url,
+        base_url,
         user_id,
         store_path=store_path,
         config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True),
     )
-    resp = await client.login("password", device_name=f"{localpart}-nio")
+    resp = await client.login(password, device_name="peer-nio")
     assert isinstance(resp, LoginResponse), resp
     peer = Peer(client)
     await peer.step()
