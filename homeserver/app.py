@@ -99,8 +99,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     yield
     for service in reversed(hs.background):
         await service.stop()
-    hs.notifier.notify_all()
+    hs.notifier.close()
     await hs.db.close()
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for in-flight requests: end long-polls now.
+    app[HS_KEY].notifier.close()
 
 
 def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
@@ -110,4 +115,5 @@ def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
     for setup in AREAS:
         setup(app, hs)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_wake_long_polls)
     return app

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from signedjson.key import SigningKey
+from signedjson.types import SigningKey
 
 from homeserver.clock import Clock
 from homeserver.config import Config

@@ -56,7 +56,9 @@ def optional_str(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def query_int(request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+def query_int(
+    request: web.Request, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default

@@ -21,7 +21,6 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.storage.accounts import AccountStore, TokenInfo
 
-
 _TOKEN_CACHE_SIZE = 10_000
 
 
@@ -129,7 +128,7 @@ class AuthHandler:
         return None
 
     async def get_requester(self, request: web.Request, *, allow_guest: bool = False) -> Requester:
-        cached = request.get(REQUESTER_KEY)
+        cached: Requester | None = request.get(REQUESTER_KEY)
         if cached is not None:
             return cached
         token = self.extract_token(request)

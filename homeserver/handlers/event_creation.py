@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from signedjson.key import SigningKey
+from signedjson.types import SigningKey
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError

@@ -12,7 +12,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, forbidden
-from homeserver.handlers.client_format import client_event, format_events
+from homeserver.handlers.client_format import format_events
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.sync.filter import EventFilter
@@ -180,7 +180,6 @@ class MessageHandler:
             else []
         )
         state = await self.events.get_current_state(room_id)
-        now = self.clock.time_ms()
         return {
             "event": (await self._format([stored], device_id))[0],
             "events_before": await self._format(before, device_id),

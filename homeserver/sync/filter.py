@@ -78,8 +78,10 @@ class SyncFilter:
     def parse(cls, raw: Any) -> SyncFilter:
         if not isinstance(raw, dict):
             raw = {}
-        room = raw.get("room") if isinstance(raw.get("room"), dict) else {}
-        state_raw = room.get("state") if isinstance(room.get("state"), dict) else {}
+        room_raw = raw.get("room")
+        room: dict[str, Any] = room_raw if isinstance(room_raw, dict) else {}
+        state_value = room.get("state")
+        state_raw: dict[str, Any] = state_value if isinstance(state_value, dict) else {}
         return cls(
             timeline=EventFilter.parse(room.get("timeline")),
             state=EventFilter.parse(state_raw),

@@ -76,8 +76,22 @@ class SyncHandler:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
             response, joined = await self._compute(req, upto, eph)
+            if response.pop("_to_device_limited", False):
+                # More to-device messages are queued than one sync carries: answer with a token
+                # no later than the last one delivered, so the rest come next time.
+                capped = int(response.pop("_to_device_upto"))
+                response, joined = await self._compute(req, min(capped, upto), eph)
+                response.pop("_to_device_limited", None)
+                response.pop("_to_device_upto", None)
+                return response
             remaining = deadline - time.monotonic()
-            if req.since is None or req.full_state or remaining <= 0 or not _is_empty(response):
+            if (
+                req.since is None
+                or req.full_state
+                or remaining <= 0
+                or self.notifier.closing
+                or not _is_empty(response)
+            ):
                 return response
             # Something may have landed while we computed: recompute rather than sleep through it.
             if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
@@ -265,7 +279,7 @@ class SyncHandler:
 
 def _is_empty(response: dict[str, Any]) -> bool:
     rooms = response["rooms"]
-    if rooms["join"] or rooms["invite"] or rooms["leave"]:
+    if rooms["join"] or rooms["invite"] or rooms["leave"] or rooms.get("knock"):
         return False
     if response["account_data"]["events"] or response["presence"]["events"]:
         return False

@@ -21,6 +21,7 @@ class Notifier:
         self._by_user: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self._by_room: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
         self.ephemeral_serial = 0
+        self.closing = False
         # Hooks that forward notifications to other workers (Redis pub/sub), if configured.
         self.remote_publishers: list[Callable[[list[str], list[str]], None]] = []
 
@@ -54,12 +55,19 @@ class Notifier:
             for publish in self.remote_publishers:
                 publish(rooms, users)
 
+    def close(self) -> None:
+        """Shutting down: wake every long-poll and keep new ones from waiting."""
+        self.closing = True
+        self.notify_all()
+
     def notify_all(self) -> None:
         for waiters in list(self._by_user.values()):
             self._wake(waiters)
 
     async def wait(self, user_id: str, room_ids: Iterable[str], timeout: float) -> bool:
         """Wait up to `timeout` seconds for a change; True if woken."""
+        if self.closing:
+            return False
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         room_ids = list(room_ids)
         self._by_user[user_id].add(fut)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import pytest
 from olm.utility import ed25519_verify
 
 from tests.integration.e2ee.fixtures import CrossSigning, olm_user
@@ -357,11 +356,6 @@ async def test_cross_signing_replacement_needs_password(
     assert status in (400, 401)
 
 
-@pytest.mark.xfail(
-    reason="the /sync handler must honour _to_device_limited/_to_device_upto (cap its token) "
-    "and strip those keys; see homeserver/sync/e2ee_extension.py",
-    strict=False,
-)
 async def test_to_device_queue_is_paged_without_loss(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mautrix.client import Client
 from mautrix.errors import MForbidden, MNotFound
 from mautrix.types import (
     EventType,
     Membership,
+    MemberStateEventContent,
     PaginationDirection,
     RoomCreatePreset,
     RoomID,
+    RoomNameStateEventContent,
     TextMessageEventContent,
     UserID,
 )
@@ -44,14 +47,18 @@ async def test_mautrix_rooms_messages_and_state(server: RunningServer) -> None:
             isinstance(event.content, TextMessageEventContent) and event.content.body == "hello from mautrix"
         )
         name = await alice.get_state_event(room_id, EventType.ROOM_NAME)
-        assert name.name == "mautrix room"
+        assert isinstance(name, RoomNameStateEventContent) and name.name == "mautrix room"
         messages = await alice.get_messages(room_id, PaginationDirection.BACKWARD, limit=3)
-        assert messages.events[0].event_id == event_id
+        # PaginatedMessages is a functional NamedTuple whose fields mypy cannot see.
+        chunk: list[Any] = messages[2]  # type: ignore[misc]
+        assert chunk[0].event_id == event_id
         members = await alice.get_members(room_id)
-        assert {m.state_key for m in members if m.content.membership == Membership.JOIN} == {
-            alice.mxid,
-            bob.mxid,
+        joined = {
+            m.state_key
+            for m in members
+            if isinstance(m.content, MemberStateEventContent) and m.content.membership == Membership.JOIN
         }
+        assert joined == {alice.mxid, bob.mxid}
         assert room_id in await bob.get_joined_rooms()
         await bob.leave_room(room_id)
         assert room_id not in await bob.get_joined_rooms()

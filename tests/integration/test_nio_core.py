@@ -29,7 +29,7 @@ from tests.support.server import RunningServer
 async def send_text(client: AsyncClient, room_id: str, body: str) -> str:
     resp = await client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body})
     assert isinstance(resp, RoomSendResponse), resp
-    return resp.event_id
+    return str(resp.event_id)
 
 
 async def test_public_room_chat_both_ways(server: RunningServer) -> None:
@@ -115,7 +115,7 @@ async def test_typing_receipts_and_redaction(server: RunningServer) -> None:
         await alice.room_read_markers(room_id, event_id, event_id)
         await bob.sync(timeout=1000)
         assert alice.user_id in bob.rooms[room_id].typing_users
-        assert bob.rooms[room_id].read_receipts[alice.user_id].event_id == event_id  # type: ignore[attr-defined]
+        assert bob.rooms[room_id].read_receipts[alice.user_id].event_id == event_id
         redacted = await alice.room_redact(room_id, event_id, reason="typo")
         assert isinstance(redacted, RoomRedactResponse)
         page = await bob.room_messages(room_id, limit=5)
@@ -151,4 +151,4 @@ async def test_leave_and_forget(server: RunningServer) -> None:
         await alice.room_leave(room_id)
         await alice.room_forget(room_id)
         resp = await alice.joined_rooms()
-        assert room_id not in resp.rooms  # type: ignore[union-attr]
+        assert room_id not in resp.rooms
