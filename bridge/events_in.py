@@ -393,7 +393,7 @@ class FederationEventHandler:
         else:
             await self.tracker.ensure(others, event.room_version)
             sets = [*list((await self.tracker.state_after(others)).values()), state_after]
-            new_current = await self.tracker.resolve(event.room_version, sets)
+            new_current = await self.tracker.resolve(event.room_version, sets, pending=[event])
         changes = await self.state_changes(current, new_current, event)
         written: list[int] = []
 

@@ -25,7 +25,7 @@ from bridge.schema import federation_event_state, federation_state_groups
 from homeserver import jsonutil
 from homeserver.events import Event
 from homeserver.events.room_versions import RoomVersion
-from homeserver.state import StateMap, resolve_state
+from homeserver.state import EventSource, StateMap, resolve_state
 from homeserver.storage.events import EventStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,19 @@ class StoreEventSource:
             if info.rejected_reason is not None:
                 found[event_id].rejected_reason = info.rejected_reason
         return found
+
+
+class _WithPending:
+    def __init__(self, source: StoreEventSource, pending: Collection[Event]) -> None:
+        self.source = source
+        self.pending = {e.event_id: e for e in pending}
+
+    async def get_events(self, event_ids: Collection[str]) -> dict[str, Event]:
+        out = {e: self.pending[e] for e in event_ids if e in self.pending}
+        rest = [e for e in event_ids if e not in self.pending]
+        if rest:
+            out.update(await self.source.get_events(rest))
+        return out
 
 
 class StateTracker:
@@ -197,7 +210,10 @@ class StateTracker:
             if info.state_group is not None
         }
 
-    async def resolve(self, room_version: RoomVersion, state_sets: list[StateMap]) -> StateMap:
+    async def resolve(
+        self, room_version: RoomVersion, state_sets: list[StateMap], pending: Collection[Event] = ()
+    ) -> StateMap:
+        """Resolve state sets; `pending` are events not stored yet (the one being persisted)."""
         unique: list[StateMap] = []
         for s in state_sets:
             if s not in unique:
@@ -206,7 +222,8 @@ class StateTracker:
             return dict(unique[0])
         if not unique:
             return {}
-        return await resolve_state(room_version, unique, self.source)
+        source: EventSource = self.source if not pending else _WithPending(self.source, pending)
+        return await resolve_state(room_version, unique, source)
 
     async def state_before(self, event: Event) -> StateMap | None:
         """Resolved state before `event`, or None if some prev event's state is unknown."""

@@ -186,3 +186,69 @@ async def test_forged_and_tampered_events_are_refused(
         # 5. A transaction replayed with the same ID is answered the same, and not reprocessed.
         again = await send([pdu], "tampered")
         assert again == result
+
+
+async def test_lost_events_are_fetched_as_missing_events(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        fa = federation_of(a)
+        await fa.queue.stop()
+        lost = [f"lost {i}" for i in range(5)]
+        for body in lost:
+            await alice.send(room_id, body)
+        # Simulate transactions that never arrived: drop everything queued for B.
+        batch = await fa.store.next_batch(b.server_name, 50, 100)
+        await fa.store.remove(batch.row_ids)
+        await fa.queue.start()
+        await alice.send(room_id, "arrives")
+
+        async def all_there() -> bool:
+            bodies = await room_bodies(bob, room_id)
+            return all(x in bodies for x in [*lost, "arrives"])
+
+        await wait_for(all_there, what="missing events fetched by B")
+
+
+async def test_soft_failed_event_is_hidden(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat", room_version="11")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        fa, fb = federation_of(a), federation_of(b)
+        await fa.queue.stop()
+        await fb.queue.stop()
+        await alice.call("POST", f"/rooms/{room_id}/ban", {"user_id": bob.user_id, "reason": "spam"})
+        # B has not heard of the ban: for it, Bob may still speak.
+        sneaky = await bob.send(room_id, "sneaky")
+        await fa.queue.start()
+        await fb.queue.start()
+
+        async def ban_on_b() -> bool:
+            found = await b.hs.events.get_membership(room_id, bob.user_id)
+            return found is not None and found[0] == "ban"
+
+        await wait_for(ban_on_b, what="ban reaching B")
+        await fb.queue.idle()
+        # A accepted the event into the DAG but soft-failed it: clients never see it.
+        info = (await fa.tracker.get_infos([sneaky])).get(sneaky)
+        assert info is not None and info.soft_failed
+        assert "sneaky" not in await room_bodies(alice, room_id)
+        assert await a.hs.events.get_current_state_ids(room_id) == await b.hs.events.get_current_state_ids(
+            room_id
+        )
