@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 
 from homeserver.clock import Clock
 from tests.support.http import RawClient
+from tests.support.server import RunningServer, run_server
+
+T = TypeVar("T")
 
 
 class FakeClock(Clock):
@@ -69,3 +75,48 @@ class Client(RawClient):
             )
             return status, body
         return await super().request(method, path, json=json, params=params, data=data)
+
+
+class ThreadedServer:
+    """A Sotto server on its own event loop in a background thread, for synchronous tests
+    (schemathesis drives `requests`). `run(coro)` runs setup code on the server's loop."""
+
+    def __init__(self, tmp_path: str, **overrides: Any) -> None:
+        self.tmp_path = tmp_path
+        self.overrides = overrides
+        self.loop = asyncio.new_event_loop()
+        self.server: RunningServer | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="sotto-test-server", daemon=True)
+        self._error: BaseException | None = None
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            self._stop = asyncio.Event()
+            async with run_server(self.tmp_path, **self.overrides) as srv:
+                self.server = srv
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None or self.server is None:
+            raise RuntimeError("test server did not start") from self._error
+        return self.server
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
