@@ -131,7 +131,7 @@ class Federation:
             if (
                 room_id.startswith("!")
                 and await self.hs.events.get_room_version(room_id) is not None
-                and not await self.inbound.is_participating(room_id)
+                and await self._needs_remote_join(room_id, candidates)
             ):
                 membership = await self.hs.events.get_membership(room_id, user_id)
                 if membership is not None and membership[0] == "invite":
@@ -158,6 +158,18 @@ class Federation:
 
         rooms.join = join  # type: ignore[method-assign]
         rooms.set_membership = set_membership  # type: ignore[method-assign]
+
+    async def _needs_remote_join(self, room_id: str, candidates: list[str]) -> bool:
+        """A room this server only holds an invite for, or one all local users have left
+        (our copy of its state may be stale): join through a server still in it."""
+        if not await self.inbound.is_participating(room_id):
+            return True
+        servers = await room_servers(self.hs, room_id)
+        if self.hs.server_name in servers:
+            return False
+        remote = servers - {self.hs.server_name}
+        candidates.extend(sorted(remote))
+        return bool(remote)
 
     async def query_directory(self, alias: str) -> tuple[str, list[str]]:
         try:
