@@ -147,9 +147,11 @@ class FederatedE2EE:
                 entry["keys"] = keys[row.device_id]
                 entry.pop("unsigned", None)
             devices.append(entry)
+        # Stream IDs are time-based, so they keep increasing across restarts.
+        self._device_stream = max(self._device_stream, self.hs.clock.time_ms())
         out: dict[str, Any] = {
             "user_id": user_id,
-            "stream_id": max(self._device_stream, 0),
+            "stream_id": self._device_stream,
             "devices": devices,
         }
         cross = (await store.get_cross_signing_keys([user_id], viewer=None)).get(user_id, {})
