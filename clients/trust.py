@@ -150,6 +150,8 @@ class TrustManager:
         changed = False
         for device in candidates:
             key = (device.user_id, device.id)
+            if device.user_id not in identities:
+                continue  # the query failed for this user (their server unreachable?): decide later
             verdict = decide(
                 self.policy,
                 device.user_id,
@@ -186,14 +188,16 @@ class TrustManager:
             log.warning("keys/query for trust review failed: HTTP %s", resp.status)
             return {}
         body = resp.body
+        answered = body.get("device_keys", {})
         return {
             user: UserIdentity(
                 master_key=body.get("master_keys", {}).get(user),
                 self_signing_key=body.get("self_signing_keys", {}).get(user),
                 user_signing_key=None,
-                devices=body.get("device_keys", {}).get(user, {}) or {},
+                devices=answered.get(user, {}) or {},
             )
             for user in users
+            if user in answered
         }
 
     def forget(self, user_id: str) -> bool:
