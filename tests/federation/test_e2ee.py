@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,16 +59,6 @@ async def _invited(srv: RunningServer, room_id: str, user_id: str) -> bool:
 
 # The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def synapse(test_ca: CertAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
-    server = SynapseServer(str(tmp_path_factory.mktemp("synapse-e2ee")), test_ca)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def synapse_nio(synapse: SynapseServer, store_root: str, localpart: str) -> NioUser:

@@ -26,21 +26,27 @@ async def _joined(srv: RunningServer, room_id: str, user_id: str) -> bool:
 
 
 async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
-    b_port = free_port()
-    async with fed_server(tmp_dirs[0], test_ca) as a, aiohttp.ClientSession() as http:
-        alice = await Client.login(a, "alice", http)
-        room_id = await alice.create_room(preset="public_chat")
-        async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
-            bob = await Client.login(b, "bob", http)
-            await bob.join(room_id, via=[a.server_name])
-            await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
-        # B is down: A queues everything for it.
-        sent = [f"while down {i}" for i in range(60)]
-        for body in sent:
-            await alice.send(room_id, body)
-        fa = federation_of(a)
-        assert await fa.store.pending_count(f"127.0.0.1:{b_port}") >= 60
-        async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
+    """B goes down; A queues 60 messages and restarts itself; when B is back it receives
+    all of them, in order, once."""
+    a_port, b_port = free_port(), free_port()
+    async with aiohttp.ClientSession() as http:
+        async with fed_server(tmp_dirs[0], test_ca, fed_port=a_port) as a:
+            alice = await Client.login(a, "alice", http)
+            room_id = await alice.create_room(preset="public_chat")
+            async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
+                bob = await Client.login(b, "bob", http)
+                await bob.join(room_id, via=[a.server_name])
+                await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+            # B is down: A queues everything for it.
+            sent = [f"while down {i}" for i in range(60)]
+            for body in sent:
+                await alice.send(room_id, body)
+            assert await federation_of(a).store.pending_count(f"127.0.0.1:{b_port}") >= 60
+        # A restarts too (its queue is on disk), then B comes back.
+        async with (
+            fed_server(tmp_dirs[0], test_ca, fed_port=a_port) as a,
+            fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b,
+        ):
             bob = await Client.login(b, "bob", http)
 
             async def all_there() -> bool:
@@ -48,7 +54,7 @@ async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[st
                 return all(s in bodies for s in sent)
 
             await wait_for(all_there, timeout=30, what="B catching up")
-            assert await fa.queue.idle(10)
+            assert await federation_of(a).queue.idle(10)
             bodies = [x for x in await room_bodies(bob, room_id) if x.startswith("while down")]
             assert bodies == sent  # in order, nothing missing, nothing twice
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -13,16 +12,6 @@ from tests.federation.synapse import SynapseServer
 
 # The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def synapse(test_ca: CertAuthority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynapseServer]:
-    server = SynapseServer(str(tmp_path_factory.mktemp("synapse")), test_ca)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def synapse_client(synapse: SynapseServer, localpart: str, http: aiohttp.ClientSession) -> Client:

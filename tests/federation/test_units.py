@@ -67,7 +67,7 @@ def test_address_filter() -> None:
 def test_multipart_parsing() -> None:
     body = (
         b"--abc\r\nContent-Type: application/json\r\n\r\n{}\r\n"
-        b"--abc\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename=\"a.png\"\r\n\r\n"
+        b'--abc\r\nContent-Type: image/png\r\nContent-Disposition: inline; filename="a.png"\r\n\r\n'
         b"\x00\x01\r\n\x02\r\n--abc--\r\n"
     )
     parts = parse_multipart('multipart/mixed; boundary="abc"', body)
