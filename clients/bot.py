@@ -57,6 +57,7 @@ from nio import (
 from nio.store import SqliteStore
 
 from clients import attachments
+from clients.backup import KeyBackup, KeyBackupError
 from clients.client import SottoAsyncClient
 from clients.commands import Command, CommandError, CommandRegistry, Handler
 from clients.config import BotConfig
@@ -92,6 +93,7 @@ class Bot:
         self.client: SottoAsyncClient | None = None
         self.trust: TrustManager | None = None
         self.cross_signing: CrossSigning | None = None
+        self.backup: KeyBackup | None = None
         self.ready = asyncio.Event()
         self._message_handlers: list[Handler] = []
         self._reaction_handlers: list[Handler] = []
@@ -231,6 +233,8 @@ class Bot:
                 await client.keys_upload()
             if cfg.cross_signing:
                 await self._bootstrap_cross_signing(reset=cfg.reset_cross_signing)
+            if cfg.key_backup:
+                await self._enable_key_backup()
         log.info("connected as %s (device %s)", client.user_id, client.device_id)
         return client
 
@@ -279,6 +283,25 @@ class Bot:
             log.warning("cross-signing not set up: %s", exc)
             return
         log.info("cross-signing ready (master key %s)", result.master_public)
+
+    async def _enable_key_backup(self) -> None:
+        self.backup = KeyBackup(self._require_client(), self.store)
+        try:
+            version = await self.backup.enable()
+        except KeyBackupError as exc:
+            log.warning("key backup not enabled: %s", exc)
+            self.backup = None
+            return
+        log.info("backing up Megolm sessions to key backup version %s", version)
+
+    async def restore_key_backup(self, recovery_key: str) -> int:
+        """Import the sessions of the account's key backup (after losing the store, say)."""
+        client = self._require_client()
+        backup = self.backup or KeyBackup(client, self.store)
+        count = await backup.restore(recovery_key)
+        if self.config.key_backup:
+            self.backup = backup
+        return count
 
     async def _before_share(self, room_id: str) -> None:
         await self.review_trust()
@@ -402,6 +425,11 @@ class Bot:
         if client.should_claim_keys:
             await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
+        if self.backup is not None and self.backup.version is not None:
+            try:
+                await self.backup.upload_new()
+            except KeyBackupError as exc:
+                log.warning("key backup upload failed: %s", exc)
 
     async def _cleanup(self) -> None:
         if self._tasks:

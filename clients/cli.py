@@ -6,6 +6,7 @@
     sotto-bot listen '!room:example.org' --json                 # one JSON object per line
     sotto-bot verify                                            # answer an emoji verification
     sotto-bot trust reset @user:example.org                     # accept a user's new identity
+    sotto-bot backup restore                                    # sessions back from key backup
 
 Every command takes `--store DIR` (default `$SOTTO_BOT_STORE` or `./bot-store`). One process uses
 a store at a time (it is locked), so stop a running bot before scripting with its store.
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from clients.backup import KeyBackup, KeyBackupError
 from clients.bot import Bot, BotError
 from clients.config import DEFAULT_STORE, BotConfig
 from clients.context import Context
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--keep-master-key", action="store_true", help="keep the master private key in the store"
     )
+    login.add_argument(
+        "--key-backup", action="store_true", help="back up Megolm sessions; prints the recovery key"
+    )
 
     run = sub.add_parser("run", help="run the Bot defined in a Python file")
     _store_arg(run)
@@ -90,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--device", help="the device ID to verify (with --user)")
     verify.add_argument("--timeout", type=float, default=300.0)
     verify.add_argument("--yes", action="store_true", help="accept matching emoji without asking (testing)")
+
+    backup = sub.add_parser("backup", help="key backup: show the recovery key, or restore sessions")
+    _store_arg(backup)
+    backup.add_argument("action", choices=["key", "restore"])
+    backup.add_argument(
+        "--recovery-key-file", help="restore: read the recovery key from this file (else ask)"
+    )
 
     trust = sub.add_parser("trust", help="show or reset trust-on-first-use pins")
     _store_arg(trust)
@@ -126,6 +138,7 @@ async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
         encryption=not args.no_encryption,
         keep_master_key=args.keep_master_key,
         reset_cross_signing=args.reset_cross_signing,
+        key_backup=args.key_backup,
     )
     try:
         client = await bot.connect()
@@ -135,6 +148,8 @@ async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
             print(f"cross-signing master key: {keys.master_public}", file=out)
         elif not args.no_encryption:
             print("cross-signing is not set up (see the log above)", file=out)
+        if bot.backup is not None and bot.backup.recovery_key:
+            print(f"key backup recovery key (keep it somewhere safe): {bot.backup.recovery_key}", file=out)
     finally:
         await bot.close()
     return 0
@@ -296,6 +311,33 @@ async def run_verification(
     return 1
 
 
+async def cmd_backup(args: argparse.Namespace, out: TextIO) -> int:
+    store = StoreDir(store_of(args))
+    if args.action == "key":
+        key = KeyBackup.stored_recovery_key(store)
+        if key is None:
+            print("this store has no key backup (log in with --key-backup)", file=sys.stderr)
+            return 1
+        print(key, file=out)
+        return 0
+    if args.recovery_key_file:
+        recovery_key = await asyncio.to_thread(lambda: Path(args.recovery_key_file).read_text().strip())
+    else:
+        recovery_key = await asyncio.to_thread(getpass.getpass, "Recovery key: ")
+    bot = Bot(config=BotConfig.from_env(store_path=str(store.path)))
+    try:
+        await bot.connect()
+        await bot.sync_once()
+        count = await bot.restore_key_backup(recovery_key)
+    except KeyBackupError as exc:
+        print(f"sotto-bot: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await bot.close()
+    print(f"restored {count} sessions", file=out)
+    return 0
+
+
 async def cmd_trust(args: argparse.Namespace, out: TextIO) -> int:
     store = StoreDir(store_of(args))
     if args.action == "list":
@@ -324,6 +366,7 @@ COMMANDS = {
     "listen": cmd_listen,
     "verify": cmd_verify,
     "trust": cmd_trust,
+    "backup": cmd_backup,
 }
 
 

@@ -40,6 +40,8 @@ class BotConfig:
     # Replace an identity the bot does not hold the keys of (login --reset-cross-signing).
     reset_cross_signing: bool = False
     trust: TrustPolicy = field(default_factory=TrustPolicy)
+    # Back up Megolm sessions to the homeserver (encrypted to a key only the bot's operator holds).
+    key_backup: bool = False
     pickle_key: str = field(default="DEFAULT_KEY", repr=False)
     # Behaviour.
     command_prefix: str = "!"
@@ -67,7 +69,7 @@ class BotConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BotConfig:
         """SOTTO_BOT_STORE, _HOMESERVER, _USER, _PASSWORD, _TOKEN, _PREFIX, _INVITERS, _TRUST,
-        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY, _SYNC_TIMEOUT_MS; explicit keyword overrides win."""
+        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY, _SYNC_TIMEOUT_MS, _KEY_BACKUP; keyword overrides win."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "store_path": env.get("SOTTO_BOT_STORE"),
@@ -81,6 +83,8 @@ class BotConfig:
         }
         if "SOTTO_BOT_SYNC_TIMEOUT_MS" in env:
             values["sync_timeout_ms"] = int(env["SOTTO_BOT_SYNC_TIMEOUT_MS"])
+        if "SOTTO_BOT_KEY_BACKUP" in env:
+            values["key_backup"] = _bool(env["SOTTO_BOT_KEY_BACKUP"])
         if "SOTTO_BOT_ENCRYPTION" in env:
             values["encryption"] = _bool(env["SOTTO_BOT_ENCRYPTION"])
         if "SOTTO_BOT_TRUST" in env or "SOTTO_BOT_TRUSTED_USERS" in env:

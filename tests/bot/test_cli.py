@@ -179,3 +179,53 @@ async def test_verify_answers_an_emoji_verification(
     # The operator saw the same emoji as Alice.
     assert all(name in out for _, name in sas.get_emoji())
     assert alice.client.device_store[bot_id][device_id].verified
+
+
+async def test_login_with_key_backup_then_restore_into_a_new_store(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    await server.register("bot", "bot-password")
+    password_file = tmp_path / "password"
+    password_file.write_text("bot-password\n")
+    user_id = f"@bot:{server.server_name}"
+    store = str(tmp_path / "store-1")
+    rc, out, err = await run_cli(
+        "login",
+        "--homeserver",
+        server.base_url,
+        "--user",
+        user_id,
+        "--password-file",
+        str(password_file),
+        "--store",
+        store,
+        "--key-backup",
+    )
+    assert rc == 0, err
+    printed = out.split("key backup recovery key (keep it somewhere safe): ")[1].strip()
+    rc, shown, _ = await run_cli("backup", "key", "--store", store)
+    assert rc == 0 and shown.strip() == printed
+
+    # A second store for the account (the first one lost): restore from the recovery key.
+    other = str(tmp_path / "store-2")
+    rc, _, err = await run_cli(
+        "login",
+        "--homeserver",
+        server.base_url,
+        "--user",
+        user_id,
+        "--password-file",
+        str(password_file),
+        "--store",
+        other,
+    )
+    assert rc == 0, err
+    key_file = tmp_path / "recovery"
+    key_file.write_text(printed)
+    rc, out, err = await run_cli("backup", "restore", "--recovery-key-file", str(key_file), "--store", other)
+    assert rc == 0, err
+    assert out.startswith("restored ")
+    wrong = tmp_path / "wrong"
+    wrong.write_text(printed[:-1] + ("1" if printed[-1] != "1" else "2"))
+    rc, _, err = await run_cli("backup", "restore", "--recovery-key-file", str(wrong), "--store", other)
+    assert rc == 1 and "recovery key" in err
