@@ -33,7 +33,7 @@ from sqlalchemy import event, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from homeserver.storage import postgres
+from homeserver.storage import postgres, sqlite_inline
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # against process crashes (kill -9) in WAL mode at a fraction of FULL's cost.
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=10000")
+    # Short: while another process (an admin command) holds the write lock, this loop waits.
+    cur.execute("PRAGMA busy_timeout=2000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -60,6 +61,9 @@ class Database:
                 path = os.path.join(base_dir, path)
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             sa_url = sa_url.set(database=path)
+        if self.is_sqlite:
+            # sqlite+aiosqlite (or plain sqlite) URLs run in the loop's thread: see sqlite_inline.
+            sa_url = sa_url.set(drivername=f"sqlite+{sqlite_inline.DRIVER}")
         self.url = sa_url
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
@@ -83,8 +87,32 @@ class Database:
         return self.is_postgres
 
     @asynccontextmanager
+    async def _connect(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        conn = await engine.connect()
+        try:
+            yield conn
+        finally:
+            if self.is_sqlite:
+                # Inline SQLite closes without suspending, so there is nothing to shield; the
+                # shield in AsyncConnection.__aexit__ costs a new task on every use.
+                await conn.close()
+            else:
+                await asyncio.shield(conn.close())
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self._connect(self.engine) as conn:
+            trans = await conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                await trans.rollback()
+                raise
+            await trans.commit()
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.connect() as conn:
+        async with self._connect(self._reader) as conn:
             yield conn
 
     @asynccontextmanager
@@ -93,7 +121,7 @@ class Database:
         async with self._write_lock:
             if not self.shared:
                 try:
-                    async with self.engine.begin() as conn:
+                    async with self._begin() as conn:
                         yield conn
                 finally:
                     # Everything allocated so far is now committed (or abandoned): readers may see it.
@@ -101,7 +129,7 @@ class Database:
                 return
             committed = False
             try:
-                async with self.engine.begin() as conn:
+                async with self._begin() as conn:
                     base = await postgres.lock_stream(conn)
                     self.observe_stream_position(base)
                     self._stream_id = base
