@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
+import pytest
 from nio import Event, RoomMemberEvent, RoomMessageNotice
 
 from clients import Bot, Context
@@ -29,8 +31,10 @@ def joined(user_id: str) -> Callable[[str, Event], bool]:
 
 
 async def test_encrypted_command_gets_encrypted_reply(
-    server: RunningServer, make_bot: BotFactory, peers: Peers
+    server: RunningServer, make_bot: BotFactory, peers: Peers, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="clients")
+    caplog.set_level(logging.INFO)
     bot = echo_bot(make_bot())
     async with running(bot, server):
         alice = await peers("alice")
@@ -43,6 +47,8 @@ async def test_encrypted_command_gets_encrypted_reply(
         assert reply.body == "hello **secret**"
         assert reply.formatted_body == "hello <strong>secret</strong>"
         assert reply.source["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": command_id}}
+    # The bot logged the command (by event ID), never its text.
+    assert command_id in caplog.text and "secret" not in caplog.text
 
 
 async def test_bot_restarts_from_its_store_and_still_decrypts(
