@@ -9,6 +9,9 @@ handler, so API modules stay thin and do not each repeat these checks:
   than the app-wide `limits.max_request_bytes`. Rejections are 400 `M_INVALID_PARAM`
   or 413 `M_TOO_LARGE`; JSON values that cannot be canonical (floats, integers beyond
   2**53) reaching event building become 400 `M_BAD_JSON` instead of a 500.
+* **Storage exhaustion.** A full disk under the media store or the database is answered
+  with 507 (`M_UNKNOWN`, "out of storage space") and one log line, not a 500 and a
+  traceback; nothing acknowledged is affected and requests succeed again once space returns.
 * **Rate limits.** A table maps (method, route) to the named limiters of
   `homeserver.ratelimit.RateLimits` charged for it, keyed by the requesting user.
   Server admins are exempt. Every 429 `M_LIMIT_EXCEEDED` leaving the app (also from
@@ -20,11 +23,14 @@ the request, so the handler's own call costs nothing extra.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from sqlalchemy.exc import OperationalError
 
 from homeserver import jsonutil
 from homeserver.api.http import json_response
@@ -35,7 +41,12 @@ from homeserver.handlers.auth import REQUESTER_KEY, AuthHandler, Requester
 from homeserver.ratelimit import LimitExceeded, RateLimiter, RateLimits, retry_after_seconds
 from homeserver.server import HomeServer
 
+log = logging.getLogger(__name__)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# A full disk (or quota, or file size limit) is answered with 507, not a 500 and a traceback.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 RATE_LIMITS_KEY = web.AppKey("sotto.rate_limits", RateLimits)
 
@@ -130,9 +141,9 @@ RATE_LIMITED_ROUTES: dict[tuple[str, str], tuple[Charge, ...]] = {
 }
 
 # Membership targets named in the body must be user IDs (checked before any room lookup).
-TARGET_ROUTES = frozenset(
-    ("POST", _ROOM + "/" + action) for action in ("invite", "kick", "ban", "unban")
-) | {("POST", _C + "/createRoom")}
+TARGET_ROUTES = frozenset(("POST", _ROOM + "/" + action) for action in ("invite", "kick", "ban", "unban")) | {
+    ("POST", _C + "/createRoom")
+}
 
 # Bodies with a tighter cap than the app-wide limit.
 BODY_LIMITS: dict[tuple[str, str], int] = {
@@ -170,12 +181,26 @@ async def _requester(auth: AuthHandler, request: web.Request) -> Requester:
     return requester
 
 
+def _storage_full(request: web.Request, error: Exception) -> MatrixError:
+    # One line, not a traceback: the operator needs to free space, not debug code.
+    log.error("storage full while handling %s %s: %s", request.method, route_key(request)[1], error)
+    return MatrixError(507, Codes.UNKNOWN, "The server is out of storage space; try again later")
+
+
 def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             await _before(request)
             return await handler(request)
+        except OSError as e:
+            if e.errno not in STORAGE_FULL_ERRNOS:
+                raise
+            raise _storage_full(request, e) from None
+        except OperationalError as e:
+            if "disk is full" not in str(e.orig):
+                raise
+            raise _storage_full(request, e) from None
         except CanonicalJsonError as e:
             # Client JSON that cannot go into an event (floats, integers beyond 2**53) is the
             # client's error, not ours; event building only finds out late.
