@@ -273,7 +273,7 @@ class Bot:
         return client
 
     async def _bootstrap_cross_signing(self, reset: bool = False) -> None:
-        client = self._require_client()
+        client = self.require_client()
         self.cross_signing = CrossSigning(
             client, self.store, password=self.config.password, keep_master_key=self.config.keep_master_key
         )
@@ -285,7 +285,7 @@ class Bot:
         log.info("cross-signing ready (master key %s)", result.master_public)
 
     async def _enable_key_backup(self) -> None:
-        self.backup = KeyBackup(self._require_client(), self.store)
+        self.backup = KeyBackup(self.require_client(), self.store)
         try:
             version = await self.backup.enable()
         except KeyBackupError as exc:
@@ -296,7 +296,7 @@ class Bot:
 
     async def restore_key_backup(self, recovery_key: str) -> int:
         """Import the sessions of the account's key backup (after losing the store, say)."""
-        client = self._require_client()
+        client = self.require_client()
         backup = self.backup or KeyBackup(client, self.store)
         count = await backup.restore(recovery_key)
         if self.config.key_backup:
@@ -317,9 +317,10 @@ class Bot:
     def run(self) -> None:
         """Run until SIGINT/SIGTERM, then shut down cleanly."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        asyncio.run(self._run_with_signals())
+        asyncio.run(self.run_async())
 
-    async def _run_with_signals(self) -> None:
+    async def run_async(self) -> None:
+        """`serve()` that stops cleanly on SIGINT/SIGTERM, inside an already running event loop."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with suppress(NotImplementedError):
@@ -355,7 +356,7 @@ class Bot:
         self.request_stop()
 
     async def _sync_loop(self) -> None:
-        client = self._require_client()
+        client = self.require_client()
         first = True
         failures = 0
         resumed = bool(client.loaded_sync_token)
@@ -398,7 +399,7 @@ class Bot:
         return random.uniform(cap / 2, cap)
 
     async def _after_sync(self, resp: SyncResponse, first: bool) -> None:
-        client = self._require_client()
+        client = self.require_client()
         if client.olm:
             await self._crypto_housekeeping()
         for to_device in resp.to_device_events:
@@ -416,7 +417,7 @@ class Bot:
                 self._dispatch(room, event)
 
     async def _crypto_housekeeping(self) -> None:
-        client = self._require_client()
+        client = self.require_client()
         if client.should_upload_keys:
             await client.keys_upload()
         if client.should_query_keys:
@@ -461,7 +462,7 @@ class Bot:
         if room_id in self._handled_invites:
             return
         self._handled_invites.add(room_id)
-        client = self._require_client()
+        client = self.require_client()
         inviter = next(
             (
                 e.sender
@@ -495,7 +496,7 @@ class Bot:
         return matches(inviter, patterns)
 
     def _dispatch(self, room: MatrixRoom, event: Event) -> None:
-        client = self._require_client()
+        client = self.require_client()
         if event.sender == client.user_id:
             return
         if isinstance(event, MegolmEvent):
@@ -546,7 +547,7 @@ class Bot:
             room.room_id,
             event.session_id,
         )
-        client = self._require_client()
+        client = self.require_client()
         if event.session_id and event.session_id not in self._key_requests:
             self._key_requests.add(event.session_id)
             self._spawn(self._request_key(client, event))
@@ -596,14 +597,15 @@ class Bot:
 
     # -- acting -------------------------------------------------------------------------------
 
-    def _require_client(self) -> SottoAsyncClient:
+    def require_client(self) -> SottoAsyncClient:
+        """The connected nio client (for anything the Bot does not wrap)."""
         if self.client is None:
             raise BotError("the bot is not connected")
         return self.client
 
     async def send_content(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
         """Send any event, encrypted when the room is; returns its event ID."""
-        client = self._require_client()
+        client = self.require_client()
         if client.olm and room_id not in client.rooms:
             raise SendError(f"room {room_id} is not known yet (not joined, or not synced)")
         resp = await client.room_send(
@@ -647,7 +649,7 @@ class Bot:
         relates_to: dict[str, Any] | None = None,
     ) -> str:
         """Upload a file (encrypted in encrypted rooms) and post it; returns the event ID."""
-        client = self._require_client()
+        client = self.require_client()
         room = client.rooms.get(room_id)
         encrypted = bool(client.olm and room is not None and room.encrypted)
         try:
@@ -662,13 +664,13 @@ class Bot:
 
     async def download(self, attachment: attachments.Attachment) -> bytes:
         return await attachments.download_file(
-            self._require_client(), attachment, self.config.max_download_bytes
+            self.require_client(), attachment, self.config.max_download_bytes
         )
 
     @asynccontextmanager
     async def typing(self, room_id: str, timeout_ms: int = 30_000) -> AsyncIterator[None]:
         """Show "typing…" while the block runs, refreshed before the server's timeout."""
-        client = self._require_client()
+        client = self.require_client()
 
         async def keep_typing() -> None:
             while True:
@@ -686,7 +688,7 @@ class Bot:
                 await client.room_typing(room_id, typing_state=False)
 
     async def join(self, room_id_or_alias: str) -> str:
-        client = self._require_client()
+        client = self.require_client()
         resp = await client.join(room_id_or_alias)
         if not isinstance(resp, JoinResponse):
             raise SendError(f"could not join {room_id_or_alias}: {getattr(resp, 'status_code', '')}")
@@ -696,7 +698,7 @@ class Bot:
         """A room ID for a room ID or `#alias:server`."""
         if not room.startswith("#"):
             return room
-        resp = await self._require_client().room_resolve_alias(room)
+        resp = await self.require_client().room_resolve_alias(room)
         if not isinstance(resp, RoomResolveAliasResponse):
             raise BotError(f"unknown room alias {room}")
         return str(resp.room_id)
@@ -714,7 +716,7 @@ class Bot:
             if encrypted
             else []
         )
-        resp = await self._require_client().room_create(
+        resp = await self.require_client().room_create(
             name=name, invite=invite, initial_state=initial_state, is_direct=direct
         )
         if not isinstance(resp, RoomCreateResponse):
@@ -723,7 +725,7 @@ class Bot:
 
     async def sync_once(self) -> None:
         """One sync plus crypto housekeeping, without dispatching (scripts: `send`, `verify`)."""
-        client = self._require_client()
+        client = self.require_client()
         resp = await client.sync(timeout=0, full_state=True)
         if not isinstance(resp, SyncResponse):
             raise BotError(f"sync failed: {getattr(resp, 'status_code', '')}")

@@ -179,7 +179,7 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     bot = load_bot_module(args.file)
     if args.store:
         bot.configure(store_path=args.store)
-    await bot._run_with_signals()
+    await bot.run_async()
     return 0
 
 
@@ -195,7 +195,7 @@ async def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     bot = await _connected(store_of(args))
     try:
         room_id = await bot.resolve_room(args.room)
-        client = bot._require_client()
+        client = bot.require_client()
         if room_id not in client.rooms:
             await bot.join(room_id)
             await bot.sync_once()
@@ -256,7 +256,7 @@ async def cmd_listen(args: argparse.Namespace, out: TextIO) -> int:
         if args.count and seen >= args.count:
             bot.request_stop()
 
-    await bot._run_with_signals()
+    await bot.run_async()
     return 0
 
 

@@ -76,7 +76,7 @@ class Verifier:
 
     async def start(self, user_id: str, device_id: str) -> str:
         """Begin a verification with another device (it must have been seen in a key query)."""
-        client = self.bot._require_client()
+        client = self.bot.require_client()
         if client.should_query_keys:
             await client.keys_query()
         device = client.device_store[user_id].get(device_id) if user_id in client.device_store.users else None
@@ -105,7 +105,7 @@ class Verifier:
                 log.exception("verification step failed")
 
     async def _handle(self, event: Any) -> None:
-        client = self.bot._require_client()
+        client = self.bot.require_client()
         if isinstance(event, UnknownToDeviceEvent) and event.type == "m.key.verification.request":
             await self._on_request(event)
             return
@@ -165,7 +165,7 @@ class Verifier:
             return
         if not matches(event.sender, self.allowed_users) or SAS_METHOD not in content.get("methods", []):
             return
-        client = self.bot._require_client()
+        client = self.bot.require_client()
         self._requested.add(txn)
         await client.to_device(
             ToDeviceMessage(
