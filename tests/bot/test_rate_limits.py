@@ -25,6 +25,7 @@ class Fake:
     send_429: list[dict[str, Any]] = field(default_factory=list)  # one answer per 429 to give
     send_times: list[float] = field(default_factory=list)
     token_revoked: bool = False
+    sync_drops: int = 0  # connections to drop without an answer (network trouble)
 
 
 def fake_app(fake: Fake) -> web.Application:
@@ -34,6 +35,11 @@ def fake_app(fake: Fake) -> web.Application:
     async def sync(request: web.Request) -> web.Response:
         if fake.token_revoked:
             return web.json_response({"errcode": "M_UNKNOWN_TOKEN", "error": "revoked"}, status=401)
+        if fake.sync_drops > 0:
+            fake.sync_drops -= 1
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError
         if fake.sync_failures > 0:
             fake.sync_failures -= 1
             return web.json_response({"errcode": "M_UNKNOWN", "error": "overloaded"}, status=503)
@@ -186,3 +192,14 @@ async def test_stop_does_not_hang_on_a_stuck_step(fake_server: tuple[Fake, str],
     await bot.stop()
     await asyncio.wait_for(task, 5)
     assert bot.client is None
+
+
+async def test_dropped_connections_are_retried(fake_server: tuple[Fake, str], tmp_path: Path) -> None:
+    fake, url = fake_server
+    fake.sync_drops = 3
+    bot = token_bot(url, tmp_path)
+    task = asyncio.create_task(bot.serve())
+    await asyncio.wait_for(bot.ready.wait(), 20)
+    await bot.stop()
+    await asyncio.wait_for(task, 10)
+    assert fake.sync_drops == 0
