@@ -119,6 +119,8 @@ class EventStore:
         self.invalidate_room(room_id)
 
     def invalidate_room(self, room_id: str) -> None:
+        if not self.cache_state:
+            return
         self._generation[room_id] = self._gen(room_id) + 1
         self._rooms.pop(room_id, None)
 
@@ -133,6 +135,8 @@ class EventStore:
             self.invalidate_room(room_id)
 
     def _cache_local_event(self, stored: StoredEvent) -> None:
+        if not self.cache_state:
+            return
         event = stored.event
         room_id = event.room_id
         if event.type == "m.room.redaction":
