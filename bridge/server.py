@@ -36,7 +36,8 @@ Route = Callable[[web.Request, str, Any], Awaitable[Any]]
 
 
 def create_federation_app(fed: Federation) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_FEDERATION_BODY)
+    middlewares = [error_middleware, *fed.middlewares]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_FEDERATION_BODY)
     hs = fed.hs
 
     async def authenticate(request: web.Request) -> tuple[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from bridge.client import FederationClient, FederationError, RemoteError, fed_path
 from bridge.discovery import AddressFilter
@@ -90,6 +91,8 @@ class Federation:
         self.edus = EduHandler(hs, self.queue)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []
+        # Extra middlewares for the federation listener (per-origin rate limits: homeserver.api.guard).
+        self.middlewares: list[Middleware] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._room_servers: dict[str, set[str]] = {}

@@ -85,6 +85,7 @@ AREAS: list[AreaSetup] = [
     spaces.setup,
     sync.setup,
     federation.setup,
+    guard.setup_federation,
     admin.setup,
     metrics.setup,
 ]

@@ -17,6 +17,8 @@ handler, so API modules stay thin and do not each repeat these checks:
   Server admins are exempt. Every 429 `M_LIMIT_EXCEEDED` leaving the app (also from
   limiters inside handlers, e.g. /login) gets a `Retry-After` header.
 
+`setup_federation` puts the per-origin federation limits on the federation listener.
+
 The requester is resolved here through `AuthHandler.get_requester`, which caches it on
 the request, so the handler's own call costs nothing extra.
 """
@@ -260,3 +262,73 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     limits = RateLimits.from_config(hs.config.rate_limits, hs.clock)
     app[RATE_LIMITS_KEY] = limits
     app.middlewares.append(guard_middleware(hs, limits))
+
+
+# Federation -------------------------------------------------------------------------------------
+
+
+def _claimed_origin(request: web.Request) -> str | None:
+    """The origin an X-Matrix header claims (unverified: the route verifies it)."""
+    from bridge.xmatrix import XMatrixParseError, parse_authorization
+
+    for header in request.headers.getall("Authorization", []):
+        try:
+            return parse_authorization(header).origin
+        except XMatrixParseError:
+            continue
+    return None
+
+
+def federation_middleware(limits: RateLimits) -> Middleware:
+    """Per-origin limits on the federation listener.
+
+    A request counts against its origin only once its signature has been accepted (any
+    answer but 401), so nobody can spend another server's budget by naming it; requests
+    that fail authentication count against the peer address instead, which bounds the key
+    fetches a forger can make us do. A refused request is 429 with `retry_after_ms`.
+    """
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = _claimed_origin(request)
+        if origin is None:
+            return await handler(request)
+        address = request.remote or ""
+        waits = [
+            w
+            for w in (
+                limits.federation_origin.retry_after_ms(origin),
+                limits.federation_unauthenticated.retry_after_ms(address),
+            )
+            if w is not None
+        ]
+        if waits:
+            retry = max(waits)
+            log.info("rate limited federation request from %s (%s)", origin, address)
+            resp = json_response(LimitExceeded(retry).to_json(), status=429)
+            resp.headers["Retry-After"] = str(retry_after_seconds(retry))
+            return resp
+        authenticated = True
+        try:
+            response = await handler(request)
+            authenticated = response.status != 401
+            return response
+        except MatrixError as e:
+            authenticated = e.status != 401
+            raise
+        finally:
+            if authenticated:
+                limits.federation_origin.charge(origin)
+            else:
+                limits.federation_unauthenticated.charge(address)
+
+    return limit
+
+
+def setup_federation(app: web.Application, hs: HomeServer) -> None:
+    """Install the federation limits on the federation listener (after `bridge.service.setup`)."""
+    from bridge.service import FEDERATION_KEY
+
+    if FEDERATION_KEY not in app or not hs.config.rate_limits.enabled:
+        return
+    app[FEDERATION_KEY].middlewares.append(federation_middleware(app[RATE_LIMITS_KEY]))
