@@ -22,6 +22,7 @@ from unpaddedbase64 import decode_base64, encode_base64
 
 from clients.client import SottoAsyncClient
 from clients.crosssigning import signing_payload
+from clients.recovery import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from clients.store import StoreDir
 
 log = logging.getLogger(__name__)
@@ -29,51 +30,13 @@ log = logging.getLogger(__name__)
 ALGORITHM = "m.megolm_backup.v1.curve25519-aes-sha2"
 BACKUP_FILE = "key_backup.json"
 UPLOAD_BATCH = 200
-_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_PREFIX = bytes([0x8B, 0x01])
 
 
 class KeyBackupError(Exception):
     pass
 
 
-# -- recovery keys (spec: "Key representation"; base58 is an encoding, not crypto) -------------
-
-
-def encode_recovery_key(private_key: bytes) -> str:
-    data = _PREFIX + private_key
-    parity = 0
-    for byte in data:
-        parity ^= byte
-    data += bytes([parity])
-    number = int.from_bytes(data, "big")
-    chars = ""
-    while number:
-        number, rem = divmod(number, 58)
-        chars = _B58[rem] + chars
-    chars = "1" * (len(data) - len(data.lstrip(b"\0"))) + chars
-    return " ".join(chars[i : i + 4] for i in range(0, len(chars), 4))
-
-
-def decode_recovery_key(text: str) -> bytes:
-    chars = "".join(text.split())
-    number = 0
-    for ch in chars:
-        index = _B58.find(ch)
-        if index < 0:
-            raise KeyBackupError("the recovery key contains characters that are not base58")
-        number = number * 58 + index
-    length = len(_PREFIX) + 32 + 1
-    try:
-        data = number.to_bytes(length, "big")
-    except OverflowError:
-        raise KeyBackupError("the recovery key is too long") from None
-    parity = 0
-    for byte in data:
-        parity ^= byte
-    if data[:2] != _PREFIX or parity != 0:
-        raise KeyBackupError("the recovery key is mistyped (bad prefix or parity)")
-    return data[2:-1]
+__all__ = ["KeyBackup", "KeyBackupError", "RecoveryKeyError", "decode_recovery_key", "encode_recovery_key"]
 
 
 # -- the backup ---------------------------------------------------------------------------------
@@ -220,7 +183,10 @@ class KeyBackup:
 
     async def restore(self, recovery_key: str) -> int:
         """Import every session of the server's current backup; returns how many were new."""
-        private_key = decode_recovery_key(recovery_key)
+        try:
+            private_key = decode_recovery_key(recovery_key)
+        except RecoveryKeyError as exc:
+            raise KeyBackupError(str(exc)) from None
         current = await self.current_version()
         if current is None:
             raise KeyBackupError("the account has no key backup")
@@ -244,6 +210,7 @@ class KeyBackup:
                 if self.client.olm.inbound_group_store.add(session):
                     self.client.store.save_inbound_group_session(session)
                     imported += 1
+                self.backed_up[session.id] = session.first_known_index  # already in this backup
         self.private_key, self.version = private_key, version
         self._save()
         log.info("restored %d Megolm sessions from key backup version %s", imported, version)

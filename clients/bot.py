@@ -62,8 +62,25 @@ from clients.client import SottoAsyncClient
 from clients.commands import Command, CommandError, CommandRegistry, Handler
 from clients.config import BotConfig
 from clients.context import Context
-from clients.crosssigning import CrossSigning, CrossSigningError
+from clients.crosssigning import (
+    CrossSigning,
+    CrossSigningError,
+    keys_from_secrets,
+    load_keys,
+    query_identity,
+    save_keys,
+)
 from clients.formatting import text_content
+from clients.recovery import encode_recovery_key
+from clients.secrets import (
+    MASTER,
+    MEGOLM_BACKUP,
+    SELF_SIGNING,
+    USER_SIGNING,
+    SecretStorage,
+    SecretStorageError,
+    fetch_bot_secrets,
+)
 from clients.store import Credentials, StoreDir, StoreLockedError
 from clients.trust import TrustManager, TrustMode, matches
 
@@ -94,6 +111,7 @@ class Bot:
         self.trust: TrustManager | None = None
         self.cross_signing: CrossSigning | None = None
         self.backup: KeyBackup | None = None
+        self.secret_storage: SecretStorage | None = None
         self.ready = asyncio.Event()
         self._message_handlers: list[Handler] = []
         self._reaction_handlers: list[Handler] = []
@@ -231,10 +249,15 @@ class Bot:
             self.trust = TrustManager(client, self.store, cfg.trust)
             if client.should_upload_keys:
                 await client.keys_upload()
+            if cfg.recovery_key:
+                await self._restore_from_secret_storage(cfg.recovery_key)
+            master_seed = None
             if cfg.cross_signing:
-                await self._bootstrap_cross_signing(reset=cfg.reset_cross_signing)
+                master_seed = await self._bootstrap_cross_signing(reset=cfg.reset_cross_signing)
             if cfg.key_backup:
                 await self._enable_key_backup()
+            if cfg.secret_storage:
+                await self._save_to_secret_storage(master_seed)
         log.info("connected as %s (device %s)", client.user_id, client.device_id)
         return client
 
@@ -272,7 +295,8 @@ class Bot:
         )
         return client
 
-    async def _bootstrap_cross_signing(self, reset: bool = False) -> None:
+    async def _bootstrap_cross_signing(self, reset: bool = False) -> bytes | None:
+        """Set up cross-signing; returns the master private key if it was just created."""
         client = self.require_client()
         self.cross_signing = CrossSigning(
             client, self.store, password=self.config.password, keep_master_key=self.config.keep_master_key
@@ -281,8 +305,49 @@ class Bot:
             result = await self.cross_signing.bootstrap(reset=reset)
         except CrossSigningError as exc:
             log.warning("cross-signing not set up: %s", exc)
-            return
+            return None
         log.info("cross-signing ready (master key %s)", result.master_public)
+        return result.new_master_seed
+
+    async def _restore_from_secret_storage(self, recovery_key: str) -> None:
+        """A new store for an existing bot: take its private keys back from secret storage."""
+        client = self.require_client()
+        self.secret_storage = SecretStorage(client, self.store)
+        try:
+            await self.secret_storage.unlock(recovery_key)
+            found = await fetch_bot_secrets(self.secret_storage)
+            if SELF_SIGNING in found and USER_SIGNING in found and load_keys(self.store) is None:
+                server = await query_identity(client, str(client.user_id))
+                keys = keys_from_secrets(server, found[SELF_SIGNING], found[USER_SIGNING], found.get(MASTER))
+                save_keys(self.store, keys, self.config.keep_master_key)
+                log.info("cross-signing keys restored from secret storage")
+            if MEGOLM_BACKUP in found:
+                backup = KeyBackup(client, self.store)
+                count = await backup.restore(encode_recovery_key(found[MEGOLM_BACKUP]))
+                log.info("restored %d Megolm sessions via secret storage", count)
+        except (SecretStorageError, CrossSigningError, KeyBackupError) as exc:
+            raise BotError(f"restoring from secret storage failed: {exc}") from None
+
+    async def _save_to_secret_storage(self, master_seed: bytes | None) -> None:
+        client = self.require_client()
+        storage = self.secret_storage or SecretStorage(client, self.store)
+        keys = self.cross_signing.keys if self.cross_signing else None
+        try:
+            await storage.ensure_key()
+            written = await storage.store_changed(
+                {
+                    MASTER: master_seed or (keys.master_seed if keys else None),
+                    SELF_SIGNING: keys.self_signing_seed if keys else None,
+                    USER_SIGNING: keys.user_signing_seed if keys else None,
+                    MEGOLM_BACKUP: self.backup.private_key if self.backup else None,
+                }
+            )
+        except SecretStorageError as exc:
+            log.warning("secret storage not updated: %s", exc)
+            return
+        self.secret_storage = storage
+        if written:
+            log.info("stored %s in secret storage", ", ".join(written))
 
     async def _enable_key_backup(self) -> None:
         self.backup = KeyBackup(self.require_client(), self.store)

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--key-backup", action="store_true", help="back up Megolm sessions; prints the recovery key"
     )
+    login.add_argument(
+        "--secret-storage", action="store_true", help="keep the private keys in secret storage (SSSS)"
+    )
+    login.add_argument(
+        "--recovery-key-file", help="an existing bot, new store: take its keys back from secret storage"
+    )
 
     run = sub.add_parser("run", help="run the Bot defined in a Python file")
     _store_arg(run)
@@ -128,6 +134,9 @@ async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{store.path} already holds a login; use another --store or remove it", file=sys.stderr)
         return 1
     password = None if args.token else _read_password(args)
+    recovery_key = None
+    if args.recovery_key_file:
+        recovery_key = await asyncio.to_thread(lambda: Path(args.recovery_key_file).read_text().strip())
     bot = Bot(
         str(store.path),
         homeserver=args.homeserver,
@@ -139,6 +148,8 @@ async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
         keep_master_key=args.keep_master_key,
         reset_cross_signing=args.reset_cross_signing,
         key_backup=args.key_backup,
+        secret_storage=args.secret_storage,
+        recovery_key=recovery_key,
     )
     try:
         client = await bot.connect()
@@ -148,7 +159,9 @@ async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
             print(f"cross-signing master key: {keys.master_public}", file=out)
         elif not args.no_encryption:
             print("cross-signing is not set up (see the log above)", file=out)
-        if bot.backup is not None and bot.backup.recovery_key:
+        if bot.secret_storage is not None and bot.secret_storage.recovery_key and not recovery_key:
+            print(f"recovery key (keep it somewhere safe): {bot.secret_storage.recovery_key}", file=out)
+        elif bot.backup is not None and bot.backup.recovery_key and not recovery_key:
             print(f"key backup recovery key (keep it somewhere safe): {bot.backup.recovery_key}", file=out)
     finally:
         await bot.close()

@@ -42,6 +42,10 @@ class BotConfig:
     trust: TrustPolicy = field(default_factory=TrustPolicy)
     # Back up Megolm sessions to the homeserver (encrypted to a key only the bot's operator holds).
     key_backup: bool = False
+    # Keep the private keys in the account's secret storage (SSSS) under a recovery key.
+    secret_storage: bool = False
+    # A recovery key to take those keys back with, into a new store (login --recovery-key-file).
+    recovery_key: str | None = field(default=None, repr=False)
     pickle_key: str = field(default="DEFAULT_KEY", repr=False)
     # Behaviour.
     command_prefix: str = "!"
@@ -69,7 +73,8 @@ class BotConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> BotConfig:
         """SOTTO_BOT_STORE, _HOMESERVER, _USER, _PASSWORD, _TOKEN, _PREFIX, _INVITERS, _TRUST,
-        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY, _SYNC_TIMEOUT_MS, _KEY_BACKUP; keyword overrides win."""
+        _TRUSTED_USERS, _ENCRYPTION, _PICKLE_KEY, _SYNC_TIMEOUT_MS, _KEY_BACKUP,
+        _SECRET_STORAGE; keyword overrides win."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {
             "store_path": env.get("SOTTO_BOT_STORE"),
@@ -83,6 +88,8 @@ class BotConfig:
         }
         if "SOTTO_BOT_SYNC_TIMEOUT_MS" in env:
             values["sync_timeout_ms"] = int(env["SOTTO_BOT_SYNC_TIMEOUT_MS"])
+        if "SOTTO_BOT_SECRET_STORAGE" in env:
+            values["secret_storage"] = _bool(env["SOTTO_BOT_SECRET_STORAGE"])
         if "SOTTO_BOT_KEY_BACKUP" in env:
             values["key_backup"] = _bool(env["SOTTO_BOT_KEY_BACKUP"])
         if "SOTTO_BOT_ENCRYPTION" in env:

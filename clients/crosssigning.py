@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from canonicaljson import encode_canonical_json
@@ -161,6 +161,19 @@ class CrossSigningKeys:
         return keys
 
 
+def keys_from_secrets(
+    server: UserIdentity, self_signing_seed: bytes, user_signing_seed: bytes, master_seed: bytes | None
+) -> CrossSigningKeys:
+    """Local keys rebuilt from secret storage, checked against the identity the server publishes."""
+    if server.master_public is None:
+        raise CrossSigningError("the account publishes no cross-signing identity")
+    if public_key(self_signing_seed) != server.self_signing_public:
+        raise CrossSigningError("the stored self-signing key is not the account's current one")
+    if master_seed is not None and public_key(master_seed) != server.master_public:
+        master_seed = None
+    return CrossSigningKeys(server.master_public, self_signing_seed, user_signing_seed, master_seed)
+
+
 def load_keys(store: StoreDir) -> CrossSigningKeys | None:
     data = store.read_json(CROSS_SIGNING_FILE)
     return CrossSigningKeys.from_json(data) if data else None
@@ -260,6 +273,8 @@ class BootstrapResult:
     master_public: str
     uploaded_keys: bool
     signed_device: bool
+    # The master private key, only when it was just created (for secret storage); never logged.
+    new_master_seed: bytes | None = field(default=None, repr=False)
 
 
 class CrossSigning:
@@ -308,13 +323,14 @@ class CrossSigning:
             uploaded = True
             log.info("uploaded cross-signing keys for %s (master %s)", self.user_id, keys.master_public)
         save_keys(self.store, keys, self.keep_master_key)
+        new_master_seed = keys.master_seed if uploaded else None
         if not self.keep_master_key:
             keys.master_seed = None
         self.keys = keys
         if uploaded:
             server = await query_identity(self.client, self.user_id)
         signed = await self.sign_own_device(server)
-        return BootstrapResult(keys.master_public, uploaded, signed)
+        return BootstrapResult(keys.master_public, uploaded, signed, new_master_seed)
 
     def _device_signed(self, master_key: dict[str, Any]) -> dict[str, Any]:
         """The master key signed by this device too, which helps peers migrating from device trust."""

@@ -15,7 +15,7 @@ from olm.group_session import InboundGroupSession as OlmInboundGroupSession
 from olm.pk import PkDecryption, PkMessage
 
 from clients import Bot, Context
-from clients.backup import KeyBackupError, decode_recovery_key, encode_recovery_key
+from clients.recovery import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from tests.bot.conftest import BotFactory, running
 from tests.bot.peer import Peer
 from tests.bot.test_bot_e2ee import joined
@@ -31,9 +31,9 @@ def test_recovery_key_round_trip_and_typo_detection() -> None:
     assert decode_recovery_key(text.replace(" ", "")) == key  # spaces are only for reading
     assert all(len(group) == 4 for group in text.split()[:-1])
     typo = ("2" if text[5] != "2" else "3").join([text[:5], text[6:]])
-    with pytest.raises(KeyBackupError):
+    with pytest.raises(RecoveryKeyError):
         decode_recovery_key(typo)
-    with pytest.raises(KeyBackupError):
+    with pytest.raises(RecoveryKeyError):
         decode_recovery_key("not base58 0OIl")
 
 
