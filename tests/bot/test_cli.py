@@ -229,3 +229,34 @@ async def test_login_with_key_backup_then_restore_into_a_new_store(
     wrong.write_text(printed[:-1] + ("1" if printed[-1] != "1" else "2"))
     rc, _, err = await run_cli("backup", "restore", "--recovery-key-file", str(wrong), "--store", other)
     assert rc == 1 and "recovery key" in err
+
+
+async def test_login_with_secret_storage_then_recover_into_a_new_store(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    await server.register("bot", "bot-password")
+    password_file = tmp_path / "password"
+    password_file.write_text("bot-password\n")
+    common = [
+        "--homeserver",
+        server.base_url,
+        "--user",
+        f"@bot:{server.server_name}",
+        "--password-file",
+        str(password_file),
+        "--key-backup",
+        "--secret-storage",
+    ]
+    rc, first, err = await run_cli("login", *common, "--store", str(tmp_path / "one"))
+    assert rc == 0, err
+    recovery_key = first.split("recovery key (keep it somewhere safe): ")[1].strip()
+    master = first.split("cross-signing master key: ")[1].split()[0]
+    key_file = tmp_path / "recovery.txt"
+    key_file.write_text(recovery_key + "\n")
+    rc, second, err = await run_cli(
+        "login", *common, "--store", str(tmp_path / "two"), "--recovery-key-file", str(key_file)
+    )
+    assert rc == 0, err
+    assert f"cross-signing master key: {master}" in second
+    assert "recovery key" not in second  # nothing new to write down
+    assert "already has cross-signing keys" not in err
