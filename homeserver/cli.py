@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -62,6 +63,19 @@ async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]
 # Subcommands ------------------------------------------------------------------------------
 
 
+def _client_tls(config: Config) -> ssl.SSLContext | None:
+    """TLS for the client listener when `listener.tls_certificate_path` and `_private_key_path` are set."""
+    cert, key = config.listener.tls_certificate_path, config.listener.tls_private_key_path
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise CliError("listener: set both tls_certificate_path and tls_private_key_path, or neither")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.resolve_path(cert), config.resolve_path(key))
+    return ctx
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from homeserver import workers
     from homeserver.app import HS_KEY, create_app
@@ -81,8 +95,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log.info("uvloop is not installed; using the default asyncio event loop")
     host, port = config.listener.bind_address, config.listener.port
     display_host = f"[{host}]" if ":" in host else host
+    ssl_context = _client_tls(config)
     message = (
-        f"Sotto is listening on http://{display_host}:{port} — "
+        f"Sotto is listening on {'https' if ssl_context else 'http'}://{display_host}:{port} — "
         "point your Matrix client at it (homeserver URL)"
     )
 
@@ -99,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print=announce,
         loop=loop,
         access_log=None,
+        ssl_context=ssl_context,
         # Workers share the port; the kernel spreads connections over them.
         reuse_port=args.worker_index is not None,
     )

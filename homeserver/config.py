@@ -24,6 +24,9 @@ class ConfigError(ValueError):
 class ListenerConfig:
     bind_address: str = "127.0.0.1"
     port: int = 8008
+    # Serve the client API over TLS itself (else put a TLS-terminating proxy in front).
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -139,7 +142,8 @@ class Config:
     def baseurl(self) -> str:
         if self.public_baseurl:
             return self.public_baseurl.rstrip("/")
-        return f"http://{self.listener.bind_address}:{self.listener.port}"
+        scheme = "https" if self.listener.tls_certificate_path else "http"
+        return f"{scheme}://{self.listener.bind_address}:{self.listener.port}"
 
 
 def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:

@@ -10,6 +10,7 @@ import asyncio
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class SottoProcess:
         self.runs = 0
         # Applied in the child before exec (e.g. resource limits).
         self.preexec: Callable[[], None] | None = None
+        # For a TLS listener: how the readiness probe verifies the server.
+        self.ssl: ssl.SSLContext | bool = True
 
     @property
     def log_path(self) -> Path:
@@ -92,7 +95,7 @@ class SottoProcess:
                 if proc.poll() is not None:
                     raise AssertionError(f"server exited with {proc.returncode}:\n{self.logs()[-3000:]}")
                 try:
-                    async with http.get(self.base_url + "/_matrix/client/versions") as resp:
+                    async with http.get(self.base_url + "/_matrix/client/versions", ssl=self.ssl) as resp:
                         if resp.status == 200:
                             return
                 except aiohttp.ClientError:
