@@ -241,3 +241,28 @@ async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str
             async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
                 assert resp.status == 200, await resp.text()
                 assert await resp.read() == data
+
+
+async def test_restricted_join_authorised_by_resident_server(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        space = await alice.create_room(preset="public_chat", room_version="11")
+        rule = {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+        restricted = await alice.create_room(
+            room_version="11", initial_state=[{"type": "m.room.join_rules", "state_key": "", "content": rule}]
+        )
+        # Not a member of the space yet: refused.
+        await bob.join(restricted, via=[a.server_name], expect=403)
+        await bob.join(space, via=[a.server_name])
+        await wait_for(lambda: _joined_on(a, space, bob.user_id), what="bob in the space")
+        await bob.join(restricted, via=[a.server_name])
+        await wait_for(lambda: _joined_on(a, restricted, bob.user_id), what="restricted join on A")
+        member = await alice.call("GET", f"/rooms/{restricted}/state/m.room.member/{bob.user_id}")
+        assert member["join_authorised_via_users_server"] == alice.user_id
