@@ -13,6 +13,7 @@ from typing import Any
 from bridge.queue import OutboundQueue
 from homeserver.errors import MatrixError
 from homeserver.events.identifiers import domain_of
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.server import HomeServer
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,14 @@ async def room_servers(hs: HomeServer, room_id: str) -> set[str]:
     return {_domain(u) for u in await hs.events.get_room_members(room_id, "join")} - {""}
 
 
+PRESENCE_STATES = ("online", "unavailable", "offline")
+
+
 class EduHandler:
-    def __init__(self, hs: HomeServer, queue: OutboundQueue) -> None:
+    def __init__(self, hs: HomeServer, queue: OutboundQueue, presence: PresenceHandler | None = None) -> None:
         self.hs = hs
         self.queue = queue
+        self.presence = presence
 
     async def _joined(self, room_id: str, user_id: str) -> bool:
         membership = await self.hs.events.get_membership(room_id, user_id)
@@ -90,6 +95,46 @@ class EduHandler:
                         )
                     except MatrixError as e:
                         log.info("dropping a receipt from %s: %s", origin, e.message)
+
+    async def on_presence(self, origin: str, content: dict[str, Any]) -> None:
+        """Remote users' presence, stored for local users who share a room with them.
+
+        (PresenceHandler has no entry point for remote users yet, so its store is written
+        directly and the notifier woken, as its own writes do.)"""
+        if self.presence is None:
+            return
+        pushes = content.get("push")
+        if not isinstance(pushes, list):
+            return
+        now = self.hs.clock.time_ms()
+        for push in pushes[:1000]:
+            if not isinstance(push, dict):
+                continue
+            user_id, state = push.get("user_id"), push.get("presence")
+            if not isinstance(user_id, str) or _domain(user_id) != origin or state not in PRESENCE_STATES:
+                continue
+            ago = push.get("last_active_ago")
+            last_active = now - ago if isinstance(ago, int) and ago >= 0 else now
+            status = push.get("status_msg")
+            await self.presence.store.set(
+                user_id,
+                state,
+                status[:1024] if isinstance(status, str) else None,
+                last_active,
+                push.get("currently_active") is True,
+            )
+            memberships = await self.hs.events.get_memberships_for_user(user_id)
+            rooms = [r for r, m, _, _ in memberships if m == "join"]
+            self.hs.notifier.notify(rooms=rooms, users=[user_id])
+
+    async def on_local_presence(self, user_id: str, content: dict[str, Any]) -> None:
+        servers: set[str] = set()
+        for room_id, membership, _, _ in await self.hs.events.get_memberships_for_user(user_id):
+            if membership == "join":
+                servers |= await room_servers(self.hs, room_id)
+        servers -= {self.hs.server_name, ""}
+        if servers:
+            self.queue.send_ephemeral("m.presence", {"push": [{"user_id": user_id, **content}]}, servers)
 
     # Outbound -----------------------------------------------------------------------------------
 

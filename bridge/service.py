@@ -347,6 +347,10 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     fed.handler.edu_handlers["m.device_list_update"] = e2ee.on_device_list_update
     fed.handler.edu_handlers["m.signing_key_update"] = e2ee.on_device_list_update
     get_profile_handler(app, hs).remote_lookup = fed.remote_profile
+    presence = cs_services(app, hs).presence
+    fed.edus.presence = presence
+    presence.listeners.append(fed.edus.on_local_presence)
+    fed.handler.edu_handlers["m.presence"] = fed.edus.on_presence
     media = FederatedMedia(hs, cs_services(app, hs).media, fed.client)
     media.install()
     fed.extra_routes.extend(media.routes())

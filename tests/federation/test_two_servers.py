@@ -266,3 +266,24 @@ async def test_restricted_join_authorised_by_resident_server(
         await wait_for(lambda: _joined_on(a, restricted, bob.user_id), what="restricted join on A")
         member = await alice.call("GET", f"/rooms/{restricted}/state/m.room.member/{bob.user_id}")
         assert member["join_authorised_via_users_server"] == alice.user_id
+
+
+async def test_presence_across_servers(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined on A")
+        status = {"presence": "unavailable", "status_msg": "lunch"}
+        await bob.call("PUT", f"/presence/{bob.user_id}/status", status)
+
+        async def seen() -> bool:
+            got = await alice.call("GET", f"/presence/{bob.user_id}/status")
+            return got.get("presence") == "unavailable" and got.get("status_msg") == "lunch"
+
+        await wait_for(seen, what="B's presence on A")
