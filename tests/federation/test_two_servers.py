@@ -284,6 +284,6 @@ async def test_presence_across_servers(test_ca: CertAuthority, tmp_dirs: tuple[s
 
         async def seen() -> bool:
             got = await alice.call("GET", f"/presence/{bob.user_id}/status")
-            return got.get("presence") == "unavailable" and got.get("status_msg") == "lunch"
+            return bool(got.get("presence") == "unavailable" and got.get("status_msg") == "lunch")
 
         await wait_for(seen, what="B's presence on A")
