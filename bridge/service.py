@@ -302,6 +302,15 @@ class Federation:
                 log.info("backfilled event %s not accepted: %s", ev.event_id, e)
         return stored
 
+    async def backfill_on_demand(self, room_id: str, limit: int = BACKFILL_ON_JOIN) -> int:
+        """For /messages reaching the start of what this server holds: fetch older history
+        from a server in the room. Returns how many events were stored."""
+        for server in sorted(await room_servers(self.hs, room_id) - {self.hs.server_name, ""}):
+            stored = await self.backfill(room_id, server, limit)
+            if stored:
+                return stored
+        return 0
+
     # Lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -287,3 +287,25 @@ async def test_presence_across_servers(test_ca: CertAuthority, tmp_dirs: tuple[s
             return bool(got.get("presence") == "unavailable" and got.get("status_msg") == "lunch")
 
         await wait_for(seen, what="B's presence on A")
+
+
+async def test_backfill_on_demand_fetches_older_history(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        for i in range(80):
+            await alice.send(room_id, f"old {i}")
+        await bob.join(room_id, via=[a.server_name])
+        # The join fetched the newest 50 events; asking again fetches the rest.
+        fb = federation_of(b)
+        assert await fb.backfill_on_demand(room_id) > 0
+        await fb.backfill_on_demand(room_id)
+        bodies = [x for x in await room_bodies(bob, room_id) if x.startswith("old")]
+        assert bodies == [f"old {i}" for i in range(80)]
