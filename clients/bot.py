@@ -54,6 +54,7 @@ from nio import (
     SyncResponse,
     WhoamiResponse,
 )
+from nio.exceptions import GroupEncryptionError, OlmTrustError, ProtocolError
 from nio.store import SqliteStore
 
 from clients import attachments
@@ -673,9 +674,16 @@ class Bot:
         client = self.require_client()
         if client.olm and room_id not in client.rooms:
             raise SendError(f"room {room_id} is not known yet (not joined, or not synced)")
-        resp = await client.room_send(
-            room_id, event_type, content, ignore_unverified_devices=self.config.trust.mode is TrustMode.TOFU
-        )
+        try:
+            resp = await client.room_send(
+                room_id,
+                event_type,
+                content,
+                ignore_unverified_devices=self.config.trust.mode is TrustMode.TOFU,
+            )
+        except (OlmTrustError, ProtocolError, GroupEncryptionError) as exc:
+            # e.g. a device the policy has not decided on yet: fail closed rather than leak the key.
+            raise SendError(f"not sent to {room_id}: {exc}") from exc
         if not isinstance(resp, RoomSendResponse):
             raise SendError(f"sending to {room_id} failed: {getattr(resp, 'status_code', '')}")
         return str(resp.event_id)
