@@ -104,6 +104,7 @@ class Federation:
         hs.creator.listeners.append(self.on_local_event)
         hs.rooms.remote_join = self.membership.remote_join
         hs.rooms.remote_invite = self.membership.remote_invite
+        hs.messages.backfill = self.backfill_on_demand
         hs.typing.listeners.append(self.edus.on_local_edu)
         hs.receipts.listeners.append(self.edus.on_local_edu)
         self.handler.edu_handlers["m.typing"] = self.edus.on_typing

@@ -7,6 +7,7 @@ the moment they left; "world_readable" rooms are visible to everyone.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,21 @@ class MessageHandler:
         self.db = db
         self.events = events
         self.clock = clock
+        # Fetches older history over federation; returns how many events it stored (bridge/).
+        self.backfill: Callable[[str], Awaitable[int]] | None = None
+
+    async def _backwards(
+        self, room_id: str, after: int | None, upto: int, limit: int, event_filter: EventFilter
+    ) -> list[StoredEvent]:
+        return await self.events.room_events(
+            room_id,
+            after=after,
+            upto=upto,
+            limit=limit,
+            backwards=True,
+            types=event_filter.types,
+            not_types=event_filter.not_types,
+        )
 
     async def visible_window(self, room_id: str, user_id: str) -> Window:
         if await self.events.get_room_version(room_id) is None:
@@ -76,29 +92,32 @@ class MessageHandler:
         backwards = direction == "b"
         if direction not in ("b", "f"):
             raise MatrixError(400, Codes.INVALID_PARAM, "dir must be b or f")
+        start: int | None
         if from_token is not None:
             start = parse_pagination_token(from_token)
         else:
-            start = window.upper if backwards else 0
+            # Backfilled history has negative positions: a forward read from the start has no floor.
+            start = window.upper if backwards else None
         bound = parse_pagination_token(to_token) if to_token else None
         if backwards:
-            upto = min(start, window.upper)
+            upto = min(start if start is not None else window.upper, window.upper)
             after = window.lower - 1 if window.lower is not None else None
             if bound is not None:
-                after = max(after or 0, bound)
-            batch = await self.events.room_events(
-                room_id,
-                after=after,
-                upto=upto,
-                limit=limit,
-                backwards=True,
-                types=event_filter.types,
-                not_types=event_filter.not_types,
-            )
+                after = bound if after is None else max(after, bound)
+            batch = await self._backwards(room_id, after, upto, limit, event_filter)
+            if (
+                len(batch) < limit
+                and self.backfill is not None
+                and after is None
+                and not any(s.event.type == "m.room.create" for s in batch)
+            ):
+                # We hold no older events but the room is older: ask a server in the room.
+                if await self.backfill(room_id):
+                    batch = await self._backwards(room_id, after, upto, limit, event_filter)
         else:
             after = start
             if window.lower is not None:
-                after = max(after, window.lower - 1)
+                after = window.lower - 1 if after is None else max(after, window.lower - 1)
             upto = window.upper if bound is None else min(window.upper, bound)
             batch = await self.events.room_events(
                 room_id,
@@ -111,7 +130,8 @@ class MessageHandler:
             )
         chunk = [s for s in batch if event_filter.allows(s.event.type, s.event.sender)]
         body: dict[str, Any] = {
-            "start": from_token or pagination_token(start),
+            "start": from_token
+            or pagination_token(start if start is not None else (batch[0].stream_id - 1 if batch else 0)),
             "chunk": await self._format(chunk, device_id),
         }
         if len(batch) == limit:

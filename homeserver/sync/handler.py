@@ -260,11 +260,24 @@ class SyncHandler:
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
         out = [stripped_state(s) for s in state.values()]
         invite = await self.events.get_event(invite_event_id)
-        if invite is not None:
-            stripped = stripped_state(invite)
-            stripped["event_id"] = invite.event.event_id
-            stripped["origin_server_ts"] = invite.event.origin_server_ts
-            out.append(stripped)
+        if invite is None:
+            return out
+        if not out:
+            # A room this server is not in: the inviting server sent a summary with the invite.
+            summary = (invite.event.pdu.get("unsigned") or {}).get("invite_room_state")
+            if isinstance(summary, list):
+                out = [
+                    {k: e[k] for k in ("type", "state_key", "sender", "content") if k in e}
+                    for e in summary
+                    if isinstance(e, dict)
+                    and isinstance(e.get("type"), str)
+                    and isinstance(e.get("content"), dict)
+                    and e.get("type") != "m.room.member"
+                ]
+        stripped = stripped_state(invite)
+        stripped["event_id"] = invite.event.event_id
+        stripped["origin_server_ts"] = invite.event.origin_server_ts
+        out.append(stripped)
         return out
 
     async def _left_room(
