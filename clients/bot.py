@@ -58,30 +58,15 @@ from nio.exceptions import GroupEncryptionError, OlmTrustError, ProtocolError
 from nio.store import SqliteStore
 
 from clients import attachments
-from clients.backup import KeyBackup, KeyBackupError
+from clients.backup import KeyBackup
 from clients.client import SottoAsyncClient
 from clients.commands import Command, CommandError, CommandRegistry, Handler
 from clients.config import BotConfig
 from clients.context import Context
-from clients.crosssigning import (
-    CrossSigning,
-    CrossSigningError,
-    keys_from_secrets,
-    load_keys,
-    query_identity,
-    save_keys,
-)
+from clients.crosssigning import CrossSigning
+from clients.e2ee_setup import E2EESetup, E2EESetupError
 from clients.formatting import text_content
-from clients.recovery import encode_recovery_key
-from clients.secrets import (
-    MASTER,
-    MEGOLM_BACKUP,
-    SELF_SIGNING,
-    USER_SIGNING,
-    SecretStorage,
-    SecretStorageError,
-    fetch_bot_secrets,
-)
+from clients.secrets import SecretStorage
 from clients.store import Credentials, StoreDir, StoreLockedError
 from clients.trust import TrustManager, TrustMode, matches
 
@@ -110,9 +95,7 @@ class Bot:
         self.commands = CommandRegistry(prefix=self.config.command_prefix)
         self.client: SottoAsyncClient | None = None
         self.trust: TrustManager | None = None
-        self.cross_signing: CrossSigning | None = None
-        self.backup: KeyBackup | None = None
-        self.secret_storage: SecretStorage | None = None
+        self.e2ee: E2EESetup | None = None
         self.ready = asyncio.Event()
         self._message_handlers: list[Handler] = []
         self._reaction_handlers: list[Handler] = []
@@ -234,6 +217,7 @@ class Bot:
         creds = self.store.load_credentials()
         if creds is not None:
             if cfg.user_id and cfg.user_id != creds.user_id:
+                self.store.unlock()
                 raise BotError(f"store {self.store.path} belongs to {creds.user_id}, not {cfg.user_id}")
             client = self._new_client(creds.homeserver, creds.user_id, creds.device_id)
             client.restore_login(creds.user_id, creds.device_id, creds.access_token)
@@ -250,15 +234,11 @@ class Bot:
             self.trust = TrustManager(client, self.store, cfg.trust)
             if client.should_upload_keys:
                 await client.keys_upload()
-            if cfg.recovery_key:
-                await self._restore_from_secret_storage(cfg.recovery_key)
-            master_seed = None
-            if cfg.cross_signing:
-                master_seed = await self._bootstrap_cross_signing(reset=cfg.reset_cross_signing)
-            if cfg.key_backup:
-                await self._enable_key_backup()
-            if cfg.secret_storage:
-                await self._save_to_secret_storage(master_seed)
+            self.e2ee = E2EESetup(client, self.store, cfg)
+            try:
+                await self.e2ee.run()
+            except E2EESetupError as exc:
+                raise BotError(str(exc)) from None
         log.info("connected as %s (device %s)", client.user_id, client.device_id)
         return client
 
@@ -296,78 +276,26 @@ class Bot:
         )
         return client
 
-    async def _bootstrap_cross_signing(self, reset: bool = False) -> bytes | None:
-        """Set up cross-signing; returns the master private key if it was just created."""
-        client = self.require_client()
-        self.cross_signing = CrossSigning(
-            client, self.store, password=self.config.password, keep_master_key=self.config.keep_master_key
-        )
-        try:
-            result = await self.cross_signing.bootstrap(reset=reset)
-        except CrossSigningError as exc:
-            log.warning("cross-signing not set up: %s", exc)
-            return None
-        log.info("cross-signing ready (master key %s)", result.master_public)
-        return result.new_master_seed
-
-    async def _restore_from_secret_storage(self, recovery_key: str) -> None:
-        """A new store for an existing bot: take its private keys back from secret storage."""
-        client = self.require_client()
-        self.secret_storage = SecretStorage(client, self.store)
-        try:
-            await self.secret_storage.unlock(recovery_key)
-            found = await fetch_bot_secrets(self.secret_storage)
-            if SELF_SIGNING in found and USER_SIGNING in found and load_keys(self.store) is None:
-                server = await query_identity(client, str(client.user_id))
-                keys = keys_from_secrets(server, found[SELF_SIGNING], found[USER_SIGNING], found.get(MASTER))
-                save_keys(self.store, keys, self.config.keep_master_key)
-                log.info("cross-signing keys restored from secret storage")
-            if MEGOLM_BACKUP in found:
-                backup = KeyBackup(client, self.store)
-                count = await backup.restore(encode_recovery_key(found[MEGOLM_BACKUP]))
-                log.info("restored %d Megolm sessions via secret storage", count)
-        except (SecretStorageError, CrossSigningError, KeyBackupError) as exc:
-            raise BotError(f"restoring from secret storage failed: {exc}") from None
-
-    async def _save_to_secret_storage(self, master_seed: bytes | None) -> None:
-        client = self.require_client()
-        storage = self.secret_storage or SecretStorage(client, self.store)
-        keys = self.cross_signing.keys if self.cross_signing else None
-        try:
-            await storage.ensure_key()
-            written = await storage.store_changed(
-                {
-                    MASTER: master_seed or (keys.master_seed if keys else None),
-                    SELF_SIGNING: keys.self_signing_seed if keys else None,
-                    USER_SIGNING: keys.user_signing_seed if keys else None,
-                    MEGOLM_BACKUP: self.backup.private_key if self.backup else None,
-                }
-            )
-        except SecretStorageError as exc:
-            log.warning("secret storage not updated: %s", exc)
-            return
-        self.secret_storage = storage
-        if written:
-            log.info("stored %s in secret storage", ", ".join(written))
-
-    async def _enable_key_backup(self) -> None:
-        self.backup = KeyBackup(self.require_client(), self.store)
-        try:
-            version = await self.backup.enable()
-        except KeyBackupError as exc:
-            log.warning("key backup not enabled: %s", exc)
-            self.backup = None
-            return
-        log.info("backing up Megolm sessions to key backup version %s", version)
-
     async def restore_key_backup(self, recovery_key: str) -> int:
         """Import the sessions of the account's key backup (after losing the store, say)."""
-        client = self.require_client()
-        backup = self.backup or KeyBackup(client, self.store)
-        count = await backup.restore(recovery_key)
-        if self.config.key_backup:
-            self.backup = backup
-        return count
+        return await self._e2ee().restore_key_backup(recovery_key)
+
+    def _e2ee(self) -> E2EESetup:
+        if self.e2ee is None:
+            raise BotError("encryption is not set up (not connected, or encryption=False)")
+        return self.e2ee
+
+    @property
+    def cross_signing(self) -> CrossSigning | None:
+        return self.e2ee.cross_signing if self.e2ee else None
+
+    @property
+    def backup(self) -> KeyBackup | None:
+        return self.e2ee.backup if self.e2ee else None
+
+    @property
+    def secret_storage(self) -> SecretStorage | None:
+        return self.e2ee.secret_storage if self.e2ee else None
 
     async def _before_share(self, room_id: str) -> None:
         await self.review_trust()
@@ -492,11 +420,8 @@ class Bot:
         if client.should_claim_keys:
             await client.keys_claim(client.get_users_for_key_claiming())
         await client.send_to_device_messages()
-        if self.backup is not None and self.backup.version is not None:
-            try:
-                await self.backup.upload_new()
-            except KeyBackupError as exc:
-                log.warning("key backup upload failed: %s", exc)
+        if self.e2ee is not None:
+            await self.e2ee.after_sync()
 
     async def _cleanup(self) -> None:
         if self._tasks:
