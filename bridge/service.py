@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from sqlalchemy import func, select
 
 from bridge.client import FederationClient, FederationError, RemoteError, fed_path
 from bridge.discovery import AddressFilter
@@ -27,6 +28,7 @@ from bridge.media import FederatedMedia
 from bridge.membership import MembershipHandler
 from bridge.pdu import PduError
 from bridge.queue import OutboundQueue
+from bridge.schema import federation_event_state
 from bridge.server import create_federation_app
 from bridge.state import EventStateInfo, StateTracker
 from bridge.store import FederationStore
@@ -38,10 +40,13 @@ from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
 from homeserver.handlers.cs_services import services as cs_services
 from homeserver.server import HomeServer
+from homeserver.storage.schema import events
 
 log = logging.getLogger(__name__)
 
 BACKFILL_ON_JOIN = 50
+# At most this many stranded local events are recovered at startup (the newest ones).
+RECOVERY_CAP = 1_000
 
 ExtraRoute = tuple[str, str, Callable[[web.Request, str, Any], Awaitable[Any]]]
 
@@ -315,8 +320,60 @@ class Federation:
     # Lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.recover_unsent_local_events()
         await self.queue.start()
         await self.start_listener()
+
+    async def recover_unsent_local_events(self, cap: int = RECOVERY_CAP) -> int:
+        """Queue local events that were committed but never handed to federation.
+
+        A local event is committed before it is queued (in a second transaction), so a crash
+        between the two would leave it unsent. Every event that went through federation has a
+        `federation_event_state` row; local events newer than the last such event are the ones
+        a crash could have stranded. Returns how many were recovered."""
+        suffix = ":" + self.hs.server_name
+        local = events.c.sender.like("%" + suffix.replace("%", r"\%").replace("_", r"\_"), escape="\\")
+        async with self.hs.db.read() as conn:
+            last = (
+                await conn.execute(
+                    select(func.max(events.c.stream_id))
+                    .select_from(
+                        events.join(
+                            federation_event_state, federation_event_state.c.event_id == events.c.event_id
+                        )
+                    )
+                    .where(local, events.c.outlier.is_(False))
+                )
+            ).scalar()
+            q = (
+                select(events.c.event_id)
+                .select_from(
+                    events.outerjoin(
+                        federation_event_state, federation_event_state.c.event_id == events.c.event_id
+                    )
+                )
+                .where(
+                    local,
+                    events.c.outlier.is_(False),
+                    events.c.stream_id > int(last or 0),
+                    federation_event_state.c.event_id.is_(None),
+                )
+                .order_by(events.c.stream_id.desc())
+                .limit(cap)
+            )
+            ids = [r[0] for r in await conn.execute(q)]
+        if not ids:
+            return 0
+        stored = await self.hs.events.get_events(ids)
+        recovered = 0
+        for event_id in reversed(ids):
+            item = stored.get(event_id)
+            if item is None:
+                continue
+            await self.on_local_event(item.event, item.stream_id)
+            recovered += 1
+        log.info("queued %d local events that were committed but not yet sent", recovered)
+        return recovered
 
     async def start_listener(self) -> None:
         cfg = self.config

@@ -258,3 +258,44 @@ async def test_soft_failed_event_is_hidden(test_ca: CertAuthority, tmp_dirs: tup
         assert await a.hs.events.get_current_state_ids(room_id) == await b.hs.events.get_current_state_ids(
             room_id
         )
+
+
+async def test_event_committed_but_not_queued_is_sent_after_restart(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    """A crash between committing a local event and queueing it for federation loses nothing:
+    on start, the federation service queues local events that never reached it."""
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        # Commit an event exactly as EventCreator does, but "crash" before its listeners run.
+        creator = a.hs.creator
+        rv = await a.hs.events.get_room_version(room_id)
+        assert rv is not None
+        event, auth_map, create = await creator._build(
+            rv,
+            room_id,
+            "m.room.message",
+            alice.user_id,
+            {"msgtype": "m.text", "body": "stranded"},
+            None,
+            None,
+        )
+        creator._check(event, auth_map, create)
+        await a.hs.events.persist_event(event)
+        assert "stranded" not in await room_bodies(bob, room_id)
+        assert await federation_of(a).recover_unsent_local_events() == 1
+        await wait_for(lambda: _has_body(bob, room_id, "stranded"), what="the stranded event to reach B")
+        # Recovery is idempotent: the event now went through federation.
+        assert await federation_of(a).recover_unsent_local_events() == 0
+
+
+async def _has_body(client: Client, room_id: str, body: str) -> bool:
+    return body in await room_bodies(client, room_id)
