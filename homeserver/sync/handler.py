@@ -124,9 +124,10 @@ class SyncHandler:
             full = since is None or req.full_state or newly_joined
             room: dict[str, Any] = {}
             if full or (changed_rooms is not None and room_id in changed_rooms):
-                room = await self._room_timeline(
-                    req, room_id, None if full else since.stream if since else None, upto, full
-                )
+                # full_state resends the state, but the timeline still starts at `since`
+                # (unless the user joined since then).
+                after = None if since is None or newly_joined else since.stream
+                room = await self._room_timeline(req, room_id, after, upto, full)
             ephemeral: list[dict[str, Any]] = []
             if full or (since is not None and self.typing.changed_since(room_id, since.ephemeral)):
                 ephemeral.append(

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from nio import (
     ReactionEvent,
     RoomEncryptedFile,
@@ -225,11 +224,6 @@ async def test_clear_rooms_and_membership_handler(
     assert (eve.user_id, "invite") in members and (eve.user_id, "join") in members
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Sotto bug: /sync with full_state=true ignores `since` and replays the whole timeline "
-    "(spec: the timeline is still limited by since); the restarted bot answers old commands again",
-)
 async def test_missed_events_are_handled_once_after_restart(
     server: RunningServer, make_bot: BotFactory, peers: Peers
 ) -> None:

@@ -203,3 +203,15 @@ async def test_sync_state_is_the_state_at_timeline_start(server: RunningServer, 
     state_name = next(e for e in joined["state"]["events"] if e["type"] == "m.room.name")
     assert state_name["content"] == {"name": "Old name"}
     assert joined["timeline"]["events"][0]["unsigned"]["prev_content"] == {"name": "Old name"}
+
+
+async def test_full_state_keeps_the_timeline_incremental(make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    room = await alice.create_room(name="Kept")
+    await alice.send(room, "old", "t1")
+    since = (await alice.sync())["next_batch"]
+    await alice.send(room, "new", "t2")
+    sync = await alice.sync(since, full_state="true")
+    joined = sync["rooms"]["join"][room]
+    assert [e["content"].get("body") for e in joined["timeline"]["events"]] == ["new"]
+    assert {"m.room.create", "m.room.name"} <= {e["type"] for e in joined["state"]["events"]}
