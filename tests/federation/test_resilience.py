@@ -295,7 +295,3 @@ async def test_event_committed_but_not_queued_is_sent_after_restart(
         await wait_for(lambda: _has_body(bob, room_id, "stranded"), what="the stranded event to reach B")
         # Recovery is idempotent: the event now went through federation.
         assert await federation_of(a).recover_unsent_local_events() == 0
-
-
-async def _has_body(client: Client, room_id: str, body: str) -> bool:
-    return body in await room_bodies(client, room_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -310,7 +311,7 @@ async def test_backfill_on_demand_fetches_older_history(
         # The join fetched the newest 50 events; paginating /messages past them fetches the rest
         # from the other server on demand.
         seen: list[str] = []
-        params = {"dir": "b", "limit": "20"}
+        params: dict[str, Any] = {"dir": "b", "limit": "20"}
         for _ in range(20):
             page = await bob.call("GET", f"/rooms/{room_id}/messages", **params)
             seen.extend(e["content"].get("body", "") for e in page["chunk"] if e["type"] == "m.room.message")
