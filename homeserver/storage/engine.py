@@ -66,7 +66,12 @@ class Database:
             sa_url = sa_url.set(drivername=f"sqlite+{sqlite_inline.DRIVER}")
         self.url = sa_url
         kwargs: dict[str, Any] = {}
-        if not self.is_sqlite:
+        if self.is_sqlite:
+            if sa_url.database and sa_url.database != ":memory:":
+                # Connections are cheap and checkouts must never wait (they happen outside
+                # the async layer, see _connect): no overflow limit.
+                kwargs.update(pool_size=pool_size, max_overflow=-1)
+        else:
             # No pre-ping (a round trip per checkout): a connection broken by a database
             # restart fails one request, and SQLAlchemy then recycles the whole pool.
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=10)
@@ -88,16 +93,20 @@ class Database:
 
     @asynccontextmanager
     async def _connect(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        if self.is_sqlite:
+            # Inline SQLite never waits: skip the async layer's greenlet and shielded-close
+            # task per call (see sqlite_inline.DirectConnection).
+            sync = engine.sync_engine.connect()
+            try:
+                yield sqlite_inline.DirectConnection(engine, sync)
+            finally:
+                sync.close()
+            return
         conn = await engine.connect()
         try:
             yield conn
         finally:
-            if self.is_sqlite:
-                # Inline SQLite closes without suspending, so there is nothing to shield; the
-                # shield in AsyncConnection.__aexit__ costs a new task on every use.
-                await conn.close()
-            else:
-                await asyncio.shield(conn.close())
+            await asyncio.shield(conn.close())
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
