@@ -22,8 +22,10 @@ and a sync at position N never misses a row at or below N that commits later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,6 +39,9 @@ from homeserver.storage import postgres, sqlite_inline
 
 log = logging.getLogger(__name__)
 
+# How often the SQLite WAL is checkpointed (when anything was written meanwhile).
+CHECKPOINT_INTERVAL_S = 1.0
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
@@ -47,7 +52,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # Short: while another process (an admin command) holds the write lock, this loop waits.
     cur.execute("PRAGMA busy_timeout=2000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # Checkpoints (which fsync) run in a worker thread, not inside a commit on the event
+    # loop (see Database._checkpoint_forever); SQLite checkpoints on its last close anyway.
+    cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
+
+
+def _checkpoint(path: str) -> None:
+    conn = sqlite3.connect(path, timeout=2)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.close()
 
 
 class Database:
@@ -85,6 +101,10 @@ class Database:
         self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._stream_id = 0
         self._persisted = 0
+        file_db = self.is_sqlite and sa_url.database not in (None, "", ":memory:")
+        self._sqlite_path = sa_url.database if file_db else None
+        self._writes_since_checkpoint = 0
+        self._checkpointer: asyncio.Task[None] | None = None
 
     @property
     def shared(self) -> bool:
@@ -127,6 +147,9 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction on the single write path; commits on normal exit."""
+        if self._sqlite_path is not None and self._checkpointer is None:
+            self._checkpointer = asyncio.create_task(self._checkpoint_forever(self._sqlite_path))
+        self._writes_since_checkpoint += 1
         async with self._write_lock:
             if not self.shared:
                 try:
@@ -231,5 +254,22 @@ class Database:
         except Exception:
             return False
 
+    async def _checkpoint_forever(self, path: str) -> None:
+        """Copy the WAL into the database file now and then, off the event loop's thread."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+            if self._writes_since_checkpoint == 0:
+                continue
+            self._writes_since_checkpoint = 0
+            try:
+                await asyncio.to_thread(_checkpoint, path)
+            except sqlite3.Error as e:
+                log.warning("WAL checkpoint failed: %s", e)
+
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         await self.engine.dispose()
