@@ -32,5 +32,19 @@ lint: $(STAMP)
 
 check: lint test
 
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
+## Benchmarks side by side with Synapse (installed once under .cache/); see bench/README.md.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
+
+## The same scenarios at smaller sizes: finishes in minutes.
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m bench --quick
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

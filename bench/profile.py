@@ -1,0 +1,164 @@
+"""Profile Sotto's hot paths under load with py-spy, and summarise where the time goes.
+
+    python -m bench.profile send      # 10 senders in one room
+    python -m bench.profile fanout    # one sender, N members long-polling /sync
+    python -m bench.profile sync      # idle-room incremental syncs, back to back
+
+The server runs as in the benchmarks (pinned to CPU 0, load generator on CPU 1);
+py-spy samples it for the measured window. Output: bench/results/profile-<name>.txt
+with the top functions by own time and by inclusive time (Sotto's code only), and
+the raw collapsed stacks next to it (load them into speedscope or flamegraph.pl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
+from bench.scenarios import _drive, make_users, room_with
+from bench.targets import SottoTarget
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+OWN = ("homeserver/", "bridge/")
+
+
+def summarise(raw: Path, top: int = 40) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = stack.split(";")
+        if frames:
+            own[frames[-1]] += count
+        seen = set()
+        for frame in frames:
+            if any(p in frame for p in OWN) and frame not in seen:
+                seen.add(frame)
+                inclusive[frame] += count
+    lines = [f"samples: {total}", "", "own time (any code):"]
+    lines += [f"{100 * n / total:6.1f}%  {f}" for f, n in own.most_common(top)]
+    lines += ["", "inclusive time (Sotto code):"]
+    lines += [f"{100 * n / total:6.1f}%  {f}" for f, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+async def load_send(target: SottoTarget, seconds: float) -> str:
+    async with new_session() as session:
+        users = await make_users(target, session, "ps", 10)
+        room_id = await room_with(users[0], users[1:])
+        rate, _, _ = await _drive([(u, room_id) for u in users], seconds, 0.0)
+    return f"{rate:.0f} msgs/s"
+
+
+async def load_fanout(target: SottoTarget, seconds: float, members: int = 200) -> str:
+    async with new_session() as session:
+        sender, *others = await make_users(target, session, "pf", members + 1)
+        room_id = await room_with(sender, others)
+        stop = asyncio.Event()
+        delivered = 0
+
+        async def listen(member: Client) -> None:
+            nonlocal delivered
+            since = (await member.sync(filter=SYNC_FILTER))["next_batch"]
+            while not stop.is_set():
+                result = await member.sync(since, 30_000, SYNC_FILTER)
+                since = result["next_batch"]
+                delivered += len(timeline_event_ids(result, room_id))
+
+        tasks = [asyncio.create_task(listen(m)) for m in others]
+        await asyncio.sleep(3)
+        end = time.monotonic() + seconds
+        sent = 0
+        while time.monotonic() < end:
+            await sender.send(room_id, "fan")
+            sent += 1
+            await asyncio.sleep(0.2)
+        stop.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return f"{sent} messages, {delivered} deliveries in {seconds:.0f}s"
+
+
+async def load_sync(target: SottoTarget, seconds: float) -> str:
+    async with new_session() as session:
+        users = await make_users(target, session, "py", 10)
+        room_id = await room_with(users[0], users[1:])
+        for u in users:
+            await u.send(room_id, "hello")
+        since = [(await u.sync(filter=SYNC_FILTER))["next_batch"] for u in users]
+        end = time.monotonic() + seconds
+        count = 0
+
+        async def loop(i: int) -> None:
+            nonlocal count
+            while time.monotonic() < end:
+                await users[i].sync(since[i], 0, SYNC_FILTER)
+                count += 1
+
+        await gather_limited(len(users), len(users), loop)
+    return f"{count / seconds:.0f} incremental syncs/s"
+
+
+LOADS = {"send": load_send, "fanout": load_fanout, "sync": load_sync}
+
+
+async def main_async(name: str, seconds: float, database: str) -> None:
+    os.sched_setaffinity(0, {1})
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
+    target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0})
+    await target.start()
+    raw = RESULTS / f"profile-{name}.collapsed"
+    try:
+        spy = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "-p",
+                str(target.pids()[0]),
+                "-d",
+                str(int(seconds) + 8),
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        outcome = await LOADS[name](target, seconds)
+        await asyncio.to_thread(spy.wait, 60)
+    finally:
+        await target.stop()
+    text = f"profile {name} ({database}): {outcome}\n\n" + summarise(raw)
+    out = RESULTS / f"profile-{name}.txt"
+    out.write_text(text + "\n")
+    print(text[:6000])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("load", choices=sorted(LOADS))
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.load, args.seconds, args.database))
+
+
+if __name__ == "__main__":
+    main()
