@@ -8,6 +8,7 @@ from aiohttp import web
 
 from homeserver.api.http import V3, json_response, query_int, read_json, require_str
 from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.power import can_send_state
 from homeserver.server import HomeServer
 from homeserver.storage.schema import rooms as rooms_table
 
@@ -82,6 +83,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         m = await hs.events.get_membership(room_id, requester.user_id)
         if m is None or m[0] != "join":
             raise forbidden("You must be in the room")
+        # Publishing speaks for the room: it takes the power to set its canonical alias.
+        if not requester.is_admin and not await can_send_state(
+            hs.events, room_id, requester.user_id, "m.room.canonical_alias"
+        ):
+            raise forbidden("You do not have permission to publish this room")
         await hs.events.set_room_public(room_id, visibility == "public")
         return json_response({})
 

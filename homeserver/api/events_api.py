@@ -11,6 +11,7 @@ from homeserver import jsonutil
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.client_format import client_event
+from homeserver.handlers.power import can_redact
 from homeserver.server import HomeServer
 from homeserver.storage.events import TxnInfo
 from homeserver.sync.filter import EventFilter
@@ -26,8 +27,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def _require_joined(room_id: str, user_id: str) -> None:
         m = await hs.events.get_membership(room_id, user_id)
         if m is None or m[0] != "join":
-            if await hs.events.get_room_version(room_id) is None:
-                raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+            # The same answer whether or not the room exists: no probing for rooms.
             raise forbidden("You are not joined to this room")
 
     async def send(request: web.Request) -> web.Response:
@@ -88,6 +88,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         target = request.match_info["event_id"]
         rv = await hs.events.get_room_version(room_id)
         assert rv is not None
+        original = await hs.events.get_event(target)
+        if (
+            original is not None
+            and original.event.room_id == room_id
+            and not await can_redact(hs.events, room_id, requester.user_id, original.event.sender)
+        ):
+            raise forbidden("You may only redact your own events without the redact power level")
         content: dict[str, Any] = {}
         if isinstance(body.get("reason"), str):
             content["reason"] = body["reason"]
@@ -164,10 +171,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         room_id = request.match_info["room_id"]
         await _require_joined(room_id, requester.user_id)
         state = await hs.events.get_current_state(room_id, types=["m.room.member"])
+        # Absent profile fields are left out, not sent as null.
         joined = {
             s.event.state_key: {
-                "display_name": s.event.content.get("displayname"),
-                "avatar_url": s.event.content.get("avatar_url"),
+                key: s.event.content[field]
+                for key, field in (("display_name", "displayname"), ("avatar_url", "avatar_url"))
+                if isinstance(s.event.content.get(field), str)
             }
             for s in state.values()
             if s.event.membership == "join"

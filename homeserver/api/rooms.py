@@ -60,6 +60,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             target = require_str(body, "user_id")
             room_id = request.match_info["room_id"]
             if membership == "unban":
+                await rooms.require_joined(requester.user_id, room_id)
                 current = await hs.events.get_membership(room_id, target)
                 if current is None or current[0] != "ban":
                     raise forbidden(f"{target} is not banned")

@@ -20,6 +20,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import AuthError, Event, auth_types_for_event, build_event, check_auth
 from homeserver.events.room_versions import RoomVersion
+from homeserver.events.validation import EventFormatError, validate_pdu
 from homeserver.storage.events import EventStore, TxnInfo
 from homeserver.sync.notifier import Notifier
 
@@ -261,6 +262,11 @@ class EventCreator:
 
         if len(canonical_json(event.pdu)) > MAX_PDU_BYTES:
             raise MatrixError(413, Codes.TOO_LARGE, "Event too large")
+        try:
+            # The same format rules remote servers will apply (state key length, identifiers ...).
+            validate_pdu(event.pdu, event.room_version)
+        except EventFormatError as e:
+            raise MatrixError(400, Codes.BAD_JSON, f"Invalid event: {e}") from None
         try:
             check_auth(event, auth_map, create)
         except AuthError as e:

@@ -209,21 +209,34 @@ class MessageHandler:
             "state": await self._format(list(state.values()), None),
         }
 
-    async def room_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+    async def _visible_state(self, user_id: str, room_id: str) -> dict[tuple[str, str], StoredEvent]:
+        """The room state a user may see: current for members, as it was when they left otherwise."""
         window = await self.visible_window(room_id, user_id)
-        membership = await self.events.get_membership(room_id, user_id)
-        if membership is not None and membership[0] != "join" and window.upper < self.db.current_stream_id:
-            # Former members see the state as it was when they left (approximated by filtering).
-            state = await self.events.get_current_state(room_id)
-            stored = [s for s in state.values() if s.stream_id <= window.upper]
-        else:
-            stored = list((await self.events.get_current_state(room_id)).values())
-        return await self._format(stored, None)
+        current = await self.events.get_current_state(room_id)
+        if window.upper >= self.db.current_stream_id:
+            return current
+        return await self._state_at(current, window.upper)
+
+    async def _state_at(
+        self, current: dict[tuple[str, str], StoredEvent], position: int
+    ) -> dict[tuple[str, str], StoredEvent]:
+        # Walk each entry changed after `position` back through the events it replaced.
+        out: dict[tuple[str, str], StoredEvent] = {}
+        for key, stored in current.items():
+            item: StoredEvent | None = stored
+            while item is not None and item.stream_id > position:
+                replaced = item.unsigned.get("replaces_state")
+                item = await self.events.get_event(replaced) if isinstance(replaced, str) else None
+            if item is not None:
+                out[key] = item
+        return out
+
+    async def room_state(self, user_id: str, room_id: str) -> list[dict[str, Any]]:
+        state = await self._visible_state(user_id, room_id)
+        return await self._format(list(state.values()), None)
 
     async def state_event(self, user_id: str, room_id: str, type_: str, state_key: str) -> StoredEvent:
-        await self.visible_window(room_id, user_id)
-        found = await self.events.get_current_state(room_id, [(type_, state_key)])
-        stored = found.get((type_, state_key))
+        stored = (await self._visible_state(user_id, room_id)).get((type_, state_key))
         if stored is None:
             raise MatrixError(404, Codes.NOT_FOUND, "State event not found")
         return stored
@@ -231,10 +244,11 @@ class MessageHandler:
     async def members(
         self, user_id: str, room_id: str, membership: str | None, not_membership: str | None
     ) -> list[dict[str, Any]]:
-        await self.visible_window(room_id, user_id)
-        state = await self.events.get_current_state(room_id, types=["m.room.member"])
+        state = await self._visible_state(user_id, room_id)
         out = []
-        for s in state.values():
+        for key, s in state.items():
+            if key[0] != "m.room.member":
+                continue
             m = s.event.membership
             if membership and m != membership:
                 continue

@@ -229,7 +229,7 @@ class RoomHandler:
     async def invite(
         self, sender: str, room_id: str, target: str, extra: dict[str, Any] | None = None
     ) -> None:
-        await self._require_room(room_id)
+        await self.require_joined(sender, room_id)
         membership = await self.events.get_membership(room_id, target)
         if membership is not None and membership[0] == "join":
             raise forbidden(f"{target} is already in the room")
@@ -250,15 +250,25 @@ class RoomHandler:
     ) -> None:
         """leave / kick (leave of another user) / ban / unban (leave after ban)."""
         await self._require_room(room_id)
+        if sender != target or membership != "leave":
+            # Only members learn anything about other members' state (an invitee may still
+            # reject by leaving).
+            await self.require_joined(sender, room_id)
         current = await self.events.get_membership(room_id, target)
         if membership == "leave" and sender == target and current is None:
-            raise forbidden("You are not in this room")
+            raise forbidden("You are not joined to this room")
         if membership == "leave" and sender != target and (current is None or current[0] in ("leave",)):
             raise forbidden(f"{target} is not in the room")
         content: dict[str, Any] = {"membership": membership}
         if reason:
             content["reason"] = reason
         await self._send(room_id, sender, "m.room.member", content, target)
+
+    async def require_joined(self, user_id: str, room_id: str) -> None:
+        """403 unless the user is joined; the same answer whether or not the room exists."""
+        membership = await self.events.get_membership(room_id, user_id)
+        if membership is None or membership[0] != "join":
+            raise forbidden("You are not joined to this room")
 
     async def _require_room(self, room_id: str) -> None:
         if await self.events.get_room_version(room_id) is None:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.events import Event, get_room_version, redact
+from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import (
@@ -695,12 +696,34 @@ class EventStore:
         ).first()
         if target is None or target[1] != redaction.room_id:
             return
+        target_pdu = jsonutil.loads(target[0])
+        if not await self._redaction_applies(conn, redaction, str(target_pdu.get("sender", ""))):
+            return
         pruned = redact(jsonutil.loads(target[0]), redaction.room_version)
         await conn.execute(
             update(events)
             .where(events.c.event_id == redaction.redacts)
             .values(json=jsonutil.dumps(pruned), redacted_by=redaction.event_id)
         )
+
+    async def _redaction_applies(self, conn: AsyncConnection, redaction: Event, target_sender: str) -> bool:
+        if domain(redaction.sender) == domain(target_sender):
+            return True
+        rows = await conn.execute(
+            select(events.c.json)
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(
+                current_state.c.room_id == redaction.room_id,
+                tuple_(current_state.c.type, current_state.c.state_key).in_(
+                    [("m.room.power_levels", ""), ("m.room.create", "")]
+                ),
+            )
+        )
+        state = {}
+        for (raw,) in rows:
+            ev = Event(jsonutil.loads(raw), redaction.room_version)
+            state[ev.state_key_tuple] = ev
+        return redaction_applies(redaction.sender, target_sender, state)
 
     async def set_room_public(self, room_id: str, public: bool) -> None:
         async with self.db.write() as conn:

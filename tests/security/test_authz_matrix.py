@@ -344,25 +344,8 @@ READABLE_AFTER_LEAVING = {
     ROOM + "/threads",
 }
 # Bugs found by this matrix in other areas' code, kept visible (strict xfail) until fixed.
-STATE_LEAK = (
-    "GET /rooms/{id}/state/{type}[/{key}] answers former members with the room's *current* state "
-    "(the spec: state as it was when they left) - homeserver/handlers/messages.py state_event (lead)"
-)
-FORMER_MEMBER_BUGS = {
-    ("GET", ROOM + "/state/{event_type}"): STATE_LEAK,
-    ("GET", ROOM + "/state/{event_type}/"): STATE_LEAK,
-    ("GET", ROOM + "/state/{event_type}/{state_key}"): STATE_LEAK,
-}
-POWER_BUGS = {
-    ("PUT", ROOM + "/redact/{before}/{txn_id}"): (
-        "a member without the redact power level can redact anyone's event, and the store applies it "
-        "(homeserver/api/events_api.py redact + storage/events.py _apply_redaction, lead)"
-    ),
-    ("PUT", C + "/directory/list/room/{room_id}"): (
-        "any member can publish a private room in the public room directory "
-        "(homeserver/api/directory.py, lead)"
-    ),
-}
+FORMER_MEMBER_BUGS: dict[tuple[str, str], str] = {}
+POWER_BUGS: dict[tuple[str, str], str] = {}
 
 
 def params(table: list[tuple[str, str, Any]], bugs: dict[tuple[str, str], str], id_of: Any) -> list[Any]:
@@ -490,7 +473,6 @@ async def test_insufficient_power(world: World, method: str, route: str, body: A
     assert (status, out.get("errcode")) == (403, "M_FORBIDDEN"), text
 
 
-@pytest.mark.xfail(strict=True, reason=POWER_BUGS[("PUT", ROOM + "/redact/{before}/{txn_id}")])
 async def test_unauthorised_redaction_is_not_applied(world: World) -> None:
     path = f"/_matrix/client/v3/rooms/{quote(world.room)}/redact/{quote(world.before_event)}/redact-again"
     await world.call(world.member, "PUT", path, {})
@@ -559,20 +541,7 @@ async def test_other_users_data(world: World, method: str, route: str, body: Any
 
 @pytest.mark.parametrize(
     "action",
-    [
-        pytest.param(
-            a,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RoomHandler.invite/set_membership and the unban route look up the target's "
-                "membership before the auth rules, so a non-member learns who is joined or banned from "
-                "the error text (homeserver/handlers/rooms.py, homeserver/api/rooms.py, lead)",
-            ),
-        )
-        if a != "ban"
-        else a
-        for a in ("invite", "kick", "ban", "unban")
-    ],
+    ["invite", "kick", "ban", "unban"],
 )
 async def test_membership_errors_do_not_reveal_membership(world: World, action: str) -> None:
     # The outsider's request must fail the same way whatever the target's membership is.

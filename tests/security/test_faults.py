@@ -59,11 +59,16 @@ class Client:
         raise AssertionError("history did not end")
 
 
-async def login(server: SottoProcess, http: aiohttp.ClientSession, name: str = "alice") -> Client:
+async def login(
+    server: SottoProcess, http: aiohttp.ClientSession, name: str = "alice", device_id: str = "FAULTS"
+) -> Client:
+    # A fixed device ID: transaction IDs are scoped to the device, so a client that logs in
+    # again after a crash keeps its retries idempotent only by keeping its device.
     body = {
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": name},
         "password": PASSWORD,
+        "device_id": device_id,
     }
     async with http.post(server.base_url + "/_matrix/client/v3/login", json=body) as resp:
         out = await resp.json()

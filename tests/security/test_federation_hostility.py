@@ -252,12 +252,6 @@ async def test_remote_power_grab_is_rejected(peers: Peers) -> None:
     assert membership is not None and membership[0] == "join"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a redaction from a user without the redact power level is applied to the target event "
-    "(v3+ rooms leave the check to the receiving server: storage/events.py _apply_redaction and "
-    "bridge/events_in.py persist it unconditionally; lead + federation)",
-)
 async def test_remote_redaction_without_power_is_not_applied(peers: Peers) -> None:
     target = await peers.alice.send(peers.room, "alice's words")
     await wait_for(lambda: _has(peers.bob, peers.room, "alice's words"), what="message on B")

@@ -185,11 +185,6 @@ async def test_thumbnail_decompression_bomb(ctx: dict[str, Any], http: aiohttp.C
     assert status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventCreator does not apply events.validation.validate_pdu to local events: createRoom "
-    "initial_state accepts state keys over 255 bytes (homeserver/handlers/event_creation.py, lead)",
-)
 async def test_initial_state_key_size(ctx: dict[str, Any], http: aiohttp.ClientSession) -> None:
     state = [{"type": "m.x", "state_key": "k" * 300, "content": {}}]
     status, out = await call(http, ctx, "POST", "/createRoom", json={"initial_state": state})
