@@ -28,6 +28,7 @@ from aiohttp import web
 from homeserver.clock import Clock
 from homeserver.config import Config, ConfigError, generate_config_yaml, load_config
 from homeserver.errors import MatrixError
+from homeserver.logs import setup_logging
 from homeserver.storage.engine import Database
 from homeserver.storage.migrate import migrate
 
@@ -43,11 +44,8 @@ class CliError(Exception):
     """A failure reported to the operator as one line on stderr (exit status 1)."""
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _setup_logging(config: Config) -> None:
+    setup_logging(config.log_level, config.log_format)
 
 
 async def _with_database(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -81,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from homeserver.app import HS_KEY, create_app
 
     config = load_config(args.config)
-    _setup_logging(config.log_level)
+    _setup_logging(config)
     count = args.workers or config.workers.count
     if count > 1 and args.worker_index is None:
         # The supervisor runs the workers (this same command with --worker-index) and serves nothing.
@@ -122,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> None:
     config = load_config(args.config)
-    _setup_logging(config.log_level)
+    _setup_logging(config)
 
     async def done(_db: Database) -> None:
         return None

@@ -120,6 +120,8 @@ class Config:
     signing_key_path: str = "data/signing.key"
     media_store_path: str = "data/media"
     log_level: str = "INFO"
+    # "text" for people, "json" (one object per line) for log collectors.
+    log_format: str = "text"
     default_room_version: str = "12"
     metrics_enabled: bool = True
     # bcrypt cost factor for password hashes (tests lower it; 12 is the production default).
@@ -177,6 +179,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     cfg.base_dir = base_dir
     if not cfg.server_name:
         raise ConfigError("server_name is required")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be text or json")
     return cfg
 
 
