@@ -91,6 +91,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         hs.server_name,
     )
     relations = RelationsHandler(relations_store, hs.events, hs.messages, hs.clock)
+    hs.messages.bundler = relations.bundle
     presence = PresenceHandler(
         PresenceStore(hs.db), hs.events, hs.accounts, hs.notifier, hs.clock, hs.server_name
     )

@@ -37,6 +37,17 @@ class MessageHandler:
         self.clock = clock
         # Fetches older history over federation; returns how many events it stored (bridge/).
         self.backfill: Callable[[str], Awaitable[int]] | None = None
+        # Adds unsigned.m.relations to formatted events, in place (relations module).
+        self.bundler: Callable[[list[dict[str, Any]], str], Awaitable[None]] | None = None
+
+    async def _timeline(
+        self, stored: list[StoredEvent], device_id: str | None, user_id: str
+    ) -> list[dict[str, Any]]:
+        """Timeline events as clients see them, with bundled aggregations (edits, threads ...)."""
+        formatted = await self._format(stored, device_id)
+        if self.bundler is not None:
+            await self.bundler(formatted, user_id)
+        return formatted
 
     async def _backwards(
         self, room_id: str, after: int | None, upto: int, limit: int, event_filter: EventFilter
@@ -132,7 +143,7 @@ class MessageHandler:
         body: dict[str, Any] = {
             "start": from_token
             or pagination_token(start if start is not None else (batch[0].stream_id - 1 if batch else 0)),
-            "chunk": await self._format(chunk, device_id),
+            "chunk": await self._timeline(chunk, device_id, user_id),
         }
         if len(batch) == limit:
             last = batch[-1].stream_id
@@ -148,7 +159,7 @@ class MessageHandler:
         stored = await self.events.get_event(event_id)
         if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
-        return (await self._format([stored], None))[0]
+        return (await self._timeline([stored], None, user_id))[0]
 
     @staticmethod
     def _in_window(stored: StoredEvent, window: Window) -> bool:
@@ -200,10 +211,11 @@ class MessageHandler:
             else []
         )
         state = await self.events.get_current_state(room_id)
+        formatted = await self._timeline([stored, *before, *after], device_id, user_id)
         return {
-            "event": (await self._format([stored], device_id))[0],
-            "events_before": await self._format(before, device_id),
-            "events_after": await self._format(after, device_id),
+            "event": formatted[0],
+            "events_before": formatted[1 : 1 + len(before)],
+            "events_after": formatted[1 + len(before) :],
             "start": pagination_token((before[-1].stream_id if before else stored.stream_id) - 1),
             "end": pagination_token(after[-1].stream_id if after else stored.stream_id),
             "state": await self._format(list(state.values()), None),

@@ -62,6 +62,14 @@ async def test_edit_and_reaction_visible_through_relations_and_aggregation(serve
             assert bundled["m.replace"]["event_id"] == edit.event_id
             assert bundled["m.replace"]["content"]["m.new_content"]["body"] == "I like chocolate cake"
             assert bundled["m.annotation"]["chunk"] == [{"type": "m.reaction", "key": "👍", "count": 2}]
+            # /messages, /event and /context carry the same bundles.
+            page = await raw.ok("GET", f"/rooms/{quote(room_id)}/messages", params={"limit": "20"})
+            in_page = next(e for e in page["chunk"] if e["event_id"] == original)
+            assert in_page["unsigned"]["m.relations"]["m.replace"]["event_id"] == edit.event_id
+            single = await raw.ok("GET", f"/rooms/{quote(room_id)}/event/{quote(original)}")
+            assert single["unsigned"]["m.relations"]["m.annotation"]["chunk"][0]["count"] == 2
+            ctx = await raw.ok("GET", f"/rooms/{quote(room_id)}/context/{quote(original)}")
+            assert ctx["event"]["unsigned"]["m.relations"]["m.replace"]["event_id"] == edit.event_id
 
             status, body = await raw.request("GET", v1(room_id, "relations/$unknown"))
             assert status == 404 and body["errcode"] == "M_NOT_FOUND"
