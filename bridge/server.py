@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridge.keys import KeyFetchError
-from bridge.xmatrix import XMatrixParseError, parse_authorization, request_json
+from bridge.xmatrix import XMatrixParseError, parse_authorization, request_json, verify_request_signature
 from homeserver import jsonutil
 from homeserver.api.http import json_response
 from homeserver.api.middleware import error_middleware
 from homeserver.errors import Codes, MatrixError, missing_param
-from homeserver.events import SignatureError, verify_json_signature
+from homeserver.events import SignatureError
 from homeserver.events.identifiers import is_valid_server_name
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def create_federation_app(fed: Federation) -> web.Application:
             signed["signatures"] = {auth.origin: {auth.key_id: auth.signature}}
             try:
                 key = await fed.keyring.get_verify_key(auth.origin, auth.key_id, hs.clock.time_ms())
-                verify_json_signature(signed, auth.origin, key)
+                verify_request_signature(signed, auth.origin, key)
             except (KeyFetchError, SignatureError, ValueError) as e:
                 errors.append(str(e))
                 continue

@@ -6,17 +6,26 @@ the origin's keys, so that step lives in `bridge.server` with the key ring.
 
 Invariant: the `uri` that is signed is exactly the path and query sent on the wire
 (percent-encoded as sent), and the receiver verifies against the raw path it received.
+
+Request signatures use plain canonical JSON (``canonicaljson``, floats allowed, as Synapse
+signs and verifies requests), not the strict PDU rules of room versions 6+: a transaction
+may legitimately carry floats (events of rooms v1-5, EDUs). The strict rules stay with the
+PDU checks. Verification also accepts a signature over the integral-float-normalised form
+(what Sotto signed before), so older Sotto peers keep working.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from signedjson.types import SigningKey
+from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
+from signedjson.types import SigningKey, VerifyKey
 
-from homeserver.events import sign_json_object, verify_key_id
+from homeserver.events import SignatureError, verify_key_id
+from homeserver.events.canonical import CanonicalJsonError, normalize_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +51,41 @@ def authorization_header(
     content: Any | None,
     signing_key: SigningKey,
 ) -> str:
-    signed = sign_json_object(request_json(method, uri, origin, destination, content), origin, signing_key)
+    signed = sign_request_json(request_json(method, uri, origin, destination, content), origin, signing_key)
     key_id = verify_key_id(signing_key)
     sig = signed["signatures"][origin][key_id]
     return f'X-Matrix origin="{origin}",destination="{destination}",key="{key_id}",sig="{sig}"'
+
+
+def sign_request_json(obj: dict[str, Any], origin: str, signing_key: SigningKey) -> dict[str, Any]:
+    """A copy of the request JSON ``obj`` signed by ``origin`` over plain canonical JSON."""
+    return sign_json(copy.deepcopy(obj), origin, signing_key)
+
+
+def verify_request_signature(obj: dict[str, Any], origin: str, verify_key: VerifyKey) -> None:
+    """Raise SignatureError unless the request JSON ``obj`` carries ``origin``'s valid signature.
+
+    Plain canonical JSON first (floats kept as sent); then, only if it differs, the form with
+    integral floats written as integers.
+    """
+    try:
+        verify_signed_json(obj, origin, verify_key)
+        return
+    except SignatureVerifyException as exc:
+        first: Exception = exc
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise SignatureError(f"request cannot be verified: {exc}") from exc
+    try:
+        normalised = normalize_json(obj)
+    except CanonicalJsonError:
+        normalised = obj
+    if normalised is not obj:
+        try:
+            verify_signed_json(normalised, origin, verify_key)
+            return
+        except (SignatureVerifyException, TypeError, AttributeError, ValueError):
+            pass
+    raise SignatureError(str(first)) from first
 
 
 # name=value, the value quoted (with backslash escapes) or a bare token (colons allowed).

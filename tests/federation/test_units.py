@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bridge.discovery import AddressFilter, ServerResolver, Target, parse_max_age, split_server_name
 from bridge.media import parse_multipart
 from bridge.xmatrix import authorization_header, parse_authorization, request_json
+from homeserver import jsonutil
 from homeserver.clock import Clock
 from homeserver.events import generate_signing_key, verify_json_signature
 from homeserver.events.signing import decode_verify_key, encode_verify_key, verify_key_id
@@ -84,3 +87,32 @@ def test_x_matrix_header_round_trip() -> None:
     signed = request_json("PUT", "/_matrix/federation/v1/send/1", "a.org", "b.org", {"x": 1})
     signed["signatures"] = {"a.org": {auth.key_id: auth.signature}}
     verify_json_signature(signed, "a.org", decode_verify_key(verify_key_id(key), encode_verify_key(key)))
+
+
+def test_x_matrix_request_with_floats_verifies() -> None:
+    from bridge.xmatrix import verify_request_signature
+    from homeserver.events import SignatureError, sign_json_object
+
+    key = generate_signing_key("k1")
+    vk = decode_verify_key(verify_key_id(key), encode_verify_key(key))
+    path = "/_matrix/federation/v1/send/1"
+    content = {"pdus": [{"content": {"n": 1.5, "m": 2.0}}], "edus": [{"content": {"ts": 1e10}}]}
+    header = authorization_header("PUT", path, "a.org", "b.org", content, key)
+    auth = parse_authorization(header)
+    # The receiver re-parses the JSON body; floats stay floats.
+    received = jsonutil.loads(jsonutil.dumpb(content))
+    signed = request_json("PUT", path, "a.org", "b.org", received)
+    signed["signatures"] = {"a.org": {auth.key_id: auth.signature}}
+    verify_request_signature(signed, "a.org", vk)
+    # A signature over the integral-float-normalised form (older Sotto) is accepted too.
+    old_content = {"edus": [{"content": {"ts": 1e10}}]}
+    old = sign_json_object(request_json("PUT", path, "a.org", "b.org", old_content), "a.org", key)
+    verify_request_signature(
+        dict(request_json("PUT", path, "a.org", "b.org", old_content), signatures=old["signatures"]),
+        "a.org",
+        vk,
+    )
+    # Tampering still fails.
+    signed["content"] = {"pdus": [], "edus": []}
+    with pytest.raises(SignatureError):
+        verify_request_signature(signed, "a.org", vk)

@@ -369,13 +369,6 @@ async def test_deeply_nested_body_is_refused_before_any_work(peers: Peers) -> No
         assert resp.status == 400 and (await resp.json())["errcode"] == "M_NOT_JSON"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="X-Matrix verification canonicalises with the strict PDU rules (homeserver/events/signing.py "
-    "verify_json_signature -> normalize_json), so a transaction carrying one event with a float (legal in "
-    "room versions 1-5) fails authentication as a whole (401) and blocks that origin's queue; Synapse signs "
-    "and verifies requests with canonicaljson, which accepts floats (events core / federation)",
-)
 async def test_one_float_does_not_sink_a_transaction(peers: Peers) -> None:
     from signedjson.sign import sign_json
 
