@@ -5,9 +5,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.discovery import is_ip_literal, split_server_name
+
+if TYPE_CHECKING:
+    from homeserver.storage.events import EventStore
 
 
 @lru_cache(maxsize=1024)
@@ -35,3 +38,10 @@ def server_allowed(server_name: str, content: dict[str, Any]) -> bool:
             if isinstance(pattern, str) and _glob(pattern).fullmatch(host):
                 return True
     return False
+
+
+async def room_allows(events: EventStore, room_id: str, server: str) -> bool:
+    """Whether the room's current m.room.server_acl (if any) lets ``server`` take part."""
+    acl = await events.get_current_state(room_id, [("m.room.server_acl", "")])
+    stored = acl.get(("m.room.server_acl", ""))
+    return stored is None or server_allowed(server, stored.event.content)

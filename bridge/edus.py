@@ -1,8 +1,9 @@
 """EDUs both ways: typing and receipts (and the room-scoped fan-out they share).
 
 Inbound EDUs are applied only for users of the sending server who are joined to the room
-(so one server cannot speak for another's users). Outbound, typing is ephemeral (memory
-only) and receipts go through the persistent queue.
+(so one server cannot speak for another's users), and only in rooms whose server ACL admits
+the sending server (checked per room; a denied room's part of a receipt EDU is dropped).
+Outbound, typing is ephemeral (memory only) and receipts go through the persistent queue.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bridge.acl import room_allows
 from bridge.queue import OutboundQueue
 from homeserver.errors import MatrixError
 from homeserver.events.identifiers import domain_of
@@ -52,6 +54,9 @@ class EduHandler:
         room_id, user_id = content.get("room_id"), content.get("user_id")
         if not isinstance(room_id, str) or not isinstance(user_id, str) or _domain(user_id) != origin:
             return
+        if not await room_allows(self.hs.events, room_id, origin):
+            log.debug("dropping typing from %s in %s: denied by the server ACL", origin, room_id)
+            return
         if not await self._joined(room_id, user_id):
             return
         timeout = content.get("timeout")
@@ -67,6 +72,9 @@ class EduHandler:
     async def on_receipt(self, origin: str, content: dict[str, Any]) -> None:
         for room_id, by_type in content.items():
             if not isinstance(by_type, dict):
+                continue
+            if not await room_allows(self.hs.events, room_id, origin):
+                log.debug("dropping receipts from %s in %s: denied by the server ACL", origin, room_id)
                 continue
             for receipt_type, by_user in by_type.items():
                 if receipt_type != "m.read" or not isinstance(by_user, dict):

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bridge.acl import server_allowed
+from bridge.acl import room_allows
 from bridge.client import FederationClient, FederationError, fed_path
 from bridge.keys import KeyRing
 from bridge.pdu import PduError, parse_pdu, verify_signatures
@@ -84,9 +84,7 @@ class FederationEventHandler:
         return event
 
     async def acl_allows(self, room_id: str, server: str) -> bool:
-        acl = await self.events.get_current_state(room_id, [("m.room.server_acl", "")])
-        stored = acl.get(("m.room.server_acl", ""))
-        return stored is None or server_allowed(server, stored.event.content)
+        return await room_allows(self.events, room_id, server)
 
     async def process(
         self, origin: str, event: Event, *, fetch_missing: bool = True, backfilled: bool = False
