@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -114,6 +115,21 @@ class RateLimitConfig:
 
 
 @dataclass(slots=True)
+class PushConfig:
+    # Push gateways on loopback, private or other special addresses are refused unless their
+    # address is in one of these CIDR ranges (e.g. 127.0.0.0/8 for a local gateway).
+    allowed_gateway_ranges: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class MediaConfig:
+    # URL previews (/preview_url) make the server fetch pages clients name: off by default.
+    url_preview_enabled: bool = False
+    # Loopback, private and link-local targets are refused unless in one of these CIDR ranges.
+    url_preview_allowed_ranges: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -134,6 +150,8 @@ class Config:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     # Where relative paths in this config are resolved from (the file's directory's parent).
     base_dir: str = "."
 
@@ -171,6 +189,8 @@ _NESTED: dict[str, type[Any]] = {
     "RegistrationConfig": RegistrationConfig,
     "LimitsConfig": LimitsConfig,
     "RateLimitConfig": RateLimitConfig,
+    "PushConfig": PushConfig,
+    "MediaConfig": MediaConfig,
 }
 
 
@@ -181,6 +201,15 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("server_name is required")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be text or json")
+    for where, ranges in (
+        ("push.allowed_gateway_ranges", cfg.push.allowed_gateway_ranges),
+        ("media.url_preview_allowed_ranges", cfg.media.url_preview_allowed_ranges),
+    ):
+        try:
+            for cidr in ranges:
+                ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: expected a list of CIDR ranges ({e})") from None
     return cfg
 
 
