@@ -17,6 +17,7 @@ from aiohttp import web
 from homeserver.handlers.media import MediaRepository
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.push import PushHandler
+from homeserver.handlers.pusher_delivery import NotifyingPushActionStore, PusherDelivery
 from homeserver.handlers.relations import RelationsHandler
 from homeserver.handlers.room_upgrade import RoomUpgradeHandler
 from homeserver.handlers.search import SearchHandler
@@ -25,7 +26,7 @@ from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaStore
 from homeserver.storage.presence import PresenceStore
-from homeserver.storage.push import PushActionStore, PusherStore, PushRuleStore
+from homeserver.storage.push import PusherStore, PushRuleStore
 from homeserver.storage.relations import RelationsStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.user_directory import UserDirectoryStore
@@ -44,6 +45,7 @@ class ClientServerServices:
     media: MediaRepository
     relations_store: RelationsStore
     push: PushHandler
+    pusher_delivery: PusherDelivery
     relations: RelationsHandler
     presence: PresenceHandler
     user_directory: UserDirectoryHandler
@@ -80,12 +82,17 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         config.limits.max_upload_bytes,
     )
     relations_store = RelationsStore(hs.db, hs.events)
+    # Recorded notifications also go to push gateways (queued; see pusher_delivery).
+    push_actions = NotifyingPushActionStore(hs.db)
+    pusher_store = PusherStore(hs.db)
+    delivery = PusherDelivery(hs.db, hs.events, push_actions, pusher_store, hs.clock, config.push)
+    push_actions.delivery = delivery
     push = PushHandler(
         hs.events,
         relations_store,
         PushRuleStore(hs.db),
-        PushActionStore(hs.db),
-        PusherStore(hs.db),
+        push_actions,
+        pusher_store,
         hs.notifier,
         hs.clock,
         hs.server_name,
@@ -105,6 +112,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         media=media,
         relations_store=relations_store,
         push=push,
+        pusher_delivery=delivery,
         relations=relations,
         presence=presence,
         user_directory=UserDirectoryHandler(UserDirectoryStore(hs.db)),
@@ -126,6 +134,7 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     hs.creator.listeners.append(svc.user_directory.on_event)
     hs.creator.listeners.append(svc.search.on_event)
     hs.background.append(svc.presence)
+    hs.background.append(svc.pusher_delivery)
     hs.sync_extensions.append(svc.sync_extension)
     app.middlewares.append(sync_options_middleware)
     return svc

@@ -42,8 +42,9 @@ async def site() -> AsyncIterator[tuple[str, list[str]]]:
 
     async def plain(request: web.Request) -> web.Response:
         hits.append(request.path)
-        return web.Response(text="<html><head><title> Just a title </title></head></html>",
-                            content_type="text/html")
+        return web.Response(
+            text="<html><head><title> Just a title </title></head></html>", content_type="text/html"
+        )
 
     async def redirect(request: web.Request) -> web.Response:
         hits.append(request.path)
@@ -98,9 +99,7 @@ async def test_preview_reads_open_graph_and_stores_the_image(tmp_path: object) -
         assert len(hits) == fetched
 
         # Without OpenGraph tags the <title> is used; redirects are followed.
-        status, body = await alice.request(
-            "GET", AUTHED, params={"url": f"{base}/redirect?to={base}/plain"}
-        )
+        status, body = await alice.request("GET", AUTHED, params={"url": f"{base}/redirect?to={base}/plain"})
         assert (status, body) == (200, {"og:title": "Just a title"})
 
         # An image URL previews as the image itself.
@@ -145,8 +144,19 @@ async def test_previews_are_off_by_default(server: RunningServer) -> None:
 
 def test_address_guard_ranges() -> None:
     guard = AddressGuard([])
-    for address in ("127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "::1", "fe80::1",
-                    "::ffff:127.0.0.1", "2002:7f00:1::", "fd00::1", "0.0.0.0", "not-an-ip"):
+    for address in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "169.254.169.254",
+        "::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "2002:7f00:1::",
+        "fd00::1",
+        "0.0.0.0",
+        "not-an-ip",
+    ):
         assert not guard.allowed(address), address
     for address in ("93.184.216.34", "2606:4700::1111"):
         assert guard.allowed(address), address
@@ -155,5 +165,7 @@ def test_address_guard_ranges() -> None:
 
 def test_parse_falls_back_and_survives_bad_markup() -> None:
     assert parse_open_graph('<meta name="description" content=" x  y "><title>T</title>') == {
-        "og:title": "T", "og:description": "x y"}
+        "og:title": "T",
+        "og:description": "x y",
+    }
     assert parse_open_graph("<html><meta property='og:title' content='ok'><<<</") == {"og:title": "ok"}
