@@ -183,8 +183,11 @@ def parse_open_graph(html: str) -> dict[str, Any]:
                 out[key] = int(value.strip())
             except ValueError:
                 continue
+        elif key in ("og:image", "og:url"):
+            if len(value.strip()) <= MAX_URL_LENGTH:
+                out[key] = value.strip()
         else:
-            out[key] = _clean(value) if key != "og:image" and key != "og:url" else value.strip()
+            out[key] = _clean(value)
     title = _clean("".join(parser.title_parts))
     if "og:title" not in out and title:
         out["og:title"] = title
