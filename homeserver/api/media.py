@@ -2,7 +2,7 @@
 
 Upload bodies bypass the app's 1 MiB `client_max_size`: they are streamed from
 `request.content` straight to disk, with the media size limit enforced here.
-URL previews are off (the route is not registered, so clients get M_UNRECOGNIZED).
+URL previews live in homeserver.api.preview (off unless media.url_preview_enabled).
 """
 
 from __future__ import annotations

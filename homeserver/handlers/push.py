@@ -8,7 +8,7 @@ threaded ones their own). Rulesets and per-room context (members, display names,
 power levels) are cached in bounded LRUs, invalidated by rule changes and by state
 events in the room.
 
-Delivery to push gateways is not implemented yet: pushers are stored and listed.
+Delivery to push gateways lives in homeserver.handlers.pusher_delivery.
 """
 
 from __future__ import annotations
