@@ -9,17 +9,27 @@ Typing notifications are ephemeral: kept in memory and dropped if undeliverable.
 
 After a restart `start()` resumes every destination with queued rows, so a server that
 was down receives everything it missed, in order.
+
+Several workers on one PostgreSQL database: every worker enqueues (the outbox is shared),
+but only the elected leader (`bridge.service`, `Database.leader("federation-sender")`)
+drains the outbox (`leading`). It picks up rows other workers queued by polling the outbox
+every `poll_s`, and re-reads the retry state of destinations in backoff, since an inbound
+request on another worker may have reset it (`remote_up`). A worker that is not leading
+still sends its own ephemeral EDUs (typing, presence: memory only) in transactions of
+their own. Transaction IDs carry a per-process token, so two workers never reuse one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import os
 from typing import Any
 
 from bridge.client import FederationClient, FederationError, fed_path
-from bridge.store import FederationStore, RetryState
+from bridge.store import FederationStore, OutboxBatch, RetryState
 from homeserver.clock import Clock
 from homeserver.events import pdu_json
 from homeserver.storage.events import EventStore
@@ -42,6 +52,8 @@ class OutboundQueue:
         server_name: str,
         retry_min_ms: int,
         retry_max_ms: int,
+        *,
+        poll_s: float = 0.5,
     ) -> None:
         self.store = store
         self.client = client
@@ -54,19 +66,74 @@ class OutboundQueue:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._ephemeral: dict[str, list[dict[str, Any]]] = {}
         self._txn_counter = itertools.count()
+        self._txn_prefix = os.urandom(3).hex()
+        # Whether this process drains the outbox (the leader; always, with one process).
+        self.leading = True
+        self.poll_s = poll_s
+        self._poller: asyncio.Task[None] | None = None
         # Retry state per destination, loaded once from the database and written through.
         self._retry: dict[str, RetryState] = {}
         self._stopping = False
         # Transactions successfully sent, for tests and metrics.
         self.sent_transactions = 0
 
-    async def start(self) -> None:
+    async def start(self, *, poll: bool = False) -> None:
+        """Drain the outbox: resume every destination with queued rows; with `poll`, also
+        keep looking for rows other workers queue."""
         self._stopping = False
+        self.leading = True
         for destination in await self.store.pending_destinations():
             self.wake(destination)
+        if poll and self._poller is None:
+            self._poller = asyncio.create_task(self._poll_forever(), name="federation-outbox-poll")
+
+    async def step_down(self) -> None:
+        """Stop draining the outbox (another worker leads now); ephemeral EDUs still go out."""
+        self.leading = False
+        await self._stop_poller()
+        await self._cancel_tasks()
+        self._retry.clear()
 
     async def stop(self) -> None:
         self._stopping = True
+        await self._stop_poller()
+        await self._cancel_tasks()
+
+    async def _stop_poller(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("federation outbox poll failed: %s: %s", type(e).__name__, e)
+
+    async def poll_once(self) -> None:
+        """Wake destinations with rows queued (by any worker) and no sender running; refresh
+        the retry state of destinations in backoff from the database."""
+        pending = await self.store.pending_destinations()
+        backing_off = [d for d in pending if (r := self._retry.get(d)) is not None and r.failures]
+        fresh = await self.store.get_retries(backing_off)
+        for destination in backing_off:
+            cached = self._retry[destination]
+            now = fresh.get(destination, RetryState(0, 0, 0))
+            if now.next_retry_ts < cached.next_retry_ts:
+                self._retry[destination] = now
+                self.wake(destination)
+        for destination in pending:
+            task = self._tasks.get(destination)
+            if task is None or task.done():
+                self.wake(destination)
+
+    async def _cancel_tasks(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -104,6 +171,8 @@ class OutboundQueue:
     def wake(self, destination: str) -> None:
         if self._stopping:
             return
+        if not self.leading and not self._ephemeral.get(destination):
+            return  # the leader sends queued rows
         event = self._wakeups.setdefault(destination, asyncio.Event())
         event.set()
         task = self._tasks.get(destination)
@@ -147,7 +216,10 @@ class OutboundQueue:
                     retry = await self._get_retry(destination)
                     if retry.next_retry_ts > self.clock.time_ms():
                         continue
-                batch = await self.store.next_batch(destination, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
+                if self.leading:
+                    batch = await self.store.next_batch(destination, MAX_PDUS_PER_TXN, MAX_EDUS_PER_TXN)
+                else:
+                    batch = OutboxBatch([], [], [])
                 ephemeral = self._ephemeral.pop(destination, [])
                 if not batch.row_ids and not ephemeral:
                     if wakeup.is_set():
@@ -178,7 +250,7 @@ class OutboundQueue:
         found = await self.events.get_pdus(event_ids)
         pdus = [pdu_json(found[e]) for e in event_ids if e in found]
         now = self.clock.time_ms()
-        txn_id = f"{now}.{next(self._txn_counter)}"
+        txn_id = f"{now}.{self._txn_prefix}.{next(self._txn_counter)}"
         body = {"origin": self.server_name, "origin_server_ts": now, "pdus": pdus, "edus": edus}
         try:
             response = await self.client.put(

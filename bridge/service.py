@@ -40,6 +40,7 @@ from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
 from homeserver.handlers.cs_services import services as cs_services
 from homeserver.server import HomeServer
+from homeserver.storage.postgres import Leader
 from homeserver.storage.schema import events
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 BACKFILL_ON_JOIN = 50
 # At most this many stranded local events are recovered at startup (the newest ones).
 RECOVERY_CAP = 1_000
+# The advisory-lock election that picks the one worker draining the outbound queue.
+SENDER_LEADER = "federation-sender"
 
 ExtraRoute = tuple[str, str, Callable[[web.Request, str, Any], Awaitable[Any]]]
 
@@ -101,6 +104,7 @@ class Federation:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._room_servers: dict[str, set[str]] = {}
+        self.leader: Leader | None = None
 
     # Wiring -------------------------------------------------------------------------------------
 
@@ -264,7 +268,12 @@ class Federation:
             self.queue.wake(destination)
 
     async def room_servers(self, room_id: str) -> set[str]:
-        """Servers with joined members (cached per room until a membership event arrives)."""
+        """Servers with joined members (cached per room until a membership event arrives).
+
+        Not cached with several workers: a membership event handled by another worker
+        (a remote join arriving there) would leave this worker's cache stale."""
+        if self.hs.db.shared:
+            return await room_servers(self.hs, room_id)
         cached = self._room_servers.get(room_id)
         if cached is None:
             cached = await room_servers(self.hs, room_id)
@@ -320,9 +329,24 @@ class Federation:
     # Lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.recover_unsent_local_events()
-        await self.queue.start()
+        """Open the listener and take part in the election of the outbound sender.
+
+        With several workers (PostgreSQL) only the leader of "federation-sender" drains the
+        outbox and recovers unsent local events; the others enqueue. With one process
+        (SQLite) this process is elected at once and nothing changes."""
+        if self.hs.db.shared:
+            self.queue.leading = False
+        self.leader = self.hs.db.leader(SENDER_LEADER)
+        self.leader.add_listener(self._on_leadership)
+        await self.leader.start()
         await self.start_listener()
+
+    async def _on_leadership(self, leading: bool) -> None:
+        if leading:
+            await self.recover_unsent_local_events()
+            await self.queue.start(poll=self.hs.db.shared)
+        else:
+            await self.queue.step_down()
 
     async def recover_unsent_local_events(self, cap: int = RECOVERY_CAP) -> int:
         """Queue local events that were committed but never handed to federation.
@@ -392,6 +416,8 @@ class Federation:
         log.info("federation listening on %s:%d (TLS)", cfg.bind_address, cfg.port)
 
     async def stop(self) -> None:
+        if self.leader is not None:
+            await self.leader.stop()
         await self.queue.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -139,6 +139,21 @@ class FederationStore:
             return RetryState(0, 0, 0)
         return RetryState(int(row[0]), int(row[1]), int(row[2]))
 
+    async def get_retries(self, destinations: Collection[str]) -> dict[str, RetryState]:
+        """Retry state of several destinations (those without a row are absent)."""
+        if not destinations:
+            return {}
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(
+                    federation_destinations.c.destination,
+                    federation_destinations.c.failures,
+                    federation_destinations.c.retry_interval_ms,
+                    federation_destinations.c.next_retry_ts,
+                ).where(federation_destinations.c.destination.in_(list(destinations)))
+            )
+            return {str(r[0]): RetryState(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
     async def set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
         values: dict[str, Any] = {
             "failures": state.failures,

@@ -1,0 +1,132 @@
+"""Several workers of one homeserver on PostgreSQL: only the elected leader drains the outbound
+queue; the others enqueue, and the leader sends what they queued. Failover hands the queue on.
+
+Two in-process workers share a fresh PostgreSQL database, the server name and signing key
+(worker 2 listens for federation on a port nobody dials). Skips without PostgreSQL or Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bridge.service import Federation
+from tests.federation.support import (
+    CertAuthority,
+    Client,
+    fed_server,
+    federation_of,
+    federation_overrides,
+    room_bodies,
+    wait_for,
+)
+from tests.support.postgres import available, fresh_database
+from tests.support.server import RunningServer, free_port, run_server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _redis_up(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@asynccontextmanager
+async def _two_workers(
+    directory: str, ca: CertAuthority
+) -> AsyncIterator[tuple[RunningServer, RunningServer]]:
+    if not await available():
+        pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    if not _redis_up():
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    fed_port = free_port()
+    shared: dict[str, Any] = {
+        "signing_key_path": os.path.join(directory, "signing.key"),
+        "redis": {"enabled": True, "channel": f"sotto-test-{uuid.uuid4().hex}"},
+    }
+    async with fresh_database() as url:
+        shared["database"] = {"url": url}
+        one = federation_overrides(ca, fed_port)
+        two = federation_overrides(ca, free_port())
+        two["server_name"] = one["server_name"]
+        dirs = [os.path.join(directory, "w1"), os.path.join(directory, "w2")]
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+        async with (
+            run_server(dirs[0], **one, **shared) as w1,
+            run_server(dirs[1], **two, **shared) as w2,
+        ):
+            yield w1, w2
+
+
+def _leaders(*workers: RunningServer) -> list[Federation]:
+    return [f for f in map(federation_of, workers) if f.leader is not None and f.leader.is_leader]
+
+
+async def test_only_the_leader_sends_and_failover(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with (
+        _two_workers(tmp_dirs[0], test_ca) as (w1, w2),
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        assert w1.server_name == w2.server_name
+        await wait_for(lambda: _async(len(_leaders(w1, w2)) == 1), what="one federation sender elected")
+        leader = _leaders(w1, w2)[0]
+        leader_w, follower_w = (w1, w2) if leader is federation_of(w1) else (w2, w1)
+        follower = federation_of(follower_w)
+        assert leader.queue.leading and not follower.queue.leading
+
+        # The room lives on the follower's side of A; bob (on B) joins through A's name.
+        alice = await Client.login(follower_w, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[follower_w.server_name])
+
+        # Messages sent on the follower are queued there and delivered by the leader.
+        before = leader.queue.sent_transactions
+        for i in range(3):
+            await alice.send(room_id, f"from follower {i}")
+        await wait_for(
+            lambda: _contains(bob, room_id, [f"from follower {i}" for i in range(3)]),
+            what="follower's messages on B",
+        )
+        assert follower.queue.sent_transactions == 0
+        assert leader.queue.sent_transactions > before
+
+        # Failover: the leader leaves the election; the other worker takes the queue over.
+        assert leader.leader is not None
+        await leader.leader.stop()
+        assert not leader.queue.leading
+        await wait_for(lambda: _async(follower.queue.leading), timeout=15, what="failover")
+        alice_on_old = Client(leader_w.base_url, alice.user_id, alice.token, http)
+        await alice_on_old.send(room_id, "after failover")
+        await wait_for(lambda: _contains(bob, room_id, ["after failover"]), what="message after failover")
+        assert follower.queue.sent_transactions > 0
+
+
+async def test_single_process_leads_at_once(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    async with fed_server(tmp_dirs[0], test_ca) as a:
+        fed = federation_of(a)
+        if a.hs.db.shared:
+            pytest.skip("this suite runs on PostgreSQL")
+        assert fed.leader is not None and fed.leader.is_leader and fed.queue.leading
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def _contains(client: Client, room_id: str, wanted: list[str]) -> bool:
+    bodies = await room_bodies(client, room_id)
+    return all(w in bodies for w in wanted)
