@@ -7,10 +7,14 @@ Outbound (a local user acts on a room hosted elsewhere):
 - `remote_invite`: build the invite locally, have the invitee's server sign it (invite v2),
   then persist and send it like any local event.
 - `remote_leave`: make_leave/send_leave v2, used to reject an invite to a room this server is
-  not in (falling back to an out-of-band leave if no server answers).
+  not in (falling back to an out-of-band leave if no server answers), or to retract a knock.
+- `remote_knock`: make_knock/send_knock v1 (room versions 7+); the knock is stored like a
+  remote invite (an outlier plus the user's membership), with the room state returned by the
+  resident server (verified PDUs, stripped) in its `unsigned.knock_room_state`. An accepted
+  knock arrives as an invite, then the user joins as after any remote invite.
 
 Inbound (another server acts on a room this server is in): make_join, send_join v2,
-invite v2, make_leave, send_leave v2.
+invite v2, make_leave, send_leave v2, make_knock, send_knock v1.
 """
 
 from __future__ import annotations
@@ -327,6 +331,83 @@ class MembershipHandler:
             stream_id = await self.events.persist_event(signed)
         await self.announce_local(signed, stream_id)
 
+    # Outbound: knock -----------------------------------------------------------------------------
+
+    async def remote_knock(
+        self, user_id: str, room_id: str, candidates: list[str], content: dict[str, Any]
+    ) -> str:
+        servers = [s for s in dict.fromkeys(candidates) if s and s != self.server_name]
+        if ":" in room_id and room_id.split(":", 1)[1] not in servers:
+            servers.append(room_id.split(":", 1)[1])
+        servers = [s for s in servers if s != self.server_name]
+        if not servers:
+            raise MatrixError(404, Codes.NOT_FOUND, "No known servers to knock through")
+        last: Exception | None = None
+        for server in servers:
+            try:
+                await self._knock_via(server, user_id, room_id, content)
+                return room_id
+            except RemoteError as e:
+                last = e
+                if e.status in (400, 403):
+                    raise MatrixError(
+                        e.status,
+                        e.errcode,
+                        f"Remote server refused the knock: {e.body.get('error', '')}"[:300],
+                    ) from None
+                log.info("knock on %s via %s failed: %s", room_id, server, e)
+            except (FederationError, PduError) as e:
+                last = e
+                log.info("knock on %s via %s failed: %s", room_id, server, e)
+        raise MatrixError(502, Codes.UNKNOWN, f"Failed to knock on the room: {last}"[:300])
+
+    async def _knock_via(self, server: str, user_id: str, room_id: str, content: dict[str, Any]) -> None:
+        made = await self.client.get(
+            server,
+            fed_path("/_matrix/federation/v1/make_knock/{}/{}", room_id, user_id),
+            query=[("ver", v) for v in SUPPORTED_VERSIONS],
+        )
+        rv = self._room_version_of(made)
+        if not rv.knock_join_rule:
+            raise MatrixError(
+                400, Codes.INCOMPATIBLE_ROOM_VERSION, "This room version does not support knocking"
+            )
+        template = made.get("event")
+        if not isinstance(template, dict):
+            raise PduError("make_knock returned no event")
+        full = {k: v for k, v in content.items() if k != "membership"}
+        full["membership"] = "knock"
+        knock = self._from_template(rv, template, room_id, user_id, full)
+        response = await self.client.put(
+            server,
+            fed_path("/_matrix/federation/v1/send_knock/{}/{}", room_id, knock.event_id),
+            pdu_json(knock),
+        )
+        raw_state = response.get("knock_room_state") if isinstance(response, dict) else None
+        stripped = await self._verified_stripped_state(raw_state, room_id, rv)
+        stored = dict(knock.pdu)
+        stored["unsigned"] = {**(stored.get("unsigned") or {}), "knock_room_state": stripped}
+        await self._store_out_of_room_membership(Event(stored, rv))
+
+    async def _verified_stripped_state(self, raw: Any, room_id: str, rv: RoomVersion) -> list[dict[str, Any]]:
+        """Stripped state from a knock_room_state list: full PDUs must verify (others dropped);
+        already-stripped entries (older servers) are kept as they are."""
+        if not isinstance(raw, list):
+            return []
+        raw = raw[:50]
+        pdus = [e for e in raw if isinstance(e, dict) and "signatures" in e]
+        plain = [e for e in raw if isinstance(e, dict) and "signatures" not in e]
+        verified = await self.inbound.parse_and_verify(pdus, room_id, rv)
+        out = [
+            {"type": e.type, "state_key": e.state_key, "sender": e.sender, "content": e.content}
+            for e in verified
+            if e.is_state()
+        ]
+        for e in plain:
+            if isinstance(e.get("type"), str) and isinstance(e.get("state_key"), str):
+                out.append({k: e[k] for k in ("type", "state_key", "sender", "content") if k in e})
+        return out
+
     async def stripped_state(self, room_id: str) -> list[dict[str, Any]]:
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
         return [
@@ -491,6 +572,30 @@ class MembershipHandler:
                 room_version=rv.identifier,
             )
         return {"event": await self._template(rv, room_id, user_id, "join"), "room_version": rv.identifier}
+
+    async def on_make_knock(
+        self, origin: str, room_id: str, user_id: str, versions: list[str]
+    ) -> dict[str, Any]:
+        rv = await self._resident_room(origin, room_id, user_id)
+        if not rv.knock_join_rule or rv.identifier not in versions:
+            raise MatrixError(
+                400,
+                Codes.INCOMPATIBLE_ROOM_VERSION,
+                "Your homeserver does not support the features required to knock on this room",
+                room_version=rv.identifier,
+            )
+        return {"event": await self._template(rv, room_id, user_id, "knock"), "room_version": rv.identifier}
+
+    async def on_send_knock(self, origin: str, room_id: str, event_id: str, pdu: Any) -> dict[str, Any]:
+        rv = await self.events.get_room_version(room_id)
+        if rv is not None and not rv.knock_join_rule:
+            raise MatrixError(
+                400, Codes.INCOMPATIBLE_ROOM_VERSION, "This room version does not support knocking"
+            )
+        await self._receive_membership(origin, room_id, event_id, pdu, "knock")
+        state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
+        found = await self.events.get_pdus([s.event.event_id for s in state.values()])
+        return {"knock_room_state": [pdu_json(e) for e in found.values()]}
 
     async def on_make_leave(self, origin: str, room_id: str, user_id: str) -> dict[str, Any]:
         rv = await self._resident_room(origin, room_id, user_id)

@@ -177,6 +177,15 @@ def create_federation_app(fed: Federation) -> web.Application:
         mi = request.match_info
         return await fed.membership.on_send_leave(origin, mi["room_id"], mi["event_id"], body_object(content))
 
+    async def make_knock(request: web.Request, origin: str, content: Any) -> Any:
+        mi = request.match_info
+        versions = request.query.getall("ver", []) or ["1"]
+        return await fed.membership.on_make_knock(origin, mi["room_id"], mi["user_id"], versions)
+
+    async def send_knock(request: web.Request, origin: str, content: Any) -> Any:
+        mi = request.match_info
+        return await fed.membership.on_send_knock(origin, mi["room_id"], mi["event_id"], body_object(content))
+
     async def invite(request: web.Request, origin: str, content: Any) -> Any:
         mi = request.match_info
         return await fed.membership.on_invite(origin, mi["room_id"], mi["event_id"], body_object(content))
@@ -205,6 +214,8 @@ def create_federation_app(fed: Federation) -> web.Application:
         web.get(FED_V1 + "/make_leave/{room_id}/{user_id}", authed(make_leave)),
         web.put(FED_V2 + "/send_leave/{room_id}/{event_id}", authed(send_leave)),
         web.put(FED_V2 + "/invite/{room_id}/{event_id}", authed(invite)),
+        web.get(FED_V1 + "/make_knock/{room_id}/{user_id}", authed(make_knock)),
+        web.put(FED_V1 + "/send_knock/{room_id}/{event_id}", authed(send_knock)),
         web.get(FED_V1 + "/query/profile", authed(query_profile)),
         web.get(FED_V1 + "/query/directory", authed(query_directory)),
     ]

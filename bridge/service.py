@@ -113,6 +113,7 @@ class Federation:
         hs.creator.listeners.append(self.on_local_event)
         hs.rooms.remote_join = self.membership.remote_join
         hs.rooms.remote_invite = self.membership.remote_invite
+        hs.rooms.remote_knock = self.membership.remote_knock
         hs.messages.backfill = self.backfill_on_demand
         hs.typing.listeners.append(self.edus.on_local_edu)
         hs.receipts.listeners.append(self.edus.on_local_edu)

@@ -34,6 +34,8 @@ PRESETS = {
 # Joining a room this server does not know: the federation layer (bridge/) installs this.
 RemoteJoin = Callable[[str, str, list[str], dict[str, Any]], Awaitable[str]]
 RemoteInvite = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+# (user_id, room_id, candidate servers, knock content) -> room_id; set by federation.
+RemoteKnock = Callable[[str, str, list[str], dict[str, Any]], Awaitable[str]]
 
 
 def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, Any]:
@@ -80,6 +82,7 @@ class RoomHandler:
         self.default_room_version = default_room_version
         self.remote_join: RemoteJoin | None = None
         self.remote_invite: RemoteInvite | None = None
+        self.remote_knock: RemoteKnock | None = None
 
     def is_local_user(self, user_id: str) -> bool:
         return user_id.endswith(":" + self.server_name)
