@@ -53,6 +53,22 @@ def client_event(
     return out
 
 
+def remote_room_summary(stored: StoredEvent, key: str) -> list[dict[str, Any]]:
+    """Stripped state a remote server sent with an invite or knock (kept in the event's
+    `unsigned[key]`), for rooms this server holds no state of."""
+    summary = (stored.event.pdu.get("unsigned") or {}).get(key)
+    if not isinstance(summary, list):
+        return []
+    return [
+        {k: e[k] for k in ("type", "state_key", "sender", "content") if k in e}
+        for e in summary
+        if isinstance(e, dict)
+        and isinstance(e.get("type"), str)
+        and isinstance(e.get("content"), dict)
+        and e.get("type") != "m.room.member"
+    ]
+
+
 def stripped_state(stored: StoredEvent) -> dict[str, Any]:
     ev = stored.event
     return {"type": ev.type, "state_key": ev.state_key, "sender": ev.sender, "content": ev.content}

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from homeserver import jsonutil
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, stripped_state
+from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_summary, stripped_state
 from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.push import Counts
@@ -149,6 +149,9 @@ class KnockSection:
             state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
             stripped = [stripped_state(s) for s in state.values()]
             own = await self.events.get_event(event_id)
+            if own is not None and not stripped:
+                # A remote room: the resident server sent its summary with the knock.
+                stripped = remote_room_summary(own, "knock_room_state")
             if own is not None:
                 stripped.append(
                     {

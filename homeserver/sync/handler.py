@@ -14,7 +14,12 @@ from typing import Any, Protocol
 
 from homeserver.clock import Clock
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, format_events, stripped_state
+from homeserver.handlers.client_format import (
+    STRIPPED_STATE_TYPES,
+    format_events,
+    remote_room_summary,
+    stripped_state,
+)
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
@@ -265,16 +270,7 @@ class SyncHandler:
             return out
         if not out:
             # A room this server is not in: the inviting server sent a summary with the invite.
-            summary = (invite.event.pdu.get("unsigned") or {}).get("invite_room_state")
-            if isinstance(summary, list):
-                out = [
-                    {k: e[k] for k in ("type", "state_key", "sender", "content") if k in e}
-                    for e in summary
-                    if isinstance(e, dict)
-                    and isinstance(e.get("type"), str)
-                    and isinstance(e.get("content"), dict)
-                    and e.get("type") != "m.room.member"
-                ]
+            out = remote_room_summary(invite, "invite_room_state")
         stripped = stripped_state(invite)
         stripped["event_id"] = invite.event.event_id
         stripped["origin_server_ts"] = invite.event.origin_server_ts

@@ -45,6 +45,9 @@ async def test_knock_then_invite_then_join(
         assert room_id in knocked
         events = knocked[room_id]["knock_state"]["events"]
         assert any(e["type"] == "m.room.member" and e["content"]["membership"] == "knock" for e in events)
+        assert {"type": "m.room.name", "content": {"name": "Knock here"}}.items() <= next(
+            e for e in events if e["type"] == "m.room.name"
+        ).items()
 
         # Accepting is an invite; bob then joins as after any remote invite.
         await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
