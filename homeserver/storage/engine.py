@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import event, func, literal, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
 from homeserver.storage import postgres, sqlite_inline
 
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # How often the SQLite WAL is checkpointed (when anything was written meanwhile).
 CHECKPOINT_INTERVAL_S = 1.0
+# At most this many writers share one PostgreSQL transaction (group commit).
+MAX_GROUP_WRITES = 64
+# Session advisory locks (rooms, leadership) live on their own small pool, so a room-lock
+# holder never waits for a connection that another room-lock holder keeps; at most this
+# many rooms are locked at once per process.
+LOCK_POOL_SIZE = 16
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,8 +72,26 @@ def _checkpoint(path: str) -> None:
         conn.close()
 
 
+class BatchAborted(Exception):
+    """A write whose transaction was rolled back because another write in it failed."""
+
+
+class _Batch:
+    """One open PostgreSQL transaction shared by a group of writers."""
+
+    __slots__ = ("base", "conn", "done", "failed", "members", "trans")
+
+    def __init__(self, conn: AsyncConnection, trans: AsyncTransaction, base: int) -> None:
+        self.conn = conn
+        self.trans = trans
+        self.base = base
+        self.members = 0
+        self.failed = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
 class Database:
-    def __init__(self, url: str, base_dir: str = ".", *, pool_size: int = 10, max_overflow: int = 20) -> None:
+    def __init__(self, url: str, base_dir: str = ".", *, pool_size: int = 10, max_overflow: int = 10) -> None:
         sa_url = make_url(url)
         self.is_sqlite = sa_url.get_backend_name() == "sqlite"
         self.is_postgres = sa_url.get_backend_name() == "postgresql"
@@ -97,7 +121,21 @@ class Database:
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._lock_engine: AsyncEngine | None = None
+        if self.is_postgres:
+            # Room locks plus a few leader elections.
+            self._lock_engine = create_async_engine(
+                sa_url,
+                pool_size=2,
+                max_overflow=LOCK_POOL_SIZE + 2,
+                pool_timeout=30,
+                isolation_level="AUTOCOMMIT",
+            )
+        self._lock_slots = asyncio.Semaphore(LOCK_POOL_SIZE)
         self._write_lock = asyncio.Lock()
+        # Group commit (PostgreSQL): the open transaction, and how many writers wait for the lock.
+        self._batch: _Batch | None = None
+        self._queued = 0
         self._room_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._stream_id = 0
         self._persisted = 0
@@ -150,28 +188,102 @@ class Database:
         if self._sqlite_path is not None and self._checkpointer is None:
             self._checkpointer = asyncio.create_task(self._checkpoint_forever(self._sqlite_path))
         self._writes_since_checkpoint += 1
-        async with self._write_lock:
-            if not self.shared:
+        if not self.shared:
+            async with self._write_lock:
                 try:
                     async with self._begin() as conn:
                         yield conn
                 finally:
                     # Everything allocated so far is now committed (or abandoned): readers may see it.
                     self._persisted = self._stream_id
-                return
-            committed = False
+            return
+        self._queued += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._queued -= 1
+        async with self._group_write() as conn:
+            yield conn
+
+    # Group commit (PostgreSQL) ------------------------------------------------------------------
+    # Writers that queue up behind one another share one transaction: the first runs in it
+    # directly, each later one inside a savepoint (so its failure undoes only its own work),
+    # and whoever finds nobody queued behind it commits, still holding the write lock. Every
+    # member returns only once that commit is durable. One fsync and one round of the shared
+    # stream-row lock then cover the whole group instead of each write.
+
+    async def _open_batch(self) -> _Batch:
+        conn = await self.engine.connect()
+        try:
+            trans = await conn.begin()
+            base = await postgres.lock_stream(conn)
+        except BaseException:
+            await asyncio.shield(conn.close())
+            raise
+        self.observe_stream_position(base)
+        self._stream_id = base
+        return _Batch(conn, trans, base)
+
+    async def _finish_batch(self, batch: _Batch) -> None:
+        try:
+            if batch.failed:
+                await batch.trans.rollback()
+            else:
+                if self._stream_id != batch.base:
+                    await postgres.store_stream(batch.conn, self._stream_id)
+                await batch.trans.commit()
+                self.observe_stream_position(self._stream_id)
+                batch.done.set_result(None)
+        except BaseException as e:
+            batch.failed = True
+            if batch.members:
+                batch.done.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            if batch.failed and not batch.done.done():
+                batch.done.set_exception(BatchAborted("an earlier write in the same transaction failed"))
+            if batch.failed:
+                # Positions handed out in it were never committed; the next batch re-reads the row.
+                self._stream_id = self._persisted
+                # Nobody may be waiting: mark the exception as retrieved.
+                batch.done.exception()
+            await asyncio.shield(batch.conn.close())
+
+    @asynccontextmanager
+    async def _group_write(self) -> AsyncIterator[AsyncConnection]:
+        # Called with the write lock held; releases it.
+        batch = self._batch
+        joined = False
+        try:
+            if batch is None:
+                batch = self._batch = await self._open_batch()
+            savepoint = await batch.conn.begin_nested() if batch.members else None
             try:
-                async with self._begin() as conn:
-                    base = await postgres.lock_stream(conn)
-                    self.observe_stream_position(base)
-                    self._stream_id = base
-                    yield conn
-                    if self._stream_id != base:
-                        await postgres.store_stream(conn, self._stream_id)
-                committed = True
-            finally:
-                if committed:
-                    self.observe_stream_position(self._stream_id)
+                yield batch.conn
+                if savepoint is not None:
+                    await savepoint.commit()
+            except BaseException as e:
+                if savepoint is None or isinstance(e, asyncio.CancelledError):
+                    # The first member (nothing else to keep), or a connection in an unknown state.
+                    batch.failed = True
+                else:
+                    try:
+                        await savepoint.rollback()
+                    except BaseException:
+                        batch.failed = True
+                        raise
+                raise
+            batch.members += 1
+            joined = True
+        finally:
+            if batch is not None and (batch.failed or not self._queued or batch.members >= MAX_GROUP_WRITES):
+                self._batch = None
+                await self._finish_batch(batch)
+            self._write_lock.release()
+        if joined:
+            assert batch is not None
+            await asyncio.shield(batch.done)
 
     def next_stream_id(self) -> int:
         """Allocate a stream position. Only call inside `write()`."""
@@ -235,15 +347,15 @@ class Database:
     @asynccontextmanager
     async def _room_lock(self, lock: asyncio.Lock, room_id: str) -> AsyncIterator[None]:
         async with lock:
-            if not self.shared:
+            if self._lock_engine is None:
                 yield
                 return
-            async with postgres.advisory_lock(self._reader, "room:" + room_id):
+            async with self._lock_slots, postgres.advisory_lock(self._lock_engine, "room:" + room_id):
                 yield
 
     def leader(self, name: str, *, retry_s: float = 2.0, check_s: float = 5.0) -> postgres.Leader:
         """A leader election for singleton work (see `postgres.Leader`); start() it to take part."""
-        return postgres.Leader(self._reader if self.shared else None, name, retry_s=retry_s, check_s=check_s)
+        return postgres.Leader(self._lock_engine, name, retry_s=retry_s, check_s=check_s)
 
     async def ping(self, timeout: float = 2.0) -> bool:
         """Whether the database answers a trivial query within `timeout` seconds."""
@@ -273,3 +385,5 @@ class Database:
                 await self._checkpointer
             self._checkpointer = None
         await self.engine.dispose()
+        if self._lock_engine is not None:
+            await self._lock_engine.dispose()
