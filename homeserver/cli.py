@@ -81,6 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     _setup_logging(config)
     count = args.workers or config.workers.count
+    config.workers.index = args.worker_index
     if count > 1 and args.worker_index is None:
         # The supervisor runs the workers (this same command with --worker-index) and serves nothing.
         raise SystemExit(workers.supervise(args.config, config, count))
@@ -114,7 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         access_log=None,
         ssl_context=ssl_context,
         # Workers share the port; the kernel spreads connections over them.
-        reuse_port=args.worker_index is not None,
+        reuse_port=config.workers.index is not None,
     )
 
 

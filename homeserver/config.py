@@ -68,6 +68,9 @@ class WorkersConfig:
     # Worker processes started by `sotto serve` (overridden by --workers); more than one
     # needs PostgreSQL and Redis.
     count: int = 1
+    # Set by `sotto serve --workers` in each worker process (not for the config file): other
+    # listeners (federation) then bind with SO_REUSEPORT like the client listener.
+    index: int | None = None
 
 
 @dataclass(slots=True)
