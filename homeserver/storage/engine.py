@@ -104,6 +104,10 @@ class Database:
         if self.is_sqlite:
             # sqlite+aiosqlite (or plain sqlite) URLs run in the loop's thread: see sqlite_inline.
             sa_url = sa_url.set(drivername=f"sqlite+{sqlite_inline.DRIVER}")
+        if self.is_postgres and "prepared_statement_cache_size" not in sa_url.query:
+            # asyncpg prepares every statement once per connection; the default cache (100)
+            # is smaller than the set of statements a sync and a send run, so they churned.
+            sa_url = sa_url.update_query_dict({"prepared_statement_cache_size": "512"})
         self.url = sa_url
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
@@ -164,7 +168,12 @@ class Database:
         try:
             yield conn
         finally:
-            await asyncio.shield(conn.close())
+            if engine is self._reader:
+                # An autocommit connection has no transaction to roll back: returning it to
+                # the pool does no I/O, so there is nothing for a shield (a task per use) to protect.
+                await conn.close()
+            else:
+                await asyncio.shield(conn.close())
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
