@@ -72,6 +72,14 @@ async def _drop_pg_database(name: str) -> None:
         await conn.close()
 
 
+def _ensure_psycopg2(python: Path) -> None:
+    """Synapse's PostgreSQL driver, in Synapse's own virtualenv (installed once)."""
+    check = subprocess.run([str(python), "-c", "import psycopg2"], capture_output=True, timeout=60)
+    if check.returncode != 0:
+        install = [str(python), "-m", "pip", "install", "-q", "psycopg2-binary"]
+        subprocess.run(install, check=True, timeout=600)
+
+
 def _db_name(target: str) -> str:
     return f"bench_{target}_{uuid.uuid4().hex[:6]}".replace("-", "_")
 
@@ -414,6 +422,7 @@ class SynapseTarget(Target):
     async def start(self) -> None:
         python = await asyncio.to_thread(ensure_synapse)
         if self.database == "postgres":
+            await asyncio.to_thread(_ensure_psycopg2, python)
             self.pg_name = await _create_pg_database(_db_name(self.name), synapse=True)
         path = self.dir / "homeserver.yaml"
         path.write_text(json.dumps(self._config(), indent=1))

@@ -13,6 +13,9 @@ Pub/sub is at-most-once. The bridge therefore also polls the committed position 
 the database: every `poll_interval_s` while Redis is unreachable and after every
 reconnect, every `idle_poll_s` otherwise. Whenever polling moves the position it
 wakes every waiter, so a lost message delays a sync but never loses an event.
+
+The same channel carries cache invalidations between workers (`broadcast` and
+`subscribe`), e.g. an access token revoked on one worker must not stay cached on another.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 # One published message carries at most this many notifications merged together.
 MAX_BATCH = 500
+# Handlers of this topic drop whole caches: invalidations may have been lost.
+RESET_TOPIC = "reset"
 
 
 class RedisBridge:
@@ -60,6 +66,8 @@ class RedisBridge:
         self.published = 0
         self.received = 0
         self._pending: list[tuple[list[str], list[str]]] = []
+        self._invalidations: list[tuple[str, Any]] = []
+        self._handlers: dict[str, list[Callable[[Any], None]]] = {}
         self._overflow = False
         self._wakeup = asyncio.Event()
         self._reconnected = asyncio.Event()
@@ -104,8 +112,33 @@ class RedisBridge:
             self._pending.append((rooms, users))
         self._wakeup.set()
 
+    def broadcast(self, topic: str, payload: Any) -> None:
+        """Send a cache invalidation (any JSON value) to the handlers of `topic` on the other workers."""
+        if len(self._invalidations) >= MAX_PENDING:
+            # Too many to send: tell everyone to drop their caches instead.
+            self._invalidations = [(RESET_TOPIC, None)]
+        self._invalidations.append((topic, payload))
+        self._wakeup.set()
+
+    def subscribe(self, topic: str, handler: Callable[[Any], None]) -> None:
+        """Call `handler(payload)` for each `broadcast(topic, payload)` made by another worker.
+
+        Invalidations sent while this worker was cut off from Redis are lost: on reconnect,
+        and on an overflow elsewhere, every handler of `RESET_TOPIC` is called instead."""
+        self._handlers.setdefault(topic, []).append(handler)
+
+    def _dispatch(self, topic: str, payload: Any) -> None:
+        for handler in self._handlers.get(topic, ()):
+            try:
+                handler(payload)
+            except Exception:
+                log.exception("invalidation handler for %s failed", topic)
+
     def _take_batch(self) -> dict[str, Any]:
         message: dict[str, Any] = {"o": self.origin, "p": self.db.current_stream_id}
+        if self._invalidations:
+            message["i"] = [[t, p] for t, p in self._invalidations[:MAX_BATCH]]
+            del self._invalidations[:MAX_BATCH]
         if self._overflow:
             self._overflow = False
             self._pending.clear()
@@ -125,7 +158,7 @@ class RedisBridge:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending or self._overflow:
+            while self._pending or self._overflow or self._invalidations:
                 message = self._take_batch()
                 client = self._client
                 if client is None or not self.connected:
@@ -147,6 +180,8 @@ class RedisBridge:
                 return
             self.received += 1
             self.db.observe_stream_position(int(message.get("p", 0)))
+            for topic, payload in message.get("i", ()):
+                self._dispatch(str(topic), payload)
             if message.get("all"):
                 self.notifier.notify_all()
             else:
@@ -168,8 +203,9 @@ class RedisBridge:
                     log.info("subscribed to Redis channel %s", self.channel)
                 self.connected = True
                 delay = 0.2
-                # Anything published while we were away is lost: poll once now.
+                # Anything published while we were away is lost: poll once now, drop caches.
                 self._reconnected.set()
+                self._dispatch(RESET_TOPIC, None)
                 async for item in pubsub.listen():
                     if item.get("type") == "message":
                         self._on_message(item["data"])
