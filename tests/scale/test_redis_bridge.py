@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 
 from homeserver.storage.engine import Database
@@ -36,8 +37,8 @@ async def test_notifications_and_invalidations_reach_the_other_worker(pg_url: st
         got.set()
 
     for i, b in enumerate(bridges):
-        b.subscribe("auth.tokens", lambda payload, i=i: on_tokens(i, payload))
-        b.subscribe(RESET_TOPIC, lambda _payload, i=i: resets.append(i))
+        b.subscribe("auth.tokens", functools.partial(on_tokens, i))
+        b.subscribe(RESET_TOPIC, functools.partial(lambda i, _payload: resets.append(i), i))
     try:
         for b in bridges:
             await b.start()
