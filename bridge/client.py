@@ -26,6 +26,24 @@ from homeserver.clock import Clock
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read a body to its end, or up to `limit` bytes.
+
+    `StreamReader.read(n)` returns as soon as *some* data is buffered, so a single call
+    truncates large responses; this loops until EOF or the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 DEFAULT_TIMEOUT_S = 30.0
 
 
@@ -89,7 +107,7 @@ class FederationClient:
         ) as resp:
             if resp.status != 200:
                 return None, None
-            raw = await resp.content.read(64 * 1024)
+            raw = await read_limited(resp.content, 64 * 1024)
             return jsonutil.loads(raw), parse_max_age(resp.headers.get("Cache-Control"))
 
     async def request(
@@ -157,7 +175,7 @@ class FederationClient:
             async with self.session().request(
                 method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
-                raw = await resp.content.read(max_bytes + 1)
+                raw = await read_limited(resp.content, max_bytes + 1)
                 if len(raw) > max_bytes:
                     raise RemoteError(resp.status, {"errcode": "M_TOO_LARGE", "error": "response too large"})
                 return resp.status, dict(resp.headers), raw

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bridge.client import FederationClient, FederationError, fed_path
+from bridge.client import FederationClient, FederationError, fed_path, read_limited
 from homeserver.handlers.media import MediaRepository
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaInfo
@@ -151,7 +151,7 @@ class FederatedMedia:
             ):
                 if resp.status != 200:
                     return None
-                data = await resp.content.read(limit + 1)
+                data = await read_limited(resp.content, limit + 1)
                 return data if len(data) <= limit else None
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None

@@ -320,3 +320,20 @@ async def test_backfill_on_demand_fetches_older_history(
             params["from"] = page["end"]
         bodies = [x for x in reversed(seen) if x.startswith("old")]
         assert bodies == [f"old {i}" for i in range(80)]
+
+
+async def test_join_a_room_with_much_state(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
+    """A send_join response of several hundred kilobytes arrives whole (it is read to its end)."""
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        for i in range(400):
+            await alice.state(room_id, "org.example.big", {"i": i, "pad": "x" * 200}, state_key=f"k{i}")
+        await bob.join(room_id, via=[a.server_name])
+        state = await bob.call("GET", f"/rooms/{room_id}/state")
+        assert len([e for e in state if e["type"] == "org.example.big"]) == 400
