@@ -102,6 +102,16 @@ SYNC_FILTER = orjson.dumps(
 ).decode()
 
 
+# Bursts (federation transactions carry up to 50 events) must not be cut off by a limited timeline.
+BURST_SYNC_FILTER = orjson.dumps(
+    {
+        "room": {"timeline": {"limit": 2000}, "state": {"lazy_load_members": True}},
+        "presence": {"types": []},
+        "account_data": {"types": []},
+    }
+).decode()
+
+
 def timeline_event_ids(sync: Any, room_id: str) -> list[str]:
     room = sync.get("rooms", {}).get("join", {}).get(room_id)
     if not room:

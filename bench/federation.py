@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.client import SYNC_FILTER, Client, new_session, percentiles, timeline_event_ids
+from bench.client import BURST_SYNC_FILTER, SYNC_FILTER, Client, new_session, percentiles, timeline_event_ids
 from bench.scenarios import Settings, unique
 from bench.targets import SottoTarget, SynapseTarget, Target, peak_rss_bytes, rss_bytes
 from tests.federation.support import CertAuthority
@@ -83,7 +83,7 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
     async def listen() -> None:
         nonlocal since
         while not done.is_set():
-            result = await receiver.sync(since, 30_000, SYNC_FILTER)
+            result = await receiver.sync(since, 30_000, BURST_SYNC_FILTER)
             since = result["next_batch"]
             now = time.perf_counter()
             for event_id in timeline_event_ids(result, room_id):

@@ -40,8 +40,10 @@ def summarise(raw: Path, top: int = 40) -> str:
         if not count_s.isdigit():
             continue
         count = int(count_s)
-        total += count
         frames = stack.split(";")
+        if frames and frames[-1].startswith("_worker (concurrent/futures/thread.py"):
+            continue  # an idle thread-pool worker waiting for work
+        total += count
         if frames:
             own[frames[-1]] += count
         seen = set()
@@ -125,24 +127,14 @@ async def main_async(name: str, seconds: float, database: str) -> None:
     await target.start()
     raw = RESULTS / f"profile-{name}.collapsed"
     try:
-        spy = subprocess.Popen(
-            [
-                py_spy,
-                "record",
-                "-p",
-                str(target.pids()[0]),
-                "-d",
-                str(int(seconds) + 8),
-                "-f",
-                "raw",
-                "-o",
-                str(raw),
-            ],
+        spy = await asyncio.create_subprocess_exec(
+            *(py_spy, "record", "-p", str(target.pids()[0]), "-d", str(int(seconds) + 8)),
+            *("-f", "raw", "-o", str(raw)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         outcome = await LOADS[name](target, seconds)
-        await asyncio.to_thread(spy.wait, 60)
+        await asyncio.wait_for(spy.wait(), 60)
     finally:
         await target.stop()
     text = f"profile {name} ({database}): {outcome}\n\n" + summarise(raw)

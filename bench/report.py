@@ -126,13 +126,14 @@ def cs_rows(res: dict[str, Any]) -> list[tuple[str, dict[str, Any], bool]]:
             True,
         )
     )
-    rows.append(
-        (
-            "memory per syncing client (KiB)",
-            {t: _kib(_per_client(res.get("memory", {}).get(t))) for t in CS_COLUMNS},
-            True,
+    for syncs in (1000, 10000):
+        rows.append(
+            (
+                f"memory per syncing client at {syncs:,} (KiB)",
+                {t: _kib(_per_client(res.get("memory", {}).get(t), syncs)) for t in CS_COLUMNS},
+                True,
+            )
         )
-    )
     return rows
 
 
@@ -144,10 +145,19 @@ def _kib(v: Any) -> Any:
     return v / 1024 if isinstance(v, int | float) else None
 
 
-def _per_client(r: Any) -> Any:
-    """Per-sync memory at the largest level measured (1,000 if that is all there is)."""
+def _per_client(r: Any, syncs: int | None = None) -> Any:
+    """Per-sync memory at `syncs` concurrent syncs, or at the largest level measured."""
     levels = _get(r, "levels") or []
+    if syncs is not None:
+        return _level(r, syncs, "per_sync_bytes")
     return levels[-1]["per_sync_bytes"] if levels else None
+
+
+def _common_level(*results: Any) -> int | None:
+    """The largest number of concurrent syncs measured for every one of `results`."""
+    sets = [{lv["syncs"] for lv in (_get(r, "levels") or [])} for r in results if r]
+    common = set.intersection(*sets) if sets else set()
+    return max(common) if common else None
 
 
 def _with_sweep_best(res: dict[str, Any]) -> dict[str, Any]:
@@ -271,12 +281,14 @@ def targets_check(data: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 )
             )
     for db in ("sqlite", "pg"):
-        s_mem = _per_client(res.get("memory", {}).get(f"sotto-{db}"))
-        y_mem = _per_client(res.get("memory", {}).get(f"synapse-{db}"))
+        ours, theirs = res.get("memory", {}).get(f"sotto-{db}"), res.get("memory", {}).get(f"synapse-{db}")
+        level = _common_level(ours, theirs)
+        s_mem = _per_client(ours, level) if level else None
+        y_mem = _per_client(theirs, level) if level else None
         if s_mem and y_mem:
             checks.append(
                 (
-                    f"≤ 1/5 of Synapse's memory per syncing client ({db})",
+                    f"≤ 1/5 of Synapse's memory per syncing client ({db}, {level:,} syncs)",
                     f"{s_mem / 1024:.1f} vs {y_mem / 1024:.1f} KiB = 1/{y_mem / s_mem:.1f}",
                     s_mem * 5 <= y_mem,
                 )

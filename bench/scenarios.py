@@ -13,8 +13,9 @@ import gc
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -22,6 +23,7 @@ from bench.client import SYNC_FILTER, Client, gather_limited, percentiles, timel
 from bench.targets import SottoTarget, Target, rss_bytes
 
 _names = itertools.count()
+T = TypeVar("T")
 
 
 def unique(prefix: str) -> str:
@@ -84,7 +86,7 @@ async def make_users(target: Target, session: aiohttp.ClientSession, prefix: str
     base = unique(prefix)
 
     async def one(i: int) -> Client:
-        return await target.new_user(session, f"{base}_{i}")
+        return await retrying(lambda: target.new_user(session, f"{base}_{i}"))
 
     return await gather_limited(n, 16, one)
 
@@ -93,7 +95,7 @@ async def room_with(owner: Client, members: list[Client], concurrency: int = 8) 
     room_id = await owner.create_room()
 
     async def join(i: int) -> None:
-        await members[i].join(room_id)
+        await retrying(lambda: members[i].join(room_id))
 
     await gather_limited(len(members), concurrency, join)
     return room_id
@@ -235,7 +237,7 @@ async def fanout(target: Target, session: aiohttp.ClientSession, s: Settings) ->
 
     async def listen(member: Client) -> None:
         nonlocal failures
-        since = (await member.sync(filter=SYNC_FILTER))["next_batch"]
+        since = (await retrying(lambda: member.sync(filter=SYNC_FILTER)))["next_batch"]
         while not stop.is_set():
             try:
                 result = await member.sync(since, 60_000, SYNC_FILTER)
@@ -329,4 +331,16 @@ async def memory(target: Target, session: aiohttp.ClientSession, s: Settings) ->
 
 
 async def _first_sync(users: list[Client], tokens: list[str], i: int) -> None:
-    tokens[i] = (await users[i].sync(filter=SYNC_FILTER))["next_batch"]
+    tokens[i] = (await retrying(lambda: users[i].sync(filter=SYNC_FILTER)))["next_batch"]
+
+
+async def retrying(call: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Setup requests (not measured) are retried: an overloaded server may answer 500 or 503."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")

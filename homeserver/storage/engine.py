@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # How often the SQLite WAL is checkpointed (when anything was written meanwhile).
 CHECKPOINT_INTERVAL_S = 1.0
+# Under a burst (a message to a room of thousands, each member's /sync recomputed) requests
+# queue for a pooled connection; waiting is better than failing them.
+POOL_TIMEOUT_S = 60
 # At most this many writers share one PostgreSQL transaction (group commit).
 MAX_GROUP_WRITES = 64
 # Session advisory locks (rooms, leadership) live on their own small pool, so a room-lock
@@ -118,7 +121,7 @@ class Database:
         else:
             # No pre-ping (a round trip per checkout): a connection broken by a database
             # restart fails one request, and SQLAlchemy then recycles the whole pool.
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=10)
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=POOL_TIMEOUT_S)
         self.engine: AsyncEngine = create_async_engine(sa_url, **kwargs)
         self._reader: AsyncEngine = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else self.engine
