@@ -126,7 +126,16 @@ class Run:
         self.out.write_text(json.dumps(self.data, indent=1, sort_keys=True))
 
 
+def applicable(name: str, only: set[str]) -> set[str]:
+    if name == "bare":
+        return only & {"throughput", "sweep"}
+    wanted = only & set(CS_SCENARIOS)
+    return wanted & WORKER_SCENARIOS if name == "sotto-workers" else wanted
+
+
 async def run_target(run: Run, name: str, workdir: Path, settings: Settings, only: set[str]) -> None:
+    if not applicable(name, only):
+        return
     target = make_target(name, workdir)
     run.data["targets"][name] = target.describe()
     print(f"== {name}: {target.describe()}", flush=True)
@@ -139,9 +148,14 @@ async def run_target(run: Run, name: str, workdir: Path, settings: Settings, onl
                 if "throughput" in only or "sweep" in only:
                     run.record("ceiling", name, await ceiling(target, session, settings))
                 return
+            ran_any = False
             for scenario, fn in CS_SCENARIOS.items():
                 if scenario not in only or (name == "sotto-workers" and scenario not in WORKER_SCENARIOS):
                     continue
+                if scenario == "memory" and ran_any:
+                    # Memory is measured on a fresh process: earlier scenarios grow caches.
+                    await target.stop()
+                    await target.start()
                 t = time.perf_counter()
                 try:
                     result = await fn(target, session, settings)
@@ -149,6 +163,7 @@ async def run_target(run: Run, name: str, workdir: Path, settings: Settings, onl
                     traceback.print_exc()
                     result = {"error": f"{type(e).__name__}: {e}"}
                 result["seconds"] = round(time.perf_counter() - t, 1)
+                ran_any = True
                 run.record(scenario, name, result)
                 print(
                     f"   {scenario}: {report.one_line(scenario, result)} ({result['seconds']}s)", flush=True
@@ -172,6 +187,11 @@ async def main_async(args: argparse.Namespace) -> None:
         previous = json.loads(out.read_text())
         run.data["targets"] = previous.get("targets", {})
         run.data["results"] = previous.get("results", {})
+        if "meta" in previous:
+            # The first run's header stays; later partial runs are listed under it.
+            merged = previous["meta"].get("merged_runs", [])
+            merged.append({k: run.data["meta"][k] for k in ("date", "command")})
+            run.data["meta"] = {**previous["meta"], "merged_runs": merged}
     for name in targets:
         try:
             await run_target(run, name, workdir, settings, only)

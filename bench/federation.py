@@ -79,16 +79,24 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
     arrived: dict[str, float] = {}
     done = asyncio.Event()
     wanted: set[str] = set()
+    all_sent = False
+
+    errors: list[str] = []
 
     async def listen() -> None:
         nonlocal since
         while not done.is_set():
-            result = await receiver.sync(since, 30_000, BURST_SYNC_FILTER)
+            try:
+                result = await receiver.sync(since, 30_000, BURST_SYNC_FILTER)
+            except Exception as e:
+                errors.append(f"{type(e).__name__}: {str(e)[:100]}")
+                await asyncio.sleep(0.2)
+                continue
             since = result["next_batch"]
             now = time.perf_counter()
             for event_id in timeline_event_ids(result, room_id):
                 arrived.setdefault(event_id, now)
-            if wanted and wanted <= arrived.keys():
+            if all_sent and wanted <= arrived.keys():
                 done.set()
 
     listener = asyncio.create_task(listen())
@@ -101,6 +109,7 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
 
     await asyncio.gather(*(send_loop() for _ in range(10)))
     t_sent = time.perf_counter()
+    all_sent = True
     if wanted <= arrived.keys():
         done.set()
     with contextlib.suppress(TimeoutError):
@@ -118,6 +127,7 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
             "received": len(got),
             "msgs_per_s": round(len(got) / (last - t_start), 1) if got else 0,
             "send_msgs_per_s": round(s.fed_messages / (t_sent - t_start), 1),
+            "receiver_sync_errors": errors[:5],
         },
     }
 
