@@ -179,7 +179,8 @@ async def main_async(args: argparse.Namespace) -> None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = REPO / "bench" / "work" / stamp
     workdir.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{mode}.json"
+    results = Path(args.scratch) if args.scratch else RESULTS
+    out = results / f"{mode}.json"
     run = Run(mode, out)
     only = set(args.scenarios.split(",")) if args.scenarios else {*CS_SCENARIOS, *FEDERATION_SCENARIOS}
     targets = args.targets.split(",") if args.targets else TARGETS
@@ -201,9 +202,10 @@ async def main_async(args: argparse.Namespace) -> None:
         ca = make_ca(str(workdir / "ca"))
         await run_federation(run.record, run.data["targets"], workdir, settings, ca, only, SERVER_CPU)
     run.save()
-    (RESULTS / f"{mode}-{stamp}.json").write_text(out.read_text())
-    charts.render(run.data, RESULTS)
-    report.update_readme(run.data, REPO / "bench" / "README.md")
+    (results / f"{mode}-{stamp}.json").write_text(out.read_text())
+    charts.render(run.data, results)
+    if not args.scratch:
+        report.update_readme(run.data, REPO / "bench" / "README.md")
     print(f"results: {out}")
 
 
@@ -213,6 +215,11 @@ def main() -> None:
     parser.add_argument("--scenarios", default="", help="comma-separated subset of scenarios")
     parser.add_argument("--targets", default="", help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--merge", action="store_true", help="keep other results already in the JSON file")
+    parser.add_argument(
+        "--scratch",
+        default="",
+        help="write results and charts to this directory instead of bench/results, and leave the README alone",
+    )
     args = parser.parse_args()
     asyncio.run(main_async(args))
 
