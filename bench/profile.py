@@ -125,7 +125,8 @@ async def main_async(name: str, seconds: float, database: str) -> None:
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
     target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0})
     await target.start()
-    raw = RESULTS / f"profile-{name}.collapsed"
+    stem = f"profile-{name}" + ("-pg" if database == "postgres" else "")
+    raw = RESULTS / f"{stem}.collapsed"
     try:
         spy = await asyncio.create_subprocess_exec(
             *(py_spy, "record", "-p", str(target.pids()[0]), "-d", str(int(seconds) + 8)),
@@ -138,7 +139,7 @@ async def main_async(name: str, seconds: float, database: str) -> None:
     finally:
         await target.stop()
     text = f"profile {name} ({database}): {outcome}\n\n" + summarise(raw)
-    out = RESULTS / f"profile-{name}.txt"
+    out = RESULTS / f"{stem}.txt"
     out.write_text(text + "\n")
     print(text[:6000])
 
