@@ -2,12 +2,20 @@
 
 No I/O here, so the rules are unit-testable with plain dicts. Glob patterns are
 compiled once and cached (bounded by functools' LRU).
+
+`evaluate` runs once per recipient of every event, so a ruleset is compiled on first
+use into a list of enabled rules, each a chain of small matcher functions with its key
+paths split, its patterns compiled and its actions stripped (cached on the Ruleset,
+which is rebuilt whenever the user's rules change). `condition_matches` and
+`rule_matches` keep the interpreted form; both give the same answers.
 """
 
 from __future__ import annotations
 
 import functools
+import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +52,11 @@ class RoomContext:
 
 def split_key(key: str) -> list[str]:
     """A dot-separated property path; `\\.` is a literal dot and `\\\\` a backslash."""
+    return list(_split_key(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_key(key: str) -> tuple[str, ...]:
     parts: list[str] = []
     current: list[str] = []
     i = 0
@@ -60,12 +73,16 @@ def split_key(key: str) -> list[str]:
             current.append(c)
         i += 1
     parts.append("".join(current))
-    return parts
+    return tuple(parts)
 
 
 def lookup(event: dict[str, Any], key: str) -> tuple[bool, Any]:
+    return _lookup_path(event, _split_key(key))
+
+
+def _lookup_path(event: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
     value: Any = event
-    for part in split_key(key):
+    for part in path:
         if not isinstance(value, dict) or part not in value:
             return False, None
         value = value[part]
@@ -90,18 +107,31 @@ def _is_simple(value: Any) -> bool:
     return isinstance(value, int) and -(2**53) < value < 2**53
 
 
-def _member_count_matches(spec: str, count: int) -> bool:
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    "==": operator.eq,
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _member_count_spec(spec: str) -> tuple[Callable[[int, int], bool], int] | None:
     m = re.fullmatch(r"\s*(==|<=|>=|<|>)?\s*([0-9]+)\s*", spec)
     if not m:
-        return False
-    op, n = m.group(1) or "==", int(m.group(2))
-    return {
-        "==": count == n,
-        "<": count < n,
-        ">": count > n,
-        "<=": count <= n,
-        ">=": count >= n,
-    }[op]
+        return None
+    return _COMPARE[m.group(1) or "=="], int(m.group(2))
+
+
+def _member_count_matches(spec: str, count: int) -> bool:
+    parsed = _member_count_spec(spec)
+    return parsed is not None and parsed[0](count, parsed[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _display_name_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(f"(?:^|[^{_WORD}]){re.escape(name)}(?:[^{_WORD}]|$)", re.IGNORECASE)
 
 
 def condition_matches(cond: Any, event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
@@ -136,9 +166,7 @@ def condition_matches(cond: Any, event: dict[str, Any], user_id: str, room: Room
         body = event.get("content", {}).get("body")
         if not name or not isinstance(body, str):
             return False
-        return (
-            re.search(f"(?:^|[^{_WORD}]){re.escape(name)}(?:[^{_WORD}]|$)", body, re.IGNORECASE) is not None
-        )
+        return _display_name_pattern(name).search(body) is not None
     if kind == "room_member_count":
         spec = cond.get("is")
         return isinstance(spec, str) and _member_count_matches(spec, room.member_count)
@@ -169,15 +197,142 @@ def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomCo
     """The actions of the first enabled rule that matches, or None when nothing matches."""
     content = event.get("content")
     has_mentions = isinstance(content, dict) and "m.mentions" in content
+    compiled = ruleset.compiled
+    if compiled is None:
+        compiled = ruleset.compiled = compile_ruleset(ruleset)
+    for legacy, matches, actions in compiled:
+        if has_mentions and legacy:
+            continue
+        if matches(event, user_id, room):
+            return list(actions)
+    return None
+
+
+# Compiled rules ---------------------------------------------------------------------------
+# A matcher takes (event, user_id, room) and answers exactly as rule_matches would.
+
+Matcher = Callable[[dict[str, Any], str, RoomContext], bool]
+CompiledRule = tuple[bool, Matcher, list[Any]]
+
+
+def compile_ruleset(ruleset: Ruleset) -> list[CompiledRule]:
+    """The enabled rules in evaluation order: (is a legacy mention rule, matcher, actions)."""
+    out: list[CompiledRule] = []
     for kind, rule in ruleset.ordered():
         if not rule.get("enabled", True):
             continue
-        if has_mentions and rule["rule_id"] in LEGACY_MENTION_RULES:
-            continue
-        if rule_matches(kind, rule, event, user_id, room):
-            actions = rule.get("actions", [])
-            return strip_actions(actions) if isinstance(actions, list) else []
-    return None
+        actions = rule.get("actions", [])
+        out.append(
+            (
+                rule["rule_id"] in LEGACY_MENTION_RULES,
+                _compile_rule(kind, rule),
+                strip_actions(actions) if isinstance(actions, list) else [],
+            )
+        )
+    return out
+
+
+def _never(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+    return False
+
+
+def _always(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+    return True
+
+
+def _compile_rule(kind: str, rule: dict[str, Any]) -> Matcher:
+    if kind in ("room", "sender"):
+        field_name = "room_id" if kind == "room" else "sender"
+        wanted = rule["rule_id"]
+
+        def same(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            return bool(event.get(field_name) == wanted)
+
+        return same
+    if kind == "content":
+        pattern = rule.get("pattern")
+        if not isinstance(pattern, str):
+            return _never
+        regex = _glob(pattern, True)
+
+        def body_matches(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            body = event.get("content", {}).get("body")
+            return isinstance(body, str) and regex.search(body) is not None
+
+        return body_matches
+    conditions = rule.get("conditions", [])
+    if not isinstance(conditions, list):
+        # Whatever the interpreter makes of it.
+        return lambda event, user_id, room: rule_matches(kind, rule, event, user_id, room)
+    matchers = [_compile_condition(c) for c in conditions]
+    if not matchers:
+        return _always
+    if len(matchers) == 1:
+        return matchers[0]
+
+    def every(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+        for m in matchers:
+            if not m(event, user_id, room):
+                return False
+        return True
+
+    return every
+
+
+def _compile_condition(cond: Any) -> Matcher:
+    if not isinstance(cond, dict):
+        return _never
+    kind = cond.get("kind")
+    if kind == "event_match":
+        key, pattern = cond.get("key"), cond.get("pattern")
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return _never
+        path = _split_key(key)
+        regex = _glob(pattern, key == "content.body")
+
+        def event_match(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            found, value = _lookup_path(event, path)
+            return found and isinstance(value, str) and regex.search(value) is not None
+
+        return event_match
+    if kind in ("event_property_is", "event_property_contains"):
+        key = cond.get("key")
+        if not isinstance(key, str) or "value" not in cond:
+            return _never
+        path = _split_key(key)
+        want = cond["value"]
+        want_type = type(want)
+        if kind == "event_property_is":
+
+            def property_is(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+                found, value = _lookup_path(event, path)
+                return found and _is_simple(value) and type(value) is want_type and value == want
+
+            return property_is
+
+        def property_contains(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            found, value = _lookup_path(event, path)
+            if not found or not isinstance(value, list):
+                return False
+            return any(_is_simple(v) and type(v) is want_type and v == want for v in value)
+
+        return property_contains
+    if kind == "room_member_count":
+        spec = cond.get("is")
+        parsed = _member_count_spec(spec) if isinstance(spec, str) else None
+        if parsed is None:
+            return _never
+        compare, n = parsed
+
+        def member_count(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            return compare(room.member_count, n)
+
+        return member_count
+    if kind in ("contains_display_name", "sender_notification_permission"):
+        # Depend on the room and the recipient: interpreted each time.
+        return lambda event, user_id, room: condition_matches(cond, event, user_id, room)
+    # Unknown conditions never match.
+    return _never
 
 
 def is_notify(actions: list[Any] | None) -> bool:

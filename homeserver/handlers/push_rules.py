@@ -164,6 +164,8 @@ class Ruleset:
     """A user's effective rules by kind, in evaluation order (master first in override)."""
 
     by_kind: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # The evaluator's compiled form (homeserver.handlers.push_eval), built on first use.
+    compiled: Any = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"global": copy.deepcopy(self.by_kind)}
