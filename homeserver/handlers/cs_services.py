@@ -129,10 +129,12 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
         return existing
     svc = build_services(hs)
     app[CS_KEY] = svc
-    hs.creator.listeners.append(svc.push.on_event)
+    # Push actions and the search index of local messages are written in the messages' own
+    # transaction (batch hooks); the listeners handle every other event.
+    hs.creator.add_batch_hook(svc.push.prepare_messages, replaces=svc.push.on_event)
     hs.creator.listeners.append(svc.presence.on_event)
     hs.creator.listeners.append(svc.user_directory.on_event)
-    hs.creator.listeners.append(svc.search.on_event)
+    hs.creator.add_batch_hook(svc.search.prepare_messages, replaces=svc.search.on_event)
     hs.background.append(svc.presence)
     hs.background.append(svc.pusher_delivery)
     hs.sync_extensions.append(svc.sync_extension)

@@ -12,9 +12,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
 from signedjson.types import SigningKey
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -36,6 +37,21 @@ MAX_BATCH = 64
 
 # Called after an event is persisted (federation sending, push, ...).
 EventListener = Callable[[Event, int], Awaitable[None]]
+
+
+class BatchWork(Protocol):
+    """Rows derived from a batch of new messages (push actions, search index), written in
+    the batch's own transaction so one commit covers the messages and all their effects."""
+
+    async def write(self, conn: AsyncConnection, stream_ids: list[int]) -> None:
+        """Inside the transaction; `stream_ids` are the events' positions, in batch order."""
+
+    def committed(self) -> None:
+        """After the commit, before syncs wake (notify users, hand work to queues)."""
+
+
+# Prepares a batch's work before its transaction (reads allowed); None when there is nothing.
+BatchHook = Callable[[list[Event]], Awaitable[BatchWork | None]]
 
 
 class _Pending:
@@ -75,9 +91,20 @@ class EventCreator:
         self.server_name = server_name
         self.signing_key = signing_key
         self.listeners: list[EventListener] = []
+        self._batch_hooks: list[BatchHook] = []
+        # Listeners whose work a batch hook does for group-committed messages.
+        self._covered: set[EventListener] = set()
         self._pending: dict[str, list[_Pending]] = {}
         self._draining: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def add_batch_hook(self, hook: BatchHook, replaces: EventListener) -> None:
+        """Do `replaces`'s work for group-committed messages with `hook`, inside their
+        transaction. `replaces` is still a listener for every other event (state, local
+        and remote); it is only skipped for the messages the hook has handled."""
+        self._batch_hooks.append(hook)
+        self._covered.add(replaces)
+        self.listeners.append(replaces)
 
     def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
         # Per room and, on PostgreSQL, across every worker process sharing the database.
@@ -144,7 +171,7 @@ class EventCreator:
                             if not p.future.done():
                                 p.future.set_exception(e)
                         continue
-                await self._after_persist([e for e, _ in done], [sid for _, sid in done])
+                await self._after_persist([e for e, _ in done], [sid for _, sid in done], batched=True)
                 for p in batch:
                     _settle(p)
         finally:
@@ -185,13 +212,39 @@ class EventCreator:
             owners.append(p)
             if key is not None:
                 in_batch[key] = p
-        ids = await self.store.persist_message_batch(chain)
+        works = await self._prepare_batch([event for event, _ in chain])
+
+        async def write_derived(conn: AsyncConnection, stream_ids: list[int]) -> None:
+            for work in works:
+                await work.write(conn, stream_ids)
+
+        ids = await self.store.persist_message_batch(chain, write_derived if works else None)
+        for work in works:
+            try:
+                work.committed()
+            except Exception:
+                log.exception("batch hook failed after commit")
         for p, (event, _), stream_id in zip(owners, chain, ids, strict=True):
             p.result = (event, stream_id)
         for p in batch:
             if p.duplicate_of is not None:
                 p.result = p.duplicate_of.result
         return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
+
+    async def _prepare_batch(self, events: list[Event]) -> list[BatchWork]:
+        works: list[BatchWork] = []
+        if not events:
+            return works
+        for hook in self._batch_hooks:
+            # Hooks are best effort, like listeners: a failing one never fails the messages.
+            try:
+                work = await hook(events)
+            except Exception:
+                log.exception("batch hook failed for %d events in %s", len(events), events[0].room_id)
+                continue
+            if work is not None:
+                works.append(work)
+        return works
 
     async def create_room_event(
         self,
@@ -272,12 +325,14 @@ class EventCreator:
         except AuthError as e:
             raise MatrixError(403, Codes.FORBIDDEN, str(e)) from None
 
-    async def _after_persist(self, events: list[Event], stream_ids: list[int]) -> None:
+    async def _after_persist(self, events: list[Event], stream_ids: list[int], batched: bool = False) -> None:
         # Listeners (push counts, search, federation queue) run before syncs wake, so a
         # notification count arrives in the same /sync as its event. The events are already
         # durable: a failing listener is logged, never turned into an error for the sender.
+        # Batched messages skip the listeners whose work their batch hooks already did.
+        listeners = [x for x in self.listeners if x not in self._covered] if batched else self.listeners
         for event, stream_id in zip(events, stream_ids, strict=True):
-            for listener in self.listeners:
+            for listener in listeners:
                 try:
                     await listener(event, stream_id)
                 except Exception:

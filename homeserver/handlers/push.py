@@ -1,8 +1,10 @@
 """Push: rule management, evaluating every new event for each local recipient, unread
 counts per room and thread, /notifications and pushers.
 
-Evaluation runs as an event listener after the event is persisted. Each recipient's
-notifying actions become one `event_push_actions` row; unread counts are those rows
+Local messages are evaluated before their group commit and their rows written in the
+same transaction (`prepare_messages`, a batch hook of the event creator); every other
+event is evaluated by a listener after it is persisted. Each recipient's notifying
+actions become one `event_push_actions` row; unread counts are those rows
 past the user's newest read receipt (unthreaded receipts cover every thread,
 threaded ones their own). Rulesets and per-room context (members, display names,
 power levels) are cached in bounded LRUs, invalidated by rule changes and by state
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, bad_json, not_found
@@ -55,6 +59,48 @@ def _valid_actions(actions: Any) -> list[Any]:
         elif not (isinstance(a, dict) and isinstance(a.get("set_tweak"), str)):
             raise MatrixError(400, Codes.INVALID_PARAM, "Invalid action")
     return strip_actions(actions)
+
+
+# A recipient's notification: (user_id, thread_id, highlight, actions).
+_Notify = tuple[str, str, bool, list[Any]]
+
+
+def _action(event: Event, stream_id: int, n: _Notify) -> PushAction:
+    user_id, thread_id, highlight, actions = n
+    return PushAction(
+        user_id=user_id,
+        event_id=event.event_id,
+        room_id=event.room_id,
+        thread_id=thread_id,
+        event_stream=stream_id,
+        highlight=highlight,
+        actions=actions,
+        ts=event.origin_server_ts,
+    )
+
+
+class _PushWork:
+    """A batch's push actions: written in its transaction, announced after the commit."""
+
+    __slots__ = ("events", "handler", "per_event", "recorded")
+
+    def __init__(self, handler: PushHandler, events: list[Event], per_event: list[list[_Notify]]) -> None:
+        self.handler = handler
+        self.events = events
+        self.per_event = per_event
+        self.recorded: list[list[PushAction]] = []
+
+    async def write(self, conn: AsyncConnection, stream_ids: list[int]) -> None:
+        self.recorded = [
+            [_action(event, stream_id, n) for n in notifies]
+            for event, stream_id, notifies in zip(self.events, stream_ids, self.per_event, strict=True)
+            if notifies
+        ]
+        await self.handler.actions.add_in(conn, [a for actions in self.recorded for a in actions])
+
+    def committed(self) -> None:
+        self.handler.actions.recorded(self.recorded)
+        self.handler.notifier.notify(users=sorted({a.user_id for actions in self.recorded for a in actions}))
 
 
 class PushHandler:
@@ -220,6 +266,8 @@ class PushHandler:
         return ctx
 
     async def thread_id_for(self, event: Event) -> str:
+        # Relations of a message can only name committed events: a batch's own event IDs
+        # are not known to any client before it commits.
         rel = event.content.get("m.relates_to")
         if not isinstance(rel, dict):
             return MAIN_THREAD
@@ -250,12 +298,33 @@ class PushHandler:
             log.exception("push evaluation failed for %s", event.event_id)
 
     async def _on_event(self, event: Event, stream_id: int) -> None:
-        room_id = event.room_id
         if event.is_state():
-            self._rooms.pop(room_id, None)
-        ctx = await self._room_context(room_id)
+            self._rooms.pop(event.room_id, None)
+        ctx = await self._room_context(event.room_id)
         if ctx is None:
             return
+        batch = [_action(event, stream_id, n) for n in await self._evaluate(event, ctx)]
+        if batch:
+            await self.actions.add(batch)
+            self.notifier.notify(users=[a.user_id for a in batch])
+
+    async def prepare_messages(self, events: list[Event]) -> _PushWork | None:
+        """Batch hook: evaluate a batch of new local messages (one room, not yet
+        committed) so their push actions are written in the batch's transaction."""
+        try:
+            ctx = await self._room_context(events[0].room_id)
+            if ctx is None:
+                return None
+            per_event = [await self._evaluate(e, ctx) for e in events]
+        except Exception:
+            log.exception("push evaluation failed for %d events", len(events))
+            return None
+        if not any(per_event):
+            return None
+        return _PushWork(self, events, per_event)
+
+    async def _evaluate(self, event: Event, ctx: RoomContext) -> list[_Notify]:
+        """(user, thread, highlight, actions) for every local user the event notifies."""
         recipients = [u for u in ctx.display_names if u != event.sender and self.is_local(u)]
         if (
             event.type == "m.room.member"
@@ -267,18 +336,18 @@ class PushHandler:
         ):
             recipients.append(event.state_key)
         if not recipients:
-            return
+            return []
         flat = {
             "type": event.type,
             "sender": event.sender,
-            "room_id": room_id,
+            "room_id": event.room_id,
             "event_id": event.event_id,
             "content": event.content,
         }
         if event.state_key is not None:
             flat["state_key"] = event.state_key
         thread_id: str | None = None
-        batch: list[PushAction] = []
+        out: list[_Notify] = []
         for user_id in recipients:
             actions = evaluate(await self.ruleset(user_id), flat, user_id, ctx)
             if not is_notify(actions):
@@ -286,21 +355,8 @@ class PushHandler:
             if thread_id is None:
                 thread_id = await self.thread_id_for(event)
             assert actions is not None
-            batch.append(
-                PushAction(
-                    user_id=user_id,
-                    event_id=event.event_id,
-                    room_id=room_id,
-                    thread_id=thread_id,
-                    event_stream=stream_id,
-                    highlight=is_highlight(actions),
-                    actions=actions,
-                    ts=event.origin_server_ts,
-                )
-            )
-        if batch:
-            await self.actions.add(batch)
-            self.notifier.notify(users=[a.user_id for a in batch])
+            out.append((user_id, thread_id, is_highlight(actions), actions))
+        return out
 
     # Counts and notifications ------------------------------------------------------------
 

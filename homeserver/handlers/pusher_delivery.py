@@ -1,9 +1,10 @@
 """Delivery of notifications to push gateways (the Push Gateway API's `/notify`).
 
 Push evaluation (`homeserver.handlers.push`) records each recipient's notifying actions
-through `NotifyingPushActionStore.add`, which hands the batch to `PusherDelivery.enqueue`:
-a non-blocking put on a bounded queue (full: the batch is dropped and counted), so
-sending never waits on a gateway. Worker tasks then load the recipients' `http` pushers,
+through `NotifyingPushActionStore`, which hands every committed batch (one or several
+events' actions) to `PusherDelivery.enqueue_many`: a non-blocking put on a bounded queue
+(full: the batch is dropped and counted), so sending never waits on a gateway. Worker
+tasks then load the recipients' `http` pushers (one query per batch of events),
 build one `/notify` request per pusher (one device each, so every pusher's own `format`,
 `data` and tweaks apply) and POST it.
 
@@ -109,7 +110,7 @@ class PusherDelivery:
     dropped: int = 0
     delivered: int = 0
     guard: AddressGuard = field(init=False)
-    _queue: asyncio.Queue[_Batch | _Send] | None = field(default=None, init=False)
+    _queue: asyncio.Queue[_Batch | list[_Batch] | _Send] | None = field(default=None, init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
@@ -148,11 +149,21 @@ class PusherDelivery:
         """Called with each event's recorded notifications; never blocks."""
         if not actions or self._queue is None:
             return
-        first = actions[0]
-        batch = _Batch(first.event_id, first.room_id, {a.user_id: a.actions for a in actions})
-        self._put(batch)
+        self.enqueue_many([actions])
 
-    def _put(self, item: _Batch | _Send) -> None:
+    def enqueue_many(self, per_event: list[list[PushAction]]) -> None:
+        """Several events' recorded notifications, queued as one item; never blocks."""
+        if self._queue is None:
+            return
+        batches = [
+            _Batch(actions[0].event_id, actions[0].room_id, {a.user_id: a.actions for a in actions})
+            for actions in per_event
+            if actions
+        ]
+        if batches:
+            self._put(batches[0] if len(batches) == 1 else batches)
+
+    def _put(self, item: _Batch | list[_Batch] | _Send) -> None:
         if self._queue is None:
             return
         try:
@@ -170,6 +181,8 @@ class PusherDelivery:
             try:
                 if isinstance(item, _Batch):
                     await self._expand(item)
+                elif isinstance(item, list):
+                    await self._expand_many(item)
                 else:
                     await self._send(item)
             except Exception:
@@ -201,8 +214,16 @@ class PusherDelivery:
         counts = await self.push_actions.unread_counts(user_id, rooms)
         return sum(c.notifications for threads in counts.values() for c in threads.values())
 
-    async def _expand(self, batch: _Batch) -> None:
-        targets = await self._http_pushers(sorted(batch.actions))
+    async def _expand_many(self, batches: list[_Batch]) -> None:
+        targets = await self._http_pushers(sorted({u for b in batches for u in b.actions}))
+        for batch in batches:
+            mine = [t for t in targets if t.user_id in batch.actions]
+            if mine:
+                await self._expand(batch, mine)
+
+    async def _expand(self, batch: _Batch, targets: list[GatewayPusher] | None = None) -> None:
+        if targets is None:
+            targets = await self._http_pushers(sorted(batch.actions))
         if not targets:
             return
         stored = await self.events.get_event(batch.event_id)
@@ -348,8 +369,6 @@ class NotifyingPushActionStore(PushActionStore):
         super().__init__(db)
         self.delivery = delivery
 
-    async def add(self, actions: list[PushAction]) -> int:
-        stream_id = await super().add(actions)
+    def recorded(self, per_event: list[list[PushAction]]) -> None:
         if self.delivery is not None:
-            self.delivery.enqueue(actions)
-        return stream_id
+            self.delivery.enqueue_many(per_event)

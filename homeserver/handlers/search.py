@@ -11,6 +11,8 @@ import logging
 import re
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, bad_json
 from homeserver.events import Event
@@ -35,6 +37,38 @@ MAX_TERMS = 8
 MAX_TEXT = 10_000
 
 
+def _indexed(event: Event) -> list[tuple[str, str]]:
+    """(key, text) pairs of an event for the index."""
+    out = []
+    for key, (type_, field) in KEYS.items():
+        text = event.content.get(field)
+        if event.type == type_ and isinstance(text, str) and text:
+            out.append((key, text[:MAX_TEXT]))
+    return out
+
+
+class _SearchWork:
+    __slots__ = ("events", "found", "store")
+
+    def __init__(self, store: SearchStore, events: list[Event], found: list[tuple[int, str, str]]) -> None:
+        self.store = store
+        self.events = events
+        self.found = found
+
+    async def write(self, conn: AsyncConnection, stream_ids: list[int]) -> None:
+        events = self.events
+        await self.store.index_in(
+            conn,
+            [
+                (events[i].event_id, events[i].room_id, stream_ids[i], key, text)
+                for i, key, text in self.found
+            ],
+        )
+
+    def committed(self) -> None:
+        return None
+
+
 class SearchHandler:
     def __init__(
         self, store: SearchStore, events: EventStore, messages: MessageHandler, clock: Clock
@@ -49,12 +83,15 @@ class SearchHandler:
             if event.type == "m.room.redaction" and event.redacts:
                 await self.store.remove(event.redacts)
                 return
-            for key, (type_, field) in KEYS.items():
-                text = event.content.get(field)
-                if event.type == type_ and isinstance(text, str) and text:
-                    await self.store.index(event.event_id, event.room_id, stream_id, key, text[:MAX_TEXT])
+            for key, text in _indexed(event):
+                await self.store.index(event.event_id, event.room_id, stream_id, key, text)
         except Exception:
             log.exception("search indexing failed for %s", event.event_id)
+
+    async def prepare_messages(self, events: list[Event]) -> _SearchWork | None:
+        """Batch hook: index a batch of new local messages in the batch's transaction."""
+        found = [(i, key, text) for i, event in enumerate(events) for key, text in _indexed(event)]
+        return _SearchWork(self.store, events, found) if found else None
 
     async def _windows(self, user_id: str, wanted: list[str] | None) -> dict[str, Window]:
         memberships = await self.events.get_memberships_for_user(user_id)

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
@@ -69,6 +69,15 @@ class _RoomCache:
 
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
 MAX_CACHED_ROOMS = 2_000
+
+# Statements of the message write path, built once (executed with a list of rows each).
+_INSERT_EVENT = insert(events)
+_INSERT_TXN = insert(event_txns)
+_INSERT_EXTREMITY = insert(forward_extremities)
+_DELETE_EXTREMITIES = delete(forward_extremities).where(
+    forward_extremities.c.room_id == bindparam("room_id"),
+    forward_extremities.c.event_id == bindparam("event_id"),
+)
 
 
 def _relation(event: Event) -> tuple[str | None, str | None]:
@@ -495,11 +504,16 @@ class EventStore:
             )
         return stream_id
 
-    async def persist_message_batch(self, batch: list[tuple[Event, TxnInfo | None]]) -> list[int]:
+    async def persist_message_batch(
+        self,
+        batch: list[tuple[Event, TxnInfo | None]],
+        extra: Callable[[AsyncConnection, list[int]], Awaitable[None]] | None = None,
+    ) -> list[int]:
         """Store a chain of non-state events in one transaction (group commit).
 
         Each event's prev_events is the previous one, so only the first event's prevs stop
-        being forward extremities and only the last becomes one.
+        being forward extremities and only the last becomes one. `extra(conn, stream_ids)`
+        writes the batch's derived rows (push actions, search index) in the same transaction.
         """
         if not batch:
             return []
@@ -507,56 +521,55 @@ class EventStore:
         assert all(
             e.room_id == room_id and not e.is_state() and e.type != "m.room.redaction" for e, _ in batch
         )
-        async with self.db.write() as conn:
-            ids = [self.db.next_stream_id() for _ in batch]
-            rows = []
-            txn_rows = []
-            for (event, txn), stream_id in zip(batch, ids, strict=True):
-                rel_type, relates_to = _relation(event)
-                rows.append(
+        rows = []
+        txn_rows = []
+        for event, txn in batch:
+            rel_type, relates_to = _relation(event)
+            rows.append(
+                {
+                    "stream_id": 0,
+                    "event_id": event.event_id,
+                    "room_id": room_id,
+                    "type": event.type,
+                    "state_key": None,
+                    "sender": event.sender,
+                    "depth": event.depth,
+                    "origin_server_ts": event.origin_server_ts,
+                    "json": jsonutil.dumps(event.pdu),
+                    "replaces_state": None,
+                    "rel_type": rel_type,
+                    "relates_to": relates_to,
+                    "outlier": False,
+                    "txn_id": txn.txn_id if txn else None,
+                    "device_id": txn.device_id if txn else None,
+                    "unsigned_json": None,
+                }
+            )
+            if txn is not None:
+                txn_rows.append(
                     {
-                        "stream_id": stream_id,
+                        "user_id": txn.user_id,
+                        "device_id": txn.device_id,
+                        "txn_id": txn.txn_id,
                         "event_id": event.event_id,
-                        "room_id": room_id,
-                        "type": event.type,
-                        "state_key": None,
-                        "sender": event.sender,
-                        "depth": event.depth,
-                        "origin_server_ts": event.origin_server_ts,
-                        "json": jsonutil.dumps(event.pdu),
-                        "replaces_state": None,
-                        "rel_type": rel_type,
-                        "relates_to": relates_to,
-                        "outlier": False,
-                        "txn_id": txn.txn_id if txn else None,
-                        "device_id": txn.device_id if txn else None,
-                        "unsigned_json": None,
+                        "created_ts": event.origin_server_ts,
                     }
                 )
-                if txn is not None:
-                    txn_rows.append(
-                        {
-                            "user_id": txn.user_id,
-                            "device_id": txn.device_id,
-                            "txn_id": txn.txn_id,
-                            "event_id": event.event_id,
-                            "created_ts": event.origin_server_ts,
-                        }
-                    )
-            await conn.execute(insert(events), rows)
+        first_prevs = batch[0][0].prev_event_ids
+        async with self.db.write() as conn:
+            ids = [self.db.next_stream_id() for _ in batch]
+            for row, stream_id in zip(rows, ids, strict=True):
+                row["stream_id"] = stream_id
+            await conn.execute(_INSERT_EVENT, rows)
             if txn_rows:
-                await conn.execute(insert(event_txns), txn_rows)
-            first_prevs = batch[0][0].prev_event_ids
+                await conn.execute(_INSERT_TXN, txn_rows)
             if first_prevs:
                 await conn.execute(
-                    delete(forward_extremities).where(
-                        forward_extremities.c.room_id == room_id,
-                        forward_extremities.c.event_id.in_(first_prevs),
-                    )
+                    _DELETE_EXTREMITIES, [{"room_id": room_id, "event_id": p} for p in first_prevs]
                 )
-            await conn.execute(
-                insert(forward_extremities).values(room_id=room_id, event_id=batch[-1][0].event_id)
-            )
+            await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": batch[-1][0].event_id})
+            if extra is not None:
+                await extra(conn, ids)
         for (event, txn), stream_id in zip(batch, ids, strict=True):
             self._cache_local_event(
                 StoredEvent(

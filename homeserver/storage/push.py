@@ -22,6 +22,8 @@ from homeserver.storage.schema import events, receipts
 
 READ_RECEIPTS = ("m.read", "m.read.private")
 
+_INSERT_PUSH_ACTION = insert(event_push_actions)
+
 
 @dataclass(slots=True)
 class UserRule:
@@ -277,25 +279,36 @@ class PushActionStore:
     async def add(self, actions: list[PushAction]) -> int:
         """Record notifications for one event; returns the stream position of the batch."""
         async with self.db.write() as conn:
-            stream_id = self.db.next_stream_id()
-            await conn.execute(
-                insert(event_push_actions),
-                [
-                    dict(
-                        user_id=a.user_id,
-                        event_id=a.event_id,
-                        room_id=a.room_id,
-                        thread_id=a.thread_id,
-                        event_stream=a.event_stream,
-                        stream_id=stream_id,
-                        highlight=a.highlight,
-                        actions_json=jsonutil.dumps(a.actions),
-                        ts=a.ts,
-                    )
-                    for a in actions
-                ],
-            )
+            stream_id = await self.add_in(conn, actions)
+        self.recorded([actions])
         return stream_id
+
+    async def add_in(self, conn: AsyncConnection, actions: list[PushAction]) -> int:
+        """Record notifications (of any number of events) inside the caller's write
+        transaction, at one new stream position, which is returned. The caller calls
+        `recorded` once the transaction has committed."""
+        stream_id = self.db.next_stream_id()
+        await conn.execute(
+            _INSERT_PUSH_ACTION,
+            [
+                {
+                    "user_id": a.user_id,
+                    "event_id": a.event_id,
+                    "room_id": a.room_id,
+                    "thread_id": a.thread_id,
+                    "event_stream": a.event_stream,
+                    "stream_id": stream_id,
+                    "highlight": a.highlight,
+                    "actions_json": jsonutil.dumps(a.actions),
+                    "ts": a.ts,
+                }
+                for a in actions
+            ],
+        )
+        return stream_id
+
+    def recorded(self, per_event: list[list[PushAction]]) -> None:
+        """Committed notifications, grouped by event (a hook for push delivery)."""
 
     def _receipt_positions(self, user_id: str, room_ids: Collection[str]) -> Any:
         """(room_id, thread_id, pos): the newest read receipt position per room and thread."""

@@ -11,9 +11,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.cs_schema import event_search
 from homeserver.storage.engine import Database
+
+_INSERT = insert(event_search)
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,11 +38,17 @@ class SearchStore:
 
     async def index(self, event_id: str, room_id: str, stream_id: int, key: str, text: str) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
-                insert(event_search).values(
-                    event_id=event_id, key=key, room_id=room_id, stream_id=stream_id, value=text.lower()
-                )
-            )
+            await self.index_in(conn, [(event_id, room_id, stream_id, key, text)])
+
+    async def index_in(self, conn: AsyncConnection, entries: list[tuple[str, str, int, str, str]]) -> None:
+        """Index (event_id, room_id, stream_id, key, text) entries in the caller's transaction."""
+        await conn.execute(
+            _INSERT,
+            [
+                {"event_id": e, "key": k, "room_id": r, "stream_id": s, "value": text.lower()}
+                for e, r, s, k, text in entries
+            ],
+        )
 
     async def remove(self, event_id: str) -> None:
         async with self.db.write() as conn:

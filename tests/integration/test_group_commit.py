@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Awaitable, Callable
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from homeserver.errors import MatrixError
 from homeserver.storage.events import TxnInfo
@@ -81,3 +82,39 @@ async def test_batched_messages_wake_sync_once(make_user: MakeUser, count: int) 
     sync = await alice.sync(since, timeout=1000)
     bodies = [e["content"]["body"] for e in sync["rooms"]["join"][room]["timeline"]["events"]]
     assert sorted(bodies) == sorted(f"m{i}" for i in range(count))
+
+
+async def test_batch_writes_push_actions_and_search_in_its_own_commit(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    since = (await bob.sync())["next_batch"]
+    commits = 0
+    engine = server.hs.db.engine.sync_engine
+
+    def on_commit(*_: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    sa_event.listen(engine, "commit", on_commit)
+    try:
+        sends = [alice.send(room, f"needle {i}", f"n{i}") for i in range(20)]
+        await asyncio.gather(*sends)
+    finally:
+        sa_event.remove(engine, "commit", on_commit)
+    # One commit per batch (at worst one per message, plus a presence update), not three
+    # per message (event, push actions, search index).
+    assert commits <= 22, commits
+    sync = await bob.sync(since)
+    joined = sync["rooms"]["join"][room]
+    assert joined["unread_notifications"]["notification_count"] == 20
+    notifications = await bob.ok("GET", "/notifications", params={"limit": "50"})
+    assert len(notifications["notifications"]) == 20
+    found = await bob.ok(
+        "POST", "/search", json={"search_categories": {"room_events": {"search_term": "needle"}}}
+    )
+    assert found["search_categories"]["room_events"]["count"] == 20
+
