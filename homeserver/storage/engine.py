@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import sqlite3
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -41,8 +43,13 @@ log = logging.getLogger(__name__)
 
 # How often the SQLite WAL is checkpointed (when anything was written meanwhile).
 CHECKPOINT_INTERVAL_S = 1.0
-# Under a burst (a message to a room of thousands, each member's /sync recomputed) requests
-# queue for a pooled connection; waiting is better than failing them.
+# PostgreSQL connections per process (a fixed pool: an overflow connection closed after each
+# burst would be reopened, with its prepared statements, by the next one).
+POOL_SIZE = 20
+# Under a burst (a message to a room of thousands, each member's /sync recomputed, or
+# thousands of first syncs) requests queue for a pooled connection in `_Gate`, which never
+# times out: waiting is better than failing them. The pool's own timeout only guards
+# against a bug letting more checkouts through than the gate admits.
 POOL_TIMEOUT_S = 60
 # At most this many writers share one PostgreSQL transaction (group commit).
 MAX_GROUP_WRITES = 64
@@ -75,6 +82,68 @@ def _checkpoint(path: str) -> None:
         conn.close()
 
 
+# Whether the current task (a request, or a background job) has used a pooled connection before.
+_seen_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("sotto_seen_pool", default=False)
+
+
+class _Gate:
+    """Admits at most `size` concurrent checkouts of the PostgreSQL pool, in a fair order.
+
+    SQLAlchemy's async pool lets a newcomer take a connection that was just returned while a
+    woken waiter goes to the back of the queue, so under a burst of thousands of requests a
+    few waited past the pool timeout and failed with 500. Here a released slot is handed
+    directly to the oldest waiter, and a task that has already used a connection (a request
+    half-way through its queries, or a writer holding the write lock) goes before tasks that
+    have not started: requests in progress finish instead of all of them crawling together,
+    and new ones wait their turn. Waiting has no time limit (the client's timeout bounds it).
+    """
+
+    __slots__ = ("_free", "_fresh", "_resumed")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._resumed: deque[asyncio.Future[None]] = deque()
+        self._fresh: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._resumed) + len(self._fresh)
+
+    async def acquire(self, priority: bool = False) -> None:
+        resumed = priority or _seen_pool.get()
+        if not resumed:
+            _seen_pool.set(True)
+        if self._free > 0 and not self._resumed and (resumed or not self._fresh):
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._resumed if resumed else self._fresh
+        queue.append(waiter)
+        try:
+            if resumed:
+                async with asyncio.timeout(POOL_TIMEOUT_S):
+                    await waiter
+            else:
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as we were cancelled: pass it on.
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        for queue in (self._resumed, self._fresh):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self._free += 1
+
+
 class BatchAborted(Exception):
     """A write whose transaction was rolled back because another write in it failed."""
 
@@ -94,7 +163,9 @@ class _Batch:
 
 
 class Database:
-    def __init__(self, url: str, base_dir: str = ".", *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(
+        self, url: str, base_dir: str = ".", *, pool_size: int = POOL_SIZE, max_overflow: int = 0
+    ) -> None:
         sa_url = make_url(url)
         self.is_sqlite = sa_url.get_backend_name() == "sqlite"
         self.is_postgres = sa_url.get_backend_name() == "postgresql"
@@ -128,6 +199,7 @@ class Database:
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._gate = _Gate(pool_size + max_overflow) if self.is_postgres else None
         self._lock_engine: AsyncEngine | None = None
         if self.is_postgres:
             # Room locks plus a few leader elections.
@@ -167,16 +239,23 @@ class Database:
             finally:
                 sync.close()
             return
-        conn = await engine.connect()
+        gate = self._gate
+        if gate is not None:
+            await gate.acquire(priority=engine is not self._reader)
         try:
-            yield conn
+            conn = await engine.connect()
+            try:
+                yield conn
+            finally:
+                if engine is self._reader:
+                    # An autocommit connection has no transaction to roll back: returning it to
+                    # the pool does no I/O, so there is nothing for a shield (a task per use) to protect.
+                    await conn.close()
+                else:
+                    await asyncio.shield(conn.close())
         finally:
-            if engine is self._reader:
-                # An autocommit connection has no transaction to roll back: returning it to
-                # the pool does no I/O, so there is nothing for a shield (a task per use) to protect.
-                await conn.close()
-            else:
-                await asyncio.shield(conn.close())
+            if gate is not None:
+                gate.release()
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
@@ -225,12 +304,19 @@ class Database:
     # stream-row lock then cover the whole group instead of each write.
 
     async def _open_batch(self) -> _Batch:
-        conn = await self.engine.connect()
+        # The write lock is held: go before every reader waiting for a connection.
+        assert self._gate is not None
+        await self._gate.acquire(priority=True)
+        try:
+            conn = await self.engine.connect()
+        except BaseException:
+            self._gate.release()
+            raise
         try:
             trans = await conn.begin()
             base = await postgres.lock_stream(conn)
         except BaseException:
-            await asyncio.shield(conn.close())
+            await asyncio.shield(self._close_batch_conn(conn))
             raise
         self.observe_stream_position(base)
         self._stream_id = base
@@ -260,7 +346,14 @@ class Database:
                 self._stream_id = self._persisted
                 # Nobody may be waiting: mark the exception as retrieved.
                 batch.done.exception()
-            await asyncio.shield(batch.conn.close())
+            await asyncio.shield(self._close_batch_conn(batch.conn))
+
+    async def _close_batch_conn(self, conn: AsyncConnection) -> None:
+        try:
+            await conn.close()
+        finally:
+            assert self._gate is not None
+            self._gate.release()
 
     @asynccontextmanager
     async def _group_write(self) -> AsyncIterator[AsyncConnection]:
