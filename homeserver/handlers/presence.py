@@ -22,6 +22,7 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.presence import PresenceRow, PresenceStore
 from homeserver.sync.notifier import Notifier
+from homeserver.sync.shared import SYNC_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,18 @@ class PresenceHandler:
     ) -> list[dict[str, Any]]:
         # The user's own presence is left out: it changes as a side effect of syncing,
         # and echoing it would end every long-poll that follows an initial sync.
-        rows = [r for r in await self.store.for_rooms_since(joined, [], since, upto) if r.user_id != user_id]
+        if since is not None and since >= upto:
+            return []  # an empty window
+        ctx = SYNC_CONTEXT.get()
+        if ctx is not None and ctx.upto == upto and ctx.since == since:
+            # The same for every sync of the window that shares these rooms.
+            rooms = tuple(joined)
+            found = await ctx.memo.get(
+                upto, ("presence", rooms, since), lambda: self.store.for_rooms_since(rooms, [], since, upto)
+            )
+        else:
+            found = await self.store.for_rooms_since(joined, [], since, upto)
+        rows = [r for r in found if r.user_id != user_id]
         if since is None:
             rows = [r for r in rows if r.state != "offline"]
         now = self.clock.time_ms()

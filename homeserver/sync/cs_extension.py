@@ -23,7 +23,8 @@ from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_
 from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.push import Counts
-from homeserver.sync.filter import EventFilter, SyncFilter
+from homeserver.sync.filter import EventFilter, SyncFilter, matches_type
+from homeserver.sync.shared import SYNC_CONTEXT, SyncContext
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,8 +85,17 @@ class RelationBundles:
         for section in ("join", "leave"):
             for room in response["rooms"].get(section, {}).values():
                 timeline.extend(room.get("timeline", {}).get("events", []))
-        if timeline:
-            await self.bundler.bundle(timeline, requester.user_id)
+        if not timeline:
+            return
+        ctx = _context(since, upto)
+        if ctx is not None:
+            # Most events have no relations: bundle only those that do (one shared query).
+            ids = tuple(e["event_id"] for e in timeline if isinstance(e.get("event_id"), str))
+            related = await ctx.memo.get(upto, ("related", ids), lambda: ctx.reads.with_relations(ids))
+            timeline = [e for e in timeline if e.get("event_id") in related]
+            if not timeline:
+                return
+        await self.bundler.bundle(timeline, requester.user_id)
 
 
 class PresenceSource(Protocol):
@@ -115,6 +125,8 @@ class PresenceSection:
         presence_filter = EventFilter.parse(filter_json.get("presence"))
         if not presence_filter.allows("m.presence", requester.user_id) and presence_filter.not_types:
             return
+        if not matches_type(presence_filter, "m.presence"):
+            return  # the filter drops every presence event
         events = await self.presence.sync_events(requester.user_id, joined, since, upto)
         events = [e for e in events if presence_filter.allows(e["type"], e["sender"])]
         if events:
@@ -136,7 +148,11 @@ class KnockSection:
         filter_json: dict[str, Any],
         response: dict[str, Any],
     ) -> None:
-        memberships = await self.events.get_memberships_for_user(requester.user_id)
+        ctx = _context(since, upto)
+        if ctx is not None:
+            memberships = ctx.memberships
+        else:
+            memberships = await self.events.get_memberships_for_user(requester.user_id)
         knocks = [
             (room_id, event_id)
             for room_id, membership, event_id, stream in memberships
@@ -161,6 +177,12 @@ class KnockSection:
                     }
                 )
             section[room_id] = {"knock_state": {"events": stripped}}
+
+
+def _context(since: int | None, upto: int) -> SyncContext | None:
+    """The core handler's context for this very sync, if there is one."""
+    ctx = SYNC_CONTEXT.get()
+    return ctx if ctx is not None and ctx.since == since and ctx.upto == upto else None
 
 
 def empty_room() -> dict[str, Any]:
@@ -217,14 +239,22 @@ class ClientServerSyncExtension:
     ) -> None:
         user_id = requester.user_id
         filter_json = await self._filter_json(user_id)
-        await self._push_rules(user_id, since, response)
+        await self._push_rules(user_id, since, upto, response)
         await self._unread(user_id, since, upto, joined_room_ids, filter_json, response)
         for part in self.parts:
             await part.sync_part(requester, since, upto, joined_room_ids, filter_json, response)
 
-    async def _push_rules(self, user_id: str, since: int | None, response: dict[str, Any]) -> None:
-        if since is not None and not await self.rules.rules_changed_since(user_id, since):
-            return
+    async def _push_rules(
+        self, user_id: str, since: int | None, upto: int, response: dict[str, Any]
+    ) -> None:
+        if since is not None:
+            ctx = _context(since, upto)
+            if ctx is not None and ctx.probe is not None:
+                changed = (ctx.probe.push_rules or 0) > since
+            else:
+                changed = await self.rules.rules_changed_since(user_id, since)
+            if not changed:
+                return
         events = response.setdefault("account_data", {}).setdefault("events", [])
         events[:] = [e for e in events if e.get("type") != "m.push_rules"]
         events.append({"type": "m.push_rules", "content": await self.rules.ruleset_json(user_id)})
@@ -242,7 +272,12 @@ class ClientServerSyncExtension:
         wanted = set(rooms_join)
         if since is not None:
             room_filter = SyncFilter.parse(filter_json)
-            changed = await self.rules.count_changes_since(user_id, since, upto)
+            ctx = _context(since, upto)
+            changed: set[str]
+            if ctx is not None and ctx.probe is not None:
+                changed = ctx.probe.push_action_rooms
+            else:
+                changed = await self.rules.count_changes_since(user_id, since, upto)
             wanted |= {r for r in changed if r in set(joined) and room_filter.allows_room(r)}
         if not wanted:
             return

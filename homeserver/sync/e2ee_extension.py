@@ -18,6 +18,7 @@ from homeserver.handlers.auth import Requester
 from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.e2e_keys import E2EKeysHandler
 from homeserver.handlers.to_device import ToDeviceHandler
+from homeserver.sync.shared import SYNC_CONTEXT, SyncContext
 
 TO_DEVICE_LIMIT = 100
 
@@ -51,14 +52,50 @@ class E2EESyncExtension:
         response: dict[str, Any],
     ) -> None:
         user_id, device_id = requester.user_id, requester.device_id
-        batch = await self.to_device.sync_batch(user_id, device_id, since, upto, self.limit)
-        response["to_device"] = {"events": batch.messages}
-        if batch.limited:
-            response["_to_device_limited"] = True
-            response["_to_device_upto"] = batch.last_stream_id
+        ctx = SYNC_CONTEXT.get()
+        probe = ctx.probe if ctx is not None and ctx.upto == upto and ctx.since == since else None
+        if probe is not None and (probe.inbox_min is None or probe.inbox_min > upto):
+            # The device's inbox holds nothing at or below upto: nothing to deliver or confirm.
+            response["to_device"] = {"events": []}
+        else:
+            batch = await self.to_device.sync_batch(user_id, device_id, since, upto, self.limit)
+            response["to_device"] = {"events": batch.messages}
+            if batch.limited:
+                response["_to_device_limited"] = True
+                response["_to_device_upto"] = batch.last_stream_id
         if since is not None:
-            changed, left = await self.device_lists.get_changes(user_id, since, upto, joined_room_ids)
+            changed: list[str] = []
+            left: list[str] = []
+            if ctx is None or probe is None or await self._lists_may_have_changed(
+                ctx, since, upto, joined_room_ids
+            ):
+                changed, left = await self.device_lists.get_changes(user_id, since, upto, joined_room_ids)
             response["device_lists"] = {"changed": changed, "left": left}
-        counts, fallback = await self.keys.key_counts(user_id, device_id)
+        if probe is not None:
+            counts = dict(probe.one_time_keys)
+            counts.setdefault("signed_curve25519", 0)
+            fallback = list(probe.fallback_keys)
+        else:
+            counts, fallback = await self.keys.key_counts(user_id, device_id)
         response["device_one_time_keys_count"] = counts
         response["device_unused_fallback_key_types"] = fallback
+
+    async def _lists_may_have_changed(
+        self, ctx: SyncContext, since: int, upto: int, joined_room_ids: list[str]
+    ) -> bool:
+        """False when DeviceListHandler.get_changes would find nothing: no device list changed
+        in (since, upto], the user's own memberships did not change, and no member event landed
+        in the user's rooms. The first and last are the same for every sync in the window."""
+        if since >= upto:
+            return False
+        if any(since < stream <= upto for _, _, _, stream in ctx.memberships):
+            return True
+        store = self.device_lists.store
+        if await ctx.memo.get(upto, ("device_lists", since), lambda: store.changed_between(since, upto)):
+            return True
+        rooms = tuple(joined_room_ids)
+        return await ctx.memo.get(
+            upto,
+            ("member_events", rooms, since),
+            lambda: ctx.reads.member_events_between(rooms, since, upto),
+        )

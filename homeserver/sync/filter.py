@@ -46,6 +46,13 @@ class EventFilter:
         return not (self.senders is not None and sender not in self.senders)
 
 
+def matches_type(f: EventFilter, type_: str) -> bool:
+    """Whether `f` can allow some event of this type (whatever its sender)."""
+    if f.not_types and _matches(type_, f.not_types):
+        return False
+    return f.types is None or _matches(type_, f.types)
+
+
 def _matches(value: str, patterns: list[str]) -> bool:
     for p in patterns:
         if p == value or (p.endswith("*") and value.startswith(p[:-1])):

@@ -24,8 +24,10 @@ from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipt
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.sync_reads import SyncQueries
 from homeserver.sync.filter import SyncFilter
 from homeserver.sync.notifier import Notifier
+from homeserver.sync.shared import SYNC_CONTEXT, ReadMemo, SyncContext
 from homeserver.sync.tokens import SyncToken, pagination_token
 
 StateKey = tuple[str, str]
@@ -71,6 +73,9 @@ class SyncHandler:
         self.notifier = notifier
         self.clock = clock
         self.extensions = extensions
+        self.reads = SyncQueries(db, events)
+        # Room-level reads shared by the syncs computed at the same stream position.
+        self.memo = ReadMemo()
 
     async def sync(self, req: SyncRequest) -> dict[str, Any]:
         deadline = time.monotonic() + req.timeout_ms / 1000
@@ -107,22 +112,61 @@ class SyncHandler:
             await asyncio.sleep(0)
 
     async def _compute(self, req: SyncRequest, upto: int, eph: int) -> tuple[dict[str, Any], list[str]]:
+        ctx = SYNC_CONTEXT.set(None)
+        try:
+            return await self._compute_in_context(req, upto, eph)
+        finally:
+            SYNC_CONTEXT.reset(ctx)
+
+    async def _compute_in_context(
+        self, req: SyncRequest, upto: int, eph: int
+    ) -> tuple[dict[str, Any], list[str]]:
         user_id = req.requester.user_id
         since = req.since
-        memberships = await self.events.get_memberships_for_user(user_id)
+        since_stream = since.stream if since else None
+        memo = self.memo
+        memberships, probe = await self.reads.memberships_and_probe(
+            user_id, req.requester.device_id, since_stream, upto
+        )
+        SYNC_CONTEXT.set(SyncContext(self.reads, memo, since_stream, upto, memberships, probe))
         joined = [(r, s) for r, m, _, s in memberships if m == "join" and req.filter.allows_room(r)]
         joined_ids = [r for r, _ in joined]
         all_joined = [r for r, m, _, _ in memberships if m == "join"]
+        joined_key = tuple(joined_ids)
 
+        # A long-poll's first pass usually reads the empty window (upto, upto].
+        empty_window = since is not None and since.stream >= upto
         rooms_join: dict[str, Any] = {}
         changed_rooms: set[str] | None = None
         if since is not None and not req.full_state:
-            changed_rooms = await self.events.rooms_with_events_between(joined_ids, since.stream, upto)
-        receipts = await self.receipts.store.get_since(joined_ids, since.stream if since else None, upto)
+            since_pos = since.stream
+            changed_rooms = (
+                set()
+                if empty_window
+                else await memo.get(
+                    upto,
+                    ("changed", joined_key, since_pos),
+                    lambda: self.reads.rooms_with_events_between(joined_ids, since_pos, upto),
+                )
+            )
+        receipts = (
+            []
+            if empty_window
+            else await memo.get(
+                upto,
+                ("receipts", joined_key, since_stream),
+                lambda: self.receipts.store.get_since(joined_ids, since_stream, upto),
+            )
+        )
         receipts_by_room: dict[str, list[Any]] = {}
         for r in receipts:
             receipts_by_room.setdefault(r.room_id, []).append(r)
-        glob_ad, room_ad = await self.account_data.get_since(user_id, since.stream if since else None, upto)
+        if probe is not None and probe.account_data is None:
+            # Nothing of the user's account data changed in (since, upto].
+            glob_ad: dict[str, Any] = {}
+            room_ad: dict[str, dict[str, Any]] = {}
+        else:
+            glob_ad, room_ad = await self.account_data.get_since(user_id, since_stream, upto)
 
         for room_id, member_stream in joined:
             newly_joined = since is not None and member_stream > since.stream
@@ -132,7 +176,7 @@ class SyncHandler:
                 # full_state resends the state, but the timeline still starts at `since`
                 # (unless the user joined since then).
                 after = None if since is None or newly_joined else since.stream
-                room = await self._room_timeline(req, room_id, after, upto, full)
+                room = await self._room_timeline(req, room_id, after, upto, full, upto)
             ephemeral: list[dict[str, Any]] = []
             if full or (since is not None and self.typing.changed_since(room_id, since.ephemeral)):
                 ephemeral.append(
@@ -155,9 +199,9 @@ class SyncHandler:
                 room.setdefault("account_data", {"events": []})
                 rooms_join[room_id] = room
 
-        forgotten = await self.events.forgotten_rooms(user_id) if memberships else set()
         rooms_invite: dict[str, Any] = {}
         rooms_leave: dict[str, Any] = {}
+        forgotten: set[str] | None = None
         for room_id, membership, event_id, stream in memberships:
             if not req.filter.allows_room(room_id):
                 continue
@@ -166,9 +210,12 @@ class SyncHandler:
                 rooms_invite[room_id] = {
                     "invite_state": {"events": await self._invite_state(room_id, event_id)}
                 }
-            elif membership in ("leave", "ban") and room_id not in forgotten:
+            elif membership in ("leave", "ban"):
                 if (since is None and req.filter.include_leave) or (since is not None and is_new):
-                    rooms_leave[room_id] = await self._left_room(req, room_id, since, stream)
+                    if forgotten is None:
+                        forgotten = await self.reads.forgotten_rooms(user_id)
+                    if room_id not in forgotten:
+                        rooms_leave[room_id] = await self._left_room(req, room_id, since, stream, upto)
 
         response: dict[str, Any] = {
             "next_batch": str(SyncToken(upto, eph)),
@@ -177,22 +224,24 @@ class SyncHandler:
             "presence": {"events": []},
         }
         for ext in self.extensions:
-            await ext.sync_fields(req.requester, since.stream if since else None, upto, all_joined, response)
+            await ext.sync_fields(req.requester, since_stream, upto, all_joined, response)
         return response, all_joined
 
     async def _room_timeline(
-        self, req: SyncRequest, room_id: str, after: int | None, upto: int, full: bool
+        self, req: SyncRequest, room_id: str, after: int | None, upto: int, full: bool, window: int
     ) -> dict[str, Any]:
+        """The room's timeline in (after, upto]; `window` is the position the sync reads up to
+        (its reads are shared with the other syncs at that position)."""
         f = req.filter
         limit = f.timeline_limit
-        batch = await self.events.room_events(
-            room_id,
-            after=after,
-            upto=upto,
-            limit=limit + 1,
-            backwards=True,
-            types=f.timeline.types,
-            not_types=f.timeline.not_types,
+        types = tuple(f.timeline.types) if f.timeline.types else None
+        not_types = tuple(f.timeline.not_types) if f.timeline.not_types else None
+        batch = await self.memo.get(
+            window,
+            ("timeline", room_id, after, upto, limit + 1, types, not_types),
+            lambda: self.reads.room_events(
+                room_id, after=after, upto=upto, limit=limit + 1, types=types, not_types=not_types
+            ),
         )
         limited = len(batch) > limit
         timeline = list(reversed(batch[:limit]))
@@ -204,7 +253,11 @@ class SyncHandler:
         elif limited:
             state = [
                 s
-                for s in await self.events.get_state_changed_since(room_id, after or 0, upto)
+                for s in await self.memo.get(
+                    window,
+                    ("state_changed", room_id, after or 0, upto),
+                    lambda: self.events.get_state_changed_since(room_id, after or 0, upto),
+                )
                 if s.event.event_id not in timeline_ids
             ]
         else:
@@ -231,7 +284,7 @@ class SyncHandler:
             "state": {"events": await format_events(self.events, state, now, include_room_id=False)},
         }
         if full or any(s.event.type == "m.room.member" for s in timeline + state):
-            room["summary"] = await self._summary(room_id, req.requester.user_id)
+            room["summary"] = await self._summary(room_id, req.requester.user_id, window)
         return room
 
     async def _state_at_timeline_start(self, room_id: str, timeline: list[StoredEvent]) -> list[StoredEvent]:
@@ -252,15 +305,21 @@ class SyncHandler:
             by_id.update(await self.events.get_events(missing))
         return [by_id[eid] for eid in state_ids.values() if eid in by_id]
 
-    async def _summary(self, room_id: str, user_id: str) -> dict[str, Any]:
-        joined = await self.events.get_room_members(room_id, "join")
-        invited = await self.events.get_room_members(room_id, "invite")
-        heroes = sorted(u for u in joined + invited if u != user_id)[:5]
+    async def _summary(self, room_id: str, user_id: str, window: int) -> dict[str, Any]:
+        joined_count, invited_count, first = await self.memo.get(
+            window, ("summary", room_id), lambda: self._member_summary(room_id)
+        )
         return {
-            "m.heroes": heroes,
-            "m.joined_member_count": len(joined),
-            "m.invited_member_count": len(invited),
+            "m.heroes": [u for u in first if u != user_id][:5],
+            "m.joined_member_count": joined_count,
+            "m.invited_member_count": invited_count,
         }
+
+    async def _member_summary(self, room_id: str) -> tuple[int, int, list[str]]:
+        """(joined count, invited count, the first six joined or invited users in order):
+        the heroes of any one user are the first five of those without themselves."""
+        joined, invited = await self.reads.room_members(room_id)
+        return len(joined), len(invited), sorted(joined + invited)[:6]
 
     async def _invite_state(self, room_id: str, invite_event_id: str) -> list[dict[str, Any]]:
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
@@ -278,10 +337,10 @@ class SyncHandler:
         return out
 
     async def _left_room(
-        self, req: SyncRequest, room_id: str, since: SyncToken | None, leave_stream: int
+        self, req: SyncRequest, room_id: str, since: SyncToken | None, leave_stream: int, window: int
     ) -> dict[str, Any]:
         room = await self._room_timeline(
-            req, room_id, since.stream if since else None, leave_stream, full=since is None
+            req, room_id, since.stream if since else None, leave_stream, full=since is None, window=window
         )
         room["account_data"] = {"events": []}
         return room

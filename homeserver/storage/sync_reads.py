@@ -1,0 +1,266 @@
+"""Read queries of the /sync hot path, built once.
+
+Building a SQLAlchemy statement and generating its cache key costs several times
+more than running the small indexed query itself, and an incremental /sync runs a
+dozen of them. Every statement here is constructed at import time with bind
+parameters (expanding ones for IN lists); SQLAlchemy memoises the cache key of a
+statement object, so executing one costs a compiled-cache lookup and the query.
+Queries that belong together share one pooled connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Integer, bindparam, func, literal, literal_column, select, union_all
+from sqlalchemy.sql import Select
+
+from homeserver import jsonutil
+from homeserver.events import Event
+from homeserver.storage.cs_schema import event_push_actions, push_rules_stream
+from homeserver.storage.e2ee_schema import device_inbox, e2e_fallback_keys, e2e_one_time_keys
+from homeserver.storage.engine import Database
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.schema import account_data, current_state, events, room_forgotten
+
+Membership = tuple[str, str, str, int]
+
+# Relation types that RelationsHandler.bundle aggregates.
+BUNDLED_REL_TYPES = ("m.replace", "m.thread", "m.reference", "m.annotation")
+
+_cs = current_state.c
+_ev = events.c
+
+_MEMBERSHIPS = select(_cs.room_id, _cs.membership, _cs.event_id, _cs.stream_id).where(
+    _cs.state_key == bindparam("user_id"), _cs.type == "m.room.member"
+)
+
+_ROOMS_WITH_EVENTS = (
+    select(_ev.room_id)
+    .distinct()
+    .where(
+        _ev.room_id.in_(bindparam("room_ids", expanding=True)),
+        _ev.stream_id > bindparam("after"),
+        _ev.stream_id <= bindparam("upto"),
+        _ev.outlier.is_(False),
+    )
+)
+
+_MEMBER_EVENTS_IN = (
+    select(_ev.room_id)
+    .where(
+        _ev.room_id.in_(bindparam("room_ids", expanding=True)),
+        _ev.stream_id > bindparam("after"),
+        _ev.stream_id <= bindparam("upto"),
+        _ev.type == "m.room.member",
+        _ev.outlier.is_(False),
+    )
+    .limit(1)
+)
+
+_ROOM_MEMBERS = select(_cs.state_key, _cs.membership).where(
+    _cs.room_id == bindparam("room_id"),
+    _cs.type == "m.room.member",
+    _cs.membership.in_(("join", "invite")),
+)
+
+_FORGOTTEN = select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == bindparam("user_id"))
+
+_RELATED = (
+    select(_ev.relates_to)
+    .distinct()
+    .where(_ev.relates_to.in_(bindparam("event_ids", expanding=True)), _ev.rel_type.in_(BUNDLED_REL_TYPES))
+)
+
+_EVENT_COLS = (
+    _ev.stream_id,
+    _ev.event_id,
+    _ev.room_id,
+    _ev.json,
+    _ev.unsigned_json,
+    _ev.txn_id,
+    _ev.device_id,
+    _ev.redacted_by,
+)
+
+
+def _timeline_statement(after: bool, types: bool, not_types: bool) -> Select[Any]:
+    q = select(*_EVENT_COLS).where(
+        _ev.room_id == bindparam("room_id"), _ev.outlier.is_(False), _ev.stream_id <= bindparam("upto")
+    )
+    if after:
+        q = q.where(_ev.stream_id > bindparam("after"))
+    if types:
+        q = q.where(_ev.type.in_(bindparam("types", expanding=True)))
+    if not_types:
+        q = q.where(_ev.type.not_in(bindparam("not_types", expanding=True)))
+    return q.order_by(_ev.stream_id.desc()).limit(bindparam("limit", type_=Integer))
+
+
+_BOTH = (False, True)
+_TIMELINE = {(a, t, n): _timeline_statement(a, t, n) for a in _BOTH for t in _BOTH for n in _BOTH}
+
+
+def _probe_statement() -> Any:
+    """One round trip for the per-user, per-device facts of an incremental sync."""
+    otk = e2e_one_time_keys.c
+    fb = e2e_fallback_keys.c
+    ad = account_data.c
+    di = device_inbox.c
+    epa = event_push_actions.c
+    user: Any = bindparam("user_id")
+    device: Any = bindparam("device_id")
+    since: Any = bindparam("since")
+    upto: Any = bindparam("upto")
+    empty: Any = literal_column("''")
+    return union_all(
+        select(literal_column("'otk'"), otk.algorithm, func.count())
+        .where(otk.user_id == user, otk.device_id == device)
+        .group_by(otk.algorithm),
+        select(literal_column("'fb'"), fb.algorithm, literal(0, Integer)).where(
+            fb.user_id == user, fb.device_id == device, fb.used.is_(False)
+        ),
+        select(literal_column("'ad'"), empty, func.max(ad.stream_id)).where(
+            ad.user_id == user, ad.stream_id > since, ad.stream_id <= upto
+        ),
+        select(literal_column("'inbox'"), empty, func.min(di.stream_id)).where(
+            di.user_id == user, di.device_id == device
+        ),
+        select(literal_column("'rules'"), empty, func.max(push_rules_stream.c.stream_id)).where(
+            push_rules_stream.c.user_id == user
+        ),
+        # As PushActionStore.rooms_changed_since: rooms whose unread counts may have changed.
+        select(literal_column("'epa'"), epa.room_id, func.max(epa.stream_id))
+        .where(epa.user_id == user, epa.stream_id > since, epa.stream_id <= upto)
+        .group_by(epa.room_id),
+    )
+
+
+_PROBE = _probe_statement()
+
+
+@dataclass(slots=True)
+class UserProbe:
+    """What changed for one user and device in (since, upto], plus the device's key counts.
+
+    A None position means "no row": no account data changed, no to-device message is
+    queued at all, no push rule was ever changed. `push_action_rooms` are the rooms with
+    notifications recorded for the user in (since, upto].
+    """
+
+    one_time_keys: dict[str, int] = field(default_factory=dict)
+    fallback_keys: list[str] = field(default_factory=list)
+    account_data: int | None = None
+    inbox_min: int | None = None
+    push_rules: int | None = None
+    push_action_rooms: set[str] = field(default_factory=set)
+
+
+class SyncQueries:
+    def __init__(self, db: Database, events: EventStore) -> None:
+        self.db = db
+        self.events = events
+
+    async def memberships_and_probe(
+        self, user_id: str, device_id: str, since: int | None, upto: int
+    ) -> tuple[list[Membership], UserProbe | None]:
+        """The user's memberships (as EventStore.get_memberships_for_user) and, for an
+        incremental sync, the UserProbe — on one connection."""
+        probe: UserProbe | None = None
+        async with self.db.read() as conn:
+            rows = await conn.execute(_MEMBERSHIPS, {"user_id": user_id})
+            memberships = [(r[0], r[1], r[2], int(r[3])) for r in rows]
+            if since is not None:
+                probe = UserProbe()
+                params = {"user_id": user_id, "device_id": device_id, "since": since, "upto": upto}
+                for kind, name, value in await conn.execute(_PROBE, params):
+                    if kind == "otk":
+                        probe.one_time_keys[name] = int(value)
+                    elif kind == "fb":
+                        probe.fallback_keys.append(name)
+                    elif kind == "epa":
+                        probe.push_action_rooms.add(name)
+                    elif value is not None:
+                        setattr(probe, _PROBE_FIELDS[kind], int(value))
+        if probe is not None:
+            probe.fallback_keys.sort()
+        return memberships, probe
+
+    async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
+        if not room_ids:
+            return set()
+        params = {"room_ids": list(room_ids), "after": after, "upto": upto}
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(_ROOMS_WITH_EVENTS, params)}
+
+    async def member_events_between(self, room_ids: Collection[str], after: int, upto: int) -> bool:
+        """Whether any m.room.member event landed in the rooms within (after, upto]."""
+        if not room_ids:
+            return False
+        params = {"room_ids": list(room_ids), "after": after, "upto": upto}
+        async with self.db.read() as conn:
+            return (await conn.execute(_MEMBER_EVENTS_IN, params)).first() is not None
+
+    async def room_events(
+        self,
+        room_id: str,
+        *,
+        after: int | None,
+        upto: int,
+        limit: int,
+        types: Collection[str] | None,
+        not_types: Collection[str] | None,
+    ) -> list[StoredEvent]:
+        """EventStore.room_events(backwards=True) for the sync timeline."""
+        params: dict[str, Any] = {"room_id": room_id, "upto": upto, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        if types:
+            params["types"] = list(types)
+        if not_types:
+            params["not_types"] = list(not_types)
+        stmt = _TIMELINE[(after is not None, bool(types), bool(not_types))]
+        async with self.db.read() as conn:
+            rows = (await conn.execute(stmt, params)).all()
+        if not rows:
+            return []
+        rv = await self.events.get_room_version(room_id)
+        if rv is None:
+            return []
+        loads = jsonutil.loads
+        return [
+            StoredEvent(
+                event=Event(loads(r.json), rv, r.event_id),
+                stream_id=r.stream_id,
+                unsigned=loads(r.unsigned_json) if r.unsigned_json else {},
+                txn_id=r.txn_id,
+                device_id=r.device_id,
+                redacted_by=r.redacted_by,
+            )
+            for r in rows
+        ]
+
+    async def room_members(self, room_id: str) -> tuple[list[str], list[str]]:
+        """(joined, invited) user IDs of a room."""
+        joined: list[str] = []
+        invited: list[str] = []
+        async with self.db.read() as conn:
+            for user_id, membership in await conn.execute(_ROOM_MEMBERS, {"room_id": room_id}):
+                (joined if membership == "join" else invited).append(user_id)
+        return joined, invited
+
+    async def forgotten_rooms(self, user_id: str) -> set[str]:
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(_FORGOTTEN, {"user_id": user_id})}
+
+    async def with_relations(self, event_ids: Collection[str]) -> set[str]:
+        """Those of `event_ids` that some event relates to with a bundled relation type."""
+        if not event_ids:
+            return set()
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(_RELATED, {"event_ids": list(event_ids)})}
+
+
+_PROBE_FIELDS = {"ad": "account_data", "inbox": "inbox_min", "rules": "push_rules"}

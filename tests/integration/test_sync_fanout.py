@@ -1,0 +1,97 @@
+"""Incremental /sync at scale: syncs of one stream window share room-level reads, per-user
+work is gated on what changed, and every member still gets exactly their own view."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.support.http import RawClient
+from tests.support.server import RunningServer
+
+MakeUser = Callable[[str], Awaitable[RawClient]]
+
+FILTER = '{"room":{"timeline":{"limit":50},"state":{"lazy_load_members":true}},"presence":{"types":[]}}'
+
+
+def count_queries(server: RunningServer) -> list[str]:
+    seen: list[str] = []
+
+    def before(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(server.hs.db.engine.sync_engine, "before_cursor_execute", before)
+    return seen
+
+
+async def test_members_share_the_window_but_see_their_own_view(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    others = [await make_user(f"user{i}") for i in range(4)]
+    for u in others:
+        assert (await u.join(room))[0] == 200
+    everyone = [alice, *others]
+    tokens = [(await u.sync(filter=FILTER))["next_batch"] for u in everyone]
+    await alice.send(room, "hello all", "txn-1")
+    syncs = [await u.sync(tokens[i], filter=FILTER) for i, u in enumerate(everyone)]
+    for u, sync in zip(everyone, syncs, strict=True):
+        joined = sync["rooms"]["join"][room]
+        events = joined["timeline"]["events"]
+        assert [e["content"]["body"] for e in events] == ["hello all"]
+        # Only the sending device sees its transaction ID, although the batch is shared.
+        assert ("transaction_id" in events[0]["unsigned"]) == (u is alice)
+        summary = joined["summary"]
+        assert summary["m.joined_member_count"] == 5
+        assert u.user_id not in summary["m.heroes"]
+        assert len(summary["m.heroes"]) == 4
+        assert joined["unread_notifications"]["notification_count"] == (0 if u is alice else 1)
+        assert sync["device_lists"] == {"changed": [], "left": []}
+        assert sync["to_device"] == {"events": []}
+
+
+async def test_incremental_sync_runs_few_queries(server: RunningServer, make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    carol = await make_user("carol")
+    room = await alice.create_room(preset="public_chat")
+    for u in (bob, carol):
+        assert (await u.join(room))[0] == 200
+    tokens = [(await u.sync(filter=FILTER))["next_batch"] for u in (bob, carol)]
+    await alice.send(room, "one", "t1")
+    first = await bob.sync(tokens[0], filter=FILTER)
+    assert first["rooms"]["join"][room]["timeline"]["events"]
+    queries = count_queries(server)
+    second = await carol.sync(tokens[1], filter=FILTER)
+    assert second["rooms"]["join"][room]["timeline"]["events"]
+    # Memberships + per-user probe, unread counts; the room's reads were shared with bob's.
+    assert len(queries) <= 4, queries
+    queries.clear()
+    empty = await carol.sync(second["next_batch"], filter=FILTER)
+    assert empty["rooms"]["join"] == {}
+    assert len(queries) <= 3, queries
+
+
+async def test_gated_sections_still_arrive(server: RunningServer, make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    assert (await bob.join(room))[0] == 200
+    since = (await bob.sync(filter=FILTER))["next_batch"]
+    await bob.ok("PUT", f"/user/{bob.user_id}/account_data/org.example.x", json={"a": 1})
+    await bob.ok("PUT", "/pushrules/global/override/my.rule", json={"conditions": [], "actions": []})
+    await bob.ok(
+        "PUT",
+        "/sendToDevice/m.test/tx1",
+        json={"messages": {bob.user_id: {"*": {"hello": "world"}}}},
+    )
+    sync = await bob.sync(since, filter=FILTER)
+    types = {e["type"] for e in sync["account_data"]["events"]}
+    assert {"org.example.x", "m.push_rules"} <= types
+    assert [e["content"] for e in sync["to_device"]["events"]] == [{"hello": "world"}]
+    again = await bob.sync(sync["next_batch"], filter=FILTER)
+    assert again["account_data"]["events"] == []
+    assert again["to_device"]["events"] == []
