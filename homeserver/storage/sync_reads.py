@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, literal, literal_column, select, union_all
+from sqlalchemy import Integer, and_, bindparam, case, func, literal, literal_column, select, union_all
 from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
@@ -23,7 +23,8 @@ from homeserver.storage.cs_schema import event_push_actions, push_rules_stream
 from homeserver.storage.e2ee_schema import device_inbox, e2e_fallback_keys, e2e_one_time_keys
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.schema import account_data, current_state, events, room_forgotten
+from homeserver.storage.push import READ_RECEIPTS, Counts
+from homeserver.storage.schema import account_data, current_state, events, receipts, room_forgotten
 
 Membership = tuple[str, str, str, int]
 
@@ -141,6 +142,54 @@ def _probe_statement() -> Any:
 _PROBE = _probe_statement()
 
 
+def _unread_statement() -> Any:
+    """PushActionStore.unread_counts, built once (tests check that both agree)."""
+    epa = event_push_actions.c
+    rc = receipts.c
+    user: Any = bindparam("user_id")
+    room_ids: Any = bindparam("room_ids", expanding=True)
+    pos = (
+        select(
+            rc.room_id.label("room_id"),
+            rc.thread_id.label("thread_id"),
+            func.max(_ev.stream_id).label("pos"),
+        )
+        .select_from(receipts.join(events, _ev.event_id == rc.event_id))
+        .where(rc.user_id == user, rc.receipt_type.in_(READ_RECEIPTS), rc.room_id.in_(room_ids))
+        .group_by(rc.room_id, rc.thread_id)
+        .cte("receipt_positions")
+    )
+    unthreaded = pos.alias("unthreaded")
+    threaded = pos.alias("threaded")
+    return (
+        select(
+            epa.room_id,
+            epa.thread_id,
+            func.count(),
+            func.sum(case((epa.highlight.is_(True), 1), else_=0)),
+        )
+        .select_from(
+            event_push_actions.outerjoin(
+                unthreaded,
+                and_(unthreaded.c.room_id == epa.room_id, unthreaded.c.thread_id == literal("")),
+            ).outerjoin(
+                threaded,
+                and_(threaded.c.room_id == epa.room_id, threaded.c.thread_id == epa.thread_id),
+            )
+        )
+        .where(
+            epa.user_id == user,
+            epa.room_id.in_(room_ids),
+            epa.event_stream > func.coalesce(unthreaded.c.pos, 0),
+            epa.event_stream > func.coalesce(threaded.c.pos, 0),
+        )
+        .group_by(epa.room_id, epa.thread_id)
+    )
+
+
+_UNREAD = _unread_statement()
+
+
 @dataclass(slots=True)
 class UserProbe:
     """What changed for one user and device in (since, upto], plus the device's key counts.
@@ -250,6 +299,17 @@ class SyncQueries:
             for user_id, membership in await conn.execute(_ROOM_MEMBERS, {"room_id": room_id}):
                 (joined if membership == "join" else invited).append(user_id)
         return joined, invited
+
+    async def unread_counts(self, user_id: str, room_ids: Collection[str]) -> dict[str, dict[str, Counts]]:
+        """As PushActionStore.unread_counts: room_id -> thread_id -> counts after the receipts."""
+        if not room_ids:
+            return {}
+        out: dict[str, dict[str, Counts]] = {}
+        params = {"user_id": user_id, "room_ids": list(room_ids)}
+        async with self.db.read() as conn:
+            for room_id, thread_id, n, h in await conn.execute(_UNREAD, params):
+                out.setdefault(room_id, {})[thread_id] = Counts(int(n or 0), int(h or 0))
+        return out
 
     async def forgotten_rooms(self, user_id: str) -> set[str]:
         async with self.db.read() as conn:

@@ -270,20 +270,26 @@ class ClientServerSyncExtension:
     ) -> None:
         rooms_join: dict[str, Any] = response["rooms"]["join"]
         wanted = set(rooms_join)
+        ctx = _context(since, upto)
         if since is not None:
             room_filter = SyncFilter.parse(filter_json)
-            ctx = _context(since, upto)
             changed: set[str]
             if ctx is not None and ctx.probe is not None:
                 changed = ctx.probe.push_action_rooms
             else:
                 changed = await self.rules.count_changes_since(user_id, since, upto)
-            wanted |= {r for r in changed if r in set(joined) and room_filter.allows_room(r)}
+            if changed:
+                joined_set = set(joined)
+                wanted |= {r for r in changed if r in joined_set and room_filter.allows_room(r)}
         if not wanted:
             return
         timeline = filter_json.get("room", {}).get("timeline", {}) if isinstance(filter_json, dict) else {}
         thread_aware = isinstance(timeline, dict) and timeline.get("unread_thread_notifications") is True
-        counts = await self.push.unread_counts(user_id, sorted(wanted))
+        if ctx is not None:
+            # A statement built once; the same query as the push store's.
+            counts = await ctx.reads.unread_counts(user_id, sorted(wanted))
+        else:
+            counts = await self.push.unread_counts(user_id, sorted(wanted))
         for room_id in wanted:
             room = rooms_join.setdefault(room_id, empty_room())
             per_thread = counts.get(room_id, {})

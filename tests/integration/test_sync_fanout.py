@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 
+from homeserver.storage.push import PushActionStore
+from homeserver.storage.sync_reads import SyncQueries
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
 
@@ -95,3 +98,38 @@ async def test_gated_sections_still_arrive(server: RunningServer, make_user: Mak
     again = await bob.sync(sync["next_batch"], filter=FILTER)
     assert again["account_data"]["events"] == []
     assert again["to_device"]["events"] == []
+
+
+async def test_prebuilt_unread_counts_match_the_push_store(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    """SyncQueries.unread_counts is PushActionStore.unread_counts built once: same answers."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    carol = await make_user("carol")
+    room = await alice.create_room(preset="public_chat")
+    quiet = await alice.create_room(preset="public_chat")
+    for u in (bob, carol):
+        assert (await u.join(room))[0] == 200
+        assert (await u.join(quiet))[0] == 200
+    root = await bob.send(room, "thread root", "r1")
+    for i in range(3):
+        await bob.ok(
+            "PUT",
+            f"/rooms/{quote(room)}/send/m.room.message/th{i}",
+            json={"msgtype": "m.text", "body": f"in thread {i}",
+                  "m.relates_to": {"rel_type": "m.thread", "event_id": root}},
+        )
+    mention = await bob.send(room, f"hey {alice.user_id}", "m1")
+    await bob.send(room, "after the mention", "m2")
+    await bob.send(quiet, "elsewhere", "q1")
+    await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(mention)}", json={})
+    store = PushActionStore(server.hs.db)
+    reads = SyncQueries(server.hs.db, server.hs.events)
+    rooms = [room, quiet, "!unknown:example.org"]
+    for user in (alice.user_id, bob.user_id, carol.user_id):
+        expected = await store.unread_counts(user, rooms)
+        assert await reads.unread_counts(user, rooms) == expected
+        assert await reads.unread_counts(user, [quiet]) == await store.unread_counts(user, [quiet])
+    assert (await reads.unread_counts(carol.user_id, rooms))[room]["main"].highlights == 0
+    assert (await reads.unread_counts(carol.user_id, rooms))[room][root].notifications == 3
