@@ -67,6 +67,24 @@ async def lock_stream(conn: AsyncConnection) -> int:
     return int(value)
 
 
+async def reserve_stream(conn: AsyncConnection, count: int) -> int:
+    """`lock_stream`, and also move the row `count` positions ahead; returns the new value.
+
+    The positions up to the returned value belong to this transaction: if it uses no more
+    than those, it needs no `store_stream` before committing (one round trip fewer, and the
+    stream row is locked for that much less time). Unused positions are simply skipped.
+    """
+    value = await conn.scalar(
+        update(stream_positions)
+        .where(stream_positions.c.stream == MAIN_STREAM)
+        .values(position=stream_positions.c.position + count)
+        .returning(stream_positions.c.position)
+    )
+    if value is None:
+        raise RuntimeError("stream_positions has no row; run `sotto migrate`")
+    return int(value)
+
+
 async def store_stream(conn: AsyncConnection, position: int) -> None:
     await conn.execute(
         update(stream_positions).where(stream_positions.c.stream == MAIN_STREAM).values(position=position)
@@ -89,25 +107,49 @@ async def _discard(conn: AsyncConnection) -> None:
         await conn.close()
 
 
+class HeldLock:
+    """A session-level advisory lock held on its own connection (see `acquire_lock`)."""
+
+    __slots__ = ("conn", "key")
+
+    def __init__(self, conn: AsyncConnection, key: int) -> None:
+        self.conn = conn
+        self.key = key
+
+
+async def acquire_lock(engine: AsyncEngine, name: str) -> HeldLock:
+    """Take the session-level advisory lock `name` (waiting for it); `release_lock` ends it."""
+    key = lock_key(name)
+    conn = await engine.connect()
+    try:
+        await conn.scalar(select(func.pg_advisory_lock(key)))
+    except BaseException:
+        # Cancelled or failed mid-way: we cannot know whether the lock is held.
+        await asyncio.shield(_discard(conn))
+        raise
+    return HeldLock(conn, key)
+
+
+async def release_lock(held: HeldLock) -> None:
+    clean = False
+    try:
+        await held.conn.scalar(select(func.pg_advisory_unlock(held.key)))
+        clean = True
+    finally:
+        if clean:
+            await held.conn.close()
+        else:
+            await asyncio.shield(_discard(held.conn))
+
+
 @asynccontextmanager
 async def advisory_lock(engine: AsyncEngine, name: str) -> AsyncIterator[None]:
     """Hold the session-level advisory lock `name` for the duration of the block."""
-    key = lock_key(name)
-    conn = await engine.connect()
-    clean = False
+    held = await acquire_lock(engine, name)
     try:
-        await conn.scalar(select(func.pg_advisory_lock(key)))
-        try:
-            yield
-        finally:
-            await conn.scalar(select(func.pg_advisory_unlock(key)))
-            clean = True
+        yield
     finally:
-        if clean:
-            await conn.close()
-        else:
-            # Cancelled or failed mid-way: we cannot know whether the lock is held.
-            await asyncio.shield(_discard(conn))
+        await release_lock(held)
 
 
 Listener = Callable[[bool], Awaitable[None]]
