@@ -36,6 +36,7 @@ class SyncOptions:
 SYNC_OPTIONS: ContextVar[SyncOptions | None] = ContextVar("sotto_sync_options", default=None)
 
 MAX_CACHED_FILTERS = 10_000
+_NO_FILTER = SyncFilter.parse({})
 
 
 class PushCounts(Protocol):
@@ -206,27 +207,35 @@ class ClientServerSyncExtension:
         self.rules = rules
         self.filters = filters
         self.parts = parts or []
-        self._filters: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        # (user_id, filter ID) or ("", inline JSON) -> (filter JSON, its room filter).
+        self._filters: OrderedDict[tuple[str, str], tuple[dict[str, Any], SyncFilter]] = OrderedDict()
 
-    async def _filter_json(self, user_id: str) -> dict[str, Any]:
+    async def _filter(self, user_id: str) -> tuple[dict[str, Any], SyncFilter]:
+        """The request's filter as JSON (read-only: it is shared) and parsed."""
         opts = SYNC_OPTIONS.get()
         raw = opts.filter_param if opts else None
         if not raw:
-            return {}
-        if raw.lstrip().startswith("{"):
+            return {}, _NO_FILTER
+        inline = raw.lstrip().startswith("{")
+        key = ("", raw) if inline else (user_id, raw)
+        cached = self._filters.get(key)
+        if cached is not None:
+            self._filters.move_to_end(key)
+            return cached
+        filter_json: dict[str, Any]
+        if inline:
             try:
                 parsed = jsonutil.loads(raw)
             except ValueError:
-                return {}
-            return parsed if isinstance(parsed, dict) else {}
-        key = (user_id, raw)
-        cached = self._filters.get(key)
-        if cached is None:
+                parsed = {}
+            filter_json = parsed if isinstance(parsed, dict) else {}
+        else:
             # Stored filters never change, so caching them needs no invalidation.
-            cached = await self.filters.get(user_id, raw) or {}
-            self._filters[key] = cached
-            if len(self._filters) > MAX_CACHED_FILTERS:
-                self._filters.popitem(last=False)
+            filter_json = await self.filters.get(user_id, raw) or {}
+        cached = (filter_json, SyncFilter.parse(filter_json))
+        self._filters[key] = cached
+        if len(self._filters) > MAX_CACHED_FILTERS:
+            self._filters.popitem(last=False)
         return cached
 
     async def sync_fields(
@@ -238,9 +247,9 @@ class ClientServerSyncExtension:
         response: dict[str, Any],
     ) -> None:
         user_id = requester.user_id
-        filter_json = await self._filter_json(user_id)
+        filter_json, room_filter = await self._filter(user_id)
         await self._push_rules(user_id, since, upto, response)
-        await self._unread(user_id, since, upto, joined_room_ids, filter_json, response)
+        await self._unread(user_id, since, upto, joined_room_ids, filter_json, room_filter, response)
         for part in self.parts:
             await part.sync_part(requester, since, upto, joined_room_ids, filter_json, response)
 
@@ -266,13 +275,13 @@ class ClientServerSyncExtension:
         upto: int,
         joined: list[str],
         filter_json: dict[str, Any],
+        room_filter: SyncFilter,
         response: dict[str, Any],
     ) -> None:
         rooms_join: dict[str, Any] = response["rooms"]["join"]
         wanted = set(rooms_join)
         ctx = _context(since, upto)
         if since is not None:
-            room_filter = SyncFilter.parse(filter_json)
             changed: set[str]
             if ctx is not None and ctx.probe is not None:
                 changed = ctx.probe.push_action_rooms
