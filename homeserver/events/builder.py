@@ -18,13 +18,16 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from signedjson.types import SigningKey
+from unpaddedbase64 import encode_base64
 
-from homeserver.events.canonical import check_canonical
+from homeserver.events.canonical import canonical_json_checked, check_canonical
 from homeserver.events.hashing import compute_content_hash
 from homeserver.events.model import Event
+from homeserver.events.redaction import redact
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.signing import sign_event
 
@@ -84,6 +87,7 @@ def build_event(
         check_canonical(pdu)
         if unsigned is not None:
             check_canonical(unsigned)
+        return _build_checked(pdu, room_version, server_name, signing_key, unsigned)
 
     pdu["hashes"] = {"sha256": compute_content_hash(pdu)}
     pdu = sign_event(pdu, server_name, signing_key, room_version)
@@ -91,3 +95,29 @@ def build_event(
         # unsigned is outside both hashes, so it can be attached last.
         pdu["unsigned"] = dict(unsigned)
     return Event(pdu, room_version)
+
+
+def _build_checked(
+    pdu: dict[str, Any],
+    room_version: RoomVersion,
+    server_name: str,
+    signing_key: SigningKey,
+    unsigned: dict[str, Any] | None,
+) -> Event:
+    """The same steps for a PDU that passed check_canonical, encoding each form once.
+
+    The signature and the reference hash cover the same bytes: the redacted event
+    without ``signatures`` and ``unsigned`` (and ``age_ts``, which a new PDU lacks), so
+    they are encoded once, signed and hashed into the event ID.
+    """
+    pdu["hashes"] = {"sha256": encode_base64(hashlib.sha256(canonical_json_checked(pdu)).digest())}
+    pruned = redact(pdu, room_version)
+    pruned.pop("unsigned", None)
+    pruned.pop("signatures", None)
+    signed_bytes = canonical_json_checked(pruned)
+    signature = encode_base64(signing_key.sign(signed_bytes).signature)
+    pdu["signatures"] = {server_name: {f"{signing_key.alg}:{signing_key.version}": signature}}
+    if unsigned is not None:
+        pdu["unsigned"] = dict(unsigned)
+    event_id = "$" + encode_base64(hashlib.sha256(signed_bytes).digest(), urlsafe=True)
+    return Event(pdu, room_version, event_id)

@@ -53,19 +53,27 @@ def _event_id_list(pdu: dict[str, Any], key: str) -> list[str]:
     return value
 
 
-def validate_pdu(pdu: dict[str, Any], room_version: RoomVersion) -> None:
-    """Raise EventFormatError unless ``pdu`` is a well-formed PDU."""
+def validate_pdu(
+    pdu: dict[str, Any], room_version: RoomVersion, *, canonical_size: int | None = None
+) -> None:
+    """Raise EventFormatError unless ``pdu`` is a well-formed PDU.
+
+    ``canonical_size`` is for callers that have already checked the PDU's canonical
+    JSON (as :func:`homeserver.events.builder.build_event` does for strict room
+    versions) and measured it: the canonical checks are then not repeated.
+    """
     _require(isinstance(pdu, dict), "PDU must be an object")
-    if room_version.strict_canonical_json:
+    if canonical_size is None:
+        if room_version.strict_canonical_json:
+            try:
+                check_canonical(pdu)
+            except CanonicalJsonError as exc:
+                raise EventFormatError(str(exc)) from exc
         try:
-            check_canonical(pdu)
+            canonical_size = len(canonical_json(pdu))
         except CanonicalJsonError as exc:
             raise EventFormatError(str(exc)) from exc
-    try:
-        size = len(canonical_json(pdu))
-    except CanonicalJsonError as exc:
-        raise EventFormatError(str(exc)) from exc
-    _require(size <= MAX_PDU_SIZE, "PDU exceeds 65536 bytes")
+    _require(canonical_size <= MAX_PDU_SIZE, "PDU exceeds 65536 bytes")
 
     event_type = _short_string(pdu, "type")
     sender = _short_string(pdu, "sender")

@@ -311,13 +311,19 @@ class EventCreator:
 
     @staticmethod
     def _check(event: Event, auth_map: dict[tuple[str, str], Event], create: Event | None) -> None:
-        from homeserver.events.canonical import canonical_json
+        """Checks of an event fresh from build_event, which has already checked the
+        canonical JSON of strict room versions' PDUs."""
+        from homeserver.events.canonical import canonical_json, canonical_json_checked
 
-        if len(canonical_json(event.pdu)) > MAX_PDU_BYTES:
+        if event.room_version.strict_canonical_json:
+            size = len(canonical_json_checked(event.pdu))
+        else:
+            size = len(canonical_json(event.pdu))
+        if size > MAX_PDU_BYTES:
             raise MatrixError(413, Codes.TOO_LARGE, "Event too large")
         try:
             # The same format rules remote servers will apply (state key length, identifiers ...).
-            validate_pdu(event.pdu, event.room_version)
+            validate_pdu(event.pdu, event.room_version, canonical_size=size)
         except EventFormatError as e:
             raise MatrixError(400, Codes.BAD_JSON, f"Invalid event: {e}") from None
         try:
