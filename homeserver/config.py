@@ -52,6 +52,9 @@ class FederationConfig:
 @dataclass(slots=True)
 class DatabaseConfig:
     url: str = "sqlite+aiosqlite:///data/homeserver.db"
+    # PostgreSQL: connections each process keeps for queries (requests beyond it queue fairly).
+    # Room locks and leader election use up to 20 more. Ignored for SQLite.
+    pool_size: int = 20
 
 
 @dataclass(slots=True)
@@ -204,6 +207,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("server_name is required")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError("log_format must be text or json")
+    if not isinstance(cfg.database.pool_size, int) or not 1 <= cfg.database.pool_size <= 1000:
+        raise ConfigError("database.pool_size must be a whole number from 1 to 1000")
     for where, ranges in (
         ("push.allowed_gateway_ranges", cfg.push.allowed_gateway_ranges),
         ("media.url_preview_allowed_ranges", cfg.media.url_preview_allowed_ranges),

@@ -81,7 +81,7 @@ class HomeServer:
 
 def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     clock = clock or Clock()
-    db = Database(config.database.url, config.base_dir)
+    db = Database(config.database.url, config.base_dir, pool_size=config.database.pool_size)
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
     accounts = AccountStore(db)
