@@ -199,8 +199,8 @@ def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomCo
     has_mentions = isinstance(content, dict) and "m.mentions" in content
     compiled = ruleset.compiled
     if compiled is None:
-        compiled = ruleset.compiled = compile_ruleset(ruleset)
-    for legacy, matches, actions in compiled:
+        compiled = ruleset.compiled = CompiledRuleset(ruleset)
+    for legacy, matches, actions in compiled.candidates(event.get("type")):
         if has_mentions and legacy:
             continue
         if matches(event, user_id, room):
@@ -214,21 +214,69 @@ def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomCo
 Matcher = Callable[[dict[str, Any], str, RoomContext], bool]
 CompiledRule = tuple[bool, Matcher, list[Any]]
 
+# Candidate lists are kept for at most this many event types per ruleset.
+MAX_TYPES_PER_RULESET = 32
+
+
+class CompiledRuleset:
+    """The enabled rules in evaluation order, and per event type the rules that can match it.
+
+    Most rules test the event type (`event_match` on `type`), which depends on nothing
+    else: for each type seen, those tests are run once and rules that fail them are left
+    out of that type's list. The remaining rules still run every condition."""
+
+    __slots__ = ("_by_type", "_type_tests", "rules")
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.rules: list[CompiledRule] = []
+        self._type_tests: list[list[re.Pattern[str]]] = []
+        for kind, rule in ruleset.ordered():
+            if not rule.get("enabled", True):
+                continue
+            actions = rule.get("actions", [])
+            self.rules.append(
+                (
+                    rule["rule_id"] in LEGACY_MENTION_RULES,
+                    _compile_rule(kind, rule),
+                    strip_actions(actions) if isinstance(actions, list) else [],
+                )
+            )
+            self._type_tests.append(_type_patterns(kind, rule))
+        self._by_type: dict[str, list[CompiledRule]] = {}
+
+    def candidates(self, event_type: Any) -> list[CompiledRule]:
+        if not isinstance(event_type, str):
+            return self.rules
+        found = self._by_type.get(event_type)
+        if found is None:
+            found = [
+                rule
+                for rule, tests in zip(self.rules, self._type_tests, strict=True)
+                if all(t.search(event_type) is not None for t in tests)
+            ]
+            if len(self._by_type) < MAX_TYPES_PER_RULESET:
+                self._by_type[event_type] = found
+        return found
+
 
 def compile_ruleset(ruleset: Ruleset) -> list[CompiledRule]:
     """The enabled rules in evaluation order: (is a legacy mention rule, matcher, actions)."""
-    out: list[CompiledRule] = []
-    for kind, rule in ruleset.ordered():
-        if not rule.get("enabled", True):
-            continue
-        actions = rule.get("actions", [])
-        out.append(
-            (
-                rule["rule_id"] in LEGACY_MENTION_RULES,
-                _compile_rule(kind, rule),
-                strip_actions(actions) if isinstance(actions, list) else [],
-            )
-        )
+    return CompiledRuleset(ruleset).rules
+
+
+def _type_patterns(kind: str, rule: dict[str, Any]) -> list[re.Pattern[str]]:
+    """The patterns an event's type must match for the rule to match (from its conditions)."""
+    if kind not in ("override", "underride"):
+        return []
+    conditions = rule.get("conditions", [])
+    if not isinstance(conditions, list):
+        return []
+    out = []
+    for cond in conditions:
+        if isinstance(cond, dict) and cond.get("kind") == "event_match" and cond.get("key") == "type":
+            pattern = cond.get("pattern")
+            if isinstance(pattern, str):
+                out.append(_glob(pattern, False))
     return out
 
 
