@@ -51,6 +51,8 @@ RETRY_MIN_S = 1.0
 RETRY_MAX_S = 300.0
 REQUEST_TIMEOUT_S = 15.0
 MAX_RESPONSE_BYTES = 64 * 1024
+# Users whose http pushers are cached (one process only).
+MAX_CACHED_USERS = 10_000
 
 
 @dataclass(slots=True)
@@ -114,6 +116,9 @@ class PusherDelivery:
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    # One process alone (SQLite): user ID -> http pushers, dropped when any pusher changes.
+    _pusher_cache: dict[str, list[GatewayPusher]] = field(default_factory=dict, init=False)
+    _pusher_cache_version: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
         self.guard = AddressGuard(list(self.config.allowed_gateway_ranges))
@@ -193,6 +198,28 @@ class PusherDelivery:
     # Building requests -------------------------------------------------------------------
 
     async def _http_pushers(self, user_ids: list[str]) -> list[GatewayPusher]:
+        if self.db.shared:
+            # Other workers change pushers too: always ask the database.
+            return await self._load_http_pushers(user_ids)
+        cache = self._pusher_cache
+        version = self.pusher_store.version
+        if version != self._pusher_cache_version:
+            cache.clear()
+            self._pusher_cache_version = version
+        missing = [u for u in user_ids if u not in cache]
+        if missing:
+            found = await self._load_http_pushers(missing)
+            # Only if no pusher changed while the query ran (it may have read older rows).
+            if self.pusher_store.version == version:
+                for u in missing:
+                    cache[u] = [p for p in found if p.user_id == u]
+                while len(cache) > MAX_CACHED_USERS:
+                    cache.pop(next(iter(cache)))
+            else:
+                return found + [p for u in user_ids if u not in missing for p in cache.get(u, [])]
+        return [p for u in user_ids for p in cache.get(u, [])]
+
+    async def _load_http_pushers(self, user_ids: list[str]) -> list[GatewayPusher]:
         q = select(
             pushers.c.user_id, pushers.c.app_id, pushers.c.pushkey, pushers.c.data_json, pushers.c.created_ts
         ).where(pushers.c.user_id.in_(user_ids), pushers.c.kind == "http")

@@ -446,6 +446,9 @@ class Pusher:
 class PusherStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Bumped before and after every change this process makes, so callers can cache
+        # what they read (and tell that a read overlapped a change).
+        self.version = 0
 
     _cols = (
         pushers.c.user_id,
@@ -473,6 +476,13 @@ class PusherStore:
             return [Pusher(*r[:8], jsonutil.loads(r[8]), r[9]) for r in rows]
 
     async def set(self, pusher: Pusher, append: bool, now: int) -> None:
+        self.version += 1
+        try:
+            await self._set(pusher, append, now)
+        finally:
+            self.version += 1
+
+    async def _set(self, pusher: Pusher, append: bool, now: int) -> None:
         async with self.db.write() as conn:
             if not append:
                 # Without append, this pushkey belongs to this user only (the device changed hands).
@@ -507,9 +517,13 @@ class PusherStore:
             )
 
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                delete(pushers).where(
-                    pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+        self.version += 1
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    delete(pushers).where(
+                        pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+                    )
                 )
-            )
+        finally:
+            self.version += 1
