@@ -325,7 +325,10 @@ class PushHandler:
 
     async def _evaluate(self, event: Event, ctx: RoomContext) -> list[_Notify]:
         """(user, thread, highlight, actions) for every local user the event notifies."""
-        recipients = [u for u in ctx.display_names if u != event.sender and self.is_local(u)]
+        local = ctx.local_members
+        if local is None:
+            local = ctx.local_members = [u for u in ctx.display_names if self.is_local(u)]
+        recipients = [u for u in local if u != event.sender]
         if (
             event.type == "m.room.member"
             and event.membership == "invite"
@@ -348,8 +351,15 @@ class PushHandler:
             flat["state_key"] = event.state_key
         thread_id: str | None = None
         out: list[_Notify] = []
+        memo: dict[str, bool] = {}
+        rulesets = self._rulesets
         for user_id in recipients:
-            actions = evaluate(await self.ruleset(user_id), flat, user_id, ctx)
+            ruleset = rulesets.get(user_id)
+            if ruleset is None:
+                ruleset = await self.ruleset(user_id)
+            else:
+                rulesets.move_to_end(user_id)
+            actions = evaluate(ruleset, flat, user_id, ctx, memo)
             if not is_notify(actions):
                 continue
             if thread_id is None:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from homeserver.handlers.push_rules import LEGACY_MENTION_RULES, Ruleset, strip_actions
 
 _WORD = "A-Za-z0-9_"
@@ -33,6 +35,8 @@ class RoomContext:
     power_levels: dict[str, Any] = field(default_factory=dict)
     # Room v12 creators have infinite power.
     creators: frozenset[str] = frozenset()
+    # The joined members on this server (filled in by the push handler on first use).
+    local_members: list[str] | None = None
 
     def user_power(self, user_id: str) -> float:
         if user_id in self.creators:
@@ -193,17 +197,34 @@ def rule_matches(
     return all(condition_matches(c, event, user_id, room) for c in rule.get("conditions", []))
 
 
-def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomContext) -> list[Any] | None:
-    """The actions of the first enabled rule that matches, or None when nothing matches."""
+def evaluate(
+    ruleset: Ruleset,
+    event: dict[str, Any],
+    user_id: str,
+    room: RoomContext,
+    memo: dict[str, bool] | None = None,
+) -> list[Any] | None:
+    """The actions of the first enabled rule that matches, or None when nothing matches.
+
+    `memo`, shared by the evaluations of one event in one room for its recipients, keeps
+    the answers of rules that do not depend on the recipient (most of them), so each
+    distinct rule is matched once per event."""
     content = event.get("content")
     has_mentions = isinstance(content, dict) and "m.mentions" in content
     compiled = ruleset.compiled
     if compiled is None:
         compiled = ruleset.compiled = CompiledRuleset(ruleset)
-    for legacy, matches, actions in compiled.candidates(event.get("type")):
+    for legacy, matches, actions, key in compiled.candidates(event.get("type")):
         if has_mentions and legacy:
             continue
-        if matches(event, user_id, room):
+        if key is None or memo is None:
+            hit = matches(event, user_id, room)
+        else:
+            found = memo.get(key)
+            if found is None:
+                found = memo[key] = matches(event, user_id, room)
+            hit = found
+        if hit:
             return list(actions)
     return None
 
@@ -212,7 +233,9 @@ def evaluate(ruleset: Ruleset, event: dict[str, Any], user_id: str, room: RoomCo
 # A matcher takes (event, user_id, room) and answers exactly as rule_matches would.
 
 Matcher = Callable[[dict[str, Any], str, RoomContext], bool]
-CompiledRule = tuple[bool, Matcher, list[Any]]
+# (is a legacy mention rule, matcher, actions, memo key: None when the answer depends on
+# the recipient)
+CompiledRule = tuple[bool, Matcher, list[Any], str | None]
 
 # Candidate lists are kept for at most this many event types per ruleset.
 MAX_TYPES_PER_RULESET = 32
@@ -239,6 +262,7 @@ class CompiledRuleset:
                     rule["rule_id"] in LEGACY_MENTION_RULES,
                     _compile_rule(kind, rule),
                     strip_actions(actions) if isinstance(actions, list) else [],
+                    _memo_key(kind, rule),
                 )
             )
             self._type_tests.append(_type_patterns(kind, rule))
@@ -259,8 +283,27 @@ class CompiledRuleset:
         return found
 
 
+def _memo_key(kind: str, rule: dict[str, Any]) -> str | None:
+    """What a rule's answer depends on besides the event and the room, as a string; None
+    when it also depends on the recipient (display name mentions) or is not plain data."""
+    if kind in ("room", "sender"):
+        what: Any = rule["rule_id"]
+    elif kind == "content":
+        what = rule.get("pattern")
+    else:
+        what = rule.get("conditions", [])
+        if not isinstance(what, list) or any(
+            isinstance(c, dict) and c.get("kind") == "contains_display_name" for c in what
+        ):
+            return None
+    try:
+        return kind + orjson.dumps(what, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return None
+
+
 def compile_ruleset(ruleset: Ruleset) -> list[CompiledRule]:
-    """The enabled rules in evaluation order: (is a legacy mention rule, matcher, actions)."""
+    """The enabled rules in evaluation order."""
     return CompiledRuleset(ruleset).rules
 
 
