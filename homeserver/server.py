@@ -85,8 +85,13 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
     accounts = AccountStore(db)
-    # The state cache is only correct while this process is the only writer (not on shared PostgreSQL).
-    events = EventStore(db, cache_state=not db.shared)
+    # The state cache is only correct while this process is the rooms' only writer: always on
+    # SQLite, and on PostgreSQL when it runs as one process (no Redis, not one of several
+    # workers; processes sharing a database without Redis are unsupported: their syncs never wake).
+    only_writer = not db.shared or (
+        not config.redis.enabled and config.workers.count <= 1 and config.workers.index is None
+    )
+    events = EventStore(db, cache_state=only_writer)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     aliases = AliasStore(db)
     account_data = AccountDataStore(db)
