@@ -10,7 +10,7 @@ Queries that belong together share one pooled connection.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,13 @@ _EVENT_COLS = (
     _ev.txn_id,
     _ev.device_id,
     _ev.redacted_by,
+)
+
+
+_STATE_WITHOUT_MEMBERS = (
+    select(*_EVENT_COLS)
+    .select_from(current_state.join(events, _ev.event_id == _cs.event_id))
+    .where(_cs.room_id == bindparam("room_id"), _cs.type != "m.room.member")
 )
 
 
@@ -273,6 +280,16 @@ class SyncQueries:
         stmt = _TIMELINE[(after is not None, bool(types), bool(not_types))]
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt, params)).all()
+        return await self._stored(room_id, rows)
+
+    async def current_state_without_members(self, room_id: str) -> dict[tuple[str, str], StoredEvent]:
+        """The room's current state except m.room.member events."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(_STATE_WITHOUT_MEMBERS, {"room_id": room_id})).all()
+        return {s.event.state_key_tuple: s for s in await self._stored(room_id, rows)}
+
+    async def _stored(self, room_id: str, rows: Sequence[Any]) -> list[StoredEvent]:
+        """Rows of _EVENT_COLS of one room as StoredEvents (as EventStore._load)."""
         if not rows:
             return []
         rv = await self.events.get_room_version(room_id)

@@ -31,6 +31,7 @@ from homeserver.sync.shared import SYNC_CONTEXT, ReadMemo, SyncContext
 from homeserver.sync.tokens import SyncToken, pagination_token
 
 StateKey = tuple[str, str]
+MEMBER = "m.room.member"
 
 
 class SyncExtension(Protocol):
@@ -248,8 +249,11 @@ class SyncHandler:
         timeline = [s for s in timeline if f.timeline.allows(s.event.type, s.event.sender)]
         timeline_ids = {s.event.event_id for s in timeline}
         state: list[StoredEvent]
+        senders = {s.event.sender for s in timeline} | {req.requester.user_id}
         if full:
-            state = await self._state_at_timeline_start(room_id, timeline)
+            state = await self._state_at_timeline_start(
+                room_id, timeline, window, senders if f.lazy_load_members else None
+            )
         elif limited:
             state = [
                 s
@@ -263,7 +267,6 @@ class SyncHandler:
         else:
             state = []
         if f.lazy_load_members:
-            senders = {s.event.sender for s in timeline} | {req.requester.user_id}
             state = [s for s in state if s.event.type != "m.room.member" or s.event.state_key in senders]
             have = {s.event.state_key for s in state if s.event.type == "m.room.member"}
             have |= {s.event.state_key for s in timeline if s.event.type == "m.room.member"}
@@ -287,13 +290,31 @@ class SyncHandler:
             room["summary"] = await self._summary(room_id, req.requester.user_id, window)
         return room
 
-    async def _state_at_timeline_start(self, room_id: str, timeline: list[StoredEvent]) -> list[StoredEvent]:
-        current = await self.events.get_current_state(room_id)
+    async def _state_at_timeline_start(
+        self, room_id: str, timeline: list[StoredEvent], window: int, members: set[str] | None = None
+    ) -> list[StoredEvent]:
+        """The room's state before the timeline. With `members` (lazy-loading), only those
+        users' member events are included: the others would be dropped anyway, and in a big
+        room loading them all is most of an initial sync's work."""
+        current: dict[StateKey, StoredEvent]
+        if members is None:
+            current = await self.events.get_current_state(room_id)
+        else:
+            current = dict(
+                await self.memo.get(
+                    window,
+                    ("state_without_members", room_id),
+                    lambda: self.reads.current_state_without_members(room_id),
+                )
+            )
+            current.update(await self.events.get_current_state(room_id, [(MEMBER, u) for u in members]))
         state_ids: dict[StateKey, str] = {k: v.event.event_id for k, v in current.items()}
         # Walk the timeline backwards, undoing each state change it contains.
         for s in reversed(timeline):
             if s.event.is_state():
                 key = s.event.state_key_tuple
+                if members is not None and key[0] == MEMBER and key[1] not in members:
+                    continue
                 replaced = s.unsigned.get("replaces_state")
                 if isinstance(replaced, str):
                     state_ids[key] = replaced

@@ -133,3 +133,43 @@ async def test_prebuilt_unread_counts_match_the_push_store(
         assert await reads.unread_counts(user, [quiet]) == await store.unread_counts(user, [quiet])
     assert (await reads.unread_counts(carol.user_id, rooms))[room]["main"].highlights == 0
     assert (await reads.unread_counts(carol.user_id, rooms))[room][root].notifications == 3
+
+
+async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: MakeUser) -> None:
+    """An initial lazy-loading sync loads only the members it sends; it must send exactly what
+    filtering the full state at the timeline's start would give."""
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat", name="Before")
+    users = [await make_user(f"user{i}") for i in range(5)]
+    for u in users:
+        assert (await u.join(room))[0] == 200
+    await users[0].send(room, "early", "e1")
+    await users[1].ok("PUT", f"/rooms/{quote(room)}/state/m.room.member/{quote(users[1].user_id)}",
+                      json={"membership": "join", "displayname": "Renamed"})
+    await alice.ok("PUT", f"/rooms/{quote(room)}/state/m.room.name", json={"name": "After"})
+    await alice.ok("POST", f"/rooms/{quote(room)}/kick", json={"user_id": users[2].user_id})
+    await users[3].send(room, "late", "l1")
+    await users[1].send(room, "later", "l2")
+    for limit in (1, 2, 3, 4, 6, 50):
+        plain = await users[4].sync(filter=f'{{"room":{{"timeline":{{"limit":{limit}}}}}}}')
+        lazy = await users[4].sync(
+            filter=f'{{"room":{{"timeline":{{"limit":{limit}}},"state":{{"lazy_load_members":true}}}}}}'
+        )
+        p, z = plain["rooms"]["join"][room], lazy["rooms"]["join"][room]
+        timeline = z["timeline"]["events"]
+        assert [e["event_id"] for e in timeline] == [e["event_id"] for e in p["timeline"]["events"]]
+        senders = {e["sender"] for e in timeline} | {users[4].user_id}
+        expected = {
+            e["event_id"]
+            for e in p["state"]["events"]
+            if e["type"] != "m.room.member" or e["state_key"] in senders
+        }
+        have = {e["state_key"] for e in p["state"]["events"] + timeline
+                if e["type"] == "m.room.member" and e["state_key"] in senders}
+        got = {e["event_id"] for e in z["state"]["events"]}
+        # Senders whose member event is neither in that state nor the timeline come from the
+        # current state (and so do in both paths).
+        extra = {e["event_id"] for e in z["state"]["events"]
+                 if e["type"] == "m.room.member" and e["state_key"] not in have}
+        assert got - extra == expected, limit
+        assert {e["state_key"] for e in z["state"]["events"] if e["type"] == "m.room.member"} <= senders
