@@ -22,6 +22,7 @@ from homeserver import jsonutil
 from homeserver.events import Event, get_room_version, redact
 from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import (
     current_state,
@@ -72,8 +73,26 @@ class _RoomCache:
 MAX_CACHED_ROOMS = 2_000
 
 # Statements of the message write path, built once (executed with a list of rows each).
-_INSERT_EVENT = insert(events)
-_INSERT_TXN = insert(event_txns)
+# The columns a message sets (state_key, replaces_state and unsigned_json stay NULL).
+_INSERT_MESSAGES = BulkInsert(
+    events,
+    (
+        "stream_id",
+        "event_id",
+        "room_id",
+        "type",
+        "sender",
+        "depth",
+        "origin_server_ts",
+        "json",
+        "rel_type",
+        "relates_to",
+        "outlier",
+        "txn_id",
+        "device_id",
+    ),
+)
+_INSERT_TXNS = BulkInsert(event_txns, ("user_id", "device_id", "txn_id", "event_id", "created_ts"))
 _INSERT_EXTREMITY = insert(forward_extremities)
 _DELETE_EXTREMITIES = delete(forward_extremities).where(
     forward_extremities.c.room_id == bindparam("room_id"),
@@ -552,43 +571,33 @@ class EventStore:
         for event, txn in batch:
             rel_type, relates_to = _relation(event)
             rows.append(
-                {
-                    "stream_id": 0,
-                    "event_id": event.event_id,
-                    "room_id": room_id,
-                    "type": event.type,
-                    "state_key": None,
-                    "sender": event.sender,
-                    "depth": event.depth,
-                    "origin_server_ts": event.origin_server_ts,
-                    "json": jsonutil.dumps(event.pdu),
-                    "replaces_state": None,
-                    "rel_type": rel_type,
-                    "relates_to": relates_to,
-                    "outlier": False,
-                    "txn_id": txn.txn_id if txn else None,
-                    "device_id": txn.device_id if txn else None,
-                    "unsigned_json": None,
-                }
+                [
+                    0,  # stream_id, allocated in the transaction
+                    event.event_id,
+                    room_id,
+                    event.type,
+                    event.sender,
+                    event.depth,
+                    event.origin_server_ts,
+                    jsonutil.dumps(event.pdu),
+                    rel_type,
+                    relates_to,
+                    False,
+                    txn.txn_id if txn else None,
+                    txn.device_id if txn else None,
+                ]
             )
             if txn is not None:
                 txn_rows.append(
-                    {
-                        "user_id": txn.user_id,
-                        "device_id": txn.device_id,
-                        "txn_id": txn.txn_id,
-                        "event_id": event.event_id,
-                        "created_ts": event.origin_server_ts,
-                    }
+                    (txn.user_id, txn.device_id, txn.txn_id, event.event_id, event.origin_server_ts)
                 )
         first_prevs = batch[0][0].prev_event_ids
         async with self.db.write() as conn:
             ids = [self.db.next_stream_id() for _ in batch]
             for row, stream_id in zip(rows, ids, strict=True):
-                row["stream_id"] = stream_id
-            await conn.execute(_INSERT_EVENT, rows)
-            if txn_rows:
-                await conn.execute(_INSERT_TXN, txn_rows)
+                row[0] = stream_id
+            await _INSERT_MESSAGES.run(conn, [tuple(row) for row in rows])
+            await _INSERT_TXNS.run(conn, txn_rows)
             if first_prevs:
                 await conn.execute(
                     _DELETE_EXTREMITIES, [{"room_id": room_id, "event_id": p} for p in first_prevs]

@@ -10,6 +10,7 @@ from sqlalchemy import and_, case, delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import (
     event_push_actions,
     push_rules,
@@ -22,7 +23,20 @@ from homeserver.storage.schema import events, receipts
 
 READ_RECEIPTS = ("m.read", "m.read.private")
 
-_INSERT_PUSH_ACTION = insert(event_push_actions)
+_INSERT_PUSH_ACTIONS = BulkInsert(
+    event_push_actions,
+    (
+        "user_id",
+        "event_id",
+        "room_id",
+        "thread_id",
+        "event_stream",
+        "stream_id",
+        "highlight",
+        "actions_json",
+        "ts",
+    ),
+)
 
 
 @dataclass(slots=True)
@@ -288,20 +302,20 @@ class PushActionStore:
         transaction, at one new stream position, which is returned. The caller calls
         `recorded` once the transaction has committed."""
         stream_id = self.db.next_stream_id()
-        await conn.execute(
-            _INSERT_PUSH_ACTION,
+        await _INSERT_PUSH_ACTIONS.run(
+            conn,
             [
-                {
-                    "user_id": a.user_id,
-                    "event_id": a.event_id,
-                    "room_id": a.room_id,
-                    "thread_id": a.thread_id,
-                    "event_stream": a.event_stream,
-                    "stream_id": stream_id,
-                    "highlight": a.highlight,
-                    "actions_json": jsonutil.dumps(a.actions),
-                    "ts": a.ts,
-                }
+                (
+                    a.user_id,
+                    a.event_id,
+                    a.room_id,
+                    a.thread_id,
+                    a.event_stream,
+                    stream_id,
+                    a.highlight,
+                    jsonutil.dumps(a.actions),
+                    a.ts,
+                )
                 for a in actions
             ],
         )

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import event_search
 from homeserver.storage.engine import Database
 
-_INSERT = insert(event_search)
+_INSERT = BulkInsert(event_search, ("event_id", "key", "room_id", "stream_id", "value"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,13 +43,7 @@ class SearchStore:
 
     async def index_in(self, conn: AsyncConnection, entries: list[tuple[str, str, int, str, str]]) -> None:
         """Index (event_id, room_id, stream_id, key, text) entries in the caller's transaction."""
-        await conn.execute(
-            _INSERT,
-            [
-                {"event_id": e, "key": k, "room_id": r, "stream_id": s, "value": text.lower()}
-                for e, r, s, k, text in entries
-            ],
-        )
+        await _INSERT.run(conn, [(e, k, r, s, text.lower()) for e, r, s, k, text in entries])
 
     async def remove(self, event_id: str) -> None:
         async with self.db.write() as conn:
