@@ -68,14 +68,14 @@ _Notify = tuple[str, str, bool, list[Any]]
 def _action(event: Event, stream_id: int, n: _Notify) -> PushAction:
     user_id, thread_id, highlight, actions = n
     return PushAction(
-        user_id=user_id,
-        event_id=event.event_id,
-        room_id=event.room_id,
-        thread_id=thread_id,
-        event_stream=stream_id,
-        highlight=highlight,
-        actions=actions,
-        ts=event.origin_server_ts,
+        user_id,
+        event.event_id,
+        event.room_id,
+        thread_id,
+        stream_id,
+        highlight,
+        actions,
+        event.origin_server_ts,
     )
 
 
@@ -91,11 +91,13 @@ class _PushWork:
         self.recorded: list[list[PushAction]] = []
 
     async def write(self, conn: AsyncConnection, stream_ids: list[int]) -> None:
-        self.recorded = [
-            [_action(event, stream_id, n) for n in notifies]
-            for event, stream_id, notifies in zip(self.events, stream_ids, self.per_event, strict=True)
-            if notifies
-        ]
+        self.recorded = []
+        for event, stream_id, notifies in zip(self.events, stream_ids, self.per_event, strict=True):
+            if notifies:
+                event_id, room_id, ts = event.event_id, event.room_id, event.origin_server_ts
+                self.recorded.append(
+                    [PushAction(u, event_id, room_id, t, stream_id, h, a, ts) for u, t, h, a in notifies]
+                )
         await self.handler.actions.add_in(conn, [a for actions in self.recorded for a in actions])
 
     def committed(self) -> None:
