@@ -112,7 +112,9 @@ _TIMELINE = {(a, t, n): _timeline_statement(a, t, n) for a in _BOTH for t in _BO
 
 
 def _probe_statement() -> Any:
-    """One round trip for the per-user, per-device facts of an incremental sync."""
+    """One round trip for everything per-user and per-device of an incremental sync: the
+    user's memberships (as _MEMBERSHIPS, kind 'm') and the facts of UserProbe. Every row is
+    (kind, name, extra, extra, value)."""
     otk = e2e_one_time_keys.c
     fb = e2e_fallback_keys.c
     ad = account_data.c
@@ -124,23 +126,26 @@ def _probe_statement() -> Any:
     upto: Any = bindparam("upto")
     empty: Any = literal_column("''")
     return union_all(
-        select(literal_column("'otk'"), otk.algorithm, func.count())
+        select(literal_column("'m'"), _cs.room_id, _cs.membership, _cs.event_id, _cs.stream_id).where(
+            _cs.state_key == user, _cs.type == "m.room.member"
+        ),
+        select(literal_column("'otk'"), otk.algorithm, empty, empty, func.count())
         .where(otk.user_id == user, otk.device_id == device)
         .group_by(otk.algorithm),
-        select(literal_column("'fb'"), fb.algorithm, literal(0, Integer)).where(
+        select(literal_column("'fb'"), fb.algorithm, empty, empty, literal(0, Integer)).where(
             fb.user_id == user, fb.device_id == device, fb.used.is_(False)
         ),
-        select(literal_column("'ad'"), empty, func.max(ad.stream_id)).where(
+        select(literal_column("'ad'"), empty, empty, empty, func.max(ad.stream_id)).where(
             ad.user_id == user, ad.stream_id > since, ad.stream_id <= upto
         ),
-        select(literal_column("'inbox'"), empty, func.min(di.stream_id)).where(
+        select(literal_column("'inbox'"), empty, empty, empty, func.min(di.stream_id)).where(
             di.user_id == user, di.device_id == device
         ),
-        select(literal_column("'rules'"), empty, func.max(push_rules_stream.c.stream_id)).where(
+        select(literal_column("'rules'"), empty, empty, empty, func.max(push_rules_stream.c.stream_id)).where(
             push_rules_stream.c.user_id == user
         ),
         # As PushActionStore.rooms_changed_since: rooms whose unread counts may have changed.
-        select(literal_column("'epa'"), epa.room_id, func.max(epa.stream_id))
+        select(literal_column("'epa'"), epa.room_id, empty, empty, func.max(epa.stream_id))
         .where(epa.user_id == user, epa.stream_id > since, epa.stream_id <= upto)
         .group_by(epa.room_id),
     )
@@ -223,25 +228,27 @@ class SyncQueries:
         self, user_id: str, device_id: str, since: int | None, upto: int
     ) -> tuple[list[Membership], UserProbe | None]:
         """The user's memberships (as EventStore.get_memberships_for_user) and, for an
-        incremental sync, the UserProbe — on one connection."""
-        probe: UserProbe | None = None
+        incremental sync, the UserProbe — in one statement."""
+        if since is None:
+            async with self.db.read() as conn:
+                rows = await conn.execute(_MEMBERSHIPS, {"user_id": user_id})
+                return [(r[0], r[1], r[2], int(r[3])) for r in rows], None
+        memberships: list[Membership] = []
+        probe = UserProbe()
+        params = {"user_id": user_id, "device_id": device_id, "since": since, "upto": upto}
         async with self.db.read() as conn:
-            rows = await conn.execute(_MEMBERSHIPS, {"user_id": user_id})
-            memberships = [(r[0], r[1], r[2], int(r[3])) for r in rows]
-            if since is not None:
-                probe = UserProbe()
-                params = {"user_id": user_id, "device_id": device_id, "since": since, "upto": upto}
-                for kind, name, value in await conn.execute(_PROBE, params):
-                    if kind == "otk":
-                        probe.one_time_keys[name] = int(value)
-                    elif kind == "fb":
-                        probe.fallback_keys.append(name)
-                    elif kind == "epa":
-                        probe.push_action_rooms.add(name)
-                    elif value is not None:
-                        setattr(probe, _PROBE_FIELDS[kind], int(value))
-        if probe is not None:
-            probe.fallback_keys.sort()
+            for kind, name, extra1, extra2, value in await conn.execute(_PROBE, params):
+                if kind == "m":
+                    memberships.append((name, extra1, extra2, int(value)))
+                elif kind == "otk":
+                    probe.one_time_keys[name] = int(value)
+                elif kind == "fb":
+                    probe.fallback_keys.append(name)
+                elif kind == "epa":
+                    probe.push_action_rooms.add(name)
+                elif value is not None:
+                    setattr(probe, _PROBE_FIELDS[kind], int(value))
+        probe.fallback_keys.sort()
         return memberships, probe
 
     async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
