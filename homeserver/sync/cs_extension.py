@@ -36,6 +36,8 @@ class SyncOptions:
 SYNC_OPTIONS: ContextVar[SyncOptions | None] = ContextVar("sotto_sync_options", default=None)
 
 MAX_CACHED_FILTERS = 10_000
+# Longer inline (JSON) filters are parsed on every request rather than cached.
+MAX_CACHED_INLINE_FILTER = 2048
 _NO_FILTER = SyncFilter.parse({})
 
 
@@ -233,6 +235,8 @@ class ClientServerSyncExtension:
             # Stored filters never change, so caching them needs no invalidation.
             filter_json = await self.filters.get(user_id, raw) or {}
         cached = (filter_json, SyncFilter.parse(filter_json))
+        if inline and len(raw) > MAX_CACHED_INLINE_FILTER:
+            return cached
         self._filters[key] = cached
         if len(self._filters) > MAX_CACHED_FILTERS:
             self._filters.popitem(last=False)
