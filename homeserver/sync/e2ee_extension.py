@@ -8,6 +8,10 @@ To-device messages are delivered as the device's inbox rows in (since, upto], at
 When more than `limit` are pending, the response carries `_to_device_limited: True` and
 `_to_device_upto` (the position of the last message delivered): the sync handler must
 then answer with a token no later than that position, or call `cap_upto` beforehand.
+
+Within a core SyncHandler pass (SYNC_CONTEXT), the per-user probe it loaded supplies the
+key counts and tells whether the inbox holds anything at all, and the device-list query
+runs only when something that could change the lists happened in the window.
 """
 
 from __future__ import annotations
