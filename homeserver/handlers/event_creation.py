@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -34,6 +35,20 @@ MAX_PDU_BYTES = 65_536
 
 # At most this many queued messages are committed in one transaction.
 MAX_BATCH = 64
+
+# Message authorisations remembered (room, type, sender, auth events).
+MAX_CACHED_AUTH = 10_000
+# Types whose authorisation as a message depends on more than type, sender and auth events.
+_AUTH_SENSITIVE_TYPES = frozenset(
+    {
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.third_party_invite",
+        "m.room.redaction",
+        "m.room.join_rules",
+    }
+)
 
 # Called after an event is persisted (federation sending, push, ...).
 EventListener = Callable[[Event, int], Awaitable[None]]
@@ -97,6 +112,8 @@ class EventCreator:
         self._pending: dict[str, list[_Pending]] = {}
         self._draining: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Authorisations of messages that passed (see _check_message), least recently used first.
+        self._auth_ok: OrderedDict[tuple[str, ...], None] = OrderedDict()
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
@@ -203,7 +220,7 @@ class EventCreator:
                 event, auth_map, create = await self._build(
                     room_version, room_id, p.type, p.sender, p.content, None, None, prevs=(prevs, depth)
                 )
-                self._check(event, auth_map, create)
+                self._check_message(event, auth_map, create)
             except MatrixError as e:
                 p.future.set_exception(e)
                 continue
@@ -309,10 +326,36 @@ class EventCreator:
         )
         return event, auth_map, create.event if create else None
 
+    def _check_message(
+        self, event: Event, auth_map: dict[tuple[str, str], Event], create: Event | None
+    ) -> None:
+        """`_check` for a message (no state key), remembering successful authorisations.
+
+        For a message the auth rules look only at its room, type and sender and at the
+        auth events (whose IDs pin their content; redaction keeps every field these rules
+        read), except for the types below, whose content or state key matter too. So a
+        (room, type, sender, auth events) that passed once passes again."""
+        if event.type in _AUTH_SENSITIVE_TYPES:
+            self._check(event, auth_map, create)
+            return
+        key = (event.room_id, event.room_version.identifier, event.type, event.sender, *event.auth_event_ids)
+        cache = self._auth_ok
+        if key in cache:
+            cache.move_to_end(key)
+            self._check(event, auth_map, create, authorised=True)
+            return
+        self._check(event, auth_map, create)
+        cache[key] = None
+        if len(cache) > MAX_CACHED_AUTH:
+            cache.popitem(last=False)
+
     @staticmethod
-    def _check(event: Event, auth_map: dict[tuple[str, str], Event], create: Event | None) -> None:
+    def _check(
+        event: Event, auth_map: dict[tuple[str, str], Event], create: Event | None, authorised: bool = False
+    ) -> None:
         """Checks of an event fresh from build_event, which has already checked the
-        canonical JSON of strict room versions' PDUs."""
+        canonical JSON of strict room versions' PDUs. `authorised`: the auth rules are
+        known to pass (see _check_message)."""
         from homeserver.events.canonical import canonical_json, canonical_json_checked
 
         if event.room_version.strict_canonical_json:
@@ -326,6 +369,8 @@ class EventCreator:
             validate_pdu(event.pdu, event.room_version, canonical_size=size)
         except EventFormatError as e:
             raise MatrixError(400, Codes.BAD_JSON, f"Invalid event: {e}") from None
+        if authorised:
+            return
         try:
             check_auth(event, auth_map, create)
         except AuthError as e:

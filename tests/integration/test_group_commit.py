@@ -118,3 +118,35 @@ async def test_batch_writes_push_actions_and_search_in_its_own_commit(
     )
     assert found["search_categories"]["room_events"]["count"] == 20
 
+
+async def test_remembered_authorisation_follows_state_changes(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    await bob.send(room, "allowed", "b1")
+    levels = await alice.ok("GET", f"/rooms/{room}/state/m.room.power_levels")
+    await alice.ok("PUT", f"/rooms/{room}/state/m.room.power_levels", json={**levels, "events_default": 50})
+    status, body = await bob.request(
+        "PUT", f"/rooms/{room}/send/m.room.message/b2", json={"msgtype": "m.text", "body": "denied"}
+    )
+    assert status == 403, body
+    await alice.ok("PUT", f"/rooms/{room}/state/m.room.power_levels", json=levels)
+    await bob.send(room, "allowed again", "b3")
+    await bob.request("POST", f"/rooms/{room}/leave", json={})
+    status, body = await bob.request(
+        "PUT", f"/rooms/{room}/send/m.room.message/b4", json={"msgtype": "m.text", "body": "gone"}
+    )
+    assert status == 403, body
+    # Past the API's membership check, the auth rules themselves refuse.
+    with pytest.raises(MatrixError) as refused:
+        await server.hs.creator.create_and_send(
+            room_id=room,
+            type="m.room.message",
+            sender=bob.user_id,
+            content={"msgtype": "m.text", "body": "gone"},
+            txn=TxnInfo(bob.user_id, "DEV", "b5"),
+        )
+    assert refused.value.errcode == "M_FORBIDDEN"
