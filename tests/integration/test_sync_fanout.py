@@ -3,6 +3,7 @@ work is gated on what changed, and every member still gets exactly their own vie
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -174,3 +175,52 @@ async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: Mak
                  if e["type"] == "m.room.member" and e["state_key"] not in have}
         assert got - extra == expected, limit
         assert {e["state_key"] for e in z["state"]["events"] if e["type"] == "m.room.member"} <= senders
+
+
+async def test_long_polling_members_get_every_message_exactly_once(make_user: MakeUser) -> None:
+    """Members long-poll while messages, typing, receipts and account data changes arrive:
+    with reads shared between their syncs, each still gets every message once, in order."""
+    sender = await make_user("sender")
+    room = await sender.create_room(preset="public_chat")
+    members = [await make_user(f"member{i}") for i in range(12)]
+    for m in members:
+        assert (await m.join(room))[0] == 200
+    got: dict[str, list[str]] = {m.user_id: [] for m in members}
+    stop = asyncio.Event()
+
+    async def listen(m: RawClient) -> None:
+        since = (await m.sync(filter=FILTER))["next_batch"]
+        while not stop.is_set():
+            sync = await m.sync(since, 1000, filter=FILTER)
+            since = sync["next_batch"]
+            for e in sync["rooms"]["join"].get(room, {}).get("timeline", {}).get("events", []):
+                if e["type"] == "m.room.message":
+                    got[m.user_id].append(e["event_id"])
+
+    sent: list[str] = []
+
+    async def noise() -> None:
+        i = 0
+        while not stop.is_set():
+            m = members[i % len(members)]
+            i += 1
+            if i % 3 == 0:
+                await m.ok("PUT", f"/rooms/{quote(room)}/typing/{quote(m.user_id)}",
+                           json={"typing": True, "timeout": 300})
+            elif i % 3 == 1 and sent:
+                await m.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(sent[-1])}", json={})
+            else:
+                await m.ok("PUT", f"/user/{quote(m.user_id)}/account_data/org.example.n", json={"i": i})
+            await asyncio.sleep(0.005)
+
+    listeners = [asyncio.create_task(listen(m)) for m in members]
+    await asyncio.sleep(0.5)
+    noisy = asyncio.create_task(noise())
+    for i in range(15):
+        sent.append(await sender.send(room, f"message {i}", f"s{i}"))
+        await asyncio.sleep(0.02 * (i % 3))
+    await asyncio.sleep(1.5)
+    stop.set()
+    await noisy
+    await asyncio.gather(*listeners)
+    assert all(ids == sent for ids in got.values()), {u: len(ids) for u, ids in got.items()}
