@@ -550,6 +550,9 @@ class Database:
 
     async def ping(self, timeout: float = 2.0) -> bool:
         """Whether the database answers a trivial query within `timeout` seconds."""
+        # Ahead of new requests waiting for a connection: a long queue in a burst is not an
+        # unreachable database, and readiness must not take a busy worker out of rotation.
+        _seen_pool.set(True)
         try:
             async with asyncio.timeout(timeout), self.read() as conn:
                 await conn.scalar(select(literal(1)))

@@ -5,6 +5,7 @@ between batches, and group commit with reserved stream positions and savepoints.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -170,5 +171,30 @@ async def test_group_commit_isolates_a_failing_writer_and_reserves_positions(pg_
         # Everything written is at or below the committed position, which readers may use.
         assert max(rows) <= row == db.current_stream_id
         assert row > start
+    finally:
+        await db.close()
+
+
+async def test_ping_goes_before_queued_new_requests(pg_url: str) -> None:
+    db = Database(pg_url, pool_size=1)
+    try:
+        assert db._gate is not None
+        assert await db.ping()  # the connection exists
+        await db._gate.acquire()  # the only connection is busy
+
+        async def fresh_read() -> None:
+            async with db.read() as conn:
+                await conn.scalar(select(literal(1)))
+                await asyncio.sleep(0.5)
+
+        # New requests: tasks that have not used a connection yet (not copies of this one's context).
+        readers = [asyncio.create_task(fresh_read(), context=contextvars.Context()) for _ in range(5)]
+        await asyncio.sleep(0.01)  # the readers queue first
+        queued = [asyncio.create_task(db.ping(timeout=10), context=contextvars.Context()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        db._gate.release()
+        done, _ = await asyncio.wait(queued, timeout=1.5)
+        assert len(done) == 3 and all(t.result() for t in done)  # not behind 5 x 0.5 s of readers
+        await asyncio.gather(*readers)
     finally:
         await db.close()
