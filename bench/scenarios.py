@@ -235,9 +235,15 @@ async def fanout(target: Target, session: aiohttp.ClientSession, s: Settings) ->
     stop = asyncio.Event()
     failures = 0
 
+    ready = 0
+    all_ready = asyncio.Event()
+
     async def listen(member: Client) -> None:
-        nonlocal failures
+        nonlocal failures, ready
         since = (await retrying(lambda: member.sync(filter=SYNC_FILTER)))["next_batch"]
+        ready += 1
+        if ready == len(members):
+            all_ready.set()
         while not stop.is_set():
             try:
                 result = await member.sync(since, 60_000, SYNC_FILTER)
@@ -253,6 +259,9 @@ async def fanout(target: Target, session: aiohttp.ClientSession, s: Settings) ->
                     everyone[event_id].set()
 
     listeners = [asyncio.create_task(listen(m)) for m in members]
+    # Every member's initial sync is done (untimed), then a moment for the long-polls to park.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_ready.wait(), 300)
     await asyncio.sleep(2.0 + len(members) / 500)
     complete: list[float] = []
     deliveries: list[float] = []
