@@ -191,7 +191,9 @@ async def main_async(args: argparse.Namespace) -> None:
         if "meta" in previous:
             # The first run's header stays; later partial runs are listed under it.
             merged = previous["meta"].get("merged_runs", [])
-            merged.append({k: run.data["meta"][k] for k in ("date", "command")})
+            entry = {k: run.data["meta"][k] for k in ("date", "command")}
+            entry["commit"] = run.data["meta"]["machine"]["sotto_commit"]
+            merged.append(entry)
             run.data["meta"] = {**previous["meta"], "merged_runs": merged}
     for name in targets:
         try:

@@ -318,7 +318,10 @@ def render(data: dict[str, Any]) -> str:
         START,
         f"Run: **{meta.get('mode')}** mode, {meta.get('date')}, commit `{m.get('sotto_commit')}`: "
         f"`{meta.get('command')}`"
-        + "".join(f"; then `{m['command']}` ({m['date']})" for m in meta.get("merged_runs", [])),
+        + "".join(
+            f"; then `{r['command']}` ({r['date']}" + (f", commit `{r['commit']}`)" if r.get("commit") else ")")
+            for r in meta.get("merged_runs", [])
+        ),
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB RAM, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}, "
