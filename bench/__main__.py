@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--scratch",
         default="",
-        help="write results and charts to this directory instead of bench/results, and leave the README alone",
+        help="write results and charts here instead of bench/results; leave the README alone",
     )
     args = parser.parse_args()
     asyncio.run(main_async(args))

@@ -319,7 +319,8 @@ def render(data: dict[str, Any]) -> str:
         f"Run: **{meta.get('mode')}** mode, {meta.get('date')}, commit `{m.get('sotto_commit')}`: "
         f"`{meta.get('command')}`"
         + "".join(
-            f"; then `{r['command']}` ({r['date']}" + (f", commit `{r['commit']}`)" if r.get("commit") else ")")
+            f"; then `{r['command']}` ({r['date']}"
+            + (f", commit `{r['commit']}`)" if r.get("commit") else ")")
             for r in meta.get("merged_runs", [])
         ),
         "",
