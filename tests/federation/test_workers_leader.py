@@ -27,6 +27,7 @@ from tests.federation.support import (
     room_bodies,
     wait_for,
 )
+from tests.support.diagnostics import task_dump_after
 from tests.support.postgres import available, fresh_database
 from tests.support.server import RunningServer, free_port, run_server
 
@@ -76,6 +77,7 @@ def _leaders(*workers: RunningServer) -> list[Federation]:
 
 async def test_only_the_leader_sends_and_failover(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
     async with (
+        task_dump_after(90, "leader/failover test"),
         _two_workers(tmp_dirs[0], test_ca) as (w1, w2),
         fed_server(tmp_dirs[1], test_ca) as b,
         aiohttp.ClientSession() as http,

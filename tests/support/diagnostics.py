@@ -1,0 +1,42 @@
+"""Say where an asyncio test is stuck.
+
+pytest-timeout and faulthandler print thread stacks, which for an asyncio test only show
+the event loop idling in `select`. `task_dump_after` prints the stack of every pending
+task instead, so a hang names the await it is stuck on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import sys
+from collections.abc import AsyncIterator
+
+
+def dump_tasks(title: str) -> str:
+    out = io.StringIO()
+    out.write(f"==== {title}: pending asyncio tasks ====\n")
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        out.write(f"--- {task.get_name()}\n")
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
+@contextlib.asynccontextmanager
+async def task_dump_after(seconds: float, title: str = "still running") -> AsyncIterator[None]:
+    """Print every pending task's stack to stderr if the block runs longer than `seconds`."""
+
+    async def watchdog() -> None:
+        await asyncio.sleep(seconds)
+        sys.stderr.write(dump_tasks(f"{title} after {seconds:.0f}s"))
+
+    dog = asyncio.create_task(watchdog(), name="task-dump-watchdog")
+    try:
+        yield
+    finally:
+        dog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dog
