@@ -417,10 +417,16 @@ class Database:
             batch.members += 1
             joined = True
         finally:
-            if batch is not None and (batch.failed or not self._queued or batch.members >= MAX_GROUP_WRITES):
-                self._batch = None
-                await self._finish_batch(batch)
-            self._write_lock.release()
+            try:
+                if batch is not None and (
+                    batch.failed or not self._queued or batch.members >= MAX_GROUP_WRITES
+                ):
+                    self._batch = None
+                    await self._finish_batch(batch)
+            finally:
+                # Even if finishing raised (a writer cancelled mid-commit): a lock left held
+                # here would hang every later write in this process.
+                self._write_lock.release()
         if joined:
             assert batch is not None
             await asyncio.shield(batch.done)

@@ -198,3 +198,27 @@ async def test_ping_goes_before_queued_new_requests(pg_url: str) -> None:
         await asyncio.gather(*readers)
     finally:
         await db.close()
+
+
+async def test_a_writer_cancelled_anywhere_leaves_the_write_path_usable(pg_url: str) -> None:
+    # A task cancelled while its group commit was committing (a federation sender stopped on
+    # failover) used to skip releasing the write lock: every later write in the process hung.
+    db = Database(pg_url, pool_size=4)
+    try:
+        for steps in range(40):
+
+            async def writer() -> None:
+                async with db.write() as conn:
+                    await conn.scalar(select(literal(1)))
+
+            task = asyncio.create_task(writer())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            async with asyncio.timeout(10):
+                async with db.write() as conn:
+                    assert await conn.scalar(select(literal(1))) == 1
+        assert not db._write_lock.locked()
+    finally:
+        await db.close()

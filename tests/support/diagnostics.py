@@ -21,8 +21,27 @@ def dump_tasks(title: str) -> str:
         if task is asyncio.current_task():
             continue
         out.write(f"--- {task.get_name()}\n")
-        task.print_stack(limit=12, file=out)
+        out.write(_await_chain(task.get_coro()))
     return out.getvalue()
+
+
+def _await_chain(coro: object, depth: int = 40) -> str:
+    """The coroutine's frames down the `await` chain to the innermost one (what it waits on)."""
+    lines = []
+    while coro is not None and depth > 0:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n")
+        nxt = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        if nxt is None and hasattr(coro, "gi_frame"):
+            nxt = getattr(coro, "gi_yieldfrom", None)
+        if nxt is None or nxt is coro:
+            if coro is not None and frame is None:
+                lines.append(f"  waiting on {coro!r}\n")
+            break
+        coro = nxt
+        depth -= 1
+    return "".join(lines)
 
 
 @contextlib.asynccontextmanager
