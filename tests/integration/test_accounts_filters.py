@@ -80,3 +80,20 @@ async def test_nio_upload_filter(server: RunningServer) -> None:
         assert stored is not None and stored["room"] == {"timeline": {"limit": 5}}
     finally:
         await client.close()
+
+
+async def test_sync_filters_are_per_user_and_errors_repeat(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    # /sync caches parsed filters: a filter ID stays the owner's, and bad filters keep failing.
+    alice = await user(http, server, "alice")
+    bob = await user(http, server, "bob")
+    filter_id = (await alice.ok("POST", f"/user/{quote(alice.user_id)}/filter", json=FILTER))["filter_id"]
+    for _ in range(2):
+        await alice.sync(filter=filter_id)
+        status, body = await bob.request("GET", "/sync", params={"filter": filter_id, "timeout": "0"})
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+        status, body = await alice.request("GET", "/sync", params={"filter": "{not json", "timeout": "0"})
+        assert (status, body["errcode"]) == (400, "M_BAD_JSON")
+        inline = await alice.sync(filter='{"room": {"timeline": {"limit": 1}}}')
+        assert "next_batch" in inline
