@@ -24,12 +24,13 @@ from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.engine import Database
+from homeserver.storage.event_federation import FederatedEventWrites, event_relation
+from homeserver.storage.room_flags import RoomFlags
 from homeserver.storage.schema import (
     current_state,
     event_txns,
     events,
     forward_extremities,
-    room_forgotten,
     rooms,
 )
 
@@ -100,19 +101,6 @@ _DELETE_EXTREMITIES = delete(forward_extremities).where(
 )
 
 
-def _relation(event: Event) -> tuple[str | None, str | None]:
-    rel = event.content.get("m.relates_to")
-    if isinstance(rel, dict):
-        rel_type = rel.get("rel_type")
-        target = rel.get("event_id")
-        if isinstance(target, str):
-            return (rel_type if isinstance(rel_type, str) else None), target
-        reply = rel.get("m.in_reply_to")
-        if isinstance(reply, dict) and isinstance(reply.get("event_id"), str):
-            return "m.in_reply_to", reply["event_id"]
-    return None, None
-
-
 # At most this many transaction IDs are looked up in one statement.
 _TXN_LOOKUP_MAX = 64
 
@@ -138,7 +126,7 @@ def _txn_lookup(n: int) -> Any:
     )
 
 
-class EventStore:
+class EventStore(FederatedEventWrites, RoomFlags):
     def __init__(self, db: Database, *, cache_state: bool = True) -> None:
         self.db = db
         # Room versions never change, so this cache needs no invalidation; it is bounded.
@@ -569,7 +557,7 @@ class EventStore:
         rows = []
         txn_rows = []
         for event, txn in batch:
-            rel_type, relates_to = _relation(event)
+            rel_type, relates_to = event_relation(event)
             rows.append(
                 [
                     0,  # stream_id, allocated in the transaction
@@ -675,7 +663,7 @@ class EventStore:
                 }
         if unsigned_out is not None:
             unsigned_out.update(unsigned)
-        rel_type, relates_to = _relation(event)
+        rel_type, relates_to = event_relation(event)
         await conn.execute(
             insert(events).values(
                 stream_id=stream_id,
@@ -775,268 +763,3 @@ class EventStore:
             ev = Event(jsonutil.loads(raw), redaction.room_version)
             state[ev.state_key_tuple] = ev
         return redaction_applies(redaction.sender, target_sender, state)
-
-    async def set_room_public(self, room_id: str, public: bool) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(update(rooms).where(rooms.c.room_id == room_id).values(is_public=public))
-
-    async def forget_room(self, user_id: str, room_id: str) -> None:
-        async with self.db.write() as conn:
-            exists = (
-                await conn.execute(
-                    select(room_forgotten.c.room_id).where(
-                        and_(room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id)
-                    )
-                )
-            ).first()
-            if not exists:
-                await conn.execute(insert(room_forgotten).values(user_id=user_id, room_id=room_id))
-
-    async def forgotten_rooms(self, user_id: str) -> set[str]:
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id)
-            )
-            return {r[0] for r in rows}
-
-    async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None:
-        await conn.execute(
-            delete(room_forgotten).where(
-                room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id
-            )
-        )
-
-    # Federation (bridge/) ------------------------------------------------------------------
-    # Remote events enter rooms here. Each method is one transaction; `extra` lets the caller
-    # write its own rows (state groups, rejections) atomically with the event.
-
-    async def _promote_outlier(self, conn: AsyncConnection, event_id: str) -> bool:
-        """Drop a stored outlier copy so the event can be stored as part of the timeline.
-        Returns False if the event is already stored as a timeline event."""
-        row = (await conn.execute(select(events.c.outlier).where(events.c.event_id == event_id))).first()
-        if row is None:
-            return True
-        if not row[0]:
-            return False
-        await conn.execute(delete(events).where(events.c.event_id == event_id))
-        return True
-
-    async def persist_federated_event(
-        self,
-        event: Event,
-        *,
-        outlier: bool = False,
-        backfilled: bool = False,
-        state_changes: dict[StateKey, tuple[str, str | None] | None] | None = None,
-        extra: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
-    ) -> int | None:
-        """Store a remote event. Returns its stream ID, or None if it was already stored.
-
-        `state_changes` maps state keys to (event_id, membership) — or None to remove the
-        key — and is applied to current_state after the event itself (which never updates
-        current_state on its own here). Backfilled events get negative stream positions so
-        they sort before the live timeline and never show up in incremental syncs.
-        """
-        async with self._room_write(event.room_id) as conn:
-            if outlier:
-                exists = (
-                    await conn.execute(select(events.c.stream_id).where(events.c.event_id == event.event_id))
-                ).first()
-                if exists is not None:
-                    return None
-            elif not await self._promote_outlier(conn, event.event_id):
-                return None
-            if backfilled:
-                lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
-                stream_id = min(int(lowest or 0), 0) - 1
-                rel_type, relates_to = _relation(event)
-                await conn.execute(
-                    insert(events).values(
-                        stream_id=stream_id,
-                        event_id=event.event_id,
-                        room_id=event.room_id,
-                        type=event.type,
-                        state_key=event.state_key,
-                        sender=event.sender,
-                        depth=event.depth,
-                        origin_server_ts=event.origin_server_ts,
-                        json=jsonutil.dumps(event.pdu),
-                        rel_type=rel_type,
-                        relates_to=relates_to,
-                        outlier=False,
-                    )
-                )
-            else:
-                stream_id = await self._persist(
-                    conn, event, txn=None, outlier=outlier, new_room=None, update_state=False
-                )
-            if not outlier and not backfilled and event.is_state() and state_changes is not None:
-                # Record what the event replaced, as local state events do, for /sync's state walk.
-                key = event.state_key_tuple
-                if key in state_changes:
-                    prev = (
-                        await conn.execute(
-                            select(current_state.c.event_id).where(
-                                current_state.c.room_id == event.room_id,
-                                current_state.c.type == key[0],
-                                current_state.c.state_key == key[1],
-                            )
-                        )
-                    ).first()
-                    if prev is not None and prev[0] != event.event_id:
-                        await conn.execute(
-                            update(events)
-                            .where(events.c.event_id == event.event_id)
-                            .values(
-                                replaces_state=prev[0],
-                                unsigned_json=jsonutil.dumps({"replaces_state": prev[0]}),
-                            )
-                        )
-            if state_changes:
-                await self._apply_state_changes(conn, event.room_id, state_changes, stream_id)
-            if extra is not None:
-                await extra(conn, stream_id)
-            return stream_id
-
-    async def _apply_state_changes(
-        self,
-        conn: AsyncConnection,
-        room_id: str,
-        changes: dict[StateKey, tuple[str, str | None] | None],
-        stream_id: int,
-    ) -> None:
-        for (etype, skey), value in changes.items():
-            where = (
-                current_state.c.room_id == room_id,
-                current_state.c.type == etype,
-                current_state.c.state_key == skey,
-            )
-            if value is None:
-                await conn.execute(delete(current_state).where(*where))
-                continue
-            event_id, membership = value
-            res = await conn.execute(
-                update(current_state)
-                .where(*where)
-                .values(event_id=event_id, membership=membership, stream_id=stream_id)
-            )
-            if res.rowcount == 0:
-                await conn.execute(
-                    insert(current_state).values(
-                        room_id=room_id,
-                        type=etype,
-                        state_key=skey,
-                        event_id=event_id,
-                        membership=membership,
-                        stream_id=stream_id,
-                    )
-                )
-            if etype == "m.room.member" and membership == "join":
-                await self.unforget_room(conn, skey, room_id)
-
-    async def persist_remote_join(
-        self,
-        join_event: Event,
-        outliers: list[Event],
-        state: dict[StateKey, tuple[str, str | None]],
-        created_ts: int,
-        extra: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
-    ) -> int:
-        """Store a room joined over federation: the returned state and auth chain (as
-        outliers), the room's current state (`state` plus the join) and the join event as
-        the room's only forward extremity."""
-        room_id = join_event.room_id
-        rv = join_event.room_version
-        async with self._room_write(room_id) as conn:
-            known = (await conn.execute(select(rooms.c.room_id).where(rooms.c.room_id == room_id))).first()
-            if known is None:
-                create_sender = next((e.sender for e in outliers if e.type == "m.room.create"), None)
-                await conn.execute(
-                    insert(rooms).values(
-                        room_id=room_id,
-                        room_version=rv.identifier,
-                        creator=create_sender,
-                        is_public=False,
-                        created_ts=created_ts,
-                    )
-                )
-            self._versions[room_id] = rv
-            have = {
-                r[0]
-                for r in await conn.execute(
-                    select(events.c.event_id).where(events.c.event_id.in_([e.event_id for e in outliers]))
-                )
-            }
-            for ev in outliers:
-                if ev.event_id in have or ev.event_id == join_event.event_id:
-                    continue
-                have.add(ev.event_id)
-                await self._persist(conn, ev, txn=None, outlier=True, new_room=None, update_state=False)
-            await conn.execute(delete(forward_extremities).where(forward_extremities.c.room_id == room_id))
-            await self._promote_outlier(conn, join_event.event_id)
-            stream_id = await self._persist(
-                conn, join_event, txn=None, outlier=False, new_room=None, update_state=False
-            )
-            await conn.execute(
-                delete(forward_extremities).where(
-                    forward_extremities.c.room_id == room_id,
-                    forward_extremities.c.event_id != join_event.event_id,
-                )
-            )
-            full = dict(state)
-            full[join_event.state_key_tuple] = (join_event.event_id, "join")
-            existing = {
-                (r[0], r[1])
-                for r in await conn.execute(
-                    select(current_state.c.type, current_state.c.state_key).where(
-                        current_state.c.room_id == room_id
-                    )
-                )
-            }
-            changes: dict[StateKey, tuple[str, str | None] | None] = {k: None for k in existing - set(full)}
-            changes.update(full)
-            await self._apply_state_changes(conn, room_id, changes, stream_id)
-            if extra is not None:
-                await extra(conn, stream_id)
-            return stream_id
-
-    async def persist_remote_membership(
-        self,
-        event: Event,
-        *,
-        set_membership: bool,
-        created_ts: int,
-        extra: Callable[[AsyncConnection, int], Awaitable[None]] | None = None,
-    ) -> int | None:
-        """Store an invite (or the leave that rejects it) for a room this server is not in:
-        the event as an outlier, the room's row if new, and the user's membership so /sync
-        shows it. Returns the stream ID, or None if the event was already stored."""
-        room_id = event.room_id
-        async with self._room_write(room_id) as conn:
-            known = (await conn.execute(select(rooms.c.room_id).where(rooms.c.room_id == room_id))).first()
-            if known is None:
-                await conn.execute(
-                    insert(rooms).values(
-                        room_id=room_id,
-                        room_version=event.room_version.identifier,
-                        creator=None,
-                        is_public=False,
-                        created_ts=created_ts,
-                    )
-                )
-            self._versions[room_id] = event.room_version
-            exists = (
-                await conn.execute(select(events.c.stream_id).where(events.c.event_id == event.event_id))
-            ).first()
-            if exists is not None:
-                return None
-            stream_id = await self._persist(
-                conn, event, txn=None, outlier=True, new_room=None, update_state=False
-            )
-            if set_membership and event.state_key is not None:
-                await self._apply_state_changes(
-                    conn, room_id, {event.state_key_tuple: (event.event_id, event.membership)}, stream_id
-                )
-            if extra is not None:
-                await extra(conn, stream_id)
-            return stream_id

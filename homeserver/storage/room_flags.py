@@ -1,0 +1,45 @@
+"""Per-room flags kept beside the timeline: public in the directory, forgotten by a user."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import room_forgotten, rooms
+
+
+class RoomFlags:
+    """Mixed into EventStore, which owns `db`."""
+
+    db: Database
+
+    async def set_room_public(self, room_id: str, public: bool) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(update(rooms).where(rooms.c.room_id == room_id).values(is_public=public))
+
+    async def forget_room(self, user_id: str, room_id: str) -> None:
+        async with self.db.write() as conn:
+            exists = (
+                await conn.execute(
+                    select(room_forgotten.c.room_id).where(
+                        and_(room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id)
+                    )
+                )
+            ).first()
+            if not exists:
+                await conn.execute(insert(room_forgotten).values(user_id=user_id, room_id=room_id))
+
+    async def forgotten_rooms(self, user_id: str) -> set[str]:
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id)
+            )
+            return {r[0] for r in rows}
+
+    async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None:
+        await conn.execute(
+            delete(room_forgotten).where(
+                room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id
+            )
+        )
