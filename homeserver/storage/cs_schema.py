@@ -5,8 +5,8 @@ Invariants:
 - `media` rows exist before their bytes: a row with `uploaded_ts` NULL is a
   reserved ID (`/create`) whose content has not arrived yet.
 - `event_push_actions` holds one row per (user, event) that notified; `event_stream`
-  is the event's timeline position (compared against read receipts), `stream_id`
-  is the row's own position so /sync notices new counts.
+  is the event's timeline position (`events.stream_id`, compared against read
+  receipts), `stream_id` is the row's own position so /sync notices new counts.
 - `presence.stream_id` and `push_rules_stream.stream_id` come from the server-wide
   stream, so /sync can tell what changed since a token.
 """
@@ -103,8 +103,11 @@ event_push_actions = Table(
     Column("highlight", Boolean, nullable=False),
     Column("actions_json", Text, nullable=False),
     Column("ts", BigInteger, nullable=False),
-    PrimaryKeyConstraint("user_id", "event_id"),
-    Index("event_push_actions_user_room", "user_id", "room_id", "event_stream"),
+    # Unread counts read (user, room, event_stream); event_stream is unique per event, so
+    # this is also the row's identity, and inserts append to their (user, room) range.
+    # No query finds rows by event_id (0006 replaced the old (user_id, event_id) key).
+    PrimaryKeyConstraint("user_id", "room_id", "event_stream"),
+    # /sync: rooms whose counts changed since a token.
     Index("event_push_actions_user_stream", "user_id", "stream_id"),
 )
 

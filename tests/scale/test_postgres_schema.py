@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 import homeserver.storage.all_schemas  # noqa: F401  (registers every table)
 from homeserver.storage import postgres
 from homeserver.storage.engine import Database
-from homeserver.storage.migrate import migrate
+from homeserver.storage.migrate import alembic_config, migrate
 from homeserver.storage.schema import metadata
 
 
@@ -46,3 +48,67 @@ async def test_postgres_schema_matches_the_models(pg_url: str) -> None:
     diff, position = await _migrated_diff(pg_url)
     assert diff == []
     assert position == 0
+
+
+_PUSH_ROWS = [
+    {
+        "user_id": f"@u{u}:test",
+        "event_id": f"$e{e}",
+        "room_id": f"!r{e % 2}:test",
+        "thread_id": "main",
+        "event_stream": 10 + e,
+        "stream_id": 20 + e,
+        "highlight": e == 0,
+        "actions_json": '["notify"]',
+        "ts": 1000 + e,
+    }
+    for u in range(3)
+    for e in range(4)
+]
+_PUSH_COLUMNS = ", ".join(_PUSH_ROWS[0])
+
+
+def _push_rows(conn: Connection) -> list[tuple[Any, ...]]:
+    return sorted(tuple(r) for r in conn.execute(text(f"SELECT {_PUSH_COLUMNS} FROM event_push_actions")))
+
+
+def _push_key(conn: Connection) -> list[str]:
+    return list(inspect(conn).get_pk_constraint("event_push_actions")["constrained_columns"])
+
+
+def _rekey_push_actions(conn: Connection) -> tuple[list[Any], list[tuple[Any, ...]], list[Any]]:
+    """0006 down (to the event_id key), rows written there, up again: the rows survive both ways."""
+    command.downgrade(alembic_config(conn), "0005_stream_positions")
+    assert _push_key(conn) == ["user_id", "event_id"]
+    values = ", ".join(f":{c}" for c in _PUSH_ROWS[0])
+    conn.execute(text(f"INSERT INTO event_push_actions ({_PUSH_COLUMNS}) VALUES ({values})"), _PUSH_ROWS)
+    before = _push_rows(conn)
+    command.upgrade(alembic_config(conn), "head")
+    key = _push_key(conn)
+    assert _push_rows(conn) == before
+    diff = _diff(conn)
+    command.downgrade(alembic_config(conn), "0005_stream_positions")
+    assert _push_rows(conn) == before
+    command.upgrade(alembic_config(conn), "head")
+    return key, before, diff
+
+
+async def _check_push_actions_rekey(url: str) -> None:
+    db = Database(url)
+    try:
+        await migrate(db)
+        async with db.engine.begin() as conn:
+            key, rows, diff = await conn.run_sync(_rekey_push_actions)
+        assert key == ["user_id", "room_id", "event_stream"]
+        assert len(rows) == len(_PUSH_ROWS)
+        assert diff == []
+    finally:
+        await db.close()
+
+
+async def test_sqlite_push_actions_rekey_keeps_rows(tmp_path: Path) -> None:
+    await _check_push_actions_rekey(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
+
+
+async def test_postgres_push_actions_rekey_keeps_rows(pg_url: str) -> None:
+    await _check_push_actions_rekey(pg_url)
