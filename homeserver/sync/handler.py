@@ -83,6 +83,7 @@ class SyncHandler:
         if req.since is not None:
             # The token may come from another worker that is ahead of this one.
             await self.db.catch_up(req.since.stream)
+        timed_out = False
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
@@ -97,7 +98,8 @@ class SyncHandler:
                 return response
             remaining = deadline - time.monotonic()
             if (
-                req.since is None
+                timed_out
+                or req.since is None
                 or req.full_state
                 or remaining <= 0
                 or self.notifier.closing
@@ -107,8 +109,10 @@ class SyncHandler:
             # Something may have landed while we computed: recompute rather than sleep through it.
             if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
                 continue
-            if not await self.notifier.wait(req.requester.user_id, joined, remaining):
-                return response
+            # Parked long-polls are most of a busy server's memory: hold no response while
+            # waiting; the answer on timeout is computed afresh (and is then up to date).
+            del response
+            timed_out = not await self.notifier.wait(req.requester.user_id, joined, remaining)
             # Woken: loop and compute the new data (a wake for someone else yields an empty pass).
             await asyncio.sleep(0)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 
 class Notifier:
     def __init__(self) -> None:
-        self._by_user: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
-        self._by_room: dict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._by_user: dict[str, set[asyncio.Future[bool]]] = defaultdict(set)
+        self._by_room: dict[str, set[asyncio.Future[bool]]] = defaultdict(set)
         self.ephemeral_serial = 0
         self.closing = False
         # Hooks that forward notifications to other workers (Redis pub/sub), if configured.
@@ -33,10 +33,10 @@ class Notifier:
         self.ephemeral_serial += 1
         return self.ephemeral_serial
 
-    def _wake(self, futures: Iterable[asyncio.Future[None]]) -> None:
+    def _wake(self, futures: Iterable[asyncio.Future[bool]]) -> None:
         for fut in list(futures):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
 
     def notify(
         self, *, rooms: Iterable[str] = (), users: Iterable[str] = (), local_only: bool = False
@@ -64,29 +64,35 @@ class Notifier:
         for waiters in list(self._by_user.values()):
             self._wake(waiters)
 
-    async def wait(self, user_id: str, room_ids: Iterable[str], timeout: float) -> bool:
-        """Wait up to `timeout` seconds for a change; True if woken."""
+    async def wait(self, user_id: str, room_ids: list[str], timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a change; True if woken. Keeps `room_ids` as given."""
         if self.closing:
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        room_ids = list(room_ids)
+        # A bare future and a timer handle (not asyncio.wait_for, which adds a second future
+        # and a frame): this is what each of many thousand parked long-polls holds.
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(timeout, _expire, fut)
         self._by_user[user_id].add(fut)
         for room_id in room_ids:
             self._by_room[room_id].add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await fut
         finally:
+            timer.cancel()
             self._discard(self._by_user, user_id, fut)
             for room_id in room_ids:
                 self._discard(self._by_room, room_id, fut)
 
     @staticmethod
-    def _discard(index: dict[str, set[asyncio.Future[None]]], key: str, fut: asyncio.Future[None]) -> None:
+    def _discard(index: dict[str, set[asyncio.Future[bool]]], key: str, fut: asyncio.Future[bool]) -> None:
         waiters = index.get(key)
         if waiters is not None:
             waiters.discard(fut)
             if not waiters:
                 del index[key]
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
