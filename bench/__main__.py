@@ -128,7 +128,7 @@ class Run:
 
 def applicable(name: str, only: set[str]) -> set[str]:
     if name == "bare":
-        return only & {"throughput", "sweep"}
+        return only & {"throughput", "sweep", "memory"}
     wanted = only & set(CS_SCENARIOS)
     return wanted & WORKER_SCENARIOS if name == "sotto-workers" else wanted
 
@@ -147,6 +147,10 @@ async def run_target(run: Run, name: str, workdir: Path, settings: Settings, onl
             if name == "bare":
                 if "throughput" in only or "sweep" in only:
                     run.record("ceiling", name, await ceiling(target, session, settings))
+                if "memory" in only:
+                    result = await memory(target, session, settings)
+                    run.record("memory", name, result)
+                    print(f"   memory: {report.one_line('memory', result)}", flush=True)
                 return
             ran_any = False
             for scenario, fn in CS_SCENARIOS.items():

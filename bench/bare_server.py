@@ -4,11 +4,16 @@ It parses the JSON body, checks that a bearer token is present and answers with 
 random event ID, on uvloop, in one process. Whatever the load generator gets from it
 is the most any Python aiohttp server can do on this machine for the same requests.
 
+It also answers `/sync`: at once without `since`, else it parks the request for its
+`timeout` and answers an empty sync. The memory scenario run against it gives the floor:
+what aiohttp alone holds per parked long-poll, before any homeserver state.
+
     python -m bench.bare_server PORT
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -27,6 +32,14 @@ async def send(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def sync(request: web.Request) -> web.Response:
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        return web.json_response({"errcode": "M_MISSING_TOKEN"}, status=401)
+    if "since" in request.query:
+        await asyncio.sleep(int(request.query.get("timeout", "0")) / 1000)
+    return web.Response(body=b'{"next_batch":"s1"}', content_type="application/json")
+
+
 async def create_room(request: web.Request) -> web.Response:
     await request.read()
     return web.Response(
@@ -42,6 +55,7 @@ async def ok(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_put("/_matrix/client/v3/rooms/{room}/send/{type}/{txn}", send)
+    app.router.add_get("/_matrix/client/v3/sync", sync)
     app.router.add_post("/_matrix/client/v3/createRoom", create_room)
     app.router.add_post("/_matrix/client/v3/join/{room}", ok)
     app.router.add_get("/health", ok)

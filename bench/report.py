@@ -234,6 +234,16 @@ def render_federation(data: dict[str, Any]) -> str:
             f"Sotto's send path (SQLite, one process) is {frac} of it."
         )
         out.append("")
+    floor = res.get("memory", {}).get("bare")
+    if floor and _get(floor, "levels"):
+        level = _get(floor, "levels")[-1]["syncs"]
+        sotto_kib = _kib(_per_client(res.get("memory", {}).get("sotto-sqlite"), level))
+        out.append(
+            f"Memory floor: the bare aiohttp handler holding {level:,} parked `/sync` requests (no "
+            f"homeserver state at all) grows by {_fmt(_kib(_per_client(floor, level)))} KiB per request; "
+            f"Sotto (SQLite) by {_fmt(sotto_kib)} KiB."
+        )
+        out.append("")
     return "\n".join(out)
 
 
