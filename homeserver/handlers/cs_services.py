@@ -4,12 +4,11 @@ presence, directory, search ...).
 Their API modules share one set of handlers per application. `services(app, hs)` builds
 it on first use, stores it on the app under a typed key, and wires it into the core
 exactly once: an event listener on `hs.creator`, a /sync extension, background
-services, and a middleware that hands /sync's query options to that extension.
+services.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -31,12 +30,10 @@ from homeserver.storage.relations import RelationsStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.cs_extension import (
-    SYNC_OPTIONS,
     ClientServerSyncExtension,
     KnockSection,
     PresenceSection,
     RelationBundles,
-    SyncOptions,
 )
 
 
@@ -56,20 +53,6 @@ class ClientServerServices:
 
 
 CS_KEY = web.AppKey("client_server_services", ClientServerServices)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def sync_options_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Expose /sync's filter and set_presence to the sync extension for this request."""
-    if request.method != "GET" or not request.path.endswith("/sync"):
-        return await handler(request)
-    token = SYNC_OPTIONS.set(SyncOptions(request.query.get("filter"), request.query.get("set_presence")))
-    try:
-        return await handler(request)
-    finally:
-        SYNC_OPTIONS.reset(token)
 
 
 def build_services(hs: HomeServer) -> ClientServerServices:
@@ -105,7 +88,6 @@ def build_services(hs: HomeServer) -> ClientServerServices:
     extension = ClientServerSyncExtension(
         push,
         push,
-        hs.filters,
         [RelationBundles(relations), PresenceSection(presence), KnockSection(hs.events)],
     )
     return ClientServerServices(
@@ -138,5 +120,4 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     hs.background.append(svc.presence)
     hs.background.append(svc.pusher_delivery)
     hs.sync_extensions.append(svc.sync_extension)
-    app.middlewares.append(sync_options_middleware)
     return svc

@@ -5,39 +5,21 @@ It post-processes the response the core SyncHandler built. Rooms whose counts ch
 without any other activity (a new notification computed after the event was synced)
 are added with an empty timeline, so counts never go stale.
 
-The core SyncHandler does not pass the request's filter or `set_presence` to
-extensions; `SYNC_OPTIONS` carries them, set per request by a small middleware
-(see handlers.cs_services). It defaults to "no options" when unset.
+The request's filter and `set_presence` come from the core handler's `SYNC_CONTEXT`
+(no filter and no presence change when there is none).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from homeserver import jsonutil
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_summary, stripped_state
 from homeserver.storage.events import EventStore
-from homeserver.storage.filters import FilterStore
 from homeserver.storage.push import Counts
 from homeserver.sync.filter import EventFilter, SyncFilter, matches_type
 from homeserver.sync.shared import SYNC_CONTEXT, SyncContext
 
-
-@dataclass(slots=True, frozen=True)
-class SyncOptions:
-    filter_param: str | None = None
-    set_presence: str | None = None
-
-
-SYNC_OPTIONS: ContextVar[SyncOptions | None] = ContextVar("sotto_sync_options", default=None)
-
-MAX_CACHED_FILTERS = 10_000
-# Longer inline (JSON) filters are parsed on every request rather than cached.
-MAX_CACHED_INLINE_FILTER = 2048
 _NO_FILTER = SyncFilter.parse({})
 
 
@@ -123,8 +105,8 @@ class PresenceSection:
         filter_json: dict[str, Any],
         response: dict[str, Any],
     ) -> None:
-        opts = SYNC_OPTIONS.get()
-        await self.presence.user_syncing(requester.user_id, opts.set_presence if opts else None)
+        ctx = SYNC_CONTEXT.get()
+        await self.presence.user_syncing(requester.user_id, ctx.set_presence if ctx else None)
         presence_filter = EventFilter.parse(filter_json.get("presence"))
         if not presence_filter.allows("m.presence", requester.user_id) and presence_filter.not_types:
             return
@@ -202,45 +184,11 @@ class ClientServerSyncExtension:
         self,
         push: PushCounts,
         rules: PushRulesSource,
-        filters: FilterStore,
         parts: list[SyncPart] | None = None,
     ) -> None:
         self.push = push
         self.rules = rules
-        self.filters = filters
         self.parts = parts or []
-        # (user_id, filter ID) or ("", inline JSON) -> (filter JSON, its room filter).
-        self._filters: OrderedDict[tuple[str, str], tuple[dict[str, Any], SyncFilter]] = OrderedDict()
-
-    async def _filter(self, user_id: str) -> tuple[dict[str, Any], SyncFilter]:
-        """The request's filter as JSON (read-only: it is shared) and parsed."""
-        opts = SYNC_OPTIONS.get()
-        raw = opts.filter_param if opts else None
-        if not raw:
-            return {}, _NO_FILTER
-        inline = raw.lstrip().startswith("{")
-        key = ("", raw) if inline else (user_id, raw)
-        cached = self._filters.get(key)
-        if cached is not None:
-            self._filters.move_to_end(key)
-            return cached
-        filter_json: dict[str, Any]
-        if inline:
-            try:
-                parsed = jsonutil.loads(raw)
-            except ValueError:
-                parsed = {}
-            filter_json = parsed if isinstance(parsed, dict) else {}
-        else:
-            # Stored filters never change, so caching them needs no invalidation.
-            filter_json = await self.filters.get(user_id, raw) or {}
-        cached = (filter_json, SyncFilter.parse(filter_json))
-        if inline and len(raw) > MAX_CACHED_INLINE_FILTER:
-            return cached
-        self._filters[key] = cached
-        if len(self._filters) > MAX_CACHED_FILTERS:
-            self._filters.popitem(last=False)
-        return cached
 
     async def sync_fields(
         self,
@@ -251,15 +199,14 @@ class ClientServerSyncExtension:
         response: dict[str, Any],
     ) -> None:
         user_id = requester.user_id
-        filter_json, room_filter = await self._filter(user_id)
+        ctx = SYNC_CONTEXT.get()
+        filter_json, room_filter = (ctx.filter_json, ctx.filter or _NO_FILTER) if ctx else ({}, _NO_FILTER)
         await self._push_rules(user_id, since, upto, response)
         await self._unread(user_id, since, upto, joined_room_ids, filter_json, room_filter, response)
         for part in self.parts:
             await part.sync_part(requester, since, upto, joined_room_ids, filter_json, response)
 
-    async def _push_rules(
-        self, user_id: str, since: int | None, upto: int, response: dict[str, Any]
-    ) -> None:
+    async def _push_rules(self, user_id: str, since: int | None, upto: int, response: dict[str, Any]) -> None:
         if since is not None:
             ctx = _context(since, upto)
             if ctx is not None and ctx.probe is not None:

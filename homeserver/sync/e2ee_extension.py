@@ -70,8 +70,10 @@ class E2EESyncExtension:
         if since is not None:
             changed: list[str] = []
             left: list[str] = []
-            if ctx is None or probe is None or await self._lists_may_have_changed(
-                ctx, since, upto, joined_room_ids
+            if (
+                ctx is None
+                or probe is None
+                or await self._lists_may_have_changed(ctx, since, upto, joined_room_ids)
             ):
                 changed, left = await self.device_lists.get_changes(user_id, since, upto, joined_room_ids)
             response["device_lists"] = {"changed": changed, "left": left}

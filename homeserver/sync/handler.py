@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homeserver.clock import Clock
@@ -52,6 +52,9 @@ class SyncRequest:
     filter: SyncFilter
     full_state: bool
     timeout_ms: int
+    # The filter as JSON (shared between requests: read-only), for the extensions.
+    filter_json: dict[str, Any] = field(default_factory=dict)
+    set_presence: str | None = None
 
 
 class SyncHandler:
@@ -133,7 +136,19 @@ class SyncHandler:
         memberships, probe = await self.reads.memberships_and_probe(
             user_id, req.requester.device_id, since_stream, upto
         )
-        SYNC_CONTEXT.set(SyncContext(self.reads, memo, since_stream, upto, memberships, probe))
+        SYNC_CONTEXT.set(
+            SyncContext(
+                self.reads,
+                memo,
+                since_stream,
+                upto,
+                memberships,
+                probe,
+                req.filter_json,
+                req.filter,
+                req.set_presence,
+            )
+        )
         joined = [(r, s) for r, m, _, s in memberships if m == "join" and req.filter.allows_room(r)]
         joined_ids = [r for r, _ in joined]
         all_joined = [r for r, m, _, _ in memberships if m == "join"]

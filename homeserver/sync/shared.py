@@ -10,7 +10,8 @@ a newer one is seen, so the memo holds one stream window's worth at most (and ne
 than `max_entries`).
 
 `SYNC_CONTEXT` carries what the core SyncHandler already loaded for the current request
-(the user's memberships, the per-user UserProbe) to the extensions, so they neither repeat
+(the user's memberships, the per-user UserProbe, the parsed filter and `set_presence`)
+to the extensions, so they neither repeat
 those queries nor run the ones the probe shows would find nothing.
 """
 
@@ -20,10 +21,11 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe
+from homeserver.sync.filter import SyncFilter
 
 T = TypeVar("T")
 
@@ -83,6 +85,10 @@ class SyncContext:
     memberships: list[Membership]
     # Only for incremental syncs.
     probe: UserProbe | None
+    # The request's filter as JSON (shared: read-only) and its `set_presence`.
+    filter_json: dict[str, Any] = field(default_factory=dict)
+    filter: SyncFilter | None = None
+    set_presence: str | None = None
 
 
 SYNC_CONTEXT: ContextVar[SyncContext | None] = ContextVar("sotto_sync_context", default=None)
