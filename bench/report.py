@@ -193,15 +193,18 @@ def render_federation(data: dict[str, Any]) -> str:
     out = []
     if fed:
         out += [
-            "| federation pair (sender → receiver) | msgs/s | latency p50 (ms) | latency p99 (ms) |",
-            "|---|---:|---:|---:|",
+            "| federation pair (sender → receiver) | msgs/s | seen by the receiver's /sync | "
+            "latency p50 (ms) | latency p99 (ms) |",
+            "|---|---:|---:|---:|---:|",
         ]
         for pair, r in fed.items():
             if "error" in r:
-                out.append(f"| {pair} | error: {r['error'][:60]} | | |")
+                out.append(f"| {pair} | error: {r['error'][:60]} | | | |")
                 continue
+            tp = _get(r, "throughput") or {}
+            seen = f"{_fmt(tp.get('received'))} of {_fmt(tp.get('messages'))}"
             out.append(
-                f"| {pair} | {_fmt(_get(r, 'throughput', 'msgs_per_s'))} | "
+                f"| {pair} | {_fmt(_get(r, 'throughput', 'msgs_per_s'))} | {seen} | "
                 f"{_fmt(_get(r, 'latency', 'p50_ms'))} | {_fmt(_get(r, 'latency', 'p99_ms'))} |"
             )
         out.append("")
