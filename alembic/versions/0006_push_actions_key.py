@@ -77,7 +77,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        _sqlite_copy(OLD_KEY, {USER_ROOM: USER_ROOM_COLUMNS, USER_STREAM: ["user_id", "stream_id"]})
+        _sqlite_copy(OLD_KEY, {USER_ROOM: USER_ROOM_COLUMNS, USER_STREAM: USER_STREAM_COLUMNS})
         return
     op.create_index(USER_ROOM, TABLE, USER_ROOM_COLUMNS, unique=False)
     op.drop_constraint(PKEY, TABLE, type_="primary")

@@ -36,6 +36,26 @@ def event_relation(event: Event) -> tuple[str | None, str | None]:
     return None, None
 
 
+def event_row(event: Event, stream_id: int, *, outlier: bool, **more: Any) -> dict[str, Any]:
+    """The `events` row of an event: the columns every writer sets, plus the writer's own."""
+    rel_type, relates_to = event_relation(event)
+    return dict(
+        stream_id=stream_id,
+        event_id=event.event_id,
+        room_id=event.room_id,
+        type=event.type,
+        state_key=event.state_key,
+        sender=event.sender,
+        depth=event.depth,
+        origin_server_ts=event.origin_server_ts,
+        json=jsonutil.dumps(event.pdu),
+        rel_type=rel_type,
+        relates_to=relates_to,
+        outlier=outlier,
+        **more,
+    )
+
+
 class FederatedEventWrites:
     if TYPE_CHECKING:
         # Provided by EventStore.
@@ -100,23 +120,7 @@ class FederatedEventWrites:
             if backfilled:
                 lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
                 stream_id = min(int(lowest or 0), 0) - 1
-                rel_type, relates_to = event_relation(event)
-                await conn.execute(
-                    insert(events).values(
-                        stream_id=stream_id,
-                        event_id=event.event_id,
-                        room_id=event.room_id,
-                        type=event.type,
-                        state_key=event.state_key,
-                        sender=event.sender,
-                        depth=event.depth,
-                        origin_server_ts=event.origin_server_ts,
-                        json=jsonutil.dumps(event.pdu),
-                        rel_type=rel_type,
-                        relates_to=relates_to,
-                        outlier=False,
-                    )
-                )
+                await conn.execute(insert(events).values(**event_row(event, stream_id, outlier=False)))
             else:
                 stream_id = await self._persist(
                     conn, event, txn=None, outlier=outlier, new_room=None, update_state=False

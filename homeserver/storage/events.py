@@ -24,7 +24,7 @@ from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.engine import Database
-from homeserver.storage.event_federation import FederatedEventWrites, event_relation
+from homeserver.storage.event_federation import FederatedEventWrites, event_relation, event_row
 from homeserver.storage.room_flags import RoomFlags
 from homeserver.storage.schema import (
     current_state,
@@ -663,25 +663,17 @@ class EventStore(FederatedEventWrites, RoomFlags):
                 }
         if unsigned_out is not None:
             unsigned_out.update(unsigned)
-        rel_type, relates_to = event_relation(event)
         await conn.execute(
             insert(events).values(
-                stream_id=stream_id,
-                event_id=event.event_id,
-                room_id=room_id,
-                type=event.type,
-                state_key=event.state_key,
-                sender=event.sender,
-                depth=event.depth,
-                origin_server_ts=event.origin_server_ts,
-                json=jsonutil.dumps(event.pdu),
-                replaces_state=replaces,
-                rel_type=rel_type,
-                relates_to=relates_to,
-                outlier=outlier,
-                txn_id=txn.txn_id if txn else None,
-                device_id=txn.device_id if txn else None,
-                unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
+                **event_row(
+                    event,
+                    stream_id,
+                    outlier=outlier,
+                    replaces_state=replaces,
+                    txn_id=txn.txn_id if txn else None,
+                    device_id=txn.device_id if txn else None,
+                    unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
+                )
             )
         )
         if outlier:

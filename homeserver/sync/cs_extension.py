@@ -18,9 +18,8 @@ from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import Counts
 from homeserver.sync.filter import EventFilter, SyncFilter, matches_type
+from homeserver.sync.filter_cache import NO_FILTER
 from homeserver.sync.shared import SYNC_CONTEXT, SyncContext
-
-_NO_FILTER = SyncFilter.parse({})
 
 
 class PushCounts(Protocol):
@@ -200,7 +199,7 @@ class ClientServerSyncExtension:
     ) -> None:
         user_id = requester.user_id
         ctx = SYNC_CONTEXT.get()
-        filter_json, room_filter = (ctx.filter_json, ctx.filter or _NO_FILTER) if ctx else ({}, _NO_FILTER)
+        filter_json, room_filter = (ctx.filter_json, ctx.filter) if ctx else NO_FILTER
         await self._push_rules(user_id, since, upto, response)
         await self._unread(user_id, since, upto, joined_room_ids, filter_json, room_filter, response)
         for part in self.parts:

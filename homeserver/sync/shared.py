@@ -21,7 +21,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe
@@ -86,9 +86,9 @@ class SyncContext:
     # Only for incremental syncs.
     probe: UserProbe | None
     # The request's filter as JSON (shared: read-only) and its `set_presence`.
-    filter_json: dict[str, Any] = field(default_factory=dict)
-    filter: SyncFilter | None = None
-    set_presence: str | None = None
+    filter_json: dict[str, Any]
+    filter: SyncFilter
+    set_presence: str | None
 
 
 SYNC_CONTEXT: ContextVar[SyncContext | None] = ContextVar("sotto_sync_context", default=None)
