@@ -207,6 +207,13 @@ def render_federation(data: dict[str, Any]) -> str:
                 f"| {pair} | {_fmt(_get(r, 'throughput', 'msgs_per_s'))} | {seen} | "
                 f"{_fmt(_get(r, 'latency', 'p50_ms'))} | {_fmt(_get(r, 'latency', 'p99_ms'))} |"
             )
+        windows = {_get(r, "throughput", "window") for r in fed.values()} - {None}
+        if windows:
+            out += [
+                "",
+                f"Throughput: 10 senders, at most {_fmt(max(windows))} messages sent and not yet seen "
+                "by the receiver's `/sync`.",
+            ]
         out.append("")
     join = res.get("join_state", {})
     if join:
