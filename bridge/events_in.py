@@ -62,8 +62,8 @@ class FederationEventHandler:
     # Entry points ---------------------------------------------------------------------------
 
     async def is_participating(self, room_id: str) -> bool:
-        state = await self.events.get_current_state_ids(room_id)
-        return ("m.room.create", "") in state
+        create = ("m.room.create", "")
+        return create in await self.events.get_current_state(room_id, [create])
 
     async def room_version_for(self, room_id: Any) -> RoomVersion:
         if not isinstance(room_id, str):
@@ -213,7 +213,8 @@ class FederationEventHandler:
 
     async def _ensure_auth_events(self, origin: str, event: Event) -> None:
         wanted = event.auth_event_ids
-        have = await self.events.get_pdus(wanted)
+        # Through the state source's cache: the same few auth events come with every PDU.
+        have = await self.tracker.source.get_events(wanted)
         missing = [e for e in wanted if e not in have]
         if not missing:
             return

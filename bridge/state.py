@@ -34,6 +34,8 @@ MAX_CHAIN = 50
 _CACHE_GROUPS = 512
 _CACHE_EVENTS = 5000
 _CACHE_INFOS = 20000
+# Outliers placed in the DAG by this process that are remembered (see StateTracker).
+_MAX_PLACED = 100_000
 
 
 @dataclass(slots=True)
@@ -113,6 +115,16 @@ class StateTracker:
         self._locks: dict[str, asyncio.Lock] = {}
         # event_id -> its state info, for events whose info is settled (written and committed).
         self._infos: OrderedDict[str, EventStateInfo] = OrderedDict()
+        # Outliers' infos (no state group yet). After a join over federation the room's auth
+        # events are outliers, and every PDU's auth checks read their rejection status. The
+        # only change such a row ever sees is being placed in the DAG by `write`, which bumps
+        # `_outlier_gen` (a read that overlapped it keeps nothing) and lists the event in
+        # `_placed` (never cached again: the change may not be committed yet). Another worker
+        # could place one unseen, so with a shared database nothing is cached here.
+        self._outlier_infos: OrderedDict[str, EventStateInfo] = OrderedDict()
+        self._outlier_gen = 0
+        self._placed: set[str] = set()
+        self._cache_outliers = not self.db.shared
         self.source = StoreEventSource(events, self)
 
     # Reading -----------------------------------------------------------------------------
@@ -123,13 +135,14 @@ class StateTracker:
         out: dict[str, EventStateInfo] = {}
         ids = []
         for eid in event_ids:
-            hit = self._infos.get(eid)
+            hit = self._infos.get(eid) or self._outlier_infos.get(eid)
             if hit is not None:
                 out[eid] = hit
             else:
                 ids.append(eid)
         if not ids:
             return out
+        gen = self._outlier_gen
         async with self.db.read() as conn:
             for i in range(0, len(ids), 500):
                 rows = await conn.execute(
@@ -145,6 +158,10 @@ class StateTracker:
                     out[r[0]] = info
                     if info.state_group is not None:
                         self._remember_info(r[0], info)
+                    elif self._cache_outliers and gen == self._outlier_gen and r[0] not in self._placed:
+                        self._outlier_infos[r[0]] = info
+                        if len(self._outlier_infos) > _CACHE_INFOS:
+                            self._outlier_infos.popitem(last=False)
         return out
 
     def _remember_info(self, event_id: str, info: EventStateInfo) -> None:
@@ -295,6 +312,12 @@ class StateTracker:
         ).first()
         if existing is not None and existing[0] is None:
             # An outlier that has now been placed in the DAG.
+            self._outlier_gen += 1
+            self._outlier_infos.pop(prepared.event_id, None)
+            if len(self._placed) < _MAX_PLACED:
+                self._placed.add(prepared.event_id)
+            else:
+                self._cache_outliers = False  # rather than forget what must not be cached
             await conn.execute(
                 update(federation_event_state)
                 .where(federation_event_state.c.event_id == prepared.event_id)

@@ -19,7 +19,8 @@ from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.schema import current_state, events, forward_extremities, rooms
 
 if TYPE_CHECKING:
-    from homeserver.storage.events import StateKey, TxnInfo
+    from homeserver.storage.engine import Database
+    from homeserver.storage.events import StateKey, StoredEvent, TxnInfo
 
 
 def event_relation(event: Event) -> tuple[str | None, str | None]:
@@ -61,7 +62,11 @@ class FederatedEventWrites:
         # Provided by EventStore.
         _versions: dict[str, RoomVersion]
 
+        db: Database
+
         def _room_write(self, room_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+        def _cache_local_event(self, stored: StoredEvent) -> None: ...
 
         async def _persist(
             self,
@@ -108,50 +113,78 @@ class FederatedEventWrites:
         current_state on its own here). Backfilled events get negative stream positions so
         they sort before the live timeline and never show up in incremental syncs.
         """
-        async with self._room_write(event.room_id) as conn:
-            if outlier:
-                exists = (
-                    await conn.execute(select(events.c.stream_id).where(events.c.event_id == event.event_id))
-                ).first()
-                if exists is not None:
-                    return None
-            elif not await self._promote_outlier(conn, event.event_id):
+        # A timeline message that changes no state (most of what arrives) leaves the room's
+        # cached state as it is and moves its cached extremities forward, as a local one does;
+        # anything else may change state, so the room's cache starts afresh.
+        plain = (
+            not outlier
+            and not backfilled
+            and not state_changes
+            and not event.is_state()
+            and event.type != "m.room.redaction"
+        )
+        async with self.db.write() if plain else self._room_write(event.room_id) as conn:
+            stream_id = await self._write_federated_event(
+                conn, event, outlier, backfilled, state_changes, extra
+            )
+        if plain and stream_id is not None:
+            from homeserver.storage.events import StoredEvent
+
+            self._cache_local_event(StoredEvent(event, stream_id, {}, None, None, None))
+        return stream_id
+
+    async def _write_federated_event(
+        self,
+        conn: AsyncConnection,
+        event: Event,
+        outlier: bool,
+        backfilled: bool,
+        state_changes: dict[StateKey, tuple[str, str | None] | None] | None,
+        extra: Callable[[AsyncConnection, int], Awaitable[None]] | None,
+    ) -> int | None:
+        if outlier:
+            exists = (
+                await conn.execute(select(events.c.stream_id).where(events.c.event_id == event.event_id))
+            ).first()
+            if exists is not None:
                 return None
-            if backfilled:
-                lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
-                stream_id = min(int(lowest or 0), 0) - 1
-                await conn.execute(insert(events).values(**event_row(event, stream_id, outlier=False)))
-            else:
-                stream_id = await self._persist(
-                    conn, event, txn=None, outlier=outlier, new_room=None, update_state=False
-                )
-            if not outlier and not backfilled and event.is_state() and state_changes is not None:
-                # Record what the event replaced, as local state events do, for /sync's state walk.
-                key = event.state_key_tuple
-                if key in state_changes:
-                    prev = (
-                        await conn.execute(
-                            select(current_state.c.event_id).where(
-                                current_state.c.room_id == event.room_id,
-                                current_state.c.type == key[0],
-                                current_state.c.state_key == key[1],
-                            )
+        elif not await self._promote_outlier(conn, event.event_id):
+            return None
+        if backfilled:
+            lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
+            stream_id = min(int(lowest or 0), 0) - 1
+            await conn.execute(insert(events).values(**event_row(event, stream_id, outlier=False)))
+        else:
+            stream_id = await self._persist(
+                conn, event, txn=None, outlier=outlier, new_room=None, update_state=False
+            )
+        if not outlier and not backfilled and event.is_state() and state_changes is not None:
+            # Record what the event replaced, as local state events do, for /sync's state walk.
+            key = event.state_key_tuple
+            if key in state_changes:
+                prev = (
+                    await conn.execute(
+                        select(current_state.c.event_id).where(
+                            current_state.c.room_id == event.room_id,
+                            current_state.c.type == key[0],
+                            current_state.c.state_key == key[1],
                         )
-                    ).first()
-                    if prev is not None and prev[0] != event.event_id:
-                        await conn.execute(
-                            update(events)
-                            .where(events.c.event_id == event.event_id)
-                            .values(
-                                replaces_state=prev[0],
-                                unsigned_json=jsonutil.dumps({"replaces_state": prev[0]}),
-                            )
+                    )
+                ).first()
+                if prev is not None and prev[0] != event.event_id:
+                    await conn.execute(
+                        update(events)
+                        .where(events.c.event_id == event.event_id)
+                        .values(
+                            replaces_state=prev[0],
+                            unsigned_json=jsonutil.dumps({"replaces_state": prev[0]}),
                         )
-            if state_changes:
-                await self._apply_state_changes(conn, event.room_id, state_changes, stream_id)
-            if extra is not None:
-                await extra(conn, stream_id)
-            return stream_id
+                    )
+        if state_changes:
+            await self._apply_state_changes(conn, event.room_id, state_changes, stream_id)
+        if extra is not None:
+            await extra(conn, stream_id)
+        return stream_id
 
     async def _apply_state_changes(
         self,
