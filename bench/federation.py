@@ -24,7 +24,7 @@ import aiohttp
 
 from bench.client import BURST_SYNC_FILTER, SYNC_FILTER, Client, new_session, percentiles, timeline_event_ids
 from bench.scenarios import Settings, unique
-from bench.targets import SottoTarget, SynapseTarget, Target, peak_rss_bytes, rss_bytes
+from bench.targets import SottoTarget, SynapseTarget, Target, cpu_seconds, peak_rss_bytes, rss_bytes
 from tests.federation.support import CertAuthority
 
 FEDERATION_SCENARIOS = ("federation", "join_state")
@@ -33,7 +33,7 @@ PAIRS = [("sotto", "sotto"), ("sotto", "synapse"), ("synapse", "sotto"), ("synap
 # what the pair sustains, not how fast a sender fills a queue: Synapse prunes its inbound
 # queue for a room once 100 events are staged (keeping the newest and leaving the rest to
 # backfill), so an unbounded burst measured its pruning (174 of 1,000 seen in /sync).
-WINDOW = 50
+WINDOW = 80
 # The burst stops here even if the receiver stalls.
 BURST_DEADLINE_S = 300
 
@@ -112,6 +112,8 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
                 done.set()
 
     listener = asyncio.create_task(listen())
+    # The receiver's CPU for the phase (its /sync answers to the listener included).
+    cpu_start = cpu_seconds(b.pids())
     t_start = time.perf_counter()
     counter = iter(range(s.fed_messages))
 
@@ -140,6 +142,7 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
     listener.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await listener
+    receiver_cpu = cpu_seconds(b.pids()) - cpu_start
     got = [arrived[e] for e in wanted if e in arrived]
     last = max(got) if got else time.perf_counter()
     return {
@@ -149,6 +152,7 @@ async def fed_pair(a: Target, b: Target, session: aiohttp.ClientSession, s: Sett
             "sent": len(wanted),
             "window": WINDOW,
             "received": len(got),
+            "receiver_cpu_ms_per_msg": round(1000 * receiver_cpu / len(got), 2) if got else None,
             "msgs_per_s": round(len(got) / (last - t_start), 1) if got else 0,
             "send_msgs_per_s": round(s.fed_messages / (t_sent - t_start), 1),
             "receiver_sync_errors": errors[:5],

@@ -194,17 +194,18 @@ def render_federation(data: dict[str, Any]) -> str:
     if fed:
         out += [
             "| federation pair (sender → receiver) | msgs/s | seen by the receiver's /sync | "
-            "latency p50 (ms) | latency p99 (ms) |",
-            "|---|---:|---:|---:|---:|",
+            "receiver CPU per message (ms) | latency p50 (ms) | latency p99 (ms) |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for pair, r in fed.items():
             if "error" in r:
-                out.append(f"| {pair} | error: {r['error'][:60]} | | | |")
+                out.append(f"| {pair} | error: {r['error'][:60]} | | | | |")
                 continue
             tp = _get(r, "throughput") or {}
             seen = f"{_fmt(tp.get('received'))} of {_fmt(tp.get('messages'))}"
             out.append(
                 f"| {pair} | {_fmt(_get(r, 'throughput', 'msgs_per_s'))} | {seen} | "
+                f"{_fmt(tp.get('receiver_cpu_ms_per_msg'), 2)} | "
                 f"{_fmt(_get(r, 'latency', 'p50_ms'))} | {_fmt(_get(r, 'latency', 'p99_ms'))} |"
             )
         windows = {_get(r, "throughput", "window") for r in fed.values()} - {None}

@@ -94,6 +94,18 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int:
     """VmHWM: the process's peak resident set since it started."""
     with open(f"/proc/{pid}/status") as f:
