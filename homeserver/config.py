@@ -113,6 +113,14 @@ class RateLimitConfig:
     media_uploads_burst: int = 20
     key_claims_per_second: float = 5.0
     key_claims_burst: int = 50
+    # Per user: /sendToDevice requests (each may address many devices), typing notifications,
+    # and read receipts with read markers (clients send these as the user scrolls).
+    to_device_per_second: float = 10.0
+    to_device_burst: int = 100
+    typing_per_second: float = 1.0
+    typing_burst: int = 20
+    receipts_per_second: float = 5.0
+    receipts_burst: int = 50
     # Federation: per authenticated origin, and per address for requests failing authentication.
     federation_per_second: float = 50.0
     federation_burst: int = 500
@@ -146,6 +154,9 @@ class Config:
     log_format: str = "text"
     default_room_version: str = "12"
     metrics_enabled: bool = True
+    # Peers (CIDR ranges) that may read /metrics; others get 403. Loopback by default: the
+    # figures describe the server's load and users, and the listener may be public.
+    metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     # bcrypt cost factor for password hashes (tests lower it; 12 is the production default).
     bcrypt_rounds: int = 12
     listener: ListenerConfig = field(default_factory=ListenerConfig)
@@ -212,6 +223,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     for where, ranges in (
         ("push.allowed_gateway_ranges", cfg.push.allowed_gateway_ranges),
         ("media.url_preview_allowed_ranges", cfg.media.url_preview_allowed_ranges),
+        ("metrics_allow", cfg.metrics_allow),
     ):
         try:
             for cidr in ranges:

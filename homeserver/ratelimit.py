@@ -111,6 +111,9 @@ class RateLimits:
     invites_received: RateLimiter
     media_uploads: RateLimiter
     key_claims: RateLimiter
+    to_device: RateLimiter
+    typing: RateLimiter
+    receipts: RateLimiter
     federation_origin: RateLimiter
     federation_unauthenticated: RateLimiter
 
@@ -126,6 +129,9 @@ class RateLimits:
             invites_received=make(cfg.invites_received_per_second, cfg.invites_received_burst),
             media_uploads=make(cfg.media_uploads_per_second, cfg.media_uploads_burst),
             key_claims=make(cfg.key_claims_per_second, cfg.key_claims_burst),
+            to_device=make(cfg.to_device_per_second, cfg.to_device_burst),
+            typing=make(cfg.typing_per_second, cfg.typing_burst),
+            receipts=make(cfg.receipts_per_second, cfg.receipts_burst),
             federation_origin=make(cfg.federation_per_second, cfg.federation_burst),
             federation_unauthenticated=make(
                 cfg.federation_unauthenticated_per_second, cfg.federation_unauthenticated_burst

@@ -140,6 +140,10 @@ RATE_LIMITED_ROUTES: dict[tuple[str, str], tuple[Charge, ...]] = {
     ("PUT", "/_matrix/media/{_ver}/upload/{server_name}/{media_id}"): _UPLOADS,
     ("POST", "/_matrix/media/v1/create"): _UPLOADS,
     ("POST", _C + "/keys/claim"): (Charge("key_claims"),),
+    ("PUT", _C + "/sendToDevice/{event_type}/{txn_id}"): (Charge("to_device"),),
+    ("PUT", _ROOM + "/typing/{user_id}"): (Charge("typing"),),
+    ("POST", _ROOM + "/receipt/{receipt_type}/{event_id}"): (Charge("receipts"),),
+    ("POST", _ROOM + "/read_markers"): (Charge("receipts"),),
 }
 
 # Membership targets named in the body must be user IDs (checked before any room lookup).

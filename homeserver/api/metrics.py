@@ -1,10 +1,13 @@
-"""Prometheus metrics at /metrics (when enabled in config)."""
+"""Prometheus metrics at /metrics (when enabled in config), for the peers `metrics_allow` names."""
 
 from __future__ import annotations
+
+import ipaddress
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
 
+from homeserver.errors import Codes, MatrixError
 from homeserver.server import HomeServer
 
 
@@ -18,7 +21,22 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     waiting.set_function(lambda: hs.notifier.waiting)
     stream.set_function(lambda: hs.db.current_stream_id)
 
+    allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in hs.config.metrics_allow]
+
+    def peer_allowed(request: web.Request) -> bool:
+        # The connection's own peer, not X-Forwarded-For: a proxy in front must not pass
+        # /metrics through (the nginx example only forwards the Matrix paths).
+        try:
+            peer = ipaddress.ip_address((request.remote or "").split("%")[0])
+        except ValueError:
+            return False  # a Unix socket or an unknown peer
+        if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+            peer = peer.ipv4_mapped
+        return any(peer in net for net in allowed)
+
     async def metrics(request: web.Request) -> web.Response:
+        if not peer_allowed(request):
+            raise MatrixError(403, Codes.FORBIDDEN, "Metrics are not available to this address")
         resp = web.Response(body=generate_latest(REGISTRY) + generate_latest(registry))
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         return resp

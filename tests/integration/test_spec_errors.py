@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
+import pytest
 
+from homeserver.config import ConfigError, config_from_dict
 from tests.support.http import RawClient
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 
 MakeUser = Callable[[str], Awaitable[RawClient]]
 
@@ -104,3 +107,20 @@ async def test_metrics_endpoint(
         text = await resp.text()
     assert resp.status == 200
     assert "sotto_http_requests_total" in text and "sotto_stream_position" in text
+
+
+async def test_metrics_refused_to_peers_outside_metrics_allow(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # The test client connects from loopback, which this server does not allow.
+    async with run_server(str(tmp_path), metrics_allow=["10.0.0.0/8", "fd00::/8"]) as srv:
+        async with http.get(srv.base_url + "/metrics") as resp:
+            body = await resp.json()
+            assert resp.status == 403
+        assert body["errcode"] == "M_FORBIDDEN"
+        assert "sotto_http_requests_total" not in str(body)
+
+
+def test_metrics_allow_must_be_cidr_ranges() -> None:
+    with pytest.raises(ConfigError, match="metrics_allow"):
+        config_from_dict({"server_name": "example.org", "metrics_allow": ["not-a-network"]})

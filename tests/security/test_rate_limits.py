@@ -1,4 +1,5 @@
-"""Rate limits: messages, joins, invites, media uploads and key claims answer 429
+"""Rate limits: messages, joins, invites, media uploads, key claims, to-device messages,
+typing notifications and receipts answer 429
 M_LIMIT_EXCEEDED with retry_after_ms and Retry-After once a user's bucket is empty;
 buckets refill with time; admins are exempt; limits are on by default."""
 
@@ -31,6 +32,12 @@ LIMITS = {
     "media_uploads_burst": 2,
     "key_claims_per_second": 0.5,
     "key_claims_burst": 2,
+    "to_device_per_second": 0.5,
+    "to_device_burst": 2,
+    "typing_per_second": 0.5,
+    "typing_burst": 2,
+    "receipts_per_second": 0.5,
+    "receipts_burst": 2,
     # /login is limited by the accounts area; keep it out of the way here.
     "login_per_second": 100.0,
     "login_burst": 100,
@@ -68,7 +75,8 @@ def assert_limited(status: int, body: dict[str, object], headers: dict[str, str]
 def test_limits_are_on_by_default() -> None:
     cfg = Config().rate_limits
     assert cfg.enabled
-    for name in ("messages", "joins", "invites", "media_uploads", "key_claims", "federation"):
+    names = ("messages", "joins", "invites", "media_uploads", "key_claims", "federation")
+    for name in (*names, "to_device", "typing", "receipts"):
         assert getattr(cfg, f"{name}_per_second") > 0
         assert getattr(cfg, f"{name}_burst") >= 1
 
@@ -188,6 +196,41 @@ async def test_key_claims_limited(
     for _ in range(2):
         assert (await raw(http, "POST", url, token=alice.token, json=body))[0] == 200
     assert_limited(*await raw(http, "POST", url, token=alice.token, json=body))
+
+
+async def test_to_device_limited(
+    limited: tuple[RunningServer, FakeClock], http: aiohttp.ClientSession
+) -> None:
+    srv, clock = limited
+    alice = await user(srv, http, "alice")
+    url = f"{srv.base_url}/_matrix/client/v3/sendToDevice/m.test/"
+    body = {"messages": {alice.user_id: {"*": {"n": 1}}}}
+    for i in range(2):
+        assert (await raw(http, "PUT", url + f"t{i}", token=alice.token, json=body))[0] == 200
+    status, refused, headers = await raw(http, "PUT", url + "t2", token=alice.token, json=body)
+    assert_limited(status, refused, headers)
+    clock.now += refused["retry_after_ms"] / 1000
+    assert (await raw(http, "PUT", url + "t2", token=alice.token, json=body))[0] == 200
+
+
+async def test_typing_and_receipts_limited(
+    limited: tuple[RunningServer, FakeClock], http: aiohttp.ClientSession
+) -> None:
+    srv, _ = limited
+    alice = await user(srv, http, "alice")
+    room = await alice.create_room()
+    event_id = await alice.send(room, "read me", "t0")
+    room_url = f"{srv.base_url}/_matrix/client/v3/rooms/{quote(room)}"
+    typing = f"{room_url}/typing/{quote(alice.user_id)}"
+    for _ in range(2):
+        assert (await raw(http, "PUT", typing, token=alice.token, json={"typing": False}))[0] == 200
+    assert_limited(*await raw(http, "PUT", typing, token=alice.token, json={"typing": False}))
+    # Receipts and read markers share one bucket, separate from typing.
+    receipt = f"{room_url}/receipt/m.read/{quote(event_id)}"
+    assert (await raw(http, "POST", receipt, token=alice.token, json={}))[0] == 200
+    markers = f"{room_url}/read_markers"
+    assert (await raw(http, "POST", markers, token=alice.token, json={"m.fully_read": event_id}))[0] == 200
+    assert_limited(*await raw(http, "POST", receipt, token=alice.token, json={}))
 
 
 async def test_limits_off_in_tests_by_default(server: RunningServer, http: aiohttp.ClientSession) -> None:
