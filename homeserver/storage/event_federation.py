@@ -128,7 +128,7 @@ class FederatedEventWrites:
                 conn, event, outlier, backfilled, state_changes, extra
             )
         if plain and stream_id is not None:
-            from homeserver.storage.events import StoredEvent
+            from homeserver.storage.events import StoredEvent  # here: events imports this module
 
             self._cache_local_event(StoredEvent(event, stream_id, {}, None, None, None))
         return stream_id
