@@ -117,12 +117,11 @@ class StateTracker:
         self._infos: OrderedDict[str, EventStateInfo] = OrderedDict()
         # Outliers' infos (no state group yet). After a join over federation the room's auth
         # events are outliers, and every PDU's auth checks read their rejection status. The
-        # only change such a row ever sees is being placed in the DAG by `write`, which bumps
-        # `_outlier_gen` (a read that overlapped it keeps nothing) and lists the event in
-        # `_placed` (never cached again: the change may not be committed yet). Another worker
-        # could place one unseen, so with a shared database nothing is cached here.
+        # only change such a row ever sees is being placed in the DAG by `write`, which lists
+        # the event in `_placed`: never cached again, since that change may not be committed
+        # yet, and a read that overlapped it checks `_placed` before keeping what it read.
+        # Another worker could place one unseen, so with a shared database nothing is cached.
         self._outlier_infos: OrderedDict[str, EventStateInfo] = OrderedDict()
-        self._outlier_gen = 0
         self._placed: set[str] = set()
         self._cache_outliers = not self.db.shared
         self.source = StoreEventSource(events, self)
@@ -142,7 +141,6 @@ class StateTracker:
                 ids.append(eid)
         if not ids:
             return out
-        gen = self._outlier_gen
         async with self.db.read() as conn:
             for i in range(0, len(ids), 500):
                 rows = await conn.execute(
@@ -158,7 +156,7 @@ class StateTracker:
                     out[r[0]] = info
                     if info.state_group is not None:
                         self._remember_info(r[0], info)
-                    elif self._cache_outliers and gen == self._outlier_gen and r[0] not in self._placed:
+                    elif self._cache_outliers and r[0] not in self._placed:
                         self._outlier_infos[r[0]] = info
                         if len(self._outlier_infos) > _CACHE_INFOS:
                             self._outlier_infos.popitem(last=False)
@@ -312,7 +310,6 @@ class StateTracker:
         ).first()
         if existing is not None and existing[0] is None:
             # An outlier that has now been placed in the DAG.
-            self._outlier_gen += 1
             self._outlier_infos.pop(prepared.event_id, None)
             if len(self._placed) < _MAX_PLACED:
                 self._placed.add(prepared.event_id)

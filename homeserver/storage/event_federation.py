@@ -66,7 +66,7 @@ class FederatedEventWrites:
 
         def _room_write(self, room_id: str) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
-        def _cache_local_event(self, stored: StoredEvent) -> None: ...
+        def _cache_new_event(self, stored: StoredEvent) -> None: ...
 
         async def _persist(
             self,
@@ -113,16 +113,10 @@ class FederatedEventWrites:
         current_state on its own here). Backfilled events get negative stream positions so
         they sort before the live timeline and never show up in incremental syncs.
         """
-        # A timeline message that changes no state (most of what arrives) leaves the room's
-        # cached state as it is and moves its cached extremities forward, as a local one does;
-        # anything else may change state, so the room's cache starts afresh.
-        plain = (
-            not outlier
-            and not backfilled
-            and not state_changes
-            and not event.is_state()
-            and event.type != "m.room.redaction"
-        )
+        # A timeline event that changes no state (most of what arrives) updates the room's
+        # cache as a local one does (`_cache_new_event`: extremities move forward, and a
+        # redaction drops the cache); anything else may change state, so the cache starts afresh.
+        plain = not outlier and not backfilled and not state_changes and not event.is_state()
         async with self.db.write() if plain else self._room_write(event.room_id) as conn:
             stream_id = await self._write_federated_event(
                 conn, event, outlier, backfilled, state_changes, extra
@@ -130,7 +124,7 @@ class FederatedEventWrites:
         if plain and stream_id is not None:
             from homeserver.storage.events import StoredEvent  # here: events imports this module
 
-            self._cache_local_event(StoredEvent(event, stream_id, {}, None, None, None))
+            self._cache_new_event(StoredEvent(event, stream_id, {}, None, None, None))
         return stream_id
 
     async def _write_federated_event(

@@ -177,7 +177,7 @@ class EventStore(FederatedEventWrites, RoomFlags):
         finally:
             self.invalidate_room(room_id)
 
-    def _cache_local_event(self, stored: StoredEvent) -> None:
+    def _cache_new_event(self, stored: StoredEvent) -> None:
         if not self.cache_state:
             return
         event = stored.event
@@ -525,7 +525,7 @@ class EventStore(FederatedEventWrites, RoomFlags):
         if outlier or not update_state:
             self.invalidate_room(event.room_id)
         else:
-            self._cache_local_event(
+            self._cache_new_event(
                 StoredEvent(
                     event,
                     stream_id,
@@ -594,7 +594,7 @@ class EventStore(FederatedEventWrites, RoomFlags):
             if extra is not None:
                 await extra(conn, ids)
         for (event, txn), stream_id in zip(batch, ids, strict=True):
-            self._cache_local_event(
+            self._cache_new_event(
                 StoredEvent(
                     event, stream_id, {}, txn.txn_id if txn else None, txn.device_id if txn else None, None
                 )
