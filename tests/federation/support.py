@@ -155,3 +155,9 @@ async def room_bodies(client: Client, room_id: str) -> list[str]:
         for e in await client.messages(room_id)
         if e["type"] == "m.room.message" and "body" in e.get("content", {})
     ]
+
+
+async def has_membership(srv: RunningServer, room_id: str, user_id: str, membership: str = "join") -> bool:
+    """Whether `srv` holds `user_id`'s membership in the room as `membership`."""
+    found = await srv.hs.events.get_membership(room_id, user_id)
+    return found is not None and found[0] == membership

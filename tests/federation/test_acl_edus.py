@@ -6,12 +6,14 @@ from functools import partial
 
 import aiohttp
 
-from tests.federation.support import CertAuthority, Client, fed_server, federation_of, wait_for
-
-
-async def _joined_on(srv: object, room_id: str, user_id: str) -> bool:
-    found = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
-    return found is not None and found[0] == "join"
+from tests.federation.support import (
+    CertAuthority,
+    Client,
+    fed_server,
+    federation_of,
+    has_membership,
+    wait_for,
+)
 
 
 async def test_typing_and_receipts_from_acl_denied_server_are_dropped(
@@ -28,7 +30,7 @@ async def test_typing_and_receipts_from_acl_denied_server_are_dropped(
         open_room = await alice.create_room(preset="public_chat")
         for room_id in (denied, open_room):
             await bob.join(room_id, via=[a.server_name])
-            await wait_for(partial(_joined_on, a, room_id, bob.user_id), what="bob joined on A")
+            await wait_for(partial(has_membership, a, room_id, bob.user_id), what="bob joined on A")
         msg_denied = await alice.send(denied, "read me")
         msg_open = await alice.send(open_room, "read me too")
         # Both servers are IP literals: this ACL shuts B (and, seen from B, A) out of one room.

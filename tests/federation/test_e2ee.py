@@ -11,15 +11,9 @@ from typing import Any
 import pytest
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, MegolmEvent, RoomMessageText
 
-from tests.federation.support import CertAuthority, fed_server, wait_for
+from tests.federation.support import CertAuthority, fed_server, has_membership, wait_for
 from tests.federation.synapse import SynapseServer
 from tests.integration.e2ee.nio_helpers import NioUser, nio_login
-from tests.support.server import RunningServer
-
-
-async def _joined(srv: RunningServer, room_id: str, user_id: str) -> bool:
-    found = await srv.hs.events.get_membership(room_id, user_id)
-    return found is not None and found[0] == "join"
 
 
 async def _exchange(alice: NioUser, bob: NioUser, room: str) -> None:
@@ -40,21 +34,16 @@ async def test_encrypted_chat_between_two_sotto_servers(
         bob = await nio_login(b, stores, "bob")
         try:
             room = await alice.create_encrypted_room([bob.user_id])
-            await wait_for(lambda: _invited(b, room, bob.user_id), what="invite on B")
+            await wait_for(lambda: has_membership(b, room, bob.user_id, "invite"), what="invite on B")
             await bob.step()
             await bob.join(room)
-            await wait_for(lambda: _joined(a, room, bob.user_id), what="bob joined on A")
+            await wait_for(lambda: has_membership(a, room, bob.user_id), what="bob joined on A")
             await alice.step()
             await bob.step()
             await _exchange(alice, bob, room)
         finally:
             await alice.close()
             await bob.close()
-
-
-async def _invited(srv: RunningServer, room_id: str, user_id: str) -> bool:
-    found = await srv.hs.events.get_membership(room_id, user_id)
-    return found is not None and found[0] == "invite"
 
 
 # The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).

@@ -11,7 +11,15 @@ import aiohttp
 from sqlalchemy import select
 
 from bridge.schema import federation_event_state
-from tests.federation.support import CertAuthority, Client, fed_server, federation_of, room_bodies, wait_for
+from tests.federation.support import (
+    CertAuthority,
+    Client,
+    fed_server,
+    federation_of,
+    has_membership,
+    room_bodies,
+    wait_for,
+)
 
 
 async def test_remote_messages_keep_the_dag_linear_and_outlier_status_fresh(
@@ -27,11 +35,7 @@ async def test_remote_messages_keep_the_dag_linear_and_outlier_status_fresh(
         room_id = await alice.create_room(preset="public_chat", room_version="11")
         await bob.join(room_id, via=[a.server_name])
 
-        async def bob_joined_on_a() -> bool:
-            found = await a.hs.events.get_membership(room_id, bob.user_id)
-            return found is not None and found[0] == "join"
-
-        await wait_for(bob_joined_on_a, what="bob's join on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob's join on A")
 
         # Remote messages arrive one after another; B's cached extremities follow them.
         sent = [await alice.send(room_id, f"from A {i}") for i in range(5)]

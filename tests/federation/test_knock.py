@@ -8,12 +8,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from tests.federation.support import CertAuthority, Client, fed_server, room_bodies, wait_for
-
-
-async def _membership_on(srv: object, room_id: str, user_id: str, membership: str) -> bool:
-    found = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
-    return found is not None and found[0] == membership
+from tests.federation.support import CertAuthority, Client, fed_server, has_membership, room_bodies, wait_for
 
 
 @pytest.mark.parametrize("version", ["10", "11"])
@@ -37,7 +32,7 @@ async def test_knock_then_invite_then_join(
         ] == room_id
 
         # The knock is in the room on A, with its reason.
-        await wait_for(lambda: _membership_on(a, room_id, bob.user_id, "knock"), what="knock on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id, "knock"), what="knock on A")
         state = await alice.call("GET", f"/rooms/{room_id}/state/m.room.member/{bob.user_id}")
         assert state["membership"] == "knock" and state["reason"] == "let me in"
         # B shows the room under rooms.knock, with the room's name from the returned state.
@@ -51,9 +46,9 @@ async def test_knock_then_invite_then_join(
 
         # Accepting is an invite; bob then joins as after any remote invite.
         await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
-        await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "invite"), what="invite on B")
+        await wait_for(lambda: has_membership(b, room_id, bob.user_id, "invite"), what="invite on B")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _membership_on(a, room_id, bob.user_id, "join"), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id, "join"), what="bob joined on A")
         await alice.send(room_id, "welcome")
         await wait_for(lambda: _has(bob, room_id, "welcome"), what="message on B")
 

@@ -14,15 +14,11 @@ from tests.federation.support import (
     Client,
     fed_server,
     federation_of,
+    has_membership,
     room_bodies,
     wait_for,
 )
 from tests.support.server import RunningServer, free_port
-
-
-async def _joined(srv: RunningServer, room_id: str, user_id: str) -> bool:
-    found = await srv.hs.events.get_membership(room_id, user_id)
-    return found is not None and found[0] == "join"
 
 
 async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
@@ -36,7 +32,7 @@ async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[st
             async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
                 bob = await Client.login(b, "bob", http)
                 await bob.join(room_id, via=[a.server_name])
-                await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+                await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
             # B is down: A queues everything for it.
             sent = [f"while down {i}" for i in range(60)]
             for body in sent:
@@ -69,7 +65,7 @@ async def test_concurrent_state_changes_converge(test_ca: CertAuthority, tmp_dir
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat", room_version="11")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         power = await alice.call("GET", f"/rooms/{room_id}/state/m.room.power_levels/")
         power["users"][bob.user_id] = 100
         pl_id = await alice.state(room_id, "m.room.power_levels", power)
@@ -147,7 +143,7 @@ async def test_forged_and_tampered_events_are_refused(
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         fb = federation_of(b)
 
         async def send(pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
@@ -206,7 +202,7 @@ async def test_lost_events_are_fetched_as_missing_events(
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         fa = federation_of(a)
         await fa.queue.stop()
         lost = [f"lost {i}" for i in range(5)]
@@ -235,7 +231,7 @@ async def test_soft_failed_event_is_hidden(test_ca: CertAuthority, tmp_dirs: tup
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat", room_version="11")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         fa, fb = federation_of(a), federation_of(b)
         await fa.queue.stop()
         await fb.queue.stop()
@@ -274,7 +270,7 @@ async def test_event_committed_but_not_queued_is_sent_after_restart(
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         # Commit an event exactly as EventCreator does, but "crash" before its listeners run.
         creator = a.hs.creator
         rv = await a.hs.events.get_room_version(room_id)

@@ -13,6 +13,7 @@ from tests.federation.support import (
     Client,
     fed_server,
     federation_of,
+    has_membership,
     room_bodies,
     wait_for,
 )
@@ -35,7 +36,7 @@ async def test_remote_join_and_messages_both_ways(
         # Bob's server knows the room's state and history.
         members = await b.hs.events.get_room_members(room_id)
         assert set(members) == {alice.user_id, bob.user_id}
-        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob's join on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob's join on A")
 
         await bob.send(room_id, "hello from B")
         await wait_for(lambda: _has_body(alice, room_id, "hello from B"), what="B's message on A")
@@ -46,11 +47,6 @@ async def test_remote_join_and_messages_both_ways(
         state_a = await a.hs.events.get_current_state_ids(room_id)
         state_b = await b.hs.events.get_current_state_ids(room_id)
         assert state_a == state_b
-
-
-async def _joined_on(srv: object, room_id: str, user_id: str) -> bool:
-    membership = await srv.hs.events.get_membership(room_id, user_id)  # type: ignore[attr-defined]
-    return membership is not None and membership[0] == "join"
 
 
 async def _has_body(client: Client, room_id: str, body: str) -> bool:
@@ -90,7 +86,7 @@ async def test_invite_join_leave_kick_typing_receipts(
         # Accept the invite: a remote join through the inviting server.
         await bob.join(room_id)
         await _sync_until(bob, lambda d: room_id in d["rooms"]["join"], "room joined on B")
-        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
 
         # Typing and receipts across servers.
         await alice.sync()
@@ -123,7 +119,7 @@ async def test_invite_join_leave_kick_typing_receipts(
         await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
         await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "invite"), what="second invite on B")
         await bob.join(room_id)
-        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob back on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob back on A")
         state_b = await b.hs.events.get_current_state_ids(room_id)
         assert state_b[("m.room.name", "")] == name_id
         assert state_b == await a.hs.events.get_current_state_ids(room_id)
@@ -192,7 +188,7 @@ async def test_profile_alias_join_and_server_acl(test_ca: CertAuthority, tmp_dir
         room_id = await alice.create_room(preset="public_chat", room_alias_name="fedroom")
         alias = f"#fedroom:{a.server_name}"
         assert (await bob.join(alias))["room_id"] == room_id
-        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined by alias")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined by alias")
         await bob.send(room_id, "allowed")
         await wait_for(lambda: _has_body(alice, room_id, "allowed"), what="message before the ACL")
 
@@ -266,9 +262,9 @@ async def test_restricted_join_authorised_by_resident_server(
         # Not a member of the space yet: refused.
         await bob.join(restricted, via=[a.server_name], expect=403)
         await bob.join(space, via=[a.server_name])
-        await wait_for(lambda: _joined_on(a, space, bob.user_id), what="bob in the space")
+        await wait_for(lambda: has_membership(a, space, bob.user_id), what="bob in the space")
         await bob.join(restricted, via=[a.server_name])
-        await wait_for(lambda: _joined_on(a, restricted, bob.user_id), what="restricted join on A")
+        await wait_for(lambda: has_membership(a, restricted, bob.user_id), what="restricted join on A")
         member = await alice.call("GET", f"/rooms/{restricted}/state/m.room.member/{bob.user_id}")
         assert member["join_authorised_via_users_server"] == alice.user_id
 
@@ -283,7 +279,7 @@ async def test_presence_across_servers(test_ca: CertAuthority, tmp_dirs: tuple[s
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat")
         await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: _joined_on(a, room_id, bob.user_id), what="bob joined on A")
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         status = {"presence": "unavailable", "status_msg": "lunch"}
         await bob.call("PUT", f"/presence/{bob.user_id}/status", status)
 
