@@ -156,7 +156,7 @@ class EventCreator:
                 room_version, room_id, type, sender, content, state_key, redacts
             )
             self._check(event, auth_map, create)
-            stream_id = await self.store.persist_event(event, txn=txn)
+            stream_id = await self.store.persist_event(event, txn=txn, checked=True)
         await self._after_persist([event], [stream_id])
         return event, stream_id
 
@@ -201,7 +201,7 @@ class EventCreator:
     ) -> list[tuple[Event, int]]:
         txns = [p.txn for p in batch if p.txn is not None]
         known = await self.store.get_txn_events(txns)
-        prevs, depth = await self.store.get_extremities_and_depth(room_id)
+        prevs, depth = await self.store.room_head(room_id)
         prevs = prevs[:MAX_PREV_EVENTS]
         chain: list[tuple[Event, TxnInfo | None]] = []
         owners: list[_Pending] = []
@@ -303,12 +303,13 @@ class EventCreator:
         redacts: str | None,
         prevs: tuple[list[str], int] | None = None,
     ) -> tuple[Event, dict[tuple[str, str], Event], Event | None]:
+        # Under the room lock. room_head first: with several workers it validates the cache.
+        prev_ids, depth = prevs if prevs is not None else await self.store.room_head(room_id)
         needed = auth_types_for_event(room_version, type, sender, state_key, content)
         needed_with_create = set(needed) | {("m.room.create", "")}
-        state = await self.store.get_current_state(room_id, needed_with_create)
+        state = await self.store.get_current_state(room_id, needed_with_create, locked=True)
         create = state.get(("m.room.create", ""))
         auth_map = {k: v.event for k, v in state.items() if k in set(needed)}
-        prev_ids, depth = prevs if prevs is not None else await self.store.get_extremities_and_depth(room_id)
         event = build_event(
             room_version=room_version,
             room_id=room_id,

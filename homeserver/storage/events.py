@@ -131,8 +131,10 @@ class EventStore(FederatedEventWrites, RoomFlags):
         self.db = db
         # Room versions never change, so this cache needs no invalidation; it is bounded.
         self._versions: dict[str, RoomVersion] = {}
-        # The state cache is only correct while this process is the rooms' only writer
-        # (one process on SQLite); with several workers the composition root turns it off.
+        # `cache_state`: reads may trust the state cache, because this process is the rooms'
+        # only writer (one process). With several workers it is False: the cache is still kept
+        # up to date with this process's own writes, but only event creation reads it, under
+        # the room lock and after `room_head` has checked it against the stored extremities.
         self.cache_state = cache_state
         self._rooms: OrderedDict[str, _RoomCache] = OrderedDict()
         # Bumped on every change to a room: a read that raced a write must not fill the cache.
@@ -144,8 +146,6 @@ class EventStore(FederatedEventWrites, RoomFlags):
         return self._generation.get(room_id, 0)
 
     def _cache(self, room_id: str, create: bool = False) -> _RoomCache | None:
-        if not self.cache_state:
-            return None
         cache = self._rooms.get(room_id)
         if cache is not None:
             self._rooms.move_to_end(room_id)
@@ -162,8 +162,6 @@ class EventStore(FederatedEventWrites, RoomFlags):
         self.invalidate_room(room_id)
 
     def invalidate_room(self, room_id: str) -> None:
-        if not self.cache_state:
-            return
         self._generation[room_id] = self._gen(room_id) + 1
         self._rooms.pop(room_id, None)
 
@@ -177,13 +175,17 @@ class EventStore(FederatedEventWrites, RoomFlags):
         finally:
             self.invalidate_room(room_id)
 
-    def _cache_new_event(self, stored: StoredEvent) -> None:
-        if not self.cache_state:
-            return
+    def _cache_new_event(self, stored: StoredEvent, *, checked: bool = False) -> None:
+        """Apply an event just stored to its room's cache.
+
+        `checked`: it was built under the room lock after `room_head`, so the cache matched
+        the database when it was built. With several workers an unchecked event (one built
+        elsewhere from a database read) drops the cache instead: moving stale extremities
+        forward could make them equal the stored ones while the cached state stays stale."""
         event = stored.event
         room_id = event.room_id
-        if event.type == "m.room.redaction":
-            # The redacted event may be cached state; start afresh.
+        if event.type == "m.room.redaction" or not (self.cache_state or checked):
+            # (A redacted event may be cached state.) Start afresh.
             self.invalidate_room(room_id)
             return
         self._generation[room_id] = self._gen(room_id) + 1
@@ -376,9 +378,18 @@ class EventStore(FederatedEventWrites, RoomFlags):
             return {(r[0], r[1]): r[2] for r in rows}
 
     async def get_current_state(
-        self, room_id: str, keys: Iterable[StateKey] | None = None, types: Collection[str] | None = None
+        self,
+        room_id: str,
+        keys: Iterable[StateKey] | None = None,
+        types: Collection[str] | None = None,
+        *,
+        locked: bool = False,
     ) -> dict[StateKey, StoredEvent]:
-        if keys is not None and types is None and self.cache_state:
+        """The current state events at `keys` (or of `types`, or all of them).
+
+        `locked`: the caller holds the room lock and has called `room_head` under it, so the
+        cache is valid even with several workers."""
+        if keys is not None and types is None and (self.cache_state or locked):
             return await self._cached_state(room_id, list(keys))
         return await self._query_current_state(room_id, keys, types)
 
@@ -438,13 +449,33 @@ class EventStore(FederatedEventWrites, RoomFlags):
         async with self.db.read() as conn:
             return await self._load(conn, q)
 
+    async def room_head(self, room_id: str) -> tuple[list[str], int]:
+        """The room's forward extremities and depth, for its next event; call under the room lock.
+
+        With several workers it also checks the room's cache: every event stored in the room,
+        by any worker, changes the extremities (the new event becomes one), and nobody else
+        can store one while the lock is held. If they differ from the cached ones, another
+        worker has written, and the cache starts afresh."""
+        if self.cache_state:
+            return await self.get_extremities_and_depth(room_id)
+        extremities, depth = await self._query_extremities(room_id)
+        cache = self._cache(room_id)
+        if cache is None or cache.extremities is None or set(cache.extremities) != set(extremities):
+            self.invalidate_room(room_id)
+            cache = self._cache(room_id, create=True)
+            assert cache is not None
+            cache.extremities, cache.depth = list(extremities), depth
+        return extremities, depth
+
     async def get_extremities_and_depth(self, room_id: str) -> tuple[list[str], int]:
+        if not self.cache_state:
+            return await self._query_extremities(room_id)
         cache = self._cache(room_id)
         if cache is not None and cache.extremities is not None:
             return list(cache.extremities), cache.depth
         gen = self._gen(room_id)
         extremities, depth = await self._query_extremities(room_id)
-        if self.cache_state and self._gen(room_id) == gen:
+        if self._gen(room_id) == gen:
             cache = self._cache(room_id, create=True)
             if cache is not None:
                 cache.extremities, cache.depth = list(extremities), depth
@@ -507,8 +538,10 @@ class EventStore(FederatedEventWrites, RoomFlags):
         outlier: bool = False,
         new_room: tuple[str, str | None, int] | None = None,
         update_state: bool = True,
+        checked: bool = False,
     ) -> int:
-        """Store a new event and its effects; returns its stream ID. `new_room` is (version, creator, ts)."""
+        """Store a new event and its effects; returns its stream ID. `new_room` is (version, creator, ts);
+        `checked` as for `_cache_new_event`."""
         unsigned: dict[str, Any] = {}
         if outlier or not update_state:
             self.invalidate_room(event.room_id)
@@ -533,7 +566,8 @@ class EventStore(FederatedEventWrites, RoomFlags):
                     txn.txn_id if txn else None,
                     txn.device_id if txn else None,
                     None,
-                )
+                ),
+                checked=checked,
             )
         return stream_id
 
@@ -542,7 +576,8 @@ class EventStore(FederatedEventWrites, RoomFlags):
         batch: list[tuple[Event, TxnInfo | None]],
         extra: Callable[[AsyncConnection, list[int]], Awaitable[None]] | None = None,
     ) -> list[int]:
-        """Store a chain of non-state events in one transaction (group commit).
+        """Store a chain of non-state events in one transaction (group commit), built under
+        the room lock after `room_head` (the event creator's batches).
 
         Each event's prev_events is the previous one, so only the first event's prevs stop
         being forward extremities and only the last becomes one. `extra(conn, stream_ids)`
@@ -597,7 +632,8 @@ class EventStore(FederatedEventWrites, RoomFlags):
             self._cache_new_event(
                 StoredEvent(
                     event, stream_id, {}, txn.txn_id if txn else None, txn.device_id if txn else None, None
-                )
+                ),
+                checked=True,
             )
         return ids
 

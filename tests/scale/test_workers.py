@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -108,6 +109,53 @@ async def test_concurrent_sends_on_both_workers_keep_one_chain(
     assert assert_exactly_once(rows, logs) == 6 * 15
     assert_linear_chain(rows)
     assert len({r.stream_id for r in rows}) == len(rows)
+
+
+async def test_state_changed_on_one_worker_is_enforced_by_the_other(
+    two_workers: SottoProcesses, pg_url: str
+) -> None:
+    """Each worker caches the auth state it builds events from; a change stored by the other
+    worker must reach that cache before the next event (power levels, both ways)."""
+    room_id, users = await _room_with_members(two_workers, 2)
+    (_, alice), (_, bob) = users
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    room = f"{CS}/rooms/{quote(room_id)}"
+    message = {"msgtype": "m.text", "body": "x"}
+    async with aiohttp.ClientSession() as s:
+
+        async def send(url: str, token: str, txn: str) -> tuple[int, Any]:
+            return await call(s, "PUT", f"{url}{room}/send/m.room.message/{txn}", token, json=message)
+
+        async def topic(url: str, token: str, text: str) -> tuple[int, Any]:
+            return await call(s, "PUT", f"{url}{room}/state/m.room.topic/", token, json={"topic": text})
+
+        async def set_power(bob_level: int) -> None:
+            status, levels = await call(s, "GET", f"{b_url}{room}/state/m.room.power_levels/", alice)
+            assert status == 200, levels
+            levels.update(events_default=50, state_default=50)
+            levels.setdefault("events", {}).pop("m.room.topic", None)
+            levels.setdefault("users", {})[users[1][0]] = bob_level
+            status, body = await call(
+                s, "PUT", f"{b_url}{room}/state/m.room.power_levels/", alice, json=levels
+            )
+            assert status == 200, body
+
+        await set_power(50)
+        # Worker A builds events for Bob (a message and a state event), caching his rights.
+        assert (await send(a_url, bob, "t1"))[0] == 200
+        assert (await topic(a_url, bob, "first"))[0] == 200
+        # Worker B takes them away; worker A must refuse both kinds of event.
+        await set_power(0)
+        status, body = await send(a_url, bob, "t2")
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+        status, body = await topic(a_url, bob, "second")
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+        # And gives them back (A now caches the refusal's state); worker A must accept again.
+        await set_power(50)
+        assert (await send(a_url, bob, "t3"))[0] == 200
+        assert (await topic(a_url, bob, "third"))[0] == 200
+    rows = await room_rows(pg_url, room_id)
+    assert_linear_chain(rows)
 
 
 async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, pg_url: str) -> None:
