@@ -22,6 +22,7 @@ from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.messages import MessageHandler
 from homeserver.handlers.rooms import RoomHandler
+from homeserver.invalidation import Invalidations
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.aliases import AliasStore
@@ -56,6 +57,7 @@ class HomeServer:
     db: Database
     signing_key: SigningKey
     notifier: Notifier
+    invalidations: Invalidations
     accounts: AccountStore
     events: EventStore
     auth: AuthHandler
@@ -84,6 +86,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     db = Database(config.database.url, config.base_dir, pool_size=config.database.pool_size)
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
+    invalidations = Invalidations()
     accounts = AccountStore(db)
     # The state cache is only correct while this process is the rooms' only writer: always on
     # SQLite, and on PostgreSQL when it runs as one process (no Redis, not one of several
@@ -104,9 +107,10 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         db=db,
         signing_key=signing_key,
         notifier=notifier,
+        invalidations=invalidations,
         accounts=accounts,
         events=events,
-        auth=AuthHandler(accounts, clock),
+        auth=AuthHandler(accounts, clock, invalidations),
         passwords=PasswordHasher(config.bcrypt_rounds),
         creator=creator,
         filters=FilterStore(db),

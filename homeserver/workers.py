@@ -57,6 +57,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     if hs.config.redis.enabled:
         bridge = RedisBridge(hs.config.redis.url, hs.config.redis.channel, hs.db, hs.notifier)
         app[BRIDGE_KEY] = bridge
+        hs.invalidations.attach(bridge)
         hs.background.append(bridge)
 
     async def health(_request: web.Request) -> web.Response:

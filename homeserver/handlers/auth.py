@@ -13,12 +13,14 @@ import secrets
 import string
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import bcrypt
 from aiohttp import web
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.invalidation import Invalidations
 from homeserver.storage.accounts import AccountStore, TokenInfo
 
 _TOKEN_CACHE_SIZE = 10_000
@@ -75,11 +77,23 @@ class PasswordHasher:
         return await asyncio.to_thread(_check_password_sync, password, password_hash)
 
 
+# Invalidation topics: a list of token hashes, a list of user IDs (all their tokens).
+TOKENS_TOPIC = "auth.tokens"
+USERS_TOPIC = "auth.users"
+
+
 class AuthHandler:
-    def __init__(self, store: AccountStore, clock: Clock) -> None:
+    def __init__(self, store: AccountStore, clock: Clock, invalidations: Invalidations | None = None) -> None:
         self.store = store
         self.clock = clock
         self._cache: OrderedDict[str, TokenInfo] = OrderedDict()
+        # Bumped by every invalidation: a lookup that raced one must not cache what it read.
+        self._generation = 0
+        # Other workers cache tokens too: a revocation here must reach their caches.
+        self._peers = invalidations or Invalidations()
+        self._peers.subscribe(TOKENS_TOPIC, self._drop_tokens)
+        self._peers.subscribe(USERS_TOPIC, self._drop_users)
+        self._peers.on_reset(self._drop_all)
 
     async def create_session(
         self, user_id: str, device_id: str | None, display_name: str | None
@@ -89,28 +103,48 @@ class AuthHandler:
         now = self.clock.time_ms()
         await self.store.upsert_device(user_id, device_id, display_name, now)
         # Logging in again with an existing device_id replaces that device's old tokens.
-        for old in await self.store.tokens_for_devices(user_id, [device_id]):
+        replaced = await self.store.tokens_for_devices(user_id, [device_id])
+        for old in replaced:
             await self.store.delete_token(old)
-            self._cache.pop(old, None)
+        if replaced:
+            self.invalidate(replaced)
         token = generate_token()
         await self.store.add_access_token(hash_token(token), user_id, device_id, now)
         return token, device_id
 
     def invalidate(self, token_hashes: list[str]) -> None:
+        """Forget tokens just deleted from the database, here and on every other worker."""
+        self._drop_tokens(token_hashes)
+        self._peers.broadcast(TOKENS_TOPIC, list(token_hashes))
+
+    def invalidate_user(self, user_id: str) -> None:
+        """Forget every cached token of a user (here and on every other worker)."""
+        self._drop_users([user_id])
+        self._peers.broadcast(USERS_TOPIC, [user_id])
+
+    def _drop_tokens(self, token_hashes: Any) -> None:
+        self._generation += 1
         for h in token_hashes:
             self._cache.pop(h, None)
 
-    def invalidate_user(self, user_id: str) -> None:
-        for h in [h for h, info in self._cache.items() if info.user_id == user_id]:
+    def _drop_users(self, user_ids: Any) -> None:
+        self._generation += 1
+        users = set(user_ids)
+        for h in [h for h, info in self._cache.items() if info.user_id in users]:
             del self._cache[h]
+
+    def _drop_all(self) -> None:
+        self._generation += 1
+        self._cache.clear()
 
     async def _lookup(self, token_hash: str) -> TokenInfo | None:
         info = self._cache.get(token_hash)
         if info is not None:
             self._cache.move_to_end(token_hash)
             return info
+        generation = self._generation
         info = await self.store.get_token(token_hash)
-        if info is not None:
+        if info is not None and generation == self._generation:
             self._cache[token_hash] = info
             if len(self._cache) > _TOKEN_CACHE_SIZE:
                 self._cache.popitem(last=False)

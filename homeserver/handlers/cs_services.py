@@ -79,6 +79,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         hs.notifier,
         hs.clock,
         hs.server_name,
+        hs.invalidations,
     )
     relations = RelationsHandler(relations_store, hs.events, hs.messages, hs.clock)
     hs.messages.bundler = relations.bundle

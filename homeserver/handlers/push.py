@@ -27,6 +27,7 @@ from homeserver.events import Event
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.push_eval import RoomContext, evaluate, is_highlight, is_notify
 from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_default_rule_id, strip_actions
+from homeserver.invalidation import Invalidations
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import (
     Counts,
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 MAX_CACHED_RULESETS = 10_000
 MAX_CACHED_ROOMS = 2_000
+# Invalidation topics (lists of user IDs, of room IDs) for the other workers' caches.
+RULES_TOPIC = "push.rules"
+ROOMS_TOPIC = "push.rooms"
 # Following relations to find an event's thread stops after this many hops (the spec suggests 3).
 THREAD_HOPS = 3
 MAIN_THREAD = "main"
@@ -116,6 +120,7 @@ class PushHandler:
         notifier: Notifier,
         clock: Clock,
         server_name: str,
+        invalidations: Invalidations | None = None,
     ) -> None:
         self.events = events
         self.relations = relations
@@ -127,6 +132,28 @@ class PushHandler:
         self.server_name = server_name
         self._rulesets: OrderedDict[str, Ruleset] = OrderedDict()
         self._rooms: OrderedDict[str, RoomContext] = OrderedDict()
+        # Bumped by every invalidation: a read that raced one must not fill the caches.
+        self._generation = 0
+        # Rules and room state change on other workers too.
+        self._peers = invalidations or Invalidations()
+        self._peers.subscribe(RULES_TOPIC, self._drop_rulesets)
+        self._peers.subscribe(ROOMS_TOPIC, self._drop_rooms)
+        self._peers.on_reset(self._drop_all)
+
+    def _drop_rulesets(self, user_ids: Any) -> None:
+        self._generation += 1
+        for user_id in user_ids:
+            self._rulesets.pop(user_id, None)
+
+    def _drop_rooms(self, room_ids: Any) -> None:
+        self._generation += 1
+        for room_id in room_ids:
+            self._rooms.pop(room_id, None)
+
+    def _drop_all(self) -> None:
+        self._generation += 1
+        self._rulesets.clear()
+        self._rooms.clear()
 
     def is_local(self, user_id: str) -> bool:
         return user_id.endswith(":" + self.server_name)
@@ -138,11 +165,13 @@ class PushHandler:
         if cached is not None:
             self._rulesets.move_to_end(user_id)
             return cached
+        generation = self._generation
         user_rules, overrides = await self.rules.get_rules(user_id)
         ruleset = build_ruleset(user_id, user_rules, overrides)
-        self._rulesets[user_id] = ruleset
-        if len(self._rulesets) > MAX_CACHED_RULESETS:
-            self._rulesets.popitem(last=False)
+        if generation == self._generation:
+            self._rulesets[user_id] = ruleset
+            if len(self._rulesets) > MAX_CACHED_RULESETS:
+                self._rulesets.popitem(last=False)
         return ruleset
 
     async def ruleset_json(self, user_id: str) -> dict[str, Any]:
@@ -155,7 +184,8 @@ class PushHandler:
         return await self.actions.rooms_changed_since(user_id, since, upto)
 
     def _changed(self, user_id: str) -> None:
-        self._rulesets.pop(user_id, None)
+        self._drop_rulesets([user_id])
+        self._peers.broadcast(RULES_TOPIC, [user_id])
         # Clients learn about rule changes through m.push_rules account data in /sync.
         self.notifier.notify(users=[user_id])
 
@@ -238,6 +268,7 @@ class PushHandler:
         if cached is not None:
             self._rooms.move_to_end(room_id)
             return cached
+        generation = self._generation
         rv = await self.events.get_room_version(room_id)
         if rv is None:
             return None
@@ -262,9 +293,10 @@ class PushHandler:
                 if isinstance(extra, list):
                     creators.update(c for c in extra if isinstance(c, str))
         ctx = RoomContext(joined, names, power, frozenset(creators))
-        self._rooms[room_id] = ctx
-        if len(self._rooms) > MAX_CACHED_ROOMS:
-            self._rooms.popitem(last=False)
+        if generation == self._generation:
+            self._rooms[room_id] = ctx
+            if len(self._rooms) > MAX_CACHED_ROOMS:
+                self._rooms.popitem(last=False)
         return ctx
 
     async def thread_id_for(self, event: Event) -> str:
@@ -301,7 +333,8 @@ class PushHandler:
 
     async def _on_event(self, event: Event, stream_id: int) -> None:
         if event.is_state():
-            self._rooms.pop(event.room_id, None)
+            self._drop_rooms([event.room_id])
+            self._peers.broadcast(ROOMS_TOPIC, [event.room_id])
         ctx = await self._room_context(event.room_id)
         if ctx is None:
             return

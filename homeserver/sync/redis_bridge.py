@@ -15,7 +15,8 @@ reconnect, every `idle_poll_s` otherwise. Whenever polling moves the position it
 wakes every waiter, so a lost message delays a sync but never loses an event.
 
 The same channel carries cache invalidations between workers (`broadcast` and
-`subscribe`), e.g. an access token revoked on one worker must not stay cached on another.
+`subscribe`, the transport of homeserver.invalidation), e.g. an access token revoked on
+one worker must not stay cached on another.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from homeserver import jsonutil
+from homeserver.invalidation import RESET_TOPIC
 from homeserver.storage.engine import Database
 from homeserver.sync.notifier import Notifier
 
@@ -39,8 +41,6 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 # One published message carries at most this many notifications merged together.
 MAX_BATCH = 500
-# Handlers of this topic drop whole caches: invalidations may have been lost.
-RESET_TOPIC = "reset"
 
 
 class RedisBridge:

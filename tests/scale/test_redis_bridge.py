@@ -6,9 +6,10 @@ import asyncio
 import functools
 import uuid
 
+from homeserver.invalidation import RESET_TOPIC
 from homeserver.storage.engine import Database
 from homeserver.sync.notifier import Notifier
-from homeserver.sync.redis_bridge import RESET_TOPIC, RedisBridge
+from homeserver.sync.redis_bridge import RedisBridge
 
 
 async def _connected(*bridges: RedisBridge) -> None:

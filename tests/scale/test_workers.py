@@ -158,6 +158,71 @@ async def test_state_changed_on_one_worker_is_enforced_by_the_other(
     assert_linear_chain(rows)
 
 
+async def test_revoked_token_is_refused_by_the_other_worker(two_workers: SottoProcesses) -> None:
+    """Each worker caches access tokens; logging out on one must end the token on the other."""
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    user_id, token = await register(a_url, "leaver")
+    async with aiohttp.ClientSession() as s:
+        # Worker B has the token cached, then worker A revokes it.
+        status, body = await call(s, "GET", b_url + CS + "/account/whoami", token)
+        assert (status, body.get("user_id")) == (200, user_id), body
+        status, body = await call(s, "POST", a_url + CS + "/logout", token, json={})
+        assert status == 200, body
+        for _ in range(100):
+            status, body = await call(s, "GET", b_url + CS + "/account/whoami", token)
+            if status == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert (status, body.get("errcode")) == (401, "M_UNKNOWN_TOKEN"), body
+
+
+async def test_push_caches_follow_changes_made_on_the_other_worker(two_workers: SottoProcesses) -> None:
+    """Worker A evaluates push rules from cached rulesets and room members; a rule removed
+    and a member who joined on worker B must both reach those caches."""
+    room_id, users = await _room_with_members(two_workers, 2)
+    (_, alice), (_, bob) = users
+    carol_id, carol = await register(two_workers.base_url(1), "carol")
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    rule = f"{CS}/pushrules/global/room/{quote(room_id)}"
+    async with aiohttp.ClientSession() as s:
+        sent = 0
+
+        async def send_on_a() -> None:
+            nonlocal sent
+            sent += 1
+            path = f"{a_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/p{sent}"
+            status, body = await call(s, "PUT", path, alice, json={"msgtype": "m.text", "body": "x"})
+            assert status == 200, body
+
+        async def count(token: str) -> int:
+            status, body = await call(s, "GET", b_url + CS + "/sync", token, params={"timeout": "0"})
+            assert status == 200, body
+            room = body["rooms"]["join"].get(room_id, {})
+            return int(room.get("unread_notifications", {}).get("notification_count", 0))
+
+        async def notified_eventually(token: str) -> bool:
+            for _ in range(40):
+                await send_on_a()
+                if await count(token) > 0:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        # Bob mutes the room (on B); worker A caches his ruleset while evaluating.
+        status, body = await call(s, "PUT", b_url + rule, bob, json={"actions": []})
+        assert status == 200, body
+        await send_on_a()
+        assert await count(bob) == 0
+        # He unmutes it on B: A's messages must notify him again.
+        status, body = await call(s, "DELETE", b_url + rule, bob)
+        assert status == 200, body
+        assert await notified_eventually(bob)
+        # Carol joins on B after A cached the room's members: A's messages must count for her.
+        status, body = await call(s, "POST", f"{b_url}{CS}/join/{quote(room_id)}", carol, json={})
+        assert status == 200, body
+        assert await notified_eventually(carol), carol_id
+
+
 async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, pg_url: str) -> None:
     room_id, users = await _room_with_members(two_workers, 1)
     token = users[0][1]
