@@ -12,11 +12,8 @@ overflow), every `on_reset` handler runs and drops its whole cache instead.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
 
 Handler = Callable[[Any], None]
 

@@ -145,11 +145,15 @@ class EventStore(FederatedEventWrites, RoomFlags):
     def _gen(self, room_id: str) -> int:
         return self._generation.get(room_id, 0)
 
-    def _cache(self, room_id: str, create: bool = False) -> _RoomCache | None:
+    def _cache(self, room_id: str) -> _RoomCache | None:
         cache = self._rooms.get(room_id)
         if cache is not None:
             self._rooms.move_to_end(room_id)
-        elif create:
+        return cache
+
+    def _cache_to_fill(self, room_id: str) -> _RoomCache:
+        cache = self._cache(room_id)
+        if cache is None:
             cache = self._rooms[room_id] = _RoomCache()
             if len(self._rooms) > MAX_CACHED_ROOMS:
                 old, _ = self._rooms.popitem(last=False)
@@ -410,10 +414,9 @@ class EventStore(FederatedEventWrites, RoomFlags):
         found = await self._query_current_state(room_id, missing, None)
         out.update(found)
         if self._gen(room_id) == gen:
-            cache = self._cache(room_id, create=True)
-            if cache is not None:
-                for key in missing:
-                    cache.state[key] = found.get(key)
+            cache = self._cache_to_fill(room_id)
+            for key in missing:
+                cache.state[key] = found.get(key)
         return out
 
     async def _query_current_state(
@@ -462,8 +465,7 @@ class EventStore(FederatedEventWrites, RoomFlags):
         cache = self._cache(room_id)
         if cache is None or cache.extremities is None or set(cache.extremities) != set(extremities):
             self.invalidate_room(room_id)
-            cache = self._cache(room_id, create=True)
-            assert cache is not None
+            cache = self._cache_to_fill(room_id)
             cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
 
@@ -476,9 +478,8 @@ class EventStore(FederatedEventWrites, RoomFlags):
         gen = self._gen(room_id)
         extremities, depth = await self._query_extremities(room_id)
         if self._gen(room_id) == gen:
-            cache = self._cache(room_id, create=True)
-            if cache is not None:
-                cache.extremities, cache.depth = list(extremities), depth
+            cache = self._cache_to_fill(room_id)
+            cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
 
     async def _query_extremities(self, room_id: str) -> tuple[list[str], int]:

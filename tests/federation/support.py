@@ -161,3 +161,22 @@ async def has_membership(srv: RunningServer, room_id: str, user_id: str, members
     """Whether `srv` holds `user_id`'s membership in the room as `membership`."""
     found = await srv.hs.events.get_membership(room_id, user_id)
     return found is not None and found[0] == membership
+
+
+@asynccontextmanager
+async def joined_pair(
+    ca: CertAuthority, dirs: tuple[str, str], **room: Any
+) -> AsyncIterator[tuple[RunningServer, RunningServer, Client, Client, str]]:
+    """Servers A and B; alice on A creates a public room (`room`: more createRoom options)
+    and bob on B has joined it, as A sees. Yields (a, b, alice, bob, room_id)."""
+    async with (
+        fed_server(dirs[0], ca) as a,
+        fed_server(dirs[1], ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat", **room)
+        await bob.join(room_id, via=[a.server_name])
+        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+        yield a, b, alice, bob, room_id

@@ -7,16 +7,13 @@ messages instead of dropping the room's cache each time. Both must never serve s
 
 from __future__ import annotations
 
-import aiohttp
 from sqlalchemy import select
 
 from bridge.schema import federation_event_state
 from tests.federation.support import (
     CertAuthority,
-    Client,
-    fed_server,
     federation_of,
-    has_membership,
+    joined_pair,
     room_bodies,
     wait_for,
 )
@@ -25,18 +22,7 @@ from tests.federation.support import (
 async def test_remote_messages_keep_the_dag_linear_and_outlier_status_fresh(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat", room_version="11")
-        await bob.join(room_id, via=[a.server_name])
-
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob's join on A")
-
+    async with joined_pair(test_ca, tmp_dirs, room_version="11") as (_, b, alice, bob, room_id):
         # Remote messages arrive one after another; B's cached extremities follow them.
         sent = [await alice.send(room_id, f"from A {i}") for i in range(5)]
 

@@ -15,6 +15,7 @@ from tests.federation.support import (
     fed_server,
     federation_of,
     has_membership,
+    joined_pair,
     room_bodies,
     wait_for,
 )
@@ -56,16 +57,7 @@ async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[st
 
 
 async def test_concurrent_state_changes_converge(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat", room_version="11")
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    async with joined_pair(test_ca, tmp_dirs, room_version="11") as (a, b, alice, bob, room_id):
         power = await alice.call("GET", f"/rooms/{room_id}/state/m.room.power_levels/")
         power["users"][bob.user_id] = 100
         pl_id = await alice.state(room_id, "m.room.power_levels", power)
@@ -134,16 +126,7 @@ async def _forge(
 async def test_forged_and_tampered_events_are_refused(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat")
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fb = federation_of(b)
 
         async def send(pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
@@ -193,16 +176,7 @@ async def test_forged_and_tampered_events_are_refused(
 async def test_lost_events_are_fetched_as_missing_events(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat")
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fa = federation_of(a)
         await fa.queue.stop()
         lost = [f"lost {i}" for i in range(5)]
@@ -222,16 +196,7 @@ async def test_lost_events_are_fetched_as_missing_events(
 
 
 async def test_soft_failed_event_is_hidden(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat", room_version="11")
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    async with joined_pair(test_ca, tmp_dirs, room_version="11") as (a, b, alice, bob, room_id):
         fa, fb = federation_of(a), federation_of(b)
         await fa.queue.stop()
         await fb.queue.stop()
@@ -261,16 +226,7 @@ async def test_event_committed_but_not_queued_is_sent_after_restart(
 ) -> None:
     """A crash between committing a local event and queueing it for federation loses nothing:
     on start, the federation service queues local events that never reached it."""
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
-        room_id = await alice.create_room(preset="public_chat")
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    async with joined_pair(test_ca, tmp_dirs) as (a, _, alice, bob, room_id):
         # Commit an event exactly as EventCreator does, but "crash" before its listeners run.
         creator = a.hs.creator
         rv = await a.hs.events.get_room_version(room_id)
