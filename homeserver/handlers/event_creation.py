@@ -177,17 +177,21 @@ class EventCreator:
     async def _drain(self, room_id: str, room_version: RoomVersion) -> None:
         try:
             while self._pending.get(room_id):
-                async with self.room_lock(room_id):
-                    queue = self._pending[room_id]
-                    batch = queue[:MAX_BATCH]
-                    del queue[: len(batch)]
-                    try:
+                batch: list[_Pending] = []
+                try:
+                    async with self.room_lock(room_id):
+                        queue = self._pending[room_id]
+                        batch = queue[:MAX_BATCH]
+                        del queue[: len(batch)]
                         done = await self._commit_batch(room_id, room_version, batch)
-                    except Exception as e:
-                        for p in batch:
-                            if not p.future.done():
-                                p.future.set_exception(e)
-                        continue
+                except Exception as e:
+                    # The batch failed, or the room lock could not be taken (the database is
+                    # away): fail what was taken, or everything queued, so that no sender
+                    # waits for a drain that has ended.
+                    for p in batch or self._pending.pop(room_id, []):
+                        if not p.future.done():
+                            p.future.set_exception(e)
+                    continue
                 await self._after_persist([e for e, _ in done], [sid for _, sid in done], batched=True)
                 for p in batch:
                     _settle(p)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import event as sa_event
@@ -150,3 +151,48 @@ async def test_remembered_authorisation_follows_state_changes(
             txn=TxnInfo(bob.user_id, "DEV", "b5"),
         )
     assert refused.value.errcode == "M_FORBIDDEN"
+
+
+async def test_queued_senders_are_answered_when_the_room_lock_cannot_be_taken(
+    server: RunningServer, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL the room lock is a database session: taking it fails while the database
+    # is away. The messages queued behind it used to wait for ever (the drain had ended).
+    alice = await make_user("alice")
+    room = await alice.create_room()
+    creator = server.hs.creator
+    real_lock = creator.room_lock
+    failures = 1
+
+    @asynccontextmanager
+    async def flaky_lock(room_id: str) -> AsyncIterator[None]:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ConnectionRefusedError("the database is away")
+        async with real_lock(room_id):
+            yield
+
+    monkeypatch.setattr(creator, "room_lock", flaky_lock)
+
+    async def send(body: str) -> object:
+        try:
+            event, _ = await creator.create_and_send(
+                room_id=room,
+                type="m.room.message",
+                sender=alice.user_id,
+                content={"msgtype": "m.text", "body": body},
+                txn=TxnInfo(alice.user_id, "DEV", body),
+            )
+            return event.event_id
+        except ConnectionRefusedError as e:
+            return e
+
+    results = await asyncio.wait_for(asyncio.gather(*(send(f"queued {i}") for i in range(3))), 10)
+    assert all(isinstance(r, ConnectionRefusedError) for r in results), results
+    # The room is not stuck: the same transaction IDs, retried, are stored once each.
+    retried = await asyncio.wait_for(asyncio.gather(*(send(f"queued {i}") for i in range(3))), 10)
+    assert all(isinstance(r, str) for r in retried), retried
+    page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "10"})
+    bodies = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+    assert sorted(bodies) == ["queued 0", "queued 1", "queued 2"]
