@@ -1,6 +1,9 @@
 """Inserting many rows of one table at once, with as little per-row work as possible.
 
-`BulkInsert(table, columns).run(conn, rows)` takes rows as tuples in `columns` order.
+`BulkInsert(table, columns).run(conn, rows)` takes rows as tuples in `columns` order;
+with `upsert_keys`, a row whose keys exist replaces that row's other columns (rows must
+then have distinct keys, and are best sorted by them so concurrent writers lock rows in
+one order).
 On SQLite the statement is compiled once and handed to the driver's executemany as
 is: SQLAlchemy's per-row parameter processing (a dict per row, type processors that
 do nothing for these columns) cost about a third of such an insert. Other databases
@@ -16,26 +19,43 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Table, bindparam, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class BulkInsert:
-    __slots__ = ("_sqlite", "columns", "stmt", "table")
+    __slots__ = ("_sqlite", "_stmts", "columns", "table", "upsert_keys")
 
-    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+    def __init__(self, table: Table, columns: Sequence[str], *, upsert_keys: Sequence[str] = ()) -> None:
         self.table = table
         self.columns = tuple(columns)
-        self.stmt = insert(table).values({c: bindparam(c) for c in self.columns})
+        self.upsert_keys = tuple(upsert_keys)
+        self._stmts: dict[str, Any] = {}
         # (SQL, positions of the row's values in the statement's parameter order)
         self._sqlite: tuple[str, tuple[int, ...] | None] | None = None
+
+    def statement(self, dialect: str) -> Any:
+        stmt = self._stmts.get(dialect)
+        if stmt is None:
+            values: dict[str, Any] = {c: bindparam(c) for c in self.columns}
+            if not self.upsert_keys:
+                stmt = insert(self.table).values(values)
+            else:
+                make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                ins = make(self.table).values(values)
+                update = {c: ins.excluded[c] for c in self.columns if c not in self.upsert_keys}
+                stmt = ins.on_conflict_do_update(index_elements=list(self.upsert_keys), set_=update)
+            self._stmts[dialect] = stmt
+        return stmt
 
     async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
         if conn.dialect.name != "sqlite":
             columns = self.columns
-            await conn.execute(self.stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+            stmt = self.statement(conn.dialect.name)
+            await conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
             return
         sql, order = self._sqlite or self._compile(conn)
         if order is not None:
@@ -43,7 +63,7 @@ class BulkInsert:
         await conn.run_sync(_executemany, sql, rows)
 
     def _compile(self, conn: AsyncConnection) -> tuple[str, tuple[int, ...] | None]:
-        compiled = self.stmt.compile(dialect=conn.dialect)
+        compiled = self.statement(conn.dialect.name).compile(dialect=conn.dialect)
         names = compiled.positiontup or []
         order = tuple(self.columns.index(name) for name in names)
         assert len(order) == len(self.columns), (names, self.columns)

@@ -6,7 +6,8 @@ Invariants:
   reserved ID (`/create`) whose content has not arrived yet.
 - `event_push_actions` holds one row per (user, event) that notified; `event_stream`
   is the event's timeline position (`events.stream_id`, compared against read
-  receipts), `stream_id` is the row's own position so /sync notices new counts.
+  receipts), `stream_id` is the row's own position; `event_push_changes` holds the
+  newest such position per (user, room), so /sync notices new counts.
 - `presence.stream_id` and `push_rules_stream.stream_id` come from the server-wide
   stream, so /sync can tell what changed since a token.
 """
@@ -107,8 +108,19 @@ event_push_actions = Table(
     # this is also the row's identity, and inserts append to their (user, room) range.
     # No query finds rows by event_id (0006 replaced the old (user_id, event_id) key).
     PrimaryKeyConstraint("user_id", "room_id", "event_stream"),
-    # /sync: rooms whose counts changed since a token.
-    Index("event_push_actions_user_stream", "user_id", "stream_id"),
+)
+
+# /sync: the rooms whose unread counts changed since a token. One row per (user, room), at
+# the stream position of its newest push actions, overwritten in place (0007: an index on
+# event_push_actions cost one more B-tree per notifying member of every message).
+event_push_changes = Table(
+    "event_push_changes",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "room_id"),
+    sqlite_with_rowid=False,
 )
 
 pushers = Table(

@@ -13,6 +13,7 @@ from homeserver import jsonutil
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import (
     event_push_actions,
+    event_push_changes,
     push_rules,
     push_rules_overrides,
     push_rules_stream,
@@ -36,6 +37,9 @@ _INSERT_PUSH_ACTIONS = BulkInsert(
         "actions_json",
         "ts",
     ),
+)
+_UPSERT_PUSH_CHANGES = BulkInsert(
+    event_push_changes, ("user_id", "room_id", "stream_id"), upsert_keys=("user_id", "room_id")
 )
 
 
@@ -320,6 +324,9 @@ class PushActionStore:
                 for a in actions
             ],
         )
+        # Sorted: concurrent writers (other workers) take these rows' locks in one order.
+        changed = sorted({(a.user_id, a.room_id) for a in actions})
+        await _UPSERT_PUSH_CHANGES.run(conn, [(u, r, stream_id) for u, r in changed])
         return stream_id
 
     def recorded(self, per_event: list[list[PushAction]]) -> None:
@@ -385,14 +392,11 @@ class PushActionStore:
         return out
 
     async def rooms_changed_since(self, user_id: str, since: int, upto: int) -> set[str]:
-        q = (
-            select(event_push_actions.c.room_id)
-            .distinct()
-            .where(
-                event_push_actions.c.user_id == user_id,
-                event_push_actions.c.stream_id > since,
-                event_push_actions.c.stream_id <= upto,
-            )
+        # A room whose counts changed again after `upto` shows a newer position here; the
+        # next sync (from `upto`) reports it.
+        changes = event_push_changes.c
+        q = select(changes.room_id).where(
+            changes.user_id == user_id, changes.stream_id > since, changes.stream_id <= upto
         )
         async with self.db.read() as conn:
             return {r[0] for r in await conn.execute(q)}

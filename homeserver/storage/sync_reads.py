@@ -19,7 +19,7 @@ from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
 from homeserver.events import Event
-from homeserver.storage.cs_schema import event_push_actions, push_rules_stream
+from homeserver.storage.cs_schema import event_push_actions, event_push_changes, push_rules_stream
 from homeserver.storage.e2ee_schema import device_inbox, e2e_fallback_keys, e2e_one_time_keys
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
@@ -119,7 +119,7 @@ def _probe_statement() -> Any:
     fb = e2e_fallback_keys.c
     ad = account_data.c
     di = device_inbox.c
-    epa = event_push_actions.c
+    epc = event_push_changes.c
     user: Any = bindparam("user_id")
     device: Any = bindparam("device_id")
     since: Any = bindparam("since")
@@ -145,9 +145,9 @@ def _probe_statement() -> Any:
             push_rules_stream.c.user_id == user
         ),
         # As PushActionStore.rooms_changed_since: rooms whose unread counts may have changed.
-        select(literal_column("'epa'"), epa.room_id, empty, empty, func.max(epa.stream_id))
-        .where(epa.user_id == user, epa.stream_id > since, epa.stream_id <= upto)
-        .group_by(epa.room_id),
+        select(literal_column("'epa'"), epc.room_id, empty, empty, epc.stream_id).where(
+            epc.user_id == user, epc.stream_id > since, epc.stream_id <= upto
+        ),
     )
 
 

@@ -13,6 +13,8 @@ from mautrix.client import Client
 from mautrix.types import PushActionType, PushRuleKind, PushRuleScope, UserID
 from nio import AsyncClient, RoomSendResponse, SyncResponse
 
+from homeserver.handlers.cs_services import CS_KEY
+from homeserver.storage.push import PushAction
 from tests.support.http import RawClient
 from tests.support.nio_clients import nio_client
 from tests.support.server import RunningServer
@@ -108,6 +110,32 @@ async def test_thread_has_its_own_unread_count(server: RunningServer) -> None:
         room = synced["rooms"]["join"][room_id]
         assert room["unread_notifications"]["notification_count"] == 1
         assert root not in room["unread_thread_notifications"]
+
+
+async def test_push_actions_committed_after_their_event_reach_the_next_sync(server: RunningServer) -> None:
+    # Events that are not group-committed messages (state, remote events) get their push
+    # actions in a transaction after the event's own. A sync between the two commits has
+    # the event; the next one must still notice the room's new count, with no new event.
+    async with raw_clients(server, "alice", "bob") as (alice, bob):
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id)
+        # A topic change notifies nobody by default; its push action is written here by hand.
+        topic = await alice.ok("PUT", f"/rooms/{quote(room_id)}/state/m.room.topic", json={"topic": "t"})
+        since = (await bob.sync())["next_batch"]
+        stored = await server.hs.events.get_event(topic["event_id"])
+        assert stored is not None
+        actions = server.runner.app[CS_KEY].push.actions
+        late = PushAction(
+            bob.user_id, stored.event.event_id, room_id, "main", stored.stream_id, False, ["notify"], 0
+        )
+        await actions.add([late])
+        synced = await bob.sync(since=since)
+        room = synced["rooms"]["join"][room_id]
+        assert room["timeline"]["events"] == []
+        assert room["unread_notifications"]["notification_count"] == 1
+        # Nothing changed since: the room is not repeated.
+        again = await bob.sync(since=synced["next_batch"])
+        assert room_id not in again.get("rooms", {}).get("join", {})
 
 
 async def test_notifications_and_rule_changes(server: RunningServer) -> None:

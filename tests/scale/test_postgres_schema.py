@@ -77,7 +77,8 @@ def _push_key(conn: Connection) -> list[str]:
 
 
 def _rekey_push_actions(conn: Connection) -> tuple[list[Any], list[tuple[Any, ...]], list[Any]]:
-    """0006 down (to the event_id key), rows written there, up again: the rows survive both ways."""
+    """0006 and 0007 down (to the event_id key), rows written there, up again: the rows
+    survive both ways, and 0007 indexes them."""
     command.downgrade(alembic_config(conn), "0005_stream_positions")
     assert _push_key(conn) == ["user_id", "event_id"]
     values = ", ".join(f":{c}" for c in _PUSH_ROWS[0])
@@ -86,6 +87,13 @@ def _rekey_push_actions(conn: Connection) -> tuple[list[Any], list[tuple[Any, ..
     command.upgrade(alembic_config(conn), "head")
     key = _push_key(conn)
     assert _push_rows(conn) == before
+    # 0007 records, per (user, room), the newest position of the rows already there.
+    newest: dict[tuple[str, str], int] = {}
+    for r in _PUSH_ROWS:
+        k = (str(r["user_id"]), str(r["room_id"]))
+        newest[k] = max(newest.get(k, 0), int(r["stream_id"]))  # type: ignore[call-overload]
+    changes = conn.execute(text("SELECT user_id, room_id, stream_id FROM event_push_changes"))
+    assert {(u, r): s for u, r, s in changes} == newest
     diff = _diff(conn)
     command.downgrade(alembic_config(conn), "0005_stream_positions")
     assert _push_rows(conn) == before
