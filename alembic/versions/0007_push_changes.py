@@ -7,8 +7,8 @@ An incremental /sync asks which of the user's rooms got new push actions since i
 The `event_push_actions_user_stream` index answered that, at the cost of one more B-tree
 written for every notifying member of every message (and a scan of every row since the
 token). `event_push_changes` keeps one row per (user, room): the stream position of the
-newest push actions, overwritten in place. Dropping the index raised the one-room send
-throughput by about a sixth.
+newest push actions, overwritten in place, so it stays as small as the memberships that
+ever notified. One-room send throughput, runs alternated: 2,015 -> 2,100 msgs/s (+4%).
 """
 
 from __future__ import annotations
