@@ -1,4 +1,5 @@
-"""Cache invalidations between worker processes.
+"""Cache invalidations (and typing, the one piece of state kept only in memory) between
+worker processes.
 
 A cache of data that any worker may change (access tokens, push rules, a room's push
 context) subscribes to a topic here, and the code that changes the data broadcasts on it

@@ -98,7 +98,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     aliases = AliasStore(db)
     account_data = AccountDataStore(db)
-    typing = TypingHandler(notifier, clock)
+    typing = TypingHandler(notifier, clock, invalidations)
     receipts = ReceiptHandler(ReceiptStore(db), events, notifier, clock)
     sync_extensions: list[Any] = []
     return HomeServer(

@@ -2,7 +2,13 @@
 
 Typing state never touches the database: it lives here with expiry times,
 and each change bumps the notifier's ephemeral serial so syncs can tell what
-changed since their token.
+changed since their token. With several workers every change is also broadcast to
+the others (the `typing` topic of homeserver.invalidation), which apply it to their
+own copy, so a user typing on one worker is seen by syncs on every worker.
+
+Serials are wall-clock milliseconds (or one above the last, if that is later), so the
+serial in a sync token means the same on every worker and across restarts: a token
+made on one worker and used on another neither misses nor, for long, repeats changes.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.invalidation import Invalidations
 from homeserver.storage.events import EventStore
 from homeserver.storage.receipts import Receipt, ReceiptStore
 from homeserver.sync.notifier import Notifier
 
 MAX_TYPING_TIMEOUT_MS = 120_000
+# Typing changes made on one worker, applied by the others.
+TYPING_TOPIC = "typing"
 RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
 
 # Federation (bridge/) subscribes to send typing and receipts to remote servers.
@@ -24,13 +33,16 @@ EduListener = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class TypingHandler:
-    def __init__(self, notifier: Notifier, clock: Clock) -> None:
+    def __init__(self, notifier: Notifier, clock: Clock, peers: Invalidations | None = None) -> None:
         self.notifier = notifier
         self.clock = clock
         # room_id -> {user_id: expiry_ms}; room_id -> ephemeral serial of its last change.
         self._typing: dict[str, dict[str, int]] = {}
         self._serial: dict[str, int] = {}
         self.listeners: list[EduListener] = []
+        self._peers = peers
+        if peers is not None:
+            peers.subscribe(TYPING_TOPIC, self._on_peer)
 
     def _expire(self, room_id: str) -> bool:
         now = self.clock.time_ms()
@@ -44,34 +56,63 @@ class TypingHandler:
             del self._typing[room_id]
         return bool(expired)
 
-    async def set_typing(
-        self, room_id: str, user_id: str, typing: bool, timeout_ms: int, local: bool = True
-    ) -> None:
+    def _bump(self, room_id: str, floor: int = 0) -> int:
+        serial = self.notifier.bump_ephemeral(max(floor, self.clock.time_ms()))
+        self._serial[room_id] = serial
+        return serial
+
+    def _store(self, room_id: str, user_id: str, expiry: int) -> bool:
+        """Record that `user_id` types until `expiry` (0: stopped); whether they typed before."""
         self._expire(room_id)
         users = self._typing.setdefault(room_id, {})
         was = user_id in users
-        if typing:
-            users[user_id] = self.clock.time_ms() + min(max(timeout_ms, 0), MAX_TYPING_TIMEOUT_MS)
+        if expiry > self.clock.time_ms():
+            users[user_id] = expiry
         else:
             users.pop(user_id, None)
         if not users:
             self._typing.pop(room_id, None)
+        return was
+
+    async def set_typing(
+        self, room_id: str, user_id: str, typing: bool, timeout_ms: int, local: bool = True
+    ) -> None:
+        expiry = self.clock.time_ms() + min(max(timeout_ms, 0), MAX_TYPING_TIMEOUT_MS) if typing else 0
+        was = self._store(room_id, user_id, expiry)
         if was != typing or typing:
-            self._serial[room_id] = self.notifier.bump_ephemeral()
-            self.notifier.notify(rooms=[room_id])
+            serial = self._bump(room_id)
+            # The other workers are told below and wake their own syncs.
+            self.notifier.notify(rooms=[room_id], local_only=True)
+            if self._peers is not None:
+                payload = {"room_id": room_id, "user_id": user_id, "expiry": expiry, "serial": serial}
+                self._peers.broadcast(TYPING_TOPIC, payload)
         if local:
             for listener in self.listeners:
                 await listener("m.typing", {"room_id": room_id, "user_id": user_id, "typing": typing})
 
+    def _on_peer(self, payload: Any) -> None:
+        if not isinstance(payload, dict):
+            return
+        room_id, user_id = payload.get("room_id"), payload.get("user_id")
+        expiry, serial = payload.get("expiry"), payload.get("serial")
+        if not (isinstance(room_id, str) and isinstance(user_id, str)):
+            return
+        if not (isinstance(expiry, int) and isinstance(serial, int)):
+            return
+        self._store(room_id, user_id, expiry)
+        # At least the origin's serial, so a token made there after the change covers it here too.
+        self._bump(room_id, serial)
+        self.notifier.notify(rooms=[room_id], local_only=True)
+
     def typing_users(self, room_id: str) -> list[str]:
         if self._expire(room_id):
-            self._serial[room_id] = self.notifier.bump_ephemeral()
+            self._bump(room_id)
         return sorted(self._typing.get(room_id, {}))
 
     def changed_since(self, room_id: str, serial: int) -> bool:
         # Expired typers count as a change, so the stop is delivered.
         if self._expire(room_id):
-            self._serial[room_id] = self.notifier.bump_ephemeral()
+            self._bump(room_id)
         return self._serial.get(room_id, 0) > serial
 
 

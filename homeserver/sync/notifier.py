@@ -29,8 +29,9 @@ class Notifier:
     def waiting(self) -> int:
         return sum(len(s) for s in self._by_user.values())
 
-    def bump_ephemeral(self) -> int:
-        self.ephemeral_serial += 1
+    def bump_ephemeral(self, floor: int = 0) -> int:
+        """A new serial: one above the last, or `floor` if that is higher."""
+        self.ephemeral_serial = max(self.ephemeral_serial + 1, floor)
         return self.ephemeral_serial
 
     def _wake(self, futures: Iterable[asyncio.Future[bool]]) -> None:

@@ -223,6 +223,44 @@ async def test_push_caches_follow_changes_made_on_the_other_worker(two_workers: 
         assert await notified_eventually(carol), carol_id
 
 
+async def test_typing_on_one_worker_reaches_syncs_on_the_other(two_workers: SottoProcesses) -> None:
+    """Typing lives in memory: a user typing on worker A must show in a sync on worker B,
+    and a token from B used on A must still see the stop."""
+    room_id, users = await _room_with_members(two_workers, 2)
+    (alice_id, alice), (_, bob) = users
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    typing_path = f"{CS}/rooms/{quote(room_id)}/typing/{quote(alice_id)}"
+
+    async def typers(s: aiohttp.ClientSession, url: str, since: str) -> tuple[list[str] | None, str]:
+        """Long-poll until the room's typing list arrives: (user_ids, next token)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            params = {"since": since, "timeout": "5000"}
+            status, body = await call(s, "GET", url + CS + "/sync", bob, params=params)
+            assert status == 200, body
+            since = body["next_batch"]
+            room = body.get("rooms", {}).get("join", {}).get(room_id, {})
+            for event in room.get("ephemeral", {}).get("events", []):
+                if event["type"] == "m.typing":
+                    return list(event["content"]["user_ids"]), since
+        return None, since
+
+    async with aiohttp.ClientSession() as s:
+        status, body = await call(s, "GET", b_url + CS + "/sync", bob, params={"timeout": "0"})
+        assert status == 200, body
+        poll = asyncio.create_task(typers(s, b_url, body["next_batch"]))
+        await asyncio.sleep(0.3)  # bob's long-poll is parked on B
+        status, body = await call(s, "PUT", a_url + typing_path, alice, {"typing": True, "timeout": 30000})
+        assert status == 200, body
+        seen, since = await asyncio.wait_for(poll, 15)
+        assert seen == [alice_id]
+        # B's token, used on A: the stop made on A comes after it.
+        status, body = await call(s, "PUT", a_url + typing_path, alice, {"typing": False})
+        assert status == 200, body
+        seen, _ = await typers(s, a_url, since)
+        assert seen == []
+
+
 async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, pg_url: str) -> None:
     room_id, users = await _room_with_members(two_workers, 1)
     token = users[0][1]
