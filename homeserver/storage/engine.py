@@ -6,8 +6,9 @@ and a sync at position N never misses a row at or below N that commits later.
 `current_stream_id` is the highest position below which everything is committed.
 
 - SQLite (one process): one asyncio lock per process serialises writes and the
-  counter lives in memory. Positions handed out in a rolled-back transaction are
-  skipped, never reused.
+  counter lives in memory. Writers ready at the same moment share one transaction
+  (group commit, see `_group_write`). Positions handed out in a rolled-back
+  transaction are skipped, never reused.
 - PostgreSQL (one or several worker processes): the asyncio lock still serialises a
   process's own writers, and each transaction also locks the shared `stream_positions`
   row (see homeserver.storage.postgres), so writers in all processes commit in position
@@ -288,17 +289,6 @@ class Database:
                 gate.release()
 
     @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        async with self._connect(self.engine) as conn:
-            trans = await conn.begin()
-            try:
-                yield conn
-            except BaseException:
-                await trans.rollback()
-                raise
-            await trans.commit()
-
-    @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self._connect(self._reader) as conn:
             yield conn
@@ -309,15 +299,6 @@ class Database:
         if self._sqlite_path is not None and self._checkpointer is None:
             self._checkpointer = asyncio.create_task(self._checkpoint_forever(self._sqlite_path))
         self._writes_since_checkpoint += 1
-        if not self.shared:
-            async with self._write_lock:
-                try:
-                    async with self._begin() as conn:
-                        yield conn
-                finally:
-                    # Everything allocated so far is now committed (or abandoned): readers may see it.
-                    self._persisted = self._stream_id
-            return
         self._queued += 1
         try:
             await self._write_lock.acquire()
@@ -326,14 +307,28 @@ class Database:
         async with self._group_write() as conn:
             yield conn
 
-    # Group commit (PostgreSQL) ------------------------------------------------------------------
+    # Group commit ---------------------------------------------------------------------------------
     # Writers that queue up behind one another share one transaction: the first runs in it
     # directly, each later one inside a savepoint (so its failure undoes only its own work),
     # and whoever finds nobody queued behind it commits, still holding the write lock. Every
-    # member returns only once that commit is durable. One fsync and one round of the shared
-    # stream-row lock then cover the whole group instead of each write.
+    # member returns only once that commit is durable. On PostgreSQL one fsync and one round
+    # of the shared stream-row lock then cover the whole group instead of each write. On
+    # SQLite a writer never waits inside its transaction (statements run inline), so nobody
+    # would ever be queued: the last member yields to the event loop once before committing,
+    # letting writers that are ready to run (other rooms' batches) join. A commit writes every
+    # page the transaction touched to the WAL, and ten rooms' small batches touched most of
+    # the same pages ten times.
 
     async def _open_batch(self) -> _Batch:
+        if not self.shared:
+            sync = self.engine.sync_engine.connect()
+            local = sqlite_inline.DirectConnection(self.engine, sync)
+            try:
+                local_trans = await local.begin()
+            except BaseException:
+                sync.close()
+                raise
+            return _Batch(local, local_trans, self._stream_id, self._stream_id)
         # The write lock is held: go before every reader waiting for a connection.
         assert self._gate is not None
         await self._gate.acquire(priority=True)
@@ -354,6 +349,9 @@ class Database:
         return _Batch(conn, trans, base, top)
 
     async def _finish_batch(self, batch: _Batch) -> None:
+        if not self.shared:
+            await self._finish_local_batch(batch)
+            return
         try:
             if batch.failed:
                 await batch.trans.rollback()
@@ -380,6 +378,31 @@ class Database:
                 # Nobody may be waiting: mark the exception as retrieved.
                 batch.done.exception()
             await asyncio.shield(self._close_batch_conn(batch.conn))
+
+    async def _finish_local_batch(self, batch: _Batch) -> None:
+        """SQLite: commit (or roll back) inline; positions of a rolled-back batch are skipped."""
+        try:
+            if batch.failed:
+                await batch.trans.rollback()
+            else:
+                await batch.trans.commit()
+                batch.done.set_result(None)
+        except BaseException as e:
+            batch.failed = True
+            if batch.members:
+                batch.done.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            # Everything allocated so far is now committed (or abandoned): readers may see it.
+            self._persisted = self._stream_id
+            if batch.failed and not batch.done.done():
+                batch.done.set_exception(BatchAborted("an earlier write in the same transaction failed"))
+            if batch.failed:
+                batch.done.exception()
+            sync = batch.conn.sync_connection
+            if sync is not None:
+                sync.close()
 
     async def _close_batch_conn(self, conn: AsyncConnection) -> None:
         try:
@@ -421,6 +444,19 @@ class Database:
             batch.members += 1
             joined = True
         finally:
+            cancelled = False
+            if (
+                joined
+                and batch is not None
+                and not self.shared
+                and not self._queued
+                and batch.members < MAX_GROUP_WRITES
+            ):
+                try:
+                    await asyncio.sleep(0)  # see "Group commit" above
+                except asyncio.CancelledError:
+                    # Commit (or hand over) all the same: the batch must not stay open.
+                    cancelled = True
             try:
                 if batch is not None and (
                     batch.failed or not self._queued or batch.members >= MAX_GROUP_WRITES
@@ -431,6 +467,8 @@ class Database:
                 # Even if finishing raised (a writer cancelled mid-commit): a lock left held
                 # here would hang every later write in this process.
                 self._write_lock.release()
+        if cancelled:
+            raise asyncio.CancelledError
         if joined:
             assert batch is not None
             await asyncio.shield(batch.done)

@@ -190,6 +190,11 @@ class DirectConnection(AsyncConnection):
     ) -> Any:
         return self._proxied.scalars(statement, parameters, execution_options=execution_options)
 
+    async def exec_driver_sql(
+        self, statement: str, parameters: Any = None, execution_options: Any = None
+    ) -> Any:
+        return self._proxied.exec_driver_sql(statement, parameters, execution_options)
+
     async def run_sync(self, fn: Any, *arg: Any, **kw: Any) -> Any:
         return fn(self._proxied, *arg, **kw)
 
