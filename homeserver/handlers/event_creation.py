@@ -239,7 +239,9 @@ class EventCreator:
             for work in works:
                 await work.write(conn, stream_ids)
 
-        ids = await self.store.persist_message_batch(chain, write_derived if works else None)
+        # Other rooms draining too: their batches may share this commit.
+        gather = len(self._draining) > 1
+        ids = await self.store.persist_message_batch(chain, write_derived if works else None, gather)
         for work in works:
             try:
                 work.committed()

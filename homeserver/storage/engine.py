@@ -176,7 +176,7 @@ class BatchAborted(Exception):
 class _Batch:
     """One open PostgreSQL transaction shared by a group of writers."""
 
-    __slots__ = ("base", "conn", "done", "failed", "members", "top", "trans")
+    __slots__ = ("base", "conn", "done", "failed", "gathered", "members", "top", "trans")
 
     def __init__(self, conn: AsyncConnection, trans: AsyncTransaction, base: int, top: int) -> None:
         self.conn = conn
@@ -186,6 +186,8 @@ class _Batch:
         self.top = top
         self.members = 0
         self.failed = False
+        # SQLite: the batch has already waited once for more writers to join.
+        self.gathered = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -294,8 +296,12 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction on the single write path; commits on normal exit."""
+    async def write(self, gather: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One transaction on the single write path; commits on normal exit.
+
+        `gather` (SQLite): other writers are probably about to come (other rooms' batches
+        are being built), so wait one turn of the event loop for them to join the commit.
+        """
         if self._sqlite_path is not None and self._checkpointer is None:
             self._checkpointer = asyncio.create_task(self._checkpoint_forever(self._sqlite_path))
         self._writes_since_checkpoint += 1
@@ -304,7 +310,7 @@ class Database:
             await self._write_lock.acquire()
         finally:
             self._queued -= 1
-        async with self._group_write() as conn:
+        async with self._group_write(gather) as conn:
             yield conn
 
     # Group commit ---------------------------------------------------------------------------------
@@ -314,10 +320,12 @@ class Database:
     # member returns only once that commit is durable. On PostgreSQL one fsync and one round
     # of the shared stream-row lock then cover the whole group instead of each write. On
     # SQLite a writer never waits inside its transaction (statements run inline), so nobody
-    # would ever be queued: the last member yields to the event loop once before committing,
-    # letting writers that are ready to run (other rooms' batches) join. A commit writes every
-    # page the transaction touched to the WAL, and ten rooms' small batches touched most of
-    # the same pages ten times.
+    # would ever be queued: a writer that expects company (`write(gather=True)`: the event
+    # creator while other rooms' batches are being built) yields to the event loop once before
+    # committing, letting writers that are ready to run join. A commit writes every page the
+    # transaction touched to the WAL, and ten rooms' small batches touched most of the same
+    # pages ten times. Yielding unasked cost one room's sends a sixth of their throughput: the
+    # room's next batch waited for the turn of the loop.
 
     async def _open_batch(self) -> _Batch:
         if not self.shared:
@@ -412,7 +420,7 @@ class Database:
             self._gate.release()
 
     @asynccontextmanager
-    async def _group_write(self) -> AsyncIterator[AsyncConnection]:
+    async def _group_write(self, gather: bool) -> AsyncIterator[AsyncConnection]:
         # Called with the write lock held; releases it.
         batch = self._batch
         joined = False
@@ -447,11 +455,15 @@ class Database:
             cancelled = False
             if (
                 joined
+                and gather
                 and batch is not None
+                and not batch.gathered
                 and not self.shared
                 and not self._queued
                 and batch.members < MAX_GROUP_WRITES
             ):
+                # Once per batch: each wait delays every member's return.
+                batch.gathered = True
                 try:
                     await asyncio.sleep(0)  # see "Group commit" above
                 except asyncio.CancelledError:

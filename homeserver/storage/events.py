@@ -576,9 +576,11 @@ class EventStore(FederatedEventWrites, RoomFlags):
         self,
         batch: list[tuple[Event, TxnInfo | None]],
         extra: Callable[[AsyncConnection, list[int]], Awaitable[None]] | None = None,
+        gather: bool = False,
     ) -> list[int]:
         """Store a chain of non-state events in one transaction (group commit), built under
-        the room lock after `room_head` (the event creator's batches).
+        the room lock after `room_head` (the event creator's batches). `gather`: see
+        `Database.write`.
 
         Each event's prev_events is the previous one, so only the first event's prevs stop
         being forward extremities and only the last becomes one. `extra(conn, stream_ids)`
@@ -616,7 +618,7 @@ class EventStore(FederatedEventWrites, RoomFlags):
                     (txn.user_id, txn.device_id, txn.txn_id, event.event_id, event.origin_server_ts)
                 )
         first_prevs = batch[0][0].prev_event_ids
-        async with self.db.write() as conn:
+        async with self.db.write(gather) as conn:
             ids = [self.db.next_stream_id() for _ in batch]
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id

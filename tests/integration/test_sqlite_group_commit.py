@@ -31,7 +31,7 @@ async def test_ready_writers_share_a_commit_and_a_failure_stays_its_own(tmp_path
     sa_event.listen(db.engine.sync_engine, "commit", on_commit)
 
     async def writer(name: str) -> int:
-        async with db.write() as conn:
+        async with db.write(gather=True) as conn:
             position = db.next_stream_id()
             await conn.execute(text("INSERT INTO rows VALUES (:n, :p)"), {"n": name, "p": position})
             if name == "bad":
@@ -44,7 +44,7 @@ async def test_ready_writers_share_a_commit_and_a_failure_stays_its_own(tmp_path
         names = ["a", "b", "bad", "c", "d"]
         results = await asyncio.gather(*(writer(n) for n in names), return_exceptions=True)
         async with db.read() as conn:
-            stored = dict((await conn.execute(text("SELECT name, position FROM rows"))).all())
+            stored: dict[str, int] = dict((await conn.execute(text("SELECT name, position FROM rows"))).all())
     finally:
         sa_event.remove(db.engine.sync_engine, "commit", on_commit)
         await db.close()
