@@ -174,7 +174,7 @@ class BatchAborted(Exception):
 
 
 class _Batch:
-    """One open PostgreSQL transaction shared by a group of writers."""
+    """One open transaction shared by a group of writers (see "Group commit" in Database)."""
 
     __slots__ = ("base", "conn", "done", "failed", "gathered", "members", "top", "trans")
 
