@@ -64,7 +64,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             requester=requester.user_id,
         )
         await devices.delete_devices(requester.user_id, [device_id])
-        uia.finish(result)
+        await uia.finish(result)
         return json_response({})
 
     async def delete_devices(request: web.Request) -> web.Response:
@@ -82,7 +82,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             requester=requester.user_id,
         )
         await devices.delete_devices(requester.user_id, device_ids)
-        uia.finish(result)
+        await uia.finish(result)
         return json_response({})
 
     app.router.add_routes(

@@ -13,6 +13,7 @@ from homeserver.errors import missing_param
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.server import HomeServer
+from homeserver.storage.uia_sessions import UIASessionStore
 
 UIA_KEY = web.AppKey("sotto.uia", UserInteractiveAuth)
 
@@ -20,7 +21,8 @@ UIA_KEY = web.AppKey("sotto.uia", UserInteractiveAuth)
 def get_uia(app: web.Application, hs: HomeServer) -> UserInteractiveAuth:
     """The app's UIA session manager, created on first use."""
     if UIA_KEY not in app:
-        app[UIA_KEY] = UserInteractiveAuth(hs.accounts, hs.passwords, hs.clock, hs.server_name)
+        sessions = UIASessionStore(hs.db)
+        app[UIA_KEY] = UserInteractiveAuth(hs.accounts, hs.passwords, hs.clock, hs.server_name, sessions)
     return app[UIA_KEY]
 
 

@@ -421,7 +421,7 @@ class CrossSigningHandler:
                 auth=body.get("auth"),
                 requester=user_id,
             )
-            self.uia.finish(result)
+            await self.uia.finish(result)
         master_key = new["master"][1] if "master" in new else existing.get("master")
         if master_key is None:
             raise invalid_param("A master key is needed before self-signing or user-signing keys")

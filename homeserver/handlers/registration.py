@@ -162,8 +162,16 @@ class RegistrationHandler:
         if req.username is not None:
             await self.check_username(req.username)
         flows = self.flows
+        # The session (in the database: the next step may reach another worker) remembers the
+        # parameters but never the password, only its hash, made once per session. A password
+        # sent again with a later step is not hashed again: the first one given counts.
+        remembered = {k: v for k, v in params.items() if k != "password"}
         result = await self.uia.check(
-            operation="POST /register", flows=flows, auth=body.get("auth"), client_params=params
+            operation="POST /register",
+            flows=flows,
+            auth=body.get("auth"),
+            client_params=remembered,
+            password=req.password,
         )
         # Later requests in a session may carry only `auth`: use the parameters remembered with it.
         req = RegistrationRequest.from_json(result.client_params)
@@ -171,7 +179,7 @@ class RegistrationHandler:
         if token is not None and not await self.accounts.consume_registration_token(
             token, self.clock.time_ms()
         ):
-            self.uia.reject_stage(
+            await self.uia.reject_stage(
                 result,
                 STAGE_REGISTRATION_TOKEN,
                 flows,
@@ -179,13 +187,13 @@ class RegistrationHandler:
                 "Registration token is no longer valid",
             )
         try:
-            user_id = await self._create_user(req)
+            user_id = await self._create_user(req, result.password_hash)
         except BaseException:
             # A token use counts only for a registration that succeeded.
             if token is not None:
                 await self.accounts.refund_registration_token(token)
             raise
-        self.uia.finish(result)
+        await self.uia.finish(result)
         log.info("registered %s", user_id)
         response: dict[str, Any] = {"user_id": user_id, "home_server": self.server_name}
         if not req.inhibit_login:
@@ -195,18 +203,30 @@ class RegistrationHandler:
             response.update(access_token=access_token, device_id=device_id)
         return response
 
-    async def _create_user(self, req: RegistrationRequest) -> str:
+    async def _create_user(self, req: RegistrationRequest, password_hash: str | None) -> str:
         now = self.clock.time_ms()
         if req.username is not None:
             return await create_account(
-                self.accounts, self.passwords, self.server_name, req.username, req.password, now
+                self.accounts,
+                self.passwords,
+                self.server_name,
+                req.username,
+                None,
+                now,
+                password_hash=password_hash,
             )
         while True:
             # A random name; retried on the (astronomically unlikely) collision.
             candidate = "u" + secrets.token_hex(6)
             try:
                 return await create_account(
-                    self.accounts, self.passwords, self.server_name, candidate, req.password, now
+                    self.accounts,
+                    self.passwords,
+                    self.server_name,
+                    candidate,
+                    None,
+                    now,
+                    password_hash=password_hash,
                 )
             except MatrixError as e:
                 if e.errcode != Codes.USER_IN_USE:
@@ -308,7 +328,7 @@ class AccountHandler:
         user_id = requester.user_id if requester else result.user_id
         assert user_id is not None  # the password stage identified the user
         await self.accounts.set_password_hash(user_id, await self.passwords.hash(new_password))
-        self.uia.finish(result)
+        await self.uia.finish(result)
         if logout_devices:
             # The session that asked for the change stays logged in.
             await self.devices.delete_other_devices(user_id, requester.device_id if requester else None)
@@ -329,7 +349,7 @@ class AccountHandler:
         )
         user_id = requester.user_id if requester else result.user_id
         assert user_id is not None
-        self.uia.finish(result)
+        await self.uia.finish(result)
         await self.devices.delete_devices(user_id, None)
         await self.accounts.deactivate(user_id)
         self.auth.invalidate_user(user_id)

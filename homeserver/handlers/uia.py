@@ -7,8 +7,9 @@ it accepts. Until a flow is complete, `check` raises `InteractiveAuthRequired`
 its action, then calls `finish` so the session cannot be replayed.
 
 Invariants:
-- Sessions live in memory, bounded in number and lifetime (LRU + TTL on the
-  injected clock). A lost or expired session simply starts a new one.
+- Sessions live in the database (`uia_sessions`), so every worker sees every
+  session, bounded in number and lifetime (TTL on the injected clock, then the
+  least recently used). A lost or expired session simply starts a new one.
 - A session is bound to the operation and the requester that started it, so
   auth completed for one action cannot authorise another.
 - Stages are completed in flow order; a completed stage is never re-run.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -28,6 +28,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, InteractiveAuthRequired, MatrixError, bad_json, missing_param
 from homeserver.handlers.auth import PasswordHasher
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.uia_sessions import UIASessionStore
 
 STAGE_DUMMY = "m.login.dummy"
 STAGE_PASSWORD = "m.login.password"
@@ -36,6 +37,8 @@ SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TO
 
 SESSION_TTL_MS = 15 * 60 * 1000
 MAX_SESSIONS = 10_000
+# Our session IDs are 32 characters; anything much longer was never issued here.
+MAX_SESSION_ID_LENGTH = 64
 MAX_FAILED_ATTEMPTS = 10
 
 # Registration tokens use the opaque identifier grammar, at most 64 characters.
@@ -66,6 +69,35 @@ class UIASession:
     # Request parameters from earlier requests in this session (clients may omit them later).
     client_params: dict[str, Any] = field(default_factory=dict)
     failures: int = 0
+    # A new password given in the session (registration), kept only hashed.
+    password_hash: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "owner": self.owner,
+            "completed": self.completed,
+            "user_id": self.user_id,
+            "registration_token": self.registration_token,
+            "client_params": self.client_params,
+            "failures": self.failures,
+            "password_hash": self.password_hash,
+        }
+
+    @classmethod
+    def from_json(cls, session_id: str, last_used_ms: int, data: Mapping[str, Any]) -> UIASession:
+        return cls(
+            session_id,
+            str(data["operation"]),
+            data.get("owner"),
+            last_used_ms,
+            list(data.get("completed") or []),
+            data.get("user_id"),
+            data.get("registration_token"),
+            dict(data.get("client_params") or {}),
+            int(data.get("failures") or 0),
+            data.get("password_hash"),
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -75,6 +107,7 @@ class UIAResult:
     user_id: str | None
     registration_token: str | None
     client_params: Mapping[str, Any]
+    password_hash: str | None
 
 
 # User identification (shared with /login) -----------------------------------------------
@@ -158,6 +191,7 @@ class UserInteractiveAuth:
         passwords: PasswordHasher,
         clock: Clock,
         server_name: str,
+        sessions: UIASessionStore,
         *,
         session_ttl_ms: int = SESSION_TTL_MS,
         max_sessions: int = MAX_SESSIONS,
@@ -166,13 +200,12 @@ class UserInteractiveAuth:
         self.passwords = passwords
         self.clock = clock
         self.server_name = server_name
+        self.sessions = sessions
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
-        # Least recently used first, so expiry and eviction both pop from the front.
-        self._sessions: OrderedDict[str, UIASession] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    async def session_count(self) -> int:
+        return await self.sessions.count()
 
     async def check(
         self,
@@ -183,25 +216,43 @@ class UserInteractiveAuth:
         requester: str | None = None,
         client_params: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
+        password: str | None = None,
     ) -> UIAResult:
         """Advance the UIA session named in `auth`; return once a flow is complete.
 
         `operation` names the protected action (method and path); `requester`
         is the authenticated user, if the request carried an access token;
         `client_params` are the request's other parameters, remembered so that
-        later requests in the session may omit them.
+        later requests in the session may omit them. `password` is a new password
+        in the request (registration): the session keeps only its hash, made the
+        first time one is given (the result's `password_hash`), never the password.
         """
         if auth is not None and not isinstance(auth, dict):
             raise bad_json("auth must be an object")
-        session = self._get_session(auth.get("session") if auth else None)
+        session = await self._get_session(auth.get("session") if auth else None)
         if session is None:
-            session = self._new_session(operation, requester)
+            session = await self._new_session(operation, requester)
         elif session.operation != operation or session.owner != requester:
             raise MatrixError(
                 403, Codes.FORBIDDEN, "Requested operation has changed during the UI authentication session"
             )
         if client_params:
             session.client_params = dict(client_params)
+        if password is not None and session.password_hash is None:
+            session.password_hash = await self.passwords.hash(password)
+        try:
+            return await self._advance(session, flows, auth, params)
+        finally:
+            # Whatever the outcome (a 401 asking for more is the usual one), the next request
+            # may reach another worker: it reads the session from the database.
+            if session.failures >= MAX_FAILED_ATTEMPTS:
+                await self.sessions.delete(session.session_id)
+            else:
+                await self._save(session)
+
+    async def _advance(
+        self, session: UIASession, flows: Sequence[Flow], auth: Any, params: Mapping[str, Any] | None
+    ) -> UIAResult:
         if auth is None:
             # The spec requires a 401 for a request without auth, even if only dummy auth is needed.
             self._require(session, flows, params)
@@ -228,7 +279,6 @@ class UserInteractiveAuth:
                 except StageFailed as e:
                     session.failures += 1
                     if session.failures >= MAX_FAILED_ATTEMPTS:
-                        self._sessions.pop(session.session_id, None)
                         raise MatrixError(403, Codes.FORBIDDEN, "Too many failed attempts") from None
                     self._require(session, flows, params, e.errcode, e.message)
                 # A concurrent request may have completed the stage while this one awaited.
@@ -238,50 +288,45 @@ class UserInteractiveAuth:
             return self._result(session)
         self._require(session, flows, params)
 
-    def finish(self, result: UIAResult) -> None:
+    async def finish(self, result: UIAResult) -> None:
         """Forget a session once its operation succeeded, so it cannot be replayed."""
-        self._sessions.pop(result.session_id, None)
+        await self.sessions.delete(result.session_id)
 
-    def reject_stage(
+    async def reject_stage(
         self, result: UIAResult, stage: str, flows: Sequence[Flow], errcode: Codes | str, message: str
     ) -> NoReturn:
         """Undo a completed stage that turned out invalid when acted on (an exhausted token)."""
-        session = self._sessions.get(result.session_id)
+        session = await self._get_session(result.session_id)
         if session is None:
             raise MatrixError(403, errcode, message)
         if stage in session.completed:
             del session.completed[session.completed.index(stage) :]
+        await self._save(session)
         self._require(session, flows, None, errcode, message)
 
     # Internals -------------------------------------------------------------------------
 
-    def _expire(self) -> None:
-        cutoff = self.clock.time_ms() - self.session_ttl_ms
-        while self._sessions:
-            oldest = next(iter(self._sessions.values()))
-            if oldest.last_used_ms >= cutoff:
-                break
-            self._sessions.popitem(last=False)
-
-    def _get_session(self, session_id: Any) -> UIASession | None:
+    async def _get_session(self, session_id: Any) -> UIASession | None:
         if session_id is None:
             return None
         if not isinstance(session_id, str):
             raise bad_json("auth.session must be a string")
-        self._expire()
-        session = self._sessions.get(session_id)
-        if session is not None:
-            session.last_used_ms = self.clock.time_ms()
-            self._sessions.move_to_end(session_id)
-        return session
+        if len(session_id) > MAX_SESSION_ID_LENGTH:
+            return None  # not one of ours
+        now = self.clock.time_ms()
+        data = await self.sessions.get(session_id, now - self.session_ttl_ms)
+        if data is None:
+            return None
+        return UIASession.from_json(session_id, now, data)
 
-    def _new_session(self, operation: str, owner: str | None) -> UIASession:
-        self._expire()
-        while len(self._sessions) >= self.max_sessions:
-            self._sessions.popitem(last=False)
-        session = UIASession(secrets.token_urlsafe(24), operation, owner, self.clock.time_ms())
-        self._sessions[session.session_id] = session
-        return session
+    async def _new_session(self, operation: str, owner: str | None) -> UIASession:
+        now = self.clock.time_ms()
+        # Room for this one; the session itself is stored when `check` ends.
+        await self.sessions.prune(now - self.session_ttl_ms, self.max_sessions - 1)
+        return UIASession(secrets.token_urlsafe(24), operation, owner, now)
+
+    async def _save(self, session: UIASession) -> None:
+        await self.sessions.put(session.session_id, session.last_used_ms, session.to_json())
 
     @staticmethod
     def _next_stages(session: UIASession, flows: Sequence[Flow]) -> set[str]:
@@ -302,6 +347,7 @@ class UserInteractiveAuth:
             session.user_id,
             session.registration_token,
             session.client_params,
+            session.password_hash,
         )
 
     @staticmethod

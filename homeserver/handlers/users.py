@@ -31,12 +31,16 @@ async def create_account(
     *,
     admin: bool = False,
     guest: bool = False,
+    password_hash: str | None = None,
 ) -> str:
-    """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID."""
+    """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID.
+
+    `password_hash`: the password, already hashed (then `password` is None)."""
     user_id = validate_localpart(localpart.lower() if not guest else localpart, server_name)
     if await store.find_user_case_insensitive(user_id):
         raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
-    password_hash = await passwords.hash(password) if password else None
+    if password:
+        password_hash = await passwords.hash(password)
     await store.create_user(
         user_id, password_hash, now_ms, is_admin=admin, is_guest=guest, displayname=localpart
     )

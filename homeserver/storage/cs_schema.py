@@ -192,3 +192,16 @@ reports = Table(
     Column("ts", BigInteger, nullable=False),
     Index("reports_ts", "ts"),
 )
+
+# User-interactive auth sessions, in the database so that every worker sees them (a
+# multi-stage flow may reach a different worker at each step). `data_json` holds the
+# session (stages done, remembered request parameters; never a password, see
+# handlers/registration.py); rows expire `SESSION_TTL_MS` after their last use.
+uia_sessions = Table(
+    "uia_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("last_used_ms", BigInteger, nullable=False),
+    Column("data_json", Text, nullable=False),
+    Index("uia_sessions_last_used", "last_used_ms"),
+)

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 from nio import AsyncClient, LoginResponse, RegisterResponse, WhoamiResponse
+from sqlalchemy import text
 
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
@@ -188,6 +189,46 @@ async def test_registration_with_token(tmp_path: Path, http: aiohttp.ClientSessi
             },
         )
         assert (status, body["errcode"]) == (401, "M_UNAUTHORIZED")
+
+
+async def test_multi_step_registration_keeps_the_password_only_hashed(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    # Sessions are stored (so that another worker can take the next step); the password
+    # given in the first step must not be, and later steps may omit it.
+    password = "carol-Pa55word-3d9a71"
+    async with run_server(str(tmp_path), registration={"enabled": True, "requires_token": True}) as srv:
+        raw = client(http, srv)
+        await srv.hs.accounts.create_registration_token("tok", 1, None)
+
+        async def stored_sessions() -> dict[str, str]:
+            async with srv.hs.db.read() as conn:
+                rows = await conn.execute(text("SELECT session_id, data_json FROM uia_sessions"))
+                return {str(r[0]): str(r[1]) for r in rows}
+
+        status, body = await raw.request(
+            "POST", "/register", json={"username": "carol", "password": password}
+        )
+        assert status == 401, body
+        session = body["session"]
+        stored = await stored_sessions()
+        assert session in stored and password not in stored[session]
+        status, body = await raw.request(
+            "POST",
+            "/register",
+            json={"auth": {"type": "m.login.registration_token", "token": "tok", "session": session}},
+        )
+        assert status == 401 and body["completed"] == ["m.login.registration_token"], body
+        status, out = await raw.request(
+            "POST", "/register", json={"auth": {"type": "m.login.dummy", "session": session}}
+        )
+        assert status == 200, out
+        assert out["user_id"] == f"@carol:{srv.server_name}"
+        assert session not in await stored_sessions()
+        status, body = await login(raw, "carol", password)
+        assert status == 200, body
+        status, body = await login(raw, "carol", "wrong")
+        assert status == 403, body
 
 
 async def test_nio_register_with_token(tmp_path: Path) -> None:
@@ -444,4 +485,13 @@ async def test_login_and_register_are_rate_limited(tmp_path: Path, http: aiohttp
             status, _ = await raw.request("POST", "/register", json={})
             assert status == 401
         status, body = await raw.request("POST", "/register", json={})
+        assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+    # Password UIA without an access token (its password stage is a password guess) is
+    # limited per client address at the login rate (a fresh server: a full bucket).
+    async with run_server(str(tmp_path / "uia"), rate_limits=limits) as srv:
+        raw = client(http, srv)
+        for path in ("/account/deactivate", "/account/password"):
+            status, body = await raw.request("POST", path, json={"new_password": "Another-pw-1"})
+            assert status == 401, (path, body)
+        status, body = await raw.request("POST", "/account/deactivate", json={})
         assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")

@@ -16,6 +16,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from homeserver.storage.accounts import AccountStore
 from homeserver.storage.engine import Database
 from tests.scale.checks import assert_exactly_once, assert_linear_chain, room_rows
 from tests.scale.matrix import CS, SendLog, call, register, send_until_acked
@@ -261,6 +262,38 @@ async def test_typing_on_one_worker_reaches_syncs_on_the_other(two_workers: Sott
         assert seen == []
 
 
+async def test_registration_steps_may_reach_different_workers(
+    two_workers: SottoProcesses, pg_url: str
+) -> None:
+    """UIA sessions live in the database: the token stage accepted by one worker and the
+    dummy stage on the other complete one registration (it used to start over)."""
+    db = Database(pg_url)
+    try:
+        await AccountStore(db).create_registration_token("hop", 1, None)
+    finally:
+        await db.close()
+    a_url, b_url = two_workers.base_url(0) + CS, two_workers.base_url(1) + CS
+    password = "hopper-Pa55word-5e2b"
+    async with aiohttp.ClientSession() as s:
+
+        async def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+            async with s.post(url, json=body) as resp:  # no access token
+                return resp.status, await resp.json()
+
+        status, body = await post(a_url + "/register", {"username": "hopper", "password": password})
+        assert status == 401, body
+        session = body["session"]
+        token_stage = {"type": "m.login.registration_token", "token": "hop", "session": session}
+        status, body = await post(b_url + "/register", {"auth": token_stage})
+        assert status == 401 and body.get("completed") == ["m.login.registration_token"], body
+        dummy = {"type": "m.login.dummy", "session": session}
+        status, body = await post(a_url + "/register", {"auth": dummy})
+        assert status == 200, body
+        login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "hopper"}}
+        status, body = await post(b_url + "/login", {**login, "password": password})
+        assert status == 200, body
+
+
 async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, pg_url: str) -> None:
     room_id, users = await _room_with_members(two_workers, 1)
     token = users[0][1]
@@ -268,10 +301,7 @@ async def test_transaction_id_dedup_across_workers(two_workers: SottoProcesses, 
     content = {"msgtype": "m.text", "body": "x"}
     async with aiohttp.ClientSession() as s:
         results = await asyncio.gather(
-            *(
-                call(s, "PUT", two_workers.base_url(i % 2) + path, token, json=content)
-                for i in range(8)
-            )
+            *(call(s, "PUT", two_workers.base_url(i % 2) + path, token, json=content) for i in range(8))
         )
     assert all(status == 200 for status, _ in results), results
     assert len({body["event_id"] for _, body in results}) == 1

@@ -1,7 +1,10 @@
-"""User-interactive auth sessions and flows, with an in-memory account store and a fake clock."""
+"""User-interactive auth sessions and flows: sessions in a real (migrated) SQLite database,
+with an in-memory account store and a fake clock."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -19,6 +22,9 @@ from homeserver.handlers.uia import (
     user_id_from_identifier,
 )
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.engine import Database
+from homeserver.storage.migrate import migrate
+from homeserver.storage.uia_sessions import UIASessionStore
 
 SERVER = "example.org"
 ALICE = "@alice:example.org"
@@ -61,7 +67,17 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def uia(clock: FakeClock) -> UserInteractiveAuth:
+async def sessions(tmp_path: Path) -> AsyncIterator[UIASessionStore]:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'uia.db'}")
+    await migrate(db)
+    try:
+        yield UIASessionStore(db)
+    finally:
+        await db.close()
+
+
+@pytest.fixture
+def uia(clock: FakeClock, sessions: UIASessionStore) -> UserInteractiveAuth:
     accounts = FakeAccounts()
     accounts.users[ALICE] = {"user_id": ALICE, "password_hash": "plain:secret", "deactivated": False}
     accounts.users["@gone:example.org"] = {
@@ -70,7 +86,13 @@ def uia(clock: FakeClock) -> UserInteractiveAuth:
         "deactivated": True,
     }
     return UserInteractiveAuth(
-        cast(AccountStore, accounts), PlainPasswords(), clock, SERVER, session_ttl_ms=60_000, max_sessions=3
+        cast(AccountStore, accounts),
+        PlainPasswords(),
+        clock,
+        SERVER,
+        sessions,
+        session_ttl_ms=60_000,
+        max_sessions=3,
     )
 
 
@@ -104,8 +126,8 @@ async def test_dummy_completes_flow_and_finish_forgets_session(uia: UserInteract
         operation="op", flows=[[STAGE_DUMMY]], auth={"type": STAGE_DUMMY, "session": body["session"]}
     )
     assert result.completed == (STAGE_DUMMY,)
-    uia.finish(result)
-    assert len(uia) == 0
+    await uia.finish(result)
+    assert await uia.session_count() == 0
 
 
 async def test_auth_without_session_starts_one(uia: UserInteractiveAuth) -> None:
@@ -217,12 +239,12 @@ async def test_sessions_expire_and_are_bounded(uia: UserInteractiveAuth, clock: 
     first = (await expect_401(uia.check(operation="op", flows=[[STAGE_DUMMY]], auth=None)))["session"]
     for _ in range(5):
         await expect_401(uia.check(operation="op", flows=[[STAGE_DUMMY]], auth=None))
-    assert len(uia) == 3
+    assert await uia.session_count() == 3
     clock.now += 61_000
     # An expired session is not an error: the client just gets a new one.
     body = await expect_401(uia.check(operation="op", flows=[[STAGE_PASSWORD]], auth={"session": first}))
     assert body["session"] != first
-    assert len(uia) == 1
+    assert await uia.session_count() == 1
 
 
 async def test_client_params_remembered(uia: UserInteractiveAuth) -> None:
@@ -244,7 +266,7 @@ async def test_too_many_failures_end_the_session(uia: UserInteractiveAuth) -> No
     with pytest.raises(MatrixError) as info:
         await uia.check(operation="op", flows=[[STAGE_PASSWORD]], auth=password_auth(session, password="bad"))
     assert info.value.status == 403
-    assert len(uia) == 0
+    assert await uia.session_count() == 0
 
 
 async def test_reject_stage_undoes_completion(uia: UserInteractiveAuth) -> None:
@@ -253,7 +275,7 @@ async def test_reject_stage_undoes_completion(uia: UserInteractiveAuth) -> None:
         operation="op", flows=flows, auth={"type": STAGE_REGISTRATION_TOKEN, "token": "good-token"}
     )
     with pytest.raises(InteractiveAuthRequired) as info:
-        uia.reject_stage(result, STAGE_REGISTRATION_TOKEN, flows, "M_X", "gone")
+        await uia.reject_stage(result, STAGE_REGISTRATION_TOKEN, flows, "M_X", "gone")
     body = info.value.body
     assert body["errcode"] == "M_X"
     assert "completed" not in body
