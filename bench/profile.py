@@ -3,6 +3,7 @@
     python -m bench.profile send      # 10 senders in one room
     python -m bench.profile fanout    # one sender, N members long-polling /sync
     python -m bench.profile sync      # idle-room incremental syncs, back to back
+    python -m bench.profile send --no-sample   # the load alone, for before/after runs
 
 The server runs as in the benchmarks (pinned to CPU 0, load generator on CPU 1);
 py-spy samples it for the measured window. Output: bench/results/profile-<name>.txt
@@ -119,12 +120,18 @@ async def load_sync(target: SottoTarget, seconds: float) -> str:
 LOADS = {"send": load_send, "fanout": load_fanout, "sync": load_sync}
 
 
-async def main_async(name: str, seconds: float, database: str) -> None:
+async def main_async(name: str, seconds: float, database: str, sample: bool = True) -> None:
     os.sched_setaffinity(0, {1})
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
     target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0})
     await target.start()
+    if not sample:
+        try:
+            print(f"{name} ({database}): {await LOADS[name](target, seconds)}")
+        finally:
+            await target.stop()
+        return
     stem = f"profile-{name}" + ("-pg" if database == "postgres" else "")
     raw = RESULTS / f"{stem}.collapsed"
     try:
@@ -149,8 +156,11 @@ def main() -> None:
     parser.add_argument("load", choices=sorted(LOADS))
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--no-sample", action="store_true", help="run the load without py-spy and print its rate only"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.load, args.seconds, args.database))
+    asyncio.run(main_async(args.load, args.seconds, args.database, sample=not args.no_sample))
 
 
 if __name__ == "__main__":

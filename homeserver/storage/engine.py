@@ -357,19 +357,11 @@ class Database:
         return _Batch(conn, trans, base, top)
 
     async def _finish_batch(self, batch: _Batch) -> None:
-        if not self.shared:
-            await self._finish_local_batch(batch)
-            return
         try:
             if batch.failed:
                 await batch.trans.rollback()
             else:
-                if self._stream_id > batch.top:
-                    await postgres.store_stream(batch.conn, self._stream_id)
-                await batch.trans.commit()
-                # The row now says max(top, used): nothing lies between the used and the reserved.
-                self._stream_id = max(self._stream_id, batch.top)
-                self.observe_stream_position(self._stream_id)
+                await self._commit_batch(batch)
                 batch.done.set_result(None)
         except BaseException as e:
             batch.failed = True
@@ -381,36 +373,34 @@ class Database:
             if batch.failed and not batch.done.done():
                 batch.done.set_exception(BatchAborted("an earlier write in the same transaction failed"))
             if batch.failed:
-                # Positions handed out in it were never committed; the next batch re-reads the row.
-                self._stream_id = self._persisted
                 # Nobody may be waiting: mark the exception as retrieved.
                 batch.done.exception()
-            await asyncio.shield(self._close_batch_conn(batch.conn))
+            await self._end_batch(batch)
 
-    async def _finish_local_batch(self, batch: _Batch) -> None:
-        """SQLite: commit (or roll back) inline; positions of a rolled-back batch are skipped."""
-        try:
-            if batch.failed:
-                await batch.trans.rollback()
-            else:
-                await batch.trans.commit()
-                batch.done.set_result(None)
-        except BaseException as e:
-            batch.failed = True
-            if batch.members:
-                batch.done.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
-        finally:
-            # Everything allocated so far is now committed (or abandoned): readers may see it.
+    async def _commit_batch(self, batch: _Batch) -> None:
+        if not self.shared:
+            await batch.trans.commit()
+            return
+        if self._stream_id > batch.top:
+            await postgres.store_stream(batch.conn, self._stream_id)
+        await batch.trans.commit()
+        # The row now says max(top, used): nothing lies between the used and the reserved.
+        self._stream_id = max(self._stream_id, batch.top)
+        self.observe_stream_position(self._stream_id)
+
+    async def _end_batch(self, batch: _Batch) -> None:
+        if not self.shared:
+            # Everything allocated so far is now committed, or abandoned (SQLite skips the
+            # positions of a rolled-back batch): readers may see it.
             self._persisted = self._stream_id
-            if batch.failed and not batch.done.done():
-                batch.done.set_exception(BatchAborted("an earlier write in the same transaction failed"))
-            if batch.failed:
-                batch.done.exception()
             sync = batch.conn.sync_connection
             if sync is not None:
                 sync.close()
+            return
+        if batch.failed:
+            # Positions handed out in it were never committed; the next batch re-reads the row.
+            self._stream_id = self._persisted
+        await asyncio.shield(self._close_batch_conn(batch.conn))
 
     async def _close_batch_conn(self, conn: AsyncConnection) -> None:
         try:
