@@ -23,7 +23,7 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.events import AuthError, Event, auth_types_for_event, build_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.validation import EventFormatError, validate_pdu
-from homeserver.storage.events import EventStore, TxnInfo
+from homeserver.storage.events import DuplicateTxn, EventStore, TxnInfo
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)
@@ -203,14 +203,32 @@ class EventCreator:
     async def _commit_batch(
         self, room_id: str, room_version: RoomVersion, batch: list[_Pending]
     ) -> list[tuple[Event, int]]:
+        # Transaction IDs are almost always new. In one process (SQLite) the batch is written
+        # without looking them up first, and a stored one (a client's retry) undoes the write
+        # and sends the batch round again, looking them up. Workers share the database and
+        # look them up first: their batches run in savepoints of a shared transaction.
+        if self.store.db.shared:
+            return await self._commit_batch_once(room_id, room_version, batch, check_txns=True)
+        try:
+            return await self._commit_batch_once(room_id, room_version, batch, check_txns=False)
+        except DuplicateTxn:
+            for p in batch:
+                p.result = p.duplicate_of = None
+            return await self._commit_batch_once(room_id, room_version, batch, check_txns=True)
+
+    async def _commit_batch_once(
+        self, room_id: str, room_version: RoomVersion, batch: list[_Pending], check_txns: bool
+    ) -> list[tuple[Event, int]]:
         txns = [p.txn for p in batch if p.txn is not None]
-        known = await self.store.get_txn_events(txns)
+        known = await self.store.get_txn_events(txns) if check_txns else {}
         prevs, depth = await self.store.room_head(room_id)
         prevs = prevs[:MAX_PREV_EVENTS]
         chain: list[tuple[Event, TxnInfo | None]] = []
         owners: list[_Pending] = []
         in_batch: dict[tuple[str, str, str], _Pending] = {}
         for p in batch:
+            if p.future.done():
+                continue  # refused in the first round (the retry after a DuplicateTxn)
             key = (p.txn.user_id, p.txn.device_id, p.txn.txn_id) if p.txn else None
             if key is not None and key in known:
                 stored = await self.store.get_event(known[key])
@@ -241,7 +259,9 @@ class EventCreator:
 
         # Other rooms draining too: their batches may share this commit.
         gather = len(self._draining) > 1
-        ids = await self.store.persist_message_batch(chain, write_derived if works else None, gather)
+        ids = await self.store.persist_message_batch(
+            chain, write_derived if works else None, gather, txns_checked=check_txns
+        )
         for work in works:
             try:
                 work.committed()

@@ -3,7 +3,8 @@
 `BulkInsert(table, columns).run(conn, rows)` takes rows as tuples in `columns` order;
 with `upsert_keys`, a row whose keys exist replaces that row's other columns (rows must
 then have distinct keys, and are best sorted by them so concurrent writers lock rows in
-one order).
+one order); with `skip_existing`, a row whose key exists is left out, and `run` returns
+how many were inserted (on SQLite; -1 elsewhere).
 On SQLite the statement is compiled once and handed to the driver's executemany as
 is: SQLAlchemy's per-row parameter processing (a dict per row, type processors that
 do nothing for these columns) cost about a third of such an insert. Other databases
@@ -25,12 +26,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class BulkInsert:
-    __slots__ = ("_sqlite", "_stmts", "columns", "table", "upsert_keys")
+    __slots__ = ("_sqlite", "_stmts", "columns", "skip_existing", "table", "upsert_keys")
 
-    def __init__(self, table: Table, columns: Sequence[str], *, upsert_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        *,
+        upsert_keys: Sequence[str] = (),
+        skip_existing: bool = False,
+    ) -> None:
         self.table = table
         self.columns = tuple(columns)
         self.upsert_keys = tuple(upsert_keys)
+        self.skip_existing = skip_existing
         self._stmts: dict[str, Any] = {}
         # (SQL, positions of the row's values in the statement's parameter order)
         self._sqlite: tuple[str, tuple[int, ...] | None] | None = None
@@ -39,28 +48,32 @@ class BulkInsert:
         stmt = self._stmts.get(dialect)
         if stmt is None:
             values: dict[str, Any] = {c: bindparam(c) for c in self.columns}
-            if not self.upsert_keys:
+            if not self.upsert_keys and not self.skip_existing:
                 stmt = insert(self.table).values(values)
             else:
                 make = postgresql.insert if dialect == "postgresql" else sqlite.insert
                 ins = make(self.table).values(values)
-                update = {c: ins.excluded[c] for c in self.columns if c not in self.upsert_keys}
-                stmt = ins.on_conflict_do_update(index_elements=list(self.upsert_keys), set_=update)
+                if self.skip_existing:
+                    stmt = ins.on_conflict_do_nothing()
+                else:
+                    update = {c: ins.excluded[c] for c in self.columns if c not in self.upsert_keys}
+                    stmt = ins.on_conflict_do_update(index_elements=list(self.upsert_keys), set_=update)
             self._stmts[dialect] = stmt
         return stmt
 
-    async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+    async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> int:
         if not rows:
-            return
+            return 0
         if conn.dialect.name != "sqlite":
             columns = self.columns
             stmt = self.statement(conn.dialect.name)
             await conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
-            return
+            return -1
         sql, order = self._sqlite or self._compile(conn)
         if order is not None:
             rows = [tuple(row[i] for i in order) for row in rows]
-        await conn.run_sync(_executemany, sql, rows)
+        inserted: int = await conn.run_sync(_executemany, sql, rows)
+        return inserted
 
     def _compile(self, conn: AsyncConnection) -> tuple[str, tuple[int, ...] | None]:
         compiled = self.statement(conn.dialect.name).compile(dialect=conn.dialect)
@@ -71,5 +84,5 @@ class BulkInsert:
         return self._sqlite
 
 
-def _executemany(conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    conn.exec_driver_sql(sql, rows)
+def _executemany(conn: Connection, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    return int(conn.exec_driver_sql(sql, rows).rowcount)

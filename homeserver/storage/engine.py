@@ -448,11 +448,13 @@ class Database:
                 and gather
                 and batch is not None
                 and not batch.gathered
-                and not self.shared
+                and self._sqlite_path is not None
                 and not self._queued
                 and batch.members < MAX_GROUP_WRITES
             ):
-                # Once per batch: each wait delays every member's return.
+                # Once per batch: each wait delays every member's return. Only with a database
+                # file: an in-memory database is one connection, which readers would share
+                # (and roll back when they return it to the pool) while the batch is open.
                 batch.gathered = True
                 try:
                     await asyncio.sleep(0)  # see "Group commit" above

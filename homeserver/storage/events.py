@@ -93,7 +93,9 @@ _INSERT_MESSAGES = BulkInsert(
         "device_id",
     ),
 )
-_INSERT_TXNS = BulkInsert(event_txns, ("user_id", "device_id", "txn_id", "event_id", "created_ts"))
+_TXN_COLUMNS = ("user_id", "device_id", "txn_id", "event_id", "created_ts")
+_INSERT_TXNS = BulkInsert(event_txns, _TXN_COLUMNS)
+_INSERT_NEW_TXNS = BulkInsert(event_txns, _TXN_COLUMNS, skip_existing=True)
 _INSERT_EXTREMITY = insert(forward_extremities)
 _DELETE_EXTREMITIES = delete(forward_extremities).where(
     forward_extremities.c.room_id == bindparam("room_id"),
@@ -124,6 +126,10 @@ def _txn_lookup(n: int) -> Any:
             ]
         )
     )
+
+
+class DuplicateTxn(Exception):
+    """A message batch held a transaction ID that is already stored (a client's retry)."""
 
 
 class EventStore(FederatedEventWrites, RoomFlags):
@@ -577,10 +583,13 @@ class EventStore(FederatedEventWrites, RoomFlags):
         batch: list[tuple[Event, TxnInfo | None]],
         extra: Callable[[AsyncConnection, list[int]], Awaitable[None]] | None = None,
         gather: bool = False,
+        txns_checked: bool = True,
     ) -> list[int]:
         """Store a chain of non-state events in one transaction (group commit), built under
         the room lock after `room_head` (the event creator's batches). `gather`: see
-        `Database.write`.
+        `Database.write`. Unless `txns_checked` (the caller looked the transaction IDs up
+        first, `get_txn_events`), a transaction ID already stored raises `DuplicateTxn` and
+        nothing is written (SQLite only: it counts the rows an INSERT skipped).
 
         Each event's prev_events is the previous one, so only the first event's prevs stop
         being forward extremities and only the last becomes one. `extra(conn, stream_ids)`
@@ -622,8 +631,11 @@ class EventStore(FederatedEventWrites, RoomFlags):
             ids = [self.db.next_stream_id() for _ in batch]
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id
+            if txns_checked:
+                await _INSERT_TXNS.run(conn, txn_rows)
+            elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
+                raise DuplicateTxn
             await _INSERT_MESSAGES.run(conn, [tuple(row) for row in rows])
-            await _INSERT_TXNS.run(conn, txn_rows)
             if first_prevs:
                 await conn.execute(
                     _DELETE_EXTREMITIES, [{"room_id": room_id, "event_id": p} for p in first_prevs]

@@ -196,3 +196,43 @@ async def test_queued_senders_are_answered_when_the_room_lock_cannot_be_taken(
     page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "10"})
     bodies = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
     assert sorted(bodies) == ["queued 0", "queued 1", "queued 2"]
+
+
+async def test_a_retried_transaction_in_a_batch_of_new_ones(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    # In one process a batch is written without looking its transaction IDs up; a stored one
+    # undoes the write and the batch goes round again with the lookup. Everything in the batch
+    # must come out as if it had been looked up first: the retry answered with the stored event,
+    # the new message stored once, the refused one refused.
+    alice = await make_user("alice")
+    await make_user("mallory")
+    room = await alice.create_room()
+    creator = server.hs.creator
+    first = await alice.send(room, "once", "t1")
+    device = str((await alice.ok("GET", "/account/whoami"))["device_id"])
+
+    async def send(sender: str, body: str, txn: str) -> object:
+        try:
+            event, _ = await creator.create_and_send(
+                room_id=room,
+                type="m.room.message",
+                sender=sender,
+                content={"msgtype": "m.text", "body": body},
+                txn=TxnInfo(sender, device if sender == alice.user_id else "DEV", txn),
+            )
+            return event.event_id
+        except MatrixError as e:
+            return e
+
+    results = await asyncio.gather(
+        send(alice.user_id, "once", "t1"),
+        send(f"@mallory:{server.server_name}", "intruder", "m1"),
+        send(alice.user_id, "new", "t2"),
+    )
+    assert results[0] == first
+    assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
+    assert isinstance(results[2], str) and results[2] != first
+    page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "10"})
+    bodies = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+    assert bodies == ["new", "once"]
