@@ -615,12 +615,14 @@ class Database:
     async def _checkpoint_forever(self, path: str) -> None:
         """Copy the WAL into the database file now and then, off the event loop's thread.
 
-        The write lock is held meanwhile. A checkpoint racing a stream of commits never
-        catches up with them, and SQLite only starts the WAL over once a checkpoint has
-        copied all of it: under steady writes the WAL grew by the whole write volume (1.8 GB
-        in 12 s of sends), and every commit appended to fresh file blocks that the kernel
-        first zeroes (a fifth of the send path's CPU). With writers paused for the copy, the
-        next commit rewrites the WAL from its start, in pages already cached.
+        A checkpoint racing a stream of commits never catches up with them, and SQLite only
+        starts the WAL over once a checkpoint has copied all of it: under steady writes the
+        WAL grew by the whole write volume (1.8 GB in 12 s of sends), and every commit
+        appended to fresh file blocks that the kernel first zeroes (a fifth of the send
+        path's CPU). So a second pass runs with the write lock held, and the next commit
+        rewrites the WAL from its start, in pages already cached. The first pass, beside the
+        writers, leaves the second little to copy: holding the lock for the whole copy put
+        the send p99 at load at 30 ms, against 14 ms this way.
         """
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL_S)
@@ -628,6 +630,9 @@ class Database:
                 continue
             self._writes_since_checkpoint = 0
             try:
+                # Most of the copying runs beside the writers; then, with writes paused, only
+                # what they committed meanwhile: a short pause, and the WAL can start over.
+                await asyncio.to_thread(_checkpoint, path)
                 async with self._write_lock:
                     complete = await asyncio.to_thread(_checkpoint, path)
             except sqlite3.Error as e:
