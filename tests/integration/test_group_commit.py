@@ -18,6 +18,23 @@ from tests.support.server import RunningServer
 MakeUser = Callable[[str], Awaitable[RawClient]]
 
 
+async def create(
+    server: RunningServer, room: str, sender: str, body: str, txn: str, device: str = "DEV"
+) -> str | Exception:
+    """Send a message through the event creator (as `/send` does); the error, if refused."""
+    try:
+        event, _ = await server.hs.creator.create_and_send(
+            room_id=room,
+            type="m.room.message",
+            sender=sender,
+            content={"msgtype": "m.text", "body": body},
+            txn=TxnInfo(sender, device, txn),
+        )
+        return event.event_id
+    except (MatrixError, ConnectionRefusedError) as e:
+        return e
+
+
 async def test_concurrent_sends_form_one_chain(server: RunningServer, make_user: MakeUser) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
@@ -48,25 +65,10 @@ async def test_a_rejected_message_does_not_fail_its_batch(server: RunningServer,
     alice = await make_user("alice")
     await make_user("mallory")
     room = await alice.create_room()
-    creator = server.hs.creator
-
-    async def send(sender: str, body: str, txn: str) -> object:
-        try:
-            event, _ = await creator.create_and_send(
-                room_id=room,
-                type="m.room.message",
-                sender=sender,
-                content={"msgtype": "m.text", "body": body},
-                txn=TxnInfo(sender, "DEV", txn),
-            )
-            return event.event_id
-        except MatrixError as e:
-            return e
-
     results = await asyncio.gather(
-        send(alice.user_id, "one", "1"),
-        send(f"@mallory:{server.server_name}", "intruder", "2"),
-        send(alice.user_id, "two", "3"),
+        create(server, room, alice.user_id, "one", "1"),
+        create(server, room, f"@mallory:{server.server_name}", "intruder", "2"),
+        create(server, room, alice.user_id, "two", "3"),
     )
     assert isinstance(results[0], str) and isinstance(results[2], str)
     assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
@@ -175,18 +177,8 @@ async def test_queued_senders_are_answered_when_the_room_lock_cannot_be_taken(
 
     monkeypatch.setattr(creator, "room_lock", flaky_lock)
 
-    async def send(body: str) -> object:
-        try:
-            event, _ = await creator.create_and_send(
-                room_id=room,
-                type="m.room.message",
-                sender=alice.user_id,
-                content={"msgtype": "m.text", "body": body},
-                txn=TxnInfo(alice.user_id, "DEV", body),
-            )
-            return event.event_id
-        except ConnectionRefusedError as e:
-            return e
+    def send(body: str) -> Awaitable[str | Exception]:
+        return create(server, room, alice.user_id, body, body)
 
     results = await asyncio.wait_for(asyncio.gather(*(send(f"queued {i}") for i in range(3))), 10)
     assert all(isinstance(r, ConnectionRefusedError) for r in results), results
@@ -208,27 +200,12 @@ async def test_a_retried_transaction_in_a_batch_of_new_ones(
     alice = await make_user("alice")
     await make_user("mallory")
     room = await alice.create_room()
-    creator = server.hs.creator
     first = await alice.send(room, "once", "t1")
     device = str((await alice.ok("GET", "/account/whoami"))["device_id"])
-
-    async def send(sender: str, body: str, txn: str) -> object:
-        try:
-            event, _ = await creator.create_and_send(
-                room_id=room,
-                type="m.room.message",
-                sender=sender,
-                content={"msgtype": "m.text", "body": body},
-                txn=TxnInfo(sender, device if sender == alice.user_id else "DEV", txn),
-            )
-            return event.event_id
-        except MatrixError as e:
-            return e
-
     results = await asyncio.gather(
-        send(alice.user_id, "once", "t1"),
-        send(f"@mallory:{server.server_name}", "intruder", "m1"),
-        send(alice.user_id, "new", "t2"),
+        create(server, room, alice.user_id, "once", "t1", device),
+        create(server, room, f"@mallory:{server.server_name}", "intruder", "m1"),
+        create(server, room, alice.user_id, "new", "t2", device),
     )
     assert results[0] == first
     assert isinstance(results[1], MatrixError) and results[1].errcode == "M_FORBIDDEN"
