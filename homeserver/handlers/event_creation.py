@@ -23,7 +23,8 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.events import AuthError, Event, auth_types_for_event, build_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.validation import EventFormatError, validate_pdu
-from homeserver.storage.events import DuplicateTxn, EventStore, TxnInfo
+from homeserver.storage.events import EventStore, TxnInfo
+from homeserver.storage.message_batches import DuplicateTxn
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)
