@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import secrets
 import string
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
-from homeserver.invalidation import Invalidations
+from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.accounts import AccountStore, TokenInfo
 
 _TOKEN_CACHE_SIZE = 10_000
@@ -86,14 +85,12 @@ class AuthHandler:
     def __init__(self, store: AccountStore, clock: Clock, invalidations: Invalidations | None = None) -> None:
         self.store = store
         self.clock = clock
-        self._cache: OrderedDict[str, TokenInfo] = OrderedDict()
-        # Bumped by every invalidation: a lookup that raced one must not cache what it read.
-        self._generation = 0
+        self._cache: InvalidatedCache[str, TokenInfo] = InvalidatedCache(_TOKEN_CACHE_SIZE)
         # Other workers cache tokens too: a revocation here must reach their caches.
         self._peers = invalidations or Invalidations()
-        self._peers.subscribe(TOKENS_TOPIC, self._drop_tokens)
+        self._peers.subscribe(TOKENS_TOPIC, self._cache.drop)
         self._peers.subscribe(USERS_TOPIC, self._drop_users)
-        self._peers.on_reset(self._drop_all)
+        self._peers.on_reset(self._cache.clear)
 
     async def create_session(
         self, user_id: str, device_id: str | None, display_name: str | None
@@ -114,7 +111,7 @@ class AuthHandler:
 
     def invalidate(self, token_hashes: list[str]) -> None:
         """Forget tokens just deleted from the database, here and on every other worker."""
-        self._drop_tokens(token_hashes)
+        self._cache.drop(token_hashes)
         self._peers.broadcast(TOKENS_TOPIC, list(token_hashes))
 
     def invalidate_user(self, user_id: str) -> None:
@@ -122,32 +119,18 @@ class AuthHandler:
         self._drop_users([user_id])
         self._peers.broadcast(USERS_TOPIC, [user_id])
 
-    def _drop_tokens(self, token_hashes: Any) -> None:
-        self._generation += 1
-        for h in token_hashes:
-            self._cache.pop(h, None)
-
     def _drop_users(self, user_ids: Any) -> None:
-        self._generation += 1
         users = set(user_ids)
-        for h in [h for h, info in self._cache.items() if info.user_id in users]:
-            del self._cache[h]
-
-    def _drop_all(self) -> None:
-        self._generation += 1
-        self._cache.clear()
+        self._cache.drop_where(lambda info: info.user_id in users)
 
     async def _lookup(self, token_hash: str) -> TokenInfo | None:
         info = self._cache.get(token_hash)
         if info is not None:
-            self._cache.move_to_end(token_hash)
             return info
-        generation = self._generation
+        generation = self._cache.generation
         info = await self.store.get_token(token_hash)
-        if info is not None and generation == self._generation:
-            self._cache[token_hash] = info
-            if len(self._cache) > _TOKEN_CACHE_SIZE:
-                self._cache.popitem(last=False)
+        if info is not None:
+            self._cache.put(token_hash, info, generation)
         return info
 
     @staticmethod

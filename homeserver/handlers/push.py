@@ -16,7 +16,6 @@ Delivery to push gateways lives in homeserver.handlers.pusher_delivery.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,7 +26,7 @@ from homeserver.events import Event
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.push_eval import RoomContext, evaluate, is_highlight, is_notify
 from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_default_rule_id, strip_actions
-from homeserver.invalidation import Invalidations
+from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import (
     Counts,
@@ -130,28 +129,15 @@ class PushHandler:
         self.notifier = notifier
         self.clock = clock
         self.server_name = server_name
-        self._rulesets: OrderedDict[str, Ruleset] = OrderedDict()
-        self._rooms: OrderedDict[str, RoomContext] = OrderedDict()
-        # Bumped by every invalidation: a read that raced one must not fill the caches.
-        self._generation = 0
+        self._rulesets: InvalidatedCache[str, Ruleset] = InvalidatedCache(MAX_CACHED_RULESETS)
+        self._rooms: InvalidatedCache[str, RoomContext] = InvalidatedCache(MAX_CACHED_ROOMS)
         # Rules and room state change on other workers too.
         self._peers = invalidations or Invalidations()
-        self._peers.subscribe(RULES_TOPIC, self._drop_rulesets)
-        self._peers.subscribe(ROOMS_TOPIC, self._drop_rooms)
+        self._peers.subscribe(RULES_TOPIC, self._rulesets.drop)
+        self._peers.subscribe(ROOMS_TOPIC, self._rooms.drop)
         self._peers.on_reset(self._drop_all)
 
-    def _drop_rulesets(self, user_ids: Any) -> None:
-        self._generation += 1
-        for user_id in user_ids:
-            self._rulesets.pop(user_id, None)
-
-    def _drop_rooms(self, room_ids: Any) -> None:
-        self._generation += 1
-        for room_id in room_ids:
-            self._rooms.pop(room_id, None)
-
     def _drop_all(self) -> None:
-        self._generation += 1
         self._rulesets.clear()
         self._rooms.clear()
 
@@ -163,15 +149,11 @@ class PushHandler:
     async def ruleset(self, user_id: str) -> Ruleset:
         cached = self._rulesets.get(user_id)
         if cached is not None:
-            self._rulesets.move_to_end(user_id)
             return cached
-        generation = self._generation
+        generation = self._rulesets.generation
         user_rules, overrides = await self.rules.get_rules(user_id)
         ruleset = build_ruleset(user_id, user_rules, overrides)
-        if generation == self._generation:
-            self._rulesets[user_id] = ruleset
-            if len(self._rulesets) > MAX_CACHED_RULESETS:
-                self._rulesets.popitem(last=False)
+        self._rulesets.put(user_id, ruleset, generation)
         return ruleset
 
     async def ruleset_json(self, user_id: str) -> dict[str, Any]:
@@ -184,7 +166,7 @@ class PushHandler:
         return await self.actions.rooms_changed_since(user_id, since, upto)
 
     def _changed(self, user_id: str) -> None:
-        self._drop_rulesets([user_id])
+        self._rulesets.drop([user_id])
         self._peers.broadcast(RULES_TOPIC, [user_id])
         # Clients learn about rule changes through m.push_rules account data in /sync.
         self.notifier.notify(users=[user_id])
@@ -266,9 +248,8 @@ class PushHandler:
     async def _room_context(self, room_id: str) -> RoomContext | None:
         cached = self._rooms.get(room_id)
         if cached is not None:
-            self._rooms.move_to_end(room_id)
             return cached
-        generation = self._generation
+        generation = self._rooms.generation
         rv = await self.events.get_room_version(room_id)
         if rv is None:
             return None
@@ -293,10 +274,7 @@ class PushHandler:
                 if isinstance(extra, list):
                     creators.update(c for c in extra if isinstance(c, str))
         ctx = RoomContext(joined, names, power, frozenset(creators))
-        if generation == self._generation:
-            self._rooms[room_id] = ctx
-            if len(self._rooms) > MAX_CACHED_ROOMS:
-                self._rooms.popitem(last=False)
+        self._rooms.put(room_id, ctx, generation)
         return ctx
 
     async def thread_id_for(self, event: Event) -> str:
@@ -333,7 +311,7 @@ class PushHandler:
 
     async def _on_event(self, event: Event, stream_id: int) -> None:
         if event.is_state():
-            self._drop_rooms([event.room_id])
+            self._rooms.drop([event.room_id])
             self._peers.broadcast(ROOMS_TOPIC, [event.room_id])
         ctx = await self._room_context(event.room_id)
         if ctx is None:
@@ -389,11 +367,7 @@ class PushHandler:
         memo: dict[str, bool] = {}
         rulesets = self._rulesets
         for user_id in recipients:
-            ruleset = rulesets.get(user_id)
-            if ruleset is None:
-                ruleset = await self.ruleset(user_id)
-            else:
-                rulesets.move_to_end(user_id)
+            ruleset = rulesets.get(user_id) or await self.ruleset(user_id)
             actions = evaluate(ruleset, flat, user_id, ctx, memo)
             if not is_notify(actions):
                 continue
