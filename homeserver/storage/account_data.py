@@ -21,7 +21,7 @@ class AccountDataStore:
     async def set(self, user_id: str, room_id: str | None, type: str, content: dict[str, Any]) -> int:
         room_key = room_id or ""
         async with self.db.write() as conn:
-            stream_id = self.db.next_stream_id()
+            stream_id = await self.db.next_stream_id()
             res = await conn.execute(
                 update(account_data)
                 .where(

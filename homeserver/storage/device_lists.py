@@ -50,7 +50,7 @@ async def mark_changed(conn: AsyncConnection, db: Database, user_ids: Iterable[s
     """Record a device list change for each user, inside an open write transaction."""
     stream_id = 0
     for user_id in sorted(set(user_ids)):
-        stream_id = db.next_stream_id()
+        stream_id = await db.next_stream_id()
         await conn.execute(
             upsert(
                 conn,

@@ -356,7 +356,7 @@ class E2EKeyStore:
         """Replace the given key types ({type: (public_key, key)}); marks the user's device list changed."""
         async with self.db.write() as conn:
             for key_type, (public_key, key) in keys.items():
-                stream_id = self.db.next_stream_id()
+                stream_id = await self.db.next_stream_id()
                 await conn.execute(
                     upsert(
                         conn,

@@ -1,20 +1,23 @@
 """Database engine: connections, the write path and stream positions.
 
 Invariant: all writes go through `Database.write()`, and stream positions are
-allocated inside it (`next_stream_id()`), so rows become visible in stream order
-and a sync at position N never misses a row at or below N that commits later.
-`current_stream_id` is the highest position below which everything is committed.
+allocated inside it (`next_stream_id()`); a sync at position N never misses a row at
+or below N that commits later. `current_stream_id` is the highest position at or below
+which everything is committed.
 
 - SQLite (one process): one asyncio lock per process serialises writes and the
   counter lives in memory. Writers ready at the same moment share one transaction
   (group commit, see `_group_write`). Positions handed out in a rolled-back
   transaction are skipped, never reused.
 - PostgreSQL (one or several worker processes): the asyncio lock still serialises a
-  process's own writers, and each transaction also locks the shared `stream_positions`
-  row (see homeserver.storage.postgres), so writers in all processes commit in position
-  order. Positions of a rolled-back transaction are reused by the next writer, which is
-  safe because nothing at those positions was ever visible. Other workers' commits
-  become visible here through `observe_stream_position()` (fed by Redis) or
+  process's own writers, but transactions of different processes run side by side and
+  may commit in any order. Each takes its positions from a shared sequence and holds a
+  marker while open (see homeserver.storage.postgres), and `current_stream_id` only moves
+  up to a position below every marker. A writer whose positions are not yet visible when
+  it commits (a transaction of another worker with lower positions is still open) waits
+  for that transaction before answering, so a client that got its answer reads its own
+  write on any worker. Positions of a rolled-back transaction are skipped. Other workers'
+  commits become visible here through `observe_stream_position()` (fed by Redis) or
   `refresh_stream_position()`. Reads run in autocommit mode: each statement sees the
   latest committed data, exactly as in a READ COMMITTED transaction, without the
   BEGIN/ROLLBACK round trips.
@@ -56,9 +59,9 @@ POOL_SIZE = 20
 POOL_TIMEOUT_S = 60
 # At most this many writers share one PostgreSQL transaction (group commit).
 MAX_GROUP_WRITES = 64
-# Stream positions a PostgreSQL write transaction reserves when it locks the stream row, so
-# that it need not write the row again before committing (unless it used more).
-STREAM_RESERVE = 128
+# A writer waiting for another worker's transaction to end (so that its own positions become
+# visible) checks again at least this often, whatever it is told meanwhile.
+VISIBILITY_RECHECK_S = 1.0
 # Session advisory locks (rooms, leadership) live on their own small pool, so a room-lock
 # holder never waits for a connection that another room-lock holder keeps; at most this
 # many rooms are locked at once per process.
@@ -176,14 +179,15 @@ class BatchAborted(Exception):
 class _Batch:
     """One open transaction shared by a group of writers (see "Group commit" in Database)."""
 
-    __slots__ = ("base", "conn", "done", "failed", "gathered", "members", "top", "trans")
+    __slots__ = ("conn", "done", "failed", "gathered", "members", "top", "trans", "used")
 
-    def __init__(self, conn: AsyncConnection, trans: AsyncTransaction, base: int, top: int) -> None:
+    def __init__(self, conn: AsyncConnection, trans: AsyncTransaction, top: int) -> None:
         self.conn = conn
         self.trans = trans
-        self.base = base
-        # Positions base+1 .. top are reserved in the stream row by this transaction.
+        # PostgreSQL: the last position of the chunk this transaction is drawing from.
         self.top = top
+        # The highest position handed out in this transaction (0: none).
+        self.used = 0
         self.members = 0
         self.failed = False
         # SQLite: the batch has already waited once for more writers to join.
@@ -251,6 +255,9 @@ class Database:
         self._reapers: set[asyncio.Task[None]] = set()
         self._stream_id = 0
         self._persisted = 0
+        # Set (and replaced) whenever `current_stream_id` moves forward.
+        self._advanced = asyncio.Event()
+        self._visibility_lock = asyncio.Lock()
         file_db = self.is_sqlite and sa_url.database not in (None, "", ":memory:")
         self._sqlite_path = sa_url.database if file_db else None
         self._writes_since_checkpoint = 0
@@ -317,8 +324,8 @@ class Database:
     # Writers that queue up behind one another share one transaction: the first runs in it
     # directly, each later one inside a savepoint (so its failure undoes only its own work),
     # and whoever finds nobody queued behind it commits, still holding the write lock. Every
-    # member returns only once that commit is durable. On PostgreSQL one fsync and one round
-    # of the shared stream-row lock then cover the whole group instead of each write. On
+    # member returns only once that commit is durable. On PostgreSQL one fsync (and one
+    # stream marker) then covers the whole group instead of each write. On
     # SQLite a writer never waits inside its transaction (statements run inline), so nobody
     # would ever be queued: a writer that expects company (`write(gather=True)`: the event
     # creator while other rooms' batches are being built) yields to the event loop once before
@@ -336,7 +343,7 @@ class Database:
             except BaseException:
                 sync.close()
                 raise
-            return _Batch(local, local_trans, self._stream_id, self._stream_id)
+            return _Batch(local, local_trans, 0)
         # The write lock is held: go before every reader waiting for a connection.
         assert self._gate is not None
         await self._gate.acquire(priority=True)
@@ -347,14 +354,12 @@ class Database:
             raise
         try:
             trans = await conn.begin()
-            top = await postgres.reserve_stream(conn, STREAM_RESERVE)
+            first = await postgres.open_stream(conn)
         except BaseException:
             await asyncio.shield(self._close_batch_conn(conn))
             raise
-        base = top - STREAM_RESERVE
-        self.observe_stream_position(base)
-        self._stream_id = base
-        return _Batch(conn, trans, base, top)
+        self._stream_id = first - 1
+        return _Batch(conn, trans, first + postgres.STREAM_CHUNK - 1)
 
     async def _finish_batch(self, batch: _Batch) -> None:
         try:
@@ -381,12 +386,11 @@ class Database:
         if not self.shared:
             await batch.trans.commit()
             return
-        if self._stream_id > batch.top:
-            await postgres.store_stream(batch.conn, self._stream_id)
+        # Asked before COMMIT, leaving this transaction's own marker out: what readers may
+        # see once it has committed (see homeserver.storage.postgres).
+        visible = await postgres.visible_stream(batch.conn, others_only=True)
         await batch.trans.commit()
-        # The row now says max(top, used): nothing lies between the used and the reserved.
-        self._stream_id = max(self._stream_id, batch.top)
-        self.observe_stream_position(self._stream_id)
+        self.observe_stream_position(visible)
 
     async def _end_batch(self, batch: _Batch) -> None:
         if not self.shared:
@@ -397,9 +401,6 @@ class Database:
             if sync is not None:
                 sync.close()
             return
-        if batch.failed:
-            # Positions handed out in it were never committed; the next batch re-reads the row.
-            self._stream_id = self._persisted
         await asyncio.shield(self._close_batch_conn(batch.conn))
 
     async def _close_batch_conn(self, conn: AsyncConnection) -> None:
@@ -476,12 +477,50 @@ class Database:
         if joined:
             assert batch is not None
             await asyncio.shield(batch.done)
+            if batch.used > self._persisted:
+                # Another worker's transaction with lower positions is still open: answer
+                # once this write can be read, on any worker.
+                await asyncio.shield(self.wait_visible(batch.used))
 
-    def next_stream_id(self) -> int:
+    async def next_stream_id(self) -> int:
         """Allocate a stream position. Only call inside `write()`."""
         assert self._write_lock.locked(), "stream ids are allocated on the write path"
+        batch = self._batch
+        assert batch is not None
+        if self.shared and self._stream_id >= batch.top:
+            first = await postgres.next_chunk(batch.conn)
+            self._stream_id = first - 1
+            batch.top = first + postgres.STREAM_CHUNK - 1
         self._stream_id += 1
+        batch.used = self._stream_id
         return self._stream_id
+
+    async def next_stream_ids(self, count: int) -> list[int]:
+        """`count` increasing stream positions (see `next_stream_id`)."""
+        return [await self.next_stream_id() for _ in range(count)]
+
+    async def wait_visible(self, position: int) -> None:
+        """Wait until `current_stream_id` reaches `position` (PostgreSQL, after a commit).
+
+        What holds it back is a write transaction of another process, with lower positions,
+        still open: wait on its marker, then look again. One waiter asks the database at a
+        time; news from Redis ends every wait early."""
+        while self._persisted < position:
+            advanced = self._advanced
+            if self._visibility_lock.locked():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(VISIBILITY_RECHECK_S):
+                        await advanced.wait()
+                continue
+            async with self._visibility_lock, self.read() as conn:
+                if self._persisted >= position:
+                    return
+                marker = await postgres.lowest_marker(conn)
+                if marker is not None and marker <= position:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(VISIBILITY_RECHECK_S):
+                            await postgres.wait_for_marker(conn, marker)
+                self.observe_stream_position(await postgres.visible_stream(conn))
 
     @property
     def current_stream_id(self) -> int:
@@ -494,6 +533,8 @@ class Database:
         Returns True if that moved `current_stream_id` forward."""
         if position > self._persisted:
             self._persisted = position
+            self._advanced.set()
+            self._advanced = asyncio.Event()
             return True
         return False
 
@@ -501,7 +542,7 @@ class Database:
         """Catch up with commits made by other processes; returns `current_stream_id`."""
         if self.shared:
             async with self.read() as conn:
-                self.observe_stream_position(await postgres.read_stream(conn))
+                self.observe_stream_position(await postgres.visible_stream(conn))
         return self._persisted
 
     async def catch_up(self, position: int) -> None:
@@ -517,8 +558,8 @@ class Database:
         best = 0
         async with self.read() as conn:
             if self.shared:
-                # The migration seeded the row from the tables; every write since keeps it.
-                best = await postgres.read_stream(conn)
+                # The migration started the sequence above every stored position.
+                best = await postgres.visible_stream(conn)
             else:
                 for table in metadata.sorted_tables:
                     if "stream_id" in table.c:

@@ -509,7 +509,7 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 )
             )
             self._versions[room_id] = event.room_version
-        stream_id = self.db.next_stream_id()
+        stream_id = await self.db.next_stream_id()
         unsigned: dict[str, Any] = {}
         replaces: str | None = None
         if event.is_state() and not outlier and update_state:

@@ -137,7 +137,7 @@ class MessageBatchWrites:
                 )
         first_prevs = batch[0][0].prev_event_ids
         async with self.db.write(gather) as conn:
-            ids = [self.db.next_stream_id() for _ in batch]
+            ids = await self.db.next_stream_ids(len(batch))
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id
             if txns_checked:

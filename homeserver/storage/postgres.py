@@ -3,12 +3,16 @@
 Several worker processes may share one PostgreSQL database. Three things must hold
 across them, and this module provides the primitives:
 
-- Stream positions are unique and become visible in order. Every write transaction
-  first locks the single `stream_positions` row (`UPDATE ... RETURNING`, which also
-  reads the latest committed value), allocates positions above it and writes the new
-  maximum back before committing. Writers therefore commit in position order, and the
-  row always holds the highest committed position: everything at or below it is
-  visible to any reader.
+- Stream positions are unique, and a reader never skips a row that commits after it
+  has read past that row's position. Positions come from the sequence `stream_seq`
+  (migration 0009) in chunks of STREAM_CHUNK, so writers in every process run and commit
+  side by side and in any order. Before it takes its first chunk, a write transaction
+  takes a transaction-level shared advisory lock, its *marker*, keyed by a position no
+  higher than any it will be given (the sequence's last value plus one chunk). Markers
+  vanish when their transactions end (commit, rollback, or a killed worker's session).
+  So everything at or below `min(end of the last chunk handed out, lowest marker - 1)`
+  has either committed or will never exist (`visible_stream`); provided the sequence
+  is read before the markers, which that statement orders.
 - One room's events are created one at a time (`advisory_lock` on the room), so
   prev_events chain and transaction-ID dedup holds whichever worker a retry reaches.
 - Singleton work (federation sending) runs on one worker at a time (`Leader`).
@@ -27,22 +31,59 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from sqlalchemy import BigInteger, Column, String, Table, func, literal, select, update
+from sqlalchemy import func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from homeserver.storage.schema import metadata
 
 log = logging.getLogger(__name__)
 
-# One row per stream; only "main" (the server-wide stream) exists today.
-stream_positions = Table(
-    "stream_positions",
-    metadata,
-    Column("stream", String(32), primary_key=True),
-    Column("position", BigInteger, nullable=False),
+# Positions per nextval of `stream_seq`: its INCREMENT, set by migration 0009 (a test checks
+# that they agree). A write transaction that needs more takes another chunk.
+STREAM_CHUNK = 128
+STREAM_SEQUENCE = "stream_seq"
+# Markers use the two-int4 form of advisory keys (pg_locks.objsubid = 2), which nothing else
+# here uses: room and leader locks use the one-bigint form. A position is split into its
+# bits above and below bit 31, so that each half fits a non-negative int4.
+_LOW_BITS = 31
+_LOW_MASK = (1 << _LOW_BITS) - 1
+
+# The marker is taken before nextval: the CTE is materialised (it calls a volatile
+# function), so its row, and with it the lock, exists before the outer projection runs.
+_OPEN_STREAM = text(
+    f"""
+    WITH marker AS MATERIALIZED (
+        SELECT pg_advisory_xact_lock_shared(
+                   ((last_value + {STREAM_CHUNK}) >> {_LOW_BITS})::int4,
+                   ((last_value + {STREAM_CHUNK}) & {_LOW_MASK})::int4
+               ) AS locked
+        FROM {STREAM_SEQUENCE}
+    )
+    SELECT nextval('{STREAM_SEQUENCE}') FROM marker
+    """
 )
 
-MAIN_STREAM = "main"
+_NEXT_CHUNK = text(f"SELECT nextval('{STREAM_SEQUENCE}')")
+
+
+def _visible_statement(others_only: bool) -> str:
+    # The subquery is correlated with the sequence row, so it runs after that row is read:
+    # reading the markers first would let a chunk taken in between count as visible.
+    # Markers are the shared locks; exclusive ones are writers waiting on a marker.
+    mine = "AND l.pid <> pg_backend_pid()" if others_only else ""
+    return f"""
+    SELECT s.last_value + {STREAM_CHUNK - 1},
+           (SELECT min((l.classid::bigint << {_LOW_BITS}) + l.objid::bigint)
+            FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock'
+              AND s.last_value IS NOT NULL
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+              {mine})
+    FROM {STREAM_SEQUENCE} s
+    """
+
+
+_VISIBLE = text(_visible_statement(False))
+_WAIT_MARKER = text("SELECT pg_advisory_xact_lock(CAST(:hi AS int4), CAST(:lo AS int4))")
+_VISIBLE_TO_OTHERS = text(_visible_statement(True))
 
 
 def lock_key(name: str) -> int:
@@ -50,53 +91,45 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-async def lock_stream(conn: AsyncConnection) -> int:
-    """Lock the stream row until this transaction ends; return the committed position.
+async def open_stream(conn: AsyncConnection) -> int:
+    """Take this transaction's marker and its first chunk; returns the chunk's first position.
 
-    In READ COMMITTED an UPDATE that waited for another writer's row lock re-reads the
-    row once that writer commits, so the value returned is always the latest committed one.
-    """
-    value = await conn.scalar(
-        update(stream_positions)
-        .where(stream_positions.c.stream == MAIN_STREAM)
-        .values(position=stream_positions.c.position)
-        .returning(stream_positions.c.position)
-    )
+    The chunk is [first, first + STREAM_CHUNK - 1]. Call once, inside the write transaction."""
+    value = await conn.scalar(_OPEN_STREAM)
     if value is None:
-        raise RuntimeError("stream_positions has no row; run `sotto migrate`")
+        raise RuntimeError(f"{STREAM_SEQUENCE} is missing; run `sotto migrate`")
     return int(value)
 
 
-async def reserve_stream(conn: AsyncConnection, count: int) -> int:
-    """`lock_stream`, and also move the row `count` positions ahead; returns the new value.
-
-    The positions up to the returned value belong to this transaction: if it uses no more
-    than those, it needs no `store_stream` before committing (one round trip fewer, and the
-    stream row is locked for that much less time). Unused positions are simply skipped.
-    """
-    value = await conn.scalar(
-        update(stream_positions)
-        .where(stream_positions.c.stream == MAIN_STREAM)
-        .values(position=stream_positions.c.position + count)
-        .returning(stream_positions.c.position)
-    )
-    if value is None:
-        raise RuntimeError("stream_positions has no row; run `sotto migrate`")
-    return int(value)
+async def next_chunk(conn: AsyncConnection) -> int:
+    """Another chunk for a transaction that has used up its first (its marker still covers it)."""
+    return int(await conn.scalar(_NEXT_CHUNK) or 0)
 
 
-async def store_stream(conn: AsyncConnection, position: int) -> None:
-    await conn.execute(
-        update(stream_positions).where(stream_positions.c.stream == MAIN_STREAM).values(position=position)
-    )
+async def visible_stream(conn: AsyncConnection, *, others_only: bool = False) -> int:
+    """The highest position at or below which every write transaction has ended.
+
+    With `others_only`, inside a write transaction: the same once this transaction commits
+    (its own marker is left out)."""
+    row = (await conn.execute(_VISIBLE_TO_OTHERS if others_only else _VISIBLE)).first()
+    if row is None:
+        raise RuntimeError(f"{STREAM_SEQUENCE} is missing; run `sotto migrate`")
+    top, lowest_marker = int(row[0]), row[1]
+    return top if lowest_marker is None else min(top, int(lowest_marker) - 1)
 
 
-async def read_stream(conn: AsyncConnection) -> int:
-    """The highest committed position (no lock)."""
-    value = await conn.scalar(
-        select(stream_positions.c.position).where(stream_positions.c.stream == MAIN_STREAM)
-    )
-    return int(value or 0)
+async def lowest_marker(conn: AsyncConnection) -> int | None:
+    """The lowest marker of a write transaction still open, if any."""
+    row = (await conn.execute(_VISIBLE)).first()
+    return None if row is None or row[1] is None else int(row[1])
+
+
+async def wait_for_marker(conn: AsyncConnection, marker: int) -> None:
+    """Wait until every transaction holding `marker` has ended (autocommit connection).
+
+    The exclusive lock is granted once the shared holders let go, and released again at
+    the end of this one-statement transaction."""
+    await conn.execute(_WAIT_MARKER, {"hi": marker >> _LOW_BITS, "lo": marker & _LOW_MASK})
 
 
 async def _discard(conn: AsyncConnection) -> None:

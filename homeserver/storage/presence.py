@@ -56,7 +56,7 @@ class PresenceStore:
             currently_active=currently_active,
         )
         async with self.db.write() as conn:
-            stream_id = self.db.next_stream_id()
+            stream_id = await self.db.next_stream_id()
             res = await conn.execute(
                 update(presence).where(presence.c.user_id == user_id).values(stream_id=stream_id, **values)
             )

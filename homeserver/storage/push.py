@@ -101,7 +101,7 @@ class PushRuleStore:
         return int(value or 0)
 
     async def _bump(self, conn: AsyncConnection, user_id: str) -> int:
-        stream_id = self.db.next_stream_id()
+        stream_id = await self.db.next_stream_id()
         res = await conn.execute(
             update(push_rules_stream)
             .where(push_rules_stream.c.user_id == user_id)
@@ -306,7 +306,7 @@ class PushActionStore:
         """Record notifications (of any number of events) inside the caller's write
         transaction, at one new stream position, which is returned. The caller calls
         `recorded` once the transaction has committed."""
-        stream_id = self.db.next_stream_id()
+        stream_id = await self.db.next_stream_id()
         await _INSERT_PUSH_ACTIONS.run(
             conn,
             [

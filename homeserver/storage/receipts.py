@@ -27,7 +27,7 @@ class ReceiptStore:
 
     async def upsert(self, r: Receipt) -> int:
         async with self.db.write() as conn:
-            stream_id = self.db.next_stream_id()
+            stream_id = await self.db.next_stream_id()
             res = await conn.execute(
                 update(receipts)
                 .where(

@@ -67,7 +67,7 @@ class ToDeviceStore:
             for user_id, device_id, content in messages:
                 rows.append(
                     {
-                        "stream_id": self.db.next_stream_id(),
+                        "stream_id": await self.db.next_stream_id(),
                         "user_id": user_id,
                         "device_id": device_id,
                         "message_json": jsonutil.dumps(

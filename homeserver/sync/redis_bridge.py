@@ -5,9 +5,10 @@ which sends them with the committed stream position. Every other worker advances
 `current_stream_id` to that position and wakes the long-polls waiting on those rooms
 and users (`notify(..., local_only=True)`, so nothing echoes back).
 
-Invariant: a message is published only after its transaction committed, and commits
-happen in position order across workers (homeserver.storage.postgres), so a worker
-that learns position P may read everything at or below P.
+Invariant: a message carries the sender's `current_stream_id`, below which every
+transaction of every worker has ended (homeserver.storage.postgres), so a worker that
+learns position P may read everything at or below P. A writer notifies only once its
+own positions are at or below that (Database.write waits for it).
 
 Pub/sub is at-most-once. The bridge therefore also polls the committed position in
 the database: every `poll_interval_s` while Redis is unreachable and after every

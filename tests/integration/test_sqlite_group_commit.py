@@ -32,7 +32,7 @@ async def test_ready_writers_share_a_commit_and_a_failure_stays_its_own(tmp_path
 
     async def writer(name: str) -> int:
         async with db.write(gather=True) as conn:
-            position = db.next_stream_id()
+            position = await db.next_stream_id()
             await conn.execute(text("INSERT INTO rows VALUES (:n, :p)"), {"n": name, "p": position})
             if name == "bad":
                 raise ValueError("this writer fails after its insert")

@@ -140,19 +140,19 @@ async def test_group_commit_isolates_a_failing_writer_and_reserves_positions(pg_
         async def first() -> int:
             async with db.write() as conn:
                 await release.wait()  # the others queue up behind: one transaction for all
-                pos = db.next_stream_id()
+                pos = await db.next_stream_id()
                 await conn.execute(text("INSERT INTO gc_probe VALUES (:i)"), {"i": pos})
                 return pos
 
         async def good(i: int) -> int:
             async with db.write() as conn:
-                pos = db.next_stream_id()
+                pos = await db.next_stream_id()
                 await conn.execute(text("INSERT INTO gc_probe VALUES (:i)"), {"i": pos})
                 return pos
 
         async def bad() -> None:
             async with db.write() as conn:
-                db.next_stream_id()
+                await db.next_stream_id()
                 await conn.execute(text("INSERT INTO gc_probe VALUES (NULL)"))  # violates NOT NULL
 
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(first())]
@@ -166,7 +166,7 @@ async def test_group_commit_isolates_a_failing_writer_and_reserves_positions(pg_
         assert len(written) == 3
         async with db.read() as conn:
             rows = sorted(r[0] for r in await conn.execute(text("SELECT id FROM gc_probe")))
-            row = await postgres.read_stream(conn)
+            row = await postgres.visible_stream(conn)
         assert rows == sorted(written)
         # Everything written is at or below the committed position, which readers may use.
         assert max(rows) <= row == db.current_stream_id

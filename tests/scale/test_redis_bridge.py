@@ -46,13 +46,15 @@ async def test_notifications_and_invalidations_reach_the_other_worker(pg_url: st
         await _connected(*bridges)
         assert sorted(resets) == [0, 1]  # each dropped its caches on (first) connect
 
-        # Worker 0 commits at position 5 and notifies room !r; worker 1's waiter on !r wakes.
+        # Worker 0 commits a little further on and notifies room !r; worker 1's waiter on !r
+        # wakes, and has learned the position (it read the database's on connecting).
+        position = max(db.current_stream_id for db in dbs) + 5
         waiter = asyncio.create_task(notifiers[1].wait("@u:x", ["!r:x"], 10))
         await asyncio.sleep(0.05)
-        dbs[0].observe_stream_position(5)
+        dbs[0].observe_stream_position(position)
         notifiers[0].notify(rooms=["!r:x"])
         assert await asyncio.wait_for(waiter, 5) is True
-        assert dbs[1].current_stream_id == 5
+        assert dbs[1].current_stream_id == position
 
         # A local-only notification does not travel.
         waiter = asyncio.create_task(notifiers[1].wait("@u:x", ["!r:x"], 0.5))

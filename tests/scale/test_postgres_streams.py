@@ -1,0 +1,127 @@
+"""Stream positions shared by several processes on PostgreSQL (homeserver.storage.postgres).
+
+Each `Database` here stands for one worker process. Write transactions of different
+workers run and commit side by side; a reader never moves past a position whose
+transaction is still open, and a writer answers only once its write is readable
+everywhere, even when it committed before a transaction with lower positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+
+from homeserver.storage import postgres
+from homeserver.storage.engine import Database
+
+
+@pytest.fixture
+async def workers(pg_url: str) -> AsyncIterator[tuple[Database, Database, Database]]:
+    """Two writing workers and a third that only reads."""
+    dbs = (Database(pg_url), Database(pg_url), Database(pg_url))
+    for db in dbs:
+        await db.load_stream_position()
+    async with dbs[0].write() as conn:
+        await conn.execute(text("CREATE TABLE probe (id bigint PRIMARY KEY)"))
+    try:
+        yield dbs
+    finally:
+        for db in dbs:
+            await db.close()
+
+
+async def _rows(db: Database) -> set[int]:
+    async with db.read() as conn:
+        return {int(r[0]) for r in await conn.execute(text("SELECT id FROM probe"))}
+
+
+async def _write(db: Database, hold: asyncio.Event | None = None, count: int = 1) -> list[int]:
+    async with db.write() as conn:
+        ids = await db.next_stream_ids(count)
+        await conn.execute(text("INSERT INTO probe VALUES (:i)"), [{"i": i} for i in ids])
+        if hold is not None:
+            await hold.wait()
+    return ids
+
+
+async def test_writers_of_two_workers_commit_side_by_side(
+    workers: tuple[Database, Database, Database],
+) -> None:
+    a, b, reader = workers
+    release = asyncio.Event()
+    slow = asyncio.create_task(_write(a, release))  # opens first: the lower positions
+    while not await _rows_in_flight(reader):
+        await asyncio.sleep(0.01)
+    fast = asyncio.create_task(_write(b))
+    # `b` commits while `a` is still open (with the old stream-row lock it could not even
+    # start) ...
+    async with asyncio.timeout(10):
+        while not await _rows(reader):
+            await asyncio.sleep(0.01)
+    (b_pos,) = await _rows(reader)
+    # ... but answers only once that is readable everywhere, which waits for `a`.
+    await asyncio.sleep(0.2)
+    assert not fast.done()
+    assert await reader.refresh_stream_position() < b_pos
+    release.set()
+    async with asyncio.timeout(10):
+        (a_pos,) = await slow
+        assert await fast == [b_pos]
+    assert a_pos < b_pos
+    assert await reader.refresh_stream_position() >= b_pos
+    assert b.current_stream_id >= b_pos
+
+
+async def _rows_in_flight(db: Database) -> bool:
+    async with db.read() as conn:
+        return await postgres.lowest_marker(conn) is not None
+
+
+async def test_a_killed_writer_does_not_hold_back_the_others(
+    workers: tuple[Database, Database, Database],
+) -> None:
+    a, b, reader = workers
+    never = asyncio.Event()
+    doomed = asyncio.create_task(_write(a, never))
+    while not await _rows_in_flight(reader):
+        await asyncio.sleep(0.01)
+    fast = asyncio.create_task(_write(b))
+    await asyncio.sleep(0.2)
+    assert not fast.done()
+    # The worker holding the lower positions dies: its session ends and its marker with it.
+    async with reader.read() as conn:
+        await conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND objsubid = 2 AND mode = 'ShareLock'"
+            )
+        )
+    async with asyncio.timeout(10):
+        (b_pos,) = await fast
+    assert await reader.refresh_stream_position() >= b_pos
+    assert await _rows(reader) == {b_pos}  # nothing of the killed transaction
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+
+
+async def test_a_write_may_use_more_than_one_chunk(workers: tuple[Database, Database, Database]) -> None:
+    a, b, reader = workers
+    count = 3 * postgres.STREAM_CHUNK + 5
+    release = asyncio.Event()
+    big = asyncio.create_task(_write(a, release, count))
+    while not await _rows_in_flight(reader):
+        await asyncio.sleep(0.01)
+    # Another worker takes a chunk while the big write is still drawing from its own.
+    other = asyncio.create_task(_write(b, count=2))
+    await asyncio.sleep(0.1)
+    release.set()
+    async with asyncio.timeout(10):
+        ids = await big
+        other_ids = await other
+    assert ids == sorted(ids) and len(set(ids)) == count
+    assert not set(ids) & set(other_ids)
+    assert await _rows(reader) == set(ids) | set(other_ids)
+    assert await reader.refresh_stream_position() >= max(ids + other_ids)
