@@ -9,7 +9,7 @@ everywhere, even when it committed before a transaction with lower positions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from sqlalchemy import text
@@ -38,6 +38,14 @@ async def _rows(db: Database) -> set[int]:
         return {int(r[0]) for r in await conn.execute(text("SELECT id FROM probe"))}
 
 
+async def _until(check: Callable[[], Awaitable[object]]) -> None:
+    for _ in range(1000):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
 async def _write(db: Database, hold: asyncio.Event | None = None, count: int = 1) -> list[int]:
     async with db.write() as conn:
         ids = await db.next_stream_ids(count)
@@ -53,14 +61,11 @@ async def test_writers_of_two_workers_commit_side_by_side(
     a, b, reader = workers
     release = asyncio.Event()
     slow = asyncio.create_task(_write(a, release))  # opens first: the lower positions
-    while not await _rows_in_flight(reader):
-        await asyncio.sleep(0.01)
+    await _until(lambda: _rows_in_flight(reader))
     fast = asyncio.create_task(_write(b))
     # `b` commits while `a` is still open (with the old stream-row lock it could not even
     # start) ...
-    async with asyncio.timeout(10):
-        while not await _rows(reader):
-            await asyncio.sleep(0.01)
+    await _until(lambda: _rows(reader))
     (b_pos,) = await _rows(reader)
     # ... but answers only once that is readable everywhere, which waits for `a`.
     await asyncio.sleep(0.2)
@@ -86,8 +91,7 @@ async def test_a_killed_writer_does_not_hold_back_the_others(
     a, b, reader = workers
     never = asyncio.Event()
     doomed = asyncio.create_task(_write(a, never))
-    while not await _rows_in_flight(reader):
-        await asyncio.sleep(0.01)
+    await _until(lambda: _rows_in_flight(reader))
     fast = asyncio.create_task(_write(b))
     await asyncio.sleep(0.2)
     assert not fast.done()
@@ -112,8 +116,7 @@ async def test_a_write_may_use_more_than_one_chunk(workers: tuple[Database, Data
     count = 3 * postgres.STREAM_CHUNK + 5
     release = asyncio.Event()
     big = asyncio.create_task(_write(a, release, count))
-    while not await _rows_in_flight(reader):
-        await asyncio.sleep(0.01)
+    await _until(lambda: _rows_in_flight(reader))
     # Another worker takes a chunk while the big write is still drawing from its own.
     other = asyncio.create_task(_write(b, count=2))
     await asyncio.sleep(0.1)
