@@ -179,13 +179,17 @@ class BatchAborted(Exception):
 class _Batch:
     """One open transaction shared by a group of writers (see "Group commit" in Database)."""
 
-    __slots__ = ("conn", "done", "failed", "gathered", "members", "top", "trans", "used")
+    __slots__ = ("conn", "done", "failed", "gathered", "members", "top", "trans", "used", "visible_after")
 
-    def __init__(self, conn: AsyncConnection, trans: AsyncTransaction, top: int) -> None:
+    def __init__(
+        self, conn: AsyncConnection, trans: AsyncTransaction, top: int, visible_after: int | None = None
+    ) -> None:
         self.conn = conn
         self.trans = trans
         # PostgreSQL: the last position of the chunk this transaction is drawing from.
         self.top = top
+        # PostgreSQL: what readers may see once this commits, if known without asking again.
+        self.visible_after = visible_after
         # The highest position handed out in this transaction (0: none).
         self.used = 0
         self.members = 0
@@ -354,12 +358,13 @@ class Database:
             raise
         try:
             trans = await conn.begin()
-            first = await postgres.open_stream(conn)
+            first, blocked = await postgres.open_stream(conn)
         except BaseException:
             await asyncio.shield(self._close_batch_conn(conn))
             raise
         self._stream_id = first - 1
-        return _Batch(conn, trans, first + postgres.STREAM_CHUNK - 1)
+        top = first + postgres.STREAM_CHUNK - 1
+        return _Batch(conn, trans, top, None if blocked else top)
 
     async def _finish_batch(self, batch: _Batch) -> None:
         try:
@@ -386,9 +391,11 @@ class Database:
         if not self.shared:
             await batch.trans.commit()
             return
-        # Asked before COMMIT, leaving this transaction's own marker out: what readers may
-        # see once it has committed (see homeserver.storage.postgres).
-        visible = await postgres.visible_stream(batch.conn, others_only=True)
+        visible = batch.visible_after
+        if visible is None:
+            # Asked before COMMIT, leaving this transaction's own marker out: what readers
+            # may see once it has committed (see homeserver.storage.postgres).
+            visible = await postgres.visible_stream(batch.conn, others_only=True)
         await batch.trans.commit()
         self.observe_stream_position(visible)
 
@@ -491,6 +498,8 @@ class Database:
             first = await postgres.next_chunk(batch.conn)
             self._stream_id = first - 1
             batch.top = first + postgres.STREAM_CHUNK - 1
+            # Other transactions may have taken the positions between the two chunks.
+            batch.visible_after = None
         self._stream_id += 1
         batch.used = self._stream_id
         return self._stream_id

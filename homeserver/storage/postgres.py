@@ -46,8 +46,9 @@ STREAM_SEQUENCE = "stream_seq"
 _LOW_BITS = 31
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
-# The marker is taken before nextval: the CTE is materialised (it calls a volatile
-# function), so its row, and with it the lock, exists before the outer projection runs.
+# The marker is taken before nextval: the CTEs are materialised (they call volatile
+# functions), so each row, and with it the lock, exists before the next step reads it. The
+# markers of other transactions are read last (correlated with the chunk, so after it).
 _OPEN_STREAM = text(
     f"""
     WITH marker AS MATERIALIZED (
@@ -56,8 +57,15 @@ _OPEN_STREAM = text(
                    ((last_value + {STREAM_CHUNK}) & {_LOW_MASK})::int4
                ) AS locked
         FROM {STREAM_SEQUENCE}
-    )
-    SELECT nextval('{STREAM_SEQUENCE}') FROM marker
+    ),
+    chunk AS MATERIALIZED (SELECT nextval('{STREAM_SEQUENCE}') AS first FROM marker)
+    SELECT c.first,
+           (SELECT min((l.classid::bigint << {_LOW_BITS}) + l.objid::bigint)
+            FROM pg_locks l
+            WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock'
+              AND c.first IS NOT NULL AND l.pid <> pg_backend_pid()
+              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+    FROM chunk c
     """
 )
 
@@ -91,14 +99,19 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-async def open_stream(conn: AsyncConnection) -> int:
-    """Take this transaction's marker and its first chunk; returns the chunk's first position.
+async def open_stream(conn: AsyncConnection) -> tuple[int, bool]:
+    """Take this transaction's marker and its first chunk, [first, first + STREAM_CHUNK - 1].
 
-    The chunk is [first, first + STREAM_CHUNK - 1]. Call once, inside the write transaction."""
-    value = await conn.scalar(_OPEN_STREAM)
-    if value is None:
+    Returns `first` and whether another transaction with lower positions was open then. If
+    none was, the whole chunk is visible as soon as this transaction commits: transactions
+    opened later get higher positions. Call once, inside the write transaction."""
+    row = (await conn.execute(_OPEN_STREAM)).first()
+    if row is None:
         raise RuntimeError(f"{STREAM_SEQUENCE} is missing; run `sotto migrate`")
-    return int(value)
+    first, lowest_other = int(row[0]), row[1]
+    # A marker is at most its holder's first position, and above ours only if it was taken
+    # after our nextval (so its positions are higher than our chunk).
+    return first, lowest_other is not None and int(lowest_other) <= first
 
 
 async def next_chunk(conn: AsyncConnection) -> int:
