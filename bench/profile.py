@@ -3,6 +3,7 @@
     python -m bench.profile send      # 10 senders in one room
     python -m bench.profile fanout    # one sender, N members long-polling /sync
     python -m bench.profile sync      # idle-room incremental syncs, back to back
+    python -m bench.profile latency   # one send at a time to a member parked in /sync
     python -m bench.profile send --no-sample   # the load alone, for before/after runs
 
 The server runs as in the benchmarks (pinned to CPU 0, load generator on CPU 1);
@@ -117,7 +118,32 @@ async def load_sync(target: SottoTarget, seconds: float) -> str:
     return f"{count / seconds:.0f} incremental syncs/s"
 
 
-LOADS = {"send": load_send, "fanout": load_fanout, "sync": load_sync}
+async def load_latency(target: SottoTarget, seconds: float) -> str:
+    """The `latency` benchmark's loop: park a /sync, send, wait for the sync to answer."""
+    async with new_session() as session:
+        sender, listener = await make_users(target, session, "pl", 2)
+        room_id = await room_with(sender, [listener])
+        since = (await listener.sync(filter=SYNC_FILTER))["next_batch"]
+        times: list[float] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            poll = asyncio.create_task(listener.sync(since, 30_000, SYNC_FILTER))
+            await asyncio.sleep(0.02)
+            t0 = time.perf_counter()
+            event_id = await sender.send(room_id, "latency")
+            while True:
+                result = await poll
+                since = result["next_batch"]
+                if event_id in timeline_event_ids(result, room_id):
+                    break
+                poll = asyncio.create_task(listener.sync(since, 30_000, SYNC_FILTER))
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    p50, p99 = (1000 * times[int(q * (len(times) - 1))] for q in (0.5, 0.99))
+    return f"{len(times)} sends, send -> sync p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+
+
+LOADS = {"send": load_send, "fanout": load_fanout, "sync": load_sync, "latency": load_latency}
 
 
 async def main_async(name: str, seconds: float, database: str, sample: bool = True) -> None:

@@ -128,3 +128,10 @@ async def test_a_write_may_use_more_than_one_chunk(workers: tuple[Database, Data
     assert not set(ids) & set(other_ids)
     assert await _rows(reader) == set(ids) | set(other_ids)
     assert await reader.refresh_stream_position() >= max(ids + other_ids)
+
+
+async def test_the_writers_benchmark_runs(pg_url: str) -> None:
+    """A bounded run of `python -m bench.pg_writers` (two processes, each committing)."""
+    from bench.pg_writers import measure
+
+    assert await asyncio.to_thread(measure, 2, 2, 1.0) > 0
