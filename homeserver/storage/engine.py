@@ -526,9 +526,7 @@ class Database:
                     return
                 marker = await postgres.lowest_marker(conn)
                 if marker is not None and marker <= position:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(VISIBILITY_RECHECK_S):
-                            await postgres.wait_for_marker(conn, marker)
+                    await postgres.wait_for_marker(conn, marker, VISIBILITY_RECHECK_S)
                 self.observe_stream_position(await postgres.visible_stream(conn))
 
     @property

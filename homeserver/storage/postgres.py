@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from sqlalchemy import func, literal, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,14 @@ def _visible_statement(others_only: bool) -> str:
 
 
 _VISIBLE = text(_visible_statement(False))
-_WAIT_MARKER = text("SELECT pg_advisory_xact_lock(CAST(:hi AS int4), CAST(:lo AS int4))")
+# lock_timeout is set for this one-statement transaction only (is_local), before the wait.
+_WAIT_MARKER = text(
+    """
+    WITH bound AS MATERIALIZED (SELECT set_config('lock_timeout', :timeout_ms, true) AS t)
+    SELECT pg_advisory_xact_lock(CAST(:hi AS int4), CAST(:lo AS int4)) FROM bound
+    """
+)
+_LOCK_NOT_AVAILABLE = "55P03"
 _VISIBLE_TO_OTHERS = text(_visible_statement(True))
 
 
@@ -137,12 +145,21 @@ async def lowest_marker(conn: AsyncConnection) -> int | None:
     return None if row is None or row[1] is None else int(row[1])
 
 
-async def wait_for_marker(conn: AsyncConnection, marker: int) -> None:
-    """Wait until every transaction holding `marker` has ended (autocommit connection).
+async def wait_for_marker(conn: AsyncConnection, marker: int, timeout_s: float) -> bool:
+    """Wait until every transaction holding `marker` has ended (autocommit connection);
+    False if they still hold it after `timeout_s`.
 
     The exclusive lock is granted once the shared holders let go, and released again at
-    the end of this one-statement transaction."""
-    await conn.execute(_WAIT_MARKER, {"hi": marker >> _LOW_BITS, "lo": marker & _LOW_MASK})
+    the end of this one-statement transaction. The database bounds the wait, so the
+    connection is never left mid-statement by a cancellation."""
+    params = {"hi": marker >> _LOW_BITS, "lo": marker & _LOW_MASK, "timeout_ms": str(int(timeout_s * 1000))}
+    try:
+        await conn.execute(_WAIT_MARKER, params)
+    except DBAPIError as e:
+        if getattr(e.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            return False
+        raise
+    return True
 
 
 async def _discard(conn: AsyncConnection) -> None:

@@ -135,3 +135,20 @@ async def test_the_writers_benchmark_runs(pg_url: str) -> None:
     from bench.pg_writers import measure
 
     assert await asyncio.to_thread(measure, 2, 2, 1.0) > 0
+
+
+async def test_waiting_on_a_marker_is_bounded_by_the_database(
+    workers: tuple[Database, Database, Database],
+) -> None:
+    a, _, reader = workers
+    release = asyncio.Event()
+    holder = asyncio.create_task(_write(a, release))
+    await _until(lambda: _rows_in_flight(reader))
+    async with reader.read() as conn:
+        marker = await postgres.lowest_marker(conn)
+        assert marker is not None
+        assert await postgres.wait_for_marker(conn, marker, 0.2) is False
+        # The connection is usable afterwards, and the wait ends when the holder does.
+        release.set()
+        assert await postgres.wait_for_marker(conn, marker, 10) is True
+    await holder
