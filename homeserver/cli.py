@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -106,6 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     app = create_app(config)
     workers.setup(app, app[HS_KEY])
+    app.on_startup.append(_freeze_startup_heap)  # after the lifecycle's startup (cleanup_ctx)
     web.run_app(
         app,
         host=host,
@@ -117,6 +119,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
         # Workers share the port; the kernel spreads connections over them.
         reuse_port=config.workers.index is not None,
     )
+
+
+async def _freeze_startup_heap(_app: web.Application) -> None:
+    """Leave everything alive after startup (modules, compiled statements, the schema) out
+    of every later garbage collection. The full collections during startup walked 107-121k
+    objects in 34-81 ms with the event loop stopped (gc callbacks, this machine); one in
+    a running server would walk them all again, and now walks only what was allocated
+    since."""
+    gc.collect()
+    gc.freeze()
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
