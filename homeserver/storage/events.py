@@ -428,6 +428,14 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             )
             return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
+    def cached_membership(self, room_id: str, user_id: str) -> str | None:
+        """The user's membership as this process's room cache has it, without a query; None
+        if not cached. With several workers it may be stale: a hint only, for checks that
+        the event creator repeats under the room lock."""
+        cache = self._rooms.get(room_id)
+        hit = cache.state.get(("m.room.member", user_id)) if cache is not None else None
+        return None if hit is None else hit.event.membership or "leave"
+
     async def get_membership(self, room_id: str, user_id: str) -> tuple[str, str, int] | None:
         """(membership, event_id, stream_id) of the user's current member event, if any."""
         found = (await self.get_current_state(room_id, [("m.room.member", user_id)])).get(

@@ -159,6 +159,23 @@ async def test_state_changed_on_one_worker_is_enforced_by_the_other(
     assert_linear_chain(rows)
 
 
+async def test_leaving_on_one_worker_stops_messages_sent_to_the_other(two_workers: SottoProcesses) -> None:
+    """/send trusts a worker's cached "join" to skip its membership query; a leave stored by
+    the other worker must still refuse the next message (the event creator's check)."""
+    room_id, users = await _room_with_members(two_workers, 2)
+    (_, bob) = users[1]
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    room = f"{CS}/rooms/{quote(room_id)}"
+    message = {"msgtype": "m.text", "body": "x"}
+    async with aiohttp.ClientSession() as s:
+        status, body = await call(s, "PUT", f"{a_url}{room}/send/m.room.message/l1", bob, json=message)
+        assert status == 200, body  # worker A now caches Bob's join
+        status, body = await call(s, "POST", f"{b_url}{room}/leave", bob, json={})
+        assert status == 200, body
+        status, body = await call(s, "PUT", f"{a_url}{room}/send/m.room.message/l2", bob, json=message)
+        assert (status, body.get("errcode")) == (403, "M_FORBIDDEN"), body
+
+
 async def test_revoked_token_is_refused_by_the_other_worker(two_workers: SottoProcesses) -> None:
     """Each worker caches access tokens; logging out on one must end the token on the other."""
     a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
