@@ -24,7 +24,7 @@ from homeserver.events import AuthError, Event, auth_types_for_event, build_even
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.validation import EventFormatError, validate_pdu
 from homeserver.storage.events import EventStore, TxnInfo
-from homeserver.storage.message_batches import DuplicateTxn
+from homeserver.storage.message_batches import DuplicateTxn, StaleRoomHead
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,19 @@ class EventCreator:
     async def _commit_batch(
         self, room_id: str, room_version: RoomVersion, batch: list[_Pending]
     ) -> list[tuple[Event, int]]:
+        try:
+            return await self._commit_batch_txns(room_id, room_version, batch)
+        except StaleRoomHead:
+            # Built on cached extremities that were out of date: read the room afresh.
+            log.warning("stale cached extremities in %s; building the batch again", room_id)
+            self.store.invalidate_room(room_id)
+            for p in batch:
+                p.result = p.duplicate_of = None
+            return await self._commit_batch_txns(room_id, room_version, batch)
+
+    async def _commit_batch_txns(
+        self, room_id: str, room_version: RoomVersion, batch: list[_Pending]
+    ) -> list[tuple[Event, int]]:
         # Transaction IDs are almost always new. In one process (SQLite) the batch is written
         # without looking them up first, and a stored one (a client's retry) undoes the write
         # and sends the batch round again, looking them up. Workers share the database and
@@ -222,7 +235,7 @@ class EventCreator:
     ) -> list[tuple[Event, int]]:
         txns = [p.txn for p in batch if p.txn is not None]
         known = await self.store.get_txn_events(txns) if check_txns else {}
-        prevs, depth = await self.store.room_head(room_id)
+        prevs, depth = await self.store.room_head(room_id, kept=self.store.db.room_lock_kept(room_id))
         prevs = prevs[:MAX_PREV_EVENTS]
         chain: list[tuple[Event, TxnInfo | None]] = []
         owners: list[_Pending] = []

@@ -584,6 +584,12 @@ class Database:
             self._room_locks[room_id] = lock
         return self._room_lock(lock, room_id)
 
+    def room_lock_kept(self, room_id: str) -> bool:
+        """Inside `room_lock(room_id)`: whether this process kept the room's advisory lock
+        from its previous use, so that no other process has held it in between."""
+        lock = self._room_locks.get(room_id)
+        return lock is not None and lock.local.locked() and lock.held is not None and lock.reuses > 0
+
     @asynccontextmanager
     async def _room_lock(self, lock: _RoomLock, room_id: str) -> AsyncIterator[None]:
         async with lock.local:

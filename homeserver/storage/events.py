@@ -369,17 +369,22 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         async with self.db.read() as conn:
             return await self._load(conn, q)
 
-    async def room_head(self, room_id: str) -> tuple[list[str], int]:
+    async def room_head(self, room_id: str, *, kept: bool = False) -> tuple[list[str], int]:
         """The room's forward extremities and depth, for its next event; call under the room lock.
 
         With several workers it also checks the room's cache: every event stored in the room,
         by any worker, changes the extremities (the new event becomes one), and nobody else
         can store one while the lock is held. If they differ from the cached ones, another
-        worker has written, and the cache starts afresh."""
+        worker has written, and the cache starts afresh. `kept`: this process has held the
+        room's lock since it last used it (`Database.room_lock_kept`), so no other worker
+        can have written and the cached extremities, if any, are used as they are. A message
+        batch still checks them as it writes (`StaleRoomHead`)."""
         if self.cache_state:
             return await self.get_extremities_and_depth(room_id)
-        extremities, depth = await self._query_extremities(room_id)
         cache = self._cache(room_id)
+        if kept and cache is not None and cache.extremities is not None:
+            return list(cache.extremities), cache.depth
+        extremities, depth = await self._query_extremities(room_id)
         if cache is None or cache.extremities is None or set(cache.extremities) != set(extremities):
             self.invalidate_room(room_id)
             cache = self._cache_to_fill(room_id)

@@ -47,7 +47,7 @@ _INSERT_NEW_TXNS = BulkInsert(event_txns, _TXN_COLUMNS, skip_existing=True)
 _INSERT_EXTREMITY = insert(forward_extremities)
 _DELETE_EXTREMITIES = delete(forward_extremities).where(
     forward_extremities.c.room_id == bindparam("room_id"),
-    forward_extremities.c.event_id == bindparam("event_id"),
+    forward_extremities.c.event_id.in_(bindparam("event_ids", expanding=True)),
 )
 
 
@@ -78,6 +78,11 @@ def _txn_lookup(n: int) -> Any:
 
 class DuplicateTxn(Exception):
     """A message batch held a transaction ID that is already stored (a client's retry)."""
+
+
+class StaleRoomHead(Exception):
+    """A message batch was built on forward extremities that are no longer all there: the
+    room's cache was out of date. Nothing was written; build the batch again."""
 
 
 class MessageBatchWrites:
@@ -146,9 +151,13 @@ class MessageBatchWrites:
                 raise DuplicateTxn
             await _INSERT_MESSAGES.run(conn, [tuple(row) for row in rows])
             if first_prevs:
-                await conn.execute(
-                    _DELETE_EXTREMITIES, [{"room_id": room_id, "event_id": p} for p in first_prevs]
+                deleted = await conn.execute(
+                    _DELETE_EXTREMITIES, {"room_id": room_id, "event_ids": list(first_prevs)}
                 )
+                if deleted.rowcount != len(set(first_prevs)):
+                    # The batch cites an event that is no longer an extremity: it was built
+                    # on a stale view of the room (see EventStore.room_head).
+                    raise StaleRoomHead
             await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": batch[-1][0].event_id})
             if extra is not None:
                 await extra(conn, ids)

@@ -213,3 +213,24 @@ async def test_a_retried_transaction_in_a_batch_of_new_ones(
     page = await alice.ok("GET", f"/rooms/{room}/messages", params={"dir": "b", "limit": "10"})
     bodies = [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
     assert bodies == ["new", "once"]
+
+
+async def test_a_batch_built_on_stale_cached_extremities_is_built_again(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    """The write checks that every prev_event is still an extremity; if the cache was out of
+    date, nothing is written and the batch is built again from the database."""
+    alice = await make_user("alice")
+    room = await alice.create_room()
+    first = await create(server, room, alice.user_id, "one", "1")
+    assert isinstance(first, str)
+    store = server.hs.events
+    cache = store._cache_to_fill(room)
+    cache.extremities, cache.depth = ["$not-an-extremity"], 1
+    store.cache_state = True  # trust the (now wrong) cache, as one process does
+    second = await create(server, room, alice.user_id, "two", "2")
+    assert isinstance(second, str), second
+    stored = await store.get_event(second)
+    assert stored is not None and stored.event.prev_event_ids == [first]
+    extremities, _ = await store.get_extremities_and_depth(room)
+    assert extremities == [second]

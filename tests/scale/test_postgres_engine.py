@@ -222,3 +222,21 @@ async def test_a_writer_cancelled_anywhere_leaves_the_write_path_usable(pg_url: 
         assert not db._write_lock.locked()
     finally:
         await db.close()
+
+
+async def test_room_lock_kept_says_whether_another_worker_could_have_held_it(pg_url: str) -> None:
+    a, b = Database(pg_url), Database(pg_url)
+    try:
+        async with a.room_lock("!k:x"):
+            assert not a.room_lock_kept("!k:x")  # just taken: the other worker may have written
+        async with a.room_lock("!k:x"):
+            assert a.room_lock_kept("!k:x")  # kept from the previous use
+        assert not a.room_lock_kept("!k:x")  # outside the lock
+        await asyncio.sleep(0.05)  # let it go, so that `b` can take it
+        async with b.room_lock("!k:x"):
+            pass
+        async with a.room_lock("!k:x"):
+            assert not a.room_lock_kept("!k:x")
+    finally:
+        await a.close()
+        await b.close()
