@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
-from bench.scenarios import _drive, make_users, room_with
+from bench.scenarios import _drive, latency_round, make_users, room_with
 from bench.targets import SottoTarget
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,17 +127,8 @@ async def load_latency(target: SottoTarget, seconds: float) -> str:
         times: list[float] = []
         end = time.monotonic() + seconds
         while time.monotonic() < end:
-            poll = asyncio.create_task(listener.sync(since, 30_000, SYNC_FILTER))
-            await asyncio.sleep(0.02)
-            t0 = time.perf_counter()
-            event_id = await sender.send(room_id, "latency")
-            while True:
-                result = await poll
-                since = result["next_batch"]
-                if event_id in timeline_event_ids(result, room_id):
-                    break
-                poll = asyncio.create_task(listener.sync(since, 30_000, SYNC_FILTER))
-            times.append(time.perf_counter() - t0)
+            since, _, synced = await latency_round(sender, listener, room_id, since, "latency")
+            times.append(synced)
     times.sort()
     p50, p99 = (1000 * times[int(q * (len(times) - 1))] for q in (0.5, 0.99))
     return f"{len(times)} sends, send -> sync p50 {p50:.2f} ms, p99 {p99:.2f} ms"

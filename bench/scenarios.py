@@ -112,23 +112,31 @@ async def latency(target: Target, session: aiohttp.ClientSession, s: Settings) -
     send_only: list[float] = []
     warmup = 20
     for i in range(s.latency_iterations + warmup):
-        poll = asyncio.create_task(b.sync(since, 30_000, SYNC_FILTER))
-        # Let the long-poll reach the server and park before the send starts.
-        await asyncio.sleep(0.02)
-        t0 = time.perf_counter()
-        event_id = await a.send(room_id, f"latency {i}")
-        t_sent = time.perf_counter()
-        while True:
-            result = await poll
-            since = result["next_batch"]
-            if event_id in timeline_event_ids(result, room_id):
-                break
-            poll = asyncio.create_task(b.sync(since, 30_000, SYNC_FILTER))
-        t1 = time.perf_counter()
+        since, sent, synced = await latency_round(a, b, room_id, since, f"latency {i}")
         if i >= warmup:
-            end_to_end.append(t1 - t0)
-            send_only.append(t_sent - t0)
+            end_to_end.append(synced)
+            send_only.append(sent)
     return {"send_to_sync": percentiles(end_to_end), "send": percentiles(send_only)}
+
+
+async def latency_round(
+    a: Client, b: Client, room_id: str, since: str, body: str
+) -> tuple[str, float, float]:
+    """B parks a /sync; A sends. Returns B's next token, and the seconds from the send's
+    start until its answer and until B's sync returned the event."""
+    poll = asyncio.create_task(b.sync(since, 30_000, SYNC_FILTER))
+    # Let the long-poll reach the server and park before the send starts.
+    await asyncio.sleep(0.02)
+    t0 = time.perf_counter()
+    event_id = await a.send(room_id, body)
+    t_sent = time.perf_counter()
+    while True:
+        result = await poll
+        since = result["next_batch"]
+        if event_id in timeline_event_ids(result, room_id):
+            break
+        poll = asyncio.create_task(b.sync(since, 30_000, SYNC_FILTER))
+    return since, t_sent - t0, time.perf_counter() - t0
 
 
 # 2. Throughput -------------------------------------------------------------------------------

@@ -55,13 +55,25 @@ async def _write(db: Database, hold: asyncio.Event | None = None, count: int = 1
     return ids
 
 
+async def _marker_held(db: Database) -> bool:
+    async with db.read() as conn:
+        return await postgres.lowest_marker(conn) is not None
+
+
+async def _open_write(writer: Database, reader: Database) -> tuple[asyncio.Task[list[int]], asyncio.Event]:
+    """A write by `writer` that keeps its transaction open until the event is set; returns
+    once its marker shows."""
+    release = asyncio.Event()
+    task = asyncio.create_task(_write(writer, release))
+    await _until(lambda: _marker_held(reader))
+    return task, release
+
+
 async def test_writers_of_two_workers_commit_side_by_side(
     workers: tuple[Database, Database, Database],
 ) -> None:
     a, b, reader = workers
-    release = asyncio.Event()
-    slow = asyncio.create_task(_write(a, release))  # opens first: the lower positions
-    await _until(lambda: _rows_in_flight(reader))
+    slow, release = await _open_write(a, reader)  # opens first: the lower positions
     fast = asyncio.create_task(_write(b))
     # `b` commits while `a` is still open (with the old stream-row lock it could not even
     # start) ...
@@ -80,18 +92,11 @@ async def test_writers_of_two_workers_commit_side_by_side(
     assert b.current_stream_id >= b_pos
 
 
-async def _rows_in_flight(db: Database) -> bool:
-    async with db.read() as conn:
-        return await postgres.lowest_marker(conn) is not None
-
-
 async def test_a_killed_writer_does_not_hold_back_the_others(
     workers: tuple[Database, Database, Database],
 ) -> None:
     a, b, reader = workers
-    never = asyncio.Event()
-    doomed = asyncio.create_task(_write(a, never))
-    await _until(lambda: _rows_in_flight(reader))
+    doomed, _ = await _open_write(a, reader)
     fast = asyncio.create_task(_write(b))
     await asyncio.sleep(0.2)
     assert not fast.done()
@@ -116,7 +121,7 @@ async def test_a_write_may_use_more_than_one_chunk(workers: tuple[Database, Data
     count = 3 * postgres.STREAM_CHUNK + 5
     release = asyncio.Event()
     big = asyncio.create_task(_write(a, release, count))
-    await _until(lambda: _rows_in_flight(reader))
+    await _until(lambda: _marker_held(reader))
     # Another worker takes a chunk while the big write is still drawing from its own.
     other = asyncio.create_task(_write(b, count=2))
     await asyncio.sleep(0.1)
@@ -141,9 +146,7 @@ async def test_waiting_on_a_marker_is_bounded_by_the_database(
     workers: tuple[Database, Database, Database],
 ) -> None:
     a, _, reader = workers
-    release = asyncio.Event()
-    holder = asyncio.create_task(_write(a, release))
-    await _until(lambda: _rows_in_flight(reader))
+    holder, release = await _open_write(a, reader)
     async with reader.read() as conn:
         marker = await postgres.lowest_marker(conn)
         assert marker is not None
