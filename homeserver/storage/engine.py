@@ -686,9 +686,14 @@ class Database:
             try:
                 # Most of the copying runs beside the writers; then, with writes paused, only
                 # what they committed meanwhile: a short pause, and the WAL can start over.
-                await asyncio.to_thread(_checkpoint, path)
-                async with self._write_lock:
-                    complete = await asyncio.to_thread(_checkpoint, path)
+                # If no write ran meanwhile (light load), the first pass copied everything and
+                # the next commit starts the WAL over anyway: no pause at all (a checkpoint's
+                # fsyncs with the write lock held were in the latency tail there).
+                quiet = not self._write_lock.locked()
+                complete = await asyncio.to_thread(_checkpoint, path)
+                if not (complete and quiet and self._writes_since_checkpoint == 0):
+                    async with self._write_lock:
+                        complete = await asyncio.to_thread(_checkpoint, path)
             except sqlite3.Error as e:
                 log.warning("WAL checkpoint failed: %s", e)
             else:

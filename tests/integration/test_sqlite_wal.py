@@ -48,3 +48,34 @@ async def test_wal_is_reused_under_continuous_writes(tmp_path: Path, monkeypatch
     # write lock it held every row written (and more: index and free-list pages).
     assert written > 4_000_000, "too few writes to tell"
     assert wal < written / 4, (wal, written)
+
+
+async def test_sparse_writes_are_checkpointed_without_pausing_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no write running beside it, one checkpoint pass copies everything: the second
+    pass, which holds the write lock, is skipped."""
+    monkeypatch.setattr(engine_mod, "CHECKPOINT_INTERVAL_S", 0.05)
+    path = tmp_path / "sparse.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    passes: list[bool] = []  # whether each pass ran with the write lock held
+    real = engine_mod._checkpoint
+
+    def recording(p: str) -> bool:
+        passes.append(db._write_lock.locked())
+        return real(p)
+
+    monkeypatch.setattr(engine_mod, "_checkpoint", recording)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE blobs (id INTEGER PRIMARY KEY, body BLOB NOT NULL)"))
+        for _ in range(4):
+            async with db.write() as conn:
+                await conn.execute(text("INSERT INTO blobs (body) VALUES (:b)"), {"b": os.urandom(ROW_BYTES)})
+            await asyncio.sleep(0.2)  # several checkpoint intervals with nothing written
+        async with db.read() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM blobs")) == 4
+    finally:
+        await db.close()
+    assert len(passes) >= 4  # one per write
+    assert not any(passes)
