@@ -31,7 +31,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from sqlalchemy import func, literal, select, text
+from sqlalchemy import TextClause, func, literal, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,6 +47,20 @@ STREAM_SEQUENCE = "stream_seq"
 _LOW_BITS = 31
 _LOW_MASK = (1 << _LOW_BITS) - 1
 
+
+def _lowest_marker(after: str, *, others_only: bool) -> str:
+    """SQL for the lowest marker held in this database, evaluated after the row whose
+    column `after` it is correlated with. Markers are the shared locks (exclusive ones are
+    writers waiting on a marker); `others_only` leaves this session's own out."""
+    mine = "AND l.pid <> pg_backend_pid()" if others_only else ""
+    return f"""
+        (SELECT min((l.classid::bigint << {_LOW_BITS}) + l.objid::bigint)
+         FROM pg_locks l
+         WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock'
+           AND {after} IS NOT NULL {mine}
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
+
+
 # The marker is taken before nextval: the CTEs are materialised (they call volatile
 # functions), so each row, and with it the lock, exists before the next step reads it. The
 # markers of other transactions are read last (correlated with the chunk, so after it).
@@ -60,37 +74,27 @@ _OPEN_STREAM = text(
         FROM {STREAM_SEQUENCE}
     ),
     chunk AS MATERIALIZED (SELECT nextval('{STREAM_SEQUENCE}') AS first FROM marker)
-    SELECT c.first,
-           (SELECT min((l.classid::bigint << {_LOW_BITS}) + l.objid::bigint)
-            FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock'
-              AND c.first IS NOT NULL AND l.pid <> pg_backend_pid()
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+    SELECT c.first, {_lowest_marker("c.first", others_only=True)}
     FROM chunk c
     """
 )
-
 _NEXT_CHUNK = text(f"SELECT nextval('{STREAM_SEQUENCE}')")
 
 
-def _visible_statement(others_only: bool) -> str:
-    # The subquery is correlated with the sequence row, so it runs after that row is read:
-    # reading the markers first would let a chunk taken in between count as visible.
-    # Markers are the shared locks; exclusive ones are writers waiting on a marker.
-    mine = "AND l.pid <> pg_backend_pid()" if others_only else ""
-    return f"""
-    SELECT s.last_value + {STREAM_CHUNK - 1},
-           (SELECT min((l.classid::bigint << {_LOW_BITS}) + l.objid::bigint)
-            FROM pg_locks l
-            WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.mode = 'ShareLock'
-              AND s.last_value IS NOT NULL
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-              {mine})
-    FROM {STREAM_SEQUENCE} s
-    """
+def _visible_statement(others_only: bool) -> TextClause:
+    # The markers are read after the sequence row: reading them first would let a chunk
+    # taken in between count as visible.
+    return text(
+        f"""
+        SELECT s.last_value + {STREAM_CHUNK - 1}, {_lowest_marker("s.last_value", others_only=others_only)}
+        FROM {STREAM_SEQUENCE} s
+        """
+    )
 
 
-_VISIBLE = text(_visible_statement(False))
+_VISIBLE = _visible_statement(False)
+_VISIBLE_TO_OTHERS = _visible_statement(True)
+
 # lock_timeout is set for this one-statement transaction only (is_local), before the wait.
 _WAIT_MARKER = text(
     """
@@ -99,7 +103,6 @@ _WAIT_MARKER = text(
     """
 )
 _LOCK_NOT_AVAILABLE = "55P03"
-_VISIBLE_TO_OTHERS = text(_visible_statement(True))
 
 
 def lock_key(name: str) -> int:
