@@ -85,6 +85,12 @@ class _Pending:
         self.duplicate_of: _Pending | None = None
 
 
+def _reset(batch: list[_Pending]) -> None:
+    """Forget a batch's first attempt before building it again (refused messages stay refused)."""
+    for p in batch:
+        p.result = p.duplicate_of = None
+
+
 def _settle(p: _Pending) -> None:
     """Complete a queued message's future from its result (or its twin's error)."""
     if p.future.done():
@@ -210,8 +216,7 @@ class EventCreator:
             # Built on cached extremities that were out of date: read the room afresh.
             log.warning("stale cached extremities in %s; building the batch again", room_id)
             self.store.invalidate_room(room_id)
-            for p in batch:
-                p.result = p.duplicate_of = None
+            _reset(batch)
             return await self._commit_batch_txns(room_id, room_version, batch)
 
     async def _commit_batch_txns(
@@ -226,8 +231,7 @@ class EventCreator:
         try:
             return await self._commit_batch_once(room_id, room_version, batch, check_txns=False)
         except DuplicateTxn:
-            for p in batch:
-                p.result = p.duplicate_of = None
+            _reset(batch)
             return await self._commit_batch_once(room_id, room_version, batch, check_txns=True)
 
     async def _commit_batch_once(

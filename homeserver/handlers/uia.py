@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -73,16 +74,10 @@ class UIASession:
     password_hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "operation": self.operation,
-            "owner": self.owner,
-            "completed": self.completed,
-            "user_id": self.user_id,
-            "registration_token": self.registration_token,
-            "client_params": self.client_params,
-            "failures": self.failures,
-            "password_hash": self.password_hash,
-        }
+        # The ID and the last use are the row's key and column, not part of its data.
+        data = dataclasses.asdict(self)
+        del data["session_id"], data["last_used_ms"]
+        return data
 
     @classmethod
     def from_json(cls, session_id: str, last_used_ms: int, data: Mapping[str, Any]) -> UIASession:

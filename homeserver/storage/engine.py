@@ -524,10 +524,11 @@ class Database:
             async with self._visibility_lock, self.read() as conn:
                 if self._persisted >= position:
                     return
-                marker = await postgres.lowest_marker(conn)
-                if marker is not None and marker <= position:
+                visible, marker = await postgres.stream_state(conn)
+                self.observe_stream_position(visible)
+                if visible < position and marker is not None:
+                    # The marker holding it back (visible is just below it): wait for its end.
                     await postgres.wait_for_marker(conn, marker, VISIBILITY_RECHECK_S)
-                self.observe_stream_position(await postgres.visible_stream(conn))
 
     @property
     def current_stream_id(self) -> int:

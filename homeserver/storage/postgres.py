@@ -130,22 +130,27 @@ async def next_chunk(conn: AsyncConnection) -> int:
     return int(await conn.scalar(_NEXT_CHUNK) or 0)
 
 
-async def visible_stream(conn: AsyncConnection, *, others_only: bool = False) -> int:
-    """The highest position at or below which every write transaction has ended.
+async def stream_state(conn: AsyncConnection, *, others_only: bool = False) -> tuple[int, int | None]:
+    """(the highest position at or below which every write transaction has ended, the
+    lowest marker still held, if any): both from one statement.
 
     With `others_only`, inside a write transaction: the same once this transaction commits
     (its own marker is left out)."""
     row = (await conn.execute(_VISIBLE_TO_OTHERS if others_only else _VISIBLE)).first()
     if row is None:
         raise RuntimeError(f"{STREAM_SEQUENCE} is missing; run `sotto migrate`")
-    top, lowest_marker = int(row[0]), row[1]
-    return top if lowest_marker is None else min(top, int(lowest_marker) - 1)
+    top, lowest = int(row[0]), None if row[1] is None else int(row[1])
+    return (top if lowest is None else min(top, lowest - 1)), lowest
+
+
+async def visible_stream(conn: AsyncConnection, *, others_only: bool = False) -> int:
+    """The first half of `stream_state`."""
+    return (await stream_state(conn, others_only=others_only))[0]
 
 
 async def lowest_marker(conn: AsyncConnection) -> int | None:
-    """The lowest marker of a write transaction still open, if any."""
-    row = (await conn.execute(_VISIBLE)).first()
-    return None if row is None or row[1] is None else int(row[1])
+    """The second half of `stream_state`: the lowest marker of a write transaction still open."""
+    return (await stream_state(conn))[1]
 
 
 async def wait_for_marker(conn: AsyncConnection, marker: int, timeout_s: float) -> bool:

@@ -44,12 +44,13 @@ class UIASessionStore:
 
     async def prune(self, not_before_ms: int, keep: int) -> None:
         """Drop expired sessions, then the least recently used beyond `keep`."""
+        beyond = (
+            select(uia_sessions.c.session_id).order_by(uia_sessions.c.last_used_ms.desc()).offset(keep)
+        )
         async with self.db.write() as conn:
             await conn.execute(delete(uia_sessions).where(uia_sessions.c.last_used_ms < not_before_ms))
-            excess = int(await conn.scalar(select(func.count()).select_from(uia_sessions)) or 0) - keep
-            if excess > 0:
-                oldest = select(uia_sessions.c.session_id).order_by(uia_sessions.c.last_used_ms).limit(excess)
-                await conn.execute(delete(uia_sessions).where(uia_sessions.c.session_id.in_(oldest)))
+            # No count first: the newest `keep` are skipped, whatever lies beyond them goes.
+            await conn.execute(delete(uia_sessions).where(uia_sessions.c.session_id.in_(beyond)))
 
     async def count(self) -> int:
         async with self.db.read() as conn:
