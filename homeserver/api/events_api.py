@@ -24,7 +24,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     creator = hs.creator
     messages = hs.messages
 
-    async def _require_joined(room_id: str, user_id: str) -> None:
+    async def _require_joined(room_id: str, user_id: str, *, rechecked: bool = False) -> None:
+        """`rechecked`: the event creator checks the membership again under the room lock, so
+        a cached "join" may skip the query (with several workers the cache may be stale, but
+        the creator's state is validated); anything else asks the database, so a stale cache
+        never refuses."""
+        if rechecked and hs.events.cached_membership(room_id, user_id) == "join":
+            return
         m = await hs.events.get_membership(room_id, user_id)
         if m is None or m[0] != "join":
             # The same answer whether or not the room exists: no probing for rooms.
@@ -35,11 +41,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         room_id = request.match_info["room_id"]
         content = await read_json(request, allow_empty=False)
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
-        # A cached "join" skips the query (with several workers the cache may be stale, but
-        # the event creator checks the membership again under the room lock against state it
-        # has validated); anything else asks the database, so a stale cache never refuses.
-        if hs.events.cached_membership(room_id, requester.user_id) != "join":
-            await _require_joined(room_id, requester.user_id)
+        await _require_joined(room_id, requester.user_id, rechecked=True)
         event, _ = await creator.create_and_send(
             room_id=room_id,
             type=request.match_info["event_type"],
