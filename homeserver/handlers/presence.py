@@ -225,6 +225,8 @@ class PresenceHandler:
             return []  # an empty window
         ctx = SYNC_CONTEXT.get()
         if ctx is not None and ctx.upto == upto and ctx.since == since:
+            if ctx.window is not None and not ctx.window.presence:
+                return []  # nobody's presence changed in the window
             # The same for every sync of the window that shares these rooms.
             rooms = tuple(joined)
             found = await ctx.memo.get(

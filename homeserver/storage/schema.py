@@ -156,6 +156,7 @@ receipts = Table(
     Column("stream_id", BigInteger, nullable=False),
     PrimaryKeyConstraint("room_id", "receipt_type", "user_id", "thread_id"),
     Index("receipts_room_stream", "room_id", "stream_id"),
+    Index("receipts_stream", "stream_id"),
 )
 
 account_data = Table(

@@ -19,8 +19,13 @@ from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
 from homeserver.events import Event
-from homeserver.storage.cs_schema import event_push_actions, event_push_changes, push_rules_stream
-from homeserver.storage.e2ee_schema import device_inbox, e2e_fallback_keys, e2e_one_time_keys
+from homeserver.storage.cs_schema import event_push_actions, event_push_changes, presence, push_rules_stream
+from homeserver.storage.e2ee_schema import (
+    device_inbox,
+    device_list_changes,
+    e2e_fallback_keys,
+    e2e_one_time_keys,
+)
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.push import READ_RECEIPTS, Counts
@@ -153,6 +158,33 @@ def _probe_statement() -> Any:
 
 _PROBE = _probe_statement()
 
+# A window with more rows than this is summarised by the per-kind queries instead.
+WINDOW_ROWS = 256
+
+
+def _window_statement() -> Any:
+    """Every row of the streams an incremental sync's room and device-list sections read,
+    in (since, upto]: events (with whether they are member events), receipts, presence and
+    device-list changes. Every row is (kind, room_id, is_member); at most `cap` rows."""
+    since: Any = bindparam("since")
+    upto: Any = bindparam("upto")
+    none: Any = literal_column("''")
+    no: Any = literal(False)
+    rc = receipts.c
+    pr = presence.c
+    dl = device_list_changes.c
+    return union_all(
+        select(literal_column("'e'"), _ev.room_id, _ev.type == "m.room.member").where(
+            _ev.stream_id > since, _ev.stream_id <= upto, _ev.outlier.is_(False)
+        ),
+        select(literal_column("'r'"), rc.room_id, no).where(rc.stream_id > since, rc.stream_id <= upto),
+        select(literal_column("'p'"), none, no).where(pr.stream_id > since, pr.stream_id <= upto),
+        select(literal_column("'d'"), none, no).where(dl.stream_id > since, dl.stream_id <= upto),
+    ).limit(bindparam("cap", type_=Integer))
+
+
+_WINDOW = _window_statement()
+
 
 def _unread_statement() -> Any:
     """PushActionStore.unread_counts, built once (tests check that both agree)."""
@@ -219,10 +251,24 @@ class UserProbe:
     push_action_rooms: set[str] = field(default_factory=set)
 
 
+@dataclass(slots=True)
+class WindowSummary:
+    """What landed anywhere in a stream window (since, upto]: the rooms with (non-outlier)
+    events, those with member events among them, the rooms with receipts, and whether any
+    presence or device list changed. The same for every user syncing that window."""
+
+    event_rooms: set[str] = field(default_factory=set)
+    member_rooms: set[str] = field(default_factory=set)
+    receipt_rooms: set[str] = field(default_factory=set)
+    presence: bool = False
+    device_lists: bool = False
+
+
 class SyncQueries:
-    def __init__(self, db: Database, events: EventStore) -> None:
+    def __init__(self, db: Database, events: EventStore, window_rows: int = WINDOW_ROWS) -> None:
         self.db = db
         self.events = events
+        self.window_rows = window_rows
 
     async def memberships_and_probe(
         self, user_id: str, device_id: str, since: int | None, upto: int
@@ -250,6 +296,30 @@ class SyncQueries:
                     setattr(probe, _PROBE_FIELDS[kind], int(value))
         probe.fallback_keys.sort()
         return memberships, probe
+
+    async def window_summary(self, since: int, upto: int) -> WindowSummary | None:
+        """The WindowSummary of (since, upto], or None when more than `window_rows` rows
+        landed in it (the caller then asks per user, with the per-kind queries)."""
+        summary = WindowSummary()
+        if since >= upto:
+            return summary
+        params = {"since": since, "upto": upto, "cap": self.window_rows + 1}
+        async with self.db.read() as conn:
+            rows = (await conn.execute(_WINDOW, params)).all()
+        if len(rows) > self.window_rows:
+            return None
+        for kind, room_id, is_member in rows:
+            if kind == "e":
+                summary.event_rooms.add(room_id)
+                if is_member:
+                    summary.member_rooms.add(room_id)
+            elif kind == "r":
+                summary.receipt_rooms.add(room_id)
+            elif kind == "p":
+                summary.presence = True
+            else:
+                summary.device_lists = True
+        return summary
 
     async def rooms_with_events_between(self, room_ids: Collection[str], after: int, upto: int) -> set[str]:
         if not room_ids:

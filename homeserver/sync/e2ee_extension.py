@@ -96,6 +96,8 @@ class E2EESyncExtension:
             return False
         if any(since < stream <= upto for _, _, _, stream in ctx.memberships):
             return True
+        if ctx.window is not None:
+            return ctx.window.device_lists or not ctx.window.member_rooms.isdisjoint(joined_room_ids)
         store = self.device_lists.store
         if await ctx.memo.get(upto, ("device_lists", since), lambda: store.changed_between(since, upto)):
             return True

@@ -139,6 +139,14 @@ class SyncHandler:
         memberships, probe = await self.reads.memberships_and_probe(
             user_id, req.requester.device_id, since_stream, upto
         )
+        # A long-poll's first pass usually reads the empty window (upto, upto].
+        empty_window = since_stream is not None and since_stream >= upto
+        window = None
+        if since_stream is not None:
+            # One statement, shared by every sync of this window, instead of one per section.
+            window = await memo.get(
+                upto, ("window", since_stream), lambda: self.reads.window_summary(since_stream, upto)
+            )
         SYNC_CONTEXT.set(
             SyncContext(
                 self.reads,
@@ -150,6 +158,7 @@ class SyncHandler:
                 req.filter_json,
                 req.filter,
                 req.set_presence,
+                window,
             )
         )
         joined = [(r, s) for r, m, _, s in memberships if m == "join" and req.filter.allows_room(r)]
@@ -157,28 +166,27 @@ class SyncHandler:
         all_joined = [r for r, m, _, _ in memberships if m == "join"]
         joined_key = tuple(joined_ids)
 
-        # A long-poll's first pass usually reads the empty window (upto, upto].
-        empty_window = since is not None and since.stream >= upto
         rooms_join: dict[str, Any] = {}
         changed_rooms: set[str] | None = None
-        if since is not None and not req.full_state:
-            since_pos = since.stream
-            changed_rooms = (
-                set()
-                if empty_window
-                else await memo.get(
+        if since_stream is not None and not req.full_state:
+            since_pos = since_stream
+            if window is not None:
+                changed_rooms = window.event_rooms.intersection(joined_ids)
+            else:
+                changed_rooms = await memo.get(
                     upto,
                     ("changed", joined_key, since_pos),
                     lambda: self.reads.rooms_with_events_between(joined_ids, since_pos, upto),
                 )
-            )
+        receipt_rooms = joined_ids if window is None else [r for r in joined_ids if r in window.receipt_rooms]
+        receipt_key = tuple(receipt_rooms)
         receipts = (
             []
-            if empty_window
+            if empty_window or not receipt_rooms
             else await memo.get(
                 upto,
-                ("receipts", joined_key, since_stream),
-                lambda: self.receipts.store.get_since(joined_ids, since_stream, upto),
+                ("receipts", receipt_key, since_stream),
+                lambda: self.receipts.store.get_since(receipt_rooms, since_stream, upto),
             )
         )
         receipts_by_room: dict[str, list[Any]] = {}

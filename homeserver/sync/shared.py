@@ -10,7 +10,8 @@ a newer one is seen, so the memo holds one stream window's worth at most (and ne
 than `max_entries`).
 
 `SYNC_CONTEXT` carries what the core SyncHandler already loaded for the current request
-(the user's memberships, the per-user UserProbe, the parsed filter and `set_presence`)
+(the user's memberships, the per-user UserProbe, the WindowSummary of its stream window,
+the parsed filter and `set_presence`)
 to the extensions, so they neither repeat
 those queries nor run the ones the probe shows would find nothing.
 """
@@ -24,7 +25,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe
+from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe, WindowSummary
 from homeserver.sync.filter import SyncFilter
 
 T = TypeVar("T")
@@ -89,6 +90,9 @@ class SyncContext:
     filter_json: dict[str, Any]
     filter: SyncFilter
     set_presence: str | None
+    # What landed anywhere in (since, upto], when that was few enough rows to list; None
+    # for initial syncs and long windows (then each section asks with its own query).
+    window: WindowSummary | None = None
 
 
 SYNC_CONTEXT: ContextVar[SyncContext | None] = ContextVar("sotto_sync_context", default=None)

@@ -8,10 +8,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+import pytest
 from sqlalchemy import event
 
 from homeserver.storage.push import PushActionStore
-from homeserver.storage.sync_reads import SyncQueries
+from homeserver.storage.sync_reads import WINDOW_ROWS, SyncQueries
+from tests.integration.e2ee.fixtures import olm_user
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
 
@@ -78,6 +81,64 @@ async def test_incremental_sync_runs_few_queries(server: RunningServer, make_use
     empty = await carol.sync(second["next_batch"], filter=FILTER)
     assert empty["rooms"]["join"] == {}
     assert len(queries) <= 1, queries
+
+
+async def test_a_woken_sync_asks_once_what_landed_in_its_window(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    """One message in the window: the receipts, presence and device-list sections learn from
+    the window's summary that they have nothing to read, and run no query of their own."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    assert (await bob.join(room))[0] == 200
+    plain = '{"room":{"timeline":{"limit":10}}}'
+    since = (await bob.sync(filter=plain))["next_batch"]
+    await alice.send(room, "one", "t1")
+    queries = count_queries(server)
+    sync = await bob.sync(since, filter=plain)
+    assert [e["content"]["body"] for e in sync["rooms"]["join"][room]["timeline"]["events"]] == ["one"]
+    gated = ("FROM receipts", "FROM presence", "FROM device_list_changes")
+    own = [
+        q for q in queries if q.startswith("SELECT") and any(t in q for t in gated) and "UNION ALL" not in q
+    ]
+    assert own == [], own
+    # Memberships and probe, the window, the timeline, relations and unread counts.
+    assert len(queries) <= 5, queries
+
+
+@pytest.mark.parametrize("window_rows", [WINDOW_ROWS, 1], ids=["summarised", "too-long-to-summarise"])
+async def test_every_section_of_a_window_arrives(
+    server: RunningServer, make_user: MakeUser, http: aiohttp.ClientSession, window_rows: int
+) -> None:
+    """Messages, a receipt, presence, a new member and a device-list change in one window all
+    reach the sync, whether the window is summarised in one statement or (more rows than
+    `window_rows`) each section asks for itself."""
+    server.hs.sync.reads.window_rows = window_rows
+    alice = await olm_user(server, http, "alice")
+    bob = await make_user("bob")
+    room = await bob.create_room(preset="public_chat")
+    quiet = await bob.create_room(preset="public_chat")
+    assert (await alice.raw.join(room))[0] == 200
+    since = (await bob.sync())["next_batch"]
+    first = await alice.raw.send(room, "one", "t1")
+    await alice.raw.send(room, "two", "t2")
+    await alice.raw.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(first)}", json={})
+    await alice.raw.ok("PUT", f"/presence/{quote(alice.user_id)}/status", json={"presence": "unavailable"})
+    await alice.upload_keys(one_time=1)
+    carol = await make_user("carol")
+    assert (await carol.join(quiet))[0] == 200
+    sync = await bob.sync(since)
+    joined = sync["rooms"]["join"]
+    assert [e["content"].get("body") for e in joined[room]["timeline"]["events"]] == ["one", "two"]
+    receipts = [e for e in joined[room]["ephemeral"]["events"] if e["type"] == "m.receipt"]
+    assert alice.user_id in receipts[0]["content"][first]["m.read"]
+    assert [e["content"]["membership"] for e in joined[quiet]["timeline"]["events"]] == ["join"]
+    presence = {e["sender"]: e["content"]["presence"] for e in sync["presence"]["events"]}
+    assert presence.get(alice.user_id) == "unavailable"
+    assert set(sync["device_lists"]["changed"]) == {alice.user_id, carol.user_id}
+    again = await bob.sync(sync["next_batch"])
+    assert again["rooms"]["join"] == {} and again["device_lists"] == {"changed": [], "left": []}
 
 
 async def test_gated_sections_still_arrive(server: RunningServer, make_user: MakeUser) -> None:
