@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, and_, bindparam, case, func, literal, literal_column, select, union_all
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
@@ -99,8 +110,18 @@ _STATE_WITHOUT_MEMBERS = (
 )
 
 
+_REL = events.alias("rel")
+# Whether some event relates to the row's event with a bundled relation type: the sync's
+# relations section then needs no query of its own for the timeline's events.
+_HAS_RELATIONS = (
+    exists()
+    .where(_REL.c.relates_to == _ev.event_id, _REL.c.rel_type.in_(BUNDLED_REL_TYPES))
+    .label("has_relations")
+)
+
+
 def _timeline_statement(after: bool, types: bool, not_types: bool) -> Select[Any]:
-    q = select(*_EVENT_COLS).where(
+    q = select(*_EVENT_COLS, _HAS_RELATIONS).where(
         _ev.room_id == bindparam("room_id"), _ev.outlier.is_(False), _ev.stream_id <= bindparam("upto")
     )
     if after:
@@ -251,6 +272,13 @@ class UserProbe:
     push_action_rooms: set[str] = field(default_factory=set)
 
 
+class TimelineRead(NamedTuple):
+    """A sync timeline's events (newest first) and the IDs of those with bundled relations."""
+
+    events: list[StoredEvent]
+    related: frozenset[str]
+
+
 @dataclass(slots=True)
 class WindowSummary:
     """What landed anywhere in a stream window (since, upto]: the rooms with (non-outlier)
@@ -345,8 +373,9 @@ class SyncQueries:
         limit: int,
         types: Collection[str] | None,
         not_types: Collection[str] | None,
-    ) -> list[StoredEvent]:
-        """EventStore.room_events(backwards=True) for the sync timeline."""
+    ) -> TimelineRead:
+        """EventStore.room_events(backwards=True) for the sync timeline, with which of the
+        events have bundled relations."""
         params: dict[str, Any] = {"room_id": room_id, "upto": upto, "limit": limit}
         if after is not None:
             params["after"] = after
@@ -357,7 +386,8 @@ class SyncQueries:
         stmt = _TIMELINE[(after is not None, bool(types), bool(not_types))]
         async with self.db.read() as conn:
             rows = (await conn.execute(stmt, params)).all()
-        return await self._stored(room_id, rows)
+        related = frozenset(r.event_id for r in rows if r.has_relations)
+        return TimelineRead(await self._stored(room_id, rows), related)
 
     async def current_state_without_members(self, room_id: str) -> dict[tuple[str, str], StoredEvent]:
         """The room's current state except m.room.member events."""

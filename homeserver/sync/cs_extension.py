@@ -73,9 +73,16 @@ class RelationBundles:
             return
         ctx = _context(since, upto)
         if ctx is not None:
-            # Most events have no relations: bundle only those that do (one shared query).
-            ids = tuple(e["event_id"] for e in timeline if isinstance(e.get("event_id"), str))
-            related = await ctx.memo.get(upto, ("related", ids), lambda: ctx.reads.with_relations(ids))
+            # Most events have no relations: bundle only those that do. The timeline reads
+            # said which do; any other event is asked about in one shared query.
+            ids = [e["event_id"] for e in timeline if isinstance(e.get("event_id"), str)]
+            unknown = tuple(i for i in ids if i not in ctx.relations_known)
+            related: set[str] | frozenset[str] = ctx.related
+            if unknown:
+                found = await ctx.memo.get(
+                    upto, ("related", unknown), lambda: ctx.reads.with_relations(unknown)
+                )
+                related = ctx.related | found
             timeline = [e for e in timeline if e.get("event_id") in related]
             if not timeline:
                 return

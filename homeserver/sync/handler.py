@@ -267,17 +267,23 @@ class SyncHandler:
         limit = f.timeline_limit
         types = tuple(f.timeline.types) if f.timeline.types else None
         not_types = tuple(f.timeline.not_types) if f.timeline.not_types else None
-        batch = await self.memo.get(
+        read = await self.memo.get(
             window,
             ("timeline", room_id, after, upto, limit + 1, types, not_types),
             lambda: self.reads.room_events(
                 room_id, after=after, upto=upto, limit=limit + 1, types=types, not_types=not_types
             ),
         )
+        batch = read.events
         limited = len(batch) > limit
         timeline = list(reversed(batch[:limit]))
         timeline = [s for s in timeline if f.timeline.allows(s.event.type, s.event.sender)]
         timeline_ids = {s.event.event_id for s in timeline}
+        ctx = SYNC_CONTEXT.get()
+        if ctx is not None:
+            # The relations section learns these events' relations from the read.
+            ctx.relations_known.update(timeline_ids)
+            ctx.related.update(read.related)
         state: list[StoredEvent]
         senders = {s.event.sender for s in timeline} | {req.requester.user_id}
         if full:

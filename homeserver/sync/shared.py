@@ -22,7 +22,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe, WindowSummary
@@ -93,6 +93,10 @@ class SyncContext:
     # What landed anywhere in (since, upto], when that was few enough rows to list; None
     # for initial syncs and long windows (then each section asks with its own query).
     window: WindowSummary | None = None
+    # Timeline events whose bundled relations the timeline reads already looked up, and
+    # those of them that have some.
+    relations_known: set[str] = field(default_factory=set)
+    related: set[str] = field(default_factory=set)
 
 
 SYNC_CONTEXT: ContextVar[SyncContext | None] = ContextVar("sotto_sync_context", default=None)

@@ -87,7 +87,8 @@ async def test_a_woken_sync_asks_once_what_landed_in_its_window(
     server: RunningServer, make_user: MakeUser
 ) -> None:
     """One message in the window: the receipts, presence and device-list sections learn from
-    the window's summary that they have nothing to read, and run no query of their own."""
+    the window's summary that they have nothing to read, and the relations section learns
+    from the timeline's read; none runs a query of its own."""
     alice = await make_user("alice")
     bob = await make_user("bob")
     room = await alice.create_room(preset="public_chat")
@@ -98,13 +99,13 @@ async def test_a_woken_sync_asks_once_what_landed_in_its_window(
     queries = count_queries(server)
     sync = await bob.sync(since, filter=plain)
     assert [e["content"]["body"] for e in sync["rooms"]["join"][room]["timeline"]["events"]] == ["one"]
-    gated = ("FROM receipts", "FROM presence", "FROM device_list_changes")
+    gated = ("FROM receipts", "FROM presence", "FROM device_list_changes", "DISTINCT events.relates_to")
     own = [
         q for q in queries if q.startswith("SELECT") and any(t in q for t in gated) and "UNION ALL" not in q
     ]
     assert own == [], own
-    # Memberships and probe, the window, the timeline, relations and unread counts.
-    assert len(queries) <= 5, queries
+    # Memberships and probe, the window, the timeline (with its relations) and unread counts.
+    assert len(queries) <= 4, queries
 
 
 @pytest.mark.parametrize("window_rows", [WINDOW_ROWS, 1], ids=["summarised", "too-long-to-summarise"])
@@ -123,6 +124,8 @@ async def test_every_section_of_a_window_arrives(
     since = (await bob.sync())["next_batch"]
     first = await alice.raw.send(room, "one", "t1")
     await alice.raw.send(room, "two", "t2")
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "+1"}}
+    await alice.raw.ok("PUT", f"/rooms/{quote(room)}/send/m.reaction/r1", json=reaction)
     await alice.raw.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(first)}", json={})
     await alice.raw.ok("PUT", f"/presence/{quote(alice.user_id)}/status", json={"presence": "unavailable"})
     await alice.upload_keys(one_time=1)
@@ -130,7 +133,11 @@ async def test_every_section_of_a_window_arrives(
     assert (await carol.join(quiet))[0] == 200
     sync = await bob.sync(since)
     joined = sync["rooms"]["join"]
-    assert [e["content"].get("body") for e in joined[room]["timeline"]["events"]] == ["one", "two"]
+    timeline = joined[room]["timeline"]["events"]
+    assert [e["content"].get("body") for e in timeline] == ["one", "two", None]
+    bundled = timeline[0]["unsigned"]["m.relations"]["m.annotation"]["chunk"]
+    assert bundled == [{"type": "m.reaction", "key": "+1", "count": 1}]
+    assert "m.relations" not in timeline[1]["unsigned"]
     receipts = [e for e in joined[room]["ephemeral"]["events"] if e["type"] == "m.receipt"]
     assert alice.user_id in receipts[0]["content"][first]["m.read"]
     assert [e["content"]["membership"] for e in joined[quiet]["timeline"]["events"]] == ["join"]
