@@ -119,6 +119,9 @@ event_push_changes = Table(
     Column("user_id", String(255), nullable=False),
     Column("room_id", String(255), nullable=False),
     Column("stream_id", BigInteger, nullable=False),
+    # The newest write of push actions made after their event's own transaction (0011):
+    # kept unread counts (homeserver.storage.unread) are then counted afresh.
+    Column("late_stream_id", BigInteger, nullable=True),
     PrimaryKeyConstraint("user_id", "room_id"),
     sqlite_with_rowid=False,
 )

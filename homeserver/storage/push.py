@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, case, delete, func, insert, literal, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
@@ -20,9 +20,9 @@ from homeserver.storage.cs_schema import (
     pushers,
 )
 from homeserver.storage.engine import Database
-from homeserver.storage.schema import events, receipts
+from homeserver.storage.unread import READ_RECEIPTS, Counts, UnreadCounts, receipt_positions
 
-READ_RECEIPTS = ("m.read", "m.read.private")
+__all__ = ["READ_RECEIPTS", "Counts", "PushActionStore"]
 
 _INSERT_PUSH_ACTIONS = BulkInsert(
     event_push_actions,
@@ -40,6 +40,11 @@ _INSERT_PUSH_ACTIONS = BulkInsert(
 )
 _UPSERT_PUSH_CHANGES = BulkInsert(
     event_push_changes, ("user_id", "room_id", "stream_id"), upsert_keys=("user_id", "room_id")
+)
+_UPSERT_LATE_PUSH_CHANGES = BulkInsert(
+    event_push_changes,
+    ("user_id", "room_id", "stream_id", "late_stream_id"),
+    upsert_keys=("user_id", "room_id"),
 )
 
 
@@ -271,15 +276,6 @@ class PushAction(NamedTuple):
     ts: int
 
 
-@dataclass(slots=True)
-class Counts:
-    notifications: int = 0
-    highlights: int = 0
-
-    def to_json(self) -> dict[str, int]:
-        return {"notification_count": self.notifications, "highlight_count": self.highlights}
-
-
 @dataclass(slots=True, frozen=True)
 class NotificationRow:
     stream_id: int
@@ -294,18 +290,21 @@ class NotificationRow:
 class PushActionStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.counts = UnreadCounts(db)
 
     async def add(self, actions: list[PushAction]) -> int:
-        """Record notifications for one event; returns the stream position of the batch."""
+        """Record notifications for one event already committed (a "late" write: see
+        homeserver.storage.unread); returns the stream position of the batch."""
         async with self.db.write() as conn:
-            stream_id = await self.add_in(conn, actions)
+            stream_id = await self.add_in(conn, actions, late=True)
         self.recorded([actions])
         return stream_id
 
-    async def add_in(self, conn: AsyncConnection, actions: list[PushAction]) -> int:
+    async def add_in(self, conn: AsyncConnection, actions: list[PushAction], late: bool = False) -> int:
         """Record notifications (of any number of events) inside the caller's write
-        transaction, at one new stream position, which is returned. The caller calls
-        `recorded` once the transaction has committed."""
+        transaction, at one new stream position, which is returned. `late`: the events
+        committed in an earlier transaction. The caller calls `recorded` once the
+        transaction has committed."""
         stream_id = await self.db.next_stream_id()
         await _INSERT_PUSH_ACTIONS.run(
             conn,
@@ -326,70 +325,21 @@ class PushActionStore:
         )
         # Sorted: concurrent writers (other workers) take these rows' locks in one order.
         changed = sorted({(a.user_id, a.room_id) for a in actions})
-        await _UPSERT_PUSH_CHANGES.run(conn, [(u, r, stream_id) for u, r in changed])
+        if late:
+            await _UPSERT_LATE_PUSH_CHANGES.run(conn, [(u, r, stream_id, stream_id) for u, r in changed])
+        else:
+            await _UPSERT_PUSH_CHANGES.run(conn, [(u, r, stream_id) for u, r in changed])
         return stream_id
 
     def recorded(self, per_event: list[list[PushAction]]) -> None:
         """Committed notifications, grouped by event (a hook for push delivery)."""
-
-    def _receipt_positions(self, user_id: str, room_ids: Collection[str]) -> Any:
-        """(room_id, thread_id, pos): the newest read receipt position per room and thread."""
-        return (
-            select(
-                receipts.c.room_id.label("room_id"),
-                receipts.c.thread_id.label("thread_id"),
-                func.max(events.c.stream_id).label("pos"),
-            )
-            .select_from(receipts.join(events, events.c.event_id == receipts.c.event_id))
-            .where(
-                receipts.c.user_id == user_id,
-                receipts.c.receipt_type.in_(READ_RECEIPTS),
-                receipts.c.room_id.in_(list(room_ids)),
-            )
-            .group_by(receipts.c.room_id, receipts.c.thread_id)
-            .cte("receipt_positions")
-        )
 
     async def unread_counts(self, user_id: str, room_ids: Collection[str]) -> dict[str, dict[str, Counts]]:
         """room_id -> thread_id ("main" or a root) -> unread counts, after the user's read receipts.
 
         An unthreaded receipt covers every thread; a threaded one only its own thread.
         """
-        if not room_ids:
-            return {}
-        epa = event_push_actions
-        pos = self._receipt_positions(user_id, room_ids)
-        unthreaded = pos.alias("unthreaded")
-        threaded = pos.alias("threaded")
-        q = (
-            select(
-                epa.c.room_id,
-                epa.c.thread_id,
-                func.count(),
-                func.sum(case((epa.c.highlight.is_(True), 1), else_=0)),
-            )
-            .select_from(
-                epa.outerjoin(
-                    unthreaded,
-                    and_(unthreaded.c.room_id == epa.c.room_id, unthreaded.c.thread_id == literal("")),
-                ).outerjoin(
-                    threaded,
-                    and_(threaded.c.room_id == epa.c.room_id, threaded.c.thread_id == epa.c.thread_id),
-                )
-            )
-            .where(
-                epa.c.user_id == user_id,
-                epa.c.room_id.in_(list(room_ids)),
-                epa.c.event_stream > func.coalesce(unthreaded.c.pos, 0),
-                epa.c.event_stream > func.coalesce(threaded.c.pos, 0),
-            )
-            .group_by(epa.c.room_id, epa.c.thread_id)
-        )
-        out: dict[str, dict[str, Counts]] = {}
-        async with self.db.read() as conn:
-            for room_id, thread_id, n, h in await conn.execute(q):
-                out.setdefault(room_id, {})[thread_id] = Counts(int(n or 0), int(h or 0))
-        return out
+        return await self.counts.full(user_id, room_ids)
 
     async def rooms_changed_since(self, user_id: str, since: int, upto: int) -> set[str]:
         # A room whose counts changed again after `upto` shows a newer position here; the
@@ -429,7 +379,7 @@ class PushActionStore:
         """(room_id, receipt thread_id or "") -> newest read position."""
         if not room_ids:
             return {}
-        pos = self._receipt_positions(user_id, room_ids)
+        pos = receipt_positions(user_id, list(room_ids))
         async with self.db.read() as conn:
             return {(r, t): int(p) for r, t, p in await conn.execute(select(pos))}
 

@@ -16,9 +16,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Integer,
-    and_,
     bindparam,
-    case,
     exists,
     func,
     literal,
@@ -30,7 +28,7 @@ from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
 from homeserver.events import Event
-from homeserver.storage.cs_schema import event_push_actions, event_push_changes, presence, push_rules_stream
+from homeserver.storage.cs_schema import event_push_changes, presence, push_rules_stream
 from homeserver.storage.e2ee_schema import (
     device_inbox,
     device_list_changes,
@@ -39,8 +37,8 @@ from homeserver.storage.e2ee_schema import (
 )
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.push import READ_RECEIPTS, Counts
 from homeserver.storage.schema import account_data, current_state, events, receipts, room_forgotten
+from homeserver.storage.unread import UnreadCounts
 
 Membership = tuple[str, str, str, int]
 
@@ -207,54 +205,6 @@ def _window_statement() -> Any:
 _WINDOW = _window_statement()
 
 
-def _unread_statement() -> Any:
-    """PushActionStore.unread_counts, built once (tests check that both agree)."""
-    epa = event_push_actions.c
-    rc = receipts.c
-    user: Any = bindparam("user_id")
-    room_ids: Any = bindparam("room_ids", expanding=True)
-    pos = (
-        select(
-            rc.room_id.label("room_id"),
-            rc.thread_id.label("thread_id"),
-            func.max(_ev.stream_id).label("pos"),
-        )
-        .select_from(receipts.join(events, _ev.event_id == rc.event_id))
-        .where(rc.user_id == user, rc.receipt_type.in_(READ_RECEIPTS), rc.room_id.in_(room_ids))
-        .group_by(rc.room_id, rc.thread_id)
-        .cte("receipt_positions")
-    )
-    unthreaded = pos.alias("unthreaded")
-    threaded = pos.alias("threaded")
-    return (
-        select(
-            epa.room_id,
-            epa.thread_id,
-            func.count(),
-            func.sum(case((epa.highlight.is_(True), 1), else_=0)),
-        )
-        .select_from(
-            event_push_actions.outerjoin(
-                unthreaded,
-                and_(unthreaded.c.room_id == epa.room_id, unthreaded.c.thread_id == literal("")),
-            ).outerjoin(
-                threaded,
-                and_(threaded.c.room_id == epa.room_id, threaded.c.thread_id == epa.thread_id),
-            )
-        )
-        .where(
-            epa.user_id == user,
-            epa.room_id.in_(room_ids),
-            epa.event_stream > func.coalesce(unthreaded.c.pos, 0),
-            epa.event_stream > func.coalesce(threaded.c.pos, 0),
-        )
-        .group_by(epa.room_id, epa.thread_id)
-    )
-
-
-_UNREAD = _unread_statement()
-
-
 @dataclass(slots=True)
 class UserProbe:
     """What changed for one user and device in (since, upto], plus the device's key counts.
@@ -297,6 +247,8 @@ class SyncQueries:
         self.db = db
         self.events = events
         self.window_rows = window_rows
+        # Unread counts, kept between syncs for rooms with many (see storage.unread).
+        self.unread = UnreadCounts(db)
 
     async def memberships_and_probe(
         self, user_id: str, device_id: str, since: int | None, upto: int
@@ -423,17 +375,6 @@ class SyncQueries:
             for user_id, membership in await conn.execute(_ROOM_MEMBERS, {"room_id": room_id}):
                 (joined if membership == "join" else invited).append(user_id)
         return joined, invited
-
-    async def unread_counts(self, user_id: str, room_ids: Collection[str]) -> dict[str, dict[str, Counts]]:
-        """As PushActionStore.unread_counts: room_id -> thread_id -> counts after the receipts."""
-        if not room_ids:
-            return {}
-        out: dict[str, dict[str, Counts]] = {}
-        params = {"user_id": user_id, "room_ids": list(room_ids)}
-        async with self.db.read() as conn:
-            for room_id, thread_id, n, h in await conn.execute(_UNREAD, params):
-                out.setdefault(room_id, {})[thread_id] = Counts(int(n or 0), int(h or 0))
-        return out
 
     async def forgotten_rooms(self, user_id: str) -> set[str]:
         async with self.db.read() as conn:

@@ -252,8 +252,8 @@ class ClientServerSyncExtension:
         timeline = filter_json.get("room", {}).get("timeline", {}) if isinstance(filter_json, dict) else {}
         thread_aware = isinstance(timeline, dict) and timeline.get("unread_thread_notifications") is True
         if ctx is not None:
-            # A statement built once; the same query as the push store's.
-            counts = await ctx.reads.unread_counts(user_id, sorted(wanted))
+            # Counted up to the sync's position, adding to counts kept from the last sync.
+            counts = await ctx.reads.unread.at(user_id, sorted(wanted), upto)
         else:
             counts = await self.push.unread_counts(user_id, sorted(wanted))
         for room_id in wanted:

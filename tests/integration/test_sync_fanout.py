@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from sqlalchemy import event
 
-from homeserver.storage.push import PushActionStore
-from homeserver.storage.sync_reads import WINDOW_ROWS, SyncQueries
+from homeserver.storage.push import PushAction, PushActionStore
+from homeserver.storage.sync_reads import WINDOW_ROWS
+from homeserver.storage.unread import Counts, UnreadCounts
 from tests.integration.e2ee.fixtures import olm_user
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
@@ -170,10 +171,10 @@ async def test_gated_sections_still_arrive(server: RunningServer, make_user: Mak
     assert again["to_device"]["events"] == []
 
 
-async def test_prebuilt_unread_counts_match_the_push_store(
-    server: RunningServer, make_user: MakeUser
-) -> None:
-    """SyncQueries.unread_counts is PushActionStore.unread_counts built once: same answers."""
+async def test_kept_unread_counts_equal_a_fresh_count(server: RunningServer, make_user: MakeUser) -> None:
+    """UnreadCounts.at adds the push actions of newer events to the counts it kept from its
+    last call. After messages, threads, receipts (threaded, unthreaded, moved back) and push
+    actions written after their event, it must answer as a fresh count does."""
     alice = await make_user("alice")
     bob = await make_user("bob")
     carol = await make_user("carol")
@@ -182,7 +183,22 @@ async def test_prebuilt_unread_counts_match_the_push_store(
     for u in (bob, carol):
         assert (await u.join(room))[0] == 200
         assert (await u.join(quiet))[0] == 200
+    rooms = [room, quiet, "!unknown:example.org"]
+    kept = UnreadCounts(server.hs.db, keep_from=1)
+    store = PushActionStore(server.hs.db)
+
+    async def check() -> dict[str, dict[str, dict[str, Counts]]]:
+        upto = server.hs.db.current_stream_id
+        out = {}
+        for user in (alice.user_id, bob.user_id, carol.user_id):
+            out[user] = await kept.full(user, rooms, upto)
+            assert await kept.at(user, rooms, upto) == out[user], user
+            assert await store.unread_counts(user, rooms) == out[user]
+        return out
+
+    await check()
     root = await bob.send(room, "thread root", "r1")
+    await check()
     for i in range(3):
         await bob.ok(
             "PUT",
@@ -190,19 +206,35 @@ async def test_prebuilt_unread_counts_match_the_push_store(
             json={"msgtype": "m.text", "body": f"in thread {i}",
                   "m.relates_to": {"rel_type": "m.thread", "event_id": root}},
         )
+        await check()
     mention = await bob.send(room, f"hey {alice.user_id}", "m1")
-    await bob.send(room, "after the mention", "m2")
+    later = await bob.send(room, "after the mention", "m2")
     await bob.send(quiet, "elsewhere", "q1")
+    counts = await check()
+    assert counts[carol.user_id][room]["main"].highlights == 0
+    assert counts[carol.user_id][room][root].notifications == 3
+    assert counts[alice.user_id][room]["main"] == Counts(3, 1)
+    assert len(kept) > 0
     await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(mention)}", json={})
-    store = PushActionStore(server.hs.db)
-    reads = SyncQueries(server.hs.db, server.hs.events)
-    rooms = [room, quiet, "!unknown:example.org"]
-    for user in (alice.user_id, bob.user_id, carol.user_id):
-        expected = await store.unread_counts(user, rooms)
-        assert await reads.unread_counts(user, rooms) == expected
-        assert await reads.unread_counts(user, [quiet]) == await store.unread_counts(user, [quiet])
-    assert (await reads.unread_counts(carol.user_id, rooms))[room]["main"].highlights == 0
-    assert (await reads.unread_counts(carol.user_id, rooms))[room][root].notifications == 3
+    assert (await check())[alice.user_id][room] == {"main": Counts(1, 0)}
+    await carol.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(later)}", json={"thread_id": root})
+    assert root not in (await check())[carol.user_id][room]
+    await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(later)}", json={})
+    assert room not in (await check())[alice.user_id]
+    # A receipt moved back counts the events after it again.
+    await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(root)}", json={})
+    assert (await check())[alice.user_id][room] == {"main": Counts(2, 1), root: Counts(3, 0)}
+    # Push actions written after their event's own transaction (state and remote events),
+    # for a user whose count is kept.
+    topic = await alice.ok("PUT", f"/rooms/{quote(room)}/state/m.room.topic", json={"topic": "t"})
+    before = (await check())[carol.user_id][room]["main"]
+    stored = await server.hs.events.get_event(topic["event_id"])
+    assert stored is not None
+    event_id = stored.event.event_id
+    late = PushAction(carol.user_id, event_id, room, "main", stored.stream_id, True, ["notify"], 0)
+    await store.add([late])
+    after = (await check())[carol.user_id][room]["main"]
+    assert after == Counts(before.notifications + 1, before.highlights + 1)
 
 
 async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: MakeUser) -> None:
