@@ -8,7 +8,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
@@ -48,6 +48,15 @@ _INSERT_EXTREMITY = insert(forward_extremities)
 _DELETE_EXTREMITIES = delete(forward_extremities).where(
     forward_extremities.c.room_id == bindparam("room_id"),
     forward_extremities.c.event_id.in_(bindparam("event_ids", expanding=True)),
+)
+# The usual case, one extremity replaced by the batch's last event: one statement, not two.
+_REPLACE_EXTREMITY = (
+    update(forward_extremities)
+    .where(
+        forward_extremities.c.room_id == bindparam("in_room"),
+        forward_extremities.c.event_id == bindparam("old_id"),
+    )
+    .values(event_id=bindparam("new_id"))
 )
 
 
@@ -150,15 +159,21 @@ class MessageBatchWrites:
             elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
                 raise DuplicateTxn
             await _INSERT_MESSAGES.run(conn, [tuple(row) for row in rows])
-            if first_prevs:
-                deleted = await conn.execute(
-                    _DELETE_EXTREMITIES, {"room_id": room_id, "event_ids": list(first_prevs)}
-                )
-                if deleted.rowcount != len(set(first_prevs)):
-                    # The batch cites an event that is no longer an extremity: it was built
-                    # on a stale view of the room (see EventStore.room_head).
-                    raise StaleRoomHead
-            await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": batch[-1][0].event_id})
+            last_id = batch[-1][0].event_id
+            prevs = set(first_prevs)
+            if len(prevs) == 1:
+                params = {"in_room": room_id, "old_id": first_prevs[0], "new_id": last_id}
+                replaced = (await conn.execute(_REPLACE_EXTREMITY, params)).rowcount
+            else:
+                replaced = 0
+                if prevs:
+                    params = {"room_id": room_id, "event_ids": list(prevs)}
+                    replaced = (await conn.execute(_DELETE_EXTREMITIES, params)).rowcount
+                await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": last_id})
+            if replaced != len(prevs):
+                # The batch cites an event that is no longer an extremity: it was built
+                # on a stale view of the room (see EventStore.room_head).
+                raise StaleRoomHead
             if extra is not None:
                 await extra(conn, ids)
         for (event, txn), stream_id in zip(batch, ids, strict=True):
