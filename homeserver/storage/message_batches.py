@@ -162,7 +162,7 @@ class MessageBatchWrites:
             last_id = batch[-1][0].event_id
             prevs = set(first_prevs)
             if len(prevs) == 1:
-                params = {"in_room": room_id, "old_id": first_prevs[0], "new_id": last_id}
+                params: dict[str, Any] = {"in_room": room_id, "old_id": first_prevs[0], "new_id": last_id}
                 replaced = (await conn.execute(_REPLACE_EXTREMITY, params)).rowcount
             else:
                 replaced = 0
