@@ -121,4 +121,5 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     hs.background.append(svc.presence)
     hs.background.append(svc.pusher_delivery)
     hs.sync_extensions.append(svc.sync_extension)
+    hs.sync.park_hooks.append(svc.presence.user_syncing)
     return svc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +33,8 @@ from homeserver.sync.tokens import SyncToken, pagination_token
 
 StateKey = tuple[str, str]
 MEMBER = "m.room.member"
+# Users whose last sync's position and rooms are kept (all are dropped when full).
+MAX_LAST_SYNCS = 100_000
 
 
 class SyncExtension(Protocol):
@@ -80,6 +83,11 @@ class SyncHandler:
         self.reads = SyncQueries(db, events)
         # Room-level reads shared by the syncs computed at the same stream position.
         self.memo = ReadMemo()
+        # user_id -> (position, joined rooms) of the user's last sync computed: a long-poll
+        # that comes back with that position while nothing new exists parks at once.
+        self._last: dict[str, tuple[int, list[str]]] = {}
+        # Called for every sync that parks without a computation (presence: the user syncs).
+        self.park_hooks: list[Callable[[str, str | None], Awaitable[None]]] = []
 
     async def sync(self, req: SyncRequest) -> dict[str, Any]:
         deadline = time.monotonic() + req.timeout_ms / 1000
@@ -87,6 +95,17 @@ class SyncHandler:
             # The token may come from another worker that is ahead of this one.
             await self.db.catch_up(req.since.stream)
         timed_out = False
+        joined_now = self._nothing_new(req)
+        if joined_now is not None:
+            # The long-poll's first pass would compute an empty response: park straight away.
+            for hook in self.park_hooks:
+                await hook(req.requester.user_id, req.set_presence)
+            # The hooks may have awaited: park only if there is still nothing new (with no
+            # await between this check and the waiter's registration, no wake is missed).
+            if self._nothing_new(req) is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+                timed_out = not await self.notifier.wait(req.requester.user_id, joined_now, timeout)
+                await asyncio.sleep(0)
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
@@ -122,12 +141,29 @@ class SyncHandler:
             # Woken: loop and compute the new data (a wake for someone else yields an empty pass).
             await asyncio.sleep(0)
 
+    def _nothing_new(self, req: SyncRequest) -> list[str] | None:
+        """The rooms to wait on, when this long-poll's window is empty and its user's last
+        sync was computed at this very position (so their memberships are the same: any
+        change since would have a newer position); else None."""
+        since = req.since
+        if since is None or req.full_state or req.timeout_ms <= 0 or self.notifier.closing:
+            return None
+        upto = self.db.current_stream_id
+        if since.stream != upto or since.ephemeral != self.notifier.ephemeral_serial:
+            return None
+        last = self._last.get(req.requester.user_id)
+        return last[1] if last is not None and last[0] == upto else None
+
     async def _compute(self, req: SyncRequest, upto: int, eph: int) -> tuple[dict[str, Any], list[str]]:
         ctx = SYNC_CONTEXT.set(None)
         try:
-            return await self._compute_in_context(req, upto, eph)
+            response, joined = await self._compute_in_context(req, upto, eph)
         finally:
             SYNC_CONTEXT.reset(ctx)
+        if len(self._last) >= MAX_LAST_SYNCS:
+            self._last.clear()
+        self._last[req.requester.user_id] = (upto, joined)
+        return response, joined
 
     async def _compute_in_context(
         self, req: SyncRequest, upto: int, eph: int

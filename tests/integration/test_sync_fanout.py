@@ -149,6 +149,37 @@ async def test_every_section_of_a_window_arrives(
     assert again["rooms"]["join"] == {} and again["device_lists"] == {"changed": [], "left": []}
 
 
+async def test_a_long_poll_with_nothing_new_parks_without_a_query(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    """Coming back with the position of its last sync, while nothing has happened since, a
+    long-poll parks at once: no computation, no statement, until it is woken or times out.
+    It still counts as syncing for presence."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    assert (await bob.join(room))[0] == 200
+    since = (await bob.sync(filter=FILTER))["next_batch"]
+    queries = count_queries(server)
+    poll = asyncio.create_task(bob.sync(since, 10_000, filter=FILTER))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    assert queries == [], queries
+    await alice.send(room, "wake up", "w1")
+    woken = await asyncio.wait_for(poll, 5)
+    events = woken["rooms"]["join"][room]["timeline"]["events"]
+    assert [e["content"]["body"] for e in events] == ["wake up"]
+    # Parked at once, the sync still says how the user wants to appear.
+    poll = asyncio.create_task(
+        bob.sync(woken["next_batch"], 10_000, filter=FILTER, set_presence="unavailable")
+    )
+    await asyncio.sleep(0.3)
+    status = await alice.ok("GET", f"/presence/{quote(bob.user_id)}/status")
+    assert status["presence"] == "unavailable"
+    await alice.send(room, "bye", "w2")
+    await asyncio.wait_for(poll, 5)
+
+
 async def test_gated_sections_still_arrive(server: RunningServer, make_user: MakeUser) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
@@ -203,8 +234,11 @@ async def test_kept_unread_counts_equal_a_fresh_count(server: RunningServer, mak
         await bob.ok(
             "PUT",
             f"/rooms/{quote(room)}/send/m.room.message/th{i}",
-            json={"msgtype": "m.text", "body": f"in thread {i}",
-                  "m.relates_to": {"rel_type": "m.thread", "event_id": root}},
+            json={
+                "msgtype": "m.text",
+                "body": f"in thread {i}",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+            },
         )
         await check()
     mention = await bob.send(room, f"hey {alice.user_id}", "m1")
@@ -246,8 +280,11 @@ async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: Mak
     for u in users:
         assert (await u.join(room))[0] == 200
     await users[0].send(room, "early", "e1")
-    await users[1].ok("PUT", f"/rooms/{quote(room)}/state/m.room.member/{quote(users[1].user_id)}",
-                      json={"membership": "join", "displayname": "Renamed"})
+    await users[1].ok(
+        "PUT",
+        f"/rooms/{quote(room)}/state/m.room.member/{quote(users[1].user_id)}",
+        json={"membership": "join", "displayname": "Renamed"},
+    )
     await alice.ok("PUT", f"/rooms/{quote(room)}/state/m.room.name", json={"name": "After"})
     await alice.ok("POST", f"/rooms/{quote(room)}/kick", json={"user_id": users[2].user_id})
     await users[3].send(room, "late", "l1")
@@ -266,13 +303,19 @@ async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: Mak
             for e in p["state"]["events"]
             if e["type"] != "m.room.member" or e["state_key"] in senders
         }
-        have = {e["state_key"] for e in p["state"]["events"] + timeline
-                if e["type"] == "m.room.member" and e["state_key"] in senders}
+        have = {
+            e["state_key"]
+            for e in p["state"]["events"] + timeline
+            if e["type"] == "m.room.member" and e["state_key"] in senders
+        }
         got = {e["event_id"] for e in z["state"]["events"]}
         # Senders whose member event is neither in that state nor the timeline come from the
         # current state (and so do in both paths).
-        extra = {e["event_id"] for e in z["state"]["events"]
-                 if e["type"] == "m.room.member" and e["state_key"] not in have}
+        extra = {
+            e["event_id"]
+            for e in z["state"]["events"]
+            if e["type"] == "m.room.member" and e["state_key"] not in have
+        }
         assert got - extra == expected, limit
         assert {e["state_key"] for e in z["state"]["events"] if e["type"] == "m.room.member"} <= senders
 
@@ -305,8 +348,11 @@ async def test_long_polling_members_get_every_message_exactly_once(make_user: Ma
             m = members[i % len(members)]
             i += 1
             if i % 3 == 0:
-                await m.ok("PUT", f"/rooms/{quote(room)}/typing/{quote(m.user_id)}",
-                           json={"typing": True, "timeout": 300})
+                await m.ok(
+                    "PUT",
+                    f"/rooms/{quote(room)}/typing/{quote(m.user_id)}",
+                    json={"typing": True, "timeout": 300},
+                )
             elif i % 3 == 1 and sent:
                 await m.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(sent[-1])}", json={})
             else:
