@@ -36,14 +36,17 @@ from homeserver.api import (
     relations,
     report,
     room_keys,
+    room_lookups,
     room_upgrade,
     rooms,
     search,
     spaces,
     sync,
     tags,
+    thirdparty,
     to_device,
     user_directory,
+    voip,
 )
 from homeserver.api.middleware import error_middleware
 from homeserver.config import Config
@@ -85,6 +88,9 @@ AREAS: list[AreaSetup] = [
     room_upgrade.setup,
     knock.setup,
     spaces.setup,
+    room_lookups.setup,
+    thirdparty.setup,
+    voip.setup,
     sync.setup,
     federation.setup,
     guard.setup_federation,

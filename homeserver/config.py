@@ -144,6 +144,28 @@ class MediaConfig:
 
 
 @dataclass(slots=True)
+class VoipConfig:
+    # TURN servers handed to clients by /voip/turnServer, e.g. "turn:turn.example.org?transport=udp".
+    # None: the endpoint answers {} and clients call without TURN.
+    turn_uris: list[str] = field(default_factory=list)
+    # coturn's `static-auth-secret` (use-auth-secret): each user gets credentials valid for
+    # turn_user_lifetime_ms. Or fixed credentials for every user instead:
+    turn_shared_secret: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_user_lifetime_ms: int = 24 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class SupportConfig:
+    # Served at /.well-known/matrix/support (404 while both are empty). Each contact has a
+    # `role` ("m.role.admin", "m.role.security" or a namespaced role) and a `matrix_id`
+    # and/or an `email_address`.
+    contacts: list[dict[str, str]] = field(default_factory=list)
+    support_page: str | None = None
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -169,6 +191,8 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
     push: PushConfig = field(default_factory=PushConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    voip: VoipConfig = field(default_factory=VoipConfig)
+    support: SupportConfig = field(default_factory=SupportConfig)
     # Where relative paths in this config are resolved from (the file's directory's parent).
     base_dir: str = "."
 
@@ -208,6 +232,8 @@ _NESTED: dict[str, type[Any]] = {
     "RateLimitConfig": RateLimitConfig,
     "PushConfig": PushConfig,
     "MediaConfig": MediaConfig,
+    "VoipConfig": VoipConfig,
+    "SupportConfig": SupportConfig,
 }
 
 
@@ -220,6 +246,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("log_format must be text or json")
     if not isinstance(cfg.database.pool_size, int) or not 1 <= cfg.database.pool_size <= 1000:
         raise ConfigError("database.pool_size must be a whole number from 1 to 1000")
+    _check_voip(cfg.voip)
+    _check_support(cfg.support)
     for where, ranges in (
         ("push.allowed_gateway_ranges", cfg.push.allowed_gateway_ranges),
         ("media.url_preview_allowed_ranges", cfg.media.url_preview_allowed_ranges),
@@ -231,6 +259,25 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: expected a list of CIDR ranges ({e})") from None
     return cfg
+
+
+def _check_voip(voip: VoipConfig) -> None:
+    if not isinstance(voip.turn_uris, list) or not all(isinstance(u, str) for u in voip.turn_uris):
+        raise ConfigError("voip.turn_uris: expected a list of TURN URIs")
+    if voip.turn_shared_secret is not None and (voip.turn_username or voip.turn_password):
+        raise ConfigError("voip: set turn_shared_secret or turn_username/turn_password, not both")
+    if not isinstance(voip.turn_user_lifetime_ms, int) or voip.turn_user_lifetime_ms <= 0:
+        raise ConfigError("voip.turn_user_lifetime_ms must be a positive whole number")
+
+
+def _check_support(support: SupportConfig) -> None:
+    if not isinstance(support.contacts, list):
+        raise ConfigError("support.contacts: expected a list")
+    for contact in support.contacts:
+        if not isinstance(contact, dict) or not isinstance(contact.get("role"), str):
+            raise ConfigError("support.contacts: every contact needs a role")
+        if not contact.get("matrix_id") and not contact.get("email_address"):
+            raise ConfigError("support.contacts: every contact needs a matrix_id or an email_address")
 
 
 def load_config(path: str | Path) -> Config:

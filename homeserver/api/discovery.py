@@ -3,9 +3,12 @@ endpoints clients call on startup that have a well-defined "nothing here" answer
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response
+from homeserver.errors import not_found
 from homeserver.events import KNOWN_ROOM_VERSIONS
 from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
 from homeserver.server import HomeServer
@@ -23,6 +26,17 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def well_known_client(request: web.Request) -> web.Response:
         return json_response({"m.homeserver": {"base_url": hs.config.baseurl}})
+
+    async def well_known_support(request: web.Request) -> web.Response:
+        support = hs.config.support
+        if not support.contacts and not support.support_page:
+            raise not_found("No support information")
+        body: dict[str, Any] = {}
+        if support.contacts:
+            body["contacts"] = support.contacts
+        if support.support_page:
+            body["support_page"] = support.support_page
+        return json_response(body)
 
     async def capabilities(request: web.Request) -> web.Response:
         await hs.auth.get_requester(request)
@@ -47,6 +61,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         [
             web.get("/_matrix/client/versions", versions),
             web.get("/.well-known/matrix/client", well_known_client),
+            web.get("/.well-known/matrix/support", well_known_support),
             web.get(V3 + "/capabilities", capabilities),
         ]
     )

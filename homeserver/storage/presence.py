@@ -6,10 +6,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 
 from homeserver.storage.cs_schema import presence
 from homeserver.storage.engine import Database
+from homeserver.storage.room_lookups import mutual_rooms
 from homeserver.storage.schema import current_state
 
 
@@ -88,18 +89,4 @@ class PresenceStore:
             return [_row(r) for r in await conn.execute(q)]
 
     async def share_a_room(self, a: str, b: str) -> bool:
-        mine = current_state.alias("mine")
-        theirs = current_state.alias("theirs")
-        q = (
-            select(mine.c.room_id)
-            .select_from(mine.join(theirs, mine.c.room_id == theirs.c.room_id))
-            .where(
-                and_(mine.c.state_key == a, mine.c.type == "m.room.member", mine.c.membership == "join"),
-                and_(
-                    theirs.c.state_key == b, theirs.c.type == "m.room.member", theirs.c.membership == "join"
-                ),
-            )
-            .limit(1)
-        )
-        async with self.db.read() as conn:
-            return (await conn.execute(q)).first() is not None
+        return bool(await mutual_rooms(self.db, a, b, limit=1))

@@ -1,0 +1,56 @@
+"""GET /rooms/{roomId}/timestamp_to_event (jump to a date) and GET /mutual_rooms."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.http import V1, json_response
+from homeserver.errors import Codes, MatrixError, missing_param, not_found
+from homeserver.events.identifiers import is_valid_user_id
+from homeserver.server import HomeServer
+from homeserver.storage.room_lookups import event_near_timestamp, mutual_rooms
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    async def timestamp_to_event(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        room_id = request.match_info["room_id"]
+        raw_ts, direction = request.query.get("ts"), request.query.get("dir")
+        if raw_ts is None:
+            raise missing_param("ts")
+        if direction is None:
+            raise missing_param("dir")
+        try:
+            ts = int(raw_ts)
+        except ValueError:
+            raise MatrixError(400, Codes.INVALID_PARAM, "ts must be an integer") from None
+        if direction not in ("f", "b"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
+        # Only within the history the user may read (their window of the room).
+        window = await hs.messages.visible_window(room_id, requester.user_id)
+        found = await event_near_timestamp(hs.db, room_id, ts, direction == "f", window.lower, window.upper)
+        if found is None:
+            raise not_found("No event found")
+        event_id, origin_server_ts = found
+        return json_response({"event_id": event_id, "origin_server_ts": origin_server_ts})
+
+    async def shared_rooms(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request)
+        other = request.query.get("user_id")
+        if other is None:
+            raise missing_param("user_id")
+        if not is_valid_user_id(other):
+            raise MatrixError(400, Codes.INVALID_PARAM, "user_id is not a valid user ID")
+        if other == requester.user_id:
+            raise MatrixError(400, Codes.INVALID_PARAM, "user_id is your own user ID")
+        if "from" in request.query:
+            # Every answer is one whole batch, so no token was ever handed out.
+            raise MatrixError(400, Codes.INVALID_PARAM, "Unknown pagination token")
+        return json_response({"joined": await mutual_rooms(hs.db, requester.user_id, other)})
+
+    app.router.add_routes(
+        [
+            web.get(V1 + "/rooms/{room_id}/timestamp_to_event", timestamp_to_event),
+            web.get(V1 + "/mutual_rooms", shared_rooms),
+        ]
+    )
