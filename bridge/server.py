@@ -21,6 +21,8 @@ from homeserver.api.middleware import error_middleware
 from homeserver.errors import Codes, MatrixError, missing_param
 from homeserver.events import SignatureError
 from homeserver.events.identifiers import is_valid_server_name
+from homeserver.handlers.auth import hash_token
+from homeserver.storage.openid import OpenIdStore
 
 if TYPE_CHECKING:
     from bridge.service import Federation
@@ -196,7 +198,21 @@ def create_federation_app(fed: Federation) -> web.Application:
     async def query_directory(request: web.Request, origin: str, content: Any) -> Any:
         return await fed.handler.on_query_directory(query(request, "room_alias"))
 
+    openid = OpenIdStore(hs.db)
+
+    async def openid_userinfo(request: web.Request) -> web.Response:
+        # Not X-Matrix signed: the caller is a third party holding a token the user gave it
+        # (homeserver.api.openid). Guessing is held back by the unauthenticated rate limit.
+        token = request.query.get("access_token")
+        if token is None:
+            raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access_token")
+        user_id = await openid.user_for(hash_token(token), hs.clock.time_ms())
+        if user_id is None:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown or expired OpenID token")
+        return json_response({"sub": user_id})
+
     routes = [
+        web.get(FED_V1 + "/openid/userinfo", openid_userinfo),
         web.get("/_matrix/key/v2/server", key_server),
         web.get("/_matrix/key/v2/server/{key_id}", key_server),
         web.post("/_matrix/key/v2/query", key_query_post),

@@ -208,3 +208,14 @@ uia_sessions = Table(
     Column("data_json", Text, nullable=False),
     Index("uia_sessions_last_used", "last_used_ms"),
 )
+
+# OpenID tokens (POST /user/{userId}/openid/request_token), checked by third parties at
+# GET /_matrix/federation/v1/openid/userinfo. Only the SHA-256 of a token is stored.
+openid_tokens = Table(
+    "openid_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("openid_tokens_expires", "expires_ms"),
+)
