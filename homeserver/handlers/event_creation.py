@@ -222,12 +222,10 @@ class EventCreator:
     async def _commit_batch_txns(
         self, room_id: str, room_version: RoomVersion, batch: list[_Pending]
     ) -> list[tuple[Event, int]]:
-        # Transaction IDs are almost always new. In one process (SQLite) the batch is written
-        # without looking them up first, and a stored one (a client's retry) undoes the write
-        # and sends the batch round again, looking them up. Workers share the database and
-        # look them up first: their batches run in savepoints of a shared transaction.
-        if self.store.db.shared:
-            return await self._commit_batch_once(room_id, room_version, batch, check_txns=True)
+        # Transaction IDs are almost always new, so the batch is written without looking them
+        # up first. A stored one (a client's retry, perhaps at another worker at the same
+        # moment: the insert waits for that transaction) undoes the batch's write (its
+        # savepoint, when it shares a group commit) and sends it round again, looking them up.
         try:
             return await self._commit_batch_once(room_id, room_version, batch, check_txns=False)
         except DuplicateTxn:

@@ -4,7 +4,7 @@
 with `upsert_keys`, a row whose keys exist replaces that row's other columns (rows must
 then have distinct keys, and are best sorted by them so concurrent writers lock rows in
 one order); with `skip_existing`, a row whose key exists is left out, and `run` returns
-how many were inserted (on SQLite; -1 elsewhere).
+how many were inserted.
 On SQLite the statement is compiled once and handed to the driver's executemany as
 is: SQLAlchemy's per-row parameter processing (a dict per row, type processors that
 do nothing for these columns) cost about a third of such an insert. Other databases
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import Table, bindparam, insert, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -55,6 +55,9 @@ class BulkInsert:
                 ins = make(self.table).values(values)
                 if self.skip_existing:
                     stmt = ins.on_conflict_do_nothing()
+                    if dialect == "postgresql":
+                        # A row per row inserted: the count (`run`) comes with the insert.
+                        stmt = stmt.returning(literal_column("1"))
                 else:
                     update = {c: ins.excluded[c] for c in self.columns if c not in self.upsert_keys}
                     stmt = ins.on_conflict_do_update(index_elements=list(self.upsert_keys), set_=update)
@@ -67,7 +70,11 @@ class BulkInsert:
         if conn.dialect.name != "sqlite":
             columns = self.columns
             stmt = self.statement(conn.dialect.name)
-            await conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+            params = [dict(zip(columns, row, strict=True)) for row in rows]
+            if self.skip_existing:
+                # SQLAlchemy batches the rows into multi-VALUES statements, RETURNING each.
+                return len((await conn.execute(stmt, params)).all())
+            await conn.execute(stmt, params)
             return -1
         sql, order = self._sqlite or self._compile(conn)
         if order is not None:

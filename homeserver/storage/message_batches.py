@@ -112,7 +112,7 @@ class MessageBatchWrites:
         the room lock after `room_head` (the event creator's batches). `gather`: see
         `Database.write`. Unless `txns_checked` (the caller looked the transaction IDs up
         first, `get_txn_events`), a transaction ID already stored raises `DuplicateTxn` and
-        nothing is written (SQLite only: it counts the rows an INSERT skipped).
+        nothing is written (the INSERT counts the rows it skipped).
 
         Each event's prev_events is the previous one, so only the first event's prevs stop
         being forward extremities and only the last becomes one. `extra(conn, stream_ids)`

@@ -28,7 +28,18 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, func, literal, literal_column, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
 
 from homeserver.storage.cs_schema import event_push_actions, event_push_changes
 from homeserver.storage.engine import Database
@@ -79,7 +90,7 @@ def _statement(delta: bool) -> Any:
     epa = event_push_actions.c
     user: Any = bindparam("user_id")
     room_ids: Any = bindparam("room_ids", expanding=True)
-    after: Any = bindparam("after", type_=Integer)
+    after: Any = bindparam("after", type_=BigInteger)
     pos = receipt_positions(user, room_ids)
     unthreaded = pos.alias("unthreaded")
     threaded = pos.alias("threaded")
@@ -104,7 +115,7 @@ def _statement(delta: bool) -> Any:
             epa.user_id == user,
             epa.room_id.in_(room_ids),
             epa.event_stream > after,
-            epa.event_stream <= bindparam("upto", type_=Integer),
+            epa.event_stream <= bindparam("upto", type_=BigInteger),
             epa.event_stream > func.coalesce(unthreaded.c.pos, 0),
             epa.event_stream > func.coalesce(threaded.c.pos, 0),
         )

@@ -1,7 +1,7 @@
 """The core integration tests again, with the server fixture on PostgreSQL.
 
 They run in a child pytest with SOTTO_TEST_DATABASE=postgres (the fixture then makes a
-fresh database per test from a migrated template); only these three files are rerun, so
+fresh database per test from a migrated template); only these files are rerun, so
 the PostgreSQL pass adds seconds to `make test`, not a second full run.
 """
 
@@ -22,6 +22,8 @@ SUITE = [
     "tests/integration/test_sync.py",
     "tests/integration/test_nio_core.py",
     "tests/integration/test_spec_errors.py",
+    "tests/integration/test_sync_fanout.py",
+    "tests/integration/test_group_commit.py",
 ]
 
 
