@@ -22,7 +22,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import psutil
 
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
 from bench.scenarios import _drive, latency_round, make_users, room_with
@@ -31,6 +34,10 @@ from bench.targets import SottoTarget
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 OWN = ("homeserver/", "bridge/")
+# A load's outcome: its figures, the server CPU seconds it used, and how many units of work
+# (messages, deliveries, syncs, rounds) those were.
+Outcome = tuple[str, float, int, str]
+Cpu = Callable[[], float]
 
 
 def summarise(raw: Path, top: int = 40) -> str:
@@ -60,15 +67,16 @@ def summarise(raw: Path, top: int = 40) -> str:
     return "\n".join(lines)
 
 
-async def load_send(target: SottoTarget, seconds: float) -> str:
+async def load_send(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
     async with new_session() as session:
         users = await make_users(target, session, "ps", 10)
         room_id = await room_with(users[0], users[1:])
+        start = cpu()
         rate, _, _ = await _drive([(u, room_id) for u in users], seconds, 0.0)
-    return f"{rate:.0f} msgs/s"
+    return f"{rate:.0f} msgs/s", cpu() - start, round(rate * seconds), "message"
 
 
-async def load_fanout(target: SottoTarget, seconds: float, members: int = 200) -> str:
+async def load_fanout(target: SottoTarget, seconds: float, cpu: Cpu, members: int = 200) -> Outcome:
     async with new_session() as session:
         sender, *others = await make_users(target, session, "pf", members + 1)
         room_id = await room_with(sender, others)
@@ -85,26 +93,29 @@ async def load_fanout(target: SottoTarget, seconds: float, members: int = 200) -
 
         tasks = [asyncio.create_task(listen(m)) for m in others]
         await asyncio.sleep(3)
+        start = cpu()
         end = time.monotonic() + seconds
         sent = 0
         while time.monotonic() < end:
             await sender.send(room_id, "fan")
             sent += 1
             await asyncio.sleep(0.2)
+        used = cpu() - start
         stop.set()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return f"{sent} messages, {delivered} deliveries in {seconds:.0f}s"
+    return f"{sent} messages, {delivered} deliveries in {seconds:.0f}s", used, delivered, "delivery"
 
 
-async def load_sync(target: SottoTarget, seconds: float) -> str:
+async def load_sync(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
     async with new_session() as session:
         users = await make_users(target, session, "py", 10)
         room_id = await room_with(users[0], users[1:])
         for u in users:
             await u.send(room_id, "hello")
         since = [(await u.sync(filter=SYNC_FILTER))["next_batch"] for u in users]
+        start = cpu()
         end = time.monotonic() + seconds
         count = 0
 
@@ -115,26 +126,40 @@ async def load_sync(target: SottoTarget, seconds: float) -> str:
                 count += 1
 
         await gather_limited(len(users), len(users), loop)
-    return f"{count / seconds:.0f} incremental syncs/s"
+    return f"{count / seconds:.0f} incremental syncs/s", cpu() - start, count, "sync"
 
 
-async def load_latency(target: SottoTarget, seconds: float) -> str:
+async def load_latency(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
     """The `latency` benchmark's loop: park a /sync, send, wait for the sync to answer."""
     async with new_session() as session:
         sender, listener = await make_users(target, session, "pl", 2)
         room_id = await room_with(sender, [listener])
         since = (await listener.sync(filter=SYNC_FILTER))["next_batch"]
         times: list[float] = []
+        start = cpu()
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             since, _, synced = await latency_round(sender, listener, room_id, since, "latency")
             times.append(synced)
+        used = cpu() - start
     times.sort()
     p50, p99 = (1000 * times[int(q * (len(times) - 1))] for q in (0.5, 0.99))
-    return f"{len(times)} sends, send -> sync p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    return f"{len(times)} sends, send -> sync p50 {p50:.2f} ms, p99 {p99:.2f} ms", used, len(times), "round"
 
 
-LOADS = {"send": load_send, "fanout": load_fanout, "sync": load_sync, "latency": load_latency}
+LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
+    "send": load_send,
+    "fanout": load_fanout,
+    "sync": load_sync,
+    "latency": load_latency,
+}
+
+
+def describe(outcome: Outcome) -> str:
+    """The load's figures, and the server's CPU time per unit of work while it ran."""
+    text, used, units, unit = outcome
+    per = f"{1000 * used / units:.3f} ms" if units else "n/a"
+    return f"{text}; server CPU {per} per {unit}"
 
 
 async def main_async(name: str, seconds: float, database: str, sample: bool = True) -> None:
@@ -143,9 +168,15 @@ async def main_async(name: str, seconds: float, database: str, sample: bool = Tr
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
     target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0})
     await target.start()
+    server = psutil.Process(target.pids()[0])
+
+    def cpu() -> float:
+        times = server.cpu_times()
+        return float(times.user + times.system)
+
     if not sample:
         try:
-            print(f"{name} ({database}): {await LOADS[name](target, seconds)}")
+            print(f"{name} ({database}): {describe(await LOADS[name](target, seconds, cpu))}")
         finally:
             await target.stop()
         return
@@ -158,7 +189,7 @@ async def main_async(name: str, seconds: float, database: str, sample: bool = Tr
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        outcome = await LOADS[name](target, seconds)
+        outcome = describe(await LOADS[name](target, seconds, cpu))
         await asyncio.wait_for(spy.wait(), 60)
     finally:
         await target.stop()

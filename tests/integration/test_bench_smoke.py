@@ -10,6 +10,9 @@ every message reached every member.
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,19 @@ async def test_every_scenario_runs_and_the_report_renders(tmp_path: Path) -> Non
     assert "send path ≥ 25% of the bare-aiohttp ceiling" in text
     charts.render(run.data, results_dir)
     assert sorted(p.name for p in results_dir.glob("*.png"))
+
+
+def test_profile_load_reports_the_server_cpu_per_unit() -> None:
+    """`python -m bench.profile <load> --no-sample`: the load runs against a pinned server and
+    reports the server's CPU time per unit of work (the figure the A/B rounds compare)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "latency", "--no-sample", "--seconds", "1"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    match = re.search(r"(\d+) sends, .*; server CPU ([\d.]+) ms per round", result.stdout)
+    assert match is not None, result.stdout
+    assert int(match.group(1)) > 0 and float(match.group(2)) > 0
