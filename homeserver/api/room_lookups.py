@@ -15,6 +15,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def timestamp_to_event(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)
         room_id = request.match_info["room_id"]
+        # Only within the history the user may read (their window of the room); checked
+        # first, so that someone who cannot read the room learns nothing from the errors.
+        window = await hs.messages.visible_window(room_id, requester.user_id)
         raw_ts, direction = request.query.get("ts"), request.query.get("dir")
         if raw_ts is None:
             raise missing_param("ts")
@@ -26,8 +29,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "ts must be an integer") from None
         if direction not in ("f", "b"):
             raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
-        # Only within the history the user may read (their window of the room).
-        window = await hs.messages.visible_window(room_id, requester.user_id)
         found = await event_near_timestamp(hs.db, room_id, ts, direction == "f", window.lower, window.upper)
         if found is None:
             raise not_found("No event found")

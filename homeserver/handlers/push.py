@@ -29,7 +29,6 @@ from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_def
 from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import (
-    Counts,
     PushAction,
     PushActionStore,
     Pusher,
@@ -38,6 +37,7 @@ from homeserver.storage.push import (
     RuleNotFound,
 )
 from homeserver.storage.relations import RelationsStore
+from homeserver.storage.unread import Counts
 from homeserver.sync.notifier import Notifier
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,7 @@ from homeserver.storage.cs_schema import (
     pushers,
 )
 from homeserver.storage.engine import Database
-from homeserver.storage.unread import READ_RECEIPTS, Counts, UnreadCounts, receipt_positions
-
-__all__ = ["READ_RECEIPTS", "Counts", "PushActionStore"]
+from homeserver.storage.unread import Counts, UnreadCounts, receipt_positions
 
 _INSERT_PUSH_ACTIONS = BulkInsert(
     event_push_actions,

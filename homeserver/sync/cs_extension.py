@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_summary, stripped_state
 from homeserver.storage.events import EventStore
-from homeserver.storage.push import Counts
+from homeserver.storage.unread import Counts
 from homeserver.sync.filter import EventFilter, SyncFilter, matches_type
 from homeserver.sync.filter_cache import NO_FILTER
 from homeserver.sync.shared import SYNC_CONTEXT, SyncContext

@@ -34,6 +34,7 @@ ROOM = C + "/rooms/{room_id}"
 # Reachable without an access token, by the spec (or, for /account/*, through UIA without one).
 PUBLIC = {
     ("GET", "/.well-known/matrix/client"),
+    ("GET", "/.well-known/matrix/support"),
     ("GET", "/_matrix/client/versions"),
     ("GET", C + "/login"),
     ("POST", C + "/login"),
@@ -205,6 +206,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "tag": "u.authz",
         "key": "displayname",
         "delete_id": "x",
+        "protocol": "irc",
     }
     return re.sub(r"\{(\w+)\}", lambda m: quote(values[m.group(1)], safe=""), canonical)
 
@@ -326,6 +328,7 @@ ROOM_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("PUT", ROOM + "/state/{event_type}/", {"x": 1}),
     ("PUT", ROOM + "/state/{event_type}/{state_key}", {"x": 1}),
     ("GET", ROOM + "/threads", None),
+    ("GET", ROOM + "/timestamp_to_event", None),
     ("PUT", ROOM + "/typing/{user_id}", {"typing": True, "timeout": 1000}),
     ("POST", ROOM + "/unban", {"user_id": "{other}"}),
     ("POST", ROOM + "/upgrade", {"new_version": "12"}),
@@ -342,6 +345,7 @@ READABLE_AFTER_LEAVING = {
     ROOM + "/relations/{event_id}/{rel_type}",
     ROOM + "/relations/{event_id}/{rel_type}/{event_type}",
     ROOM + "/threads",
+    ROOM + "/timestamp_to_event",
 }
 # Bugs found by this matrix in other areas' code, kept visible (strict xfail) until fixed.
 FORMER_MEMBER_BUGS: dict[tuple[str, str], str] = {}
@@ -380,6 +384,8 @@ def room_request(world: World, actor: Actor, method: str, route: str, body: Any)
         or route.endswith("{state_key}")
     ):
         path = path.replace("m.room.message", "m.room.topic" if method == "GET" else "m.authz.state")
+    if route.endswith("/timestamp_to_event"):
+        path += "?ts=0&dir=f"
     return path, template(body, {"{other}": world.owner.user_id, "{event_id}": world.after_event})
 
 
