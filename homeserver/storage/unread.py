@@ -50,6 +50,8 @@ READ_RECEIPTS = ("m.read", "m.read.private")
 # count is as cheap as the check, and parked syncs keep no entry.
 KEEP_FROM = 32
 MAX_ENTRIES = 20_000
+# At most this many delta statements per call (one per distinct kept position).
+MAX_DELTA_GROUPS = 2
 # No bound: every action (PushActionStore.unread_counts, outside /sync).
 UNBOUNDED = 2**62
 
@@ -179,7 +181,13 @@ class UnreadCounts:
                 fresh.append(room_id)
             else:
                 by_after.setdefault(kept.upto, []).append(room_id)
-        for after, rooms in by_after.items():
+        # Rooms kept at the same position are checked in one statement. Rooms counted in
+        # different syncs were kept at different positions: past the largest few groups, a
+        # fresh count in the one statement below beats a statement per group.
+        groups = sorted(by_after.items(), key=lambda g: len(g[1]), reverse=True)
+        for _, rooms in groups[MAX_DELTA_GROUPS:]:
+            fresh.extend(rooms)
+        for after, rooms in groups[:MAX_DELTA_GROUPS]:
             read = await self._read(_DELTA, user_id, rooms, after, upto)
             for room_id in rooms:
                 key = (user_id, room_id)

@@ -14,7 +14,7 @@ from sqlalchemy import event
 
 from homeserver.storage.push import PushAction, PushActionStore
 from homeserver.storage.sync_reads import WINDOW_ROWS
-from homeserver.storage.unread import Counts, UnreadCounts
+from homeserver.storage.unread import MAX_DELTA_GROUPS, Counts, UnreadCounts
 from tests.integration.e2ee.fixtures import olm_user
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
@@ -269,6 +269,31 @@ async def test_kept_unread_counts_equal_a_fresh_count(server: RunningServer, mak
     await store.add([late])
     after = (await check())[carol.user_id][room]["main"]
     assert after == Counts(before.notifications + 1, before.highlights + 1)
+
+
+async def test_kept_unread_counts_of_many_rooms_cost_few_statements(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    """Rooms whose counts were kept at different positions (counted in different syncs) are
+    checked in at most MAX_DELTA_GROUPS statements, plus one fresh count for the rest."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    rooms = [await alice.create_room(preset="public_chat") for _ in range(5)]
+    for room in rooms:
+        assert (await bob.join(room))[0] == 200
+    kept = UnreadCounts(server.hs.db, keep_from=1)
+    for i, room in enumerate(rooms):
+        # Each room counted alone, at its own position.
+        await alice.send(room, "hello", f"h{i}")
+        await kept.at(bob.user_id, [room], server.hs.db.current_stream_id)
+    assert len(kept) == len(rooms)
+    await alice.send(rooms[0], "again", "a0")
+    upto = server.hs.db.current_stream_id
+    queries = count_queries(server)
+    got = await kept.at(bob.user_id, rooms, upto)
+    assert len(queries) <= MAX_DELTA_GROUPS + 1, queries
+    assert got == await kept.full(bob.user_id, rooms, upto)
+    assert got[rooms[0]]["main"].notifications == 2
 
 
 async def test_lazy_initial_sync_state_is_the_full_state_filtered(make_user: MakeUser) -> None:
