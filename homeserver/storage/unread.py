@@ -195,11 +195,7 @@ class UnreadCounts:
                 if room_id in read.late or read.read.get(room_id, {}) != kept.read:
                     fresh.append(room_id)
                     continue
-                counts = {t: Counts(c.notifications, c.highlights) for t, c in kept.counts.items()}
-                for thread, c in read.counts.get(room_id, {}).items():
-                    total = counts.setdefault(thread, Counts())
-                    total.notifications += c.notifications
-                    total.highlights += c.highlights
+                counts = _plus(kept.counts, read.counts.get(room_id, {}))
                 kept.upto = upto
                 kept.counts = counts
                 self._kept.move_to_end(key)
@@ -235,3 +231,13 @@ class UnreadCounts:
                 else:
                     out.late.add(room_id)
         return out
+
+
+def _plus(a: RoomCounts, b: RoomCounts) -> RoomCounts:
+    """Per-thread sums, as new objects (counts handed out earlier are never changed)."""
+    out = {t: Counts(c.notifications, c.highlights) for t, c in a.items()}
+    for thread, c in b.items():
+        total = out.setdefault(thread, Counts())
+        total.notifications += c.notifications
+        total.highlights += c.highlights
+    return out

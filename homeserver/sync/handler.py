@@ -95,51 +95,55 @@ class SyncHandler:
             # The token may come from another worker that is ahead of this one.
             await self.db.catch_up(req.since.stream)
         timed_out = False
-        joined_now = self._nothing_new(req)
-        if joined_now is not None:
-            # The long-poll's first pass would compute an empty response: park straight away.
-            for hook in self.park_hooks:
-                await hook(req.requester.user_id, req.set_presence)
-            # The hooks may have awaited: park only if there is still nothing new (with no
-            # await between this check and the waiter's registration, no wake is missed).
-            if self._nothing_new(req) is not None:
-                timeout = max(0.0, deadline - time.monotonic())
-                timed_out = not await self.notifier.wait(req.requester.user_id, joined_now, timeout)
-                await asyncio.sleep(0)
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
-            response, joined = await self._compute(req, upto, eph)
-            if response.pop("_to_device_limited", False):
-                # More to-device messages are queued than one sync carries: answer with a token
-                # no later than the last one delivered, so the rest come next time.
-                capped = int(response.pop("_to_device_upto"))
-                response, joined = await self._compute(req, min(capped, upto), eph)
-                response.pop("_to_device_limited", None)
-                response.pop("_to_device_upto", None)
-                return response
-            remaining = deadline - time.monotonic()
-            if (
-                timed_out
-                or req.since is None
-                or req.full_state
-                or remaining <= 0
-                or self.notifier.closing
-                or not _is_empty(response)
-            ):
-                return response
-            # Something may have landed while we computed: recompute rather than sleep through it.
-            if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
-                continue
-            # Parked long-polls are most of a busy server's memory: hold no response while
-            # waiting; the answer on timeout is computed afresh (and is then up to date).
-            # Measured at 5,000 parked syncs: keeping it, even encoded to bytes, costs ~4 KiB
-            # more RSS per sync (its allocation pins the compute's freed memory); recomputing
-            # costs one empty incremental sync (~0.4 ms CPU) per timeout.
-            del response
+            # A long-poll coming back with nothing new parks without computing (no response
+            # and no statement): its first pass would find nothing.
+            joined = None if timed_out else await self._park_without_computing(req)
+            if joined is None:
+                response, joined = await self._compute(req, upto, eph)
+                if response.pop("_to_device_limited", False):
+                    # More to-device messages are queued than one sync carries: answer with a
+                    # token no later than the last one delivered, so the rest come next time.
+                    capped = int(response.pop("_to_device_upto"))
+                    response, joined = await self._compute(req, min(capped, upto), eph)
+                    response.pop("_to_device_limited", None)
+                    response.pop("_to_device_upto", None)
+                    return response
+                if (
+                    timed_out
+                    or req.since is None
+                    or req.full_state
+                    or deadline <= time.monotonic()
+                    or self.notifier.closing
+                    or not _is_empty(response)
+                ):
+                    return response
+                # Something may have landed while we computed: recompute rather than sleep.
+                if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
+                    continue
+                # Parked long-polls are most of a busy server's memory: hold no response while
+                # waiting; the answer on timeout is computed afresh (and is then up to date).
+                # Measured at 5,000 parked syncs: keeping it, even encoded to bytes, costs ~4 KiB
+                # more RSS per sync (its allocation pins the compute's freed memory); recomputing
+                # costs one empty incremental sync (~0.4 ms CPU) per timeout.
+                del response
+            remaining = max(0.0, deadline - time.monotonic())
             timed_out = not await self.notifier.wait(req.requester.user_id, joined, remaining)
             # Woken: loop and compute the new data (a wake for someone else yields an empty pass).
             await asyncio.sleep(0)
+
+    async def _park_without_computing(self, req: SyncRequest) -> list[str] | None:
+        """The rooms to wait on if this pass would compute an empty response (see
+        `_nothing_new`), after telling the park hooks (presence) that the user syncs."""
+        if self._nothing_new(req) is None:
+            return None
+        for hook in self.park_hooks:
+            await hook(req.requester.user_id, req.set_presence)
+        # The hooks may have awaited: check again. The caller registers its waiter with no
+        # await after this check, so no wake is missed.
+        return self._nothing_new(req)
 
     def _nothing_new(self, req: SyncRequest) -> list[str] | None:
         """The rooms to wait on, when this long-poll's window is empty and its user's last
@@ -175,11 +179,10 @@ class SyncHandler:
         memberships, probe = await self.reads.memberships_and_probe(
             user_id, req.requester.device_id, since_stream, upto
         )
-        # A long-poll's first pass usually reads the empty window (upto, upto].
-        empty_window = since_stream is not None and since_stream >= upto
         window = None
         if since_stream is not None:
-            # One statement, shared by every sync of this window, instead of one per section.
+            # One statement, shared by every sync of this window, instead of one per section
+            # (none for an empty window).
             window = await memo.get(
                 upto, ("window", since_stream), lambda: self.reads.window_summary(since_stream, upto)
             )
@@ -218,7 +221,7 @@ class SyncHandler:
         receipt_key = tuple(receipt_rooms)
         receipts = (
             []
-            if empty_window or not receipt_rooms
+            if not receipt_rooms
             else await memo.get(
                 upto,
                 ("receipts", receipt_key, since_stream),
