@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.server import HomeServer
+
+
+class _BatchCollector(Collector):
+    """Group commits of messages: their mean size is messages / batches."""
+
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+
+    def collect(self) -> Iterable[Metric]:
+        creator = self.hs.creator
+        yield CounterMetricFamily("sotto_message_batches", "Group commits of messages", creator.batches)
+        yield CounterMetricFamily(
+            "sotto_batched_messages", "Messages committed in group commits", creator.batched_messages
+        )
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -20,6 +37,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     stream = Gauge("sotto_stream_position", "Current committed stream position", registry=registry)
     waiting.set_function(lambda: hs.notifier.waiting)
     stream.set_function(lambda: hs.db.current_stream_id)
+    registry.register(_BatchCollector(hs))
 
     allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in hs.config.metrics_allow]
 

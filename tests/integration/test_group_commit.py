@@ -7,10 +7,12 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import aiohttp
 import pytest
 from sqlalchemy import event as sa_event
 
 from homeserver.errors import MatrixError
+from homeserver.handlers import event_creation
 from homeserver.storage.events import TxnInfo
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
@@ -234,3 +236,98 @@ async def test_a_batch_built_on_stale_cached_extremities_is_built_again(
     assert stored is not None and stored.event.prev_event_ids == [first]
     extremities, _ = await store.get_extremities_and_depth(room)
     assert extremities == [second]
+
+
+Slow = Callable[..., None]
+
+
+@pytest.fixture
+def slow_gather(monkeypatch: pytest.MonkeyPatch) -> Slow:
+    """Senders stay active for a minute; once called, a drain waits up to 5 s for them (or
+    as told): the tests below see the waits without depending on how fast this machine is."""
+    monkeypatch.setattr(event_creation, "GATHER_MEMORY_S", 60.0)
+
+    def slow(idle: float = 5.0, most: float = 5.0) -> None:
+        monkeypatch.setattr(event_creation, "GATHER_IDLE_S", idle)
+        monkeypatch.setattr(event_creation, "GATHER_MAX_S", most)
+
+    return slow
+
+
+async def active_senders(server: RunningServer, make_user: MakeUser, *names: str) -> tuple[str, list[str]]:
+    users = [await make_user(name) for name in names]
+    room = await users[0].create_room(preset="public_chat")
+    for user in users[1:]:
+        await user.join(room)
+    for user in users:
+        assert isinstance(await create(server, room, user.user_id, "hello", f"hello-{user.user_id}"), str)
+    return room, [user.user_id for user in users]
+
+
+async def test_a_batch_waits_for_the_rooms_other_active_sender(
+    server: RunningServer, make_user: MakeUser, slow_gather: Slow
+) -> None:
+    room, (alice, bob) = await active_senders(server, make_user, "alice", "bob")
+    slow_gather()
+    creator = server.hs.creator
+    batches = creator.batches
+    first = asyncio.create_task(create(server, room, alice, "one", "1"))
+    await asyncio.sleep(0.2)
+    assert not first.done()  # waiting for bob's next message
+    second = await create(server, room, bob, "two", "2")
+    assert isinstance(second, str) and isinstance(await first, str)
+    assert creator.batches == batches + 1
+
+
+async def test_a_lone_sender_does_not_wait(
+    server: RunningServer, make_user: MakeUser, slow_gather: Slow
+) -> None:
+    room, (alice,) = await active_senders(server, make_user, "alice")
+    slow_gather()
+    for i in range(3):
+        # Far below the 5 s a wait would take.
+        assert isinstance(await asyncio.wait_for(create(server, room, alice, "m", f"m{i}"), 2), str)
+
+
+async def test_the_wait_ends_when_no_other_message_comes(
+    server: RunningServer, make_user: MakeUser, slow_gather: Slow
+) -> None:
+    room, (alice, _) = await active_senders(server, make_user, "alice", "bob")
+    slow_gather(idle=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert isinstance(await asyncio.wait_for(create(server, room, alice, "alone", "alone"), 3), str)
+    assert loop.time() - started >= 0.25  # it did wait for bob
+
+
+async def test_the_wait_is_bounded_while_messages_keep_coming(
+    server: RunningServer, make_user: MakeUser, slow_gather: Slow
+) -> None:
+    # Eight active senders; only bob sends again, every 50 ms, so no gap outlasts 5 s. Six
+    # of his messages would still leave the queue short of 8: alice's message goes within
+    # GATHER_MAX_S all the same.
+    names = ["alice", "bob", *(f"quiet{i}" for i in range(6))]
+    room, (alice, bob, *_) = await active_senders(server, make_user, *names)
+    slow_gather(most=0.2)
+    first = asyncio.create_task(create(server, room, alice, "first", "first"))
+    more = []
+    for i in range(6):
+        await asyncio.sleep(0.05)
+        more.append(asyncio.create_task(create(server, room, bob, f"b{i}", f"b{i}")))
+    await asyncio.sleep(0.05)
+    assert first.done() and isinstance(first.result(), str)
+    assert all(isinstance(r, str) for r in await asyncio.gather(*more))
+
+async def test_batches_are_counted_in_metrics(
+    server: RunningServer, make_user: MakeUser, http: aiohttp.ClientSession
+) -> None:
+    alice = await make_user("alice")
+    room = await alice.create_room()
+    await asyncio.gather(*(alice.send(room, f"m{i}", f"m{i}") for i in range(5)))
+    async with http.get(server.base_url + "/metrics") as resp:
+        text = await resp.text()
+    counts = {
+        line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("sotto_")
+    }
+    assert counts["sotto_batched_messages_total"] == 5
+    assert 1 <= counts["sotto_message_batches_total"] <= 5
