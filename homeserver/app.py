@@ -50,6 +50,7 @@ from homeserver.api import (
     voip,
 )
 from homeserver.api.middleware import error_middleware
+from homeserver.api.routing import index_by_version
 from homeserver.config import Config
 from homeserver.server import HomeServer, build_homeserver
 from homeserver.storage.migrate import migrate
@@ -125,6 +126,7 @@ def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
     app[HS_KEY] = hs
     for setup in AREAS:
         setup(app, hs)
+    index_by_version(app.router)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_wake_long_polls)
     return app
