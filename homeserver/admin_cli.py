@@ -7,6 +7,8 @@
     sotto admin user alice                             # localpart or full user ID
     sotto admin deactivate alice [--erase]
     sotto admin reset-password alice --password-stdin [--keep-devices]
+    sotto admin lock alice | unlock alice             # refuse everything but logging out
+    sotto admin suspend alice | unsuspend alice       # read-only: no joins, invites, messages
     sotto admin rooms [--search TEXT] [--order-by joined_members] [--from N] [--limit N]
     sotto admin room '!room:example.org'
     sotto admin delete-room '!room:example.org' [--no-purge]
@@ -36,6 +38,14 @@ from homeserver.config import Config, load_config
 TOKEN_ENV = "SOTTO_ADMIN_TOKEN"
 A1 = "/_synapse/admin/v1"
 A2 = "/_synapse/admin/v2"
+MODERATION = "/_matrix/client/v1/admin"
+# action: (endpoint, body key, value)
+MODERATION_ACTIONS = {
+    "lock": ("lock", "locked", True),
+    "unlock": ("lock", "locked", False),
+    "suspend": ("suspend", "suspended", True),
+    "unsuspend": ("suspend", "suspended", False),
+}
 
 
 def _user_id(user: str, server_name: str) -> str:
@@ -129,6 +139,10 @@ def cmd_admin(args: argparse.Namespace) -> None:
             "POST",
             {"new_password": _password_from_stdin(), "logout_devices": not args.keep_devices},
         )
+    elif action in MODERATION_ACTIONS:
+        endpoint, key, value = MODERATION_ACTIONS[action]
+        method, body = "PUT", {key: value}
+        path = f"{MODERATION}/{endpoint}/" + quote(_user_id(args.user, name), safe="")
     elif action == "rooms":
         path = A1 + "/rooms"
         params = {"from": str(args.start), "limit": str(args.limit), "order_by": args.order_by}
@@ -187,6 +201,15 @@ def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="USER")
     p.add_argument("--password-stdin", action="store_true", required=True)
     p.add_argument("--keep-devices", action="store_true", help="do not log the user's devices out")
+
+    for verb, help in (
+        ("lock", "lock a user: every request but logging out is refused until unlocked"),
+        ("unlock", "unlock a user (their sessions work again)"),
+        ("suspend", "suspend a user: they can read and leave, not join, invite, send or edit their profile"),
+        ("unsuspend", "lift a user's suspension"),
+    ):
+        p = action(verb, help, [auth])
+        p.add_argument("user", metavar="USER")
 
     p = action("rooms", "list rooms", [auth])
     p.add_argument("--search", default=None, help="only rooms whose name, alias or ID contains this")

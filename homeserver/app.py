@@ -28,6 +28,7 @@ from homeserver.api import (
     login,
     media,
     metrics,
+    moderation,
     openid,
     presence,
     preview,
@@ -98,6 +99,7 @@ AREAS: list[AreaSetup] = [
     federation.setup,
     guard.setup_federation,
     admin.setup,
+    moderation.setup,
     metrics.setup,
 ]
 

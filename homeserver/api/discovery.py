@@ -39,7 +39,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(body)
 
     async def capabilities(request: web.Request) -> web.Response:
-        await hs.auth.get_requester(request)
+        requester = await hs.auth.get_requester(request)
+        # Omitted, as the spec asks, for those who can do neither.
+        moderation = {"m.account_moderation": {"lock": True, "suspend": True}} if requester.is_admin else {}
         available = {v: "stable" for v in SUPPORTED_ROOM_VERSIONS}
         available.update(
             {v: "stable" for v in KNOWN_ROOM_VERSIONS if v not in available and v.isdigit() and int(v) < 10}
@@ -53,6 +55,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     "m.set_avatar_url": {"enabled": True},
                     "m.3pid_changes": {"enabled": False},
                     "m.get_login_token": {"enabled": False},
+                    **moderation,
                 }
             }
         )

@@ -10,6 +10,7 @@ from aiohttp import web
 from homeserver import jsonutil
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.power import can_redact
 from homeserver.server import HomeServer
@@ -36,10 +37,23 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             # The same answer whether or not the room exists: no probing for rooms.
             raise forbidden("You are not joined to this room")
 
+    async def _refuse_if_suspended(requester: Requester, redacts: Any = None) -> None:
+        """Suspended accounts may redact their own events, and send nothing else."""
+        if not requester.suspended:
+            return
+        if isinstance(redacts, str):
+            original = await hs.events.get_event(redacts)
+            if original is not None and original.event.sender == requester.user_id:
+                return
+        refuse_if_suspended(requester)
+
     async def send(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
         room_id = request.match_info["room_id"]
         content = await read_json(request, allow_empty=False)
+        if requester.suspended:
+            redaction = request.match_info["event_type"] == "m.room.redaction"
+            await _refuse_if_suspended(requester, content.get("redacts") if redaction else None)
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
         await _require_joined(room_id, requester.user_id, rechecked=True)
         event, _ = await creator.create_and_send(
@@ -59,6 +73,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "state_key too long")
         type_ = request.match_info["event_type"]
         content = await read_json(request, allow_empty=False)
+        refuse_if_suspended(requester)
         await _require_joined(room_id, requester.user_id)
         existing = await hs.events.get_current_state(room_id, [(type_, state_key)])
         prev = existing.get((type_, state_key))
@@ -92,6 +107,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         await _require_joined(room_id, requester.user_id)
         target = request.match_info["event_id"]
+        await _refuse_if_suspended(requester, target)
         rv = await hs.events.get_room_version(room_id)
         assert rv is not None
         original = await hs.events.get_event(target)

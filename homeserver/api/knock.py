@@ -8,6 +8,7 @@ from aiohttp import web
 
 from homeserver.api.http import V3, json_response, optional_str, read_json
 from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.server import HomeServer
 
 
@@ -27,6 +28,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def knock(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request, allow_empty=True)
         reason = optional_str(body, "reason")
         room_id, servers = await hs.rooms.resolve_room(request.match_info["room"])

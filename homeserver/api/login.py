@@ -22,15 +22,16 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def login(request: web.Request) -> web.Response:
         return json_response(await login_handler.login(await read_json(request), client_address(request)))
 
+    # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
     async def logout(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request, allow_guest=True)
+        requester = await auth.get_requester(request, allow_guest=True, allow_locked=True)
         # Logging out deletes the token's device too (and, through the hooks, its E2EE keys).
         await devices.delete_devices(requester.user_id, [requester.device_id])
         auth.invalidate([requester.token_hash])
         return json_response({})
 
     async def logout_all(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request, allow_guest=True)
+        requester = await auth.get_requester(request, allow_guest=True, allow_locked=True)
         await devices.delete_devices(requester.user_id, None)
         auth.invalidate_user(requester.user_id)
         return json_response({})

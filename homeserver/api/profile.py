@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.server import HomeServer
 
@@ -36,6 +37,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def set_field(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request)
         await profiles.set_field(requester, request.match_info["user_id"], request.match_info["key"], body)
         return json_response({})

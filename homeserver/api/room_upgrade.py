@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
 
@@ -15,6 +16,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def upgrade(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request)
         new_room = await upgrades.upgrade(
             requester.user_id, request.match_info["room_id"], body.get("new_version")

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from homeserver.api.http import V3, json_response, optional_str, read_json, require_str
 from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.server import HomeServer
 
 
@@ -15,6 +16,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def create_room(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request, allow_empty=True)
         room_id, alias = await rooms.create_room(requester.user_id, body)
         out = {"room_id": room_id}
@@ -24,6 +26,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def join(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request, allow_empty=True)
         target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
         servers = request.query.getall("server_name", []) + request.query.getall("via", [])
@@ -33,6 +36,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def invite(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
+        refuse_if_suspended(requester)
         body = await read_json(request)
         target = require_str(body, "user_id")
         reason = optional_str(body, "reason")
@@ -56,6 +60,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     def membership_of_other(membership: str) -> web.RouteDef:
         async def handler(request: web.Request) -> web.Response:
             requester = await auth.get_requester(request)
+            refuse_if_suspended(requester)  # kick, ban, unban
             body = await read_json(request)
             target = require_str(body, "user_id")
             room_id = request.match_info["room_id"]

@@ -32,9 +32,18 @@ class Requester:
     is_admin: bool = False
     is_guest: bool = False
     token_hash: str = ""
+    # Suspended accounts can read, leave and redact their own events, not take part
+    # (`refuse_if_suspended`); locked ones never get a Requester (see get_requester).
+    suspended: bool = False
 
 
 REQUESTER_KEY = web.RequestKey("sotto.requester", Requester)
+
+
+def refuse_if_suspended(requester: Requester) -> None:
+    """403 M_USER_SUSPENDED for what a suspended account may not do (join, invite, send...)."""
+    if requester.suspended:
+        raise MatrixError(403, Codes.USER_SUSPENDED, "You cannot perform this action while suspended.")
 
 
 def hash_token(token: str) -> str:
@@ -144,7 +153,12 @@ class AuthHandler:
         # Tokens in query strings are not accepted (MSC4127): they end up in proxy logs.
         return None
 
-    async def get_requester(self, request: web.Request, *, allow_guest: bool = False) -> Requester:
+    async def get_requester(
+        self, request: web.Request, *, allow_guest: bool = False, allow_locked: bool = False
+    ) -> Requester:
+        """The authenticated caller. A locked account is refused (401 M_USER_LOCKED, a soft
+        logout: its tokens stay valid for when it is unlocked) unless `allow_locked`,
+        which only logging out uses."""
         cached: Requester | None = request.get(REQUESTER_KEY)
         if cached is not None:
             return cached
@@ -163,8 +177,10 @@ class AuthHandler:
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
         if info.deactivated:
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
+        if info.locked and not allow_locked:
+            raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         if info.is_guest and not allow_guest:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access not allowed")
-        requester = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, th)
+        requester = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, th, info.suspended)
         request[REQUESTER_KEY] = requester
         return requester

@@ -273,6 +273,10 @@ class LoginHandler:
             if e.status == 403:
                 log.info("failed login for %r: %s", claimed, e.errcode)
             raise
+        moderation = await self.accounts.get_moderation(user_id)
+        if moderation is not None and moderation["locked"]:
+            # Only after the password: the lock is not told to whoever merely names the account.
+            raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         token, device_id = await self.auth.create_session(user_id, device_id, display_name)
         return {
             "user_id": user_id,

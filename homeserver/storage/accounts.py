@@ -17,6 +17,8 @@ class TokenInfo:
     is_admin: bool
     is_guest: bool
     deactivated: bool
+    locked: bool = False
+    suspended: bool = False
 
 
 @dataclass(slots=True)
@@ -73,6 +75,26 @@ class AccountStore:
                 )
             ).first()
         return row[0] if row else None
+
+    async def get_moderation(self, user_id: str) -> dict[str, bool] | None:
+        """{"locked": ..., "suspended": ...} of an active account; None if unknown or deactivated."""
+        q = select(users.c.locked, users.c.suspended).where(
+            users.c.user_id == user_id, users.c.deactivated.is_(False)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else {"locked": bool(row[0]), "suspended": bool(row[1])}
+
+    async def set_moderation(self, user_id: str, flag: str, value: bool) -> bool:
+        """Set `locked` or `suspended` on an active account; False if unknown or deactivated."""
+        column = {"locked": users.c.locked, "suspended": users.c.suspended}[flag]
+        q = (
+            update(users)
+            .where(users.c.user_id == user_id, users.c.deactivated.is_(False))
+            .values({column: value})
+        )
+        async with self.db.write() as conn:
+            return bool((await conn.execute(q)).rowcount)
 
     async def set_password_hash(self, user_id: str, password_hash: str | None) -> None:
         async with self.db.write() as conn:
@@ -144,6 +166,8 @@ class AccountStore:
                 users.c.is_admin,
                 users.c.is_guest,
                 users.c.deactivated,
+                users.c.locked,
+                users.c.suspended,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
@@ -152,7 +176,8 @@ class AccountStore:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
-        return TokenInfo(row[0], row[1], bool(row[2]), bool(row[3]), bool(row[4]))
+        admin, guest, deactivated, locked, suspended = (bool(flag) for flag in row[2:])
+        return TokenInfo(row[0], row[1], admin, guest, deactivated, locked, suspended)
 
     async def delete_token(self, token_hash: str) -> None:
         async with self.db.write() as conn:

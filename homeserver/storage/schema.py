@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -38,6 +39,9 @@ users = Table(
     Column("created_ts", BigInteger, nullable=False),
     Column("displayname", Text, nullable=True),
     Column("avatar_url", Text, nullable=True),
+    # Account moderation (reversible, unlike deactivation): see handlers/moderation.py.
+    Column("locked", Boolean, nullable=False, default=False, server_default=false()),
+    Column("suspended", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 devices = Table(

@@ -89,6 +89,16 @@ async def test_admin_cli(
     code, out, _ = await run_cli(capsys, monkeypatch, ["admin", "delete-room", room_id, "--config", cfg])
     assert code == 0 and json.loads(out)["kicked_users"] == [bob]
 
+    for verb, flag, value in (
+        ("lock", "locked", True),
+        ("unlock", "locked", False),
+        ("suspend", "suspended", True),
+        ("unsuspend", "suspended", False),
+    ):
+        code, out, _ = await run_cli(capsys, monkeypatch, ["admin", verb, "bob", "--config", cfg])
+        assert code == 0 and json.loads(out) == {flag: value}
+        assert (await server.hs.accounts.get_moderation(bob) or {})[flag] is value
+
     code, out, _ = await run_cli(capsys, monkeypatch, ["admin", "deactivate", "bob", "--config", cfg])
     assert code == 0
     assert (await server.hs.accounts.get_user(bob) or {})["deactivated"]

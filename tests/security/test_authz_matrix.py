@@ -284,12 +284,15 @@ async def test_guests_are_refused_except_where_allowed(world: World) -> None:
 
 
 async def test_admin_api_needs_an_admin(world: World) -> None:
+    checked = 0
     for method, canonical, pattern in client_routes(world):
-        if not canonical.startswith("/_synapse/admin"):
+        if not canonical.startswith(("/_synapse/admin", "/_matrix/client/{_ver}/admin/")):
             continue
         path = fill(canonical, world, world.member, pattern)
         status, out, text = await world.call(world.member, method, path, body_for(method))
         assert (status, out.get("errcode")) == (403, "M_FORBIDDEN"), (canonical, text)
+        checked += 1
+    assert checked >= 6  # the Synapse-style API and account moderation (lock, suspend)
 
 
 # Rooms ----------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""Account moderation by server admins: GET/PUT /_matrix/client/v1/admin/lock/{userId} and
+/admin/suspend/{userId}.
+
+Locking refuses the account everything but logging out; suspension leaves it reading and
+leaving but not joining, inviting, sending or changing its profile (see
+`handlers.auth.get_requester` and `refuse_if_suspended`). Both are reversible; neither
+touches the account's tokens, so its sessions carry on once the flag is cleared.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.http import V1, json_response, read_json
+from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param, not_found
+from homeserver.server import HomeServer
+
+FLAGS = {"lock": "locked", "suspend": "suspended"}
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    def route(action: str, flag: str) -> list[web.RouteDef]:
+        async def target(request: web.Request) -> str:
+            # Authorisation before any lookup, so non-admins cannot probe for accounts.
+            requester = await hs.auth.get_requester(request)
+            if not requester.is_admin:
+                raise forbidden("Requesting user is not a server administrator.")
+            user_id = request.match_info["user_id"]
+            if user_id.partition(":")[2] != hs.config.server_name:
+                raise MatrixError(400, Codes.INVALID_PARAM, "User does not belong to the local server.")
+            return user_id
+
+        async def get(request: web.Request) -> web.Response:
+            moderation = await hs.accounts.get_moderation(await target(request))
+            if moderation is None:
+                raise not_found("User not found")
+            return json_response({flag: moderation[flag]})
+
+        async def put(request: web.Request) -> web.Response:
+            user_id = await target(request)
+            body = await read_json(request)
+            value = body.get(flag)
+            if value is None:
+                raise missing_param(flag)
+            if not isinstance(value, bool):
+                raise bad_json(f"{flag} must be a boolean")
+            if not await hs.accounts.set_moderation(user_id, flag, value):
+                raise not_found("User not found")
+            # Cached tokens carry the flags: forget them here and on every worker.
+            hs.auth.invalidate_user(user_id)
+            return json_response({flag: value})
+
+        path = V1 + f"/admin/{action}/{{user_id}}"
+        return [web.get(path, get), web.put(path, put)]
+
+    app.router.add_routes([r for action, flag in FLAGS.items() for r in route(action, flag)])
