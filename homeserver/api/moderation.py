@@ -1,5 +1,6 @@
-"""Account moderation by server admins: GET/PUT /_matrix/client/v1/admin/lock/{userId} and
-/admin/suspend/{userId}.
+"""The spec's server administration endpoints: account moderation (GET/PUT
+/_matrix/client/v1/admin/lock/{userId} and /admin/suspend/{userId}) and
+GET /_matrix/client/v3/admin/whois/{userId}.
 
 Locking refuses the account everything but logging out; suspension leaves it reading and
 leaving but not joining, inviting, sending or changing its profile (see
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from homeserver.api.http import V1, json_response, read_json
+from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param, not_found
 from homeserver.server import HomeServer
 
@@ -53,4 +54,21 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         path = V1 + f"/admin/{action}/{{user_id}}"
         return [web.get(path, get), web.put(path, put)]
 
+    async def whois(request: web.Request) -> web.Response:
+        # An admin, or the user asking about themself (the spec allows either restriction).
+        requester = await hs.auth.get_requester(request)
+        user_id = request.match_info["user_id"]
+        if not requester.is_admin and requester.user_id != user_id:
+            raise forbidden("Requesting user is not a server administrator.")
+        if await hs.accounts.get_moderation(user_id) is None:
+            raise not_found("User not found")
+        devices = {}
+        for device in await hs.accounts.list_devices(user_id):
+            # The last request seen from each device (user agents are not recorded).
+            connection = {"ip": device.last_seen_ip, "last_seen": device.last_seen_ts}
+            seen = {k: v for k, v in connection.items() if v is not None}
+            devices[device.device_id] = {"sessions": [{"connections": [seen] if seen else []}]}
+        return json_response({"user_id": user_id, "devices": devices})
+
     app.router.add_routes([r for action, flag in FLAGS.items() for r in route(action, flag)])
+    app.router.add_routes([web.get(V3 + "/admin/whois/{user_id}", whois)])

@@ -145,3 +145,22 @@ async def test_capabilities_offer_moderation_to_admins_only(make_user: MakeUser,
     caps = (await admin.ok("GET", "/capabilities"))["capabilities"]
     assert caps["m.account_moderation"] == {"lock": True, "suspend": True}
     assert "m.account_moderation" not in (await alice.ok("GET", "/capabilities"))["capabilities"]
+
+
+async def test_whois_for_admins_and_the_user_themself(
+    server: RunningServer, make_user: MakeUser, admin: RawClient
+) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    await alice.ok("GET", "/account/whoami")
+    path = f"/admin/whois/{quote(alice.user_id)}"
+    for who in (admin, alice):
+        out = await who.ok("GET", path)
+        assert out["user_id"] == alice.user_id
+        [device] = out["devices"].values()
+        [session] = device["sessions"]
+        assert all(set(c) <= {"ip", "last_seen", "user_agent"} for c in session["connections"])
+    status, out = await bob.request("GET", path)
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    status, out = await admin.request("GET", f"/admin/whois/{quote('@nobody:' + server.server_name)}")
+    assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
