@@ -157,6 +157,14 @@ class VoipConfig:
 
 
 @dataclass(slots=True)
+class SessionsConfig:
+    # Clients that send `refresh_token: true` at login or registration get access tokens
+    # that expire after this long, and a refresh token to renew them (POST /refresh).
+    # null: no refresh tokens; every access token lasts until logout.
+    refreshable_access_token_lifetime_ms: int | None = 300_000
+
+
+@dataclass(slots=True)
 class SupportConfig:
     # Served at /.well-known/matrix/support (404 while both are empty). Each contact has a
     # `role` ("m.role.admin", "m.role.security" or a namespaced role) and a `matrix_id`
@@ -193,6 +201,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     voip: VoipConfig = field(default_factory=VoipConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # Where relative paths in this config are resolved from (the file's directory's parent).
     base_dir: str = "."
 
@@ -234,6 +243,7 @@ _NESTED: dict[str, type[Any]] = {
     "MediaConfig": MediaConfig,
     "VoipConfig": VoipConfig,
     "SupportConfig": SupportConfig,
+    "SessionsConfig": SessionsConfig,
 }
 
 
@@ -248,6 +258,11 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("database.pool_size must be a whole number from 1 to 1000")
     _check_voip(cfg.voip)
     _check_support(cfg.support)
+    lifetime = cfg.sessions.refreshable_access_token_lifetime_ms
+    if lifetime is not None and (type(lifetime) is not int or lifetime <= 0):
+        raise ConfigError(
+            "sessions.refreshable_access_token_lifetime_ms must be a positive whole number or null"
+        )
     for where, ranges in (
         ("push.allowed_gateway_ranges", cfg.push.allowed_gateway_ranges),
         ("media.url_preview_allowed_ranges", cfg.media.url_preview_allowed_ranges),

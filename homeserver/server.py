@@ -110,7 +110,9 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         invalidations=invalidations,
         accounts=accounts,
         events=events,
-        auth=AuthHandler(accounts, clock, invalidations),
+        auth=AuthHandler(
+            accounts, clock, invalidations, config.sessions.refreshable_access_token_lifetime_ms
+        ),
         passwords=PasswordHasher(config.bcrypt_rounds),
         creator=creator,
         filters=FilterStore(db),

@@ -23,6 +23,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(await login_handler.login(await read_json(request), client_address(request)))
 
     # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
+    async def refresh(request: web.Request) -> web.Response:
+        return json_response(await login_handler.refresh(await read_json(request), client_address(request)))
+
     async def logout(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True, allow_locked=True)
         # Logging out deletes the token's device too (and, through the hooks, its E2EE keys).
@@ -42,5 +45,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(V3 + "/login", login),
             web.post(V3 + "/logout", logout),
             web.post(V3 + "/logout/all", logout_all),
+            web.post(V3 + "/refresh", refresh),
         ]
     )

@@ -8,6 +8,7 @@ hot path (every authenticated request) costs no database round trip.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import secrets
 import string
@@ -91,9 +92,17 @@ USERS_TOPIC = "auth.users"
 
 
 class AuthHandler:
-    def __init__(self, store: AccountStore, clock: Clock, invalidations: Invalidations | None = None) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        clock: Clock,
+        invalidations: Invalidations | None = None,
+        refresh_lifetime_ms: int | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        # How long refreshable access tokens last; None: refresh tokens are not offered.
+        self.refresh_lifetime_ms = refresh_lifetime_ms
         self._cache: InvalidatedCache[str, TokenInfo] = InvalidatedCache(_TOKEN_CACHE_SIZE)
         # Other workers cache tokens too: a revocation here must reach their caches.
         self._peers = invalidations or Invalidations()
@@ -105,18 +114,60 @@ class AuthHandler:
         self, user_id: str, device_id: str | None, display_name: str | None
     ) -> tuple[str, str]:
         """Create (or reuse) a device and a new access token. Returns (token, device_id)."""
+        session = await self.start_session(user_id, device_id, display_name, refreshable=False)
+        return session["access_token"], session["device_id"]
+
+    async def start_session(
+        self, user_id: str, device_id: str | None, display_name: str | None, *, refreshable: bool
+    ) -> dict[str, Any]:
+        """A device and its tokens, as login and registration answer: `access_token` and
+        `device_id`; with `refreshable` (the client sent `refresh_token: true`) and refresh
+        tokens enabled, also `refresh_token` and `expires_in_ms`."""
         device_id = device_id or generate_device_id()
         now = self.clock.time_ms()
         await self.store.upsert_device(user_id, device_id, display_name, now)
         # Logging in again with an existing device_id replaces that device's old tokens.
-        replaced = await self.store.tokens_for_devices(user_id, [device_id])
-        for old in replaced:
-            await self.store.delete_token(old)
+        replaced = await self.store.delete_device_tokens(user_id, device_id)
         if replaced:
             self.invalidate(replaced)
         token = generate_token()
-        await self.store.add_access_token(hash_token(token), user_id, device_id, now)
-        return token, device_id
+        out: dict[str, Any] = {"access_token": token, "device_id": device_id}
+        lifetime = self.refresh_lifetime_ms
+        if refreshable and lifetime is not None:
+            refresh = generate_token("syr")
+            await self.store.add_refreshable_token(
+                hash_token(token), hash_token(refresh), user_id, device_id, now, now + lifetime
+            )
+            out.update(refresh_token=refresh, expires_in_ms=lifetime)
+        else:
+            await self.store.add_access_token(hash_token(token), user_id, device_id, now)
+        return out
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """POST /refresh: a new access token and refresh token for `refresh_token`, which
+        stays valid until the new pair is first used (a client that lost this answer may ask
+        again; the pair it was given then is dropped)."""
+        old = hash_token(refresh_token)
+        info = await self.store.get_refresh_token(old)
+        unknown = MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown refresh token", soft_logout=False)
+        if info is None or info.deactivated:
+            raise unknown
+        if info.locked:
+            raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
+        lifetime = self.refresh_lifetime_ms
+        if lifetime is None:
+            # Refresh tokens were turned off since: log in again, for a token that lasts.
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Refresh tokens are disabled", soft_logout=True)
+        token, refresh = generate_token(), generate_token("syr")
+        now = self.clock.time_ms()
+        dropped = await self.store.trade_refresh_token(
+            old, info.next_hash, hash_token(token), hash_token(refresh), now, now + lifetime
+        )
+        if dropped is None:
+            raise unknown  # traded or revoked meanwhile, by a concurrent request
+        if dropped:
+            self.invalidate(dropped)
+        return {"access_token": token, "refresh_token": refresh, "expires_in_ms": lifetime}
 
     def invalidate(self, token_hashes: list[str]) -> None:
         """Forget tokens just deleted from the database, here and on every other worker."""
@@ -138,6 +189,12 @@ class AuthHandler:
             return info
         generation = self._cache.generation
         info = await self.store.get_token(token_hash)
+        if info is not None and info.revokes is not None:
+            # The first use of a token traded for a refresh token: the old one goes.
+            dropped = await self.store.revoke_refresh_token(info.revokes)
+            if dropped:
+                self.invalidate(dropped)
+            info = dataclasses.replace(info, revokes=None)
         if info is not None:
             self._cache.put(token_hash, info, generation)
         return info
@@ -177,6 +234,8 @@ class AuthHandler:
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
         if info.deactivated:
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
+        if info.expires_ts is not None and self.clock.time_ms() >= info.expires_ts:
+            raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Access token has expired", soft_logout=True)
         if info.locked and not allow_locked:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         if info.is_guest and not allow_guest:

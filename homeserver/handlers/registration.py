@@ -80,6 +80,7 @@ class RegistrationRequest:
     device_id: str | None = None
     initial_device_display_name: str | None = None
     inhibit_login: bool = False
+    refresh_token: bool = False
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> RegistrationRequest:
@@ -89,6 +90,7 @@ class RegistrationRequest:
             device_id=_opt_str(body, "device_id"),
             initial_device_display_name=_opt_str(body, "initial_device_display_name"),
             inhibit_login=_opt_bool(body, "inhibit_login", False),
+            refresh_token=_opt_bool(body, "refresh_token", False),
         )
         validate_password(req.password)
         return req
@@ -197,10 +199,11 @@ class RegistrationHandler:
         log.info("registered %s", user_id)
         response: dict[str, Any] = {"user_id": user_id, "home_server": self.server_name}
         if not req.inhibit_login:
-            access_token, device_id = await self.auth.create_session(
-                user_id, req.device_id, req.initial_device_display_name
+            response.update(
+                await self.auth.start_session(
+                    user_id, req.device_id, req.initial_device_display_name, refreshable=req.refresh_token
+                )
             )
-            response.update(access_token=access_token, device_id=device_id)
         return response
 
     async def _create_user(self, req: RegistrationRequest, password_hash: str | None) -> str:
@@ -263,6 +266,7 @@ class LoginHandler:
             raise MatrixError(400, Codes.UNKNOWN, "Unknown login type")
         device_id = _opt_str(body, "device_id")
         display_name = _opt_str(body, "initial_device_display_name")
+        refreshable = _opt_bool(body, "refresh_token", False)
         server_name = self.config.server_name
         claimed = user_id_from_identifier(body, server_name)
         try:
@@ -277,14 +281,23 @@ class LoginHandler:
         if moderation is not None and moderation["locked"]:
             # Only after the password: the lock is not told to whoever merely names the account.
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
-        token, device_id = await self.auth.create_session(user_id, device_id, display_name)
+        session = await self.auth.start_session(user_id, device_id, display_name, refreshable=refreshable)
         return {
             "user_id": user_id,
-            "access_token": token,
-            "device_id": device_id,
+            **session,
             "home_server": server_name,
             "well_known": {"m.homeserver": {"base_url": self.config.baseurl + "/"}},
         }
+
+    async def refresh(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
+        """Handle one POST /refresh (rate limited like /login, by the caller's address)."""
+        self.limiter.check(client)
+        token = body.get("refresh_token")
+        if token is None:
+            raise missing_param("refresh_token")
+        if not isinstance(token, str):
+            raise bad_json("refresh_token must be a string")
+        return await self.auth.refresh(token)
 
 
 class AccountHandler:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.engine import Database
-from homeserver.storage.schema import access_tokens, devices, registration_tokens, users
+from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 
 
 @dataclass(slots=True, frozen=True)
@@ -19,6 +20,19 @@ class TokenInfo:
     deactivated: bool
     locked: bool = False
     suspended: bool = False
+    # Refreshable tokens: when it expires (ms), and the refresh token its first use revokes.
+    expires_ts: int | None = None
+    revokes: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RefreshInfo:
+    user_id: str
+    device_id: str
+    # The refresh token this one was already traded for (its pair not used yet), if any.
+    next_hash: str | None
+    deactivated: bool
+    locked: bool
 
 
 @dataclass(slots=True)
@@ -112,6 +126,7 @@ class AccountStore:
                 update(users).where(users.c.user_id == user_id).values(deactivated=True, password_hash=None)
             )
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
+            await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id))
 
     async def get_profile(self, user_id: str) -> tuple[str | None, str | None, bool] | None:
         """(displayname, avatar_url, deactivated), or None for an unknown user."""
@@ -168,6 +183,8 @@ class AccountStore:
                 users.c.deactivated,
                 users.c.locked,
                 users.c.suspended,
+                access_tokens.c.expires_ts,
+                access_tokens.c.revokes,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
@@ -176,8 +193,130 @@ class AccountStore:
             row = (await conn.execute(q)).first()
         if row is None:
             return None
-        admin, guest, deactivated, locked, suspended = (bool(flag) for flag in row[2:])
-        return TokenInfo(row[0], row[1], admin, guest, deactivated, locked, suspended)
+        admin, guest, deactivated, locked, suspended = (bool(flag) for flag in row[2:7])
+        return TokenInfo(row[0], row[1], admin, guest, deactivated, locked, suspended, row[7], row[8])
+
+    # Refresh tokens -----------------------------------------------------------------------
+
+    async def add_refreshable_token(
+        self, token_hash: str, refresh_hash: str, user_id: str, device_id: str, ts: int, expires_ts: int
+    ) -> None:
+        """An access token that expires, with the refresh token that renews it."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                insert(refresh_tokens).values(
+                    token_hash=refresh_hash, user_id=user_id, device_id=device_id, created_ts=ts
+                )
+            )
+            await conn.execute(
+                insert(access_tokens).values(
+                    token_hash=token_hash,
+                    user_id=user_id,
+                    device_id=device_id,
+                    created_ts=ts,
+                    expires_ts=expires_ts,
+                    refresh_hash=refresh_hash,
+                )
+            )
+
+    async def get_refresh_token(self, refresh_hash: str) -> RefreshInfo | None:
+        q = (
+            select(
+                refresh_tokens.c.user_id,
+                refresh_tokens.c.device_id,
+                refresh_tokens.c.next_hash,
+                users.c.deactivated,
+                users.c.locked,
+            )
+            .join(users, users.c.user_id == refresh_tokens.c.user_id)
+            .where(refresh_tokens.c.token_hash == refresh_hash)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else RefreshInfo(row[0], row[1], row[2], bool(row[3]), bool(row[4]))
+
+    async def trade_refresh_token(
+        self,
+        old_hash: str,
+        superseded: str | None,
+        token_hash: str,
+        refresh_hash: str,
+        ts: int,
+        expires_ts: int,
+    ) -> list[str] | None:
+        """Issue a new pair for the refresh token `old_hash`, which stays valid until the pair
+        is first used (`revoke_refresh_token`). `superseded`: the pair it was traded for
+        before and never used, dropped now. Returns the access tokens dropped, or None if
+        `old_hash` was meanwhile traded by someone else (or revoked)."""
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(
+                    select(refresh_tokens.c.user_id, refresh_tokens.c.device_id).where(
+                        refresh_tokens.c.token_hash == old_hash,
+                        refresh_tokens.c.next_hash.is_(None)
+                        if superseded is None
+                        else refresh_tokens.c.next_hash == superseded,
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            dropped: list[str] = []
+            if superseded is not None:
+                dropped += await _drop_refresh(conn, superseded)
+            # Using a traded-for refresh token revokes the one it was traded for.
+            q = select(refresh_tokens.c.token_hash).where(refresh_tokens.c.next_hash == old_hash)
+            for (previous,) in (await conn.execute(q)).all():
+                dropped += await _drop_refresh(conn, previous)
+                await conn.execute(
+                    update(access_tokens).where(access_tokens.c.revokes == previous).values(revokes=None)
+                )
+            user_id, device_id = row
+            await conn.execute(
+                insert(refresh_tokens).values(
+                    token_hash=refresh_hash, user_id=user_id, device_id=device_id, created_ts=ts
+                )
+            )
+            await conn.execute(
+                insert(access_tokens).values(
+                    token_hash=token_hash,
+                    user_id=user_id,
+                    device_id=device_id,
+                    created_ts=ts,
+                    expires_ts=expires_ts,
+                    refresh_hash=refresh_hash,
+                    revokes=old_hash,
+                )
+            )
+            await conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == old_hash)
+                .values(next_hash=refresh_hash)
+            )
+            return dropped
+
+    async def revoke_refresh_token(self, old_hash: str) -> list[str]:
+        """The pair traded for `old_hash` is in use: drop `old_hash` and the access tokens
+        issued with it, and clear the pointers to it. Returns the access tokens dropped."""
+        async with self.db.write() as conn:
+            dropped = await _drop_refresh(conn, old_hash)
+            await conn.execute(
+                update(access_tokens).where(access_tokens.c.revokes == old_hash).values(revokes=None)
+            )
+            return dropped
+
+    async def delete_device_tokens(self, user_id: str, device_id: str) -> list[str]:
+        """Delete a device's access and refresh tokens; returns the access tokens' hashes."""
+        async with self.db.write() as conn:
+            where = (access_tokens.c.user_id == user_id, access_tokens.c.device_id == device_id)
+            dropped = [r[0] for r in await conn.execute(select(access_tokens.c.token_hash).where(*where))]
+            await conn.execute(delete(access_tokens).where(*where))
+            await conn.execute(
+                delete(refresh_tokens).where(
+                    refresh_tokens.c.user_id == user_id, refresh_tokens.c.device_id == device_id
+                )
+            )
+            return dropped
 
     async def delete_token(self, token_hash: str) -> None:
         async with self.db.write() as conn:
@@ -195,10 +334,13 @@ class AccountStore:
         async with self.db.write() as conn:
             dq = delete(devices).where(devices.c.user_id == user_id)
             tq = delete(access_tokens).where(access_tokens.c.user_id == user_id)
+            rq = delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id)
             if device_ids is not None:
                 dq = dq.where(devices.c.device_id.in_(device_ids))
                 tq = tq.where(access_tokens.c.device_id.in_(device_ids))
+                rq = rq.where(refresh_tokens.c.device_id.in_(device_ids))
             await conn.execute(tq)
+            await conn.execute(rq)
             await conn.execute(dq)
 
     async def list_devices(self, user_id: str) -> list[DeviceRow]:
@@ -312,3 +454,12 @@ class AccountStore:
                 .where(registration_tokens.c.token == token)
                 .values(completed=registration_tokens.c.completed + 1)
             )
+
+
+async def _drop_refresh(conn: AsyncConnection, refresh_hash: str) -> list[str]:
+    """Delete a refresh token and the access tokens issued with it; returns their hashes."""
+    q = select(access_tokens.c.token_hash).where(access_tokens.c.refresh_hash == refresh_hash)
+    dropped = [r[0] for r in await conn.execute(q)]
+    await conn.execute(delete(access_tokens).where(access_tokens.c.refresh_hash == refresh_hash))
+    await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.token_hash == refresh_hash))
+    return dropped

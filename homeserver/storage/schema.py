@@ -63,7 +63,25 @@ access_tokens = Table(
     Column("user_id", String(255), nullable=False),
     Column("device_id", String(255), nullable=False),
     Column("created_ts", BigInteger, nullable=False),
+    # Refreshable tokens only (migration 0014): when it expires, the refresh token issued
+    # with it, and the refresh token its first use revokes.
+    Column("expires_ts", BigInteger, nullable=True),
+    Column("refresh_hash", String(64), nullable=True),
+    Column("revokes", String(64), nullable=True),
     Index("access_tokens_user_device", "user_id", "device_id"),
+    Index("access_tokens_refresh", "refresh_hash"),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    # The refresh token this one was traded for, until that one's pair is first used.
+    Column("next_hash", String(64), nullable=True),
+    Index("refresh_tokens_user_device", "user_id", "device_id"),
 )
 
 registration_tokens = Table(

@@ -38,6 +38,7 @@ PUBLIC = {
     ("GET", "/_matrix/client/versions"),
     ("GET", C + "/login"),
     ("POST", C + "/login"),
+    ("POST", C + "/refresh"),  # authenticated by the refresh token in its body
     ("POST", C + "/register"),
     ("GET", C + "/register/available"),
     ("GET", C + "/register/m.login.registration_token/validity"),
