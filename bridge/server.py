@@ -192,6 +192,10 @@ def create_federation_app(fed: Federation) -> web.Application:
         mi = request.match_info
         return await fed.membership.on_invite(origin, mi["room_id"], mi["event_id"], body_object(content))
 
+    async def hierarchy(request: web.Request, origin: str, content: Any) -> Any:
+        suggested_only = request.query.get("suggested_only", "false") == "true"
+        return await fed.hierarchy.on_hierarchy(origin, request.match_info["room_id"], suggested_only)
+
     async def query_profile(request: web.Request, origin: str, content: Any) -> Any:
         return await fed.handler.on_query_profile(query(request, "user_id"), request.query.get("field"))
 
@@ -232,6 +236,7 @@ def create_federation_app(fed: Federation) -> web.Application:
         web.put(FED_V2 + "/invite/{room_id}/{event_id}", authed(invite)),
         web.get(FED_V1 + "/make_knock/{room_id}/{user_id}", authed(make_knock)),
         web.put(FED_V1 + "/send_knock/{room_id}/{event_id}", authed(send_knock)),
+        web.get(FED_V1 + "/hierarchy/{room_id}", authed(hierarchy)),
         web.get(FED_V1 + "/query/profile", authed(query_profile)),
         web.get(FED_V1 + "/query/directory", authed(query_directory)),
     ]

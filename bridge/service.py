@@ -23,6 +23,7 @@ from bridge.e2ee import FederatedE2EE
 from bridge.edus import EduHandler, room_servers
 from bridge.events_in import EventRejected, FederationEventHandler
 from bridge.handler import FederationHandler
+from bridge.hierarchy import FederatedHierarchy
 from bridge.keys import KeyRing, LocalKeys, load_old_keys
 from bridge.media import FederatedMedia
 from bridge.membership import MembershipHandler
@@ -96,6 +97,7 @@ class Federation:
         )
         self.handler = FederationHandler(hs, self.store, self.tracker, self.inbound)
         self.membership = MembershipHandler(hs, self.client, self.tracker, self.inbound)
+        self.hierarchy = FederatedHierarchy(hs, self.client)
         self.edus = EduHandler(hs, self.queue)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []
@@ -114,6 +116,7 @@ class Federation:
         hs.rooms.remote_join = self.membership.remote_join
         hs.rooms.remote_invite = self.membership.remote_invite
         hs.rooms.remote_knock = self.membership.remote_knock
+        hs.rooms.remote_hierarchy = self.hierarchy.remote_hierarchy
         hs.messages.backfill = self.backfill_on_demand
         hs.typing.listeners.append(self.edus.on_local_edu)
         hs.receipts.listeners.append(self.edus.on_local_edu)

@@ -36,6 +36,9 @@ RemoteJoin = Callable[[str, str, list[str], dict[str, Any]], Awaitable[str]]
 RemoteInvite = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
 # (user_id, room_id, candidate servers, knock content) -> room_id; set by federation.
 RemoteKnock = Callable[[str, str, list[str], dict[str, Any]], Awaitable[str]]
+# (room_id, candidate servers, suggested_only) -> a server's federation /hierarchy answer for
+# a room this server does not know, or None; set by federation.
+RemoteHierarchy = Callable[[str, list[str], bool], Awaitable[dict[str, Any] | None]]
 
 
 def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, Any]:
@@ -83,6 +86,7 @@ class RoomHandler:
         self.remote_join: RemoteJoin | None = None
         self.remote_invite: RemoteInvite | None = None
         self.remote_knock: RemoteKnock | None = None
+        self.remote_hierarchy: RemoteHierarchy | None = None
 
     def is_local_user(self, user_id: str) -> bool:
         return user_id.endswith(":" + self.server_name)

@@ -189,3 +189,35 @@ async def test_media_both_ways_with_synapse(
         from_synapse = b"synapse bytes " * 500
         assert await _download(syn, http, await _upload(local, http, from_sotto)) == from_sotto
         assert await _download(local, http, await _upload(syn, http, from_synapse)) == from_synapse
+
+
+async def test_space_hierarchy_both_ways_with_synapse(
+    synapse: SynapseServer, test_ca: CertAuthority, tmp_path: os.PathLike[str]
+) -> None:
+    """Each server's space holds a room of the other: each walks it over federation."""
+    async with fed_server(str(tmp_path), test_ca) as sotto, aiohttp.ClientSession() as http:
+        syn = synapse_client(synapse, "hana", http)
+        ivan = await Client.login(sotto, "ivan", http)
+        space_type = {"creation_content": {"type": "m.space"}}
+        syn_room = await syn.create_room(preset="public_chat", name="Synapse room")
+        sotto_room = await ivan.create_room(preset="public_chat", name="Sotto room")
+        sotto_space = await ivan.create_room(preset="public_chat", name="Sotto space", **space_type)
+        syn_space = await syn.create_room(preset="public_chat", name="Synapse space", **space_type)
+        await ivan.state(sotto_space, "m.space.child", {"via": [synapse.server_name]}, state_key=syn_room)
+        await syn.state(syn_space, "m.space.child", {"via": [sotto.server_name]}, state_key=sotto_room)
+
+        seen_by_sotto = {r["room_id"]: r for r in await _hierarchy(ivan, sotto_space)}
+        assert set(seen_by_sotto) == {sotto_space, syn_room}
+        assert seen_by_sotto[syn_room]["name"] == "Synapse room"
+        seen_by_synapse = {r["room_id"]: r for r in await _hierarchy(syn, syn_space)}
+        assert set(seen_by_synapse) == {syn_space, sotto_room}
+        assert seen_by_synapse[sotto_room]["name"] == "Sotto room"
+        assert seen_by_synapse[sotto_room]["num_joined_members"] == 1
+
+
+async def _hierarchy(client: Client, room_id: str) -> list[dict[str, object]]:
+    url = f"{client.base_url}/_matrix/client/v1/rooms/{room_id}/hierarchy"
+    async with client.session.get(url, headers={"Authorization": f"Bearer {client.token}"}) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return list(body["rooms"])
