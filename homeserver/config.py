@@ -82,6 +82,9 @@ class RegistrationConfig:
     enabled: bool = False
     requires_token: bool = True
     shared_secret: str | None = None
+    # POST /register?kind=guest: accounts without a password that may read and join rooms
+    # whose m.room.guest_access is can_join (independent of `enabled`).
+    allow_guests: bool = False
 
 
 @dataclass(slots=True)

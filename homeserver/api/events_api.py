@@ -48,7 +48,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         refuse_if_suspended(requester)
 
     async def send(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         room_id = request.match_info["room_id"]
         content = await read_json(request, allow_empty=False)
         if requester.suspended:
@@ -66,7 +66,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"event_id": event.event_id})
 
     async def put_state(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         room_id = request.match_info["room_id"]
         state_key = request.match_info.get("state_key", "")
         if len(state_key.encode()) > MAX_STATE_KEY_BYTES:
@@ -86,7 +86,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"event_id": event.event_id})
 
     async def get_state_event(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         stored = await messages.state_event(
             requester.user_id,
             request.match_info["room_id"],
@@ -98,7 +98,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(stored.event.content)
 
     async def get_state(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         return json_response(await messages.room_state(requester.user_id, request.match_info["room_id"]))
 
     async def redact(request: web.Request) -> web.Response:
@@ -134,7 +134,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"event_id": event.event_id})
 
     async def get_messages(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         raw_filter = request.query.get("filter")
         event_filter = EventFilter()
         lazy = False
@@ -159,7 +159,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(body)
 
     async def context(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         body = await messages.context(
             requester.user_id,
             requester.device_id,
@@ -171,7 +171,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(body)
 
     async def get_event(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         return json_response(
             await messages.get_event(
                 requester.user_id, request.match_info["room_id"], request.match_info["event_id"]
@@ -179,7 +179,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         )
 
     async def members(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         chunk = await messages.members(
             requester.user_id,
             request.match_info["room_id"],

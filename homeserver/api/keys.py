@@ -78,17 +78,17 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     auth = hs.auth
 
     async def upload(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         body = await read_json(request)
         return json_response(await e2ee.keys.upload(requester, parse_upload(body, requester)))
 
     async def query(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         body = await read_json(request)
         return json_response(await e2ee.keys.query(requester, parse_query(body), parse_timeout(body)))
 
     async def claim(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         body = await read_json(request)
         return json_response(await e2ee.keys.claim(requester, parse_claim(body), parse_timeout(body)))
 

@@ -132,7 +132,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"m.upload.size": hs.config.limits.max_upload_bytes})
 
     async def download_authed(request: web.Request) -> web.StreamResponse:
-        await auth.get_requester(request)
+        await auth.get_requester(request, allow_guest=True)
         media = await repo.get_file(
             request.match_info["server_name"], request.match_info["media_id"], timeout_ms(request)
         )
@@ -160,7 +160,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return file_response(media, None, authenticated=authenticated)
 
     async def thumbnail_authed(request: web.Request) -> web.StreamResponse:
-        await auth.get_requester(request)
+        await auth.get_requester(request, allow_guest=True)
         return await _thumbnail(request, True)
 
     async def thumbnail_legacy(request: web.Request) -> web.StreamResponse:

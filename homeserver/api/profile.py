@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
-from homeserver.handlers.auth import refuse_if_suspended
+from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.server import HomeServer
 
@@ -35,15 +35,20 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             await profiles.get_field(request.match_info["user_id"], request.match_info["key"])
         )
 
+    async def requester_for_field(request: web.Request) -> Requester:
+        # Guests may set or remove their display name, and no other field.
+        requester = await auth.get_requester(request, allow_guest=request.match_info["key"] == "displayname")
+        return requester
+
     async def set_field(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await requester_for_field(request)
         refuse_if_suspended(requester)
         body = await read_json(request)
         await profiles.set_field(requester, request.match_info["user_id"], request.match_info["key"], body)
         return json_response({})
 
     async def delete_field(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await requester_for_field(request)
         await profiles.delete_field(requester, request.match_info["user_id"], request.match_info["key"])
         return json_response({})
 

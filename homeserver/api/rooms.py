@@ -7,12 +7,14 @@ from aiohttp import web
 from homeserver.api.http import V3, json_response, optional_str, read_json, require_str
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.auth import refuse_if_suspended
+from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     rooms = hs.rooms
     auth = hs.auth
+    guests = services(app, hs).guests
 
     async def create_room(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)
@@ -25,10 +27,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(out)
 
     async def join(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         refuse_if_suspended(requester)
         body = await read_json(request, allow_empty=True)
         target = request.match_info.get("room_id_or_alias") or request.match_info["room_id"]
+        if requester.is_guest:
+            await guests.require_can_join(target)
         servers = request.query.getall("server_name", []) + request.query.getall("via", [])
         extra = {"reason": body["reason"]} if isinstance(body.get("reason"), str) else None
         room_id = await rooms.join(requester.user_id, target, servers, extra)
@@ -46,7 +50,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({})
 
     async def leave(request: web.Request) -> web.Response:
-        requester = await auth.get_requester(request)
+        requester = await auth.get_requester(request, allow_guest=True)
         body = await read_json(request, allow_empty=True)
         await rooms.set_membership(
             requester.user_id,

@@ -16,7 +16,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     filters = FilterCache(hs.filters)
 
     async def sync(request: web.Request) -> web.Response:
-        requester = await hs.auth.get_requester(request)
+        requester = await hs.auth.get_requester(request, allow_guest=True)
         query = request.query
         filter_json, sync_filter = await filters.resolve(requester.user_id, query.get("filter"))
         since = query.get("since")

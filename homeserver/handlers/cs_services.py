@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from homeserver.handlers.guests import GuestHandler
 from homeserver.handlers.media import MediaRepository
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.push import PushHandler
@@ -49,6 +50,7 @@ class ClientServerServices:
     search: SearchHandler
     upgrades: RoomUpgradeHandler
     spaces: SpacesHandler
+    guests: GuestHandler
     sync_extension: ClientServerSyncExtension
 
 
@@ -101,6 +103,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         user_directory=UserDirectoryHandler(UserDirectoryStore(hs.db)),
         search=SearchHandler(SearchStore(hs.db), hs.events, hs.messages, hs.clock),
         spaces=SpacesHandler(hs.events, hs.rooms),
+        guests=GuestHandler(hs.events, hs.accounts, hs.rooms, hs.server_name),
         upgrades=RoomUpgradeHandler(hs.events, hs.creator, hs.rooms, hs.aliases, hs.accounts, hs.server_name),
         sync_extension=extension,
     )
@@ -117,6 +120,7 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     hs.creator.add_batch_hook(svc.push.prepare_messages, replaces=svc.push.on_event)
     hs.creator.listeners.append(svc.presence.on_event)
     hs.creator.listeners.append(svc.user_directory.on_event)
+    hs.creator.listeners.append(svc.guests.on_event)
     hs.creator.add_batch_hook(svc.search.prepare_messages, replaces=svc.search.on_event)
     hs.background.append(svc.presence)
     hs.background.append(svc.pusher_delivery)

@@ -21,6 +21,7 @@ from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_p
 from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
+from homeserver.handlers.guests import guest_localpart
 from homeserver.handlers.uia import (
     STAGE_DUMMY,
     STAGE_PASSWORD,
@@ -154,7 +155,7 @@ class RegistrationHandler:
         """Handle one POST /register; `client` (the caller's address) keys the rate limit."""
         self.limiter.check(client)
         if kind == "guest":
-            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+            return await self._register_guest(body)
         if kind != "user":
             raise MatrixError(400, Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
         self._require_open()
@@ -205,6 +206,33 @@ class RegistrationHandler:
                 )
             )
         return response
+
+    async def _register_guest(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.config.registration.allow_guests:
+            raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+        # Only the device's name and refresh tokens apply; a guest has no username or password.
+        display_name = _opt_str(body, "initial_device_display_name")
+        refreshable = _opt_bool(body, "refresh_token", False)
+        for _attempt in range(3):
+            try:
+                user_id = await create_account(
+                    self.accounts,
+                    self.passwords,
+                    self.server_name,
+                    guest_localpart(),
+                    None,
+                    self.clock.time_ms(),
+                    guest=True,
+                )
+                break
+            except MatrixError as e:
+                if e.errcode != Codes.USER_IN_USE:
+                    raise
+        else:
+            raise MatrixError(500, Codes.UNKNOWN, "Could not allocate a guest account")
+        log.info("registered guest %s", user_id)
+        session = await self.auth.start_session(user_id, None, display_name, refreshable=refreshable)
+        return {"user_id": user_id, "home_server": self.server_name, **session}
 
     async def _create_user(self, req: RegistrationRequest, password_hash: str | None) -> str:
         now = self.clock.time_ms()

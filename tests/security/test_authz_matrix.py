@@ -69,6 +69,30 @@ GUEST_OK = {
     ("GET", C + "/devices/{device_id}"),
     ("PUT", C + "/devices/{device_id}"),
     ("PUT", C + "/sendToDevice/{event_type}/{txn_id}"),
+    # The spec's guest access module: reading and talking in rooms that let guests in,
+    # the display name, media and end-to-end encryption keys.
+    ("GET", C + "/sync"),
+    ("POST", C + "/join/{room_id_or_alias}"),
+    ("POST", ROOM + "/join"),
+    ("POST", ROOM + "/leave"),
+    ("PUT", ROOM + "/send/{event_type}/{txn_id}"),
+    ("GET", ROOM + "/state"),
+    *((m, ROOM + p) for m in ("GET", "PUT") for p in ("/state/{event_type}", "/state/{event_type}/")),
+    ("GET", ROOM + "/state/{event_type}/{state_key}"),
+    ("PUT", ROOM + "/state/{event_type}/{state_key}"),
+    ("GET", ROOM + "/messages"),
+    ("GET", ROOM + "/context/{event_id}"),
+    ("GET", ROOM + "/event/{event_id}"),
+    ("GET", ROOM + "/members"),
+    ("PUT", C + "/profile/{user_id}/{key}"),  # filled with displayname
+    ("DELETE", C + "/profile/{user_id}/{key}"),
+    ("GET", C + "/media/download/{server_name}/{media_id}"),
+    ("GET", C + "/media/download/{server_name}/{media_id}/{file_name}"),
+    ("GET", C + "/media/thumbnail/{server_name}/{media_id}"),
+    ("POST", C + "/keys/upload"),
+    ("POST", C + "/keys/upload/{device_id}"),
+    ("POST", C + "/keys/query"),
+    ("POST", C + "/keys/claim"),
 }
 
 SECRET = "SECRET"
