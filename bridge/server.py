@@ -196,6 +196,13 @@ def create_federation_app(fed: Federation) -> web.Application:
         suggested_only = request.query.get("suggested_only", "false") == "true"
         return await fed.hierarchy.on_hierarchy(origin, request.match_info["room_id"], suggested_only)
 
+    async def timestamp_to_event(request: web.Request, origin: str, content: Any) -> Any:
+        ts, direction = query(request, "ts"), query(request, "dir")
+        if not ts.lstrip("-").isdigit() or direction not in ("f", "b"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "ts must be an integer and dir f or b")
+        room_id = request.match_info["room_id"]
+        return await fed.timestamps.on_timestamp_to_event(origin, room_id, int(ts), direction == "f")
+
     async def query_profile(request: web.Request, origin: str, content: Any) -> Any:
         return await fed.handler.on_query_profile(query(request, "user_id"), request.query.get("field"))
 
@@ -237,6 +244,7 @@ def create_federation_app(fed: Federation) -> web.Application:
         web.get(FED_V1 + "/make_knock/{room_id}/{user_id}", authed(make_knock)),
         web.put(FED_V1 + "/send_knock/{room_id}/{event_id}", authed(send_knock)),
         web.get(FED_V1 + "/hierarchy/{room_id}", authed(hierarchy)),
+        web.get(FED_V1 + "/timestamp_to_event/{room_id}", authed(timestamp_to_event)),
         web.get(FED_V1 + "/query/profile", authed(query_profile)),
         web.get(FED_V1 + "/query/directory", authed(query_directory)),
     ]

@@ -33,6 +33,7 @@ from bridge.schema import federation_event_state
 from bridge.server import create_federation_app
 from bridge.state import EventStateInfo, StateTracker
 from bridge.store import FederationStore
+from bridge.timestamps import FederatedTimestamps
 from bridge.tls import client_context, server_context
 from homeserver.api.keys import e2ee_services
 from homeserver.api.profile import get_profile_handler
@@ -98,6 +99,7 @@ class Federation:
         self.handler = FederationHandler(hs, self.store, self.tracker, self.inbound)
         self.membership = MembershipHandler(hs, self.client, self.tracker, self.inbound)
         self.hierarchy = FederatedHierarchy(hs, self.client)
+        self.timestamps = FederatedTimestamps(hs, self.handler)
         self.edus = EduHandler(hs, self.queue)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []

@@ -221,3 +221,26 @@ async def _hierarchy(client: Client, room_id: str) -> list[dict[str, object]]:
         body = await resp.json()
         assert resp.status == 200, body
         return list(body["rooms"])
+
+
+async def test_synapse_jumps_to_a_date_in_sottos_history(
+    synapse: SynapseServer, test_ca: CertAuthority, tmp_path: os.PathLike[str]
+) -> None:
+    """Synapse joins late and has none of the room's early history: its /timestamp_to_event
+    asks Sotto (GET /_matrix/federation/v1/timestamp_to_event)."""
+    async with fed_server(str(tmp_path), test_ca) as sotto, aiohttp.ClientSession() as http:
+        jo = await Client.login(sotto, "jo", http)
+        room_id = await jo.create_room(preset="public_chat")
+        first = await jo.send(room_id, "the very first message")
+        stored = await sotto.hs.events.get_event(first)
+        assert stored is not None
+        for i in range(70):
+            await jo.send(room_id, f"filler {i}")
+        syn = synapse_client(synapse, "kim", http)
+        await syn.join(room_id, via=[sotto.server_name])
+        url = f"{syn.base_url}/_matrix/client/v1/rooms/{room_id}/timestamp_to_event"
+        params = {"ts": str(stored.event.origin_server_ts), "dir": "f"}
+        async with http.get(url, params=params, headers={"Authorization": f"Bearer {syn.token}"}) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["event_id"] == first
