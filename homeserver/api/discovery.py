@@ -54,7 +54,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     "m.set_displayname": {"enabled": True},
                     "m.set_avatar_url": {"enabled": True},
                     "m.3pid_changes": {"enabled": False},
-                    "m.get_login_token": {"enabled": False},
+                    "m.get_login_token": {"enabled": True},
                     **moderation,
                 }
             }

@@ -1,18 +1,23 @@
-"""Login and logout: GET/POST /login, POST /logout, POST /logout/all."""
+"""Login and logout: GET/POST /login (password or `m.login.token`), POST /login/get_token,
+POST /refresh, POST /logout, POST /logout/all."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
-from homeserver.api.http import V3, json_response, read_json
-from homeserver.api.register import client_address
+from homeserver.api.http import V1, V3, json_response, read_json
+from homeserver.api.register import client_address, get_uia
 from homeserver.handlers.registration import LoginHandler
 from homeserver.server import HomeServer
+from homeserver.storage.login_tokens import LoginTokenStore
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    login_handler = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock)
+    login_handler = LoginHandler(
+        hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, LoginTokenStore(hs.db)
+    )
+    uia = get_uia(app, hs)
     devices = get_device_handler(app, hs)
     auth = hs.auth
 
@@ -23,6 +28,21 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(await login_handler.login(await read_json(request), client_address(request)))
 
     # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
+    async def get_token(request: web.Request) -> web.Response:
+        # Another device signs in with the token (m.login.token): the password first, again.
+        requester = await auth.get_requester(request)
+        login_handler.limiter.check(client_address(request))
+        body = await read_json(request, allow_empty=True)
+        result = await uia.check(
+            operation="POST /login/get_token",
+            flows=[["m.login.password"]],
+            auth=body.get("auth"),
+            requester=requester.user_id,
+        )
+        issued = await login_handler.issue_login_token(requester.user_id)
+        await uia.finish(result)
+        return json_response(issued)
+
     async def refresh(request: web.Request) -> web.Response:
         return json_response(await login_handler.refresh(await read_json(request), client_address(request)))
 
@@ -46,5 +66,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(V3 + "/logout", logout),
             web.post(V3 + "/logout/all", logout_all),
             web.post(V3 + "/refresh", refresh),
+            web.post(V1 + "/login/get_token", get_token),
         ]
     )

@@ -18,7 +18,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param
-from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester
+from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester, generate_token, hash_token
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.guests import guest_localpart
@@ -36,6 +36,7 @@ from homeserver.handlers.users import create_account, validate_localpart
 from homeserver.ratelimit import RateLimiter
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.login_tokens import LoginTokenStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ def validate_password(password: str | None) -> None:
         raise MatrixError(400, Codes.WEAK_PASSWORD, "Password must not be empty")
     if len(password) > MAX_PASSWORD_LEN:
         raise MatrixError(400, Codes.INVALID_PARAM, "Password is too long")
+
+
+# How long a token from POST /login/get_token may be used (the spec suggests minutes).
+LOGIN_TOKEN_LIFETIME_MS = 120_000
 
 
 def login_limiter(config: Config, clock: Clock) -> RateLimiter:
@@ -265,7 +270,7 @@ class RegistrationHandler:
 
 
 class LoginHandler:
-    LOGIN_TYPES = ("m.login.password",)
+    LOGIN_TYPES = ("m.login.password", "m.login.token")
 
     def __init__(
         self,
@@ -274,15 +279,40 @@ class LoginHandler:
         passwords: PasswordHasher,
         auth: AuthHandler,
         clock: Clock,
+        login_tokens: LoginTokenStore,
     ) -> None:
         self.config = config
         self.accounts = accounts
         self.passwords = passwords
         self.auth = auth
+        self.clock = clock
+        self.login_tokens = login_tokens
         self.limiter = login_limiter(config, clock)
 
     def flows(self) -> list[dict[str, Any]]:
-        return [{"type": t} for t in self.LOGIN_TYPES]
+        # `get_login_token`: a signed-in device can issue tokens (POST /login/get_token).
+        return [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": True}]
+
+    async def issue_login_token(self, user_id: str) -> dict[str, Any]:
+        """A single-use token for `m.login.token` (the caller has passed UIA)."""
+        token = generate_token("slt")
+        now = self.clock.time_ms()
+        await self.login_tokens.add(hash_token(token), user_id, now + LOGIN_TOKEN_LIFETIME_MS, now)
+        return {"login_token": token, "expires_in_ms": LOGIN_TOKEN_LIFETIME_MS}
+
+    async def _token_user(self, body: Mapping[str, Any]) -> str:
+        token = body.get("token")
+        if token is None:
+            raise missing_param("token")
+        if not isinstance(token, str):
+            raise bad_json("token must be a string")
+        user_id = await self.login_tokens.consume(hash_token(token), self.clock.time_ms())
+        if user_id is None:
+            raise MatrixError(403, Codes.FORBIDDEN, "Invalid or expired login token")
+        user = await self.accounts.get_user(user_id)
+        if user is None or user["deactivated"]:
+            raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
+        return user_id
 
     async def login(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
         """Handle one POST /login; `client` (the caller's address) keys the rate limit."""
@@ -296,15 +326,18 @@ class LoginHandler:
         display_name = _opt_str(body, "initial_device_display_name")
         refreshable = _opt_bool(body, "refresh_token", False)
         server_name = self.config.server_name
-        claimed = user_id_from_identifier(body, server_name)
-        try:
-            user_id = await check_password_login(
-                self.accounts, self.passwords, server_name, claimed, body.get("password")
-            )
-        except MatrixError as e:
-            if e.status == 403:
-                log.info("failed login for %r: %s", claimed, e.errcode)
-            raise
+        if login_type == "m.login.token":
+            user_id = await self._token_user(body)
+        else:
+            claimed = user_id_from_identifier(body, server_name)
+            try:
+                user_id = await check_password_login(
+                    self.accounts, self.passwords, server_name, claimed, body.get("password")
+                )
+            except MatrixError as e:
+                if e.status == 403:
+                    log.info("failed login for %r: %s", claimed, e.errcode)
+                raise
         moderation = await self.accounts.get_moderation(user_id)
         if moderation is not None and moderation["locked"]:
             # Only after the password: the lock is not told to whoever merely names the account.

@@ -219,3 +219,14 @@ openid_tokens = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Index("openid_tokens_expires", "expires_ms"),
 )
+
+# Login tokens (POST /login/get_token, used once by `m.login.token` at /login): a signed-in
+# device lets another one sign in. Only the SHA-256 of a token is stored.
+login_tokens = Table(
+    "login_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("login_tokens_expires", "expires_ms"),
+)

@@ -266,7 +266,9 @@ async def test_nio_register_login_whoami(server: RunningServer) -> None:
 
 async def test_login_flows_and_variants(server: RunningServer, http: aiohttp.ClientSession) -> None:
     raw = client(http, server)
-    assert await raw.ok("GET", "/login") == {"flows": [{"type": "m.login.password"}]}
+    assert await raw.ok("GET", "/login") == {
+        "flows": [{"type": "m.login.password"}, {"type": "m.login.token", "get_login_token": True}]
+    }
     user_id = await server.register("carol", "pw")
     status, body = await login(raw, "carol", device_id="MYDEVICE", initial_device_display_name="Laptop")
     assert status == 200, body
