@@ -49,6 +49,10 @@ GATHER_MAX_S = 0.005
 GATHER_MEMORY_S = 0.05
 # Rooms whose active senders are kept (more are forgotten at once: they only lose a wait).
 MAX_GATHER_ROOMS = 10_000
+# A wait that saw no message at all was pure delay (two bots answering each other: each
+# waits for the message its own one triggers). The room's next drains then skip waiting,
+# 1, 2, 4 ... up to this many, until a wait sees messages arrive again.
+MAX_GATHER_SKIPS = 64
 
 # Message authorisations remembered (room, type, sender, auth events).
 MAX_CACHED_AUTH = 10_000
@@ -136,6 +140,8 @@ class EventCreator:
         self._senders: dict[str, dict[str, float]] = {}
         # Per room with a drain waiting for its batch to fill: woken by the next message.
         self._gathering: dict[str, asyncio.Future[None]] = {}
+        # Per room after fruitless waits: (drains left to skip waiting, the next skip length).
+        self._gather_skips: dict[str, tuple[int, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Group commits of messages so far, and the messages they held (for /metrics).
         self.batches = 0
@@ -251,7 +257,14 @@ class EventCreator:
             del senders[sender]
         count = min(len(senders), MAX_BATCH)
         queue = self._pending[room_id]
+        if len(queue) >= count:
+            return
+        skips = self._gather_skips.get(room_id)
+        if skips is not None and skips[0] > 0:
+            self._gather_skips[room_id] = (skips[0] - 1, skips[1])
+            return
         give_up = now + GATHER_MAX_S
+        waited_for = len(queue)
         try:
             while len(queue) < count:
                 waiter = self._gathering[room_id] = loop.create_future()
@@ -259,9 +272,16 @@ class EventCreator:
                     async with asyncio.timeout_at(min(loop.time() + GATHER_IDLE_S, give_up)):
                         await waiter
                 except TimeoutError:
-                    return
+                    break
         finally:
             self._gathering.pop(room_id, None)
+        if len(queue) > waited_for:
+            self._gather_skips.pop(room_id, None)
+        else:
+            length = skips[1] if skips is not None else 1
+            self._gather_skips[room_id] = (length, min(2 * length, MAX_GATHER_SKIPS))
+            if len(self._gather_skips) > MAX_GATHER_ROOMS:
+                self._gather_skips.clear()
 
     async def _commit_batch(
         self, room_id: str, room_version: RoomVersion, batch: list[_Pending]

@@ -242,14 +242,16 @@ Slow = Callable[..., None]
 
 
 @pytest.fixture
-def slow_gather(monkeypatch: pytest.MonkeyPatch) -> Slow:
+def slow_gather(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Slow:
     """Senders stay active for a minute; once called, a drain waits up to 5 s for them (or
-    as told): the tests below see the waits without depending on how fast this machine is."""
+    as told): the tests below see the waits without depending on how fast this machine is.
+    Waits in the setup that saw nothing come are forgotten."""
     monkeypatch.setattr(event_creation, "GATHER_MEMORY_S", 60.0)
 
     def slow(idle: float = 5.0, most: float = 5.0) -> None:
         monkeypatch.setattr(event_creation, "GATHER_IDLE_S", idle)
         monkeypatch.setattr(event_creation, "GATHER_MAX_S", most)
+        server.hs.creator._gather_skips.clear()
 
     return slow
 
@@ -317,6 +319,26 @@ async def test_the_wait_is_bounded_while_messages_keep_coming(
     await asyncio.sleep(0.05)
     assert first.done() and isinstance(first.result(), str)
     assert all(isinstance(r, str) for r in await asyncio.gather(*more))
+
+async def test_senders_answering_each_other_do_not_wait_every_time(
+    server: RunningServer, make_user: MakeUser, slow_gather: Slow
+) -> None:
+    # Two bots in a ping-pong: each message is what the other waits for before it sends, so
+    # a wait for the other sender sees nothing come. After one such wait the next drains
+    # skip waiting (then 2, 4 ...).
+    room, (alice, bob) = await active_senders(server, make_user, "alice", "bob")
+    slow_gather(idle=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert isinstance(await create(server, room, alice, "ping", "p0"), str)
+    assert loop.time() - started >= 0.25  # the one fruitless wait
+    started = loop.time()
+    for i in range(1, 4):
+        sender = bob if i % 2 else alice
+        assert isinstance(await create(server, room, sender, "pong", f"p{i}"), str)
+    # Three more waits would take 0.9 s; the skips leave at most one (skip 1, wait, skip 2).
+    assert loop.time() - started < 0.6
+
 
 async def test_batches_are_counted_in_metrics(
     server: RunningServer, make_user: MakeUser, http: aiohttp.ClientSession
