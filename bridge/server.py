@@ -22,7 +22,7 @@ from homeserver.errors import Codes, MatrixError, missing_param
 from homeserver.events import SignatureError
 from homeserver.events.identifiers import is_valid_server_name
 from homeserver.handlers.auth import hash_token
-from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.openid import openid_store
 
 if TYPE_CHECKING:
     from bridge.service import Federation
@@ -209,7 +209,7 @@ def create_federation_app(fed: Federation) -> web.Application:
     async def query_directory(request: web.Request, origin: str, content: Any) -> Any:
         return await fed.handler.on_query_directory(query(request, "room_alias"))
 
-    openid = OpenIdStore(hs.db)
+    openid = openid_store(hs.db)
 
     async def openid_userinfo(request: web.Request) -> web.Response:
         # Not X-Matrix signed: the caller is a third party holding a token the user gave it

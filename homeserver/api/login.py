@@ -10,12 +10,12 @@ from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.api.register import client_address, get_uia
 from homeserver.handlers.registration import LoginHandler
 from homeserver.server import HomeServer
-from homeserver.storage.login_tokens import LoginTokenStore
+from homeserver.storage.openid import login_token_store
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     login_handler = LoginHandler(
-        hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, LoginTokenStore(hs.db)
+        hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, login_token_store(hs.db)
     )
     uia = get_uia(app, hs)
     devices = get_device_handler(app, hs)

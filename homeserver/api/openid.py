@@ -14,13 +14,13 @@ from homeserver.api.http import V3, json_response, read_json
 from homeserver.errors import forbidden
 from homeserver.handlers.auth import generate_token, hash_token
 from homeserver.server import HomeServer
-from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.openid import openid_store
 
 TOKEN_LIFETIME_MS = 3600 * 1000
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    store = OpenIdStore(hs.db)
+    store = openid_store(hs.db)
 
     async def request_token(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)

@@ -36,7 +36,7 @@ from homeserver.handlers.users import create_account, validate_localpart
 from homeserver.ratelimit import RateLimiter
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
-from homeserver.storage.login_tokens import LoginTokenStore
+from homeserver.storage.openid import ExpiringTokens
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class LoginHandler:
         passwords: PasswordHasher,
         auth: AuthHandler,
         clock: Clock,
-        login_tokens: LoginTokenStore,
+        login_tokens: ExpiringTokens,
     ) -> None:
         self.config = config
         self.accounts = accounts

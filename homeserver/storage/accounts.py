@@ -203,21 +203,7 @@ class AccountStore:
     ) -> None:
         """An access token that expires, with the refresh token that renews it."""
         async with self.db.write() as conn:
-            await conn.execute(
-                insert(refresh_tokens).values(
-                    token_hash=refresh_hash, user_id=user_id, device_id=device_id, created_ts=ts
-                )
-            )
-            await conn.execute(
-                insert(access_tokens).values(
-                    token_hash=token_hash,
-                    user_id=user_id,
-                    device_id=device_id,
-                    created_ts=ts,
-                    expires_ts=expires_ts,
-                    refresh_hash=refresh_hash,
-                )
-            )
+            await _insert_pair(conn, token_hash, refresh_hash, user_id, device_id, ts, expires_ts, None)
 
     async def get_refresh_token(self, refresh_hash: str) -> RefreshInfo | None:
         q = (
@@ -272,22 +258,7 @@ class AccountStore:
                     update(access_tokens).where(access_tokens.c.revokes == previous).values(revokes=None)
                 )
             user_id, device_id = row
-            await conn.execute(
-                insert(refresh_tokens).values(
-                    token_hash=refresh_hash, user_id=user_id, device_id=device_id, created_ts=ts
-                )
-            )
-            await conn.execute(
-                insert(access_tokens).values(
-                    token_hash=token_hash,
-                    user_id=user_id,
-                    device_id=device_id,
-                    created_ts=ts,
-                    expires_ts=expires_ts,
-                    refresh_hash=refresh_hash,
-                    revokes=old_hash,
-                )
-            )
+            await _insert_pair(conn, token_hash, refresh_hash, user_id, device_id, ts, expires_ts, old_hash)
             await conn.execute(
                 update(refresh_tokens)
                 .where(refresh_tokens.c.token_hash == old_hash)
@@ -463,3 +434,33 @@ async def _drop_refresh(conn: AsyncConnection, refresh_hash: str) -> list[str]:
     await conn.execute(delete(access_tokens).where(access_tokens.c.refresh_hash == refresh_hash))
     await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.token_hash == refresh_hash))
     return dropped
+
+
+async def _insert_pair(
+    conn: AsyncConnection,
+    token_hash: str,
+    refresh_hash: str,
+    user_id: str,
+    device_id: str,
+    ts: int,
+    expires_ts: int,
+    revokes: str | None,
+) -> None:
+    """An expiring access token and its refresh token; `revokes`: the refresh token the
+    access token's first use revokes (when traded for one)."""
+    await conn.execute(
+        insert(refresh_tokens).values(
+            token_hash=refresh_hash, user_id=user_id, device_id=device_id, created_ts=ts
+        )
+    )
+    await conn.execute(
+        insert(access_tokens).values(
+            token_hash=token_hash,
+            user_id=user_id,
+            device_id=device_id,
+            created_ts=ts,
+            expires_ts=expires_ts,
+            refresh_hash=refresh_hash,
+            revokes=revokes,
+        )
+    )

@@ -1,30 +1,53 @@
-"""OpenID tokens, stored as their SHA-256 (homeserver.handlers.auth.hash_token)."""
+"""Short-lived tokens that name a user, stored as their SHA-256
+(homeserver.handlers.auth.hash_token): OpenID tokens, checked by third parties, and login
+tokens (`m.login.token`), used once."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 
-from homeserver.storage.cs_schema import openid_tokens
+from homeserver.storage.cs_schema import login_tokens, openid_tokens
 from homeserver.storage.engine import Database
 
-_t = openid_tokens.c
 
+class ExpiringTokens:
+    """A table of (token_hash, user_id, expires_ms)."""
 
-class OpenIdStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, table: Table) -> None:
         self.db = db
+        self.table = table
+        self.c = table.c
 
     async def add(self, token_hash: str, user_id: str, expires_ms: int, now_ms: int) -> None:
         """Store a token, dropping the expired ones (they can never be used again)."""
         async with self.db.write() as conn:
-            await conn.execute(delete(openid_tokens).where(_t.expires_ms <= now_ms))
+            await conn.execute(delete(self.table).where(self.c.expires_ms <= now_ms))
             await conn.execute(
-                insert(openid_tokens).values(token_hash=token_hash, user_id=user_id, expires_ms=expires_ms)
+                insert(self.table).values(token_hash=token_hash, user_id=user_id, expires_ms=expires_ms)
             )
 
     async def user_for(self, token_hash: str, now_ms: int) -> str | None:
         """The user a token was issued to, while it has not expired."""
-        q = select(_t.user_id).where(_t.token_hash == token_hash, _t.expires_ms > now_ms)
+        q = select(self.c.user_id).where(self.c.token_hash == token_hash, self.c.expires_ms > now_ms)
         async with self.db.read() as conn:
             row = (await conn.execute(q)).first()
-        return row[0] if row is not None else None
+        return str(row[0]) if row is not None else None
+
+    async def consume(self, token_hash: str, now_ms: int) -> str | None:
+        """`user_for`, once: the token is gone afterwards (also when two requests race for
+        it: only one DELETE removes the row)."""
+        q = select(self.c.user_id).where(self.c.token_hash == token_hash, self.c.expires_ms > now_ms)
+        async with self.db.write() as conn:
+            row = (await conn.execute(q)).first()
+            if row is None:
+                return None
+            deleted = await conn.execute(delete(self.table).where(self.c.token_hash == token_hash))
+            return str(row[0]) if deleted.rowcount == 1 else None
+
+
+def openid_store(db: Database) -> ExpiringTokens:
+    return ExpiringTokens(db, openid_tokens)
+
+
+def login_token_store(db: Database) -> ExpiringTokens:
+    return ExpiringTokens(db, login_tokens)
