@@ -54,6 +54,15 @@ def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
+def _required_str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        raise missing_param(key)
+    if not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    return value
+
+
 def _opt_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     value = body.get(key, default)
     if not isinstance(value, bool):
@@ -301,11 +310,7 @@ class LoginHandler:
         return {"login_token": token, "expires_in_ms": LOGIN_TOKEN_LIFETIME_MS}
 
     async def _token_user(self, body: Mapping[str, Any]) -> str:
-        token = body.get("token")
-        if token is None:
-            raise missing_param("token")
-        if not isinstance(token, str):
-            raise bad_json("token must be a string")
+        token = _required_str(body, "token")
         user_id = await self.login_tokens.consume(hash_token(token), self.clock.time_ms())
         if user_id is None:
             raise MatrixError(403, Codes.FORBIDDEN, "Invalid or expired login token")
@@ -353,12 +358,7 @@ class LoginHandler:
     async def refresh(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
         """Handle one POST /refresh (rate limited like /login, by the caller's address)."""
         self.limiter.check(client)
-        token = body.get("refresh_token")
-        if token is None:
-            raise missing_param("refresh_token")
-        if not isinstance(token, str):
-            raise bad_json("refresh_token must be a string")
-        return await self.auth.refresh(token)
+        return await self.auth.refresh(_required_str(body, "refresh_token"))
 
 
 class AccountHandler:
@@ -390,11 +390,7 @@ class AccountHandler:
     ) -> None:
         if requester is None:
             self.limiter.check(client)
-        new_password = body.get("new_password")
-        if new_password is None:
-            raise missing_param("new_password")
-        if not isinstance(new_password, str):
-            raise bad_json("new_password must be a string")
+        new_password = _required_str(body, "new_password")
         validate_password(new_password)
         logout_devices = _opt_bool(body, "logout_devices", True)
         result = await self.uia.check(
