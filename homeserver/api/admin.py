@@ -21,8 +21,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
-from homeserver.api.http import json_response, query_int, read_json, require_str
-from homeserver.errors import Codes, MatrixError, bad_json, forbidden
+from homeserver.api.http import json_response, query_int, read_json
+from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_str
 from homeserver.handlers.admin import AdminHandler, server_version
 from homeserver.server import HomeServer
 from homeserver.storage.admin import AdminStore

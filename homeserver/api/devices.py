@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from homeserver.api.http import V3, json_response, optional_str, read_json
+from homeserver.api.http import V3, json_response, read_json
 from homeserver.api.register import get_uia
-from homeserver.errors import bad_json, missing_param
+from homeserver.errors import bad_json, missing_param, optional_str
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.server import HomeServer
 

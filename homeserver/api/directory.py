@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.api.http import V3, json_response, query_int, read_json, require_str
-from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.api.http import V3, json_response, query_int, read_json
+from homeserver.errors import Codes, MatrixError, forbidden, require_str
 from homeserver.handlers.power import can_send_state
 from homeserver.server import HomeServer
 from homeserver.storage.schema import rooms as rooms_table

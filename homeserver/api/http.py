@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver import jsonutil
-from homeserver.errors import Codes, MatrixError, bad_json, missing_param
+from homeserver.errors import Codes, MatrixError, bad_json
 
 CLIENT_PREFIX = "/_matrix/client"
 # Both the current and the legacy path versions route to the same handler.
@@ -38,22 +38,6 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
     if not isinstance(body, dict):
         raise bad_json("Request body must be a JSON object")
     return body
-
-
-def require_str(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if value is None:
-        raise missing_param(key)
-    if not isinstance(value, str):
-        raise bad_json(f"{key} must be a string")
-    return value
-
-
-def optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise bad_json(f"{key} must be a string")
-    return value
 
 
 def query_int(

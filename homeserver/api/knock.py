@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.api.http import V3, json_response, optional_str, read_json
-from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.api.http import V3, json_response, read_json
+from homeserver.errors import Codes, MatrixError, forbidden, optional_str
 from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.server import HomeServer
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V1, V3, json_response, read_json
-from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param, not_found
+from homeserver.errors import Codes, MatrixError, forbidden, not_found, require_bool
 from homeserver.server import HomeServer
 
 FLAGS = {"lock": "locked", "suspend": "suspended"}
@@ -39,12 +39,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
         async def put(request: web.Request) -> web.Response:
             user_id = await target(request)
-            body = await read_json(request)
-            value = body.get(flag)
-            if value is None:
-                raise missing_param(flag)
-            if not isinstance(value, bool):
-                raise bad_json(f"{flag} must be a boolean")
+            value = require_bool(await read_json(request), flag)
             if not await hs.accounts.set_moderation(user_id, flag, value):
                 raise not_found("User not found")
             # Cached tokens carry the flags: forget them here and on every worker.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from homeserver.api.http import V3, json_response, optional_str, read_json, require_str
-from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.api.http import V3, json_response, read_json
+from homeserver.errors import Codes, MatrixError, forbidden, optional_str, require_str
 from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer

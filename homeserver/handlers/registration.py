@@ -17,7 +17,15 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.config import Config
-from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param
+from homeserver.errors import (
+    Codes,
+    MatrixError,
+    forbidden,
+    missing_param,
+    optional_bool,
+    optional_str,
+    require_str,
+)
 from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester, generate_token, hash_token
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
@@ -45,29 +53,6 @@ PASSWORD_FLOWS: list[Flow] = [[STAGE_PASSWORD]]
 # Registration tokens come first and are followed by m.login.dummy, as Synapse offers them:
 # matrix-nio's register_with_token completes the token stage and then a dummy stage.
 TOKEN_FLOW: Flow = [STAGE_REGISTRATION_TOKEN, STAGE_DUMMY]
-
-
-def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise bad_json(f"{key} must be a string")
-    return value
-
-
-def _required_str(body: Mapping[str, Any], key: str) -> str:
-    value = body.get(key)
-    if value is None:
-        raise missing_param(key)
-    if not isinstance(value, str):
-        raise bad_json(f"{key} must be a string")
-    return value
-
-
-def _opt_bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = body.get(key, default)
-    if not isinstance(value, bool):
-        raise bad_json(f"{key} must be a boolean")
-    return value
 
 
 def validate_password(password: str | None) -> None:
@@ -100,12 +85,12 @@ class RegistrationRequest:
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> RegistrationRequest:
         req = cls(
-            username=_opt_str(body, "username"),
-            password=_opt_str(body, "password"),
-            device_id=_opt_str(body, "device_id"),
-            initial_device_display_name=_opt_str(body, "initial_device_display_name"),
-            inhibit_login=_opt_bool(body, "inhibit_login", False),
-            refresh_token=_opt_bool(body, "refresh_token", False),
+            username=optional_str(body, "username"),
+            password=optional_str(body, "password"),
+            device_id=optional_str(body, "device_id"),
+            initial_device_display_name=optional_str(body, "initial_device_display_name"),
+            inhibit_login=optional_bool(body, "inhibit_login", False),
+            refresh_token=optional_bool(body, "refresh_token", False),
         )
         validate_password(req.password)
         return req
@@ -225,8 +210,8 @@ class RegistrationHandler:
         if not self.config.registration.allow_guests:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
         # Only the device's name and refresh tokens apply; a guest has no username or password.
-        display_name = _opt_str(body, "initial_device_display_name")
-        refreshable = _opt_bool(body, "refresh_token", False)
+        display_name = optional_str(body, "initial_device_display_name")
+        refreshable = optional_bool(body, "refresh_token", False)
         for _attempt in range(3):
             try:
                 user_id = await create_account(
@@ -310,7 +295,7 @@ class LoginHandler:
         return {"login_token": token, "expires_in_ms": LOGIN_TOKEN_LIFETIME_MS}
 
     async def _token_user(self, body: Mapping[str, Any]) -> str:
-        token = _required_str(body, "token")
+        token = require_str(body, "token")
         user_id = await self.login_tokens.consume(hash_token(token), self.clock.time_ms())
         if user_id is None:
             raise MatrixError(403, Codes.FORBIDDEN, "Invalid or expired login token")
@@ -327,9 +312,9 @@ class LoginHandler:
             raise missing_param("type")
         if login_type not in self.LOGIN_TYPES:
             raise MatrixError(400, Codes.UNKNOWN, "Unknown login type")
-        device_id = _opt_str(body, "device_id")
-        display_name = _opt_str(body, "initial_device_display_name")
-        refreshable = _opt_bool(body, "refresh_token", False)
+        device_id = optional_str(body, "device_id")
+        display_name = optional_str(body, "initial_device_display_name")
+        refreshable = optional_bool(body, "refresh_token", False)
         server_name = self.config.server_name
         if login_type == "m.login.token":
             user_id = await self._token_user(body)
@@ -358,7 +343,7 @@ class LoginHandler:
     async def refresh(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
         """Handle one POST /refresh (rate limited like /login, by the caller's address)."""
         self.limiter.check(client)
-        return await self.auth.refresh(_required_str(body, "refresh_token"))
+        return await self.auth.refresh(require_str(body, "refresh_token"))
 
 
 class AccountHandler:
@@ -390,9 +375,9 @@ class AccountHandler:
     ) -> None:
         if requester is None:
             self.limiter.check(client)
-        new_password = _required_str(body, "new_password")
+        new_password = require_str(body, "new_password")
         validate_password(new_password)
-        logout_devices = _opt_bool(body, "logout_devices", True)
+        logout_devices = optional_bool(body, "logout_devices", True)
         result = await self.uia.check(
             operation="POST /account/password",
             flows=PASSWORD_FLOWS,
@@ -413,8 +398,8 @@ class AccountHandler:
     ) -> dict[str, Any]:
         if requester is None:
             self.limiter.check(client)
-        erase = _opt_bool(body, "erase", False)
-        _opt_str(body, "id_server")
+        erase = optional_bool(body, "erase", False)
+        optional_str(body, "id_server")
         result = await self.uia.check(
             operation="POST /account/deactivate",
             flows=PASSWORD_FLOWS,

@@ -63,10 +63,10 @@ class SpacesHandler:
             or visibility == "world_readable"
             or join_rule in PREVIEW_JOIN_RULES
         )
+        if not allowed and origin is None:
+            return None  # (before reading the members: previews are refused often)
         joined = await self.events.get_room_members(room_id, "join")
-        if not allowed and origin is not None:
-            allowed = any(member.endswith(":" + origin) for member in joined)
-        if not allowed:
+        if not allowed and not any(member.endswith(f":{origin}") for member in joined):
             return None
         out: dict[str, Any] = {
             "room_id": room_id,

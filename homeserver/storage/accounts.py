@@ -289,10 +289,6 @@ class AccountStore:
             )
             return dropped
 
-    async def delete_token(self, token_hash: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(delete(access_tokens).where(access_tokens.c.token_hash == token_hash))
-
     async def tokens_for_devices(self, user_id: str, device_ids: list[str] | None) -> list[str]:
         q = select(access_tokens.c.token_hash).where(access_tokens.c.user_id == user_id)
         if device_ids is not None:

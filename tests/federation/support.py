@@ -130,6 +130,15 @@ class Client:
         self.since = data["next_batch"]
         return data  # type: ignore[no-any-return]
 
+    async def hierarchy(self, room_id: str, **params: str) -> list[dict[str, Any]]:
+        """The rooms of GET /_matrix/client/v1/rooms/{roomId}/hierarchy (one page)."""
+        url = f"{self.base_url}/_matrix/client/v1/rooms/{room_id}/hierarchy"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with self.session.get(url, headers=headers, params=params) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return list(body["rooms"])
+
     async def messages(self, room_id: str, limit: int = 100) -> list[dict[str, Any]]:
         data = await self.call("GET", f"/rooms/{room_id}/messages", dir="b", limit=str(limit))
         return list(reversed(data["chunk"]))

@@ -3,8 +3,6 @@ children live on B is walked through B's /_matrix/federation/v1/hierarchy."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 
 from tests.federation.support import CertAuthority, Client, fed_server
@@ -12,15 +10,6 @@ from tests.federation.support import CertAuthority, Client, fed_server
 
 async def add_child(owner: Client, space: str, child: str, server: str) -> None:
     await owner.state(space, "m.space.child", {"via": [server]}, state_key=child)
-
-
-async def hierarchy(client: Client, room_id: str, **params: str) -> dict[str, Any]:
-    url = f"{client.base_url}/_matrix/client/v1/rooms/{room_id}/hierarchy"
-    headers = {"Authorization": f"Bearer {client.token}"}
-    async with client.session.get(url, headers=headers, params=params) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return dict(body)
 
 
 async def test_a_space_with_children_on_another_server(
@@ -48,14 +37,14 @@ async def test_a_space_with_children_on_another_server(
         for child in (general, sub):
             await add_child(alice, space, child, b.server_name)
 
-        rooms = {r["room_id"]: r for r in (await hierarchy(alice, space))["rooms"]}
+        rooms = {r["room_id"]: r for r in await alice.hierarchy(space)}
         assert set(rooms) == {space, local, general, sub, deep}  # not B's private room
         assert rooms[general]["name"] == "B general" and rooms[general]["num_joined_members"] == 1
         assert rooms[sub]["room_type"] == "m.space"
         assert {c["state_key"] for c in rooms[sub]["children_state"]} == {deep, private}
         assert rooms[deep]["join_rule"] == "public"
         # max_depth stops the walk before B's sub-space's children.
-        shallow = {r["room_id"] for r in (await hierarchy(alice, space, max_depth="1"))["rooms"]}
+        shallow = {r["room_id"] for r in await alice.hierarchy(space, max_depth="1")}
         assert shallow == {space, local, general, sub}
 
         # What B told A, asked directly: the private room is listed as inaccessible.

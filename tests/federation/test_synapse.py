@@ -206,21 +206,14 @@ async def test_space_hierarchy_both_ways_with_synapse(
         await ivan.state(sotto_space, "m.space.child", {"via": [synapse.server_name]}, state_key=syn_room)
         await syn.state(syn_space, "m.space.child", {"via": [sotto.server_name]}, state_key=sotto_room)
 
-        seen_by_sotto = {r["room_id"]: r for r in await _hierarchy(ivan, sotto_space)}
+        seen_by_sotto = {r["room_id"]: r for r in await ivan.hierarchy(sotto_space)}
         assert set(seen_by_sotto) == {sotto_space, syn_room}
         assert seen_by_sotto[syn_room]["name"] == "Synapse room"
-        seen_by_synapse = {r["room_id"]: r for r in await _hierarchy(syn, syn_space)}
+        seen_by_synapse = {r["room_id"]: r for r in await syn.hierarchy(syn_space)}
         assert set(seen_by_synapse) == {syn_space, sotto_room}
         assert seen_by_synapse[sotto_room]["name"] == "Sotto room"
         assert seen_by_synapse[sotto_room]["num_joined_members"] == 1
 
-
-async def _hierarchy(client: Client, room_id: str) -> list[dict[str, object]]:
-    url = f"{client.base_url}/_matrix/client/v1/rooms/{room_id}/hierarchy"
-    async with client.session.get(url, headers={"Authorization": f"Bearer {client.token}"}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return list(body["rooms"])
 
 
 async def test_synapse_jumps_to_a_date_in_sottos_history(
