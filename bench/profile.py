@@ -4,6 +4,7 @@
     python -m bench.profile fanout    # one sender, N members long-polling /sync
     python -m bench.profile sync      # idle-room incremental syncs, back to back
     python -m bench.profile latency   # one send at a time to a member parked in /sync
+    python -m bench.profile federation  # a second Sotto sends; the receiving server is profiled
     python -m bench.profile send --no-sample   # the load alone, for before/after runs
 
 The server runs as in the benchmarks (pinned to CPU 0, load generator on CPU 1);
@@ -28,8 +29,10 @@ from pathlib import Path
 import psutil
 
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
-from bench.scenarios import _drive, latency_round, make_users, room_with
+from bench.federation import fed_pair
+from bench.scenarios import Settings, _drive, latency_round, make_users, room_with
 from bench.targets import SottoTarget
+from tests.federation.support import make_ca
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -147,11 +150,36 @@ async def load_latency(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome
     return f"{len(times)} sends, send -> sync p50 {p50:.2f} ms, p99 {p99:.2f} ms", used, len(times), "round"
 
 
+async def load_federation(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
+    """The `federation` scenario's burst: 10 senders on a second Sotto (on CPU 1), at most
+    WINDOW messages in flight, a user of the profiled server listening in /sync."""
+    assert target.ca is not None
+    sender_server = SottoTarget(f"{target.name}-sender", target.dir.parent, cpus={1}, ca=target.ca)
+    await sender_server.start()
+    try:
+        async with new_session() as session:
+            start = cpu()
+            settings = Settings.make(True)
+            settings.fed_messages = max(200, int(seconds * 150))  # about `seconds` of burst
+            result = await fed_pair(sender_server, target, session, settings)
+            used = cpu() - start
+    finally:
+        await sender_server.stop()
+    burst = result["throughput"]
+    text = (
+        f"{burst['received']} of {burst['sent']} messages, {burst['msgs_per_s']} msgs/s received, "
+        f"latency p50 {result['latency']['p50_ms']:.1f} ms; receiver CPU "
+        f"{burst['receiver_cpu_ms_per_msg']} ms per message in the burst alone"
+    )
+    return text, used, burst["received"] + result["latency"]["n"], "message"
+
+
 LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
     "send": load_send,
     "fanout": load_fanout,
     "sync": load_sync,
     "latency": load_latency,
+    "federation": load_federation,
 }
 
 
@@ -166,7 +194,8 @@ async def main_async(name: str, seconds: float, database: str, sample: bool = Tr
     os.sched_setaffinity(0, {1})
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
-    target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0})
+    ca = make_ca(str(workdir / "ca")) if name == "federation" else None
+    target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0}, ca=ca)
     await target.start()
     server = psutil.Process(target.pids()[0])
 

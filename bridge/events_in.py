@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 MISSING_EVENTS_LIMIT = 10
 MAX_FETCH_CONCURRENCY = 10
 
-# Called after a remote event was accepted into a room's timeline.
-AcceptedListener = Callable[[Event, int], Awaitable[None]]
+# Called after a remote event was accepted into a room's timeline; the flag says whether the
+# event creator's batch hooks (push actions, search) were written in the event's transaction.
+AcceptedListener = Callable[[Event, int, bool], Awaitable[None]]
 
 
 class EventRejected(Exception):
@@ -105,7 +106,7 @@ class FederationEventHandler:
                 await self._fetch_state_at(origin, event.room_id, event.room_version, missing)
         await self._ensure_auth_events(origin, event)
         async with self.hs.creator.room_lock(event.room_id):
-            stream_id, rejected = await self._check_and_persist(event, backfilled)
+            stream_id, rejected, derived = await self._check_and_persist(event, backfilled)
         if rejected is not None:
             raise EventRejected(rejected)
         if stream_id is not None:
@@ -113,7 +114,7 @@ class FederationEventHandler:
             self.hs.notifier.notify(rooms=[event.room_id], users=users)
             for listener in self.accepted_listeners:
                 try:
-                    await listener(event, stream_id)
+                    await listener(event, stream_id, derived)
                 except Exception:
                     log.exception("listener for accepted federation events failed")
 
@@ -326,7 +327,11 @@ class FederationEventHandler:
             return None
         return (await self.tracker.source.get_events([create_id])).get(create_id)
 
-    async def _check_and_persist(self, event: Event, backfilled: bool) -> tuple[int | None, str | None]:
+    async def _check_and_persist(
+        self, event: Event, backfilled: bool
+    ) -> tuple[int | None, str | None, bool]:
+        """(stream ID or None, why it was rejected or None, whether the batch hooks' rows
+        were written with it)."""
         auth_found = await self.tracker.source.get_events(event.auth_event_ids)
         auth_list = [auth_found[a] for a in event.auth_event_ids if a in auth_found]
         rejected: str | None = None
@@ -343,7 +348,7 @@ class FederationEventHandler:
             await self.events.persist_federated_event(
                 event, outlier=rejected is not None, backfilled=rejected is None, extra=status
             )
-            return None, rejected
+            return None, rejected, False
         state_before = await self.tracker.state_before(event)
         if state_before is None:
             raise PduError("the state before the event is unknown")
@@ -384,7 +389,7 @@ class FederationEventHandler:
             # If it was already stored as an outlier, still record its status.
             async with self.hs.db.write() as conn:
                 await self.tracker.write(conn, prepared, rejected, soft_failed)
-            return None, rejected
+            return None, rejected, False
         extremities, _ = await self.events.get_extremities_and_depth(event.room_id)
         others = [e for e in extremities if e not in set(event.prev_event_ids) and e != event.event_id]
         if not others:
@@ -395,14 +400,27 @@ class FederationEventHandler:
             new_current = await self.tracker.resolve(event.room_version, sets, pending=[event])
         changes = await self.state_changes(current, new_current, event)
         written: list[int] = []
+        # A message's push actions and search rows go in its own transaction, as a local
+        # message's do: one commit, and no "late" push write to discount kept unread counts.
+        message = not event.is_state() and event.type != "m.room.redaction"
+        works = await self.hs.creator.prepare_derived([event]) if message else []
 
-        async def write_state(conn: AsyncConnection, _sid: int) -> None:
+        async def write_state(conn: AsyncConnection, sid: int) -> None:
             written.append(await self.tracker.write(conn, prepared, None, False))
+            for work in works:
+                await work.write(conn, [sid])
 
         sid = await self.events.persist_federated_event(event, state_changes=changes, extra=write_state)
         if written:
             self.tracker.settled(event.event_id, EventStateInfo(written[0], None, False))
-        return sid, None
+        if sid is None:
+            return None, None, False
+        for work in works:
+            try:
+                work.committed()
+            except Exception:
+                log.exception("batch hook failed after commit")
+        return sid, None, bool(works)
 
     async def state_changes(
         self, current: StateMap, new: StateMap, event: Event | None = None

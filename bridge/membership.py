@@ -265,7 +265,7 @@ class MembershipHandler:
             )
         self.hs.notifier.notify(rooms=[room_id], users=[join.sender])
         for listener in self.inbound.accepted_listeners:
-            await listener(join, stream_id)
+            await listener(join, stream_id, False)
 
     # Outbound: invite --------------------------------------------------------------------------
 

@@ -225,12 +225,13 @@ class Federation:
             raise MatrixError(502, Codes.UNKNOWN, "Malformed profile from the user's server")
         return {k: v for k, v in body.items() if isinstance(k, str) and isinstance(v, str)}
 
-    async def on_remote_event(self, event: Event, stream_id: int) -> None:
+    async def on_remote_event(self, event: Event, stream_id: int, derived_written: bool) -> None:
         """Remote events accepted into a timeline reach the same listeners as local ones (push,
-        search, user directory ...), except federation's own sender."""
+        search, user directory ...), except federation's own sender, and those whose work
+        was written with the event."""
         if event.type == "m.room.member":
             self._room_servers.pop(event.room_id, None)
-        for listener in list(self.hs.creator.listeners):
+        for listener in list(self.hs.creator.listeners_for(derived_written)):
             if listener == self.on_local_event:
                 continue
             try:

@@ -157,6 +157,13 @@ class EventCreator:
         self._covered.add(replaces)
         self.listeners.append(replaces)
 
+    def listeners_for(self, derived_written: bool) -> list[EventListener]:
+        """The listeners an event still needs: all of them, or, when the batch hooks' work
+        was written with it, those no hook covers."""
+        if not derived_written:
+            return self.listeners
+        return [x for x in self.listeners if x not in self._covered]
+
     def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
         # Per room and, on PostgreSQL, across every worker process sharing the database.
         return self.store.db.room_lock(room_id)
@@ -343,7 +350,7 @@ class EventCreator:
             owners.append(p)
             if key is not None:
                 in_batch[key] = p
-        works = await self._prepare_batch([event for event, _ in chain])
+        works = await self.prepare_derived([event for event, _ in chain])
 
         async def write_derived(conn: AsyncConnection, stream_ids: list[int]) -> None:
             for work in works:
@@ -366,7 +373,10 @@ class EventCreator:
                 p.result = p.duplicate_of.result
         return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
 
-    async def _prepare_batch(self, events: list[Event]) -> list[BatchWork]:
+    async def prepare_derived(self, events: list[Event]) -> list[BatchWork]:
+        """The batch hooks' work for new messages of one room (local, or remote ones being
+        persisted), to write in their transaction. Their covered listeners are then skipped
+        (`listeners_for`)."""
         works: list[BatchWork] = []
         if not events:
             return works
@@ -500,7 +510,7 @@ class EventCreator:
         # notification count arrives in the same /sync as its event. The events are already
         # durable: a failing listener is logged, never turned into an error for the sender.
         # Batched messages skip the listeners whose work their batch hooks already did.
-        listeners = [x for x in self.listeners if x not in self._covered] if batched else self.listeners
+        listeners = self.listeners_for(batched)
         for event, stream_id in zip(events, stream_ids, strict=True):
             for listener in listeners:
                 try:

@@ -7,9 +7,15 @@ messages instead of dropping the room's cache each time. Both must never serve s
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import logging
+from typing import Any
+
+import pytest
+
+from sqlalchemy import func, select
 
 from bridge.schema import federation_event_state
+from homeserver.storage.cs_schema import event_push_changes, event_search
 from tests.federation.support import (
     CertAuthority,
     federation_of,
@@ -67,3 +73,48 @@ async def test_remote_messages_keep_the_dag_linear_and_outlier_status_fresh(
                 )
             ).one()
         assert row[0] == group
+
+
+async def test_remote_messages_write_push_actions_and_search_rows_with_the_event(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A remote message's push actions and search rows are written in its own transaction,
+    once: not again by the listeners, and not as a "late" push write (which would make
+    every later /sync count the room's unread notifications afresh)."""
+    async with joined_pair(test_ca, tmp_dirs, room_version="11") as (_, b, alice, bob, room_id):
+        sent = [await alice.send(room_id, f"remote word{i}") for i in range(3)]
+
+        async def counted() -> Any:
+            await bob.sync()
+            joined = (await bob.sync())["rooms"]["join"].get(room_id, {})
+            counts = joined.get("unread_notifications", {})
+            return counts if counts.get("notification_count") == 3 else None
+
+        bob.since = None
+        await wait_for(counted, what="three notifications on B")
+        async with b.hs.db.read() as conn:
+            search_rows = (
+                await conn.execute(
+                    select(event_search.c.event_id, func.count())
+                    .where(event_search.c.event_id.in_(sent))
+                    .group_by(event_search.c.event_id)
+                )
+            ).all()
+            changes = (
+                await conn.execute(
+                    select(event_push_changes.c.late_stream_id).where(
+                        event_push_changes.c.user_id == bob.user_id,
+                        event_push_changes.c.room_id == room_id,
+                    )
+                )
+            ).one()
+        assert dict(search_rows) == dict.fromkeys(sent, 1)
+        # Written once: the listeners did not try again (their inserts would collide).
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        assert changes.late_stream_id is None
+        hits = await bob.call(
+            "POST", "/search", {"search_categories": {"room_events": {"search_term": "word1"}}}
+        )
+        assert [r["result"]["event_id"] for r in hits["search_categories"]["room_events"]["results"]] == [
+            sent[1]
+        ]
