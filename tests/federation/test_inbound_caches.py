@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 import pytest
-
 from sqlalchemy import func, select
 
 from bridge.schema import federation_event_state
