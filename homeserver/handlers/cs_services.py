@@ -69,7 +69,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
     relations_store = RelationsStore(hs.db, hs.events)
     # Recorded notifications also go to push gateways (queued; see pusher_delivery).
     push_actions = NotifyingPushActionStore(hs.db)
-    pusher_store = PusherStore(hs.db)
+    pusher_store = PusherStore(hs.db, hs.invalidations)
     delivery = PusherDelivery(hs.db, hs.events, push_actions, pusher_store, hs.clock, config.push)
     push_actions.delivery = delivery
     push = PushHandler(

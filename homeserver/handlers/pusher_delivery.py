@@ -116,7 +116,8 @@ class PusherDelivery:
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
-    # One process alone (SQLite): user ID -> http pushers, dropped when any pusher changes.
+    # User ID -> http pushers, dropped when any pusher changes (here or on another worker:
+    # the pusher store's version follows the invalidations).
     _pusher_cache: dict[str, list[GatewayPusher]] = field(default_factory=dict, init=False)
     _pusher_cache_version: int = field(default=-1, init=False)
 
@@ -198,9 +199,6 @@ class PusherDelivery:
     # Building requests -------------------------------------------------------------------
 
     async def _http_pushers(self, user_ids: list[str]) -> list[GatewayPusher]:
-        if self.db.shared:
-            # Other workers change pushers too: always ask the database.
-            return await self._load_http_pushers(user_ids)
         cache = self._pusher_cache
         version = self.pusher_store.version
         if version != self._pusher_cache_version:

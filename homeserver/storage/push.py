@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
+from homeserver.invalidation import Invalidations
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import (
     event_push_actions,
@@ -21,6 +22,9 @@ from homeserver.storage.cs_schema import (
 )
 from homeserver.storage.engine import Database
 from homeserver.storage.unread import Counts, UnreadCounts, receipt_positions
+
+# Invalidation topic: some pusher changed (no payload; caches of pushers start afresh).
+PUSHERS_TOPIC = "pushers"
 
 _INSERT_PUSH_ACTIONS = BulkInsert(
     event_push_actions,
@@ -411,11 +415,18 @@ class Pusher:
 
 
 class PusherStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, invalidations: Invalidations | None = None) -> None:
         self.db = db
-        # Bumped before and after every change this process makes, so callers can cache
-        # what they read (and tell that a read overlapped a change).
+        # Bumped before and after every change this process makes, and when another worker
+        # made one, so callers can cache what they read (and tell that a read overlapped a
+        # change).
         self.version = 0
+        self._peers = invalidations or Invalidations()
+        self._peers.subscribe(PUSHERS_TOPIC, self._changed_elsewhere)
+        self._peers.on_reset(lambda: self._changed_elsewhere(None))
+
+    def _changed_elsewhere(self, _payload: object) -> None:
+        self.version += 1
 
     _cols = (
         pushers.c.user_id,
@@ -448,6 +459,7 @@ class PusherStore:
             await self._set(pusher, append, now)
         finally:
             self.version += 1
+            self._peers.broadcast(PUSHERS_TOPIC, None)
 
     async def _set(self, pusher: Pusher, append: bool, now: int) -> None:
         async with self.db.write() as conn:
@@ -494,3 +506,4 @@ class PusherStore:
                 )
         finally:
             self.version += 1
+            self._peers.broadcast(PUSHERS_TOPIC, None)

@@ -152,6 +152,8 @@ def write_config(directory: Path, port: int, db_url: str, redis_url: str | None,
         "redis": {"enabled": redis_url is not None, "url": redis_url or "", "channel": channel},
         "registration": {"enabled": True, "requires_token": False, "shared_secret": "scale-secret"},
         "rate_limits": {"enabled": False},
+        # Tests run their push gateway on loopback.
+        "push": {"allowed_gateway_ranges": ["127.0.0.0/8"]},
     }
     path = directory / "config" / f"homeserver-{port}.yaml"
     # JSON is valid YAML.

@@ -7,6 +7,7 @@ load balancer), so each test can choose which worker a request reaches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from homeserver.storage.engine import Database
 from tests.scale.checks import assert_exactly_once, assert_linear_chain, room_rows
 from tests.scale.matrix import CS, SendLog, call, register, send_until_acked
 from tests.scale.services import SottoProcesses
+from tests.support.push_gateway import gateway
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -239,6 +241,55 @@ async def test_push_caches_follow_changes_made_on_the_other_worker(two_workers: 
         status, body = await call(s, "POST", f"{b_url}{CS}/join/{quote(room_id)}", carol, json={})
         assert status == 200, body
         assert await notified_eventually(carol), carol_id
+
+
+async def test_pushers_set_or_removed_on_one_worker_reach_deliveries_of_the_other(
+    two_workers: SottoProcesses,
+) -> None:
+    """Worker A caches each user's pushers when it delivers; a pusher added, then removed,
+    on worker B must change where A's next notifications go."""
+    room_id, users = await _room_with_members(two_workers, 2)
+    (_, alice), (_, bob) = users
+    a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
+    async with gateway() as gw, aiohttp.ClientSession() as s:
+        sent = 0
+
+        async def send_on_a() -> None:
+            nonlocal sent
+            sent += 1
+            path = f"{a_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/g{sent}"
+            status, body = await call(s, "PUT", path, alice, json={"msgtype": "m.text", "body": "x"})
+            assert status == 200, body
+
+        pusher = {
+            "kind": "http",
+            "app_id": "org.example.app",
+            "pushkey": "bob-phone",
+            "app_display_name": "Example",
+            "device_display_name": "Phone",
+            "lang": "en",
+            "data": {"url": gw.url},
+        }
+        # A learns that bob has no pusher (and would keep believing it, unaided).
+        await send_on_a()
+        await gw.nothing(0.5)
+        status, body = await call(s, "POST", b_url + CS + "/pushers/set", bob, json=pusher)
+        assert status == 200, body
+        for _ in range(40):
+            await send_on_a()
+            with contextlib.suppress(TimeoutError):
+                notification = await gw.next(0.25)
+                break
+        else:
+            raise AssertionError("worker A never delivered to the pusher set on worker B")
+        assert notification["devices"][0]["pushkey"] == "bob-phone"
+        status, body = await call(s, "POST", b_url + CS + "/pushers/set", bob, json={**pusher, "kind": None})
+        assert status == 200, body
+        await asyncio.sleep(0.5)  # the invalidation travels through Redis
+        while not gw.received.empty():  # deliveries of messages sent before the removal
+            gw.received.get_nowait()
+        await send_on_a()
+        await gw.nothing(1.0)
 
 
 async def test_typing_on_one_worker_reaches_syncs_on_the_other(two_workers: SottoProcesses) -> None:
