@@ -94,6 +94,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     only_writer = not db.shared or (
         not config.redis.enabled and config.workers.count <= 1 and config.workers.index is None
     )
+    db.sole_writer = db.shared and only_writer
     events = EventStore(db, cache_state=only_writer)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     aliases = AliasStore(db)

@@ -249,6 +249,10 @@ class Database:
                 isolation_level="AUTOCOMMIT",
             )
         self._lock_slots = asyncio.Semaphore(LOCK_POOL_SIZE)
+        # Set when no other process writes events to this database (PostgreSQL served by one
+        # process, without workers): room locks are then this process's own, with no
+        # advisory lock (two round trips per batch).
+        self.sole_writer = False
         self._write_lock = asyncio.Lock()
         # Group commit (PostgreSQL): the open transaction, and how many writers wait for the lock.
         self._batch: _Batch | None = None
@@ -578,7 +582,8 @@ class Database:
         log.info("stream position loaded: %d", best)
 
     def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
-        """Serialise event creation in one room, across every process sharing the database."""
+        """Serialise event creation in one room: across every process sharing the database
+        (an advisory lock), or within this one when it is the sole writer."""
         lock = self._room_locks.get(room_id)
         if lock is None:
             lock = _RoomLock()
@@ -589,12 +594,14 @@ class Database:
         """Inside `room_lock(room_id)`: whether this process kept the room's advisory lock
         from its previous use, so that no other process has held it in between."""
         lock = self._room_locks.get(room_id)
-        return lock is not None and lock.local.locked() and lock.held is not None and lock.reuses > 0
+        if lock is None or not lock.local.locked():
+            return False
+        return self.sole_writer or (lock.held is not None and lock.reuses > 0)
 
     @asynccontextmanager
     async def _room_lock(self, lock: _RoomLock, room_id: str) -> AsyncIterator[None]:
         async with lock.local:
-            if self._lock_engine is None:
+            if self._lock_engine is None or self.sole_writer:
                 yield
                 return
             if lock.reaper is not None:

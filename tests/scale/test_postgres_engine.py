@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import literal, select
 
+from homeserver.server import build_homeserver
 from homeserver.storage import engine as engine_mod
 from homeserver.storage.engine import Database, _Gate
+from tests.support.server import free_port
+from tests.support.server import test_config as make_config
 
 
 async def test_burst_far_larger_than_the_pool_succeeds(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,3 +244,56 @@ async def test_room_lock_kept_says_whether_another_worker_could_have_held_it(pg_
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_sole_writer_serialises_rooms_without_advisory_locks(pg_url: str) -> None:
+    """PostgreSQL served by one process: room locks are local (no advisory lock round
+    trips), still exclusive within the process, and always "kept"."""
+    from homeserver.storage import postgres
+
+    calls = 0
+    real = postgres.acquire_lock
+
+    async def counting(engine: object, name: str) -> postgres.HeldLock:
+        nonlocal calls
+        calls += 1
+        return await real(engine, name)  # type: ignore[arg-type]
+
+    db = Database(pg_url)
+    db.sole_writer = True
+    inside: list[str] = []
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(postgres, "acquire_lock", counting)
+
+            async def hold(name: str) -> None:
+                async with db.room_lock("!s:x"):
+                    assert db.room_lock_kept("!s:x")
+                    inside.append(name + "+")
+                    await asyncio.sleep(0.02)
+                    inside.append(name + "-")
+
+            await asyncio.gather(hold("a"), hold("b"))
+        assert inside == ["a+", "a-", "b+", "b-"]
+        assert calls == 0
+        assert not db.room_lock_kept("!s:x")  # outside the lock
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize(
+    ("redis", "workers", "sole"),
+    [(False, {}, True), (True, {}, False), (False, {"count": 2}, False), (False, {"index": 0}, False)],
+)
+async def test_only_one_process_on_postgres_is_the_sole_writer(
+    pg_url: str, tmp_path: Path, redis: bool, workers: dict[str, int], sole: bool
+) -> None:
+    config = make_config(
+        str(tmp_path), free_port(), database={"url": pg_url}, redis={"enabled": redis}, workers=workers
+    )
+    hs = build_homeserver(config)
+    try:
+        assert hs.db.sole_writer is sole
+        assert hs.events.cache_state is sole
+    finally:
+        await hs.db.close()
