@@ -15,7 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.schema import federation_destinations, federation_outbox, federation_received_txns
 from homeserver import jsonutil
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.engine import Database
+
+# Received transactions' responses are kept this long (a sender retries for far less).
+TXN_KEEP_MS = 7 * 24 * 3600 * 1000
+TXN_SWEEP_INTERVAL_MS = 600_000
+
+_INSERT_TXN_RESPONSE = BulkInsert(
+    federation_received_txns, ("origin", "txn_id", "response_json", "received_ts"), skip_existing=True
+)
 
 
 @dataclass(slots=True)
@@ -35,6 +44,7 @@ class RetryState:
 class FederationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._txns_swept_ms = 0
 
     # Outbox --------------------------------------------------------------------------------
 
@@ -189,26 +199,14 @@ class FederationStore:
         self, origin: str, txn_id: str, response: dict[str, Any], now_ms: int
     ) -> None:
         async with self.db.write() as conn:
-            exists = (
+            # A retry racing its original is answered from whichever got here first.
+            await _INSERT_TXN_RESPONSE.run(conn, [(origin, txn_id, jsonutil.dumps(response), now_ms)])
+            # Transaction IDs only need to be remembered for as long as a sender might retry;
+            # the old ones are swept now and then, not on every transaction.
+            if now_ms - self._txns_swept_ms >= TXN_SWEEP_INTERVAL_MS:
+                self._txns_swept_ms = now_ms
                 await conn.execute(
-                    select(federation_received_txns.c.txn_id).where(
-                        federation_received_txns.c.origin == origin,
-                        federation_received_txns.c.txn_id == txn_id,
+                    delete(federation_received_txns).where(
+                        federation_received_txns.c.received_ts < now_ms - TXN_KEEP_MS
                     )
                 )
-            ).first()
-            if exists is None:
-                await conn.execute(
-                    insert(federation_received_txns).values(
-                        origin=origin,
-                        txn_id=txn_id,
-                        response_json=jsonutil.dumps(response),
-                        received_ts=now_ms,
-                    )
-                )
-            # Transaction IDs only need to be remembered for as long as a sender might retry.
-            await conn.execute(
-                delete(federation_received_txns).where(
-                    federation_received_txns.c.received_ts < now_ms - 7 * 24 * 3600 * 1000
-                )
-            )

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
@@ -26,7 +26,7 @@ from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
 from homeserver.storage.event_federation import FederatedEventWrites, event_row
 from homeserver.storage.event_types import StateKey, StoredEvent, TxnInfo
-from homeserver.storage.message_batches import MessageBatchWrites
+from homeserver.storage.message_batches import MessageBatchWrites, advance_extremities
 from homeserver.storage.room_flags import RoomFlags
 from homeserver.storage.schema import (
     current_state,
@@ -42,15 +42,17 @@ __all__ = ["EventStore", "StateKey", "StoredEvent", "TxnInfo"]
 class _RoomCache:
     """Auth-relevant current state and forward extremities of one room.
 
-    `state` maps a state key to its current event, or None when known to be absent.
+    `state` maps a state key to its current event, or None when known to be absent; `ids`,
+    once read, is the whole current state's event IDs (federation checks every PDU against it).
     """
 
-    __slots__ = ("depth", "extremities", "state")
+    __slots__ = ("depth", "extremities", "ids", "state")
 
     def __init__(self) -> None:
         self.state: dict[StateKey, StoredEvent | None] = {}
         self.extremities: list[str] | None = None
         self.depth = 0
+        self.ids: dict[StateKey, str] | None = None
 
 
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
@@ -128,6 +130,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             return
         if event.is_state():
             cache.state[event.state_key_tuple] = stored
+            if cache.ids is not None:
+                cache.ids[event.state_key_tuple] = event.event_id
         if cache.extremities is not None:
             prevs = set(event.prev_event_ids)
             cache.extremities = [e for e in cache.extremities if e not in prevs] + [event.event_id]
@@ -290,13 +294,21 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     # Current state ---------------------------------------------------------------------------
 
     async def get_current_state_ids(self, room_id: str) -> dict[StateKey, str]:
+        if self.cache_state:
+            cache = self._cache(room_id)
+            if cache is not None and cache.ids is not None:
+                return dict(cache.ids)
+        gen = self._gen(room_id)
         async with self.db.read() as conn:
             rows = await conn.execute(
                 select(current_state.c.type, current_state.c.state_key, current_state.c.event_id).where(
                     current_state.c.room_id == room_id
                 )
             )
-            return {(r[0], r[1]): r[2] for r in rows}
+            ids = {(r[0], r[1]): r[2] for r in rows}
+        if self.cache_state and self._gen(room_id) == gen:
+            self._cache_to_fill(room_id).ids = dict(ids)
+        return ids
 
     async def get_current_state(
         self,
@@ -590,14 +602,7 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 await conn.execute(
                     insert(current_state).values(room_id=room_id, type=key[0], state_key=key[1], **values)
                 )
-        prevs = event.prev_event_ids
-        if prevs:
-            await conn.execute(
-                delete(forward_extremities).where(
-                    forward_extremities.c.room_id == room_id, forward_extremities.c.event_id.in_(prevs)
-                )
-            )
-        await conn.execute(insert(forward_extremities).values(room_id=room_id, event_id=event.event_id))
+        await advance_extremities(conn, room_id, event.prev_event_ids, event.event_id)
         if event.type == "m.room.member" and event.membership == "join" and event.state_key:
             await self.unforget_room(conn, event.state_key, room_id)
         if event.type == "m.room.redaction" and event.redacts:
@@ -640,3 +645,4 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             ev = Event(jsonutil.loads(raw), redaction.room_version)
             state[ev.state_key_tuple] = ev
         return redaction_applies(redaction.sender, target_sender, state)
+

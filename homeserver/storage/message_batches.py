@@ -94,6 +94,18 @@ class StaleRoomHead(Exception):
     room's cache was out of date. Nothing was written; build the batch again."""
 
 
+async def advance_extremities(conn: AsyncConnection, room_id: str, prevs: list[str], event_id: str) -> None:
+    """`event_id` becomes a forward extremity and its prev events stop being ones. With one
+    prev that is an extremity (the usual case) that is one UPDATE."""
+    if len(prevs) == 1:
+        params = {"in_room": room_id, "old_id": prevs[0], "new_id": event_id}
+        if (await conn.execute(_REPLACE_EXTREMITY, params)).rowcount == 1:
+            return
+    elif prevs:
+        await conn.execute(_DELETE_EXTREMITIES, {"room_id": room_id, "event_ids": list(prevs)})
+    await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": event_id})
+
+
 class MessageBatchWrites:
     if TYPE_CHECKING:
         # Provided by EventStore.

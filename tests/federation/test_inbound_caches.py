@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from bridge.schema import federation_event_state
 from homeserver.storage.cs_schema import event_push_changes, event_search
+from homeserver.storage.schema import current_state
 from tests.federation.support import (
     CertAuthority,
     federation_of,
@@ -117,3 +118,54 @@ async def test_remote_messages_write_push_actions_and_search_rows_with_the_event
         assert [r["result"]["event_id"] for r in hits["search_categories"]["room_events"]["results"]] == [
             sent[1]
         ]
+
+
+async def test_cached_current_state_ids_follow_local_and_remote_state(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    """Every PDU is checked against the room's whole current state, which one process keeps
+    cached: state changed here, over federation, or by a redaction must all show in it."""
+    async with joined_pair(test_ca, tmp_dirs, room_version="11") as (_, b, alice, bob, room_id):
+        events = b.hs.events
+
+        async def stored() -> dict[tuple[str, str], str]:
+            async with b.hs.db.read() as conn:
+                rows = await conn.execute(
+                    select(current_state.c.type, current_state.c.state_key, current_state.c.event_id).where(
+                        current_state.c.room_id == room_id
+                    )
+                )
+                return {(r[0], r[1]): r[2] for r in rows}
+
+        async def agrees() -> bool:
+            return await events.get_current_state_ids(room_id) == await stored()
+
+        assert await agrees()
+        cached = events._rooms[room_id].ids
+        assert cached is not None
+        # Local state (bob's display name, sent on B).
+        await bob.state(room_id, "m.room.member", {"membership": "join", "displayname": "Bob"}, bob.user_id)
+        assert events._rooms[room_id].ids is cached  # kept, and moved forward
+        assert await agrees()
+        # Remote state (alice's topic, from A).
+        topic = await alice.state(room_id, "m.room.topic", {"topic": "t"})
+
+        async def topic_on_b() -> bool:
+            return (await events.get_current_state_ids(room_id)).get(("m.room.topic", "")) == topic
+
+        await wait_for(topic_on_b, what="the topic on B")
+        assert await agrees()
+        # A remote message keeps the cache (and changes nothing in it).
+        before = await events.get_current_state_ids(room_id)
+        await alice.send(room_id, "plain")
+        await wait_for(lambda: _has_body(bob, room_id, "plain"), what="the message on B")
+        assert await events.get_current_state_ids(room_id) == before
+        assert await agrees()
+        # The returned map is the caller's own.
+        mine = await events.get_current_state_ids(room_id)
+        mine.clear()
+        assert await agrees()
+
+
+async def _has_body(client: Any, room_id: str, body: str) -> bool:
+    return body in await room_bodies(client, room_id)
