@@ -71,10 +71,12 @@ class BulkInsert:
             columns = self.columns
             stmt = self.statement(conn.dialect.name)
             params = [dict(zip(columns, row, strict=True)) for row in rows]
+            # One row is a plain execute, not an executemany of one.
+            args = params[0] if len(params) == 1 else params
             if self.skip_existing:
                 # SQLAlchemy batches the rows into multi-VALUES statements, RETURNING each.
-                return len((await conn.execute(stmt, params)).all())
-            await conn.execute(stmt, params)
+                return len((await conn.execute(stmt, args)).all())
+            await conn.execute(stmt, args)
             return -1
         sql, order = self._sqlite or self._compile(conn)
         if order is not None:

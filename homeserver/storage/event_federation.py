@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from homeserver import jsonutil
 from homeserver.events import Event
 from homeserver.events.room_versions import RoomVersion
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.schema import current_state, events, forward_extremities, rooms
 
 if TYPE_CHECKING:
@@ -37,24 +38,63 @@ def event_relation(event: Event) -> tuple[str | None, str | None]:
     return None, None
 
 
-def event_row(event: Event, stream_id: int, *, outlier: bool, **more: Any) -> dict[str, Any]:
-    """The `events` row of an event: the columns every writer sets, plus the writer's own."""
+# One event's `events` row, compiled once (see BulkInsert): every event written one at a
+# time (state, federation, redactions) goes through it.
+_INSERT_EVENT = BulkInsert(
+    events,
+    (
+        "stream_id",
+        "event_id",
+        "room_id",
+        "type",
+        "state_key",
+        "sender",
+        "depth",
+        "origin_server_ts",
+        "json",
+        "rel_type",
+        "relates_to",
+        "outlier",
+        "replaces_state",
+        "txn_id",
+        "device_id",
+        "unsigned_json",
+    ),
+)
+
+
+async def insert_event(
+    conn: AsyncConnection,
+    event: Event,
+    stream_id: int,
+    *,
+    outlier: bool,
+    replaces_state: str | None = None,
+    txn_id: str | None = None,
+    device_id: str | None = None,
+    unsigned_json: str | None = None,
+) -> None:
+    """Write an event's `events` row: the columns every writer sets, plus the writer's own."""
     rel_type, relates_to = event_relation(event)
-    return dict(
-        stream_id=stream_id,
-        event_id=event.event_id,
-        room_id=event.room_id,
-        type=event.type,
-        state_key=event.state_key,
-        sender=event.sender,
-        depth=event.depth,
-        origin_server_ts=event.origin_server_ts,
-        json=jsonutil.dumps(event.pdu),
-        rel_type=rel_type,
-        relates_to=relates_to,
-        outlier=outlier,
-        **more,
+    row = (
+        stream_id,
+        event.event_id,
+        event.room_id,
+        event.type,
+        event.state_key,
+        event.sender,
+        event.depth,
+        event.origin_server_ts,
+        jsonutil.dumps(event.pdu),
+        rel_type,
+        relates_to,
+        outlier,
+        replaces_state,
+        txn_id,
+        device_id,
+        unsigned_json,
     )
+    await _INSERT_EVENT.run(conn, [row])
 
 
 class FederatedEventWrites:
@@ -147,7 +187,7 @@ class FederatedEventWrites:
         if backfilled:
             lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
             stream_id = min(int(lowest or 0), 0) - 1
-            await conn.execute(insert(events).values(**event_row(event, stream_id, outlier=False)))
+            await insert_event(conn, event, stream_id, outlier=False)
         else:
             stream_id = await self._persist(
                 conn, event, txn=None, outlier=outlier, new_room=None, update_state=False

@@ -24,7 +24,7 @@ from homeserver.events import Event, get_room_version, redact
 from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
-from homeserver.storage.event_federation import FederatedEventWrites, event_row
+from homeserver.storage.event_federation import FederatedEventWrites, insert_event
 from homeserver.storage.event_types import StateKey, StoredEvent, TxnInfo
 from homeserver.storage.message_batches import MessageBatchWrites, advance_extremities
 from homeserver.storage.room_flags import RoomFlags
@@ -560,18 +560,15 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 }
         if unsigned_out is not None:
             unsigned_out.update(unsigned)
-        await conn.execute(
-            insert(events).values(
-                **event_row(
-                    event,
-                    stream_id,
-                    outlier=outlier,
-                    replaces_state=replaces,
-                    txn_id=txn.txn_id if txn else None,
-                    device_id=txn.device_id if txn else None,
-                    unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
-                )
-            )
+        await insert_event(
+            conn,
+            event,
+            stream_id,
+            outlier=outlier,
+            replaces_state=replaces,
+            txn_id=txn.txn_id if txn else None,
+            device_id=txn.device_id if txn else None,
+            unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
         )
         if outlier:
             return stream_id
