@@ -31,7 +31,7 @@ import psutil
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
 from bench.federation import fed_pair
 from bench.scenarios import Settings, _drive, latency_round, make_users, room_with
-from bench.targets import SottoTarget
+from bench.targets import SottoTarget, cpu_seconds
 from tests.federation.support import make_ca
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,20 +158,22 @@ async def load_federation(target: SottoTarget, seconds: float, cpu: Cpu) -> Outc
     await sender_server.start()
     try:
         async with new_session() as session:
-            start = cpu()
+            start, sender_start = cpu(), cpu_seconds(sender_server.pids())
             settings = Settings.make(True)
             settings.fed_messages = max(200, int(seconds * 150))  # about `seconds` of burst
             result = await fed_pair(sender_server, target, session, settings)
-            used = cpu() - start
+            used, sender_used = cpu() - start, cpu_seconds(sender_server.pids()) - sender_start
     finally:
         await sender_server.stop()
     burst = result["throughput"]
+    messages = burst["received"] + result["latency"]["n"]
     text = (
         f"{burst['received']} of {burst['sent']} messages, {burst['msgs_per_s']} msgs/s received, "
         f"latency p50 {result['latency']['p50_ms']:.1f} ms; receiver CPU "
-        f"{burst['receiver_cpu_ms_per_msg']} ms per message in the burst alone"
+        f"{burst['receiver_cpu_ms_per_msg']} ms per message in the burst alone; sender CPU "
+        f"{1000 * sender_used / max(1, messages):.3f} ms per message"
     )
-    return text, used, burst["received"] + result["latency"]["n"], "message"
+    return text, used, messages, "message"
 
 
 LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
