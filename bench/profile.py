@@ -192,11 +192,13 @@ def describe(outcome: Outcome) -> str:
     return f"{text}; server CPU {per} per {unit}"
 
 
-async def main_async(name: str, seconds: float, database: str, sample: bool = True) -> None:
+async def main_async(
+    name: str, seconds: float, database: str, sample: bool = True, federation: bool = False
+) -> None:
     os.sched_setaffinity(0, {1})
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
-    ca = make_ca(str(workdir / "ca")) if name == "federation" else None
+    ca = make_ca(str(workdir / "ca")) if name == "federation" or federation else None
     target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0}, ca=ca)
     await target.start()
     server = psutil.Process(target.pids()[0])
@@ -238,8 +240,12 @@ def main() -> None:
     parser.add_argument(
         "--no-sample", action="store_true", help="run the load without py-spy and print its rate only"
     )
+    parser.add_argument(
+        "--federation", action="store_true", help="the server has federation on (as deployments do)"
+    )
     args = parser.parse_args()
-    asyncio.run(main_async(args.load, args.seconds, args.database, sample=not args.no_sample))
+    sample = not args.no_sample
+    asyncio.run(main_async(args.load, args.seconds, args.database, sample=sample, federation=args.federation))
 
 
 if __name__ == "__main__":

@@ -403,7 +403,7 @@ class FederationEventHandler:
         # A message's push actions and search rows go in its own transaction, as a local
         # message's do: one commit, and no "late" push write to discount kept unread counts.
         message = not event.is_state() and event.type != "m.room.redaction"
-        works = await self.hs.creator.prepare_derived([event]) if message else []
+        works = await self.hs.creator.prepare_derived([event], remote=True) if message else []
 
         async def write_state(conn: AsyncConnection, sid: int) -> None:
             written.append(await self.tracker.write(conn, prepared, None, False))

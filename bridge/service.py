@@ -27,6 +27,7 @@ from bridge.hierarchy import FederatedHierarchy
 from bridge.keys import KeyRing, LocalKeys, load_old_keys
 from bridge.media import FederatedMedia
 from bridge.membership import MembershipHandler
+from bridge.outbound import OutboundMessages
 from bridge.pdu import PduError
 from bridge.queue import OutboundQueue
 from bridge.schema import federation_event_state
@@ -114,7 +115,10 @@ class Federation:
 
     def install(self) -> None:
         hs = self.hs
-        hs.creator.listeners.append(self.on_local_event)
+        # Group-committed messages queue themselves in their batch's transaction
+        # (bridge.outbound); every other local event through the listener.
+        outbound = OutboundMessages(hs, self.tracker, self.store, self.queue, self.room_servers)
+        hs.creator.add_batch_hook(outbound.prepare_messages, replaces=self.on_local_event, remote=False)
         hs.rooms.remote_join = self.membership.remote_join
         hs.rooms.remote_invite = self.membership.remote_invite
         hs.rooms.remote_knock = self.membership.remote_knock
@@ -231,7 +235,7 @@ class Federation:
         was written with the event."""
         if event.type == "m.room.member":
             self._room_servers.pop(event.room_id, None)
-        for listener in list(self.hs.creator.listeners_for(derived_written)):
+        for listener in list(self.hs.creator.listeners_for(derived_written, remote=True)):
             if listener == self.on_local_event:
                 continue
             try:

@@ -284,8 +284,11 @@ class StateTracker:
         prepared: PreparedState,
         rejected_reason: str | None = None,
         soft_failed: bool = False,
+        *,
+        fresh: bool = False,
     ) -> int:
-        """Write the group (if new) and the event's row; inside the caller's transaction."""
+        """Write the group (if new) and the event's row; inside the caller's transaction.
+        `fresh`: the event was just created here, so it has no row yet (not even as an outlier)."""
         group = prepared.existing_group
         if group is None:
             result = await conn.execute(
@@ -301,13 +304,12 @@ class StateTracker:
             group = int(result.scalar_one())
             self._group_meta[group] = (prepared.prev_group, prepared.chain_length)
             self._cache(group, dict(prepared.state))
-        existing = (
-            await conn.execute(
-                select(federation_event_state.c.state_group).where(
-                    federation_event_state.c.event_id == prepared.event_id
-                )
+        existing = None
+        if not fresh:
+            query = select(federation_event_state.c.state_group).where(
+                federation_event_state.c.event_id == prepared.event_id
             )
-        ).first()
+            existing = (await conn.execute(query)).first()
         if existing is not None and existing[0] is None:
             # An outlier that has now been placed in the DAG.
             self._outlier_infos.pop(prepared.event_id, None)

@@ -22,6 +22,7 @@ from homeserver.storage.engine import Database
 TXN_KEEP_MS = 7 * 24 * 3600 * 1000
 TXN_SWEEP_INTERVAL_MS = 600_000
 
+_INSERT_OUTBOX = BulkInsert(federation_outbox, ("destination", "kind", "event_id", "edu_json", "created_ts"))
 _INSERT_TXN_RESPONSE = BulkInsert(
     federation_received_txns, ("origin", "txn_id", "response_json", "received_ts"), skip_existing=True
 )
@@ -80,6 +81,14 @@ class FederationStore:
             for d in sorted(destinations)
         ]
         await conn.execute(insert(federation_outbox), rows)
+
+    @staticmethod
+    async def enqueue_pdus_in(
+        conn: AsyncConnection, destinations: Collection[str], now_ms: int, event_ids: list[str]
+    ) -> None:
+        """Queue several events (in order) within the caller's transaction."""
+        rows = [(d, "pdu", event_id, None, now_ms) for d in sorted(destinations) for event_id in event_ids]
+        await _INSERT_OUTBOX.run(conn, rows)
 
     async def next_batch(self, destination: str, max_pdus: int, max_edus: int) -> OutboxBatch:
         """The oldest queued items for one destination, within the transaction limits."""

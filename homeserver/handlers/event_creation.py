@@ -130,9 +130,11 @@ class EventCreator:
         self.server_name = server_name
         self.signing_key = signing_key
         self.listeners: list[EventListener] = []
-        self._batch_hooks: list[BatchHook] = []
+        # (hook, whether it also handles remote messages)
+        self._batch_hooks: list[tuple[BatchHook, bool]] = []
         # Listeners whose work a batch hook does for group-committed messages.
-        self._covered: set[EventListener] = set()
+        # (Listener -> whether its hook handles remote messages too.)
+        self._covered: dict[EventListener, bool] = {}
         self._pending: dict[str, list[_Pending]] = {}
         self._draining: set[str] = set()
         # Per room: its senders' last message times (loop clock). Stale ones are dropped
@@ -149,20 +151,22 @@ class EventCreator:
         # Authorisations of messages that passed (see _check_message), least recently used first.
         self._auth_ok: OrderedDict[tuple[str, ...], None] = OrderedDict()
 
-    def add_batch_hook(self, hook: BatchHook, replaces: EventListener) -> None:
+    def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
         transaction. `replaces` is still a listener for every other event (state, local
-        and remote); it is only skipped for the messages the hook has handled."""
-        self._batch_hooks.append(hook)
-        self._covered.add(replaces)
+        and remote); it is only skipped for the messages the hook has handled. `remote`:
+        the hook also handles remote messages as federation persists them."""
+        self._batch_hooks.append((hook, remote))
+        self._covered[replaces] = remote
         self.listeners.append(replaces)
 
-    def listeners_for(self, derived_written: bool) -> list[EventListener]:
+    def listeners_for(self, derived_written: bool, *, remote: bool = False) -> list[EventListener]:
         """The listeners an event still needs: all of them, or, when the batch hooks' work
-        was written with it, those no hook covers."""
+        was written with it (`prepare_derived`), those whose hook did not run for it."""
         if not derived_written:
             return self.listeners
-        return [x for x in self.listeners if x not in self._covered]
+        covered = self._covered
+        return [x for x in self.listeners if x not in covered or (remote and not covered[x])]
 
     def room_lock(self, room_id: str) -> AbstractAsyncContextManager[None]:
         # Per room and, on PostgreSQL, across every worker process sharing the database.
@@ -373,14 +377,16 @@ class EventCreator:
                 p.result = p.duplicate_of.result
         return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
 
-    async def prepare_derived(self, events: list[Event]) -> list[BatchWork]:
-        """The batch hooks' work for new messages of one room (local, or remote ones being
+    async def prepare_derived(self, events: list[Event], *, remote: bool = False) -> list[BatchWork]:
+        """The batch hooks' work for new messages of one room (local, or `remote` ones being
         persisted), to write in their transaction. Their covered listeners are then skipped
         (`listeners_for`)."""
         works: list[BatchWork] = []
         if not events:
             return works
-        for hook in self._batch_hooks:
+        for hook, for_remote in self._batch_hooks:
+            if remote and not for_remote:
+                continue
             # Hooks are best effort, like listeners: a failing one never fails the messages.
             try:
                 work = await hook(events)
