@@ -283,7 +283,7 @@ class Federation:
 
         Not cached with several workers: a membership event handled by another worker
         (a remote join arriving there) would leave this worker's cache stale."""
-        if self.hs.db.shared:
+        if not self.hs.db.exclusive:
             return await room_servers(self.hs, room_id)
         cached = self._room_servers.get(room_id)
         if cached is None:

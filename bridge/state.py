@@ -120,10 +120,10 @@ class StateTracker:
         # only change such a row ever sees is being placed in the DAG by `write`, which lists
         # the event in `_placed`: never cached again, since that change may not be committed
         # yet, and a read that overlapped it checks `_placed` before keeping what it read.
-        # Another worker could place one unseen, so with a shared database nothing is cached.
+        # Another worker could place one unseen, so with several workers nothing is cached.
         self._outlier_infos: OrderedDict[str, EventStateInfo] = OrderedDict()
         self._placed: set[str] = set()
-        self._cache_outliers = not self.db.shared
+        self._cache_outliers = self.db.exclusive
         self.source = StoreEventSource(events, self)
 
     # Reading -----------------------------------------------------------------------------

@@ -276,6 +276,12 @@ class Database:
         """Whether other processes may write to this database (stream positions live in it)."""
         return self.is_postgres
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process is the only one writing (SQLite, or PostgreSQL served by one
+        process): caches of what is in the database then see every change."""
+        return not self.shared or self.sole_writer
+
     @asynccontextmanager
     async def _connect(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         if self.is_sqlite:

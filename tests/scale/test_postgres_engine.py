@@ -294,6 +294,7 @@ async def test_only_one_process_on_postgres_is_the_sole_writer(
     hs = build_homeserver(config)
     try:
         assert hs.db.sole_writer is sole
+        assert hs.db.exclusive is sole
         assert hs.events.cache_state is sole
     finally:
         await hs.db.close()
