@@ -20,18 +20,12 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.queue import OutboundQueue
-from bridge.schema import federation_event_state
-from bridge.state import EventStateInfo, PreparedState, StateTracker
+from bridge.state import INSERT_EVENT_STATE, EventStateInfo, PreparedState, StateTracker
 from bridge.store import FederationStore
 from homeserver.events import Event
 from homeserver.server import HomeServer
-from homeserver.storage.bulk import BulkInsert
 
 log = logging.getLogger(__name__)
-
-_INSERT_STATE_ROWS = BulkInsert(
-    federation_event_state, ("event_id", "room_id", "state_group", "rejected_reason", "soft_failed")
-)
 
 
 class _OutboundWork:
@@ -53,7 +47,7 @@ class _OutboundWork:
         first, rest = self.events[0], self.events[1:]
         # A new event's ID is known nowhere else yet: it has no row to look for.
         self.group = group = await owner.tracker.write(conn, self.prepared, fresh=True)
-        await _INSERT_STATE_ROWS.run(conn, [(e.event_id, first.room_id, group, None, False) for e in rest])
+        await INSERT_EVENT_STATE.run(conn, [(e.event_id, first.room_id, group, None, False) for e in rest])
         if self.destinations:
             now = owner.hs.clock.time_ms()
             await owner.store.enqueue_pdus_in(conn, self.destinations, now, [e.event_id for e in self.events])

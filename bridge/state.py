@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bridge.schema import federation_event_state, federation_state_groups
@@ -26,9 +26,18 @@ from homeserver import jsonutil
 from homeserver.events import Event
 from homeserver.events.room_versions import RoomVersion
 from homeserver.state import EventSource, StateMap, resolve_state
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.events import EventStore
 
 log = logging.getLogger(__name__)
+
+# Statements of every PDU, built once.
+_STATE_GROUP_OF = select(federation_event_state.c.state_group).where(
+    federation_event_state.c.event_id == bindparam("event_id")
+)
+INSERT_EVENT_STATE = BulkInsert(
+    federation_event_state, ("event_id", "room_id", "state_group", "rejected_reason", "soft_failed")
+)
 
 MAX_CHAIN = 50
 _CACHE_GROUPS = 512
@@ -306,10 +315,7 @@ class StateTracker:
             self._cache(group, dict(prepared.state))
         existing = None
         if not fresh:
-            query = select(federation_event_state.c.state_group).where(
-                federation_event_state.c.event_id == prepared.event_id
-            )
-            existing = (await conn.execute(query)).first()
+            existing = (await conn.execute(_STATE_GROUP_OF, {"event_id": prepared.event_id})).first()
         if existing is not None and existing[0] is None:
             # An outlier that has now been placed in the DAG.
             self._outlier_infos.pop(prepared.event_id, None)
@@ -323,15 +329,8 @@ class StateTracker:
                 .values(state_group=group, rejected_reason=rejected_reason, soft_failed=soft_failed)
             )
         elif existing is None:
-            await conn.execute(
-                insert(federation_event_state).values(
-                    event_id=prepared.event_id,
-                    room_id=prepared.room_id,
-                    state_group=group,
-                    rejected_reason=rejected_reason,
-                    soft_failed=soft_failed,
-                )
-            )
+            row = (prepared.event_id, prepared.room_id, group, rejected_reason, soft_failed)
+            await INSERT_EVENT_STATE.run(conn, [row])
         return group
 
     async def record(

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
@@ -61,6 +61,9 @@ _INSERT_EVENT = BulkInsert(
         "unsigned_json",
     ),
 )
+
+
+_OUTLIER_FLAG = select(events.c.outlier).where(events.c.event_id == bindparam("event_id"))
 
 
 async def insert_event(
@@ -129,7 +132,7 @@ class FederatedEventWrites:
     async def _promote_outlier(self, conn: AsyncConnection, event_id: str) -> bool:
         """Drop a stored outlier copy so the event can be stored as part of the timeline.
         Returns False if the event is already stored as a timeline event."""
-        row = (await conn.execute(select(events.c.outlier).where(events.c.event_id == event_id))).first()
+        row = (await conn.execute(_OUTLIER_FLAG, {"event_id": event_id})).first()
         if row is None:
             return True
         if not row[0]:
