@@ -183,6 +183,13 @@ class AuthHandler:
         users = set(user_ids)
         self._cache.drop_where(lambda info: info.user_id in users)
 
+    async def token_owner(self, token: str) -> TokenInfo | None:
+        """Who an access token belongs to (None if it is unknown or expired)."""
+        info = await self._lookup(hash_token(token))
+        if info is None or (info.expires_ts is not None and self.clock.time_ms() >= info.expires_ts):
+            return None
+        return info
+
     async def _lookup(self, token_hash: str) -> TokenInfo | None:
         info = self._cache.get(token_hash)
         if info is not None:

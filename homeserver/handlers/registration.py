@@ -73,6 +73,11 @@ def login_limiter(config: Config, clock: Clock) -> RateLimiter:
     return RateLimiter(clock, limits.login_per_second, limits.login_burst, enabled=limits.enabled)
 
 
+# Where a registration session remembers the guest account it upgrades. Clients cannot set
+# it: the key is dropped from the parameters a request brings.
+_UPGRADING = "\x00upgrading_guest"
+
+
 @dataclass(slots=True, frozen=True)
 class RegistrationRequest:
     username: str | None = None
@@ -138,6 +143,8 @@ class RegistrationHandler:
         """Validate a desired username and check it is free; returns the user ID it maps to."""
         self._require_open()
         user_id = validate_localpart(username.lower(), self.server_name)
+        if username.isdigit():
+            raise MatrixError(400, Codes.INVALID_USERNAME, "Numeric user IDs are reserved for guest users")
         if await self.accounts.find_user_case_insensitive(user_id):
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
         return user_id
@@ -158,10 +165,15 @@ class RegistrationHandler:
         if kind != "user":
             raise MatrixError(400, Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
         self._require_open()
-        params = {k: v for k, v in body.items() if k != "auth"}
+        # The guest's token is checked here and not remembered: the session keeps the
+        # guest's user ID instead, under a key no client can set.
+        params = {k: v for k, v in body.items() if k not in ("auth", "guest_access_token", _UPGRADING)}
         req = RegistrationRequest.from_json(params)
-        # A taken or invalid name is reported before the client goes through any auth stage.
-        if req.username is not None:
+        guest_token = optional_str(body, "guest_access_token")
+        if guest_token is not None:
+            params[_UPGRADING] = await self._guest_to_upgrade(guest_token, req.username)
+        elif req.username is not None:
+            # A taken or invalid name is reported before the client goes through any auth stage.
             await self.check_username(req.username)
         flows = self.flows
         # The session (in the database: the next step may reach another worker) remembers the
@@ -188,8 +200,12 @@ class RegistrationHandler:
                 Codes.UNAUTHORIZED,
                 "Registration token is no longer valid",
             )
+        upgrading = result.client_params.get(_UPGRADING)
         try:
-            user_id = await self._create_user(req, result.password_hash)
+            if isinstance(upgrading, str):
+                user_id = await self._upgrade_guest(upgrading, result.password_hash)
+            else:
+                user_id = await self._create_user(req, result.password_hash)
         except BaseException:
             # A token use counts only for a registration that succeeded.
             if token is not None:
@@ -205,6 +221,23 @@ class RegistrationHandler:
                 )
             )
         return response
+
+    async def _guest_to_upgrade(self, token: str, username: str | None) -> str:
+        """The guest account a registration with `guest_access_token` turns into a full one."""
+        if username is None:
+            raise missing_param("username (the guest's, to upgrade a guest account)")
+        owner = await self.auth.token_owner(token)
+        if owner is None or not owner.is_guest or owner.user_id != f"@{username.lower()}:{self.server_name}":
+            raise forbidden("Cannot register taken user ID without valid guest credentials for that user")
+        return owner.user_id
+
+    async def _upgrade_guest(self, user_id: str, password_hash: str | None) -> str:
+        if not await self.accounts.upgrade_guest(user_id, password_hash):
+            raise forbidden("This account is no longer a guest account")
+        # Its tokens (the guest's own included) now belong to a full account, on every worker.
+        self.auth.invalidate_user(user_id)
+        log.info("upgraded guest %s to a full account", user_id)
+        return user_id
 
     async def _register_guest(self, body: Mapping[str, Any]) -> dict[str, Any]:
         if not self.config.registration.allow_guests:

@@ -116,6 +116,16 @@ class AccountStore:
                 update(users).where(users.c.user_id == user_id).values(password_hash=password_hash)
             )
 
+    async def upgrade_guest(self, user_id: str, password_hash: str | None) -> bool:
+        """Make a guest account a full one (keeping its ID); False if it is not a guest."""
+        q = (
+            update(users)
+            .where(users.c.user_id == user_id, users.c.is_guest.is_(True), users.c.deactivated.is_(False))
+            .values(is_guest=False, password_hash=password_hash)
+        )
+        async with self.db.write() as conn:
+            return bool((await conn.execute(q)).rowcount)
+
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         async with self.db.write() as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(is_admin=is_admin))
