@@ -420,7 +420,8 @@ class FederationEventHandler:
                 work.committed()
             except Exception:
                 log.exception("batch hook failed after commit")
-        return sid, None, bool(works)
+        # The hooks ran (those with nothing to write returned no work): their listeners are done.
+        return sid, None, message
 
     async def state_changes(
         self, current: StateMap, new: StateMap, event: Event | None = None

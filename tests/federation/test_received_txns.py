@@ -10,18 +10,13 @@ from sqlalchemy import select
 
 from bridge.schema import federation_received_txns
 from bridge.store import TXN_KEEP_MS, TXN_SWEEP_INTERVAL_MS, FederationStore
-from homeserver.storage.engine import Database
-from homeserver.storage.migrate import migrate
+from tests.support.database import migrated_sqlite
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[FederationStore]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'txns.db'}")
-    await migrate(db)
-    try:
+    async with migrated_sqlite(tmp_path / "txns.db") as db:
         yield FederationStore(db)
-    finally:
-        await db.close()
 
 
 async def _txn_ids(store: FederationStore) -> list[str]:

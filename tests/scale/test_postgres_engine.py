@@ -90,39 +90,45 @@ async def test_cancelled_waiter_gives_back_its_slot() -> None:
     assert gate.waiting == 0
 
 
-async def test_room_lock_is_reused_and_still_excludes_other_workers(pg_url: str) -> None:
+@pytest.fixture
+def locks_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The advisory room locks acquired during the test, in order."""
     from homeserver.storage import postgres
 
-    calls = 0
+    taken: list[str] = []
     real = postgres.acquire_lock
 
     async def counting(engine: object, name: str) -> postgres.HeldLock:
-        nonlocal calls
-        calls += 1
+        taken.append(name)
         return await real(engine, name)  # type: ignore[arg-type]
 
+    monkeypatch.setattr(postgres, "acquire_lock", counting)
+    return taken
+
+
+async def test_room_lock_is_reused_and_still_excludes_other_workers(
+    pg_url: str, locks_taken: list[str]
+) -> None:
     a, b = Database(pg_url), Database(pg_url)
     inside: list[str] = []
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(postgres, "acquire_lock", counting)
-            for _ in range(5):  # back to back in one process: one advisory lock for all
-                async with a.room_lock("!r:x"):
-                    pass
-            assert calls == 1
+        for _ in range(5):  # back to back in one process: one advisory lock for all
+            async with a.room_lock("!r:x"):
+                pass
+        assert len(locks_taken) == 1
 
-            async def hold(db: Database, name: str) -> None:
-                async with db.room_lock("!r:x"):
-                    inside.append(name + "+")
-                    await asyncio.sleep(0.05)
-                    inside.append(name + "-")
+        async def hold(db: Database, name: str) -> None:
+            async with db.room_lock("!r:x"):
+                inside.append(name + "+")
+                await asyncio.sleep(0.05)
+                inside.append(name + "-")
 
-            # The other "worker" waits while `a` still holds (or lingers on) the lock.
-            await asyncio.gather(hold(a, "a"), hold(b, "b"))
-            assert inside in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
-            await asyncio.sleep(0.05)  # the lingering lock is let go ...
-            async with asyncio.timeout(2), b.room_lock("!r:x"):
-                pass  # ... so `b` gets it promptly
+        # The other "worker" waits while `a` still holds (or lingers on) the lock.
+        await asyncio.gather(hold(a, "a"), hold(b, "b"))
+        assert inside in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+        await asyncio.sleep(0.05)  # the lingering lock is let go ...
+        async with asyncio.timeout(2), b.room_lock("!r:x"):
+            pass  # ... so `b` gets it promptly
     finally:
         await a.close()
         await b.close()
@@ -246,36 +252,26 @@ async def test_room_lock_kept_says_whether_another_worker_could_have_held_it(pg_
         await b.close()
 
 
-async def test_a_sole_writer_serialises_rooms_without_advisory_locks(pg_url: str) -> None:
+async def test_a_sole_writer_serialises_rooms_without_advisory_locks(
+    pg_url: str, locks_taken: list[str]
+) -> None:
     """PostgreSQL served by one process: room locks are local (no advisory lock round
     trips), still exclusive within the process, and always "kept"."""
-    from homeserver.storage import postgres
-
-    calls = 0
-    real = postgres.acquire_lock
-
-    async def counting(engine: object, name: str) -> postgres.HeldLock:
-        nonlocal calls
-        calls += 1
-        return await real(engine, name)  # type: ignore[arg-type]
-
     db = Database(pg_url)
     db.sole_writer = True
     inside: list[str] = []
     try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(postgres, "acquire_lock", counting)
 
-            async def hold(name: str) -> None:
-                async with db.room_lock("!s:x"):
-                    assert db.room_lock_kept("!s:x")
-                    inside.append(name + "+")
-                    await asyncio.sleep(0.02)
-                    inside.append(name + "-")
+        async def hold(name: str) -> None:
+            async with db.room_lock("!s:x"):
+                assert db.room_lock_kept("!s:x")
+                inside.append(name + "+")
+                await asyncio.sleep(0.02)
+                inside.append(name + "-")
 
-            await asyncio.gather(hold("a"), hold("b"))
+        await asyncio.gather(hold("a"), hold("b"))
         assert inside == ["a+", "a-", "b+", "b-"]
-        assert calls == 0
+        assert locks_taken == []
         assert not db.room_lock_kept("!s:x")  # outside the lock
     finally:
         await db.close()

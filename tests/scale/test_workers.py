@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -52,6 +52,22 @@ async def _room_with_members(procs: SottoProcesses, n: int) -> tuple[str, list[t
             status, body = await call(s, "POST", url, token, {})
             assert status == 200, body
     return room_id, users
+
+
+def _sender(
+    session: aiohttp.ClientSession, base_url: str, room_id: str, token: str
+) -> Callable[[], Awaitable[None]]:
+    """A function that sends one more message to the room through `base_url`."""
+    sent = 0
+
+    async def send() -> None:
+        nonlocal sent
+        sent += 1
+        path = f"{base_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/s{sent}"
+        status, body = await call(session, "PUT", path, token, json={"msgtype": "m.text", "body": "x"})
+        assert status == 200, body
+
+    return send
 
 
 async def test_sync_on_one_worker_wakes_for_a_send_on_the_other(
@@ -205,14 +221,7 @@ async def test_push_caches_follow_changes_made_on_the_other_worker(two_workers: 
     a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
     rule = f"{CS}/pushrules/global/room/{quote(room_id)}"
     async with aiohttp.ClientSession() as s:
-        sent = 0
-
-        async def send_on_a() -> None:
-            nonlocal sent
-            sent += 1
-            path = f"{a_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/p{sent}"
-            status, body = await call(s, "PUT", path, alice, json={"msgtype": "m.text", "body": "x"})
-            assert status == 200, body
+        send_on_a = _sender(s, a_url, room_id, alice)
 
         async def count(token: str) -> int:
             status, body = await call(s, "GET", b_url + CS + "/sync", token, params={"timeout": "0"})
@@ -252,14 +261,7 @@ async def test_pushers_set_or_removed_on_one_worker_reach_deliveries_of_the_othe
     (_, alice), (_, bob) = users
     a_url, b_url = two_workers.base_url(0), two_workers.base_url(1)
     async with gateway() as gw, aiohttp.ClientSession() as s:
-        sent = 0
-
-        async def send_on_a() -> None:
-            nonlocal sent
-            sent += 1
-            path = f"{a_url}{CS}/rooms/{quote(room_id)}/send/m.room.message/g{sent}"
-            status, body = await call(s, "PUT", path, alice, json={"msgtype": "m.text", "body": "x"})
-            assert status == 200, body
+        send_on_a = _sender(s, a_url, room_id, alice)
 
         pusher = {
             "kind": "http",

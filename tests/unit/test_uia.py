@@ -22,9 +22,8 @@ from homeserver.handlers.uia import (
     user_id_from_identifier,
 )
 from homeserver.storage.accounts import AccountStore
-from homeserver.storage.engine import Database
-from homeserver.storage.migrate import migrate
 from homeserver.storage.uia_sessions import UIASessionStore
+from tests.support.database import migrated_sqlite
 
 SERVER = "example.org"
 ALICE = "@alice:example.org"
@@ -68,12 +67,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def sessions(tmp_path: Path) -> AsyncIterator[UIASessionStore]:
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'uia.db'}")
-    await migrate(db)
-    try:
+    async with migrated_sqlite(tmp_path / "uia.db") as db:
         yield UIASessionStore(db)
-    finally:
-        await db.close()
 
 
 @pytest.fixture
