@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, bad_json
 from homeserver.handlers.cs_services import services
@@ -17,6 +18,9 @@ def _scope(request: web.Request) -> None:
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     push = services(app, hs).push
+    # A device's push gateways go with it (logout, deletion), as in Synapse: a phone that was
+    # logged out must stop receiving notifications.
+    get_device_handler(app, hs).on_device_deleted.append(push.pushers.delete_for_devices)
     auth = hs.auth
 
     async def get_all(request: web.Request) -> web.Response:

@@ -496,14 +496,19 @@ class PusherStore:
             )
 
     async def delete(self, user_id: str, app_id: str, pushkey: str) -> None:
+        await self._delete(
+            pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
+        )
+
+    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+        """Remove the pushers set up from these devices (they were logged out or deleted)."""
+        await self._delete(pushers.c.user_id == user_id, pushers.c.device_id.in_(device_ids))
+
+    async def _delete(self, *where: Any) -> None:
         self.version += 1
         try:
             async with self.db.write() as conn:
-                await conn.execute(
-                    delete(pushers).where(
-                        pushers.c.user_id == user_id, pushers.c.app_id == app_id, pushers.c.pushkey == pushkey
-                    )
-                )
+                await conn.execute(delete(pushers).where(*where))
         finally:
             self.version += 1
             self._peers.broadcast(PUSHERS_TOPIC, None)

@@ -133,6 +133,25 @@ async def test_rejected_pushkey_is_removed(tmp_path: object) -> None:
         await gw.nothing(0.2)
 
 
+async def test_a_devices_pushers_go_when_it_logs_out(tmp_path: object) -> None:
+    async with setup(tmp_path) as (srv, gw, (alice, bob, _)):
+        room_id = await room(alice, bob, direct=True)
+        phone = RawClient(bob.session, srv.base_url, (await srv.login("bob"))["access_token"], bob.user_id)
+        await set_pusher(phone, gw, "phone-key")
+        await set_pusher(bob, gw, "laptop-key")
+        assert {p["pushkey"] for p in (await bob.ok("GET", "/pushers"))["pushers"]} == {
+            "phone-key",
+            "laptop-key",
+        }
+        await phone.ok("POST", "/logout", json={})
+        assert [p["pushkey"] for p in (await bob.ok("GET", "/pushers"))["pushers"]] == ["laptop-key"]
+        await send(alice, room_id, {"msgtype": "m.text", "body": "after logout"}, "t1")
+        notification = await gw.next()
+        assert [d["pushkey"] for d in notification["devices"]] == ["laptop-key"]
+        await delivery(srv).idle()
+        await gw.nothing(0.2)
+
+
 async def test_event_id_only_has_no_content(tmp_path: object) -> None:
     async with setup(tmp_path) as (_srv, gw, (alice, bob, _)):
         room_id = await room(alice, bob, direct=True)
