@@ -100,7 +100,7 @@ class Federation:
         self.handler = FederationHandler(hs, self.store, self.tracker, self.inbound)
         self.membership = MembershipHandler(hs, self.client, self.tracker, self.inbound)
         self.hierarchy = FederatedHierarchy(hs, self.client)
-        self.timestamps = FederatedTimestamps(hs, self.handler)
+        self.timestamps = FederatedTimestamps(hs, self.handler, self.client, self.inbound)
         self.edus = EduHandler(hs, self.queue)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []
@@ -124,6 +124,7 @@ class Federation:
         hs.rooms.remote_knock = self.membership.remote_knock
         hs.rooms.remote_hierarchy = self.hierarchy.remote_hierarchy
         hs.messages.backfill = self.backfill_on_demand
+        hs.messages.remote_timestamp = self.timestamps.ask
         hs.typing.listeners.append(self.edus.on_local_edu)
         hs.receipts.listeners.append(self.edus.on_local_edu)
         self.handler.edu_handlers["m.typing"] = self.edus.on_typing

@@ -91,11 +91,10 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     # The state cache is only correct while this process is the rooms' only writer: always on
     # SQLite, and on PostgreSQL when it runs as one process (no Redis, not one of several
     # workers; processes sharing a database without Redis are unsupported: their syncs never wake).
-    only_writer = not db.shared or (
+    db.sole_writer = db.shared and (
         not config.redis.enabled and config.workers.count <= 1 and config.workers.index is None
     )
-    db.sole_writer = db.shared and only_writer
-    events = EventStore(db, cache_state=only_writer)
+    events = EventStore(db, cache_state=db.exclusive)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     aliases = AliasStore(db)
     account_data = AccountDataStore(db)

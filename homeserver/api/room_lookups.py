@@ -8,7 +8,7 @@ from homeserver.api.http import V1, json_response
 from homeserver.errors import Codes, MatrixError, missing_param, not_found
 from homeserver.events.identifiers import is_valid_user_id
 from homeserver.server import HomeServer
-from homeserver.storage.room_lookups import event_near_timestamp, mutual_rooms
+from homeserver.storage.room_lookups import event_near_timestamp, mutual_rooms, timeline_position
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -29,11 +29,45 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "ts must be an integer") from None
         if direction not in ("f", "b"):
             raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
-        found = await event_near_timestamp(hs.db, room_id, ts, direction == "f", window.lower, window.upper)
+        forwards = direction == "f"
+        found = await event_near_timestamp(hs.db, room_id, ts, forwards, window.lower, window.upper)
+        if window.lower is None and await _history_falls_short(room_id, ts, forwards, found, window.upper):
+            found = await _ask_other_servers(room_id, ts, forwards, found) or found
         if found is None:
             raise not_found("No event found")
         event_id, origin_server_ts = found
         return json_response({"event_id": event_id, "origin_server_ts": origin_server_ts})
+
+    async def _history_falls_short(
+        room_id: str, ts: int, forwards: bool, found: tuple[str, int] | None, upper: int
+    ) -> bool:
+        """Whether other servers may hold a better answer: nothing was found here, or (going
+        forwards) this server's history of the room does not reach back to `ts`. Only for
+        users who may read the room's whole history (fetched history lands before their
+        join)."""
+        if hs.messages.remote_timestamp is None:
+            return False
+        if found is None:
+            return True
+        return forwards and await event_near_timestamp(hs.db, room_id, ts, False, None, upper) is None
+
+    async def _ask_other_servers(
+        room_id: str, ts: int, forwards: bool, found: tuple[str, int] | None
+    ) -> tuple[str, int] | None:
+        """The event other servers name, if it is now stored here and nearer `ts`."""
+        assert hs.messages.remote_timestamp is not None
+        event_id = await hs.messages.remote_timestamp(room_id, ts, forwards)
+        if event_id is None:
+            return None
+        position = await timeline_position(hs.db, room_id, event_id)
+        if position is None:
+            return None
+        origin_ts = position[1]
+        if (origin_ts < ts) if forwards else (origin_ts > ts):
+            return None
+        if found is not None and ((origin_ts >= found[1]) if forwards else (origin_ts <= found[1])):
+            return None
+        return event_id, origin_ts
 
     async def shared_rooms(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request)

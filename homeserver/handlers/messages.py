@@ -37,6 +37,9 @@ class MessageHandler:
         self.clock = clock
         # Fetches older history over federation; returns how many events it stored (bridge/).
         self.backfill: Callable[[str], Awaitable[int]] | None = None
+        # Jump to a date where this server's history falls short: asks servers in the room
+        # (room, ts, forwards) and returns the event they name, stored here (bridge/).
+        self.remote_timestamp: Callable[[str, int, bool], Awaitable[str | None]] | None = None
         # Adds unsigned.m.relations to formatted events, in place (relations module).
         self.bundler: Callable[[list[dict[str, Any]], str], Awaitable[None]] | None = None
 

@@ -34,6 +34,17 @@ async def event_near_timestamp(
     return (row[0], int(row[1])) if row is not None else None
 
 
+async def timeline_position(db: Database, room_id: str, event_id: str) -> tuple[int, int] | None:
+    """(stream position, origin_server_ts) of an event in the room's timeline (backfilled
+    history included, outliers not), or None."""
+    q = select(_ev.stream_id, _ev.origin_server_ts).where(
+        _ev.event_id == event_id, _ev.room_id == room_id, _ev.outlier.is_(False)
+    )
+    async with db.read() as conn:
+        row = (await conn.execute(q)).first()
+    return (int(row[0]), int(row[1])) if row is not None else None
+
+
 async def mutual_rooms(db: Database, user_id: str, other: str, limit: int | None = None) -> list[str]:
     """The rooms both users are joined to, sorted (the first `limit` of them)."""
     mine = current_state.alias("mine")
