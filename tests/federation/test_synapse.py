@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import aiohttp
 import pytest
 
-from tests.federation.support import CertAuthority, Client, fed_server, room_bodies, wait_for
+from tests.federation.support import (
+    CertAuthority,
+    Client,
+    fed_server,
+    federation_of,
+    room_bodies,
+    wait_for,
+)
 from tests.federation.synapse import SynapseServer
 
 # The first Synapse fixture may install Synapse into its own virtualenv (a minute or two).
@@ -237,3 +245,29 @@ async def test_synapse_jumps_to_a_date_in_sottos_history(
             body = await resp.json()
         assert resp.status == 200, body
         assert body["event_id"] == first
+
+
+async def test_sotto_jumps_to_a_date_in_synapses_history(
+    synapse: SynapseServer, test_ca: CertAuthority, tmp_path: os.PathLike[str]
+) -> None:
+    """Sotto joins late without fetching history: its /timestamp_to_event asks Synapse, then
+    fetches the event Synapse names."""
+    async with fed_server(str(tmp_path), test_ca) as sotto, aiohttp.ClientSession() as http:
+        syn = synapse_client(synapse, "lee", http)
+        room_id = await syn.create_room(preset="public_chat")
+        await asyncio.sleep(0.05)
+        first = await syn.send(room_id, "synapse's first message")
+        event = await syn.call("GET", f"/rooms/{room_id}/event/{first}")
+        await asyncio.sleep(0.05)
+        await syn.send(room_id, "later")
+        federation_of(sotto).membership.after_join.clear()  # no history fetched on joining
+        max_ = await Client.login(sotto, "max", http)
+        await max_.join(room_id, via=[synapse.server_name])
+        assert await sotto.hs.events.get_event(first) is None
+        url = f"{sotto.base_url}/_matrix/client/v1/rooms/{room_id}/timestamp_to_event"
+        params = {"ts": str(event["origin_server_ts"]), "dir": "f"}
+        async with http.get(url, params=params, headers={"Authorization": f"Bearer {max_.token}"}) as resp:
+            body = await resp.json()
+        assert resp.status == 200, body
+        assert body["event_id"] == first
+        assert await sotto.hs.events.get_event(first) is not None
