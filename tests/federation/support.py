@@ -174,10 +174,18 @@ async def has_membership(srv: RunningServer, room_id: str, user_id: str, members
 
 @asynccontextmanager
 async def joined_pair(
-    ca: CertAuthority, dirs: tuple[str, str], **room: Any
+    ca: CertAuthority,
+    dirs: tuple[str, str],
+    *,
+    before_join: Callable[[RunningServer, Client, str], Awaitable[None]] | None = None,
+    fetch_history: bool = True,
+    **room: Any,
 ) -> AsyncIterator[tuple[RunningServer, RunningServer, Client, Client, str]]:
     """Servers A and B; alice on A creates a public room (`room`: more createRoom options)
-    and bob on B has joined it, as A sees. Yields (a, b, alice, bob, room_id)."""
+    and bob on B has joined it, as A sees. Yields (a, b, alice, bob, room_id).
+
+    `before_join(a, alice, room_id)` runs before bob joins; without `fetch_history` B does
+    not backfill the room's history when he does."""
     async with (
         fed_server(dirs[0], ca) as a,
         fed_server(dirs[1], ca) as b,
@@ -186,6 +194,10 @@ async def joined_pair(
         alice = await Client.login(a, "alice", http)
         bob = await Client.login(b, "bob", http)
         room_id = await alice.create_room(preset="public_chat", **room)
+        if before_join is not None:
+            await before_join(a, alice, room_id)
+        if not fetch_history:
+            federation_of(b).membership.after_join.clear()
         await bob.join(room_id, via=[a.server_name])
         await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         yield a, b, alice, bob, room_id

@@ -6,29 +6,16 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import quote
 
-import aiohttp
-
-from tests.federation.support import (
-    CertAuthority,
-    Client,
-    fed_server,
-    federation_of,
-    has_membership,
-    wait_for,
-)
+from tests.federation.support import CertAuthority, Client, federation_of, joined_pair
+from tests.support.server import RunningServer
 
 
 async def test_a_late_joiner_jumps_to_dates_before_its_join(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        room_id = await alice.create_room(preset="public_chat")
-        history = []
+    history: list[tuple[str, int]] = []
+
+    async def early_history(a: RunningServer, alice: Client, room_id: str) -> None:
         for body in ("first", "second", "third"):
             await asyncio.sleep(0.02)  # distinct milliseconds: the nearest event is unambiguous
             event_id = await alice.send(room_id, body)
@@ -37,19 +24,18 @@ async def test_a_late_joiner_jumps_to_dates_before_its_join(
             history.append((event_id, stored.event.origin_server_ts))
         await asyncio.sleep(0.02)
 
-        # B joins without fetching any history: its timeline starts at bob's join.
-        federation_of(b).membership.after_join.clear()
-        bob = await Client.login(b, "bob", http)
-        await bob.join(room_id, via=[a.server_name])
-        await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
+    # B joins without fetching any history: its timeline starts at bob's join.
+    pair = joined_pair(test_ca, tmp_dirs, before_join=early_history, fetch_history=False)
+    async with pair as (_a, b, _alice, bob, room_id):
         for event_id, _ in history:
             assert await b.hs.events.get_event(event_id) is None
-
-        base = f"{b.base_url}/_matrix/client/v1/rooms/{quote(room_id)}/timestamp_to_event"
+        url = f"{b.base_url}/_matrix/client/v1/rooms/{quote(room_id)}/timestamp_to_event"
 
         async def nearest(ts: int, direction: str) -> tuple[int, dict[str, object]]:
             headers = {"Authorization": f"Bearer {bob.token}"}
-            async with http.get(base, params={"ts": str(ts), "dir": direction}, headers=headers) as resp:
+            async with bob.session.get(
+                url, params={"ts": str(ts), "dir": direction}, headers=headers
+            ) as resp:
                 return resp.status, await resp.json()
 
         # Backwards from just after "second": nothing here, A names "second", B fetches it.
@@ -63,7 +49,7 @@ async def test_a_late_joiner_jumps_to_dates_before_its_join(
         # Both are now stored on B as history, and bob can read around them.
         context = await bob.call("GET", f"/rooms/{quote(room_id)}/context/{quote(history[0][0])}")
         assert context["event"]["content"]["body"] == "first"
-        # Where B's own history suffices, nobody is asked: forwards from after bob's join.
-        federation_of(b).timestamps.client = None  # type: ignore[assignment]  # asking would fail
+        # Where B's own history suffices, nobody is asked (asking would fail).
+        federation_of(b).timestamps.client = None  # type: ignore[assignment]
         status, out = await nearest(history[2][1] + 10_000_000, "b")
         assert status == 200, out
