@@ -363,8 +363,9 @@ class Federation:
     async def recover_unsent_local_events(self, cap: int = RECOVERY_CAP) -> int:
         """Queue local events that were committed but never handed to federation.
 
-        A local event is committed before it is queued (in a second transaction), so a crash
-        between the two would leave it unsent. Every event that went through federation has a
+        A local event that is not a group-committed message (state, redactions) is committed
+        before it is queued, in a second transaction, so a crash between the two would leave
+        it unsent; messages are queued in their own transaction (bridge.outbound). Every event that went through federation has a
         `federation_event_state` row; local events newer than the last such event are the ones
         a crash could have stranded. Returns how many were recovered."""
         suffix = ":" + self.hs.server_name

@@ -83,7 +83,11 @@ async def test_only_the_leader_sends_and_failover(test_ca: CertAuthority, tmp_di
         aiohttp.ClientSession() as http,
     ):
         assert w1.server_name == w2.server_name
-        await wait_for(lambda: _async(len(_leaders(w1, w2)) == 1), what="one federation sender elected")
+        # Elected first, then leading once it has queued what was left unsent.
+        await wait_for(
+            lambda: _async(len(_leaders(w1, w2)) == 1 and _leaders(w1, w2)[0].queue.leading),
+            what="one federation sender elected and leading",
+        )
         leader = _leaders(w1, w2)[0]
         leader_w, follower_w = (w1, w2) if leader is federation_of(w1) else (w2, w1)
         follower = federation_of(follower_w)
