@@ -365,9 +365,10 @@ class Federation:
 
         A local event that is not a group-committed message (state, redactions) is committed
         before it is queued, in a second transaction, so a crash between the two would leave
-        it unsent; messages are queued in their own transaction (bridge.outbound). Every event that went through federation has a
-        `federation_event_state` row; local events newer than the last such event are the ones
-        a crash could have stranded. Returns how many were recovered."""
+        it unsent; messages are queued in their own transaction (bridge.outbound). Every
+        event that went through federation has a `federation_event_state` row; local events
+        newer than the last such event are the ones a crash could have stranded. Returns how
+        many were recovered."""
         suffix = ":" + self.hs.server_name
         local = events.c.sender.like("%" + suffix.replace("%", r"\%").replace("_", r"\_"), escape="\\")
         async with self.hs.db.read() as conn:
