@@ -134,6 +134,15 @@ class StateTracker:
         self._placed: set[str] = set()
         self._cache_outliers = self.db.exclusive
         self.source = StoreEventSource(events, self)
+        events.purge_listeners.append(self._forget_all)
+
+    def _forget_all(self, _room_id: str) -> None:
+        """After a purge: the purged events' infos name groups whose IDs SQLite may hand out
+        again, to other rooms' states. Purges are rare: everything cached goes."""
+        self._groups.clear()
+        self._group_meta.clear()
+        self._infos.clear()
+        self._outlier_infos.clear()
 
     # Reading -----------------------------------------------------------------------------
 
@@ -311,6 +320,8 @@ class StateTracker:
                 .returning(federation_state_groups.c.id)
             )
             group = int(result.scalar_one())
+            # Cached at once: an ID handed out again (SQLite reuses a rolled-back or purged
+            # row's) is cached again by the write that gets it.
             self._group_meta[group] = (prepared.prev_group, prepared.chain_length)
             self._cache(group, dict(prepared.state))
         existing = None

@@ -12,7 +12,7 @@ storage/event_federation.py. Both are mixed in here and share the room caches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,6 +63,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         self.db = db
         # Room versions never change, so this cache needs no invalidation; it is bounded.
         self._versions: dict[str, RoomVersion] = {}
+        # Called with a room's ID after the room was purged (caches kept elsewhere).
+        self.purge_listeners: list[Callable[[str], None]] = []
         # `cache_state`: reads may trust the state cache, because this process is the rooms'
         # only writer (one process). With several workers it is False: the cache is still kept
         # up to date with this process's own writes, but only event creation reads it, under
@@ -93,9 +95,13 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         return cache
 
     def drop_room_caches(self, room_id: str) -> None:
-        """Forget everything cached about a room (after it is purged)."""
+        """Forget everything cached about a room (after it is purged), here and in the
+        `purge_listeners` (federation's state groups: SQLite may hand a purged row's ID out
+        again)."""
         self._versions.pop(room_id, None)
         self.invalidate_room(room_id)
+        for listener in self.purge_listeners:
+            listener(room_id)
 
     def invalidate_room(self, room_id: str) -> None:
         self._generation[room_id] = self._gen(room_id) + 1
