@@ -8,7 +8,7 @@ from aiohttp import web
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.api.register import client_address, get_uia
-from homeserver.handlers.registration import LoginHandler
+from homeserver.handlers.registration import PASSWORD_FLOWS, LoginHandler
 from homeserver.server import HomeServer
 from homeserver.storage.openid import login_token_store
 
@@ -27,7 +27,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def login(request: web.Request) -> web.Response:
         return json_response(await login_handler.login(await read_json(request), client_address(request)))
 
-    # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
     async def get_token(request: web.Request) -> web.Response:
         # Another device signs in with the token (m.login.token): the password first, again.
         requester = await auth.get_requester(request)
@@ -35,7 +34,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         result = await uia.check(
             operation="POST /login/get_token",
-            flows=[["m.login.password"]],
+            flows=PASSWORD_FLOWS,
             auth=body.get("auth"),
             requester=requester.user_id,
         )
@@ -46,9 +45,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def refresh(request: web.Request) -> web.Response:
         return json_response(await login_handler.refresh(await read_json(request), client_address(request)))
 
+    # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
     async def logout(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True, allow_locked=True)
-        # Logging out deletes the token's device too (and, through the hooks, its E2EE keys).
+        # Logging out deletes the token's device too (and, through the hooks, its E2EE keys
+        # and pushers).
         await devices.delete_devices(requester.user_id, [requester.device_id])
         auth.invalidate([requester.token_hash])
         return json_response({})

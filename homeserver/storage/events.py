@@ -96,8 +96,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
 
     def drop_room_caches(self, room_id: str) -> None:
         """Forget everything cached about a room (after it is purged), here and in the
-        `purge_listeners` (federation's state groups: SQLite may hand a purged row's ID out
-        again)."""
+        `purge_listeners` (federation's state tracker, whose event infos name the purged
+        events and their state groups)."""
         self._versions.pop(room_id, None)
         self.invalidate_room(room_id)
         for listener in self.purge_listeners:

@@ -4,7 +4,7 @@ tokens (`m.login.token`), used once."""
 
 from __future__ import annotations
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Select, Table, delete, insert, select
 
 from homeserver.storage.cs_schema import login_tokens, openid_tokens
 from homeserver.storage.engine import Database
@@ -26,19 +26,20 @@ class ExpiringTokens:
                 insert(self.table).values(token_hash=token_hash, user_id=user_id, expires_ms=expires_ms)
             )
 
+    def _owner(self, token_hash: str, now_ms: int) -> Select[tuple[str]]:
+        return select(self.c.user_id).where(self.c.token_hash == token_hash, self.c.expires_ms > now_ms)
+
     async def user_for(self, token_hash: str, now_ms: int) -> str | None:
         """The user a token was issued to, while it has not expired."""
-        q = select(self.c.user_id).where(self.c.token_hash == token_hash, self.c.expires_ms > now_ms)
         async with self.db.read() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(self._owner(token_hash, now_ms))).first()
         return str(row[0]) if row is not None else None
 
     async def consume(self, token_hash: str, now_ms: int) -> str | None:
         """`user_for`, once: the token is gone afterwards (also when two requests race for
         it: only one DELETE removes the row)."""
-        q = select(self.c.user_id).where(self.c.token_hash == token_hash, self.c.expires_ms > now_ms)
         async with self.db.write() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(self._owner(token_hash, now_ms))).first()
             if row is None:
                 return None
             deleted = await conn.execute(delete(self.table).where(self.c.token_hash == token_hash))
