@@ -19,18 +19,18 @@ from tests.federation.support import (
     room_bodies,
     wait_for,
 )
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer, free_port, lasting_database
 
 
 async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
     """B goes down; A queues 60 messages and restarts itself; when B is back it receives
     all of them, in order, once."""
     a_port, b_port = free_port(), free_port()
-    async with aiohttp.ClientSession() as http:
-        async with fed_server(tmp_dirs[0], test_ca, fed_port=a_port) as a:
+    async with aiohttp.ClientSession() as http, lasting_database() as db_a, lasting_database() as db_b:
+        async with fed_server(tmp_dirs[0], test_ca, fed_port=a_port, **db_a) as a:
             alice = await Client.login(a, "alice", http)
             room_id = await alice.create_room(preset="public_chat")
-            async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b:
+            async with fed_server(tmp_dirs[1], test_ca, fed_port=b_port, **db_b) as b:
                 bob = await Client.login(b, "bob", http)
                 await bob.join(room_id, via=[a.server_name])
                 await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
@@ -41,8 +41,8 @@ async def test_down_server_catches_up(test_ca: CertAuthority, tmp_dirs: tuple[st
             assert await federation_of(a).store.pending_count(f"127.0.0.1:{b_port}") >= 60
         # A restarts too (its queue is on disk), then B comes back.
         async with (
-            fed_server(tmp_dirs[0], test_ca, fed_port=a_port) as a,
-            fed_server(tmp_dirs[1], test_ca, fed_port=b_port) as b,
+            fed_server(tmp_dirs[0], test_ca, fed_port=a_port, **db_a) as a,
+            fed_server(tmp_dirs[1], test_ca, fed_port=b_port, **db_b) as b,
         ):
             bob = await Client.login(b, "bob", http)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.e2ee.nio_helpers import NioUser, nio_login
+from tests.support.postgres import table_text
 from tests.support.server import RunningServer
 
 
@@ -37,14 +38,20 @@ def server_log(tmp_path: Path) -> Iterator[Path]:
         handler.close()
 
 
-def assert_not_stored(tmp_path: Path, log_path: Path, plaintexts: list[str]) -> None:
-    files = [Path(p) for p in glob.glob(str(tmp_path / "homeserver.db*"))] + [log_path]
-    assert any(f.name == "homeserver.db" for f in files)
+def assert_not_stored(tmp_path: Path, log_path: Path, rows: bytes | None, plaintexts: list[str]) -> None:
+    """No plaintext in the server log, nor in the database: its files, or (PostgreSQL) its rows."""
     assert log_path.stat().st_size > 0, "the server log capture is empty"
-    for f in files:
-        data = f.read_bytes()
+    stored: dict[str, bytes] = {log_path.name: log_path.read_bytes()}
+    if rows is not None:
+        assert b"@alice:" in rows, "the row dump holds nothing"
+        stored["postgresql rows"] = rows
+    else:
+        files = [Path(p) for p in glob.glob(str(tmp_path / "homeserver.db*"))]
+        assert any(f.name == "homeserver.db" for f in files)
+        stored.update((f.name, f.read_bytes()) for f in files)
+    for name, data in stored.items():
         for text in plaintexts:
-            assert text.encode() not in data, f"plaintext found in {f.name}"
+            assert text.encode() not in data, f"plaintext found in {name}"
 
 
 async def test_encrypted_chat_both_ways_new_devices_and_no_plaintext_at_rest(
@@ -105,7 +112,9 @@ async def test_encrypted_chat_both_ways_new_devices_and_no_plaintext_at_rest(
     finally:
         await alice.close()
         await bob.close()
-    assert_not_stored(tmp_path, server_log, sent)
+    url = server.config.database.url
+    rows = await table_text(url) if url.startswith("postgresql") else None
+    assert_not_stored(tmp_path, server_log, rows, sent)
 
 
 async def verify(a: NioUser, b: NioUser) -> None:

@@ -1,8 +1,9 @@
-"""The core integration tests again, with the server fixture on PostgreSQL.
+"""The integration suites again, with every test server on PostgreSQL.
 
-They run in a child pytest with SOTTO_TEST_DATABASE=postgres (the fixture then makes a
-fresh database per test from a migrated template); only these files are rerun, so
-the PostgreSQL pass adds seconds to `make test`, not a second full run.
+Each suite runs in a child pytest with SOTTO_TEST_DATABASE=postgres: `run_server` then gives
+each server a fresh database copied from a migrated template (`tests/support/postgres.py`),
+and a test that restarts a server keeps its database (`lasting_database`). Tests of SQLite
+itself stay in the main pass only.
 """
 
 from __future__ import annotations
@@ -18,27 +19,41 @@ import pytest
 from tests.support.postgres import available
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = [
-    "tests/integration/test_sync.py",
-    "tests/integration/test_nio_core.py",
-    "tests/integration/test_spec_errors.py",
-    "tests/integration/test_sync_fanout.py",
-    "tests/integration/test_group_commit.py",
+# What only SQLite has (its WAL, its group commit) or only the SQLite bench target runs.
+SQLITE_ONLY = [
+    "tests/integration/test_sqlite_wal.py",
+    "tests/integration/test_sqlite_group_commit.py",
+    "tests/integration/test_bench_smoke.py",
 ]
+# Each suite's child run, with a bound well above its time here (2 to 3 minutes each).
+SUITES = {
+    "integration": ("tests/integration", 900),
+    "federation": ("tests/federation", 600),
+    "bot": ("tests/bot", 600),
+    "security": ("tests/security", 900),
+}
 
 
-@pytest.mark.timeout(240)
-def test_core_integration_suite_on_postgres() -> None:
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_suite_on_postgres(suite: str) -> None:
     if not asyncio.run(available()):
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+    path, bound = SUITES[suite]
+    ignored = [f"--ignore={p}" for p in SQLITE_ONLY]
     env = dict(os.environ, SOTTO_TEST_DATABASE="postgres")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *SUITE],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ignored, path],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=bound,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the {suite} suite on PostgreSQL took over {bound} s: {e}")
+    lines = (result.stdout + result.stderr).splitlines()
+    failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
+    tail = "\n".join(failures[:40] + lines[-10:])
     assert result.returncode == 0, tail
+    assert " passed" in lines[-1], tail

@@ -91,3 +91,18 @@ async def fresh_database(admin_dsn: str = ADMIN_DSN) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def table_text(url: str) -> bytes:
+    """Every row of every table in the database at `url`, as text: what is at rest there."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1), timeout=10)
+    try:
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS t FROM pg_tables WHERE schemaname = 'public'"
+        )
+        parts: list[str] = []
+        for row in tables:
+            parts.extend(r[0] for r in await conn.fetch(f"SELECT t::text FROM {row['t']} AS t"))
+    finally:
+        await conn.close()
+    return "\n".join(parts).encode()

@@ -87,6 +87,20 @@ def test_config(tmp_path: str, port: int, **overrides: Any) -> Config:
 
 
 @asynccontextmanager
+async def lasting_database() -> AsyncIterator[dict[str, Any]]:
+    """Overrides for `run_server` that keep one database across restarts within the block.
+
+    On SQLite the file under the test's directory already outlives each server; on
+    PostgreSQL `run_server` would otherwise hand every start a fresh database.
+    """
+    if not use_postgres():
+        yield {}
+        return
+    async with fresh_database() as url:
+        yield {"database": {"url": url}}
+
+
+@asynccontextmanager
 async def run_server(tmp_path: str, **overrides: Any) -> AsyncIterator[RunningServer]:
     if use_postgres() and "database" not in overrides:
         # SOTTO_TEST_DATABASE=postgres: the same server on a fresh PostgreSQL database.
