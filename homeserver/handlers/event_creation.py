@@ -80,7 +80,8 @@ class BatchWork(Protocol):
         """Inside the transaction; `stream_ids` are the events' positions, in batch order."""
 
     def committed(self) -> None:
-        """After the commit, before syncs wake (notify users, hand work to queues)."""
+        """After the commit, before the senders are answered and syncs wake (update caches,
+        hand work to queues). Waking is the caller's: it notifies the batch's room."""
 
 
 # Prepares a batch's work before its transaction (reads allowed); None when there is nothing.
@@ -250,9 +251,14 @@ class EventCreator:
                         if not p.future.done():
                             p.future.set_exception(e)
                     continue
-                await self._after_persist([e for e, _ in done], [sid for _, sid in done], batched=True)
+                # Senders first: their messages are durable and visible, and otherwise each
+                # answer waited behind the computation of every /sync the notify wakes. A
+                # sender resumes two callbacks after its future is set (through the shield in
+                # _enqueue), a woken sync one after the notify: one turn of the loop first.
                 for p in batch:
                     _settle(p)
+                await asyncio.sleep(0)
+                await self._after_persist([e for e, _ in done], [sid for _, sid in done], batched=True)
         finally:
             self._draining.discard(room_id)
             if not self._pending.get(room_id):

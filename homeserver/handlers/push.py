@@ -104,8 +104,9 @@ class _PushWork:
         await self.handler.actions.add_in(conn, [a for actions in self.recorded for a in actions])
 
     def committed(self) -> None:
+        # No wake here: the notified users are the room's joined members, and the room's
+        # notify (after the senders are answered, see EventCreator._drain) wakes them.
         self.handler.actions.recorded(self.recorded)
-        self.handler.notifier.notify(users=sorted({a.user_id for actions in self.recorded for a in actions}))
 
 
 class PushHandler:

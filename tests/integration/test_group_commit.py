@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -87,6 +88,33 @@ async def test_batched_messages_wake_sync_once(make_user: MakeUser, count: int) 
     sync = await alice.sync(since, timeout=1000)
     bodies = [e["content"]["body"] for e in sync["rooms"]["join"][room]["timeline"]["events"]]
     assert sorted(bodies) == sorted(f"m{i}" for i in range(count))
+
+
+async def test_senders_are_answered_before_woken_syncs_compute(
+    server: RunningServer, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Computing a woken /sync takes milliseconds of CPU per member; the sender's answer
+    # waits for none of them. (The sync still sees the event: it is durable and visible.)
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    since = (await bob.sync())["next_batch"]
+    order: list[str] = []
+    compute = server.hs.sync._compute
+
+    async def recorded(*args: Any) -> Any:
+        order.append("a sync computes")
+        return await compute(*args)
+
+    poll = asyncio.create_task(bob.sync(since, timeout=5000))
+    await asyncio.sleep(0.2)  # bob's long-poll is parked
+    monkeypatch.setattr(server.hs.sync, "_compute", recorded)
+    event_id = await create(server, room, alice.user_id, "hello", "t1")
+    order.append("the sender is answered")
+    timeline = (await poll)["rooms"]["join"][room]["timeline"]["events"]
+    assert event_id in [e["event_id"] for e in timeline]
+    assert order == ["the sender is answered", "a sync computes"]
 
 
 async def test_batch_writes_push_actions_and_search_in_its_own_commit(
