@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Any
 
 from bridge.events_in import EventRejected, FederationEventHandler
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MAX_PDUS = 50
 MAX_EDUS = 100
+# While a transaction is being processed, parked syncs are woken at most this often.
+NOTIFY_HOLD_S = 0.05
 MAX_BACKFILL = 100
 
 EduHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -65,12 +68,17 @@ class FederationHandler:
                 if done is not None:
                     return done
                 results: dict[str, Any] = {}
-                for pdu in pdus:
-                    event_id, error = await self._one_pdu(origin, pdu)
-                    if event_id is not None:
-                        results[event_id] = {"error": error} if error else {}
-                for edu in edus:
-                    await self._one_edu(origin, edu)
+                # Long-polls wake once for the transaction (or every NOTIFY_HOLD_S while
+                # it runs), not once per PDU. A lone PDU wakes them as soon as it is stored,
+                # before its listeners run.
+                hold = self.hs.notifier.held(NOTIFY_HOLD_S) if len(pdus) > 1 else nullcontext()
+                with hold:
+                    for pdu in pdus:
+                        event_id, error = await self._one_pdu(origin, pdu)
+                        if event_id is not None:
+                            results[event_id] = {"error": error} if error else {}
+                    for edu in edus:
+                        await self._one_edu(origin, edu)
                 response = {"pdus": results}
                 await self.store.store_txn_response(origin, txn_id, response, self.hs.clock.time_ms())
                 return response

@@ -12,8 +12,30 @@ stream position; it is the second half of a sync token.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+
+class _Held:
+    """Notifications made inside a `Notifier.held` block, not yet delivered."""
+
+    __slots__ = ("most", "open", "publish_rooms", "publish_users", "rooms", "timer", "users")
+
+    def __init__(self, most: float) -> None:
+        self.most = most
+        self.open = True
+        self.rooms: set[str] = set()
+        self.users: set[str] = set()
+        # The subsets to forward to other workers (not local_only).
+        self.publish_rooms: set[str] = set()
+        self.publish_users: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+
+# The holding block of the current task (and of tasks it starts meanwhile), if any.
+_HELD: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("sotto_held_notify", default=None)
 
 
 class Notifier:
@@ -42,8 +64,48 @@ class Notifier:
     def notify(
         self, *, rooms: Iterable[str] = (), users: Iterable[str] = (), local_only: bool = False
     ) -> None:
-        rooms = list(rooms)
-        users = list(users)
+        held = _HELD.get()
+        if held is not None and held.open:
+            self._hold(held, rooms, users, local_only)
+            return
+        self._deliver(list(rooms), list(users), local_only)
+
+    @contextmanager
+    def held(self, most: float) -> Iterator[None]:
+        """Deliver the block's notifications together when it ends, or `most` seconds after
+        the first of them if it is still running: a federation transaction's PDUs then wake
+        a parked sync once, not once per PDU. Other tasks' notifications are not held."""
+        held = _Held(most)
+        token = _HELD.set(held)
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            held.open = False
+            self._flush(held)
+
+    def _hold(self, held: _Held, rooms: Iterable[str], users: Iterable[str], local_only: bool) -> None:
+        rooms, users = list(rooms), list(users)
+        held.rooms.update(rooms)
+        held.users.update(users)
+        if not local_only:
+            held.publish_rooms.update(rooms)
+            held.publish_users.update(users)
+        if held.timer is None:
+            held.timer = asyncio.get_running_loop().call_later(held.most, self._flush, held)
+
+    def _flush(self, held: _Held) -> None:
+        if held.timer is not None:
+            held.timer.cancel()
+            held.timer = None
+        local_rooms, local_users = held.rooms - held.publish_rooms, held.users - held.publish_users
+        if local_rooms or local_users:
+            self._deliver(list(local_rooms), list(local_users), local_only=True)
+        if held.publish_rooms or held.publish_users:
+            self._deliver(list(held.publish_rooms), list(held.publish_users), local_only=False)
+        held.rooms, held.users, held.publish_rooms, held.publish_users = set(), set(), set(), set()
+
+    def _deliver(self, rooms: list[str], users: list[str], local_only: bool) -> None:
         for room_id in rooms:
             waiters = self._by_room.get(room_id)
             if waiters:
