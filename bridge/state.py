@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 _STATE_GROUP_OF = select(federation_event_state.c.state_group).where(
     federation_event_state.c.event_id == bindparam("event_id")
 )
+_INFO_COLUMNS = (
+    federation_event_state.c.event_id,
+    federation_event_state.c.state_group,
+    federation_event_state.c.rejected_reason,
+    federation_event_state.c.soft_failed,
+)
+# An arriving PDU (is it known?) and its one prev event.
+_INFO_OF = select(*_INFO_COLUMNS).where(federation_event_state.c.event_id == bindparam("event_id"))
 INSERT_EVENT_STATE = BulkInsert(
     federation_event_state, ("event_id", "room_id", "state_group", "rejected_reason", "soft_failed")
 )
@@ -160,25 +169,24 @@ class StateTracker:
         if not ids:
             return out
         async with self.db.read() as conn:
+            if len(ids) == 1:
+                self._take(await conn.execute(_INFO_OF, {"event_id": ids[0]}), out)
+                return out
             for i in range(0, len(ids), 500):
-                rows = await conn.execute(
-                    select(
-                        federation_event_state.c.event_id,
-                        federation_event_state.c.state_group,
-                        federation_event_state.c.rejected_reason,
-                        federation_event_state.c.soft_failed,
-                    ).where(federation_event_state.c.event_id.in_(ids[i : i + 500]))
-                )
-                for r in rows:
-                    info = EventStateInfo(None if r[1] is None else int(r[1]), r[2], bool(r[3]))
-                    out[r[0]] = info
-                    if info.state_group is not None:
-                        self._remember_info(r[0], info)
-                    elif self._cache_outliers and r[0] not in self._placed:
-                        self._outlier_infos[r[0]] = info
-                        if len(self._outlier_infos) > _CACHE_INFOS:
-                            self._outlier_infos.popitem(last=False)
+                query = select(*_INFO_COLUMNS).where(federation_event_state.c.event_id.in_(ids[i : i + 500]))
+                self._take(await conn.execute(query), out)
         return out
+
+    def _take(self, rows: Iterable[Sequence[Any]], out: dict[str, EventStateInfo]) -> None:
+        for r in rows:
+            info = EventStateInfo(None if r[1] is None else int(r[1]), r[2], bool(r[3]))
+            out[r[0]] = info
+            if info.state_group is not None:
+                self._remember_info(r[0], info)
+            elif self._cache_outliers and r[0] not in self._placed:
+                self._outlier_infos[r[0]] = info
+                if len(self._outlier_infos) > _CACHE_INFOS:
+                    self._outlier_infos.popitem(last=False)
 
     def _remember_info(self, event_id: str, info: EventStateInfo) -> None:
         self._infos[event_id] = info
