@@ -90,16 +90,21 @@ async def test_batched_messages_wake_sync_once(make_user: MakeUser, count: int) 
     assert sorted(bodies) == sorted(f"m{i}" for i in range(count))
 
 
+async def alice_and_bob_in_a_room(make_user: MakeUser) -> tuple[RawClient, RawClient, str, str]:
+    """Alice's public room with Bob in it, and Bob's sync position after joining."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    return alice, bob, room, (await bob.sync())["next_batch"]
+
+
 async def test_senders_are_answered_before_woken_syncs_compute(
     server: RunningServer, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Computing a woken /sync takes milliseconds of CPU per member; the sender's answer
     # waits for none of them. (The sync still sees the event: it is durable and visible.)
-    alice = await make_user("alice")
-    bob = await make_user("bob")
-    room = await alice.create_room(preset="public_chat")
-    await bob.join(room)
-    since = (await bob.sync())["next_batch"]
+    alice, bob, room, since = await alice_and_bob_in_a_room(make_user)
     order: list[str] = []
     compute = server.hs.sync._compute
 
@@ -120,11 +125,7 @@ async def test_senders_are_answered_before_woken_syncs_compute(
 async def test_batch_writes_push_actions_and_search_in_its_own_commit(
     server: RunningServer, make_user: MakeUser
 ) -> None:
-    alice = await make_user("alice")
-    bob = await make_user("bob")
-    room = await alice.create_room(preset="public_chat")
-    await bob.join(room)
-    since = (await bob.sync())["next_batch"]
+    alice, bob, room, since = await alice_and_bob_in_a_room(make_user)
     commits = 0
     engine = server.hs.db.engine.sync_engine
 
