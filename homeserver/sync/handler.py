@@ -28,6 +28,7 @@ from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.sync_reads import SyncQueries
 from homeserver.sync.filter import SyncFilter
 from homeserver.sync.notifier import Notifier
+from homeserver.sync.sent_members import SentMembers
 from homeserver.sync.shared import SYNC_CONTEXT, ReadMemo, SyncContext
 from homeserver.sync.tokens import SyncToken, pagination_token
 
@@ -86,6 +87,8 @@ class SyncHandler:
         # user_id -> (position, joined rooms) of the user's last sync computed: a long-poll
         # that comes back with that position while nothing new exists parks at once.
         self._last: dict[str, tuple[int, list[str]]] = {}
+        # Member events each device holds (lazy-loading leaves out redundant ones).
+        self.sent_members = SentMembers()
         # Called for every sync that parks without a computation (presence: the user syncs).
         self.park_hooks: list[Callable[[str, str | None], Awaitable[None]]] = []
 
@@ -176,6 +179,8 @@ class SyncHandler:
         since = req.since
         since_stream = since.stream if since else None
         memo = self.memo
+        if since is None:
+            self.sent_members.forget(user_id, req.requester.device_id)
         memberships, probe = await self.reads.memberships_and_probe(
             user_id, req.requester.device_id, since_stream, upto
         )
@@ -349,6 +354,27 @@ class SyncHandler:
             if missing and (full or limited or timeline):
                 state.extend((await self.events.get_current_state(room_id, missing)).values())
         state = [s for s in state if f.state.allows(s.event.type, s.event.sender)]
+        # Lazy-loading leaves out the member events this device already holds (redundant
+        # ones), in an incremental sync; a room's full state is sent whole.
+        dedupe = (
+            f.lazy_load_members and not f.include_redundant_members and req.since is not None and not full
+        )
+        user_id, device_id = req.requester.user_id, req.requester.device_id
+        since = req.since.stream if req.since is not None else 0
+        if dedupe:
+            state = self.sent_members.not_held(user_id, device_id, room_id, since, state)
+        summary = None
+        if full or any(s.event.type == MEMBER for s in timeline + state):
+            summary = await self._summary(room_id, req.requester.user_id, window)
+            if f.lazy_load_members:
+                # The spec: the heroes' member events MUST be in `state` (unless redundant).
+                heroes = await self._hero_members(room_id, summary["m.heroes"], state + timeline)
+                heroes = [s for s in heroes if f.state.allows(s.event.type, s.event.sender)]
+                if dedupe:
+                    heroes = self.sent_members.not_held(user_id, device_id, room_id, since, heroes)
+                state.extend(heroes)
+        if f.lazy_load_members and not f.include_redundant_members:
+            self.sent_members.remember(user_id, device_id, room_id, state + timeline, window)
         now = self.clock.time_ms()
         prev = (timeline[0].stream_id - 1) if timeline else upto
         room: dict[str, Any] = {
@@ -361,9 +387,17 @@ class SyncHandler:
             },
             "state": {"events": await format_events(self.events, state, now, include_room_id=False)},
         }
-        if full or any(s.event.type == "m.room.member" for s in timeline + state):
-            room["summary"] = await self._summary(room_id, req.requester.user_id, window)
+        if summary is not None:
+            room["summary"] = summary
         return room
+
+    async def _hero_members(
+        self, room_id: str, heroes: list[str], sent: list[StoredEvent]
+    ) -> list[StoredEvent]:
+        """The current member events of the heroes not among the events `sent`."""
+        have = {s.event.state_key for s in sent if s.event.type == MEMBER}
+        keys = [(MEMBER, h) for h in heroes if h not in have]
+        return list((await self.events.get_current_state(room_id, keys)).values()) if keys else []
 
     async def _state_at_timeline_start(
         self, room_id: str, timeline: list[StoredEvent], window: int, members: set[str] | None = None

@@ -1,0 +1,120 @@
+"""Which member events each device's client already holds, so that lazy-loading `/sync`
+leaves out the redundant ones (the spec's `include_redundant_members: false`, the default).
+
+A lazy-loading sync adds the member event of every timeline sender to `state`. Without
+this, an incremental sync of one message resent its sender's member event every time, and
+that member event made the response carry a room summary too (one more read).
+
+A member event counts as held only once the client has acknowledged the response that
+carried it: it is recorded with that response's stream position, and skipped only by a sync
+whose `since` is at or after it. A response that was lost, or a retry with an older token,
+gets the member events again. The record lives in this process only: another worker, or a
+restart, sends them again (redundant, which the spec allows).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from homeserver.storage.event_types import StoredEvent
+
+MEMBER = "m.room.member"
+
+# Member events remembered per device (oldest dropped first): a client syncing many busy
+# rooms just gets some member events again.
+MAX_PER_DEVICE = 100
+# Member events remembered in all (~170 bytes each): past this the devices that synced
+# least recently are forgotten whole.
+MAX_ENTRIES = 300_000
+
+DeviceKey = tuple[str, str | None]
+# (room ID, user ID) -> (member event ID, stream position of the response that carried it).
+Held = dict[tuple[str, str], tuple[str, int]]
+
+
+class SentMembers:
+    def __init__(self, max_entries: int = MAX_ENTRIES, per_device: int = MAX_PER_DEVICE) -> None:
+        self.max_entries = max_entries
+        self.per_device = per_device
+        # Least recently recorded device first.
+        self._devices: OrderedDict[DeviceKey, Held] = OrderedDict()
+        self._entries = 0
+
+    def __len__(self) -> int:
+        """The member events remembered, over all devices."""
+        return self._entries
+
+    def forget(self, user_id: str, device_id: str | None) -> None:
+        """An initial sync: the client starts from nothing (a new login, or a cleared cache)."""
+        entry = self._devices.pop((user_id, device_id), None)
+        if entry is not None:
+            self._entries -= len(entry)
+
+    def held(
+        self, user_id: str, device_id: str | None, room_id: str, member: str, event_id: str, since: int
+    ) -> bool:
+        """Whether the client syncing from `since` already holds this member event."""
+        entry = self._devices.get((user_id, device_id))
+        if entry is None:
+            return False
+        sent = entry.get((room_id, member))
+        return sent is not None and sent[0] == event_id and sent[1] <= since
+
+    def record(
+        self,
+        user_id: str,
+        device_id: str | None,
+        room_id: str,
+        events: Iterable[tuple[str, str]],
+        position: int,
+    ) -> None:
+        """(member user ID, event ID) pairs sent in a response whose next_batch is `position`."""
+        key = (user_id, device_id)
+        entry = self._devices.get(key)
+        for member, event_id in events:
+            if entry is None:
+                entry = self._devices[key] = {}
+            slot = (room_id, member)
+            sent = entry.pop(slot, None)
+            if sent is not None and sent[0] == event_id and sent[1] <= position:
+                # Sent before at an earlier position: the earlier acknowledgement counts.
+                entry[slot] = sent
+                continue
+            entry[slot] = (event_id, position)
+            if sent is None:
+                self._entries += 1
+                if len(entry) > self.per_device:
+                    del entry[next(iter(entry))]
+                    self._entries -= 1
+        if entry is None:
+            return
+        self._devices.move_to_end(key)
+        while self._entries > self.max_entries and len(self._devices) > 1:
+            _, oldest = self._devices.popitem(last=False)
+            self._entries -= len(oldest)
+
+    def not_held(
+        self, user_id: str, device_id: str | None, room_id: str, since: int, events: list[StoredEvent]
+    ) -> list[StoredEvent]:
+        """`events` without the member events that the device syncing from `since` holds."""
+        held = self.held
+        return [
+            s
+            for s in events
+            if s.event.type != MEMBER
+            or s.event.state_key is None
+            or not held(user_id, device_id, room_id, s.event.state_key, s.event.event_id, since)
+        ]
+
+    def remember(
+        self, user_id: str, device_id: str | None, room_id: str, events: list[StoredEvent], position: int
+    ) -> None:
+        """Record the member events among `events`, sent in a response at `position`."""
+        sent = [
+            (s.event.state_key, s.event.event_id)
+            for s in events
+            if s.event.type == MEMBER and s.event.state_key is not None
+        ]
+        if sent:
+            self.record(user_id, device_id, room_id, sent, position)
