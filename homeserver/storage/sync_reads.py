@@ -81,6 +81,18 @@ _ROOM_MEMBERS = select(_cs.state_key, _cs.membership).where(
     _cs.membership.in_(("join", "invite")),
 )
 
+# The users who left or were banned: a room's heroes when no one else is joined or invited.
+_GONE_MEMBERS = (
+    select(_cs.state_key)
+    .where(
+        _cs.room_id == bindparam("room_id"),
+        _cs.type == "m.room.member",
+        _cs.membership.in_(("leave", "ban")),
+    )
+    .order_by(_cs.state_key)
+    .limit(bindparam("limit"))
+)
+
 _FORGOTTEN = select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == bindparam("user_id"))
 
 _RELATED = (
@@ -375,6 +387,12 @@ class SyncQueries:
             for user_id, membership in await conn.execute(_ROOM_MEMBERS, {"room_id": room_id}):
                 (joined if membership == "join" else invited).append(user_id)
         return joined, invited
+
+    async def gone_members(self, room_id: str, limit: int) -> list[str]:
+        """The first `limit` (by user ID) of the users who left the room or were banned."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(_GONE_MEMBERS, {"room_id": room_id, "limit": limit})
+            return [r[0] for r in rows]
 
     async def forgotten_rooms(self, user_id: str) -> set[str]:
         async with self.db.read() as conn:

@@ -436,20 +436,28 @@ class SyncHandler:
         return [by_id[eid] for eid in state_ids.values() if eid in by_id]
 
     async def _summary(self, room_id: str, user_id: str, window: int) -> dict[str, Any]:
-        joined_count, invited_count, first = await self.memo.get(
+        joined_count, invited_count, first, gone = await self.memo.get(
             window, ("summary", room_id), lambda: self._member_summary(room_id)
         )
+        heroes = [u for u in first if u != user_id][:5]
+        if not heroes:
+            # The spec: with no one else joined or invited, the heroes are those who left or
+            # were banned (so that a client can name the room "Empty room (was Bob)").
+            heroes = [u for u in gone if u != user_id][:5]
         return {
-            "m.heroes": [u for u in first if u != user_id][:5],
+            "m.heroes": heroes,
             "m.joined_member_count": joined_count,
             "m.invited_member_count": invited_count,
         }
 
-    async def _member_summary(self, room_id: str) -> tuple[int, int, list[str]]:
-        """(joined count, invited count, the first six joined or invited users in order):
-        the heroes of any one user are the first five of those without themselves."""
+    async def _member_summary(self, room_id: str) -> tuple[int, int, list[str], list[str]]:
+        """(joined count, invited count, the first six joined or invited users in order, and
+        when there are fewer than two of those the first six who left or were banned): the
+        heroes of any one user are the first five of either without themselves."""
         joined, invited = await self.reads.room_members(room_id)
-        return len(joined), len(invited), sorted(joined + invited)[:6]
+        first = sorted(joined + invited)[:6]
+        gone = await self.reads.gone_members(room_id, 6) if len(first) < 2 else []
+        return len(joined), len(invited), first, gone
 
     async def _invite_state(self, room_id: str, invite_event_id: str) -> list[dict[str, Any]]:
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)

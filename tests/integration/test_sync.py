@@ -216,3 +216,25 @@ async def test_full_state_keeps_the_timeline_incremental(make_user: MakeUser) ->
     joined = sync["rooms"]["join"][room]
     assert [e["content"].get("body") for e in joined["timeline"]["events"]] == ["new"]
     assert {"m.room.create", "m.room.name"} <= {e["type"] for e in joined["state"]["events"]}
+
+
+async def test_heroes_fall_back_to_the_members_who_left(make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    carol = await make_user("carol")
+    room = await alice.create_room(preset="public_chat")
+    for u in (bob, carol):
+        assert (await u.join(room))[0] == 200
+    lazy = '{"room":{"timeline":{"limit":10},"state":{"lazy_load_members":true}}}'
+    since = (await alice.sync(filter=lazy))["next_batch"]
+    await bob.ok("POST", f"/rooms/{room}/leave", json={})
+    await alice.ok("POST", f"/rooms/{room}/ban", json={"user_id": carol.user_id})
+    joined = (await alice.sync(since, filter=lazy))["rooms"]["join"][room]
+    # No one else is joined or invited: the heroes are the users who left or were banned
+    # (so that a client can call it "Empty room (was bob and carol)").
+    summary = joined["summary"]
+    assert summary["m.joined_member_count"] == 1
+    assert summary["m.heroes"] == sorted([bob.user_id, carol.user_id])
+    # Their member events came in the timeline, so state does not repeat them.
+    gone = {e["state_key"] for e in joined["timeline"]["events"] if e["type"] == "m.room.member"}
+    assert gone == {bob.user_id, carol.user_id}
