@@ -135,16 +135,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def get_messages(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
-        raw_filter = request.query.get("filter")
-        event_filter = EventFilter()
-        lazy = False
-        if raw_filter:
-            try:
-                parsed = jsonutil.loads(raw_filter)
-            except ValueError:
-                raise MatrixError(400, Codes.BAD_JSON, "filter is not JSON") from None
-            event_filter = EventFilter.parse(parsed)
-            lazy = bool(isinstance(parsed, dict) and parsed.get("lazy_load_members"))
+        event_filter, lazy = _room_event_filter(request)
         body = await messages.messages(
             requester.user_id,
             requester.device_id,
@@ -166,7 +157,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             request.match_info["room_id"],
             request.match_info["event_id"],
             query_int(request, "limit", 10),
-            EventFilter(),
+            *_room_event_filter(request),
         )
         return json_response(body)
 
@@ -278,3 +269,16 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(room + "/read_markers", read_markers),
         ]
     )
+
+
+def _room_event_filter(request: web.Request) -> tuple[EventFilter, bool]:
+    """The `filter` query parameter of /messages and /context (a RoomEventFilter as JSON),
+    and whether it asks for lazy-loaded members."""
+    raw = request.query.get("filter")
+    if not raw:
+        return EventFilter(), False
+    try:
+        parsed = jsonutil.loads(raw)
+    except ValueError:
+        raise MatrixError(400, Codes.BAD_JSON, "filter is not JSON") from None
+    return EventFilter.parse(parsed), bool(isinstance(parsed, dict) and parsed.get("lazy_load_members"))

@@ -178,7 +178,11 @@ class MessageHandler:
         event_id: str,
         limit: int,
         event_filter: EventFilter,
+        lazy_load_members: bool = False,
     ) -> dict[str, Any]:
+        """The spec's /context: the filter applies to the events around and to `state`, the
+        room's state at the last event returned (with lazy-loading, of the members only
+        those who sent the events returned)."""
         window = await self.visible_window(room_id, user_id)
         stored = await self.events.get_event(event_id)
         if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
@@ -213,15 +217,26 @@ class MessageHandler:
             if after_n
             else []
         )
-        state = await self.events.get_current_state(room_id)
+        start = pagination_token((before[-1].stream_id if before else stored.stream_id) - 1)
+        end = pagination_token(after[-1].stream_id if after else stored.stream_id)
+        last = after[-1].stream_id if after else stored.stream_id
+        before = [s for s in before if event_filter.allows(s.event.type, s.event.sender)]
+        after = [s for s in after if event_filter.allows(s.event.type, s.event.sender)]
+        current = await self.events.get_current_state(room_id)
+        if lazy_load_members:
+            senders = {s.event.sender for s in (stored, *before, *after)}
+            current = {k: v for k, v in current.items() if k[0] != "m.room.member" or k[1] in senders}
+        state = await self._state_at(current, last)
         formatted = await self._timeline([stored, *before, *after], device_id, user_id)
         return {
             "event": formatted[0],
             "events_before": formatted[1 : 1 + len(before)],
             "events_after": formatted[1 + len(before) :],
-            "start": pagination_token((before[-1].stream_id if before else stored.stream_id) - 1),
-            "end": pagination_token(after[-1].stream_id if after else stored.stream_id),
-            "state": await self._format(list(state.values()), None),
+            "start": start,
+            "end": end,
+            "state": await self._format(
+                [s for s in state.values() if event_filter.allows(s.event.type, s.event.sender)], None
+            ),
         }
 
     async def _visible_state(self, user_id: str, room_id: str) -> dict[tuple[str, str], StoredEvent]:
