@@ -46,8 +46,7 @@ async def test_state_is_the_state_at_the_last_event_returned(make_user: MakeUser
 async def test_the_filter_applies_to_the_events_around_and_the_state(make_user: MakeUser) -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
-    room = await alice.create_room(preset="public_chat", name="Room")
-    assert (await bob.join(room))[0] == 200
+    room = await alice.room_with(bob, name="Room")
     await alice.send(room, "a1", "a1")
     await bob.send(room, "b1", "b1")
     middle = await alice.send(room, "a2", "a2")
@@ -73,10 +72,8 @@ async def test_the_filter_applies_to_the_events_around_and_the_state(make_user: 
 
 async def test_lazy_loading_sends_only_the_senders_members(make_user: MakeUser) -> None:
     alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
     others = [await make_user(f"user{i}") for i in range(5)]
-    for o in others:
-        assert (await o.join(room))[0] == 200
+    room = await alice.room_with(*others)
     middle = await others[0].send(room, "hello", "t1")
     await others[1].send(room, "hi", "t2")
     lazy = await context(alice, room, middle, 2, {"lazy_load_members": True})

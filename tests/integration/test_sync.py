@@ -222,9 +222,7 @@ async def test_heroes_fall_back_to_the_members_who_left(make_user: MakeUser) -> 
     alice = await make_user("alice")
     bob = await make_user("bob")
     carol = await make_user("carol")
-    room = await alice.create_room(preset="public_chat")
-    for u in (bob, carol):
-        assert (await u.join(room))[0] == 200
+    room = await alice.room_with(bob, carol)
     lazy = '{"room":{"timeline":{"limit":10},"state":{"lazy_load_members":true}}}'
     since = (await alice.sync(filter=lazy))["next_batch"]
     await bob.ok("POST", f"/rooms/{room}/leave", json={})

@@ -33,9 +33,7 @@ def bodies(sync: dict[str, Any], room: str) -> list[str]:
 async def two_in_a_room(make_user: MakeUser) -> tuple[RawClient, RawClient, str]:
     alice = await make_user("alice")
     bob = await make_user("bob")
-    room = await alice.create_room(preset="public_chat")
-    assert (await bob.join(room))[0] == 200
-    return alice, bob, room
+    return alice, bob, await alice.room_with(bob)
 
 
 async def rename_out_of_sight(alice: RawClient, room: str, name: str) -> str:
@@ -53,10 +51,8 @@ async def rename_out_of_sight(alice: RawClient, room: str, name: str) -> str:
 
 async def test_the_heroes_member_events_come_with_the_summary(make_user: MakeUser) -> None:
     alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
     others = [await make_user(f"user{i}") for i in range(7)]
-    for o in others:
-        assert (await o.join(room))[0] == 200
+    room = await alice.room_with(*others)
     await others[6].send(room, "hi", "t1")
     sync = await alice.sync(filter=FIRST)
     joined = sync["rooms"]["join"][room]

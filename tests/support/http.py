@@ -47,6 +47,13 @@ class RawClient:
     async def create_room(self, **body: Any) -> str:
         return str((await self.ok("POST", "/createRoom", json=body))["room_id"])
 
+    async def room_with(self, *members: RawClient, **body: Any) -> str:
+        """A public room this user creates and the `members` join."""
+        room = await self.create_room(**{"preset": "public_chat", **body})
+        for member in members:
+            assert (await member.join(room))[0] == 200
+        return room
+
     async def send(self, room_id: str, body: str, txn: str) -> str:
         out = await self.ok(
             "PUT",
