@@ -362,7 +362,7 @@ class SyncHandler:
         user_id, device_id = req.requester.user_id, req.requester.device_id
         since = req.since.stream if req.since is not None else 0
         if dedupe:
-            state = self.sent_members.not_held(user_id, device_id, room_id, since, state)
+            state = self.sent_members.not_held(user_id, device_id, since, state)
         summary = None
         if full or any(s.event.type == MEMBER for s in timeline + state):
             summary = await self._summary(room_id, req.requester.user_id, window)
@@ -371,10 +371,10 @@ class SyncHandler:
                 heroes = await self._hero_members(room_id, summary["m.heroes"], state + timeline)
                 heroes = [s for s in heroes if f.state.allows(s.event.type, s.event.sender)]
                 if dedupe:
-                    heroes = self.sent_members.not_held(user_id, device_id, room_id, since, heroes)
+                    heroes = self.sent_members.not_held(user_id, device_id, since, heroes)
                 state.extend(heroes)
         if f.lazy_load_members and not f.include_redundant_members:
-            self.sent_members.remember(user_id, device_id, room_id, state + timeline, window)
+            self.sent_members.remember(user_id, device_id, state + timeline, window)
         now = self.clock.time_ms()
         prev = (timeline[0].stream_id - 1) if timeline else upto
         room: dict[str, Any] = {
