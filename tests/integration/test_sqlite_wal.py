@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -71,11 +72,13 @@ async def test_sparse_writes_are_checkpointed_without_pausing_writers(
     path = tmp_path / "sparse.db"
     db = Database(f"sqlite+aiosqlite:///{path}")
     passes: list[bool] = []  # whether each pass ran with the write lock held
+    connections: set[int] = set()
     real = engine_mod._checkpoint
 
-    def recording(p: str) -> bool:
+    def recording(conn: sqlite3.Connection) -> bool:
         passes.append(db._write_lock.locked())
-        return real(p)
+        connections.add(id(conn))
+        return real(conn)
 
     monkeypatch.setattr(engine_mod, "_checkpoint", recording)
     try:
@@ -91,3 +94,5 @@ async def test_sparse_writes_are_checkpointed_without_pausing_writers(
         await db.close()
     assert len(passes) >= 4  # one per write
     assert not any(passes)
+    # Every pass ran on the one connection kept for them (opening one parses the schema).
+    assert len(connections) == 1
