@@ -72,12 +72,12 @@ async def test_sparse_writes_are_checkpointed_without_pausing_writers(
     path = tmp_path / "sparse.db"
     db = Database(f"sqlite+aiosqlite:///{path}")
     passes: list[bool] = []  # whether each pass ran with the write lock held
-    connections: set[int] = set()
+    connections: list[sqlite3.Connection] = []  # kept alive: distinct objects, distinct ids
     real = engine_mod._checkpoint
 
     def recording(conn: sqlite3.Connection) -> bool:
         passes.append(db._write_lock.locked())
-        connections.add(id(conn))
+        connections.append(conn)
         return real(conn)
 
     monkeypatch.setattr(engine_mod, "_checkpoint", recording)
@@ -95,4 +95,4 @@ async def test_sparse_writes_are_checkpointed_without_pausing_writers(
     assert len(passes) >= 4  # one per write
     assert not any(passes)
     # Every pass ran on the one connection kept for them (opening one parses the schema).
-    assert len(connections) == 1
+    assert len({id(c) for c in connections}) == 1
