@@ -307,15 +307,27 @@ async def test_backfill_on_demand_fetches_older_history(
         # The join fetched the newest 50 events; paginating /messages past them fetches the rest
         # from the other server on demand.
         seen: list[str] = []
+        ids: dict[str, str] = {}
         params: dict[str, Any] = {"dir": "b", "limit": "20"}
         for _ in range(20):
             page = await bob.call("GET", f"/rooms/{room_id}/messages", **params)
-            seen.extend(e["content"].get("body", "") for e in page["chunk"] if e["type"] == "m.room.message")
+            messages = [e for e in page["chunk"] if e["type"] == "m.room.message"]
+            seen.extend(e["content"].get("body", "") for e in messages)
+            ids.update({e["content"].get("body", ""): e["event_id"] for e in messages})
             if "end" not in page:
                 break
             params["from"] = page["end"]
         bodies = [x for x in reversed(seen) if x.startswith("old")]
         assert bodies == [f"old {i}" for i in range(80)]
+        # /context around a backfilled event (before bob's server joined) still has the
+        # room's state: the sender's member event, with lazy-loading, and the create event.
+        context = await bob.call(
+            "GET", f"/rooms/{room_id}/context/{ids['old 0']}", limit="2", filter='{"lazy_load_members":true}'
+        )
+        assert {(e["type"], e["state_key"]) for e in context["state"]} >= {
+            ("m.room.create", ""),
+            ("m.room.member", alice.user_id),
+        }
 
 
 async def test_join_a_room_with_much_state(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
