@@ -355,25 +355,23 @@ class SyncHandler:
                 state.extend((await self.events.get_current_state(room_id, missing)).values())
         state = [s for s in state if f.state.allows(s.event.type, s.event.sender)]
         # Lazy-loading leaves out the member events this device already holds (redundant
-        # ones), in an incremental sync; a room's full state is sent whole.
-        dedupe = (
-            f.lazy_load_members and not f.include_redundant_members and req.since is not None and not full
-        )
+        # ones) in an incremental sync, from its `since`; a room's full state is sent whole.
         user_id, device_id = req.requester.user_id, req.requester.device_id
-        since = req.since.stream if req.since is not None else 0
-        if dedupe:
-            state = self.sent_members.not_held(user_id, device_id, since, state)
+        track = f.lazy_load_members and not f.include_redundant_members
+        held_since = req.since.stream if track and req.since is not None and not full else None
+        if held_since is not None:
+            state = self.sent_members.not_held(user_id, device_id, held_since, state)
         summary = None
         if full or any(s.event.type == MEMBER for s in timeline + state):
-            summary = await self._summary(room_id, req.requester.user_id, window)
+            summary = await self._summary(room_id, user_id, window)
             if f.lazy_load_members:
                 # The spec: the heroes' member events MUST be in `state` (unless redundant).
                 heroes = await self._hero_members(room_id, summary["m.heroes"], state + timeline)
                 heroes = [s for s in heroes if f.state.allows(s.event.type, s.event.sender)]
-                if dedupe:
-                    heroes = self.sent_members.not_held(user_id, device_id, since, heroes)
+                if held_since is not None:
+                    heroes = self.sent_members.not_held(user_id, device_id, held_since, heroes)
                 state.extend(heroes)
-        if f.lazy_load_members and not f.include_redundant_members:
+        if track:
             self.sent_members.remember(user_id, device_id, state + timeline, window)
         now = self.clock.time_ms()
         prev = (timeline[0].stream_id - 1) if timeline else upto

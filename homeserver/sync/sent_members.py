@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from homeserver.events.auth_base import MEMBER
 from homeserver.storage.event_types import StoredEvent
-
-MEMBER = "m.room.member"
 
 # Member events remembered per device (oldest dropped first): a client syncing many busy
 # rooms just gets some member events again.

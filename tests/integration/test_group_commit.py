@@ -94,8 +94,7 @@ async def alice_and_bob_in_a_room(make_user: MakeUser) -> tuple[RawClient, RawCl
     """Alice's public room with Bob in it, and Bob's sync position after joining."""
     alice = await make_user("alice")
     bob = await make_user("bob")
-    room = await alice.create_room(preset="public_chat")
-    await bob.join(room)
+    room = await alice.room_with(bob)
     return alice, bob, room, (await bob.sync())["next_batch"]
 
 
