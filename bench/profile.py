@@ -1,6 +1,7 @@
 """Profile Sotto's hot paths under load with py-spy, and summarise where the time goes.
 
     python -m bench.profile send      # 10 senders in one room
+    python -m bench.profile rooms     # 10 rooms of 2 users, all 20 sending
     python -m bench.profile fanout    # one sender, N members long-polling /sync
     python -m bench.profile sync      # idle-room incremental syncs, back to back
     python -m bench.profile latency   # one send at a time to a member parked in /sync
@@ -76,6 +77,18 @@ async def load_send(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
         room_id = await room_with(users[0], users[1:])
         start = cpu()
         rate, _, _ = await _drive([(u, room_id) for u in users], seconds, 0.0)
+    return f"{rate:.0f} msgs/s", cpu() - start, round(rate * seconds), "message"
+
+
+async def load_rooms(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
+    async with new_session() as session:
+        users = await make_users(target, session, "pr", 20)
+        senders = []
+        for a, b in zip(users[::2], users[1::2], strict=True):
+            room_id = await room_with(a, [b])
+            senders += [(a, room_id), (b, room_id)]
+        start = cpu()
+        rate, _, _ = await _drive(senders, seconds, 0.0)
     return f"{rate:.0f} msgs/s", cpu() - start, round(rate * seconds), "message"
 
 
@@ -178,6 +191,7 @@ async def load_federation(target: SottoTarget, seconds: float, cpu: Cpu) -> Outc
 
 LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
     "send": load_send,
+    "rooms": load_rooms,
     "fanout": load_fanout,
     "sync": load_sync,
     "latency": load_latency,

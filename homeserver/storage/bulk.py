@@ -17,6 +17,7 @@ None): no JSON, dates or custom types.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, literal_column
@@ -24,9 +25,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+Rows = list[tuple[Any, ...]]
+
 
 class BulkInsert:
-    __slots__ = ("_sqlite", "_stmts", "columns", "skip_existing", "table", "upsert_keys")
+    __slots__ = ("_key", "_sqlite", "_stmts", "columns", "skip_existing", "table", "upsert_keys")
 
     def __init__(
         self,
@@ -41,6 +44,8 @@ class BulkInsert:
         self.upsert_keys = tuple(upsert_keys)
         self.skip_existing = skip_existing
         self._stmts: dict[str, Any] = {}
+        # An upsert row's keys, as a tuple.
+        self._key = itemgetter(*(self.columns.index(k) for k in self.upsert_keys)) if upsert_keys else None
         # (SQL, positions of the row's values in the statement's parameter order)
         self._sqlite: tuple[str, tuple[int, ...] | None] | None = None
 
@@ -64,7 +69,15 @@ class BulkInsert:
             self._stmts[dialect] = stmt
         return stmt
 
-    async def run(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> int:
+    def merge(self, rows: Rows) -> Rows:
+        """Rows of several writers as one set: an upsert keeps the last row for each key
+        (an upsert statement may not touch a row twice), sorted by key."""
+        key = self._key
+        if key is None or len(rows) < 2:
+            return rows
+        return sorted({key(row): row for row in rows}.values(), key=key)
+
+    async def run(self, conn: AsyncConnection, rows: Rows) -> int:
         if not rows:
             return 0
         if conn.dialect.name != "sqlite":

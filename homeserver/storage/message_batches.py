@@ -162,7 +162,7 @@ class MessageBatchWrites:
                     (txn.user_id, txn.device_id, txn.txn_id, event.event_id, event.origin_server_ts)
                 )
         first_prevs = batch[0][0].prev_event_ids
-        async with self.db.write(gather) as conn:
+        async with self.db.write(gather, defer=True) as conn:
             ids = await self.db.next_stream_ids(len(batch))
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id
@@ -170,7 +170,7 @@ class MessageBatchWrites:
                 await _INSERT_TXNS.run(conn, txn_rows)
             elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
                 raise DuplicateTxn
-            await _INSERT_MESSAGES.run(conn, [tuple(row) for row in rows])
+            await self.db.insert(conn, _INSERT_MESSAGES, [tuple(row) for row in rows])
             last_id = batch[-1][0].event_id
             prevs = set(first_prevs)
             if len(prevs) == 1:

@@ -308,8 +308,9 @@ class PushActionStore:
         committed in an earlier transaction. The caller calls `recorded` once the
         transaction has committed."""
         stream_id = await self.db.next_stream_id()
-        await _INSERT_PUSH_ACTIONS.run(
+        await self.db.insert(
             conn,
+            _INSERT_PUSH_ACTIONS,
             [
                 (
                     a.user_id,
@@ -328,9 +329,10 @@ class PushActionStore:
         # Sorted: concurrent writers (other workers) take these rows' locks in one order.
         changed = sorted({(a.user_id, a.room_id) for a in actions})
         if late:
-            await _UPSERT_LATE_PUSH_CHANGES.run(conn, [(u, r, stream_id, stream_id) for u, r in changed])
+            late_rows = [(u, r, stream_id, stream_id) for u, r in changed]
+            await self.db.insert(conn, _UPSERT_LATE_PUSH_CHANGES, late_rows)
         else:
-            await _UPSERT_PUSH_CHANGES.run(conn, [(u, r, stream_id) for u, r in changed])
+            await self.db.insert(conn, _UPSERT_PUSH_CHANGES, [(u, r, stream_id) for u, r in changed])
         return stream_id
 
     def recorded(self, per_event: list[list[PushAction]]) -> None:

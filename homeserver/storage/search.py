@@ -43,7 +43,7 @@ class SearchStore:
 
     async def index_in(self, conn: AsyncConnection, entries: list[tuple[str, str, int, str, str]]) -> None:
         """Index (event_id, room_id, stream_id, key, text) entries in the caller's transaction."""
-        await _INSERT.run(conn, [(e, k, r, s, text.lower()) for e, r, s, k, text in entries])
+        await self.db.insert(conn, _INSERT, [(e, k, r, s, text.lower()) for e, r, s, k, text in entries])
 
     async def remove(self, event_id: str) -> None:
         async with self.db.write() as conn:

@@ -1,0 +1,137 @@
+"""Deferred inserts in a group commit (`Database.insert` in a `write(defer=True)`): the rows
+of every deferring writer in one transaction go in as one statement per table, a failing
+writer's rows are left out, and a writer that does not defer still reads them. On SQLite
+and on PostgreSQL (one process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, select
+from sqlalchemy import event as sa_event
+
+from homeserver.storage.bulk import BulkInsert
+from homeserver.storage.engine import Database
+from tests.support.postgres import available, fresh_database
+
+_meta = MetaData()
+probe = Table(
+    "deferred_probe", _meta, Column("name", String(64), primary_key=True), Column("pos", BigInteger)
+)
+latest = Table(
+    "deferred_latest", _meta, Column("key", String(64), primary_key=True), Column("pos", BigInteger)
+)
+INSERT_PROBE = BulkInsert(probe, ("name", "pos"))
+UPSERT_LATEST = BulkInsert(latest, ("key", "pos"), upsert_keys=("key",))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
+        elif await available():
+            url = await stack.enter_async_context(fresh_database())
+        else:
+            pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+        database = Database(url)
+        stack.push_async_callback(database.close)
+        yield await _prepared(database, request.param)
+
+
+async def _prepared(database: Database, kind: str) -> Database:
+    # The first connection goes through the async engine (as `migrate` does at start-up).
+    async with database.engine.begin() as conn:
+        await conn.run_sync(_meta.create_all)
+    if kind == "postgres":
+        await database.load_stream_position()  # the migrated database's stream
+    return database
+
+
+def _count_inserts(db: Database) -> tuple[dict[str, int], Any]:
+    """INSERT statements run, per table (an executemany counts once)."""
+    counts: dict[str, int] = {}
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        words = statement.split()
+        if words[:2] == ["INSERT", "INTO"]:
+            counts[words[2]] = counts.get(words[2], 0) + 1
+
+    sa_event.listen(db.engine.sync_engine, "before_cursor_execute", seen)
+    return counts, seen
+
+
+async def _rows(db: Database, table: Table) -> dict[str, int]:
+    async with db.read() as conn:
+        return {r[0]: r[1] for r in await conn.execute(select(table))}
+
+
+async def test_deferring_writers_share_one_insert_per_table_and_a_failure_stays_its_own(
+    db: Database,
+) -> None:
+    release = asyncio.Event()
+
+    async def writer(name: str) -> int:
+        async with db.write(gather=True, defer=True) as conn:
+            if name == "first":
+                await release.wait()  # the others queue up behind it: one transaction
+            pos = await db.next_stream_id()
+            await db.insert(conn, INSERT_PROBE, [(f"{name}-1", pos), (f"{name}-2", pos)])
+            await db.insert(conn, UPSERT_LATEST, [(name, pos), ("shared-" + name, pos)])
+            if name == "bad":
+                raise ValueError("this writer fails after its inserts")
+        return pos
+
+    counts, listener = _count_inserts(db)
+    try:
+        names = ["first", "a", "bad", "b", "c"]
+        tasks = [asyncio.create_task(writer(n)) for n in names]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        sa_event.remove(db.engine.sync_engine, "before_cursor_execute", listener)
+    assert isinstance(results[2], ValueError)
+    good = {n: p for n, p in zip(names, results, strict=True) if n != "bad"}
+    assert await _rows(db, probe) == {f"{n}-{i}": p for n, p in good.items() for i in (1, 2)}
+    assert await _rows(db, latest) == {k: p for n, p in good.items() for k in (n, "shared-" + n)}
+    # Four writers' rows, each table in one statement (without deferring: four each).
+    assert counts == {"deferred_probe": 1, "deferred_latest": 1}
+
+
+async def test_a_writer_that_does_not_defer_reads_the_rows_deferred_before_it(db: Database) -> None:
+    release = asyncio.Event()
+    seen: list[dict[str, int]] = []
+
+    async def deferring() -> None:
+        async with db.write(defer=True) as conn:
+            await release.wait()
+            await db.insert(conn, INSERT_PROBE, [("deferred", 1)])
+
+    async def reading() -> None:
+        async with db.write() as conn:
+            seen.append({r[0]: r[1] for r in await conn.execute(select(probe))})
+            # Not deferring: this insert runs at once.
+            await db.insert(conn, INSERT_PROBE, [("direct", 2)])
+            seen.append({r[0]: r[1] for r in await conn.execute(select(probe))})
+
+    first = asyncio.create_task(deferring())
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(reading())
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(first, second)
+    assert seen == [{"deferred": 1}, {"deferred": 1, "direct": 2}]
+    assert await _rows(db, probe) == {"deferred": 1, "direct": 2}
+
+
+def test_merged_upsert_rows_keep_the_last_row_per_key_in_key_order() -> None:
+    rows = [("b", 1), ("a", 2), ("b", 3), ("c", 4), ("a", 5)]
+    assert UPSERT_LATEST.merge(rows) == [("a", 5), ("b", 3), ("c", 4)]
+    # Plain inserts are left as they are.
+    assert INSERT_PROBE.merge(rows) is rows
