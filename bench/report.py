@@ -252,7 +252,8 @@ def render_federation(data: dict[str, Any]) -> str:
         out.append(
             f"Memory floor: the bare aiohttp handler holding {level:,} parked `/sync` requests (no "
             f"homeserver state at all) grows by {_fmt(_kib(_per_client(floor, level)))} KiB per request; "
-            f"Sotto (SQLite) by {_fmt(sotto_kib)} KiB."
+            f"Sotto (SQLite) by {_fmt(sotto_kib)} KiB (Sotto detaches a waiting long-poll from "
+            "aiohttp's request machinery: homeserver/api/detached.py)."
         )
         out.append("")
     return "\n".join(out)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from homeserver.api.sync import LONG_POLLS_KEY
 from homeserver.errors import Codes, MatrixError
 from homeserver.server import HomeServer
 
@@ -35,7 +36,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     registry = CollectorRegistry()
     waiting = Gauge("sotto_sync_waiting", "Long-polling /sync requests currently waiting", registry=registry)
     stream = Gauge("sotto_stream_position", "Current committed stream position", registry=registry)
+    detached = Gauge(
+        "sotto_sync_detached",
+        "Waiting /sync requests detached from the HTTP server (homeserver.api.detached)",
+        registry=registry,
+    )
     waiting.set_function(lambda: hs.notifier.waiting)
+    detached.set_function(lambda: len(polls.parked) if (polls := app.get(LONG_POLLS_KEY)) else 0)
     stream.set_function(lambda: hs.db.current_stream_id)
     registry.register(_BatchCollector(hs))
 

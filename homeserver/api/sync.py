@@ -1,21 +1,123 @@
-"""GET /sync."""
+"""GET /sync.
+
+A long-poll with nothing to say yet is detached from aiohttp while it waits
+(homeserver.api.detached): it holds its connection, its parsed request and a notifier
+watch, and no task. When woken or timed out a task computes the answer, or parks it again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import Any
+
 from aiohttp import web
 
+from homeserver import jsonutil
+from homeserver.api.detached import Parked, detach, handed_over
 from homeserver.api.http import V3, json_response, query_bool, query_int
+from homeserver.errors import Codes, MatrixError
 from homeserver.server import HomeServer
 from homeserver.sync.filter_cache import FilterCache
 from homeserver.sync.handler import SyncRequest
 from homeserver.sync.tokens import SyncToken
 
+log = logging.getLogger(__name__)
+
+# At shutdown, parked long-polls are answered (the notifier is closing: at once) for at
+# most this long before their connections are closed.
+SHUTDOWN_ANSWER_S = 5.0
+
+
+class _ParkedSync(Parked):
+    """A detached long-poll: its request and deadline, and the notifier watch it waits on."""
+
+    __slots__ = ("deadline", "polls", "req", "watch")
+
+    def __init__(self, polls: LongPolls, req: SyncRequest, deadline: float) -> None:
+        super().__init__()
+        self.polls = polls
+        self.req = req
+        self.deadline = deadline
+        self.watch: asyncio.Future[bool] | None = None
+
+    def __call__(self, watch: asyncio.Future[bool]) -> None:
+        """The watch ended: woken (True), timed out (False) or cancelled (connection lost)."""
+        self.watch = None
+        if not watch.cancelled():
+            self.polls.answer(self, timed_out=not watch.result())
+
+    def lost(self) -> None:
+        if self.watch is not None:
+            self.watch.cancel()
+        self.polls.parked.discard(self)
+
+
+class LongPolls:
+    """The detached long-polls of this process."""
+
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.parked: set[_ParkedSync] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def park(self, conn: _ParkedSync, rooms: list[str]) -> None:
+        """Wait on the notifier (no await between the sync's pass and this)."""
+        remaining = max(0.0, conn.deadline - time.monotonic())
+        conn.watch = self.hs.notifier.watch(conn.req.requester.user_id, rooms, remaining)
+        conn.watch.add_done_callback(conn)
+        self.parked.add(conn)
+
+    def answer(self, conn: _ParkedSync, timed_out: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._answer(conn, timed_out))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, conn: _ParkedSync, timed_out: bool) -> None:
+        # As a sync waiting in its handler does: the waker (a sender) is answered first.
+        await asyncio.sleep(0)
+        if not conn.open:
+            return
+        outcome: dict[str, Any] | list[str] | MatrixError
+        try:
+            outcome = await self.hs.sync.attempt(conn.req, conn.deadline, timed_out)
+        except MatrixError as e:
+            outcome = e
+        except Exception:
+            log.exception("Internal error answering a parked /sync")
+            outcome = MatrixError(500, Codes.UNKNOWN, "Internal server error")
+        if isinstance(outcome, list):
+            if conn.open:
+                self.park(conn, outcome)
+            return
+        self.parked.discard(conn)
+        if isinstance(outcome, MatrixError):
+            conn.respond(outcome.status, jsonutil.dumpb(outcome.to_json()))
+        else:
+            conn.respond(200, jsonutil.dumpb(outcome))
+
+    async def shutdown(self, _app: web.Application) -> None:
+        """Answer every parked long-poll (the notifier is closed: each answers at once),
+        then close what is left, before the database closes."""
+        self.hs.notifier.close()
+        await asyncio.sleep(0)  # the watches' callbacks start their answers
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=SHUTDOWN_ANSWER_S)
+        for conn in list(self.parked):
+            conn.close()
+
+
+LONG_POLLS_KEY = web.AppKey("sotto_long_polls", LongPolls)
+
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     max_timeout = hs.config.limits.max_sync_timeout_ms
     filters = FilterCache(hs.filters)
+    polls = app[LONG_POLLS_KEY] = LongPolls(hs)
+    app.on_shutdown.append(polls.shutdown)
 
-    async def sync(request: web.Request) -> web.Response:
+    async def sync(request: web.Request) -> web.StreamResponse:
         requester = await hs.auth.get_requester(request, allow_guest=True)
         query = request.query
         filter_json, sync_filter = await filters.resolve(requester.user_id, query.get("filter"))
@@ -29,6 +131,14 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             full_state=query_bool(request, "full_state"),
             timeout_ms=query_int(request, "timeout", 0, maximum=max_timeout),
         )
-        return json_response(await hs.sync.sync(req))
+        deadline = await hs.sync.begin(req)
+        outcome = await hs.sync.attempt(req, deadline, False)
+        if not isinstance(outcome, list):
+            return json_response(outcome)
+        conn = detach(request, lambda: _ParkedSync(polls, req, deadline))
+        if conn is None:
+            return json_response(await hs.sync.wait_for(req, deadline, outcome))
+        polls.park(conn, outcome)
+        return handed_over()
 
     app.router.add_routes([web.get(V3 + "/sync", sync)])

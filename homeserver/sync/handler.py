@@ -93,49 +93,72 @@ class SyncHandler:
         self.park_hooks: list[Callable[[str, str | None], Awaitable[None]]] = []
 
     async def sync(self, req: SyncRequest) -> dict[str, Any]:
+        deadline = await self.begin(req)
+        outcome = await self.attempt(req, deadline, False)
+        if not isinstance(outcome, list):
+            return outcome
+        return await self.wait_for(req, deadline, outcome)
+
+    async def wait_for(self, req: SyncRequest, deadline: float, rooms: list[str]) -> dict[str, Any]:
+        """The rest of a sync whose `attempt` said to wait on `rooms`, waiting in this task."""
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            timed_out = not await self.notifier.wait(req.requester.user_id, rooms, remaining)
+            # Woken: compute the new data (a wake for someone else yields an empty pass).
+            await asyncio.sleep(0)
+            outcome = await self.attempt(req, deadline, timed_out)
+            if not isinstance(outcome, list):
+                return outcome
+            rooms = outcome
+
+    async def begin(self, req: SyncRequest) -> float:
+        """Before the first `attempt`: the long-poll's deadline (monotonic clock)."""
         deadline = time.monotonic() + req.timeout_ms / 1000
         if req.since is not None:
             # The token may come from another worker that is ahead of this one.
             await self.db.catch_up(req.since.stream)
-        timed_out = False
+        return deadline
+
+    async def attempt(self, req: SyncRequest, deadline: float, timed_out: bool) -> dict[str, Any] | list[str]:
+        """One pass of a sync: its response, or (a long-poll with nothing to say yet) the
+        rooms to wait on with `Notifier` until `deadline`. `timed_out`: the wait ended
+        without a wake, so answer whatever there is. Registering the wait right after this
+        returns, with no await in between, misses no wake."""
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
             # A long-poll coming back with nothing new parks without computing (no response
             # and no statement): its first pass would find nothing.
             joined = None if timed_out else await self._park_without_computing(req)
-            if joined is None:
-                response, joined = await self._compute(req, upto, eph)
-                if response.pop("_to_device_limited", False):
-                    # More to-device messages are queued than one sync carries: answer with a
-                    # token no later than the last one delivered, so the rest come next time.
-                    capped = int(response.pop("_to_device_upto"))
-                    response, joined = await self._compute(req, min(capped, upto), eph)
-                    response.pop("_to_device_limited", None)
-                    response.pop("_to_device_upto", None)
-                    return response
-                if (
-                    timed_out
-                    or req.since is None
-                    or req.full_state
-                    or deadline <= time.monotonic()
-                    or self.notifier.closing
-                    or not _is_empty(response)
-                ):
-                    return response
-                # Something may have landed while we computed: recompute rather than sleep.
-                if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
-                    continue
-                # Parked long-polls are most of a busy server's memory: hold no response while
-                # waiting; the answer on timeout is computed afresh (and is then up to date).
-                # Measured at 5,000 parked syncs: keeping it, even encoded to bytes, costs ~4 KiB
-                # more RSS per sync (its allocation pins the compute's freed memory); recomputing
-                # costs one empty incremental sync (~0.4 ms CPU) per timeout.
-                del response
-            remaining = max(0.0, deadline - time.monotonic())
-            timed_out = not await self.notifier.wait(req.requester.user_id, joined, remaining)
-            # Woken: loop and compute the new data (a wake for someone else yields an empty pass).
-            await asyncio.sleep(0)
+            if joined is not None:
+                return joined
+            response, joined = await self._compute(req, upto, eph)
+            if response.pop("_to_device_limited", False):
+                # More to-device messages are queued than one sync carries: answer with a
+                # token no later than the last one delivered, so the rest come next time.
+                capped = int(response.pop("_to_device_upto"))
+                response, joined = await self._compute(req, min(capped, upto), eph)
+                response.pop("_to_device_limited", None)
+                response.pop("_to_device_upto", None)
+                return response
+            if (
+                timed_out
+                or req.since is None
+                or req.full_state
+                or deadline <= time.monotonic()
+                or self.notifier.closing
+                or not _is_empty(response)
+            ):
+                return response
+            # Something may have landed while we computed: recompute rather than sleep.
+            if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
+                continue
+            # Parked long-polls are most of a busy server's memory: hold no response while
+            # waiting; the answer on timeout is computed afresh (and is then up to date).
+            # Measured at 5,000 parked syncs: keeping it, even encoded to bytes, costs ~4 KiB
+            # more RSS per sync (its allocation pins the compute's freed memory); recomputing
+            # costs one empty incremental sync (~0.4 ms CPU) per timeout.
+            return joined
 
     async def _park_without_computing(self, req: SyncRequest) -> list[str] | None:
         """The rooms to wait on if this pass would compute an empty response (see

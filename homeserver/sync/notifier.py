@@ -147,6 +147,22 @@ class Notifier:
             for room_id in room_ids:
                 self._discard(self._by_room, room_id, fut)
 
+    def watch(self, user_id: str, room_ids: list[str], timeout: float) -> asyncio.Future[bool]:
+        """`wait` without a task: a future that becomes True when woken, False after
+        `timeout` seconds (at once if closing). Cancel it to stop watching; it leaves the
+        indexes as it completes either way. Keeps `room_ids` as given."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        if self.closing:
+            fut.set_result(False)
+            return fut
+        timer = loop.call_later(timeout, _expire, fut)
+        self._by_user[user_id].add(fut)
+        for room_id in room_ids:
+            self._by_room[room_id].add(fut)
+        fut.add_done_callback(_Unwatch(self, user_id, room_ids, timer))
+        return fut
+
     @staticmethod
     def _discard(index: dict[str, set[asyncio.Future[bool]]], key: str, fut: asyncio.Future[bool]) -> None:
         waiters = index.get(key)
@@ -159,3 +175,24 @@ class Notifier:
 def _expire(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
         fut.set_result(False)
+
+
+class _Unwatch:
+    """A watch's clean-up once its future is done (one small object, not a closure)."""
+
+    __slots__ = ("notifier", "room_ids", "timer", "user_id")
+
+    def __init__(
+        self, notifier: Notifier, user_id: str, room_ids: list[str], timer: asyncio.TimerHandle
+    ) -> None:
+        self.notifier = notifier
+        self.user_id = user_id
+        self.room_ids = room_ids
+        self.timer = timer
+
+    def __call__(self, fut: asyncio.Future[bool]) -> None:
+        self.timer.cancel()
+        discard = self.notifier._discard
+        discard(self.notifier._by_user, self.user_id, fut)
+        for room_id in self.room_ids:
+            discard(self.notifier._by_room, room_id, fut)
