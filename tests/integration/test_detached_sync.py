@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -69,40 +70,54 @@ async def until(check: Callable[[], bool]) -> None:
     raise AssertionError("condition not reached")
 
 
-async def test_a_parked_sync_is_detached_answered_and_the_connection_reused(
-    server: RunningServer, make_user: MakeUser
-) -> None:
+@dataclass
+class Scene:
+    alice: RawClient
+    bob: RawClient
+    room: str
+    since: str
+    conn: Conn  # bob's connection, its long-poll detached and waiting
+
+
+@asynccontextmanager
+async def parked_poll(
+    server: RunningServer, make_user: MakeUser, timeout_ms: int = 30_000
+) -> AsyncIterator[Scene]:
+    """Alice and Bob in a room, and Bob's long-poll from `since` parked on a raw connection."""
     alice, bob = await make_user("alice"), await make_user("bob")
     room = await alice.room_with(bob)
     since = (await bob.sync())["next_batch"]
     async with connect(server, bob.token or "") as conn:
-        conn.writer.write(conn.request_bytes(sync_path(since, 30_000)))
+        conn.writer.write(conn.request_bytes(sync_path(since, timeout_ms)))
         await until(lambda: len(polls(server).parked) == 1)
+        yield Scene(alice, bob, room, since, conn)
+
+
+async def test_a_parked_sync_is_detached_answered_and_the_connection_reused(
+    server: RunningServer, make_user: MakeUser
+) -> None:
+    async with parked_poll(server, make_user) as s:
         assert server.hs.notifier.waiting == 1
-        event_id = await alice.send(room, "wake up", "t1")
-        status, headers, body = await conn.response()
+        event_id = await s.alice.send(s.room, "wake up", "t1")
+        status, headers, body = await s.conn.response()
         assert status == 200
         assert headers["content-type"] == "application/json"
         assert headers["access-control-allow-origin"] == "*"
         assert "date" in headers and "server" in headers
-        events = body["rooms"]["join"][room]["timeline"]["events"]
+        events = body["rooms"]["join"][s.room]["timeline"]["events"]
         assert [e["event_id"] for e in events] == [event_id]
         assert not polls(server).parked and server.hs.notifier.waiting == 0
         # The same connection serves the next request (handed back to aiohttp).
-        conn.writer.write(conn.request_bytes(sync_path(body["next_batch"], 0)))
-        status, _, again = await conn.response()
+        s.conn.writer.write(s.conn.request_bytes(sync_path(body["next_batch"], 0)))
+        status, _, again = await s.conn.response()
         assert status == 200 and again["next_batch"] == body["next_batch"]
 
 
 async def test_a_parked_sync_times_out_with_an_empty_answer(
     server: RunningServer, make_user: MakeUser
 ) -> None:
-    bob = await make_user("bob")
-    since = (await bob.sync())["next_batch"]
-    async with connect(server, bob.token or "") as conn:
-        conn.writer.write(conn.request_bytes(sync_path(since, 300)))
-        await until(lambda: len(polls(server).parked) == 1)
-        status, _, body = await conn.response()
+    async with parked_poll(server, make_user, timeout_ms=300) as s:
+        status, _, body = await s.conn.response()
     assert status == 200
     assert body["next_batch"].startswith("s")
     assert not body["rooms"]["join"]
@@ -112,36 +127,27 @@ async def test_a_parked_sync_times_out_with_an_empty_answer(
 async def test_a_client_that_leaves_while_parked_leaves_nothing_behind(
     server: RunningServer, make_user: MakeUser
 ) -> None:
-    alice, bob = await make_user("alice"), await make_user("bob")
-    room = await alice.room_with(bob)
-    since = (await bob.sync())["next_batch"]
-    async with connect(server, bob.token or "") as conn:
-        conn.writer.write(conn.request_bytes(sync_path(since, 30_000)))
-        await until(lambda: len(polls(server).parked) == 1)
+    async with parked_poll(server, make_user) as s:
+        pass  # the connection closes
     await until(lambda: not polls(server).parked)
     assert server.hs.notifier.waiting == 0
     # The room still works for everyone else.
-    await alice.send(room, "anyone?", "t1")
-    assert (await bob.sync(since))["rooms"]["join"][room]["timeline"]["events"]
+    await s.alice.send(s.room, "anyone?", "t1")
+    assert (await s.bob.sync(s.since))["rooms"]["join"][s.room]["timeline"]["events"]
 
 
 async def test_a_request_sent_while_parked_is_answered_after_the_long_poll(
     server: RunningServer, make_user: MakeUser
 ) -> None:
-    alice, bob = await make_user("alice"), await make_user("bob")
-    room = await alice.room_with(bob)
-    since = (await bob.sync())["next_batch"]
-    async with connect(server, bob.token or "") as conn:
-        conn.writer.write(conn.request_bytes(sync_path(since, 30_000)))
-        await until(lambda: len(polls(server).parked) == 1)
+    async with parked_poll(server, make_user) as s:
         # The client's next request arrives before the first is answered (pipelining).
-        conn.writer.write(conn.request_bytes("/_matrix/client/v3/account/whoami"))
+        s.conn.writer.write(s.conn.request_bytes("/_matrix/client/v3/account/whoami"))
         await asyncio.sleep(0.1)
-        await alice.send(room, "first", "t1")
-        status, _, first = await conn.response()
-        assert status == 200 and first["rooms"]["join"][room]["timeline"]["events"]
-        status, _, second = await conn.response()
-        assert status == 200 and second["user_id"] == bob.user_id
+        await s.alice.send(s.room, "first", "t1")
+        status, _, first = await s.conn.response()
+        assert status == 200 and first["rooms"]["join"][s.room]["timeline"]["events"]
+        status, _, second = await s.conn.response()
+        assert status == 200 and second["user_id"] == s.bob.user_id
 
 
 async def test_pipelined_and_http_1_0_long_polls_wait_in_their_handler(
@@ -172,12 +178,8 @@ async def test_pipelined_and_http_1_0_long_polls_wait_in_their_handler(
 
 
 async def test_shutdown_answers_parked_long_polls(server: RunningServer, make_user: MakeUser) -> None:
-    bob = await make_user("bob")
-    since = (await bob.sync())["next_batch"]
-    async with connect(server, bob.token or "") as conn:
-        conn.writer.write(conn.request_bytes(sync_path(since, 60_000)))
-        await until(lambda: len(polls(server).parked) == 1)
+    async with parked_poll(server, make_user, timeout_ms=60_000) as s:
         await polls(server).shutdown(server.runner.app)
-        status, _, body = await conn.response()
+        status, _, body = await s.conn.response()
     assert status == 200 and body["next_batch"].startswith("s")
     assert not polls(server).parked
