@@ -79,8 +79,12 @@ class Parked(asyncio.Protocol):
         transport, server = self.transport, self.server
         if transport is None or server is None or transport.is_closing():
             return
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
         head = (
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"HTTP/1.1 {status} {reason}\r\n"
             f"Content-Length: {len(body)}\r\nDate: {formatdate(usegmt=True)}\r\n"
         ).encode()
         transport.write(head + _FIXED_HEADERS + b"\r\n" + body)

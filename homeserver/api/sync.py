@@ -92,10 +92,15 @@ class LongPolls:
                 self.park(conn, outcome)
             return
         self.parked.discard(conn)
-        if isinstance(outcome, MatrixError):
-            conn.respond(outcome.status, jsonutil.dumpb(outcome.to_json()))
-        else:
-            conn.respond(200, jsonutil.dumpb(outcome))
+        try:
+            if isinstance(outcome, MatrixError):
+                conn.respond(outcome.status, jsonutil.dumpb(outcome.to_json()))
+            else:
+                conn.respond(200, jsonutil.dumpb(outcome))
+        except Exception:
+            # Nothing else would ever answer or close this connection.
+            log.exception("Could not answer a parked /sync")
+            conn.close()
 
     async def shutdown(self, _app: web.Application) -> None:
         """Answer every parked long-poll (the notifier is closed: each answers at once),

@@ -10,8 +10,10 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote, urlsplit
+
+import pytest
 
 from homeserver.api.sync import LONG_POLLS_KEY, LongPolls
 from tests.support.http import RawClient
@@ -183,3 +185,24 @@ async def test_shutdown_answers_parked_long_polls(server: RunningServer, make_us
         status, _, body = await s.conn.response()
     assert status == 200 and body["next_batch"].startswith("s")
     assert not polls(server).parked
+
+
+async def test_a_parked_sync_whose_answer_fails_gets_a_matrix_error(
+    server: RunningServer, make_user: MakeUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with parked_poll(server, make_user) as s:
+
+        async def failing(*_: object) -> NoReturn:
+            raise RuntimeError("the database went away")  # injected: a failure while answering
+
+        monkeypatch.setattr(server.hs.sync, "attempt", failing)
+        await s.alice.send(s.room, "wake up", "t1")
+        status, headers, body = await s.conn.response()
+        assert status == 500 and headers["content-type"] == "application/json"
+        assert body["errcode"] == "M_UNKNOWN"
+        assert not polls(server).parked and server.hs.notifier.waiting == 0
+        # The connection still serves the next request.
+        monkeypatch.undo()
+        s.conn.writer.write(s.conn.request_bytes("/_matrix/client/v3/account/whoami"))
+        status, _, me = await s.conn.response()
+        assert status == 200 and me["user_id"] == s.bob.user_id
