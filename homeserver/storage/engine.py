@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import sqlite3
 import threading
 import weakref
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -44,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransactio
 
 from homeserver.storage import postgres, sqlite_inline
 from homeserver.storage.bulk import BulkInsert, Rows
+from homeserver.storage.gate import SEEN_POOL, ConnectionGate
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ CHECKPOINT_INTERVAL_S = 0.25
 # burst would be reopened, with its prepared statements, by the next one).
 POOL_SIZE = 20
 # Under a burst (a message to a room of thousands, each member's /sync recomputed, or
-# thousands of first syncs) requests queue for a pooled connection in `_Gate`, which never
+# thousands of first syncs) requests queue for a pooled connection in `ConnectionGate`, which never
 # times out: waiting is better than failing them. The pool's own timeout only guards
 # against a bug letting more checkouts through than the gate admits.
 POOL_TIMEOUT_S = 60
@@ -124,68 +123,6 @@ class _WalCheckpointer:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-
-# Whether the current task (a request, or a background job) has used a pooled connection before.
-_seen_pool: contextvars.ContextVar[bool] = contextvars.ContextVar("sotto_seen_pool", default=False)
-
-
-class _Gate:
-    """Admits at most `size` concurrent checkouts of the PostgreSQL pool, in a fair order.
-
-    SQLAlchemy's async pool lets a newcomer take a connection that was just returned while a
-    woken waiter goes to the back of the queue, so under a burst of thousands of requests a
-    few waited past the pool timeout and failed with 500. Here a released slot is handed
-    directly to the oldest waiter, and a task that has already used a connection (a request
-    half-way through its queries, or a writer holding the write lock) goes before tasks that
-    have not started: requests in progress finish instead of all of them crawling together,
-    and new ones wait their turn. Waiting has no time limit (the client's timeout bounds it).
-    """
-
-    __slots__ = ("_free", "_fresh", "_resumed")
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._resumed: deque[asyncio.Future[None]] = deque()
-        self._fresh: deque[asyncio.Future[None]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._resumed) + len(self._fresh)
-
-    async def acquire(self, priority: bool = False) -> None:
-        resumed = priority or _seen_pool.get()
-        if not resumed:
-            _seen_pool.set(True)
-        if self._free > 0 and not self._resumed and (resumed or not self._fresh):
-            self._free -= 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._resumed if resumed else self._fresh
-        queue.append(waiter)
-        try:
-            if resumed:
-                async with asyncio.timeout(POOL_TIMEOUT_S):
-                    await waiter
-            else:
-                await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                # The slot was handed over just as we were cancelled: pass it on.
-                self.release()
-            else:
-                with contextlib.suppress(ValueError):
-                    queue.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        for queue in (self._resumed, self._fresh):
-            while queue:
-                waiter = queue.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
-        self._free += 1
 
 
 class _RoomLock:
@@ -278,7 +215,7 @@ class Database:
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self._gate = _Gate(pool_size + max_overflow) if self.is_postgres else None
+        self._gate = ConnectionGate(pool_size + max_overflow, POOL_TIMEOUT_S) if self.is_postgres else None
         self._lock_engine: AsyncEngine | None = None
         if self.is_postgres:
             # Room locks plus a few leader elections.
@@ -754,7 +691,7 @@ class Database:
         """Whether the database answers a trivial query within `timeout` seconds."""
         # Ahead of new requests waiting for a connection: a long queue in a burst is not an
         # unreachable database, and readiness must not take a busy worker out of rotation.
-        _seen_pool.set(True)
+        SEEN_POOL.set(True)
         try:
             async with asyncio.timeout(timeout), self.read() as conn:
                 await conn.scalar(select(literal(1)))

@@ -17,7 +17,7 @@ from sqlalchemy import event as sa_event
 
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.engine import Database
-from tests.support.postgres import available, fresh_database
+from tests.support.postgres import fresh_database
 
 _meta = MetaData()
 probe = Table(
@@ -35,10 +35,9 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "sqlite":
             url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
-        elif await available():
-            url = await stack.enter_async_context(fresh_database())
         else:
-            pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
+            # `.ci/run` starts PostgreSQL: without it this test fails rather than skips.
+            url = await stack.enter_async_context(fresh_database())
         database = Database(url)
         stack.push_async_callback(database.close)
         yield await _prepared(database, request.param)

@@ -14,7 +14,8 @@ from sqlalchemy import literal, select
 
 from homeserver.server import build_homeserver
 from homeserver.storage import engine as engine_mod
-from homeserver.storage.engine import Database, _Gate
+from homeserver.storage.engine import POOL_TIMEOUT_S, Database
+from homeserver.storage.gate import ConnectionGate
 from tests.support.server import free_port
 from tests.support.server import test_config as make_config
 
@@ -40,7 +41,7 @@ async def test_burst_far_larger_than_the_pool_succeeds(pg_url: str, monkeypatch:
 
 
 async def test_requests_in_progress_go_first() -> None:
-    gate = _Gate(1)
+    gate = ConnectionGate(1, POOL_TIMEOUT_S)
     order: list[str] = []
     release_first = asyncio.Event()
 
@@ -77,7 +78,7 @@ async def test_requests_in_progress_go_first() -> None:
 
 
 async def test_cancelled_waiter_gives_back_its_slot() -> None:
-    gate = _Gate(1)
+    gate = ConnectionGate(1, POOL_TIMEOUT_S)
     await gate.acquire()
     waiter = asyncio.create_task(gate.acquire())
     await asyncio.sleep(0)
