@@ -3,6 +3,10 @@
 A sync reads everything up to one stream position `upto` (captured at the
 start, always a fully committed position) and returns `s{upto}_{ephemeral}`
 as next_batch, so consecutive syncs neither miss nor repeat rows.
+
+A sync is `begin`, then `attempt` until one answers; between attempts its caller waits on
+the notifier, in its own task (`wait_for`) or, detached from HTTP, on a watch's callback
+(homeserver.api.sync).
 """
 
 from __future__ import annotations
@@ -91,13 +95,6 @@ class SyncHandler:
         self.sent_members = SentMembers()
         # Called for every sync that parks without a computation (presence: the user syncs).
         self.park_hooks: list[Callable[[str, str | None], Awaitable[None]]] = []
-
-    async def sync(self, req: SyncRequest) -> dict[str, Any]:
-        deadline = await self.begin(req)
-        outcome = await self.attempt(req, deadline, False)
-        if not isinstance(outcome, list):
-            return outcome
-        return await self.wait_for(req, deadline, outcome)
 
     async def wait_for(self, req: SyncRequest, deadline: float, rooms: list[str]) -> dict[str, Any]:
         """The rest of a sync whose `attempt` said to wait on `rooms`, waiting in this task."""

@@ -128,29 +128,16 @@ class Notifier:
             self._wake(waiters)
 
     async def wait(self, user_id: str, room_ids: list[str], timeout: float) -> bool:
-        """Wait up to `timeout` seconds for a change; True if woken. Keeps `room_ids` as given."""
-        if self.closing:
-            return False
-        # A bare future and a timer handle (not asyncio.wait_for, which adds a second future
-        # and a frame): this is what each of many thousand parked long-polls holds.
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        timer = loop.call_later(timeout, _expire, fut)
-        self._by_user[user_id].add(fut)
-        for room_id in room_ids:
-            self._by_room[room_id].add(fut)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
-            self._discard(self._by_user, user_id, fut)
-            for room_id in room_ids:
-                self._discard(self._by_room, room_id, fut)
+        """Wait up to `timeout` seconds for a change; True if woken. Keeps `room_ids` as given.
+        Cancelling the waiting task cancels the watch, which then leaves the indexes."""
+        return await self.watch(user_id, room_ids, timeout)
 
     def watch(self, user_id: str, room_ids: list[str], timeout: float) -> asyncio.Future[bool]:
-        """`wait` without a task: a future that becomes True when woken, False after
-        `timeout` seconds (at once if closing). Cancel it to stop watching; it leaves the
-        indexes as it completes either way. Keeps `room_ids` as given."""
+        """A future that becomes True when woken, False after `timeout` seconds (at once if
+        closing); no task needed (a detached long-poll waits on its callback). Cancel it to
+        stop watching; it leaves the indexes as it completes either way. A bare future and a
+        timer handle (not asyncio.wait_for, which adds a second future and a frame): this is
+        what each of many thousand parked long-polls holds. Keeps `room_ids` as given."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
         if self.closing:
