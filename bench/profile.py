@@ -31,7 +31,7 @@ import psutil
 
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
 from bench.federation import fed_pair
-from bench.scenarios import Settings, _drive, latency_round, make_users, room_with
+from bench.scenarios import Settings, _drive, latency_round, make_users, room_with, rooms_of_two
 from bench.targets import SottoTarget, cpu_seconds
 from tests.federation.support import make_ca
 
@@ -82,11 +82,7 @@ async def load_send(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
 
 async def load_rooms(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
     async with new_session() as session:
-        users = await make_users(target, session, "pr", 20)
-        senders = []
-        for a, b in zip(users[::2], users[1::2], strict=True):
-            room_id = await room_with(a, [b])
-            senders += [(a, room_id), (b, room_id)]
+        senders = await rooms_of_two(await make_users(target, session, "pr", 20))
         start = cpu()
         rate, _, _ = await _drive(senders, seconds, 0.0)
     return f"{rate:.0f} msgs/s", cpu() - start, round(rate * seconds), "message"

@@ -176,6 +176,15 @@ async def _drive(
     return acked / seconds, latencies, errors
 
 
+async def rooms_of_two(users: list[Client]) -> list[tuple[Client, str]]:
+    """A room per pair of users; both of each pair send in it: (sender, room) pairs."""
+    senders: list[tuple[Client, str]] = []
+    for a, b in zip(users[::2], users[1::2], strict=True):
+        room = await room_with(a, [b])
+        senders += [(a, room), (b, room)]
+    return senders
+
+
 async def throughput(target: Target, session: aiohttp.ClientSession, s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # 10 senders in one room.
@@ -184,12 +193,7 @@ async def throughput(target: Target, session: aiohttp.ClientSession, s: Settings
     rate, lat, errors = await _drive([(u, room_id) for u in users], s.throughput_seconds, s.warmup_seconds)
     out["one_room_10_senders"] = {"msgs_per_s": round(rate, 1), "latency": percentiles(lat), "errors": errors}
     # 10 rooms of 2 users, both sending.
-    users = await make_users(target, session, "pair", 20)
-    senders: list[tuple[Client, str]] = []
-    for i in range(10):
-        a, b = users[2 * i], users[2 * i + 1]
-        room = await room_with(a, [b])
-        senders += [(a, room), (b, room)]
+    senders = await rooms_of_two(await make_users(target, session, "pair", 20))
     rate, lat, errors = await _drive(senders, s.throughput_seconds, s.warmup_seconds)
     out["ten_rooms_of_2"] = {"msgs_per_s": round(rate, 1), "latency": percentiles(lat), "errors": errors}
     return out
