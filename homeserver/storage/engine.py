@@ -40,6 +40,7 @@ from sqlalchemy import event, func, literal, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncTransaction, create_async_engine
 
+from homeserver.storage import bulk as bulk_insert
 from homeserver.storage import postgres, sqlite_inline
 from homeserver.storage.bulk import BulkInsert, Rows
 from homeserver.storage.gate import SEEN_POOL, ConnectionGate
@@ -337,8 +338,8 @@ class Database:
 
     async def _insert_deferred(self, batch: _Batch) -> None:
         deferred, batch.deferred = batch.deferred, {}
-        for bulk, rows in deferred.items():
-            await bulk.run(batch.conn, bulk.merge(rows))
+        pending = [(bulk, bulk.merge(rows)) for bulk, rows in deferred.items()]
+        await bulk_insert.run_together(batch.conn, pending)
 
     # Group commit ---------------------------------------------------------------------------------
     # Writers that queue up behind one another share one transaction: the first runs in it

@@ -30,8 +30,16 @@ def transactions(srv: RunningServer) -> Iterator[list[list[str]]]:
     engine = srv.hs.db.engine.sync_engine
 
     def statement(conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        if not sql.lstrip().upper().startswith("SELECT"):
-            open_.setdefault(id(conn), []).append(" ".join(sql.split()[:3]))
+        words = sql.replace("(", " ").split()
+        if words[0].upper() != "SELECT":
+            seen = open_.setdefault(id(conn), [])
+            seen.append(" ".join(words[:3]))
+            # On PostgreSQL one statement may insert into several tables (WITH … INSERT).
+            seen.extend(
+                f"INSERT INTO {words[i + 2]}"
+                for i in range(1, len(words) - 2)
+                if words[i : i + 2] == ["INSERT", "INTO"]
+            )
 
     def commit(conn: Any) -> None:
         done.append(open_.pop(id(conn), []))
