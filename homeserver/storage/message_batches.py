@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.events import Event
-from homeserver.storage.bulk import BulkInsert
+from homeserver.storage.bulk import BulkInsert, columns_of
 from homeserver.storage.event_federation import event_relation
 from homeserver.storage.event_types import StoredEvent, TxnInfo
 from homeserver.storage.schema import event_txns, events, forward_extremities
@@ -59,6 +59,14 @@ _REPLACE_EXTREMITY = (
     .values(event_id=bindparam("new_id"))
 )
 
+# PostgreSQL, one prev extremity (the usual case): the transaction IDs' insert and the
+# extremity's replacement in one round trip, counting what each did.
+_CLAIM_PG = (
+    f"WITH t AS ({_INSERT_NEW_TXNS.unnest_sql(1)} RETURNING 1), "
+    "x AS (UPDATE forward_extremities SET event_id = $6 WHERE room_id = $7 AND event_id = $8 RETURNING 1) "
+    "SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM x)"
+)
+
 
 # At most this many transaction IDs are looked up in one statement.
 _TXN_LOOKUP_MAX = 64
@@ -94,16 +102,21 @@ class StaleRoomHead(Exception):
     room's cache was out of date. Nothing was written; build the batch again."""
 
 
-async def advance_extremities(conn: AsyncConnection, room_id: str, prevs: list[str], event_id: str) -> None:
+async def advance_extremities(conn: AsyncConnection, room_id: str, prevs: list[str], event_id: str) -> int:
     """`event_id` becomes a forward extremity and its prev events stop being ones. With one
-    prev that is an extremity (the usual case) that is one UPDATE."""
-    if len(prevs) == 1:
-        params = {"in_room": room_id, "old_id": prevs[0], "new_id": event_id}
+    prev that is an extremity (the usual case) that is one UPDATE. Returns how many of the
+    prevs were extremities."""
+    distinct = list(dict.fromkeys(prevs))
+    replaced = 0
+    if len(distinct) == 1:
+        params: dict[str, Any] = {"in_room": room_id, "old_id": distinct[0], "new_id": event_id}
         if (await conn.execute(_REPLACE_EXTREMITY, params)).rowcount == 1:
-            return
-    elif prevs:
-        await conn.execute(_DELETE_EXTREMITIES, {"room_id": room_id, "event_ids": list(prevs)})
+            return 1
+    elif distinct:
+        params = {"room_id": room_id, "event_ids": distinct}
+        replaced = (await conn.execute(_DELETE_EXTREMITIES, params)).rowcount
     await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": event_id})
+    return int(replaced)
 
 
 class MessageBatchWrites:
@@ -166,23 +179,22 @@ class MessageBatchWrites:
             ids = await self.db.next_stream_ids(len(batch))
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id
-            if txns_checked:
-                await _INSERT_TXNS.run(conn, txn_rows)
-            elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
-                raise DuplicateTxn
             await self.db.insert(conn, _INSERT_MESSAGES, [tuple(row) for row in rows])
             last_id = batch[-1][0].event_id
-            prevs = set(first_prevs)
-            if len(prevs) == 1:
-                params: dict[str, Any] = {"in_room": room_id, "old_id": first_prevs[0], "new_id": last_id}
-                replaced = (await conn.execute(_REPLACE_EXTREMITY, params)).rowcount
+            if len(set(first_prevs)) == 1 and conn.dialect.name == "postgresql":
+                arrays: tuple[list[Any], ...] = columns_of(txn_rows) or ([],) * len(_TXN_COLUMNS)
+                claim = (*arrays, last_id, room_id, first_prevs[0])
+                counts: Any = (await conn.exec_driver_sql(_CLAIM_PG, claim)).one()
+                replaced = counts[1]
+                if counts[0] != len(txn_rows):
+                    raise DuplicateTxn
             else:
-                replaced = 0
-                if prevs:
-                    params = {"room_id": room_id, "event_ids": list(prevs)}
-                    replaced = (await conn.execute(_DELETE_EXTREMITIES, params)).rowcount
-                await conn.execute(_INSERT_EXTREMITY, {"room_id": room_id, "event_id": last_id})
-            if replaced != len(prevs):
+                if txns_checked:
+                    await _INSERT_TXNS.run(conn, txn_rows)
+                elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
+                    raise DuplicateTxn
+                replaced = await advance_extremities(conn, room_id, first_prevs, last_id)
+            if replaced != len(set(first_prevs)):
                 # The batch cites an event that is no longer an extremity: it was built
                 # on a stale view of the room (see EventStore.room_head).
                 raise StaleRoomHead
