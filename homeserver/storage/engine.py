@@ -326,7 +326,8 @@ class Database:
         the group commit has its rows of the same statement inserted in one statement, just
         before the commit (or before a member that does not defer runs, so that it reads
         what it always did). Ten rooms' batches of two messages then cost one insert per
-        table instead of ten (a round trip each on PostgreSQL). Until then the rest of the
+        table instead of ten; on PostgreSQL one statement for every table (one round trip:
+        `bulk.run_together`). Until then the rest of the
         deferring writer's own transaction does not see them: only for rows it does not read
         back. A member that fails drops its rows with its savepoint."""
         member = self._member_rows
