@@ -70,6 +70,8 @@ class BulkInsert:
         if not rows:
             return 0
         if conn.dialect.name != "sqlite":
+            # One statement may not upsert a row twice (an executemany, row by row, could).
+            rows = self.merge(rows)
             result = await conn.exec_driver_sql(self.unnest_sql(1), columns_of(rows))
             # The status line's count: rows inserted, those skipped on conflict left out.
             return int(result.rowcount) if self.skip_existing else -1

@@ -173,12 +173,15 @@ async def test_bulk_insert_keeps_values_and_counts_what_it_skipped(db: Database)
         assert await ADD_MIXED.run(conn, []) == 0
         # An upsert replaces the other columns of rows whose key exists.
         await UPSERT_MIXED.run(conn, [("changed", "a", False, 5), (None, "e", True, 6)])
+        # One key twice in one call: the last row wins, as row by row.
+        await UPSERT_MIXED.run(conn, [("twice", "f", True, 7), ("last", "f", False, 8)])
     assert await _mixed(db) == {
         "a": (5, False, "changed"),
         "b": (2**40, False, "x"),
         "c": (3, True, "new"),
         "d": (4, False, "one"),
         "e": (6, True, None),
+        "f": (8, False, "last"),
     }
 
 
