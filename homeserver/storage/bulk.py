@@ -128,10 +128,11 @@ def columns_of(rows: Rows) -> tuple[list[Any], ...]:
 
 
 async def run_together(conn: AsyncConnection, pending: list[tuple[BulkInsert, Rows]]) -> None:
-    """Run several inserts. On PostgreSQL, inserts into different tables share one
-    statement (data-modifying CTEs): one round trip instead of one each. Two inserts into
-    one table go in separate statements, since one statement may not touch a row twice."""
-    pending = [(bulk, rows) for bulk, rows in pending if rows]
+    """Run several inserts (each bulk's rows merged first, see `merge`). On PostgreSQL,
+    inserts into different tables share one statement (data-modifying CTEs): one round
+    trip instead of one each. Two inserts into one table go in separate statements, since
+    one statement may not touch a row twice."""
+    pending = [(bulk, bulk.merge(rows)) for bulk, rows in pending if rows]
     if conn.dialect.name == "sqlite" or len(pending) < 2:
         for bulk, rows in pending:
             await bulk.run(conn, rows)

@@ -327,9 +327,9 @@ class Database:
         before the commit (or before a member that does not defer runs, so that it reads
         what it always did). Ten rooms' batches of two messages then cost one insert per
         table instead of ten; on PostgreSQL one statement for every table (one round trip:
-        `bulk.run_together`). Until then the rest of the
-        deferring writer's own transaction does not see them: only for rows it does not read
-        back. A member that fails drops its rows with its savepoint."""
+        `bulk.run_together`). Until then the rest of the deferring writer's own transaction
+        does not see them: only for rows it does not read back. A member that fails drops
+        its rows with its savepoint."""
         member = self._member_rows
         if member is None:
             await bulk.run(conn, rows)
@@ -339,8 +339,7 @@ class Database:
 
     async def _insert_deferred(self, batch: _Batch) -> None:
         deferred, batch.deferred = batch.deferred, {}
-        pending = [(bulk, bulk.merge(rows)) for bulk, rows in deferred.items()]
-        await bulk_insert.run_together(batch.conn, pending)
+        await bulk_insert.run_together(batch.conn, list(deferred.items()))
 
     # Group commit ---------------------------------------------------------------------------------
     # Writers that queue up behind one another share one transaction: the first runs in it

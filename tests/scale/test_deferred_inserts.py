@@ -195,7 +195,8 @@ async def test_inserts_run_together_share_a_statement_per_table_set(db: Database
                 conn,
                 [
                     (INSERT_PROBE, [("p1", 1), ("p2", 2)]),
-                    (UPSERT_MIXED, [("first", "k", True, 2), (None, "m", False, 3)]),
+                    # "m" twice: the last row wins.
+                    (UPSERT_MIXED, [("first", "k", True, 2), (None, "m", False, 3), ("m2", "m", True, 5)]),
                     (UPSERT_LATEST, []),
                     # The same table again: after the first upsert, in a statement of its own.
                     (UPSERT_MIXED, [("second", "k", False, 4)]),
@@ -204,7 +205,7 @@ async def test_inserts_run_together_share_a_statement_per_table_set(db: Database
     finally:
         sa_event.remove(db.engine.sync_engine, "before_cursor_execute", listener)
     assert await _rows(db, probe) == {"p1": 1, "p2": 2}
-    assert await _mixed(db) == {"k": (4, False, "second"), "m": (3, False, None)}
+    assert await _mixed(db) == {"k": (4, False, "second"), "m": (5, True, "m2")}
     if db.engine.dialect.name == "postgresql":
         assert statements == [["deferred_probe", "deferred_mixed"], ["deferred_mixed"]]
     else:
