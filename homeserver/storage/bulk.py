@@ -36,7 +36,7 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 class BulkInsert:
-    __slots__ = ("_key", "_sqlite", "_types", "_unnest", "columns", "skip_existing", "table", "upsert_keys")
+    __slots__ = ("_key", "_pg", "_sqlite", "columns", "skip_existing", "table", "upsert_keys")
 
     def __init__(
         self,
@@ -54,9 +54,8 @@ class BulkInsert:
         self._key = itemgetter(*(self.columns.index(k) for k in self.upsert_keys)) if upsert_keys else None
         # SQLite: (SQL, positions of the row's values in the statement's parameter order)
         self._sqlite: tuple[str, tuple[int, ...] | None] | None = None
-        # PostgreSQL: each column's type (its array's cast), and the SQL by first parameter.
-        self._types = tuple(table.c[c].type.compile(dialect=_PG) for c in self.columns)
-        self._unnest: dict[int, str] = {}
+        # PostgreSQL: the SQL of `run` (built on first use).
+        self._pg: str | None = None
 
     def merge(self, rows: Rows) -> Rows:
         """Rows of several writers as one set: an upsert keeps the last row for each key
@@ -72,7 +71,9 @@ class BulkInsert:
         if conn.dialect.name != "sqlite":
             # One statement may not upsert a row twice (an executemany, row by row, could).
             rows = self.merge(rows)
-            result = await conn.exec_driver_sql(self.unnest_sql(1), columns_of(rows))
+            if self._pg is None:
+                self._pg = self.unnest_sql(1)
+            result = await conn.exec_driver_sql(self._pg, columns_of(rows))
             # The status line's count: rows inserted, those skipped on conflict left out.
             return int(result.rowcount) if self.skip_existing else -1
         sql, order = self._sqlite or self._compile(conn)
@@ -82,17 +83,12 @@ class BulkInsert:
         return inserted
 
     def unnest_sql(self, first: int) -> str:
-        """PostgreSQL: the insert of every row, one array parameter per column, numbered
-        from `first`."""
-        sql = self._unnest.get(first)
-        if sql is None:
-            sql = self._unnest[first] = self._build_unnest(first)
-        return sql
-
-    def _build_unnest(self, first: int) -> str:
+        """PostgreSQL: the insert of every row, one array parameter per column (cast to the
+        column's type), numbered from `first`. Built once by each caller, not per call."""
         quote = _PG.identifier_preparer.quote
         names = ", ".join(quote(c) for c in self.columns)
-        arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(self._types))
+        types = (self.table.c[c].type.compile(dialect=_PG) for c in self.columns)
+        arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
         table = _PG.identifier_preparer.format_table(self.table)
         sql = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})"
         if self.skip_existing:

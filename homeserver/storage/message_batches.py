@@ -174,16 +174,17 @@ class MessageBatchWrites:
                 txn_rows.append(
                     (txn.user_id, txn.device_id, txn.txn_id, event.event_id, event.origin_server_ts)
                 )
-        first_prevs = batch[0][0].prev_event_ids
+        # Only the first event's prevs stop being extremities (the rest chain on it).
+        prevs = list(dict.fromkeys(batch[0][0].prev_event_ids))
         async with self.db.write(gather, defer=True) as conn:
             ids = await self.db.next_stream_ids(len(batch))
             for row, stream_id in zip(rows, ids, strict=True):
                 row[0] = stream_id
             await self.db.insert(conn, _INSERT_MESSAGES, [tuple(row) for row in rows])
             last_id = batch[-1][0].event_id
-            if len(set(first_prevs)) == 1 and conn.dialect.name == "postgresql":
+            if len(prevs) == 1 and conn.dialect.name == "postgresql":
                 arrays: tuple[list[Any], ...] = columns_of(txn_rows) or ([],) * len(_TXN_COLUMNS)
-                claim = (*arrays, last_id, room_id, first_prevs[0])
+                claim = (*arrays, last_id, room_id, prevs[0])
                 counts: Any = (await conn.exec_driver_sql(_CLAIM_PG, claim)).one()
                 replaced = counts[1]
                 if counts[0] != len(txn_rows):
@@ -193,8 +194,8 @@ class MessageBatchWrites:
                     await _INSERT_TXNS.run(conn, txn_rows)
                 elif await _INSERT_NEW_TXNS.run(conn, txn_rows) != len(txn_rows):
                     raise DuplicateTxn
-                replaced = await advance_extremities(conn, room_id, first_prevs, last_id)
-            if replaced != len(set(first_prevs)):
+                replaced = await advance_extremities(conn, room_id, prevs, last_id)
+            if replaced != len(prevs):
                 # The batch cites an event that is no longer an extremity: it was built
                 # on a stale view of the room (see EventStore.room_head).
                 raise StaleRoomHead

@@ -19,6 +19,7 @@ from tests.federation.support import (
     room_bodies,
     wait_for,
 )
+from tests.support.database import inserted_tables
 from tests.support.server import RunningServer
 
 
@@ -30,16 +31,12 @@ def transactions(srv: RunningServer) -> Iterator[list[list[str]]]:
     engine = srv.hs.db.engine.sync_engine
 
     def statement(conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        words = sql.replace("(", " ").split()
+        words = sql.split()
         if words[0].upper() != "SELECT":
-            seen = open_.setdefault(id(conn), [])
-            seen.append(" ".join(words[:3]))
             # On PostgreSQL one statement may insert into several tables (WITH … INSERT).
-            seen.extend(
-                f"INSERT INTO {words[i + 2]}"
-                for i in range(1, len(words) - 2)
-                if words[i : i + 2] == ["INSERT", "INTO"]
-            )
+            tables = inserted_tables(sql)
+            seen = open_.setdefault(id(conn), [])
+            seen.extend([f"INSERT INTO {t}" for t in tables] or [" ".join(words[:3])])
 
     def commit(conn: Any) -> None:
         done.append(open_.pop(id(conn), []))

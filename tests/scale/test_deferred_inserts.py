@@ -18,6 +18,7 @@ from sqlalchemy import event as sa_event
 
 from homeserver.storage.bulk import BulkInsert, run_together
 from homeserver.storage.engine import Database
+from tests.support.database import inserted_tables
 from tests.support.postgres import fresh_database
 
 _meta = MetaData()
@@ -72,8 +73,7 @@ def _count_inserts(db: Database) -> tuple[list[list[str]], Any]:
     statements: list[list[str]] = []
 
     def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        words = statement.replace("(", " ").split()
-        tables = [words[i + 2] for i in range(len(words) - 2) if words[i : i + 2] == ["INSERT", "INTO"]]
+        tables = inserted_tables(statement)
         if tables:
             statements.append(tables)
 
