@@ -66,6 +66,18 @@ _INSERT_EVENT = BulkInsert(
 _OUTLIER_FLAG = select(events.c.outlier).where(events.c.event_id == bindparam("event_id"))
 
 
+_MOVE_STATE_VERSION = (
+    update(rooms).where(rooms.c.room_id == bindparam("room")).values(state_version=rooms.c.state_version + 1)
+)
+
+
+async def move_state_version(conn: AsyncConnection, room_id: str) -> None:
+    """Mark a change to the room's current state (or a redacted state event), in the
+    transaction making it: workers' cached auth state of the room is then read afresh
+    (`EventStore.room_head`)."""
+    await conn.execute(_MOVE_STATE_VERSION, {"room": room_id})
+
+
 async def insert_event(
     conn: AsyncConnection,
     event: Event,
@@ -230,6 +242,8 @@ class FederatedEventWrites:
         changes: dict[StateKey, tuple[str, str | None] | None],
         stream_id: int,
     ) -> None:
+        if changes:
+            await move_state_version(conn, room_id)
         for (etype, skey), value in changes.items():
             where = (
                 current_state.c.room_id == room_id,

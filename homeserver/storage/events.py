@@ -24,7 +24,7 @@ from homeserver.events import Event, get_room_version, redact
 from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
-from homeserver.storage.event_federation import FederatedEventWrites, insert_event
+from homeserver.storage.event_federation import FederatedEventWrites, insert_event, move_state_version
 from homeserver.storage.event_types import StateKey, StoredEvent, TxnInfo
 from homeserver.storage.message_batches import MessageBatchWrites, advance_extremities
 from homeserver.storage.room_flags import RoomFlags
@@ -44,15 +44,18 @@ class _RoomCache:
 
     `state` maps a state key to its current event, or None when known to be absent; `ids`,
     once read, is the whole current state's event IDs (federation checks every PDU against it).
+    `state_version`: the room's stored state version when `room_head` last read it (several
+    workers only); this process's own state changes leave it behind the stored one.
     """
 
-    __slots__ = ("depth", "extremities", "ids", "state")
+    __slots__ = ("depth", "extremities", "ids", "state", "state_version")
 
     def __init__(self) -> None:
         self.state: dict[StateKey, StoredEvent | None] = {}
         self.extremities: list[str] | None = None
         self.depth = 0
         self.ids: dict[StateKey, str] | None = None
+        self.state_version: int | None = None
 
 
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
@@ -390,43 +393,50 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     async def room_head(self, room_id: str, *, kept: bool = False) -> tuple[list[str], int]:
         """The room's forward extremities and depth, for its next event; call under the room lock.
 
-        With several workers it also checks the room's cache: every event stored in the room,
-        by any worker, changes the extremities (the new event becomes one), and nobody else
-        can store one while the lock is held. If they differ from the cached ones, another
-        worker has written, and the cache starts afresh. `kept`: this process has held the
-        room's lock since it last used it (`Database.room_lock_kept`), so no other worker
-        can have written and the cached extremities, if any, are used as they are. A message
-        batch still checks them as it writes (`StaleRoomHead`)."""
+        With several workers it also checks the room's cache against the stored room, which
+        nobody else can change while the lock is held. If the room's state version differs
+        from the cached one, another worker has changed its state (`move_state_version`), and
+        the cache starts afresh. If only the extremities differ, another worker has stored
+        messages: the cached state holds, and the head moves to the stored one. `kept`: this
+        process has held the room's lock since it last used it (`Database.room_lock_kept`),
+        so no other worker can have written and the cached extremities, if any, are used as
+        they are. A message batch still checks them as it writes (`StaleRoomHead`)."""
         if self.cache_state:
             return await self.get_extremities_and_depth(room_id)
         cache = self._cache(room_id)
         if kept and cache is not None and cache.extremities is not None:
             return list(cache.extremities), cache.depth
-        extremities, depth = await self._query_extremities(room_id)
-        if cache is None or cache.extremities is None or set(cache.extremities) != set(extremities):
+        extremities, depth, version = await self._query_head(room_id)
+        if cache is None or cache.extremities is None or version is None or cache.state_version != version:
             self.invalidate_room(room_id)
             cache = self._cache_to_fill(room_id)
-            cache.extremities, cache.depth = list(extremities), depth
+            cache.state_version = version
+        elif set(cache.extremities) != set(extremities):
+            self._generation[room_id] = self._gen(room_id) + 1
+        cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
 
     async def get_extremities_and_depth(self, room_id: str) -> tuple[list[str], int]:
         if not self.cache_state:
-            return await self._query_extremities(room_id)
+            return (await self._query_head(room_id))[:2]
         cache = self._cache(room_id)
         if cache is not None and cache.extremities is not None:
             return list(cache.extremities), cache.depth
         gen = self._gen(room_id)
-        extremities, depth = await self._query_extremities(room_id)
+        extremities, depth, _ = await self._query_head(room_id)
         if self._gen(room_id) == gen:
             cache = self._cache_to_fill(room_id)
             cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
 
-    async def _query_extremities(self, room_id: str) -> tuple[list[str], int]:
+    async def _query_head(self, room_id: str) -> tuple[list[str], int, int | None]:
+        """The room's forward extremities (deepest first), the depth of the deepest, and the
+        room's state version (None when the room has no extremities)."""
+        version = select(rooms.c.state_version).where(rooms.c.room_id == room_id).scalar_subquery()
         async with self.db.read() as conn:
             rows = (
                 await conn.execute(
-                    select(forward_extremities.c.event_id, events.c.depth)
+                    select(forward_extremities.c.event_id, events.c.depth, version)
                     .select_from(
                         forward_extremities.join(events, events.c.event_id == forward_extremities.c.event_id)
                     )
@@ -435,8 +445,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 )
             ).all()
         if not rows:
-            return [], 0
-        return [r[0] for r in rows], int(rows[0][1])
+            return [], 0, None
+        return [r[0] for r in rows], int(rows[0][1]), rows[0][2]
 
     async def get_memberships_for_user(self, user_id: str) -> list[tuple[str, str, str, int]]:
         """(room_id, membership, event_id, stream_id) for every room the user has a member event in."""
@@ -589,6 +599,7 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 )
             )
         if event.is_state() and update_state:
+            await move_state_version(conn, room_id)
             key = event.state_key_tuple
             values = dict(event_id=event.event_id, stream_id=stream_id, membership=event.membership)
             if replaces is not None:
@@ -629,6 +640,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             .where(events.c.event_id == redaction.redacts)
             .values(json=jsonutil.dumps(pruned), redacted_by=redaction.event_id)
         )
+        if "state_key" in target_pdu:
+            await move_state_version(conn, redaction.room_id)  # the room's cached state may hold it
 
     async def _redaction_applies(self, conn: AsyncConnection, redaction: Event, target_sender: str) -> bool:
         if domain(redaction.sender) == domain(target_sender):

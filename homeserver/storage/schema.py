@@ -101,6 +101,9 @@ rooms = Table(
     Column("creator", String(255), nullable=True),
     Column("is_public", Boolean, nullable=False, default=False),
     Column("created_ts", BigInteger, nullable=False),
+    # Moved by every change to the room's current state and by every redaction, in the same
+    # transaction (0016): a worker's cached auth state is still good while it is unchanged.
+    Column("state_version", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 # One row per event. `json` is the full PDU (after redaction, the redacted PDU).

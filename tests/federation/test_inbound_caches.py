@@ -38,7 +38,7 @@ async def test_remote_messages_keep_the_dag_linear_and_outlier_status_fresh(
 
         await wait_for(all_on_b, what="A's messages on B")
         cached, _ = await b.hs.events.get_extremities_and_depth(room_id)
-        stored, _ = await b.hs.events._query_extremities(room_id)
+        stored, _, _ = await b.hs.events._query_head(room_id)
         assert cached == stored == [sent[-1]]
         # So B's next event follows A's last one instead of forking the room.
         reply = await bob.send(room_id, "from B")
