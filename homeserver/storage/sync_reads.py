@@ -37,6 +37,7 @@ from homeserver.storage.e2ee_schema import (
 )
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.fast_reads import FastQuery
 from homeserver.storage.schema import account_data, current_state, events, receipts, room_forgotten
 from homeserver.storage.unread import UnreadCounts
 
@@ -187,7 +188,7 @@ def _probe_statement() -> Any:
     )
 
 
-_PROBE = _probe_statement()
+_PROBE = FastQuery(_probe_statement())
 
 # A window with more rows than this is summarised by the per-kind queries instead.
 WINDOW_ROWS = 256
@@ -275,7 +276,7 @@ class SyncQueries:
         probe = UserProbe()
         params = {"user_id": user_id, "device_id": device_id, "since": since, "upto": upto}
         async with self.db.read() as conn:
-            for kind, name, extra1, extra2, value in await conn.execute(_PROBE, params):
+            for kind, name, extra1, extra2, value in await _PROBE.rows(conn, params):
                 if kind == "m":
                     memberships.append((name, extra1, extra2, int(value)))
                 elif kind == "otk":
