@@ -81,7 +81,12 @@ def receipt_positions(user: Any, room_ids: Any) -> Any:
             func.max(events.c.stream_id).label("pos"),
         )
         .select_from(receipts.join(events, events.c.event_id == rc.event_id))
-        .where(rc.user_id == user, rc.receipt_type.in_([literal(r) for r in READ_RECEIPTS]), _room_in(rc.room_id, room_ids))
+        .where(
+            rc.user_id == user,
+            # Literals, not a list: a list would be an expanding parameter (see FastQuery).
+            rc.receipt_type.in_([literal(r) for r in READ_RECEIPTS]),
+            _room_in(rc.room_id, room_ids),
+        )
         .group_by(rc.room_id, rc.thread_id)
         .cte("receipt_positions")
     )
