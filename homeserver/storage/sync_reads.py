@@ -215,7 +215,7 @@ def _window_statement() -> Any:
     ).limit(bindparam("cap", type_=Integer))
 
 
-_WINDOW = _window_statement()
+_WINDOW = FastQuery(_window_statement())
 
 
 @dataclass(slots=True)
@@ -298,7 +298,7 @@ class SyncQueries:
             return summary
         params = {"since": since, "upto": upto, "cap": self.window_rows + 1}
         async with self.db.read() as conn:
-            rows = (await conn.execute(_WINDOW, params)).all()
+            rows = await _WINDOW.rows(conn, params)
         if len(rows) > self.window_rows:
             return None
         for kind, room_id, is_member in rows:
