@@ -205,6 +205,13 @@ class DirectConnection(AsyncConnection):
         return conn
 
 
+def driver_connection(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under a connection of this dialect."""
+    wrapped: Any = conn.connection.driver_connection
+    raw: sqlite3.Connection = wrapped._conn
+    return raw
+
+
 dialect = SQLiteDialect_inline
 
 registry.register(f"sqlite.{DRIVER}", __name__, "SQLiteDialect_inline")

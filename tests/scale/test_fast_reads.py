@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, event, func, insert, literal, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import bindparam, event, func, insert, literal, literal_column, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from homeserver.storage.engine import Database
 from homeserver.storage.fast_reads import FastQuery, in_array
@@ -142,6 +142,27 @@ async def test_inside_a_transaction_sqlalchemy_runs_it(pg_url: str) -> None:
         assert len(reads) == 2 and None not in reads
     finally:
         await db.close()
+
+
+_ONE_ROOM = FastQuery(
+    select(rooms.c.room_id, rooms.c.is_public).where(
+        rooms.c.room_id == bindparam("id"), rooms.c.created_ts >= 0
+    )
+)
+_MISSING = FastQuery(select(literal_column("x")).select_from(text("no_such_table")))
+
+
+async def test_sqlite_runs_it_on_the_driver_connection(tmp_path: Path) -> None:
+    async with migrated_sqlite(tmp_path / "h.db") as db:
+        await _add_rooms(db, "!a:x", "!b:x")
+        seen = _listen(db)
+        async with db.read() as conn:
+            assert [tuple(r) for r in await _ONE_ROOM.rows(conn, {"id": "!b:x"})] == [("!b:x", 0)]
+            # With an expanding parameter, SQLAlchemy runs it (it has a cursor).
+            assert [r[0] for r in await _ROOMS.rows(conn, {"ids": ["!a:x"]})] == ["!a:x"]
+            with pytest.raises(OperationalError, match="no_such_table"):
+                await _MISSING.rows(conn, {})
+        assert [cursor is None for _, _, cursor in seen] == [True, False, True]
 
 
 def test_an_expanding_parameter_cannot_be_compiled_once() -> None:
