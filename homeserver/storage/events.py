@@ -61,6 +61,7 @@ class _RoomCache:
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
 MAX_CACHED_ROOMS = 2_000
 
+
 class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     def __init__(self, db: Database, *, cache_state: bool = True) -> None:
         self.db = db
@@ -411,8 +412,6 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             self.invalidate_room(room_id)
             cache = self._cache_to_fill(room_id)
             cache.state_version = version
-        elif set(cache.extremities) != set(extremities):
-            self._generation[room_id] = self._gen(room_id) + 1
         cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
 
@@ -661,4 +660,3 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             ev = Event(jsonutil.loads(raw), redaction.room_version)
             state[ev.state_key_tuple] = ev
         return redaction_applies(redaction.sender, target_sender, state)
-

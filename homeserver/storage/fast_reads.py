@@ -95,7 +95,13 @@ class FastQuery:
     async def rows(self, conn: AsyncConnection, params: Mapping[str, Any]) -> Sequence[Any]:
         if conn.dialect.name == "sqlite":
             return self._sqlite_rows(conn, params)
-        fairy = await conn.get_raw_connection()
+        sync = conn.sync_connection
+        assert sync is not None
+        if sync.invalidated:
+            return (await conn.execute(self.pg_statement, dict(params))).all()  # it reconnects
+        # A checked-out connection's pool proxy, read without `get_raw_connection`'s
+        # greenlet (~10 µs, against ~70 µs for the whole statement).
+        fairy = sync.connection
         adapted: Any = fairy.dbapi_connection
         if not getattr(adapted, "autocommit", False):
             # Inside a transaction the adapter begins lazily: let it.

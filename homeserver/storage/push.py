@@ -383,7 +383,8 @@ class PushActionStore:
         """(room_id, receipt thread_id or "") -> newest read position."""
         if not room_ids:
             return {}
-        pos = receipt_positions(user_id, list(room_ids))
+        ids = list(room_ids)
+        pos = receipt_positions(user_id, lambda column: column.in_(ids))
         async with self.db.read() as conn:
             return {(r, t): int(p) for r, t, p in await conn.execute(select(pos))}
 

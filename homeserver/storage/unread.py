@@ -24,7 +24,7 @@ database, so the cache is correct on any number of workers.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +69,12 @@ class Counts:
 RoomCounts = dict[str, Counts]  # thread_id ("main" or a thread root) -> counts
 
 
-def receipt_positions(user: Any, room_ids: Any) -> Any:
+RoomMatch = Callable[[Any], Any]  # a room ID column -> the condition that it is one of the rooms
+
+
+def receipt_positions(user: Any, rooms: RoomMatch) -> Any:
     """(room_id, thread_id, pos): the newest read position per room and receipt thread
-    ("" for unthreaded receipts). `room_ids`: values, an expanding parameter, or a
-    condition on a room ID column (`in_array`)."""
+    ("" for unthreaded receipts), for the rooms `rooms` matches."""
     rc = receipts.c
     return (
         select(
@@ -85,15 +87,11 @@ def receipt_positions(user: Any, room_ids: Any) -> Any:
             rc.user_id == user,
             # Literals, not a list: a list would be an expanding parameter (see FastQuery).
             rc.receipt_type.in_([literal(r) for r in READ_RECEIPTS]),
-            _room_in(rc.room_id, room_ids),
+            rooms(rc.room_id),
         )
         .group_by(rc.room_id, rc.thread_id)
         .cte("receipt_positions")
     )
-
-
-def _room_in(column: Any, room_ids: Any) -> Any:
-    return room_ids(column) if callable(room_ids) else column.in_(room_ids)
 
 
 def _statement(delta: bool, pg: bool) -> Any:
@@ -103,11 +101,10 @@ def _statement(delta: bool, pg: bool) -> Any:
     rooms are an array parameter, so the statement compiles once (`FastQuery`)."""
     epa = event_push_actions.c
     user: Any = bindparam("user_id")
-    room_ids: Any = (
-        (lambda column: in_array(column, "room_ids")) if pg else bindparam("room_ids", expanding=True)
-    )
+    expanding: Any = bindparam("room_ids", expanding=True)
+    rooms: RoomMatch = (lambda c: in_array(c, "room_ids")) if pg else (lambda c: c.in_(expanding))
     after: Any = bindparam("after", type_=BigInteger)
-    pos = receipt_positions(user, room_ids)
+    pos = receipt_positions(user, rooms)
     unthreaded = pos.alias("unthreaded")
     threaded = pos.alias("threaded")
     zero: Any = literal(0, Integer)
@@ -129,7 +126,7 @@ def _statement(delta: bool, pg: bool) -> Any:
         )
         .where(
             epa.user_id == user,
-            _room_in(epa.room_id, room_ids),
+            rooms(epa.room_id),
             epa.event_stream > after,
             epa.event_stream <= bindparam("upto", type_=BigInteger),
             epa.event_stream > func.coalesce(unthreaded.c.pos, 0),
@@ -141,7 +138,7 @@ def _statement(delta: bool, pg: bool) -> Any:
         epc = event_push_changes.c
         parts.append(
             select(literal_column("'l'"), epc.room_id, literal(""), epc.late_stream_id, zero).where(
-                epc.user_id == user, _room_in(epc.room_id, room_ids), epc.late_stream_id > after
+                epc.user_id == user, rooms(epc.room_id), epc.late_stream_id > after
             )
         )
     return union_all(*parts)
