@@ -82,7 +82,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     _setup_logging(config)
     count = args.workers or config.workers.count
+    config.workers.count = count
     config.workers.index = args.worker_index
+    config.workers.sockets = args.worker_sockets
     if count > 1 and args.worker_index is None:
         # The supervisor runs the workers (this same command with --worker-index) and serves nothing.
         raise SystemExit(workers.supervise(args.config, config, count))
@@ -249,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the port (default: workers.count; >1 needs PostgreSQL and Redis)",
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-sockets", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", parents=[common], help="apply database migrations")

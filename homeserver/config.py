@@ -74,6 +74,9 @@ class WorkersConfig:
     # Set by `sotto serve --workers` in each worker process (not for the config file): other
     # listeners (federation) then bind with SO_REUSEPORT like the client listener.
     index: int | None = None
+    # Set by `sotto serve --workers` too: the private directory of the workers' Unix sockets,
+    # over which a message goes to the worker that owns its room (homeserver.forwarding).
+    sockets: str | None = None
 
 
 @dataclass(slots=True)

@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from aiohttp import web
 
 from homeserver.api.http import json_response
 from homeserver.config import Config, ConfigError
+from homeserver.forwarding import RoomForwarding, sockets_directory_ok
 from homeserver.server import HomeServer, load_or_create_signing_key
 from homeserver.sync.redis_bridge import RedisBridge
 
@@ -75,6 +78,22 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(body, status=200 if ok else 503)
 
     app.router.add_routes([web.get("/_sotto/health", health), web.get("/_sotto/ready", ready)])
+    forwarding = forwarding_for(hs)
+    if forwarding is not None:
+        hs.background.append(forwarding)
+
+
+def forwarding_for(hs: HomeServer) -> RoomForwarding | None:
+    """This worker's message forwarding (homeserver.forwarding), when it is one of several
+    run by `sotto serve --workers N`; None otherwise."""
+    w = hs.config.workers
+    if w.index is None or w.count <= 1 or not w.sockets:
+        return None
+    if not sockets_directory_ok(w.sockets):
+        log.warning("%s is not a private directory of this user; messages are not forwarded", w.sockets)
+        return None
+    max_body = hs.config.limits.max_request_bytes
+    return RoomForwarding(hs.creator, hs.db, w.sockets, w.index, w.count, max_body)
 
 
 # The supervisor -----------------------------------------------------------------------------
@@ -120,9 +139,12 @@ class Supervisor:
         self.argv_prefix = argv_prefix or [sys.executable, "-m", "homeserver.cli"]
         self.workers = [_Worker(i) for i in range(count)]
         self.stopping = False
+        # Private to this user (mkdtemp's mode is 0700): the workers trust what arrives there.
+        self.sockets = tempfile.mkdtemp(prefix="sotto-workers-")
 
     def _spawn(self, w: _Worker) -> None:
-        argv = [*self.argv_prefix, "serve", "--config", self.config_path, "--worker-index", str(w.index)]
+        argv = [*self.argv_prefix, "serve", "--config", self.config_path, "--workers", str(self.count)]
+        argv += ["--worker-index", str(w.index), "--worker-sockets", self.sockets]
         env = dict(os.environ)
         # The workers import this same package, wherever it lives (installed or a checkout).
         root = str(Path(__file__).resolve().parents[1])
@@ -136,6 +158,12 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.sockets, ignore_errors=True)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         for w in self.workers:

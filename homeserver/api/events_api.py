@@ -25,13 +25,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     creator = hs.creator
     messages = hs.messages
 
-    async def _require_joined(room_id: str, user_id: str, *, rechecked: bool = False) -> None:
-        """`rechecked`: the event creator checks the membership again under the room lock, so
-        a cached "join" may skip the query (with several workers the cache may be stale, but
-        the creator's state is validated); anything else asks the database, so a stale cache
-        never refuses."""
-        if rechecked and hs.events.cached_membership(room_id, user_id) == "join":
-            return
+    async def _require_joined(room_id: str, user_id: str) -> None:
         m = await hs.events.get_membership(room_id, user_id)
         if m is None or m[0] != "join":
             # The same answer whether or not the room exists: no probing for rooms.
@@ -55,13 +49,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             redaction = request.match_info["event_type"] == "m.room.redaction"
             await _refuse_if_suspended(requester, content.get("redacts") if redaction else None)
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
-        await _require_joined(room_id, requester.user_id, rechecked=True)
+        # The membership is checked where the event is created: with several workers that
+        # may be the room's owner (homeserver.forwarding), which has the room cached.
         event, _ = await creator.create_and_send(
             room_id=room_id,
             type=request.match_info["event_type"],
             sender=requester.user_id,
             content=content,
             txn=txn,
+            check_joined=True,
         )
         return json_response({"event_id": event.event_id})
 

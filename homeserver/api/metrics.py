@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from homeserver.api.sync import LONG_POLLS_KEY
 from homeserver.errors import Codes, MatrixError
+from homeserver.forwarding import RoomForwarding
 from homeserver.server import HomeServer
 
 
@@ -27,6 +28,29 @@ class _BatchCollector(Collector):
         yield CounterMetricFamily(
             "sotto_batched_messages", "Messages committed in group commits", creator.batched_messages
         )
+        forwarding = creator.forwarder
+        if isinstance(forwarding, RoomForwarding):
+            # Labelled with the worker's index: the workers share a port, so a scrape reaches any.
+            for name, doc, value in (
+                (
+                    "sotto_forwarded_messages",
+                    "Messages sent to the worker owning their room",
+                    forwarding.forwarded,
+                ),
+                (
+                    "sotto_messages_created_for_workers",
+                    "Messages created for another worker, in rooms this one owns",
+                    forwarding.created_for_others,
+                ),
+                (
+                    "sotto_forwarding_fallbacks",
+                    "Messages created here because the worker owning their room could not be reached",
+                    forwarding.fallbacks,
+                ),
+            ):
+                family = CounterMetricFamily(name, doc, labels=["worker"])
+                family.add_metric([str(forwarding.index)], value)
+                yield family
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:

@@ -19,7 +19,7 @@ from signedjson.types import SigningKey
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.events import AuthError, Event, auth_types_for_event, build_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.validation import EventFormatError, validate_pdu
@@ -88,6 +88,23 @@ class BatchWork(Protocol):
 BatchHook = Callable[[list[Event]], Awaitable[BatchWork | None]]
 
 
+class Forwarder(Protocol):
+    """Sends a room's messages to the worker that owns the room (homeserver.forwarding)."""
+
+    def owner(self, room_id: str) -> int | None: ...
+
+    async def forward(
+        self,
+        owner: int,
+        room_id: str,
+        event_type: str,
+        sender: str,
+        content: dict[str, Any],
+        txn: TxnInfo,
+        check_joined: bool,
+    ) -> tuple[Event, int] | None: ...
+
+
 class _Pending:
     """A message waiting for its room's next group commit."""
 
@@ -151,6 +168,8 @@ class EventCreator:
         self.batched_messages = 0
         # Authorisations of messages that passed (see _check_message), least recently used first.
         self._auth_ok: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        # With several workers: where messages of rooms another worker owns go.
+        self.forwarder: Forwarder | None = None
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
@@ -183,12 +202,29 @@ class EventCreator:
         state_key: str | None = None,
         txn: TxnInfo | None = None,
         redacts: str | None = None,
+        forwarded: bool = False,
+        check_joined: bool = False,
     ) -> tuple[Event, int]:
-        """Create, authorise and persist a local event. Returns (event, stream_id)."""
+        """Create, authorise and persist a local event. Returns (event, stream_id).
+
+        `check_joined`: first refuse a sender who is not joined (see `require_joined`), with
+        the same answer whether or not the room exists. `forwarded`: another worker sent
+        this message here, to the room's owner."""
+        message = state_key is None and redacts is None and type != "m.room.redaction"
+        # Only with a transaction ID: if the owner fails mid-way, the message is created here
+        # instead, and the ID keeps it from being stored twice.
+        if message and self.forwarder is not None and txn is not None and not forwarded:
+            owner = self.forwarder.owner(room_id)
+            if owner is not None:
+                made = await self.forwarder.forward(owner, room_id, type, sender, content, txn, check_joined)
+                if made is not None:
+                    return made
+        if check_joined:
+            await self.require_joined(room_id, sender)
         room_version = await self.store.get_room_version(room_id)
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        if state_key is None and redacts is None and type != "m.room.redaction":
+        if message:
             return await self._enqueue(room_id, room_version, _Pending(type, sender, content, txn))
         async with self.room_lock(room_id):
             if txn is not None:
@@ -205,6 +241,28 @@ class EventCreator:
             stream_id = await self.store.persist_event(event, txn=txn, checked=True)
         await self._after_persist([event], [stream_id])
         return event, stream_id
+
+    def recent_senders(self, room_id: str) -> int:
+        """How many users sent messages in the room here lately (within GATHER_MEMORY_S)."""
+        senders = self._senders.get(room_id)
+        if not senders:
+            return 0
+        now = asyncio.get_running_loop().time()
+        return sum(1 for at in senders.values() if now - at <= GATHER_MEMORY_S)
+
+    async def require_joined(self, room_id: str, user_id: str) -> None:
+        """Refuse (403) a sender who is not joined to the room, or a room that does not exist.
+
+        A cached "join" is enough: the event's authorisation checks the membership again under
+        the room lock (with several workers the cache may be stale, but the state an event is
+        built from is validated). Anything else asks the database, so a stale cache never
+        refuses."""
+        if self.store.cached_membership(room_id, user_id) == "join":
+            return
+        m = await self.store.get_membership(room_id, user_id)
+        if m is None or m[0] != "join":
+            # The same answer whether or not the room exists: no probing for rooms.
+            raise forbidden("You are not joined to this room")
 
     # Group commit for messages ------------------------------------------------------------
     # Concurrent non-state events in one room are built as a chain and committed in one
