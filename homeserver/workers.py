@@ -14,6 +14,8 @@ spreads new connections over them). A worker that dies is restarted, after a del
 grows while it keeps dying young. SIGTERM or SIGINT stops every worker gracefully.
 Each worker is a full server; PostgreSQL keeps their writes in order and Redis wakes
 their long-polls (see homeserver.storage.postgres and homeserver.sync.redis_bridge).
+The supervisor also makes a private directory for the workers' Unix sockets, over which
+a busy room's messages go to the worker that owns the room (homeserver.forwarding).
 """
 
 from __future__ import annotations

@@ -84,6 +84,13 @@ async def test_webhook_relay_posts_encrypted_messages(
     url = f"http://127.0.0.1:{port}/hook"
     async with running(bot, server), aiohttp.ClientSession() as http:
         await alice.wait_for(joined(bot.user_id), include_seen=True)
+        # Alice can see the join before the bot's own sync has brought it the room, and an
+        # encrypted send to a room the bot does not know yet is refused (fail closed).
+        for _ in range(400):
+            if room in bot.require_client().rooms:
+                break
+            await asyncio.sleep(0.05)
+        assert room in bot.require_client().rooms
         auth = {"Authorization": "Bearer s3cret"}
         async with http.post(url, json={"text": "deploy **done**"}, headers=auth) as resp:
             assert resp.status == 200
