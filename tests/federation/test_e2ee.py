@@ -18,9 +18,11 @@ from tests.integration.e2ee.nio_helpers import NioUser, nio_login
 
 async def _exchange(alice: NioUser, bob: NioUser, room: str) -> None:
     hello = f"secret-hello-{secrets.token_hex(6)}"
+    await alice.wait_until_can_encrypt_for(room, [bob.user_id])
     await alice.send_text(room, hello)
     await bob.wait_for_text(room, hello)
     reply = f"secret-reply-{secrets.token_hex(6)}"
+    await bob.wait_until_can_encrypt_for(room, [alice.user_id])
     await bob.send_text(room, reply)
     await alice.wait_for_text(room, reply)
 

@@ -60,6 +60,23 @@ class NioUser:
         await self.client.send_to_device_messages()
         return resp
 
+    async def wait_until_can_encrypt_for(self, room_id: str, user_ids: list[str], rounds: int = 40) -> None:
+        """Until this client knows a device of each user and holds an Olm session with each
+        of their devices. Over federation the key query and claim are relayed server to
+        server; nio sends a room key only to devices it has a session with, and a claim that
+        came back empty the first time leaves the message undecryptable for good."""
+        for _ in range(rounds):
+            await self.step(timeout=0)
+            known = all(list(self.client.device_store.active_user_devices(u)) for u in user_ids)
+            missing = self.client.get_missing_sessions(room_id)
+            if known and not any(missing.get(u) for u in user_ids):
+                return
+            if missing:
+                await self.client.keys_claim(missing)
+            else:
+                await self.client.keys_query()
+        raise AssertionError(f"{self.user_id} never had a session with every device of {user_ids}")
+
     async def wait_for_text(self, room_id: str, body: str, rounds: int = 40) -> None:
         for _ in range(rounds):
             if (room_id, body) in self.texts:
