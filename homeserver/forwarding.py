@@ -12,7 +12,7 @@ it with its own senders' messages, so one room's batches no longer change hands.
 Only busy shared rooms are forwarded. A worker starts forwarding a room's messages once
 it has several senders of its own in the room (`EventCreator.recent_senders`) and has
 found, taking the room's lock, that another worker keeps writing to it too
-(`EventStore.foreign_writes`); it goes on while messages keep coming (a room idle for
+(`EventStore.foreign_write_listener`); it goes on while messages keep coming (a room idle for
 `IDLE_AFTER_S` starts over). A room whose senders are all on one worker never pays for
 the extra hop, even when another worker owns it, and neither does a room with one sender
 on each worker: there the hop cost more than the lock hand-overs it saved (measured with
@@ -49,7 +49,6 @@ from homeserver.events.model import Event
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.storage.engine import Database
 from homeserver.storage.event_types import TxnInfo
-from homeserver.storage.events import FOREIGN_WRITES_WINDOW_S
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +59,9 @@ FORWARD_TIMEOUT_S = 30.0
 # long before the owner is tried again (it is restarting, or gone).
 RETRY_AFTER_S = 2.0
 # A worker forwards a room's messages once it has found another worker's writes this often
-# within EventStore's window (a join by another worker now and then is not sharing) ...
+# within this window (a join by another worker now and then is not sharing) ...
 SHARED_AFTER_WRITES = 3
+FOREIGN_WRITES_WINDOW_S = 5.0
 # ... and has this many senders of its own in the room ...
 SHARED_MIN_SENDERS = 3
 # ... and goes on until the room has had no message here for this long.
@@ -69,7 +69,7 @@ IDLE_AFTER_S = 60.0
 # Room IDs and event types are short; the content is bounded by the client API's own limit.
 OVERHEAD_BYTES = 16 * 1024
 _LENGTH = 4
-MAX_FORWARDED_ROOMS = 10_000
+MAX_ROOMS = 10_000  # rooms tracked in each table below
 
 
 def room_owner(room_id: str, count: int) -> int:
@@ -93,7 +93,7 @@ def sockets_directory_ok(directory: str) -> bool:
 class _Frames(asyncio.Protocol):
     """Length-prefixed JSON frames over one stream connection, both directions."""
 
-    def __init__(self, on_frame: Callable[[Any], None], max_frame: int) -> None:
+    def __init__(self, on_frame: Callable[[_Frames, Any], None], max_frame: int) -> None:
         self._on_frame = on_frame
         self._max_frame = max_frame
         self._buffer = bytearray()
@@ -126,7 +126,7 @@ class _Frames(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-            self._on_frame(message)
+            self._on_frame(self, message)
 
     def send(self, message: Any) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -142,12 +142,14 @@ class _Frames(asyncio.Protocol):
 class _Peer:
     """This worker's connection to one owner, and the forwarded messages it awaits."""
 
-    def __init__(self, frames: _Frames) -> None:
-        self.frames = frames
+    def __init__(self) -> None:
         self.waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def attach(self, frames: _Frames) -> None:
+        self.frames = frames
         frames.closed.add_done_callback(self._lost)
 
-    def on_frame(self, message: Any) -> None:
+    def on_frame(self, _frames: _Frames, message: Any) -> None:
         request_id = message.get("i") if isinstance(message, dict) else None
         future = self.waiting.pop(request_id, None) if isinstance(request_id, int) else None
         if future is not None and not future.done():
@@ -183,8 +185,11 @@ class RoomForwarding:
         self._connecting: dict[int, asyncio.Lock] = {}
         self._unreachable_until: dict[int, float] = {}
         self._ids = itertools.count()
-        # Rooms whose messages go to their owner: when the last one went. Bounded.
+        # Rooms whose messages go to their owner: when the last one went.
         self._forwarding: dict[str, float] = {}
+        # Per room: another worker's writes found under the room's lock (when the count
+        # started, time.monotonic(); the count). Counts start over after the window.
+        self._foreign_writes: dict[str, tuple[float, int]] = {}
 
     # The owner's side ----------------------------------------------------------------------
 
@@ -195,10 +200,12 @@ class RoomForwarding:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._accept, path)
         os.chmod(path, 0o600)
+        self.creator.store.foreign_write_listener = self._count_foreign_write
         self.creator.forwarder = self
 
     async def stop(self) -> None:
         self.creator.forwarder = None
+        self.creator.store.foreign_write_listener = None
         log.info(
             "worker %d: %d messages forwarded, %d created for other workers, %d created here "
             "with the owner away",
@@ -223,9 +230,7 @@ class RoomForwarding:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _accept(self) -> _Frames:
-        holder: list[_Frames] = []
-        frames = _Frames(lambda message: self._on_request(holder[0], message), self.max_frame)
-        holder.append(frames)
+        frames = _Frames(self._on_request, self.max_frame)
         self._serving.add(frames)
         frames.closed.add_done_callback(lambda _f: self._serving.discard(frames))
         return frames
@@ -264,6 +269,15 @@ class RoomForwarding:
 
     # The forwarding side -------------------------------------------------------------------
 
+    def _count_foreign_write(self, room_id: str) -> None:
+        now = time.monotonic()
+        since, count = self._foreign_writes.get(room_id, (now, 0))
+        if now - since > FOREIGN_WRITES_WINDOW_S:
+            since, count = now, 0
+        elif len(self._foreign_writes) >= MAX_ROOMS:
+            self._foreign_writes.clear()
+        self._foreign_writes[room_id] = (since, count + 1)
+
     def owner(self, room_id: str) -> int | None:
         """The worker to forward this room's messages to; None to create them here."""
         owner = room_owner(room_id, self.count)
@@ -272,7 +286,7 @@ class RoomForwarding:
             return None
         last = self._forwarding.get(room_id)
         if last is None or now - last > IDLE_AFTER_S:
-            since, count = self.creator.store.foreign_writes.get(room_id, (0.0, 0))
+            since, count = self._foreign_writes.get(room_id, (0.0, 0))
             if (
                 count < SHARED_AFTER_WRITES
                 or now - since > FOREIGN_WRITES_WINDOW_S
@@ -280,7 +294,7 @@ class RoomForwarding:
             ):
                 self._forwarding.pop(room_id, None)
                 return None
-            if len(self._forwarding) >= MAX_FORWARDED_ROOMS:
+            if len(self._forwarding) >= MAX_ROOMS:
                 self._forwarding.clear()
         self._forwarding[room_id] = now
         return owner
@@ -340,13 +354,12 @@ class RoomForwarding:
             peer = self._peers.get(owner)
             if peer is not None and not peer.frames.closed.done():
                 return peer
-            holder: list[_Peer] = []
+            peer = _Peer()
             loop = asyncio.get_running_loop()
             path = socket_path(self.directory, owner)
             _, frames = await loop.create_unix_connection(
-                lambda: _Frames(lambda message: holder[0].on_frame(message), self.max_frame), path
+                lambda: _Frames(peer.on_frame, self.max_frame), path
             )
-            peer = _Peer(frames)
-            holder.append(peer)
+            peer.attach(frames)
             self._peers[owner] = peer
             return peer

@@ -26,10 +26,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     messages = hs.messages
 
     async def _require_joined(room_id: str, user_id: str) -> None:
-        m = await hs.events.get_membership(room_id, user_id)
-        if m is None or m[0] != "join":
-            # The same answer whether or not the room exists: no probing for rooms.
-            raise forbidden("You are not joined to this room")
+        await creator.require_joined(room_id, user_id, cached=False)
 
     async def _refuse_if_suspended(requester: Requester, redacts: Any = None) -> None:
         """Suspended accounts may redact their own events, and send nothing else."""

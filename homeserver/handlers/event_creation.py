@@ -13,7 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from signedjson.types import SigningKey
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,6 +26,9 @@ from homeserver.events.validation import EventFormatError, validate_pdu
 from homeserver.storage.events import EventStore, TxnInfo
 from homeserver.storage.message_batches import DuplicateTxn, StaleRoomHead
 from homeserver.sync.notifier import Notifier
+
+if TYPE_CHECKING:  # homeserver.forwarding imports this module
+    from homeserver.forwarding import RoomForwarding
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +89,6 @@ class BatchWork(Protocol):
 
 # Prepares a batch's work before its transaction (reads allowed); None when there is nothing.
 BatchHook = Callable[[list[Event]], Awaitable[BatchWork | None]]
-
-
-class Forwarder(Protocol):
-    """Sends a room's messages to the worker that owns the room (homeserver.forwarding)."""
-
-    def owner(self, room_id: str) -> int | None: ...
-
-    async def forward(
-        self,
-        owner: int,
-        room_id: str,
-        event_type: str,
-        sender: str,
-        content: dict[str, Any],
-        txn: TxnInfo,
-        check_joined: bool,
-    ) -> tuple[Event, int] | None: ...
 
 
 class _Pending:
@@ -169,7 +155,7 @@ class EventCreator:
         # Authorisations of messages that passed (see _check_message), least recently used first.
         self._auth_ok: OrderedDict[tuple[str, ...], None] = OrderedDict()
         # With several workers: where messages of rooms another worker owns go.
-        self.forwarder: Forwarder | None = None
+        self.forwarder: RoomForwarding | None = None
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
@@ -250,14 +236,14 @@ class EventCreator:
         now = asyncio.get_running_loop().time()
         return sum(1 for at in senders.values() if now - at <= GATHER_MEMORY_S)
 
-    async def require_joined(self, room_id: str, user_id: str) -> None:
-        """Refuse (403) a sender who is not joined to the room, or a room that does not exist.
+    async def require_joined(self, room_id: str, user_id: str, *, cached: bool = True) -> None:
+        """Refuse (403) a user who is not joined to the room, or a room that does not exist.
 
-        A cached "join" is enough: the event's authorisation checks the membership again under
-        the room lock (with several workers the cache may be stale, but the state an event is
-        built from is validated). Anything else asks the database, so a stale cache never
-        refuses."""
-        if self.store.cached_membership(room_id, user_id) == "join":
+        `cached`: a cached "join" is enough. That holds for an event about to be created: its
+        authorisation checks the membership again under the room lock (with several workers
+        the cache may be stale, but the state an event is built from is validated). Anything
+        else asks the database, so a stale cache never refuses."""
+        if cached and self.store.cached_membership(room_id, user_id) == "join":
             return
         m = await self.store.get_membership(room_id, user_id)
         if m is None or m[0] != "join":

@@ -11,7 +11,6 @@ storage/event_federation.py. Both are mixed in here and share the room caches.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
@@ -61,9 +60,6 @@ class _RoomCache:
 
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
 MAX_CACHED_ROOMS = 2_000
-# See EventStore.foreign_writes.
-FOREIGN_WRITES_WINDOW_S = 5.0
-
 
 class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     def __init__(self, db: Database, *, cache_state: bool = True) -> None:
@@ -80,10 +76,9 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         self._rooms: OrderedDict[str, _RoomCache] = OrderedDict()
         # Bumped on every change to a room: a read that raced a write must not fill the cache.
         self._generation: dict[str, int] = {}
-        # With several workers: per room, how often `room_head` found that another worker had
-        # written to it since this one: (when the count started, time.monotonic(); the count).
-        # Counts start over after FOREIGN_WRITES_WINDOW_S. Bounded like the room cache.
-        self.foreign_writes: dict[str, tuple[float, int]] = {}
+        # With several workers: told of a room whenever `room_head` finds that another worker
+        # wrote to it since this one did (homeserver.forwarding counts them).
+        self.foreign_write_listener: Callable[[str], None] | None = None
 
     # State cache -------------------------------------------------------------------------
 
@@ -415,23 +410,16 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         if kept and cache is not None and cache.extremities is not None:
             return list(cache.extremities), cache.depth
         extremities, depth, version = await self._query_head(room_id)
-        if cache is not None and cache.extremities is not None and set(cache.extremities) != set(extremities):
-            self._count_foreign_write(room_id)
+        listener = self.foreign_write_listener
+        if listener is not None and cache is not None and cache.extremities is not None:
+            if set(cache.extremities) != set(extremities):
+                listener(room_id)
         if cache is None or cache.extremities is None or version is None or cache.state_version != version:
             self.invalidate_room(room_id)
             cache = self._cache_to_fill(room_id)
             cache.state_version = version
         cache.extremities, cache.depth = list(extremities), depth
         return extremities, depth
-
-    def _count_foreign_write(self, room_id: str) -> None:
-        now = time.monotonic()
-        since, count = self.foreign_writes.get(room_id, (now, 0))
-        if now - since > FOREIGN_WRITES_WINDOW_S:
-            since, count = now, 0
-        elif len(self.foreign_writes) >= MAX_CACHED_ROOMS:
-            self.foreign_writes.clear()
-        self.foreign_writes[room_id] = (since, count + 1)
 
     async def get_extremities_and_depth(self, room_id: str) -> tuple[list[str], int]:
         if not self.cache_state:

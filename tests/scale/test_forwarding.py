@@ -103,7 +103,7 @@ def _make_busy_and_shared(worker: Worker, room: str, users: list[str]) -> None:
     own senders just now, and the other worker's writes found under the room's lock."""
     now = asyncio.get_running_loop().time()
     worker.server.hs.creator._senders[room] = dict.fromkeys(users, now)
-    worker.server.hs.events.foreign_writes[room] = (time.monotonic(), forwarding.SHARED_AFTER_WRITES)
+    worker.forwarding._foreign_writes[room] = (time.monotonic(), forwarding.SHARED_AFTER_WRITES)
 
 
 async def _txn_rows(worker: Worker, txn_id: str) -> list[str]:
@@ -149,7 +149,7 @@ async def test_forwarding_starts_only_for_busy_shared_rooms(pair: Pair) -> None:
     for i in range(forwarding.SHARED_AFTER_WRITES + 1):
         await owner.client.send(pair.room, "owner", f"o{i}")
         await other.client.send(pair.room, "other", f"x{i}")
-    since, count = other.server.hs.events.foreign_writes[pair.room]
+    since, count = other.forwarding._foreign_writes[pair.room]
     assert count >= forwarding.SHARED_AFTER_WRITES
     assert owner.forwarding.forwarded == 0 and other.forwarding.forwarded == 0
 
@@ -165,13 +165,13 @@ async def test_forwarding_starts_only_for_busy_shared_rooms(pair: Pair) -> None:
     # Once forwarding, it goes on while messages come, although this worker no longer sees
     # the owner's writes or its own senders ...
     senders.pop(pair.room)
-    other.server.hs.events.foreign_writes.pop(pair.room)
+    other.forwarding._foreign_writes.pop(pair.room)
     assert decide(pair.room) == room_owner(pair.room, 2)
     # ... until the room is idle here for IDLE_AFTER_S.
     other.forwarding._forwarding[pair.room] = time.monotonic() - forwarding.IDLE_AFTER_S - 1
     assert decide(pair.room) is None
     # A single foreign write (another worker's join, say) is not sharing.
-    other.server.hs.events.foreign_writes[pair.room] = (since, 1)
+    other.forwarding._foreign_writes[pair.room] = (since, 1)
     senders[pair.room] = dict.fromkeys(pair.users, now)
     assert decide(pair.room) is None
 
