@@ -15,11 +15,12 @@ from contextlib import nullcontext
 from typing import Any
 
 from bridge.events_in import EventRejected, FederationEventHandler
+from bridge.message_runs import parse_run
 from bridge.pdu import PduError
 from bridge.state import StateTracker
 from bridge.store import FederationStore
 from homeserver.errors import Codes, MatrixError, forbidden, not_found
-from homeserver.events import Event, pdu_json
+from homeserver.events import Event, compute_event_id, pdu_json
 from homeserver.events.identifiers import domain_of
 from homeserver.server import HomeServer
 from homeserver.state import get_auth_chain
@@ -73,10 +74,17 @@ class FederationHandler:
                 # before its listeners run.
                 hold = self.hs.notifier.held(NOTIFY_HOLD_S) if len(pdus) > 1 else nullcontext()
                 with hold:
-                    for pdu in pdus:
-                        event_id, error = await self._one_pdu(origin, pdu)
-                        if event_id is not None:
-                            results[event_id] = {"error": error} if error else {}
+                    i = 0
+                    while i < len(pdus):
+                        run = await parse_run(self.inbound, origin, pdus, i)
+                        if run:
+                            outcomes = await self._run(origin, run)
+                        else:
+                            outcomes = [await self._one_pdu(origin, pdus[i])]
+                        i += max(len(run), 1)
+                        for event_id, error in outcomes:
+                            if event_id is not None:
+                                results[event_id] = {"error": error} if error else {}
                     for edu in edus:
                         await self._one_edu(origin, edu)
                 response = {"pdus": results}
@@ -86,17 +94,33 @@ class FederationHandler:
             if not lock.locked():
                 self._txn_locks.pop(key, None)
 
+    async def _run(self, origin: str, run: list[Event]) -> list[tuple[str | None, str | None]]:
+        """A run of messages (`bridge.message_runs`): in one transaction, or else each
+        through the full checks."""
+        if await self.inbound.receive_run(run):
+            return [(e.event_id, None) for e in run]
+        return [await self._outcome(origin, e.event_id, self.inbound.process(origin, e)) for e in run]
+
     async def _one_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:
         event_id: str | None = None
+        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         try:
-            room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
             rv = await self.events.get_room_version(room_id) if isinstance(room_id, str) else None
             if rv is not None:
-                from homeserver.events import compute_event_id
-
                 event_id = compute_event_id(pdu, rv)
-            event = await self.inbound.receive(origin, pdu)
-            return event.event_id, None
+        except Exception:
+            # Answered by no ID: the PDU's ID is unknown.
+            log.exception("error processing a PDU from %s", origin)
+            return None, None
+        return await self._outcome(origin, event_id, self.inbound.receive(origin, pdu))
+
+    async def _outcome(
+        self, origin: str, event_id: str | None, receiving: Awaitable[object]
+    ) -> tuple[str | None, str | None]:
+        """(event ID, why it was not accepted or None) once `receiving` has run."""
+        try:
+            await receiving
+            return event_id, None
         except (PduError, EventRejected) as e:
             log.info("PDU %s from %s not accepted: %s", event_id, origin, e)
             return event_id, str(e)[:500]

@@ -352,6 +352,13 @@ class StateTracker:
             await INSERT_EVENT_STATE.run(conn, [row])
         return group
 
+    async def write_run(self, conn: AsyncConnection, prepared: PreparedState, more: list[str]) -> int:
+        """`write` a new event's state, and give the events in `more`, new too and
+        changing no state, the same group (`bridge.message_runs`)."""
+        group = await self.write(conn, prepared, fresh=True)
+        await INSERT_EVENT_STATE.run(conn, [(e, prepared.room_id, group, None, False) for e in more])
+        return group
+
     async def record(
         self, event: Event, state: StateMap, rejected_reason: str | None = None, soft_failed: bool = False
     ) -> int:

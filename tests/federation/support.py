@@ -20,6 +20,7 @@ import aiohttp
 import trustme
 
 from bridge.service import FEDERATION_KEY, Federation
+from homeserver.events import Event, auth_types_for_event, build_event
 from tests.support.server import RunningServer, free_port, run_server
 
 
@@ -201,3 +202,49 @@ async def joined_pair(
         await bob.join(room_id, via=[a.server_name])
         await wait_for(lambda: has_membership(a, room_id, bob.user_id), what="bob joined on A")
         yield a, b, alice, bob, room_id
+
+
+async def forge_message(
+    srv: RunningServer,
+    room_id: str,
+    sender: str,
+    content: dict[str, Any],
+    origin: RunningServer,
+    after: Event | None = None,
+    auth_event_ids: list[str] | None = None,
+) -> Event:
+    """A message built on `srv`'s current room state, signed by `origin`'s key. Its prev
+    event is `after` if given (a chain), else `srv`'s forward extremities; its auth events
+    are `auth_event_ids` if given, else chosen from that state."""
+    rv = await srv.hs.events.get_room_version(room_id)
+    assert rv is not None
+    keys = auth_types_for_event(rv, "m.room.message", sender, None, content)
+    state = await srv.hs.events.get_current_state_ids(room_id)
+    if after is None:
+        prevs, depth = await srv.hs.events.get_extremities_and_depth(room_id)
+    else:
+        prevs, depth = [after.event_id], after.depth
+    return build_event(
+        room_version=rv,
+        room_id=room_id,
+        type="m.room.message",
+        sender=sender,
+        content=content,
+        prev_event_ids=prevs,
+        auth_event_ids=auth_event_ids or sorted(state[k] for k in keys if k in state),
+        depth=depth + 1,
+        origin_server_ts=srv.hs.clock.time_ms(),
+        server_name=origin.server_name,
+        signing_key=origin.hs.signing_key,
+    )
+
+
+async def send_pdus(
+    origin: RunningServer, to: RunningServer, pdus: list[dict[str, Any]], txn: str
+) -> dict[str, Any]:
+    """PUT a federation transaction of `pdus` from `origin` to `to`; its per-PDU answers."""
+    body = {"origin": origin.server_name, "origin_server_ts": 0, "pdus": pdus, "edus": []}
+    path = f"/_matrix/federation/v1/send/{quote(txn)}"
+    result: dict[str, Any] = await federation_of(origin).client.put(to.server_name, path, body)
+    answers: dict[str, Any] = result["pdus"]
+    return answers

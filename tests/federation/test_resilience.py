@@ -4,19 +4,20 @@ forged and tampered events are refused."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
-from homeserver.events import Event, auth_types_for_event, build_event, pdu_json
+from homeserver.events import pdu_json
 from tests.federation.support import (
     CertAuthority,
     Client,
     fed_server,
     federation_of,
+    forge_message,
     has_membership,
     joined_pair,
     room_bodies,
+    send_pdus,
     wait_for,
 )
 from tests.support.server import RunningServer, free_port, lasting_database
@@ -99,46 +100,16 @@ async def _has_body(client: Client, room_id: str, body: str) -> bool:
     return body in await room_bodies(client, room_id)
 
 
-async def _forge(
-    srv: RunningServer, room_id: str, sender: str, content: dict[str, Any], origin: RunningServer
-) -> Event:
-    """A message built on `srv`'s current room state, signed by `origin`'s key."""
-    rv = await srv.hs.events.get_room_version(room_id)
-    assert rv is not None
-    keys = auth_types_for_event(rv, "m.room.message", sender, None, content)
-    state = await srv.hs.events.get_current_state_ids(room_id)
-    prevs, depth = await srv.hs.events.get_extremities_and_depth(room_id)
-    return build_event(
-        room_version=rv,
-        room_id=room_id,
-        type="m.room.message",
-        sender=sender,
-        content=content,
-        prev_event_ids=prevs,
-        auth_event_ids=sorted(state[k] for k in keys if k in state),
-        depth=depth + 1,
-        origin_server_ts=srv.hs.clock.time_ms(),
-        server_name=origin.server_name,
-        signing_key=origin.hs.signing_key,
-    )
-
-
 async def test_forged_and_tampered_events_are_refused(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
-        fb = federation_of(b)
 
         async def send(pdus: list[dict[str, Any]], txn: str) -> dict[str, Any]:
-            body = {"origin": b.server_name, "origin_server_ts": 0, "pdus": pdus, "edus": []}
-            result: dict[str, Any] = await fb.client.put(
-                a.server_name, f"/_matrix/federation/v1/send/{quote(txn)}", body
-            )
-            answers: dict[str, Any] = result["pdus"]
-            return answers
+            return await send_pdus(b, a, pdus, txn)
 
         # 1. A bad signature.
-        ev = await _forge(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "sig"}, b)
+        ev = await forge_message(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "sig"}, b)
         pdu = pdu_json(ev)
         sigs = pdu["signatures"][b.server_name]
         key_id = next(iter(sigs))
@@ -148,19 +119,21 @@ async def test_forged_and_tampered_events_are_refused(
         assert await a.hs.events.get_event(ev.event_id) is None
 
         # 2. Wrong origin: claims to be from alice (server A) but only B signed it.
-        ev = await _forge(a, room_id, alice.user_id, {"msgtype": "m.text", "body": "spoof"}, b)
+        ev = await forge_message(a, room_id, alice.user_id, {"msgtype": "m.text", "body": "spoof"}, b)
         result = await send([pdu_json(ev)], "wrong-origin")
         assert result[ev.event_id].get("error")
         assert await a.hs.events.get_event(ev.event_id) is None
 
         # 3. Fails the auth rules: a B user who never joined.
-        ev = await _forge(a, room_id, f"@mallory:{b.server_name}", {"msgtype": "m.text", "body": "x"}, b)
+        ev = await forge_message(
+            a, room_id, f"@mallory:{b.server_name}", {"msgtype": "m.text", "body": "x"}, b
+        )
         result = await send([pdu_json(ev)], "not-joined")
         assert "not allowed" in result[ev.event_id].get("error", "")
         assert ev.event_id not in [e["event_id"] for e in await alice.messages(room_id)]
 
         # 4. Tampered content (hash mismatch): stored redacted, content stripped.
-        ev = await _forge(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "original"}, b)
+        ev = await forge_message(a, room_id, bob.user_id, {"msgtype": "m.text", "body": "original"}, b)
         pdu = pdu_json(ev)
         pdu["content"] = {"msgtype": "m.text", "body": "tampered"}
         result = await send([pdu], "tampered")
