@@ -18,13 +18,16 @@ import aiohttp
 import pytest
 
 from bridge.service import Federation
+from homeserver.events import Event, pdu_json
 from tests.federation.support import (
     CertAuthority,
     Client,
     fed_server,
     federation_of,
     federation_overrides,
+    forge_message,
     room_bodies,
+    send_pdus,
     wait_for,
 )
 from tests.support.diagnostics import task_dump_after
@@ -136,3 +139,48 @@ async def _async(value: bool) -> bool:
 async def _contains(client: Client, room_id: str, wanted: list[str]) -> bool:
     bodies = await room_bodies(client, room_id)
     return all(w in bodies for w in wanted)
+
+
+async def test_a_run_of_messages_received_by_one_worker(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    """A chain of messages in one transaction (bridge.message_runs) stored by the worker that
+    received it, in a room the other worker writes too: each builds on the other's events."""
+    async with (
+        _two_workers(tmp_dirs[0], test_ca) as (w1, w2),
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(w2, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        room_id = await alice.create_room(preset="public_chat")
+        await bob.join(room_id, via=[w1.server_name])
+        before = await alice.send(room_id, "from w2")
+        fed1 = federation_of(w1)
+
+        async def placed() -> bool:
+            info = (await fed1.tracker.get_infos([before])).get(before)
+            return info is not None and info.state_group is not None
+
+        await wait_for(placed, what="w2's message placed in the DAG")
+        chain: list[Event] = []
+        for i in range(3):
+            content = {"msgtype": "m.text", "body": f"run {i}"}
+            after = chain[-1] if chain else None
+            chain.append(await forge_message(w1, room_id, bob.user_id, content, b, after=after))
+        assert chain[0].prev_event_ids == [before]
+        runs = fed1.inbound.runs
+        answers = await send_pdus(b, w1, [pdu_json(e) for e in chain], "workers-run")
+        assert answers == {e.event_id: {} for e in chain}
+        assert fed1.inbound.runs == runs + 1
+        # Each worker's next message builds on the run's last event.
+        for worker in (w2, w1):
+            sent = await Client(worker.base_url, alice.user_id, alice.token, http).send(room_id, "next")
+            stored = await worker.hs.events.get_event(sent)
+            assert stored is not None and stored.event.prev_event_ids == [chain[-1].event_id]
+            chain.append(stored.event)
+        # Read on w1, which has seen every position (these in-process workers run no Redis
+        # bridge, so w2 would learn w1's only from its own next write).
+        alice_on_w1 = Client(w1.base_url, alice.user_id, alice.token, http)
+        wanted = ["from w2", "run 0", "run 1", "run 2", "next", "next"]
+        assert (await room_bodies(alice_on_w1, room_id))[-6:] == wanted
