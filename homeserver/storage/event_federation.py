@@ -63,6 +63,19 @@ _INSERT_EVENT = BulkInsert(
 )
 
 
+# A room's current state: a row per key, replaced whole (the key's event, membership and
+# position), and a key removed; in bulk, for a join's thousands of keys.
+_UPSERT_STATE = BulkInsert(
+    current_state,
+    ("room_id", "type", "state_key", "event_id", "membership", "stream_id"),
+    upsert_keys=("room_id", "type", "state_key"),
+)
+_DELETE_STATE = delete(current_state).where(
+    current_state.c.room_id == bindparam("room"),
+    current_state.c.type == bindparam("etype"),
+    current_state.c.state_key == bindparam("skey"),
+)
+
 _OUTLIER_FLAG = select(events.c.outlier).where(events.c.event_id == bindparam("event_id"))
 
 
@@ -90,8 +103,22 @@ async def insert_event(
     unsigned_json: str | None = None,
 ) -> None:
     """Write an event's `events` row: the columns every writer sets, plus the writer's own."""
+    row = event_row(event, stream_id, outlier, replaces_state, txn_id, device_id, unsigned_json)
+    await _INSERT_EVENT.run(conn, [row])
+
+
+def event_row(
+    event: Event,
+    stream_id: int,
+    outlier: bool,
+    replaces_state: str | None = None,
+    txn_id: str | None = None,
+    device_id: str | None = None,
+    unsigned_json: str | None = None,
+) -> tuple[Any, ...]:
+    """An event's `events` row, in `_INSERT_EVENT`'s order."""
     rel_type, relates_to = event_relation(event)
-    row = (
+    return (
         stream_id,
         event.event_id,
         event.room_id,
@@ -109,7 +136,6 @@ async def insert_event(
         device_id,
         unsigned_json,
     )
-    await _INSERT_EVENT.run(conn, [row])
 
 
 class FederatedEventWrites:
@@ -135,7 +161,9 @@ class FederatedEventWrites:
             unsigned_out: dict[str, Any] | None = None,
         ) -> int: ...
 
-        async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None: ...
+        async def unforget_room_for(
+            self, conn: AsyncConnection, room_id: str, user_ids: list[str]
+        ) -> None: ...
 
     # Federation (bridge/) ------------------------------------------------------------------
     # Remote events enter rooms here. Each method is one transaction; `extra` lets the caller
@@ -242,36 +270,23 @@ class FederatedEventWrites:
         changes: dict[StateKey, tuple[str, str | None] | None],
         stream_id: int,
     ) -> None:
-        if changes:
-            await move_state_version(conn, room_id)
+        if not changes:
+            return
+        await move_state_version(conn, room_id)
+        rows = []
+        joined = []
         for (etype, skey), value in changes.items():
-            where = (
-                current_state.c.room_id == room_id,
-                current_state.c.type == etype,
-                current_state.c.state_key == skey,
-            )
             if value is None:
-                await conn.execute(delete(current_state).where(*where))
+                await conn.execute(_DELETE_STATE, {"room": room_id, "etype": etype, "skey": skey})
                 continue
             event_id, membership = value
-            res = await conn.execute(
-                update(current_state)
-                .where(*where)
-                .values(event_id=event_id, membership=membership, stream_id=stream_id)
-            )
-            if res.rowcount == 0:
-                await conn.execute(
-                    insert(current_state).values(
-                        room_id=room_id,
-                        type=etype,
-                        state_key=skey,
-                        event_id=event_id,
-                        membership=membership,
-                        stream_id=stream_id,
-                    )
-                )
+            rows.append((room_id, etype, skey, event_id, membership, stream_id))
             if etype == "m.room.member" and membership == "join":
-                await self.unforget_room(conn, skey, room_id)
+                joined.append(skey)
+        # Sorted by key: concurrent writers then lock rows in one order.
+        rows.sort(key=lambda r: (r[1], r[2]))
+        await _UPSERT_STATE.run(conn, rows)
+        await self.unforget_room_for(conn, room_id, joined)
 
     async def persist_remote_join(
         self,
@@ -306,11 +321,15 @@ class FederatedEventWrites:
                     select(events.c.event_id).where(events.c.event_id.in_([e.event_id for e in outliers]))
                 )
             }
+            new = []
             for ev in outliers:
                 if ev.event_id in have or ev.event_id == join_event.event_id:
                     continue
                 have.add(ev.event_id)
-                await self._persist(conn, ev, txn=None, outlier=True, new_room=None, update_state=False)
+                new.append(ev)
+            ids = await self.db.next_stream_ids(len(new)) if new else []
+            rows = [event_row(ev, sid, True) for ev, sid in zip(new, ids, strict=True)]
+            await _INSERT_EVENT.run(conn, rows)
             await conn.execute(delete(forward_extremities).where(forward_extremities.c.room_id == room_id))
             await self._promote_outlier(conn, join_event.event_id)
             stream_id = await self._persist(

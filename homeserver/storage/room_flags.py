@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import room_forgotten, rooms
+
+_UNFORGET = delete(room_forgotten).where(
+    room_forgotten.c.room_id == bindparam("room"),
+    room_forgotten.c.user_id.in_(bindparam("users", expanding=True)),
+)
+# Users per statement: well within SQLite's limit of bound variables.
+_UNFORGET_CHUNK = 500
 
 
 class RoomFlags:
@@ -36,6 +43,12 @@ class RoomFlags:
                 select(room_forgotten.c.room_id).where(room_forgotten.c.user_id == user_id)
             )
             return {r[0] for r in rows}
+
+    async def unforget_room_for(self, conn: AsyncConnection, room_id: str, user_ids: list[str]) -> None:
+        """`unforget_room` for many users (a room's joined members, when its state is set)."""
+        for start in range(0, len(user_ids), _UNFORGET_CHUNK):
+            chunk = user_ids[start : start + _UNFORGET_CHUNK]
+            await conn.execute(_UNFORGET, {"room": room_id, "users": chunk})
 
     async def unforget_room(self, conn: AsyncConnection, user_id: str, room_id: str) -> None:
         await conn.execute(

@@ -114,6 +114,7 @@ async def test_invite_join_leave_kick_typing_receipts(
         # Leave, and come back through an invite; then a kick.
         await bob.call("POST", f"/rooms/{room_id}/leave", {})
         await wait_for(lambda: _membership_on(a, room_id, bob.user_id, "leave"), what="leave on A")
+        await bob.call("POST", f"/rooms/{room_id}/forget", {})
         # B is out of the room now: it must not miss what happens meanwhile.
         name_id = await alice.state(room_id, "m.room.name", {"name": "Renamed while away"})
         await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id})
@@ -123,8 +124,11 @@ async def test_invite_join_leave_kick_typing_receipts(
         state_b = await b.hs.events.get_current_state_ids(room_id)
         assert state_b[("m.room.name", "")] == name_id
         assert state_b == await a.hs.events.get_current_state_ids(room_id)
+        await bob.sync()
         await alice.call("POST", f"/rooms/{room_id}/kick", {"user_id": bob.user_id, "reason": "bye"})
         await wait_for(lambda: _membership_on(b, room_id, bob.user_id, "leave"), what="kick on B")
+        # Joining again undid the forget: the kick reaches bob's sync.
+        await _sync_until(bob, lambda d: room_id in d["rooms"]["leave"], "kick in bob's sync")
 
 
 async def test_reject_remote_invite(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
