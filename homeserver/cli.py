@@ -83,10 +83,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     _setup_logging(config)
     count = args.workers or config.workers.count
     config.workers.count = count
-    config.workers.index = args.worker_index
-    config.workers.sockets = args.worker_sockets
-    if count > 1 and args.worker_index is None:
+    if args.worker_index is not None:
+        config.workers.index = args.worker_index
+        config.workers.sockets = args.worker_sockets
+    elif args.workers:
+        config.workers.index = None  # supervising, whatever the config file says
+    elif config.workers.index is not None:
+        workers.check_worker_config(config, count)  # one of several started separately
+    if count > 1 and config.workers.index is None:
         # The supervisor runs the workers (this same command with --worker-index) and serves nothing.
+        # A process whose config names its index is one of several started separately.
         raise SystemExit(workers.supervise(args.config, config, count))
     loop: asyncio.AbstractEventLoop | None = None
     try:

@@ -71,11 +71,14 @@ class WorkersConfig:
     # Worker processes started by `sotto serve` (overridden by --workers); more than one
     # needs PostgreSQL and Redis.
     count: int = 1
-    # Set by `sotto serve --workers` in each worker process (not for the config file): other
-    # listeners (federation) then bind with SO_REUSEPORT like the client listener.
+    # This process is worker `index` of `count` (0 to count - 1): set by `sotto serve
+    # --workers` in each worker it starts, or in the config of each of `count` processes
+    # started separately (one host, behind a load balancer). Such a process serves instead
+    # of supervising; its other listeners (federation) bind with SO_REUSEPORT too.
     index: int | None = None
-    # Set by `sotto serve --workers` too: the private directory of the workers' Unix sockets,
-    # over which a message goes to the worker that owns its room (homeserver.forwarding).
+    # The workers' private directory (mode 0700) of Unix sockets, over which a busy room's
+    # messages go to the worker that owns the room (homeserver.forwarding). `sotto serve
+    # --workers` makes one; separately started processes name the same one.
     sockets: str | None = None
 
 
@@ -262,6 +265,11 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("log_format must be text or json")
     if not isinstance(cfg.database.pool_size, int) or not 1 <= cfg.database.pool_size <= 1000:
         raise ConfigError("database.pool_size must be a whole number from 1 to 1000")
+    index, count = cfg.workers.index, cfg.workers.count
+    if type(count) is not int or count < 1:
+        raise ConfigError("workers.count must be a whole number of at least 1")
+    if index is not None and (type(index) is not int or not 0 <= index < count):
+        raise ConfigError("workers.index must be a whole number from 0 to workers.count - 1")
     _check_voip(cfg.voip)
     _check_support(cfg.support)
     lifetime = cfg.sessions.refreshable_access_token_lifetime_ms

@@ -91,20 +91,9 @@ async def move_state_version(conn: AsyncConnection, room_id: str) -> None:
     await conn.execute(_MOVE_STATE_VERSION, {"room": room_id})
 
 
-async def insert_event(
-    conn: AsyncConnection,
-    event: Event,
-    stream_id: int,
-    *,
-    outlier: bool,
-    replaces_state: str | None = None,
-    txn_id: str | None = None,
-    device_id: str | None = None,
-    unsigned_json: str | None = None,
-) -> None:
-    """Write an event's `events` row: the columns every writer sets, plus the writer's own."""
-    row = event_row(event, stream_id, outlier, replaces_state, txn_id, device_id, unsigned_json)
-    await _INSERT_EVENT.run(conn, [row])
+async def insert_events(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+    """Write events' `events` rows (`event_row`), in one statement."""
+    await _INSERT_EVENT.run(conn, rows)
 
 
 def event_row(
@@ -116,7 +105,7 @@ def event_row(
     device_id: str | None = None,
     unsigned_json: str | None = None,
 ) -> tuple[Any, ...]:
-    """An event's `events` row, in `_INSERT_EVENT`'s order."""
+    """An event's `events` row: the columns every writer sets, plus the writer's own."""
     rel_type, relates_to = event_relation(event)
     return (
         stream_id,
@@ -230,7 +219,7 @@ class FederatedEventWrites:
         if backfilled:
             lowest = (await conn.execute(select(func.min(events.c.stream_id)))).scalar()
             stream_id = min(int(lowest or 0), 0) - 1
-            await insert_event(conn, event, stream_id, outlier=False)
+            await insert_events(conn, [event_row(event, stream_id, False)])
         else:
             stream_id = await self._persist(
                 conn, event, txn=None, outlier=outlier, new_room=None, update_state=False
@@ -328,8 +317,7 @@ class FederatedEventWrites:
                 have.add(ev.event_id)
                 new.append(ev)
             ids = await self.db.next_stream_ids(len(new)) if new else []
-            rows = [event_row(ev, sid, True) for ev, sid in zip(new, ids, strict=True)]
-            await _INSERT_EVENT.run(conn, rows)
+            await insert_events(conn, [event_row(ev, sid, True) for ev, sid in zip(new, ids, strict=True)])
             await conn.execute(delete(forward_extremities).where(forward_extremities.c.room_id == room_id))
             await self._promote_outlier(conn, join_event.event_id)
             stream_id = await self._persist(

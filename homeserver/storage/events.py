@@ -24,7 +24,12 @@ from homeserver.events import Event, get_room_version, redact
 from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
 from homeserver.storage.engine import Database
-from homeserver.storage.event_federation import FederatedEventWrites, insert_event, move_state_version
+from homeserver.storage.event_federation import (
+    FederatedEventWrites,
+    event_row,
+    insert_events,
+    move_state_version,
+)
 from homeserver.storage.event_types import StateKey, StoredEvent, TxnInfo
 from homeserver.storage.message_batches import MessageBatchWrites, advance_extremities
 from homeserver.storage.room_flags import RoomFlags
@@ -60,6 +65,7 @@ class _RoomCache:
 
 # Rooms whose state is cached; least recently used rooms are dropped beyond this.
 MAX_CACHED_ROOMS = 2_000
+
 
 class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     def __init__(self, db: Database, *, cache_state: bool = True) -> None:
@@ -581,16 +587,16 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
                 }
         if unsigned_out is not None:
             unsigned_out.update(unsigned)
-        await insert_event(
-            conn,
+        row = event_row(
             event,
             stream_id,
-            outlier=outlier,
+            outlier,
             replaces_state=replaces,
             txn_id=txn.txn_id if txn else None,
             device_id=txn.device_id if txn else None,
             unsigned_json=jsonutil.dumps(unsigned) if unsigned else None,
         )
+        await insert_events(conn, [row])
         if outlier:
             return stream_id
         if txn is not None:

@@ -205,16 +205,20 @@ class SottoProcesses:
         config, port = self._first_config()
         self._spawn(config, port, "--workers", str(workers))
 
-    def start_independent(self, count: int) -> None:
+    def start_independent(self, count: int, sockets: str | None = None) -> None:
         """`count` servers of one homeserver on separate ports (as behind a load balancer).
 
-        They share the server name and signing key, so a token from one works on all."""
+        They share the server name and signing key, so a token from one works on all.
+        `sockets`: each is configured as worker i of `count` with that directory for
+        forwarding (homeserver.forwarding)."""
         config, port = self._first_config()
-        self._spawn(config, port)
         data = json.loads(config.read_text())
-        for _ in range(count - 1):
-            port = free_port()
-            data["listener"]["port"] = port
+        for i in range(count):
+            if i:
+                port = free_port()
+                data["listener"]["port"] = port
+            if sockets is not None:
+                data["workers"] = {"count": count, "index": i, "sockets": sockets}
             path = self.dir / "config" / f"homeserver-{port}.yaml"
             path.write_text(json.dumps(data))
             self._spawn(path, port)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import stat
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -259,9 +261,9 @@ async def test_no_forwarding_from_a_directory_others_can_reach(pg_url: str, tmp_
         assert forwarding_for(server.hs) is not None
 
 
-async def _forwarding_metrics(base: str) -> dict[str, dict[str, float]]:
+async def _forwarding_metrics(base: str, workers: int = 2) -> dict[str, dict[str, float]]:
     """Each worker's forwarding counters (its index -> name -> value), read from /metrics
-    until both workers answered (the port reaches either)."""
+    until `workers` workers answered (the port reaches any of them)."""
     seen: dict[str, dict[str, float]] = {}
     pattern = re.compile(r'^(sotto_[a-z_]+)_total\{worker="(\d+)"\} ([0-9.e+]+)$', re.M)
     for _ in range(200):
@@ -272,9 +274,9 @@ async def _forwarding_metrics(base: str) -> dict[str, dict[str, float]]:
             text = await resp.text()
         for name, worker, value in pattern.findall(text):
             seen.setdefault(worker, {})[name] = float(value)
-        if len(seen) == 2:
+        if len(seen) == workers:
             return seen
-    raise AssertionError(f"/metrics never showed both workers: {seen}")
+    raise AssertionError(f"/metrics never showed {workers} workers: {seen}")
 
 
 def _worker_sockets(supervisor: int) -> str:
@@ -328,3 +330,46 @@ async def test_sotto_serve_workers_forwards_a_busy_room(workdir: Path, pg_url: s
     finally:
         procs.stop()
     assert _listing(sockets) is None  # removed by the supervisor as it stops
+
+
+async def test_separately_started_workers_forward_a_busy_room(
+    workdir: Path, pg_url: str, redis_url: str
+) -> None:
+    """Two `sotto serve` processes on their own ports (as behind a load balancer), each
+    configured as worker i of 2 with one socket directory, forward as the supervisor's do."""
+    sockets = tempfile.mkdtemp(prefix="sotto-workers-")  # mode 0700
+    procs = SottoProcesses(workdir, pg_url, redis_url)
+    procs.start_independent(2, sockets)
+    try:
+        await procs.wait_ready()
+        bases = [procs.base_url(0), procs.base_url(1)]
+        tokens = [(await register(bases[0], f"lb{i}"))[1] for i in range(6)]
+        async with aiohttp.ClientSession() as s:
+            creator = RawClient(s, bases[0], tokens[0])
+            room = await creator.room_with(*(RawClient(s, bases[0], t) for t in tokens[1:]))
+        stop = asyncio.Event()
+        logs = [SendLog() for _ in tokens]
+        # Three senders through each process, as a load balancer would spread them.
+        senders = [
+            asyncio.create_task(
+                continuous_sender(bases[i % 2 :] + bases[: i % 2], token, room, f"l{i}", stop, logs[i])
+            )
+            for i, token in enumerate(tokens)
+        ]
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.gather(*senders)
+        counts = {k: v for base in bases for k, v in (await _forwarding_metrics(base, 1)).items()}
+        owner = str(room_owner(room, 2))
+        other = str(1 - int(owner))
+        assert counts[other]["sotto_forwarded_messages"] > 0, counts
+        assert (
+            counts[owner]["sotto_messages_created_for_workers"] == counts[other]["sotto_forwarded_messages"]
+        )
+        rows = await room_rows(pg_url, room)
+        assert assert_exactly_once(rows, logs) > 20
+        assert_linear_chain(rows)
+        assert _listing(sockets) == (0o700, ["0.sock", "1.sock"])
+    finally:
+        procs.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
