@@ -76,7 +76,11 @@ class FederationHandler:
                 with hold:
                     i = 0
                     while i < len(pdus):
-                        run = await parse_run(self.inbound, origin, pdus, i)
+                        try:
+                            run = await parse_run(self.inbound, origin, pdus, i)
+                        except Exception:
+                            log.exception("error reading a run of PDUs from %s", origin)
+                            run = []  # each PDU gets its own answer
                         if run:
                             outcomes = await self._run(origin, run)
                         else:
@@ -97,8 +101,12 @@ class FederationHandler:
     async def _run(self, origin: str, run: list[Event]) -> list[tuple[str | None, str | None]]:
         """A run of messages (`bridge.message_runs`): in one transaction, or else each
         through the full checks."""
-        if await self.inbound.receive_run(run):
-            return [(e.event_id, None) for e in run]
+        try:
+            if await self.inbound.receive_run(run):
+                return [(e.event_id, None) for e in run]
+        except Exception:
+            # Each PDU then gets its own answer (an event the run did store is known).
+            log.exception("error storing a run of %d PDUs from %s", len(run), origin)
         return [await self._outcome(origin, e.event_id, self.inbound.process(origin, e)) for e in run]
 
     async def _one_pdu(self, origin: str, pdu: Any) -> tuple[str | None, str | None]:

@@ -76,9 +76,9 @@ async def parse_run(inbound: FederationEventHandler, origin: str, pdus: list[Any
     )
     for i, outcome in enumerate(checked):
         if isinstance(outcome, BaseException):
-            if not isinstance(outcome, PduError):
+            if not isinstance(outcome, Exception):
                 raise outcome
-            del run[i:]
+            del run[i:]  # that PDU, taken on its own, gets the answer for what is wrong
             break
     return run if len(run) >= 2 else []
 

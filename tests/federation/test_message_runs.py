@@ -8,6 +8,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from bridge.service import Federation
 from homeserver.events import Event, pdu_json
 from tests.federation.support import (
@@ -199,3 +201,22 @@ async def test_a_badly_signed_event_ends_the_run(test_ca: CertAuthority, tmp_dir
         runs, events, _ = _counts(fa)
         assert (runs - before[0], events - before[1]) == (1, 2)
         assert await a.hs.events.get_event(chain[2].event_id) is None
+
+
+async def test_a_run_whose_write_fails_is_taken_event_by_event(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
+        failures: list[int] = []
+
+        async def failing(*_args: object, **_kwargs: object) -> list[int]:
+            failures.append(1)
+            raise RuntimeError("injected: the run's write fails")
+
+        chain = await _chain(a, b, room_id, [bob.user_id] * 3)
+        with monkeypatch.context() as patch:
+            patch.setattr(a.hs.events, "persist_message_batch", failing)
+            answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "write-fails")
+        assert failures == [1]
+        assert answers == {e.event_id: {} for e in chain}
+        assert (await room_bodies(alice, room_id))[-3:] == ["run 0", "run 1", "run 2"]
