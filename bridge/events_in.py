@@ -428,23 +428,18 @@ class FederationEventHandler:
         # A message's push actions and search rows go in its own transaction, as a local
         # message's do: one commit, and no "late" push write to discount kept unread counts.
         message = not event.is_state() and event.type != "m.room.redaction"
-        works = await self.hs.creator.prepare_derived([event], remote=True) if message else []
+        derived = await self.hs.creator.prepare_derived([event] if message else [], remote=True)
 
         async def write_state(conn: AsyncConnection, sid: int) -> None:
             written.append(await self.tracker.write(conn, prepared, None, False))
-            for work in works:
-                await work.write(conn, [sid])
+            await derived.write(conn, [sid])
 
         sid = await self.events.persist_federated_event(event, state_changes=changes, extra=write_state)
         if written:
             self.tracker.settled(event.event_id, EventStateInfo(written[0], None, False))
         if sid is None:
             return None, None, False
-        for work in works:
-            try:
-                work.committed()
-            except Exception:
-                log.exception("batch hook failed after commit")
+        derived.committed()
         # The hooks ran (those with nothing to write returned no work): their listeners are done.
         return sid, None, message
 

@@ -89,10 +89,10 @@ async def persist_run(inbound: FederationEventHandler, events: list[Event]) -> l
     first = events[0]
     room_id = first.room_id
     tracker = inbound.tracker
-    if await tracker.get_infos([e.event_id for e in events]):
-        return None  # some are stored already (a retry, or outliers)
     prevs = first.prev_event_ids
-    infos = await tracker.get_infos(prevs)
+    infos = await tracker.get_infos([*prevs, *(e.event_id for e in events)])
+    if any(e.event_id in infos for e in events):
+        return None  # some are stored already (a retry, or outliers)
     if any(p not in infos or infos[p].state_group is None for p in prevs):
         return None  # missing prev events: fetched by the full checks
     wanted = {a for e in events for a in e.auth_event_ids}
@@ -118,13 +118,12 @@ async def persist_run(inbound: FederationEventHandler, events: list[Event]) -> l
             except AuthError:
                 return None
         prepared = await tracker.prepare(first, state, prevs)
-        works = await hs.creator.prepare_derived(events, remote=True)
+        derived = await hs.creator.prepare_derived(events, remote=True)
         groups: list[int] = []
 
         async def extra(conn: AsyncConnection, stream_ids: list[int]) -> None:
             groups.append(await tracker.write_run(conn, prepared, [e.event_id for e in events[1:]]))
-            for work in works:
-                await work.write(conn, stream_ids)
+            await derived.write(conn, stream_ids)
 
         try:
             stream_ids = await inbound.events.persist_message_batch([(e, None) for e in events], extra)
@@ -135,9 +134,5 @@ async def persist_run(inbound: FederationEventHandler, events: list[Event]) -> l
         info = EventStateInfo(groups[0], None, False)
         for event in events:
             tracker.settled(event.event_id, info)
-    for work in works:
-        try:
-            work.committed()
-        except Exception:
-            log.exception("batch hook failed after commit")
+    derived.committed()
     return stream_ids

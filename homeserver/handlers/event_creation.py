@@ -91,6 +91,30 @@ class BatchWork(Protocol):
 BatchHook = Callable[[list[Event]], Awaitable[BatchWork | None]]
 
 
+class DerivedWork:
+    """Every batch hook's work for one batch of messages (`EventCreator.prepare_derived`),
+    local or remote: written in the batch's transaction, then told of the commit."""
+
+    __slots__ = ("works",)
+
+    def __init__(self, works: list[BatchWork]) -> None:
+        self.works = works
+
+    def __bool__(self) -> bool:
+        return bool(self.works)
+
+    async def write(self, conn: AsyncConnection, stream_ids: list[int]) -> None:
+        for work in self.works:
+            await work.write(conn, stream_ids)
+
+    def committed(self) -> None:
+        for work in self.works:
+            try:
+                work.committed()
+            except Exception:
+                log.exception("batch hook failed after commit")
+
+
 class _Pending:
     """A message waiting for its room's next group commit."""
 
@@ -404,22 +428,13 @@ class EventCreator:
             owners.append(p)
             if key is not None:
                 in_batch[key] = p
-        works = await self.prepare_derived([event for event, _ in chain])
-
-        async def write_derived(conn: AsyncConnection, stream_ids: list[int]) -> None:
-            for work in works:
-                await work.write(conn, stream_ids)
-
+        derived = await self.prepare_derived([event for event, _ in chain])
         # Other rooms draining too: their batches may share this commit.
         gather = len(self._draining) > 1
         ids = await self.store.persist_message_batch(
-            chain, write_derived if works else None, gather, txns_checked=check_txns
+            chain, derived.write if derived else None, gather, txns_checked=check_txns
         )
-        for work in works:
-            try:
-                work.committed()
-            except Exception:
-                log.exception("batch hook failed after commit")
+        derived.committed()
         for p, (event, _), stream_id in zip(owners, chain, ids, strict=True):
             p.result = (event, stream_id)
         for p in batch:
@@ -427,13 +442,13 @@ class EventCreator:
                 p.result = p.duplicate_of.result
         return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
 
-    async def prepare_derived(self, events: list[Event], *, remote: bool = False) -> list[BatchWork]:
+    async def prepare_derived(self, events: list[Event], *, remote: bool = False) -> DerivedWork:
         """The batch hooks' work for new messages of one room (local, or `remote` ones being
         persisted), to write in their transaction. Their covered listeners are then skipped
         (`listeners_for`)."""
         works: list[BatchWork] = []
         if not events:
-            return works
+            return DerivedWork(works)
         for hook, for_remote in self._batch_hooks:
             if remote and not for_remote:
                 continue
@@ -445,7 +460,7 @@ class EventCreator:
                 continue
             if work is not None:
                 works.append(work)
-        return works
+        return DerivedWork(works)
 
     async def create_room_event(
         self,

@@ -239,6 +239,25 @@ async def forge_message(
     )
 
 
+async def forge_chain(
+    srv: RunningServer,
+    origin: RunningServer,
+    room_id: str,
+    senders: list[str],
+    auth: list[str] | None = None,
+    msgtype: str = "m.text",
+) -> list[Event]:
+    """Messages "run 0", "run 1" ... from `senders` (users of `origin`), each citing the one
+    before (the first cites `srv`'s forward extremities), built on `srv`'s view of the room
+    and signed by `origin`; `auth`: their auth events, instead of those of `srv`'s state."""
+    chain: list[Event] = []
+    for i, sender in enumerate(senders):
+        content = {"msgtype": msgtype, "body": f"run {i}"}
+        after = chain[-1] if chain else None
+        chain.append(await forge_message(srv, room_id, sender, content, origin, after, auth))
+    return chain
+
+
 async def send_pdus(
     origin: RunningServer, to: RunningServer, pdus: list[dict[str, Any]], txn: str
 ) -> dict[str, Any]:

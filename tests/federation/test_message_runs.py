@@ -16,31 +16,12 @@ from tests.federation.support import (
     CertAuthority,
     Client,
     federation_of,
-    forge_message,
+    forge_chain,
     joined_pair,
     room_bodies,
     send_pdus,
 )
 from tests.support.server import RunningServer
-
-
-async def _chain(
-    a: RunningServer,
-    b: RunningServer,
-    room_id: str,
-    senders: list[str],
-    auth: list[str] | None = None,
-    msgtype: str = "m.text",
-) -> list[Event]:
-    """Messages from `senders` (users of B), each citing the one before, signed by B and
-    built on A's view of the room (the first cites A's forward extremities); `auth`: their
-    auth events, instead of those of A's current state."""
-    chain: list[Event] = []
-    for i, sender in enumerate(senders):
-        content = {"msgtype": msgtype, "body": f"run {i}"}
-        after = chain[-1] if chain else None
-        chain.append(await forge_message(a, room_id, sender, content, b, after=after, auth_event_ids=auth))
-    return chain
 
 
 def _counts(fed: Federation) -> tuple[int, int, int]:
@@ -72,7 +53,7 @@ async def test_a_chain_of_messages_is_stored_in_one_transaction(
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fa = federation_of(a)
         before = _counts(fa)
-        chain = await _chain(a, b, room_id, [bob.user_id] * 5)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 5)
         answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "run-1")
         assert answers == {e.event_id: {} for e in chain}
         runs, events, declined = _counts(fa)
@@ -104,7 +85,7 @@ async def test_a_run_wakes_parked_syncs_that_it_does_not_notify(
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         await alice.sync()
         # Notices notify nobody (.m.rule.suppress_notices): no push action wakes alice.
-        chain = await _chain(a, b, room_id, [bob.user_id] * 3, msgtype="m.notice")
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3, msgtype="m.notice")
         parked = asyncio.create_task(alice.sync(timeout_ms=10_000))
         await asyncio.sleep(0.2)
         assert not parked.done()
@@ -123,7 +104,7 @@ async def test_a_run_holding_a_refused_event_takes_the_full_checks(
         fa = federation_of(a)
         before = _counts(fa)
         mallory = f"@mallory:{b.server_name}"  # never joined
-        chain = await _chain(a, b, room_id, [bob.user_id, mallory, bob.user_id])
+        chain = await forge_chain(a, b, room_id, [bob.user_id, mallory, bob.user_id])
         answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "refused")
         assert answers[chain[0].event_id] == {}
         assert "not allowed" in answers[chain[1].event_id].get("error", "")
@@ -138,10 +119,10 @@ async def test_a_run_allowed_by_its_own_auth_events_only_is_rejected(
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fa = federation_of(a)
         # Auth events that let bob speak (his join), then a ban B has not heard of.
-        auth = list((await _chain(a, b, room_id, [bob.user_id]))[0].auth_event_ids)
+        auth = list((await forge_chain(a, b, room_id, [bob.user_id]))[0].auth_event_ids)
         await fa.queue.stop()
         await alice.call("POST", f"/rooms/{room_id}/ban", {"user_id": bob.user_id})
-        chain = await _chain(a, b, room_id, [bob.user_id] * 2, auth=auth)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 2, auth=auth)
         await _refused(a, b, alice, room_id, chain, "not allowed by the state before it")
 
 
@@ -150,8 +131,8 @@ async def test_a_run_refused_by_its_own_auth_events_only_is_rejected(
 ) -> None:
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         member = (await a.hs.events.get_current_state_ids(room_id))[("m.room.member", bob.user_id)]
-        auth = [e for e in (await _chain(a, b, room_id, [bob.user_id]))[0].auth_event_ids if e != member]
-        chain = await _chain(a, b, room_id, [bob.user_id] * 2, auth=auth)
+        auth = [e for e in (await forge_chain(a, b, room_id, [bob.user_id]))[0].auth_event_ids if e != member]
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 2, auth=auth)
         await _refused(a, b, alice, room_id, chain, "not allowed by its auth events")
 
 
@@ -160,7 +141,7 @@ async def test_a_run_that_repeats_a_stored_event_stores_each_once(
 ) -> None:
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fa = federation_of(a)
-        chain = await _chain(a, b, room_id, [bob.user_id] * 3)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3)
         assert await send_pdus(b, a, [pdu_json(chain[0])], "first-alone") == {chain[0].event_id: {}}
         before = _counts(fa)
         answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "all-three")
@@ -176,7 +157,7 @@ async def test_a_run_on_a_fork_is_resolved_by_the_full_checks(
     async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
         fa = federation_of(a)
         # B's chain cites A's head as it was; alice then sends on A, forking the room.
-        chain = await _chain(a, b, room_id, [bob.user_id] * 3)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3)
         await federation_of(a).queue.stop()  # keep alice's message to A alone
         own = await alice.send(room_id, "alice meanwhile")
         before = _counts(fa)
@@ -191,7 +172,7 @@ async def test_a_badly_signed_event_ends_the_run(test_ca: CertAuthority, tmp_dir
     async with joined_pair(test_ca, tmp_dirs) as (a, b, _alice, bob, room_id):
         fa = federation_of(a)
         before = _counts(fa)
-        chain = await _chain(a, b, room_id, [bob.user_id] * 3)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3)
         pdus = [pdu_json(e) for e in chain]
         key_id = next(iter(pdus[2]["signatures"][b.server_name]))
         pdus[2]["signatures"] = {b.server_name: {key_id: "A" * 86}}
@@ -213,7 +194,7 @@ async def test_a_run_whose_write_fails_is_taken_event_by_event(
             failures.append(1)
             raise RuntimeError("injected: the run's write fails")
 
-        chain = await _chain(a, b, room_id, [bob.user_id] * 3)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3)
         with monkeypatch.context() as patch:
             patch.setattr(a.hs.events, "persist_message_batch", failing)
             answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "write-fails")

@@ -18,14 +18,14 @@ import aiohttp
 import pytest
 
 from bridge.service import Federation
-from homeserver.events import Event, pdu_json
+from homeserver.events import pdu_json
 from tests.federation.support import (
     CertAuthority,
     Client,
     fed_server,
     federation_of,
     federation_overrides,
-    forge_message,
+    forge_chain,
     room_bodies,
     send_pdus,
     wait_for,
@@ -163,11 +163,7 @@ async def test_a_run_of_messages_received_by_one_worker(
             return info is not None and info.state_group is not None
 
         await wait_for(placed, what="w2's message placed in the DAG")
-        chain: list[Event] = []
-        for i in range(3):
-            content = {"msgtype": "m.text", "body": f"run {i}"}
-            after = chain[-1] if chain else None
-            chain.append(await forge_message(w1, room_id, bob.user_id, content, b, after=after))
+        chain = await forge_chain(w1, b, room_id, [bob.user_id] * 3)
         assert chain[0].prev_event_ids == [before]
         runs = fed1.inbound.runs
         answers = await send_pdus(b, w1, [pdu_json(e) for e in chain], "workers-run")
