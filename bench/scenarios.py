@@ -216,6 +216,10 @@ async def sweep(target: Target, session: aiohttp.ClientSession, s: Settings) -> 
 async def ceiling(target: Target, session: aiohttp.ClientSession, s: Settings) -> dict[str, Any]:
     """The bare handler under the same 10-sender load as `throughput`, plus the sweep."""
     users = [await target.new_user(session, f"bare{i}") for i in range(max(s.sweep))]
+    # Untimed, one send per sender first: registering users and making rooms warm up a
+    # homeserver (connections, first requests), and nothing had reached the bare handler
+    # yet. A cold first request once took longer than the smoke test's whole window.
+    await asyncio.gather(*(u.send("!r:bare", "warm-up") for u in users[:10]))
     rate, lat, errors = await _drive(
         [(u, "!r:bare") for u in users[:10]], s.throughput_seconds, s.warmup_seconds
     )
