@@ -469,13 +469,12 @@ class SyncHandler:
         }
 
     async def _member_summary(self, room_id: str) -> tuple[int, int, list[str], list[str]]:
-        """(joined count, invited count, the first six joined or invited users in order, and
-        when there are fewer than two of those the first six who left or were banned): the
-        heroes of any one user are the first five of either without themselves."""
-        joined, invited = await self.reads.room_members(room_id)
-        first = sorted(joined + invited)[:6]
+        """(joined count, invited count, the first six joined or invited users by stream
+        ordering, and when there are fewer than two of those the first six who left or were
+        banned): the heroes of any one user are the first five of either without themselves."""
+        joined, invited, first = await self.reads.member_summary(room_id, 6)
         gone = await self.reads.gone_members(room_id, 6) if len(first) < 2 else []
-        return len(joined), len(invited), first, gone
+        return joined, invited, first, gone
 
     async def _invite_state(self, room_id: str, invite_event_id: str) -> list[dict[str, Any]]:
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)

@@ -232,7 +232,28 @@ async def test_heroes_fall_back_to_the_members_who_left(make_user: MakeUser) -> 
     # (so that a client can call it "Empty room (was bob and carol)").
     summary = joined["summary"]
     assert summary["m.joined_member_count"] == 1
-    assert summary["m.heroes"] == sorted([bob.user_id, carol.user_id])
+    assert summary["m.heroes"] == [bob.user_id, carol.user_id]  # in the order they went
     # Their member events came in the timeline, so state does not repeat them.
     gone = {e["state_key"] for e in joined["timeline"]["events"] if e["type"] == "m.room.member"}
     assert gone == {bob.user_id, carol.user_id}
+
+
+async def test_heroes_are_the_first_members_by_stream_ordering(make_user: MakeUser) -> None:
+    # The spec: "the first 5 members of the room, ordered by stream ordering, which are joined
+    # or invited" -- not by user ID. Seven others join in an order their IDs do not sort in.
+    alice = await make_user("alice")
+    names = ["zed", "yan", "xia", "wes", "vic", "uma", "tom"]
+    others = [await make_user(n) for n in names]
+    room = await alice.create_room()
+    for u in others:
+        await alice.ok("POST", f"/rooms/{room}/invite", json={"user_id": u.user_id})
+        await u.ok("POST", f"/rooms/{room}/join", json={})
+    summary = (await alice.sync())["rooms"]["join"][room]["summary"]
+    assert summary["m.heroes"] == [u.user_id for u in others[:5]]
+    assert summary["m.joined_member_count"] == 8
+    # An invitee counts as a member from their invite on; the first joiner sees alice first.
+    late = await make_user("sam")
+    await alice.ok("POST", f"/rooms/{room}/invite", json={"user_id": late.user_id})
+    summary = (await others[0].sync())["rooms"]["join"][room]["summary"]
+    assert summary["m.heroes"] == [alice.user_id, *(u.user_id for u in others[1:5])]
+    assert summary["m.invited_member_count"] == 1
