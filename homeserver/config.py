@@ -211,6 +211,8 @@ class Config:
     voip: VoipConfig = field(default_factory=VoipConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    # Application service registration files (YAML, as Synapse's app_service_config_files).
+    app_services: list[str] = field(default_factory=list)
     # Where relative paths in this config are resolved from (the file's directory's parent).
     base_dir: str = "."
 
@@ -272,6 +274,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("workers.index must be a whole number from 0 to workers.count - 1")
     _check_voip(cfg.voip)
     _check_support(cfg.support)
+    _check_app_services(cfg)
     lifetime = cfg.sessions.refreshable_access_token_lifetime_ms
     if lifetime is not None and (type(lifetime) is not int or lifetime <= 0):
         raise ConfigError(
@@ -297,6 +300,18 @@ def _check_voip(voip: VoipConfig) -> None:
         raise ConfigError("voip: set turn_shared_secret or turn_username/turn_password, not both")
     if not isinstance(voip.turn_user_lifetime_ms, int) or voip.turn_user_lifetime_ms <= 0:
         raise ConfigError("voip.turn_user_lifetime_ms must be a positive whole number")
+
+
+def _check_app_services(cfg: Config) -> None:
+    """Read the registrations now, so that a bad one stops start-up with its reason."""
+    from homeserver.appservice.registration import RegistrationError, load_registrations
+
+    if not isinstance(cfg.app_services, list) or not all(isinstance(p, str) for p in cfg.app_services):
+        raise ConfigError("app_services: expected a list of registration file paths")
+    try:
+        load_registrations(cfg.app_services, cfg.server_name, cfg.base_dir)
+    except RegistrationError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_support(support: SupportConfig) -> None:

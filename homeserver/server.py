@@ -14,6 +14,8 @@ from typing import Any
 
 from signedjson.types import SigningKey
 
+from homeserver.appservice.queries import AppServiceQueries
+from homeserver.appservice.registration import AppServices, load_registrations
 from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.events import decode_signing_key, encode_signing_key, generate_signing_key
@@ -71,6 +73,9 @@ class HomeServer:
     typing: TypingHandler
     receipts: ReceiptHandler
     sync: SyncHandler
+    appservices: AppServices = field(default_factory=AppServices)
+    # Asks the services about unknown users and aliases in their namespaces (if any are configured).
+    appservice_queries: AppServiceQueries | None = None
     # Extension points filled by area modules' setup functions (see homeserver.app):
     # extra /sync sections (to-device, device lists ...) and background services.
     sync_extensions: list[Any] = field(default_factory=list)
@@ -101,6 +106,12 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     typing = TypingHandler(notifier, clock, invalidations)
     receipts = ReceiptHandler(ReceiptStore(db), events, notifier, clock)
     sync_extensions: list[Any] = []
+    appservices = AppServices(load_registrations(config.app_services, config.server_name, config.base_dir))
+    queries = AppServiceQueries(appservices, config.server_name) if appservices else None
+    rooms = RoomHandler(events, creator, aliases, accounts, config.server_name, config.default_room_version)
+    if queries is not None:
+        aliases.on_missing = queries.alias
+        rooms.user_query = queries.user
     return HomeServer(
         config=config,
         clock=clock,
@@ -111,19 +122,23 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         accounts=accounts,
         events=events,
         auth=AuthHandler(
-            accounts, clock, invalidations, config.sessions.refreshable_access_token_lifetime_ms
+            accounts,
+            clock,
+            invalidations,
+            config.sessions.refreshable_access_token_lifetime_ms,
+            appservices,
         ),
         passwords=PasswordHasher(config.bcrypt_rounds),
         creator=creator,
         filters=FilterStore(db),
         account_data=account_data,
         aliases=aliases,
-        rooms=RoomHandler(
-            events, creator, aliases, accounts, config.server_name, config.default_room_version
-        ),
+        rooms=rooms,
         messages=MessageHandler(db, events, clock),
         typing=typing,
         receipts=receipts,
         sync=SyncHandler(db, events, account_data, typing, receipts, notifier, clock, sync_extensions),
         sync_extensions=sync_extensions,
+        appservices=appservices,
+        appservice_queries=queries,
     )

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, query_int, read_json
+from homeserver.appservice.accounts import refuse_claimed_alias
 from homeserver.errors import Codes, MatrixError, forbidden, require_str
 from homeserver.handlers.power import can_send_state
 from homeserver.server import HomeServer
@@ -37,6 +38,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Alias must be on this server")
         body = await read_json(request)
         room_id = require_str(body, "room_id")
+        refuse_claimed_alias(hs, requester, alias)
         if await hs.events.get_room_version(room_id) is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
         if not await hs.aliases.create(alias, room_id, requester.user_id):
@@ -50,7 +52,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if found is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room alias not found")
         _, creator = found
-        if creator != requester.user_id and not requester.is_admin:
+        service = hs.appservices.get(requester.appservice) if requester.appservice else None
+        managed = service is not None and service.owns_alias(alias)
+        if creator != requester.user_id and not requester.is_admin and not managed:
             raise forbidden("You did not create this alias")
         await hs.aliases.delete(alias)
         return json_response({})

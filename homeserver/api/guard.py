@@ -240,6 +240,12 @@ def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
         requester = await _requester(hs.auth, request)
         if requester.is_admin:
             return
+        if requester.appservice is not None:
+            # A service's registration says whether its users are limited (bridges relay
+            # whole networks through a few users; `rate_limited: false` lifts it).
+            service = hs.appservices.get(requester.appservice)
+            if service is not None and not service.rate_limited:
+                return
         targets = await _invite_targets(request) if any(c.target for c in charges) else []
         costs: list[tuple[RateLimiter, str, float]] = []
         for charge in charges:

@@ -8,6 +8,7 @@ from aiohttp import web
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.api.register import client_address, get_uia
+from homeserver.appservice import accounts as appservice_accounts
 from homeserver.handlers.registration import PASSWORD_FLOWS, LoginHandler
 from homeserver.server import HomeServer
 from homeserver.storage.openid import login_token_store
@@ -21,11 +22,19 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     devices = get_device_handler(app, hs)
     auth = hs.auth
 
+    flows = login_handler.flows()
+    if hs.appservices:
+        flows.append({"type": appservice_accounts.LOGIN_TYPE})
+
     async def login_flows(request: web.Request) -> web.Response:
-        return json_response({"flows": login_handler.flows()})
+        return json_response({"flows": flows})
 
     async def login(request: web.Request) -> web.Response:
-        return json_response(await login_handler.login(await read_json(request), client_address(request)))
+        body = await read_json(request)
+        if body.get("type") == appservice_accounts.LOGIN_TYPE:
+            service = appservice_accounts.appservice_of(hs, request)
+            return json_response(await appservice_accounts.login(hs, service, body))
+        return json_response(await login_handler.login(body, client_address(request)))
 
     async def get_token(request: web.Request) -> web.Response:
         # Another device signs in with the token (m.login.token): the password first, again.

@@ -20,6 +20,8 @@ PROFILE_HANDLER_KEY = web.AppKey("sotto.profile_handler", ProfileHandler)
 def get_profile_handler(app: web.Application, hs: HomeServer) -> ProfileHandler:
     if PROFILE_HANDLER_KEY not in app:
         app[PROFILE_HANDLER_KEY] = ProfileHandler(hs.accounts, hs.events, hs.creator, hs.server_name)
+        if hs.appservice_queries is not None:
+            app[PROFILE_HANDLER_KEY].user_query = hs.appservice_queries.user
     return app[PROFILE_HANDLER_KEY]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V1, V3, json_response, read_json
+from homeserver.appservice import accounts as appservice_accounts
 from homeserver.errors import missing_param
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.uia import UserInteractiveAuth
@@ -33,11 +34,14 @@ def client_address(request: web.Request) -> str:
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     registration = RegistrationHandler(
-        hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock
+        hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
     )
 
     async def register(request: web.Request) -> web.Response:
         body = await read_json(request, allow_empty=True)
+        if body.get("type") == appservice_accounts.LOGIN_TYPE:
+            service = appservice_accounts.appservice_of(hs, request)
+            return json_response(await appservice_accounts.register(hs, service, body))
         kind = request.query.get("kind", "user")
         return json_response(await registration.register(kind, body, client_address(request)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.appservice.accounts import refuse_claimed_alias
 from homeserver.errors import Codes, MatrixError, forbidden, optional_str, require_str
 from homeserver.handlers.auth import refuse_if_suspended
 from homeserver.handlers.cs_services import services
@@ -20,6 +21,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         requester = await auth.get_requester(request)
         refuse_if_suspended(requester)
         body = await read_json(request, allow_empty=True)
+        name = body.get("room_alias_name")
+        if isinstance(name, str):
+            refuse_claimed_alias(hs, requester, f"#{name}:{hs.server_name}")
         room_id, alias = await rooms.create_room(requester.user_id, body)
         out = {"room_id": room_id}
         if alias:

@@ -8,20 +8,25 @@ hot path (every authenticated request) costs no database round trip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bcrypt
 from aiohttp import web
+from sqlalchemy.exc import IntegrityError
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
 from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.accounts import AccountStore, TokenInfo
+
+if TYPE_CHECKING:
+    from homeserver.appservice.registration import AppService, AppServices
 
 _TOKEN_CACHE_SIZE = 10_000
 
@@ -36,6 +41,9 @@ class Requester:
     # Suspended accounts can read, leave and redact their own events, not take part
     # (`refuse_if_suspended`); locked ones never get a Requester (see get_requester).
     suspended: bool = False
+    # The application service acting (with its as_token) for this user, if any. Its
+    # requests may have no device (device_id "") unless it names one (`device_id=`).
+    appservice: str | None = None
 
 
 REQUESTER_KEY = web.RequestKey("sotto.requester", Requester)
@@ -98,8 +106,10 @@ class AuthHandler:
         clock: Clock,
         invalidations: Invalidations | None = None,
         refresh_lifetime_ms: int | None = None,
+        appservices: AppServices | None = None,
     ) -> None:
         self.store = store
+        self.appservices = appservices
         self.clock = clock
         # How long refreshable access tokens last; None: refresh tokens are not offered.
         self.refresh_lifetime_ms = refresh_lifetime_ms
@@ -236,6 +246,11 @@ class AuthHandler:
                 )
             raise MatrixError(401, Codes.MISSING_TOKEN, "Missing access token")
         th = hash_token(token)
+        service = self.appservices.for_token_hash(th) if self.appservices else None
+        if service is not None:
+            requester = await self._appservice_requester(request, service, th)
+            request[REQUESTER_KEY] = requester
+            return requester
         info = await self._lookup(th)
         if info is None:
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
@@ -250,3 +265,44 @@ class AuthHandler:
         requester = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, th, info.suspended)
         request[REQUESTER_KEY] = requester
         return requester
+
+    async def _appservice_requester(self, request: web.Request, service: AppService, th: str) -> Requester:
+        """An application service's request: it acts as its bot, or as `?user_id=` in its
+        namespaces (registered first), with `?device_id=` if given (one of that user's)."""
+        user_id = request.query.get("user_id") or service.sender
+        device_id = request.query.get("device_id") or ""
+        key = f"{th}\0{user_id}\0{device_id}"
+        info = self._cache.get(key)
+        if info is None:
+            generation = self._cache.generation
+            local = ":" + service.sender.partition(":")[2]
+            if not service.owns_user(user_id) or not user_id.endswith(local):
+                raise MatrixError(403, Codes.EXCLUSIVE, "The application service cannot act as this user")
+            user = await self.store.get_user(user_id)
+            if user is None and user_id == service.sender:
+                # The bot exists from its service's first request on (a concurrent first
+                # request may have created it meanwhile).
+                with contextlib.suppress(IntegrityError):
+                    await self.store.create_user(user_id, None, self.clock.time_ms())
+                user = await self.store.get_user(user_id)
+            if user is None or user["deactivated"]:
+                raise MatrixError(
+                    403, Codes.FORBIDDEN, "The application service has not registered this user"
+                )
+            if device_id and await self.store.get_device(user_id, device_id) is None:
+                raise MatrixError(400, "M_UNKNOWN_DEVICE", "No such device for this user")
+            info = TokenInfo(
+                user_id,
+                device_id,
+                bool(user["is_admin"]),
+                False,
+                False,
+                bool(user.get("locked")),
+                bool(user.get("suspended")),
+            )
+            self._cache.put(key, info, generation)
+        if info.locked:
+            raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
+        return Requester(
+            info.user_id, info.device_id, info.is_admin, False, th, info.suspended, appservice=service.id
+        )

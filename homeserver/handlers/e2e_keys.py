@@ -237,6 +237,9 @@ class E2EKeysHandler:
         return server_of(user_id) == self.server_name
 
     async def upload(self, requester: Requester, req: UploadRequest) -> JsonDict:
+        if not requester.device_id:
+            # An application service acting without `device_id=`: keys need a device.
+            raise MatrixError(400, Codes.MISSING_PARAM, "Uploading keys needs a device (device_id)")
         try:
             counts, changed = await self.store.upload(
                 requester.user_id,

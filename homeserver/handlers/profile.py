@@ -79,6 +79,9 @@ class ProfileHandler:
         self.creator = creator
         self.server_name = server_name
         self.remote_lookup: RemoteProfileLookup | None = None
+        # Asked about an unknown local user first (application services register bridged
+        # users on demand); True: look again.
+        self.user_query: Callable[[str], Awaitable[bool]] | None = None
         # Other areas (user directory, presence) register here to follow profile changes.
         self.on_profile_changed: list[ProfileChangedHook] = []
 
@@ -93,6 +96,8 @@ class ProfileHandler:
                 raise not_found("Profile not found")
             return await self.remote_lookup(user_id, None)
         row = await self.accounts.get_profile(user_id)
+        if row is None and self.user_query is not None and await self.user_query(user_id):
+            row = await self.accounts.get_profile(user_id)
         if row is None or row[2]:
             raise not_found("Profile not found")
         displayname, avatar_url, _ = row

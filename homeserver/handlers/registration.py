@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.appservice.registration import AppServices
 from homeserver.clock import Clock
 from homeserver.config import Config
 from homeserver.errors import (
@@ -110,6 +111,7 @@ class RegistrationHandler:
         auth: AuthHandler,
         uia: UserInteractiveAuth,
         clock: Clock,
+        appservices: AppServices | None = None,
     ) -> None:
         self.config = config
         self.accounts = accounts
@@ -117,6 +119,7 @@ class RegistrationHandler:
         self.auth = auth
         self.uia = uia
         self.clock = clock
+        self.appservices = appservices
         limits = config.rate_limits
         self.limiter = RateLimiter(
             clock, limits.register_per_second, limits.register_burst, enabled=limits.enabled
@@ -145,6 +148,8 @@ class RegistrationHandler:
         user_id = validate_localpart(username.lower(), self.server_name)
         if username.isdigit():
             raise MatrixError(400, Codes.INVALID_USERNAME, "Numeric user IDs are reserved for guest users")
+        if self.appservices and self.appservices.user_claimed_by(user_id) is not None:
+            raise MatrixError(400, Codes.EXCLUSIVE, "This user ID is reserved by an application service")
         if await self.accounts.find_user_case_insensitive(user_id):
             raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
         return user_id
@@ -470,4 +475,7 @@ class AccountHandler:
 
 
 def whoami(requester: Requester) -> dict[str, Any]:
-    return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": requester.is_guest}
+    out: dict[str, Any] = {"user_id": requester.user_id, "is_guest": requester.is_guest}
+    if requester.device_id:  # an application service acting without a device has none
+        out["device_id"] = requester.device_id
+    return out

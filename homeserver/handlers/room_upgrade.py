@@ -225,7 +225,7 @@ class RoomUpgradeHandler:
         self, user_id: str, room_id: str, new_room_id: str, state: dict[tuple[str, str], StoredEvent]
     ) -> None:
         for alias in await self.aliases.for_room(room_id):
-            found = await self.aliases.get(alias)
+            found = await self.aliases.get(alias, ask=False)
             creator = found[1] if found else user_id
             await self.aliases.delete(alias)
             await self.aliases.create(alias, new_room_id, creator)

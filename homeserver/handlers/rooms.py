@@ -85,6 +85,9 @@ class RoomHandler:
         self.default_room_version = default_room_version
         self.remote_join: RemoteJoin | None = None
         self.remote_invite: RemoteInvite | None = None
+        # Asked about an unknown local user before an invite fails (application services
+        # register bridged users on demand); True: look again.
+        self.user_query: Callable[[str], Awaitable[bool]] | None = None
         self.remote_knock: RemoteKnock | None = None
         self.remote_hierarchy: RemoteHierarchy | None = None
 
@@ -145,7 +148,7 @@ class RoomHandler:
             alias = f"#{name}:{self.server_name}"
             if len(alias.encode()) > 255 or any(c.isspace() for c in name):
                 raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room_alias_name")
-            if await self.aliases.get(alias):
+            if await self.aliases.get(alias, ask=False):
                 raise MatrixError(400, Codes.ROOM_IN_USE, "Room alias already taken")
 
         create_content: dict[str, Any] = dict(body.get("creation_content") or {})
@@ -247,7 +250,11 @@ class RoomHandler:
                 raise MatrixError(403, Codes.FORBIDDEN, "Federation is not enabled")
             await self.remote_invite(sender, room_id, target, extra or {})
             return
-        if not await self.accounts.user_exists(target):
+        if not await self.accounts.user_exists(target) and not (
+            self.user_query is not None
+            and await self.user_query(target)
+            and await self.accounts.user_exists(target)
+        ):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown user")
         content = {"membership": "invite", **(extra or {})}
         await self._send(room_id, sender, "m.room.member", content, target)

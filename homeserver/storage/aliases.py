@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -12,6 +14,9 @@ from homeserver.storage.schema import room_aliases
 class AliasStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Asked about a missing alias before it is reported missing (application services
+        # create bridged rooms on demand); True: look again.
+        self.on_missing: Callable[[str], Awaitable[bool]] | None = None
 
     async def create(self, alias: str, room_id: str, creator: str) -> bool:
         """False if the alias already exists."""
@@ -22,8 +27,15 @@ class AliasStore:
             return False
         return True
 
-    async def get(self, alias: str) -> tuple[str, str] | None:
-        """(room_id, creator) for the alias."""
+    async def get(self, alias: str, *, ask: bool = True) -> tuple[str, str] | None:
+        """(room_id, creator) for the alias; unless not `ask`, `on_missing` is asked first
+        about one that does not exist."""
+        found = await self._get(alias)
+        if found is None and ask and self.on_missing is not None and await self.on_missing(alias):
+            found = await self._get(alias)
+        return found
+
+    async def _get(self, alias: str) -> tuple[str, str] | None:
         async with self.db.read() as conn:
             row = (
                 await conn.execute(

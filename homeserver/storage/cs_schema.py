@@ -230,3 +230,16 @@ login_tokens = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Index("login_tokens_expires", "expires_ms"),
 )
+
+# Application services (homeserver.appservice.sender): per service, the stream position
+# its events have been pushed up to, the last transaction ID it acknowledged, and the
+# transaction in flight ({"txn_id", "event_ids", "upto"} JSON), resent as it was after a
+# restart: the spec forbids changing a transaction's events on retries.
+appservice_state = Table(
+    "appservice_state",
+    metadata,
+    Column("service_id", String(255), primary_key=True),
+    Column("stream_id", BigInteger, nullable=False),
+    Column("txn_id", BigInteger, nullable=False),
+    Column("pending_json", Text, nullable=True),
+)

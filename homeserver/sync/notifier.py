@@ -46,6 +46,9 @@ class Notifier:
         self.closing = False
         # Hooks that forward notifications to other workers (Redis pub/sub), if configured.
         self.remote_publishers: list[Callable[[list[str], list[str]], None]] = []
+        # Called whenever rooms have news (here or, through Redis, on another worker): for
+        # background senders that read the event stream (application services).
+        self.room_observers: list[Callable[[], None]] = []
 
     @property
     def waiting(self) -> int:
@@ -106,6 +109,9 @@ class Notifier:
         held.rooms, held.users, held.publish_rooms, held.publish_users = set(), set(), set(), set()
 
     def _deliver(self, rooms: list[str], users: list[str], local_only: bool) -> None:
+        if rooms:
+            for observe in self.room_observers:
+                observe()
         for room_id in rooms:
             waiters = self._by_room.get(room_id)
             if waiters:

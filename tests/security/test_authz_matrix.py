@@ -59,6 +59,9 @@ PUBLIC = {
 }
 
 # Endpoints a guest may call (guest access is otherwise refused with M_GUEST_ACCESS_FORBIDDEN).
+# Only an application service's own token opens these: any other (a guest's too) is unknown there.
+APPSERVICE_ONLY = {("POST", "/_matrix/client/{_ver}/appservice/{service_id}/ping")}
+
 GUEST_OK = {
     ("GET", C + "/account/whoami"),
     ("POST", C + "/logout"),
@@ -232,6 +235,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "key": "displayname",
         "delete_id": "x",
         "protocol": "irc",
+        "service_id": "no-such-service",
     }
     return re.sub(r"\{(\w+)\}", lambda m: quote(values[m.group(1)], safe=""), canonical)
 
@@ -298,6 +302,8 @@ async def test_guests_are_refused_except_where_allowed(world: World) -> None:
         path = fill(canonical, world, world.guest, pattern)
         status, out, text = await world.call(world.guest, method, path, body_for(method))
         refused = status == 403 and isinstance(out, dict) and out.get("errcode") == "M_GUEST_ACCESS_FORBIDDEN"
+        if (method, canonical) in APPSERVICE_ONLY:
+            refused = status == 401 and isinstance(out, dict) and out.get("errcode") == "M_UNKNOWN_TOKEN"
         if (method, canonical) in GUEST_OK:
             if refused or status >= 500:
                 failures.append(("guest refused", method, canonical, status, text[:100]))

@@ -1,0 +1,107 @@
+"""Registration and login by application services (`m.login.application_service`).
+
+Both need the service's `as_token` as the access token: a service creates passwordless
+users in its user namespaces (no UIA, open even when registration is closed to people)
+and may log in as them to get a device of their own, e.g. for end-to-end encryption.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.appservice.registration import AppService
+from homeserver.errors import Codes, MatrixError, bad_json, missing_param
+from homeserver.handlers.auth import Requester, hash_token
+from homeserver.handlers.uia import user_id_from_identifier
+from homeserver.handlers.users import create_account, validate_localpart
+from homeserver.server import HomeServer
+
+log = logging.getLogger(__name__)
+
+LOGIN_TYPE = "m.login.application_service"
+
+
+def appservice_of(hs: HomeServer, request: web.Request) -> AppService:
+    """The service whose as_token the request carries; 401 as for any bad token otherwise."""
+    token = hs.auth.extract_token(request)
+    if token is None:
+        raise MatrixError(401, Codes.MISSING_TOKEN, "Missing application service token")
+    service = hs.appservices.for_token_hash(hash_token(token))
+    if service is None:
+        raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown application service token", soft_logout=False)
+    return service
+
+
+def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_json(f"{key} must be a string")
+    return value
+
+
+async def register(hs: HomeServer, service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST /register with `type: m.login.application_service`."""
+    username = _optional_str(body, "username")
+    if not username:
+        raise missing_param("username")
+    user_id = validate_localpart(username.lower(), hs.server_name)
+    if not service.owns_user(user_id):
+        raise MatrixError(
+            400, Codes.EXCLUSIVE, "This user ID is outside the application service's namespaces"
+        )
+    # Not another service's exclusive namespace either (overlapping registrations).
+    owner = hs.appservices.user_claimed_by(user_id)
+    if owner is not None and owner.id != service.id:
+        raise MatrixError(400, Codes.EXCLUSIVE, "This user ID is reserved by another application service")
+    user_id = await create_account(
+        hs.accounts, hs.passwords, hs.server_name, username, None, hs.clock.time_ms()
+    )
+    log.info("application service %s registered %s", service.id, user_id)
+    out: dict[str, Any] = {"user_id": user_id, "home_server": hs.server_name}
+    inhibit = body.get("inhibit_login", False)
+    if not isinstance(inhibit, bool):
+        raise bad_json("inhibit_login must be a boolean")
+    if not inhibit:
+        out.update(
+            await hs.auth.start_session(
+                user_id,
+                _optional_str(body, "device_id"),
+                _optional_str(body, "initial_device_display_name"),
+                refreshable=False,
+            )
+        )
+    return out
+
+
+async def login(hs: HomeServer, service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST /login with `type: m.login.application_service`: a session for a user of the
+    service's namespaces, without a password."""
+    user_id = user_id_from_identifier(body, hs.server_name)
+    if not service.owns_user(user_id) or not user_id.endswith(":" + hs.server_name):
+        raise MatrixError(
+            403, Codes.EXCLUSIVE, "This user ID is outside the application service's namespaces"
+        )
+    user = await hs.accounts.get_user(user_id)
+    if user is None:
+        raise MatrixError(403, Codes.FORBIDDEN, "The application service has not registered this user")
+    if user["deactivated"]:
+        raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
+    session = await hs.auth.start_session(
+        user_id,
+        _optional_str(body, "device_id"),
+        _optional_str(body, "initial_device_display_name"),
+        refreshable=False,
+    )
+    log.info("application service %s logged in as %s", service.id, user_id)
+    return {"user_id": user_id, **session, "home_server": hs.server_name}
+
+
+def refuse_claimed_alias(hs: HomeServer, requester: Requester, alias: str) -> None:
+    """400 M_EXCLUSIVE for creating an alias in another's exclusive alias namespace."""
+    owner = hs.appservices.alias_claimed_by(alias) if hs.appservices else None
+    if owner is not None and owner.id != requester.appservice:
+        raise MatrixError(400, Codes.EXCLUSIVE, "This room alias is reserved by an application service")

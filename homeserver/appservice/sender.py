@@ -1,0 +1,270 @@
+"""Pushing events to application services (`PUT /_matrix/app/v1/transactions/{txnId}`).
+
+One task per service with a `url`, on the worker that leads "appservice-sender" (every
+process on SQLite). Each task reads the event stream in order from where the service
+was left (`appservice_state`), keeps the events the service is interested in, and sends
+them as one transaction at a time:
+
+* A transaction is recorded (its ID, its events and the position it ends at) before it
+  is first sent, and resent as it was until the service answers 2xx, after a restart
+  too: the spec forbids changing a transaction's events on retries.
+* Failures (network errors, timeouts, non-2xx answers) back off exponentially from
+  RETRY_MIN_S to RETRY_MAX_S and never end: the service gets every event, late.
+* A service added to a running server starts from the stream's current position: it
+  does not receive the history from before it was configured.
+* Interest, per the spec: the room matches a `rooms` namespace; the sender, or a
+  member event's target, is a local user in a `users` namespace; the room has a joined
+  local member in one; or the room's canonical alias (or an alternative) matches an
+  `aliases` namespace. The per-room answers are cached and dropped when the room's
+  members or aliases change.
+
+Logs name the service and transaction, never event content or tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from homeserver import jsonutil
+from homeserver.appservice.registration import AppService
+from homeserver.handlers.client_format import format_events
+from homeserver.server import HomeServer
+from homeserver.storage.cs_schema import appservice_state
+from homeserver.storage.event_types import StoredEvent
+from homeserver.storage.schema import events
+
+log = logging.getLogger(__name__)
+
+LEADER = "appservice-sender"
+TRANSACTIONS_PATH = "/_matrix/app/v1/transactions/"
+# Events read from the stream per step (and at most per transaction).
+BATCH = 100
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 300.0
+REQUEST_TIMEOUT_S = 30.0
+# Without a wake-up (e.g. another worker's writes with no Redis), the stream is read this often.
+POLL_S = 1.0
+# (service, room) interest answers kept between member or alias changes.
+MAX_CACHED_ROOMS = 10_000
+_MEMBERSHIP_TYPES = ("m.room.member", "m.room.canonical_alias")
+
+
+class AppServiceSender:
+    def __init__(self, hs: HomeServer) -> None:
+        self.hs = hs
+        self.services = [s for s in hs.appservices.services if s.url is not None]
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._interest: dict[tuple[str, str], bool] = {}
+        self.leader: Any = None
+        # For metrics and tests: transactions acknowledged, events in them, failed attempts.
+        self.sent_transactions = 0
+        self.sent_events = 0
+        self.failed_attempts = 0
+
+    async def start(self) -> None:
+        if not self.services:
+            return
+        self.hs.notifier.room_observers.append(self._wake.set)
+        self.leader = self.hs.db.leader(LEADER)
+        self.leader.add_listener(self._on_leadership)
+        await self.leader.start()
+
+    async def stop(self) -> None:
+        if self.leader is not None:
+            await self.leader.stop()
+        await self._stop_tasks()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _on_leadership(self, leading: bool) -> None:
+        if not leading:
+            await self._stop_tasks()
+            return
+        for service in self.services:
+            if service.id not in self._tasks:
+                self._tasks[service.id] = asyncio.create_task(
+                    self._run(service), name=f"appservice:{service.id}"
+                )
+
+    async def _stop_tasks(self) -> None:
+        tasks, self._tasks = list(self._tasks.values()), {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
+        return self._session
+
+    # The stream ------------------------------------------------------------------------------
+
+    async def _run(self, service: AppService) -> None:
+        while True:
+            try:
+                await self._follow(service)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database went away, say: start over from what was recorded.
+                log.exception("application service %s: sending failed; starting again", service.id)
+                await asyncio.sleep(RETRY_MIN_S)
+
+    async def _follow(self, service: AppService) -> None:
+        position, txn_id, pending = await self._load(service)
+        if pending is not None:
+            position, txn_id = await self._resend(service, pending)
+        while True:
+            upto = self.hs.db.current_stream_id
+            if upto <= position:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await self._wake.wait()
+                continue
+            found = await self._read(position, upto)
+            end = found[-1].stream_id if len(found) == BATCH else upto
+            wanted = [s for s in found if await self._interested(service, s)]
+            if wanted:
+                txn_id += 1
+                pending = {"txn_id": txn_id, "event_ids": [s.event.event_id for s in wanted], "upto": end}
+                await self._save(service, position, txn_id - 1, pending)
+                await self._deliver(service, txn_id, wanted)
+            position = end
+            await self._save(service, position, txn_id, None)
+
+    async def _read(self, after: int, upto: int) -> list[StoredEvent]:
+        q = (
+            select(events.c.event_id)
+            .where(events.c.stream_id > after, events.c.stream_id <= upto, events.c.outlier.is_(False))
+            .order_by(events.c.stream_id)
+            .limit(BATCH)
+        )
+        async with self.hs.db.read() as conn:
+            ids = [r[0] for r in await conn.execute(q)]
+        found = await self.hs.events.get_events(ids)
+        return sorted(found.values(), key=lambda s: s.stream_id)
+
+    async def _resend(self, service: AppService, pending: dict[str, Any]) -> tuple[int, int]:
+        """The transaction in flight when the last leader stopped, sent again unchanged."""
+        txn_id, upto = int(pending["txn_id"]), int(pending["upto"])
+        found = await self.hs.events.get_events(pending["event_ids"])
+        stored = [found[e] for e in pending["event_ids"] if e in found]
+        await self._deliver(service, txn_id, stored)
+        await self._save(service, upto, txn_id, None)
+        return upto, txn_id
+
+    # Interest --------------------------------------------------------------------------------
+
+    async def _interested(self, service: AppService, stored: StoredEvent) -> bool:
+        event = stored.event
+        key = (service.id, event.room_id)
+        if event.type in _MEMBERSHIP_TYPES:
+            self._interest.pop(key, None)  # first: the answers below return early
+        local = ":" + self.hs.server_name
+        if service.wants_room(event.room_id):
+            return True
+        for user_id in (event.sender, event.state_key if event.type == "m.room.member" else None):
+            if user_id and user_id.endswith(local) and service.owns_user(user_id):
+                return True
+        known = self._interest.get(key)
+        if known is None:
+            known = await self._room_interest(service, event.room_id)
+            if len(self._interest) >= MAX_CACHED_ROOMS:
+                self._interest.clear()
+            self._interest[key] = known
+        return known
+
+    async def _room_interest(self, service: AppService, room_id: str) -> bool:
+        local = ":" + self.hs.server_name
+        if service.users:
+            for user_id in await self.hs.events.get_room_members(room_id, "join"):
+                if user_id.endswith(local) and service.owns_user(user_id):
+                    return True
+        if service.aliases:
+            state = await self.hs.events.get_current_state(room_id, keys=[("m.room.canonical_alias", "")])
+            for s in state.values():
+                content = s.event.content
+                alt = content.get("alt_aliases")
+                names = [content.get("alias"), *(alt if isinstance(alt, list) else [])]
+                if any(isinstance(a, str) and service.owns_alias(a) for a in names):
+                    return True
+        return False
+
+    # Sending ---------------------------------------------------------------------------------
+
+    async def _deliver(self, service: AppService, txn_id: int, stored: list[StoredEvent]) -> None:
+        """PUT the transaction until the service takes it."""
+        body = jsonutil.dumpb(
+            {"events": await format_events(self.hs.events, stored, self.hs.clock.time_ms())}
+        )
+        url = f"{service.url}{TRANSACTIONS_PATH}{txn_id}"
+        headers = {"Authorization": f"Bearer {service.hs_token}", "Content-Type": "application/json"}
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                async with self.session().put(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        self.sent_transactions += 1
+                        self.sent_events += len(stored)
+                        log.debug("application service %s took transaction %d", service.id, txn_id)
+                        return
+                    problem = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                problem = type(e).__name__
+            self.failed_attempts += 1
+            log.warning(
+                "application service %s: transaction %d (%d events) failed (%s); again in %.1f s",
+                service.id,
+                txn_id,
+                len(stored),
+                problem,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    # State -----------------------------------------------------------------------------------
+
+    async def _load(self, service: AppService) -> tuple[int, int, dict[str, Any] | None]:
+        table = appservice_state.c
+        async with self.hs.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(table.stream_id, table.txn_id, table.pending_json).where(
+                        table.service_id == service.id
+                    )
+                )
+            ).first()
+        if row is not None:
+            return int(row[0]), int(row[1]), jsonutil.loads(row[2]) if row[2] else None
+        # New: from now on, not the history.
+        position = self.hs.db.current_stream_id
+        await self._save(service, position, 0, None)
+        return position, 0, None
+
+    async def _save(
+        self, service: AppService, position: int, txn_id: int, pending: dict[str, Any] | None
+    ) -> None:
+        values = {
+            "stream_id": position,
+            "txn_id": txn_id,
+            "pending_json": jsonutil.dumps(pending) if pending is not None else None,
+        }
+        async with self.hs.db.write() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(appservice_state).values(service_id=service.id, **values)
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["service_id"], set_=values))

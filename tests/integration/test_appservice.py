@@ -1,0 +1,336 @@
+"""Application services: a bridge built on mautrix's AppService against the real server
+(registration, masquerading, transactions, user queries, ping), and the namespace rules
+and transaction delivery checked over raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from mautrix.appservice import AppService
+from mautrix.types import Event, MessageEvent, RoomID, UserID
+from sqlalchemy import select
+
+from homeserver.appservice import sender as sender_module
+from homeserver.appservice.sender import AppServiceSender
+from homeserver.storage.cs_schema import appservice_state
+from tests.support.http import RawClient
+from tests.support.server import RunningServer, free_port, lasting_database, run_server
+
+AS_TOKEN = "as-token-for-tests"
+HS_TOKEN = "hs-token-for-tests"
+
+
+def write_registration(directory: str, port: int, **extra: Any) -> str:
+    registration = {
+        "id": "test-bridge",
+        "url": f"http://127.0.0.1:{port}",
+        "as_token": AS_TOKEN,
+        "hs_token": HS_TOKEN,
+        "sender_localpart": "_bridge_bot",
+        "namespaces": {
+            "users": [{"exclusive": True, "regex": "@_bridge_.*"}],
+            "aliases": [{"exclusive": True, "regex": "#_bridge_.*"}],
+        },
+        "rate_limited": False,
+        **extra,
+    }
+    path = os.path.join(directory, "bridge.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(registration, f)
+    return path
+
+
+@asynccontextmanager
+async def bridged_server(tmp_path: str, as_port: int, **overrides: Any) -> AsyncIterator[RunningServer]:
+    registration = write_registration(tmp_path, as_port)
+    async with run_server(tmp_path, app_services=[registration], **overrides) as srv:
+        yield srv
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 15.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    assert await check(), what
+
+
+def the_sender(srv: RunningServer) -> AppServiceSender:
+    return next(s for s in srv.hs.background if isinstance(s, AppServiceSender))
+
+
+async def test_a_mautrix_bridge_relays_both_ways(tmp_path: Any, http: aiohttp.ClientSession) -> None:
+    as_port = free_port()
+    async with bridged_server(str(tmp_path), as_port) as srv:
+        seen: list[Event] = []
+        appservice = AppService(
+            server=srv.base_url,
+            domain=srv.server_name,
+            as_token=AS_TOKEN,
+            hs_token=HS_TOKEN,
+            bot_localpart="_bridge_bot",
+            id="test-bridge",
+        )
+
+        async def query_user(user_id: UserID) -> dict[str, Any]:
+            # The bridge makes its puppets on demand, as real bridges do.
+            await appservice.intent.user(user_id).ensure_registered()
+            return {"registered": True}  # mautrix answers 404 for an empty answer
+
+        async def on_event(evt: Event) -> None:
+            seen.append(evt)
+
+        appservice.query_user = query_user  # type: ignore[assignment]  # mautrix's alias is loose
+        appservice.matrix_event_handler(on_event)
+        await appservice.start("127.0.0.1", as_port)
+        try:
+            assert await appservice.ping_self("hello") >= 0
+            alice_id = await srv.register("alice")
+            token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+            alice = RawClient(http, srv.base_url, token, alice_id)
+            room = await alice.create_room(preset="private_chat")
+            # An invite to an unknown user of the namespace asks the bridge, which registers it.
+            puppet = UserID(f"@_bridge_carol:{srv.server_name}")
+            assert not await srv.hs.accounts.user_exists(puppet)
+            await alice.ok("POST", f"/rooms/{quote(room)}/invite", json={"user_id": puppet})
+            assert await srv.hs.accounts.user_exists(puppet)
+            carol = appservice.intent.user(puppet)
+            await carol.join_room(RoomID(room))
+            await alice.send(room, "hello bridge", "t1")
+
+            def bodies() -> list[str]:
+                return [
+                    str(e.content.body) for e in seen if isinstance(e, MessageEvent) and e.room_id == room
+                ]
+
+            async def relayed() -> bool:
+                return "hello bridge" in bodies()
+
+            await eventually(relayed, "the bridge got alice's message")
+            invites = [e for e in seen if getattr(e, "state_key", None) == puppet]
+            assert invites, "the bridge saw its puppet's invite"
+            # The puppet speaks through the service's token: alice sees it as carol.
+            event_id = await carol.send_text(RoomID(room), "hello from the other side")
+            sync = await alice.sync()
+            timeline = sync["rooms"]["join"][room]["timeline"]["events"]
+            mine = [e for e in timeline if e["event_id"] == event_id]
+            assert mine and mine[0]["sender"] == puppet
+            assert mine[0]["content"]["body"] == "hello from the other side"
+        finally:
+            await appservice.stop()
+
+
+async def test_namespaces_are_the_services_alone(tmp_path: Any, http: aiohttp.ClientSession) -> None:
+    async with bridged_server(str(tmp_path), free_port()) as srv:
+        anyone = RawClient(http, srv.base_url)
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        name = srv.server_name
+        # People cannot register in an exclusive namespace...
+        status, body = await anyone.request(
+            "POST", "/register", json={"username": "_bridge_mallory", "password": "a long password 1"}
+        )
+        assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+        # ...the service can, without a password or UIA, and not outside it.
+        register = {"type": "m.login.application_service", "inhibit_login": True}
+        body = await service.ok("POST", "/register", json={**register, "username": "_bridge_dave"})
+        assert body["user_id"] == f"@_bridge_dave:{name}" and "access_token" not in body
+        status, body = await service.request("POST", "/register", json={**register, "username": "dave"})
+        assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+        status, body = await service.request(
+            "POST", "/register", json={**register, "username": "_bridge_dave"}
+        )
+        assert (status, body["errcode"]) == (400, "M_USER_IN_USE")
+        status, body = await anyone.request("POST", "/register", json={**register, "username": "_bridge_eve"})
+        assert (status, body["errcode"]) == (401, "M_MISSING_TOKEN")
+        wrong = RawClient(http, srv.base_url, "not-the-token")
+        status, body = await wrong.request("POST", "/register", json={**register, "username": "_bridge_eve"})
+        assert (status, body["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+        # Acting as users: the bot by default, a namespace user with user_id=, nobody else.
+        me = await service.ok("GET", "/account/whoami")
+        assert me["user_id"] == f"@_bridge_bot:{name}" and "device_id" not in me
+        dave = f"@_bridge_dave:{name}"
+        assert (await service.ok("GET", "/account/whoami", params={"user_id": dave}))["user_id"] == dave
+        alice_id = await srv.register("alice")
+        status, body = await service.request("GET", "/account/whoami", params={"user_id": alice_id})
+        assert (status, body["errcode"]) == (403, "M_EXCLUSIVE")
+        ghost = f"@_bridge_ghost:{name}"
+        status, body = await service.request("GET", "/account/whoami", params={"user_id": ghost})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+        params = {"user_id": dave, "device_id": "NOSUCHDEVICE"}
+        status, body = await service.request("GET", "/account/whoami", params=params)
+        assert (status, body["errcode"]) == (400, "M_UNKNOWN_DEVICE")
+        # Logging in as a namespace user gives it a device (for encryption, say).
+        login = {"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": dave}}
+        session = await service.ok("POST", "/login", json=login)
+        assert session["user_id"] == dave and session["access_token"]
+        params = {"user_id": dave, "device_id": session["device_id"]}
+        assert (await service.ok("GET", "/account/whoami", params=params))["device_id"] == session[
+            "device_id"
+        ]
+        login["identifier"] = {"type": "m.id.user", "user": alice_id}
+        status, body = await service.request("POST", "/login", json=login)
+        assert (status, body["errcode"]) == (403, "M_EXCLUSIVE")
+        flows = [f["type"] for f in (await anyone.ok("GET", "/login"))["flows"]]
+        assert "m.login.application_service" in flows
+        # Aliases in the exclusive namespace are the service's too.
+        token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        room = await alice.create_room()
+        alias = quote(f"#_bridge_room:{name}")
+        status, body = await alice.request("PUT", f"/directory/room/{alias}", json={"room_id": room})
+        assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+        status, body = await alice.request("POST", "/createRoom", json={"room_alias_name": "_bridge_x"})
+        assert (status, body["errcode"]) == (400, "M_EXCLUSIVE")
+        await service.ok("PUT", f"/directory/room/{alias}", json={"room_id": room})
+        # No URL answers: a ping says so in the spec's words.
+        status, body = await service.request(
+            "POST", "/_matrix/client/v1/appservice/test-bridge/ping", json={}
+        )
+        assert (status, body["errcode"]) == (502, "M_CONNECTION_FAILED")
+        status, body = await service.request("POST", "/_matrix/client/v1/appservice/other/ping", json={})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+
+
+class Receiver:
+    """A bare application service endpoint that records the transactions it takes."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.transactions: list[tuple[str, list[dict[str, Any]]]] = []
+        self.attempts: list[str] = []
+        self.fail_first = fail_first
+        self.tokens: set[str] = set()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.tokens.add(request.headers.get("Authorization", ""))
+        txn = request.match_info["txn"]
+        self.attempts.append(txn)
+        if len(self.attempts) <= self.fail_first:
+            return web.json_response({"errcode": "M_UNKNOWN"}, status=500)
+        body = await request.json()
+        if all(t != txn for t, _ in self.transactions):
+            self.transactions.append((txn, body["events"]))
+        return web.json_response({})
+
+    def bodies(self, room: str) -> list[str]:
+        return [
+            e["content"].get("body", "")
+            for _, evs in self.transactions
+            for e in evs
+            if e["room_id"] == room and e["type"] == "m.room.message"
+        ]
+
+    @asynccontextmanager
+    async def running(self, port: int) -> AsyncIterator[None]:
+        app = web.Application()
+        app.router.add_put("/_matrix/app/v1/transactions/{txn}", self.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+
+async def test_transactions_wait_for_the_service_and_are_never_replayed(
+    tmp_path: Any, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "RETRY_MIN_S", 0.1)
+    monkeypatch.setattr(sender_module, "RETRY_MAX_S", 0.4)
+    as_port = free_port()
+    receiver = Receiver(fail_first=2)
+    async with lasting_database() as db:
+        async with bridged_server(str(tmp_path), as_port, **db) as srv:
+            service = RawClient(http, srv.base_url, AS_TOKEN)
+            alice_id = await srv.register("alice")
+            bob_id = await srv.register("bob")
+            token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+            alice = RawClient(http, srv.base_url, token, alice_id)
+            # A room with a namespace user in it, and one without: only the first is sent.
+            bridged = await alice.create_room(preset="public_chat")
+            other = await alice.create_room(preset="public_chat", invite=[bob_id])
+            await service.ok("POST", f"/join/{quote(bridged)}")
+            for i in range(3):
+                await alice.send(bridged, f"m{i}", f"a{i}")
+                await alice.send(other, f"private {i}", f"b{i}")
+            sender = the_sender(srv)
+
+            async def failing() -> bool:
+                return sender.failed_attempts >= 1
+
+            # Nobody listens yet: the first transaction fails and is retried.
+            await eventually(failing, "the sender retried an unreachable service")
+            async with receiver.running(as_port):
+
+                async def delivered() -> bool:
+                    return receiver.bodies(bridged) == ["m0", "m1", "m2"]
+
+                await eventually(delivered, "every message reached the service, in order")
+                assert receiver.bodies(other) == []
+                # Two answers were 500: the same transaction came back each time.
+                assert receiver.attempts[:3] == [receiver.attempts[0]] * 3
+                assert receiver.tokens == {f"Bearer {HS_TOKEN}"}
+                first_txns = [t for t, _ in receiver.transactions]
+                name = srv.server_name
+        # Restarted on the same database: only what is new is sent, under new IDs.
+        again = bridged_server(str(tmp_path), as_port, server_name=name, **db)
+        async with again as srv, receiver.running(as_port):
+            token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+            alice = RawClient(http, srv.base_url, token, alice_id)
+            await alice.send(bridged, "after restart", "a9")
+
+            async def resumed() -> bool:
+                return receiver.bodies(bridged)[-1:] == ["after restart"]
+
+            await eventually(resumed, "the restarted server sent the new message")
+            assert receiver.bodies(bridged) == ["m0", "m1", "m2", "after restart"]
+            later = [t for t, _ in receiver.transactions][len(first_txns) :]
+            assert min(int(t) for t in later) > max(int(t) for t in first_txns)
+
+
+async def test_a_transaction_in_flight_is_resent_unchanged_after_a_restart(
+    tmp_path: Any, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sender_module, "RETRY_MIN_S", 0.1)
+    monkeypatch.setattr(sender_module, "RETRY_MAX_S", 0.2)
+    as_port = free_port()
+    async with lasting_database() as db:
+        async with bridged_server(str(tmp_path), as_port, **db) as srv:
+            service = RawClient(http, srv.base_url, AS_TOKEN)
+            room = await service.create_room(preset="public_chat")
+            sender = the_sender(srv)
+
+            async def failing() -> bool:
+                return sender.failed_attempts >= 2
+
+            await eventually(failing, "the service is unreachable")
+            for i in range(3):
+                await service.send(room, f"queued {i}", f"q{i}")
+            async with srv.hs.db.read() as conn:
+                row = (await conn.execute(select(appservice_state.c.pending_json))).one()
+            pending = json.loads(row[0])
+            name = srv.server_name
+        receiver = Receiver()
+        async with bridged_server(str(tmp_path), as_port, server_name=name, **db) as srv:
+            async with receiver.running(as_port):
+
+                async def caught_up() -> bool:
+                    return receiver.bodies(room) == ["queued 0", "queued 1", "queued 2"]
+
+                await eventually(caught_up, "the restarted server sent everything")
+    # The first transaction is the one in flight before the restart, as it was; the
+    # messages sent while it failed come after it, under the next ID.
+    txn, events = receiver.transactions[0]
+    assert int(txn) == pending["txn_id"]
+    assert [e["event_id"] for e in events] == pending["event_ids"]
+    assert all(int(t) > pending["txn_id"] for t, _ in receiver.transactions[1:])
