@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
 from homeserver.appservice.registration import AppService
@@ -71,12 +72,23 @@ class AppServiceSender:
         self.failed_attempts = 0
 
     async def start(self) -> None:
+        await self._ensure_bots()
         if not self.services:
             return
         self.hs.notifier.room_observers.append(self._wake.set)
         self.leader = self.hs.db.leader(LEADER)
         self.leader.add_listener(self._on_leadership)
         await self.leader.start()
+
+    async def _ensure_bots(self) -> None:
+        """Every service's bot exists from start-up on, so that it can be invited at once."""
+        accounts = self.hs.accounts
+        for service in self.hs.appservices.services:
+            if not await accounts.user_exists(service.sender):
+                # Another worker starting beside this one may create it first.
+                with contextlib.suppress(IntegrityError):
+                    await accounts.create_user(service.sender, None, self.hs.clock.time_ms())
+                    log.info("created the bot %s of application service %s", service.sender, service.id)
 
     async def stop(self) -> None:
         if self.leader is not None:

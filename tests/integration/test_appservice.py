@@ -135,6 +135,8 @@ async def test_namespaces_are_the_services_alone(tmp_path: Any, http: aiohttp.Cl
         anyone = RawClient(http, srv.base_url)
         service = RawClient(http, srv.base_url, AS_TOKEN)
         name = srv.server_name
+        # The bot exists from start-up on (it can be invited before the service calls).
+        assert await srv.hs.accounts.user_exists(f"@_bridge_bot:{name}")
         # People cannot register in an exclusive namespace...
         status, body = await anyone.request(
             "POST", "/register", json={"username": "_bridge_mallory", "password": "a long password 1"}
