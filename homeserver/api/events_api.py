@@ -9,6 +9,7 @@ from aiohttp import web
 
 from homeserver import jsonutil
 from homeserver.api.http import V3, json_response, query_int, read_json
+from homeserver.appservice.accounts import massaged_ts
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
@@ -55,6 +56,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             content=content,
             txn=txn,
             check_joined=True,
+            ts=massaged_ts(request, requester),
         )
         return json_response({"event_id": event.event_id})
 
@@ -74,7 +76,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             # Setting identical state again is idempotent and returns the existing event.
             return json_response({"event_id": prev.event.event_id})
         event, _ = await creator.create_and_send(
-            room_id=room_id, type=type_, sender=requester.user_id, content=content, state_key=state_key
+            room_id=room_id,
+            type=type_,
+            sender=requester.user_id,
+            content=content,
+            state_key=state_key,
+            ts=massaged_ts(request, requester),
         )
         return json_response({"event_id": event.event_id})
 

@@ -1,8 +1,10 @@
-"""Registration and login by application services (`m.login.application_service`).
+"""What application services may do in the Client-Server API that users may not.
 
-Both need the service's `as_token` as the access token: a service creates passwordless
-users in its user namespaces (no UIA, open even when registration is closed to people)
-and may log in as them to get a device of their own, e.g. for end-to-end encryption.
+Registration and login (`m.login.application_service`) need the service's `as_token` as
+the access token: a service creates passwordless users in its user namespaces (no UIA,
+open even when registration is closed to people) and may log in as them to get a device
+of their own, e.g. for end-to-end encryption. Its exclusive alias namespaces are its own
+(`refuse_claimed_alias`), and it may set its events' timestamps (`massaged_ts`).
 """
 
 from __future__ import annotations
@@ -105,3 +107,18 @@ def refuse_claimed_alias(hs: HomeServer, requester: Requester, alias: str) -> No
     owner = hs.appservices.alias_claimed_by(alias) if hs.appservices else None
     if owner is not None and owner.id != requester.appservice:
         raise MatrixError(400, Codes.EXCLUSIVE, "This room alias is reserved by an application service")
+
+
+# The largest origin_server_ts a client could read back exactly (JSON's safe integers).
+_MAX_TS = 2**53 - 1
+
+
+def massaged_ts(request: web.Request, requester: Requester) -> int | None:
+    """An application service's `?ts=` (the event's origin_server_ts) on send and state
+    PUTs; None for anyone else, who cannot set it (the parameter is ignored, as in Synapse)."""
+    raw = request.query.get("ts")
+    if raw is None or requester.appservice is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or int(raw) > _MAX_TS:
+        raise MatrixError(400, Codes.INVALID_PARAM, "ts must be a timestamp in milliseconds")
+    return int(raw)

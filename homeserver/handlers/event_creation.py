@@ -118,13 +118,16 @@ class DerivedWork:
 class _Pending:
     """A message waiting for its room's next group commit."""
 
-    __slots__ = ("content", "duplicate_of", "future", "result", "sender", "txn", "type")
+    __slots__ = ("content", "duplicate_of", "future", "result", "sender", "ts", "txn", "type")
 
-    def __init__(self, type: str, sender: str, content: dict[str, Any], txn: TxnInfo | None) -> None:
+    def __init__(
+        self, type: str, sender: str, content: dict[str, Any], txn: TxnInfo | None, ts: int | None = None
+    ) -> None:
         self.type = type
         self.sender = sender
         self.content = content
         self.txn = txn
+        self.ts = ts
         self.future: asyncio.Future[tuple[Event, int]] = asyncio.get_running_loop().create_future()
         self.result: tuple[Event, int] | None = None
         self.duplicate_of: _Pending | None = None
@@ -214,8 +217,12 @@ class EventCreator:
         redacts: str | None = None,
         forwarded: bool = False,
         check_joined: bool = False,
+        ts: int | None = None,
     ) -> tuple[Event, int]:
         """Create, authorise and persist a local event. Returns (event, stream_id).
+
+        `ts`: the event's `origin_server_ts` instead of now (an application service's
+        timestamp massaging); such messages are created here, never forwarded.
 
         `check_joined`: first refuse a sender who is not joined (see `require_joined`), with
         the same answer whether or not the room exists. `forwarded`: another worker sent
@@ -223,7 +230,7 @@ class EventCreator:
         message = state_key is None and redacts is None and type != "m.room.redaction"
         # Only with a transaction ID: if the owner fails mid-way, the message is created here
         # instead, and the ID keeps it from being stored twice.
-        if message and self.forwarder is not None and txn is not None and not forwarded:
+        if message and self.forwarder is not None and txn is not None and not forwarded and ts is None:
             owner = self.forwarder.owner(room_id)
             if owner is not None:
                 made = await self.forwarder.forward(owner, room_id, type, sender, content, txn, check_joined)
@@ -235,7 +242,7 @@ class EventCreator:
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
         if message:
-            return await self._enqueue(room_id, room_version, _Pending(type, sender, content, txn))
+            return await self._enqueue(room_id, room_version, _Pending(type, sender, content, txn, ts))
         async with self.room_lock(room_id):
             if txn is not None:
                 # A retry may have raced us to the lock.
@@ -245,7 +252,7 @@ class EventCreator:
                     if stored is not None:
                         return stored.event, stored.stream_id
             event, auth_map, create = await self._build(
-                room_version, room_id, type, sender, content, state_key, redacts
+                room_version, room_id, type, sender, content, state_key, redacts, ts=ts
             )
             self._check(event, auth_map, create)
             stream_id = await self.store.persist_event(event, txn=txn, checked=True)
@@ -417,7 +424,7 @@ class EventCreator:
                 continue
             try:
                 event, auth_map, create = await self._build(
-                    room_version, room_id, p.type, p.sender, p.content, None, None, prevs=(prevs, depth)
+                    room_version, room_id, p.type, p.sender, p.content, None, None, (prevs, depth), p.ts
                 )
                 self._check_message(event, auth_map, create)
             except MatrixError as e:
@@ -501,6 +508,7 @@ class EventCreator:
         state_key: str | None,
         redacts: str | None,
         prevs: tuple[list[str], int] | None = None,
+        ts: int | None = None,
     ) -> tuple[Event, dict[tuple[str, str], Event], Event | None]:
         # Under the room lock. room_head first: with several workers it validates the cache.
         prev_ids, depth = prevs if prevs is not None else await self.store.room_head(room_id)
@@ -519,7 +527,7 @@ class EventCreator:
             prev_event_ids=prev_ids[:MAX_PREV_EVENTS],
             auth_event_ids=sorted(e.event_id for e in auth_map.values()),
             depth=min(depth + 1, 2**63 - 1),
-            origin_server_ts=self.clock.time_ms(),
+            origin_server_ts=self.clock.time_ms() if ts is None else ts,
             server_name=self.server_name,
             signing_key=self.signing_key,
             redacts=redacts,

@@ -336,3 +336,30 @@ async def test_a_transaction_in_flight_is_resent_unchanged_after_a_restart(
     assert int(txn) == pending["txn_id"]
     assert [e["event_id"] for e in events] == pending["event_ids"]
     assert all(int(t) > pending["txn_id"] for t, _ in receiver.transactions[1:])
+
+
+async def test_a_service_sets_its_events_timestamps(tmp_path: Any, http: aiohttp.ClientSession) -> None:
+    async with bridged_server(str(tmp_path), free_port()) as srv:
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        room = await service.create_room(preset="public_chat")
+        then = 1_500_000_000_000
+        message = {"msgtype": "m.text", "body": "sent long ago"}
+        sent = await service.ok("PUT", f"/rooms/{quote(room)}/send/m.room.message/t1?ts={then}", json=message)
+        topic = await service.ok(
+            "PUT", f"/rooms/{quote(room)}/state/m.room.topic/?ts={then + 1}", json={"topic": "old"}
+        )
+        for event_id, ts in ((sent["event_id"], then), (topic["event_id"], then + 1)):
+            event = await service.ok("GET", f"/rooms/{quote(room)}/event/{quote(event_id)}")
+            assert event["origin_server_ts"] == ts
+        status, body = await service.request(
+            "PUT", f"/rooms/{quote(room)}/send/m.room.message/t2?ts=yesterday", json=message
+        )
+        assert (status, body["errcode"]) == (400, "M_INVALID_PARAM")
+        # People cannot: the parameter is ignored for them.
+        alice_id = await srv.register("alice")
+        token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        assert (await alice.join(room))[0] == 200
+        mine = await alice.ok("PUT", f"/rooms/{quote(room)}/send/m.room.message/a1?ts={then}", json=message)
+        event = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(mine['event_id'])}")
+        assert event["origin_server_ts"] > then + 10**9
