@@ -18,6 +18,9 @@ them as one transaction at a time:
   `aliases` namespace. The per-room answers are cached and dropped when the room's
   members or aliases change.
 
+Services with `receive_ephemeral: true` also get typing and read receipts in the rooms
+they are interested in, in the transactions' `ephemeral` list (`ephemeral.py`).
+
 Logs name the service and transaction, never event content or tokens.
 """
 
@@ -34,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
+from homeserver.appservice.ephemeral import receipt_edu, receipts_between, typing_edu
 from homeserver.appservice.registration import AppService
 from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
@@ -65,6 +69,8 @@ class AppServiceSender:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._interest: dict[tuple[str, str], bool] = {}
+        # Per service asking for ephemeral data: the rooms whose typers changed since.
+        self._typing: dict[str, set[str]] = {s.id: set() for s in self.services if s.receive_ephemeral}
         self.leader: Any = None
         # For metrics and tests: transactions acknowledged, events in them, failed attempts.
         self.sent_transactions = 0
@@ -76,6 +82,8 @@ class AppServiceSender:
         if not self.services:
             return
         self.hs.notifier.room_observers.append(self._wake.set)
+        if self._typing:
+            self.hs.typing.observers.append(self._on_typing)
         self.leader = self.hs.db.leader(LEADER)
         self.leader.add_listener(self._on_leadership)
         await self.leader.start()
@@ -134,28 +142,52 @@ class AppServiceSender:
                 log.exception("application service %s: sending failed; starting again", service.id)
                 await asyncio.sleep(RETRY_MIN_S)
 
+    def _on_typing(self, room_id: str) -> None:
+        for rooms in self._typing.values():
+            rooms.add(room_id)
+        self._wake.set()
+
     async def _follow(self, service: AppService) -> None:
         position, txn_id, pending = await self._load(service)
         if pending is not None:
             position, txn_id = await self._resend(service, pending)
+        typing = self._typing.get(service.id)
         while True:
             upto = self.hs.db.current_stream_id
-            if upto <= position:
+            if upto <= position and not typing:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(POLL_S):
                         await self._wake.wait()
                 continue
-            found = await self._read(position, upto)
-            end = found[-1].stream_id if len(found) == BATCH else upto
-            wanted = [s for s in found if await self._interested(service, s)]
-            if wanted:
+            end, wanted = position, []
+            if upto > position:
+                found = await self._read(position, upto)
+                end = found[-1].stream_id if len(found) == BATCH else upto
+                wanted = [s for s in found if await self._interested(service, s)]
+            edus = await self._ephemeral(service, position, end) if typing is not None else []
+            if wanted or edus:
                 txn_id += 1
-                pending = {"txn_id": txn_id, "event_ids": [s.event.event_id for s in wanted], "upto": end}
+                event_ids = [s.event.event_id for s in wanted]
+                pending = {"txn_id": txn_id, "event_ids": event_ids, "ephemeral": edus, "upto": end}
                 await self._save(service, position, txn_id - 1, pending)
-                await self._deliver(service, txn_id, wanted)
+                await self._deliver(service, txn_id, wanted, edus)
             position = end
             await self._save(service, position, txn_id, None)
+
+    async def _ephemeral(self, service: AppService, after: int, upto: int) -> list[dict[str, Any]]:
+        """The service's typing changes (those noted so far) and receipts in (after, upto]."""
+        noted = self._typing[service.id]
+        rooms = sorted(noted)
+        noted.clear()  # in place: _follow holds this set
+        edus = [typing_edu(self.hs, r) for r in rooms if await self._room_wanted(service, r)]
+        if upto > after:
+            for room_id, rows in (await receipts_between(self.hs, after, upto)).items():
+                if await self._room_wanted(service, room_id):
+                    edu = receipt_edu(service, room_id, rows)
+                    if edu is not None:
+                        edus.append(edu)
+        return edus
 
     async def _read(self, after: int, upto: int) -> list[StoredEvent]:
         q = (
@@ -174,7 +206,7 @@ class AppServiceSender:
         txn_id, upto = int(pending["txn_id"]), int(pending["upto"])
         found = await self.hs.events.get_events(pending["event_ids"])
         stored = [found[e] for e in pending["event_ids"] if e in found]
-        await self._deliver(service, txn_id, stored)
+        await self._deliver(service, txn_id, stored, pending.get("ephemeral") or [])
         await self._save(service, upto, txn_id, None)
         return upto, txn_id
 
@@ -191,9 +223,16 @@ class AppServiceSender:
         for user_id in (event.sender, event.state_key if event.type == "m.room.member" else None):
             if user_id and user_id.endswith(local) and service.owns_user(user_id):
                 return True
+        return await self._room_wanted(service, event.room_id)
+
+    async def _room_wanted(self, service: AppService, room_id: str) -> bool:
+        """Whether everything in the room concerns the service (cached per room)."""
+        if service.wants_room(room_id):
+            return True
+        key = (service.id, room_id)
         known = self._interest.get(key)
         if known is None:
-            known = await self._room_interest(service, event.room_id)
+            known = await self._room_interest(service, room_id)
             if len(self._interest) >= MAX_CACHED_ROOMS:
                 self._interest.clear()
             self._interest[key] = known
@@ -217,11 +256,16 @@ class AppServiceSender:
 
     # Sending ---------------------------------------------------------------------------------
 
-    async def _deliver(self, service: AppService, txn_id: int, stored: list[StoredEvent]) -> None:
+    async def _deliver(
+        self, service: AppService, txn_id: int, stored: list[StoredEvent], edus: list[dict[str, Any]]
+    ) -> None:
         """PUT the transaction until the service takes it."""
-        body = jsonutil.dumpb(
-            {"events": await format_events(self.hs.events, stored, self.hs.clock.time_ms())}
-        )
+        content: dict[str, Any] = {
+            "events": await format_events(self.hs.events, stored, self.hs.clock.time_ms())
+        }
+        if service.receive_ephemeral:
+            content["ephemeral"] = edus
+        body = jsonutil.dumpb(content)
         url = f"{service.url}{TRANSACTIONS_PATH}{txn_id}"
         headers = {"Authorization": f"Bearer {service.hs_token}", "Content-Type": "application/json"}
         delay = RETRY_MIN_S

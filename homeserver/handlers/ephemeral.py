@@ -40,6 +40,8 @@ class TypingHandler:
         self._typing: dict[str, dict[str, int]] = {}
         self._serial: dict[str, int] = {}
         self.listeners: list[EduListener] = []
+        # Told the room of every change, made here or on another worker (application services).
+        self.observers: list[Callable[[str], None]] = []
         self._peers = peers
         if peers is not None:
             peers.subscribe(TYPING_TOPIC, self._on_peer)
@@ -86,6 +88,8 @@ class TypingHandler:
             if self._peers is not None:
                 payload = {"room_id": room_id, "user_id": user_id, "expiry": expiry, "serial": serial}
                 self._peers.broadcast(TYPING_TOPIC, payload)
+            for observe in self.observers:
+                observe(room_id)
         if local:
             for listener in self.listeners:
                 await listener("m.typing", {"room_id": room_id, "user_id": user_id, "typing": typing})
@@ -103,6 +107,8 @@ class TypingHandler:
         # At least the origin's serial, so a token made there after the change covers it here too.
         self._bump(room_id, serial)
         self.notifier.notify(rooms=[room_id], local_only=True)
+        for observe in self.observers:
+            observe(room_id)
 
     def typing_users(self, room_id: str) -> list[str]:
         if self._expire(room_id):

@@ -51,8 +51,10 @@ def write_registration(directory: str, port: int, **extra: Any) -> str:
 
 
 @asynccontextmanager
-async def bridged_server(tmp_path: str, as_port: int, **overrides: Any) -> AsyncIterator[RunningServer]:
-    registration = write_registration(tmp_path, as_port)
+async def bridged_server(
+    tmp_path: str, as_port: int, registration_extra: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    registration = write_registration(tmp_path, as_port, **(registration_extra or {}))
     async with run_server(tmp_path, app_services=[registration], **overrides) as srv:
         yield srv
 
@@ -208,6 +210,7 @@ class Receiver:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.transactions: list[tuple[str, list[dict[str, Any]]]] = []
+        self.ephemeral: list[dict[str, Any]] = []
         self.attempts: list[str] = []
         self.fail_first = fail_first
         self.tokens: set[str] = set()
@@ -221,6 +224,7 @@ class Receiver:
         body = await request.json()
         if all(t != txn for t, _ in self.transactions):
             self.transactions.append((txn, body["events"]))
+            self.ephemeral.extend(body.get("ephemeral", []))
         return web.json_response({})
 
     def bodies(self, room: str) -> list[str]:
@@ -363,3 +367,69 @@ async def test_a_service_sets_its_events_timestamps(tmp_path: Any, http: aiohttp
         mine = await alice.ok("PUT", f"/rooms/{quote(room)}/send/m.room.message/a1?ts={then}", json=message)
         event = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(mine['event_id'])}")
         assert event["origin_server_ts"] > then + 10**9
+
+
+async def test_typing_and_receipts_reach_a_service_that_asks(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    as_port = free_port()
+    receiver = Receiver()
+    ephemeral = {"receive_ephemeral": True}
+    async with bridged_server(str(tmp_path), as_port, ephemeral) as srv, receiver.running(as_port):
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        alice_id = await srv.register("alice")
+        token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        room = await alice.create_room(preset="public_chat")
+        elsewhere = await alice.create_room(preset="public_chat")
+        await service.ok("POST", f"/join/{quote(room)}")
+        first = await alice.send(room, "read me", "a1")
+        await alice.ok(
+            "PUT", f"/rooms/{quote(room)}/typing/{quote(alice_id)}", json={"typing": True, "timeout": 30000}
+        )
+        await alice.ok(
+            "PUT",
+            f"/rooms/{quote(elsewhere)}/typing/{quote(alice_id)}",
+            json={"typing": True, "timeout": 30000},
+        )
+        await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(first)}", json={})
+        await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read.private/{quote(first)}", json={})
+        await service.ok("POST", f"/rooms/{quote(room)}/receipt/m.read.private/{quote(first)}", json={})
+
+        def receipts() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for edu in receiver.ephemeral:
+                if edu["type"] == "m.receipt" and edu["room_id"] == room:
+                    for kinds in edu["content"].get(first, {}).items():
+                        out.setdefault(kinds[0], {}).update(kinds[1])
+            return out
+
+        async def arrived() -> bool:
+            return "m.read.private" in receipts() and "m.read" in receipts()
+
+        await eventually(arrived, "the receipts reached the service")
+        typing = [e for e in receiver.ephemeral if e["type"] == "m.typing"]
+        assert {"type": "m.typing", "room_id": room, "content": {"user_ids": [alice_id]}} in typing
+        # Only rooms the service is interested in, and only its own users' private receipts.
+        assert all(e["room_id"] == room for e in receiver.ephemeral)
+        assert set(receipts()["m.read"]) == {alice_id}
+        assert set(receipts()["m.read.private"]) == {f"@_bridge_bot:{srv.server_name}"}
+
+
+async def test_a_service_that_does_not_ask_gets_no_ephemeral_data(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    as_port = free_port()
+    receiver = Receiver()
+    async with bridged_server(str(tmp_path), as_port) as srv, receiver.running(as_port):
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        room = await service.create_room(preset="public_chat")
+        first = await service.send(room, "hello", "s1")
+        await service.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(first)}", json={})
+        await service.send(room, "after the receipt", "s2")
+
+        async def arrived() -> bool:
+            return receiver.bodies(room)[-1:] == ["after the receipt"]
+
+        await eventually(arrived, "the messages reached the service")
+        assert receiver.ephemeral == []
