@@ -1,39 +1,108 @@
 """/thirdparty/*: third-party networks bridged by application services.
 
-Sotto has no application services, so it knows no protocol: the list is empty, a named
-protocol is unknown (404), and lookups across all protocols find nothing. Clients (Element's
-room directory) ask on startup and take these answers as "no bridges".
+The protocols are those the configured services list in their registrations (`protocols`);
+each lookup is passed to the services that bridge the protocol
+(`/_matrix/app/v1/thirdparty/...`) and their answers are merged. A protocol no service
+lists is unknown (404); without services the list is empty and lookups across all
+protocols find nothing, which clients (Element's room directory) take as "no bridges".
+A service that fails or does not answer within ten seconds is left out of the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+from urllib.parse import quote
+
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response
+from homeserver.appservice.registration import AppService
 from homeserver.errors import not_found
 from homeserver.server import HomeServer
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
+    queries = hs.appservice_queries
+
+    def bridging(protocol: str | None) -> list[AppService]:
+        return [
+            s
+            for s in hs.appservices.services
+            if s.url is not None and (protocol in s.protocols if protocol is not None else s.protocols)
+        ]
+
+    async def ask_all(services: list[AppService], path: str, params: dict[str, str]) -> list[Any]:
+        if queries is None or not services:
+            return []
+        return list(await asyncio.gather(*(queries.thirdparty(s, path, params) for s in services)))
+
     async def protocols(request: web.Request) -> web.Response:
         await hs.auth.get_requester(request)
-        return json_response({})
+        wanted = [(s, p) for s in bridging(None) for p in s.protocols]
+        out: dict[str, Any] = {}
+        answers: list[Any] = []
+        if queries is not None and wanted:
+            asked = (queries.thirdparty(s, f"protocol/{quote(p, safe='')}", {}) for s, p in wanted)
+            answers = list(await asyncio.gather(*asked))
+        for (_, protocol), answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, dict):
+                merge_protocol(out, protocol, answer)
+        return json_response(out)
 
-    async def unknown_protocol(request: web.Request) -> web.Response:
+    async def protocol(request: web.Request) -> web.Response:
         await hs.auth.get_requester(request)
-        raise not_found("Unknown protocol")
+        name = request.match_info["protocol"]
+        out: dict[str, Any] = {}
+        for answer in await ask_all(bridging(name), f"protocol/{quote(name, safe='')}", {}):
+            if isinstance(answer, dict):
+                merge_protocol(out, name, answer)
+        if name not in out:
+            raise not_found("Unknown protocol")
+        return json_response(out[name])
 
-    async def nothing_found(request: web.Request) -> web.Response:
-        await hs.auth.get_requester(request)
-        return json_response([])
+    def lookup(kind: str) -> Any:
+        async def by_protocol(request: web.Request) -> web.Response:
+            await hs.auth.get_requester(request)
+            name = request.match_info["protocol"]
+            services = bridging(name)
+            if not services:
+                raise not_found("Unknown protocol")
+            params = dict(request.query)
+            return json_response(merged(await ask_all(services, f"{kind}/{quote(name, safe='')}", params)))
 
+        async def across(request: web.Request) -> web.Response:
+            await hs.auth.get_requester(request)
+            return json_response(merged(await ask_all(bridging(None), kind, dict(request.query))))
+
+        return by_protocol, across
+
+    location_of, locations = lookup("location")
+    user_of, users = lookup("user")
     app.router.add_routes(
         [
             web.get(V3 + "/thirdparty/protocols", protocols),
-            web.get(V3 + "/thirdparty/protocol/{protocol}", unknown_protocol),
-            web.get(V3 + "/thirdparty/location/{protocol}", unknown_protocol),
-            web.get(V3 + "/thirdparty/user/{protocol}", unknown_protocol),
-            web.get(V3 + "/thirdparty/location", nothing_found),
-            web.get(V3 + "/thirdparty/user", nothing_found),
+            web.get(V3 + "/thirdparty/protocol/{protocol}", protocol),
+            web.get(V3 + "/thirdparty/location/{protocol}", location_of),
+            web.get(V3 + "/thirdparty/user/{protocol}", user_of),
+            web.get(V3 + "/thirdparty/location", locations),
+            web.get(V3 + "/thirdparty/user", users),
         ]
     )
+
+
+def merged(answers: list[Any]) -> list[dict[str, Any]]:
+    """The services' result lists, concatenated (anything that is not a list of objects dropped)."""
+    return [
+        item for answer in answers if isinstance(answer, list) for item in answer if isinstance(item, dict)
+    ]
+
+
+def merge_protocol(out: dict[str, Any], name: str, answer: dict[str, Any]) -> None:
+    """One protocol's metadata; a second service bridging it adds its instances."""
+    if name not in out:
+        out[name] = answer
+        return
+    instances = answer.get("instances")
+    if isinstance(instances, list):
+        out[name].setdefault("instances", []).extend(i for i in instances if isinstance(i, dict))

@@ -11,6 +11,7 @@ answers otherwise, leaves the user or alias unknown (the caller's usual 404).
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -44,6 +45,23 @@ class AppServiceQueries:
             if await self._ask(service, "rooms", alias):
                 return True
         return False
+
+    async def thirdparty(self, service: AppService, path: str, params: dict[str, str]) -> Any:
+        """A service's answer to a third-party lookup (`/_matrix/app/v1/thirdparty/{path}`),
+        or None if it failed."""
+        url = f"{service.url}/_matrix/app/v1/thirdparty/{path}"
+        headers = {"Authorization": f"Bearer {service.hs_token}"}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT_S)) as session,
+                session.get(url, headers=headers, params=params) as resp,
+            ):
+                if not 200 <= resp.status < 300:
+                    return None
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("application service %s: third-party lookup failed: %s", service.id, type(e).__name__)
+            return None
 
     async def _ask(self, service: AppService, kind: str, subject: str) -> bool:
         url = f"{service.url}/_matrix/app/v1/{kind}/{quote(subject, safe='')}"

@@ -433,3 +433,48 @@ async def test_a_service_that_does_not_ask_gets_no_ephemeral_data(
 
         await eventually(arrived, "the messages reached the service")
         assert receiver.ephemeral == []
+
+
+async def test_third_party_lookups_are_asked_of_the_bridge(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    as_port = free_port()
+    asked: list[tuple[str, dict[str, str]]] = []
+    irc = {
+        "user_fields": ["nick"],
+        "location_fields": ["channel"],
+        "icon": "",
+        "field_types": {},
+        "instances": [],
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == f"Bearer {HS_TOKEN}"
+        asked.append((request.path, dict(request.query)))
+        if request.path == "/_matrix/app/v1/thirdparty/protocol/irc":
+            return web.json_response(irc)
+        if request.path.startswith("/_matrix/app/v1/thirdparty/location"):
+            return web.json_response([{"alias": "#_bridge_x:example.org", "protocol": "irc", "fields": {}}])
+        return web.json_response({"errcode": "M_NOT_FOUND"}, status=404)
+
+    bridge = web.Application()
+    bridge.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(bridge)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", as_port).start()
+    try:
+        async with bridged_server(str(tmp_path), as_port, {"protocols": ["irc"]}) as srv:
+            alice_id = await srv.register("alice")
+            token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+            alice = RawClient(http, srv.base_url, token, alice_id)
+            assert await alice.ok("GET", "/thirdparty/protocols") == {"irc": irc}
+            assert await alice.ok("GET", "/thirdparty/protocol/irc") == irc
+            status, _ = await alice.request("GET", "/thirdparty/protocol/xmpp")
+            assert status == 404
+            found = await alice.ok("GET", "/thirdparty/location/irc", params={"channel": "#x"})
+            assert [f["alias"] for f in found] == ["#_bridge_x:example.org"]
+            assert ("/_matrix/app/v1/thirdparty/location/irc", {"channel": "#x"}) in asked
+            # The bridge answered 404 for users: nothing found, not an error.
+            assert await alice.ok("GET", "/thirdparty/user", params={"userid": "@x:example.org"}) == []
+    finally:
+        await runner.cleanup()
