@@ -156,9 +156,12 @@ class AppServiceSender:
             upto = self.hs.db.current_stream_id
             if upto <= position and not typing:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(POLL_S):
                         await self._wake.wait()
+                except TimeoutError:
+                    # Other workers' commits, should their notifications not reach us.
+                    await self.hs.db.refresh_stream_position()
                 continue
             end, wanted = position, []
             if upto > position:

@@ -178,6 +178,8 @@ class SottoProcesses:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
         self.server_name = ""
+        # More top-level config for every process (e.g. app_services).
+        self.extra_config: dict[str, Any] = {}
 
     def _spawn(self, config: Path, port: int, *extra: str) -> None:
         log = open(self.dir / f"serve-{port}.log", "ab")
@@ -195,6 +197,8 @@ class SottoProcesses:
     def _first_config(self) -> tuple[Path, int]:
         port = free_port()
         config = write_config(self.dir, port, self.db_url, self.redis_url, self.channel)
+        if self.extra_config:
+            config.write_text(json.dumps({**json.loads(config.read_text()), **self.extra_config}))
         self.server_name = f"127.0.0.1:{port}"
         # Made once, before any worker starts, as `sotto serve --workers` does.
         load_or_create_signing_key(str(self.dir / "signing.key"))
