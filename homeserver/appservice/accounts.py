@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.appservice.registration import AppService
-from homeserver.errors import Codes, MatrixError, bad_json, missing_param
+from homeserver.errors import Codes, MatrixError, missing_param, optional_bool, optional_str
 from homeserver.handlers.auth import Requester, hash_token
 from homeserver.handlers.uia import user_id_from_identifier
 from homeserver.handlers.users import create_account, validate_localpart
@@ -38,16 +38,9 @@ def appservice_of(hs: HomeServer, request: web.Request) -> AppService:
     return service
 
 
-def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise bad_json(f"{key} must be a string")
-    return value
-
-
 async def register(hs: HomeServer, service: AppService, body: Mapping[str, Any]) -> dict[str, Any]:
     """POST /register with `type: m.login.application_service`."""
-    username = _optional_str(body, "username")
+    username = optional_str(body, "username")
     if not username:
         raise missing_param("username")
     user_id = validate_localpart(username.lower(), hs.server_name)
@@ -64,15 +57,12 @@ async def register(hs: HomeServer, service: AppService, body: Mapping[str, Any])
     )
     log.info("application service %s registered %s", service.id, user_id)
     out: dict[str, Any] = {"user_id": user_id, "home_server": hs.server_name}
-    inhibit = body.get("inhibit_login", False)
-    if not isinstance(inhibit, bool):
-        raise bad_json("inhibit_login must be a boolean")
-    if not inhibit:
+    if not optional_bool(body, "inhibit_login", False):
         out.update(
             await hs.auth.start_session(
                 user_id,
-                _optional_str(body, "device_id"),
-                _optional_str(body, "initial_device_display_name"),
+                optional_str(body, "device_id"),
+                optional_str(body, "initial_device_display_name"),
                 refreshable=False,
             )
         )
@@ -94,8 +84,8 @@ async def login(hs: HomeServer, service: AppService, body: Mapping[str, Any]) ->
         raise MatrixError(403, Codes.USER_DEACTIVATED, "This account has been deactivated")
     session = await hs.auth.start_session(
         user_id,
-        _optional_str(body, "device_id"),
-        _optional_str(body, "initial_device_display_name"),
+        optional_str(body, "device_id"),
+        optional_str(body, "initial_device_display_name"),
         refreshable=False,
     )
     log.info("application service %s logged in as %s", service.id, user_id)

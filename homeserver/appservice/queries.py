@@ -30,19 +30,17 @@ class AppServiceQueries:
 
     async def user(self, user_id: str) -> bool:
         """Whether a service that covers `user_id` answered 200 (it may have registered it)."""
-        if not user_id.endswith(self.local):
-            return False
-        for service in self.services.user_owners(user_id):
-            if await self._ask(service, "users", user_id):
-                return True
-        return False
+        return await self._any_yes(self.services.user_owners(user_id), "users", user_id)
 
     async def alias(self, alias: str) -> bool:
         """Whether a service that covers `alias` answered 200 (it may have created it)."""
-        if not alias.endswith(self.local):
+        return await self._any_yes(self.services.alias_owners(alias), "rooms", alias)
+
+    async def _any_yes(self, services: list[AppService], kind: str, subject: str) -> bool:
+        if not subject.endswith(self.local):
             return False
-        for service in self.services.alias_owners(alias):
-            if await self._ask(service, "rooms", alias):
+        for service in services:
+            if await self._ask(service, kind, subject):
                 return True
         return False
 
