@@ -46,6 +46,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         device_id = request.match_info["device_id"]
         display_name = optional_str(body, "display_name")
+        if requester.appservice is not None:
+            # Application services create devices for their users this way (spec v1.17).
+            now = hs.clock.time_ms()
+            if await hs.accounts.upsert_device(requester.user_id, device_id, display_name, now):
+                return json_response({}, status=201)
         if display_name is None:
             # Nothing to change, but an unknown device is still a 404.
             await devices.get_device(requester.user_id, device_id)
@@ -57,6 +62,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         requester = await auth.get_requester(request)
         body = await read_json(request, allow_empty=True)
         device_id = request.match_info["device_id"]
+        if requester.appservice is not None:  # no UIA for application services (the spec)
+            await devices.delete_devices(requester.user_id, [device_id])
+            return json_response({})
         result = await uia.check(
             operation=f"DELETE /devices/{device_id}",
             flows=DELETE_FLOWS,
@@ -75,6 +83,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise missing_param("devices")
         if not isinstance(device_ids, list) or not all(isinstance(d, str) for d in device_ids):
             raise bad_json("devices must be a list of device IDs")
+        if requester.appservice is not None:
+            await devices.delete_devices(requester.user_id, device_ids)
+            return json_response({})
         result = await uia.check(
             operation="POST /delete_devices",
             flows=DELETE_FLOWS,

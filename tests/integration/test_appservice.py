@@ -411,3 +411,33 @@ async def test_third_party_lookups_are_asked_of_the_bridge(
             assert await alice.ok("GET", "/thirdparty/user", params={"userid": "@x:example.org"}) == []
     finally:
         await runner.cleanup()
+
+
+async def test_a_service_manages_its_users_devices_without_uia(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    async with bridged_server(str(tmp_path), free_port()) as srv:
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        register = {"type": "m.login.application_service", "inhibit_login": True, "username": "_bridge_dev"}
+        dave = (await service.ok("POST", "/register", json=register))["user_id"]
+        as_dave = {"user_id": dave}
+        status, _ = await service.request("PUT", "/devices/BRIDGEDEV?user_id=" + quote(dave), json={})
+        assert status == 201  # created (the spec: only application services may)
+        status, _ = await service.request(
+            "PUT", "/devices/BRIDGEDEV?user_id=" + quote(dave), json={"display_name": "bridge"}
+        )
+        assert status == 200  # updated
+        listed = (await service.ok("GET", "/devices", params=as_dave))["devices"]
+        assert [(d["device_id"], d.get("display_name")) for d in listed] == [("BRIDGEDEV", "bridge")]
+        params = {"user_id": dave, "device_id": "BRIDGEDEV"}
+        assert (await service.ok("GET", "/account/whoami", params=params))["device_id"] == "BRIDGEDEV"
+        await service.ok("DELETE", "/devices/BRIDGEDEV?user_id=" + quote(dave), json={})
+        assert (await service.ok("GET", "/devices", params=as_dave))["devices"] == []
+        # People still cannot create devices, and deleting one needs their password.
+        alice_id = await srv.register("alice")
+        token, device = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        status, _ = await alice.request("PUT", "/devices/NEWDEVICE", json={})
+        assert status == 404
+        status, body = await alice.request("DELETE", f"/devices/{device}", json={})
+        assert status == 401 and "flows" in body
