@@ -5,7 +5,9 @@ a transaction's `ephemeral` list.
 Receipts are read from the database by stream position, alongside the events, so every
 worker's receipts reach the sender. Typing lives in memory: the sender's worker learns of
 every change (its own, and other workers' through Redis) from `TypingHandler.observers`,
-and sends a room's current typers once per change. Presence is not sent.
+and sends a room's current typers once per change. Presence changes are read by stream
+position too: a user's presence goes to a service that owns the user or is interested in
+one of the rooms the user is joined to.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 from sqlalchemy import select
 
 from homeserver.appservice.registration import AppService
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.server import HomeServer
+from homeserver.storage.presence import PresenceRow, PresenceStore
 from homeserver.storage.schema import receipts
 
 _PRIVATE = "m.read.private"
@@ -52,3 +56,14 @@ def receipt_edu(service: AppService, room_id: str, rows: list[Any]) -> dict[str,
             data["thread_id"] = thread_id
         content.setdefault(event_id, {}).setdefault(receipt_type, {})[user_id] = data
     return {"type": "m.receipt", "room_id": room_id, "content": content} if content else None
+
+
+async def presence_between(hs: HomeServer, after: int, upto: int) -> list[PresenceRow]:
+    return await PresenceStore(hs.db).changed_between(after, upto)
+
+
+def presence_edu(row: PresenceRow, now: int) -> dict[str, Any]:
+    content = PresenceHandler._content(
+        row.state, row.status_msg, row.last_active_ts, row.currently_active, now
+    )
+    return {"type": "m.presence", "sender": row.user_id, "content": content}

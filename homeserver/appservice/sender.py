@@ -37,7 +37,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
-from homeserver.appservice.ephemeral import receipt_edu, receipts_between, typing_edu
+from homeserver.appservice.ephemeral import (
+    presence_between,
+    presence_edu,
+    receipt_edu,
+    receipts_between,
+    typing_edu,
+)
 from homeserver.appservice.registration import AppService
 from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
@@ -190,7 +196,21 @@ class AppServiceSender:
                     edu = receipt_edu(service, room_id, rows)
                     if edu is not None:
                         edus.append(edu)
+            now = self.hs.clock.time_ms()
+            for row in await presence_between(self.hs, after, upto):
+                if await self._user_wanted(service, row.user_id):
+                    edus.append(presence_edu(row, now))
         return edus
+
+    async def _user_wanted(self, service: AppService, user_id: str) -> bool:
+        """Whether a user's presence concerns the service: its own user, or a member of a
+        room it is interested in."""
+        if user_id.endswith(":" + self.hs.server_name) and service.owns_user(user_id):
+            return True
+        for room_id, membership, _, _ in await self.hs.events.get_memberships_for_user(user_id):
+            if membership == "join" and await self._room_wanted(service, room_id):
+                return True
+        return False
 
     async def _read(self, after: int, upto: int) -> list[StoredEvent]:
         q = (

@@ -42,6 +42,12 @@ class PresenceStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    async def changed_between(self, after: int, upto: int) -> list[PresenceRow]:
+        """Everyone whose presence changed in (after, upto], in stream order."""
+        q = select(*_COLS).where(presence.c.stream_id > after, presence.c.stream_id <= upto)
+        async with self.db.read() as conn:
+            return [_row(r) for r in await conn.execute(q.order_by(presence.c.stream_id))]
+
     async def get(self, user_id: str) -> PresenceRow | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(*_COLS).where(presence.c.user_id == user_id))).first()

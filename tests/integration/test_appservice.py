@@ -328,6 +328,15 @@ async def test_typing_and_receipts_reach_a_service_that_asks(
         await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(first)}", json={})
         await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read.private/{quote(first)}", json={})
         await service.ok("POST", f"/rooms/{quote(room)}/receipt/m.read.private/{quote(first)}", json={})
+        # Presence: of a member of the bridged room, not of a stranger.
+        await alice.ok(
+            "PUT", f"/presence/{quote(alice_id)}/status", json={"presence": "online", "status_msg": "hi"}
+        )
+        bob_id = await srv.register("bob")
+        bob_token, _ = await srv.hs.auth.create_session(bob_id, None, None)
+        bob = RawClient(http, srv.base_url, bob_token, bob_id)
+        assert (await bob.join(elsewhere))[0] == 200  # a room the service is not in
+        await bob.ok("PUT", f"/presence/{quote(bob_id)}/status", json={"presence": "online"})
 
         def receipts() -> dict[str, Any]:
             out: dict[str, Any] = {}
@@ -337,14 +346,28 @@ async def test_typing_and_receipts_reach_a_service_that_asks(
                         out.setdefault(kinds[0], {}).update(kinds[1])
             return out
 
+        def presence() -> list[dict[str, Any]]:
+            return [e for e in receiver.ephemeral if e["type"] == "m.presence"]
+
         async def arrived() -> bool:
-            return "m.read.private" in receipts() and "m.read" in receipts()
+            return "m.read.private" in receipts() and "m.read" in receipts() and bool(presence())
 
         await eventually(arrived, "the receipts reached the service")
         typing = [e for e in receiver.ephemeral if e["type"] == "m.typing"]
         assert {"type": "m.typing", "room_id": room, "content": {"user_ids": [alice_id]}} in typing
+        # Everything written before this message has been through the sender once it arrives.
+        await alice.send(room, "marker", "a9")
+
+        async def marked() -> bool:
+            return receiver.bodies(room)[-1:] == ["marker"]
+
+        await eventually(marked, "the marker arrived")
+        # Alice's (and the bot's own, active through its requests), never the stranger's.
+        senders = {p["sender"]: p["content"] for p in presence()}
+        assert alice_id in senders and bob_id not in senders
+        assert senders[alice_id]["presence"] == "online" and senders[alice_id]["status_msg"] == "hi"
         # Only rooms the service is interested in, and only its own users' private receipts.
-        assert all(e["room_id"] == room for e in receiver.ephemeral)
+        assert all(e["room_id"] == room for e in receiver.ephemeral if e["type"] != "m.presence")
         assert set(receipts()["m.read"]) == {alice_id}
         assert set(receipts()["m.read.private"]) == {f"@_bridge_bot:{srv.server_name}"}
 
