@@ -71,7 +71,8 @@ class AppServiceSender:
     def __init__(self, hs: HomeServer) -> None:
         self.hs = hs
         self.services = [s for s in hs.appservices.services if s.url is not None]
-        self._wake = asyncio.Event()
+        # One per service: each task clears its own before it waits.
+        self._wakes = {s.id: asyncio.Event() for s in self.services}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._interest: dict[tuple[str, str], bool] = {}
@@ -87,7 +88,7 @@ class AppServiceSender:
         await self._ensure_bots()
         if not self.services:
             return
-        self.hs.notifier.room_observers.append(self._wake.set)
+        self.hs.notifier.room_observers.append(self._wake_all)
         if self._typing:
             self.hs.typing.observers.append(self._on_typing)
         self.leader = self.hs.db.leader(LEADER)
@@ -148,23 +149,30 @@ class AppServiceSender:
                 log.exception("application service %s: sending failed; starting again", service.id)
                 await asyncio.sleep(RETRY_MIN_S)
 
+    def _wake_all(self) -> None:
+        for wake in self._wakes.values():
+            wake.set()
+
     def _on_typing(self, room_id: str) -> None:
         for rooms in self._typing.values():
             rooms.add(room_id)
-        self._wake.set()
+        self._wake_all()
 
     async def _follow(self, service: AppService) -> None:
         position, txn_id, pending = await self._load(service)
         if pending is not None:
             position, txn_id = await self._resend(service, pending)
         typing = self._typing.get(service.id)
+        wake = self._wakes[service.id]
         while True:
+            # Cleared before the position is read: a commit after this read wakes the wait
+            # (the stream position moves before the notification).
+            wake.clear()
             upto = self.hs.db.current_stream_id
             if upto <= position and not typing:
-                self._wake.clear()
                 try:
                     async with asyncio.timeout(POLL_S):
-                        await self._wake.wait()
+                        await wake.wait()
                 except TimeoutError:
                     # Other workers' commits, should their notifications not reach us.
                     await self.hs.db.refresh_stream_position()
