@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from homeserver.api.sync import LONG_POLLS_KEY
+from homeserver.appservice.sender import AppServiceSender
 from homeserver.errors import Codes, MatrixError
 from homeserver.forwarding import RoomForwarding
 from homeserver.server import HomeServer
@@ -28,6 +29,24 @@ class _BatchCollector(Collector):
         yield CounterMetricFamily(
             "sotto_batched_messages", "Messages committed in group commits", creator.batched_messages
         )
+        for service in self.hs.background:
+            if isinstance(service, AppServiceSender):
+                yield from (
+                    CounterMetricFamily(name, doc, value)
+                    for name, doc, value in (
+                        (
+                            "sotto_appservice_transactions",
+                            "Transactions application services took",
+                            service.sent_transactions,
+                        ),
+                        ("sotto_appservice_events", "Events in them", service.sent_events),
+                        (
+                            "sotto_appservice_failed_attempts",
+                            "Attempts to send a transaction that failed (retried with backoff)",
+                            service.failed_attempts,
+                        ),
+                    )
+                )
         forwarding = creator.forwarder
         if isinstance(forwarding, RoomForwarding):
             # Labelled with the worker's index: the workers share a port, so a scrape reaches any.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -219,6 +220,10 @@ async def test_transactions_wait_for_the_service_and_are_never_replayed(
                 # Two answers were 500: the same transaction came back each time.
                 assert receiver.attempts[:3] == [receiver.attempts[0]] * 3
                 assert receiver.tokens == {f"Bearer {HS_TOKEN}"}
+                async with http.get(srv.base_url + "/metrics") as resp:
+                    metrics = await resp.text()
+                failed = re.search(r"^sotto_appservice_failed_attempts_total (\S+)$", metrics, re.M)
+                assert failed is not None and float(failed.group(1)) >= 3  # unreachable, then two 500s
                 first_txns = [t for t, _ in receiver.transactions]
                 name = srv.server_name
         # Restarted on the same database: only what is new is sent, under new IDs.
