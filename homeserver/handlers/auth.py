@@ -300,7 +300,10 @@ class AuthHandler:
                 bool(user.get("locked")),
                 bool(user.get("suspended")),
             )
-            self._cache.put(key, info, generation)
+            if not device_id:
+                # A device can be deleted without this cache hearing of it (its tokens are
+                # dropped by hash): only device-less identities are kept.
+                self._cache.put(key, info, generation)
         if info.locked:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         return Requester(

@@ -461,6 +461,8 @@ async def test_a_service_manages_its_users_devices_without_uia(
         assert (await service.ok("GET", "/account/whoami", params=params))["device_id"] == "BRIDGEDEV"
         await service.ok("DELETE", "/devices/BRIDGEDEV?user_id=" + quote(dave), json={})
         assert (await service.ok("GET", "/devices", params=as_dave))["devices"] == []
+        status, body = await service.request("GET", "/account/whoami", params=params)
+        assert (status, body["errcode"]) == (400, "M_UNKNOWN_DEVICE")  # gone, not cached
         # People still cannot create devices, and deleting one needs their password.
         alice_id = await srv.register("alice")
         token, device = await srv.hs.auth.create_session(alice_id, None, None)
