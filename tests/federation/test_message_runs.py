@@ -9,9 +9,11 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from bridge.service import Federation
 from homeserver.events import Event, pdu_json
+from homeserver.storage.schema import current_state
 from tests.federation.support import (
     CertAuthority,
     Client,
@@ -200,4 +202,30 @@ async def test_a_run_whose_write_fails_is_taken_event_by_event(
             answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "write-fails")
         assert failures == [1]
         assert answers == {e.event_id: {} for e in chain}
+        assert (await room_bodies(alice, room_id))[-3:] == ["run 0", "run 1", "run 2"]
+
+
+async def test_a_run_whose_state_is_not_the_rooms_current_state_takes_the_full_checks(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    # A safety net: the run's prev is the room's only extremity, yet the state before the
+    # run differs from the room's current state (here forced by pointing the current topic
+    # back at an older topic event). Storing the run with its own state would then leave
+    # the current state wrong under the run: it takes the full checks instead.
+    async with joined_pair(test_ca, tmp_dirs) as (a, b, alice, bob, room_id):
+        fa = federation_of(a)
+        older = await alice.state(room_id, "m.room.topic", {"topic": "one"})
+        await alice.state(room_id, "m.room.topic", {"topic": "two"})
+        async with a.hs.db.write() as conn:
+            await conn.execute(
+                update(current_state)
+                .where(current_state.c.room_id == room_id, current_state.c.type == "m.room.topic")
+                .values(event_id=older)
+            )
+        a.hs.events.invalidate_room(room_id)
+        chain = await forge_chain(a, b, room_id, [bob.user_id] * 3)
+        before = _counts(fa)
+        answers = await send_pdus(b, a, [pdu_json(e) for e in chain], "drifted")
+        assert answers == {e.event_id: {} for e in chain}
+        assert _counts(fa)[0] == before[0] and _counts(fa)[2] == before[2] + 1
         assert (await room_bodies(alice, room_id))[-3:] == ["run 0", "run 1", "run 2"]
