@@ -6,6 +6,7 @@
     python -m bench.profile sync      # idle-room incremental syncs, back to back
     python -m bench.profile latency   # one send at a time to a member parked in /sync
     python -m bench.profile federation  # a second Sotto sends; the receiving server is profiled
+    python -m bench.profile appservice  # `send`, with an application service in the room
     python -m bench.profile send --no-sample   # the load alone, for before/after runs
 
 The server runs as in the benchmarks (pinned to CPU 0, load generator on CPU 1);
@@ -26,14 +27,19 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import psutil
+import yaml
 
 from bench.client import SYNC_FILTER, Client, gather_limited, new_session, timeline_event_ids
 from bench.federation import fed_pair
 from bench.scenarios import Settings, _drive, latency_round, make_users, room_with, rooms_of_two
 from bench.targets import SottoTarget, cpu_seconds
 from tests.federation.support import make_ca
+from tests.support.appservice import AS_TOKEN, Receiver, write_registration
+from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -185,6 +191,40 @@ async def load_federation(target: SottoTarget, seconds: float, cpu: Cpu) -> Outc
     return text, used, messages, "message"
 
 
+def _service_port(target: SottoTarget) -> int:
+    """The port in the registration's URL, where the receiver listens."""
+    registration = yaml.safe_load(Path(target.extra_config["app_services"][0]).read_text())
+    return int(registration["url"].rsplit(":", 1)[1])
+
+
+async def load_appservice(target: SottoTarget, seconds: float, cpu: Cpu) -> Outcome:
+    """`send` in a room an application service is in (its bot joined): every message is also
+    pushed to the service, a bare receiver in this process (on CPU 1). Reports how many the
+    service got and how long after the last send it had them all."""
+    receiver = Receiver()
+    async with receiver.running(_service_port(target)), new_session() as session:
+        users = await make_users(target, session, "pa", 10)
+        room_id = await room_with(users[0], users[1:])
+        bot = Client(session, target.base_url, "", AS_TOKEN)
+        await bot.call("POST", f"/join/{quote(room_id)}", {})
+        start = cpu()
+        rate, _, _ = await _drive([(u, room_id) for u in users], seconds, 0.0)
+        sent_at = time.perf_counter()
+        await users[0].send(room_id, "last")
+        for _ in range(600):
+            if receiver.bodies(room_id)[-1:] == ["last"]:
+                break
+            await asyncio.sleep(0.05)
+        lag = time.perf_counter() - sent_at
+        used = cpu() - start
+    got = len(receiver.bodies(room_id))
+    text = (
+        f"{rate:.0f} msgs/s sent; the service got {got} in {len(receiver.transactions)} transactions, "
+        f"all of them {1000 * lag:.0f} ms after the last send"
+    )
+    return text, used, got, "message"
+
+
 LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
     "send": load_send,
     "rooms": load_rooms,
@@ -192,6 +232,7 @@ LOADS: dict[str, Callable[[SottoTarget, float, Cpu], Awaitable[Outcome]]] = {
     "sync": load_sync,
     "latency": load_latency,
     "federation": load_federation,
+    "appservice": load_appservice,
 }
 
 
@@ -209,7 +250,12 @@ async def main_async(
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
     ca = make_ca(str(workdir / "ca")) if name == "federation" or federation else None
-    target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0}, ca=ca)
+    extra: dict[str, Any] = {}
+    if name == "appservice":
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        extra = {"app_services": [write_registration(str(workdir), port)]}
+    target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0}, ca=ca, extra_config=extra)
     await target.start()
     server = psutil.Process(target.pids()[0])
 

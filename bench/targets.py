@@ -198,10 +198,13 @@ class SottoTarget(Target):
         workers: int = 1,
         cpus: set[int] | None = None,
         ca: CertAuthority | None = None,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name, workdir, cpus, ca)
         self.database = database
         self.workers = workers
+        # More top-level config (e.g. app_services for the appservice profile).
+        self.extra_config = extra_config or {}
         self.pg_name: str | None = None
 
     @property
@@ -256,6 +259,7 @@ class SottoTarget(Target):
                 "retry_min_ms": 200,
                 "retry_max_ms": 2000,
             }
+        config.update(self.extra_config)
         path = self.dir / "homeserver.yaml"
         path.write_text(json.dumps(config, indent=1))
         env = dict(os.environ)

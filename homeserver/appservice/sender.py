@@ -49,7 +49,6 @@ from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
 from homeserver.storage.cs_schema import appservice_state
 from homeserver.storage.event_types import StoredEvent
-from homeserver.storage.schema import events
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ RETRY_MAX_S = 300.0
 REQUEST_TIMEOUT_S = 30.0
 # Without a wake-up (e.g. another worker's writes with no Redis), the stream is read this often.
 POLL_S = 1.0
+# Progress is written at least this often under a steady stream (see _follow).
+SAVE_EVERY_S = 5.0
 # (service, room) interest answers kept between member or alias changes.
 MAX_CACHED_ROOMS = 10_000
 _MEMBERSHIP_TYPES = ("m.room.member", "m.room.canonical_alias")
@@ -164,12 +165,20 @@ class AppServiceSender:
             position, txn_id = await self._resend(service, pending)
         typing = self._typing.get(service.id)
         wake = self._wakes[service.id]
+        loop = asyncio.get_running_loop()
+        # Progress is recorded with the next transaction's record (one write per transaction),
+        # when the stream runs dry, or every SAVE_EVERY_S: a crash in between resends the
+        # last transaction, under its ID, which the spec allows for.
+        unsaved, saved_at = False, loop.time()
         while True:
             # Cleared before the position is read: a commit after this read wakes the wait
             # (the stream position moves before the notification).
             wake.clear()
             upto = self.hs.db.current_stream_id
             if upto <= position and not typing:
+                if unsaved:
+                    await self._save(service, position, txn_id, None)
+                    unsaved, saved_at = False, loop.time()
                 try:
                     async with asyncio.timeout(POLL_S):
                         await wake.wait()
@@ -179,7 +188,7 @@ class AppServiceSender:
                 continue
             end, wanted = position, []
             if upto > position:
-                found = await self._read(position, upto)
+                found = await self.hs.events.events_between(position, upto, BATCH)
                 end = found[-1].stream_id if len(found) == BATCH else upto
                 wanted = [s for s in found if await self._interested(service, s)]
             edus = await self._ephemeral(service, position, end) if typing is not None else []
@@ -188,9 +197,12 @@ class AppServiceSender:
                 event_ids = [s.event.event_id for s in wanted]
                 pending = {"txn_id": txn_id, "event_ids": event_ids, "ephemeral": edus, "upto": end}
                 await self._save(service, position, txn_id - 1, pending)
+                saved_at = loop.time()
                 await self._deliver(service, txn_id, wanted, edus)
-            position = end
-            await self._save(service, position, txn_id, None)
+            position, unsaved = end, True
+            if loop.time() - saved_at >= SAVE_EVERY_S:
+                await self._save(service, position, txn_id, None)
+                unsaved, saved_at = False, loop.time()
 
     async def _ephemeral(self, service: AppService, after: int, upto: int) -> list[dict[str, Any]]:
         """The service's typing changes (those noted so far) and receipts in (after, upto]."""
@@ -219,18 +231,6 @@ class AppServiceSender:
             if membership == "join" and await self._room_wanted(service, room_id):
                 return True
         return False
-
-    async def _read(self, after: int, upto: int) -> list[StoredEvent]:
-        q = (
-            select(events.c.event_id)
-            .where(events.c.stream_id > after, events.c.stream_id <= upto, events.c.outlier.is_(False))
-            .order_by(events.c.stream_id)
-            .limit(BATCH)
-        )
-        async with self.hs.db.read() as conn:
-            ids = [r[0] for r in await conn.execute(q)]
-        found = await self.hs.events.get_events(ids)
-        return sorted(found.values(), key=lambda s: s.stream_id)
 
     async def _resend(self, service: AppService, pending: dict[str, Any]) -> tuple[int, int]:
         """The transaction in flight when the last leader stopped, sent again unchanged."""

@@ -223,6 +223,18 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         """The EventSource protocol for state resolution and auth checks."""
         return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
 
+    async def events_between(self, after: int, upto: int, limit: int) -> list[StoredEvent]:
+        """The first `limit` timeline events (any room) with after < stream_id <= upto, in
+        stream order: the event stream, as an application service is sent it."""
+        q = (
+            select(*self._cols)
+            .where(events.c.stream_id > after, events.c.stream_id <= upto, events.c.outlier.is_(False))
+            .order_by(events.c.stream_id)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            return await self._load(conn, q)
+
     async def room_events(
         self,
         room_id: str,
