@@ -18,6 +18,7 @@ from aiohttp.typedefs import Middleware
 from sqlalchemy import func, select
 
 from bridge.client import FederationClient, FederationError, RemoteError, fed_path
+from bridge.directory import FederatedDirectory
 from bridge.discovery import AddressFilter
 from bridge.e2ee import FederatedE2EE
 from bridge.edus import EduHandler, room_servers
@@ -36,6 +37,7 @@ from bridge.state import EventStateInfo, StateTracker
 from bridge.store import FederationStore
 from bridge.timestamps import FederatedTimestamps
 from bridge.tls import client_context, server_context
+from homeserver.api.directory import get_room_directory
 from homeserver.api.keys import e2ee_services
 from homeserver.api.profile import get_profile_handler
 from homeserver.errors import Codes, MatrixError
@@ -461,6 +463,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     media = FederatedMedia(hs, cs_services(app, hs).media, fed.client)
     media.install()
     fed.extra_routes.extend(media.routes())
+    directory = FederatedDirectory(get_room_directory(app, hs), fed.client)
+    directory.install()
+    fed.extra_routes.extend(directory.routes())
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.appservice.accounts import refuse_claimed_alias
 from homeserver.errors import Codes, MatrixError, forbidden, require_str
 from homeserver.handlers.power import can_send_state
+from homeserver.handlers.room_directory import DEFAULT_LIMIT, DirectoryQuery, RoomDirectory
 from homeserver.server import HomeServer
 from homeserver.storage.schema import rooms as rooms_table
 
@@ -17,6 +16,16 @@ from homeserver.storage.schema import rooms as rooms_table
 def _check_alias(alias: str, server_name: str) -> None:
     if not alias.startswith("#") or ":" not in alias or len(alias.encode()) > 255:
         raise MatrixError(400, Codes.INVALID_PARAM, "Invalid room alias")
+
+
+ROOM_DIRECTORY_KEY = web.AppKey("sotto.room_directory", RoomDirectory)
+
+
+def get_room_directory(app: web.Application, hs: HomeServer) -> RoomDirectory:
+    """The app's public room directory (federation answers other servers from it)."""
+    if ROOM_DIRECTORY_KEY not in app:
+        app[ROOM_DIRECTORY_KEY] = RoomDirectory(hs.db, hs.events, hs.server_name)
+    return app[ROOM_DIRECTORY_KEY]
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -95,82 +104,23 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await hs.events.set_room_public(room_id, visibility == "public")
         return json_response({})
 
+    directory = get_room_directory(app, hs)
+
     async def public_rooms(request: web.Request) -> web.Response:
-        body: dict[str, Any] = {}
         if request.method == "POST":
             await auth.get_requester(request)
-            body = await read_json(request, allow_empty=True)
-            limit = body.get("limit", 100)
-            since = body.get("since")
-            search = (body.get("filter") or {}).get("generic_search_term")
+            query = DirectoryQuery.from_body(await read_json(request, allow_empty=True))
         else:
-            limit = query_int(request, "limit", 100)
-            since = request.query.get("since")
-            search = None
-        from sqlalchemy import select
-
-        async with hs.db.read() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(rooms_table.c.room_id)
-                    .where(rooms_table.c.is_public.is_(True))
-                    .order_by(rooms_table.c.created_ts)
-                )
-            ]
-        chunk = []
-        for room_id in ids:
-            state = await hs.events.get_current_state(
-                room_id,
-                types=[
-                    "m.room.name",
-                    "m.room.topic",
-                    "m.room.canonical_alias",
-                    "m.room.avatar",
-                    "m.room.join_rules",
-                    "m.room.history_visibility",
-                    "m.room.guest_access",
-                    "m.room.create",
-                ],
-            )
-            members = await hs.events.get_room_members(room_id)
-
-            def get(type_: str, key: str, state: Any = state) -> Any:
-                s = state.get((type_, ""))
-                return s.event.content.get(key) if s else None
-
-            entry: dict[str, Any] = {
-                "room_id": room_id,
-                "num_joined_members": len(members),
-                "world_readable": get("m.room.history_visibility", "history_visibility") == "world_readable",
-                "guest_can_join": get("m.room.guest_access", "guest_access") == "can_join",
-                "join_rule": get("m.room.join_rules", "join_rule") or "public",
+            paging = {
+                "limit": query_int(request, "limit", DEFAULT_LIMIT),
+                "since": request.query.get("since"),
             }
-            for key, (t, k) in {
-                "name": ("m.room.name", "name"),
-                "topic": ("m.room.topic", "topic"),
-                "canonical_alias": ("m.room.canonical_alias", "alias"),
-                "avatar_url": ("m.room.avatar", "url"),
-                "room_type": ("m.room.create", "type"),
-            }.items():
-                value = get(t, k)
-                if isinstance(value, str):
-                    entry[key] = value
-            if search and isinstance(search, str):
-                hay = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
-                if search.lower() not in hay:
-                    continue
-            chunk.append(entry)
-        chunk.sort(key=lambda e: -int(e["num_joined_members"]))
-        start = int(since) if isinstance(since, str) and since.isdigit() else 0
-        limit = int(limit) if isinstance(limit, int) and limit > 0 else 100
-        page = chunk[start : start + limit]
-        out: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(chunk)}
-        if start + limit < len(chunk):
-            out["next_batch"] = str(start + limit)
-        if start > 0:
-            out["prev_batch"] = str(max(0, start - limit))
-        return json_response(out)
+            query = DirectoryQuery.from_body(paging)
+        server = request.query.get("server")
+        if server is not None and server != hs.server_name:
+            # Asking another server is for this server's users: no anonymous proxying.
+            await auth.get_requester(request)
+        return json_response(await directory.public_rooms(query, server))
 
     app.router.add_routes(
         [

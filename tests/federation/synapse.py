@@ -119,6 +119,10 @@ class SynapseServer:
             "default_room_version": self.default_room_version,
             "presence": {"enabled": False},
             "url_preview_enabled": False,
+            # Its room directory open to other servers, and publishing open to its users
+            # (neither is Synapse's default): the directory tests list it from Sotto.
+            "allow_public_rooms_over_federation": True,
+            "room_list_publication_rules": [{"action": "allow"}],
             "rc_message": unlimited,
             "rc_registration": unlimited,
             "rc_login": {"address": unlimited, "account": unlimited, "failed_attempts": unlimited},

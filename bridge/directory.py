@@ -1,0 +1,63 @@
+"""The public room directory over federation.
+
+Inbound: `GET` and `POST /_matrix/federation/v1/publicRooms` answer other servers with
+this server's published rooms (the same list its own clients see). Outbound: a client's
+`publicRooms?server=other` asks that server, with `GET` (paging only) or `POST` (with a
+search term), and passes its answer on after checking its shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bridge.client import FederationClient, FederationError, RemoteError
+from homeserver.errors import Codes, MatrixError
+from homeserver.handlers.room_directory import DirectoryQuery, RoomDirectory
+
+PATH = "/_matrix/federation/v1/publicRooms"
+
+
+class FederatedDirectory:
+    def __init__(self, directory: RoomDirectory, client: FederationClient) -> None:
+        self.directory = directory
+        self.client = client
+
+    def install(self) -> None:
+        self.directory.remote = self.remote_public_rooms
+
+    def routes(self) -> list[tuple[str, str, Any]]:
+        async def get(request: web.Request, origin: str, content: Any) -> Any:
+            raw = request.query.get("limit", "0")
+            if not raw.isdigit():
+                raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
+            body: dict[str, Any] = {"limit": int(raw), "since": request.query.get("since")}
+            return await self.directory.local(DirectoryQuery.from_body(body))
+
+        async def post(request: web.Request, origin: str, content: Any) -> Any:
+            if not isinstance(content, dict):
+                raise MatrixError(400, Codes.BAD_JSON, "Request body must be a JSON object")
+            return await self.directory.local(DirectoryQuery.from_body(content))
+
+        return [("GET", PATH, get), ("POST", PATH, post)]
+
+    async def remote_public_rooms(self, server: str, query: DirectoryQuery) -> dict[str, Any]:
+        try:
+            if query.search:
+                body = await self.client.post(server, PATH, query.as_body())
+            else:
+                params = {"limit": str(query.limit)}
+                if query.since is not None:
+                    params["since"] = query.since
+                body = await self.client.get(server, PATH, query=params)
+        except RemoteError as e:
+            raise MatrixError(502, Codes.UNKNOWN, f"The server answered {e.status}") from None
+        except FederationError:
+            raise MatrixError(502, Codes.UNKNOWN, "Could not reach the server") from None
+        if not isinstance(body, dict) or not isinstance(body.get("chunk"), list):
+            raise MatrixError(502, Codes.UNKNOWN, "Malformed room directory from the server")
+        body["chunk"] = [
+            r for r in body["chunk"] if isinstance(r, dict) and isinstance(r.get("room_id"), str)
+        ]
+        return body

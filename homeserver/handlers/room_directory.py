@@ -1,0 +1,137 @@
+"""The public room directory (`publicRooms`): this server's published rooms, for its own
+clients and for other servers (`/_matrix/federation/v1/publicRooms`), and other servers'
+directories for this server's clients (`?server=`, through `remote`).
+
+Rooms are listed by joined members, most first, and paged with a numeric `since` token. A
+search term matches the name, topic or canonical alias, case-insensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.storage.engine import Database
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.schema import rooms as rooms_table
+
+DEFAULT_LIMIT = 100
+# Strings of the room's state that a directory entry carries: key -> (event type, content key).
+_STRINGS = {
+    "name": ("m.room.name", "name"),
+    "topic": ("m.room.topic", "topic"),
+    "canonical_alias": ("m.room.canonical_alias", "alias"),
+    "avatar_url": ("m.room.avatar", "url"),
+    "room_type": ("m.room.create", "type"),
+}
+_STATE_TYPES = [
+    *{t for t, _ in _STRINGS.values()},
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryQuery:
+    limit: int = DEFAULT_LIMIT
+    since: str | None = None
+    search: str | None = None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> DirectoryQuery:
+        """A POST body's (or a federation request's) paging and filter, checked."""
+        limit = body.get("limit", DEFAULT_LIMIT)
+        since = body.get("since")
+        filter_ = body.get("filter") or {}
+        if not isinstance(filter_, dict):
+            raise MatrixError(400, Codes.BAD_JSON, "filter must be an object")
+        search = filter_.get("generic_search_term")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
+        if since is not None and not isinstance(since, str):
+            raise MatrixError(400, Codes.BAD_JSON, "since must be a string")
+        if search is not None and not isinstance(search, str):
+            raise MatrixError(400, Codes.BAD_JSON, "filter.generic_search_term must be a string")
+        return cls(limit or DEFAULT_LIMIT, since, search or None)
+
+    def as_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"limit": self.limit}
+        if self.since is not None:
+            body["since"] = self.since
+        if self.search:
+            body["filter"] = {"generic_search_term": self.search}
+        return body
+
+
+# (server, query) -> that server's answer, for `?server=` (set by federation when enabled).
+RemoteDirectory = Callable[[str, DirectoryQuery], Awaitable[dict[str, Any]]]
+
+
+class RoomDirectory:
+    def __init__(self, db: Database, events: EventStore, server_name: str) -> None:
+        self.db = db
+        self.events = events
+        self.server_name = server_name
+        self.remote: RemoteDirectory | None = None
+
+    async def public_rooms(self, query: DirectoryQuery, server: str | None = None) -> dict[str, Any]:
+        if server is not None and server != self.server_name:
+            if self.remote is None:
+                raise MatrixError(404, Codes.NOT_FOUND, "Federation is not enabled: no other server's rooms")
+            return await self.remote(server, query)
+        return await self.local(query)
+
+    async def local(self, query: DirectoryQuery) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    select(rooms_table.c.room_id)
+                    .where(rooms_table.c.is_public.is_(True))
+                    .order_by(rooms_table.c.created_ts)
+                )
+            ]
+        chunk = []
+        for room_id in ids:
+            entry = await self.entry(room_id)
+            if query.search:
+                hay = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
+                if query.search.lower() not in hay:
+                    continue
+            chunk.append(entry)
+        chunk.sort(key=lambda e: -int(e["num_joined_members"]))
+        start = int(query.since) if query.since is not None and query.since.isdigit() else 0
+        page = chunk[start : start + query.limit]
+        out: dict[str, Any] = {"chunk": page, "total_room_count_estimate": len(chunk)}
+        if start + query.limit < len(chunk):
+            out["next_batch"] = str(start + query.limit)
+        if start > 0:
+            out["prev_batch"] = str(max(0, start - query.limit))
+        return out
+
+    async def entry(self, room_id: str) -> dict[str, Any]:
+        """One room's PublishedRoomsChunk."""
+        state = await self.events.get_current_state(room_id, types=_STATE_TYPES)
+        members = await self.events.get_room_members(room_id)
+
+        def get(type_: str, key: str, found: dict[tuple[str, str], StoredEvent] = state) -> Any:
+            s = found.get((type_, ""))
+            return s.event.content.get(key) if s else None
+
+        entry: dict[str, Any] = {
+            "room_id": room_id,
+            "num_joined_members": len(members),
+            "world_readable": get("m.room.history_visibility", "history_visibility") == "world_readable",
+            "guest_can_join": get("m.room.guest_access", "guest_access") == "can_join",
+            "join_rule": get("m.room.join_rules", "join_rule") or "public",
+        }
+        for key, (t, k) in _STRINGS.items():
+            value = get(t, k)
+            if isinstance(value, str):
+                entry[key] = value
+        return entry
