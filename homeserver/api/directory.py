@@ -122,8 +122,24 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             await auth.get_requester(request)
         return json_response(await directory.public_rooms(query, server))
 
+    async def put_network_visibility(request: web.Request) -> web.Response:
+        requester = await auth.get_requester(request)
+        if requester.appservice is None:
+            raise forbidden("Only application services publish rooms in their networks' directories")
+        body = await read_json(request)
+        visibility = require_str(body, "visibility")
+        if visibility not in ("public", "private"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "visibility must be public or private")
+        room_id = request.match_info["room_id"]
+        if await hs.events.get_room_version(room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
+        network = request.match_info["network_id"]
+        await directory.set_network_visibility(requester.appservice, network, room_id, visibility == "public")
+        return json_response({})
+
     app.router.add_routes(
         [
+            web.put(V3 + "/directory/list/appservice/{network_id}/{room_id}", put_network_visibility),
             web.get(V3 + "/directory/room/{alias}", get_alias),
             web.put(V3 + "/directory/room/{alias}", put_alias),
             web.delete(V3 + "/directory/room/{alias}", delete_alias),

@@ -45,18 +45,20 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if queries is not None and wanted:
             asked = (queries.thirdparty(s, f"protocol/{quote(p, safe='')}", {}) for s, p in wanted)
             answers = list(await asyncio.gather(*asked))
-        for (_, protocol), answer in zip(wanted, answers, strict=True):
+        for (service, protocol), answer in zip(wanted, answers, strict=True):
             if isinstance(answer, dict):
-                merge_protocol(out, protocol, answer)
+                merge_protocol(out, protocol, with_instance_ids(service, answer))
         return json_response(out)
 
     async def protocol(request: web.Request) -> web.Response:
         await hs.auth.get_requester(request)
         name = request.match_info["protocol"]
         out: dict[str, Any] = {}
-        for answer in await ask_all(bridging(name), f"protocol/{quote(name, safe='')}", {}):
+        services = bridging(name)
+        answers = await ask_all(services, f"protocol/{quote(name, safe='')}", {})
+        for service, answer in zip(services, answers, strict=True):
             if isinstance(answer, dict):
-                merge_protocol(out, name, answer)
+                merge_protocol(out, name, with_instance_ids(service, answer))
         if name not in out:
             raise not_found("Unknown protocol")
         return json_response(out[name])
@@ -96,6 +98,17 @@ def merged(answers: list[Any]) -> list[dict[str, Any]]:
     return [
         item for answer in answers if isinstance(answer, list) for item in answer if isinstance(item, dict)
     ]
+
+
+def with_instance_ids(service: AppService, answer: dict[str, Any]) -> dict[str, Any]:
+    """The protocol's instances with the `instance_id` the homeserver adds: "<service>|<network>",
+    what a client passes as publicRooms' `third_party_instance_id`."""
+    instances = answer.get("instances")
+    if isinstance(instances, list):
+        for instance in instances:
+            if isinstance(instance, dict) and isinstance(instance.get("network_id"), str):
+                instance["instance_id"] = f"{service.id}|{instance['network_id']}"
+    return answer
 
 
 def merge_protocol(out: dict[str, Any], name: str, answer: dict[str, Any]) -> None:

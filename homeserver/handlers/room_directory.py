@@ -4,6 +4,11 @@ directories for this server's clients (`?server=`, through `remote`).
 
 Rooms are listed by joined members, most first, and paged with a numeric `since` token. A
 search term matches the name, topic or canonical alias, case-insensitively.
+
+Networks: by default the list is the server's own directory (rooms published with
+`visibility: public`). Application services publish rooms in their networks' directories
+(`set_network_visibility`); a query with `third_party_instance_id` "<service>|<network>"
+lists those, one with `include_all_networks` both.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.storage.cs_schema import appservice_room_list
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.schema import rooms as rooms_table
@@ -41,6 +47,8 @@ class DirectoryQuery:
     limit: int = DEFAULT_LIMIT
     since: str | None = None
     search: str | None = None
+    include_all_networks: bool = False
+    third_party_instance_id: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> DirectoryQuery:
@@ -57,7 +65,13 @@ class DirectoryQuery:
             raise MatrixError(400, Codes.BAD_JSON, "since must be a string")
         if search is not None and not isinstance(search, str):
             raise MatrixError(400, Codes.BAD_JSON, "filter.generic_search_term must be a string")
-        return cls(limit or DEFAULT_LIMIT, since, search or None)
+        every = body.get("include_all_networks", False)
+        instance = body.get("third_party_instance_id")
+        if not isinstance(every, bool):
+            raise MatrixError(400, Codes.BAD_JSON, "include_all_networks must be a boolean")
+        if instance is not None and not isinstance(instance, str):
+            raise MatrixError(400, Codes.BAD_JSON, "third_party_instance_id must be a string")
+        return cls(limit or DEFAULT_LIMIT, since, search or None, every, instance)
 
     def as_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"limit": self.limit}
@@ -65,6 +79,10 @@ class DirectoryQuery:
             body["since"] = self.since
         if self.search:
             body["filter"] = {"generic_search_term": self.search}
+        if self.include_all_networks:
+            body["include_all_networks"] = True
+        if self.third_party_instance_id is not None:
+            body["third_party_instance_id"] = self.third_party_instance_id
         return body
 
 
@@ -87,15 +105,21 @@ class RoomDirectory:
         return await self.local(query)
 
     async def local(self, query: DirectoryQuery) -> dict[str, Any]:
+        own = select(rooms_table.c.room_id).where(rooms_table.c.is_public.is_(True))
+        listed = select(appservice_room_list.c.room_id)
+        wanted: Any
+        if query.third_party_instance_id is not None:
+            service_id, _, network_id = query.third_party_instance_id.partition("|")
+            wanted = listed.where(
+                appservice_room_list.c.appservice_id == service_id,
+                appservice_room_list.c.network_id == network_id,
+            )
+        elif query.include_all_networks:
+            wanted = own.union(listed)
+        else:
+            wanted = own
         async with self.db.read() as conn:
-            ids = [
-                r[0]
-                for r in await conn.execute(
-                    select(rooms_table.c.room_id)
-                    .where(rooms_table.c.is_public.is_(True))
-                    .order_by(rooms_table.c.created_ts)
-                )
-            ]
+            ids = sorted({r[0] for r in await conn.execute(wanted)})
         chunk = []
         for room_id in ids:
             entry = await self.entry(room_id)
@@ -113,6 +137,17 @@ class RoomDirectory:
         if start > 0:
             out["prev_batch"] = str(max(0, start - query.limit))
         return out
+
+    async def set_network_visibility(
+        self, service_id: str, network_id: str, room_id: str, public: bool
+    ) -> None:
+        """Publish (or withdraw) a room in an application service's network directory."""
+        key = {"appservice_id": service_id, "network_id": network_id, "room_id": room_id}
+        table = appservice_room_list
+        async with self.db.write() as conn:
+            await conn.execute(delete(table).where(*(getattr(table.c, k) == v for k, v in key.items())))
+            if public:
+                await conn.execute(insert(table).values(**key))
 
     async def entry(self, room_id: str) -> dict[str, Any]:
         """One room's PublishedRoomsChunk."""

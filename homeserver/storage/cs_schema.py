@@ -243,3 +243,15 @@ appservice_state = Table(
     Column("txn_id", BigInteger, nullable=False),
     Column("pending_json", Text, nullable=True),
 )
+
+# Rooms an application service published in its own networks' directories
+# (PUT /directory/list/appservice/{networkId}/{roomId}), listed by publicRooms with
+# third_party_instance_id "<service id>|<network id>" or include_all_networks.
+appservice_room_list = Table(
+    "appservice_room_list",
+    metadata,
+    Column("appservice_id", String(255), nullable=False),
+    Column("network_id", String(255), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    PrimaryKeyConstraint("appservice_id", "network_id", "room_id"),
+)

@@ -401,12 +401,13 @@ async def test_third_party_lookups_are_asked_of_the_bridge(
 ) -> None:
     as_port = free_port()
     asked: list[tuple[str, dict[str, str]]] = []
+    freenode = {"network_id": "freenode", "desc": "Freenode", "fields": {}}
     irc = {
         "user_fields": ["nick"],
         "location_fields": ["channel"],
         "icon": "",
         "field_types": {},
-        "instances": [],
+        "instances": [freenode],
     }
 
     async def answer(request: web.Request) -> web.Response:
@@ -428,8 +429,10 @@ async def test_third_party_lookups_are_asked_of_the_bridge(
             alice_id = await srv.register("alice")
             token, _ = await srv.hs.auth.create_session(alice_id, None, None)
             alice = RawClient(http, srv.base_url, token, alice_id)
-            assert await alice.ok("GET", "/thirdparty/protocols") == {"irc": irc}
-            assert await alice.ok("GET", "/thirdparty/protocol/irc") == irc
+            # The homeserver names each instance: "<service>|<network>".
+            expected = {**irc, "instances": [{**freenode, "instance_id": "test-bridge|freenode"}]}
+            assert await alice.ok("GET", "/thirdparty/protocols") == {"irc": expected}
+            assert await alice.ok("GET", "/thirdparty/protocol/irc") == expected
             status, _ = await alice.request("GET", "/thirdparty/protocol/xmpp")
             assert status == 404
             found = await alice.ok("GET", "/thirdparty/location/irc", params={"channel": "#x"})
@@ -471,3 +474,29 @@ async def test_a_service_manages_its_users_devices_without_uia(
         assert status == 404
         status, body = await alice.request("DELETE", f"/devices/{device}", json={})
         assert status == 401 and "flows" in body
+
+
+async def test_a_service_publishes_rooms_in_its_networks_directory(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    async with bridged_server(str(tmp_path), free_port()) as srv:
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        alice_id = await srv.register("alice")
+        token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        bridged = await service.create_room(preset="public_chat", name="#freenode-chat")
+        await alice.create_room(preset="public_chat", name="Matrix lobby", visibility="public")
+        path = f"/directory/list/appservice/freenode/{quote(bridged)}"
+        await service.ok("PUT", path, json={"visibility": "public"})
+        status, body = await alice.request("PUT", path, json={"visibility": "public"})
+        assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+
+        async def listed(**body: Any) -> set[str]:
+            return {r.get("name") for r in (await alice.ok("POST", "/publicRooms", json=body))["chunk"]}
+
+        assert await listed() == {"Matrix lobby"}
+        assert await listed(third_party_instance_id="test-bridge|freenode") == {"#freenode-chat"}
+        assert await listed(third_party_instance_id="test-bridge|other") == set()
+        assert await listed(include_all_networks=True) == {"Matrix lobby", "#freenode-chat"}
+        await service.ok("PUT", path, json={"visibility": "private"})
+        assert await listed(include_all_networks=True) == {"Matrix lobby"}
