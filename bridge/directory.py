@@ -32,7 +32,12 @@ class FederatedDirectory:
             raw = request.query.get("limit", "0")
             if not raw.isdigit():
                 raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
-            body: dict[str, Any] = {"limit": int(raw), "since": request.query.get("since")}
+            body: dict[str, Any] = {
+                "limit": int(raw),
+                "since": request.query.get("since"),
+                "include_all_networks": request.query.get("include_all_networks") == "true",
+                "third_party_instance_id": request.query.get("third_party_instance_id"),
+            }
             return await self.directory.local(DirectoryQuery.from_body(body))
 
         async def post(request: web.Request, origin: str, content: Any) -> Any:
@@ -44,7 +49,7 @@ class FederatedDirectory:
 
     async def remote_public_rooms(self, server: str, query: DirectoryQuery) -> dict[str, Any]:
         try:
-            if query.search:
+            if query.search or query.include_all_networks or query.third_party_instance_id is not None:
                 body = await self.client.post(server, PATH, query.as_body())
             else:
                 params = {"limit": str(query.limit)}
