@@ -24,7 +24,7 @@ ROOM_DIRECTORY_KEY = web.AppKey("sotto.room_directory", RoomDirectory)
 def get_room_directory(app: web.Application, hs: HomeServer) -> RoomDirectory:
     """The app's public room directory (federation answers other servers from it)."""
     if ROOM_DIRECTORY_KEY not in app:
-        app[ROOM_DIRECTORY_KEY] = RoomDirectory(hs.db, hs.events, hs.server_name)
+        app[ROOM_DIRECTORY_KEY] = RoomDirectory(hs.db, hs.server_name)
     return app[ROOM_DIRECTORY_KEY]
 
 

@@ -13,19 +13,23 @@ lists those, one with `include_all_networks` both.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 
+from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.storage.cs_schema import appservice_room_list
 from homeserver.storage.engine import Database
-from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.schema import current_state, events
 from homeserver.storage.schema import rooms as rooms_table
 
 DEFAULT_LIMIT = 100
+# Rooms per pair of statements when the directory is read (bound parameters stay few).
+MAX_ROOMS_PER_READ = 500
 # Strings of the room's state that a directory entry carries: key -> (event type, content key).
 _STRINGS = {
     "name": ("m.room.name", "name"),
@@ -91,9 +95,8 @@ RemoteDirectory = Callable[[str, DirectoryQuery], Awaitable[dict[str, Any]]]
 
 
 class RoomDirectory:
-    def __init__(self, db: Database, events: EventStore, server_name: str) -> None:
+    def __init__(self, db: Database, server_name: str) -> None:
         self.db = db
-        self.events = events
         self.server_name = server_name
         self.remote: RemoteDirectory | None = None
 
@@ -121,8 +124,7 @@ class RoomDirectory:
         async with self.db.read() as conn:
             ids = sorted({r[0] for r in await conn.execute(wanted)})
         chunk = []
-        for room_id in ids:
-            entry = await self.entry(room_id)
+        for entry in await self.entries(ids):
             if query.search:
                 hay = " ".join(str(entry.get(k, "")) for k in ("name", "topic", "canonical_alias")).lower()
                 if query.search.lower() not in hay:
@@ -149,24 +151,49 @@ class RoomDirectory:
             if public:
                 await conn.execute(insert(table).values(**key))
 
-    async def entry(self, room_id: str) -> dict[str, Any]:
-        """One room's PublishedRoomsChunk."""
-        state = await self.events.get_current_state(room_id, types=_STATE_TYPES)
-        members = await self.events.get_room_members(room_id)
+    async def entries(self, room_ids: list[str]) -> list[dict[str, Any]]:
+        """The rooms' PublishedRoomsChunks, read with two statements per MAX_ROOMS_PER_READ
+        rooms (the directory of a server with thousands of rooms is one request)."""
+        counts: dict[str, int] = {}
+        contents: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        cs, ev = current_state.c, events.c
+        async with self.db.read() as conn:
+            for start in range(0, len(room_ids), MAX_ROOMS_PER_READ):
+                part = room_ids[start : start + MAX_ROOMS_PER_READ]
+                joined = (
+                    select(cs.room_id, func.count())
+                    .where(cs.room_id.in_(part), cs.type == "m.room.member", cs.membership == "join")
+                    .group_by(cs.room_id)
+                )
+                for room_id, n in await conn.execute(joined):
+                    counts[room_id] = int(n)
+                state = (
+                    select(cs.room_id, cs.type, ev.json)
+                    .select_from(current_state.join(events, ev.event_id == cs.event_id))
+                    .where(cs.room_id.in_(part), cs.type.in_(_STATE_TYPES), cs.state_key == "")
+                )
+                for room_id, type_, raw in await conn.execute(state):
+                    content = jsonutil.loads(raw).get("content")
+                    if isinstance(content, dict):
+                        contents[room_id][type_] = content
+        return [_entry(room_id, counts.get(room_id, 0), contents[room_id]) for room_id in room_ids]
 
-        def get(type_: str, key: str, found: dict[tuple[str, str], StoredEvent] = state) -> Any:
-            s = found.get((type_, ""))
-            return s.event.content.get(key) if s else None
 
-        entry: dict[str, Any] = {
-            "room_id": room_id,
-            "num_joined_members": len(members),
-            "world_readable": get("m.room.history_visibility", "history_visibility") == "world_readable",
-            "guest_can_join": get("m.room.guest_access", "guest_access") == "can_join",
-            "join_rule": get("m.room.join_rules", "join_rule") or "public",
-        }
-        for key, (t, k) in _STRINGS.items():
-            value = get(t, k)
-            if isinstance(value, str):
-                entry[key] = value
-        return entry
+def _entry(room_id: str, joined: int, state: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One room's PublishedRoomsChunk from its member count and state contents by type."""
+
+    def get(type_: str, key: str) -> Any:
+        return state.get(type_, {}).get(key)
+
+    entry: dict[str, Any] = {
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": get("m.room.history_visibility", "history_visibility") == "world_readable",
+        "guest_can_join": get("m.room.guest_access", "guest_access") == "can_join",
+        "join_rule": get("m.room.join_rules", "join_rule") or "public",
+    }
+    for key, (t, k) in _STRINGS.items():
+        value = get(t, k)
+        if isinstance(value, str):
+            entry[key] = value
+    return entry
