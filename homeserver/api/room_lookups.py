@@ -1,12 +1,14 @@
-"""GET /rooms/{roomId}/timestamp_to_event (jump to a date) and GET /mutual_rooms."""
+"""GET /rooms/{roomId}/timestamp_to_event (jump to a date), GET /mutual_rooms and
+GET /rooms/{roomId}/initialSync and GET /events?room_id= (room previews)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from homeserver.api.http import V1, json_response
+from homeserver.api.http import V1, V3, json_response, query_int
 from homeserver.errors import Codes, MatrixError, missing_param, not_found
 from homeserver.events.identifiers import is_valid_user_id
+from homeserver.handlers.room_previews import DEFAULT_LIMIT, room_events_since, room_initial_sync
 from homeserver.server import HomeServer
 from homeserver.storage.room_lookups import event_near_timestamp, mutual_rooms, timeline_position
 
@@ -83,8 +85,26 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "Unknown pagination token")
         return json_response({"joined": await mutual_rooms(hs.db, requester.user_id, other)})
 
+    async def initial_sync(request: web.Request) -> web.Response:
+        # Guests too: previewing a world-readable room is what guest access is for.
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        limit = query_int(request, "limit", DEFAULT_LIMIT, minimum=1)
+        room_id = request.match_info["room_id"]
+        return json_response(
+            await room_initial_sync(hs, requester.user_id, requester.device_id, room_id, limit)
+        )
+
+    async def peek_events(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        timeout = query_int(request, "timeout", 0, maximum=hs.config.limits.max_sync_timeout_ms)
+        room_id = request.query.get("room_id")
+        since = request.query.get("from")
+        return json_response(await room_events_since(hs, requester.user_id, room_id, since, timeout))
+
     app.router.add_routes(
         [
+            web.get(V3 + "/events", peek_events),
+            web.get(V3 + "/rooms/{room_id}/initialSync", initial_sync),
             web.get(V1 + "/rooms/{room_id}/timestamp_to_event", timestamp_to_event),
             web.get(V1 + "/mutual_rooms", shared_rooms),
         ]

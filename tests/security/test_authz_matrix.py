@@ -84,6 +84,8 @@ GUEST_OK = {
     ("GET", ROOM + "/state/{event_type}/{state_key}"),
     ("PUT", ROOM + "/state/{event_type}/{state_key}"),
     ("GET", ROOM + "/messages"),
+    ("GET", ROOM + "/initialSync"),  # room previews
+    ("GET", C + "/events"),  # room previews: what happens next
     ("GET", ROOM + "/context/{event_id}"),
     ("GET", ROOM + "/event/{event_id}"),
     ("GET", ROOM + "/members"),
@@ -236,6 +238,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "delete_id": "x",
         "protocol": "irc",
         "service_id": "no-such-service",
+        "network_id": "irc",
     }
     return re.sub(r"\{(\w+)\}", lambda m: quote(values[m.group(1)], safe=""), canonical)
 
@@ -340,6 +343,7 @@ ROOM_ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", ROOM + "/event/{event_id}", None),
     ("POST", ROOM + "/forget", {}),
     ("GET", ROOM + "/hierarchy", None),
+    ("GET", ROOM + "/initialSync", None),
     ("POST", ROOM + "/invite", {"user_id": "{other}"}),
     ("POST", ROOM + "/join", {}),
     ("GET", ROOM + "/joined_members", None),
@@ -373,6 +377,7 @@ ROOM_ENDPOINTS: list[tuple[str, str, Any]] = [
 # Reads a former member may still make: the spec shows the room as it was when they left.
 READABLE_AFTER_LEAVING = {
     ROOM + "/aliases",
+    ROOM + "/initialSync",
     ROOM + "/messages",
     ROOM + "/state",
     ROOM + "/members",
