@@ -19,6 +19,7 @@ from bridge.message_runs import parse_run
 from bridge.pdu import PduError
 from bridge.state import StateTracker
 from bridge.store import FederationStore
+from homeserver.appservice.accounts import local_user_exists
 from homeserver.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.events import Event, compute_event_id, pdu_json
 from homeserver.events.identifiers import domain_of
@@ -300,6 +301,8 @@ class FederationHandler:
         if _domain(user_id) != self.hs.server_name:
             raise MatrixError(400, Codes.INVALID_PARAM, "User is not local to this server")
         profile = await self.hs.accounts.get_profile(user_id)
+        if profile is None and await local_user_exists(self.hs, user_id):
+            profile = await self.hs.accounts.get_profile(user_id)
         if profile is None:
             raise not_found("Profile not found")
         displayname, avatar_url, _ = profile

@@ -28,6 +28,7 @@ from bridge.client import FederationClient, FederationError, RemoteError, fed_pa
 from bridge.events_in import EventRejected, FederationEventHandler, _auth_failure
 from bridge.pdu import PduError, parse_pdu, verify_signatures
 from bridge.state import StateTracker, write_outlier_status
+from homeserver.appservice.accounts import local_user_exists
 from homeserver.errors import Codes, MatrixError, forbidden, not_found
 from homeserver.events import (
     AuthError,
@@ -674,7 +675,7 @@ class MembershipHandler:
         target = event.state_key
         if event.type != "m.room.member" or event.membership != "invite" or target is None:
             raise MatrixError(400, Codes.BAD_JSON, "Not an invite event")
-        if _domain(target) != self.server_name or not await self.hs.accounts.user_exists(target):
+        if _domain(target) != self.server_name or not await local_user_exists(self.hs, target):
             raise not_found("Unknown user")
         if _domain(event.sender) != origin:
             raise forbidden("The inviter is not from the requesting server")

@@ -112,3 +112,12 @@ def massaged_ts(request: web.Request, requester: Requester) -> int | None:
     if not raw.isascii() or not raw.isdigit() or int(raw) > _MAX_TS:
         raise MatrixError(400, Codes.INVALID_PARAM, "ts must be a timestamp in milliseconds")
     return int(raw)
+
+
+async def local_user_exists(hs: HomeServer, user_id: str) -> bool:
+    """Whether a local user exists, once the application services covering the ID have
+    been asked (a bridge registers its users when they are first looked up)."""
+    if await hs.accounts.user_exists(user_id):
+        return True
+    queries = hs.appservice_queries
+    return queries is not None and await queries.user(user_id) and await hs.accounts.user_exists(user_id)

@@ -188,7 +188,7 @@ class AppServiceSender:
                 continue
             end, wanted = position, []
             if upto > position:
-                found = await self.hs.events.events_between(position, upto, BATCH)
+                found = await self.hs.events.events_between(position, upto, BATCH, ":" + self.hs.server_name)
                 end = found[-1].stream_id if len(found) == BATCH else upto
                 wanted = [s for s in found if await self._interested(service, s)]
             edus = await self._ephemeral(service, position, end) if typing is not None else []

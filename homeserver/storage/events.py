@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import and_, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from homeserver import jsonutil
 from homeserver.events import Event, get_room_version, redact
@@ -223,12 +224,24 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         """The EventSource protocol for state resolution and auth checks."""
         return {k: v.event for k, v in (await self.get_events(event_ids)).items()}
 
-    async def events_between(self, after: int, upto: int, limit: int) -> list[StoredEvent]:
+    async def events_between(
+        self, after: int, upto: int, limit: int, local_suffix: str | None = None
+    ) -> list[StoredEvent]:
         """The first `limit` timeline events (any room) with after < stream_id <= upto, in
-        stream order: the event stream, as an application service is sent it."""
+        stream order: the event stream, as an application service is sent it. With
+        `local_suffix` (":" + this server's name), also the out-of-band memberships of local
+        users: invites (and knocks, rejections) to rooms this server is not in, which are
+        stored as outliers."""
+        timeline: ColumnElement[bool] = events.c.outlier.is_(False)
+        if local_suffix is not None:
+            escaped = local_suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            out_of_band = and_(
+                events.c.type == "m.room.member", events.c.state_key.like("%" + escaped, escape="\\")
+            )
+            timeline = or_(timeline, out_of_band)
         q = (
             select(*self._cols)
-            .where(events.c.stream_id > after, events.c.stream_id <= upto, events.c.outlier.is_(False))
+            .where(events.c.stream_id > after, events.c.stream_id <= upto, timeline)
             .order_by(events.c.stream_id)
             .limit(limit)
         )
