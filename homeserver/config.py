@@ -80,6 +80,12 @@ class WorkersConfig:
     # messages go to the worker that owns the room (homeserver.forwarding). `sotto serve
     # --workers` makes one; separately started processes name the same one.
     sockets: str | None = None
+    # Workers on several hosts instead: every worker's "host:port" for forwarding, by
+    # index (this one listens on its own entry's port, on `listen_address`), and the secret
+    # they prove to each other (at least 32 characters; the same in every worker's config).
+    peers: list[str] | None = None
+    secret: str | None = None
+    listen_address: str = "0.0.0.0"
 
 
 @dataclass(slots=True)
@@ -272,6 +278,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         raise ConfigError("workers.count must be a whole number of at least 1")
     if index is not None and (type(index) is not int or not 0 <= index < count):
         raise ConfigError("workers.index must be a whole number from 0 to workers.count - 1")
+    _check_worker_peers(cfg.workers)
     _check_voip(cfg.voip)
     _check_support(cfg.support)
     _check_app_services(cfg)
@@ -300,6 +307,21 @@ def _check_voip(voip: VoipConfig) -> None:
         raise ConfigError("voip: set turn_shared_secret or turn_username/turn_password, not both")
     if not isinstance(voip.turn_user_lifetime_ms, int) or voip.turn_user_lifetime_ms <= 0:
         raise ConfigError("voip.turn_user_lifetime_ms must be a positive whole number")
+
+
+def _check_worker_peers(w: WorkersConfig) -> None:
+    if w.peers is None:
+        return
+    if w.sockets is not None:
+        raise ConfigError("workers: set sockets (one host) or peers (several hosts), not both")
+    if not isinstance(w.peers, list) or len(w.peers) != w.count:
+        raise ConfigError("workers.peers: one host:port per worker (workers.count of them)")
+    for peer in w.peers:
+        host, _, port = str(peer).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"workers.peers: {peer!r} is not host:port")
+    if not isinstance(w.secret, str) or len(w.secret) < 32:
+        raise ConfigError("workers.secret: with peers, a shared secret of at least 32 characters")
 
 
 def _check_app_services(cfg: Config) -> None:

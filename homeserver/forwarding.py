@@ -28,18 +28,30 @@ everything else are created where they arrive, as before.
 The wire is one connection per pair of workers carrying frames: a 4-byte length and a
 JSON object, requests and answers matched by a number. HTTP (an aiohttp client and
 server) cost more CPU per forwarded message than the lock hand-overs it saved.
+
+Workers on several hosts (separate pods behind a load balancer) reach each other over TCP
+instead (`Links.peers`, one "host:port" per worker). Anyone who can reach that port could
+otherwise have messages created in any user's name, so every connection starts with a
+challenge: the listener sends a random nonce, and the connecting worker answers with the
+HMAC-SHA256 of it under the workers' shared secret (`workers.secret`); a connection that
+answers wrongly, or sends anything else first, is closed. The traffic itself is not
+encrypted: keep the port on the cluster's private network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import itertools
 import logging
 import os
+import secrets
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,6 +89,25 @@ def room_owner(room_id: str, count: int) -> int:
     return zlib.crc32(room_id.encode()) % count
 
 
+@dataclass(frozen=True, slots=True)
+class Links:
+    """How the workers reach each other: Unix sockets in a private directory (one host),
+    or TCP to `peers` ("host:port" by worker index) with a shared `secret`."""
+
+    directory: str | None = None
+    peers: tuple[str, ...] = ()
+    secret: bytes = b""
+    listen_address: str = "0.0.0.0"
+
+    def proof(self, nonce: str) -> str:
+        """The answer to a listener's challenge."""
+        return hmac.new(self.secret, nonce.encode(), hashlib.sha256).hexdigest()
+
+    def address(self, index: int) -> tuple[str, int]:
+        host, _, port = self.peers[index].rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 def socket_path(directory: str, index: int) -> str:
     return os.path.join(directory, f"{index}.sock")
 
@@ -93,16 +124,31 @@ def sockets_directory_ok(directory: str) -> bool:
 class _Frames(asyncio.Protocol):
     """Length-prefixed JSON frames over one stream connection, both directions."""
 
-    def __init__(self, on_frame: Callable[[_Frames, Any], None], max_frame: int) -> None:
+    def __init__(
+        self,
+        on_frame: Callable[[_Frames, Any], None],
+        max_frame: int,
+        on_connected: Callable[[_Frames], None] | None = None,
+    ) -> None:
         self._on_frame = on_frame
         self._max_frame = max_frame
+        self._on_connected = on_connected
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        # A TCP listener's side: the challenge it sent, and whether it was answered.
+        self.nonce = ""
+        self.trusted = on_connected is None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
+        if self._on_connected is not None:
+            self._on_connected(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -142,20 +188,36 @@ class _Frames(asyncio.Protocol):
 class _Peer:
     """This worker's connection to one owner, and the forwarded messages it awaits."""
 
-    def __init__(self) -> None:
+    def __init__(self, prove: Callable[[str], str] | None = None) -> None:
         self.waiting: dict[int, asyncio.Future[Any]] = {}
+        self._prove = prove
+        # Set once the listener's challenge is answered (at once over a Unix socket).
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if prove is None:
+            self.ready.set_result(None)
 
     def attach(self, frames: _Frames) -> None:
         self.frames = frames
         frames.closed.add_done_callback(self._lost)
 
-    def on_frame(self, _frames: _Frames, message: Any) -> None:
+    def on_frame(self, frames: _Frames, message: Any) -> None:
+        if not self.ready.done():
+            nonce = message.get("nonce") if isinstance(message, dict) else None
+            if not isinstance(nonce, str) or self._prove is None:
+                frames.close()
+                return
+            frames.send({"auth": self._prove(nonce)})
+            self.ready.set_result(None)
+            return
         request_id = message.get("i") if isinstance(message, dict) else None
         future = self.waiting.pop(request_id, None) if isinstance(request_id, int) else None
         if future is not None and not future.done():
             future.set_result(message)
 
     def _lost(self, _closed: asyncio.Future[None]) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionResetError("the worker connection was lost"))
+            self.ready.exception()  # retrieved: nobody may be waiting for it
         for future in self.waiting.values():
             if not future.done():
                 future.set_exception(ConnectionResetError("the worker connection was lost"))
@@ -163,15 +225,16 @@ class _Peer:
 
 
 class RoomForwarding:
-    """This worker's end of forwarding: a Unix-socket listener for messages of the rooms it
-    owns, and connections to the other workers' listeners. A background service (start/stop)."""
+    """This worker's end of forwarding: a listener (Unix socket, or TCP) for messages of the
+    rooms it owns, and connections to the other workers' listeners. A background service
+    (start/stop)."""
 
     def __init__(
-        self, creator: EventCreator, db: Database, directory: str, index: int, count: int, max_body: int
+        self, creator: EventCreator, db: Database, links: Links, index: int, count: int, max_body: int
     ) -> None:
         self.creator = creator
         self.db = db
-        self.directory = directory
+        self.links = links
         self.index = index
         self.count = count
         self.max_frame = max_body + OVERHEAD_BYTES
@@ -194,12 +257,18 @@ class RoomForwarding:
     # The owner's side ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        path = socket_path(self.directory, self.index)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by this worker's previous process
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._accept, path)
-        os.chmod(path, 0o600)
+        if self.links.directory is not None:
+            path = socket_path(self.links.directory, self.index)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's previous process
+            self._server = await loop.create_unix_server(self._accept, path)
+            os.chmod(path, 0o600)
+        else:
+            _, port = self.links.address(self.index)
+            self._server = await loop.create_server(
+                self._accept, self.links.listen_address, port, reuse_address=True
+            )
         self.creator.store.foreign_write_listener = self._count_foreign_write
         self.creator.forwarder = self
 
@@ -230,12 +299,26 @@ class RoomForwarding:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _accept(self) -> _Frames:
-        frames = _Frames(self._on_request, self.max_frame)
+        challenge = self._challenge if self.links.directory is None else None
+        frames = _Frames(self._on_request, self.max_frame, challenge)
         self._serving.add(frames)
         frames.closed.add_done_callback(lambda _f: self._serving.discard(frames))
         return frames
 
+    @staticmethod
+    def _challenge(frames: _Frames) -> None:
+        frames.nonce = secrets.token_hex(16)
+        frames.send({"nonce": frames.nonce})
+
     def _on_request(self, frames: _Frames, message: Any) -> None:
+        if not frames.trusted:
+            proof = message.get("auth") if isinstance(message, dict) else None
+            if isinstance(proof, str) and hmac.compare_digest(proof, self.links.proof(frames.nonce)):
+                frames.trusted = True
+            else:
+                log.warning("closing a worker connection that did not answer the challenge")
+                frames.close()
+            return
         task = asyncio.create_task(self._answer(frames, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -354,12 +437,19 @@ class RoomForwarding:
             peer = self._peers.get(owner)
             if peer is not None and not peer.frames.closed.done():
                 return peer
-            peer = _Peer()
             loop = asyncio.get_running_loop()
-            path = socket_path(self.directory, owner)
-            _, frames = await loop.create_unix_connection(
-                lambda: _Frames(peer.on_frame, self.max_frame), path
-            )
-            peer.attach(frames)
-            self._peers[owner] = peer
-            return peer
+            fresh = _Peer(None if self.links.directory is not None else self.links.proof)
+            if self.links.directory is not None:
+                path = socket_path(self.links.directory, owner)
+                _, frames = await loop.create_unix_connection(
+                    lambda: _Frames(fresh.on_frame, self.max_frame), path
+                )
+            else:
+                host, port = self.links.address(owner)
+                _, frames = await loop.create_connection(
+                    lambda: _Frames(fresh.on_frame, self.max_frame), host, port
+                )
+            fresh.attach(frames)
+            await fresh.ready
+            self._peers[owner] = fresh
+            return fresh

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from homeserver.api.http import json_response
 from homeserver.config import Config, ConfigError
-from homeserver.forwarding import RoomForwarding, sockets_directory_ok
+from homeserver.forwarding import Links, RoomForwarding, sockets_directory_ok
 from homeserver.server import HomeServer, load_or_create_signing_key
 from homeserver.sync.redis_bridge import RedisBridge
 
@@ -87,15 +87,21 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
 def forwarding_for(hs: HomeServer) -> RoomForwarding | None:
     """This worker's message forwarding (homeserver.forwarding), when it is one of several
-    run by `sotto serve --workers N`; None otherwise."""
+    (`sotto serve --workers N`, or separately started with `sockets` or `peers`); None
+    otherwise."""
     w = hs.config.workers
-    if w.index is None or w.count <= 1 or not w.sockets:
+    if w.index is None or w.count <= 1:
+        return None
+    max_body = hs.config.limits.max_request_bytes
+    if w.peers:
+        links = Links(peers=tuple(w.peers), secret=(w.secret or "").encode(), listen_address=w.listen_address)
+        return RoomForwarding(hs.creator, hs.db, links, w.index, w.count, max_body)
+    if not w.sockets:
         return None
     if not sockets_directory_ok(w.sockets):
         log.warning("%s is not a private directory of this user; messages are not forwarded", w.sockets)
         return None
-    max_body = hs.config.limits.max_request_bytes
-    return RoomForwarding(hs.creator, hs.db, w.sockets, w.index, w.count, max_body)
+    return RoomForwarding(hs.creator, hs.db, Links(directory=w.sockets), w.index, w.count, max_body)
 
 
 # The supervisor -----------------------------------------------------------------------------

@@ -209,20 +209,26 @@ class SottoProcesses:
         config, port = self._first_config()
         self._spawn(config, port, "--workers", str(workers))
 
-    def start_independent(self, count: int, sockets: str | None = None) -> None:
+    def start_independent(
+        self, count: int, sockets: str | None = None, tcp_secret: str | None = None
+    ) -> None:
         """`count` servers of one homeserver on separate ports (as behind a load balancer).
 
         They share the server name and signing key, so a token from one works on all.
         `sockets`: each is configured as worker i of `count` with that directory for
-        forwarding (homeserver.forwarding)."""
+        forwarding (homeserver.forwarding); `tcp_secret`: over TCP on loopback instead, as
+        workers on several hosts are."""
         config, port = self._first_config()
         data = json.loads(config.read_text())
+        peers = [f"127.0.0.1:{free_port()}" for _ in range(count)]
         for i in range(count):
             if i:
                 port = free_port()
                 data["listener"]["port"] = port
             if sockets is not None:
                 data["workers"] = {"count": count, "index": i, "sockets": sockets}
+            elif tcp_secret is not None:
+                data["workers"] = {"count": count, "index": i, "peers": peers, "secret": tcp_secret}
             path = self.dir / "config" / f"homeserver-{port}.yaml"
             path.write_text(json.dumps(data))
             self._spawn(path, port)

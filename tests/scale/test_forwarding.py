@@ -15,6 +15,7 @@ import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,9 +66,10 @@ def _sockets(tmp_path: Path) -> str:
     return str(directory)
 
 
-@pytest.fixture
-async def pair(pg_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
-    sockets = _sockets(tmp_path)
+@asynccontextmanager
+async def worker_pair(pg_url: str, tmp_path: Path, links: list[dict[str, Any]]) -> AsyncIterator[Pair]:
+    """Two workers of one homeserver in this process; `links[i]`: worker i's `workers`
+    config besides count and index (its socket directory, or TCP peers and a secret)."""
     common: dict[str, Any] = {
         "server_name": "workers.test",
         "signing_key_path": str(tmp_path / "signing.key"),
@@ -76,8 +78,8 @@ async def pair(pg_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with (
-        run_server(str(tmp_path / "a"), **common, workers={"count": 2, "index": 0, "sockets": sockets}) as a,
-        run_server(str(tmp_path / "b"), **common, workers={"count": 2, "index": 1, "sockets": sockets}) as b,
+        run_server(str(tmp_path / "a"), **common, workers={"count": 2, "index": 0, **links[0]}) as a,
+        run_server(str(tmp_path / "b"), **common, workers={"count": 2, "index": 1, **links[1]}) as b,
         aiohttp.ClientSession() as session,
     ):
         started: list[RoomForwarding] = []
@@ -98,6 +100,13 @@ async def pair(pg_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
         finally:
             for made in started:
                 await made.stop()
+
+
+@pytest.fixture
+async def pair(pg_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
+    sockets = {"sockets": _sockets(tmp_path)}
+    async with worker_pair(pg_url, tmp_path, [sockets, sockets]) as made:
+        yield made
 
 
 def _make_busy_and_shared(worker: Worker, room: str, users: list[str]) -> None:
@@ -237,7 +246,9 @@ async def test_an_owner_lost_after_its_commit_stores_the_message_once(
 
 
 async def test_frames_that_are_too_large_or_not_json_close_the_connection(pair: Pair) -> None:
-    path = socket_path(pair.owner().forwarding.directory, pair.owner().forwarding.index)
+    directory = pair.owner().forwarding.links.directory
+    assert directory is not None
+    path = socket_path(directory, pair.owner().forwarding.index)
     for frame in ((1 << 30).to_bytes(4, "big"), (5).to_bytes(4, "big") + b"{nope"):
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(frame)
