@@ -269,12 +269,14 @@ class Leader:
         self._task = asyncio.create_task(self._run(self.engine), name=f"leader:{self.name}")
 
     async def stop(self) -> None:
+        # Step down before the lock goes: told afterwards, this process still thought itself
+        # the leader while another had taken over (two leaders at once, briefly).
+        await self._set(False)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._set(False)
 
     async def _set(self, value: bool) -> None:
         if value == self.is_leader:
