@@ -5,25 +5,7 @@
 //   @@LIVE <body>     a message that arrived while peeking (sent after PEEKED)
 // Exits 0 when done, non-zero on error or timeout.
 
-if (typeof Promise.withResolvers !== "function") {
-    Promise.withResolvers = function withResolvers() {
-        let resolve;
-        let reject;
-        const promise = new Promise((res, rej) => {
-            resolve = res;
-            reject = rej;
-        });
-        return { promise, resolve, reject };
-    };
-}
-
-const env = (name) => {
-    const value = process.env[name];
-    if (!value) throw new Error(`missing environment variable ${name}`);
-    return value;
-};
-
-const say = (line) => process.stdout.write(`@@${line}\n`);
+import { env, say } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");

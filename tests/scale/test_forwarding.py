@@ -343,6 +343,36 @@ async def test_sotto_serve_workers_forwards_a_busy_room(workdir: Path, pg_url: s
     assert _listing(sockets) is None  # removed by the supervisor as it stops
 
 
+async def busy_room_through_both(
+    procs: SottoProcesses, pg_url: str, prefix: str
+) -> tuple[dict[str, Any], str]:
+    """Three senders through each of two started processes in one room for 3 s (as a load
+    balancer would spread them); checks every acknowledged message is stored once in one
+    chain, and returns each worker's forwarding counters and the room."""
+    await procs.wait_ready()
+    bases = [procs.base_url(0), procs.base_url(1)]
+    tokens = [(await register(bases[0], f"{prefix}{i}"))[1] for i in range(6)]
+    async with aiohttp.ClientSession() as s:
+        creator = RawClient(s, bases[0], tokens[0])
+        room = await creator.room_with(*(RawClient(s, bases[0], t) for t in tokens[1:]))
+    stop = asyncio.Event()
+    logs = [SendLog() for _ in tokens]
+    senders = [
+        asyncio.create_task(
+            continuous_sender(bases[i % 2 :] + bases[: i % 2], token, room, f"{prefix}{i}", stop, logs[i])
+        )
+        for i, token in enumerate(tokens)
+    ]
+    await asyncio.sleep(3.0)
+    stop.set()
+    await asyncio.gather(*senders)
+    counts = {k: v for base in bases for k, v in (await _forwarding_metrics(base, 1)).items()}
+    rows = await room_rows(pg_url, room)
+    assert assert_exactly_once(rows, logs) > 20
+    assert_linear_chain(rows)
+    return counts, room
+
+
 async def test_separately_started_workers_forward_a_busy_room(
     workdir: Path, pg_url: str, redis_url: str
 ) -> None:
@@ -352,34 +382,13 @@ async def test_separately_started_workers_forward_a_busy_room(
     procs = SottoProcesses(workdir, pg_url, redis_url)
     procs.start_independent(2, sockets)
     try:
-        await procs.wait_ready()
-        bases = [procs.base_url(0), procs.base_url(1)]
-        tokens = [(await register(bases[0], f"lb{i}"))[1] for i in range(6)]
-        async with aiohttp.ClientSession() as s:
-            creator = RawClient(s, bases[0], tokens[0])
-            room = await creator.room_with(*(RawClient(s, bases[0], t) for t in tokens[1:]))
-        stop = asyncio.Event()
-        logs = [SendLog() for _ in tokens]
-        # Three senders through each process, as a load balancer would spread them.
-        senders = [
-            asyncio.create_task(
-                continuous_sender(bases[i % 2 :] + bases[: i % 2], token, room, f"l{i}", stop, logs[i])
-            )
-            for i, token in enumerate(tokens)
-        ]
-        await asyncio.sleep(3.0)
-        stop.set()
-        await asyncio.gather(*senders)
-        counts = {k: v for base in bases for k, v in (await _forwarding_metrics(base, 1)).items()}
+        counts, room = await busy_room_through_both(procs, pg_url, "lb")
         owner = str(room_owner(room, 2))
         other = str(1 - int(owner))
         assert counts[other]["sotto_forwarded_messages"] > 0, counts
         assert (
             counts[owner]["sotto_messages_created_for_workers"] == counts[other]["sotto_forwarded_messages"]
         )
-        rows = await room_rows(pg_url, room)
-        assert assert_exactly_once(rows, logs) > 20
-        assert_linear_chain(rows)
         assert _listing(sockets) == (0o700, ["0.sock", "1.sock"])
     finally:
         procs.stop()

@@ -1,0 +1,22 @@
+// Shared by the Node test clients: the Promise.withResolvers polyfill (matrix-js-sdk 43
+// wants Node >= 22; Node 20 lacks only that), environment variables, and "@@" reports.
+
+if (typeof Promise.withResolvers !== "function") {
+    Promise.withResolvers = function withResolvers() {
+        let resolve;
+        let reject;
+        const promise = new Promise((res, rej) => {
+            resolve = res;
+            reject = rej;
+        });
+        return { promise, resolve, reject };
+    };
+}
+
+export const env = (name) => {
+    const value = process.env[name];
+    if (!value) throw new Error(`missing environment variable ${name}`);
+    return value;
+};
+
+export const say = (line) => process.stdout.write(`@@${line}\n`);
