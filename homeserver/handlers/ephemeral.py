@@ -13,6 +13,7 @@ made on one worker and used on another neither misses nor, for long, repeats cha
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -88,8 +89,7 @@ class TypingHandler:
             if self._peers is not None:
                 payload = {"room_id": room_id, "user_id": user_id, "expiry": expiry, "serial": serial}
                 self._peers.broadcast(TYPING_TOPIC, payload)
-            for observe in self.observers:
-                observe(room_id)
+            self._observe(room_id, expiry)
         if local:
             for listener in self.listeners:
                 await listener("m.typing", {"room_id": room_id, "user_id": user_id, "typing": typing})
@@ -107,8 +107,24 @@ class TypingHandler:
         # At least the origin's serial, so a token made there after the change covers it here too.
         self._bump(room_id, serial)
         self.notifier.notify(rooms=[room_id], local_only=True)
+        self._observe(room_id, expiry)
+
+    def _observe(self, room_id: str, expiry: int) -> None:
+        """Tell the observers of a change now, and again when a typer's timeout ends (no
+        request marks that moment: the typer just stops being listed)."""
+        if not self.observers:
+            return
         for observe in self.observers:
             observe(room_id)
+        delay = (expiry - self.clock.time_ms()) / 1000
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay + 0.01, self._expired, room_id)
+
+    def _expired(self, room_id: str) -> None:
+        if self._expire(room_id):
+            self._bump(room_id)
+            for observe in self.observers:
+                observe(room_id)
 
     def typing_users(self, room_id: str) -> list[str]:
         if self._expire(room_id):

@@ -500,3 +500,30 @@ async def test_a_service_publishes_rooms_in_its_networks_directory(
         assert await listed(include_all_networks=True) == {"Matrix lobby", "#freenode-chat"}
         await service.ok("PUT", path, json={"visibility": "private"})
         assert await listed(include_all_networks=True) == {"Matrix lobby"}
+
+
+async def test_a_service_hears_when_a_typers_timeout_ends(tmp_path: Any, http: aiohttp.ClientSession) -> None:
+    as_port = free_port()
+    receiver = Receiver()
+    async with (
+        bridged_server(str(tmp_path), as_port, {"receive_ephemeral": True}) as srv,
+        receiver.running(as_port),
+    ):
+        service = RawClient(http, srv.base_url, AS_TOKEN)
+        room = await service.create_room(preset="public_chat")
+        alice_id = await srv.register("alice")
+        token, _ = await srv.hs.auth.create_session(alice_id, None, None)
+        alice = RawClient(http, srv.base_url, token, alice_id)
+        assert (await alice.join(room))[0] == 200
+        typing = {"typing": True, "timeout": 300}
+        await alice.ok("PUT", f"/rooms/{quote(room)}/typing/{quote(alice_id)}", json=typing)
+
+        def typers() -> list[list[str]]:
+            return [e["content"]["user_ids"] for e in receiver.ephemeral if e["type"] == "m.typing"]
+
+        async def stopped() -> bool:
+            return typers()[-1:] == [[]]
+
+        # No request says so: the service is told when the 300 ms run out.
+        await eventually(stopped, "the end of the typing reached the service")
+        assert [alice_id] in typers()
