@@ -256,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="worker processes sharing the port (default: workers.count; >1 needs PostgreSQL and Redis)",
     )
-    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--worker-index",
+        type=int,
+        default=None,
+        help="serve as this worker (0 to workers.count - 1) instead of workers.index, e.g. a pod's ordinal",
+    )
     p.add_argument("--worker-sockets", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
