@@ -85,7 +85,8 @@ async def test_a_preview_follows_the_room_live(make_user: MakeUser) -> None:
     assert got["start"] == since and got["end"] != since
     # From its `end`, nothing more; without a room, 400 (only the peeking form is served).
     again = await visitor.ok("GET", "/events", params={"room_id": room, "from": got["end"], "timeout": "0"})
-    assert again["chunk"] == [] and again["end"] == got["end"]
+    # (`end` may move on past other streams' positions, never back.)
+    assert again["chunk"] == [] and int(again["end"][1:]) >= int(got["end"][1:])
     status, body = await visitor.request("GET", "/events", params={"timeout": "0"})
     assert (status, body["errcode"]) == (400, "M_MISSING_PARAM")
     private = await alice.create_room(preset="private_chat")
