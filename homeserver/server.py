@@ -107,11 +107,11 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     receipts = ReceiptHandler(ReceiptStore(db), events, notifier, clock)
     sync_extensions: list[Any] = []
     appservices = AppServices(load_registrations(config.app_services, config.server_name, config.base_dir))
-    queries = AppServiceQueries(appservices, config.server_name) if appservices else None
+    queries = AppServiceQueries(appservices, config.server_name, accounts) if appservices else None
     rooms = RoomHandler(events, creator, aliases, accounts, config.server_name, config.default_room_version)
     if queries is not None:
         aliases.on_missing = queries.alias
-        rooms.user_query = queries.user
+        rooms.user_exists = queries.user_exists
     return HomeServer(
         config=config,
         clock=clock,

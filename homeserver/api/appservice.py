@@ -21,29 +21,28 @@ MAX_QUOTED_BYTES = 4096
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    if hs.appservices:
-        hs.background.append(AppServiceSender(hs))
+    queries = hs.appservice_queries
+    if queries is not None:
+        # Stopped after the sender (in reverse order), which sends through it.
+        hs.background.append(queries)
+        hs.background.append(AppServiceSender(hs, queries))
 
     async def ping(request: web.Request) -> web.Response:
         service = appservice_of(hs, request)
         if service.id != request.match_info["service_id"]:
             raise MatrixError(403, Codes.FORBIDDEN, "This token belongs to another application service")
-        if service.url is None:
+        if service.url is None or queries is None:
             raise MatrixError(400, "M_URL_NOT_SET", "The application service has no URL")
         body = await read_json(request, allow_empty=True)
         txn_id = body.get("transaction_id")
         if txn_id is not None and not isinstance(txn_id, str):
             raise bad_json("transaction_id must be a string")
         payload = {} if txn_id is None else {"transaction_id": txn_id}
-        headers = {"Authorization": f"Bearer {service.hs_token}"}
         started = time.monotonic()
         try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT_S)) as session,
-                session.post(service.url + PING_PATH, json=payload, headers=headers) as resp,
-            ):
-                answer = await resp.content.read(MAX_QUOTED_BYTES)
-                status = resp.status
+            status, answer = await queries.call(
+                service, "POST", PING_PATH, timeout=PING_TIMEOUT_S, body=payload
+            )
         except TimeoutError:
             raise MatrixError(504, "M_CONNECTION_TIMEOUT", "The application service did not answer") from None
         except aiohttp.ClientError:
@@ -52,7 +51,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             ) from None
         if not 200 <= status < 300:
             error = MatrixError(502, "M_BAD_STATUS", "The application service answered with an error")
-            error.extra.update(status=status, body=answer.decode("utf-8", "replace"))
+            quoted = answer[:MAX_QUOTED_BYTES].decode("utf-8", "replace")
+            error.extra.update(status=status, body=quoted)
             raise error
         return json_response({"duration_ms": round((time.monotonic() - started) * 1000)})
 

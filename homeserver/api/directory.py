@@ -10,7 +10,6 @@ from homeserver.errors import Codes, MatrixError, forbidden, require_str
 from homeserver.handlers.power import can_send_state
 from homeserver.handlers.room_directory import DEFAULT_LIMIT, DirectoryQuery, RoomDirectory
 from homeserver.server import HomeServer
-from homeserver.storage.schema import rooms as rooms_table
 
 
 def _check_alias(alias: str, server_name: str) -> None:
@@ -75,16 +74,10 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"aliases": await hs.aliases.for_room(room_id)})
 
     async def get_visibility(request: web.Request) -> web.Response:
-        room_id = request.match_info["room_id"]
-        from sqlalchemy import select
-
-        async with hs.db.read() as conn:
-            row = (
-                await conn.execute(select(rooms_table.c.is_public).where(rooms_table.c.room_id == room_id))
-            ).first()
-        if row is None:
+        public = await hs.events.is_room_public(request.match_info["room_id"])
+        if public is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
-        return json_response({"visibility": "public" if row[0] else "private"})
+        return json_response({"visibility": "public" if public else "private"})
 
     async def put_visibility(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request)

@@ -32,33 +32,29 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             if s.url is not None and (protocol in s.protocols if protocol is not None else s.protocols)
         ]
 
-    async def ask_all(services: list[AppService], path: str, params: dict[str, str]) -> list[Any]:
-        if queries is None or not services:
+    async def ask(asked: list[tuple[AppService, str]], params: dict[str, str]) -> list[Any]:
+        """Each (service, path under /_matrix/app/v1/thirdparty/)'s answer, asked at once."""
+        if queries is None or not asked:
             return []
-        return list(await asyncio.gather(*(queries.thirdparty(s, path, params) for s in services)))
+        return list(await asyncio.gather(*(queries.thirdparty(s, path, params) for s, path in asked)))
 
-    async def protocols(request: web.Request) -> web.Response:
-        await hs.auth.get_requester(request)
-        wanted = [(s, p) for s in bridging(None) for p in s.protocols]
+    async def describe(wanted: list[tuple[AppService, str]]) -> dict[str, Any]:
+        """The protocols' metadata from the (service, protocol) pairs that bridge them."""
+        answers = await ask([(s, f"protocol/{quote(p, safe='')}") for s, p in wanted], {})
         out: dict[str, Any] = {}
-        answers: list[Any] = []
-        if queries is not None and wanted:
-            asked = (queries.thirdparty(s, f"protocol/{quote(p, safe='')}", {}) for s, p in wanted)
-            answers = list(await asyncio.gather(*asked))
         for (service, protocol), answer in zip(wanted, answers, strict=True):
             if isinstance(answer, dict):
                 merge_protocol(out, protocol, with_instance_ids(service, answer))
-        return json_response(out)
+        return out
+
+    async def protocols(request: web.Request) -> web.Response:
+        await hs.auth.get_requester(request)
+        return json_response(await describe([(s, p) for s in bridging(None) for p in s.protocols]))
 
     async def protocol(request: web.Request) -> web.Response:
         await hs.auth.get_requester(request)
         name = request.match_info["protocol"]
-        out: dict[str, Any] = {}
-        services = bridging(name)
-        answers = await ask_all(services, f"protocol/{quote(name, safe='')}", {})
-        for service, answer in zip(services, answers, strict=True):
-            if isinstance(answer, dict):
-                merge_protocol(out, name, with_instance_ids(service, answer))
+        out = await describe([(s, name) for s in bridging(name)])
         if name not in out:
             raise not_found("Unknown protocol")
         return json_response(out[name])
@@ -70,12 +66,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             services = bridging(name)
             if not services:
                 raise not_found("Unknown protocol")
-            params = dict(request.query)
-            return json_response(merged(await ask_all(services, f"{kind}/{quote(name, safe='')}", params)))
+            path = f"{kind}/{quote(name, safe='')}"
+            return json_response(merged(await ask([(s, path) for s in services], dict(request.query))))
 
         async def across(request: web.Request) -> web.Response:
             await hs.auth.get_requester(request)
-            return json_response(merged(await ask_all(bridging(None), kind, dict(request.query))))
+            asked = [(s, kind) for s in bridging(None)]
+            return json_response(merged(await ask(asked, dict(request.query))))
 
         return by_protocol, across
 

@@ -106,8 +106,10 @@ _MAX_TS = 2**53 - 1
 def massaged_ts(request: web.Request, requester: Requester) -> int | None:
     """An application service's `?ts=` (the event's origin_server_ts) on send and state
     PUTs; None for anyone else, who cannot set it (the parameter is ignored, as in Synapse)."""
+    if requester.appservice is None:
+        return None  # first: people's sends (the hot path) never parse the query string
     raw = request.query.get("ts")
-    if raw is None or requester.appservice is None:
+    if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit() or int(raw) > _MAX_TS:
         raise MatrixError(400, Codes.INVALID_PARAM, "ts must be a timestamp in milliseconds")
@@ -117,7 +119,5 @@ def massaged_ts(request: web.Request, requester: Requester) -> int | None:
 async def local_user_exists(hs: HomeServer, user_id: str) -> bool:
     """Whether a local user exists, once the application services covering the ID have
     been asked (a bridge registers its users when they are first looked up)."""
-    if await hs.accounts.user_exists(user_id):
-        return True
     queries = hs.appservice_queries
-    return queries is not None and await queries.user(user_id) and await hs.accounts.user_exists(user_id)
+    return await (queries.user_exists(user_id) if queries is not None else hs.accounts.user_exists(user_id))

@@ -33,7 +33,6 @@ from typing import Any
 
 import aiohttp
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
@@ -44,9 +43,11 @@ from homeserver.appservice.ephemeral import (
     receipts_between,
     typing_edu,
 )
+from homeserver.appservice.queries import AppServiceQueries
 from homeserver.appservice.registration import AppService
 from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import appservice_state
 from homeserver.storage.event_types import StoredEvent
 
@@ -66,16 +67,20 @@ SAVE_EVERY_S = 5.0
 # (service, room) interest answers kept between member or alias changes.
 MAX_CACHED_ROOMS = 10_000
 _MEMBERSHIP_TYPES = ("m.room.member", "m.room.canonical_alias")
+_UPSERT_STATE = BulkInsert(
+    appservice_state, ("service_id", "stream_id", "txn_id", "pending_json"), upsert_keys=("service_id",)
+)
 
 
 class AppServiceSender:
-    def __init__(self, hs: HomeServer) -> None:
+    def __init__(self, hs: HomeServer, client: AppServiceQueries) -> None:
         self.hs = hs
+        self.client = client
+        self.local = ":" + hs.server_name
         self.services = [s for s in hs.appservices.services if s.url is not None]
         # One per service: each task clears its own before it waits.
         self._wakes = {s.id: asyncio.Event() for s in self.services}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self._interest: dict[tuple[str, str], bool] = {}
         # Per service asking for ephemeral data: the rooms whose typers changed since.
         self._typing: dict[str, set[str]] = {s.id: set() for s in self.services if s.receive_ephemeral}
@@ -110,9 +115,6 @@ class AppServiceSender:
         if self.leader is not None:
             await self.leader.stop()
         await self._stop_tasks()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def _on_leadership(self, leading: bool) -> None:
         if not leading:
@@ -131,11 +133,6 @@ class AppServiceSender:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
-        return self._session
 
     # The stream ------------------------------------------------------------------------------
 
@@ -188,7 +185,7 @@ class AppServiceSender:
                 continue
             end, wanted = position, []
             if upto > position:
-                found = await self.hs.events.events_between(position, upto, BATCH, ":" + self.hs.server_name)
+                found = await self.hs.events.events_between(position, upto, BATCH, self.local)
                 end = found[-1].stream_id if len(found) == BATCH else upto
                 wanted = [s for s in found if await self._interested(service, s)]
             edus = await self._ephemeral(service, position, end) if typing is not None else []
@@ -225,7 +222,7 @@ class AppServiceSender:
     async def _user_wanted(self, service: AppService, user_id: str) -> bool:
         """Whether a user's presence concerns the service: its own user, or a member of a
         room it is interested in."""
-        if user_id.endswith(":" + self.hs.server_name) and service.owns_user(user_id):
+        if self._owns_local(service, user_id):
             return True
         for room_id, membership, _, _ in await self.hs.events.get_memberships_for_user(user_id):
             if membership == "join" and await self._room_wanted(service, room_id):
@@ -248,13 +245,14 @@ class AppServiceSender:
         key = (service.id, event.room_id)
         if event.type in _MEMBERSHIP_TYPES:
             self._interest.pop(key, None)  # first: the answers below return early
-        local = ":" + self.hs.server_name
-        if service.wants_room(event.room_id):
-            return True
         for user_id in (event.sender, event.state_key if event.type == "m.room.member" else None):
-            if user_id and user_id.endswith(local) and service.owns_user(user_id):
+            if user_id and self._owns_local(service, user_id):
                 return True
         return await self._room_wanted(service, event.room_id)
+
+    def _owns_local(self, service: AppService, user_id: str) -> bool:
+        """A local user of the service's (the spec: user namespaces cover local users only)."""
+        return user_id.endswith(self.local) and service.owns_user(user_id)
 
     async def _room_wanted(self, service: AppService, room_id: str) -> bool:
         """Whether everything in the room concerns the service (cached per room)."""
@@ -270,10 +268,9 @@ class AppServiceSender:
         return known
 
     async def _room_interest(self, service: AppService, room_id: str) -> bool:
-        local = ":" + self.hs.server_name
         if service.users:
             for user_id in await self.hs.events.get_room_members(room_id, "join"):
-                if user_id.endswith(local) and service.owns_user(user_id):
+                if self._owns_local(service, user_id):
                     return True
         if service.aliases:
             state = await self.hs.events.get_current_state(room_id, keys=[("m.room.canonical_alias", "")])
@@ -297,19 +294,17 @@ class AppServiceSender:
         if service.receive_ephemeral:
             content["ephemeral"] = edus
         body = jsonutil.dumpb(content)
-        url = f"{service.url}{TRANSACTIONS_PATH}{txn_id}"
-        headers = {"Authorization": f"Bearer {service.hs_token}", "Content-Type": "application/json"}
+        path = f"{TRANSACTIONS_PATH}{txn_id}"
         delay = RETRY_MIN_S
         while True:
             try:
-                async with self.session().put(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    if 200 <= resp.status < 300:
-                        self.sent_transactions += 1
-                        self.sent_events += len(stored)
-                        log.debug("application service %s took transaction %d", service.id, txn_id)
-                        return
-                    problem = f"HTTP {resp.status}"
+                status, _ = await self.client.call(service, "PUT", path, timeout=REQUEST_TIMEOUT_S, body=body)
+                if 200 <= status < 300:
+                    self.sent_transactions += 1
+                    self.sent_events += len(stored)
+                    log.debug("application service %s took transaction %d", service.id, txn_id)
+                    return
+                problem = f"HTTP {status}"
             except (aiohttp.ClientError, TimeoutError) as e:
                 problem = type(e).__name__
             self.failed_attempts += 1
@@ -346,12 +341,6 @@ class AppServiceSender:
     async def _save(
         self, service: AppService, position: int, txn_id: int, pending: dict[str, Any] | None
     ) -> None:
-        values = {
-            "stream_id": position,
-            "txn_id": txn_id,
-            "pending_json": jsonutil.dumps(pending) if pending is not None else None,
-        }
+        pending_json = jsonutil.dumps(pending) if pending is not None else None
         async with self.hs.db.write() as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(appservice_state).values(service_id=service.id, **values)
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["service_id"], set_=values))
+            await _UPSERT_STATE.run(conn, [(service.id, position, txn_id, pending_json)])

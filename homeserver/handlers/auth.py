@@ -8,7 +8,6 @@ hot path (every authenticated request) costs no database round trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import secrets
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import bcrypt
 from aiohttp import web
-from sqlalchemy.exc import IntegrityError
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -278,13 +276,8 @@ class AuthHandler:
             local = ":" + service.sender.partition(":")[2]
             if not service.owns_user(user_id) or not user_id.endswith(local):
                 raise MatrixError(403, Codes.EXCLUSIVE, "The application service cannot act as this user")
+            # (The service's bot is created at start-up: AppServiceSender._ensure_bots.)
             user = await self.store.get_user(user_id)
-            if user is None and user_id == service.sender:
-                # The bot exists from its service's first request on (a concurrent first
-                # request may have created it meanwhile).
-                with contextlib.suppress(IntegrityError):
-                    await self.store.create_user(user_id, None, self.clock.time_ms())
-                user = await self.store.get_user(user_id)
             if user is None or user["deactivated"]:
                 raise MatrixError(
                     403, Codes.FORBIDDEN, "The application service has not registered this user"

@@ -18,16 +18,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 
 from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
+from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import appservice_room_list
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import current_state, events
 from homeserver.storage.schema import rooms as rooms_table
 
 DEFAULT_LIMIT = 100
+_PUBLISH = BulkInsert(appservice_room_list, ("appservice_id", "network_id", "room_id"), skip_existing=True)
 # Rooms per pair of statements when the directory is read (bound parameters stay few).
 MAX_ROOMS_PER_READ = 500
 # Strings of the room's state that a directory entry carries: key -> (event type, content key).
@@ -144,12 +146,16 @@ class RoomDirectory:
         self, service_id: str, network_id: str, room_id: str, public: bool
     ) -> None:
         """Publish (or withdraw) a room in an application service's network directory."""
-        key = {"appservice_id": service_id, "network_id": network_id, "room_id": room_id}
-        table = appservice_room_list
         async with self.db.write() as conn:
-            await conn.execute(delete(table).where(*(getattr(table.c, k) == v for k, v in key.items())))
             if public:
-                await conn.execute(insert(table).values(**key))
+                await _PUBLISH.run(conn, [(service_id, network_id, room_id)])
+            else:
+                c = appservice_room_list.c
+                await conn.execute(
+                    delete(appservice_room_list).where(
+                        c.appservice_id == service_id, c.network_id == network_id, c.room_id == room_id
+                    )
+                )
 
     async def entries(self, room_ids: list[str]) -> list[dict[str, Any]]:
         """The rooms' PublishedRoomsChunks, read with two statements per MAX_ROOMS_PER_READ

@@ -11,12 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
-
 from homeserver.errors import missing_param
 from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
-from homeserver.storage.schema import rooms
 from homeserver.sync.filter import EventFilter
 from homeserver.sync.tokens import pagination_token, parse_pagination_token
 
@@ -44,11 +41,9 @@ async def room_initial_sync(
     membership = await hs.events.get_membership(room_id, user_id)
     if membership is not None:
         out["membership"] = membership[0]
-        _, per_room = await hs.account_data.get_since(user_id, None, hs.db.current_stream_id)
-        out["account_data"] = [{"type": t, "content": c} for t, c in per_room.get(room_id, {}).items()]
-    async with hs.db.read() as conn:
-        public = (await conn.execute(select(rooms.c.is_public).where(rooms.c.room_id == room_id))).scalar()
-    out["visibility"] = "public" if public else "private"
+        room_data = await hs.account_data.for_room(user_id, room_id)
+        out["account_data"] = [{"type": t, "content": c} for t, c in room_data.items()]
+    out["visibility"] = "public" if await hs.events.is_room_public(room_id) else "private"
     return out
 
 

@@ -251,13 +251,7 @@ class RoomUpgradeHandler:
             await self._try_send(room_id, user_id, "m.room.power_levels", pl, "")
 
     async def _move_directory_listing(self, room_id: str, new_room_id: str) -> None:
-        from sqlalchemy import select
-
-        from homeserver.storage.schema import rooms
-
-        async with self.events.db.read() as conn:
-            row = (await conn.execute(select(rooms.c.is_public).where(rooms.c.room_id == room_id))).first()
-        if row is not None and row[0]:
+        if await self.events.is_room_public(room_id):
             await self.events.set_room_public(new_room_id, True)
             await self.events.set_room_public(room_id, False)
 

@@ -85,9 +85,9 @@ class RoomHandler:
         self.default_room_version = default_room_version
         self.remote_join: RemoteJoin | None = None
         self.remote_invite: RemoteInvite | None = None
-        # Asked about an unknown local user before an invite fails (application services
-        # register bridged users on demand); True: look again.
-        self.user_query: Callable[[str], Awaitable[bool]] | None = None
+        # Whether a local user exists; with application services, they are asked about an
+        # unknown one first (they register bridged users on demand).
+        self.user_exists: Callable[[str], Awaitable[bool]] = accounts.user_exists
         self.remote_knock: RemoteKnock | None = None
         self.remote_hierarchy: RemoteHierarchy | None = None
 
@@ -250,11 +250,7 @@ class RoomHandler:
                 raise MatrixError(403, Codes.FORBIDDEN, "Federation is not enabled")
             await self.remote_invite(sender, room_id, target, extra or {})
             return
-        if not await self.accounts.user_exists(target) and not (
-            self.user_query is not None
-            and await self.user_query(target)
-            and await self.accounts.user_exists(target)
-        ):
+        if not await self.user_exists(target):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown user")
         content = {"membership": "invite", **(extra or {})}
         await self._send(room_id, sender, "m.room.member", content, target)

@@ -43,6 +43,13 @@ class AccountDataStore:
                 )
         return stream_id
 
+    async def for_room(self, user_id: str, room_id: str) -> dict[str, dict[str, Any]]:
+        """The user's account data in one room, by type."""
+        c = account_data.c
+        q = select(c.type, c.content).where(c.user_id == user_id, c.room_id == room_id)
+        async with self.db.read() as conn:
+            return {t: jsonutil.loads(content) for t, content in await conn.execute(q)}
+
     async def get(self, user_id: str, room_id: str | None, type: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             row = (

@@ -25,6 +25,12 @@ class RoomFlags:
         async with self.db.write() as conn:
             await conn.execute(update(rooms).where(rooms.c.room_id == room_id).values(is_public=public))
 
+    async def is_room_public(self, room_id: str) -> bool | None:
+        """Whether the room is published in the directory; None for a room this server lacks."""
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(rooms.c.is_public).where(rooms.c.room_id == room_id))).first()
+        return None if row is None else bool(row[0])
+
     async def forget_room(self, user_id: str, room_id: str) -> None:
         async with self.db.write() as conn:
             exists = (

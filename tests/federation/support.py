@@ -174,6 +174,19 @@ async def has_membership(srv: RunningServer, room_id: str, user_id: str, members
 
 
 @asynccontextmanager
+async def server_pair(
+    ca: CertAuthority, dirs: tuple[str, str]
+) -> AsyncIterator[tuple[RunningServer, RunningServer, Client, Client]]:
+    """Servers A and B, alice signed in on A and bob on B (their `session` is shared)."""
+    async with (
+        fed_server(dirs[0], ca) as a,
+        fed_server(dirs[1], ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        yield a, b, await Client.login(a, "alice", http), await Client.login(b, "bob", http)
+
+
+@asynccontextmanager
 async def joined_pair(
     ca: CertAuthority,
     dirs: tuple[str, str],
@@ -187,13 +200,7 @@ async def joined_pair(
 
     `before_join(a, alice, room_id)` runs before bob joins; without `fetch_history` B does
     not backfill the room's history when he does."""
-    async with (
-        fed_server(dirs[0], ca) as a,
-        fed_server(dirs[1], ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
+    async with server_pair(ca, dirs) as (a, b, alice, bob):
         room_id = await alice.create_room(preset="public_chat", **room)
         if before_join is not None:
             await before_join(a, alice, room_id)

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.federation.support import CertAuthority, Client, fed_server
+from tests.federation.support import CertAuthority, Client, fed_server, server_pair
 from tests.federation.synapse import SynapseServer
 from tests.federation.test_synapse import synapse_client
 from tests.support.server import free_port
@@ -22,13 +22,8 @@ def names(directory: dict[str, Any]) -> set[str]:
 async def test_a_client_lists_another_servers_public_rooms(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
-    async with (
-        fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
-        aiohttp.ClientSession() as http,
-    ):
-        alice = await Client.login(a, "alice", http)
-        bob = await Client.login(b, "bob", http)
+    async with server_pair(test_ca, tmp_dirs) as (a, b, alice, bob):
+        http = alice.session
         await bob.create_room(preset="public_chat", name="B lobby", visibility="public", topic="welcome")
         await bob.create_room(preset="public_chat", name="B games", visibility="public")
         await bob.create_room(preset="public_chat", name="B unlisted")  # public, not published
