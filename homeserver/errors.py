@@ -48,6 +48,8 @@ class Codes(StrEnum):
     UNABLE_TO_GRANT_JOIN = "M_UNABLE_TO_GRANT_JOIN"
     KEY_NOT_FOUND = "M_NOT_FOUND"
     WRONG_ROOM_KEYS_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
+    # Sliding sync (MSC4186): the connection position is not known; start again.
+    UNKNOWN_POS = "M_UNKNOWN_POS"
 
 
 class MatrixError(Exception):

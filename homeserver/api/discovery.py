@@ -20,9 +20,13 @@ SPEC_VERSIONS = [
 ]
 
 
+# Sliding sync (MSC4186, homeserver.sync.sliding): Element X looks for this before using it.
+UNSTABLE_FEATURES = {"org.matrix.simplified_msc3575": True}
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
     async def versions(request: web.Request) -> web.Response:
-        return json_response({"versions": SPEC_VERSIONS, "unstable_features": {}})
+        return json_response({"versions": SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES})
 
     async def well_known_client(request: web.Request) -> web.Response:
         return json_response({"m.homeserver": {"base_url": hs.config.baseurl}})

@@ -74,6 +74,29 @@ def stripped_state(stored: StoredEvent) -> dict[str, Any]:
     return {"type": ev.type, "state_key": ev.state_key, "sender": ev.sender, "content": ev.content}
 
 
+async def membership_preview(
+    store: EventStore, room_id: str, own_event_id: str, summary_key: str
+) -> list[dict[str, Any]]:
+    """The stripped state an invited or knocking user sees: the room's preview state, or
+    the summary its server sent with the invite or knock (`summary_key`: "invite_room_state"
+    or "knock_room_state") when this server holds none, then the user's own member event."""
+    state = await store.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
+    out = [stripped_state(s) for s in state.values()]
+    own = await store.get_event(own_event_id)
+    if own is None:
+        return out
+    if not out:
+        out = remote_room_summary(own, summary_key)
+    out.append(
+        {
+            **stripped_state(own),
+            "event_id": own.event.event_id,
+            "origin_server_ts": own.event.origin_server_ts,
+        }
+    )
+    return out
+
+
 async def format_events(
     store: EventStore,
     stored: list[StoredEvent],

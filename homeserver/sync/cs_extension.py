@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.client_format import STRIPPED_STATE_TYPES, remote_room_summary, stripped_state
+from homeserver.handlers.client_format import membership_preview
 from homeserver.storage.events import EventStore
 from homeserver.storage.unread import Counts
 from homeserver.sync.filter import EventFilter, SyncFilter, matches_type
@@ -153,20 +153,7 @@ class KnockSection:
             return
         section = response["rooms"].setdefault("knock", {})
         for room_id, event_id in knocks:
-            state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
-            stripped = [stripped_state(s) for s in state.values()]
-            own = await self.events.get_event(event_id)
-            if own is not None and not stripped:
-                # A remote room: the resident server sent its summary with the knock.
-                stripped = remote_room_summary(own, "knock_room_state")
-            if own is not None:
-                stripped.append(
-                    {
-                        **stripped_state(own),
-                        "event_id": own.event.event_id,
-                        "origin_server_ts": own.event.origin_server_ts,
-                    }
-                )
+            stripped = await membership_preview(self.events, room_id, event_id, "knock_room_state")
             section[room_id] = {"knock_state": {"events": stripped}}
 
 

@@ -19,12 +19,7 @@ from typing import Any, Protocol
 
 from homeserver.clock import Clock
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.client_format import (
-    STRIPPED_STATE_TYPES,
-    format_events,
-    remote_room_summary,
-    stripped_state,
-)
+from homeserver.handlers.client_format import format_events, membership_preview
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
@@ -303,7 +298,11 @@ class SyncHandler:
             is_new = since is None or stream > since.stream
             if membership == "invite" and is_new:
                 rooms_invite[room_id] = {
-                    "invite_state": {"events": await self._invite_state(room_id, event_id)}
+                    "invite_state": {
+                        "events": await membership_preview(
+                            self.events, room_id, event_id, "invite_room_state"
+                        )
+                    }
                 }
             elif membership in ("leave", "ban"):
                 if (since is None and req.filter.include_leave) or (since is not None and is_new):
@@ -383,7 +382,7 @@ class SyncHandler:
             state = self.sent_members.not_held(user_id, device_id, held_since, state)
         summary = None
         if full or any(s.event.type == MEMBER for s in timeline + state):
-            summary = await self._summary(room_id, user_id, window)
+            summary = await self.room_summary(room_id, user_id, window)
             if f.lazy_load_members:
                 # The spec: the heroes' member events MUST be in `state` (unless redundant).
                 heroes = await self._hero_members(room_id, summary["m.heroes"], state + timeline)
@@ -453,7 +452,7 @@ class SyncHandler:
             by_id.update(await self.events.get_events(missing))
         return [by_id[eid] for eid in state_ids.values() if eid in by_id]
 
-    async def _summary(self, room_id: str, user_id: str, window: int) -> dict[str, Any]:
+    async def room_summary(self, room_id: str, user_id: str, window: int) -> dict[str, Any]:
         joined_count, invited_count, first, gone = await self.memo.get(
             window, ("summary", room_id), lambda: self._member_summary(room_id)
         )
@@ -475,21 +474,6 @@ class SyncHandler:
         joined, invited, first = await self.reads.member_summary(room_id, 6)
         gone = await self.reads.gone_members(room_id, 6) if len(first) < 2 else []
         return joined, invited, first, gone
-
-    async def _invite_state(self, room_id: str, invite_event_id: str) -> list[dict[str, Any]]:
-        state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
-        out = [stripped_state(s) for s in state.values()]
-        invite = await self.events.get_event(invite_event_id)
-        if invite is None:
-            return out
-        if not out:
-            # A room this server is not in: the inviting server sent a summary with the invite.
-            out = remote_room_summary(invite, "invite_room_state")
-        stripped = stripped_state(invite)
-        stripped["event_id"] = invite.event.event_id
-        stripped["origin_server_ts"] = invite.event.origin_server_ts
-        out.append(stripped)
-        return out
 
     async def _left_room(
         self, req: SyncRequest, room_id: str, since: SyncToken | None, leave_stream: int, window: int

@@ -1,0 +1,58 @@
+"""POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync: sliding sync (MSC4186).
+
+`pos` and `timeout` are query parameters, as Synapse and the clients have them; the body
+holds the lists, room subscriptions and extensions (homeserver.sync.sliding).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from homeserver.api.http import UNSTABLE, json_response, query_int, read_json
+from homeserver.api.keys import e2ee_services
+from homeserver.errors import invalid_param
+from homeserver.handlers.cs_services import services
+from homeserver.server import HomeServer
+from homeserver.sync.sliding.config import parse_request
+from homeserver.sync.sliding.extensions import SlidingExtensions
+from homeserver.sync.sliding.handler import SlidingSyncHandler
+from homeserver.sync.sliding.room_data import RoomData
+from homeserver.sync.sliding.rooms import RoomList
+
+PATH = UNSTABLE + "/org.matrix.simplified_msc3575/sync"
+PRESENCE_VALUES = ("online", "offline", "unavailable")
+
+
+def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
+    e2ee = e2ee_services(app, hs)
+    cs = services(app, hs)
+    extensions = SlidingExtensions(
+        e2ee.to_device, e2ee.keys, e2ee.device_lists, hs.account_data, hs.receipts, hs.typing, cs.push
+    )
+    return SlidingSyncHandler(
+        hs.db,
+        hs.notifier,
+        hs.account_data,
+        RoomList(hs.db, hs.events, hs.account_data),
+        RoomData(hs.events, hs.sync.reads, hs.sync, hs.clock, cs.relations.bundle),
+        extensions,
+        cs.push,
+        hs.sync.park_hooks,
+    )
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    max_timeout = hs.config.limits.max_sync_timeout_ms
+    handler = build_handler(app, hs)
+
+    async def sliding_sync(request: web.Request) -> web.Response:
+        requester = await hs.auth.get_requester(request, allow_guest=True)
+        body = parse_request(await read_json(request, allow_empty=True))
+        set_presence = request.query.get("set_presence")
+        if set_presence is not None and set_presence not in PRESENCE_VALUES:
+            raise invalid_param("set_presence must be online, offline or unavailable")
+        timeout = query_int(request, "timeout", 0, maximum=max_timeout)
+        pos = request.query.get("pos") or None
+        return json_response(await handler.sync(requester, body, pos, timeout, set_presence))
+
+    app.router.add_routes([web.post(PATH, sliding_sync)])

@@ -1,0 +1,204 @@
+"""Sliding sync extensions: to-device messages, end-to-end encryption data, account data,
+read receipts and typing, in the shape Synapse and the clients use.
+
+Each is asked for with `{"enabled": true}` and stays on for the connection until a request
+sets `enabled: false`. An extension newly turned on starts from the beginning (all account
+data, the current typists, the latest receipts) for the rooms it covers. Receipts, typing
+and room account data cover the rooms of the request's lists and subscriptions, or those of
+the extension's own `lists` and `rooms` when given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.handlers.auth import Requester
+from homeserver.handlers.device_lists import DeviceListHandler
+from homeserver.handlers.e2e_keys import E2EKeysHandler
+from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
+from homeserver.handlers.to_device import ToDeviceHandler
+from homeserver.storage.account_data import AccountDataStore
+from homeserver.sync.cs_extension import PushRulesSource
+
+NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing")
+TO_DEVICE_LIMIT = 100
+
+
+@dataclass(slots=True)
+class ExtensionInput:
+    requester: Requester
+    # Extensions on for this request, and those already on at the previous position.
+    enabled: frozenset[str]
+    was_enabled: frozenset[str]
+    config: dict[str, dict[str, Any]]
+    since: int | None
+    ephemeral_since: int | None
+    upto: int
+    # Rooms by list name, the subscribed rooms, and the user's joined rooms.
+    list_rooms: dict[str, list[str]]
+    subscribed: list[str]
+    joined: list[str]
+    # Rooms sent whole in this response (their room-scoped data starts afresh).
+    initial_rooms: set[str]
+
+
+def enabled_extensions(config: dict[str, dict[str, Any]], before: frozenset[str]) -> frozenset[str]:
+    """Extensions on after this request: sticky until turned off."""
+    on = set(before)
+    for name in NAMES:
+        flag = config.get(name, {}).get("enabled")
+        if flag is True:
+            on.add(name)
+        elif flag is False:
+            on.discard(name)
+    return frozenset(on)
+
+
+class SlidingExtensions:
+    def __init__(
+        self,
+        to_device: ToDeviceHandler,
+        keys: E2EKeysHandler,
+        device_lists: DeviceListHandler,
+        account_data: AccountDataStore,
+        receipts: ReceiptHandler,
+        typing: TypingHandler,
+        rules: PushRulesSource,
+    ) -> None:
+        self.to_device = to_device
+        self.keys = keys
+        self.device_lists = device_lists
+        self.account_data = account_data
+        self.receipts = receipts
+        self.typing = typing
+        self.rules = rules
+
+    async def compute(self, inp: ExtensionInput) -> tuple[dict[str, Any], bool]:
+        """The `extensions` section, and whether it holds anything new."""
+        out: dict[str, Any] = {}
+        news = False
+        if "to_device" in inp.enabled:
+            out["to_device"] = await self._to_device(inp)
+            news |= bool(out["to_device"]["events"])
+        if "e2ee" in inp.enabled:
+            out["e2ee"] = await self._e2ee(inp)
+            lists = out["e2ee"].get("device_lists", {})
+            news |= bool(lists.get("changed") or lists.get("left"))
+        if "account_data" in inp.enabled:
+            out["account_data"] = await self._account_data(inp)
+            news |= bool(out["account_data"]["global"] or out["account_data"]["rooms"])
+        if "receipts" in inp.enabled:
+            out["receipts"] = {"rooms": await self._receipts(inp)}
+            news |= bool(out["receipts"]["rooms"])
+        if "typing" in inp.enabled:
+            out["typing"] = {"rooms": self._typing(inp)}
+            news |= bool(out["typing"]["rooms"])
+        return out, news
+
+    async def _to_device(self, inp: ExtensionInput) -> dict[str, Any]:
+        """Messages after the `since` the client names (its last `next_batch`); naming it
+        confirms, and deletes, what came before."""
+        config = inp.config.get("to_device", {})
+        raw_since = config.get("since")
+        since = int(raw_since) if isinstance(raw_since, str) and raw_since.isdigit() else None
+        limit = config.get("limit", TO_DEVICE_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            limit = TO_DEVICE_LIMIT
+        requester = inp.requester
+        if requester.device_id is None:
+            return {"next_batch": str(inp.upto), "events": []}
+        batch = await self.to_device.sync_batch(
+            requester.user_id, requester.device_id, since, inp.upto, min(limit, TO_DEVICE_LIMIT)
+        )
+        next_batch = batch.last_stream_id if batch.limited else inp.upto
+        return {"next_batch": str(next_batch), "events": batch.messages}
+
+    async def _e2ee(self, inp: ExtensionInput) -> dict[str, Any]:
+        requester = inp.requester
+        counts: dict[str, int] = {"signed_curve25519": 0}
+        fallback: list[str] = []
+        if requester.device_id is not None:
+            found, fallback = await self.keys.key_counts(requester.user_id, requester.device_id)
+            counts.update(found)
+        out: dict[str, Any] = {
+            "device_one_time_keys_count": counts,
+            "device_unused_fallback_key_types": fallback,
+        }
+        if inp.since is not None and "e2ee" in inp.was_enabled:
+            changed, left = await self.device_lists.get_changes(
+                requester.user_id, inp.since, inp.upto, inp.joined
+            )
+            out["device_lists"] = {"changed": changed, "left": left}
+        return out
+
+    def _rooms_for(self, inp: ExtensionInput, name: str) -> list[str]:
+        config = inp.config.get(name, {})
+        lists = config.get("lists")
+        rooms = config.get("rooms")
+        chosen: dict[str, None] = {}
+        for list_name, room_ids in inp.list_rooms.items():
+            if not isinstance(lists, list) or "*" in lists or list_name in lists:
+                chosen.update(dict.fromkeys(room_ids))
+        for room_id in inp.subscribed:
+            if not isinstance(rooms, list) or "*" in rooms or room_id in rooms:
+                chosen[room_id] = None
+        return list(chosen)
+
+    def _fresh(self, inp: ExtensionInput, name: str) -> bool:
+        return inp.since is None or name not in inp.was_enabled
+
+    async def _account_data(self, inp: ExtensionInput) -> dict[str, Any]:
+        user_id = inp.requester.user_id
+        fresh = self._fresh(inp, "account_data")
+        glob, by_room = await self.account_data.get_since(user_id, None if fresh else inp.since, inp.upto)
+        if fresh or await self.rules.rules_changed_since(user_id, inp.since or 0):
+            # Push rules are account data to clients, kept apart here (as in /sync v3).
+            glob = {**glob, "m.push_rules": await self.rules.ruleset_json(user_id)}
+        rooms = self._rooms_for(inp, "account_data")
+        out_rooms: dict[str, list[dict[str, Any]]] = {}
+        for room_id in rooms:
+            data = by_room.get(room_id, {})
+            if not fresh and room_id in inp.initial_rooms:
+                data = await self.account_data.for_room(user_id, room_id)
+            if data:
+                out_rooms[room_id] = [{"type": t, "content": c} for t, c in data.items()]
+        return {"global": [{"type": t, "content": c} for t, c in glob.items()], "rooms": out_rooms}
+
+    async def _receipts(self, inp: ExtensionInput) -> dict[str, Any]:
+        rooms = self._rooms_for(inp, "receipts")
+        if not rooms:
+            return {}
+        fresh = self._fresh(inp, "receipts")
+        whole = rooms if fresh else [r for r in rooms if r in inp.initial_rooms]
+        rest = [] if fresh else [r for r in rooms if r not in inp.initial_rooms]
+        found = []
+        if whole:
+            found += await self.receipts.store.get_since(whole, None, inp.upto)
+        if rest:
+            found += await self.receipts.store.get_since(rest, inp.since, inp.upto)
+        by_room: dict[str, list[Any]] = {}
+        for r in found:
+            by_room.setdefault(r.room_id, []).append(r)
+        out = {}
+        for room_id, receipts in by_room.items():
+            content = receipts_to_edu_content(receipts, inp.requester.user_id)
+            if content:
+                out[room_id] = {"type": "m.receipt", "content": content}
+        return out
+
+    def _typing(self, inp: ExtensionInput) -> dict[str, Any]:
+        fresh = self._fresh(inp, "typing")
+        out = {}
+        joined = set(inp.joined)
+        for room_id in self._rooms_for(inp, "typing"):
+            if room_id not in joined:
+                continue
+            again = fresh or room_id in inp.initial_rooms
+            since = inp.ephemeral_since
+            if not again and (since is None or not self.typing.changed_since(room_id, since)):
+                continue
+            users = self.typing.typing_users(room_id)
+            if users or not again:
+                out[room_id] = {"type": "m.typing", "content": {"user_ids": users}}
+        return out

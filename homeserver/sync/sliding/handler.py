@@ -1,0 +1,175 @@
+"""Sliding sync (MSC4186): one request of a connection, long-polling when nothing changed.
+
+A request reads everything up to one stream position (`upto`) and one ephemeral serial,
+as /sync v3 does, and records what it sent under a new `pos` (connections.py). The room
+list is sorted by activity (rooms.py); each list's filters and ranges, and the room
+subscriptions, select the rooms; each selected room gets what changed since the connection
+last got it (room_data.py); the extensions follow (extensions.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from homeserver.handlers.auth import Requester
+from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.engine import Database
+from homeserver.storage.unread import Counts
+from homeserver.sync.notifier import Notifier
+from homeserver.sync.sliding.config import RoomConfig, SlidingRequest, in_ranges
+from homeserver.sync.sliding.connections import Connections, Position
+from homeserver.sync.sliding.extensions import ExtensionInput, SlidingExtensions, enabled_extensions
+from homeserver.sync.sliding.room_data import RoomContext, RoomData
+from homeserver.sync.sliding.rooms import Entry, RoomList, dm_rooms_of
+
+
+class UnreadCounts(Protocol):
+    async def unread_counts(self, user_id: str, room_ids: list[str]) -> dict[str, dict[str, Counts]]: ...
+
+
+@dataclass(slots=True)
+class _Pass:
+    response: dict[str, Any]
+    position: Position
+    news: bool
+    # The rooms whose activity would change the answer (the long-poll waits on them).
+    watch: list[str]
+
+
+class SlidingSyncHandler:
+    def __init__(
+        self,
+        db: Database,
+        notifier: Notifier,
+        account_data: AccountDataStore,
+        room_list: RoomList,
+        room_data: RoomData,
+        extensions: SlidingExtensions,
+        unread: UnreadCounts,
+        presence_hooks: list[Callable[[str, str | None], Awaitable[None]]],
+    ) -> None:
+        self.db = db
+        self.notifier = notifier
+        self.account_data = account_data
+        self.room_list = room_list
+        self.room_data = room_data
+        self.extensions = extensions
+        self.unread = unread
+        self.presence_hooks = presence_hooks
+        self.connections = Connections()
+
+    async def sync(
+        self,
+        requester: Requester,
+        req: SlidingRequest,
+        pos: str | None,
+        timeout_ms: int,
+        set_presence: str | None = None,
+    ) -> dict[str, Any]:
+        key = (requester.user_id, requester.device_id or "", req.conn_id)
+        conn, prev = self.connections.resume(key, pos)
+        for hook in self.presence_hooks:
+            await hook(requester.user_id, set_presence)
+        deadline = time.monotonic() + timeout_ms / 1000
+        if prev is not None:
+            # The position may come from another worker that is ahead of this one.
+            await self.db.catch_up(prev.stream)
+        timed_out = False
+        while True:
+            upto = self.db.current_stream_id
+            eph = self.notifier.ephemeral_serial
+            done = await self._pass(requester, req, prev, upto, eph)
+            if (
+                done.news
+                or prev is None
+                or timed_out
+                or timeout_ms <= 0
+                or self.notifier.closing
+                or time.monotonic() >= deadline
+            ):
+                break
+            if self.db.current_stream_id != upto or self.notifier.ephemeral_serial != eph:
+                continue  # something landed while this pass ran
+            remaining = max(0.0, deadline - time.monotonic())
+            timed_out = not await self.notifier.wait(requester.user_id, done.watch, remaining)
+        done.response["pos"] = self.connections.record(conn, prev, done.position)
+        return done.response
+
+    async def _pass(
+        self, requester: Requester, req: SlidingRequest, prev: Position | None, upto: int, eph: int
+    ) -> _Pass:
+        user_id = requester.user_id
+        sent_before = prev.rooms if prev is not None else {}
+        entries = await self.room_list.entries(user_id, sent_before, upto)
+        by_id = {e.room_id: e for e in entries}
+        dm_rooms = dm_rooms_of(await self.account_data.get(user_id, None, "m.direct"))
+
+        configs: dict[str, RoomConfig] = {}
+        in_lists: dict[str, list[str]] = {}
+        list_rooms: dict[str, list[str]] = {}
+        counts: dict[str, int] = {}
+        for name, lc in req.lists.items():
+            matching = await self.room_list.apply(entries, lc.filters, user_id, dm_rooms)
+            counts[name] = len(matching)
+            chosen = [e.room_id for i, e in enumerate(matching) if in_ranges(i, lc.ranges)]
+            list_rooms[name] = chosen
+            for room_id in chosen:
+                configs[room_id] = configs[room_id].combine(lc.room) if room_id in configs else lc.room
+                in_lists.setdefault(room_id, []).append(name)
+        # Subscriptions to rooms the user has no membership in are ignored (no peeking).
+        subscribed = [r for r in req.subscriptions if r in by_id]
+        for room_id in subscribed:
+            sub = req.subscriptions[room_id]
+            configs[room_id] = configs[room_id].combine(sub) if room_id in configs else sub
+
+        joined_selected = [r for r in configs if by_id[r].membership == "join"]
+        unread = await self.unread.unread_counts(user_id, joined_selected) if joined_selected else {}
+        rooms_out: dict[str, Any] = {}
+        held = dict(sent_before)
+        since = prev.stream if prev is not None else None
+        for room_id, config in configs.items():
+            entry: Entry = by_id[room_id]
+            main = unread.get(room_id, {}).get("main", Counts())
+            ctx = RoomContext(
+                user_id,
+                requester.device_id,
+                since,
+                upto,
+                (main.notifications, main.highlights),
+                room_id in dm_rooms,
+                in_lists.get(room_id, []),
+            )
+            result, held[room_id] = await self.room_data.build(entry, config, sent_before.get(room_id), ctx)
+            if result is not None:
+                rooms_out[room_id] = result
+
+        was_enabled = prev.extensions if prev is not None else frozenset()
+        enabled = enabled_extensions(req.extensions, was_enabled)
+        joined = [e.room_id for e in entries if e.membership == "join"]
+        ext, ext_news = await self.extensions.compute(
+            ExtensionInput(
+                requester,
+                enabled,
+                was_enabled,
+                req.extensions,
+                since,
+                prev.ephemeral if prev is not None else None,
+                upto,
+                list_rooms,
+                subscribed,
+                joined,
+                {r for r, v in rooms_out.items() if v.get("initial")},
+            )
+        )
+        lists_changed = prev is None or prev.lists != counts
+        response = {
+            "lists": {name: {"count": c} for name, c in counts.items()},
+            "rooms": rooms_out,
+            "extensions": ext,
+        }
+        position = Position(upto, eph, held, counts, enabled)
+        watch = [e.room_id for e in entries]
+        return _Pass(response, position, bool(rooms_out) or ext_news or lists_changed, watch)

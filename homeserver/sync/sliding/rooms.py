@@ -1,0 +1,163 @@
+"""Sliding sync's room list: the rooms a user may see, newest activity first, and the
+lists' filters over it.
+
+A room is in the list when the user is joined, invited or has knocked; when they were
+kicked or banned (they may not have seen it happen); and when they left it themselves
+after the connection was sent the room (so the client learns of the leave).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.engine import Database
+from homeserver.storage.events import EventStore
+from homeserver.storage.sliding_reads import latest_bumps
+from homeserver.sync.sliding.config import ListFilters
+
+# Rooms whose bump stamp is remembered between requests.
+MAX_CACHED_BUMPS = 200_000
+
+
+@dataclass(slots=True)
+class Entry:
+    room_id: str
+    membership: str
+    # The user's membership event and its stream position.
+    event_id: str
+    stream: int
+    # The sort key and `bump_stamp`: the latest bump event's position for a joined room,
+    # the membership's for any other.
+    bump: int
+
+
+class RoomList:
+    def __init__(self, db: Database, events: EventStore, account_data: AccountDataStore) -> None:
+        self.db = db
+        self.events = events
+        self.account_data = account_data
+        # room_id -> (latest bump position, the stream position it is known up to).
+        self._bumps: dict[str, tuple[int, int]] = {}
+
+    async def entries(self, user_id: str, sent_before: Collection[str], upto: int) -> list[Entry]:
+        """The user's rooms, newest first (ties by room ID)."""
+        memberships = [m for m in await self.events.get_memberships_for_user(user_id) if m[3] <= upto]
+        gone = [m for m in memberships if m[1] in ("leave", "ban")]
+        senders: dict[str, str] = {}
+        if gone:
+            found = await self.events.get_events([m[2] for m in gone])
+            senders = {eid: s.event.sender for eid, s in found.items()}
+        keep = []
+        for room_id, membership, event_id, stream in memberships:
+            if membership in ("leave", "ban"):
+                self_left = senders.get(event_id) == user_id
+                if self_left and room_id not in sent_before:
+                    continue
+            keep.append((room_id, membership, event_id, stream))
+        joined = [m[0] for m in keep if m[1] == "join"]
+        bumps = await self._latest_bumps(joined, upto)
+        out = [Entry(r, m, e, s, bumps.get(r, s) if m == "join" else s) for r, m, e, s in keep]
+        out.sort(key=lambda e: (-e.bump, e.room_id))
+        return out
+
+    async def _latest_bumps(self, room_ids: list[str], upto: int) -> dict[str, int]:
+        """Bump stamps, read again only for the rooms with events since they were read."""
+        stale = [r for r in room_ids if r not in self._bumps or self._bumps[r][1] < upto]
+        if stale:
+            known = [r for r in stale if r in self._bumps]
+            since = min((self._bumps[r][1] for r in known), default=0)
+            changed = set(stale) - set(known)
+            if known:
+                changed |= await self.events.rooms_with_events_between(known, since, upto)
+            fresh = await latest_bumps(self.db, changed, upto)
+            if len(self._bumps) > MAX_CACHED_BUMPS:
+                self._bumps.clear()
+            for r in stale:
+                if r in changed:
+                    self._bumps[r] = (fresh.get(r, 0), upto)
+                else:
+                    self._bumps[r] = (self._bumps[r][0], upto)
+        return {r: self._bumps[r][0] for r in room_ids if self._bumps.get(r, (0, 0))[0]}
+
+    async def apply(
+        self, entries: list[Entry], filters: ListFilters, user_id: str, dm_rooms: Collection[str]
+    ) -> list[Entry]:
+        """The entries a list's filters let through, in order."""
+        out = entries
+        if filters.is_invite is not None:
+            out = [e for e in out if (e.membership == "invite") == filters.is_invite]
+        if filters.is_dm is not None:
+            out = [e for e in out if (e.room_id in dm_rooms) == filters.is_dm]
+        if filters.is_encrypted is not None:
+            flags = await self._state_flags(out, ("m.room.encryption", ""))
+            out = [e for e in out if (e.room_id in flags) == filters.is_encrypted]
+        if filters.room_types is not None or filters.not_room_types:
+            creates = await self._state_flags(out, ("m.room.create", ""))
+            out = [e for e in out if _type_allowed(creates.get(e.room_id), filters)]
+        if filters.tags or filters.not_tags:
+            tags = await self._tags(user_id, [e.room_id for e in out])
+            out = [e for e in out if _tags_allowed(tags.get(e.room_id, {}), filters)]
+        if filters.spaces:
+            children = await self._space_children(filters.spaces, user_id)
+            out = [e for e in out if e.room_id in children]
+        if filters.room_name_like:
+            needle = filters.room_name_like.casefold()
+            names = await self._state_flags(out, ("m.room.name", ""))
+            out = [e for e in out if needle in str(names.get(e.room_id, {}).get("name", "")).casefold()]
+        return out
+
+    async def _state_flags(self, entries: list[Entry], key: tuple[str, str]) -> dict[str, Mapping[str, Any]]:
+        """The content of one current state event, for the rooms that have it."""
+        out: dict[str, Mapping[str, Any]] = {}
+        for e in entries:
+            state = await self.events.get_current_state(e.room_id, [key])
+            if key in state:
+                out[e.room_id] = state[key].event.content
+        return out
+
+    async def _tags(self, user_id: str, room_ids: list[str]) -> dict[str, Mapping[str, Any]]:
+        out: dict[str, Mapping[str, Any]] = {}
+        for room_id in room_ids:
+            content = await self.account_data.get(user_id, room_id, "m.tag")
+            tags = content.get("tags") if content else None
+            if isinstance(tags, dict):
+                out[room_id] = tags
+        return out
+
+    async def _space_children(self, spaces: Collection[str], user_id: str) -> set[str]:
+        """Rooms named by an `m.space.child` event of the listed spaces the user is in."""
+        children: set[str] = set()
+        for space in spaces:
+            membership = await self.events.get_membership(space, user_id)
+            if membership is None or membership[0] != "join":
+                continue
+            state = await self.events.get_current_state(space, types=["m.space.child"])
+            children |= {k[1] for k, s in state.items() if s.event.content.get("via")}
+        return children
+
+
+def _type_allowed(create: Mapping[str, Any] | None, filters: ListFilters) -> bool:
+    room_type = create.get("type") if create else None
+    if not isinstance(room_type, str):
+        room_type = None
+    if room_type in filters.not_room_types:
+        return False
+    return filters.room_types is None or room_type in filters.room_types
+
+
+def _tags_allowed(tags: Mapping[str, Any], filters: ListFilters) -> bool:
+    if any(t in tags for t in filters.not_tags):
+        return False
+    return not filters.tags or any(t in tags for t in filters.tags)
+
+
+def dm_rooms_of(direct: Mapping[str, Any] | None) -> set[str]:
+    """The room IDs of an `m.direct` account data object."""
+    rooms: set[str] = set()
+    for value in (direct or {}).values():
+        if isinstance(value, list):
+            rooms.update(r for r in value if isinstance(r, str))
+    return rooms
