@@ -21,6 +21,7 @@ from homeserver.sync.sliding.rooms import RoomList
 
 PATH = UNSTABLE + "/org.matrix.simplified_msc3575/sync"
 PRESENCE_VALUES = ("online", "offline", "unavailable")
+SLIDING_SYNC_KEY = web.AppKey("sotto.sliding_sync", SlidingSyncHandler)
 
 
 def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
@@ -43,7 +44,7 @@ def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     max_timeout = hs.config.limits.max_sync_timeout_ms
-    handler = build_handler(app, hs)
+    handler = app[SLIDING_SYNC_KEY] = build_handler(app, hs)
 
     async def sliding_sync(request: web.Request) -> web.Response:
         requester = await hs.auth.get_requester(request, allow_guest=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from homeserver.api.sliding_sync import SLIDING_SYNC_KEY
 from tests.integration.e2ee.nio_helpers import NioUser, nio_login
 from tests.support.http import RawClient
 from tests.support.server import RunningServer
@@ -50,9 +51,11 @@ async def step_until(bob: NioUser, done: asyncio.Future[str], what: str, rounds:
     raise AssertionError(f"the js-sdk client never reported {what}")
 
 
+@pytest.mark.parametrize("sync", ["v3", "sliding"])
 async def test_js_sdk_and_nio_exchange_encrypted_messages(
-    server: RunningServer, http: aiohttp.ClientSession, tmp_path: Path
+    server: RunningServer, http: aiohttp.ClientSession, tmp_path: Path, sync: str
 ) -> None:
+    """With `sliding`, the js-sdk client syncs with sliding sync (MSC4186), as Element X does."""
     node = ensure_js_sdk()
     bob = await nio_login(server, str(tmp_path / "stores"), "bob")
     js_login = await server.login("jsuser")
@@ -72,6 +75,7 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
             "EXPECT_BODY": expected,
             "REPLY_BODY": reply,
             "PASSWORD": "password",
+            "SLIDING_SYNC": "1" if sync == "sliding" else "0",
         }
         proc = await asyncio.create_subprocess_exec(
             node,
@@ -124,6 +128,8 @@ async def test_js_sdk_and_nio_exchange_encrypted_messages(
             assert ssk_id in query["device_keys"][js_user][js_device]["signatures"][js_user]
             assert js_user in query["master_keys"][js_user]["signatures"]
             assert js_user not in query["user_signing_keys"]
+            # The client did use the sync it was given.
+            assert len(server.runner.app[SLIDING_SYNC_KEY].connections) == (1 if sync == "sliding" else 0)
         finally:
             for reader in readers:
                 reader.cancel()

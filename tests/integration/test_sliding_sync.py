@@ -41,32 +41,48 @@ def bodies(room: dict[str, Any]) -> list[str]:
 
 async def test_the_list_is_sorted_by_activity_and_cut_by_ranges(make_user: MakeUser) -> None:
     alice = await make_user("alice")
-    rooms = [await alice.create_room(name=f"room {i}") for i in range(3)]
-    # Sent last to the first room: it is now the most recently active.
-    for i, room in enumerate([rooms[1], rooms[2], rooms[0]]):
+    rooms = [await alice.create_room(name=f"room {i}") for i in range(5)]
+    # Messages land in this order, so the last room here is the most recently active.
+    order = [rooms[3], rooms[1], rooms[4], rooms[0], rooms[2]]
+    for i, room in enumerate(order):
         await alice.send(room, f"hello {i}", f"t{i}")
+    # A name change does not move a room up (it is not a "bump" event).
+    await alice.ok("PUT", f"/rooms/{quote(rooms[3])}/state/m.room.name", json={"name": "renamed"})
+    newest_first = list(reversed(order))
+    everything = await sliding(alice, {"lists": {"all": a_list([[0, 9]], 1)}})
+    assert list(everything["rooms"]) == newest_first
+    stamps = [everything["rooms"][r]["bump_stamp"] for r in newest_first]
+    assert stamps == sorted(stamps, reverse=True)
+
     body = {"lists": {"all": a_list([[0, 1]], 2, required_state=[["m.room.create", ""]])}}
     out = await sliding(alice, body)
-    assert out["lists"] == {"all": {"count": 3}}
-    assert list(out["rooms"]) == [rooms[0], rooms[2]]
-    first = out["rooms"][rooms[0]]
+    assert out["lists"] == {"all": {"count": 5}}
+    assert list(out["rooms"]) == newest_first[:2]
+    first = out["rooms"][rooms[2]]
     assert first["initial"] is True and first["membership"] == "join" and first["lists"] == ["all"]
-    assert first["name"] == "room 0"
-    assert bodies(first) == ["hello 2"] and first["limited"] is True
+    assert first["name"] == "room 2"
+    assert bodies(first) == ["hello 4"] and first["limited"] is True
     assert [(e["type"], e["state_key"]) for e in first["required_state"]] == [("m.room.create", "")]
     assert first["joined_count"] == 1 and first["invited_count"] == 0
     assert first["num_live"] == 0
-    assert out["rooms"][rooms[0]]["bump_stamp"] > out["rooms"][rooms[2]]["bump_stamp"]
     # prev_batch pages back through /messages.
     older = await alice.ok(
-        "GET", f"/rooms/{quote(rooms[0])}/messages", params={"dir": "b", "from": first["prev_batch"]}
+        "GET", f"/rooms/{quote(rooms[2])}/messages", params={"dir": "b", "from": first["prev_batch"]}
     )
     assert older["chunk"] and all(e["event_id"] != first["timeline"][0]["event_id"] for e in older["chunk"])
 
-    # A range with every room; rooms already sent on this connection and unchanged are left out.
-    wide = await sliding(alice, {"lists": {"all": a_list([[0, 9]], 2)}}, out["pos"])
-    assert wide["lists"] == {"all": {"count": 3}}
-    assert list(wide["rooms"]) == [rooms[1]] and wide["rooms"][rooms[1]]["initial"] is True
+    # A wider range; rooms already sent on this connection and unchanged are left out.
+    wide = await sliding(alice, {"lists": {"all": a_list([[1, 3]], 2)}}, out["pos"])
+    assert wide["lists"] == {"all": {"count": 5}}
+    assert list(wide["rooms"]) == newest_first[2:4]
+    assert all(r["initial"] is True for r in wide["rooms"].values())
+
+    # New activity in the oldest room brings it to the top of the list.
+    oldest = newest_first[-1]
+    await alice.send(oldest, "back on top", "t9")
+    top = await sliding(alice, {"lists": {"all": a_list([[0, 0]], 2)}}, wide["pos"])
+    assert list(top["rooms"]) == [oldest]
+    assert top["rooms"][oldest]["bump_stamp"] > stamps[0]
 
 
 async def test_an_incremental_request_waits_and_carries_only_what_changed(make_user: MakeUser) -> None:
@@ -198,13 +214,16 @@ async def test_room_configs_combine_and_expand(make_user: MakeUser) -> None:
     room = await alice.create_room(name="growing", topic="things")
     for i in range(6):
         await alice.send(room, f"m{i}", f"t{i}")
-    narrow = {"lists": {"a": a_list([[0, 0]], 1)}}
+    narrow = {"lists": {"a": a_list([[0, 0]], 1, required_state=[["m.room.name", ""]])}}
     out = await sliding(alice, narrow)
     assert bodies(out["rooms"][room]) == ["m5"]
+    assert [e["type"] for e in out["rooms"][room]["required_state"]] == ["m.room.name"]
     # A subscription with a larger timeline and more state: the superset applies.
     wider = {
         **narrow,
-        "room_subscriptions": {room: {"timeline_limit": 3, "required_state": [["m.room.topic", ""]]}},
+        "room_subscriptions": {
+            room: {"timeline_limit": 3, "required_state": [["m.room.topic", ""], ["m.room.name", ""]]}
+        },
     }
     grown = await sliding(alice, wider, out["pos"])
     room_out = grown["rooms"][room]
@@ -228,6 +247,8 @@ async def test_list_filters(make_user: MakeUser) -> None:
     await alice.ok("PUT", f"/user/{quote(alice.user_id)}/rooms/{quote(favourite)}/tags/m.favourite", json={})
     child = await alice.create_room(name="child")
     await alice.ok("PUT", f"/rooms/{quote(space)}/state/m.space.child/{quote(child)}", json={"via": ["test"]})
+    # A child without `via` is no longer a child.
+    await alice.ok("PUT", f"/rooms/{quote(space)}/state/m.space.child/{quote(favourite)}", json={})
     invite = await bob.create_room(name="invite")
     await bob.ok("POST", f"/rooms/{quote(invite)}/invite", json={"user_id": alice.user_id})
 
@@ -241,6 +262,7 @@ async def test_list_filters(make_user: MakeUser) -> None:
         "spaces": only(room_types=["m.space"]),
         "not_spaces": only(not_room_types=["m.space"], is_invite=False),
         "favourites": only(tags=["m.favourite"]),
+        "others": only(not_tags=["m.favourite"], is_invite=False),
         "in_space": only(spaces=[space]),
         "named": only(room_name_like="SECR"),
     }
@@ -248,11 +270,12 @@ async def test_list_filters(make_user: MakeUser) -> None:
     counts = {name: v["count"] for name, v in out["lists"].items()}
     assert counts == {
         "dms": 1, "encrypted": 1, "invites": 1, "spaces": 1, "not_spaces": 4,
-        "favourites": 1, "in_space": 1, "named": 1,
+        "favourites": 1, "others": 4, "in_space": 1, "named": 1,
     }  # fmt: skip
-    assert out["rooms"][dm]["is_dm"] is True and out["rooms"][dm]["lists"] == ["dms", "not_spaces"]
-    assert set(out["rooms"][encrypted]["lists"]) == {"encrypted", "not_spaces", "named"}
-    assert out["rooms"][child]["lists"] == ["not_spaces", "in_space"]
+    assert out["rooms"][dm]["is_dm"] is True and out["rooms"][dm]["lists"] == ["dms", "not_spaces", "others"]
+    assert set(out["rooms"][encrypted]["lists"]) == {"encrypted", "not_spaces", "others", "named"}
+    assert out["rooms"][child]["lists"] == ["not_spaces", "others", "in_space"]
+    assert out["rooms"][favourite]["lists"] == ["not_spaces", "favourites"]
     assert out["rooms"][invite]["lists"] == ["invites"]
 
 

@@ -7,6 +7,9 @@
 //   @@SENT <event_id>  sent our encrypted reply
 //   @@XSIGNED <ready>  bootstrapped cross-signing (keys and signatures uploaded)
 // Exits 0 when done, non-zero on error or timeout.
+// With SLIDING_SYNC=1 the client syncs with sliding sync (MSC4186) instead of /sync v3, as
+// Element X does: its keys and to-device messages then come through the e2ee and
+// to_device extensions.
 
 import { env, say } from "./common.mjs";
 
@@ -43,7 +46,16 @@ async function main() {
         if (state === "ERROR") synced.reject(new Error("sync failed"));
     });
     // Short long-polls: the test server shuts down soon after we exit, and waits for open requests.
-    await client.startClient({ initialSyncLimit: 20, pollTimeout: 2000 });
+    const options = { initialSyncLimit: 20, pollTimeout: 2000 };
+    if (process.env.SLIDING_SYNC === "1") {
+        const { SlidingSync } = await import("matrix-js-sdk/lib/sliding-sync.js");
+        const lists = new Map([
+            ["all", { ranges: [[0, 50]], timeline_limit: 20, required_state: [["*", "*"]] }],
+        ]);
+        const roomSubscription = { timeline_limit: 20, required_state: [["*", "*"]] };
+        options.slidingSync = new SlidingSync(env("HS_URL"), lists, roomSubscription, client, 2000);
+    }
+    await client.startClient(options);
     await synced.promise;
 
     await client.joinRoom(roomId);
