@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from homeserver.api.devices import get_device_handler
 from homeserver.api.http import UNSTABLE, json_response, query_int, read_json
 from homeserver.api.keys import e2ee_services
 from homeserver.errors import invalid_param
 from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
+from homeserver.storage.sliding_positions import SlidingPositionStore
 from homeserver.sync.sliding.config import parse_request
+from homeserver.sync.sliding.connections import Connections
 from homeserver.sync.sliding.extensions import SlidingExtensions
 from homeserver.sync.sliding.handler import SlidingSyncHandler
 from homeserver.sync.sliding.room_data import RoomData
@@ -26,6 +29,11 @@ SLIDING_SYNC_KEY = web.AppKey("sotto.sliding_sync", SlidingSyncHandler)
 
 def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
     e2ee = e2ee_services(app, hs)
+    # Several processes share the database (workers, or servers behind a load balancer): a
+    # connection's next request may reach any of them.
+    store = SlidingPositionStore(hs.db) if hs.db.shared and not hs.db.sole_writer else None
+    if store is not None:
+        get_device_handler(app, hs).on_device_deleted.append(store.delete_devices)
     cs = services(app, hs)
     extensions = SlidingExtensions(
         e2ee.to_device, e2ee.keys, e2ee.device_lists, hs.account_data, hs.receipts, hs.typing, cs.push
@@ -39,6 +47,7 @@ def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
         extensions,
         cs.push,
         hs.sync.park_hooks,
+        Connections(hs.clock, store),
     )
 
 

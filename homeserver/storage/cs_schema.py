@@ -255,3 +255,18 @@ appservice_room_list = Table(
     Column("room_id", String(255), nullable=False),
     PrimaryKeyConstraint("appservice_id", "network_id", "room_id"),
 )
+
+# Sliding sync (MSC4186) positions, when several workers serve one server: what each
+# connection was sent as of a `pos`, so any worker can answer the next request. A
+# connection keeps the position the client last named and the newest one.
+sliding_sync_positions = Table(
+    "sliding_sync_positions",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("conn_id", String(255), nullable=False),
+    Column("pos", String(255), nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    Column("data_json", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "device_id", "conn_id", "pos"),
+)

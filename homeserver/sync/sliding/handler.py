@@ -50,6 +50,7 @@ class SlidingSyncHandler:
         extensions: SlidingExtensions,
         unread: UnreadCounts,
         presence_hooks: list[Callable[[str, str | None], Awaitable[None]]],
+        connections: Connections,
     ) -> None:
         self.db = db
         self.notifier = notifier
@@ -59,7 +60,7 @@ class SlidingSyncHandler:
         self.extensions = extensions
         self.unread = unread
         self.presence_hooks = presence_hooks
-        self.connections = Connections()
+        self.connections = connections
 
     async def sync(
         self,
@@ -70,7 +71,7 @@ class SlidingSyncHandler:
         set_presence: str | None = None,
     ) -> dict[str, Any]:
         key = (requester.user_id, requester.device_id or "", req.conn_id)
-        conn, prev = self.connections.resume(key, pos)
+        conn, prev = await self.connections.resume(key, pos)
         for hook in self.presence_hooks:
             await hook(requester.user_id, set_presence)
         deadline = time.monotonic() + timeout_ms / 1000
@@ -95,7 +96,7 @@ class SlidingSyncHandler:
                 continue  # something landed while this pass ran
             remaining = max(0.0, deadline - time.monotonic())
             timed_out = not await self.notifier.wait(requester.user_id, done.watch, remaining)
-        done.response["pos"] = self.connections.record(conn, prev, done.position)
+        done.response["pos"] = await self.connections.record(key, conn, pos, done.position)
         return done.response
 
     async def _pass(
