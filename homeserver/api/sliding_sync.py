@@ -42,7 +42,7 @@ def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
         hs.db,
         hs.notifier,
         hs.account_data,
-        RoomList(hs.db, hs.events, hs.account_data),
+        RoomList(hs.db, hs.events, hs.account_data, hs.sync.reads, hs.sync.memo),
         RoomData(hs.events, hs.sync.reads, hs.sync, hs.clock, cs.relations.bundle),
         extensions,
         cs.push,

@@ -55,6 +55,10 @@ class Position:
     lists: dict[str, int] = field(default_factory=dict)
     # Extensions on: a newly enabled one starts from the beginning.
     extensions: frozenset[str] = frozenset()
+    # This process only (not stored): what the request that got this position asked for,
+    # and the rooms whose activity would change its answer.
+    shape: Any = None
+    watch: list[str] | None = None
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ last got it (room_data.py); the extensions follow (extensions.py).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,6 +80,12 @@ class SlidingSyncHandler:
             # The position may come from another worker that is ahead of this one.
             await self.db.catch_up(prev.stream)
         timed_out = False
+        unchanged = self._unchanged(req, prev)
+        if unchanged is not None and timeout_ms > 0 and not self.notifier.closing:
+            # Nothing landed since that position was answered, and the request asks what it
+            # asked then: a pass would find nothing. Wait first (as /sync v3 parks at once).
+            timed_out = not await self.notifier.wait(requester.user_id, unchanged, timeout_ms / 1000)
+            await asyncio.sleep(0)  # as /sync v3: the waker (a sender) is answered first
         while True:
             upto = self.db.current_stream_id
             eph = self.notifier.ephemeral_serial
@@ -96,8 +103,18 @@ class SlidingSyncHandler:
                 continue  # something landed while this pass ran
             remaining = max(0.0, deadline - time.monotonic())
             timed_out = not await self.notifier.wait(requester.user_id, done.watch, remaining)
+            await asyncio.sleep(0)
         done.response["pos"] = await self.connections.record(key, conn, pos, done.position)
         return done.response
+
+    def _unchanged(self, req: SlidingRequest, prev: Position | None) -> list[str] | None:
+        """The rooms to wait on when the connection's position is current and this request
+        is the one that position answered (the to-device `since` aside); else None."""
+        if prev is None or prev.watch is None or prev.shape != _shape(req):
+            return None
+        if prev.stream != self.db.current_stream_id or prev.ephemeral != self.notifier.ephemeral_serial:
+            return None
+        return prev.watch
 
     async def _pass(
         self, requester: Requester, req: SlidingRequest, prev: Position | None, upto: int, eph: int
@@ -126,6 +143,13 @@ class SlidingSyncHandler:
             sub = req.subscriptions[room_id]
             configs[room_id] = configs[room_id].combine(sub) if room_id in configs else sub
 
+        # Rooms the connection holds as they are now, unless an event landed in them since:
+        # one statement tells which did, so the others are not read one by one.
+        held_rooms = [
+            r for r in configs if r in sent_before and sent_before[r].membership == by_id[r].membership
+        ]
+        oldest = min((sent_before[r].stream for r in held_rooms), default=upto)
+        active = await self.room_list.rooms_with_events(held_rooms, oldest, upto)
         joined_selected = [r for r in configs if by_id[r].membership == "join"]
         unread = await self.unread.unread_counts(user_id, joined_selected) if joined_selected else {}
         rooms_out: dict[str, Any] = {}
@@ -142,6 +166,7 @@ class SlidingSyncHandler:
                 (main.notifications, main.highlights),
                 room_id in dm_rooms,
                 in_lists.get(room_id, []),
+                quiet=room_id in sent_before and room_id not in active,
             )
             result, held[room_id] = await self.room_data.build(entry, config, sent_before.get(room_id), ctx)
             if result is not None:
@@ -171,6 +196,15 @@ class SlidingSyncHandler:
             "rooms": rooms_out,
             "extensions": ext,
         }
-        position = Position(upto, eph, held, counts, enabled)
         watch = [e.room_id for e in entries]
+        position = Position(upto, eph, held, counts, enabled, _shape(req), watch)
         return _Pass(response, position, bool(rooms_out) or ext_news or lists_changed, watch)
+
+
+def _shape(req: SlidingRequest) -> tuple[Any, ...]:
+    """What a request asks for, but the to-device `since` (which moves every response)."""
+    extensions = {
+        name: {k: v for k, v in config.items() if not (name == "to_device" and k == "since")}
+        for name, config in req.extensions.items()
+    }
+    return (req.lists, req.subscriptions, extensions)

@@ -42,6 +42,8 @@ class RoomContext:
     counts: tuple[int, int]
     is_dm: bool
     lists: list[str]
+    # No event landed in the room since the connection last got it.
+    quiet: bool = False
 
 
 class RoomData:
@@ -85,19 +87,24 @@ class RoomData:
         expanded = sent is not None and limit > sent.config.timeline_limit
         after = None if sent is None or expanded else sent.stream
         timeline: list[StoredEvent] = []
+        related: frozenset[str] = frozenset()
         limited = False
-        if limit > 0 and (after is None or after < room_upto):
+        if limit > 0 and (after is None or (after < room_upto and not ctx.quiet)):
             read = await self.reads.room_events(
                 room_id, after=after, upto=room_upto, limit=limit + 1, types=None, not_types=None
             )
             limited = len(read.events) > limit
             timeline = list(reversed(read.events[:limit]))
+            related = read.related
         if expanded and sent is not None and not any(s.stream_id > sent.stream for s in timeline):
             # Nothing new and nothing more to show than the client holds.
             expanded = len(timeline) > sent.config.timeline_limit
         rs = config.required_state
         old_rs = sent.config.required_state if sent is not None else None
-        state = await self._state(room_id, rs, old_rs, sent, room_upto, user_id)
+        # Without a gap, the timeline holds every event since the room was sent: state can
+        # have changed only if some of them are state events.
+        settled = ctx.quiet or (limit > 0 and not limited and not any(s.event.is_state() for s in timeline))
+        state = await self._state(room_id, rs, old_rs, sent, room_upto, user_id, settled)
         members_sent = sent.members if sent is not None else frozenset()
         lazy: list[StoredEvent] = []
         if rs.lazy_members:
@@ -120,7 +127,7 @@ class RoomData:
             new_events = any(s.stream_id > sent.stream for s in timeline)
         else:
             # No timeline asked for: the room still moves when something happens in it.
-            new_events = sent.stream < room_upto and bool(
+            new_events = not ctx.quiet and bool(
                 await self.events.rooms_with_events_between([room_id], sent.stream, room_upto)
             )
         if not (new_events or state_all or counts_changed or expanded):
@@ -145,8 +152,10 @@ class RoomData:
             formatted = await format_events(
                 self.events, timeline, now, device_id=ctx.device_id, include_room_id=False
             )
-            if formatted and self.bundler is not None:
-                await self.bundler(formatted, user_id)
+            # Only the events the read found relations for have anything to bundle.
+            bundled = [e for e in formatted if e["event_id"] in related]
+            if bundled and self.bundler is not None:
+                await self.bundler(bundled, user_id)
             result["timeline"] = formatted
             result["limited"] = limited
             prev = (timeline[0].stream_id - 1) if timeline else room_upto
@@ -172,6 +181,7 @@ class RoomData:
         sent: RoomSent | None,
         room_upto: int,
         user_id: str,
+        settled: bool,
     ) -> list[StoredEvent]:
         """The state to send: all that `rs` matches (first time), else what changed since the
         room was sent, plus what a widened `rs` newly matches."""
@@ -181,7 +191,7 @@ class RoomData:
             current = await self._current(room_id, rs, user_id)
             return [s for k, s in current.items() if rs.matches(k, user_id) and s.stream_id <= room_upto]
         out: list[StoredEvent] = []
-        if sent.stream < room_upto:
+        if sent.stream < room_upto and not settled:
             out = [
                 s
                 for s in await self.events.get_state_changed_since(room_id, sent.stream, room_upto)

@@ -16,6 +16,8 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.sliding_reads import latest_bumps
+from homeserver.storage.sync_reads import SyncQueries
+from homeserver.sync.shared import ReadMemo
 from homeserver.sync.sliding.config import ListFilters
 
 # Rooms whose bump stamp is remembered between requests.
@@ -35,16 +37,29 @@ class Entry:
 
 
 class RoomList:
-    def __init__(self, db: Database, events: EventStore, account_data: AccountDataStore) -> None:
+    def __init__(
+        self,
+        db: Database,
+        events: EventStore,
+        account_data: AccountDataStore,
+        reads: SyncQueries,
+        memo: ReadMemo,
+    ) -> None:
         self.db = db
         self.events = events
         self.account_data = account_data
+        self.reads = reads
+        self.memo = memo
         # room_id -> (latest bump position, the stream position it is known up to).
         self._bumps: dict[str, tuple[int, int]] = {}
+        # Joined rooms' state the filters look at (create, encryption, name), by room, kept
+        # while no event lands in the room (dropped with its bump stamp's refresh).
+        self._flags: dict[str, dict[tuple[str, str], Mapping[str, Any] | None]] = {}
 
     async def entries(self, user_id: str, sent_before: Collection[str], upto: int) -> list[Entry]:
         """The user's rooms, newest first (ties by room ID)."""
-        memberships = [m for m in await self.events.get_memberships_for_user(user_id) if m[3] <= upto]
+        every, _ = await self.reads.memberships_and_probe(user_id, "", None, upto)
+        memberships = [m for m in every if m[3] <= upto]
         gone = [m for m in memberships if m[1] in ("leave", "ban")]
         senders: dict[str, str] = {}
         if gone:
@@ -71,16 +86,28 @@ class RoomList:
             since = min((self._bumps[r][1] for r in known), default=0)
             changed = set(stale) - set(known)
             if known:
-                changed |= await self.events.rooms_with_events_between(known, since, upto)
+                changed |= await self.rooms_with_events(known, since, upto)
             fresh = await latest_bumps(self.db, changed, upto)
             if len(self._bumps) > MAX_CACHED_BUMPS:
                 self._bumps.clear()
+                self._flags.clear()
             for r in stale:
                 if r in changed:
                     self._bumps[r] = (fresh.get(r, 0), upto)
+                    self._flags.pop(r, None)
                 else:
                     self._bumps[r] = (self._bumps[r][0], upto)
         return {r: self._bumps[r][0] for r in room_ids if self._bumps.get(r, (0, 0))[0]}
+
+    async def rooms_with_events(self, room_ids: Collection[str], since: int, upto: int) -> set[str]:
+        """Which of the rooms had events in (since, upto]: from the window's summary, which
+        every sync of the same window shares (/sync v3's too), unless the window is large."""
+        if since >= upto or not room_ids:
+            return set()
+        window = await self.memo.get(upto, ("window", since), lambda: self.reads.window_summary(since, upto))
+        if window is not None:
+            return window.event_rooms.intersection(room_ids)
+        return await self.reads.rooms_with_events_between(room_ids, since, upto)
 
     async def apply(
         self, entries: list[Entry], filters: ListFilters, user_id: str, dm_rooms: Collection[str]
@@ -113,9 +140,17 @@ class RoomList:
         """The content of one current state event, for the rooms that have it."""
         out: dict[str, Mapping[str, Any]] = {}
         for e in entries:
-            state = await self.events.get_current_state(e.room_id, [key])
-            if key in state:
-                out[e.room_id] = state[key].event.content
+            cached = self._flags.get(e.room_id, {})
+            if key in cached:
+                content = cached[key]
+            else:
+                state = await self.events.get_current_state(e.room_id, [key])
+                content = state[key].event.content if key in state else None
+                if e.membership == "join":
+                    # Only joined rooms: `entries` drops these when an event lands in the room.
+                    self._flags.setdefault(e.room_id, {})[key] = content
+            if content is not None:
+                out[e.room_id] = content
         return out
 
     async def _tags(self, user_id: str, room_ids: list[str]) -> dict[str, Mapping[str, Any]]:
