@@ -371,3 +371,22 @@ async def test_extensions(make_user: MakeUser, server: RunningServer, http: aioh
     # Turned off: no longer sent.
     off = await sliding(bob, {"extensions": {"typing": {"enabled": False}}}, woken["pos"])
     assert "typing" not in off["extensions"] and "to_device" in off["extensions"]
+
+
+async def test_a_changed_request_is_answered_at_once(make_user: MakeUser) -> None:
+    """A long-poll with nothing new waits, unless the request asks for something new."""
+    alice = await make_user("alice")
+    first_room = await alice.create_room(name="first")
+    second_room = await alice.create_room(name="second")
+    await alice.send(first_room, "newest", "t1")
+    body = {"lists": {"top": a_list([[0, 0]], 1)}}
+    out = await sliding(alice, body)
+    assert list(out["rooms"]) == [first_room]
+    wider = {"lists": {"top": a_list([[0, 1]], 1)}}
+    again = await asyncio.wait_for(sliding(alice, wider, out["pos"], timeout=20_000), 5)
+    assert list(again["rooms"]) == [second_room]
+    # The same request again: nothing new, so it waits for its timeout.
+    waiting = asyncio.ensure_future(sliding(alice, wider, again["pos"], timeout=20_000))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    waiting.cancel()
