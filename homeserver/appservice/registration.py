@@ -54,6 +54,9 @@ class AppService:
     rate_limited: bool
     receive_ephemeral: bool
     protocols: tuple[str, ...]
+    # MSC2409 to-device messages and MSC3202 device lists and key counts in transactions
+    # (`org.matrix.msc3202: true`): what a bridge encrypting as its own users needs.
+    encryption: bool = False
 
     def owns_user(self, user_id: str) -> bool:
         """Whether the service may act as `user_id`: its bot, or a user in its namespaces."""
@@ -133,11 +136,17 @@ def parse_registration(data: Any, server_name: str, where: str = "registration")
     protocols = data.get("protocols") or []
     if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
         raise RegistrationError(f"{where}: protocols must be a list of strings")
-    flags = {}
-    for key, default in (("rate_limited", True), ("receive_ephemeral", False)):
-        flags[key] = data.get(key, default)
-        if not isinstance(flags[key], bool):
+    flags: dict[str, bool] = {}
+    for key, default in (
+        ("rate_limited", True),
+        # The unstable name bridges (mautrix) still write beside, or instead of, the stable one.
+        ("receive_ephemeral", data.get("de.sorunome.msc2409.push_ephemeral", False)),
+        ("org.matrix.msc3202", False),
+    ):
+        value = data.get(key, default)
+        if not isinstance(value, bool):
             raise RegistrationError(f"{where}: {key} must be true or false")
+        flags[key] = value
     return AppService(
         id=service_id,
         url=url,
@@ -150,6 +159,7 @@ def parse_registration(data: Any, server_name: str, where: str = "registration")
         rate_limited=flags["rate_limited"],
         receive_ephemeral=flags["receive_ephemeral"],
         protocols=tuple(protocols),
+        encryption=flags["org.matrix.msc3202"],
     )
 
 

@@ -19,7 +19,9 @@ them as one transaction at a time:
   members or aliases change.
 
 Services with `receive_ephemeral: true` also get typing and read receipts in the rooms
-they are interested in, in the transactions' `ephemeral` list (`ephemeral.py`).
+they are interested in, in the transactions' `ephemeral` list (`ephemeral.py`). Services
+with `org.matrix.msc3202: true` also get their users' to-device messages, device list
+changes and key counts (`encryption.py`).
 
 Logs name the service and transaction, never event content or tokens.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -36,6 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
+from homeserver.appservice.encryption import Delivered, EncryptionFields
 from homeserver.appservice.ephemeral import (
     presence_between,
     presence_edu,
@@ -76,6 +80,7 @@ class AppServiceSender:
     def __init__(self, hs: HomeServer, client: AppServiceQueries) -> None:
         self.hs = hs
         self.client = client
+        self.encryption = EncryptionFields(hs)
         self.local = ":" + hs.server_name
         self.services = [s for s in hs.appservices.services if s.url is not None]
         # One per service: each task clears its own before it waits.
@@ -95,6 +100,9 @@ class AppServiceSender:
         if not self.services:
             return
         self.hs.notifier.room_observers.append(self._wake_all)
+        if any(s.encryption for s in self.services):
+            # To-device messages and key changes notify users, not rooms.
+            self.hs.notifier.user_observers.append(self._wake_all)
         if self._typing:
             self.hs.typing.observers.append(self._on_typing)
         self.leader = self.hs.db.leader(LEADER)
@@ -189,13 +197,26 @@ class AppServiceSender:
                 end = found[-1].stream_id if len(found) == BATCH else upto
                 wanted = [s for s in found if await self._interested(service, s)]
             edus = await self._ephemeral(service, position, end) if typing is not None else []
-            if wanted or edus:
+            extra: dict[str, Any] = {}
+            inbox: Delivered = []
+            if service.encryption:
+                user_wanted = partial(self._user_wanted, service)
+                extra, inbox = await self.encryption.between(service, position, end, user_wanted)
+            if wanted or edus or extra:
                 txn_id += 1
                 event_ids = [s.event.event_id for s in wanted]
-                pending = {"txn_id": txn_id, "event_ids": event_ids, "ephemeral": edus, "upto": end}
+                pending = {
+                    "txn_id": txn_id,
+                    "event_ids": event_ids,
+                    "ephemeral": edus,
+                    "extra": extra,
+                    "inbox": inbox,
+                    "upto": end,
+                }
                 await self._save(service, position, txn_id - 1, pending)
                 saved_at = loop.time()
-                await self._deliver(service, txn_id, wanted, edus)
+                await self._deliver(service, txn_id, wanted, edus, extra)
+                await self.encryption.delivered(inbox)
             position, unsaved = end, True
             if loop.time() - saved_at >= SAVE_EVERY_S:
                 await self._save(service, position, txn_id, None)
@@ -234,7 +255,10 @@ class AppServiceSender:
         txn_id, upto = int(pending["txn_id"]), int(pending["upto"])
         found = await self.hs.events.get_events(pending["event_ids"])
         stored = [found[e] for e in pending["event_ids"] if e in found]
-        await self._deliver(service, txn_id, stored, pending.get("ephemeral") or [])
+        await self._deliver(
+            service, txn_id, stored, pending.get("ephemeral") or [], pending.get("extra") or {}
+        )
+        await self.encryption.delivered([tuple(row) for row in pending.get("inbox") or []])
         await self._save(service, upto, txn_id, None)
         return upto, txn_id
 
@@ -285,7 +309,12 @@ class AppServiceSender:
     # Sending ---------------------------------------------------------------------------------
 
     async def _deliver(
-        self, service: AppService, txn_id: int, stored: list[StoredEvent], edus: list[dict[str, Any]]
+        self,
+        service: AppService,
+        txn_id: int,
+        stored: list[StoredEvent],
+        edus: list[dict[str, Any]],
+        extra: dict[str, Any],
     ) -> None:
         """PUT the transaction until the service takes it."""
         content: dict[str, Any] = {
@@ -293,6 +322,7 @@ class AppServiceSender:
         }
         if service.receive_ephemeral:
             content["ephemeral"] = edus
+        content.update(extra)
         body = jsonutil.dumpb(content)
         path = f"{TRANSACTIONS_PATH}{txn_id}"
         delay = RETRY_MIN_S

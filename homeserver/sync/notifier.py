@@ -49,6 +49,8 @@ class Notifier:
         # Called whenever rooms have news (here or, through Redis, on another worker): for
         # background senders that read the event stream (application services).
         self.room_observers: list[Callable[[], None]] = []
+        # Called when users are notified (to-device messages, key changes...), if any.
+        self.user_observers: list[Callable[[], None]] = []
 
     @property
     def waiting(self) -> int:
@@ -116,6 +118,9 @@ class Notifier:
             waiters = self._by_room.get(room_id)
             if waiters:
                 self._wake(waiters)
+        if users:
+            for observe in self.user_observers:
+                observe()
         for user_id in users:
             waiters = self._by_user.get(user_id)
             if waiters:

@@ -47,6 +47,17 @@ def test_namespaces_match_and_claim() -> None:
     )
     assert service.wants_room("!logged:example.org") and not service.wants_room("!other:example.org")
     assert "secret" not in repr(service)
+    assert not service.encryption
+
+
+def test_the_unstable_flags_bridges_write() -> None:
+    service = parse_registration(
+        registration(**{"de.sorunome.msc2409.push_ephemeral": True, "org.matrix.msc3202": True}), SERVER
+    )
+    assert service.receive_ephemeral and service.encryption
+    # The stable name wins when both are there.
+    both = registration(**{"de.sorunome.msc2409.push_ephemeral": True, "receive_ephemeral": False})
+    assert not parse_registration(both, SERVER).receive_ephemeral
 
 
 def test_lookups_across_services() -> None:
@@ -78,6 +89,7 @@ def test_lookups_across_services() -> None:
         ({"namespaces": {"aliases": "#a.*"}}, "namespaces.aliases"),
         ({"rate_limited": "no"}, "rate_limited"),
         ({"protocols": "irc"}, "protocols"),
+        ({"org.matrix.msc3202": "yes"}, "org.matrix.msc3202"),
     ],
 )
 def test_bad_registrations_are_refused(changes: dict[str, Any], message: str) -> None:
