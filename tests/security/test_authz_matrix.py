@@ -75,6 +75,8 @@ GUEST_OK = {
     # The spec's guest access module: reading and talking in rooms that let guests in,
     # the display name, media and end-to-end encryption keys.
     ("GET", C + "/sync"),
+    # Sliding sync: the same data as /sync, for clients that sync this way (as Synapse allows).
+    ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"),
     ("POST", C + "/join/{room_id_or_alias}"),
     ("POST", ROOM + "/join"),
     ("POST", ROOM + "/leave"),
