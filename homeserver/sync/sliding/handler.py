@@ -145,9 +145,9 @@ class SlidingSyncHandler:
 
         # Rooms the connection holds as they are now, unless an event landed in them since:
         # one statement tells which did, so the others are not read one by one.
-        held_rooms = [
+        held_rooms = {
             r for r in configs if r in sent_before and sent_before[r].membership == by_id[r].membership
-        ]
+        }
         oldest = min((sent_before[r].stream for r in held_rooms), default=upto)
         active = await self.room_list.rooms_with_events(held_rooms, oldest, upto)
         joined_selected = [r for r in configs if by_id[r].membership == "join"]
@@ -166,7 +166,7 @@ class SlidingSyncHandler:
                 (main.notifications, main.highlights),
                 room_id in dm_rooms,
                 in_lists.get(room_id, []),
-                quiet=room_id in sent_before and room_id not in active,
+                quiet=room_id in held_rooms and room_id not in active,
             )
             result, held[room_id] = await self.room_data.build(entry, config, sent_before.get(room_id), ctx)
             if result is not None:
