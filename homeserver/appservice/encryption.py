@@ -31,6 +31,9 @@ FALLBACK_KEYS = "org.matrix.msc3202.device_unused_fallback_key_types"
 
 # (user_id, device_id, the stream position of its last message in the transaction)
 Delivered = list[tuple[str, str, int]]
+# Inbox rows read per transaction (all users' messages are read, the service's kept): a
+# service back after a long absence catches up in steps, not in one read.
+MAX_INBOX_ROWS = 1000
 
 
 class EncryptionFields:
@@ -47,13 +50,18 @@ class EncryptionFields:
         after: int,
         upto: int,
         user_wanted: Callable[[str], Awaitable[bool]],
-    ) -> tuple[dict[str, Any], Delivered]:
-        """The transaction fields for (after, upto], and the inbox rows they deliver."""
+    ) -> tuple[dict[str, Any], Delivered, int]:
+        """The transaction fields for (after, end], the inbox rows they deliver, and `end`:
+        `upto`, or less when more inbox rows than MAX_INBOX_ROWS are in the window."""
         if upto <= after:
-            return {}, []
+            return {}, [], upto
+        rows = await self._inbox_between(after, upto, MAX_INBOX_ROWS + 1)
+        if len(rows) > MAX_INBOX_ROWS:
+            rows = rows[:MAX_INBOX_ROWS]
+            upto = rows[-1][0]
         messages: list[dict[str, Any]] = []
         last: dict[tuple[str, str], int] = {}
-        for stream_id, user_id, device_id, message in await self._inbox_between(after, upto):
+        for stream_id, user_id, device_id, message in rows:
             if user_id.endswith(self.local) and service.owns_user(user_id):
                 messages.append({**message, "to_user_id": user_id, "to_device_id": device_id})
                 last[(user_id, device_id)] = stream_id
@@ -74,19 +82,22 @@ class EncryptionFields:
         if counts:
             fields[OTK_COUNTS] = counts
             fields[FALLBACK_KEYS] = fallback
-        return fields, [(u, d, s) for (u, d), s in last.items()]
+        return fields, [(u, d, s) for (u, d), s in last.items()], upto
 
     async def delivered(self, rows: Delivered) -> None:
         """The service took the transaction: its to-device messages leave the inboxes."""
         for user_id, device_id, stream_id in rows:
             await self.inbox.delete_confirmed(user_id, device_id, stream_id)
 
-    async def _inbox_between(self, after: int, upto: int) -> list[tuple[int, str, str, dict[str, Any]]]:
+    async def _inbox_between(
+        self, after: int, upto: int, limit: int
+    ) -> list[tuple[int, str, str, dict[str, Any]]]:
         c = device_inbox.c
         q = (
             select(c.stream_id, c.user_id, c.device_id, c.message_json)
             .where(c.stream_id > after, c.stream_id <= upto)
             .order_by(c.stream_id)
+            .limit(limit)
         )
         async with self.hs.db.read() as conn:
             rows = (await conn.execute(q)).all()

@@ -196,12 +196,16 @@ class AppServiceSender:
                 found = await self.hs.events.events_between(position, upto, BATCH, self.local)
                 end = found[-1].stream_id if len(found) == BATCH else upto
                 wanted = [s for s in found if await self._interested(service, s)]
-            edus = await self._ephemeral(service, position, end) if typing is not None else []
             extra: dict[str, Any] = {}
             inbox: Delivered = []
             if service.encryption:
                 user_wanted = partial(self._user_wanted, service)
-                extra, inbox = await self.encryption.between(service, position, end, user_wanted)
+                extra, inbox, capped = await self.encryption.between(service, position, end, user_wanted)
+                if capped < end:
+                    # Many to-device messages: this transaction stops at the last one read.
+                    end = capped
+                    wanted = [s for s in wanted if s.stream_id <= end]
+            edus = await self._ephemeral(service, position, end) if typing is not None else []
             if wanted or edus or extra:
                 txn_id += 1
                 event_ids = [s.event.event_id for s in wanted]

@@ -13,6 +13,8 @@ import aiohttp
 from mautrix.appservice import AppService
 from mautrix.types import ASToDeviceEvent, DeviceLists
 
+from homeserver.appservice import encryption as encryption_module
+from homeserver.appservice.encryption import TO_DEVICE
 from homeserver.storage.to_device import ToDeviceStore
 from tests.integration.e2ee.fixtures import olm_user
 from tests.integration.test_appservice import bridged_server, eventually
@@ -145,3 +147,50 @@ async def test_a_bridge_that_does_not_encrypt_gets_none_of_it(
         # Its device keeps the message for its own /sync.
         assert await ToDeviceStore(srv.hs.db).pending_count(bot, DEVICE) == 1
         await asyncio.sleep(0)
+
+
+async def test_many_to_device_messages_go_in_steps(
+    tmp_path: Any, http: aiohttp.ClientSession, monkeypatch: Any
+) -> None:
+    """A transaction carries at most MAX_INBOX_ROWS inbox rows' worth; the rest follow, in order."""
+    monkeypatch.setattr(encryption_module, "MAX_INBOX_ROWS", 1)
+    as_port = free_port()
+    receiver = Receiver(fail_first=1)  # the first attempt fails: the next messages pile up meanwhile
+    bodies: list[dict[str, Any]] = []
+    original = receiver.handle
+
+    async def handle(request: Any) -> Any:
+        if len(receiver.attempts) >= receiver.fail_first:
+            bodies.append(await request.json())
+        return await original(request)
+
+    receiver.handle = handle  # type: ignore[method-assign]
+    async with bridged_server(str(tmp_path), as_port, ENCRYPTING) as srv, receiver.running(as_port):
+        bot = f"@_bridge_bot:{srv.server_name}"
+        as_bot = RawClient(http, srv.base_url, AS_TOKEN, bot)
+        await as_bot.request("PUT", f"/devices/{DEVICE}", json={}, params={"user_id": bot})
+        alice = await olm_user(srv, http, "alice")
+
+        async def to_bridge(n: int) -> None:
+            body = {"messages": {bot: {DEVICE: {"n": n}}}}
+            await alice.raw.ok("PUT", f"/sendToDevice/org.example.hello/t{n}", json=body)
+
+        await to_bridge(1)
+
+        async def tried() -> bool:
+            return bool(receiver.attempts)
+
+        await eventually(tried, "a first attempt")
+        for n in (2, 3, 4):
+            await to_bridge(n)
+
+        def received() -> list[int]:
+            return [m["content"]["n"] for b in bodies for m in b.get(TO_DEVICE, [])]
+
+        async def all_there() -> bool:
+            return len(received()) >= 4
+
+        await eventually(all_there, "every message")
+        assert received() == [1, 2, 3, 4]
+        assert all(len(b.get(TO_DEVICE, [])) <= 1 for b in bodies)
+        assert await ToDeviceStore(srv.hs.db).pending_count(bot, DEVICE) == 0
