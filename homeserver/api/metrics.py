@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from homeserver.api.sliding_sync import SLIDING_SYNC_KEY
 from homeserver.api.sync import LONG_POLLS_KEY
 from homeserver.appservice.sender import AppServiceSender
 from homeserver.errors import Codes, MatrixError
@@ -84,6 +85,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         "Waiting /sync requests detached from the HTTP server (homeserver.api.detached)",
         registry=registry,
     )
+    sliding = Gauge(
+        "sotto_sliding_sync_connections",
+        "Sliding sync connections this process holds (homeserver.sync.sliding)",
+        registry=registry,
+    )
+    sliding.set_function(lambda: len(handler.connections) if (handler := app.get(SLIDING_SYNC_KEY)) else 0)
     waiting.set_function(lambda: hs.notifier.waiting)
     detached.set_function(lambda: len(polls.parked) if (polls := app.get(LONG_POLLS_KEY)) else 0)
     stream.set_function(lambda: hs.db.current_stream_id)

@@ -144,6 +144,8 @@ async def test_positions_unknown_or_retried(make_user: MakeUser) -> None:
     # Each conn_id is its own connection.
     other = await sliding(alice, {**body, "conn_id": "other"})
     assert len(other["rooms"]) == 1
+    metrics = await alice.session.get(alice.base_url + "/metrics")
+    assert "\nsotto_sliding_sync_connections 2.0\n" in await metrics.text()
     status, err = await alice.request("POST", PATH, json=body, params={"pos": other["pos"]})
     assert (status, err["errcode"]) == (400, "M_UNKNOWN_POS")
 
