@@ -50,6 +50,13 @@ class AccountDataStore:
         async with self.db.read() as conn:
             return {t: jsonutil.loads(content) for t, content in await conn.execute(q)}
 
+    async def of_type_by_room(self, user_id: str, type: str) -> dict[str, dict[str, Any]]:
+        """The user's room account data of one type (`m.tag`, say), by room: one statement."""
+        c = account_data.c
+        q = select(c.room_id, c.content).where(c.user_id == user_id, c.type == type, c.room_id != "")
+        async with self.db.read() as conn:
+            return {room_id: jsonutil.loads(content) for room_id, content in await conn.execute(q)}
+
     async def get(self, user_id: str, room_id: str | None, type: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             row = (

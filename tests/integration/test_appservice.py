@@ -44,6 +44,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, seconds: f
     assert await check(), what
 
 
+def mautrix_service(srv: RunningServer, **options: Any) -> AppService:
+    """mautrix-python's AppService for the test registration (write_registration)."""
+    return AppService(
+        server=srv.base_url,
+        domain=srv.server_name,
+        as_token=AS_TOKEN,
+        hs_token=HS_TOKEN,
+        bot_localpart="_bridge_bot",
+        id="test-bridge",
+        **options,
+    )
+
+
 def the_sender(srv: RunningServer) -> AppServiceSender:
     return next(s for s in srv.hs.background if isinstance(s, AppServiceSender))
 
@@ -52,14 +65,7 @@ async def test_a_mautrix_bridge_relays_both_ways(tmp_path: Any, http: aiohttp.Cl
     as_port = free_port()
     async with bridged_server(str(tmp_path), as_port) as srv:
         seen: list[Event] = []
-        appservice = AppService(
-            server=srv.base_url,
-            domain=srv.server_name,
-            as_token=AS_TOKEN,
-            hs_token=HS_TOKEN,
-            bot_localpart="_bridge_bot",
-            id="test-bridge",
-        )
+        appservice = mautrix_service(srv)
 
         async def query_user(user_id: UserID) -> dict[str, Any]:
             # The bridge makes its puppets on demand, as real bridges do.

@@ -10,15 +10,14 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from mautrix.appservice import AppService
 from mautrix.types import ASToDeviceEvent, DeviceLists
 
 from homeserver.appservice import encryption as encryption_module
 from homeserver.appservice.encryption import TO_DEVICE
 from homeserver.storage.to_device import ToDeviceStore
 from tests.integration.e2ee.fixtures import olm_user
-from tests.integration.test_appservice import bridged_server, eventually
-from tests.support.appservice import AS_TOKEN, HS_TOKEN, Receiver
+from tests.integration.test_appservice import bridged_server, eventually, mautrix_service
+from tests.support.appservice import AS_TOKEN, Receiver
 from tests.support.http import RawClient
 from tests.support.server import free_port
 
@@ -33,16 +32,7 @@ async def test_an_encrypting_bridge_gets_its_devices_data(tmp_path: Any, http: a
         to_device: list[ASToDeviceEvent] = []
         device_lists: list[DeviceLists] = []
         counts: list[dict[str, Any]] = []
-        appservice = AppService(
-            server=srv.base_url,
-            domain=srv.server_name,
-            as_token=AS_TOKEN,
-            hs_token=HS_TOKEN,
-            bot_localpart="_bridge_bot",
-            id="test-bridge",
-            encryption_events=True,
-            ephemeral_events=True,
-        )
+        appservice = mautrix_service(srv, encryption_events=True, ephemeral_events=True)
 
         async def on_to_device(evt: ASToDeviceEvent) -> None:
             to_device.append(evt)

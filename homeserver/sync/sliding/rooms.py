@@ -154,11 +154,12 @@ class RoomList:
         return out
 
     async def _tags(self, user_id: str, room_ids: list[str]) -> dict[str, Mapping[str, Any]]:
+        """The rooms' `m.tag` tags, read in one statement for all of the user's rooms."""
+        wanted = set(room_ids)
         out: dict[str, Mapping[str, Any]] = {}
-        for room_id in room_ids:
-            content = await self.account_data.get(user_id, room_id, "m.tag")
-            tags = content.get("tags") if content else None
-            if isinstance(tags, dict):
+        for room_id, content in (await self.account_data.of_type_by_room(user_id, "m.tag")).items():
+            tags = content.get("tags")
+            if room_id in wanted and isinstance(tags, dict):
                 out[room_id] = tags
         return out
 
