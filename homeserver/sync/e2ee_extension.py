@@ -22,7 +22,7 @@ from homeserver.handlers.auth import Requester
 from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.e2e_keys import E2EKeysHandler
 from homeserver.handlers.to_device import ToDeviceHandler
-from homeserver.sync.shared import SYNC_CONTEXT, SyncContext
+from homeserver.sync.shared import SYNC_CONTEXT, SyncContext, device_lists_may_have_changed
 
 TO_DEVICE_LIMIT = 100
 
@@ -92,12 +92,9 @@ class E2EESyncExtension:
         """False when DeviceListHandler.get_changes would find nothing: no device list changed
         in (since, upto], the user's own memberships did not change, and no member event landed
         in the user's rooms. The first and last are the same for every sync in the window."""
-        if since >= upto:
-            return False
-        if any(since < stream <= upto for _, _, _, stream in ctx.memberships):
-            return True
-        if ctx.window is not None:
-            return ctx.window.device_lists or not ctx.window.member_rooms.isdisjoint(joined_room_ids)
+        known = device_lists_may_have_changed(ctx.memberships, ctx.window, since, upto, joined_room_ids)
+        if known is not None:
+            return known
         store = self.device_lists.store
         if await ctx.memo.get(upto, ("device_lists", since), lambda: store.changed_between(since, upto)):
             return True

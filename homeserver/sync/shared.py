@@ -100,3 +100,19 @@ class SyncContext:
 
 
 SYNC_CONTEXT: ContextVar[SyncContext | None] = ContextVar("sotto_sync_context", default=None)
+
+
+def device_lists_may_have_changed(
+    memberships: list[Membership], window: WindowSummary | None, since: int, upto: int, joined: list[str]
+) -> bool | None:
+    """Whether a user's device-list changes in (since, upto] may be non-empty, as far as
+    their memberships and the window's summary tell: they are empty when no device list
+    changed, the user's own memberships did not change and no member event landed in
+    their rooms. None when there is no summary (the window was long): then ask."""
+    if since >= upto:
+        return False
+    if any(since < stream <= upto for _, _, _, stream in memberships):
+        return True
+    if window is None:
+        return None
+    return window.device_lists or not window.member_rooms.isdisjoint(joined)

@@ -10,7 +10,7 @@ the extension's own `lists` and `rooms` when given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.handlers.auth import Requester
@@ -19,7 +19,9 @@ from homeserver.handlers.e2e_keys import E2EKeysHandler
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
 from homeserver.handlers.to_device import ToDeviceHandler
 from homeserver.storage.account_data import AccountDataStore
+from homeserver.storage.sync_reads import Membership, UserProbe, WindowSummary
 from homeserver.sync.cs_extension import PushRulesSource
+from homeserver.sync.shared import device_lists_may_have_changed
 
 NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing")
 TO_DEVICE_LIMIT = 100
@@ -41,6 +43,12 @@ class ExtensionInput:
     joined: list[str]
     # Rooms sent whole in this response (their room-scoped data starts afresh).
     initial_rooms: set[str]
+    # After the first request: what changed for the user and device since the previous
+    # position, the user's memberships, and what landed anywhere in the window (None when
+    # the window was long). The reads they show would find nothing are skipped.
+    probe: UserProbe | None = None
+    memberships: list[Membership] = field(default_factory=list)
+    window: WindowSummary | None = None
 
 
 def enabled_extensions(config: dict[str, dict[str, Any]], before: frozenset[str]) -> frozenset[str]:
@@ -106,7 +114,11 @@ class SlidingExtensions:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
             limit = TO_DEVICE_LIMIT
         requester = inp.requester
-        if requester.device_id is None:
+        probe = inp.probe
+        if requester.device_id is None or (
+            probe is not None and (probe.inbox_min is None or probe.inbox_min > inp.upto)
+        ):
+            # The device's inbox holds nothing at or below upto: nothing to deliver or confirm.
             return {"next_batch": str(inp.upto), "events": []}
         batch = await self.to_device.sync_batch(
             requester.user_id, requester.device_id, since, inp.upto, min(limit, TO_DEVICE_LIMIT)
@@ -118,7 +130,10 @@ class SlidingExtensions:
         requester = inp.requester
         counts: dict[str, int] = {"signed_curve25519": 0}
         fallback: list[str] = []
-        if requester.device_id is not None:
+        if inp.probe is not None:
+            counts.update(inp.probe.one_time_keys)
+            fallback = list(inp.probe.fallback_keys)
+        elif requester.device_id is not None:
             found, fallback = await self.keys.key_counts(requester.user_id, requester.device_id)
             counts.update(found)
         out: dict[str, Any] = {
@@ -126,9 +141,13 @@ class SlidingExtensions:
             "device_unused_fallback_key_types": fallback,
         }
         if inp.since is not None and "e2ee" in inp.was_enabled:
-            changed, left = await self.device_lists.get_changes(
-                requester.user_id, inp.since, inp.upto, inp.joined
-            )
+            changed: list[str] = []
+            left: list[str] = []
+            may = device_lists_may_have_changed(inp.memberships, inp.window, inp.since, inp.upto, inp.joined)
+            if inp.probe is None or may is not False:
+                changed, left = await self.device_lists.get_changes(
+                    requester.user_id, inp.since, inp.upto, inp.joined
+                )
             out["device_lists"] = {"changed": changed, "left": left}
         return out
 
@@ -151,8 +170,16 @@ class SlidingExtensions:
     async def _account_data(self, inp: ExtensionInput) -> dict[str, Any]:
         user_id = inp.requester.user_id
         fresh = self._fresh(inp, "account_data")
-        glob, by_room = await self.account_data.get_since(user_id, None if fresh else inp.since, inp.upto)
-        if fresh or await self.rules.rules_changed_since(user_id, inp.since or 0):
+        probe = None if fresh else inp.probe
+        glob: dict[str, Any] = {}
+        by_room: dict[str, dict[str, Any]] = {}
+        if probe is None or probe.account_data is not None:
+            glob, by_room = await self.account_data.get_since(user_id, None if fresh else inp.since, inp.upto)
+        if probe is not None:
+            rules_changed = (probe.push_rules or 0) > (inp.since or 0)
+        else:
+            rules_changed = fresh or await self.rules.rules_changed_since(user_id, inp.since or 0)
+        if rules_changed:
             # Push rules are account data to clients, kept apart here (as in /sync v3).
             glob = {**glob, "m.push_rules": await self.rules.ruleset_json(user_id)}
         rooms = self._rooms_for(inp, "account_data")
@@ -172,6 +199,8 @@ class SlidingExtensions:
         fresh = self._fresh(inp, "receipts")
         whole = rooms if fresh else [r for r in rooms if r in inp.initial_rooms]
         rest = [] if fresh else [r for r in rooms if r not in inp.initial_rooms]
+        if inp.window is not None:
+            rest = [r for r in rest if r in inp.window.receipt_rooms]
         found = []
         if whole:
             found += await self.receipts.store.get_since(whole, None, inp.upto)

@@ -24,7 +24,7 @@ from homeserver.sync.sliding.config import RoomConfig, SlidingRequest, in_ranges
 from homeserver.sync.sliding.connections import Connections, Position
 from homeserver.sync.sliding.extensions import ExtensionInput, SlidingExtensions, enabled_extensions
 from homeserver.sync.sliding.room_data import RoomContext, RoomData
-from homeserver.sync.sliding.rooms import Entry, RoomList, dm_rooms_of
+from homeserver.sync.sliding.rooms import DmRooms, Entry, RoomList
 
 
 class UnreadCounts(Protocol):
@@ -62,6 +62,7 @@ class SlidingSyncHandler:
         self.unread = unread
         self.presence_hooks = presence_hooks
         self.connections = connections
+        self.dm_rooms = DmRooms(account_data)
 
     async def sync(
         self,
@@ -121,9 +122,16 @@ class SlidingSyncHandler:
     ) -> _Pass:
         user_id = requester.user_id
         sent_before = prev.rooms if prev is not None else {}
-        entries = await self.room_list.entries(user_id, sent_before, upto)
+        since = prev.stream if prev is not None else None
+        # One statement: the memberships and, after the first request, what changed for the
+        # user and device since the previous position (the per-user reads below skip on it).
+        memberships, probe = await self.room_list.reads.memberships_and_probe(
+            user_id, requester.device_id or "", since, upto
+        )
+        window = await self.room_list.window(since, upto) if since is not None else None
+        entries = await self.room_list.entries(user_id, memberships, sent_before, upto)
         by_id = {e.room_id: e for e in entries}
-        dm_rooms = dm_rooms_of(await self.account_data.get(user_id, None, "m.direct"))
+        dm_rooms = await self.dm_rooms.get(user_id, since, upto, probe)
 
         configs: dict[str, RoomConfig] = {}
         in_lists: dict[str, list[str]] = {}
@@ -150,14 +158,31 @@ class SlidingSyncHandler:
         }
         oldest = min((sent_before[r].stream for r in held_rooms), default=upto)
         active = await self.room_list.rooms_with_events(held_rooms, oldest, upto)
-        joined_selected = [r for r in configs if by_id[r].membership == "join"]
-        unread = await self.unread.unread_counts(user_id, joined_selected) if joined_selected else {}
+        # Unread counts are read for the rooms sent whole and those whose counts may have
+        # moved since the previous position (new notifications, or a receipt: the user's
+        # own read receipt clears them); the other held rooms keep those last sent.
+        to_count = [
+            r
+            for r in configs
+            if by_id[r].membership == "join"
+            and (
+                probe is None
+                or window is None
+                or r not in held_rooms
+                or r in probe.push_action_rooms
+                or r in window.receipt_rooms
+            )
+        ]
+        unread = await self.unread.unread_counts(user_id, to_count) if to_count else {}
+        counted = set(to_count)
         rooms_out: dict[str, Any] = {}
         held = dict(sent_before)
-        since = prev.stream if prev is not None else None
         for room_id, config in configs.items():
             entry: Entry = by_id[room_id]
-            main = unread.get(room_id, {}).get("main", Counts())
+            if room_id in counted or room_id not in held_rooms:
+                main = unread.get(room_id, {}).get("main", Counts())
+            else:
+                main = Counts(*sent_before[room_id].counts)
             ctx = RoomContext(
                 user_id,
                 requester.device_id,
@@ -188,6 +213,9 @@ class SlidingSyncHandler:
                 subscribed,
                 joined,
                 {r for r, v in rooms_out.items() if v.get("initial")},
+                probe,
+                memberships,
+                window,
             )
         )
         lists_changed = prev is None or prev.lists != counts

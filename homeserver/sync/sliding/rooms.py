@@ -16,12 +16,14 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.sliding_reads import latest_bumps
-from homeserver.storage.sync_reads import SyncQueries
+from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe, WindowSummary
 from homeserver.sync.shared import ReadMemo
 from homeserver.sync.sliding.config import ListFilters
 
 # Rooms whose bump stamp is remembered between requests.
 MAX_CACHED_BUMPS = 200_000
+# Users whose DM rooms are remembered between requests.
+MAX_CACHED_DM_USERS = 100_000
 
 
 @dataclass(slots=True)
@@ -56,9 +58,11 @@ class RoomList:
         # while no event lands in the room (dropped with its bump stamp's refresh).
         self._flags: dict[str, dict[tuple[str, str], Mapping[str, Any] | None]] = {}
 
-    async def entries(self, user_id: str, sent_before: Collection[str], upto: int) -> list[Entry]:
-        """The user's rooms, newest first (ties by room ID)."""
-        every, _ = await self.reads.memberships_and_probe(user_id, "", None, upto)
+    async def entries(
+        self, user_id: str, every: list[Membership], sent_before: Collection[str], upto: int
+    ) -> list[Entry]:
+        """The user's rooms from their memberships (SyncQueries.memberships_and_probe), newest
+        first (ties by room ID)."""
         memberships = [m for m in every if m[3] <= upto]
         gone = [m for m in memberships if m[1] in ("leave", "ban")]
         senders: dict[str, str] = {}
@@ -99,12 +103,19 @@ class RoomList:
                     self._bumps[r] = (self._bumps[r][0], upto)
         return {r: self._bumps[r][0] for r in room_ids if self._bumps.get(r, (0, 0))[0]}
 
+    async def window(self, since: int, upto: int) -> WindowSummary | None:
+        """What landed anywhere in (since, upto], shared by every sync of the same window
+        (/sync v3's too); None when the window is large."""
+        if since >= upto:
+            return WindowSummary()
+        return await self.memo.get(upto, ("window", since), lambda: self.reads.window_summary(since, upto))
+
     async def rooms_with_events(self, room_ids: Collection[str], since: int, upto: int) -> set[str]:
-        """Which of the rooms had events in (since, upto]: from the window's summary, which
-        every sync of the same window shares (/sync v3's too), unless the window is large."""
+        """Which of the rooms had events in (since, upto]: from the window's summary,
+        unless the window is large."""
         if since >= upto or not room_ids:
             return set()
-        window = await self.memo.get(upto, ("window", since), lambda: self.reads.window_summary(since, upto))
+        window = await self.window(since, upto)
         if window is not None:
             return window.event_rooms.intersection(room_ids)
         return await self.reads.rooms_with_events_between(room_ids, since, upto)
@@ -197,3 +208,31 @@ def dm_rooms_of(direct: Mapping[str, Any] | None) -> set[str]:
         if isinstance(value, list):
             rooms.update(r for r in value if isinstance(r, str))
     return rooms
+
+
+class DmRooms:
+    """The rooms of each user's `m.direct` (the `is_dm` filter and flag), read again only
+    when the user's account data changed since the value was known.
+
+    A value is known as of a stream position; it serves a request whose probe (the user's
+    changes in (since, upto]) shows no account data change, provided that position lies in
+    [since, upto]: an older one may miss a change before `since`, a newer one (from a
+    request that read later) may show a change the request must not see yet.
+    """
+
+    def __init__(self, account_data: AccountDataStore, max_users: int = MAX_CACHED_DM_USERS) -> None:
+        self.account_data = account_data
+        self.max_users = max_users
+        self._known: dict[str, tuple[int, set[str]]] = {}
+
+    async def get(self, user_id: str, since: int | None, upto: int, probe: UserProbe | None) -> set[str]:
+        known = self._known.get(user_id)
+        if known is not None and since is not None and probe is not None and probe.account_data is None:
+            if since <= known[0] <= upto:
+                self._known[user_id] = (upto, known[1])
+                return known[1]
+        rooms = dm_rooms_of(await self.account_data.get(user_id, None, "m.direct"))
+        if len(self._known) >= self.max_users:
+            self._known.clear()
+        self._known[user_id] = (upto, rooms)
+        return rooms
