@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,8 +19,32 @@ from homeserver.handlers.users import create_account
 from homeserver.server import HomeServer, build_homeserver
 from tests.support.postgres import fresh_database, use_postgres
 
+# Test servers listen on ports from here up to the start of the ephemeral range.
+PORTS_FROM = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range where there is one: tests
+    restart servers on the same port, and a port the kernel hands out as the source port
+    of some outgoing connection (to PostgreSQL, say) meanwhile could not be bound again."""
+    low = _ephemeral_low()
+    if low > PORTS_FROM + 1000:
+        for _ in range(50):
+            port = random.randrange(PORTS_FROM, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
