@@ -1,4 +1,5 @@
-"""Account management: whoami, password change, deactivation and the (empty) 3PID list."""
+"""Account management: whoami, password change and deactivation (third-party identifiers
+are in threepids.py)."""
 
 from __future__ import annotations
 
@@ -45,16 +46,10 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         return json_response(await accounts.deactivate(requester, body, client_address(request)))
 
-    async def threepids(request: web.Request) -> web.Response:
-        await auth.get_requester(request)
-        # No third-party identifiers are ever bound on this server.
-        return json_response({"threepids": []})
-
     app.router.add_routes(
         [
             web.get(V3 + "/account/whoami", get_whoami),
             web.post(V3 + "/account/password", change_password),
             web.post(V3 + "/account/deactivate", deactivate),
-            web.get(V3 + "/account/3pid", threepids),
         ]
     )

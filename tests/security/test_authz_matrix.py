@@ -44,6 +44,12 @@ PUBLIC = {
     ("GET", C + "/register/m.login.registration_token/validity"),
     ("POST", C + "/account/password"),
     ("POST", C + "/account/deactivate"),
+    # Validation tokens for third-party identifiers (this server supports no medium).
+    *(
+        ("POST", f"{C}/{purpose}/{medium}/requestToken")
+        for purpose in ("register", "account/3pid", "account/password")
+        for medium in ("email", "msisdn")
+    ),
     ("GET", C + "/profile/{user_id}"),
     ("GET", C + "/profile/{user_id}/{key}"),
     ("GET", C + "/directory/room/{alias}"),
