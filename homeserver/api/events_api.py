@@ -169,6 +169,22 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             )
         )
 
+    async def get_event_by_id(request: web.Request) -> web.Response:
+        """The deprecated GET /events/{eventId}: /rooms/{roomId}/event/{eventId} without the
+        room. Unknown and unreadable events look the same (404), as the spec has it."""
+        requester = await auth.get_requester(request)
+        event_id = request.match_info["event_id"]
+        stored = await hs.events.get_event(event_id)
+        if stored is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found")
+        try:
+            event = await messages.get_event(requester.user_id, stored.event.room_id, event_id)
+        except MatrixError as e:
+            if e.status != 403:
+                raise
+            raise MatrixError(404, Codes.NOT_FOUND, "Event not found") from None
+        return json_response(event)
+
     async def members(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
         chunk = await messages.members(
@@ -262,6 +278,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(room + "/messages", get_messages),
             web.get(room + "/context/{event_id}", context),
             web.get(room + "/event/{event_id}", get_event),
+            web.get(V3 + "/events/{event_id}", get_event_by_id),
             web.get(room + "/members", members),
             web.get(room + "/joined_members", joined_members),
             web.put(room + "/typing/{user_id}", typing),

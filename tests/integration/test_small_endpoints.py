@@ -139,3 +139,20 @@ async def test_mutual_rooms(make_user: MakeUser) -> None:
     ):
         status, body = await alice.request("GET", path, params=params)
         assert status == 400 and body["errcode"] in ("M_MISSING_PARAM", "M_INVALID_PARAM"), params
+
+
+async def test_the_deprecated_event_lookup_without_a_room(make_user: MakeUser) -> None:
+    """GET /events/{eventId}: the event as /rooms/{roomId}/event/{eventId} gives it, for
+    those who may read it; a 404 alike for the unknown and the unreadable."""
+    alice = await make_user("alice")
+    outsider = await make_user("outsider")
+    room = await alice.create_room(preset="private_chat")
+    event_id = await alice.send(room, "hello", "t1")
+    by_room = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(event_id)}")
+    alone = await alice.ok("GET", f"/events/{quote(event_id)}")
+    assert {k: v for k, v in alone.items() if k != "unsigned"} == {
+        k: v for k, v in by_room.items() if k != "unsigned"
+    }
+    for who, wanted in ((outsider, event_id), (alice, "$nosuchevent")):
+        status, body = await who.request("GET", f"/events/{quote(wanted)}")
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND"), body
