@@ -43,6 +43,7 @@ from homeserver.api import (
     room_upgrade,
     rooms,
     search,
+    shared_secret_registration,
     sliding_sync,
     spaces,
     sync,
@@ -105,6 +106,7 @@ AREAS: list[AreaSetup] = [
     federation.setup,
     guard.setup_federation,
     admin.setup,
+    shared_secret_registration.setup,
     moderation.setup,
     metrics.setup,
 ]

@@ -32,6 +32,7 @@ async def create_account(
     admin: bool = False,
     guest: bool = False,
     password_hash: str | None = None,
+    displayname: str | None = None,
 ) -> str:
     """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID.
 
@@ -42,6 +43,6 @@ async def create_account(
     if password:
         password_hash = await passwords.hash(password)
     await store.create_user(
-        user_id, password_hash, now_ms, is_admin=admin, is_guest=guest, displayname=localpart
+        user_id, password_hash, now_ms, is_admin=admin, is_guest=guest, displayname=displayname or localpart
     )
     return user_id

@@ -55,6 +55,9 @@ def test_generate_config(tmp_path: Path) -> None:
     assert "port: 8008" in config.read_text()
     assert key.read_text().startswith("ed25519 ")
     assert key.stat().st_mode & 0o077 == 0 and config.stat().st_mode & 0o077 == 0
+    # A random secret for registration by shared secret (register_new_matrix_user).
+    secret = yaml.safe_load(config.read_text())["registration"]["shared_secret"]
+    assert isinstance(secret, str) and len(secret) >= 32
 
     refused = sotto(tmp_path, "generate-config", "--server-name", "other.org")
     assert refused.returncode == 1 and "--force" in refused.stderr
