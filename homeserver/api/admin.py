@@ -13,7 +13,8 @@
     DELETE /_synapse/admin/v2/rooms/{room_id}            the same in the background: {"delete_id"}
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
 
-Anyone else gets 403 M_FORBIDDEN (401 without a valid token), whatever the path names.
+Users' reports are in admin_reports.py, registration by shared secret in
+shared_secret_registration.py. Anyone else gets 403 M_FORBIDDEN (401 without a valid token), whatever the path names.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from homeserver.api.devices import get_device_handler
 from homeserver.api.http import json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_str
 from homeserver.handlers.admin import AdminHandler, server_version
+from homeserver.handlers.auth import Requester
 from homeserver.server import HomeServer
 from homeserver.storage.admin import AdminStore
 
@@ -56,6 +58,13 @@ def _bool_body(body: dict[str, object], key: str, default: bool) -> bool:
     return value
 
 
+async def require_admin(hs: HomeServer, request: web.Request) -> Requester:
+    requester = await hs.auth.get_requester(request)
+    if not requester.is_admin:
+        raise forbidden("You are not a server admin")
+    return requester
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
     admin = AdminHandler(
         AdminStore(hs.db, hs.server_name),
@@ -71,17 +80,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     )
     app[ADMIN_KEY] = admin
 
-    async def require_admin(request: web.Request) -> None:
-        requester = await hs.auth.get_requester(request)
-        if not requester.is_admin:
-            raise forbidden("You are not a server admin")
-
     async def version(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response({"server_version": server_version()})
 
     async def list_users(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(
             await admin.list_users(
                 offset=query_int(request, "from", 0),
@@ -97,17 +101,17 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         )
 
     async def query_user(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(await admin.query_user(request.match_info["user_id"]))
 
     async def deactivate(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         body = await read_json(request, allow_empty=True)
         erase = _bool_body(body, "erase", False)
         return json_response(await admin.deactivate(request.match_info["user_id"], erase=erase))
 
     async def reset_password(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         body = await read_json(request)
         password = require_str(body, "new_password")
         logout = _bool_body(body, "logout_devices", True)
@@ -115,7 +119,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({})
 
     async def list_rooms(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(
             await admin.list_rooms(
                 offset=query_int(request, "from", 0),
@@ -127,24 +131,24 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         )
 
     async def room_details(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(await admin.room_details(request.match_info["room_id"]))
 
     async def room_members(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(await admin.room_members(request.match_info["room_id"]))
 
     async def room_state(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(await admin.room_state(request.match_info["room_id"]))
 
     async def delete_room(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         purge = admin.parse_delete(await read_json(request, allow_empty=True))
         return json_response(await admin.delete_room(request.match_info["room_id"], purge=purge))
 
     async def delete_room_v2(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         room_id = request.match_info["room_id"]
         purge = admin.parse_delete(await read_json(request, allow_empty=True))
         if await hs.events.get_room_version(room_id) is None:
@@ -152,11 +156,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"delete_id": admin.start_delete(room_id, purge=purge)})
 
     async def delete_status_by_room(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(admin.delete_statuses(request.match_info["room_id"]))
 
     async def delete_status_by_id(request: web.Request) -> web.Response:
-        await require_admin(request)
+        await require_admin(hs, request)
         return json_response(admin.delete_status(request.match_info["delete_id"]))
 
     async def finish_deletes(_app: web.Application) -> None:
