@@ -75,7 +75,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "deactivated": user.deactivated,
         "erased": False,
         "shadow_banned": False,
-        "locked": False,
+        "locked": user.locked,
         "approved": True,
         "user_type": None,
         "creation_ts": user.created_ts,

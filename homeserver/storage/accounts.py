@@ -138,6 +138,14 @@ class AccountStore:
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
             await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id))
 
+    async def reactivate(self, user_id: str, password_hash: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(users)
+                .where(users.c.user_id == user_id)
+                .values(deactivated=False, password_hash=password_hash)
+            )
+
     async def get_profile(self, user_id: str) -> tuple[str | None, str | None, bool] | None:
         """(displayname, avatar_url, deactivated), or None for an unknown user."""
         async with self.db.read() as conn:

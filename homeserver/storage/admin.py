@@ -48,6 +48,7 @@ class UserRow:
     avatar_url: str | None
     has_password: bool
     last_seen_ts: int | None = None
+    locked: bool = False
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ def _user(row: Any, last_seen: int | None = None) -> UserRow:
         avatar_url=row.avatar_url,
         has_password=row.password_hash is not None,
         last_seen_ts=last_seen,
+        locked=bool(row.locked),
     )
 
 

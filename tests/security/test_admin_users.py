@@ -1,0 +1,126 @@
+"""Creating and changing accounts through the admin API (PUT /_synapse/admin/v2/users/...,
+the admin flag, joined rooms)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import aiohttp
+
+from tests.security.test_admin_api import A1, A2, login_status, user
+from tests.support.server import RunningServer
+
+
+async def test_create_then_change_an_account(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    alice = await user(server, http, "alice")
+    new_id = f"@newbie:{server.server_name}"
+    url = f"{A2}/users/{quote(new_id)}"
+    status, created = await admin.request(
+        "PUT", url, json={"password": "first-pass", "displayname": "New Bie"}
+    )
+    assert status == 201, created
+    assert (created["name"], created["displayname"], created["admin"]) == (new_id, "New Bie", False)
+    assert await login_status(server, http, "newbie", "first-pass") == 200
+    status, again = await admin.request("PUT", url, json={})
+    assert status == 200 and again["name"] == new_id
+
+    # The display name reaches the rooms the user is in.
+    token, _ = await server.hs.auth.create_session(new_id, None, None)
+    room = await alice.create_room(preset="public_chat")
+    async with http.post(
+        f"{server.base_url}/_matrix/client/v3/join/{quote(room)}",
+        headers={"Authorization": f"Bearer {token}"},
+        json={},
+    ) as resp:
+        assert resp.status == 200
+    changed = await admin.ok(
+        "PUT", url, json={"displayname": "Renamed", "avatar_url": "mxc://example.org/abc"}
+    )
+    assert (changed["displayname"], changed["avatar_url"]) == ("Renamed", "mxc://example.org/abc")
+    member = await alice.ok("GET", f"/rooms/{quote(room)}/state/m.room.member/{quote(new_id)}")
+    assert member["displayname"] == "Renamed"
+
+    # A new password ends the sessions, unless told not to.
+    await admin.ok("PUT", url, json={"password": "second-pass", "logout_devices": False})
+    async with http.get(
+        f"{server.base_url}/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 200
+    await admin.ok("PUT", url, json={"password": "third-pass"})
+    async with http.get(
+        f"{server.base_url}/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {token}"}
+    ) as resp:
+        assert resp.status == 401
+    assert await login_status(server, http, "newbie", "third-pass") == 200
+
+    # Locked, then unlocked.
+    assert (await admin.ok("PUT", url, json={"locked": True}))["locked"] is True
+    fresh, _ = await server.hs.auth.create_session(new_id, None, None)
+    async with http.get(
+        f"{server.base_url}/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {fresh}"}
+    ) as resp:
+        assert resp.status == 401 and (await resp.json())["errcode"] == "M_USER_LOCKED"
+    assert (await admin.ok("PUT", url, json={"locked": False}))["locked"] is False
+
+    # Deactivated; reactivating needs a password.
+    assert (await admin.ok("PUT", url, json={"deactivated": True}))["deactivated"] is True
+    assert await login_status(server, http, "newbie", "third-pass") == 403
+    status, out = await admin.request("PUT", url, json={"displayname": "ghost"})
+    assert (status, out["errcode"]) == (400, "M_USER_DEACTIVATED")
+    status, out = await admin.request("PUT", url, json={"deactivated": False})
+    assert (status, out["errcode"]) == (400, "M_MISSING_PARAM")
+    back = await admin.ok("PUT", url, json={"deactivated": False, "password": "fourth-pass"})
+    assert back["deactivated"] is False
+    assert await login_status(server, http, "newbie", "fourth-pass") == 200
+
+
+async def test_the_admin_flag_and_joined_rooms(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    bob = await user(server, http, "bob")
+    room = await bob.create_room()
+    flag = f"{A1}/users/{quote(bob.user_id)}/admin"
+    assert await admin.ok("GET", flag) == {"admin": False}
+    status, _ = await bob.request("GET", f"{A1}/server_version")
+    assert status == 403
+    assert await admin.ok("PUT", flag, json={"admin": True}) == {}
+    assert await admin.ok("GET", flag) == {"admin": True}
+    # At once, with the token bob already has.
+    assert (await bob.ok("GET", f"{A1}/users/{quote(bob.user_id)}/joined_rooms")) == {
+        "joined_rooms": [room],
+        "total": 1,
+    }
+    status, out = await admin.request(
+        "PUT", f"{A1}/users/{quote(admin.user_id)}/admin", json={"admin": False}
+    )
+    assert (status, out["errcode"]) == (400, "M_INVALID_PARAM")
+    nobody = quote(f"@nobody:{server.server_name}")
+    for method, path, body in (
+        ("GET", f"{A1}/users/{nobody}/admin", None),
+        ("PUT", f"{A1}/users/{nobody}/admin", {"admin": True}),
+        ("GET", f"{A1}/users/{nobody}/joined_rooms", None),
+    ):
+        status, out = await admin.request(method, path, json=body)
+        assert (status, out["errcode"]) == (404, "M_NOT_FOUND"), path
+    assert await server.hs.accounts.get_user(f"@nobody:{server.server_name}") is None
+
+
+async def test_bad_requests(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    cases = [
+        ("@remote:elsewhere.example", {}, "M_INVALID_PARAM"),
+        (f"@Upper:{server.server_name}", {}, "M_INVALID_USERNAME"),
+        (f"@x:{server.server_name}", {"admin": "yes"}, "M_BAD_JSON"),
+        (f"@x:{server.server_name}", {"password": 5}, "M_BAD_JSON"),
+        (
+            f"@x:{server.server_name}",
+            {"threepids": [{"medium": "email", "address": "a@b.c"}]},
+            "M_INVALID_PARAM",
+        ),
+        (f"@x:{server.server_name}", {"user_type": "robot"}, "M_INVALID_PARAM"),
+        (f"@x:{server.server_name}", {"deactivated": True}, "M_INVALID_PARAM"),
+    ]
+    for user_id, body, errcode in cases:
+        status, out = await admin.request("PUT", f"{A2}/users/{quote(user_id)}", json=body)
+        assert (status, out["errcode"]) == (400, errcode), (user_id, body, out)
+    assert await server.hs.accounts.get_user(f"@x:{server.server_name}") is None
