@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.engine import Database
@@ -42,6 +42,14 @@ class DeviceRow:
     display_name: str | None
     last_seen_ts: int | None
     last_seen_ip: str | None
+
+
+@dataclass(slots=True)
+class RegistrationToken:
+    token: str
+    uses_allowed: int | None
+    completed: int
+    expiry_ts: int | None
 
 
 class AccountStore:
@@ -384,6 +392,38 @@ class AccountStore:
                     token=token, uses_allowed=uses_allowed, completed=0, expiry_ts=expiry_ts
                 )
             )
+
+    async def list_registration_tokens(self, valid: bool | None, now_ms: int) -> list[RegistrationToken]:
+        """Every token, or only those still usable (valid) or used up or expired (not)."""
+        t = registration_tokens.c
+        usable = and_(
+            or_(t.uses_allowed.is_(None), t.completed < t.uses_allowed),
+            or_(t.expiry_ts.is_(None), t.expiry_ts >= now_ms),
+        )
+        q = select(registration_tokens).order_by(t.token)
+        if valid is not None:
+            q = q.where(usable if valid else not_(usable))
+        async with self.db.read() as conn:
+            return [RegistrationToken(**row) for row in (await conn.execute(q)).mappings()]
+
+    async def get_registration_token(self, token: str) -> RegistrationToken | None:
+        q = select(registration_tokens).where(registration_tokens.c.token == token)
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).mappings().first()
+        return RegistrationToken(**row) if row else None
+
+    async def update_registration_token(self, token: str, **fields: int | None) -> bool:
+        """Set `uses_allowed` and/or `expiry_ts`; False for an unknown token."""
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(registration_tokens).where(registration_tokens.c.token == token).values(**fields)
+            )
+        return bool(res.rowcount)
+
+    async def delete_registration_token(self, token: str) -> bool:
+        async with self.db.write() as conn:
+            res = await conn.execute(delete(registration_tokens).where(registration_tokens.c.token == token))
+        return bool(res.rowcount)
 
     async def registration_token_valid(self, token: str, now_ms: int) -> bool:
         async with self.db.read() as conn:

@@ -248,6 +248,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "key": "displayname",
         "delete_id": "x",
         "report_id": "1",
+        "token": "tok",
         "protocol": "irc",
         "service_id": "no-such-service",
         "network_id": "irc",
