@@ -14,8 +14,8 @@
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
 
 Creating and changing accounts is in admin_users.py, users' reports in admin_reports.py,
-registration tokens in admin_registration_tokens.py, registration by shared secret in
-shared_secret_registration.py. Anyone else gets 403
+registration tokens in admin_registration_tokens.py, local media in admin_media.py,
+registration by shared secret in shared_secret_registration.py. Anyone else gets 403
 M_FORBIDDEN (401 without a valid token), whatever the path names.
 """
 

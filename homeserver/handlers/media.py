@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ MAX_PENDING_PER_USER = 50
 # How long a download may wait for a reserved ID's content.
 MAX_WAIT_FOR_UPLOAD_MS = 20_000
 DEFAULT_WAIT_FOR_UPLOAD_MS = 20_000
+# Media rows deleted per statement.
+DELETE_BATCH = 500
 
 # The federation layer installs this to fetch remote media: (server, media_id) -> local path + info.
 RemoteMediaFetcher = Callable[[str, str], Awaitable[tuple[str, MediaInfo] | None]]
@@ -228,6 +231,24 @@ class MediaRepository:
         if fresh is None or not fresh.uploaded:
             raise MatrixError(504, "M_NOT_YET_UPLOADED", "Media has not been uploaded yet")
         return fresh
+
+    # Administration ----------------------------------------------------------------------
+
+    async def delete_local(self, media_ids: list[str]) -> list[str]:
+        """Delete local media (rows first, so no download starts on a file being removed,
+        then the content and its thumbnails). Returns the IDs that existed."""
+        deleted: list[str] = []
+        valid = [m for m in media_ids if MEDIA_ID_RE.match(m) and len(m) >= 5]
+        for start in range(0, len(valid), DELETE_BATCH):
+            deleted += await self.store.delete(valid[start : start + DELETE_BATCH])
+        for media_id in deleted:
+            content = self._content_path(media_id)
+            thumbnails = os.path.dirname(self._thumbnail_path(media_id, 1, 1, "crop"))
+            await asyncio.to_thread(_unlink, content)
+            await asyncio.to_thread(shutil.rmtree, thumbnails, True)
+        if deleted:
+            log.info("deleted %d local media", len(deleted))
+        return deleted
 
     # Thumbnails --------------------------------------------------------------------------
 

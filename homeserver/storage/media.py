@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homeserver.storage.cs_schema import media, media_thumbnails
@@ -35,6 +35,19 @@ class ThumbnailInfo:
     method: str
     content_type: str
     size: int
+
+
+_INFO_COLUMNS = (
+    media.c.media_id,
+    media.c.user_id,
+    media.c.content_type,
+    media.c.upload_name,
+    media.c.size,
+    media.c.created_ts,
+    media.c.uploaded_ts,
+    media.c.expires_ts,
+    media.c.quarantined,
+)
 
 
 class MediaStore:
@@ -117,22 +130,56 @@ class MediaStore:
 
     async def get(self, media_id: str) -> MediaInfo | None:
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        media.c.media_id,
-                        media.c.user_id,
-                        media.c.content_type,
-                        media.c.upload_name,
-                        media.c.size,
-                        media.c.created_ts,
-                        media.c.uploaded_ts,
-                        media.c.expires_ts,
-                        media.c.quarantined,
-                    ).where(media.c.media_id == media_id)
-                )
-            ).first()
+            row = (await conn.execute(select(*_INFO_COLUMNS).where(media.c.media_id == media_id))).first()
         return MediaInfo(*row) if row else None
+
+    # Administration ------------------------------------------------------------------------
+
+    async def set_quarantined(self, media_id: str, flag: bool) -> bool:
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(media).where(media.c.media_id == media_id).values(quarantined=flag)
+            )
+        return bool(res.rowcount)
+
+    async def of_user(
+        self, user_id: str, offset: int, limit: int | None, newest_first: bool = True
+    ) -> tuple[list[MediaInfo], int]:
+        """A page of the user's media (every item with `limit` None) and how many there are."""
+        order = (
+            (media.c.created_ts.desc(), media.c.media_id)
+            if newest_first
+            else (media.c.created_ts, media.c.media_id)
+        )
+        q = select(*_INFO_COLUMNS).where(media.c.user_id == user_id).order_by(*order).offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        async with self.db.read() as conn:
+            total = (
+                await conn.execute(select(func.count()).select_from(media).where(media.c.user_id == user_id))
+            ).scalar_one()
+            return [MediaInfo(*row) for row in await conn.execute(q)], int(total)
+
+    async def ids_before(self, before_ts: int, size_gt: int) -> list[str]:
+        """Media uploaded before `before_ts` and larger than `size_gt` bytes."""
+        q = select(media.c.media_id).where(
+            media.c.uploaded_ts.is_not(None), media.c.created_ts < before_ts, media.c.size > size_gt
+        )
+        async with self.db.read() as conn:
+            return [row[0] for row in await conn.execute(q)]
+
+    async def delete(self, media_ids: list[str]) -> list[str]:
+        """Forget the media and their thumbnails; returns the IDs that were known."""
+        if not media_ids:
+            return []
+        async with self.db.write() as conn:
+            known = [
+                row[0]
+                for row in await conn.execute(select(media.c.media_id).where(media.c.media_id.in_(media_ids)))
+            ]
+            await conn.execute(delete(media_thumbnails).where(media_thumbnails.c.media_id.in_(known)))
+            await conn.execute(delete(media).where(media.c.media_id.in_(known)))
+        return known
 
     async def get_thumbnail(
         self, media_id: str, width: int, height: int, method: str

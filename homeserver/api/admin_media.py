@@ -1,0 +1,148 @@
+"""Local media for server admins, in Synapse's admin API shape:
+
+    GET    /_synapse/admin/v1/media/{serverName}/{mediaId}              {"media_info": ...}
+    POST   /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}   downloads 404 from now
+    POST   /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}
+    DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}
+    POST   /_synapse/admin/v1/media/delete?before_ts=&size_gt=&keep_profiles=
+    GET    /_synapse/admin/v1/users/{userId}/media?from=&limit=&dir=
+    DELETE /_synapse/admin/v1/users/{userId}/media
+
+Deleting answers {"deleted_media": [ids], "total": n}. `keep_profiles` (true by default)
+spares media used as a user's or a room's avatar. Only this server's media: media cached
+from other servers is refused with 400. Who quarantined an item is not recorded
+(`quarantined_by` is null; `quarantined` says whether it is).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+
+from homeserver.api.admin import V1, require_admin
+from homeserver.api.http import json_response, query_int
+from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.handlers.admin import room_json
+from homeserver.handlers.cs_services import services
+from homeserver.server import HomeServer
+from homeserver.storage.admin import AdminStore
+from homeserver.storage.media import MediaInfo
+from homeserver.storage.schema import users
+
+MAX_PAGE = 1000
+
+
+def media_json(info: MediaInfo) -> dict[str, Any]:
+    return {
+        "media_id": info.media_id,
+        "user_id": info.user_id,
+        "media_type": info.content_type,
+        "media_length": info.size,
+        "upload_name": info.upload_name,
+        "created_ts": info.created_ts,
+        "last_access_ts": None,
+        "quarantined": info.quarantined,
+        "quarantined_by": None,
+        "safe_from_quarantine": False,
+    }
+
+
+def _deleted(ids: list[str]) -> web.Response:
+    return json_response({"deleted_media": ids, "total": len(ids)})
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    repo = services(app, hs).media
+    store = repo.store
+    prefix = f"mxc://{hs.server_name}/"
+
+    def local(request: web.Request) -> str:
+        server_name, media_id = request.match_info["server_name"], request.match_info["media_id"]
+        if server_name != hs.server_name:
+            raise MatrixError(400, Codes.INVALID_PARAM, "Only this server's media can be managed here")
+        return media_id
+
+    async def known(media_id: str) -> MediaInfo:
+        info = await store.get(media_id)
+        if info is None:
+            raise not_found("Unknown media")
+        return info
+
+    async def profile_media() -> set[str]:
+        """Media IDs in use as user or room avatars."""
+        async with hs.db.read() as conn:
+            rows = await conn.execute(select(users.c.avatar_url).where(users.c.avatar_url.startswith(prefix)))
+            urls = {row[0] for row in rows}
+        for room in await AdminStore(hs.db, hs.server_name).room_summaries(None):
+            avatar = room_json(room)["avatar"]
+            if avatar and avatar.startswith(prefix):
+                urls.add(avatar)
+        return {u.removeprefix(prefix) for u in urls}
+
+    async def info(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        return json_response({"media_info": media_json(await known(local(request)))})
+
+    def quarantine(flag: bool) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            await require_admin(hs, request)
+            if not await store.set_quarantined(local(request), flag):
+                raise not_found("Unknown media")
+            return json_response({})
+
+        return handler
+
+    async def delete_one(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        media_id = local(request)
+        await known(media_id)
+        return _deleted(await repo.delete_local([media_id]))
+
+    async def delete_old(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        if "before_ts" not in request.query:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: before_ts")
+        before_ts = query_int(request, "before_ts", 0)
+        size_gt = query_int(request, "size_gt", 0)
+        keep = request.query.get("keep_profiles", "true")
+        if keep not in ("true", "false"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "keep_profiles must be true or false")
+        ids = await store.ids_before(before_ts, size_gt)
+        if keep == "true" and ids:
+            spared = await profile_media()
+            ids = [m for m in ids if m not in spared]
+        return _deleted(await repo.delete_local(ids))
+
+    async def user_media(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        user_id = request.match_info["user_id"]
+        if await hs.accounts.get_user(user_id) is None:
+            raise not_found("Unknown user")
+        offset = query_int(request, "from", 0)
+        limit = min(query_int(request, "limit", 100, minimum=1), MAX_PAGE)
+        direction = request.query.get("dir", "b")
+        if direction not in ("f", "b"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
+        if request.method == "DELETE":
+            found, _ = await store.of_user(user_id, 0, None)
+            return _deleted(await repo.delete_local([m.media_id for m in found]))
+        found, total = await store.of_user(user_id, offset, limit, newest_first=direction == "b")
+        body: dict[str, Any] = {"media": [media_json(m) for m in found], "total": total}
+        if offset + len(found) < total:
+            body["next_token"] = offset + len(found)
+        return json_response(body)
+
+    one = V1 + "/media/{server_name}/{media_id}"
+    app.router.add_routes(
+        [
+            web.post(V1 + "/media/delete", delete_old),
+            web.post(V1 + "/media/quarantine/{server_name}/{media_id}", quarantine(True)),
+            web.post(V1 + "/media/unquarantine/{server_name}/{media_id}", quarantine(False)),
+            web.get(one, info),
+            web.delete(one, delete_one),
+            web.get(V1 + "/users/{user_id}/media", user_media),
+            web.delete(V1 + "/users/{user_id}/media", user_media),
+        ]
+    )
