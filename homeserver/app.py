@@ -47,6 +47,7 @@ from homeserver.api import (
     room_upgrade,
     rooms,
     search,
+    server_notices,
     shared_secret_registration,
     sliding_sync,
     spaces,
@@ -115,6 +116,7 @@ AREAS: list[AreaSetup] = [
     admin_reports.setup,
     admin_users.setup,
     shared_secret_registration.setup,
+    server_notices.setup,
     moderation.setup,
     metrics.setup,
 ]

@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+LOCALPART_RE = re.compile(r"[a-z0-9._=/+-]+")
 
 
 class ConfigError(ValueError):
@@ -189,6 +192,14 @@ class SupportConfig:
 
 
 @dataclass(slots=True)
+class ServerNoticesConfig:
+    # The system user's localpart; None: server notices are off.
+    localpart: str | None = None
+    display_name: str = "Server Notices"
+    room_name: str = "Server Notices"
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -215,6 +226,7 @@ class Config:
     push: PushConfig = field(default_factory=PushConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     voip: VoipConfig = field(default_factory=VoipConfig)
+    server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # Application service registration files (YAML, as Synapse's app_service_config_files).
@@ -261,6 +273,7 @@ _NESTED: dict[str, type[Any]] = {
     "VoipConfig": VoipConfig,
     "SupportConfig": SupportConfig,
     "SessionsConfig": SessionsConfig,
+    "ServerNoticesConfig": ServerNoticesConfig,
 }
 
 
@@ -282,6 +295,9 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_voip(cfg.voip)
     _check_support(cfg.support)
     _check_app_services(cfg)
+    notices = cfg.server_notices.localpart
+    if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):
+        raise ConfigError("server_notices.localpart must be a user ID localpart (a-z 0-9 . _ = / + -)")
     lifetime = cfg.sessions.refreshable_access_token_lifetime_ms
     if lifetime is not None and (type(lifetime) is not int or lifetime <= 0):
         raise ConfigError(
@@ -384,4 +400,8 @@ registration:
   enabled: false
   requires_token: true
   shared_secret: "{secrets.token_urlsafe(32)}"
+
+server_notices:
+  # The user that sends official notices to users (admin API: send_server_notice).
+  localpart: notices
 """

@@ -90,6 +90,8 @@ class RoomHandler:
         self.user_exists: Callable[[str], Awaitable[bool]] = accounts.user_exists
         self.remote_knock: RemoteKnock | None = None
         self.remote_hierarchy: RemoteHierarchy | None = None
+        # Asked before a user leaves a room (or rejects an invite) themself: raises to refuse.
+        self.leave_guards: list[Callable[[str, str], Awaitable[None]]] = []
 
     def is_local_user(self, user_id: str) -> bool:
         return user_id.endswith(":" + self.server_name)
@@ -269,6 +271,9 @@ class RoomHandler:
             raise forbidden("You are not joined to this room")
         if membership == "leave" and sender != target and (current is None or current[0] in ("leave",)):
             raise forbidden(f"{target} is not in the room")
+        if membership == "leave" and sender == target:
+            for guard in self.leave_guards:
+                await guard(room_id, target)
         content: dict[str, Any] = {"membership": membership}
         if reason:
             content["reason"] = reason

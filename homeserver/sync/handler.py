@@ -251,10 +251,13 @@ class SyncHandler:
         receipts_by_room: dict[str, list[Any]] = {}
         for r in receipts:
             receipts_by_room.setdefault(r.room_id, []).append(r)
-        if probe is not None and probe.account_data is None:
+        if req.full_state and since_stream is not None:
+            # full_state: all of it, as an initial sync has it.
+            glob_ad, room_ad = await self.account_data.get_since(user_id, None, upto)
+        elif probe is not None and probe.account_data is None:
             # Nothing of the user's account data changed in (since, upto].
-            glob_ad: dict[str, Any] = {}
-            room_ad: dict[str, dict[str, Any]] = {}
+            glob_ad = {}
+            room_ad = {}
         else:
             glob_ad, room_ad = await self.account_data.get_since(user_id, since_stream, upto)
 
@@ -278,6 +281,10 @@ class SyncHandler:
                     ephemeral.append({"type": "m.receipt", "content": content})
             if ephemeral:
                 room["ephemeral"] = {"events": ephemeral}
+            if newly_joined and not req.full_state:
+                # The room's account data (its tags, say) may predate the join, as the
+                # server notices room's tag does: a newly joined room gets all of it.
+                room_ad[room_id] = await self.account_data.for_room(user_id, room_id)
             if room_ad.get(room_id):
                 room["account_data"] = {
                     "events": [{"type": t, "content": c} for t, c in room_ad[room_id].items()]

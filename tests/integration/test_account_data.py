@@ -98,3 +98,34 @@ async def test_mautrix_account_data(server: RunningServer) -> None:
         assert await client.get_account_data("org.example.room", room_id=room_id) == {"r": 1}
         with pytest.raises(MNotFound):
             await client.get_account_data("org.example.absent", room_id=RoomID(room_id))
+
+
+async def test_full_state_and_newly_joined_rooms_bring_it_all(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    """An incremental sync with full_state has all the account data, as an initial sync
+    does; a room joined since gets all of its own (tags set before the join included)."""
+    alice = await user(http, server, "alice")
+    bob = await user(http, server, "bob")
+    room_id = await alice.create_room()
+    me = quote(alice.user_id)
+    await alice.ok("PUT", f"/user/{me}/account_data/org.example.settings", json={"a": 1})
+    await alice.ok("PUT", f"/user/{me}/rooms/{quote(room_id)}/account_data/m.tag", json={"tags": {"u.x": {}}})
+    since = (await alice.sync())["next_batch"]
+    assert (await alice.sync(since))["account_data"]["events"] == []
+    whole = await alice.sync(since, full_state="true")
+    assert {e["type"] for e in whole["account_data"]["events"]} >= {"org.example.settings"}
+    tags = whole["rooms"]["join"][room_id]["account_data"]["events"]
+    assert tags == [{"type": "m.tag", "content": {"tags": {"u.x": {}}}}]
+
+    # Bob tags a room while invited; his next sync after joining carries the tag.
+    other = await alice.create_room(invite=[bob.user_id])
+    await bob.ok(
+        "PUT",
+        f"/user/{quote(bob.user_id)}/rooms/{quote(other)}/account_data/m.tag",
+        json={"tags": {"u.y": {}}},
+    )
+    since = (await bob.sync())["next_batch"]
+    assert (await bob.join(other))[0] == 200
+    joined = (await bob.sync(since))["rooms"]["join"][other]
+    assert joined["account_data"]["events"] == [{"type": "m.tag", "content": {"tags": {"u.y": {}}}}]
