@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.client import FederationClient, FederationError, fed_path, read_limited
-from homeserver.handlers.media import MediaRepository
+from homeserver.handlers.media import REMOTE_CACHE, MediaRepository
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaInfo
 
@@ -59,7 +59,7 @@ class FederatedMedia:
         self.hs = hs
         self.media = media
         self.client = client
-        self.cache_dir = os.path.join(hs.config.resolve_path(hs.config.media_store_path), "remote")
+        self.cache_dir = os.path.join(hs.config.resolve_path(hs.config.media_store_path), REMOTE_CACHE)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def install(self) -> None:

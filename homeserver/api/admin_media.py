@@ -7,11 +7,14 @@
     POST   /_synapse/admin/v1/media/delete?before_ts=&size_gt=&keep_profiles=
     GET    /_synapse/admin/v1/users/{userId}/media?from=&limit=&dir=
     DELETE /_synapse/admin/v1/users/{userId}/media
+    POST   /_synapse/admin/v1/purge_media_cache?before_ts=    media cached from other servers
 
 Deleting answers {"deleted_media": [ids], "total": n}. `keep_profiles` (true by default)
-spares media used as a user's or a room's avatar. Only this server's media: media cached
-from other servers is refused with 400. Who quarantined an item is not recorded
-(`quarantined_by` is null; `quarantined` says whether it is).
+spares media used as a user's or a room's avatar. Purging the cache answers {"deleted": n}:
+the items fetched before `before_ts` (when each was last used is not recorded). Otherwise
+only this server's media: media cached from other servers is refused with 400. Who
+quarantined an item is not recorded (`quarantined_by` is null; `quarantined` says whether
+it is).
 """
 
 from __future__ import annotations
@@ -115,6 +118,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             ids = [m for m in ids if m not in spared]
         return _deleted(await repo.delete_local(ids))
 
+    async def purge_cache(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        if "before_ts" not in request.query:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: before_ts")
+        return json_response({"deleted": await repo.purge_remote_cache(query_int(request, "before_ts", 0))})
+
     async def user_media(request: web.Request) -> web.Response:
         await require_admin(hs, request)
         user_id = request.match_info["user_id"]
@@ -138,6 +147,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     app.router.add_routes(
         [
             web.post(V1 + "/media/delete", delete_old),
+            web.post(V1 + "/purge_media_cache", purge_cache),
             web.post(V1 + "/media/quarantine/{server_name}/{media_id}", quarantine(True)),
             web.post(V1 + "/media/unquarantine/{server_name}/{media_id}", quarantine(False)),
             web.get(one, info),

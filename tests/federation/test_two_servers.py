@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
 
+from homeserver.handlers.media import REMOTE_CACHE
 from tests.federation.support import (
     CertAuthority,
     Client,
@@ -17,6 +20,7 @@ from tests.federation.support import (
     room_bodies,
     wait_for,
 )
+from tests.support.server import RunningServer
 
 
 @pytest.mark.parametrize("version", ["10", "11", "12"])
@@ -246,6 +250,29 @@ async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str
             async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
                 assert resp.status == 200, await resp.text()
                 assert await resp.read() == data
+
+        # B's admin purges B's cache (not what was fetched after the cut-off); once A has
+        # deleted the media, B can no longer serve it.
+        tokens: dict[str, str] = {}
+
+        async def as_admin(srv: RunningServer, method: str, path: str, **params: str) -> Any:
+            if srv.server_name not in tokens:
+                admin_id = await srv.register("root", admin=True)
+                tokens[srv.server_name], _ = await srv.hs.auth.create_session(admin_id, None, None)
+            headers = {"Authorization": f"Bearer {tokens[srv.server_name]}"}
+            async with http.request(method, srv.base_url + path, headers=headers, params=params) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
+        purge = "/_synapse/admin/v1/purge_media_cache"
+        assert await as_admin(b, "POST", purge, before_ts="1") == {"deleted": 0}
+        now = str(int(time.time() * 1000) + 1000)
+        assert await as_admin(b, "POST", purge, before_ts=now) == {"deleted": 1}
+        cache = Path(b.hs.config.resolve_path(b.hs.config.media_store_path)) / REMOTE_CACHE
+        assert [p for p in cache.rglob("*") if p.is_file()] == []
+        await as_admin(a, "DELETE", f"/_synapse/admin/v1/media/{quote(server_name)}/{media_id}")
+        async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+            assert resp.status == 404
 
 
 async def test_restricted_join_authorised_by_resident_server(
