@@ -4,6 +4,12 @@ PUT /_synapse/admin/v2/users/{userId}               create or change an account
 GET /_synapse/admin/v1/users/{userId}/admin         {"admin": bool}
 PUT /_synapse/admin/v1/users/{userId}/admin         {"admin": bool}
 GET /_synapse/admin/v1/users/{userId}/joined_rooms  {"joined_rooms": [...], "total": n}
+GET /_synapse/admin/v2/users/{userId}/devices       {"devices": [...], "total": n}
+GET, PUT, DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}
+POST /_synapse/admin/v2/users/{userId}/delete_devices  {"devices": [ids]}
+
+Deleting a device logs it out, as the user deleting it would (its keys and to-device
+messages go too).
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.admin import ADMIN_KEY, V1, V2, require_admin
+from homeserver.api.devices import get_device_handler
 from homeserver.api.http import json_response, read_json
 from homeserver.api.profile import get_profile_handler
-from homeserver.errors import require_bool
+from homeserver.errors import bad_json, optional_str, require_bool
 from homeserver.handlers.admin_users import AdminUsers
 from homeserver.server import HomeServer
 
@@ -21,6 +28,7 @@ from homeserver.server import HomeServer
 def setup(app: web.Application, hs: HomeServer) -> None:
     admin = app[ADMIN_KEY]
     users = AdminUsers(admin, get_profile_handler(app, hs))
+    devices = get_device_handler(app, hs)
 
     async def put_user(request: web.Request) -> web.Response:
         requester = await require_admin(hs, request)
@@ -49,12 +57,53 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         ]
         return json_response({"joined_rooms": sorted(rooms), "total": len(rooms)})
 
+    async def target(request: web.Request) -> str:
+        """The user a device request names: 404 unknown, 400 remote."""
+        await require_admin(hs, request)
+        user_id = request.match_info["user_id"]
+        await admin.query_user(user_id)
+        return user_id
+
+    async def list_devices(request: web.Request) -> web.Response:
+        found = await devices.list_devices(await target(request))
+        return json_response({"devices": found, "total": len(found)})
+
+    async def one_device(request: web.Request) -> web.Response:
+        user_id = await target(request)
+        device_id = request.match_info["device_id"]
+        if request.method == "GET":
+            return json_response(await devices.get_device(user_id, device_id))
+        if request.method == "PUT":
+            body = await read_json(request, allow_empty=True)
+            name = optional_str(body, "display_name")
+            if name is not None:
+                await devices.rename_device(user_id, device_id, name)
+            else:
+                await devices.get_device(user_id, device_id)  # 404 for an unknown device
+            return json_response({})
+        await devices.delete_devices(user_id, [device_id])  # deleting an unknown one is done already
+        return json_response({})
+
+    async def delete_devices(request: web.Request) -> web.Response:
+        user_id = await target(request)
+        ids = (await read_json(request)).get("devices")
+        if not isinstance(ids, list) or not all(isinstance(d, str) for d in ids):
+            raise bad_json("devices must be a list of device IDs")
+        await devices.delete_devices(user_id, ids)
+        return json_response({})
+
     path = V1 + "/users/{user_id}"
+    device = V2 + "/users/{user_id}/devices/{device_id}"
     app.router.add_routes(
         [
             web.put(V2 + "/users/{user_id}", put_user),
             web.get(path + "/admin", get_admin),
             web.put(path + "/admin", put_admin),
             web.get(path + "/joined_rooms", joined_rooms),
+            web.get(V2 + "/users/{user_id}/devices", list_devices),
+            web.get(device, one_device),
+            web.put(device, one_device),
+            web.delete(device, one_device),
+            web.post(V2 + "/users/{user_id}/delete_devices", delete_devices),
         ]
     )

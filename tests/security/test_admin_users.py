@@ -124,3 +124,43 @@ async def test_bad_requests(server: RunningServer, http: aiohttp.ClientSession) 
         status, out = await admin.request("PUT", f"{A2}/users/{quote(user_id)}", json=body)
         assert (status, out["errcode"]) == (400, errcode), (user_id, body, out)
     assert await server.hs.accounts.get_user(f"@x:{server.server_name}") is None
+
+
+async def test_a_users_devices(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    first = await server.login("dora")
+    second = await server.login("dora")
+    dora = first["user_id"]
+    devices = f"{A2}/users/{quote(dora)}/devices"
+    listed = await admin.ok("GET", devices)
+    assert listed["total"] == 2
+    assert {d["device_id"] for d in listed["devices"]} == {first["device_id"], second["device_id"]}
+    one = f"{devices}/{quote(first['device_id'])}"
+    assert await admin.ok("PUT", one, json={"display_name": "Dora's phone"}) == {}
+    assert (await admin.ok("GET", one))["display_name"] == "Dora's phone"
+
+    async def whoami(token: str) -> int:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(f"{server.base_url}/_matrix/client/v3/account/whoami", headers=headers) as resp:
+            return resp.status
+
+    assert await admin.ok("DELETE", one) == {}
+    assert (await whoami(first["access_token"]), await whoami(second["access_token"])) == (401, 200)
+    assert (
+        await admin.ok(
+            "POST", f"{A2}/users/{quote(dora)}/delete_devices", json={"devices": [second["device_id"]]}
+        )
+        == {}
+    )
+    assert await whoami(second["access_token"]) == 401
+    assert (await admin.ok("GET", devices))["total"] == 0
+    for method, path, body, status, errcode in (
+        ("GET", one, None, 404, "M_NOT_FOUND"),
+        ("PUT", one, {"display_name": "x"}, 404, "M_NOT_FOUND"),
+        ("PUT", one, {}, 404, "M_NOT_FOUND"),
+        ("POST", f"{A2}/users/{quote(dora)}/delete_devices", {"devices": "all"}, 400, "M_BAD_JSON"),
+        ("GET", f"{A2}/users/{quote('@nobody:' + server.server_name)}/devices", None, 404, "M_NOT_FOUND"),
+        ("GET", f"{A2}/users/{quote('@x:elsewhere.example')}/devices", None, 400, "M_INVALID_PARAM"),
+    ):
+        got, out = await admin.request(method, path, json=body)
+        assert (got, out["errcode"]) == (status, errcode), (method, path, out)
