@@ -1,6 +1,6 @@
 """The spec's server administration endpoints: account moderation (GET/PUT
 /_matrix/client/v1/admin/lock/{userId} and /admin/suspend/{userId}) and
-GET /_matrix/client/v3/admin/whois/{userId}.
+GET /_matrix/client/v3/admin/whois/{userId} (also /_synapse/admin/v1/whois/{userId}).
 
 Locking refuses the account everything but logging out; suspension leaves it reading and
 leaving but not joining, inviting, sending or changing its profile (see
@@ -66,4 +66,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({"user_id": user_id, "devices": devices})
 
     app.router.add_routes([r for action, flag in FLAGS.items() for r in route(action, flag)])
-    app.router.add_routes([web.get(V3 + "/admin/whois/{user_id}", whois)])
+    # Synapse's admin API has the same lookup under its own prefix (its tools call that one).
+    app.router.add_routes(
+        [web.get(V3 + "/admin/whois/{user_id}", whois), web.get("/_synapse/admin/v1/whois/{user_id}", whois)]
+    )

@@ -162,5 +162,9 @@ async def test_whois_for_admins_and_the_user_themself(
         assert all(set(c) <= {"ip", "last_seen", "user_agent"} for c in session["connections"])
     status, out = await bob.request("GET", path)
     assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    # The same under Synapse's admin prefix.
+    synapse_path = f"{admin.base_url}/_synapse/admin/v1/whois/{quote(alice.user_id)}"
+    async with admin.session.get(synapse_path, headers={"Authorization": f"Bearer {admin.token}"}) as resp:
+        assert resp.status == 200 and await resp.json() == await admin.ok("GET", path)
     status, out = await admin.request("GET", f"/admin/whois/{quote('@nobody:' + server.server_name)}")
     assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
