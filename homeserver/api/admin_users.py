@@ -7,6 +7,8 @@ GET /_synapse/admin/v1/users/{userId}/joined_rooms  {"joined_rooms": [...], "tot
 GET /_synapse/admin/v2/users/{userId}/devices       {"devices": [...], "total": n}
 GET, PUT, DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}
 POST /_synapse/admin/v2/users/{userId}/delete_devices  {"devices": [ids]}
+POST /_synapse/admin/v1/join/{roomIdOrAlias}          {"user_id": ...}: puts a local user in
+    a room: directly when it is public, else invited by the admin (who must be in it)
 
 Deleting a device logs it out, as the user deleting it would (its keys and to-device
 messages go too).
@@ -20,7 +22,7 @@ from homeserver.api.admin import ADMIN_KEY, V1, V2, require_admin
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import json_response, read_json
 from homeserver.api.profile import get_profile_handler
-from homeserver.errors import bad_json, optional_str, require_bool
+from homeserver.errors import bad_json, optional_str, require_bool, require_str
 from homeserver.handlers.admin_users import AdminUsers
 from homeserver.server import HomeServer
 
@@ -92,6 +94,21 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await devices.delete_devices(user_id, ids)
         return json_response({})
 
+    async def join(request: web.Request) -> web.Response:
+        requester = await require_admin(hs, request)
+        user_id = require_str(await read_json(request), "user_id")
+        await admin.query_user(user_id)  # 404 for an unknown user, 400 for a remote one
+        target = request.match_info["room"]
+        room_id, _ = await hs.rooms.resolve_room(target)
+        if await hs.events.get_room_version(room_id) is not None:
+            rules = await hs.events.get_current_state(room_id, [("m.room.join_rules", "")])
+            rule = rules.get(("m.room.join_rules", ""))
+            public = rule is not None and rule.event.content.get("join_rule") == "public"
+            membership = await hs.events.get_membership(room_id, user_id)
+            if not public and (membership is None or membership[0] not in ("invite", "join")):
+                await hs.rooms.invite(requester.user_id, room_id, user_id)
+        return json_response({"room_id": await hs.rooms.join(user_id, target)})
+
     path = V1 + "/users/{user_id}"
     device = V2 + "/users/{user_id}/devices/{device_id}"
     app.router.add_routes(
@@ -105,5 +122,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.put(device, one_device),
             web.delete(device, one_device),
             web.post(V2 + "/users/{user_id}/delete_devices", delete_devices),
+            web.post(V1 + "/join/{room}", join),
         ]
     )

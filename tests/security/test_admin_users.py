@@ -164,3 +164,30 @@ async def test_a_users_devices(server: RunningServer, http: aiohttp.ClientSessio
     ):
         got, out = await admin.request(method, path, json=body)
         assert (got, out["errcode"]) == (status, errcode), (method, path, out)
+
+
+async def test_putting_a_user_in_a_room(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    owner = await user(server, http, "owner")
+    erin = await user(server, http, "erin")
+    public = await owner.create_room(preset="public_chat", room_alias_name="lobby")
+    private = await owner.create_room(preset="private_chat")
+    body = {"user_id": erin.user_id}
+    # Public: by alias, without the admin in it.
+    out = await admin.ok("POST", f"{A1}/join/{quote('#lobby:' + server.server_name)}", json=body)
+    assert out == {"room_id": public}
+    assert public in (await erin.ok("GET", "/joined_rooms"))["joined_rooms"]
+    # Private: only through an admin who is in the room and may invite.
+    status, out = await admin.request("POST", f"{A1}/join/{quote(private)}", json=body)
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    await owner.ok("POST", f"/rooms/{quote(private)}/invite", json={"user_id": admin.user_id})
+    assert (await admin.join(private))[0] == 200
+    assert await admin.ok("POST", f"{A1}/join/{quote(private)}", json=body) == {"room_id": private}
+    assert private in (await erin.ok("GET", "/joined_rooms"))["joined_rooms"]
+    for target, payload, status, errcode in (
+        (public, {"user_id": f"@nobody:{server.server_name}"}, 404, "M_NOT_FOUND"),
+        (public, {}, 400, "M_MISSING_PARAM"),
+        (f"#missing:{server.server_name}", body, 404, "M_NOT_FOUND"),
+    ):
+        got, out = await admin.request("POST", f"{A1}/join/{quote(target)}", json=payload)
+        assert (got, out["errcode"]) == (status, errcode), (target, payload, out)
