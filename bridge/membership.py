@@ -296,9 +296,12 @@ class MembershipHandler:
                     },
                 )
             except RemoteError as e:
+                # A blocked invite keeps its code (the spec's invite permission); other refusals
+                # are the inviter's M_FORBIDDEN.
+                refused = Codes.INVITE_BLOCKED if e.errcode == Codes.INVITE_BLOCKED else Codes.FORBIDDEN
                 raise MatrixError(
                     403 if e.status == 403 else 502,
-                    Codes.FORBIDDEN if e.status == 403 else Codes.UNKNOWN,
+                    refused if e.status == 403 else Codes.UNKNOWN,
                     f"The invitee's server refused the invite: {e.body.get('error', '')}"[:300],
                 ) from None
             except FederationError as e:
@@ -677,6 +680,7 @@ class MembershipHandler:
             raise MatrixError(400, Codes.BAD_JSON, "Not an invite event")
         if _domain(target) != self.server_name or not await local_user_exists(self.hs, target):
             raise not_found("Unknown user")
+        await self.hs.rooms.invite_permission.check(target)
         if _domain(event.sender) != origin:
             raise forbidden("The inviter is not from the requesting server")
         known = await self.events.get_room_version(room_id)

@@ -52,6 +52,7 @@ class Codes(StrEnum):
     WRONG_ROOM_KEYS_VERSION = "M_WRONG_ROOM_KEYS_VERSION"
     # Sliding sync (MSC4186): the connection position is not known; start again.
     UNKNOWN_POS = "M_UNKNOWN_POS"
+    INVITE_BLOCKED = "M_INVITE_BLOCKED"
 
 
 class MatrixError(Exception):

@@ -108,7 +108,9 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     sync_extensions: list[Any] = []
     appservices = AppServices(load_registrations(config.app_services, config.server_name, config.base_dir))
     queries = AppServiceQueries(appservices, config.server_name, accounts) if appservices else None
-    rooms = RoomHandler(events, creator, aliases, accounts, config.server_name, config.default_room_version)
+    rooms = RoomHandler(
+        events, creator, aliases, accounts, config.server_name, config.default_room_version, account_data
+    )
     if queries is not None:
         aliases.on_missing = queries.alias
         rooms.user_exists = queries.user_exists

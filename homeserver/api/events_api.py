@@ -70,6 +70,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         content = await read_json(request, allow_empty=False)
         refuse_if_suspended(requester)
         await _require_joined(room_id, requester.user_id)
+        if (
+            type_ == "m.room.member"
+            and content.get("membership") == "invite"
+            and hs.rooms.is_local_user(state_key)
+        ):
+            await hs.rooms.invite_permission.check(state_key)
         existing = await hs.events.get_current_state(room_id, [(type_, state_key)])
         prev = existing.get((type_, state_key))
         if prev is not None and prev.event.sender == requester.user_id and prev.event.content == content:

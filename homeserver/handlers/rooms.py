@@ -14,6 +14,8 @@ from typing import Any
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden
 from homeserver.events import KNOWN_ROOM_VERSIONS, Event
 from homeserver.handlers.event_creation import EventCreator
+from homeserver.handlers.invite_permission import InvitePermission
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.aliases import AliasStore
 from homeserver.storage.events import EventStore
@@ -76,6 +78,7 @@ class RoomHandler:
         accounts: AccountStore,
         server_name: str,
         default_room_version: str,
+        account_data: AccountDataStore,
     ) -> None:
         self.events = events
         self.creator = creator
@@ -83,6 +86,7 @@ class RoomHandler:
         self.accounts = accounts
         self.server_name = server_name
         self.default_room_version = default_room_version
+        self.invite_permission = InvitePermission(account_data)
         self.remote_join: RemoteJoin | None = None
         self.remote_invite: RemoteInvite | None = None
         # Whether a local user exists; with application services, they are asked about an
@@ -202,7 +206,12 @@ class RoomHandler:
         if visibility == "public":
             await self.events.set_room_public(room_id, True)
         for invitee in invites:
-            await self.invite(user_id, room_id, invitee, {"is_direct": bool(body.get("is_direct"))})
+            try:
+                await self.invite(user_id, room_id, invitee, {"is_direct": bool(body.get("is_direct"))})
+            except MatrixError as e:
+                # The spec: an invitee who blocks invites is left out; the room still stands.
+                if e.errcode != Codes.INVITE_BLOCKED:
+                    raise
         return room_id, alias
 
     async def resolve_room(self, room_id_or_alias: str) -> tuple[str, list[str]]:
@@ -254,6 +263,7 @@ class RoomHandler:
             return
         if not await self.user_exists(target):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown user")
+        await self.invite_permission.check(target)
         content = {"membership": "invite", **(extra or {})}
         await self._send(room_id, sender, "m.room.member", content, target)
 

@@ -21,6 +21,7 @@ from homeserver.clock import Clock
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.client_format import format_events, membership_preview
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
+from homeserver.handlers.invite_permission import InvitePermission
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
@@ -81,6 +82,7 @@ class SyncHandler:
         self.clock = clock
         self.extensions = extensions
         self.reads = SyncQueries(db, events)
+        self.invite_permission = InvitePermission(account_data)
         # Room-level reads shared by the syncs computed at the same stream position.
         self.memo = ReadMemo()
         # user_id -> (position, joined rooms) of the user's last sync computed: a long-poll
@@ -299,11 +301,15 @@ class SyncHandler:
         rooms_invite: dict[str, Any] = {}
         rooms_leave: dict[str, Any] = {}
         forgotten: set[str] | None = None
+        blocks_invites: bool | None = None
         for room_id, membership, event_id, stream in memberships:
             if not req.filter.allows_room(room_id):
                 continue
             is_new = since is None or stream > since.stream
-            if membership == "invite" and is_new:
+            if membership == "invite" and is_new and blocks_invites is None:
+                # Read only when there is an invite to send (spec v1.18 invite permission).
+                blocks_invites = await self.invite_permission.blocks_invites(user_id)
+            if membership == "invite" and is_new and not blocks_invites:
                 rooms_invite[room_id] = {
                     "invite_state": {
                         "events": await membership_preview(

@@ -135,6 +135,28 @@ async def test_invite_join_leave_kick_typing_receipts(
         await _sync_until(bob, lambda d: room_id in d["rooms"]["leave"], "kick in bob's sync")
 
 
+async def test_remote_invite_to_a_user_who_blocks_invites(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    """Invite permission over federation: B refuses the invite with M_INVITE_BLOCKED, and A's
+    inviter gets that answer."""
+    async with (
+        fed_server(tmp_dirs[0], test_ca) as a,
+        fed_server(tmp_dirs[1], test_ca) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        alice = await Client.login(a, "alice", http)
+        bob = await Client.login(b, "bob", http)
+        await bob.call(
+            "PUT", f"/user/{bob.user_id}/account_data/m.invite_permission_config", {"default_action": "block"}
+        )
+        room_id = await alice.create_room(preset="private_chat")
+        out = await alice.call("POST", f"/rooms/{room_id}/invite", {"user_id": bob.user_id}, expect=403)
+        assert out["errcode"] == "M_INVITE_BLOCKED"
+        assert await b.hs.events.get_membership(room_id, bob.user_id) is None
+        assert await a.hs.events.get_membership(room_id, bob.user_id) is None
+
+
 async def test_reject_remote_invite(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
     async with (
         fed_server(tmp_dirs[0], test_ca) as a,

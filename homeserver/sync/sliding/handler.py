@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from homeserver.handlers.auth import Requester
+from homeserver.handlers.invite_permission import InvitePermission
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.unread import Counts
@@ -63,6 +64,7 @@ class SlidingSyncHandler:
         self.presence_hooks = presence_hooks
         self.connections = connections
         self.dm_rooms = DmRooms(account_data)
+        self.invite_permission = InvitePermission(account_data)
 
     async def sync(
         self,
@@ -130,6 +132,10 @@ class SlidingSyncHandler:
         )
         window = await self.room_list.window(since, upto) if since is not None else None
         entries = await self.room_list.entries(user_id, memberships, sent_before, upto)
+        if any(e.membership == "invite" for e in entries) and await self.invite_permission.blocks_invites(
+            user_id
+        ):
+            entries = [e for e in entries if e.membership != "invite"]  # spec v1.18 invite permission
         by_id = {e.room_id: e for e in entries}
         dm_rooms = await self.dm_rooms.get(user_id, since, upto, probe)
 

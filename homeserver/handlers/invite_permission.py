@@ -1,0 +1,27 @@
+"""Invite permission (spec v1.18): a user who sets `m.invite_permission_config` account data
+with `default_action: block` gets no invites. Invites to them are refused with 403
+M_INVITE_BLOCKED (from local users, in createRoom's `invite` list without failing the
+room's creation, and over federation), and invites they already have are not shown in
+/sync or sliding sync until they lift the block.
+"""
+
+from __future__ import annotations
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.storage.account_data import AccountDataStore
+
+CONFIG_TYPE = "m.invite_permission_config"
+
+
+class InvitePermission:
+    def __init__(self, account_data: AccountDataStore) -> None:
+        self.account_data = account_data
+
+    async def blocks_invites(self, user_id: str) -> bool:
+        config = await self.account_data.get(user_id, None, CONFIG_TYPE)
+        return isinstance(config, dict) and config.get("default_action") == "block"
+
+    async def check(self, target: str) -> None:
+        """Raise 403 M_INVITE_BLOCKED if the (local) user blocks invites."""
+        if await self.blocks_invites(target):
+            raise MatrixError(403, Codes.INVITE_BLOCKED, "This user does not accept invites")
