@@ -21,7 +21,8 @@ SPEC_VERSIONS = [
 
 
 # Sliding sync (MSC4186, homeserver.sync.sliding): Element X looks for this before using it.
-UNSTABLE_FEATURES = {"org.matrix.simplified_msc3575": True}
+# MSC4222 (/sync's state_after, spec v1.16): matrix-js-sdk asks for it on every sync.
+UNSTABLE_FEATURES = {"org.matrix.simplified_msc3575": True, "org.matrix.msc4222": True}
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:

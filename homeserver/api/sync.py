@@ -114,6 +114,7 @@ class LongPolls:
 
 
 LONG_POLLS_KEY = web.AppKey("sotto_long_polls", LongPolls)
+UNSTABLE_STATE_AFTER = "org.matrix.msc4222"
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -121,6 +122,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     filters = FilterCache(hs.filters)
     polls = app[LONG_POLLS_KEY] = LongPolls(hs)
     app.on_shutdown.append(polls.shutdown)
+
+    def _state_after_key(request: web.Request) -> str | None:
+        """MSC4222 (spec v1.16): `use_state_after`, or the unstable name matrix-js-sdk sends
+        (answered under the unstable key)."""
+        if query_bool(request, "use_state_after"):
+            return "state_after"
+        if query_bool(request, UNSTABLE_STATE_AFTER + ".use_state_after"):
+            return UNSTABLE_STATE_AFTER + ".state_after"
+        return None
 
     async def sync(request: web.Request) -> web.StreamResponse:
         requester = await hs.auth.get_requester(request, allow_guest=True)
@@ -135,6 +145,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             set_presence=query.get("set_presence"),
             full_state=query_bool(request, "full_state"),
             timeout_ms=query_int(request, "timeout", 0, maximum=max_timeout),
+            state_after=_state_after_key(request),
         )
         deadline = await hs.sync.begin(req)
         outcome = await hs.sync.attempt(req, deadline, False)

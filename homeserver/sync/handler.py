@@ -59,6 +59,9 @@ class SyncRequest:
     # The filter as JSON (shared between requests: read-only), for the extensions.
     filter_json: dict[str, Any] = field(default_factory=dict)
     set_presence: str | None = None
+    # `use_state_after` (MSC4222, spec v1.16): the key that then carries the state at the
+    # end of the timeline instead of `state` ("state_after", or the unstable name).
+    state_after: str | None = None
 
 
 class SyncHandler:
@@ -293,7 +296,7 @@ class SyncHandler:
                 }
             if room:
                 room.setdefault("timeline", {"events": [], "limited": False})
-                room.setdefault("state", {"events": []})
+                room.setdefault(req.state_after or "state", {"events": []})
                 room.setdefault("ephemeral", {"events": []})
                 room.setdefault("account_data", {"events": []})
                 rooms_join[room_id] = room
@@ -362,11 +365,14 @@ class SyncHandler:
             ctx.related.update(read.related)
         state: list[StoredEvent]
         senders = {s.event.sender for s in timeline} | {req.requester.user_id}
+        # With state_after, the state runs to the end of the timeline, its own changes
+        # included (clients then take the timeline's state events as history only).
+        after_timeline = req.state_after is not None
         if full:
             state = await self._state_at_timeline_start(
-                room_id, timeline, window, senders if f.lazy_load_members else None
+                room_id, timeline, window, senders if f.lazy_load_members else None, undo=not after_timeline
             )
-        elif limited:
+        elif limited or (after_timeline and any(s.event.is_state() for s in timeline)):
             state = [
                 s
                 for s in await self.memo.get(
@@ -374,7 +380,7 @@ class SyncHandler:
                     ("state_changed", room_id, after or 0, upto),
                     lambda: self.events.get_state_changed_since(room_id, after or 0, upto),
                 )
-                if s.event.event_id not in timeline_ids
+                if after_timeline or s.event.event_id not in timeline_ids
             ]
         else:
             state = []
@@ -415,7 +421,9 @@ class SyncHandler:
                 "limited": limited,
                 "prev_batch": pagination_token(prev),
             },
-            "state": {"events": await format_events(self.events, state, now, include_room_id=False)},
+            req.state_after or "state": {
+                "events": await format_events(self.events, state, now, include_room_id=False)
+            },
         }
         if summary is not None:
             room["summary"] = summary
@@ -430,11 +438,16 @@ class SyncHandler:
         return list((await self.events.get_current_state(room_id, keys)).values()) if keys else []
 
     async def _state_at_timeline_start(
-        self, room_id: str, timeline: list[StoredEvent], window: int, members: set[str] | None = None
+        self,
+        room_id: str,
+        timeline: list[StoredEvent],
+        window: int,
+        members: set[str] | None = None,
+        undo: bool = True,
     ) -> list[StoredEvent]:
-        """The room's state before the timeline. With `members` (lazy-loading), only those
-        users' member events are included: the others would be dropped anyway, and in a big
-        room loading them all is most of an initial sync's work."""
+        """The room's state before the timeline (after it, with `undo` false). With `members`
+        (lazy-loading), only those users' member events are included: the others would be
+        dropped anyway, and in a big room loading them all is most of an initial sync's work."""
         current: dict[StateKey, StoredEvent]
         if members is None:
             current = await self.events.get_current_state(room_id)
@@ -449,7 +462,7 @@ class SyncHandler:
             current.update(await self.events.get_current_state(room_id, [(MEMBER, u) for u in members]))
         state_ids: dict[StateKey, str] = {k: v.event.event_id for k, v in current.items()}
         # Walk the timeline backwards, undoing each state change it contains.
-        for s in reversed(timeline):
+        for s in reversed(timeline if undo else []):
             if s.event.is_state():
                 key = s.event.state_key_tuple
                 if members is not None and key[0] == MEMBER and key[1] not in members:
