@@ -1,0 +1,60 @@
+"""What /versions claims holds: for each spec version advertised since v1.12, one of its
+requirements, exercised (each is tested in depth in its own file)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+from tests.support.http import RawClient
+from tests.support.server import RunningServer
+
+MakeUser = Callable[[str], Awaitable[RawClient]]
+
+
+async def test_the_versions_advertised_hold(server: RunningServer, make_user: MakeUser) -> None:
+    admin_id = await server.register("root", admin=True)
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    async with alice.session.get(f"{server.base_url}/_matrix/client/versions") as resp:
+        versions = await resp.json()
+    assert {"v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"} <= set(versions["versions"])
+    assert versions["unstable_features"]["org.matrix.msc4222"] is True
+    room = await alice.create_room(preset="public_chat", name="Versions")
+
+    # v1.12: joining with `via`; the account locking API (admins).
+    assert (await bob.request("POST", f"/join/{quote(room)}", params={"via": server.server_name}))[0] == 200
+    token, _ = await server.hs.auth.create_session(admin_id, None, None)
+    async with alice.session.get(
+        f"{server.base_url}/_matrix/client/v1/admin/lock/{quote(bob.user_id)}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 200 and await resp.json() == {"locked": False}
+    # v1.13: reporting a room; requestToken's error codes.
+    assert await bob.ok("POST", f"/rooms/{quote(room)}/report", json={"reason": "test"}) == {}
+    body = {"client_secret": "abc", "email": "a@example.org", "send_attempt": 1}
+    status, out = await alice.request("POST", "/account/3pid/email/requestToken", json=body)
+    assert (status, out["errcode"]) == (400, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+    # v1.14: reporting a user.
+    assert await bob.ok("POST", f"/users/{quote(alice.user_id)}/report", json={"reason": "test"}) == {}
+    # v1.15: the room summary.
+    async with alice.session.get(
+        f"{server.base_url}/_matrix/client/v1/room_summary/{quote(room)}",
+        headers={"Authorization": f"Bearer {alice.token}"},
+    ) as resp:
+        summary = await resp.json()
+    assert resp.status == 200 and (summary["room_id"], summary["name"]) == (room, "Versions")
+    # v1.16: the m.profile_fields capability (and its restriction holds); state_after;
+    # format=event; the create event in invite state.
+    caps = (await alice.ok("GET", "/capabilities"))["capabilities"]
+    assert caps["m.profile_fields"] == {"enabled": True, "allowed": ["displayname", "avatar_url"]}
+    status, out = await alice.request("PUT", f"/profile/{quote(alice.user_id)}/m.tz", json={"m.tz": "UTC"})
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    synced = await alice.sync(use_state_after="true")
+    assert "state_after" in synced["rooms"]["join"][room]
+    name_event = await alice.ok("GET", f"/rooms/{quote(room)}/state/m.room.name/", params={"format": "event"})
+    assert name_event["type"] == "m.room.name" and name_event["content"] == {"name": "Versions"}
+    carol = await make_user("carol")
+    private = await alice.create_room(invite=[carol.user_id])
+    invite_state = (await carol.sync())["rooms"]["invite"][private]["invite_state"]["events"]
+    assert "m.room.create" in {e["type"] for e in invite_state}
