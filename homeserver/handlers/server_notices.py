@@ -53,7 +53,7 @@ class ServerNotices:
         self.notifier = notifier
         self.clock = clock
         self.system_user = f"@{config.localpart}:{server_name}" if config.localpart else None
-        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._room_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def send(
         self,
@@ -73,9 +73,19 @@ class ServerNotices:
         if user is None or user.get("deactivated"):
             raise not_found("Unknown user")
         await self._ensure_system_user(system)
-        lock = self._room_locks.setdefault(user_id, asyncio.Lock())
-        async with lock:
-            room_id = await self._room_for(system, user_id)
+        # One room per user even when notices race (on this process); the lock is dropped
+        # when its last user is done.
+        lock, users = self._room_locks.get(user_id) or (asyncio.Lock(), 0)
+        self._room_locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                room_id = await self._room_for(system, user_id)
+        finally:
+            lock, users = self._room_locks[user_id]
+            if users == 1:
+                del self._room_locks[user_id]
+            else:
+                self._room_locks[user_id] = (lock, users - 1)
         txn = TxnInfo(system, TXN_DEVICE, txn_id) if txn_id is not None and state_key is None else None
         event, _ = await self.rooms.creator.create_and_send(
             room_id=room_id, type=type, sender=system, content=content, state_key=state_key, txn=txn

@@ -3,6 +3,7 @@ m.server_notice, where the user cannot send and whose invite cannot be rejected.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator
 from urllib.parse import quote
@@ -121,3 +122,17 @@ async def test_refusals(noticing: RunningServer, server: RunningServer, http: ai
         "POST", PATH, json={"user_id": plain_admin.user_id, "content": NOTICE}
     )
     assert got == 400 and "not enabled" in out["error"]
+
+
+async def test_racing_notices_share_one_room(noticing: RunningServer, http: aiohttp.ClientSession) -> None:
+    server = noticing
+    admin = await admin_of(server, http)
+    erin = await server.register("erin")
+    sent = await asyncio.gather(
+        *(
+            admin.ok("POST", PATH, json={"user_id": erin, "content": {**NOTICE, "body": f"n{i}"}})
+            for i in range(3)
+        )
+    )
+    rooms = {(await server.hs.events.get_event(s["event_id"])).event.room_id for s in sent}  # type: ignore[union-attr]
+    assert len(rooms) == 1
