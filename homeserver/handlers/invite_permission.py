@@ -7,10 +7,19 @@ room's creation, and over federation), and invites they already have are not sho
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from homeserver.errors import Codes, MatrixError
 from homeserver.storage.account_data import AccountDataStore
 
 CONFIG_TYPE = "m.invite_permission_config"
+
+
+def blocks_invites(config: Mapping[str, Any] | None) -> bool:
+    """Whether an `m.invite_permission_config` content blocks invites (other values, or
+    none, mean "as normal")."""
+    return isinstance(config, Mapping) and config.get("default_action") == "block"
 
 
 class InvitePermission:
@@ -18,8 +27,7 @@ class InvitePermission:
         self.account_data = account_data
 
     async def blocks_invites(self, user_id: str) -> bool:
-        config = await self.account_data.get(user_id, None, CONFIG_TYPE)
-        return isinstance(config, dict) and config.get("default_action") == "block"
+        return blocks_invites(await self.account_data.get(user_id, None, CONFIG_TYPE))
 
     async def check(self, target: str) -> None:
         """Raise 403 M_INVITE_BLOCKED if the (local) user blocks invites."""

@@ -47,10 +47,18 @@ async def test_pending_invites_are_hidden_while_blocked(make_user: MakeUser) -> 
     assert room in (await dave.sync())["rooms"]["invite"]
     body = {"lists": {"all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}}}
     assert room in (await sliding(dave, body))["rooms"]
+    kept = {**body, "conn_id": "kept"}
+    first = await sliding(dave, kept)
     await set_config(dave, {"default_action": "block"})
     assert room not in (await dave.sync())["rooms"]["invite"]
     out = await sliding(dave, body)
     assert room not in out["rooms"] and out["lists"]["all"]["count"] == 0
+    # The same on a connection that already had it (its next request reads the new value).
+    later = await sliding(dave, kept, first["pos"])
+    assert later["lists"]["all"]["count"] == 0
+    await set_config(dave, {})
+    assert (await sliding(dave, kept, later["pos"]))["lists"]["all"]["count"] == 1
+    await set_config(dave, {"default_action": "block"})
     # The room's own state still shows the invite.
     members = await alice.ok("GET", f"/rooms/{quote(room)}/members")
     assert dave.user_id in {m["state_key"] for m in members["chunk"]}

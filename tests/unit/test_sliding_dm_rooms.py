@@ -8,7 +8,7 @@ from pathlib import Path
 
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.sync_reads import UserProbe
-from homeserver.sync.sliding.rooms import DmRooms
+from homeserver.sync.sliding.rooms import known_dm_rooms
 from tests.support.database import migrated_sqlite
 
 ALICE = "@alice:test"
@@ -18,7 +18,7 @@ QUIET = UserProbe()
 async def test_the_cache_serves_only_the_windows_it_is_valid_for(tmp_path: Path) -> None:
     async with migrated_sqlite(tmp_path / "db.sqlite") as db:
         store = AccountDataStore(db)
-        dms = DmRooms(store)
+        dms = known_dm_rooms(store)
         await store.set(ALICE, None, "m.direct", {"@bob:test": ["!one:test"]})
         assert await dms.get(ALICE, None, 10, None) == {"!one:test"}
         # Changed behind the cache's back (another worker, say).
@@ -40,7 +40,7 @@ async def test_the_cache_serves_only_the_windows_it_is_valid_for(tmp_path: Path)
 
 async def test_the_cache_is_bounded(tmp_path: Path) -> None:
     async with migrated_sqlite(tmp_path / "db.sqlite") as db:
-        dms = DmRooms(AccountDataStore(db), max_users=2)
+        dms = known_dm_rooms(AccountDataStore(db), max_users=2)
         for i in range(5):
             await dms.get(f"@u{i}:test", None, 1, None)
         assert len(dms._known) <= 2

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from homeserver.handlers.auth import Requester
-from homeserver.handlers.invite_permission import InvitePermission
+from homeserver.handlers.invite_permission import CONFIG_TYPE as INVITE_CONFIG
+from homeserver.handlers.invite_permission import blocks_invites
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.unread import Counts
@@ -25,7 +26,7 @@ from homeserver.sync.sliding.config import RoomConfig, SlidingRequest, in_ranges
 from homeserver.sync.sliding.connections import Connections, Position
 from homeserver.sync.sliding.extensions import ExtensionInput, SlidingExtensions, enabled_extensions
 from homeserver.sync.sliding.room_data import RoomContext, RoomData
-from homeserver.sync.sliding.rooms import DmRooms, Entry, RoomList
+from homeserver.sync.sliding.rooms import Entry, KnownAccountData, RoomList, known_dm_rooms
 
 
 class UnreadCounts(Protocol):
@@ -63,8 +64,8 @@ class SlidingSyncHandler:
         self.unread = unread
         self.presence_hooks = presence_hooks
         self.connections = connections
-        self.dm_rooms = DmRooms(account_data)
-        self.invite_permission = InvitePermission(account_data)
+        self.dm_rooms = known_dm_rooms(account_data)
+        self.blocks_invites = KnownAccountData(account_data, INVITE_CONFIG, blocks_invites)
 
     async def sync(
         self,
@@ -132,9 +133,8 @@ class SlidingSyncHandler:
         )
         window = await self.room_list.window(since, upto) if since is not None else None
         entries = await self.room_list.entries(user_id, memberships, sent_before, upto)
-        if any(e.membership == "invite" for e in entries) and await self.invite_permission.blocks_invites(
-            user_id
-        ):
+        invited = any(e.membership == "invite" for e in entries)
+        if invited and await self.blocks_invites.get(user_id, since, upto, probe):
             entries = [e for e in entries if e.membership != "invite"]  # spec v1.18 invite permission
         by_id = {e.room_id: e for e in entries}
         dm_rooms = await self.dm_rooms.get(user_id, since, upto, probe)

@@ -8,9 +8,9 @@ after the connection was sent the room (so the client learns of the leave).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
@@ -20,10 +20,12 @@ from homeserver.storage.sync_reads import Membership, SyncQueries, UserProbe, Wi
 from homeserver.sync.shared import ReadMemo
 from homeserver.sync.sliding.config import ListFilters
 
+T = TypeVar("T")
+
 # Rooms whose bump stamp is remembered between requests.
 MAX_CACHED_BUMPS = 200_000
-# Users whose DM rooms are remembered between requests.
-MAX_CACHED_DM_USERS = 100_000
+# Users whose account data values (KnownAccountData) are remembered between requests.
+MAX_CACHED_USERS = 100_000
 
 
 @dataclass(slots=True)
@@ -210,9 +212,9 @@ def dm_rooms_of(direct: Mapping[str, Any] | None) -> set[str]:
     return rooms
 
 
-class DmRooms:
-    """The rooms of each user's `m.direct` (the `is_dm` filter and flag), read again only
-    when the user's account data changed since the value was known.
+class KnownAccountData(Generic[T]):
+    """One type of each user's global account data, as a value derived from it, read again
+    only when the user's account data changed since the value was known.
 
     A value is known as of a stream position; it serves a request whose probe (the user's
     changes in (since, upto]) shows no account data change, provided that position lies in
@@ -220,19 +222,34 @@ class DmRooms:
     request that read later) may show a change the request must not see yet.
     """
 
-    def __init__(self, account_data: AccountDataStore, max_users: int = MAX_CACHED_DM_USERS) -> None:
+    def __init__(
+        self,
+        account_data: AccountDataStore,
+        type: str,
+        derive: Callable[[Mapping[str, Any] | None], T],
+        max_users: int = MAX_CACHED_USERS,
+    ) -> None:
         self.account_data = account_data
+        self.type = type
+        self.derive = derive
         self.max_users = max_users
-        self._known: dict[str, tuple[int, set[str]]] = {}
+        self._known: dict[str, tuple[int, T]] = {}
 
-    async def get(self, user_id: str, since: int | None, upto: int, probe: UserProbe | None) -> set[str]:
+    async def get(self, user_id: str, since: int | None, upto: int, probe: UserProbe | None) -> T:
         known = self._known.get(user_id)
         if known is not None and since is not None and probe is not None and probe.account_data is None:
             if since <= known[0] <= upto:
                 self._known[user_id] = (upto, known[1])
                 return known[1]
-        rooms = dm_rooms_of(await self.account_data.get(user_id, None, "m.direct"))
+        value = self.derive(await self.account_data.get(user_id, None, self.type))
         if len(self._known) >= self.max_users:
             self._known.clear()
-        self._known[user_id] = (upto, rooms)
-        return rooms
+        self._known[user_id] = (upto, value)
+        return value
+
+
+def known_dm_rooms(
+    account_data: AccountDataStore, max_users: int = MAX_CACHED_USERS
+) -> KnownAccountData[set[str]]:
+    """The rooms of each user's `m.direct` (the `is_dm` filter and flag)."""
+    return KnownAccountData(account_data, "m.direct", dm_rooms_of, max_users)
