@@ -10,10 +10,7 @@ same endpoint (following a `Location` part if the origin redirects) and caches i
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import os
 import re
 from typing import Any
 
@@ -21,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.client import FederationClient, FederationError, fed_path, read_limited
-from homeserver.handlers.media import REMOTE_CACHE, MediaRepository
+from homeserver.handlers.media import MediaRepository
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaInfo
 
@@ -59,16 +56,11 @@ class FederatedMedia:
         self.hs = hs
         self.media = media
         self.client = client
-        self.cache_dir = os.path.join(hs.config.resolve_path(hs.config.media_store_path), REMOTE_CACHE)
+        self.cache = media.remote_cache
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     def install(self) -> None:
         self.media.remote_fetcher = self.fetch
-
-    def _paths(self, server: str, media_id: str) -> tuple[str, str]:
-        digest = hashlib.sha256(f"{server}/{media_id}".encode()).hexdigest()
-        base = os.path.join(self.cache_dir, digest[:2], digest)
-        return base, base + ".json"
 
     def _info(self, media_id: str, meta: dict[str, Any]) -> MediaInfo:
         return MediaInfo(
@@ -84,12 +76,14 @@ class FederatedMedia:
         )
 
     async def fetch(self, server: str, media_id: str) -> tuple[str, MediaInfo] | None:
-        path, meta_path = self._paths(server, media_id)
+        path, _ = self.cache.paths(server, media_id)
         key = (server, media_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
-                cached = await asyncio.to_thread(_read_meta, meta_path)
+                cached = await asyncio.to_thread(self.cache.read_meta, server, media_id)
+                if cached is not None and cached.get("quarantined"):
+                    return None  # quarantined by an admin: served to no one, not fetched
                 if cached is not None:
                     return path, self._info(media_id, cached)
                 downloaded = await self._download(server, media_id)
@@ -102,7 +96,7 @@ class FederatedMedia:
                     "size": len(content),
                     "ts": self.hs.clock.time_ms(),
                 }
-                await asyncio.to_thread(_write_cache, path, meta_path, content, meta)
+                await asyncio.to_thread(self.cache.write, server, media_id, content, meta)
                 return path, self._info(media_id, meta)
         finally:
             if not lock.locked():
@@ -175,25 +169,6 @@ class FederatedMedia:
             return await self.serve_download(request.match_info["media_id"], timeout)
 
         return [("GET", "/_matrix/federation/v1/media/download/{media_id}", download)]
-
-
-def _write_cache(path: str, meta_path: str, content: bytes, meta: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(content)
-    os.replace(tmp, path)
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(meta_path + ".tmp", meta_path)
-
-
-def _read_meta(meta_path: str) -> dict[str, Any] | None:
-    if not os.path.exists(meta_path):
-        return None
-    with open(meta_path) as f:
-        meta: dict[str, Any] = json.load(f)
-    return meta
 
 
 def _read_file(path: str) -> bytes:

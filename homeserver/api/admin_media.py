@@ -1,4 +1,4 @@
-"""Local media for server admins, in Synapse's admin API shape:
+"""Media for server admins, in Synapse's admin API shape:
 
     GET    /_synapse/admin/v1/media/{serverName}/{mediaId}              {"media_info": ...}
     POST   /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}   downloads 404 from now
@@ -11,14 +11,17 @@
 
 Deleting answers {"deleted_media": [ids], "total": n}. `keep_profiles` (true by default)
 spares media used as a user's or a room's avatar. Purging the cache answers {"deleted": n}:
-the items fetched before `before_ts` (when each was last used is not recorded). Otherwise
-only this server's media: media cached from other servers is refused with 400. Who
-quarantined an item is not recorded (`quarantined_by` is null; `quarantined` says whether
-it is).
+the items fetched before `before_ts` (when each was last used is not recorded).
+
+Media of other servers (in the cache, homeserver.handlers.remote_media_cache) can be looked
+up, quarantined (also before it was ever fetched: it then never is), released and deleted
+from the cache one by one. Who quarantined an item is not recorded (`quarantined_by` is
+null; `quarantined` says whether it is).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -52,6 +55,21 @@ def media_json(info: MediaInfo) -> dict[str, Any]:
     }
 
 
+def remote_json(server_name: str, media_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "media_id": media_id,
+        "server_name": server_name,
+        "media_type": meta.get("content_type"),
+        "media_length": meta.get("size"),
+        "upload_name": meta.get("upload_name"),
+        "created_ts": meta.get("ts"),
+        "last_access_ts": None,
+        "quarantined": bool(meta.get("quarantined")),
+        "quarantined_by": None,
+        "safe_from_quarantine": False,
+    }
+
+
 def _deleted(ids: list[str]) -> web.Response:
     return json_response({"deleted_media": ids, "total": len(ids)})
 
@@ -59,13 +77,23 @@ def _deleted(ids: list[str]) -> web.Response:
 def setup(app: web.Application, hs: HomeServer) -> None:
     repo = services(app, hs).media
     store = repo.store
+    cache = repo.remote_cache
     prefix = f"mxc://{hs.server_name}/"
 
-    def local(request: web.Request) -> str:
+    def target(request: web.Request) -> tuple[str, str]:
+        """(server name, media ID), both well formed (404 otherwise)."""
         server_name, media_id = request.match_info["server_name"], request.match_info["media_id"]
-        if server_name != hs.server_name:
-            raise MatrixError(400, Codes.INVALID_PARAM, "Only this server's media can be managed here")
-        return media_id
+        repo.check_ids(server_name, media_id)
+        return server_name, media_id
+
+    def is_local(server_name: str) -> bool:
+        return server_name == hs.server_name
+
+    async def remote_meta(server_name: str, media_id: str) -> dict[str, Any]:
+        meta = await asyncio.to_thread(cache.read_meta, server_name, media_id)
+        if meta is None:
+            raise not_found("Unknown media (not cached here)")
+        return meta
 
     async def known(media_id: str) -> MediaInfo:
         info = await store.get(media_id)
@@ -86,22 +114,35 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def info(request: web.Request) -> web.Response:
         await require_admin(hs, request)
-        return json_response({"media_info": media_json(await known(local(request)))})
+        server_name, media_id = target(request)
+        if is_local(server_name):
+            return json_response({"media_info": media_json(await known(media_id))})
+        meta = await remote_meta(server_name, media_id)
+        return json_response({"media_info": remote_json(server_name, media_id, meta)})
 
     def quarantine(flag: bool) -> Any:
         async def handler(request: web.Request) -> web.Response:
             await require_admin(hs, request)
-            if not await store.set_quarantined(local(request), flag):
-                raise not_found("Unknown media")
+            server_name, media_id = target(request)
+            if is_local(server_name):
+                if not await store.set_quarantined(media_id, flag):
+                    raise not_found("Unknown media")
+            else:
+                # Also for media not fetched yet: it will not be.
+                await asyncio.to_thread(cache.set_quarantined, server_name, media_id, flag)
             return json_response({})
 
         return handler
 
     async def delete_one(request: web.Request) -> web.Response:
         await require_admin(hs, request)
-        media_id = local(request)
-        await known(media_id)
-        return _deleted(await repo.delete_local([media_id]))
+        server_name, media_id = target(request)
+        if is_local(server_name):
+            await known(media_id)
+            return _deleted(await repo.delete_local([media_id]))
+        if not await asyncio.to_thread(cache.delete, server_name, media_id):
+            raise not_found("Unknown media (not cached here)")
+        return _deleted([media_id])
 
     async def delete_old(request: web.Request) -> web.Response:
         await require_admin(hs, request)

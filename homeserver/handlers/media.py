@@ -27,6 +27,7 @@ from typing import BinaryIO
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, not_found
 from homeserver.handlers import thumbnailer
+from homeserver.handlers.remote_media_cache import RemoteMediaCache
 from homeserver.storage.media import MediaInfo, MediaStore, ThumbnailInfo
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ MAX_WAIT_FOR_UPLOAD_MS = 20_000
 DEFAULT_WAIT_FOR_UPLOAD_MS = 20_000
 # Media rows deleted per statement.
 DELETE_BATCH = 500
-# Media fetched from other servers is cached under <media_store_path>/remote/ (bridge.media).
-REMOTE_CACHE = "remote"
 
 # The federation layer installs this to fetch remote media: (server, media_id) -> local path + info.
 RemoteMediaFetcher = Callable[[str, str], Awaitable[tuple[str, MediaInfo] | None]]
@@ -90,6 +89,8 @@ class MediaRepository:
         self.base_path = base_path
         self.max_upload = max_upload
         self.remote_fetcher: RemoteMediaFetcher | None = None
+        # Media fetched from other servers (filled by bridge.media).
+        self.remote_cache = RemoteMediaCache(base_path)
         self._upload_waiters: dict[str, asyncio.Event] = {}
         self._thumb_locks: dict[tuple[str, int, int, str], asyncio.Lock] = {}
 
@@ -255,7 +256,7 @@ class MediaRepository:
     async def purge_remote_cache(self, before_ts: int) -> int:
         """Drop media cached from other servers that was fetched before `before_ts` (ms);
         it is fetched again when next asked for. Returns how many items went."""
-        deleted = await asyncio.to_thread(_purge_cache, os.path.join(self.base_path, REMOTE_CACHE), before_ts)
+        deleted = await asyncio.to_thread(self.remote_cache.purge, before_ts)
         if deleted:
             log.info("purged %d cached remote media", deleted)
         return deleted
@@ -346,23 +347,3 @@ def _unlink(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _purge_cache(root: str, before_ts: int) -> int:
-    """Each cached item is a content file and its `.json` metadata, written after it: the
-    metadata's modification time is when the item was fetched."""
-    deleted = 0
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            meta = os.path.join(dirpath, name)
-            try:
-                fetched_ms = os.stat(meta).st_mtime * 1000
-            except FileNotFoundError:
-                continue
-            if fetched_ms < before_ts:
-                # The metadata first: without it the item is a cache miss, never half there.
-                _unlink(meta)
-                _unlink(meta.removesuffix(".json"))
-                deleted += 1
-    return deleted

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from homeserver.handlers.media import REMOTE_CACHE
+from homeserver.handlers.remote_media_cache import REMOTE_CACHE
 from tests.federation.support import (
     CertAuthority,
     Client,
@@ -285,6 +285,22 @@ async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str
             async with http.request(method, srv.base_url + path, headers=headers, params=params) as resp:
                 assert resp.status == 200, await resp.text()
                 return await resp.json()
+
+        # Quarantined on B: B serves it to no one (A still has it); released, B fetches it
+        # again. Deleted from B's cache: fetched again on the next download.
+        remote = f"/_synapse/admin/v1/media/{quote(server_name)}/{media_id}"
+        await as_admin(b, "POST", f"/_synapse/admin/v1/media/quarantine/{quote(server_name)}/{media_id}")
+        assert (await as_admin(b, "GET", remote))["media_info"]["quarantined"] is True
+        async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+            assert resp.status == 404
+        await as_admin(b, "POST", f"/_synapse/admin/v1/media/unquarantine/{quote(server_name)}/{media_id}")
+        async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+            assert resp.status == 200 and await resp.read() == data
+        info = (await as_admin(b, "GET", remote))["media_info"]
+        assert (info["quarantined"], info["media_length"]) == (False, len(data))
+        assert await as_admin(b, "DELETE", remote) == {"deleted_media": [media_id], "total": 1}
+        async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+            assert resp.status == 200 and await resp.read() == data
 
         purge = "/_synapse/admin/v1/purge_media_cache"
         assert await as_admin(b, "POST", purge, before_ts="1") == {"deleted": 0}
