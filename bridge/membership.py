@@ -281,10 +281,9 @@ class MembershipHandler:
                 check_auth(event, auth_map, create)
             except AuthError as e:
                 raise forbidden(str(e)) from None
-            stripped = await self.stripped_state(room_id)
-            stripped.append(
-                {"type": event.type, "state_key": target, "sender": sender, "content": event.content}
-            )
+            # Spec v1.16 (MSC4311): the room's preview state as full PDUs, the create event
+            # among them, so the invitee's server can check them (it strips them for clients).
+            stripped = await self.preview_pdus(room_id)
             try:
                 response = await self.client.put(
                     destination,
@@ -412,17 +411,12 @@ class MembershipHandler:
                 out.append({k: e[k] for k in ("type", "state_key", "sender", "content") if k in e})
         return out
 
-    async def stripped_state(self, room_id: str) -> list[dict[str, Any]]:
+    async def preview_pdus(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's preview state (create, join rules, name ...) as full PDUs, as invites
+        and knocks carry it to other servers (spec v1.16, MSC4311)."""
         state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
-        return [
-            {
-                "type": s.event.type,
-                "state_key": s.event.state_key,
-                "sender": s.event.sender,
-                "content": s.event.content,
-            }
-            for s in state.values()
-        ]
+        found = await self.events.get_pdus([s.event.event_id for s in state.values()])
+        return [pdu_json(e) for e in found.values()]
 
     # Outbound: leave (rejecting a remote invite) ---------------------------------------------------
 
@@ -597,9 +591,7 @@ class MembershipHandler:
                 400, Codes.INCOMPATIBLE_ROOM_VERSION, "This room version does not support knocking"
             )
         await self._receive_membership(origin, room_id, event_id, pdu, "knock")
-        state = await self.events.get_current_state(room_id, types=STRIPPED_STATE_TYPES)
-        found = await self.events.get_pdus([s.event.event_id for s in state.values()])
-        return {"knock_room_state": [pdu_json(e) for e in found.values()]}
+        return {"knock_room_state": await self.preview_pdus(room_id)}
 
     async def on_make_leave(self, origin: str, room_id: str, user_id: str) -> dict[str, Any]:
         rv = await self._resident_room(origin, room_id, user_id)
@@ -702,8 +694,9 @@ class MembershipHandler:
             stored_pdu = dict(signed_pdu)
             room_state = body.get("invite_room_state")
             if isinstance(room_state, list):
+                # Full PDUs (spec v1.16) must verify; stripped entries from older servers stay.
                 unsigned = dict(stored_pdu.get("unsigned") or {})
-                unsigned["invite_room_state"] = room_state[:50]
+                unsigned["invite_room_state"] = await self._verified_stripped_state(room_state, room_id, rv)
                 stored_pdu["unsigned"] = unsigned
             await self.events.persist_remote_membership(
                 Event(stored_pdu, rv), set_membership=True, created_ts=self.hs.clock.time_ms()

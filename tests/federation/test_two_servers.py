@@ -83,10 +83,23 @@ async def test_invite_join_leave_kick_typing_receipts(
         data = await _sync_until(bob, lambda d: room_id in d["rooms"]["invite"], "invite on B")
         invite_state = data["rooms"]["invite"][room_id]["invite_state"]["events"]  # type: ignore[index]
         assert any(e["type"] == "m.room.member" and e["state_key"] == bob.user_id for e in invite_state)
-        # The inviting server's room summary names the room on the invitee's server.
+        # The inviting server's room summary names the room on the invitee's server; it came
+        # as full PDUs with the create event (spec v1.16), and clients get it stripped.
         assert {"type": "m.room.name", "content": {"name": "Invite only"}}.items() <= next(
             e for e in invite_state if e["type"] == "m.room.name"
         ).items()
+        assert "m.room.create" in {e["type"] for e in invite_state}
+        # B verified the PDUs and kept them stripped.
+        membership = await b.hs.events.get_membership(room_id, bob.user_id)
+        assert membership is not None
+        stored = await b.hs.events.get_event(membership[1])
+        assert stored is not None
+        kept = stored.event.pdu["unsigned"]["invite_room_state"]
+        assert "m.room.create" in {e["type"] for e in kept} and not any("signatures" in e for e in kept)
+        assert all(
+            set(e) <= {"type", "state_key", "sender", "content", "event_id", "origin_server_ts"}
+            for e in invite_state
+        )
         # Accept the invite: a remote join through the inviting server.
         await bob.join(room_id)
         await _sync_until(bob, lambda d: room_id in d["rooms"]["join"], "room joined on B")
