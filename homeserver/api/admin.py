@@ -8,7 +8,8 @@
     POST   /_synapse/admin/v1/reset_password/{user_id}   {"new_password": str, "logout_devices": bool}
     GET    /_synapse/admin/v1/rooms                      list rooms (from, limit, order_by, dir,
                                                          search_term)
-    GET    /_synapse/admin/v1/rooms/{room_id}            room details (also /members, /state)
+    GET    /_synapse/admin/v1/rooms/{room_id}            room details (also /members, /state,
+                                                         /messages: the whole history)
     DELETE /_synapse/admin/v1/rooms/{room_id}            delete (and by default purge) a room
     DELETE /_synapse/admin/v2/rooms/{room_id}            the same in the background: {"delete_id"}
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
@@ -24,10 +25,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
+from homeserver.api.events_api import room_event_filter
 from homeserver.api.http import json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_str
 from homeserver.handlers.admin import AdminHandler, server_version
 from homeserver.handlers.auth import Requester
+from homeserver.handlers.messages import Window
 from homeserver.server import HomeServer
 from homeserver.storage.admin import AdminStore
 
@@ -165,6 +168,29 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await require_admin(hs, request)
         return json_response(admin.delete_status(request.match_info["delete_id"]))
 
+    async def room_messages(request: web.Request) -> web.Response:
+        """A room's history for a server admin reviewing it (reports, say), whether or not
+        they are in the room: /messages over all of the history this server holds."""
+        requester = await require_admin(hs, request)
+        room_id = request.match_info["room_id"]
+        if await hs.events.get_room_version(room_id) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
+        event_filter, lazy = room_event_filter(request)
+        return json_response(
+            await hs.messages.messages(
+                requester.user_id,
+                None,
+                room_id,
+                request.query.get("from"),
+                request.query.get("to"),
+                request.query.get("dir", "b"),
+                query_int(request, "limit", 10, minimum=0),
+                event_filter,
+                lazy,
+                window=Window(None, hs.db.current_stream_id),
+            )
+        )
+
     async def finish_deletes(_app: web.Application) -> None:
         await admin.wait_for_deletes()
 
@@ -180,6 +206,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(V1 + "/rooms/{room_id}", room_details),
             web.get(V1 + "/rooms/{room_id}/members", room_members),
             web.get(V1 + "/rooms/{room_id}/state", room_state),
+            web.get(V1 + "/rooms/{room_id}/messages", room_messages),
             web.delete(V1 + "/rooms/{room_id}", delete_room),
             web.delete(V2 + "/rooms/{room_id}", delete_room_v2),
             web.get(V2 + "/rooms/{room_id}/delete_status", delete_status_by_room),

@@ -141,7 +141,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def get_messages(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
-        event_filter, lazy = _room_event_filter(request)
+        event_filter, lazy = room_event_filter(request)
         body = await messages.messages(
             requester.user_id,
             requester.device_id,
@@ -163,7 +163,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             request.match_info["room_id"],
             request.match_info["event_id"],
             query_int(request, "limit", 10),
-            *_room_event_filter(request),
+            *room_event_filter(request),
         )
         return json_response(body)
 
@@ -294,7 +294,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     )
 
 
-def _room_event_filter(request: web.Request) -> tuple[EventFilter, bool]:
+def room_event_filter(request: web.Request) -> tuple[EventFilter, bool]:
     """The `filter` query parameter of /messages and /context (a RoomEventFilter as JSON),
     and whether it asks for lazy-loaded members."""
     raw = request.query.get("filter")

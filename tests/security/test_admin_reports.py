@@ -83,3 +83,31 @@ async def test_reports_are_listed_paged_filtered_and_deleted(
         assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), (path, body)
     status, body = await bob.request("GET", f"{A1}/event_reports")
     assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_an_admin_reads_a_reported_rooms_history(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    """Reviewing a report: the admin, not in the private room, reads all of its history
+    (members who joined late see only theirs)."""
+    admin = await user(server, http, "root", admin=True)
+    alice = await user(server, http, "alice")
+    room = await alice.create_room(preset="private_chat")
+    await alice.ok(
+        "PUT", f"/rooms/{quote(room)}/state/m.room.history_visibility", json={"history_visibility": "joined"}
+    )
+    early = await alice.send(room, "before anyone came", "t1")
+    late = await alice.send(room, "later words", "t2")
+    path = f"{A1}/rooms/{quote(room)}/messages"
+    page = await admin.ok("GET", path, params={"limit": "1"})
+    assert [e["event_id"] for e in page["chunk"]] == [late]
+    more = await admin.ok("GET", path, params={"from": page["end"], "limit": "50"})
+    assert early in [e["event_id"] for e in more["chunk"]]
+    forwards = await admin.ok("GET", path, params={"dir": "f", "limit": "50"})
+    ids = [e["event_id"] for e in forwards["chunk"]]
+    assert ids.index(early) < ids.index(late)
+    # The admin is not a member, and the client API still says so.
+    status, out = await admin.request("GET", f"/rooms/{quote(room)}/messages")
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    status, out = await admin.request("GET", f"{A1}/rooms/{quote('!nope:' + server.server_name)}/messages")
+    assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
