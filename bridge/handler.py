@@ -25,6 +25,7 @@ from homeserver.events import Event, compute_event_id, pdu_json
 from homeserver.events.identifiers import domain_of
 from homeserver.server import HomeServer
 from homeserver.state import get_auth_chain
+from homeserver.storage.profile_fields import ProfileFieldStore
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +307,14 @@ class FederationHandler:
         if profile is None:
             raise not_found("Profile not found")
         displayname, avatar_url, _ = profile
-        out: dict[str, Any] = {}
+        # Custom fields too (spec v1.16), under the display name and avatar.
+        out: dict[str, Any] = await ProfileFieldStore(self.hs.db).all_of(user_id)
         if displayname is not None:
             out["displayname"] = displayname
         if avatar_url is not None:
             out["avatar_url"] = avatar_url
         if field is not None:
-            if field not in ("displayname", "avatar_url"):
+            if field not in out and field not in ("displayname", "avatar_url"):
                 raise not_found("Profile field not found")
             return {field: out[field]} if field in out else {}
         return out

@@ -103,6 +103,9 @@ def check_path_params(match_info: web.UrlMappingMatchInfo) -> None:
         if name.startswith("_"):
             continue
         if "\x00" in value or len(value.encode("utf-8", "surrogatepass")) > MAX_PATH_PARAM_BYTES:
+            if name == "key" and "\x00" not in value:
+                # A profile field's name (/profile/{userId}/{key}): the spec's own code.
+                raise MatrixError(400, "M_KEY_TOO_LARGE", "Profile key is longer than 255 bytes")
             raise MatrixError(400, Codes.INVALID_PARAM, f"{name} is too long or contains NUL")
         check = IDENTIFIER_CHECKS.get(name)
         if check is not None and not check[0](value):

@@ -13,13 +13,16 @@ from homeserver.api.http import V3, json_response, read_json
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.server import HomeServer
+from homeserver.storage.profile_fields import ProfileFieldStore
 
 PROFILE_HANDLER_KEY = web.AppKey("sotto.profile_handler", ProfileHandler)
 
 
 def get_profile_handler(app: web.Application, hs: HomeServer) -> ProfileHandler:
     if PROFILE_HANDLER_KEY not in app:
-        app[PROFILE_HANDLER_KEY] = ProfileHandler(hs.accounts, hs.events, hs.creator, hs.server_name)
+        app[PROFILE_HANDLER_KEY] = ProfileHandler(
+            hs.accounts, hs.events, hs.creator, hs.server_name, ProfileFieldStore(hs.db)
+        )
         if hs.appservice_queries is not None:
             app[PROFILE_HANDLER_KEY].user_query = hs.appservice_queries.user
     return app[PROFILE_HANDLER_KEY]

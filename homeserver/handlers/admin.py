@@ -221,7 +221,7 @@ class AdminHandler:
         await self.accounts.deactivate(user_id)
         self.auth.invalidate_user(user_id)
         if erase:
-            await self.accounts.set_profile(user_id, displayname=None, avatar_url=None)
+            await self.accounts.erase_profile(user_id)
         if not user.deactivated:
             await self._leave_rooms(user_id)
         log.info("admin deactivated %s", user_id)

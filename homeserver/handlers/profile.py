@@ -5,8 +5,10 @@ A change to a local user's display name or avatar is stored first, then a new
 every room the user has joined, as the spec's "Events on Change of Profile
 Information" asks.
 
-Only `displayname` and `avatar_url` are stored; other profile fields (`m.tz`,
-custom keys) are refused with 403 until they have a table of their own.
+`displayname` and `avatar_url` are kept with the account; any other field (`m.tz`,
+namespaced custom keys: spec v1.16) holds any JSON value, in `profile_fields`, as long as
+the whole profile stays under 64 KiB (M_PROFILE_TOO_LARGE). Only the display name and avatar
+go into member events.
 Remote users' profiles are looked up through `remote_lookup`, which federation
 sets; without it they are reported as not found. `on_profile_changed` hooks let
 other areas (user directory, presence) follow local changes.
@@ -20,10 +22,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, missing_param, not_found
+from homeserver.events.canonical import canonical_json
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.profile_fields import ProfileFieldStore
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ STORED_FIELDS = (DISPLAYNAME, AVATAR_URL)
 MAX_DISPLAYNAME_LEN = 256
 MAX_AVATAR_URL_LEN = 1000
 MAX_KEY_BYTES = 255
+MAX_PROFILE_BYTES = 64 * 1024
 # The spec's keyName grammar: the two historical fields, m.tz, or a namespaced identifier.
 _KEY_RE = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
 
@@ -72,9 +77,15 @@ def _validate_value(key: str, value: Any) -> str | None:
 
 class ProfileHandler:
     def __init__(
-        self, accounts: AccountStore, events: EventStore, creator: EventCreator, server_name: str
+        self,
+        accounts: AccountStore,
+        events: EventStore,
+        creator: EventCreator,
+        server_name: str,
+        fields: ProfileFieldStore,
     ) -> None:
         self.accounts = accounts
+        self.fields = fields
         self.events = events
         self.creator = creator
         self.server_name = server_name
@@ -101,7 +112,7 @@ class ProfileHandler:
         if row is None or row[2]:
             raise not_found("Profile not found")
         displayname, avatar_url, _ = row
-        profile: dict[str, Any] = {}
+        profile: dict[str, Any] = await self.fields.all_of(user_id)
         if displayname is not None:
             profile[DISPLAYNAME] = displayname
         if avatar_url is not None:
@@ -124,7 +135,8 @@ class ProfileHandler:
         if key not in body:
             raise missing_param(key)
         if key not in STORED_FIELDS:
-            raise forbidden(f"The profile field {key} cannot be set on this server")
+            await self._set_custom(user_id, key, body[key])
+            return
         await self._update(user_id, key, _validate_value(key, body[key]))
 
     async def delete_field(self, requester: Requester, user_id: str, key: str) -> None:
@@ -132,7 +144,18 @@ class ProfileHandler:
         self._check_may_edit(requester, user_id)
         if key in STORED_FIELDS:
             await self._update(user_id, key, None)
-        # Other fields are never stored, so deleting them is already done.
+        else:
+            await self.fields.delete(user_id, key)
+
+    async def _set_custom(self, user_id: str, key: str, value: Any) -> None:
+        row = await self.accounts.get_profile(user_id)
+        if row is None or row[2]:
+            raise not_found("Unknown user")
+        profile = await self.get_profile(user_id)
+        profile[key] = value
+        if len(canonical_json(profile)) > MAX_PROFILE_BYTES:
+            raise MatrixError(400, "M_PROFILE_TOO_LARGE", "The profile would be larger than 64 KiB")
+        await self.fields.set(user_id, key, value)
 
     def _check_may_edit(self, requester: Requester, user_id: str) -> None:
         if user_id != requester.user_id and not (requester.is_admin and self.is_local(user_id)):

@@ -451,7 +451,7 @@ class AccountHandler:
         await self.accounts.deactivate(user_id)
         self.auth.invalidate_user(user_id)
         if erase:
-            await self.accounts.set_profile(user_id, displayname=None, avatar_url=None)
+            await self.accounts.erase_profile(user_id)
         await self._leave_all_rooms(user_id)
         log.info("deactivated %s", user_id)
         # No third-party identifiers are bound through this server.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from homeserver.storage.cs_schema import profile_fields
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 
@@ -169,6 +170,14 @@ class AccountStore:
     async def set_profile(self, user_id: str, **fields: str | None) -> None:
         async with self.db.write() as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**fields))
+
+    async def erase_profile(self, user_id: str) -> None:
+        """Deactivation with `erase`: the display name, avatar and every other field go."""
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(users).where(users.c.user_id == user_id).values(displayname=None, avatar_url=None)
+            )
+            await conn.execute(delete(profile_fields).where(profile_fields.c.user_id == user_id))
 
     # Devices and tokens -----------------------------------------------------------------
 

@@ -270,3 +270,14 @@ sliding_sync_positions = Table(
     Column("data_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "device_id", "conn_id", "pos"),
 )
+
+# Profile fields other than the display name and avatar (which stay in `users`): `m.tz` and
+# namespaced custom keys (spec v1.16), each value as JSON.
+profile_fields = Table(
+    "profile_fields",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("field", String(255), nullable=False),
+    Column("value_json", Text, nullable=False),
+    PrimaryKeyConstraint("user_id", "field"),
+)

@@ -225,8 +225,11 @@ async def test_profile_alias_join_and_server_acl(test_ca: CertAuthority, tmp_dir
         alice = await Client.login(a, "alice", http)
         bob = await Client.login(b, "bob", http)
         await bob.call("PUT", f"/profile/{bob.user_id}/displayname", {"displayname": "Bob B."})
+        await bob.call("PUT", f"/profile/{bob.user_id}/m.tz", {"m.tz": "Asia/Tokyo"})
         profile = await alice.call("GET", f"/profile/{bob.user_id}")
-        assert profile["displayname"] == "Bob B."
+        assert profile["displayname"] == "Bob B." and profile["m.tz"] == "Asia/Tokyo"
+        # One custom field, asked for alone over federation.
+        assert await alice.call("GET", f"/profile/{bob.user_id}/m.tz") == {"m.tz": "Asia/Tokyo"}
 
         room_id = await alice.create_room(preset="public_chat", room_alias_name="fedroom")
         alias = f"#fedroom:{a.server_name}"

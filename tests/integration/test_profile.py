@@ -70,12 +70,49 @@ async def test_profile_errors(server: RunningServer, http: aiohttp.ClientSession
     assert status == 400
     status, body = await alice.request("PUT", f"/profile/{uid}/Not-A-Key", json={"Not-A-Key": 1})
     assert status == 400
-    # Custom fields are not stored by this server yet.
-    status, body = await alice.request(
-        "PUT", f"/profile/{uid}/org.example.pet", json={"org.example.pet": "cat"}
-    )
-    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    # Deleting a custom field that was never set is done already.
     assert await alice.ok("DELETE", f"/profile/{uid}/org.example.pet") == {}
+    status, body = await bob.request("PUT", f"/profile/{uid}/org.example.pet", json={"org.example.pet": 1})
+    assert (status, body["errcode"]) == (403, "M_FORBIDDEN")
+    status, body = await alice.request("PUT", f"/profile/{uid}/{'k' * 300}", json={"k" * 300: 1})
+    assert (status, body["errcode"]) == (400, "M_KEY_TOO_LARGE")
+
+
+async def test_custom_profile_fields(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    """Spec v1.16: any field beside the display name and avatar, any JSON value, the whole
+    profile under 64 KiB; not in member events."""
+    alice = await user(http, server, "alice")
+    bob = await user(http, server, "bob")
+    uid = quote(alice.user_id)
+    room = await alice.create_room(preset="public_chat")
+    assert await alice.ok("PUT", f"/profile/{uid}/displayname", json={"displayname": "Alice"}) == {}
+    assert await alice.ok("PUT", f"/profile/{uid}/m.tz", json={"m.tz": "Europe/Paris"}) == {}
+    pet = {"kind": "cat", "names": ["Tom", None], "age": 3}
+    assert await alice.ok("PUT", f"/profile/{uid}/org.example.pet", json={"org.example.pet": pet}) == {}
+    assert await bob.ok("GET", f"/profile/{uid}/org.example.pet") == {"org.example.pet": pet}
+    assert await bob.ok("GET", f"/profile/{uid}") == {
+        "displayname": "Alice",
+        "m.tz": "Europe/Paris",
+        "org.example.pet": pet,
+    }
+    assert (await bob.join(room))[0] == 200
+    member = await bob.ok("GET", f"/rooms/{quote(room)}/state/m.room.member/{uid}")
+    assert "m.tz" not in member and member["displayname"] == "Alice"
+    # Replaced, then deleted.
+    assert await alice.ok("PUT", f"/profile/{uid}/m.tz", json={"m.tz": "UTC"}) == {}
+    assert (await bob.ok("GET", f"/profile/{uid}/m.tz")) == {"m.tz": "UTC"}
+    assert await alice.ok("DELETE", f"/profile/{uid}/m.tz") == {}
+    status, body = await bob.request("GET", f"/profile/{uid}/m.tz")
+    assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    # Too large, as a whole: refused, and nothing stored.
+    status, body = await alice.request(
+        "PUT", f"/profile/{uid}/org.example.big", json={"org.example.big": "x" * 70_000}
+    )
+    assert (status, body["errcode"]) == (400, "M_PROFILE_TOO_LARGE")
+    assert "org.example.big" not in await bob.ok("GET", f"/profile/{uid}")
+    # Deactivated with erase: all of it goes.
+    await server.hs.accounts.erase_profile(alice.user_id)
+    assert await bob.ok("GET", f"/profile/{uid}") == {}
 
 
 async def test_profile_change_updates_member_events(
