@@ -18,10 +18,13 @@ from homeserver.server import HomeServer
 # v1.12 the account locking API; v1.13 room reports and requestToken's error codes; v1.14
 # user reports; v1.15 /room_summary (matrix-js-sdk uses the stable path from here on);
 # v1.16 /sync's use_state_after, `format=event` on state lookups, the m.create event in
-# invite state, custom profile fields and m.profile_fields. (tests/integration/test_spec_versions.py)
+# invite state, custom profile fields and m.profile_fields; v1.17 application services'
+# device masquerading and device management (tests/integration/test_appservice.py); v1.18
+# invite blocking, redactions through /send, the admin lock and suspend API; v1.19
+# /mutual_rooms and `unsigned.replaces_state`. (tests/integration/test_spec_versions.py)
 SPEC_VERSIONS = [
     "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
-    "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
+    "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
 ]
 # Every profile field may be set (custom ones and m.tz too: handlers/profile.py).
 PROFILE_FIELDS = {"enabled": True}

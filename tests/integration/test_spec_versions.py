@@ -18,7 +18,8 @@ async def test_the_versions_advertised_hold(server: RunningServer, make_user: Ma
     bob = await make_user("bob")
     async with alice.session.get(f"{server.base_url}/_matrix/client/versions") as resp:
         versions = await resp.json()
-    assert {"v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"} <= set(versions["versions"])
+    advertised = set(versions["versions"])
+    assert {f"v1.{n}" for n in range(11, 20)} <= advertised
     assert versions["unstable_features"]["org.matrix.msc4222"] is True
     room = await alice.create_room(preset="public_chat", name="Versions")
 
@@ -58,3 +59,20 @@ async def test_the_versions_advertised_hold(server: RunningServer, make_user: Ma
     private = await alice.create_room(invite=[carol.user_id])
     invite_state = (await carol.sync())["rooms"]["invite"][private]["invite_state"]["events"]
     assert "m.room.create" in {e["type"] for e in invite_state}
+    # v1.17's application service changes: tests/integration/test_appservice.py.
+    # v1.18: invite blocking (test_invite_permission.py); a redaction through /send.
+    await carol.ok(
+        "PUT",
+        f"/user/{quote(carol.user_id)}/account_data/m.invite_permission_config",
+        json={"default_action": "block"},
+    )
+    status, out = await alice.request("POST", f"/rooms/{quote(room)}/invite", json={"user_id": carol.user_id})
+    assert (status, out["errcode"]) == (403, "M_INVITE_BLOCKED")
+    doomed = await alice.send(room, "to be redacted", "r0")
+    await alice.ok("PUT", f"/rooms/{quote(room)}/send/m.room.redaction/r1", json={"redacts": doomed})
+    assert (await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(doomed)}"))["content"] == {}
+    # v1.19: unsigned.replaces_state; /mutual_rooms (test_small_endpoints.py).
+    first = await alice.ok("PUT", f"/rooms/{quote(room)}/state/m.room.topic", json={"topic": "one"})
+    await alice.ok("PUT", f"/rooms/{quote(room)}/state/m.room.topic", json={"topic": "two"})
+    latest = await alice.ok("GET", f"/rooms/{quote(room)}/messages", params={"dir": "b", "limit": "1"})
+    assert latest["chunk"][0]["unsigned"]["replaces_state"] == first["event_id"]
