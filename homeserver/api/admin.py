@@ -25,7 +25,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
-from homeserver.api.events_api import room_event_filter
+from homeserver.api.events_api import read_messages
 from homeserver.api.http import json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_str
 from homeserver.handlers.admin import AdminHandler, server_version
@@ -175,21 +175,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         room_id = request.match_info["room_id"]
         if await hs.events.get_room_version(room_id) is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
-        event_filter, lazy = room_event_filter(request)
-        return json_response(
-            await hs.messages.messages(
-                requester.user_id,
-                None,
-                room_id,
-                request.query.get("from"),
-                request.query.get("to"),
-                request.query.get("dir", "b"),
-                query_int(request, "limit", 10, minimum=0),
-                event_filter,
-                lazy,
-                window=Window(None, hs.db.current_stream_id),
-            )
-        )
+        window = Window(None, hs.db.current_stream_id)
+        return json_response(await read_messages(hs.messages, request, requester.user_id, None, window))
 
     async def finish_deletes(_app: web.Application) -> None:
         await admin.wait_for_deletes()

@@ -13,6 +13,7 @@ from homeserver.appservice.accounts import massaged_ts
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
+from homeserver.handlers.messages import MessageHandler, Window
 from homeserver.handlers.power import can_redact
 from homeserver.server import HomeServer
 from homeserver.storage.events import TxnInfo
@@ -141,19 +142,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def get_messages(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
-        event_filter, lazy = room_event_filter(request)
-        body = await messages.messages(
-            requester.user_id,
-            requester.device_id,
-            request.match_info["room_id"],
-            request.query.get("from"),
-            request.query.get("to"),
-            request.query.get("dir", "b"),
-            query_int(request, "limit", 10, minimum=0),
-            event_filter,
-            lazy,
-        )
-        return json_response(body)
+        return json_response(await read_messages(messages, request, requester.user_id, requester.device_id))
 
     async def context(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
@@ -291,6 +280,29 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(room + "/receipt/{receipt_type}/{event_id}", receipt),
             web.post(room + "/read_markers", read_markers),
         ]
+    )
+
+
+async def read_messages(
+    messages: MessageHandler,
+    request: web.Request,
+    user_id: str,
+    device_id: str | None,
+    window: Window | None = None,
+) -> dict[str, Any]:
+    """/messages with the request's parameters (`window`: see MessageHandler.messages)."""
+    event_filter, lazy = room_event_filter(request)
+    return await messages.messages(
+        user_id,
+        device_id,
+        request.match_info["room_id"],
+        request.query.get("from"),
+        request.query.get("to"),
+        request.query.get("dir", "b"),
+        query_int(request, "limit", 10, minimum=0),
+        event_filter,
+        lazy,
+        window=window,
     )
 
 
