@@ -9,7 +9,11 @@ from pathlib import Path
 
 from homeserver.handlers.remote_media_cache import RemoteMediaCache
 
-FUTURE = int(time.time() * 1000) + 60_000
+
+def future() -> int:
+    """A time after everything written so far (computed when used: the suite may run for
+    many minutes after this module is imported)."""
+    return int(time.time() * 1000) + 60_000
 
 
 def test_quarantine_markers_outlive_purges(tmp_path: Path) -> None:
@@ -33,7 +37,7 @@ def test_quarantine_markers_outlive_purges(tmp_path: Path) -> None:
     cache.set_quarantined("other.example", "later", True)
     assert cache.read_meta("other.example", "later") == {"quarantined": True}
     # A purge and a deletion leave the markers.
-    assert cache.purge(FUTURE) == 0
+    assert cache.purge(future()) == 0
     assert not cache.delete("other.example", "abc")
     assert cache.read_meta("other.example", "abc") is not None
     # Released: gone, to be fetched again when asked for.
@@ -44,6 +48,6 @@ def test_quarantine_markers_outlive_purges(tmp_path: Path) -> None:
     cache.write("other.example", "y", b"2", {"ts": 1})
     assert cache.delete("other.example", "x") and not cache.delete("other.example", "x")
     assert cache.purge(1) == 0  # fetched after that time
-    assert cache.purge(FUTURE) == 1
+    assert cache.purge(future()) == 1
     assert cache.read_meta("other.example", "y") is None
     assert cache.read_meta("other.example", "later") == {"quarantined": True}
