@@ -25,17 +25,13 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 
 from homeserver.api.admin import V1, require_admin
 from homeserver.api.http import json_response, query_int
 from homeserver.errors import Codes, MatrixError, not_found
-from homeserver.handlers.admin import room_json
 from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
-from homeserver.storage.admin import AdminStore
 from homeserver.storage.media import MediaInfo
-from homeserver.storage.schema import users
 
 MAX_PAGE = 1000
 
@@ -78,7 +74,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     repo = services(app, hs).media
     store = repo.store
     cache = repo.remote_cache
-    prefix = f"mxc://{hs.server_name}/"
 
     def target(request: web.Request) -> tuple[str, str]:
         """(server name, media ID), both well formed (404 otherwise)."""
@@ -100,17 +95,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if info is None:
             raise not_found("Unknown media")
         return info
-
-    async def profile_media() -> set[str]:
-        """Media IDs in use as user or room avatars."""
-        async with hs.db.read() as conn:
-            rows = await conn.execute(select(users.c.avatar_url).where(users.c.avatar_url.startswith(prefix)))
-            urls = {row[0] for row in rows}
-        for room in await AdminStore(hs.db, hs.server_name).room_summaries(None):
-            avatar = room_json(room)["avatar"]
-            if avatar and avatar.startswith(prefix):
-                urls.add(avatar)
-        return {u.removeprefix(prefix) for u in urls}
 
     async def info(request: web.Request) -> web.Response:
         await require_admin(hs, request)
@@ -155,7 +139,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(400, Codes.INVALID_PARAM, "keep_profiles must be true or false")
         ids = await store.ids_before(before_ts, size_gt)
         if keep == "true" and ids:
-            spared = await profile_media()
+            spared = await store.avatar_media_ids(hs.server_name)
             ids = [m for m in ids if m not in spared]
         return _deleted(await repo.delete_local(ids))
 

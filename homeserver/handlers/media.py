@@ -101,11 +101,14 @@ class MediaRepository:
             raise not_found("Unknown media")
         return os.path.join(self.base_path, "local_content", media_id[:2], media_id[2:4], media_id[4:])
 
-    def _thumbnail_path(self, media_id: str, width: int, height: int, method: str) -> str:
-        base = self._content_path(media_id).replace(
+    def _thumbnail_dir(self, media_id: str) -> str:
+        """Where every thumbnail of a local media item lives."""
+        return self._content_path(media_id).replace(
             os.path.join(self.base_path, "local_content"), os.path.join(self.base_path, "local_thumbnails"), 1
         )
-        return os.path.join(base, f"{width}-{height}-{method}")
+
+    def _thumbnail_path(self, media_id: str, width: int, height: int, method: str) -> str:
+        return os.path.join(self._thumbnail_dir(media_id), f"{width}-{height}-{method}")
 
     def mxc(self, media_id: str) -> str:
         return f"mxc://{self.server_name}/{media_id}"
@@ -244,11 +247,8 @@ class MediaRepository:
         valid = [m for m in media_ids if MEDIA_ID_RE.match(m) and len(m) >= 5]
         for start in range(0, len(valid), DELETE_BATCH):
             deleted += await self.store.delete(valid[start : start + DELETE_BATCH])
-        for media_id in deleted:
-            content = self._content_path(media_id)
-            thumbnails = os.path.dirname(self._thumbnail_path(media_id, 1, 1, "crop"))
-            await asyncio.to_thread(_unlink, content)
-            await asyncio.to_thread(shutil.rmtree, thumbnails, True)
+        paths = [(self._content_path(m), self._thumbnail_dir(m)) for m in deleted]
+        await asyncio.to_thread(_remove_files, paths)
         if deleted:
             log.info("deleted %d local media", len(deleted))
         return deleted
@@ -341,9 +341,15 @@ def _flush_and_sync(f: BinaryIO) -> None:
     os.fsync(f.fileno())
 
 
+def _remove_files(paths: list[tuple[str, str]]) -> None:
+    """Each media item's content file and thumbnail directory."""
+    for content, thumbnails in paths:
+        _unlink(content)
+        shutil.rmtree(thumbnails, ignore_errors=True)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-

@@ -53,7 +53,10 @@ class ServerNotices:
         self.notifier = notifier
         self.clock = clock
         self.system_user = f"@{config.localpart}:{server_name}" if config.localpart else None
-        self._room_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Finding or making a user's room is serialised (notices are rare): racing notices to
+        # one user share one room, on this process.
+        self._room_lock = asyncio.Lock()
+        self._system_user_exists = False
 
     async def send(
         self,
@@ -73,19 +76,8 @@ class ServerNotices:
         if user is None or user.get("deactivated"):
             raise not_found("Unknown user")
         await self._ensure_system_user(system)
-        # One room per user even when notices race (on this process); the lock is dropped
-        # when its last user is done.
-        lock, users = self._room_locks.get(user_id) or (asyncio.Lock(), 0)
-        self._room_locks[user_id] = (lock, users + 1)
-        try:
-            async with lock:
-                room_id = await self._room_for(system, user_id)
-        finally:
-            lock, users = self._room_locks[user_id]
-            if users == 1:
-                del self._room_locks[user_id]
-            else:
-                self._room_locks[user_id] = (lock, users - 1)
+        async with self._room_lock:
+            room_id = await self._room_for(system, user_id)
         txn = TxnInfo(system, TXN_DEVICE, txn_id) if txn_id is not None and state_key is None else None
         event, _ = await self.rooms.creator.create_and_send(
             room_id=room_id, type=type, sender=system, content=content, state_key=state_key, txn=txn
@@ -93,14 +85,17 @@ class ServerNotices:
         return event.event_id
 
     async def _ensure_system_user(self, system: str) -> None:
+        if self._system_user_exists:
+            return
         if await self.accounts.get_user(system) is None:
             try:
                 await self.accounts.create_user(
                     system, None, self.clock.time_ms(), displayname=self.config.display_name
                 )
+                log.info("created the server notices user %s", system)
             except IntegrityError:
                 pass  # another worker created it first
-            log.info("created the server notices user %s", system)
+        self._system_user_exists = True
 
     async def _room_for(self, system: str, user_id: str) -> str:
         """The user's notices room: the one tagged for them that they are still invited to

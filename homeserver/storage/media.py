@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from homeserver import jsonutil
 from homeserver.storage.cs_schema import media, media_thumbnails
 from homeserver.storage.engine import Database
+from homeserver.storage.schema import current_state, events, users
 
 
 @dataclass(slots=True, frozen=True)
@@ -159,6 +161,27 @@ class MediaStore:
                 await conn.execute(select(func.count()).select_from(media).where(media.c.user_id == user_id))
             ).scalar_one()
             return [MediaInfo(*row) for row in await conn.execute(q)], int(total)
+
+    async def avatar_media_ids(self, server_name: str) -> set[str]:
+        """This server's media in use as a user's avatar or as a room's current avatar."""
+        prefix = f"mxc://{server_name}/"
+        avatars = (
+            select(events.c.json)
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(current_state.c.type == "m.room.avatar", current_state.c.state_key == "")
+        )
+        async with self.db.read() as conn:
+            urls = {
+                r[0]
+                for r in await conn.execute(
+                    select(users.c.avatar_url).where(users.c.avatar_url.startswith(prefix, autoescape=True))
+                )
+            }
+            for (raw,) in await conn.execute(avatars):
+                url = (jsonutil.loads(raw).get("content") or {}).get("url")
+                if isinstance(url, str):
+                    urls.add(url)
+        return {u.removeprefix(prefix) for u in urls if u.startswith(prefix)}
 
     async def ids_before(self, before_ts: int, size_gt: int) -> list[str]:
         """Media uploaded before `before_ts` and larger than `size_gt` bytes."""

@@ -143,8 +143,11 @@ class SlidingExtensions:
         if inp.since is not None and "e2ee" in inp.was_enabled:
             changed: list[str] = []
             left: list[str] = []
-            may = device_lists_may_have_changed(inp.memberships, inp.window, inp.since, inp.upto, inp.joined)
-            if inp.probe is None or may is not False:
+            # (False: nothing could have changed; None: the window was long, so ask.)
+            if (
+                device_lists_may_have_changed(inp.memberships, inp.window, inp.since, inp.upto, inp.joined)
+                is not False
+            ):
                 changed, left = await self.device_lists.get_changes(
                     requester.user_id, inp.since, inp.upto, inp.joined
                 )
