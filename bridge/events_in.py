@@ -30,6 +30,7 @@ from bridge.client import FederationClient, FederationError, fed_path
 from bridge.keys import KeyRing
 from bridge.message_runs import persist_run
 from bridge.pdu import PduError, parse_pdu, verify_signatures
+from bridge.policy import RoomPolicy
 from bridge.state import EventStateInfo, StateTracker, write_outlier_status
 from homeserver.events import AuthError, Event, auth_types_for_event, check_auth, validate_auth_event_list
 from homeserver.events.room_versions import RoomVersion
@@ -60,6 +61,8 @@ class FederationEventHandler:
         self.keyring = keyring
         self.client = client
         self.accepted_listeners: list[AcceptedListener] = []
+        # The rooms' Policy Servers (bridge.policy): a new event they will not sign is soft-failed.
+        self.policy: RoomPolicy | None = None
         # Runs of messages stored in one transaction (receive_run), their events, and runs
         # that needed the full checks instead.
         self.runs = 0
@@ -111,8 +114,10 @@ class FederationEventHandler:
             if missing:
                 await self._fetch_state_at(origin, event.room_id, event.room_version, missing)
         await self._ensure_auth_events(origin, event)
+        # Asked before the room lock: it may take a request to the Policy Server.
+        refused = not backfilled and self.policy is not None and not await self.policy.allows_remote(event)
         async with self.hs.creator.room_lock(event.room_id):
-            stream_id, rejected, derived = await self._check_and_persist(event, backfilled)
+            stream_id, rejected, derived = await self._check_and_persist(event, backfilled, refused)
         if rejected is not None:
             raise EventRejected(rejected)
         if stream_id is not None:
@@ -354,9 +359,12 @@ class FederationEventHandler:
             return None
         return (await self.tracker.source.get_events([create_id])).get(create_id)
 
-    async def _check_and_persist(self, event: Event, backfilled: bool) -> tuple[int | None, str | None, bool]:
+    async def _check_and_persist(
+        self, event: Event, backfilled: bool, policy_refused: bool = False
+    ) -> tuple[int | None, str | None, bool]:
         """(stream ID or None, why it was rejected or None, whether the batch hooks' rows
-        were written with it)."""
+        were written with it). `policy_refused`: the room's Policy Server will not sign it
+        (soft-failed if it passes the auth rules)."""
         auth_found = await self.tracker.source.get_events(event.auth_event_ids)
         auth_list = [auth_found[a] for a in event.auth_event_ids if a in auth_found]
         rejected: str | None = None
@@ -388,9 +396,11 @@ class FederationEventHandler:
                 )
             except AuthError as e:
                 rejected = f"not allowed by the state before it: {e}"
-        soft_failed = False
+        soft_failed = rejected is None and policy_refused
+        if soft_failed:
+            log.info("soft-failing %s: not signed by the room's policy server", event.event_id)
         current = await self.events.get_current_state_ids(event.room_id)
-        if rejected is None and not backfilled:
+        if rejected is None and not backfilled and not soft_failed:
             auth_map = await self.auth_events_from_state(event, current)
             try:
                 check_auth(

@@ -95,6 +95,8 @@ async def persist_run(inbound: FederationEventHandler, events: list[Event]) -> l
         return None  # some are stored already (a retry, or outliers)
     if any(p not in infos or infos[p].state_group is None for p in prevs):
         return None  # missing prev events: fetched by the full checks
+    if inbound.policy is not None and not await inbound.policy.all_signed(events):
+        return None  # the Policy Server is asked about each, and may refuse some
     wanted = {a for e in events for a in e.auth_event_ids}
     auth_events = await tracker.source.get_events(wanted)
     if len(auth_events) != len(wanted):

@@ -30,6 +30,8 @@ from bridge.media import FederatedMedia
 from bridge.membership import MembershipHandler
 from bridge.outbound import OutboundMessages
 from bridge.pdu import PduError
+from bridge.policy import SIGN_PATH, RoomPolicy
+from bridge.policy_server import WELL_KNOWN, PolicyServer, load_or_create_policy_key
 from bridge.queue import OutboundQueue
 from bridge.schema import federation_event_state
 from bridge.server import create_federation_app
@@ -104,6 +106,7 @@ class Federation:
         self.hierarchy = FederatedHierarchy(hs, self.client)
         self.timestamps = FederatedTimestamps(hs, self.handler, self.client, self.inbound)
         self.edus = EduHandler(hs, self.queue)
+        self.policy = RoomPolicy(hs, self.client, self.room_servers)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []
         # Extra middlewares for the federation listener (per-origin rate limits: homeserver.api.guard).
@@ -133,6 +136,8 @@ class Federation:
         self.handler.edu_handlers["m.receipt"] = self.edus.on_receipt
         self.membership.after_join.append(self.backfill)
         self.inbound.accepted_listeners.append(self.on_remote_event)
+        hs.creator.policy = self.policy.sign_local
+        self.inbound.policy = self.policy
         self._wrap_room_handler()
 
     def _wrap_room_handler(self) -> None:
@@ -466,6 +471,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     directory = FederatedDirectory(get_room_directory(app, hs), fed.client)
     directory.install()
     fed.extra_routes.extend(directory.routes())
+    if hs.config.policy_server.enabled:
+        cfg = hs.config.policy_server
+        key = load_or_create_policy_key(hs.config.resolve_path(cfg.signing_key_path))
+        fed.policy.local = PolicyServer(hs, cfg, key, fed.policy)
+        fed.extra_routes.append(("POST", SIGN_PATH, fed.policy.local.on_sign))
+        app.router.add_get(WELL_KNOWN, fed.policy.local.well_known)
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 

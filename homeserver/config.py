@@ -200,6 +200,21 @@ class ServerNoticesConfig:
 
 
 @dataclass(slots=True)
+class PolicyServerConfig:
+    # Act as a Policy Server (spec v1.18) for rooms whose `m.room.policy` names this server
+    # and the key below, and in which a local user is joined. Needs federation.
+    enabled: bool = False
+    # A key of its own, apart from the server's signing key, as the spec advises: rooms put
+    # its public half in their state (served at /.well-known/matrix/policy_server).
+    signing_key_path: str = "data/policy_server.key"
+    # Events are refused a signature when a string in their content contains one of these
+    # (case-insensitive), or their sender or sender's server matches one of these globs.
+    keywords: list[str] = field(default_factory=list)
+    blocked_users: list[str] = field(default_factory=list)
+    blocked_servers: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -227,6 +242,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     voip: VoipConfig = field(default_factory=VoipConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
+    policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
     support: SupportConfig = field(default_factory=SupportConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # Application service registration files (YAML, as Synapse's app_service_config_files).
@@ -274,6 +290,7 @@ _NESTED: dict[str, type[Any]] = {
     "SupportConfig": SupportConfig,
     "SessionsConfig": SessionsConfig,
     "ServerNoticesConfig": ServerNoticesConfig,
+    "PolicyServerConfig": PolicyServerConfig,
 }
 
 
@@ -295,6 +312,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_voip(cfg.voip)
     _check_support(cfg.support)
     _check_app_services(cfg)
+    _check_policy_server(cfg)
     notices = cfg.server_notices.localpart
     if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):
         raise ConfigError("server_notices.localpart must be a user ID localpart (a-z 0-9 . _ = / + -)")
@@ -323,6 +341,16 @@ def _check_voip(voip: VoipConfig) -> None:
         raise ConfigError("voip: set turn_shared_secret or turn_username/turn_password, not both")
     if not isinstance(voip.turn_user_lifetime_ms, int) or voip.turn_user_lifetime_ms <= 0:
         raise ConfigError("voip.turn_user_lifetime_ms must be a positive whole number")
+
+
+def _check_policy_server(cfg: Config) -> None:
+    ps = cfg.policy_server
+    for name in ("keywords", "blocked_users", "blocked_servers"):
+        value = getattr(ps, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"policy_server.{name}: expected a list of non-empty strings")
+    if ps.enabled and not cfg.federation.enabled:
+        raise ConfigError("policy_server.enabled needs federation.enabled: other servers ask over federation")
 
 
 def _check_worker_peers(w: WorkersConfig) -> None:

@@ -215,6 +215,10 @@ def supervise(config_path: str, config: Config, count: int) -> int:
     check_worker_config(config, count)
     # Done once here, so the workers do not race to create the key or the schema.
     load_or_create_signing_key(config.resolve_path(config.signing_key_path))
+    if config.policy_server.enabled:
+        from bridge.policy_server import load_or_create_policy_key
+
+        load_or_create_policy_key(config.resolve_path(config.policy_server.signing_key_path))
     asyncio.run(_migrate(config))
     log.info("starting %d workers on port %d", count, config.listener.port)
     return Supervisor(config_path, count).run()

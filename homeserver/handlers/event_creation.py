@@ -183,6 +183,10 @@ class EventCreator:
         self._auth_ok: OrderedDict[tuple[str, ...], None] = OrderedDict()
         # With several workers: where messages of rooms another worker owns go.
         self.forwarder: RoomForwarding | None = None
+        # Called with each new event once built and authorised, under the room lock, before
+        # it is stored: a room's Policy Server signs it here, or refuses it with a
+        # MatrixError for the sender (bridge.policy).
+        self.policy: Callable[[Event], Awaitable[None]] | None = None
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
@@ -255,6 +259,8 @@ class EventCreator:
                 room_version, room_id, type, sender, content, state_key, redacts, ts=ts
             )
             self._check(event, auth_map, create)
+            if self.policy is not None:
+                await self.policy(event)
             stream_id = await self.store.persist_event(event, txn=txn, checked=True)
         await self._after_persist([event], [stream_id])
         return event, stream_id
@@ -427,6 +433,8 @@ class EventCreator:
                     room_version, room_id, p.type, p.sender, p.content, None, None, (prevs, depth), p.ts
                 )
                 self._check_message(event, auth_map, create)
+                if self.policy is not None:
+                    await self.policy(event)
             except MatrixError as e:
                 p.future.set_exception(e)
                 continue
