@@ -21,7 +21,6 @@ served at `GET /.well-known/matrix/policy_server` for room admins to put in the 
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -33,15 +32,9 @@ from homeserver.config import PolicyServerConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import Event, check_content_hash, sign_event
 from homeserver.events.identifiers import domain_of
-from homeserver.events.signing import (
-    SigningKey,
-    decode_signing_key,
-    encode_signing_key,
-    encode_verify_key,
-    generate_signing_key,
-)
+from homeserver.events.signing import SigningKey, encode_verify_key
 from homeserver.handlers.push_eval import glob_matches
-from homeserver.server import HomeServer
+from homeserver.server import HomeServer, load_or_create_signing_key
 
 if TYPE_CHECKING:
     from bridge.policy import RoomPolicy
@@ -56,19 +49,7 @@ MAX_DEPTH = 16
 
 def load_or_create_policy_key(path: str) -> SigningKey:
     """The policy key at `path` (the signing key file format), created if missing."""
-    if os.path.exists(path):
-        with open(path) as f:
-            key = decode_signing_key(f.read().strip())
-        if key.version != KEY_VERSION:
-            raise ValueError(f"{path}: a policy server key must have the version {KEY_VERSION!r}")
-        return key
-    key = generate_signing_key(KEY_VERSION)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(encode_signing_key(key) + "\n")
-    log.info("generated a new policy server key at %s", path)
-    return key
+    return load_or_create_signing_key(path, KEY_VERSION)
 
 
 def _strings(value: Any, depth: int = 0) -> list[str]:

@@ -38,11 +38,16 @@ from homeserver.sync.notifier import Notifier
 log = logging.getLogger(__name__)
 
 
-def load_or_create_signing_key(path: str) -> SigningKey:
+def load_or_create_signing_key(path: str, version: str | None = None) -> SigningKey:
+    """The key at `path`, created if missing. `version`: the key ID's version the key must
+    have (a Policy Server's key); otherwise a new key gets a random one."""
     if os.path.exists(path):
         with open(path) as f:
-            return decode_signing_key(f.read().strip())
-    key = generate_signing_key("a_" + os.urandom(3).hex())
+            key = decode_signing_key(f.read().strip())
+        if version is not None and key.version != version:
+            raise ValueError(f"{path}: the key's version must be {version!r}")
+        return key
+    key = generate_signing_key(version or "a_" + os.urandom(3).hex())
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # The private key is readable by its owner only.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

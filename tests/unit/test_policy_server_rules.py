@@ -64,7 +64,7 @@ def test_policy_key_file(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     assert encode_verify_key(load_or_create_policy_key(str(path))) == encode_verify_key(key)
     path.write_text(encode_signing_key(generate_signing_key("a_1")) + "\n")
-    with pytest.raises(ValueError, match="policy_server"):
+    with pytest.raises(ValueError, match="version must be"):
         load_or_create_policy_key(str(path))
 
 
