@@ -200,6 +200,42 @@ class ServerNoticesConfig:
 
 
 @dataclass(slots=True)
+class OidcProviderConfig:
+    """One OpenID Connect identity provider for single sign-on, in the keys of Synapse's
+    `oidc_providers` entries (so an existing config carries over)."""
+
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str | None = None
+    # client_secret_basic, client_secret_post, or none (a public client).
+    client_auth_method: str = "client_secret_basic"
+    # The ID clients use in /login/sso/redirect/{idpId}; "oidc-" is put in front, as Synapse does.
+    idp_id: str = "oidc"
+    idp_name: str = "OIDC"
+    idp_icon: str | None = None
+    idp_brand: str | None = None
+    scopes: list[str] = field(default_factory=lambda: ["openid", "profile"])
+    # Read the endpoints from <issuer>/.well-known/openid-configuration; otherwise set them.
+    discover: bool = True
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    userinfo_endpoint: str | None = None
+    jwks_uri: str | None = None
+    # "auto": claims from the ID token (the userinfo endpoint without the openid scope);
+    # "userinfo_endpoint": always ask the userinfo endpoint.
+    user_profile_method: str = "auto"
+    # PKCE: "auto" (when the provider says it supports S256), "always" or "never".
+    pkce_method: str = "auto"
+    # An IdP user whose localpart is an existing account's signs in as that account.
+    # Otherwise a number is added to the localpart until it is free.
+    allow_existing_users: bool = False
+    # {"config": {"subject_claim": "sub", "localpart_template": "{{ user.preferred_username }}",
+    # "display_name_template": "{{ user.name }}"}}; templates are "{{ user.<claim> }}",
+    # optionally "| lower".
+    user_mapping_provider: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class PolicyServerConfig:
     # Act as a Policy Server (spec v1.18) for rooms whose `m.room.policy` names this server
     # and the key below, and in which a local user is joined. Needs federation.
@@ -243,6 +279,8 @@ class Config:
     voip: VoipConfig = field(default_factory=VoipConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
+    # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
+    oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     # Application service registration files (YAML, as Synapse's app_service_config_files).
@@ -313,6 +351,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_support(cfg.support)
     _check_app_services(cfg)
     _check_policy_server(cfg)
+    _check_oidc_providers(cfg, data.get("oidc_providers"))
     notices = cfg.server_notices.localpart
     if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):
         raise ConfigError("server_notices.localpart must be a user ID localpart (a-z 0-9 . _ = / + -)")
@@ -341,6 +380,29 @@ def _check_voip(voip: VoipConfig) -> None:
         raise ConfigError("voip: set turn_shared_secret or turn_username/turn_password, not both")
     if not isinstance(voip.turn_user_lifetime_ms, int) or voip.turn_user_lifetime_ms <= 0:
         raise ConfigError("voip.turn_user_lifetime_ms must be a positive whole number")
+
+
+def _check_oidc_providers(cfg: Config, raw: Any) -> None:
+    from homeserver.handlers.oidc import check_provider
+
+    if raw is None:
+        cfg.oidc_providers = []
+        return
+    if not isinstance(raw, list):
+        raise ConfigError("oidc_providers: expected a list of providers")
+    providers: list[OidcProviderConfig] = []
+    for i, entry in enumerate(raw):
+        where = f"oidc_providers[{i}]"
+        provider: OidcProviderConfig = _build(OidcProviderConfig, entry, where + ".")
+        try:
+            check_provider(provider)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        providers.append(provider)
+    ids = [p.idp_id for p in providers]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("oidc_providers: every provider needs its own idp_id")
+    cfg.oidc_providers = providers
 
 
 def _check_policy_server(cfg: Config) -> None:

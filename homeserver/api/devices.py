@@ -18,9 +18,6 @@ from homeserver.server import HomeServer
 DEVICE_HANDLER_KEY = web.AppKey("sotto.device_handler", DeviceHandler)
 
 # Deleting devices requires the account password again (UIA).
-DELETE_FLOWS = [["m.login.password"]]
-
-
 def get_device_handler(app: web.Application, hs: HomeServer) -> DeviceHandler:
     """The app's DeviceHandler, created on first use (so setup order does not matter)."""
     if DEVICE_HANDLER_KEY not in app:
@@ -67,7 +64,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             return json_response({})
         result = await uia.check(
             operation=f"DELETE /devices/{device_id}",
-            flows=DELETE_FLOWS,
+            flows=uia.user_flows(),
             auth=body.get("auth"),
             requester=requester.user_id,
         )
@@ -88,7 +85,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             return json_response({})
         result = await uia.check(
             operation="POST /delete_devices",
-            flows=DELETE_FLOWS,
+            flows=uia.user_flows(),
             auth=body.get("auth"),
             requester=requester.user_id,
         )

@@ -9,7 +9,8 @@ from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.api.register import client_address, get_uia
 from homeserver.appservice import accounts as appservice_accounts
-from homeserver.handlers.registration import PASSWORD_FLOWS, LoginHandler
+from homeserver.handlers.registration import LoginHandler
+from homeserver.handlers.sso import sso_login_flow
 from homeserver.server import HomeServer
 from homeserver.storage.openid import login_token_store
 
@@ -23,6 +24,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     auth = hs.auth
 
     flows = login_handler.flows()
+    if hs.config.oidc_providers:
+        flows.append(sso_login_flow(hs.config.oidc_providers))
     if hs.appservices:
         flows.append({"type": appservice_accounts.LOGIN_TYPE})
 
@@ -43,7 +46,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         result = await uia.check(
             operation="POST /login/get_token",
-            flows=PASSWORD_FLOWS,
+            flows=uia.user_flows(),
             auth=body.get("auth"),
             requester=requester.user_id,
         )

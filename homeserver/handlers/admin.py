@@ -33,6 +33,7 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore, RoomSummary, UserRow
 from homeserver.storage.aliases import AliasStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.external_ids import ExternalIdStore
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class AdminHandler:
         self.devices = devices
         self.clock = clock
         self.server_name = server_name
+        self.external_ids = ExternalIdStore(store.db)
         self._deletes: OrderedDict[str, DeleteStatus] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -210,7 +212,9 @@ class AdminHandler:
     async def query_user(self, user_id: str) -> dict[str, Any]:
         user = await self._require_user(user_id)
         out = user_json(user)
-        out.update(threepids=[], external_ids=[], appservice_id=None, consent_version=None)
+        links = await self.external_ids.of_user(user_id)
+        external_ids = [{"auth_provider": p, "external_id": e} for p, e in links]
+        out.update(threepids=[], external_ids=external_ids, appservice_id=None, consent_version=None)
         out["devices"] = len(await self.accounts.list_devices(user_id))
         return out
 

@@ -37,8 +37,17 @@ def check_body(body: Mapping[str, Any]) -> None:
         value = body.get(key)
         if value is not None and not isinstance(value, list):
             raise bad_json(f"{key} must be a list")
-        if value:
-            raise MatrixError(400, Codes.INVALID_PARAM, f"{key} are not supported on this server")
+    if body.get("threepids"):
+        raise MatrixError(400, Codes.INVALID_PARAM, "threepids are not supported on this server")
+    for link in body.get("external_ids") or []:
+        if not isinstance(link, dict) or not all(
+            isinstance(link.get(k), str) and link[k] for k in ("auth_provider", "external_id")
+        ):
+            raise bad_json("each of external_ids needs an auth_provider and an external_id")
+
+
+def external_links(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(link["auth_provider"], link["external_id"]) for link in body["external_ids"]]
 
 
 class AdminUsers:
@@ -61,8 +70,15 @@ class AdminUsers:
         if password is not None:
             validate_password(password)
         existing = await self.admin.store.get_user(user_id)
+        if "external_ids" in body:
+            # Checked first, so that a conflict changes nothing (not even a creation).
+            for provider, external_id in external_links(body):
+                owner = await self.admin.external_ids.user_for(provider, external_id)
+                if owner not in (None, user_id):
+                    raise MatrixError(409, Codes.UNKNOWN, "External ID is already in use")
         if existing is None:
             await self._create(requester, user_id, body)
+            await self._links(user_id, body)
             return 201, await self.admin.query_user(user_id)
         if body.get("deactivated") is True and not existing.deactivated:
             await self.admin.deactivate(user_id)
@@ -80,8 +96,16 @@ class AdminUsers:
         if "admin" in body:
             await self.set_admin(requester, user_id, body["admin"])
         await self._profile_and_lock(requester, user_id, body)
+        await self._links(user_id, body)
         self.admin.auth.invalidate_user(user_id)
         return 200, await self.admin.query_user(user_id)
+
+    async def _links(self, user_id: str, body: Mapping[str, Any]) -> None:
+        """`external_ids`: the user's single sign-on links, replacing any before."""
+        if "external_ids" in body and not await self.admin.external_ids.replace_for_user(
+            user_id, external_links(body)
+        ):
+            raise MatrixError(409, Codes.UNKNOWN, "External ID is already in use")
 
     async def set_admin(self, requester: Requester, user_id: str, flag: bool) -> None:
         await self.admin.query_user(user_id)  # 404 for an unknown user, 400 for a remote one

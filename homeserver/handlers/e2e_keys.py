@@ -18,7 +18,7 @@ from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError, bad_json, invalid_param, missing_param
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.device_lists import DeviceListHandler
-from homeserver.handlers.uia import STAGE_PASSWORD, UserInteractiveAuth
+from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.storage.e2e_keys import E2EKeyStore, OneTimeKeyConflict, Signature, TooManyKeys, UploadKey
 from homeserver.sync.tokens import SyncToken
 from homeserver.types import JsonDict
@@ -420,7 +420,7 @@ class CrossSigningHandler:
         if "master" in existing:
             result = await self.uia.check(
                 operation=DEVICE_SIGNING_OPERATION,
-                flows=[[STAGE_PASSWORD]],
+                flows=self.uia.user_flows(),
                 auth=body.get("auth"),
                 requester=user_id,
             )

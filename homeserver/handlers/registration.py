@@ -33,7 +33,6 @@ from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.guests import guest_localpart
 from homeserver.handlers.uia import (
     STAGE_DUMMY,
-    STAGE_PASSWORD,
     STAGE_REGISTRATION_TOKEN,
     Flow,
     UserInteractiveAuth,
@@ -50,7 +49,6 @@ from homeserver.storage.openid import ExpiringTokens
 log = logging.getLogger(__name__)
 
 MAX_PASSWORD_LEN = 512
-PASSWORD_FLOWS: list[Flow] = [[STAGE_PASSWORD]]
 # Registration tokens come first and are followed by m.login.dummy, as Synapse offers them:
 # matrix-nio's register_with_token completes the token stage and then a dummy stage.
 TOKEN_FLOW: Flow = [STAGE_REGISTRATION_TOKEN, STAGE_DUMMY]
@@ -418,7 +416,7 @@ class AccountHandler:
         logout_devices = optional_bool(body, "logout_devices", True)
         result = await self.uia.check(
             operation="POST /account/password",
-            flows=PASSWORD_FLOWS,
+            flows=self.uia.user_flows(),
             auth=body.get("auth"),
             requester=requester.user_id if requester else None,
         )
@@ -440,7 +438,7 @@ class AccountHandler:
         optional_str(body, "id_server")
         result = await self.uia.check(
             operation="POST /account/deactivate",
-            flows=PASSWORD_FLOWS,
+            flows=self.uia.user_flows(),
             auth=body.get("auth"),
             requester=requester.user_id if requester else None,
         )

@@ -34,7 +34,10 @@ from homeserver.storage.uia_sessions import UIASessionStore
 STAGE_DUMMY = "m.login.dummy"
 STAGE_PASSWORD = "m.login.password"
 STAGE_REGISTRATION_TOKEN = "m.login.registration_token"
-SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN})
+# Completed in a browser, through the fallback page and the identity provider
+# (homeserver/api/sso.py), never by a request's `auth`.
+STAGE_SSO = "m.login.sso"
+SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO})
 
 SESSION_TTL_MS = 15 * 60 * 1000
 MAX_SESSIONS = 10_000
@@ -198,6 +201,30 @@ class UserInteractiveAuth:
         self.sessions = sessions
         self.session_ttl_ms = session_ttl_ms
         self.max_sessions = max_sessions
+        # Single sign-on is configured: users may prove themselves through it.
+        self.sso_enabled = False
+
+    def user_flows(self) -> list[Flow]:
+        """The flows re-authenticating a signed-in user: the password, or single sign-on
+        (the only way for users who signed up through it, and have no password)."""
+        return [[STAGE_PASSWORD], [STAGE_SSO]] if self.sso_enabled else [[STAGE_PASSWORD]]
+
+    async def pending(self, session_id: str) -> tuple[str, str | None] | None:
+        """(operation, owner) of a live session, for the single sign-on pages."""
+        session = await self._get_session(session_id)
+        return (session.operation, session.owner) if session is not None else None
+
+    async def complete_sso(self, session_id: str, user_id: str) -> bool:
+        """Mark the single sign-on stage done: `user_id` signed in through the identity
+        provider. False if the session is gone or belongs to someone else."""
+        session = await self._get_session(session_id)
+        if session is None or session.owner is None or session.owner != user_id:
+            return False
+        if STAGE_SSO not in session.completed and not session.completed:
+            session.completed.append(STAGE_SSO)
+            session.user_id = user_id
+        await self._save(session)
+        return STAGE_SSO in session.completed
 
     async def session_count(self) -> int:
         return await self.sessions.count()
@@ -372,6 +399,10 @@ class UserInteractiveAuth:
             await self._password_stage(session, auth)
         elif stage == STAGE_REGISTRATION_TOKEN:
             await self._registration_token_stage(session, auth)
+        elif stage == STAGE_SSO:
+            raise StageFailed(
+                Codes.FORBIDDEN, "Complete single sign-on in a browser (the fallback page) first"
+            )
 
     async def _password_stage(self, session: UIASession, auth: Mapping[str, Any]) -> None:
         try:

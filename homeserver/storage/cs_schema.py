@@ -281,3 +281,14 @@ profile_fields = Table(
     Column("value_json", Text, nullable=False),
     PrimaryKeyConstraint("user_id", "field"),
 )
+
+# Single sign-on: the local account of each identity provider user (migration 0021).
+user_external_ids = Table(
+    "user_external_ids",
+    metadata,
+    Column("auth_provider", String(255), nullable=False),
+    Column("external_id", String(255), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    PrimaryKeyConstraint("auth_provider", "external_id"),
+    Index("user_external_ids_user", "user_id"),
+)
