@@ -9,7 +9,8 @@
     GET    /_synapse/admin/v1/rooms                      list rooms (from, limit, order_by, dir,
                                                          search_term)
     GET    /_synapse/admin/v1/rooms/{room_id}            room details (also /members, /state,
-                                                         /messages: the whole history)
+                                                         /messages and /context/{event_id}:
+                                                         over the whole history)
     DELETE /_synapse/admin/v1/rooms/{room_id}            delete (and by default purge) a room
     DELETE /_synapse/admin/v2/rooms/{room_id}            the same in the background: {"delete_id"}
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
@@ -25,7 +26,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
-from homeserver.api.events_api import read_messages
+from homeserver.api.events_api import read_context, read_messages
 from homeserver.api.http import json_response, query_int, read_json
 from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_str
 from homeserver.handlers.admin import AdminHandler, server_version
@@ -178,6 +179,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         window = Window(None, hs.db.current_stream_id)
         return json_response(await read_messages(hs.messages, request, requester.user_id, None, window))
 
+    async def room_context(request: web.Request) -> web.Response:
+        """/context for a server admin, over all of the room's history (a reported event and
+        what surrounds it), whether or not they are in the room."""
+        requester = await require_admin(hs, request)
+        if await hs.events.get_room_version(request.match_info["room_id"]) is None:
+            raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
+        window = Window(None, hs.db.current_stream_id)
+        return json_response(await read_context(hs.messages, request, requester.user_id, None, window))
+
     async def finish_deletes(_app: web.Application) -> None:
         await admin.wait_for_deletes()
 
@@ -194,6 +204,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(V1 + "/rooms/{room_id}/members", room_members),
             web.get(V1 + "/rooms/{room_id}/state", room_state),
             web.get(V1 + "/rooms/{room_id}/messages", room_messages),
+            web.get(V1 + "/rooms/{room_id}/context/{event_id}", room_context),
             web.delete(V1 + "/rooms/{room_id}", delete_room),
             web.delete(V2 + "/rooms/{room_id}", delete_room_v2),
             web.get(V2 + "/rooms/{room_id}/delete_status", delete_status_by_room),

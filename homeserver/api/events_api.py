@@ -146,15 +146,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def context(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
-        body = await messages.context(
-            requester.user_id,
-            requester.device_id,
-            request.match_info["room_id"],
-            request.match_info["event_id"],
-            query_int(request, "limit", 10),
-            *room_event_filter(request),
-        )
-        return json_response(body)
+        return json_response(await read_context(messages, request, requester.user_id, requester.device_id))
 
     async def get_event(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
@@ -302,6 +294,25 @@ async def read_messages(
         query_int(request, "limit", 10, minimum=0),
         event_filter,
         lazy,
+        window=window,
+    )
+
+
+async def read_context(
+    messages: MessageHandler,
+    request: web.Request,
+    user_id: str,
+    device_id: str | None,
+    window: Window | None = None,
+) -> dict[str, Any]:
+    """/context with the request's parameters (`window`: see MessageHandler.messages)."""
+    return await messages.context(
+        user_id,
+        device_id,
+        request.match_info["room_id"],
+        request.match_info["event_id"],
+        query_int(request, "limit", 10),
+        *room_event_filter(request),
         window=window,
     )
 

@@ -183,11 +183,13 @@ class MessageHandler:
         limit: int,
         event_filter: EventFilter,
         lazy_load_members: bool = False,
+        window: Window | None = None,
     ) -> dict[str, Any]:
         """The spec's /context: the filter applies to the events around and to `state`, the
         room's state at the last event returned (with lazy-loading, of the members only
-        those who sent the events returned)."""
-        window = await self.visible_window(room_id, user_id)
+        those who sent the events returned). `window`: as for `messages`."""
+        if window is None:
+            window = await self.visible_window(room_id, user_id)
         stored = await self.events.get_event(event_id)
         if stored is None or stored.event.room_id != room_id or not self._in_window(stored, window):
             raise MatrixError(404, Codes.NOT_FOUND, "Event not found")

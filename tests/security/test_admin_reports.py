@@ -111,3 +111,12 @@ async def test_an_admin_reads_a_reported_rooms_history(
     assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
     status, out = await admin.request("GET", f"{A1}/rooms/{quote('!nope:' + server.server_name)}/messages")
     assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
+    # A reported event in its context, likewise.
+    context = await admin.ok("GET", f"{A1}/rooms/{quote(room)}/context/{quote(early)}", params={"limit": "4"})
+    assert context["event"]["event_id"] == early
+    assert [e["event_id"] for e in context["events_after"]][:1] == [late]
+    assert any(e["type"] == "m.room.create" for e in context["state"])
+    status, out = await admin.request("GET", f"/rooms/{quote(room)}/context/{quote(early)}")
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    status, out = await admin.request("GET", f"{A1}/rooms/{quote(room)}/context/$nope")
+    assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
