@@ -673,6 +673,7 @@ class MembershipHandler:
         if _domain(target) != self.server_name or not await local_user_exists(self.hs, target):
             raise not_found("Unknown user")
         await self.hs.rooms.invite_permission.check(target)
+        await self.hs.rooms.refuse_if_blocked(room_id)
         if _domain(event.sender) != origin:
             raise forbidden("The inviter is not from the requesting server")
         known = await self.events.get_room_version(room_id)

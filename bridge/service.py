@@ -159,6 +159,7 @@ class Federation:
             if room_id_or_alias.startswith("#") and _domain(room_id_or_alias) != self.hs.server_name:
                 room_id, alias_servers = await self.query_directory(room_id_or_alias)
                 candidates.extend(alias_servers)
+            await rooms.refuse_if_blocked(room_id)
             if (
                 room_id.startswith("!")
                 and await self.hs.events.get_room_version(room_id) is not None

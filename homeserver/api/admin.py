@@ -13,6 +13,9 @@
                                                          over the whole history)
     DELETE /_synapse/admin/v1/rooms/{room_id}            delete (and by default purge) a room
     DELETE /_synapse/admin/v2/rooms/{room_id}            the same in the background: {"delete_id"}
+                                                         (both take "block": true, v1 also for a
+                                                         room unknown here)
+    GET/PUT /_synapse/admin/v1/rooms/{room_id}/block     whether local users may join (invite, knock)
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
 
 Creating and changing accounts is in admin_users.py, users' reports in admin_reports.py,
@@ -149,17 +152,42 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(await admin.room_state(request.match_info["room_id"]))
 
     async def delete_room(request: web.Request) -> web.Response:
-        await require_admin(hs, request)
-        purge = admin.parse_delete(await read_json(request, allow_empty=True))
-        return json_response(await admin.delete_room(request.match_info["room_id"], purge=purge))
+        requester = await require_admin(hs, request)
+        room_id = request.match_info["room_id"]
+        purge, block = admin.parse_delete(await read_json(request, allow_empty=True))
+        if block:
+            # First, so that no one joins while the room is emptied. A room this server
+            # does not know can be blocked too (v1 only, as in Synapse).
+            await admin.block_room(room_id, requester.user_id)
+            if await hs.events.get_room_version(room_id) is None:
+                return json_response(
+                    {"kicked_users": [], "failed_to_kick_users": [], "local_aliases": [], "new_room_id": None}
+                )
+        return json_response(await admin.delete_room(room_id, purge=purge))
 
     async def delete_room_v2(request: web.Request) -> web.Response:
-        await require_admin(hs, request)
+        requester = await require_admin(hs, request)
         room_id = request.match_info["room_id"]
-        purge = admin.parse_delete(await read_json(request, allow_empty=True))
+        purge, block = admin.parse_delete(await read_json(request, allow_empty=True))
         if await hs.events.get_room_version(room_id) is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
+        if block:
+            await admin.block_room(room_id, requester.user_id)
         return json_response({"delete_id": admin.start_delete(room_id, purge=purge)})
+
+    async def get_block(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        by = await hs.events.room_blocked_by(request.match_info["room_id"])
+        return json_response({"block": True, "user_id": by} if by is not None else {"block": False})
+
+    async def put_block(request: web.Request) -> web.Response:
+        requester = await require_admin(hs, request)
+        body = await read_json(request)
+        block = body.get("block")
+        if not isinstance(block, bool):
+            raise MatrixError(400, Codes.BAD_JSON, "block must be a boolean")
+        await admin.block_room(request.match_info["room_id"], requester.user_id if block else None)
+        return json_response({"block": block})
 
     async def delete_status_by_room(request: web.Request) -> web.Response:
         await require_admin(hs, request)
@@ -205,6 +233,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(V1 + "/rooms/{room_id}/state", room_state),
             web.get(V1 + "/rooms/{room_id}/messages", room_messages),
             web.get(V1 + "/rooms/{room_id}/context/{event_id}", room_context),
+            web.get(V1 + "/rooms/{room_id}/block", get_block),
+            web.put(V1 + "/rooms/{room_id}/block", put_block),
             web.delete(V1 + "/rooms/{room_id}", delete_room),
             web.delete(V2 + "/rooms/{room_id}", delete_room_v2),
             web.get(V2 + "/rooms/{room_id}/delete_status", delete_status_by_room),

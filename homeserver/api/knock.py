@@ -32,6 +32,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request, allow_empty=True)
         reason = optional_str(body, "reason")
         room_id, servers = await hs.rooms.resolve_room(request.match_info["room"])
+        await hs.rooms.refuse_if_blocked(room_id)
         rv = await hs.events.get_room_version(room_id)
         if hs.rooms.remote_knock is not None and (
             rv is None or ("m.room.create", "") not in await hs.events.get_current_state_ids(room_id)

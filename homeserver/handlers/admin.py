@@ -320,16 +320,21 @@ class AdminHandler:
         return {"state": [s.event.pdu for s in state.values()]}
 
     @staticmethod
-    def parse_delete(body: Mapping[str, Any]) -> bool:
-        """Validate a room-deletion body; returns `purge`."""
+    def parse_delete(body: Mapping[str, Any]) -> tuple[bool, bool]:
+        """Validate a room-deletion body; returns (`purge`, `block`)."""
         for key in ("block", "force_purge", "purge"):
             if key in body and not isinstance(body[key], bool):
                 raise bad_json(f"{key} must be a boolean")
-        if body.get("block"):
-            raise invalid_param("Blocking rooms is not supported")
         if body.get("new_room_user_id") is not None:
             raise invalid_param("Moving users to a new room is not supported")
-        return bool(body.get("purge", True))
+        return bool(body.get("purge", True)), bool(body.get("block", False))
+
+    async def block_room(self, room_id: str, by: str | None) -> None:
+        """Block (`by`: the admin) or unblock a room, known here or not."""
+        if not room_id.startswith("!") or len(room_id) < 2:
+            raise invalid_param("Not a room ID")
+        await self.events.set_room_blocked(room_id, by)
+        log.info("room %s %s by %s", room_id, "blocked" if by else "unblocked", by or "an admin")
 
     async def delete_room(self, room_id: str, *, purge: bool = True) -> dict[str, Any]:
         """Remove every local user from the room, drop its aliases and directory entry, and

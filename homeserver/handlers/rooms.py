@@ -233,6 +233,7 @@ class RoomHandler:
         extra: dict[str, Any] | None = None,
     ) -> str:
         room_id, alias_servers = await self.resolve_room(room_id_or_alias)
+        await self.refuse_if_blocked(room_id)
         if await self.events.get_room_version(room_id) is None:
             if self.remote_join is None:
                 raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
@@ -251,6 +252,7 @@ class RoomHandler:
         self, sender: str, room_id: str, target: str, extra: dict[str, Any] | None = None
     ) -> None:
         await self.require_joined(sender, room_id)
+        await self.refuse_if_blocked(room_id)
         membership = await self.events.get_membership(room_id, target)
         if membership is not None and membership[0] == "join":
             raise forbidden(f"{target} is already in the room")
@@ -288,6 +290,11 @@ class RoomHandler:
         if reason:
             content["reason"] = reason
         await self._send(room_id, sender, "m.room.member", content, target)
+
+    async def refuse_if_blocked(self, room_id: str) -> None:
+        """403 for a room a server admin blocked: no one here joins, knocks or is invited."""
+        if await self.events.room_blocked_by(room_id) is not None:
+            raise forbidden("This room has been blocked on this server")
 
     async def require_joined(self, user_id: str, room_id: str) -> None:
         """403 unless the user is joined; the same answer whether or not the room exists."""

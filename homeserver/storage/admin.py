@@ -21,7 +21,8 @@ from homeserver.storage.engine import Database
 from homeserver.storage.schema import current_state, devices, events, metadata, rooms, users
 
 # Tables whose room_id rows survive a purge: they belong to users, not to the room.
-KEEP_ON_PURGE = frozenset({"e2e_room_keys"})
+# Key backups are the user's; a block outlives the room it names.
+KEEP_ON_PURGE = frozenset({"e2e_room_keys", "blocked_rooms"})
 
 # The room state a summary shows (all with state key "").
 SUMMARY_TYPES = (

@@ -1,4 +1,5 @@
-"""Per-room flags kept beside the timeline: public in the directory, forgotten by a user."""
+"""Per-room flags kept beside the timeline: public in the directory, forgotten by a user,
+blocked by a server admin."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.engine import Database
-from homeserver.storage.schema import room_forgotten, rooms
+from homeserver.storage.schema import blocked_rooms, room_forgotten, rooms
 
 _UNFORGET = delete(room_forgotten).where(
     room_forgotten.c.room_id == bindparam("room"),
@@ -62,3 +63,17 @@ class RoomFlags:
                 room_forgotten.c.user_id == user_id, room_forgotten.c.room_id == room_id
             )
         )
+
+    async def room_blocked_by(self, room_id: str) -> str | None:
+        """The admin who blocked the room, or None if it is not blocked."""
+        q = select(blocked_rooms.c.user_id).where(blocked_rooms.c.room_id == room_id)
+        async with self.db.read() as conn:
+            found = (await conn.execute(q)).scalar_one_or_none()
+        return str(found) if found is not None else None
+
+    async def set_room_blocked(self, room_id: str, by: str | None) -> None:
+        """Block the room (`by`: the admin), or (None) unblock it."""
+        async with self.db.write() as conn:
+            await conn.execute(delete(blocked_rooms).where(blocked_rooms.c.room_id == room_id))
+            if by is not None:
+                await conn.execute(insert(blocked_rooms).values(room_id=room_id, user_id=by))

@@ -223,6 +223,14 @@ room_forgotten = Table(
     PrimaryKeyConstraint("user_id", "room_id"),
 )
 
+# Rooms a server admin blocked, and who did (migration 0022); kept when a room is purged.
+blocked_rooms = Table(
+    "blocked_rooms",
+    metadata,
+    Column("room_id", String(255), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+)
+
 server_keys = Table(
     "server_keys",
     metadata,

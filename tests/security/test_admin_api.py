@@ -231,7 +231,7 @@ async def test_delete_room_rejects_unsupported_options(
 ) -> None:
     admin = await user(server, http, "admin", admin=True)
     room = await admin.create_room()
-    for body in ({"block": True}, {"new_room_user_id": admin.user_id}, {"purge": "yes"}):
+    for body in ({"block": "yes"}, {"new_room_user_id": admin.user_id}, {"purge": "yes"}):
         status, out = await admin.request("DELETE", A1 + f"/rooms/{quote(room)}", json=body)
         assert status == 400, out
     assert (await admin.request("GET", A1 + f"/rooms/{quote(room)}"))[0] == 200
