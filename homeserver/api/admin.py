@@ -16,6 +16,8 @@
                                                          (both take "block": true, v1 also for a
                                                          room unknown here)
     GET/PUT /_synapse/admin/v1/rooms/{room_id}/block     whether local users may join (invite, knock)
+    POST   /_synapse/admin/v1/purge_history/{room_id}[/{event_id}]  delete old messages: {"purge_id"}
+    GET    /_synapse/admin/v1/purge_history_status/{purge_id}
     GET    /_synapse/admin/v2/rooms/{room_id}/delete_status, /v2/rooms/delete_status/{delete_id}
 
 Creating and changing accounts is in admin_users.py, users' reports in admin_reports.py,
@@ -175,6 +177,23 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             await admin.block_room(room_id, requester.user_id)
         return json_response({"delete_id": admin.start_delete(room_id, purge=purge)})
 
+    async def purge_history(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        body = await read_json(request, allow_empty=True)
+        local_too = body.get("delete_local_events", False)
+        if not isinstance(local_too, bool):
+            raise MatrixError(400, Codes.BAD_JSON, "delete_local_events must be a boolean")
+        event_id = request.match_info.get("event_id") or body.get("purge_up_to_event_id")
+        if event_id is not None and not isinstance(event_id, str):
+            raise MatrixError(400, Codes.BAD_JSON, "purge_up_to_event_id must be a string")
+        room_id = request.match_info["room_id"]
+        cut = await admin.purge_cut(room_id, event_id, body.get("purge_up_to_ts"))
+        return json_response({"purge_id": admin.start_purge_history(room_id, cut, local_too)})
+
+    async def purge_history_status(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        return json_response(admin.purge_status(request.match_info["purge_id"]))
+
     async def get_block(request: web.Request) -> web.Response:
         await require_admin(hs, request)
         by = await hs.events.room_blocked_by(request.match_info["room_id"])
@@ -234,6 +253,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(V1 + "/rooms/{room_id}/messages", room_messages),
             web.get(V1 + "/rooms/{room_id}/context/{event_id}", room_context),
             web.get(V1 + "/rooms/{room_id}/block", get_block),
+            web.post(V1 + "/purge_history/{room_id}", purge_history),
+            web.post(V1 + "/purge_history/{room_id}/{event_id}", purge_history),
+            web.get(V1 + "/purge_history_status/{purge_id}", purge_history_status),
             web.put(V1 + "/rooms/{room_id}/block", put_block),
             web.delete(V1 + "/rooms/{room_id}", delete_room),
             web.delete(V2 + "/rooms/{room_id}", delete_room_v2),

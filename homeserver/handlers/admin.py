@@ -138,6 +138,14 @@ class DeleteStatus:
         return out
 
 
+@dataclass(slots=True)
+class PurgeStatus:
+    purge_id: str
+    status: str = "active"
+    error: str | None = None
+    deleted: int = 0
+
+
 class AdminHandler:
     def __init__(
         self,
@@ -164,6 +172,7 @@ class AdminHandler:
         self.server_name = server_name
         self.external_ids = ExternalIdStore(store.db)
         self._deletes: OrderedDict[str, DeleteStatus] = OrderedDict()
+        self._purges: OrderedDict[str, PurgeStatus] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # Users ---------------------------------------------------------------------------------
@@ -366,6 +375,58 @@ class AdminHandler:
             "local_aliases": aliases,
             "new_room_id": None,
         }
+
+    # History purge -----------------------------------------------------------------------
+
+    async def purge_cut(self, room_id: str, event_id: str | None, ts: Any) -> int:
+        """The stream position a history purge stops before: the event's, or the first
+        event's at or after `ts` (everything, when nothing is that recent)."""
+        if await self.events.get_room_version(room_id) is None:
+            raise not_found("Room not found")
+        if event_id is not None:
+            stored = await self.events.get_event(event_id)
+            if stored is None or stored.event.room_id != room_id:
+                raise not_found("Event not found in this room")
+            return stored.stream_id
+        if ts is None:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Give purge_up_to_event_id or purge_up_to_ts")
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            raise bad_json("purge_up_to_ts must be an integer")
+        found = await self.store.first_stream_at(room_id, ts)
+        return found if found is not None else self.store.db.current_stream_id + 1
+
+    def start_purge_history(self, room_id: str, before_stream: int, local_too: bool) -> str:
+        """Purge a room's history before a stream position in the background; returns the
+        purge ID for `purge_status`."""
+        status = PurgeStatus(secrets.token_urlsafe(12))
+        self._purges[status.purge_id] = status
+        while len(self._purges) > MAX_DELETE_STATUSES:
+            self._purges.popitem(last=False)
+
+        async def run() -> None:
+            try:
+                while deleted := await self.store.purge_history_batch(room_id, before_stream, local_too):
+                    status.deleted += deleted
+                self.events.drop_room_caches(room_id)
+                status.status = "complete"
+                log.info("admin purged %d events of %s's history", status.deleted, room_id)
+            except Exception as e:
+                log.exception("purging the history of %s failed", room_id)
+                status.status, status.error = "failed", str(e)[:200]
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return status.purge_id
+
+    def purge_status(self, purge_id: str) -> dict[str, Any]:
+        status = self._purges.get(purge_id)
+        if status is None:
+            raise not_found("No such purge (or this worker did not run it)")
+        out: dict[str, Any] = {"status": status.status}
+        if status.error:
+            out["error"] = status.error
+        return out
 
     def start_delete(self, room_id: str, *, purge: bool = True) -> str:
         """Run `delete_room` in the background (admin API v2); returns the delete ID."""

@@ -17,12 +17,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.storage import all_schemas  # noqa: F401  (every table is on `metadata` for purge_room)
+from homeserver.storage.cs_schema import event_push_actions
 from homeserver.storage.engine import Database
-from homeserver.storage.schema import current_state, devices, events, metadata, rooms, users
+from homeserver.storage.push import record_counts_changed
+from homeserver.storage.schema import (
+    current_state,
+    devices,
+    events,
+    forward_extremities,
+    metadata,
+    receipts,
+    rooms,
+    users,
+)
 
 # Tables whose room_id rows survive a purge: they belong to users, not to the room.
 # Key backups are the user's; a block outlives the room it names.
 KEEP_ON_PURGE = frozenset({"e2e_room_keys", "blocked_rooms"})
+# Rows naming a purged event that a history purge keeps: moderators' reports; receipts and
+# room state never name one (see `history_to_purge`); events go last.
+KEEP_ON_HISTORY_PURGE = frozenset({"reports", "receipts", "current_state", "forward_extremities", "events"})
+# Events deleted per transaction by a history purge.
+PURGE_BATCH = 500
 
 # The room state a summary shows (all with state key "").
 SUMMARY_TYPES = (
@@ -234,3 +250,64 @@ class AdminStore:
                 result = await conn.execute(delete(table).where(table.c.room_id == room_id))
                 deleted[table.name] = result.rowcount
         return {k: v for k, v in deleted.items() if v}
+
+    # History purge ---------------------------------------------------------------------------
+
+    def _history_batch(self, room_id: str, before_stream: int, local_too: bool) -> Any:
+        """The next events of the room a history purge deletes: messages (no state key) of
+        the timeline before `before_stream`, except forward extremities (new events are built
+        on them), events a read receipt points at (the read position is found through them)
+        and, unless `local_too`, those of local senders."""
+        e = events.c
+        fx = forward_extremities.c
+        q = (
+            select(e.event_id)
+            .where(
+                e.room_id == room_id,
+                e.stream_id < before_stream,
+                e.state_key.is_(None),
+                e.outlier.is_(False),
+                e.event_id.not_in(select(fx.event_id).where(fx.room_id == room_id)),
+                e.event_id.not_in(select(receipts.c.event_id).where(receipts.c.room_id == room_id)),
+            )
+            .order_by(e.stream_id)
+            .limit(PURGE_BATCH)
+        )
+        if not local_too:
+            suffix = ":" + self.server_name
+            escaped = suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(e.sender.not_like("%" + escaped, escape="\\"))
+        return q
+
+    async def first_stream_at(self, room_id: str, ts: int) -> int | None:
+        """The stream position of the room's first timeline event sent at or after `ts`."""
+        e = events.c
+        q = select(func.min(e.stream_id)).where(
+            e.room_id == room_id, e.origin_server_ts >= ts, e.outlier.is_(False)
+        )
+        async with self.db.read() as conn:
+            found = (await conn.execute(q)).scalar_one_or_none()
+        return int(found) if found is not None else None
+
+    async def purge_history_batch(self, room_id: str, before_stream: int, local_too: bool) -> int:
+        """Delete the next batch of the room's history (see `_history_batch`) and every row
+        about those events (but reports: they are the moderators' record), in one write
+        transaction, so no receipt can come to point at one meanwhile. Users whose
+        notifications went get their unread counts made afresh. Returns how many went."""
+        async with self.db.write() as conn:
+            batch = [
+                str(r[0]) for r in await conn.execute(self._history_batch(room_id, before_stream, local_too))
+            ]
+            if not batch:
+                return 0
+            epa = event_push_actions.c
+            users = await conn.execute(
+                select(epa.user_id).distinct().where(epa.room_id == room_id, epa.event_id.in_(batch))
+            )
+            notified = [str(r[0]) for r in users]
+            for table in metadata.sorted_tables:
+                if "event_id" in table.c and table.name not in KEEP_ON_HISTORY_PURGE:
+                    await conn.execute(delete(table).where(table.c.event_id.in_(batch)))
+            await conn.execute(delete(events).where(events.c.event_id.in_(batch)))
+            await record_counts_changed(self.db, conn, room_id, notified)
+        return len(batch)

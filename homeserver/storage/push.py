@@ -289,6 +289,19 @@ class NotificationRow:
     ts: int
 
 
+async def record_counts_changed(
+    db: Database, conn: AsyncConnection, room_id: str, user_ids: Collection[str]
+) -> None:
+    """Inside the caller's write transaction: the users' unread counts in the room changed
+    otherwise than by new actions (a history purge deleted some). Recorded as a late write,
+    so that counts kept from earlier syncs are made afresh, and syncs report them."""
+    if not user_ids:
+        return
+    stream_id = await db.next_stream_id()
+    rows = [(u, room_id, stream_id, stream_id) for u in sorted(user_ids)]
+    await db.insert(conn, _UPSERT_LATE_PUSH_CHANGES, rows)
+
+
 class PushActionStore:
     def __init__(self, db: Database) -> None:
         self.db = db

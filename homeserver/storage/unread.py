@@ -16,8 +16,9 @@ after that position and adds them, provided that, in the same statement:
   message batches (state, remote events), whose actions follow in a later transaction;
   those "late" writes record their stream position in `event_push_changes.late_stream_id`.
 
-Push actions are never deleted or changed, and every row at or below a sync's `upto` has
-committed when the sync reads, so the sum equals a fresh count. Every check reads the
+Push actions are never changed, and deleted only by a history purge, which records its
+change as a late write too (`record_counts_changed`); every row at or below a sync's `upto`
+has committed when the sync reads, so the sum equals a fresh count. Every check reads the
 database, so the cache is correct on any number of workers.
 """
 

@@ -247,6 +247,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "tag": "u.authz",
         "key": "displayname",
         "delete_id": "x",
+        "purge_id": "x",
         "report_id": "1",
         "token": "tok",
         "protocol": "irc",
