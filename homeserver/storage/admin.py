@@ -35,7 +35,7 @@ from homeserver.storage.schema import (
 # Key backups are the user's; a block outlives the room it names.
 KEEP_ON_PURGE = frozenset({"e2e_room_keys", "blocked_rooms"})
 # Rows naming a purged event that a history purge keeps: moderators' reports; receipts and
-# room state never name one (see `history_to_purge`); events go last.
+# room state never name one (see `_history_batch`); events go last.
 KEEP_ON_HISTORY_PURGE = frozenset({"reports", "receipts", "current_state", "forward_extremities", "events"})
 # Events deleted per transaction by a history purge.
 PURGE_BATCH = 500
