@@ -200,6 +200,22 @@ class ServerNoticesConfig:
 
 
 @dataclass(slots=True)
+class RetentionConfig:
+    """Message retention (Synapse's `retention`, MSC1763): old messages are purged by a job.
+    Durations are milliseconds or strings such as "30d", "12h", "1y"."""
+
+    enabled: bool = False
+    # {"max_lifetime": ...} for rooms without an m.room.retention state event.
+    default_policy: dict[str, Any] = field(default_factory=dict)
+    # A room's own max_lifetime is kept within these bounds.
+    allowed_lifetime_min: Any = None
+    allowed_lifetime_max: Any = None
+    # Synapse's purge jobs: the shortest `interval` among them is how often the job runs
+    # (their lifetime ranges are not used: every room is looked at on every run).
+    purge_jobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class OidcProviderConfig:
     """One OpenID Connect identity provider for single sign-on, in the keys of Synapse's
     `oidc_providers` entries (so an existing config carries over)."""
@@ -279,6 +295,7 @@ class Config:
     voip: VoipConfig = field(default_factory=VoipConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -329,6 +346,7 @@ _NESTED: dict[str, type[Any]] = {
     "SessionsConfig": SessionsConfig,
     "ServerNoticesConfig": ServerNoticesConfig,
     "PolicyServerConfig": PolicyServerConfig,
+    "RetentionConfig": RetentionConfig,
 }
 
 
@@ -351,6 +369,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_support(cfg.support)
     _check_app_services(cfg)
     _check_policy_server(cfg)
+    _check_retention(cfg.retention)
     _check_oidc_providers(cfg, data.get("oidc_providers"))
     notices = cfg.server_notices.localpart
     if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):
@@ -403,6 +422,15 @@ def _check_oidc_providers(cfg: Config, raw: Any) -> None:
     if len(set(ids)) != len(ids):
         raise ConfigError("oidc_providers: every provider needs its own idp_id")
     cfg.oidc_providers = providers
+
+
+def _check_retention(retention: RetentionConfig) -> None:
+    from homeserver.handlers.retention import RetentionSettings
+
+    try:
+        RetentionSettings.from_config(retention)
+    except ValueError as e:
+        raise ConfigError(f"retention: {e}") from None
 
 
 def _check_policy_server(cfg: Config) -> None:

@@ -37,10 +37,12 @@ from homeserver.errors import Codes, MatrixError, bad_json, forbidden, require_s
 from homeserver.handlers.admin import AdminHandler, server_version
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.messages import Window
+from homeserver.handlers.retention import RetentionPurger, RetentionSettings
 from homeserver.server import HomeServer
 from homeserver.storage.admin import AdminStore
 
 ADMIN_KEY = web.AppKey("sotto.admin", AdminHandler)
+RETENTION_KEY = web.AppKey("sotto.retention", RetentionPurger)
 
 V1 = "/_synapse/admin/v1"
 V2 = "/_synapse/admin/v2"
@@ -234,6 +236,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             raise MatrixError(404, Codes.NOT_FOUND, "Room not found")
         window = Window(None, hs.db.current_stream_id)
         return json_response(await read_context(hs.messages, request, requester.user_id, None, window))
+
+    if hs.config.retention.enabled:
+        settings = RetentionSettings.from_config(hs.config.retention)
+        app[RETENTION_KEY] = RetentionPurger(hs, admin.store, settings)
+        hs.background.append(app[RETENTION_KEY])
 
     async def finish_deletes(_app: web.Application) -> None:
         await admin.wait_for_deletes()

@@ -279,6 +279,18 @@ class AdminStore:
             q = q.where(e.sender.not_like("%" + escaped, escape="\\"))
         return q
 
+    async def retention_policies(self) -> dict[str, Any]:
+        """Room ID -> the content of its current `m.room.retention` state event."""
+        cs = current_state.c
+        q = (
+            select(cs.room_id, events.c.json)
+            .select_from(current_state.join(events, events.c.event_id == cs.event_id))
+            .where(cs.type == "m.room.retention", cs.state_key == "")
+        )
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(q))
+        return {str(room_id): jsonutil.loads(raw).get("content") for room_id, raw in rows}
+
     async def first_stream_at(self, room_id: str, ts: int) -> int | None:
         """The stream position of the room's first timeline event sent at or after `ts`."""
         e = events.c
