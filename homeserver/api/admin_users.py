@@ -9,6 +9,9 @@ GET, PUT, DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}
 POST /_synapse/admin/v2/users/{userId}/delete_devices  {"devices": [ids]}
 POST /_synapse/admin/v1/join/{roomIdOrAlias}          {"user_id": ...}: puts a local user in
     a room: directly when it is public, else invited by the admin (who must be in it)
+GET, POST, DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit
+    {"messages_per_second": n, "burst_count": n}: the user's own message limit (0 and 0:
+    not rate limited at all); {} when none is set
 
 Deleting a device logs it out, as the user deleting it would (its keys and to-device
 messages go too).
@@ -20,6 +23,7 @@ from aiohttp import web
 
 from homeserver.api.admin import ADMIN_KEY, V1, V2, require_admin
 from homeserver.api.devices import get_device_handler
+from homeserver.api.guard import RATE_LIMIT_OVERRIDES_KEY
 from homeserver.api.http import json_response, read_json
 from homeserver.api.profile import get_profile_handler
 from homeserver.errors import bad_json, optional_str, require_bool, require_str
@@ -109,6 +113,28 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 await hs.rooms.invite(requester.user_id, room_id, user_id)
         return json_response({"room_id": await hs.rooms.join(user_id, target)})
 
+    overrides = app[RATE_LIMIT_OVERRIDES_KEY]
+
+    async def override_ratelimit(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        user_id = request.match_info["user_id"]
+        await admin.query_user(user_id)  # 404 for an unknown user, 400 for a remote one
+        if request.method == "POST":
+            body = await read_json(request, allow_empty=True)
+            values = []
+            for key in ("messages_per_second", "burst_count"):
+                value = body.get(key, 0)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise bad_json(f"{key} must be a whole number, 0 or more")
+                values.append(value)
+            await overrides.set(user_id, (values[0], values[1]))
+        elif request.method == "DELETE":
+            await overrides.set(user_id, None)
+        found = await overrides.get(user_id)
+        if found is None:
+            return json_response({})
+        return json_response({"messages_per_second": found[0], "burst_count": found[1]})
+
     path = V1 + "/users/{user_id}"
     device = V2 + "/users/{user_id}/devices/{device_id}"
     app.router.add_routes(
@@ -123,5 +149,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.delete(device, one_device),
             web.post(V2 + "/users/{user_id}/delete_devices", delete_devices),
             web.post(V1 + "/join/{room}", join),
+            *(
+                web.route(m, path + "/override_ratelimit", override_ratelimit)
+                for m in ("GET", "POST", "DELETE")
+            ),
         ]
     )

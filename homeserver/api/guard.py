@@ -42,6 +42,7 @@ from homeserver.events.identifiers import is_v12_room_id, is_valid_server_name, 
 from homeserver.handlers.auth import REQUESTER_KEY, AuthHandler, Requester
 from homeserver.ratelimit import LimitExceeded, RateLimiter, RateLimits, retry_after_seconds
 from homeserver.server import HomeServer
+from homeserver.storage.ratelimit_overrides import RateLimitOverrides
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 RATE_LIMITS_KEY = web.AppKey("sotto.rate_limits", RateLimits)
+RATE_LIMIT_OVERRIDES_KEY = web.AppKey("sotto.rate_limit_overrides", RateLimitOverrides)
+# Users with their own message limiter at once (admins' overrides: a few bots).
+MAX_CUSTOM_LIMITERS = 10_000
 
 MAX_PATH_PARAM_BYTES = 255
 MAX_IDENTIFIER_BYTES = 255
@@ -196,7 +200,18 @@ def _storage_full(request: web.Request, error: Exception) -> MatrixError:
     return MatrixError(507, Codes.UNKNOWN, "The server is out of storage space; try again later")
 
 
-def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
+def guard_middleware(hs: HomeServer, limits: RateLimits, overrides: RateLimitOverrides) -> Middleware:
+    # Per user with an admin's override: (the override, the user's own message limiter).
+    custom: dict[str, tuple[tuple[int, int], RateLimiter]] = {}
+
+    def own_limiter(user_id: str, override: tuple[int, int]) -> RateLimiter:
+        found = custom.get(user_id)
+        if found is None or found[0] != override:
+            if len(custom) > MAX_CUSTOM_LIMITERS:
+                custom.clear()
+            found = custom[user_id] = (override, RateLimiter(hs.clock, override[0], override[1]))
+        return found[1]
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -249,10 +264,15 @@ def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
             service = hs.appservices.get(requester.appservice)
             if service is not None and not service.rate_limited:
                 return
+        override = await overrides.get(requester.user_id)
+        if override == (0, 0):
+            return  # an admin lifted the user's limits (a bot, say)
         targets = await _invite_targets(request) if any(c.target for c in charges) else []
         costs: list[tuple[RateLimiter, str, float]] = []
         for charge in charges:
             limiter: RateLimiter = getattr(limits, charge.limiter)
+            if override is not None and charge.limiter == "messages":
+                limiter = own_limiter(requester.user_id, override)
             if charge.target:
                 costs.extend((limiter, target, 1.0) for target in targets)
             elif charge.limiter == "invites_sent":
@@ -274,7 +294,8 @@ def guard_middleware(hs: HomeServer, limits: RateLimits) -> Middleware:
 def setup(app: web.Application, hs: HomeServer) -> None:
     limits = RateLimits.from_config(hs.config.rate_limits, hs.clock)
     app[RATE_LIMITS_KEY] = limits
-    app.middlewares.append(guard_middleware(hs, limits))
+    overrides = app[RATE_LIMIT_OVERRIDES_KEY] = RateLimitOverrides(hs.db, hs.invalidations)
+    app.middlewares.append(guard_middleware(hs, limits, overrides))
 
 
 # Federation -------------------------------------------------------------------------------------

@@ -292,3 +292,12 @@ user_external_ids = Table(
     PrimaryKeyConstraint("auth_provider", "external_id"),
     Index("user_external_ids_user", "user_id"),
 )
+
+# Per-user rate limits set by a server admin (migration 0023); 0 and 0: not limited.
+ratelimit_overrides = Table(
+    "ratelimit_overrides",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("messages_per_second", BigInteger, nullable=False),
+    Column("burst_count", BigInteger, nullable=False),
+)
