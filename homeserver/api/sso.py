@@ -18,6 +18,7 @@ from aiohttp import web
 
 from homeserver.api.http import V3
 from homeserver.api.register import get_uia
+from homeserver.handlers.oidc import OidcProvider
 from homeserver.handlers.registration import LoginHandler
 from homeserver.handlers.sso import (
     CALLBACK_PATH,
@@ -90,6 +91,14 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         )
         return resp
 
+    async def begin(provider: OidcProvider, **where: str) -> web.Response:
+        """To the provider, with the cookie of this sign-in (`where`: see SsoHandler.start)."""
+        try:
+            url, cookie = await sso.start(provider, **where)
+        except SsoError as e:
+            return _error(str(e))
+        return to_provider(url, cookie)
+
     async def redirect(request: web.Request) -> web.StreamResponse:
         redirect_url = check_redirect_url(request.query.get("redirectUrl"))
         idp_id = request.match_info.get("idp_id")
@@ -103,11 +112,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 for p in sso.providers
             )
             return _page("Choose how to sign in", links)
-        try:
-            url, cookie = await sso.start(provider, redirect_url=redirect_url)
-        except SsoError as e:
-            return _error(str(e))
-        return to_provider(url, cookie)
+        return await begin(provider, redirect_url=redirect_url)
 
     async def uia_fallback(request: web.Request) -> web.StreamResponse:
         session_id = request.query.get("session", "")
@@ -128,11 +133,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 "someone else may be using your account.</p>" + links
             )
             return _page("Confirm your identity", body)
-        try:
-            url, cookie = await sso.start(provider, ui_session=session_id)
-        except SsoError as e:
-            return _error(str(e))
-        return to_provider(url, cookie)
+        return await begin(provider, ui_session=session_id)
 
     async def callback(request: web.Request) -> web.StreamResponse:
         try:
