@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bridge.client import FederationClient, FederationError, RemoteError, Unreachable
+from bridge.pdu import POLICY_SERVER_KEY_ID
 from homeserver.errors import Codes, MatrixError
 from homeserver.events import Event, SignatureError, verify_event_signature
 from homeserver.events.identifiers import is_valid_server_name
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLICY_KEY = ("m.room.policy", "")
-KEY_ID = "ed25519:policy_server"
+KEY_ID = POLICY_SERVER_KEY_ID
 SIGN_PATH = "/_matrix/policy/v1/sign"
 # A Policy Server checks content (media scanning, say), so it gets longer than a
 # transaction's request; the sender's client waits meanwhile.
