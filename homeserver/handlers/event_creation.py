@@ -416,6 +416,7 @@ class EventCreator:
         chain: list[tuple[Event, TxnInfo | None]] = []
         owners: list[_Pending] = []
         in_batch: dict[tuple[str, str, str], _Pending] = {}
+        todo: list[_Pending] = []
         for p in batch:
             if p.future.done():
                 continue  # refused in the first round (the retry after a DuplicateTxn)
@@ -428,21 +429,35 @@ class EventCreator:
             if key is not None and key in in_batch:
                 p.duplicate_of = in_batch[key]
                 continue
-            try:
-                event, auth_map, create = await self._build(
-                    room_version, room_id, p.type, p.sender, p.content, None, None, (prevs, depth), p.ts
-                )
-                self._check_message(event, auth_map, create)
-                if self.policy is not None:
-                    await self.policy(event)
-            except MatrixError as e:
-                p.future.set_exception(e)
-                continue
-            prevs, depth = [event.event_id], event.depth
-            chain.append((event, p.txn))
-            owners.append(p)
+            todo.append(p)
             if key is not None:
                 in_batch[key] = p
+        while todo:
+            start = (prevs, depth)
+            built: list[tuple[_Pending, Event]] = []
+            for p in todo:
+                try:
+                    event, auth_map, create = await self._build(
+                        room_version, room_id, p.type, p.sender, p.content, None, None, (prevs, depth), p.ts
+                    )
+                    self._check_message(event, auth_map, create)
+                except MatrixError as e:
+                    p.future.set_exception(e)
+                    continue
+                prevs, depth = [event.event_id], event.depth
+                built.append((p, event))
+            todo = []
+            refused = await self._policy_refusal(built) if self.policy is not None and built else None
+            if refused is not None:
+                # Those after the refused one cite it: they are built again, without it.
+                index, error = refused
+                built[index][0].future.set_exception(error)
+                todo = [p for p, _ in built[index + 1 :]]
+                built = built[:index]
+                prevs, depth = ([built[-1][1].event_id], built[-1][1].depth) if built else start
+            for p, event in built:
+                chain.append((event, p.txn))
+                owners.append(p)
         derived = await self.prepare_derived([event for event, _ in chain])
         # Other rooms draining too: their batches may share this commit.
         gather = len(self._draining) > 1
@@ -456,6 +471,18 @@ class EventCreator:
             if p.duplicate_of is not None:
                 p.result = p.duplicate_of.result
         return [(event, stream_id) for (event, _), stream_id in zip(chain, ids, strict=True)]
+
+    async def _policy_refusal(self, built: list[tuple[_Pending, Event]]) -> tuple[int, MatrixError] | None:
+        """Ask the room's Policy Server (the `policy` hook) about a batch's events at once,
+        not one round trip after another under the room lock; the first it refuses, and why."""
+        assert self.policy is not None
+        outcomes = await asyncio.gather(*(self.policy(event) for _, event in built), return_exceptions=True)
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, MatrixError):
+                return index, outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return None
 
     async def prepare_derived(self, events: list[Event], *, remote: bool = False) -> DerivedWork:
         """The batch hooks' work for new messages of one room (local, or `remote` ones being

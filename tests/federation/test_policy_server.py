@@ -3,6 +3,8 @@ Server (a Sotto with `policy_server` on) with a user joined."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 
 from bridge.client import RemoteError
 from bridge.policy import SIGN_PATH, PolicyServerInfo, has_valid_signature
+from homeserver.errors import MatrixError
 from homeserver.events import Event, generate_signing_key
 from homeserver.events.model import pdu_json
 from homeserver.events.signing import encode_verify_key
@@ -119,6 +122,37 @@ async def test_local_events_carry_the_policy_servers_signature_or_are_refused(
             "PUT", f"/rooms/{room_id}/send/m.room.message/k1", {"msgtype": "m.text", "body": "hi"}, expect=403
         )
         assert wrong["errcode"] == "M_FORBIDDEN"
+
+
+async def test_a_batch_asks_at_once_and_builds_again_around_a_refusal(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    async with policed_room(test_ca, tmp_dirs) as (a, _p, alice, pbot, room_id, ps):
+        creator = a.hs.creator
+        batches = creator.batches
+        bodies = ["one", "two", f"{KEYWORD} three", "four", "five"]
+        sends = [
+            creator.create_and_send(
+                room_id=room_id,
+                type="m.room.message",
+                sender=alice.user_id,
+                content={"msgtype": "m.text", "body": b},
+            )
+            for b in bodies
+        ]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        assert creator.batches == batches + 1  # one group commit, the refusal in its middle
+        refused = results[2]
+        assert isinstance(refused, MatrixError) and refused.errcode == "M_FORBIDDEN"
+        events = [r[0] for i, r in enumerate(results) if i != 2 and not isinstance(r, BaseException)]
+        assert len(events) == 4
+        # One chain without the refused message, every event signed by P.
+        for before, after in itertools.pairwise(events):
+            assert after.prev_event_ids == [before.event_id]
+        for event in events:
+            assert has_valid_signature(await stored(a, event.event_id), ps)
+        await wait_for(lambda: _has(pbot, room_id, "five"), what="the batch on P")
+        assert [b for b in await room_bodies(pbot, room_id) if b in bodies] == ["one", "two", "four", "five"]
 
 
 async def test_a_room_whose_policy_server_left_needs_no_signature(
