@@ -200,6 +200,18 @@ class ServerNoticesConfig:
 
 
 @dataclass(slots=True)
+class DelayedEventsConfig:
+    """Delayed events (MSC4140, unstable: what Element Call uses to leave a call when the
+    client is gone)."""
+
+    enabled: bool = True
+    # The longest delay a client may ask for (M_MAX_DELAY_EXCEEDED beyond it).
+    max_delay_ms: int = 24 * 3600 * 1000
+    # Delayed events one user may have scheduled at once (429 beyond it).
+    max_per_user: int = 100
+
+
+@dataclass(slots=True)
 class RetentionConfig:
     """Message retention (Synapse's `retention`, MSC1763): old messages are purged by a job.
     Durations are milliseconds or strings such as "30d", "12h", "1y"."""
@@ -296,6 +308,7 @@ class Config:
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -347,6 +360,7 @@ _NESTED: dict[str, type[Any]] = {
     "ServerNoticesConfig": ServerNoticesConfig,
     "PolicyServerConfig": PolicyServerConfig,
     "RetentionConfig": RetentionConfig,
+    "DelayedEventsConfig": DelayedEventsConfig,
 }
 
 
@@ -370,6 +384,11 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_app_services(cfg)
     _check_policy_server(cfg)
     _check_retention(cfg.retention)
+    delayed = cfg.delayed_events
+    for name in ("max_delay_ms", "max_per_user"):
+        value = getattr(delayed, name)
+        if type(value) is not int or value <= 0:
+            raise ConfigError(f"delayed_events.{name} must be a positive whole number")
     _check_oidc_providers(cfg, data.get("oidc_providers"))
     notices = cfg.server_notices.localpart
     if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):

@@ -10,6 +10,7 @@ from aiohttp import web
 from homeserver.api.http import V3, json_response
 from homeserver.errors import not_found
 from homeserver.events import KNOWN_ROOM_VERSIONS
+from homeserver.handlers.delayed_events import FEATURE as DELAYED_EVENTS
 from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
 from homeserver.server import HomeServer
 
@@ -23,8 +24,26 @@ from homeserver.server import HomeServer
 # invite blocking, redactions through /send, the admin lock and suspend API; v1.19
 # /mutual_rooms and `unsigned.replaces_state`. (tests/integration/test_spec_versions.py)
 SPEC_VERSIONS = [
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
-    "v1.12", "v1.13", "v1.14", "v1.15", "v1.16", "v1.17", "v1.18", "v1.19",
+    "r0.6.1",
+    "v1.1",
+    "v1.2",
+    "v1.3",
+    "v1.4",
+    "v1.5",
+    "v1.6",
+    "v1.7",
+    "v1.8",
+    "v1.9",
+    "v1.10",
+    "v1.11",
+    "v1.12",
+    "v1.13",
+    "v1.14",
+    "v1.15",
+    "v1.16",
+    "v1.17",
+    "v1.18",
+    "v1.19",
 ]
 # Every profile field may be set (custom ones and m.tz too: handlers/profile.py).
 PROFILE_FIELDS = {"enabled": True}
@@ -36,8 +55,10 @@ UNSTABLE_FEATURES = {"org.matrix.simplified_msc3575": True, "org.matrix.msc4222"
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
+    unstable_features = {**UNSTABLE_FEATURES, DELAYED_EVENTS: hs.config.delayed_events.enabled}
+
     async def versions(request: web.Request) -> web.Response:
-        return json_response({"versions": SPEC_VERSIONS, "unstable_features": UNSTABLE_FEATURES})
+        return json_response({"versions": SPEC_VERSIONS, "unstable_features": unstable_features})
 
     async def well_known_client(request: web.Request) -> web.Response:
         return json_response({"m.homeserver": {"base_url": hs.config.baseurl}})

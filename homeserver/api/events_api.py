@@ -8,11 +8,13 @@ from typing import Any
 from aiohttp import web
 
 from homeserver import jsonutil
+from homeserver.api.delayed_events import get_delayed_events
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.appservice.accounts import massaged_ts
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
+from homeserver.handlers.delayed_events import DELAY_PARAM
 from homeserver.handlers.messages import MessageHandler, Window
 from homeserver.handlers.power import can_redact
 from homeserver.server import HomeServer
@@ -47,6 +49,20 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if requester.suspended:
             redaction = request.match_info["event_type"] == "m.room.redaction"
             await _refuse_if_suspended(requester, content.get("redacts") if redaction else None)
+        delay = request.query.get(DELAY_PARAM)
+        if delay is not None:
+            delayed = get_delayed_events(app, hs)
+            delay_id = await delayed.schedule(
+                requester.user_id,
+                requester.device_id,
+                room_id,
+                request.match_info["event_type"],
+                content,
+                None,
+                delayed.parse_delay(delay),
+                request.match_info["txn_id"],
+            )
+            return json_response({"delay_id": delay_id})
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
         # The membership is checked where the event is created: with several workers that
         # may be the room's owner (homeserver.forwarding), which has the room cached.
@@ -70,6 +86,20 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         type_ = request.match_info["event_type"]
         content = await read_json(request, allow_empty=False)
         refuse_if_suspended(requester)
+        delay = request.query.get(DELAY_PARAM)
+        if delay is not None:
+            delayed = get_delayed_events(app, hs)
+            delay_id = await delayed.schedule(
+                requester.user_id,
+                requester.device_id,
+                room_id,
+                type_,
+                content,
+                state_key,
+                delayed.parse_delay(delay),
+                None,
+            )
+            return json_response({"delay_id": delay_id})
         await _require_joined(room_id, requester.user_id)
         if (
             type_ == "m.room.member"

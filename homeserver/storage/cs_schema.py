@@ -301,3 +301,22 @@ ratelimit_overrides = Table(
     Column("messages_per_second", BigInteger, nullable=False),
     Column("burst_count", BigInteger, nullable=False),
 )
+
+# Delayed events (MSC4140) still scheduled (migration 0024); sent or cancelled ones go.
+delayed_events = Table(
+    "delayed_events",
+    metadata,
+    Column("delay_id", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=True),
+    Column("txn_id", String(255), nullable=True),
+    Column("room_id", String(255), nullable=False),
+    Column("type", String(255), nullable=False),
+    Column("state_key", String(255), nullable=True),
+    Column("content_json", Text, nullable=False),
+    Column("delay_ms", BigInteger, nullable=False),
+    Column("running_since", BigInteger, nullable=False),
+    Column("send_ts", BigInteger, nullable=False),
+    Index("delayed_events_user", "user_id"),
+    Index("delayed_events_send_ts", "send_ts"),
+)

@@ -65,6 +65,9 @@ PUBLIC = {
     ("POST", "/_synapse/admin/v1/register"),
     ("GET", "/_sotto/health"),
     ("GET", "/_sotto/ready"),
+    # Delayed events: the unguessable delay ID is the credential (MSC4140, for a call's SFU).
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{delay_id}"),
+    ("POST", "/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{delay_id}/{action}"),
 }
 
 # Endpoints a guest may call (guest access is otherwise refused with M_GUEST_ACCESS_FORBIDDEN).
@@ -248,6 +251,8 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "key": "displayname",
         "delete_id": "x",
         "purge_id": "x",
+        "delay_id": "x",
+        "action": "send",
         "report_id": "1",
         "token": "tok",
         "protocol": "irc",
