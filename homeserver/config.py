@@ -200,6 +200,13 @@ class ServerNoticesConfig:
 
 
 @dataclass(slots=True)
+class RtcConfig:
+    # MatrixRTC transports (MSC4143) for Element Call, e.g.
+    # {"type": "livekit", "livekit_service_url": "https://livekit-jwt.example.org"}.
+    transports: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class DelayedEventsConfig:
     """Delayed events (MSC4140, unstable: what Element Call uses to leave a call when the
     client is gone)."""
@@ -309,6 +316,7 @@ class Config:
     policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
+    rtc: RtcConfig = field(default_factory=RtcConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -361,6 +369,7 @@ _NESTED: dict[str, type[Any]] = {
     "PolicyServerConfig": PolicyServerConfig,
     "RetentionConfig": RetentionConfig,
     "DelayedEventsConfig": DelayedEventsConfig,
+    "RtcConfig": RtcConfig,
 }
 
 
@@ -384,6 +393,11 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_app_services(cfg)
     _check_policy_server(cfg)
     _check_retention(cfg.retention)
+    transports = cfg.rtc.transports
+    if not isinstance(transports, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("type"), str) for t in transports
+    ):
+        raise ConfigError("rtc.transports: a list of mappings, each with a type")
     delayed = cfg.delayed_events
     for name in ("max_delay_ms", "max_per_user"):
         value = getattr(delayed, name)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.api.http import V3, json_response
+from homeserver.api.http import UNSTABLE, V3, json_response
 from homeserver.errors import not_found
 from homeserver.events import KNOWN_ROOM_VERSIONS
 from homeserver.handlers.delayed_events import FEATURE as DELAYED_EVENTS
@@ -60,8 +60,17 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def versions(request: web.Request) -> web.Response:
         return json_response({"versions": SPEC_VERSIONS, "unstable_features": unstable_features})
 
+    well_known: dict[str, Any] = {"m.homeserver": {"base_url": hs.config.baseurl}}
+    if hs.config.rtc.transports:
+        # Where Element Call finds its SFU (MSC4143; clients that predate rtc/transports).
+        well_known["org.matrix.msc4143.rtc_foci"] = hs.config.rtc.transports
+
     async def well_known_client(request: web.Request) -> web.Response:
-        return json_response({"m.homeserver": {"base_url": hs.config.baseurl}})
+        return json_response(well_known)
+
+    async def rtc_transports(request: web.Request) -> web.Response:
+        await hs.auth.get_requester(request)
+        return json_response({"rtc_transports": hs.config.rtc.transports})
 
     async def well_known_support(request: web.Request) -> web.Response:
         support = hs.config.support
@@ -103,5 +112,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get("/.well-known/matrix/client", well_known_client),
             web.get("/.well-known/matrix/support", well_known_support),
             web.get(V3 + "/capabilities", capabilities),
+            web.get(UNSTABLE + "/org.matrix.msc4143/rtc/transports", rtc_transports),
         ]
     )

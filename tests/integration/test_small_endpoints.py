@@ -10,11 +10,12 @@ import hmac
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 
 from homeserver.config import ConfigError, config_from_dict
 from tests.support.http import RawClient
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 
 MakeUser = Callable[[str], Awaitable[RawClient]]
 V1 = "/_matrix/client/v1"
@@ -156,3 +157,30 @@ async def test_the_deprecated_event_lookup_without_a_room(make_user: MakeUser) -
     for who, wanted in ((outsider, event_id), (alice, "$nosuchevent")):
         status, body = await who.request("GET", f"/events/{quote(wanted)}")
         assert (status, body["errcode"]) == (404, "M_NOT_FOUND"), body
+
+
+async def test_rtc_transports_for_element_call(tmp_path: object) -> None:
+    livekit = {"type": "livekit", "livekit_service_url": "https://livekit-jwt.example.org"}
+    async with (
+        run_server(str(tmp_path), rtc={"transports": [livekit]}) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        anonymous = RawClient(http, srv.base_url)
+        well_known = await anonymous.ok("GET", "/.well-known/matrix/client")
+        assert well_known["org.matrix.msc4143.rtc_foci"] == [livekit]
+        path = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+        assert (await anonymous.request("GET", path))[0] == 401
+        user_id = await srv.register("caller")
+        token, _ = await srv.hs.auth.create_session(user_id, None, None)
+        assert await RawClient(http, srv.base_url, token, user_id).ok("GET", path) == {
+            "rtc_transports": [livekit]
+        }
+    with pytest.raises(ConfigError, match=r"rtc\.transports"):
+        config_from_dict({"server_name": "example.org", "rtc": {"transports": [{"url": "x"}]}})
+
+
+async def test_no_rtc_transports_by_default(server: RunningServer, make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    assert "org.matrix.msc4143.rtc_foci" not in await alice.ok("GET", "/.well-known/matrix/client")
+    path = "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports"
+    assert await alice.ok("GET", path) == {"rtc_transports": []}
