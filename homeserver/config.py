@@ -159,6 +159,9 @@ class MediaConfig:
     url_preview_enabled: bool = False
     # Loopback, private and link-local targets are refused unless in one of these CIDR ranges.
     url_preview_allowed_ranges: list[str] = field(default_factory=list)
+    # Media cached from other servers is dropped this long after it was fetched (fetched again
+    # when next asked for): milliseconds or "30d"; None keeps it.
+    remote_media_lifetime: Any = None
 
 
 @dataclass(slots=True)
@@ -393,6 +396,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_app_services(cfg)
     _check_policy_server(cfg)
     _check_retention(cfg.retention)
+    _check_media(cfg.media)
     transports = cfg.rtc.transports
     if not isinstance(transports, list) or not all(
         isinstance(t, dict) and isinstance(t.get("type"), str) for t in transports
@@ -464,6 +468,15 @@ def _check_retention(retention: RetentionConfig) -> None:
         RetentionSettings.from_config(retention)
     except ValueError as e:
         raise ConfigError(f"retention: {e}") from None
+
+
+def _check_media(media: MediaConfig) -> None:
+    from homeserver.handlers.retention import parse_duration
+
+    try:
+        parse_duration(media.remote_media_lifetime, "remote_media_lifetime")
+    except ValueError as e:
+        raise ConfigError(f"media.{e}") from None
 
 
 def _check_policy_server(cfg: Config) -> None:

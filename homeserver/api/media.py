@@ -16,6 +16,7 @@ from homeserver.api.http import V1, json_response, query_int
 from homeserver.errors import Codes, MatrixError
 from homeserver.handlers.cs_services import services
 from homeserver.handlers.media import MediaFile
+from homeserver.handlers.retention import RemoteMediaExpiry, parse_duration
 from homeserver.server import HomeServer
 
 LEGACY = "/_matrix/media/{_ver:(?:r0|v3)}"
@@ -85,9 +86,16 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
+REMOTE_MEDIA_EXPIRY_KEY = web.AppKey("sotto.remote_media_expiry", RemoteMediaExpiry)
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
     repo = services(app, hs).media
     auth = hs.auth
+    lifetime = parse_duration(hs.config.media.remote_media_lifetime, "remote_media_lifetime")
+    if lifetime is not None:
+        app[REMOTE_MEDIA_EXPIRY_KEY] = RemoteMediaExpiry(hs, repo.purge_remote_cache, lifetime)
+        hs.background.append(app[REMOTE_MEDIA_EXPIRY_KEY])
 
     def timeout_ms(request: web.Request) -> int | None:
         if "timeout_ms" not in request.query:

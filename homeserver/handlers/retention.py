@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +142,45 @@ class RetentionPurger:
                 except Exception:
                     log.exception("the retention purge failed")
             await asyncio.sleep(self.settings.interval_ms / 1000)
+
+
+class RemoteMediaExpiry:
+    """Drops media cached from other servers `lifetime_ms` after it was fetched, every hour,
+    on one worker at a time (the leader of "remote-media-expiry")."""
+
+    INTERVAL_S = 3600.0
+
+    def __init__(self, hs: HomeServer, purge: Callable[[int], Awaitable[int]], lifetime_ms: int) -> None:
+        self.hs = hs
+        self.purge = purge
+        self.lifetime_ms = lifetime_ms
+        self.leader = hs.db.leader("remote-media-expiry")
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self, now: int | None = None) -> int:
+        now = self.hs.clock.time_ms() if now is None else now
+        return await self.purge(now - self.lifetime_ms)
+
+    async def start(self) -> None:
+        await self.leader.start()
+        self._task = asyncio.create_task(self._forever(), name="remote-media-expiry")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.leader.stop()
+
+    async def _forever(self) -> None:
+        await asyncio.sleep(FIRST_RUN_DELAY_S)
+        while True:
+            if self.leader.is_leader:
+                try:
+                    await self.run_once()
+                except Exception:
+                    log.exception("expiring cached remote media failed")
+            await asyncio.sleep(self.INTERVAL_S)

@@ -10,6 +10,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from homeserver.api.media import REMOTE_MEDIA_EXPIRY_KEY
 from homeserver.handlers.remote_media_cache import REMOTE_CACHE
 from tests.federation.support import (
     CertAuthority,
@@ -268,7 +269,7 @@ def test_acl_matching() -> None:
 async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
     async with (
         fed_server(tmp_dirs[0], test_ca) as a,
-        fed_server(tmp_dirs[1], test_ca) as b,
+        fed_server(tmp_dirs[1], test_ca, media={"remote_media_lifetime": "1h"}) as b,
         aiohttp.ClientSession() as http,
     ):
         alice = await Client.login(a, "alice", http)
@@ -288,6 +289,12 @@ async def test_remote_media_download(test_ca: CertAuthority, tmp_dirs: tuple[str
             async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
                 assert resp.status == 200, await resp.text()
                 assert await resp.read() == data
+        # B's cache expires after its hour (media.remote_media_lifetime); fetched again then.
+        expiry = b.runner.app[REMOTE_MEDIA_EXPIRY_KEY]
+        assert await expiry.run_once() == 0
+        assert await expiry.run_once(b.hs.clock.time_ms() + 2 * 3_600_000) == 1
+        async with http.get(url, headers={"Authorization": f"Bearer {bob.token}"}) as resp:
+            assert resp.status == 200 and await resp.read() == data
 
         # B's admin purges B's cache (not what was fetched after the cut-off); once A has
         # deleted the media, B can no longer serve it.
