@@ -42,6 +42,23 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 return
         refuse_if_suspended(requester)
 
+    async def schedule(
+        request: web.Request,
+        requester: Requester,
+        room_id: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+    ) -> web.Response:
+        """A /send or /state with a delay: the event is scheduled (MSC4140), not sent."""
+        delayed = get_delayed_events(app, hs)
+        delay = delayed.parse_delay(request.query[DELAY_PARAM])
+        txn_id = request.match_info.get("txn_id")
+        delay_id = await delayed.schedule(
+            requester.user_id, requester.device_id, room_id, event_type, content, state_key, delay, txn_id
+        )
+        return json_response({"delay_id": delay_id})
+
     async def send(request: web.Request) -> web.Response:
         requester = await auth.get_requester(request, allow_guest=True)
         room_id = request.match_info["room_id"]
@@ -49,20 +66,10 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if requester.suspended:
             redaction = request.match_info["event_type"] == "m.room.redaction"
             await _refuse_if_suspended(requester, content.get("redacts") if redaction else None)
-        delay = request.query.get(DELAY_PARAM)
-        if delay is not None:
-            delayed = get_delayed_events(app, hs)
-            delay_id = await delayed.schedule(
-                requester.user_id,
-                requester.device_id,
-                room_id,
-                request.match_info["event_type"],
-                content,
-                None,
-                delayed.parse_delay(delay),
-                request.match_info["txn_id"],
+        if DELAY_PARAM in request.query:
+            return await schedule(
+                request, requester, room_id, request.match_info["event_type"], content, None
             )
-            return json_response({"delay_id": delay_id})
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
         # The membership is checked where the event is created: with several workers that
         # may be the room's owner (homeserver.forwarding), which has the room cached.
@@ -86,20 +93,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         type_ = request.match_info["event_type"]
         content = await read_json(request, allow_empty=False)
         refuse_if_suspended(requester)
-        delay = request.query.get(DELAY_PARAM)
-        if delay is not None:
-            delayed = get_delayed_events(app, hs)
-            delay_id = await delayed.schedule(
-                requester.user_id,
-                requester.device_id,
-                room_id,
-                type_,
-                content,
-                state_key,
-                delayed.parse_delay(delay),
-                None,
-            )
-            return json_response({"delay_id": delay_id})
+        if DELAY_PARAM in request.query:
+            return await schedule(request, requester, room_id, type_, content, state_key)
         await _require_joined(room_id, requester.user_id)
         if (
             type_ == "m.room.member"

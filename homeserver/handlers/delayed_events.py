@@ -25,6 +25,7 @@ from typing import Any
 
 from homeserver.config import DelayedEventsConfig
 from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.handlers.leader_jobs import LeaderService
 from homeserver.ratelimit import LimitExceeded, RateLimiter
 from homeserver.server import HomeServer
 from homeserver.storage.delayed_events import DelayedEvent, DelayedEventStore
@@ -39,17 +40,15 @@ ACTIONS = ("cancel", "restart", "send")
 POLL_S = 1.0
 
 
-class DelayedEvents:
+class DelayedEvents(LeaderService):
     def __init__(self, hs: HomeServer, config: DelayedEventsConfig) -> None:
-        self.hs = hs
+        super().__init__(hs, LEADER)
         self.config = config
         self.store = DelayedEventStore(hs.db)
-        self.leader = hs.db.leader(LEADER)
         # The unauthenticated management endpoints, per client address.
         limits = hs.config.rate_limits
         self.limiter = RateLimiter(hs.clock, 10.0, 100, enabled=limits.enabled)
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def parse_delay(self, raw: str) -> int:
         if not self.config.enabled:
@@ -160,21 +159,7 @@ class DelayedEvents:
             if raise_errors:
                 raise
 
-    # The timer (hs.background) ------------------------------------------------------------------
-
-    async def start(self) -> None:
-        await self.leader.start()
-        self._task = asyncio.create_task(self._run(), name="delayed-events")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        await self.leader.stop()
+    # The timer (hs.background: LeaderService starts and stops it) --------------------------------
 
     async def _run(self) -> None:
         while True:

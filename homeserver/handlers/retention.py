@@ -10,7 +10,6 @@ events and read receipts' targets stay (homeserver/storage/admin.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from homeserver.config import RetentionConfig
+from homeserver.handlers.leader_jobs import PeriodicJob
 from homeserver.server import HomeServer
 from homeserver.storage.admin import AdminStore
 
@@ -27,8 +27,6 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w|y)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 _UNIT_MS["y"] = 365 * _UNIT_MS["d"]
 DEFAULT_INTERVAL_MS = _UNIT_MS["d"]
-# The first run waits this long after start-up (the server is busy starting).
-FIRST_RUN_DELAY_S = 300.0
 
 
 def parse_duration(value: Any, name: str) -> int | None:
@@ -85,16 +83,14 @@ class RetentionSettings:
         return value
 
 
-class RetentionPurger:
+class RetentionPurger(PeriodicJob):
     """The purge job: `run_once` is one pass; as a background service it runs every
     `interval_ms` while this worker leads "retention"."""
 
     def __init__(self, hs: HomeServer, store: AdminStore, settings: RetentionSettings) -> None:
-        self.hs = hs
+        super().__init__(hs, "retention", settings.interval_ms / 1000)
         self.store = store
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
-        self.leader = hs.db.leader("retention")
 
     async def run_once(self, now: int | None = None) -> int:
         """Purge every room's messages past their lifetime; returns how many went."""
@@ -119,68 +115,16 @@ class RetentionPurger:
             log.info("retention: purged %d expired events in %d rooms", total, purged_rooms)
         return total
 
-    async def start(self) -> None:
-        await self.leader.start()
-        self._task = asyncio.create_task(self._forever(), name="retention")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        await self.leader.stop()
-
-    async def _forever(self) -> None:
-        await asyncio.sleep(FIRST_RUN_DELAY_S)
-        while True:
-            if self.leader.is_leader:
-                try:
-                    await self.run_once()
-                except Exception:
-                    log.exception("the retention purge failed")
-            await asyncio.sleep(self.settings.interval_ms / 1000)
-
-
-class RemoteMediaExpiry:
+class RemoteMediaExpiry(PeriodicJob):
     """Drops media cached from other servers `lifetime_ms` after it was fetched, every hour,
     on one worker at a time (the leader of "remote-media-expiry")."""
 
-    INTERVAL_S = 3600.0
-
     def __init__(self, hs: HomeServer, purge: Callable[[int], Awaitable[int]], lifetime_ms: int) -> None:
-        self.hs = hs
+        super().__init__(hs, "remote-media-expiry", 3600.0)
         self.purge = purge
         self.lifetime_ms = lifetime_ms
-        self.leader = hs.db.leader("remote-media-expiry")
-        self._task: asyncio.Task[None] | None = None
 
     async def run_once(self, now: int | None = None) -> int:
         now = self.hs.clock.time_ms() if now is None else now
         return await self.purge(now - self.lifetime_ms)
-
-    async def start(self) -> None:
-        await self.leader.start()
-        self._task = asyncio.create_task(self._forever(), name="remote-media-expiry")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        await self.leader.stop()
-
-    async def _forever(self) -> None:
-        await asyncio.sleep(FIRST_RUN_DELAY_S)
-        while True:
-            if self.leader.is_leader:
-                try:
-                    await self.run_once()
-                except Exception:
-                    log.exception("expiring cached remote media failed")
-            await asyncio.sleep(self.INTERVAL_S)
