@@ -35,9 +35,11 @@ def upgrade() -> None:
     )
     op.create_index("delayed_events_user", TABLE, ["user_id"])
     op.create_index("delayed_events_send_ts", TABLE, ["send_ts"])
+    op.create_index("delayed_events_target", TABLE, ["room_id", "type", "state_key"])
 
 
 def downgrade() -> None:
+    op.drop_index("delayed_events_target", table_name=TABLE)
     op.drop_index("delayed_events_send_ts", table_name=TABLE)
     op.drop_index("delayed_events_user", table_name=TABLE)
     op.drop_table(TABLE)

@@ -25,8 +25,9 @@ BASE = UNSTABLE + "/" + FEATURE + "/delayed_events"
 def get_delayed_events(app: web.Application, hs: HomeServer) -> DelayedEvents:
     """The app's delayed events, created (and its timer registered) on first use."""
     if DELAYED_EVENTS_KEY not in app:
-        app[DELAYED_EVENTS_KEY] = DelayedEvents(hs, hs.config.delayed_events)
-        hs.background.append(app[DELAYED_EVENTS_KEY])
+        delayed = app[DELAYED_EVENTS_KEY] = DelayedEvents(hs, hs.config.delayed_events)
+        hs.background.append(delayed)
+        hs.creator.listeners.append(delayed.on_state)
     return app[DELAYED_EVENTS_KEY]
 
 

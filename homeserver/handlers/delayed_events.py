@@ -11,7 +11,8 @@ Scheduled events live in `delayed_events` until they are sent or cancelled, so t
 a restart. One worker at a time (the leader of "delayed-events") sends the due ones; taking
 an event off the schedule is one `DELETE`, so a `send` request and the timer never both
 send it. The event is created when it is sent, by the ordinary path: the auth rules of that
-moment apply, and an event no longer allowed is dropped with a log line. Delayed membership
+moment apply, and an event no longer allowed is dropped with a log line. Another user's
+state event at the same state key cancels a delayed state event. Delayed membership
 changes are refused (Synapse routes them through its membership handler; Element Call does
 not use them).
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from homeserver.config import DelayedEventsConfig
 from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.events import Event
 from homeserver.handlers.leader_jobs import LeaderService
 from homeserver.ratelimit import LimitExceeded, RateLimiter
 from homeserver.server import HomeServer
@@ -131,6 +133,17 @@ class DelayedEvents(LeaderService):
             raise not_found("No such delayed event")
         if action == "send":
             await self._send(event, raise_errors=True)
+
+    async def on_state(self, event: Event, _stream_id: int) -> None:
+        """An event listener: a state event (local or remote) cancels other users' delayed
+        events at the same state key, as Synapse does: they would overwrite newer state."""
+        if not event.is_state() or event.type == "m.room.member":
+            return  # delayed membership changes are refused, and members are most state
+        key = event.state_key
+        assert key is not None
+        for delay_id in await self.store.others_at(event.room_id, event.type, key, event.sender):
+            if await self.store.take(delay_id) is not None:
+                log.info("delayed event %s cancelled: its state was set by another", delay_id)
 
     async def send_due(self, now: int | None = None) -> int:
         """Send every event whose time has come; returns how many were taken."""

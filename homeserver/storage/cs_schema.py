@@ -319,4 +319,5 @@ delayed_events = Table(
     Column("send_ts", BigInteger, nullable=False),
     Index("delayed_events_user", "user_id"),
     Index("delayed_events_send_ts", "send_ts"),
+    Index("delayed_events_target", "room_id", "type", "state_key"),
 )

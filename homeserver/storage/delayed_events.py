@@ -139,3 +139,11 @@ class DelayedEventStore:
         async with self.db.read() as conn:
             found = (await conn.execute(select(func.min(_t.send_ts)))).scalar_one_or_none()
         return int(found) if found is not None else None
+
+    async def others_at(self, room_id: str, event_type: str, state_key: str, user_id: str) -> list[str]:
+        """Delayed state events of users other than `user_id` at this state key."""
+        q = select(_t.delay_id).where(
+            _t.room_id == room_id, _t.type == event_type, _t.state_key == state_key, _t.user_id != user_id
+        )
+        async with self.db.read() as conn:
+            return [str(r[0]) for r in await conn.execute(q)]

@@ -105,6 +105,23 @@ async def test_scheduled_sent_restarted_cancelled(server: RunningServer, http: a
     assert "never" not in await bodies(alice, room)
 
 
+async def test_state_set_by_another_cancels_it(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    alice = await client(server, http, "alice")
+    bob = await client(server, http, "bob")
+    levels = {"users": {bob.user_id: 50}}  # alice creates the room (room version 12)
+    room = await alice.create_room(preset="public_chat", power_level_content_override=levels)
+    await bob.join(room)
+    topic = f"/rooms/{quote(room)}/state/m.room.topic"
+    _, mine = await schedule(alice, topic, {"topic": "alice's, later"}, 60_000)
+    _, name = await schedule(alice, f"/rooms/{quote(room)}/state/m.room.name", {"name": "kept"}, 60_000)
+    await alice.ok("PUT", topic, json={"topic": "alice's own, now"})  # her own: nothing cancelled
+    assert len((await alice.ok("GET", BASE))["delayed_events"]) == 2
+    await bob.ok("PUT", topic, json={"topic": "bob's"})
+    assert [e["delay_id"] for e in (await alice.ok("GET", BASE))["delayed_events"]] == [name["delay_id"]]
+    assert (await action(http, server, mine["delay_id"], "send"))[0] == 404
+    assert await alice.ok("GET", topic) == {"topic": "bob's"}
+
+
 async def test_refusals(tmp_path: object, http: aiohttp.ClientSession) -> None:
     async with run_server(
         str(tmp_path), delayed_events={"max_delay_ms": 3_600_000, "max_per_user": 2}
