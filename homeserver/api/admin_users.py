@@ -9,6 +9,8 @@ GET, PUT, DELETE /_synapse/admin/v2/users/{userId}/devices/{deviceId}
 POST /_synapse/admin/v2/users/{userId}/delete_devices  {"devices": [ids]}
 POST /_synapse/admin/v1/join/{roomIdOrAlias}          {"user_id": ...}: puts a local user in
     a room: directly when it is public, else invited by the admin (who must be in it)
+POST, DELETE /_synapse/admin/v1/users/{userId}/shadow_ban  {}: the user's sends, invites and
+    typing answer success and reach no one (homeserver/handlers/shadow_ban.py), or no longer
 GET, POST, DELETE /_synapse/admin/v1/users/{userId}/override_ratelimit
     {"messages_per_second": n, "burst_count": n}: the user's own message limit (0 and 0:
     not rate limited at all); {} when none is set
@@ -26,7 +28,7 @@ from homeserver.api.devices import get_device_handler
 from homeserver.api.guard import RATE_LIMIT_OVERRIDES_KEY
 from homeserver.api.http import json_response, read_json
 from homeserver.api.profile import get_profile_handler
-from homeserver.errors import bad_json, optional_str, require_bool, require_str
+from homeserver.errors import Codes, MatrixError, bad_json, optional_str, require_bool, require_str
 from homeserver.handlers.admin_users import AdminUsers
 from homeserver.server import HomeServer
 
@@ -113,6 +115,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 await hs.rooms.invite(requester.user_id, room_id, user_id)
         return json_response({"room_id": await hs.rooms.join(user_id, target)})
 
+    async def shadow_ban(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        user_id = request.match_info["user_id"]
+        await admin.query_user(user_id)  # 404 for an unknown user, 400 for a remote one
+        if not await hs.accounts.set_moderation(user_id, "shadow_banned", request.method == "POST"):
+            raise MatrixError(400, Codes.USER_DEACTIVATED, "The account is deactivated")
+        hs.auth.invalidate_user(user_id)
+        return json_response({})
+
     overrides = app[RATE_LIMIT_OVERRIDES_KEY]
 
     async def override_ratelimit(request: web.Request) -> web.Response:
@@ -153,5 +164,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 web.route(m, path + "/override_ratelimit", override_ratelimit)
                 for m in ("GET", "POST", "DELETE")
             ),
+            web.post(path + "/shadow_ban", shadow_ban),
+            web.delete(path + "/shadow_ban", shadow_ban),
         ]
     )

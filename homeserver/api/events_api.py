@@ -17,6 +17,7 @@ from homeserver.handlers.client_format import client_event
 from homeserver.handlers.delayed_events import DELAY_PARAM
 from homeserver.handlers.messages import MessageHandler, Window
 from homeserver.handlers.power import can_redact
+from homeserver.handlers.shadow_ban import fake_event_id
 from homeserver.server import HomeServer
 from homeserver.storage.events import TxnInfo
 from homeserver.sync.filter import EventFilter
@@ -66,6 +67,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if requester.suspended:
             redaction = request.match_info["event_type"] == "m.room.redaction"
             await _refuse_if_suspended(requester, content.get("redacts") if redaction else None)
+        if requester.shadow_banned:
+            await _require_joined(room_id, requester.user_id)
+            return json_response({"event_id": fake_event_id()})
         if DELAY_PARAM in request.query:
             return await schedule(
                 request, requester, room_id, request.match_info["event_type"], content, None
@@ -93,6 +97,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         type_ = request.match_info["event_type"]
         content = await read_json(request, allow_empty=False)
         refuse_if_suspended(requester)
+        if requester.shadow_banned and type_ != "m.room.member":
+            await _require_joined(room_id, requester.user_id)
+            return json_response({"event_id": fake_event_id()})
         if DELAY_PARAM in request.query:
             return await schedule(request, requester, room_id, type_, content, state_key)
         await _require_joined(room_id, requester.user_id)
@@ -140,6 +147,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await _require_joined(room_id, requester.user_id)
         target = request.match_info["event_id"]
         await _refuse_if_suspended(requester, target)
+        if requester.shadow_banned:
+            return json_response({"event_id": fake_event_id()})
         rv = await hs.events.get_room_version(room_id)
         assert rv is not None
         original = await hs.events.get_event(target)
@@ -237,7 +246,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if is_typing and (not isinstance(timeout, int) or isinstance(timeout, bool)):
             raise MatrixError(400, Codes.BAD_JSON, "timeout must be an integer")
         await _require_joined(room_id, requester.user_id)
-        await hs.typing.set_typing(room_id, requester.user_id, is_typing, int(timeout or 0))
+        if not requester.shadow_banned:
+            await hs.typing.set_typing(room_id, requester.user_id, is_typing, int(timeout or 0))
         return json_response({})
 
     async def receipt(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         name = body.get("room_alias_name")
         if isinstance(name, str):
             refuse_claimed_alias(hs, requester, f"#{name}:{hs.server_name}")
+        if requester.shadow_banned and body.get("invite"):
+            body = {k: v for k, v in body.items() if k != "invite"}  # the room, but no invites
         room_id, alias = await rooms.create_room(requester.user_id, body)
         out = {"room_id": room_id}
         if alias:
@@ -48,6 +50,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         body = await read_json(request)
         target = require_str(body, "user_id")
         reason = optional_str(body, "reason")
+        if requester.shadow_banned:
+            await rooms.require_joined(requester.user_id, request.match_info["room_id"])
+            return json_response({})
         await rooms.invite(
             requester.user_id, request.match_info["room_id"], target, {"reason": reason} if reason else None
         )

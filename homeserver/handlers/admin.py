@@ -75,7 +75,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "is_guest": user.is_guest,
         "deactivated": user.deactivated,
         "erased": False,
-        "shadow_banned": False,
+        "shadow_banned": user.shadow_banned,
         "locked": user.locked,
         "approved": True,
         "user_type": None,

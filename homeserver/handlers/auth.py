@@ -42,6 +42,9 @@ class Requester:
     # The application service acting (with its as_token) for this user, if any. Its
     # requests may have no device (device_id "") unless it names one (`device_id=`).
     appservice: str | None = None
+    # Shadow-banned by a server admin: what this user sends answers success and goes
+    # nowhere (homeserver/handlers/shadow_ban.py).
+    shadow_banned: bool = False
 
 
 REQUESTER_KEY = web.RequestKey("sotto.requester", Requester)
@@ -260,7 +263,15 @@ class AuthHandler:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         if info.is_guest and not allow_guest:
             raise MatrixError(403, Codes.GUEST_ACCESS_FORBIDDEN, "Guest access not allowed")
-        requester = Requester(info.user_id, info.device_id, info.is_admin, info.is_guest, th, info.suspended)
+        requester = Requester(
+            info.user_id,
+            info.device_id,
+            info.is_admin,
+            info.is_guest,
+            th,
+            info.suspended,
+            shadow_banned=info.shadow_banned,
+        )
         request[REQUESTER_KEY] = requester
         return requester
 
@@ -292,6 +303,7 @@ class AuthHandler:
                 False,
                 bool(user.get("locked")),
                 bool(user.get("suspended")),
+                shadow_banned=bool(user.get("shadow_banned")),
             )
             if not device_id:
                 # A device can be deleted without this cache hearing of it (its tokens are
@@ -300,5 +312,12 @@ class AuthHandler:
         if info.locked:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         return Requester(
-            info.user_id, info.device_id, info.is_admin, False, th, info.suspended, appservice=service.id
+            info.user_id,
+            info.device_id,
+            info.is_admin,
+            False,
+            th,
+            info.suspended,
+            appservice=service.id,
+            shadow_banned=info.shadow_banned,
         )

@@ -24,6 +24,7 @@ class TokenInfo:
     # Refreshable tokens: when it expires (ms), and the refresh token its first use revokes.
     expires_ts: int | None = None
     revokes: str | None = None
+    shadow_banned: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,8 +110,13 @@ class AccountStore:
         return None if row is None else {"locked": bool(row[0]), "suspended": bool(row[1])}
 
     async def set_moderation(self, user_id: str, flag: str, value: bool) -> bool:
-        """Set `locked` or `suspended` on an active account; False if unknown or deactivated."""
-        column = {"locked": users.c.locked, "suspended": users.c.suspended}[flag]
+        """Set `locked`, `suspended` or `shadow_banned` on an active account; False if unknown
+        or deactivated."""
+        column = {
+            "locked": users.c.locked,
+            "suspended": users.c.suspended,
+            "shadow_banned": users.c.shadow_banned,
+        }[flag]
         q = (
             update(users)
             .where(users.c.user_id == user_id, users.c.deactivated.is_(False))
@@ -220,6 +226,7 @@ class AccountStore:
                 users.c.suspended,
                 access_tokens.c.expires_ts,
                 access_tokens.c.revokes,
+                users.c.shadow_banned,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
@@ -229,7 +236,9 @@ class AccountStore:
         if row is None:
             return None
         admin, guest, deactivated, locked, suspended = (bool(flag) for flag in row[2:7])
-        return TokenInfo(row[0], row[1], admin, guest, deactivated, locked, suspended, row[7], row[8])
+        return TokenInfo(
+            row[0], row[1], admin, guest, deactivated, locked, suspended, row[7], row[8], bool(row[9])
+        )
 
     # Refresh tokens -----------------------------------------------------------------------
 

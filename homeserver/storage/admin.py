@@ -66,6 +66,7 @@ class UserRow:
     has_password: bool
     last_seen_ts: int | None = None
     locked: bool = False
+    shadow_banned: bool = False
 
 
 @dataclass(slots=True)
@@ -93,6 +94,7 @@ def _user(row: Any, last_seen: int | None = None) -> UserRow:
         has_password=row.password_hash is not None,
         last_seen_ts=last_seen,
         locked=bool(row.locked),
+        shadow_banned=bool(row.shadow_banned),
     )
 
 

@@ -42,6 +42,8 @@ users = Table(
     # Account moderation (reversible, unlike deactivation): see handlers/moderation.py.
     Column("locked", Boolean, nullable=False, default=False, server_default=false()),
     Column("suspended", Boolean, nullable=False, default=False, server_default=false()),
+    # Shadow-banned: sends, invites and typing answer success and reach no one (migration 0025).
+    Column("shadow_banned", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 devices = Table(
