@@ -155,7 +155,7 @@ class SsoHandler:
         if not cookie or "." not in cookie:
             return None
         payload, _, mac = cookie.partition(".")
-        if not hmac.compare_digest(self._sign(payload.encode("ascii", "replace")), mac):
+        if not _same(self._sign(payload.encode("ascii", "replace")), mac):
             return None
         try:
             data = jsonutil.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -190,7 +190,7 @@ class SsoHandler:
 
     async def callback(self, query: dict[str, str], cookie: str | None) -> LoginDone | AuthDone:
         session = self.decode_session(cookie)
-        if session is None or not hmac.compare_digest(session.state, query.get("state", "")):
+        if session is None or not _same(session.state, query.get("state", "")):
             raise SsoError("This sign-in was not started here, or took too long. Start again from your app.")
         if "error" in query:
             raise SsoError("The identity provider did not sign you in. Start again from your app.")
@@ -268,6 +268,12 @@ class SsoHandler:
             log.info("registered %s through single sign-on (%s)", created, idp)
             return await self.external_ids.link(idp, subject, created)
         raise SsoError("No free user ID was found for your account.")
+
+
+def _same(a: str, b: str) -> bool:
+    """A constant-time comparison of strings that may hold anything a request brought
+    (`hmac.compare_digest` refuses non-ASCII `str`)."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
 
 
 async def _pkce(provider: OidcProvider) -> bool:

@@ -220,6 +220,12 @@ async def test_callbacks_this_server_did_not_start_are_refused(
     wrong_state.cookies = dict(browser.cookies)
     other_state = re.sub(r"state=[^&]+", "state=other", provider_redirect)
     assert (await wrong_state.get(other_state))[0] == 400
+    # Anything in the state or the cookie is refused, not an error of the server.
+    odd = Browser(http)
+    odd.cookies = dict(browser.cookies)
+    assert (await odd.get(callback + "?code=x&state=%C3%A9t%C3%A9"))[0] == 400
+    odd.cookies["sotto_oidc_session"] = cookie.rpartition(".")[0] + ".é"
+    assert (await odd.get(provider_redirect))[0] == 400
     # The provider said no.
     denied = Browser(http)
     denied.cookies = dict(browser.cookies)
