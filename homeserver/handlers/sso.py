@@ -79,7 +79,10 @@ def check_redirect_url(url: str | None) -> str:
     """A client's redirectUrl: required, absolute, and no script."""
     if not url:
         raise MatrixError(400, Codes.MISSING_PARAM, "Missing redirectUrl")
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        scheme = ""
     if not scheme or scheme in _UNSAFE_SCHEMES:
         raise MatrixError(400, Codes.INVALID_PARAM, "redirectUrl must be an absolute URL")
     return url

@@ -71,7 +71,7 @@ def test_templates_localparts_and_urls() -> None:
     )
     assert with_login_token("io.element.app:/callback", "T") == "io.element.app:/callback?loginToken=T"
     assert check_redirect_url("io.element.app:/callback") == "io.element.app:/callback"
-    for bad in ("", None, "/relative", "JavaScript:alert(1)", "data:text/html,x"):
+    for bad in ("", None, "/relative", "JavaScript:alert(1)", "data:text/html,x", "http://[::1/cb"):
         with pytest.raises(MatrixError):
             check_redirect_url(bad)
     # RFC 7636's example.
