@@ -27,6 +27,8 @@ _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w|y)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 _UNIT_MS["y"] = 365 * _UNIT_MS["d"]
 DEFAULT_INTERVAL_MS = _UNIT_MS["d"]
+# Times stay well inside the database's 64-bit integers.
+MAX_DURATION_MS = 100_000 * _UNIT_MS["y"]
 
 
 def parse_duration(value: Any, name: str) -> int | None:
@@ -34,13 +36,15 @@ def parse_duration(value: Any, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"{name} must be positive")
-        return value
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"{name}: expected milliseconds or a duration such as 30d, 12h, 1y")
-    return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
+        ms = value
+    else:
+        m = _DURATION.match(value) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"{name}: expected milliseconds or a duration such as 30d, 12h, 1y")
+        ms = int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
+    if not 0 < ms < MAX_DURATION_MS:
+        raise ValueError(f"{name} must be positive and under 100,000 years")
+    return ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,7 @@ def test_settings() -> None:
     [
         {"default_policy": {"max_lifetime": "forever"}},
         {"default_policy": {"max_lifetime": 0}},
+        {"default_policy": {"max_lifetime": "99999999999999999999y"}},
         {"default_policy": {"max_age": "1d"}},
         {"allowed_lifetime_min": "2d", "allowed_lifetime_max": "1d"},
         {"purge_jobs": [{"interval": "often"}]},
