@@ -405,8 +405,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     delayed = cfg.delayed_events
     for name in ("max_delay_ms", "max_per_user"):
         value = getattr(delayed, name)
-        if type(value) is not int or value <= 0:
-            raise ConfigError(f"delayed_events.{name} must be a positive whole number")
+        if type(value) is not int or not 0 < value < 2**53:
+            raise ConfigError(f"delayed_events.{name} must be a positive whole number (under 2**53)")
     _check_oidc_providers(cfg, data.get("oidc_providers"))
     notices = cfg.server_notices.localpart
     if notices is not None and not (isinstance(notices, str) and LOCALPART_RE.fullmatch(notices)):
