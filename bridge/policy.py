@@ -114,18 +114,19 @@ class RoomPolicy:
         if stored is None:
             return None
         ps = policy_from_content(stored.event.content)
-        if ps is None or ps.server_name not in await self.room_servers(room_id):
+        if ps is None or (ps.server_name == self.hs.server_name and self.local is None):
+            # Named but not one: as Synapse does, the room is taken to have none. Otherwise a
+            # room's admins could stop this server's users sending there, and have every
+            # remote event soft-failed.
+            return None
+        if ps.server_name not in await self.room_servers(room_id):
             return None
         return ps
 
     async def request_signature(self, event: Event, ps: PolicyServerInfo) -> None:
         """Get the Policy Server's signature onto `event`, verified against the room's key.
         Raises MatrixError: a refusal with the Policy Server's own status and words."""
-        if ps.server_name == self.hs.server_name:
-            if self.local is None:
-                raise MatrixError(
-                    500, Codes.UNKNOWN, "The room names this server as its policy server, which it is not"
-                )
+        if ps.server_name == self.hs.server_name and self.local is not None:
             answer: object = self.local.sign_checked(event)
         else:
             try:

@@ -170,6 +170,25 @@ async def test_a_room_whose_policy_server_left_needs_no_signature(
         assert (e.value.status, e.value.errcode) == (403, "M_FORBIDDEN")
 
 
+async def test_a_room_naming_a_server_that_is_no_policy_server(
+    test_ca: CertAuthority, tmp_dirs: tuple[str, str]
+) -> None:
+    async with policed_room(test_ca, tmp_dirs) as (a, p, alice, pbot, room_id, _ps):
+        # The room names A, which is not a Policy Server: A neither stops its users nor
+        # soft-fails other servers' events there. (Other servers ask A, and are refused.)
+        other_key = encode_verify_key(generate_signing_key("x"))
+        await alice.state(
+            room_id, "m.room.policy", {"via": a.server_name, "public_keys": {"ed25519": other_key}}
+        )
+        sent = await alice.send(room_id, f"{KEYWORD} unchecked")
+        assert "ed25519:policy_server" not in (await stored(a, sent)).signatures.get(a.server_name, {})
+        forged = await forge_message(a, room_id, pbot.user_id, {"msgtype": "m.text", "body": "from P"}, p)
+        await send_pdus(p, a, [pdu_json(forged)], "t-named")
+        info = (await federation_of(a).tracker.get_infos([forged.event_id]))[forged.event_id]
+        assert not info.soft_failed
+        assert "from P" in await room_bodies(alice, room_id)
+
+
 async def test_remote_events_without_a_signature_are_signed_or_soft_failed(
     test_ca: CertAuthority, tmp_dirs: tuple[str, str]
 ) -> None:
