@@ -276,9 +276,7 @@ class AdminStore:
             .limit(PURGE_BATCH)
         )
         if not local_too:
-            suffix = ":" + self.server_name
-            escaped = suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            q = q.where(e.sender.not_like("%" + escaped, escape="\\"))
+            q = q.where(~e.sender.endswith(":" + self.server_name, autoescape=True))
         return q
 
     async def retention_policies(self) -> dict[str, Any]:

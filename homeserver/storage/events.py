@@ -234,9 +234,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         stored as outliers."""
         timeline: ColumnElement[bool] = events.c.outlier.is_(False)
         if local_suffix is not None:
-            escaped = local_suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             out_of_band = and_(
-                events.c.type == "m.room.member", events.c.state_key.like("%" + escaped, escape="\\")
+                events.c.type == "m.room.member", events.c.state_key.endswith(local_suffix, autoescape=True)
             )
             timeline = or_(timeline, out_of_band)
         q = (

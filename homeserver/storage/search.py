@@ -28,11 +28,6 @@ class SearchHit:
     value: str
 
 
-def _like(term: str) -> str:
-    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 class SearchStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -53,7 +48,7 @@ class SearchStore:
         return and_(
             event_search.c.room_id.in_(list(room_ids)),
             event_search.c.key.in_(list(keys)),
-            *[event_search.c.value.like(_like(t), escape="\\") for t in terms],
+            *[event_search.c.value.contains(t, autoescape=True) for t in terms],
         )
 
     async def search(

@@ -19,10 +19,6 @@ class DirectoryEntry:
     avatar_url: str | None
 
 
-def _like_escape(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 class UserDirectoryStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -69,7 +65,7 @@ class UserDirectoryStore:
         )
         ud = user_directory
         text = func.lower(func.coalesce(ud.c.search_text, members.c.user_id))
-        conditions = [text.like(f"%{_like_escape(t.lower())}%", escape="\\") for t in terms]
+        conditions = [text.contains(t.lower(), autoescape=True) for t in terms]
         q = (
             select(members.c.user_id, ud.c.display_name, ud.c.avatar_url)
             .select_from(members.outerjoin(ud, ud.c.user_id == members.c.user_id))

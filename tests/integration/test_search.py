@@ -45,6 +45,11 @@ async def test_search_finds_a_message(server: RunningServer) -> None:
                 "search_categories": {"room_events": {"search_term": "fox"}}})
             eve_results = eve_out["search_categories"]["room_events"]["results"]
             assert [r["result"]["room_id"] for r in eve_results] == [other]
+            # LIKE's wildcards in a search term are taken literally.
+            for term in ("f_x", "qu_ck"):
+                out = await raw.ok("POST", "/search", json={
+                    "search_categories": {"room_events": {"search_term": term}}})
+                assert out["search_categories"]["room_events"]["results"] == []
 
             # Redacted messages leave the index.
             await raw.request("PUT", f"/rooms/{quote(room_id)}/redact/{quote(sent.event_id)}/r1", json={})

@@ -31,6 +31,9 @@ async def test_directory_finds_room_peer_not_stranger(server: RunningServer) -> 
             assert not raw["limited"]
             by_name = await alice_m.search_users("builder")
             assert [r.user_id for r in by_name.results] == [bob.user_id]
+            # LIKE's wildcards in a search term are taken literally.
+            for term in ("b_b", "b%y"):
+                assert (await alice_m.search_users(term)).results == []
 
             assert (await searcher_m.search_users("bob")).results == []
             # Users in public rooms are findable by anyone.
