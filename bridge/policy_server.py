@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bridge.pdu import PduError, parse_pdu
-from bridge.policy import KEY_ID, POLICY_KEY, is_exempt, policy_from_content
+from bridge.policy import KEY_ID, is_exempt
 from homeserver.api.http import json_response
 from homeserver.config import PolicyServerConfig
 from homeserver.errors import Codes, MatrixError
@@ -110,12 +110,8 @@ class PolicyServer:
 
     async def serves(self, room_id: str) -> bool:
         """Whether this server is the room's Policy Server: named with this key, and joined."""
-        state = await self.hs.events.get_current_state(room_id, [POLICY_KEY])
-        stored = state.get(POLICY_KEY)
-        ps = policy_from_content(stored.event.content) if stored is not None else None
-        if ps is None or ps.server_name != self.hs.server_name or ps.public_key != self.public_key:
-            return False
-        return self.hs.server_name in await self.rooms.room_servers(room_id)
+        ps = await self.rooms.policy_server(room_id)
+        return ps is not None and ps.server_name == self.hs.server_name and ps.public_key == self.public_key
 
     async def on_sign(self, request: web.Request, origin: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):

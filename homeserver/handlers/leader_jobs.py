@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from typing import Any
 
 from homeserver.server import HomeServer
@@ -20,15 +21,16 @@ log = logging.getLogger(__name__)
 FIRST_RUN_DELAY_S = 300.0
 
 
-class LeaderService:
+class LeaderService(ABC):
     def __init__(self, hs: HomeServer, name: str) -> None:
         self.hs = hs
         self.name = name
         self.leader = hs.db.leader(name)
         self._task: asyncio.Task[None] | None = None
 
+    @abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """The service's work, as long as it runs (cancelled by `stop`)."""
 
     async def start(self) -> None:
         await self.leader.start()
@@ -53,8 +55,9 @@ class PeriodicJob(LeaderService):
         self.interval_s = interval_s
         self.first_delay_s = first_delay_s
 
+    @abstractmethod
     async def run_once(self) -> Any:
-        raise NotImplementedError
+        """One pass of the job."""
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first_delay_s)

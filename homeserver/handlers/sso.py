@@ -18,6 +18,7 @@ about to do and sends the user to the provider; the callback marks the session's
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -151,7 +152,7 @@ class SsoHandler:
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
     def encode_session(self, session: SsoSession) -> str:
-        payload = base64.urlsafe_b64encode(jsonutil.dumpb(_session_json(session))).rstrip(b"=")
+        payload = base64.urlsafe_b64encode(jsonutil.dumpb(dataclasses.asdict(session))).rstrip(b"=")
         return payload.decode("ascii") + "." + self._sign(payload)
 
     def decode_session(self, cookie: str | None) -> SsoSession | None:
@@ -284,15 +285,3 @@ async def _pkce(provider: OidcProvider) -> bool:
         return await provider.uses_pkce()
     except OidcError as e:
         raise SsoError(f"Signing in failed: {e}.") from None
-
-
-def _session_json(session: SsoSession) -> dict[str, Any]:
-    return {
-        "idp_id": session.idp_id,
-        "state": session.state,
-        "nonce": session.nonce,
-        "verifier": session.verifier,
-        "expires_ms": session.expires_ms,
-        "redirect_url": session.redirect_url,
-        "ui_session": session.ui_session,
-    }
