@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.cs_schema import profile_fields
+from homeserver.storage.cs_schema import delayed_events, profile_fields
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 
@@ -152,6 +152,9 @@ class AccountStore:
             )
             await conn.execute(delete(access_tokens).where(access_tokens.c.user_id == user_id))
             await conn.execute(delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id))
+            # Their scheduled events go too: sent later, they would fail (the user has left) or,
+            # for an account that is reactivated, speak for it long after it was closed.
+            await conn.execute(delete(delayed_events).where(delayed_events.c.user_id == user_id))
 
     async def reactivate(self, user_id: str, password_hash: str) -> None:
         async with self.db.write() as conn:

@@ -122,6 +122,20 @@ async def test_state_set_by_another_cancels_it(server: RunningServer, http: aioh
     assert await alice.ok("GET", topic) == {"topic": "bob's"}
 
 
+async def test_deactivation_drops_the_schedule(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    alice = await client(server, http, "dora")
+    bob = await client(server, http, "dave")
+    room = await alice.create_room(preset="public_chat")
+    await bob.join(room)
+    _, later = await schedule(alice, f"/rooms/{quote(room)}/send/m.room.message/t1", {"body": "x"}, 60_000)
+    _, kept = await schedule(bob, f"/rooms/{quote(room)}/send/m.room.message/t1", {"body": "y"}, 60_000)
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id}}
+    await alice.ok("POST", "/account/deactivate", json={"auth": {**auth, "password": "password"}})
+    # Her delay ID no longer names anything; bob's schedule is untouched.
+    assert (await action(http, server, later["delay_id"], "send"))[0] == 404
+    assert [e["delay_id"] for e in (await bob.ok("GET", BASE))["delayed_events"]] == [kept["delay_id"]]
+
+
 async def test_refusals(tmp_path: object, http: aiohttp.ClientSession) -> None:
     async with run_server(
         str(tmp_path), delayed_events={"max_delay_ms": 3_600_000, "max_per_user": 2}
