@@ -222,6 +222,17 @@ class DelayedEventsConfig:
 
 
 @dataclass(slots=True)
+class OAuthConfig:
+    """The OAuth 2.0 API (spec v1.15+): Sotto is its own authorisation server, so clients
+    such as Element X sign in through the browser instead of sending the password."""
+
+    enabled: bool = False
+    # Access tokens issued through it expire after this long (the spec wants them
+    # short-lived); clients renew them with their refresh token.
+    access_token_lifetime_ms: int = 300_000
+
+
+@dataclass(slots=True)
 class RetentionConfig:
     """Message retention (Synapse's `retention`, MSC1763): old messages are purged by a job.
     Durations are milliseconds or strings such as "30d", "12h", "1y"."""
@@ -320,6 +331,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -373,6 +385,7 @@ _NESTED: dict[str, type[Any]] = {
     "RetentionConfig": RetentionConfig,
     "DelayedEventsConfig": DelayedEventsConfig,
     "RtcConfig": RtcConfig,
+    "OAuthConfig": OAuthConfig,
 }
 
 
@@ -397,6 +410,9 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_policy_server(cfg)
     _check_retention(cfg.retention)
     _check_media(cfg.media)
+    oauth_lifetime = cfg.oauth.access_token_lifetime_ms
+    if type(oauth_lifetime) is not int or not 10_000 <= oauth_lifetime <= 86_400_000:
+        raise ConfigError("oauth.access_token_lifetime_ms must be between 10000 (10 s) and 86400000 (a day)")
     transports = cfg.rtc.transports
     if not isinstance(transports, list) or not all(
         isinstance(t, dict) and isinstance(t.get("type"), str) for t in transports

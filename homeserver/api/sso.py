@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from aiohttp import web
 
 from homeserver.api.http import V3
+from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import get_uia
 from homeserver.handlers.oidc import OidcProvider
 from homeserver.handlers.registration import LoginHandler
@@ -34,16 +35,6 @@ from homeserver.storage.openid import login_token_store
 
 SSO_KEY = web.AppKey("sso", SsoHandler)
 
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{font-family:sans-serif;max-width:32em;margin:3em auto;padding:0 1em;line-height:1.5}}
-a.button{{display:inline-block;padding:.6em 1.2em;background:#0b7;color:#fff;border-radius:6px;
-text-decoration:none;margin:.3em 0}}</style></head>
-<body><h1>{title}</h1>{body}</body></html>
-"""
-
 # The fallback completion of the spec's UIA fallback: tell the opener it may retry.
 _DONE_SCRIPT = """<script>
 if (window.onAuthDone) { window.onAuthDone(); }
@@ -51,16 +42,8 @@ else if (window.opener && window.opener.postMessage) { window.opener.postMessage
 </script>"""
 
 
-def _page(title: str, body: str, status: int = 200) -> web.Response:
-    html = _PAGE.format(title=escape(title), body=body)
-    return web.Response(text=html, status=status, content_type="text/html", headers=_NO_STORE)
-
-
-_NO_STORE = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
-
-
 def _error(message: str) -> web.Response:
-    return _page("Sign-in failed", f"<p>{escape(message)}</p>", status=400)
+    return error_page("Sign-in failed", message)
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -79,7 +62,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     app.on_cleanup.append(close)
 
     def to_provider(url: str, cookie: str) -> web.Response:
-        resp = web.Response(status=302, headers={**_NO_STORE, "Location": url})
+        resp = web.Response(status=302, headers={**NO_STORE, "Location": url})
         resp.set_cookie(
             COOKIE,
             cookie,
@@ -111,7 +94,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 f"{escape(sso.providers[p].config.idp_name)}</a></p>"
                 for p in sso.providers
             )
-            return _page("Choose how to sign in", links)
+            return page("Choose how to sign in", links)
         return await begin(provider, redirect_url=redirect_url)
 
     async def uia_fallback(request: web.Request) -> web.StreamResponse:
@@ -132,7 +115,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 "To allow it, sign in again.</p><p>If you did not ask for this, close this page: "
                 "someone else may be using your account.</p>" + links
             )
-            return _page("Confirm your identity", body)
+            return page("Confirm your identity", body)
         return await begin(provider, ui_session=session_id)
 
     async def callback(request: web.Request) -> web.StreamResponse:
@@ -150,9 +133,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     f'<p><a class="button" id="continue" href="{escape(done.redirect_url)}">'
                     f"Continue to {escape(site)}</a></p>"
                 )
-                resp = _page("Continue to your app?", body)
+                resp = page("Continue to your app?", body)
             else:
-                resp = _page(
+                resp = page(
                     "Confirmed",
                     "<p>Thank you. You may now close this window and return to your app.</p>" + _DONE_SCRIPT,
                 )

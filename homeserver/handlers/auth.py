@@ -129,11 +129,18 @@ class AuthHandler:
         return session["access_token"], session["device_id"]
 
     async def start_session(
-        self, user_id: str, device_id: str | None, display_name: str | None, *, refreshable: bool
+        self,
+        user_id: str,
+        device_id: str | None,
+        display_name: str | None,
+        *,
+        refreshable: bool,
+        lifetime_ms: int | None = None,
     ) -> dict[str, Any]:
         """A device and its tokens, as login and registration answer: `access_token` and
         `device_id`; with `refreshable` (the client sent `refresh_token: true`) and refresh
-        tokens enabled, also `refresh_token` and `expires_in_ms`."""
+        tokens enabled, also `refresh_token` and `expires_in_ms`. `lifetime_ms` overrides
+        the configured lifetime (the OAuth 2.0 API always issues refresh tokens)."""
         device_id = device_id or generate_device_id()
         now = self.clock.time_ms()
         await self.store.upsert_device(user_id, device_id, display_name, now)
@@ -143,7 +150,7 @@ class AuthHandler:
             self.invalidate(replaced)
         token = generate_token()
         out: dict[str, Any] = {"access_token": token, "device_id": device_id}
-        lifetime = self.refresh_lifetime_ms
+        lifetime = lifetime_ms or self.refresh_lifetime_ms
         if refreshable and lifetime is not None:
             refresh = generate_token("syr")
             await self.store.add_refreshable_token(
@@ -154,10 +161,10 @@ class AuthHandler:
             await self.store.add_access_token(hash_token(token), user_id, device_id, now)
         return out
 
-    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+    async def refresh(self, refresh_token: str, lifetime_ms: int | None = None) -> dict[str, Any]:
         """POST /refresh: a new access token and refresh token for `refresh_token`, which
         stays valid until the new pair is first used (a client that lost this answer may ask
-        again; the pair it was given then is dropped)."""
+        again; the pair it was given then is dropped). `lifetime_ms` as in start_session."""
         old = hash_token(refresh_token)
         info = await self.store.get_refresh_token(old)
         unknown = MatrixError(401, Codes.UNKNOWN_TOKEN, "Unknown refresh token", soft_logout=False)
@@ -165,7 +172,7 @@ class AuthHandler:
             raise unknown
         if info.locked:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
-        lifetime = self.refresh_lifetime_ms
+        lifetime = lifetime_ms or self.refresh_lifetime_ms
         if lifetime is None:
             # Refresh tokens were turned off since: log in again, for a token that lasts.
             raise MatrixError(401, Codes.UNKNOWN_TOKEN, "Refresh tokens are disabled", soft_logout=True)

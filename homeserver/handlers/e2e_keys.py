@@ -418,11 +418,13 @@ class CrossSigningHandler:
         if same:
             return
         if "master" in existing:
+            flows, params = await self.uia.reset_flows(user_id, requester.device_id)
             result = await self.uia.check(
                 operation=DEVICE_SIGNING_OPERATION,
-                flows=self.uia.user_flows(),
+                flows=flows,
                 auth=body.get("auth"),
                 requester=user_id,
+                params=params,
             )
             await self.uia.finish(result)
         master_key = new["master"][1] if "master" in new else existing.get("master")

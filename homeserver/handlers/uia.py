@@ -23,7 +23,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, InteractiveAuthRequired, MatrixError, bad_json, missing_param
@@ -37,7 +37,10 @@ STAGE_REGISTRATION_TOKEN = "m.login.registration_token"
 # Completed in a browser, through the fallback page and the identity provider
 # (homeserver/api/sso.py), never by a request's `auth`.
 STAGE_SSO = "m.login.sso"
-SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO})
+# For devices signed in through the OAuth 2.0 API: the user approves the action in the
+# account pages (homeserver/api/oauth.py), then the client sends `auth` with the session only.
+STAGE_OAUTH = "m.oauth"
+SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH})
 
 SESSION_TTL_MS = 15 * 60 * 1000
 MAX_SESSIONS = 10_000
@@ -49,6 +52,16 @@ MAX_FAILED_ATTEMPTS = 10
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~\-]{1,64}$")
 
 Flow = Sequence[str]
+
+
+class OAuthApprovals(Protocol):
+    """What the `m.oauth` stage needs of the OAuth 2.0 server (homeserver/handlers/oauth.py)."""
+
+    async def is_oauth_session(self, user_id: str, device_id: str) -> bool: ...
+
+    async def take_reset_approval(self, user_id: str) -> bool: ...
+
+    def reset_url(self) -> str: ...
 
 
 class StageFailed(Exception):
@@ -203,11 +216,20 @@ class UserInteractiveAuth:
         self.max_sessions = max_sessions
         # Single sign-on is configured: users may prove themselves through it.
         self.sso_enabled = False
+        # The OAuth 2.0 API is on: its devices re-authenticate through the account pages.
+        self.oauth: OAuthApprovals | None = None
 
     def user_flows(self) -> list[Flow]:
         """The flows re-authenticating a signed-in user: the password, or single sign-on
         (the only way for users who signed up through it, and have no password)."""
         return [[STAGE_PASSWORD], [STAGE_SSO]] if self.sso_enabled else [[STAGE_PASSWORD]]
+
+    async def reset_flows(self, user_id: str, device_id: str) -> tuple[list[Flow], dict[str, Any]]:
+        """Flows and params for replacing cross-signing keys: `m.oauth` for a device signed in
+        through the OAuth 2.0 API (which cannot do UIA otherwise), else `user_flows`."""
+        if self.oauth is not None and await self.oauth.is_oauth_session(user_id, device_id):
+            return [[STAGE_OAUTH]], {STAGE_OAUTH: {"url": self.oauth.reset_url()}}
+        return self.user_flows(), {}
 
     async def pending(self, session_id: str) -> tuple[str, str | None] | None:
         """(operation, owner) of a live session, for the single sign-on pages."""
@@ -281,6 +303,9 @@ class UserInteractiveAuth:
         if self._complete(session, flows):
             return self._result(session)
         stage = auth.get("type")
+        if stage is None and STAGE_OAUTH in self._next_stages(session, flows):
+            # The spec's m.oauth retry: `auth` carries only the session.
+            stage = STAGE_OAUTH
         if stage is not None:
             if not isinstance(stage, str):
                 raise bad_json("auth.type must be a string")
@@ -399,6 +424,11 @@ class UserInteractiveAuth:
             await self._password_stage(session, auth)
         elif stage == STAGE_REGISTRATION_TOKEN:
             await self._registration_token_stage(session, auth)
+        elif stage == STAGE_OAUTH:
+            owner = session.owner
+            if self.oauth is None or owner is None or not await self.oauth.take_reset_approval(owner):
+                raise StageFailed(Codes.FORBIDDEN, "Approve this in your account page first")
+            session.user_id = owner
         elif stage == STAGE_SSO:
             raise StageFailed(
                 Codes.FORBIDDEN, "Complete single sign-on in a browser (the fallback page) first"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.cs_schema import delayed_events, profile_fields
+from homeserver.storage.cs_schema import delayed_events, oauth_sessions, profile_fields
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 
@@ -349,12 +349,16 @@ class AccountStore:
             dq = delete(devices).where(devices.c.user_id == user_id)
             tq = delete(access_tokens).where(access_tokens.c.user_id == user_id)
             rq = delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id)
+            # A device's OAuth session ends with it (a later legacy login may reuse its ID).
+            oq = delete(oauth_sessions).where(oauth_sessions.c.user_id == user_id)
             if device_ids is not None:
                 dq = dq.where(devices.c.device_id.in_(device_ids))
                 tq = tq.where(access_tokens.c.device_id.in_(device_ids))
                 rq = rq.where(refresh_tokens.c.device_id.in_(device_ids))
+                oq = oq.where(oauth_sessions.c.device_id.in_(device_ids))
             await conn.execute(tq)
             await conn.execute(rq)
+            await conn.execute(oq)
             await conn.execute(dq)
 
     async def list_devices(self, user_id: str) -> list[DeviceRow]:

@@ -321,3 +321,62 @@ delayed_events = Table(
     Index("delayed_events_send_ts", "send_ts"),
     Index("delayed_events_target", "room_id", "type", "state_key"),
 )
+
+# The OAuth 2.0 API (migration 0026, homeserver/handlers/oauth.py). Registered clients, by
+# a digest of their metadata (identical registrations share one client_id).
+oauth_clients = Table(
+    "oauth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("metadata_json", Text, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+)
+
+# Authorisation codes not yet exchanged (single use, short-lived); only their digest is kept.
+oauth_codes = Table(
+    "oauth_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("code_challenge", String(128), nullable=False),
+    Column("expires_ts", BigInteger, nullable=False),
+)
+
+# Device authorisation grants (RFC 8628) until the client collects its tokens: user_id is
+# set when the user approves, `denied` when they refuse.
+oauth_device_grants = Table(
+    "oauth_device_grants",
+    metadata,
+    Column("device_code_hash", String(64), primary_key=True),
+    Column("user_code", String(16), nullable=False, unique=True),
+    Column("client_id", String(64), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("expires_ts", BigInteger, nullable=False),
+    Column("user_id", String(255), nullable=True),
+    Column("denied", Boolean, nullable=False, default=False),
+)
+
+# Devices signed in through the OAuth 2.0 API, and the client each was issued to.
+oauth_sessions = Table(
+    "oauth_sessions",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("device_id", String(255), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+)
+
+# Users who approved, in the account pages, replacing their cross-signing keys without
+# user-interactive auth (the `m.oauth` stage), until `until_ts`.
+cross_signing_reset_grants = Table(
+    "cross_signing_reset_grants",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("until_ts", BigInteger, nullable=False),
+)

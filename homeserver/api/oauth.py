@@ -1,0 +1,249 @@
+"""The OAuth 2.0 API's endpoints (homeserver/handlers/oauth.py does the work), when
+`oauth.enabled`:
+
+    GET  /_matrix/client/v1/auth_metadata      the server metadata (also the MSC2965 path)
+    POST /_sotto/oauth2/register               dynamic client registration (JSON)
+    GET  /_sotto/oauth2/authorize              the sign-in page of the authorisation code grant
+    POST /_sotto/oauth2/authorize              the user signs in (or refuses)
+    POST /_sotto/oauth2/token                  codes, refresh tokens and device codes for tokens
+    POST /_sotto/oauth2/revoke                 ends a session (RFC 7009)
+    POST /_sotto/oauth2/device                 starts a device authorisation (RFC 8628)
+    GET/POST /_sotto/oauth2/link               where the user approves a device's code
+    GET/POST /_sotto/account                   account management: approving a cross-signing reset
+
+The token, revocation and device endpoints take `application/x-www-form-urlencoded` bodies
+and answer OAuth errors (`{"error", "error_description"}`), not Matrix ones.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.api.devices import get_device_handler
+from homeserver.api.http import V1, json_response
+from homeserver.api.pages import NO_STORE, error_page, page
+from homeserver.api.register import client_address, get_uia
+from homeserver.errors import MatrixError
+from homeserver.handlers.oauth import (
+    ACCOUNT_PATH,
+    AUTHORIZE_PATH,
+    CROSS_SIGNING_RESET,
+    DEVICE_PATH,
+    LINK_PATH,
+    REGISTER_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+    AuthorizationRequest,
+    OAuthServer,
+    RedirectableError,
+)
+from homeserver.handlers.oauth_clients import OAuthError
+from homeserver.handlers.registration import login_limiter
+from homeserver.handlers.uia import check_password_login, qualify_user_id
+from homeserver.server import HomeServer
+from homeserver.storage.oauth import OAuthStore
+
+OAUTH_KEY = web.AppKey("oauth", OAuthServer)
+UNSTABLE_METADATA = "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata"
+_TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def get_oauth(app: web.Application, hs: HomeServer) -> OAuthServer | None:
+    """The app's OAuth 2.0 server when `oauth.enabled` (None otherwise), made on first use."""
+    if not hs.config.oauth.enabled:
+        return None
+    if OAUTH_KEY not in app:
+        devices = get_device_handler(app, hs)
+        app[OAUTH_KEY] = OAuthServer(hs.config, OAuthStore(hs.db), hs.accounts, hs.auth, devices)
+    return app[OAUTH_KEY]
+
+
+def _oauth_error(e: OAuthError) -> web.Response:
+    resp = json_response(e.to_json(), status=e.status)
+    resp.headers.update(_TOKEN_HEADERS)
+    return resp
+
+
+def _redirect(url: str) -> web.Response:
+    return web.Response(status=302, headers={**NO_STORE, "Location": url})
+
+
+def _sign_in_fields(username: str = "") -> str:
+    return (
+        '<label for="username">Username</label>'
+        f'<input id="username" name="username" autocomplete="username" value="{escape(username)}" required>'
+        '<label for="password">Password</label>'
+        '<input id="password" name="password" type="password" autocomplete="current-password" required>'
+    )
+
+
+def setup(app: web.Application, hs: HomeServer) -> None:
+    oauth = get_oauth(app, hs)
+    if oauth is None:
+        return
+    get_uia(app, hs).oauth = oauth
+    limiter = login_limiter(hs.config, hs.clock)
+    server_name = hs.config.server_name
+
+    async def sign_in(request: web.Request, form: Any) -> str:
+        """The user the form's username and password name (MatrixError otherwise)."""
+        limiter.check(client_address(request))
+        username = str(form.get("username", "")).strip()
+        user_id = qualify_user_id(username, server_name)
+        return await check_password_login(
+            hs.accounts, hs.passwords, server_name, user_id, form.get("password")
+        )
+
+    async def metadata(request: web.Request) -> web.Response:
+        return json_response(oauth.metadata())
+
+    async def register(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        try:
+            return json_response(await oauth.register_client(body), status=201)
+        except OAuthError as e:
+            return _oauth_error(e)
+
+    def authorize_page(
+        req: AuthorizationRequest, request: web.Request, error: str = "", status: int = 200
+    ) -> web.Response:
+        name, site = escape(req.client_name()), escape(req.client["client_uri"])
+        problem = f'<p class="error">{escape(error)}</p>' if error else ""
+        body = (
+            f'<p><b>{name}</b> (<a href="{site}">{site}</a>) wants to sign in to your account on '
+            f"<b>{escape(server_name)}</b> as a new device, with full access to your account.</p>"
+            f'{problem}<form method="post" action="{escape(request.path_qs)}">{_sign_in_fields()}'
+            '<p><button name="action" value="allow">Sign in and allow</button> '
+            '<button class="secondary" name="action" value="deny" formnovalidate>Cancel</button></p></form>'
+            "<p>Continue only if you started this sign-in yourself.</p>"
+        )
+        return page(f"Sign in to {server_name}", body, status=status)
+
+    async def authorize(request: web.Request) -> web.Response:
+        try:
+            req = await oauth.authorization_request(dict(request.query))
+        except OAuthError as e:
+            return error_page("This sign-in cannot continue", e.description)
+        except RedirectableError as e:
+            return _redirect(e.url)
+        if request.method == "GET":
+            return authorize_page(req, request)
+        form = await request.post()
+        if form.get("action") == "deny":
+            return _redirect(
+                req.callback({"error": "access_denied", "error_description": "The user refused"})
+            )
+        try:
+            user_id = await sign_in(request, form)
+        except MatrixError as e:
+            return authorize_page(req, request, e.message, status=e.status)
+        return _redirect(await oauth.issue_code(req, user_id))
+
+    async def form_endpoint(request: web.Request, work: Any) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        try:
+            out = await work(form)
+        except OAuthError as e:
+            return _oauth_error(e)
+        resp = json_response(out if out is not None else {})
+        resp.headers.update(_TOKEN_HEADERS)
+        return resp
+
+    async def token(request: web.Request) -> web.Response:
+        return await form_endpoint(request, oauth.token)
+
+    async def revoke(request: web.Request) -> web.Response:
+        return await form_endpoint(request, oauth.revoke)
+
+    async def device(request: web.Request) -> web.Response:
+        return await form_endpoint(request, oauth.start_device_grant)
+
+    def link_page(user_code: str, error: str = "", status: int = 200) -> web.Response:
+        problem = f'<p class="error">{escape(error)}</p>' if error else ""
+        body = (
+            f"<p>A device is asking to sign in to your account on <b>{escape(server_name)}</b>. "
+            "Check that the code below is the one it shows.</p>"
+            f'{problem}<form method="post" action="{LINK_PATH}"><label for="user_code">Code</label>'
+            f'<input id="user_code" name="user_code" value="{escape(user_code)}" required>'
+            f"{_sign_in_fields()}"
+            '<p><button name="action" value="allow">Sign in and allow</button> '
+            '<button class="secondary" name="action" value="deny">Refuse</button></p></form>'
+        )
+        return page("Sign in a device", body, status=status)
+
+    async def link(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return link_page(request.query.get("user_code", ""))
+        form = await request.post()
+        user_code = str(form.get("user_code", ""))
+        pending = await oauth.pending_device_grant(user_code)
+        if pending is None:
+            return link_page(user_code, "This code is unknown or expired. Start again on the device.", 400)
+        try:
+            user_id = await sign_in(request, form)
+        except MatrixError as e:
+            return link_page(user_code, e.message, e.status)
+        allow = form.get("action") != "deny"
+        if not await oauth.decide_device_grant(user_code, user_id if allow else None):
+            return link_page(user_code, "This code was already used.", 400)
+        if not allow:
+            return page("Refused", "<p>The device was not signed in. You may close this page.</p>")
+        client_name = escape(str(pending[1].get("client_name") or pending[1]["client_uri"]))
+        return page(
+            "Device signed in", f"<p><b>{client_name}</b> is now signed in. You may close this page.</p>"
+        )
+
+    def account_page(error: str = "", status: int = 200) -> web.Response:
+        problem = f'<p class="error">{escape(error)}</p>' if error else ""
+        body = (
+            "<p>An app signed in to your account wants to <b>reset your encryption identity</b> "
+            "(your cross-signing keys). Devices you verified will have to be verified again.</p>"
+            "<p>If you did not ask for this, close this page: someone else may be using your account.</p>"
+            f'{problem}<form method="post" action="{ACCOUNT_PATH}?action={CROSS_SIGNING_RESET}">'
+            f'{_sign_in_fields()}<p><button name="confirm" value="yes">Allow the reset</button></p></form>'
+        )
+        return page("Reset your encryption identity?", body, status=status)
+
+    async def account(request: web.Request) -> web.Response:
+        if request.query.get("action") != CROSS_SIGNING_RESET:
+            return page(
+                f"Your account on {server_name}",
+                "<p>Manage your profile, devices and account from your Matrix app. These pages "
+                "confirm an app's request to reset your encryption identity.</p>",
+            )
+        if request.method == "GET":
+            return account_page()
+        form = await request.post()
+        try:
+            user_id = await sign_in(request, form)
+        except MatrixError as e:
+            return account_page(e.message, e.status)
+        await oauth.allow_cross_signing_reset(user_id)
+        return page(
+            "Reset allowed",
+            "<p>Go back to your app to finish: it may reset your encryption identity "
+            "in the next ten minutes.</p>",
+        )
+
+    app.router.add_routes(
+        [
+            web.get(V1 + "/auth_metadata", metadata),
+            web.get(UNSTABLE_METADATA, metadata),
+            web.post(REGISTER_PATH, register),
+            web.get(AUTHORIZE_PATH, authorize),
+            web.post(AUTHORIZE_PATH, authorize),
+            web.post(TOKEN_PATH, token),
+            web.post(REVOKE_PATH, revoke),
+            web.post(DEVICE_PATH, device),
+            web.get(LINK_PATH, link),
+            web.post(LINK_PATH, link),
+            web.get(ACCOUNT_PATH, account),
+            web.post(ACCOUNT_PATH, account),
+        ]
+    )

@@ -1,0 +1,374 @@
+"""The OAuth 2.0 API (spec v1.15+) with Sotto as its own authorisation server: discovery,
+client registration, the authorisation code grant with PKCE through the sign-in page, the
+refresh and revocation of tokens, the device authorisation grant, and the `m.oauth` stage
+that lets such a device reset its cross-signing keys. matrix-js-sdk's own OAuth client runs
+the same flow in tests/integration/test_oauth_js.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+import pytest
+
+from tests.integration.e2ee.fixtures import CrossSigning
+from tests.support.http import RawClient
+from tests.support.server import RunningServer, run_server
+
+CLIENT = {
+    "client_name": "Test app",
+    "client_uri": "https://app.example.org/",
+    "redirect_uris": ["https://app.example.org/callback"],
+    "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"],
+    "response_types": ["code"],
+    "token_endpoint_auth_method": "none",
+    "application_type": "web",
+}
+
+
+@pytest.fixture
+async def srv(tmp_path: object) -> AsyncIterator[RunningServer]:
+    async with run_server(str(tmp_path), oauth={"enabled": True}) as s:
+        await s.register("alice")
+        yield s
+
+
+@dataclass
+class Flow:
+    """One client's authorisation code flow, as a client library runs it."""
+
+    http: aiohttp.ClientSession
+    meta: dict[str, Any]
+    client_id: str
+    device_id: str
+    verifier: str
+    redirect_uri: str = "https://app.example.org/callback"
+    state: str = "st4te"
+
+    def url(self, **overrides: str) -> str:
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(self.verifier.encode()).digest()).rstrip(b"=")
+        params = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "scope": f"urn:matrix:client:api:* urn:matrix:client:device:{self.device_id}",
+            "state": self.state,
+            "response_mode": "fragment",
+            "code_challenge": challenge.decode(),
+            "code_challenge_method": "S256",
+            **overrides,
+        }
+        return f"{self.meta['authorization_endpoint']}?{urlencode(params)}"
+
+    async def sign_in(self, password: str = "password", action: str = "allow", **overrides: str) -> Any:
+        """The user's browser: the page, then the form. Returns the response (not followed)."""
+        url = self.url(**overrides)
+        async with self.http.get(url, allow_redirects=False) as page:
+            assert page.status == 200, await page.text()
+            assert "Test app" in await page.text()
+        form = {"username": "alice", "password": password, "action": action}
+        async with self.http.post(url, data=form, allow_redirects=False) as resp:
+            await resp.read()
+            return resp
+
+    async def code(self) -> str:
+        resp = await self.sign_in()
+        assert resp.status == 302
+        params = callback_params(resp.headers["Location"], self.redirect_uri)
+        assert params["state"] == self.state
+        return params["code"]
+
+    async def token(self, **form: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(
+            self.meta["token_endpoint"], data={"client_id": self.client_id, **form}
+        ) as resp:
+            assert resp.headers.get("Cache-Control") == "no-store"
+            return resp.status, await resp.json()
+
+    async def exchange(self, code: str) -> tuple[int, dict[str, Any]]:
+        return await self.token(
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=self.redirect_uri,
+            code_verifier=self.verifier,
+        )
+
+
+def callback_params(location: str, redirect_uri: str) -> dict[str, str]:
+    assert location.startswith(redirect_uri), location
+    parts = urlsplit(location)
+    return {k: v[0] for k, v in parse_qs(parts.fragment or parts.query).items()}
+
+
+async def start(srv: RunningServer, http: aiohttp.ClientSession, client: dict[str, Any] = CLIENT) -> Flow:
+    async with http.get(f"{srv.base_url}/_matrix/client/v1/auth_metadata") as resp:
+        assert resp.status == 200
+        meta = await resp.json()
+    async with http.post(meta["registration_endpoint"], json=client) as resp:
+        assert resp.status == 201, await resp.text()
+        registered = await resp.json()
+    return Flow(http, meta, registered["client_id"], "DEV" + secrets.token_hex(4), secrets.token_urlsafe(48))
+
+
+async def test_metadata_and_registration(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    meta = flow.meta
+    assert meta["issuer"] == srv.base_url + "/"
+    for name in ("authorization_endpoint", "token_endpoint", "registration_endpoint", "revocation_endpoint"):
+        assert meta[name].startswith(srv.base_url + "/")
+    assert {"query", "fragment"} <= set(meta["response_modes_supported"])
+    assert meta["code_challenge_methods_supported"] == ["S256"]
+    assert {"authorization_code", "refresh_token"} <= set(meta["grant_types_supported"])
+    # The MSC2965 path answers the same.
+    async with http.get(f"{srv.base_url}/_matrix/client/unstable/org.matrix.msc2965/auth_metadata") as resp:
+        assert await resp.json() == meta
+    # The same metadata registers as the same client; what the server does not support is
+    # left out of the registration.
+    again = await start(srv, http, {**CLIENT, "grant_types": [*CLIENT["grant_types"], "implicit"]})
+    assert again.client_id == flow.client_id
+    async with http.post(meta["registration_endpoint"], json={**CLIENT, "client_name": "Other"}) as resp:
+        other = await resp.json()
+    assert other["client_id"] != flow.client_id and other["client_name"] == "Other"
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"client_uri": "http://app.example.org/"}, "invalid_client_metadata"),
+        ({"client_uri": None}, "invalid_client_metadata"),
+        ({"token_endpoint_auth_method": "client_secret_basic"}, "invalid_client_metadata"),
+        ({"redirect_uris": ["https://evil.example.com/callback"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["https://app.example.org/cb#frag"]}, "invalid_redirect_uri"),
+        ({"redirect_uris": []}, "invalid_redirect_uri"),
+        ({"redirect_uris": ["http://localhost/cb"]}, "invalid_redirect_uri"),  # web clients: https only
+        (
+            {"application_type": "native", "redirect_uris": ["http://localhost:1234/cb"]},
+            "invalid_redirect_uri",
+        ),
+        ({"application_type": "native", "redirect_uris": ["example:/cb"]}, "invalid_redirect_uri"),
+        ({"application_type": "native", "redirect_uris": ["org.example.app://cb"]}, "invalid_redirect_uri"),
+        ({"logo_uri": "https://elsewhere.example.com/logo.png"}, "invalid_client_metadata"),
+        ({"grant_types": ["implicit"]}, "invalid_client_metadata"),
+    ],
+)
+async def test_registration_refusals(
+    srv: RunningServer, http: aiohttp.ClientSession, changes: dict[str, Any], error: str
+) -> None:
+    body = {k: v for k, v in {**CLIENT, **changes}.items() if v is not None}
+    async with http.get(f"{srv.base_url}/_matrix/client/v1/auth_metadata") as resp:
+        meta = await resp.json()
+    async with http.post(meta["registration_endpoint"], json=body) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == error
+
+
+async def test_authorization_code_flow(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    status, tokens = await flow.exchange(await flow.code())
+    assert status == 200, tokens
+    assert tokens["token_type"] == "Bearer" and 0 < tokens["expires_in"] <= 300
+    assert tokens["scope"] == f"urn:matrix:client:api:* urn:matrix:client:device:{flow.device_id}"
+    me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
+    assert await me.ok("GET", "/account/whoami") == {
+        "user_id": me.user_id,
+        "device_id": flow.device_id,
+        "is_guest": False,
+    }
+    devices = (await me.ok("GET", "/devices"))["devices"]
+    assert [(d["device_id"], d.get("display_name")) for d in devices] == [(flow.device_id, "Test app")]
+
+    # Refreshing gives a new pair; the old access token ends when the new one is first used.
+    status, fresh = await flow.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert status == 200 and fresh["refresh_token"] != tokens["refresh_token"]
+    assert fresh["scope"] == tokens["scope"]
+    renewed = RawClient(http, srv.base_url, fresh["access_token"], me.user_id)
+    assert (await renewed.ok("GET", "/account/whoami"))["device_id"] == flow.device_id
+    assert (await me.request("GET", "/account/whoami"))[0] == 401
+    status, out = await flow.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+    assert (status, out["error"]) == (400, "invalid_grant")
+    # Another client cannot use this client's refresh token.
+    other = await start(srv, http, {**CLIENT, "client_name": "Other"})
+    status, out = await other.token(grant_type="refresh_token", refresh_token=fresh["refresh_token"])
+    assert (status, out["error"]) == (400, "invalid_grant")
+
+    # Revoking the refresh token ends the session: both tokens and the device.
+    async with http.post(
+        flow.meta["revocation_endpoint"], data={"token": fresh["refresh_token"], "client_id": flow.client_id}
+    ) as resp:
+        assert resp.status == 200
+    status, out = await renewed.request("GET", "/account/whoami")
+    assert (status, out["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    assert await srv.hs.accounts.list_devices(me.user_id) == []
+    # An unknown (or already revoked) token is not an error.
+    async with http.post(flow.meta["revocation_endpoint"], data={"token": "nope"}) as resp:
+        assert resp.status == 200
+
+
+async def test_codes_are_single_use_and_bound(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    other = await start(srv, http, {**CLIENT, "client_name": "Other"})
+    # The verifier must match the challenge; the code is gone after one attempt.
+    code = await flow.code()
+    status, out = await flow.token(
+        grant_type="authorization_code", code=code, redirect_uri=flow.redirect_uri, code_verifier="x" * 43
+    )
+    assert (status, out["error"]) == (400, "invalid_grant")
+    assert (await flow.exchange(code))[1]["error"] == "invalid_grant"
+    # Another client, or another redirect URI, cannot exchange it.
+    code = await flow.code()
+    other.verifier = flow.verifier
+    assert (await other.exchange(code))[1]["error"] == "invalid_grant"
+    code = await flow.code()
+    status, out = await flow.token(
+        grant_type="authorization_code",
+        code=code,
+        redirect_uri="https://app.example.org/other",
+        code_verifier=flow.verifier,
+    )
+    assert out["error"] == "invalid_grant"
+    code = await flow.code()
+    assert (await flow.exchange(code))[0] == 200
+    assert (await flow.exchange(code))[1]["error"] == "invalid_grant"
+    status, out = await flow.token(grant_type="password", username="alice", password="password")
+    assert (status, out["error"]) == (400, "unsupported_grant_type")
+    status, out = await flow.token(grant_type="authorization_code", code=code, client_id="nope")
+    assert (status, out["error"]) == (401, "invalid_client")
+
+
+async def test_authorization_errors(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    # An unknown client or redirect URI: an error page, never a redirect.
+    for overrides in ({"client_id": "nope"}, {"redirect_uri": "https://evil.example.com/cb"}):
+        async with http.get(flow.url(**overrides), allow_redirects=False) as resp:
+            assert resp.status == 400 and "Location" not in resp.headers
+    # Other errors go back to the client, with its state.
+    for overrides, error in (
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge": ""}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"scope": "urn:matrix:client:api:*"}, "invalid_scope"),
+        ({"scope": "openid urn:matrix:client:device:ABC"}, "invalid_scope"),
+    ):
+        async with http.get(flow.url(**overrides), allow_redirects=False) as resp:
+            assert resp.status == 302
+            params = callback_params(resp.headers["Location"], flow.redirect_uri)
+            assert (params["error"], params["state"]) == (error, flow.state), overrides
+    # A wrong password: the page again, no code.
+    resp = await flow.sign_in(password="wrong")
+    assert resp.status == 403 and "Location" not in resp.headers
+    # The user refuses.
+    resp = await flow.sign_in(action="deny")
+    params = callback_params(resp.headers["Location"], flow.redirect_uri)
+    assert params["error"] == "access_denied" and "code" not in params
+    # The query response mode; the page refuses to be framed.
+    resp = await flow.sign_in(response_mode="query")
+    assert urlsplit(resp.headers["Location"]).query.startswith("code=")
+    async with http.get(flow.url(), allow_redirects=False) as page:
+        assert page.headers["X-Frame-Options"] == "DENY"
+
+
+async def test_native_client_loopback_any_port(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    native = {
+        **CLIENT,
+        "application_type": "native",
+        "redirect_uris": ["http://127.0.0.1/callback", "org.example.app:/callback"],
+    }
+    flow = await start(srv, http, native)
+    flow.redirect_uri = "http://127.0.0.1:48213/callback"
+    status, tokens = await flow.exchange(await flow.code())
+    assert status == 200, tokens
+    flow.redirect_uri = "org.example.app:/callback"
+    assert (await flow.exchange(await flow.code()))[0] == 200
+
+
+async def test_device_authorization_grant(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    scope = f"urn:matrix:client:api:* urn:matrix:client:device:{flow.device_id}"
+    device_grant = "urn:ietf:params:oauth:grant-type:device_code"
+
+    async def begin() -> dict[str, Any]:
+        async with http.post(
+            flow.meta["device_authorization_endpoint"], data={"client_id": flow.client_id, "scope": scope}
+        ) as resp:
+            assert resp.status == 200
+            return dict(await resp.json())
+
+    async def poll(device_code: str) -> tuple[int, dict[str, Any]]:
+        return await flow.token(grant_type=device_grant, device_code=device_code)
+
+    async def decide(user_code: str, action: str, password: str = "password") -> int:
+        async with http.get(f"{srv.base_url}/_sotto/oauth2/link", params={"user_code": user_code}) as page:
+            assert user_code in await page.text()
+        form = {"user_code": user_code.lower(), "username": "alice", "password": password, "action": action}
+        async with http.post(f"{srv.base_url}/_sotto/oauth2/link", data=form) as resp:
+            return resp.status
+
+    started = await begin()
+    assert started["verification_uri_complete"].endswith(started["user_code"])
+    assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
+    assert await decide(started["user_code"], "allow", password="wrong") == 403
+    assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
+    assert await decide(started["user_code"], "allow") == 200
+    status, tokens = await poll(started["device_code"])
+    assert status == 200 and tokens["scope"] == scope
+    me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
+    assert (await me.ok("GET", "/account/whoami"))["device_id"] == flow.device_id
+    assert (await poll(started["device_code"]))[1]["error"] == "invalid_grant"  # used
+    assert await decide(started["user_code"], "allow") == 400
+
+    refused = await begin()
+    assert await decide(refused["user_code"], "deny") == 200
+    assert (await poll(refused["device_code"]))[1]["error"] == "access_denied"
+
+
+async def test_cross_signing_reset_through_the_account_page(
+    srv: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    flow = await start(srv, http)
+    _, tokens = await flow.exchange(await flow.code())
+    me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
+    await me.ok("POST", "/keys/device_signing/upload", json=CrossSigning(me.user_id).upload_body())
+    replacement = CrossSigning(me.user_id).upload_body()
+    status, body = await me.request("POST", "/keys/device_signing/upload", json=replacement)
+    assert status == 401 and body["flows"] == [{"stages": ["m.oauth"]}]
+    url = body["params"]["m.oauth"]["url"]
+    assert "action=org.matrix.cross_signing_reset" in url
+    retry = {**replacement, "auth": {"session": body["session"]}}
+    # Not approved yet: asked again.
+    status, again = await me.request("POST", "/keys/device_signing/upload", json=retry)
+    assert status == 401 and again["flows"] == [{"stages": ["m.oauth"]}]
+    # A wrong password in the account page approves nothing.
+    form = {"username": "alice", "password": "wrong"}
+    async with http.post(url, data=form) as resp:
+        assert resp.status == 403
+    assert (await me.request("POST", "/keys/device_signing/upload", json=retry))[0] == 401
+    async with http.post(url, data={**form, "password": "password"}) as resp:
+        assert resp.status == 200
+    await me.ok("POST", "/keys/device_signing/upload", json=retry)
+    query = await me.ok("POST", "/keys/query", json={"device_keys": {me.user_id: []}})
+    assert query["master_keys"][me.user_id]["keys"] == replacement["master_key"]["keys"]
+    # One approval, one reset.
+    third = CrossSigning(me.user_id).upload_body()
+    status, body = await me.request("POST", "/keys/device_signing/upload", json=third)
+    status, _ = await me.request(
+        "POST", "/keys/device_signing/upload", json={**third, "auth": {"session": body["session"]}}
+    )
+    assert status == 401
+    # A device that signed in with a password still uses the password.
+    legacy = await srv.login("alice")
+    raw = RawClient(http, srv.base_url, legacy["access_token"], me.user_id)
+    status, body = await raw.request("POST", "/keys/device_signing/upload", json=third)
+    assert status == 401 and body["flows"] == [{"stages": ["m.login.password"]}]
+
+
+async def test_off_by_default(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{server.base_url}/_matrix/client/v1/auth_metadata") as resp:
+        assert resp.status == 404 and (await resp.json())["errcode"] == "M_UNRECOGNIZED"
+    async with http.post(f"{server.base_url}/_sotto/oauth2/register", json=CLIENT) as resp:
+        assert resp.status == 404
