@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
+from homeserver.storage.oauth import OAuthStore
 from tests.integration.e2ee.fixtures import CrossSigning
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
@@ -205,6 +206,7 @@ async def test_authorization_code_flow(srv: RunningServer, http: aiohttp.ClientS
     status, out = await renewed.request("GET", "/account/whoami")
     assert (status, out["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     assert await srv.hs.accounts.list_devices(me.user_id) == []
+    assert await OAuthStore(srv.hs.db).session(me.user_id, flow.device_id) is None
     # An unknown (or already revoked) token is not an error.
     async with http.post(flow.meta["revocation_endpoint"], data={"token": "nope"}) as resp:
         assert resp.status == 200
@@ -234,6 +236,10 @@ async def test_codes_are_single_use_and_bound(srv: RunningServer, http: aiohttp.
     assert out["error"] == "invalid_grant"
     code = await flow.code()
     assert (await flow.exchange(code))[0] == 200
+    assert (await flow.exchange(code))[1]["error"] == "invalid_grant"
+    # A code issued before the account was deactivated gives no tokens.
+    code = await flow.code()
+    await srv.hs.accounts.deactivate("@alice:" + srv.server_name)
     assert (await flow.exchange(code))[1]["error"] == "invalid_grant"
     status, out = await flow.token(grant_type="password", username="alice", password="password")
     assert (status, out["error"]) == (400, "unsupported_grant_type")
@@ -311,10 +317,14 @@ async def test_device_authorization_grant(srv: RunningServer, http: aiohttp.Clie
 
     started = await begin()
     assert started["verification_uri_complete"].endswith(started["user_code"])
+    other = await start(srv, http, {**CLIENT, "client_name": "Other"})
+    status, out = await other.token(grant_type=device_grant, device_code=started["device_code"])
+    assert out["error"] == "invalid_grant"  # another client's device code
     assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
     assert await decide(started["user_code"], "allow", password="wrong") == 403
     assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
     assert await decide(started["user_code"], "allow") == 200
+    assert await decide(started["user_code"], "deny") == 400  # decided once, for good
     status, tokens = await poll(started["device_code"])
     assert status == 200 and tokens["scope"] == scope
     me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
