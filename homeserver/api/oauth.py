@@ -86,6 +86,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return
     get_uia(app, hs).oauth = oauth
     limiter = login_limiter(hs.config, hs.clock)
+    # Registrations and device grants each add a row: bounded per client address too.
+    row_limiter = login_limiter(hs.config, hs.clock)
     server_name = hs.config.server_name
 
     async def sign_in(request: web.Request, form: Any) -> str:
@@ -101,6 +103,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(oauth.metadata())
 
     async def register(request: web.Request) -> web.Response:
+        row_limiter.check(client_address(request))
         try:
             body = await request.json()
         except ValueError:
@@ -162,6 +165,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return await form_endpoint(request, oauth.revoke)
 
     async def device(request: web.Request) -> web.Response:
+        row_limiter.check(client_address(request))
         return await form_endpoint(request, oauth.start_device_grant)
 
     def link_page(user_code: str, error: str = "", status: int = 200) -> web.Response:

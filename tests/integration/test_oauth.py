@@ -382,3 +382,13 @@ async def test_off_by_default(server: RunningServer, http: aiohttp.ClientSession
         assert resp.status == 404 and (await resp.json())["errcode"] == "M_UNRECOGNIZED"
     async with http.post(f"{server.base_url}/_sotto/oauth2/register", json=CLIENT) as resp:
         assert resp.status == 404
+
+
+async def test_registrations_are_rate_limited(tmp_path: object, http: aiohttp.ClientSession) -> None:
+    limits = {"enabled": True, "login_per_second": 0.001, "login_burst": 2}
+    async with run_server(str(tmp_path), oauth={"enabled": True}, rate_limits=limits) as s:
+        statuses = []
+        for i in range(3):
+            async with http.post(f"{s.base_url}/_sotto/oauth2/register", json={**CLIENT, "client_name": f"c{i}"}) as r:
+                statuses.append(r.status)
+        assert statuses == [201, 201, 429]
