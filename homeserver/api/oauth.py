@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -41,12 +42,15 @@ from homeserver.handlers.oauth import (
     RedirectableError,
 )
 from homeserver.handlers.oauth_clients import OAuthError
-from homeserver.handlers.registration import login_limiter
+from homeserver.handlers.registration import LoginHandler, RegistrationHandler, login_limiter
+from homeserver.handlers.sso import sso_login_flow
 from homeserver.handlers.uia import check_password_login, qualify_user_id
 from homeserver.server import HomeServer
 from homeserver.storage.oauth import OAuthStore
+from homeserver.storage.openid import login_token_store
 
 OAUTH_KEY = web.AppKey("oauth", OAuthServer)
+V3_PATH = "/_matrix/client/v3"
 UNSTABLE_METADATA = "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata"
 _TOKEN_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -71,13 +75,17 @@ def _redirect(url: str) -> web.Response:
     return web.Response(status=302, headers={**NO_STORE, "Location": url})
 
 
-def _sign_in_fields(username: str = "") -> str:
+def _sign_in_fields(new_password: bool = False) -> str:
+    completion = "new-password" if new_password else "current-password"
     return (
         '<label for="username">Username</label>'
-        f'<input id="username" name="username" autocomplete="username" value="{escape(username)}" required>'
+        '<input id="username" name="username" autocomplete="username" required>'
         '<label for="password">Password</label>'
-        '<input id="password" name="password" type="password" autocomplete="current-password" required>'
+        f'<input id="password" name="password" type="password" autocomplete="{completion}" required>'
     )
+
+
+_TOKEN_FIELD = '<label for="token">Registration token</label><input id="token" name="token" required>'
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
@@ -89,6 +97,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     # Registrations and device grants each add a row: bounded per client address too.
     row_limiter = login_limiter(hs.config, hs.clock)
     server_name = hs.config.server_name
+    registration_open = hs.config.registration.enabled
+    registration = RegistrationHandler(
+        hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
+    )
+    logins = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, login_token_store(hs.db))
+    providers = hs.config.oidc_providers
+    identity_providers = sso_login_flow(providers)["identity_providers"] if providers else []
 
     async def sign_in(request: web.Request, form: Any) -> str:
         """The user the form's username and password name (MatrixError otherwise)."""
@@ -118,15 +133,46 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     ) -> web.Response:
         name, site = escape(req.client_name()), escape(req.client["client_uri"])
         problem = f'<p class="error">{escape(error)}</p>' if error else ""
-        body = (
+        intro = (
             f'<p><b>{name}</b> (<a href="{site}">{site}</a>) wants to sign in to your account on '
-            f"<b>{escape(server_name)}</b> as a new device, with full access to your account.</p>"
-            f'{problem}<form method="post" action="{escape(request.path_qs)}">{_sign_in_fields()}'
-            '<p><button name="action" value="allow">Sign in and allow</button> '
-            '<button class="secondary" name="action" value="deny" formnovalidate>Cancel</button></p></form>'
-            "<p>Continue only if you started this sign-in yourself.</p>"
+            f"<b>{escape(server_name)}</b> as a new device, with full access to your account.</p>{problem}"
         )
-        return page(f"Sign in to {server_name}", body, status=status)
+        form = f'<form method="post" action="{escape(request.path_qs)}">'
+        buttons = (
+            '<p><button name="action" value="allow">{}</button> '
+            '<button class="secondary" name="action" value="deny" formnovalidate>Cancel</button></p></form>'
+        )
+        here = dict(request.query)
+        if "loginToken" in here:
+            # Back from single sign-on (api/sso.py sends the browser here): only the consent.
+            return page(f"Continue to {req.client_name()}?", intro + form + buttons.format("Allow"), status)
+        if req.prompt == "create" and registration_open:
+            sign_in_link = escape(
+                f"{AUTHORIZE_PATH}?{urlencode({k: v for k, v in here.items() if k != 'prompt'})}"
+            )
+            body = (
+                intro
+                + form
+                + _sign_in_fields(new_password=True)
+                + (_TOKEN_FIELD if hs.config.registration.requires_token else "")
+                + '<input type="hidden" name="register" value="1">'
+                + buttons.format("Create the account and allow")
+                + f'<p>Have an account? <a href="{sign_in_link}">Sign in</a></p>'
+            )
+            return page(f"Create an account on {server_name}", body, status)
+        extra = ""
+        for provider in identity_providers:
+            back = urlencode({"redirectUrl": hs.config.baseurl + request.path_qs})
+            sso = f"{V3_PATH}/login/sso/redirect/{quote(provider['id'], safe='')}?{back}"
+            extra += (
+                f'<p><a class="button" href="{escape(sso)}">Sign in with {escape(provider["name"])}</a></p>'
+            )
+        if registration_open:
+            create = escape(f"{AUTHORIZE_PATH}?{urlencode({**here, 'prompt': 'create'})}")
+            extra += f'<p>No account yet? <a href="{create}">Create one</a></p>'
+        body = intro + form + _sign_in_fields() + buttons.format("Sign in and allow") + extra
+        body += "<p>Continue only if you started this sign-in yourself.</p>"
+        return page(f"Sign in to {server_name}", body, status)
 
     async def authorize(request: web.Request) -> web.Response:
         try:
@@ -143,7 +189,17 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 req.callback({"error": "access_denied", "error_description": "The user refused"})
             )
         try:
-            user_id = await sign_in(request, form)
+            if "loginToken" in request.query:
+                user_id = await logins.consume_login_token(request.query["loginToken"])
+            elif form.get("register") and req.prompt == "create":
+                user_id = await registration.register_from_page(
+                    str(form.get("username", "")).strip(),
+                    str(form.get("password", "")),
+                    str(form.get("token", "")) or None,
+                    client_address(request),
+                )
+            else:
+                user_id = await sign_in(request, form)
         except MatrixError as e:
             return authorize_page(req, request, e.message, status=e.status)
         return _redirect(await oauth.issue_code(req, user_id))

@@ -161,6 +161,8 @@ class OAuthServer:
             "account_management_uri": base + ACCOUNT_PATH,
             "account_management_actions_supported": [CROSS_SIGNING_RESET],
         }
+        if self.config.registration.enabled:
+            out["prompt_values_supported"] = ["create"]
         return out
 
     async def register_client(self, body: Any) -> dict[str, Any]:
@@ -218,8 +220,8 @@ class OAuthServer:
             scope = parse_scope(query.get("scope"))
         except OAuthError as e:
             raise fail(e.error, e.description) from None
-        # `prompt` values are not acted on: the user always signs in (registration in the
-        # browser, `prompt=create`, is not offered, so the metadata does not list it).
+        # `prompt=create` shows the registration form (when registration is open); other
+        # values change nothing: the user always signs in.
         return AuthorizationRequest(
             partial.client_id,
             client,

@@ -225,6 +225,30 @@ class RegistrationHandler:
             )
         return response
 
+    async def register_from_page(
+        self, username: str, password: str, token: str | None, client: str = ""
+    ) -> str:
+        """A registration from a web page (the OAuth 2.0 API's `prompt=create`): the checks
+        of POST /register, with the registration token (when the server requires one) given
+        at once instead of through user-interactive auth. Returns the new user ID."""
+        self.limiter.check(client)
+        self._require_open()
+        await self.check_username(username)
+        req = RegistrationRequest.from_json({"username": username, "password": password})
+        if not password:
+            raise missing_param("password")
+        if self.config.registration.requires_token:
+            if not token or not await self.accounts.consume_registration_token(token, self.clock.time_ms()):
+                raise MatrixError(401, Codes.UNAUTHORIZED, "The registration token is invalid or used up")
+        try:
+            user_id = await self._create_user(req, await self.passwords.hash(password))
+        except BaseException:
+            if token and self.config.registration.requires_token:
+                await self.accounts.refund_registration_token(token)
+            raise
+        log.info("registered %s through the OAuth sign-in page", user_id)
+        return user_id
+
     async def _guest_to_upgrade(self, token: str, username: str | None) -> str:
         """The guest account a registration with `guest_access_token` turns into a full one."""
         if username is None:
@@ -331,7 +355,10 @@ class LoginHandler:
         return {"login_token": token, "expires_in_ms": LOGIN_TOKEN_LIFETIME_MS}
 
     async def _token_user(self, body: Mapping[str, Any]) -> str:
-        token = require_str(body, "token")
+        return await self.consume_login_token(require_str(body, "token"))
+
+    async def consume_login_token(self, token: str) -> str:
+        """The user a single-use login token signs in (403 if invalid, used or expired)."""
         user_id = await self.login_tokens.consume(hash_token(token), self.clock.time_ms())
         if user_id is None:
             raise MatrixError(403, Codes.FORBIDDEN, "Invalid or expired login token")

@@ -11,6 +11,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -389,6 +390,61 @@ async def test_registrations_are_rate_limited(tmp_path: object, http: aiohttp.Cl
     async with run_server(str(tmp_path), oauth={"enabled": True}, rate_limits=limits) as s:
         statuses = []
         for i in range(3):
-            async with http.post(f"{s.base_url}/_sotto/oauth2/register", json={**CLIENT, "client_name": f"c{i}"}) as r:
+            async with http.post(
+                f"{s.base_url}/_sotto/oauth2/register", json={**CLIENT, "client_name": f"c{i}"}
+            ) as r:
                 statuses.append(r.status)
         assert statuses == [201, 201, 429]
+
+
+async def register_in_page(flow: Flow, username: str, password: str, **extra: str) -> Any:
+    url = flow.url(prompt="create")
+    async with flow.http.get(url, allow_redirects=False) as page:
+        assert page.status == 200 and "Create an account" in await page.text()
+    form = {"username": username, "password": password, "register": "1", "action": "allow", **extra}
+    async with flow.http.post(url, data=form, allow_redirects=False) as resp:
+        await resp.read()
+        return resp
+
+
+async def test_registration_in_the_sign_in_page(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    assert flow.meta["prompt_values_supported"] == ["create"]
+    resp = await register_in_page(flow, "newbie", "a good passphrase")
+    assert resp.status == 302
+    code = callback_params(resp.headers["Location"], flow.redirect_uri)["code"]
+    status, tokens = await flow.exchange(code)
+    assert status == 200
+    me = RawClient(http, srv.base_url, tokens["access_token"], "")
+    assert (await me.ok("GET", "/account/whoami"))["user_id"] == f"@newbie:{srv.server_name}"
+    # The password works for signing in, the name is now taken, and bad names are refused.
+    assert (await srv.login("newbie", "a good passphrase"))["user_id"].startswith("@newbie:")
+    for username, password in (("newbie", "another one"), ("bad name!", "x" * 12), ("fresh", "")):
+        resp = await register_in_page(flow, username, password)
+        assert resp.status == 400 and "Location" not in resp.headers, (username, resp.status)
+
+
+async def test_registration_in_the_page_follows_the_server_rules(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with run_server(str(tmp_path), oauth={"enabled": True}, registration={"requires_token": True}) as s:
+        flow = await start(s, http)
+        resp = await register_in_page(flow, "tokenless", "a good passphrase", token="wrong")
+        assert resp.status == 401
+        await s.hs.accounts.create_registration_token("letmein", 1, None)
+        resp = await register_in_page(flow, "invited", "a good passphrase", token="letmein")
+        assert resp.status == 302
+        resp = await register_in_page(flow, "second", "a good passphrase", token="letmein")
+        assert resp.status == 401  # used up
+    async with run_server(
+        str(tmp_path / "closed"), oauth={"enabled": True}, registration={"enabled": False}
+    ) as s:
+        flow = await start(s, http)
+        assert "prompt_values_supported" not in flow.meta
+        # prompt=create on a closed server shows the sign-in page; a forged form does nothing.
+        async with http.get(flow.url(prompt="create")) as page:
+            assert "Create an account" not in await page.text()
+        form = {"username": "sneaky", "password": "a good passphrase", "register": "1", "action": "allow"}
+        async with http.post(flow.url(prompt="create"), data=form, allow_redirects=False) as resp:
+            assert resp.status == 403
+        assert not await s.hs.accounts.user_exists(f"@sneaky:{s.server_name}")
