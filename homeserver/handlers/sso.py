@@ -17,9 +17,7 @@ about to do and sends the user to the provider; the callback marks the session's
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import hmac
 import logging
 import secrets
@@ -27,11 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from homeserver import jsonutil
 from homeserver.config import OidcProviderConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.handlers.oidc import OidcError, OidcProvider, mapping, parse_template
 from homeserver.handlers.registration import LoginHandler
+from homeserver.handlers.signed_payloads import PayloadSigner
 from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.handlers.users import create_account, validate_localpart
 from homeserver.server import HomeServer
@@ -131,8 +129,7 @@ class SsoHandler:
         self.external_ids = ExternalIdStore(hs.db)
         callback = hs.config.baseurl + CALLBACK_PATH
         self.providers = {p.idp_id: OidcProvider(p, callback) for p in hs.config.oidc_providers}
-        # Every worker derives the same key from the server's signing key.
-        self._cookie_key = hashlib.sha256(b"sotto sso cookie\x00" + bytes(hs.signing_key)).digest()
+        self._cookies = PayloadSigner(bytes(hs.signing_key), "sso cookie")
 
     async def close(self) -> None:
         for p in self.providers.values():
@@ -147,26 +144,16 @@ class SsoHandler:
 
     # The cookie ------------------------------------------------------------------------------
 
-    def _sign(self, payload: bytes) -> str:
-        mac = hmac.new(self._cookie_key, payload, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
-
     def encode_session(self, session: SsoSession) -> str:
-        payload = base64.urlsafe_b64encode(jsonutil.dumpb(dataclasses.asdict(session))).rstrip(b"=")
-        return payload.decode("ascii") + "." + self._sign(payload)
+        return self._cookies.encode(dataclasses.asdict(session))
 
     def decode_session(self, cookie: str | None) -> SsoSession | None:
-        if not cookie or "." not in cookie:
-            return None
-        payload, _, mac = cookie.partition(".")
-        if not _same(self._sign(payload.encode("ascii", "replace")), mac):
-            return None
+        data = self._cookies.decode(cookie)
         try:
-            data = jsonutil.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            session = SsoSession(**data)
-        except (ValueError, TypeError):
+            session = SsoSession(**data) if data is not None else None
+        except TypeError:
             return None
-        return session if session.expires_ms > self.hs.clock.time_ms() else None
+        return session if session is not None and session.expires_ms > self.hs.clock.time_ms() else None
 
     # Starting ---------------------------------------------------------------------------------
 
