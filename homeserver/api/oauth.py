@@ -9,7 +9,7 @@
     POST /_sotto/oauth2/revoke                 ends a session (RFC 7009)
     POST /_sotto/oauth2/device                 starts a device authorisation (RFC 8628)
     GET/POST /_sotto/oauth2/link               where the user approves a device's code
-    GET/POST /_sotto/account                   account management: approving a cross-signing reset
+    GET/POST /_sotto/account                   account pages (api/oauth_account.py): devices, resets
 
 The token, revocation and device endpoints take `application/x-www-form-urlencoded` bodies
 and answer OAuth errors (`{"error", "error_description"}`), not Matrix ones.
@@ -23,15 +23,14 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from homeserver.api import oauth_account
 from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, json_response
 from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import client_address, get_uia
 from homeserver.errors import MatrixError
 from homeserver.handlers.oauth import (
-    ACCOUNT_PATH,
     AUTHORIZE_PATH,
-    CROSS_SIGNING_RESET,
     DEVICE_PATH,
     LINK_PATH,
     REGISTER_PATH,
@@ -259,37 +258,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             "Device signed in", f"<p><b>{client_name}</b> is now signed in. You may close this page.</p>"
         )
 
-    def account_page(error: str = "", status: int = 200) -> web.Response:
-        problem = f'<p class="error">{escape(error)}</p>' if error else ""
-        body = (
-            "<p>An app signed in to your account wants to <b>reset your encryption identity</b> "
-            "(your cross-signing keys). Devices you verified will have to be verified again.</p>"
-            "<p>If you did not ask for this, close this page: someone else may be using your account.</p>"
-            f'{problem}<form method="post" action="{ACCOUNT_PATH}?action={CROSS_SIGNING_RESET}">'
-            f'{_sign_in_fields()}<p><button name="confirm" value="yes">Allow the reset</button></p></form>'
-        )
-        return page("Reset your encryption identity?", body, status=status)
-
-    async def account(request: web.Request) -> web.Response:
-        if request.query.get("action") != CROSS_SIGNING_RESET:
-            return page(
-                f"Your account on {server_name}",
-                "<p>Manage your profile, devices and account from your Matrix app. These pages "
-                "confirm an app's request to reset your encryption identity.</p>",
-            )
-        if request.method == "GET":
-            return account_page()
-        form = await request.post()
-        try:
-            user_id = await sign_in(request, form)
-        except MatrixError as e:
-            return account_page(e.message, e.status)
-        await oauth.allow_cross_signing_reset(user_id)
-        return page(
-            "Reset allowed",
-            "<p>Go back to your app to finish: it may reset your encryption identity "
-            "in the next ten minutes.</p>",
-        )
+    oauth_account.setup(app, hs, oauth, sign_in, _sign_in_fields())
 
     app.router.add_routes(
         [
@@ -303,7 +272,5 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(DEVICE_PATH, device),
             web.get(LINK_PATH, link),
             web.post(LINK_PATH, link),
-            web.get(ACCOUNT_PATH, account),
-            web.post(ACCOUNT_PATH, account),
         ]
     )

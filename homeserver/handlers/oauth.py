@@ -159,7 +159,12 @@ class OAuthServer:
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": [SCOPE_API],
             "account_management_uri": base + ACCOUNT_PATH,
-            "account_management_actions_supported": [CROSS_SIGNING_RESET],
+            "account_management_actions_supported": [
+                CROSS_SIGNING_RESET,
+                "org.matrix.devices_list",
+                "org.matrix.device_view",
+                "org.matrix.device_delete",
+            ],
         }
         if self.config.registration.enabled:
             out["prompt_values_supported"] = ["create"]

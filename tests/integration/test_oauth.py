@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiohttp
 import pytest
 
+from homeserver.api.oauth_account import TICKET_LIFETIME_MS
 from homeserver.storage.oauth import OAuthStore
 from tests.integration.e2ee.fixtures import CrossSigning
 from tests.support.http import RawClient
@@ -448,3 +451,47 @@ async def test_registration_in_the_page_follows_the_server_rules(
         async with http.post(flow.url(prompt="create"), data=form, allow_redirects=False) as resp:
             assert resp.status == 403
         assert not await s.hs.accounts.user_exists(f"@sneaky:{s.server_name}")
+
+
+async def test_account_pages_list_and_sign_out_devices(
+    srv: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    flow = await start(srv, http)
+    assert "org.matrix.device_delete" in flow.meta["account_management_actions_supported"]
+    _, tokens = await flow.exchange(await flow.code())
+    other = await srv.login("alice")
+    query = urlencode({"action": "org.matrix.device_delete", "device_id": other["device_id"]})
+    url = f"{flow.meta['account_management_uri']}?{query}"
+    async with http.get(url) as page:
+        assert page.status == 200 and 'name="password"' in await page.text()
+    async with http.post(url, data={"username": "alice", "password": "wrong"}) as page:
+        assert page.status == 403 and "Last seen" not in await page.text()
+    async with http.post(url, data={"username": "alice", "password": "password"}) as page:
+        listing = await page.text()
+    assert flow.device_id in listing and other["device_id"] in listing
+    ticket = re.search(r'name="ticket" value="([^"]+)"', listing)
+    assert ticket
+    sign_out = {"ticket": unescape(ticket.group(1)), "device_id": other["device_id"], "op": "sign_out"}
+    async with http.post(flow.meta["account_management_uri"], data=sign_out) as page:
+        assert page.status == 200 and "Signed out" in await page.text()
+    gone = RawClient(http, srv.base_url, other["access_token"], "")
+    assert (await gone.request("GET", "/account/whoami"))[0] == 401
+    still = RawClient(http, srv.base_url, tokens["access_token"], "")
+    assert (await still.request("GET", "/account/whoami"))[0] == 200
+    # An old ticket signs nothing out.
+    clock = srv.hs.clock
+    later = clock.time_ms() + TICKET_LIFETIME_MS + 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(clock, "time_ms", lambda: later)
+        async with http.post(
+            flow.meta["account_management_uri"], data={**sign_out, "device_id": flow.device_id}
+        ) as page:
+            assert page.status == 403
+    # A forged or altered ticket signs nothing out.
+    for forged in (sign_out["ticket"][:-2] + "xx", "e30.nope", ""):
+        async with http.post(
+            flow.meta["account_management_uri"],
+            data={**sign_out, "ticket": forged, "device_id": flow.device_id},
+        ) as page:
+            assert page.status == 403
+    assert (await still.request("GET", "/account/whoami"))[0] == 200

@@ -1,0 +1,151 @@
+"""The OAuth 2.0 API's account pages (`account_management_uri`, `/_sotto/account`): clients
+signed in through OAuth cannot do user-interactive auth, so they send the user here, with an
+`action`, for what needs the password:
+
+- `org.matrix.cross_signing_reset`: approve the client's reset of the cross-signing keys (the
+  `m.oauth` UIA stage; one reset within ten minutes);
+- `org.matrix.devices_list`, `org.matrix.device_view` and `org.matrix.device_delete` (with
+  `device_id`), and their older `session_*` names: the signed-in devices, and signing one out.
+
+The user signs in with the password on each visit. The device list then carries a signed
+ticket (ten minutes) in its forms instead of a cookie, so no other site can post them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from aiohttp import web
+
+from homeserver.api.devices import get_device_handler
+from homeserver.api.pages import page
+from homeserver.errors import MatrixError
+from homeserver.handlers.oauth import ACCOUNT_PATH, CROSS_SIGNING_RESET, OAuthServer
+from homeserver.handlers.signed_payloads import PayloadSigner
+from homeserver.server import HomeServer
+
+DEVICE_ACTIONS = (
+    "org.matrix.devices_list",
+    "org.matrix.device_view",
+    "org.matrix.device_delete",
+    "org.matrix.sessions_list",
+    "org.matrix.session_view",
+    "org.matrix.session_end",
+)
+DEVICES_URL = f"{ACCOUNT_PATH}?action=org.matrix.devices_list"
+TICKET_LIFETIME_MS = 10 * 60 * 1000
+
+SignIn = Callable[[web.Request, Any], Awaitable[str]]
+
+
+def _problem(error: str) -> str:
+    return f'<p class="error">{escape(error)}</p>' if error else ""
+
+
+def _when(ts: int | None) -> str:
+    return datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else "never"
+
+
+def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: SignIn, fields: str) -> None:
+    """`sign_in` checks a form's username and password (rate-limited); `fields` are its inputs."""
+    devices = get_device_handler(app, hs)
+    tickets = PayloadSigner(bytes(hs.signing_key), "account page")
+    server_name = hs.config.server_name
+
+    def sign_in_page(
+        request: web.Request, title: str, why: str, button: str, error: str = "", status: int = 200
+    ) -> web.Response:
+        body = (
+            f'{why}{_problem(error)}<form method="post" action="{escape(request.path_qs)}">'
+            f"{fields}<p><button>{escape(button)}</button></p></form>"
+        )
+        return page(title, body, status)
+
+    async def devices_page(user_id: str, focus: str | None, note: str = "") -> web.Response:
+        ticket = tickets.encode({"user_id": user_id, "expires_ms": hs.clock.time_ms() + TICKET_LIFETIME_MS})
+        rows = ""
+        for d in sorted(await hs.accounts.list_devices(user_id), key=lambda d: -(d.last_seen_ts or 0)):
+            mark = ' style="background:#ffd"' if d.device_id == focus else ""
+            rows += (
+                f"<tr{mark}><td>{escape(d.display_name or '')}</td>"
+                f"<td><code>{escape(d.device_id)}</code></td>"
+                f'<td>{_when(d.last_seen_ts)}</td><td><form method="post" action="{ACCOUNT_PATH}">'
+                f'<input type="hidden" name="ticket" value="{escape(ticket)}">'
+                f'<input type="hidden" name="device_id" value="{escape(d.device_id)}">'
+                '<button class="secondary" name="op" value="sign_out">Sign out</button></form></td></tr>'
+            )
+        body = (
+            f"<p>Signed in as <b>{escape(user_id)}</b>.</p>{note}"
+            "<table><tr><th>Name</th><th>Device</th><th>Last seen</th><th></th></tr>"
+            f"{rows or '<tr><td colspan=4>No devices.</td></tr>'}</table>"
+        )
+        return page("Your devices", body)
+
+    async def account(request: web.Request) -> web.Response:
+        action = request.query.get("action")
+        if action == CROSS_SIGNING_RESET:
+            return await reset(request)
+        if action not in DEVICE_ACTIONS and request.method == "GET":
+            return page(
+                f"Your account on {server_name}",
+                f'<p><a class="button" href="{DEVICES_URL}">Your devices</a></p>'
+                "<p>Manage your profile and rooms from your Matrix app.</p>",
+            )
+        focus = request.query.get("device_id")
+        why = "<p>Sign in to see the devices signed in to your account, and sign them out.</p>"
+        if request.method == "GET":
+            return sign_in_page(request, "Your devices", why, "Sign in")
+        form = await request.post()
+        if "ticket" in form:
+            return await sign_out(form)
+        try:
+            user_id = await sign_in(request, form)
+        except MatrixError as e:
+            return sign_in_page(request, "Your devices", why, "Sign in", e.message, e.status)
+        return await devices_page(user_id, focus)
+
+    async def sign_out(form: Any) -> web.Response:
+        ticket = tickets.decode(str(form.get("ticket")))
+        if (
+            ticket is None
+            or not isinstance(ticket.get("user_id"), str)
+            or ticket.get("expires_ms", 0) <= hs.clock.time_ms()
+        ):
+            return page(
+                "Sign in again",
+                f'<p>This page has expired. <a href="{DEVICES_URL}">Sign in again</a>.</p>',
+                403,
+            )
+        user_id, device_id = ticket["user_id"], str(form.get("device_id", ""))
+        gone = await devices.delete_devices(user_id, [device_id])
+        note = (
+            f"<p>Signed out <code>{escape(device_id)}</code>.</p>"
+            if gone
+            else "<p>That device was already signed out.</p>"
+        )
+        return await devices_page(user_id, None, note)
+
+    async def reset(request: web.Request) -> web.Response:
+        title = "Reset your encryption identity?"
+        why = (
+            "<p>An app signed in to your account wants to <b>reset your encryption identity</b> "
+            "(your cross-signing keys). Devices you verified will have to be verified again.</p>"
+            "<p>If you did not ask for this, close this page: someone else may be using your account.</p>"
+        )
+        if request.method == "GET":
+            return sign_in_page(request, title, why, "Allow the reset")
+        try:
+            user_id = await sign_in(request, await request.post())
+        except MatrixError as e:
+            return sign_in_page(request, title, why, "Allow the reset", e.message, e.status)
+        await oauth.allow_cross_signing_reset(user_id)
+        return page(
+            "Reset allowed",
+            "<p>Go back to your app to finish: it may reset your encryption identity "
+            "in the next ten minutes.</p>",
+        )
+
+    app.router.add_routes([web.get(ACCOUNT_PATH, account), web.post(ACCOUNT_PATH, account)])
