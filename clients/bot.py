@@ -69,6 +69,7 @@ from clients.formatting import text_content
 from clients.secrets import SecretStorage
 from clients.store import Credentials, StoreDir, StoreLockedError
 from clients.trust import TrustManager, TrustMode, matches
+from clients.verification_types import is_verification_event
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Bot:
         self._file_handlers: list[Handler] = []
         self._invite_deciders: list[InviteDecider] = []
         self._to_device_handlers: list[Callable[[Any], Awaitable[None]]] = []
+        self._verification_handlers: list[Callable[[MatrixRoom, Any], Awaitable[None]]] = []
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,6 +181,17 @@ class Bot:
     def on_to_device(self, func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """`async def f(event)` for decrypted to-device events (verification uses this)."""
         self._to_device_handlers.append(func)
+        return func
+
+    def on_key_verification(
+        self, func: Callable[[MatrixRoom, Any], Awaitable[None]]
+    ) -> Callable[[MatrixRoom, Any], Awaitable[None]]:
+        """`async def f(room, event)` for in-room key verification events from others.
+
+        Decrypted if they were encrypted, but possibly clear even in an encrypted room (Element
+        sends them so), and *before* the trust policy: the sender's device may be the one being
+        verified. They never reach message handlers."""
+        self._verification_handlers.append(func)
         return func
 
     def on_startup(self, func: Hook) -> Hook:
@@ -495,6 +508,12 @@ class Bot:
             return
         if isinstance(event, RoomMemberEvent):
             self._run_handlers(self._membership_handlers, Context(self, room, event))
+            return
+        if is_verification_event(str(event.source.get("type", "")), event.source.get("content")):
+            # Clear or encrypted alike: Element (matrix-rust-sdk) sends them in clear even in
+            # encrypted rooms, and SAS does not rely on the channel (the people compare the SAS).
+            for on_verification in self._verification_handlers:
+                self._spawn(on_verification(room, event))
             return
         if not isinstance(event, RoomMessage | ReactionEvent):
             return

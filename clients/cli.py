@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="interactive emoji (SAS) verification of the bot's device")
     _store_arg(verify)
-    verify.add_argument("--user", help="start a verification with this user's device (else wait for one)")
-    verify.add_argument("--device", help="the device ID to verify (with --user)")
+    verify.add_argument("--user", help="start a verification with this user (else wait for one)")
+    verify.add_argument("--device", help="verify this device of --user (to-device messages)")
+    verify.add_argument(
+        "--room", help="verify --user (their identity) in this room, a DM with them, as Element does"
+    )
     verify.add_argument("--timeout", type=float, default=300.0)
     verify.add_argument("--yes", action="store_true", help="accept matching emoji without asking (testing)")
 
@@ -281,6 +284,12 @@ async def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         answer = await asyncio.to_thread(input, "Do they match what the other device shows? [y/N] ")
         return answer.strip().lower() in ("y", "yes")
 
+    if (args.device or args.room) and not args.user:
+        print("--device and --room need --user", file=sys.stderr)
+        return 2
+    if args.user and not (args.device or args.room):
+        print("--user needs --device (to-device) or --room (in-room)", file=sys.stderr)
+        return 2
     return await run_verification(
         Bot(config=BotConfig.from_env(store_path=store_of(args))),
         ask,
@@ -288,11 +297,18 @@ async def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         args.device,
         args.timeout,
         out,
+        room=args.room,
     )
 
 
 async def run_verification(
-    bot: Bot, confirm: Any, user: str | None, device: str | None, timeout: float, out: TextIO
+    bot: Bot,
+    confirm: Any,
+    user: str | None,
+    device: str | None,
+    timeout: float,
+    out: TextIO,
+    room: str | None = None,
 ) -> int:
     verifier = Verifier(bot, confirm)
     task = asyncio.create_task(bot.serve())
@@ -302,7 +318,11 @@ async def run_verification(
         if task in done:
             ready.cancel()
             task.result()
-        if user and device:
+        if user and room:
+            room_id = await bot.resolve_room(room)
+            await verifier.request_in_room(room_id, user)
+            print(f"asked {user} to verify in {room_id} …", file=out, flush=True)
+        elif user and device:
             await verifier.start(user, device)
         elif bot.client is not None:
             print(
@@ -319,6 +339,8 @@ async def run_verification(
         await asyncio.gather(task, return_exceptions=True)
     if result.verified:
         print(f"verified {result.user_id} / {result.device_id}", file=out)
+        if result.master_key:
+            print(f"signed the identity of {result.user_id} (master key {result.master_key})", file=out)
         return 0
     print(f"not verified: {result.reason}", file=sys.stderr)
     return 1

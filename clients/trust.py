@@ -200,6 +200,13 @@ class TrustManager:
             if user in answered
         }
 
+    def accept_identity(self, user_id: str, master_key: str) -> None:
+        """Pin an identity the operator verified interactively; it replaces any earlier pin
+        (devices blocked for a changed identity are then re-examined against it)."""
+        if self.state.pins.get(user_id) != master_key:
+            self.state.pins[user_id] = master_key
+            self.save()
+
     def forget(self, user_id: str) -> bool:
         """Accept a user's new identity: drop the pin; their blocked devices get re-examined."""
         return forget_pin(self.store, user_id, self.state)

@@ -1,20 +1,20 @@
-"""Interactive SAS (emoji) verification of the bot's device, over to-device messages.
+"""Interactive SAS (emoji) verification for the bot, to-device and in rooms.
 
-matrix-nio implements the SAS state machine (`m.key.verification.start/accept/key/mac`); this
-module drives it from the bot: it answers `m.key.verification.request` with `ready` (nio does
-not), accepts incoming starts, shows the emoji through a `confirm` callback (the CLI asks the
-operator), sends `done`, and can also start a verification with a given device.
+To-device (device ↔ device): matrix-nio implements the SAS state machine
+(`m.key.verification.start/accept/key/mac`); this module drives it from the bot: it answers
+`m.key.verification.request` with `ready` (nio does not), accepts incoming starts, shows the emoji
+through a `confirm` callback (the CLI asks the operator), sends `done`, and can also start a
+verification with a given device.
 
-Only to-device verification is supported (device ↔ device, what Element uses between a user's
-own sessions and what `sotto-bot verify` offers); in-room verification requests are not.
+In rooms (user ↔ user, Element's "Verify user"): `clients.room_verification`, which also proves
+the bot's master key to the other side and signs theirs. Both kinds report on `results` and share
+one lock, so the operator sees one prompt at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nio import (
@@ -23,42 +23,20 @@ from nio import (
     KeyVerificationKey,
     KeyVerificationMac,
     KeyVerificationStart,
+    MatrixRoom,
     ToDeviceMessage,
     UnknownToDeviceEvent,
 )
 
+from clients.room_verification import RoomVerifications
+from clients.sas import SAS_METHOD
 from clients.trust import matches
+from clients.verification_types import Confirm, SasPrompt, VerificationResult
 
 if TYPE_CHECKING:
     from clients.bot import Bot
 
 log = logging.getLogger(__name__)
-
-SAS_METHOD = "m.sas.v1"
-
-
-@dataclass(frozen=True, slots=True)
-class SasPrompt:
-    user_id: str
-    device_id: str
-    emojis: list[tuple[str, str]]
-    decimals: tuple[int, ...]
-
-    def describe(self) -> str:
-        emoji = "  ".join(f"{symbol} {name}" for symbol, name in self.emojis)
-        numbers = " ".join(str(n) for n in self.decimals)
-        return f"Verifying {self.user_id} / {self.device_id}\n  {emoji}\n  or the numbers: {numbers}"
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationResult:
-    user_id: str
-    device_id: str
-    verified: bool
-    reason: str = ""
-
-
-Confirm = Callable[[SasPrompt], Awaitable[bool]]
 
 
 class Verifier:
@@ -72,7 +50,9 @@ class Verifier:
         self._requested: set[str] = set()  # transactions that began with request/ready
         self._prompted: set[str] = set()
         self._lock = asyncio.Lock()
+        self.rooms = RoomVerifications(bot, confirm, allowed_users, self.results.put)
         bot.on_to_device(self.handle)
+        bot.on_key_verification(self.handle_room_event)
 
     async def start(self, user_id: str, device_id: str) -> str:
         """Begin a verification with another device (it must have been seen in a key query)."""
@@ -96,6 +76,20 @@ class Verifier:
             if sas.other_olm_device.id == device_id and sas.other_olm_device.user_id == user_id:
                 return str(txn)
         raise RuntimeError("verification did not start")
+
+    async def request_in_room(self, room_id: str, user_id: str) -> str:
+        """Ask a user to verify in a room shared with them (a DM); returns the request's event ID.
+
+        They accept on their side; the emoji then go through `confirm` as usual."""
+        async with self._lock:
+            return await self.rooms.request(room_id, user_id)
+
+    async def handle_room_event(self, room: MatrixRoom, event: Any) -> None:
+        async with self._lock:
+            try:
+                await self.rooms.handle(room, event)
+            except Exception:
+                log.exception("in-room verification step failed")
 
     async def handle(self, event: Any) -> None:
         async with self._lock:
@@ -175,3 +169,6 @@ class Verifier:
                 {"from_device": client.device_id, "methods": [SAS_METHOD], "transaction_id": txn},
             )
         )
+
+
+__all__ = ["Confirm", "SasPrompt", "VerificationResult", "Verifier"]

@@ -1,0 +1,187 @@
+// matrix-js-sdk (Rust crypto, WASM) acting as Element's "Verify user" against a Sotto bot.
+//
+// Driven by tests/bot/test_room_verification.py through environment variables: HS_URL, USER_ID,
+// ACCESS_TOKEN, DEVICE_ID, PASSWORD, BOT_USER_ID and MODE:
+//   MODE=request  we send the in-room request (requestVerificationDM) and start SAS once ready;
+//   MODE=accept   we wait for the bot's request, accept it, and let the bot start SAS.
+// Either way we confirm the emoji when shown (the bot decides whether they match).
+// Reports on stdout as "@@<STEP> <detail>" lines (everything else there is SDK logging):
+//   @@ROOM <room_id>         created an encrypted DM with the bot (it must join)
+//   @@READY                  cross-signing bootstrapped, the bot joined, its device is known
+//   @@REQUEST <event_id>     the in-room request (sent or received) and so the flow ID
+//   @@SAS <json>             {"emoji": [symbols], "decimal": [3 numbers]} as shown to the user
+//   @@VERIFIED               the SAS verification completed
+//   @@CANCELLED <code>       the verification was cancelled (by either side) with this code
+//   @@STATUS <json>          {"user": bot user cross-signing verified, "device": bot device
+//                             cross-signing verified, "local": bot device locally verified}
+// Exits 0 when done, non-zero on error or timeout.
+
+import { env, say } from "./common.mjs";
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, check, ms = 30000, every = 100) {
+    for (const end = Date.now() + ms; Date.now() < end; await sleep(every)) {
+        if (await check()) return;
+    }
+    throw new Error(`timed out waiting for ${what}`);
+}
+
+async function main() {
+    const sdk = await import("matrix-js-sdk");
+    const cryptoApi = await import("matrix-js-sdk/lib/crypto-api/index.js");
+    const { logger } = await import("matrix-js-sdk/lib/logger.js");
+    logger.setLevel(process.env.JS_SDK_LOG_LEVEL || "warn");
+    const { CryptoEvent, VerificationPhase, VerificationRequestEvent, VerifierEvent } = cryptoApi;
+
+    const botUserId = env("BOT_USER_ID");
+    const mode = env("MODE");
+    const client = sdk.createClient({
+        baseUrl: env("HS_URL"),
+        userId: env("USER_ID"),
+        accessToken: env("ACCESS_TOKEN"),
+        deviceId: env("DEVICE_ID"),
+    });
+    await client.initRustCrypto({ useIndexedDB: false });
+    const crypto = client.getCrypto();
+
+    // Registered before the first sync so an early request is not missed.
+    const incoming = Promise.withResolvers();
+    client.on(CryptoEvent.VerificationRequestReceived, (request) => {
+        if (request.otherUserId === botUserId && request.roomId) incoming.resolve(request);
+    });
+
+    const synced = Promise.withResolvers();
+    client.on(sdk.ClientEvent.Sync, (state) => {
+        if (state === "PREPARED" || state === "SYNCING") synced.resolve();
+        if (state === "ERROR") synced.reject(new Error("sync failed"));
+    });
+    // Short long-polls: the test server shuts down soon after we exit, and waits for open requests.
+    await client.startClient({ initialSyncLimit: 20, pollTimeout: 2000 });
+    await synced.promise;
+
+    // An Element user has cross-signing: it is what lets them verify (and sign) other users.
+    await crypto.bootstrapCrossSigning({
+        setupNewCrossSigning: true,
+        authUploadDeviceSigningKeys: async (makeRequest) => {
+            await makeRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: env("USER_ID") },
+                password: env("PASSWORD"),
+            });
+        },
+    });
+
+    const { room_id: roomId } = await client.createRoom({
+        preset: "trusted_private_chat",
+        is_direct: true,
+        invite: [botUserId],
+        initial_state: [
+            {
+                type: "m.room.encryption",
+                state_key: "",
+                content: { algorithm: "m.megolm.v1.aes-sha2" },
+            },
+        ],
+    });
+    say(`ROOM ${roomId}`);
+    await until("the bot to join", () => client.getRoom(roomId)?.getMember(botUserId)?.membership === "join");
+    await until("encryption in the room", () => crypto.isEncryptionEnabledInRoom(roomId));
+    await until("the bot's device keys", async () => {
+        const devices = await crypto.getUserDeviceInfo([botUserId], true);
+        return (devices.get(botUserId)?.size ?? 0) > 0;
+    });
+    say("READY");
+
+    let request;
+    if (mode === "request") {
+        request = await crypto.requestVerificationDM(botUserId, roomId);
+    } else {
+        request = await incoming.promise;
+    }
+    say(`REQUEST ${request.transactionId}`);
+
+    const phaseReached = (phases) =>
+        new Promise((resolve) => {
+            const check = () => {
+                if (phases.includes(request.phase)) {
+                    request.off(VerificationRequestEvent.Change, check);
+                    resolve(request.phase);
+                }
+            };
+            request.on(VerificationRequestEvent.Change, check);
+            check();
+        });
+
+    let verifier;
+    if (mode === "request") {
+        const phase = await phaseReached([VerificationPhase.Ready, VerificationPhase.Cancelled]);
+        if (phase === VerificationPhase.Ready) verifier = await request.startVerification("m.sas.v1");
+    } else {
+        await request.accept();
+        const phase = await phaseReached([VerificationPhase.Started, VerificationPhase.Cancelled]);
+        if (phase === VerificationPhase.Started) verifier = request.verifier;
+    }
+
+    let verified = false;
+    if (verifier) {
+        verifier.on(VerifierEvent.ShowSas, (sas) => {
+            say(`SAS ${JSON.stringify({ emoji: sas.sas.emoji.map(([symbol]) => symbol), decimal: sas.sas.decimal })}`);
+            // The person says they match; the bot has its own say.
+            sas.confirm().catch(() => {});
+        });
+        try {
+            await verifier.verify();
+            verified = true;
+        } catch {
+            verified = false;
+        }
+    }
+    if (verified) {
+        say("VERIFIED");
+        // After the MAC, Rust signs the bot's master key with our user-signing key, uploads the
+        // signature, and trusts the bot once a /keys/query returns it. Synapse triggers that query
+        // by listing the bot in *our* next sync's device_lists.changed (its
+        // get_users_whose_signatures_changed); Sotto lists the signer instead (a homeserver bug,
+        // reported), so we re-query ourselves until the uploaded signature comes back.
+        await until(
+            "the bot's identity to be verified",
+            async () => {
+                if ((await crypto.getUserVerificationStatus(botUserId)).isCrossSigningVerified()) return true;
+                await crypto.markAllTrackedUsersAsDirty();
+                return false;
+            },
+            30000,
+            500,
+        );
+    } else {
+        await phaseReached([VerificationPhase.Cancelled]);
+        say(`CANCELLED ${request.cancellationCode}`);
+    }
+
+    const botDevice = [...(await crypto.getUserDeviceInfo([botUserId])).get(botUserId).keys()][0];
+    const device = await crypto.getDeviceVerificationStatus(botUserId, botDevice);
+    const user = await crypto.getUserVerificationStatus(botUserId);
+    say(
+        `STATUS ${JSON.stringify({
+            user: user.isCrossSigningVerified(),
+            device: Boolean(device?.crossSigningVerified),
+            local: Boolean(device?.localVerified),
+        })}`,
+    );
+    // Let outgoing requests (the done event, signature uploads) finish, then stop cleanly.
+    await sleep(500);
+    client.stopClient();
+    process.exit(0);
+}
+
+const timeout = setTimeout(() => {
+    process.stderr.write("timed out\n");
+    process.exit(3);
+}, Number(process.env.JS_TIMEOUT_MS || 90000));
+timeout.unref();
+
+main().catch((err) => {
+    process.stderr.write(`error: ${err && err.stack ? err.stack : err}\n`);
+    process.exit(2);
+});
