@@ -5,7 +5,8 @@ signed in through OAuth cannot do user-interactive auth, so they send the user h
 - `org.matrix.cross_signing_reset`: approve the client's reset of the cross-signing keys (the
   `m.oauth` UIA stage; one reset within ten minutes);
 - `org.matrix.devices_list`, `org.matrix.device_view` and `org.matrix.device_delete` (with
-  `device_id`), and their older `session_*` names: the signed-in devices, and signing one out.
+  `device_id`), and their older `session_*` names: the signed-in devices, and signing one out;
+- `org.matrix.account_deactivate`: closing the account.
 
 The user signs in with the password on each visit. The device list then carries a signed
 ticket (ten minutes) in its forms instead of a cookie, so no other site can post them.
@@ -23,7 +24,8 @@ from aiohttp import web
 from homeserver.api.devices import get_device_handler
 from homeserver.api.pages import page
 from homeserver.errors import MatrixError
-from homeserver.handlers.oauth import ACCOUNT_PATH, CROSS_SIGNING_RESET, OAuthServer
+from homeserver.handlers.deactivation import Deactivator
+from homeserver.handlers.oauth import ACCOUNT_PATH, CROSS_SIGNING_RESET, DEACTIVATE, OAuthServer
 from homeserver.handlers.signed_payloads import PayloadSigner
 from homeserver.server import HomeServer
 
@@ -52,6 +54,7 @@ def _when(ts: int | None) -> str:
 def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: SignIn, fields: str) -> None:
     """`sign_in` checks a form's username and password (rate-limited); `fields` are its inputs."""
     devices = get_device_handler(app, hs)
+    deactivator = Deactivator(hs.accounts, devices, hs.auth, hs.events, hs.creator)
     tickets = PayloadSigner(bytes(hs.signing_key), "account page")
     server_name = hs.config.server_name
 
@@ -88,6 +91,8 @@ def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: Sig
         action = request.query.get("action")
         if action == CROSS_SIGNING_RESET:
             return await reset(request)
+        if action == DEACTIVATE:
+            return await deactivate(request)
         if action not in DEVICE_ACTIONS and request.method == "GET":
             return page(
                 f"Your account on {server_name}",
@@ -146,6 +151,29 @@ def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: Sig
             "Reset allowed",
             "<p>Go back to your app to finish: it may reset your encryption identity "
             "in the next ten minutes.</p>",
+        )
+
+    async def deactivate(request: web.Request) -> web.Response:
+        title = "Deactivate your account?"
+        why = (
+            f"<p>Deactivating your account on <b>{escape(server_name)}</b> signs out every device, "
+            "takes you out of your rooms and cannot be undone: no one can use the account, or its "
+            "name, again.</p>"
+        )
+        erase = (
+            '<p><label><input type="checkbox" name="erase" value="1" style="width:auto"> '
+            "Also forget my name and picture</label></p>"
+        )
+        if request.method == "GET":
+            return sign_in_page(request, title, why + erase, "Deactivate my account")
+        form = await request.post()
+        try:
+            user_id = await sign_in(request, form)
+        except MatrixError as e:
+            return sign_in_page(request, title, why + erase, "Deactivate my account", e.message, e.status)
+        await deactivator.deactivate(user_id, erase=form.get("erase") == "1")
+        return page(
+            "Account deactivated", f"<p>{escape(user_id)} is deactivated. You may close this page.</p>"
         )
 
     app.router.add_routes([web.get(ACCOUNT_PATH, account), web.post(ACCOUNT_PATH, account)])

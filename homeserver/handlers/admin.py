@@ -26,6 +26,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, bad_json, invalid_param, not_found
 from homeserver.handlers.auth import AuthHandler, PasswordHasher
+from homeserver.handlers.deactivation import Deactivator, leave_rooms
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.registration import validate_password
@@ -171,6 +172,7 @@ class AdminHandler:
         self.clock = clock
         self.server_name = server_name
         self.external_ids = ExternalIdStore(store.db)
+        self.deactivator = Deactivator(accounts, devices, auth, events, creator)
         self._deletes: OrderedDict[str, DeleteStatus] = OrderedDict()
         self._purges: OrderedDict[str, PurgeStatus] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -229,14 +231,8 @@ class AdminHandler:
 
     async def deactivate(self, user_id: str, *, erase: bool = False) -> dict[str, Any]:
         """Log the user out everywhere, lock the account and remove them from their rooms."""
-        user = await self._require_user(user_id)
-        await self.devices.delete_devices(user_id, None)
-        await self.accounts.deactivate(user_id)
-        self.auth.invalidate_user(user_id)
-        if erase:
-            await self.accounts.erase_profile(user_id)
-        if not user.deactivated:
-            await self._leave_rooms(user_id)
+        await self._require_user(user_id)
+        await self.deactivator.deactivate(user_id, erase=erase)
         log.info("admin deactivated %s", user_id)
         return {"id_server_unbind_result": "no-support"}
 
@@ -250,26 +246,6 @@ class AdminHandler:
             await self.devices.delete_devices(user_id, None)
             self.auth.invalidate_user(user_id)
         log.info("admin reset the password of %s", user_id)
-
-    async def _leave_rooms(self, user_id: str, only_room: str | None = None) -> list[str]:
-        """Make `user_id` leave every room (or `only_room`) they are joined, invited or knocking
-        in; returns the rooms left. Best effort: one room failing does not stop the others."""
-        left: list[str] = []
-        for room_id, membership, _, _ in await self.events.get_memberships_for_user(user_id):
-            if membership not in ("join", "invite", "knock") or (only_room and room_id != only_room):
-                continue
-            try:
-                await self.creator.create_and_send(
-                    room_id=room_id,
-                    type="m.room.member",
-                    sender=user_id,
-                    content={"membership": "leave"},
-                    state_key=user_id,
-                )
-                left.append(room_id)
-            except Exception:
-                log.exception("could not remove %s from %s", user_id, room_id)
-        return left
 
     # Rooms ---------------------------------------------------------------------------------
 
@@ -356,7 +332,7 @@ class AdminHandler:
             for user_id in await self.events.get_room_members(room_id, membership):
                 if not user_id.endswith(":" + self.server_name):
                     continue
-                if await self._leave_rooms(user_id, only_room=room_id):
+                if await leave_rooms(self.events, self.creator, user_id, only_room=room_id):
                     kicked.append(user_id)
                 else:
                     failed.append(user_id)

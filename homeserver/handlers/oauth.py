@@ -60,6 +60,7 @@ TOKEN_PATH = "/_sotto/oauth2/token"
 REVOKE_PATH = "/_sotto/oauth2/revoke"
 DEVICE_PATH = "/_sotto/oauth2/device"
 CROSS_SIGNING_RESET = "org.matrix.cross_signing_reset"
+DEACTIVATE = "org.matrix.account_deactivate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class OAuthServer:
                 "org.matrix.devices_list",
                 "org.matrix.device_view",
                 "org.matrix.device_delete",
+                DEACTIVATE,
             ],
         }
         if self.config.registration.enabled:

@@ -28,6 +28,7 @@ from homeserver.errors import (
     require_str,
 )
 from homeserver.handlers.auth import AuthHandler, PasswordHasher, Requester, generate_token, hash_token
+from homeserver.handlers.deactivation import Deactivator
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.guests import guest_localpart
@@ -428,8 +429,7 @@ class AccountHandler:
         self.auth = auth
         self.uia = uia
         self.devices = devices
-        self.events = events
-        self.creator = creator
+        self.deactivator = Deactivator(accounts, devices, auth, events, creator)
         # Without an access token the password stage is a login in disguise: limit it like /login.
         self.limiter = limiter
 
@@ -472,31 +472,9 @@ class AccountHandler:
         user_id = requester.user_id if requester else result.user_id
         assert user_id is not None
         await self.uia.finish(result)
-        await self.devices.delete_devices(user_id, None)
-        await self.accounts.deactivate(user_id)
-        self.auth.invalidate_user(user_id)
-        if erase:
-            await self.accounts.erase_profile(user_id)
-        await self._leave_all_rooms(user_id)
-        log.info("deactivated %s", user_id)
+        await self.deactivator.deactivate(user_id, erase=erase)
         # No third-party identifiers are bound through this server.
         return {"id_server_unbind_result": "no-support"}
-
-    async def _leave_all_rooms(self, user_id: str) -> None:
-        for room_id, membership, _, _ in await self.events.get_memberships_for_user(user_id):
-            if membership not in ("join", "invite", "knock"):
-                continue
-            try:
-                await self.creator.create_and_send(
-                    room_id=room_id,
-                    type="m.room.member",
-                    sender=user_id,
-                    content={"membership": "leave"},
-                    state_key=user_id,
-                )
-            except Exception:
-                # Best effort: the account is already unusable; one room failing must not stop the rest.
-                log.exception("could not remove deactivated %s from %s", user_id, room_id)
 
 
 def whoami(requester: Requester) -> dict[str, Any]:

@@ -495,3 +495,25 @@ async def test_account_pages_list_and_sign_out_devices(
         ) as page:
             assert page.status == 403
     assert (await still.request("GET", "/account/whoami"))[0] == 200
+
+
+async def test_account_page_deactivates(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    _, tokens = await flow.exchange(await flow.code())
+    me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
+    room = await me.create_room(preset="public_chat")
+    await me.ok("PUT", f"/profile/{me.user_id}/displayname", json={"displayname": "Alice"})
+    url = f"{flow.meta['account_management_uri']}?action=org.matrix.account_deactivate"
+    async with http.post(url, data={"username": "alice", "password": "wrong", "erase": "1"}) as page:
+        assert page.status == 403
+    assert (await me.request("GET", "/account/whoami"))[0] == 200
+    async with http.post(url, data={"username": "alice", "password": "password", "erase": "1"}) as page:
+        assert page.status == 200 and "deactivated" in await page.text()
+    assert (await me.request("GET", "/account/whoami"))[0] == 401
+    user = await srv.hs.accounts.get_user(me.user_id)
+    assert user is not None and user["deactivated"]
+    membership = await srv.hs.events.get_membership(room, me.user_id)
+    assert membership is not None and membership[0] == "leave"
+    bob = RawClient(http, srv.base_url, (await srv.login("bob"))["access_token"], "")
+    status, profile = await bob.request("GET", f"/profile/{me.user_id}")
+    assert status == 404 or "displayname" not in profile
