@@ -13,6 +13,7 @@ from pathlib import Path
 
 from nio import RoomMessageText
 
+from tests.bot.js_peer import js_client
 from tests.bot.peer import Peer
 from tests.support.server import RunningServer
 
@@ -179,6 +180,44 @@ async def test_verify_answers_an_emoji_verification(
     # The operator saw the same emoji as Alice.
     assert all(name in out for _, name in sas.get_emoji())
     assert alice.client.device_store[bot_id][device_id].verified
+
+
+async def test_verify_asks_a_user_in_a_room(server: RunningServer, tmp_path: Path) -> None:
+    """`verify --room R --user U`: the bot asks in the DM, Element (js-sdk) accepts, both trust."""
+    store, bot_id = await login_bot(server, tmp_path)
+    alice = await server.login("alice")
+    env = {
+        "HS_URL": server.base_url,
+        "USER_ID": alice["user_id"],
+        "ACCESS_TOKEN": alice["access_token"],
+        "DEVICE_ID": alice["device_id"],
+        "PASSWORD": "password",
+        "BOT_USER_ID": bot_id,
+        "MODE": "accept",
+    }
+    async with js_client("verify_client.mjs", env, alice["user_id"], alice["device_id"]) as js:
+        room = await js.expect("ROOM")
+        async with sotto_bot(
+            "verify", "--yes", "--room", room, "--user", alice["user_id"], "--store", store
+        ) as cli:
+            shown = json.loads(await js.expect("SAS"))
+            await js.expect("VERIFIED")
+            assert json.loads(await js.expect("STATUS"))["user"] is True
+            rc, out, err = await cli.finish()
+    assert rc == 0, err
+    assert f"verified {alice['user_id']} / {alice['device_id']}" in out
+    assert f"signed the identity of {alice['user_id']}" in out
+    # The operator was shown what the person saw: "  🐶 Dog  🐱 Cat  …" and the numbers.
+    lines = out.splitlines()
+    emoji_line = lines[next(i for i, line in enumerate(lines) if line.startswith("Verifying")) + 1]
+    assert [part.split(" ", 1)[0] for part in emoji_line.strip().split("  ")] == shown["emoji"]
+    assert f"or the numbers: {' '.join(map(str, shown['decimal']))}" in out
+
+
+async def test_verify_usage_errors(tmp_path: Path) -> None:
+    store = str(tmp_path / "no-store")
+    assert (await run_cli("verify", "--room", "!r:x", "--store", store))[0] == 2
+    assert (await run_cli("verify", "--user", "@a:x", "--store", store))[0] == 2
 
 
 async def test_login_with_key_backup_then_restore_into_a_new_store(
