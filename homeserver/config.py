@@ -584,4 +584,9 @@ registration:
 server_notices:
   # The user that sends official notices to users (admin API: send_server_notice).
   localpart: notices
+
+oauth:
+  # The spec's OAuth 2.0 API: apps such as Element X sign users in through the browser, on
+  # this server's own sign-in page. The password login keeps working either way.
+  enabled: false
 """
