@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clients import Bot, TrustMode, TrustPolicy
+from clients import Bot, Context, TrustMode, TrustPolicy
 from clients.verification import SasPrompt, VerificationResult, Verifier
 from tests.bot.conftest import BotFactory, running
 from tests.bot.js_peer import JsClient, js_client
@@ -153,7 +153,7 @@ async def test_requests_from_strangers_or_for_others_get_no_answer(
     caplog.set_level(logging.DEBUG, logger="clients.room_verification")
     bot = make_bot()
     _, confirm = recording(True)
-    Verifier(bot, confirm, allowed_users=("@alice:*",))
+    verifier = Verifier(bot, confirm, allowed_users=("@alice:*",))
     async with running(bot, server):
         alice = await peers("alice")
         mallory = await peers("mallory")
@@ -189,6 +189,52 @@ async def test_requests_from_strangers_or_for_others_get_no_answer(
         assert ready.source["content"]["methods"] == ["m.sas.v1"]
         from_bot = [relates_to(e) for r, e in alice.events if r == room and e.sender == bot.user_id]
         assert from_stranger not in from_bot and for_someone_else not in from_bot
+        # A third party cannot cancel (or otherwise step into) Alice's flow.
+        relation = {"rel_type": "m.reference", "event_id": answered}
+        cancel = {"code": "m.user", "reason": "no", "m.relates_to": relation}
+        await mallory.send(room, cancel, event_type="m.key.verification.cancel")
+        second = await alice.send(room, request(alice, bot.user_id))
+        await alice.wait_for(lambda r, e: r == room and e.sender == bot.user_id and relates_to(e) == second)
+        assert answered in verifier.rooms.flows
     # Decrypted and refused, not merely unreadable.
     assert f"ignoring verification request {from_stranger} from {mallory.user_id}" in caplog.text
     assert f"ignoring verification request {for_someone_else}: addressed to" in caplog.text
+
+
+async def test_a_mac_without_the_master_key_verifies_the_device_only(
+    server: RunningServer, make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bot ↔ bot. The answering side MACs its device key only (as older clients do): the asking
+    bot trusts that device but must not vouch for an identity the MAC did not prove."""
+    asker, answerer = make_bot(store="asker"), make_bot(store="answerer", localpart="answerer")
+    asker_prompts, asker_confirm = recording(True)
+    answerer_prompts, answerer_confirm = recording(True)
+    asking, answering = Verifier(asker, asker_confirm), Verifier(answerer, answerer_confirm)
+    answerer_joined = asyncio.Event()
+
+    @asker.on_membership
+    async def seen(ctx: Context) -> None:
+        if ctx.event.state_key == answerer.user_id and ctx.event.membership == "join":
+            answerer_joined.set()
+
+    async with running(asker, server), running(answerer, server):
+        assert answerer.client is not None and answerer.cross_signing is not None
+        device_only = {
+            f"ed25519:{answerer.client.device_id}": answerer.client.olm.account.identity_keys["ed25519"]
+        }
+        monkeypatch.setattr(answering.rooms, "_own_keys", lambda: device_only)
+        room = await asker.create_room(invite=(answerer.user_id,), direct=True)
+        await asyncio.wait_for(answerer_joined.wait(), 20)
+        await asking.request_in_room(room, answerer.user_id)
+        asked = await asyncio.wait_for(asking.results.get(), 30)
+        answered = await asyncio.wait_for(answering.results.get(), 30)
+        assert asker_prompts[0].emojis == answerer_prompts[0].emojis
+        assert asker_prompts[0].decimals == answerer_prompts[0].decimals
+        # The asker proved its master key: the answerer signed it.
+        assert answered.verified and answered.master_key is not None
+        master, usk = await master_key_signatures(server, answerer, asker.user_id)
+        olm_verify(master, answerer.user_id, usk)
+        # The answerer did not: its device is verified, its identity not signed.
+        assert asked.verified and asked.device_id == answerer.client.device_id and asked.master_key is None
+        master, _ = await master_key_signatures(server, asker, answerer.user_id)
+        assert asker.user_id not in master.get("signatures", {})
