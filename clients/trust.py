@@ -152,6 +152,11 @@ class TrustManager:
             key = (device.user_id, device.id)
             if device.user_id not in identities:
                 continue  # the query failed for this user (their server unreachable?): decide later
+            if device.verified and not device.blacklisted:
+                # Verified interactively while the query above was in flight: the operator's word wins.
+                changed |= key in self.state.blocked
+                self.state.blocked.discard(key)
+                continue
             verdict = decide(
                 self.policy,
                 device.user_id,
