@@ -474,12 +474,18 @@ class CrossSigningHandler:
                     fail(target_user, key_id, Codes(sigs.errcode), sigs.message)
                     continue
                 accepted.extend(sigs)
-                # Signatures on someone else's master key are visible only to the signer.
-                changed.add(target_user if target_user == user_id else user_id)
+                changed.add(target_user)
         if accepted:
+            # The target's keys changed: the signer's clients must fetch them again (a client
+            # marks a user verified by their own user-signing key only once it sees it).
             await self.store.add_signatures(accepted, changed)
             for changed_user in changed:
-                await self.device_lists.changed(changed_user)
+                if changed_user == user_id:
+                    await self.device_lists.changed(changed_user)
+                else:
+                    # Someone else's master key: the signature is visible to the signer alone,
+                    # so only their streams are woken, and no other server is told.
+                    self.device_lists.notifier.notify(users=[user_id])
         return {"failures": failures}
 
     async def _check_one(

@@ -306,10 +306,13 @@ async def test_cross_signing_upload_and_visibility(
     signed = CrossSigning.sign_with(
         bob_cs.user_signing, bob.user_id, {k: v for k, v in alice_master.items() if k != "signatures"}
     )
+    await bob.sync()
     result = await bob.raw.ok(
         "POST", "/keys/signatures/upload", json={alice.user_id: {cs.master.public_key: signed}}
     )
     assert result["failures"] == {}
+    # Bob's clients learn that Alice's keys changed (so they see his signature on them).
+    assert alice.user_id in (await bob.sync())["device_lists"]["changed"]
     by_bob = await bob.raw.ok("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
     assert bob.user_id in by_bob["master_keys"][alice.user_id]["signatures"]
     by_alice = await alice.raw.ok("POST", "/keys/query", json={"device_keys": {alice.user_id: []}})
