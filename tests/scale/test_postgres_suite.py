@@ -34,6 +34,9 @@ SUITES = {
 }
 
 
+# The child run has its own bound (SUITES); pytest-timeout's default (300 s, pyproject.toml)
+# must not cut it short first on a loaded machine.
+@pytest.mark.timeout(max(bound for _, bound in SUITES.values()) + 60)
 @pytest.mark.parametrize("suite", list(SUITES))
 def test_suite_on_postgres(suite: str) -> None:
     if not asyncio.run(available()):
