@@ -12,6 +12,7 @@ and their client, for the token endpoint's checks and the `m.oauth` stage of UIA
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -229,16 +230,7 @@ class OAuthServer:
             raise fail(e.error, e.description) from None
         # `prompt=create` shows the registration form (when registration is open); other
         # values change nothing: the user always signs in.
-        return AuthorizationRequest(
-            partial.client_id,
-            client,
-            redirect_uri,
-            response_mode,
-            partial.state,
-            scope,
-            query["code_challenge"],
-            query.get("prompt"),
-        )
+        return dataclasses.replace(partial, scope=scope, code_challenge=query["code_challenge"])
 
     async def issue_code(self, request: AuthorizationRequest, user_id: str) -> str:
         """The user approved: the redirect URI with a new code."""
