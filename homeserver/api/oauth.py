@@ -74,11 +74,11 @@ def _redirect(url: str) -> web.Response:
     return web.Response(status=302, headers={**NO_STORE, "Location": url})
 
 
-def _sign_in_fields(new_password: bool = False) -> str:
+def _sign_in_fields(new_password: bool = False, username: str = "") -> str:
     completion = "new-password" if new_password else "current-password"
     return (
         '<label for="username">Username</label>'
-        '<input id="username" name="username" autocomplete="username" required>'
+        f'<input id="username" name="username" autocomplete="username" value="{escape(username)}" required>'
         '<label for="password">Password</label>'
         f'<input id="password" name="password" type="password" autocomplete="{completion}" required>'
     )
@@ -169,7 +169,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if registration_open:
             create = escape(f"{AUTHORIZE_PATH}?{urlencode({**here, 'prompt': 'create'})}")
             extra += f'<p>No account yet? <a href="{create}">Create one</a></p>'
-        body = intro + form + _sign_in_fields() + buttons.format("Sign in and allow") + extra
+        # Clients may name the account (`login_hint=mxid:@alice:example.org`, as Element X does).
+        hint = request.query.get("login_hint", "")
+        username = hint.removeprefix("mxid:") if hint.startswith("mxid:") else ""
+        fields = _sign_in_fields(username=username)
+        body = intro + form + fields + buttons.format("Sign in and allow") + extra
         body += "<p>Continue only if you started this sign-in yourself.</p>"
         return page(f"Sign in to {server_name}", body, status)
 

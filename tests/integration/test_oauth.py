@@ -276,6 +276,9 @@ async def test_authorization_errors(srv: RunningServer, http: aiohttp.ClientSess
     resp = await flow.sign_in(action="deny")
     params = callback_params(resp.headers["Location"], flow.redirect_uri)
     assert params["error"] == "access_denied" and "code" not in params
+    # A login hint fills in the name.
+    async with http.get(flow.url(login_hint="mxid:@alice:" + srv.server_name)) as page:
+        assert f'value="@alice:{srv.server_name}"' in await page.text()
     # The query response mode; the page refuses to be framed.
     resp = await flow.sign_in(response_mode="query")
     assert urlsplit(resp.headers["Location"]).query.startswith("code=")
