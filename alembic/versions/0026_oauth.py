@@ -1,5 +1,5 @@
 """The OAuth 2.0 API: registered clients, authorisation codes, device grants, which
-devices were signed in through it, and approved cross-signing resets.
+devices were signed in through it, spent refresh tokens, and approved cross-signing resets.
 
 Revision ID: 0026_oauth
 Revises: 0025_shadow_ban
@@ -59,6 +59,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "device_id"),
     )
     op.create_table(
+        "spent_refresh_tokens",
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("user_id", sa.String(length=255), nullable=False),
+        sa.Column("device_id", sa.String(length=255), nullable=False),
+        sa.Column("spent_ts", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("token_hash"),
+    )
+    op.create_index("spent_refresh_tokens_ts", "spent_refresh_tokens", ["spent_ts"])
+    op.create_index("spent_refresh_tokens_device", "spent_refresh_tokens", ["user_id", "device_id"])
+    op.create_table(
         "cross_signing_reset_grants",
         sa.Column("user_id", sa.String(length=255), nullable=False),
         sa.Column("until_ts", sa.BigInteger(), nullable=False),
@@ -69,6 +79,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "cross_signing_reset_grants",
+        "spent_refresh_tokens",
         "oauth_sessions",
         "oauth_device_grants",
         "oauth_codes",

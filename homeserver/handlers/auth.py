@@ -216,7 +216,7 @@ class AuthHandler:
         info = await self.store.get_token(token_hash)
         if info is not None and info.revokes is not None:
             # The first use of a token traded for a refresh token: the old one goes.
-            dropped = await self.store.revoke_refresh_token(info.revokes)
+            dropped = await self.store.revoke_refresh_token(info.revokes, self.clock.time_ms())
             if dropped:
                 self.invalidate(dropped)
             info = dataclasses.replace(info, revokes=None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from homeserver.handlers.oauth_clients import (
 )
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.oauth import CodeGrant, DeviceGrant, OAuthStore
+
+log = logging.getLogger(__name__)
 
 SCOPE_API = "urn:matrix:client:api:*"
 SCOPE_DEVICE = "urn:matrix:client:device:"
@@ -306,8 +309,12 @@ class OAuthServer:
         refresh_token = form.get("refresh_token")
         if not refresh_token:
             raise OAuthError("invalid_request", "refresh_token is required")
-        info = await self.accounts.get_refresh_token(hash_token(refresh_token))
-        session = await self.store.session(info.user_id, info.device_id) if info is not None else None
+        refresh_hash = hash_token(refresh_token)
+        info = await self.accounts.get_refresh_token(refresh_hash)
+        if info is None:
+            await self._end_if_replayed(refresh_hash)
+            raise invalid
+        session = await self.store.session(info.user_id, info.device_id)
         if session is None or session.client_id != client_id:
             raise invalid
         try:
@@ -315,6 +322,15 @@ class OAuthServer:
         except MatrixError:
             raise invalid from None
         return self._token_response(fresh, session.scope)
+
+    async def _end_if_replayed(self, refresh_hash: str) -> None:
+        """A refresh token whose successor is already in use came back: someone else holds
+        the session too (a stolen token, or a client that forked). The spec says to consider
+        the session compromised, so it ends."""
+        spent = await self.accounts.spent_refresh(refresh_hash)
+        if spent is not None and await self.store.session(*spent) is not None:
+            log.warning("a spent refresh token was used again: ending the session of device %s", spent[1])
+            await self.devices.delete_devices(spent[0], [spent[1]])
 
     # Revocation (RFC 7009) --------------------------------------------------------------
 

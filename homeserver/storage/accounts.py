@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.cs_schema import delayed_events, oauth_sessions, profile_fields
+from homeserver.storage.cs_schema import delayed_events, oauth_sessions, profile_fields, spent_refresh_tokens
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
+
+# How long a spent refresh token is remembered (a replay after that is an unknown token).
+SPENT_REFRESH_MEMORY_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(slots=True, frozen=True)
@@ -313,15 +316,43 @@ class AccountStore:
             )
             return dropped
 
-    async def revoke_refresh_token(self, old_hash: str) -> list[str]:
+    async def revoke_refresh_token(self, old_hash: str, now: int) -> list[str]:
         """The pair traded for `old_hash` is in use: drop `old_hash` and the access tokens
-        issued with it, and clear the pointers to it. Returns the access tokens dropped."""
+        issued with it, and clear the pointers to it. Returns the access tokens dropped.
+        `old_hash` is remembered as spent for SPENT_REFRESH_MEMORY_MS (see `spent_refresh`)."""
         async with self.db.write() as conn:
+            owner = (
+                await conn.execute(
+                    select(refresh_tokens.c.user_id, refresh_tokens.c.device_id).where(
+                        refresh_tokens.c.token_hash == old_hash
+                    )
+                )
+            ).first()
+            if owner is not None:
+                await conn.execute(
+                    delete(spent_refresh_tokens).where(
+                        spent_refresh_tokens.c.spent_ts < now - SPENT_REFRESH_MEMORY_MS
+                    )
+                )
+                await conn.execute(
+                    insert(spent_refresh_tokens).values(
+                        token_hash=old_hash, user_id=owner[0], device_id=owner[1], spent_ts=now
+                    )
+                )
             dropped = await _drop_refresh(conn, old_hash)
             await conn.execute(
                 update(access_tokens).where(access_tokens.c.revokes == old_hash).values(revokes=None)
             )
             return dropped
+
+    async def spent_refresh(self, refresh_hash: str) -> tuple[str, str] | None:
+        """(user, device) of a refresh token whose successor was already in use, if remembered."""
+        t = spent_refresh_tokens.c
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(t.user_id, t.device_id).where(t.token_hash == refresh_hash))
+            ).first()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     async def delete_device_tokens(self, user_id: str, device_id: str) -> list[str]:
         """Delete a device's access and refresh tokens; returns the access tokens' hashes."""
@@ -349,17 +380,18 @@ class AccountStore:
             dq = delete(devices).where(devices.c.user_id == user_id)
             tq = delete(access_tokens).where(access_tokens.c.user_id == user_id)
             rq = delete(refresh_tokens).where(refresh_tokens.c.user_id == user_id)
-            # A device's OAuth session ends with it (a later legacy login may reuse its ID).
+            # A device's OAuth session and spent refresh tokens end with it (a later sign-in
+            # may reuse its ID, and an old token must not end that new session).
             oq = delete(oauth_sessions).where(oauth_sessions.c.user_id == user_id)
+            sq = delete(spent_refresh_tokens).where(spent_refresh_tokens.c.user_id == user_id)
             if device_ids is not None:
                 dq = dq.where(devices.c.device_id.in_(device_ids))
                 tq = tq.where(access_tokens.c.device_id.in_(device_ids))
                 rq = rq.where(refresh_tokens.c.device_id.in_(device_ids))
                 oq = oq.where(oauth_sessions.c.device_id.in_(device_ids))
-            await conn.execute(tq)
-            await conn.execute(rq)
-            await conn.execute(oq)
-            await conn.execute(dq)
+                sq = sq.where(spent_refresh_tokens.c.device_id.in_(device_ids))
+            for q in (tq, rq, oq, sq, dq):
+                await conn.execute(q)
 
     async def list_devices(self, user_id: str) -> list[DeviceRow]:
         async with self.db.read() as conn:

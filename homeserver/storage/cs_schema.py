@@ -372,6 +372,19 @@ oauth_sessions = Table(
     Column("created_ts", BigInteger, nullable=False),
 )
 
+# Refresh tokens whose successor is in use (migration 0026), remembered for a while: one of
+# them coming back means two parties hold the session, and the OAuth token endpoint ends it.
+spent_refresh_tokens = Table(
+    "spent_refresh_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("spent_ts", BigInteger, nullable=False),
+    Index("spent_refresh_tokens_ts", "spent_ts"),
+    Index("spent_refresh_tokens_device", "user_id", "device_id"),
+)
+
 # Users who approved, in the account pages, replacing their cross-signing keys without
 # user-interactive auth (the `m.oauth` stage), until `until_ts`.
 cross_signing_reset_grants = Table(

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from homeserver.api.oauth_account import TICKET_LIFETIME_MS
+from homeserver.handlers.auth import hash_token
 from homeserver.storage.oauth import OAuthStore
 from tests.integration.e2ee.fixtures import CrossSigning
 from tests.support.http import RawClient
@@ -195,8 +196,7 @@ async def test_authorization_code_flow(srv: RunningServer, http: aiohttp.ClientS
     renewed = RawClient(http, srv.base_url, fresh["access_token"], me.user_id)
     assert (await renewed.ok("GET", "/account/whoami"))["device_id"] == flow.device_id
     assert (await me.request("GET", "/account/whoami"))[0] == 401
-    status, out = await flow.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
-    assert (status, out["error"]) == (400, "invalid_grant")
+    # (Presenting the old refresh token now would end the session: the next test.)
     # Another client cannot use this client's refresh token.
     other = await start(srv, http, {**CLIENT, "client_name": "Other"})
     status, out = await other.token(grant_type="refresh_token", refresh_token=fresh["refresh_token"])
@@ -520,3 +520,32 @@ async def test_account_page_deactivates(srv: RunningServer, http: aiohttp.Client
     bob = RawClient(http, srv.base_url, (await srv.login("bob"))["access_token"], "")
     status, profile = await bob.request("GET", f"/profile/{me.user_id}")
     assert status == 404 or "displayname" not in profile
+
+
+async def test_a_replayed_refresh_token_ends_the_session(
+    srv: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    flow = await start(srv, http)
+    _, first = await flow.exchange(await flow.code())
+    status, second = await flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert status == 200
+    me = RawClient(http, srv.base_url, second["access_token"], "")
+    assert (await me.request("GET", "/account/whoami"))[0] == 200  # the new pair in use: the old one spent
+    # The spent refresh token comes back (a thief, or a forked client): refused, and the
+    # session ends for whoever holds the current tokens too.
+    status, out = await flow.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert (status, out["error"]) == (400, "invalid_grant")
+    assert (await me.request("GET", "/account/whoami"))[0] == 401
+    status, out = await flow.token(grant_type="refresh_token", refresh_token=second["refresh_token"])
+    assert (status, out["error"]) == (400, "invalid_grant")
+    # The spent token is forgotten with the device: it cannot end a later session of that ID.
+    assert await srv.hs.accounts.spent_refresh(hash_token(first["refresh_token"])) is None
+    # A retried refresh whose answer was lost is not a replay: the same token trades again.
+    flow2 = await start(srv, http)
+    flow2.device_id = "RETRY"
+    _, tokens = await flow2.exchange(await flow2.code())
+    for _ in range(2):
+        status, again = await flow2.token(grant_type="refresh_token", refresh_token=tokens["refresh_token"])
+        assert status == 200
+    ok = RawClient(http, srv.base_url, again["access_token"], "")
+    assert (await ok.request("GET", "/account/whoami"))[0] == 200
