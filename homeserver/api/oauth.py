@@ -28,7 +28,7 @@ from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, json_response
 from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import client_address, get_uia
-from homeserver.errors import MatrixError
+from homeserver.errors import Codes, MatrixError
 from homeserver.handlers.oauth import (
     AUTHORIZE_PATH,
     DEVICE_PATH,
@@ -108,10 +108,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         """The user the form's username and password name (MatrixError otherwise)."""
         limiter.check(client_address(request))
         username = str(form.get("username", "")).strip()
-        user_id = qualify_user_id(username, server_name)
-        return await check_password_login(
-            hs.accounts, hs.passwords, server_name, user_id, form.get("password")
+        claimed = qualify_user_id(username, server_name)
+        user_id = await check_password_login(
+            hs.accounts, hs.passwords, server_name, claimed, form.get("password")
         )
+        moderation = await hs.accounts.get_moderation(user_id)
+        if moderation is not None and moderation["locked"]:
+            # After the password, as at /login: the lock is not told to whoever names the account.
+            raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked")
+        return user_id
 
     async def metadata(request: web.Request) -> web.Response:
         return json_response(oauth.metadata())

@@ -549,3 +549,13 @@ async def test_a_replayed_refresh_token_ends_the_session(
         assert status == 200
     ok = RawClient(http, srv.base_url, again["access_token"], "")
     assert (await ok.request("GET", "/account/whoami"))[0] == 200
+
+
+async def test_locked_accounts_do_not_sign_in(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    await srv.hs.accounts.set_moderation("@alice:" + srv.server_name, "locked", True)
+    resp = await flow.sign_in()
+    assert resp.status == 401 and "Location" not in resp.headers
+    url = f"{flow.meta['account_management_uri']}?action=org.matrix.devices_list"
+    async with http.post(url, data={"username": "alice", "password": "password"}) as page:
+        assert page.status == 401 and "Last seen" not in await page.text()
