@@ -7,6 +7,9 @@
   like any other event (the relation stays in clear, as the spec requires).
 - Trust: before a Megolm session is shared, a `before_share` hook lets the trust policy decide
   about every device that could receive the key, including ones discovered just now.
+- Key verification: nio's own SAS state machine answers to-device verification events by itself
+  with a hex commitment and mislabelled MACs that only nio accepts; we keep the events from it,
+  so they only reach the bot's handlers (`clients.device_verification` runs SAS instead).
 - `request_json`: a raw JSON call (cross-signing endpoints nio lacks) that still goes through
   nio's retry logic for rate limits and connection errors.
 """
@@ -24,7 +27,15 @@ from urllib.parse import quote
 from uuid import uuid4
 
 from aiohttp import ClientResponse
-from nio import AsyncClient, ErrorResponse, LocalProtocolError, Response, RoomSendResponse
+from nio import (
+    AsyncClient,
+    ErrorResponse,
+    KeyVerificationEvent,
+    LocalProtocolError,
+    Response,
+    RoomSendResponse,
+    ToDeviceEvent,
+)
 from nio.api import Api
 
 log = logging.getLogger(__name__)
@@ -88,6 +99,12 @@ class SottoAsyncClient(AsyncClient):  # type: ignore[misc]
             if delay and delay > LONG_RETRY_MS:
                 log.warning("homeserver asked us to wait %d ms before retrying", delay)
         return resp
+
+    def _handle_decrypt_to_device(self, to_device_event: ToDeviceEvent) -> ToDeviceEvent | None:
+        if isinstance(to_device_event, KeyVerificationEvent):
+            return None  # delivered to the callbacks and the sync response, not to nio's Sas
+        decrypted: ToDeviceEvent | None = super()._handle_decrypt_to_device(to_device_event)
+        return decrypted
 
     async def request_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> JsonResponse:
         """Call a Client-Server endpoint (path under /_matrix/client) with retries."""

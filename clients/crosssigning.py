@@ -345,13 +345,22 @@ class CrossSigning:
 
     async def sign_own_device(self, server: UserIdentity | None = None) -> bool:
         """Sign this device's keys with the self-signing key; False if already signed."""
+        return await self.sign_device(str(self.client.device_id), server)
+
+    async def sign_device(
+        self, device_id: str, server: UserIdentity | None = None, ed25519: str | None = None
+    ) -> bool:
+        """Sign one of the bot's devices (this one, or another after verifying it) with the
+        self-signing key; False if already signed. With `ed25519` (the key a verification
+        proved), refuse unless the server's device object carries exactly that key."""
         if self.keys is None:
             raise CrossSigningError("cross-signing keys are not loaded")
         server = server or await query_identity(self.client, self.user_id)
-        device_id = str(self.client.device_id)
         device = server.devices.get(device_id)
         if device is None:
-            raise CrossSigningError("this device's keys are not on the server yet")
+            raise CrossSigningError(f"the keys of device {device_id} are not on the server")
+        if ed25519 is not None and device.get("keys", {}).get(f"ed25519:{device_id}") != ed25519:
+            raise CrossSigningError(f"the server's keys for device {device_id} are not the verified ones")
         ssk_id = f"ed25519:{self.keys.self_signing_public}"
         if verify_signature(device, self.user_id, ssk_id, self.keys.self_signing_public):
             return False

@@ -38,8 +38,10 @@ class VerificationResult:
     verified: bool
     reason: str = ""
     code: str = ""  # the spec's cancel code when canceled (`m.mismatched_sas`, …)
-    # Their master key, when the verification proved it and the bot signed it (in-room only).
+    # Their master key, when the verification proved it and the bot signed it (another user).
     master_key: str | None = None
+    # The bot's own other device, verified and now signed with the bot's self-signing key.
+    signed_device: bool = False
 
 
 Confirm = Callable[[SasPrompt], Awaitable[bool]]

@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from nio import RoomMessageText
 
@@ -153,33 +154,72 @@ async def test_store_is_locked_while_a_bot_runs(server: RunningServer, tmp_path:
     assert rc == 0
 
 
-async def test_verify_answers_an_emoji_verification(
-    server: RunningServer, tmp_path: Path, peers: Peers
-) -> None:
-    store, bot_id = await login_bot(server, tmp_path)
+def js_env(
+    server: RunningServer, login: dict[str, Any], bot_id: str, store: str, mode: str
+) -> dict[str, str]:
     device_id = json.loads((Path(store) / "credentials.json").read_text())["device_id"]
-    alice = await peers("alice")
-    async with sotto_bot("verify", "--yes", "--store", store) as verifier:
-        await verifier.line_matching("stdout", "waiting for a verification")
-        alice.client.olm.users_for_key_query.add(bot_id)
-        await alice.client.keys_query()
-        device = alice.client.device_store[bot_id][device_id]
-        await alice.client.start_key_verification(device)
-        (txn,) = alice.client.key_verifications
-        sas = alice.client.key_verifications[txn]
-        confirmed = False
-        async with asyncio.timeout(30):
-            while not sas.verified:
-                await alice.step(timeout=200)
-                if getattr(sas, "their_sas_key", None) and not confirmed:
-                    await alice.client.confirm_short_auth_string(txn)
-                    confirmed = True
-        rc, out, err = await verifier.finish()
+    return {
+        "HS_URL": server.base_url,
+        "USER_ID": login["user_id"],
+        "ACCESS_TOKEN": login["access_token"],
+        "DEVICE_ID": login["device_id"],
+        "PASSWORD": "password",
+        "BOT_USER_ID": bot_id,
+        "BOT_DEVICE_ID": device_id,
+        "MODE": mode,
+    }
+
+
+def shown_to_operator(out: str) -> tuple[list[str], str]:
+    """The emoji symbols and the numbers line `verify` printed ("  🐶 Dog  🐱 Cat  …")."""
+    lines = out.splitlines()
+    emoji_line = lines[next(i for i, line in enumerate(lines) if line.startswith("Verifying")) + 1]
+    numbers = next(line for line in lines if "or the numbers:" in line)
+    return [part.split(" ", 1)[0] for part in emoji_line.strip().split("  ")], numbers.strip()
+
+
+async def test_verify_answers_an_emoji_verification(server: RunningServer, tmp_path: Path) -> None:
+    """`verify` waits; Element (js-sdk) asks to verify the bot's device over to-device."""
+    store, bot_id = await login_bot(server, tmp_path)
+    alice = await server.login("alice")
+    env = js_env(server, alice, bot_id, store, "request")
+    async with sotto_bot("verify", "--yes", "--store", store) as cli:
+        await cli.line_matching("stdout", "waiting for a verification")
+        async with js_client("device_verify_client.mjs", env, alice["user_id"], alice["device_id"]) as js:
+            shown = json.loads(await js.expect("SAS"))
+            await js.expect("VERIFIED")
+            assert json.loads(await js.expect("STATUS")) == {"user": True, "device": True, "local": True}
+            rc, out, err = await cli.finish()
     assert rc == 0, err
-    assert f"verified {alice.user_id}" in out
-    # The operator saw the same emoji as Alice.
-    assert all(name in out for _, name in sas.get_emoji())
-    assert alice.client.device_store[bot_id][device_id].verified
+    assert f"verified {alice['user_id']} / {alice['device_id']}" in out
+    # The operator saw what the person saw.
+    assert shown_to_operator(out) == (
+        shown["emoji"],
+        f"or the numbers: {' '.join(map(str, shown['decimal']))}",
+    )
+
+
+async def test_verify_asks_a_device(server: RunningServer, tmp_path: Path) -> None:
+    """`verify --user U --device D`: the bot asks Element's device over to-device; both trust."""
+    store, bot_id = await login_bot(server, tmp_path)
+    alice = await server.login("alice")
+    env = js_env(server, alice, bot_id, store, "accept")
+    async with js_client("device_verify_client.mjs", env, alice["user_id"], alice["device_id"]) as js:
+        await js.expect("ROOM")  # the bot joins it when the CLI starts, and so shares a room with Alice
+        async with sotto_bot(
+            "verify", "--yes", "--user", alice["user_id"], "--device", alice["device_id"], "--store", store
+        ) as cli:
+            shown = json.loads(await js.expect("SAS"))
+            await js.expect("VERIFIED")
+            assert json.loads(await js.expect("STATUS")) == {"user": True, "device": True, "local": True}
+            rc, out, err = await cli.finish()
+    assert rc == 0, err
+    assert f"verified {alice['user_id']} / {alice['device_id']}" in out
+    assert f"signed the identity of {alice['user_id']}" in out
+    assert shown_to_operator(out) == (
+        shown["emoji"],
+        f"or the numbers: {' '.join(map(str, shown['decimal']))}",
+    )
 
 
 async def test_verify_asks_a_user_in_a_room(server: RunningServer, tmp_path: Path) -> None:

@@ -1,18 +1,24 @@
-"""Trust policy in a real room, and SAS verification driven through the Verifier (request → ready → start)."""
+"""Trust policy in a real room, and to-device SAS verification through the Verifier
+(request → ready → start) between two bots, and who may take part in it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from nio import MegolmEvent, ToDeviceMessage, UnknownToDeviceEvent
-from nio.crypto import OlmDevice, Sas
+import pytest
+from nio import MegolmEvent, ToDeviceMessage, ToDeviceResponse, UnknownToDeviceEvent
 
 from clients import Context, TrustMode, TrustPolicy
 from clients.verification import SasPrompt, Verifier
 from tests.bot.conftest import BotFactory, running
 from tests.bot.peer import Peer
 from tests.bot.test_bot_e2ee import joined
+from tests.bot.test_cross_signing import olm_verify
+from tests.bot.test_room_verification import master_key_signatures
 from tests.support.server import RunningServer
 
 Peers = Callable[[str], Awaitable[Peer]]
@@ -56,71 +62,100 @@ def alice_id(server: RunningServer) -> str:
     return f"@alice:{server.server_name}"
 
 
-async def test_sas_via_request_ready_and_a_rejected_one(
-    server: RunningServer, make_bot: BotFactory, peers: Peers
+async def test_bot_to_bot_over_to_device_rejected_then_accepted(
+    server: RunningServer, make_bot: BotFactory
 ) -> None:
-    bot = make_bot()
-    answers = [False, True]  # the operator rejects the first verification, accepts the second
-    prompts: list[SasPrompt] = []
+    """`Verifier.start` (request → ready → start) between two bots; the answering operator
+    rejects the first emoji and accepts the second. Both MACs prove the master keys, so each
+    bot ends up signing the other's identity."""
+    asker, answerer = make_bot(store="asker"), make_bot(store="answerer", localpart="answerer")
+    answers = [False, True]
+    asker_prompts: list[SasPrompt] = []
+    answerer_prompts: list[SasPrompt] = []
 
-    async def confirm(prompt: SasPrompt) -> bool:
-        prompts.append(prompt)
+    async def asker_confirm(prompt: SasPrompt) -> bool:
+        asker_prompts.append(prompt)
+        return True
+
+    async def answerer_confirm(prompt: SasPrompt) -> bool:
+        answerer_prompts.append(prompt)
         return answers.pop(0)
 
-    verifier = Verifier(bot, confirm)
+    asking, answering = Verifier(asker, asker_confirm), Verifier(answerer, answerer_confirm)
+    async with running(asker, server), running(answerer, server):
+        assert asker.client is not None and answerer.client is not None
+        device_id = str(answerer.client.device_id)
+        with pytest.raises(ValueError, match="no known device"):
+            await asking.start(answerer.user_id, "NOSUCHDEVICE")
+        txn = await asking.start(answerer.user_id, device_id)
+        asked = await asyncio.wait_for(asking.results.get(), 30)
+        answered = await asyncio.wait_for(answering.results.get(), 30)
+        assert not asked.verified and asked.code == "m.mismatched_sas"
+        assert not answered.verified and answered.code == "m.mismatched_sas"
+        assert txn not in asking.devices.flows and txn not in answering.devices.flows
+
+        await asking.start(answerer.user_id, device_id)
+        asked = await asyncio.wait_for(asking.results.get(), 30)
+        answered = await asyncio.wait_for(answering.results.get(), 30)
+        # Both operators were shown the same SAS, each time.
+        assert [p.emojis for p in asker_prompts] == [p.emojis for p in answerer_prompts]
+        assert [p.decimals for p in asker_prompts] == [p.decimals for p in answerer_prompts]
+        assert asker_prompts[0].emojis != asker_prompts[1].emojis  # a new key pair per flow
+        assert asked.verified and (asked.user_id, asked.device_id) == (answerer.user_id, device_id)
+        assert answered.verified and answered.user_id == asker.user_id
+        assert asked.master_key is not None and answered.master_key is not None
+        assert asker.client.device_store[answerer.user_id][device_id].verified
+        assert answerer.client.device_store[asker.user_id][str(asker.client.device_id)].verified
+        master, usk = await master_key_signatures(server, asker, answerer.user_id)
+        olm_verify(master, asker.user_id, usk)
+
+
+async def test_to_device_requests_from_strangers_stale_or_hijacked(
+    server: RunningServer, make_bot: BotFactory, peers: Peers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="clients.device_verification")
+    bot = make_bot()
+
+    async def confirm(prompt: SasPrompt) -> bool:
+        return True
+
+    verifier = Verifier(bot, confirm, allowed_users=("@alice:*",))
     async with running(bot, server):
         assert bot.client is not None
         bot_device = str(bot.client.device_id)
         alice = await peers("alice")
-        alice.client.olm.users_for_key_query.add(bot.user_id)
-        await alice.client.keys_query()
-        device = alice.client.device_store[bot.user_id][bot_device]
+        mallory = await peers("mallory")
 
-        for attempt, txn in enumerate(("txn-rejected", "txn-accepted")):
-            # The modern flow: request, wait for ready, then start with the same transaction.
-            await alice.client.to_device(
-                ToDeviceMessage(
-                    "m.key.verification.request",
-                    bot.user_id,
-                    bot_device,
-                    {
-                        "from_device": alice.client.device_id,
-                        "methods": ["m.sas.v1"],
-                        "transaction_id": txn,
-                        "timestamp": 0,
-                    },
-                )
-            )
-            ready = await wait_to_device(alice, "m.key.verification.ready", txn)
-            assert ready.source["content"]["methods"] == ["m.sas.v1"]
-            sas = start_with_transaction(alice, device, txn)
-            await alice.client.send_to_device_messages()
-            confirmed = False
-            async with asyncio.timeout(20):
-                while not (sas.verified or sas.canceled):
-                    await alice.step(timeout=200)
-                    if getattr(sas, "their_sas_key", None) and not confirmed:
-                        await alice.client.confirm_short_auth_string(txn)
-                        confirmed = True
-            result = await asyncio.wait_for(verifier.results.get(), 20)
-            if attempt == 0:
-                assert sas.canceled and not result.verified and result.reason == "mismatch"
-            else:
-                assert sas.verified and result.verified
-                assert (result.user_id, result.device_id) == (alice.user_id, alice.client.device_id)
-                await wait_to_device(alice, "m.key.verification.done", txn)
-        # The operator was shown what Alice saw.
-        assert prompts[-1].emojis == sas.get_emoji()
-        assert bot.client.device_store[alice.user_id][alice.client.device_id].verified
+        async def send(peer: Peer, step: str, content: dict[str, Any]) -> None:
+            message = ToDeviceMessage(f"m.key.verification.{step}", bot.user_id, bot_device, content)
+            resp = await peer.client.to_device(message)
+            assert isinstance(resp, ToDeviceResponse), resp
 
+        def request(peer: Peer, txn: str, timestamp: int | None = None) -> dict[str, Any]:
+            return {
+                "from_device": peer.client.device_id,
+                "methods": ["m.sas.v1"],
+                "transaction_id": txn,
+                "timestamp": int(time.time() * 1000) if timestamp is None else timestamp,
+            }
 
-def start_with_transaction(peer: Peer, device: OlmDevice, txn: str) -> Sas:
-    """Start SAS under the request's transaction ID, as Element does (nio's API picks its own)."""
-    olm = peer.client.olm
-    sas = Sas(peer.user_id, str(peer.client.device_id), olm.account.identity_keys["ed25519"], device, txn)
-    olm.key_verifications[txn] = sas
-    olm.outgoing_to_device_messages.append(sas.start_verification())
-    return sas
+        # Handled in order: once Alice's fresh request is answered, the first two were decided.
+        await send(mallory, "request", request(mallory, "from-stranger"))
+        await send(alice, "request", request(alice, "stale", timestamp=int(time.time() * 1000) - 11 * 60_000))
+        await send(alice, "request", request(alice, "answered"))
+        ready = await wait_to_device(alice, "m.key.verification.ready", "answered")
+        assert ready.source["content"]["methods"] == ["m.sas.v1"]
+        assert ready.source["content"]["from_device"] == bot_device
+        # A third party cannot cancel (or otherwise step into) Alice's flow by its transaction ID.
+        await send(mallory, "cancel", {"transaction_id": "answered", "code": "m.user", "reason": "no"})
+        await send(alice, "request", request(alice, "second"))
+        await wait_to_device(alice, "m.key.verification.ready", "second")
+        assert "answered" in verifier.devices.flows
+        assert set(verifier.devices.flows) == {"answered", "second"}
+        resp = await mallory.step()
+        assert not [e for e in resp.to_device_events if e.source.get("type", "").startswith("m.key.")]
+    assert f"ignoring verification from-stranger from {mallory.user_id}: not an allowed user" in caplog.text
+    assert f"ignoring verification request stale from {alice.user_id}: stale or future" in caplog.text
 
 
 async def wait_to_device(peer: Peer, event_type: str, txn: str, seconds: float = 20) -> UnknownToDeviceEvent:

@@ -20,3 +20,13 @@ export const env = (name) => {
 };
 
 export const say = (line) => process.stdout.write(`@@${line}\n`);
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls `check` (sync or async) until it is truthy; throws after `ms`.
+export async function until(what, check, ms = 30000, every = 100) {
+    for (const end = Date.now() + ms; Date.now() < end; await sleep(every)) {
+        if (await check()) return;
+    }
+    throw new Error(`timed out waiting for ${what}`);
+}

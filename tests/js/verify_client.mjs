@@ -16,16 +16,7 @@
 //                             cross-signing verified, "local": bot device locally verified}
 // Exits 0 when done, non-zero on error or timeout.
 
-import { env, say } from "./common.mjs";
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, check, ms = 30000, every = 100) {
-    for (const end = Date.now() + ms; Date.now() < end; await sleep(every)) {
-        if (await check()) return;
-    }
-    throw new Error(`timed out waiting for ${what}`);
-}
+import { env, say, sleep, until } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
