@@ -55,7 +55,12 @@ UNSTABLE_FEATURES = {"org.matrix.simplified_msc3575": True, "org.matrix.msc4222"
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
-    unstable_features = {**UNSTABLE_FEATURES, DELAYED_EVENTS: hs.config.delayed_events.enabled}
+    unstable_features = {
+        **UNSTABLE_FEATURES,
+        DELAYED_EVENTS: hs.config.delayed_events.enabled,
+        # QR code sign-in's rendezvous (api/rendezvous.py) comes with the OAuth 2.0 API.
+        "org.matrix.msc4108": hs.config.oauth.enabled,
+    }
 
     async def versions(request: web.Request) -> web.Response:
         return json_response({"versions": SPEC_VERSIONS, "unstable_features": unstable_features})

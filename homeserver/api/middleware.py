@@ -24,8 +24,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
-    "Access-Control-Expose-Headers": "Content-Disposition",
+    # If-Match/If-None-Match and the ETag family: the QR sign-in rendezvous (MSC4108) from a browser.
+    "Access-Control-Allow-Headers": (
+        "X-Requested-With, Content-Type, Authorization, Date, If-Match, If-None-Match"
+    ),
+    "Access-Control-Expose-Headers": "Content-Disposition, ETag, Expires, Last-Modified",
 }
 
 REQUESTS = Counter("sotto_http_requests_total", "HTTP requests", ["method", "route", "status"])

@@ -393,3 +393,16 @@ cross_signing_reset_grants = Table(
     Column("user_id", String(255), primary_key=True),
     Column("until_ts", BigInteger, nullable=False),
 )
+
+# Rendezvous sessions (MSC4108, migration 0027): small blobs two devices exchange while one
+# signs the other in by QR code. Short-lived; `etag` changes with every write.
+rendezvous_sessions = Table(
+    "rendezvous_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("modified_ts", BigInteger, nullable=False),
+    Column("expires_ts", BigInteger, nullable=False),
+    Index("rendezvous_sessions_expiry", "expires_ts"),
+)
