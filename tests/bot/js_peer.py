@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
 
-JS_DIR = Path(__file__).resolve().parents[1] / "js"
+from tests.integration.test_e2ee_js import JS_DIR, ensure_js_sdk
 
 
 @dataclass
@@ -46,9 +44,8 @@ class JsClient:
 async def js_client(
     script: str, env: dict[str, str], user_id: str, device_id: str
 ) -> AsyncIterator[JsClient]:
-    node = shutil.which("node")
-    assert node is not None, "node is not installed"
-    assert (JS_DIR / "node_modules" / "matrix-js-sdk").is_dir(), "run `npm ci` in tests/js"
+    # Installs tests/js's packages on a fresh checkout (CI runs tests/bot first).
+    node = ensure_js_sdk()
     proc = await asyncio.create_subprocess_exec(
         node,
         script,
