@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,16 @@ from canonicaljson import encode_canonical_json
 from olm.pk import PkSigning
 from olm.utility import ed25519_verify
 
-from clients.crosssigning import CrossSigningKeys, public_key, sign_json, verify_signature
+from clients.crosssigning import (
+    CrossSigning,
+    CrossSigningError,
+    CrossSigningKeys,
+    UserIdentity,
+    public_key,
+    sign_json,
+    verify_signature,
+)
+from clients.store import StoreDir
 from tests.bot.conftest import BotFactory, running
 from tests.bot.peer import Peer
 from tests.support.server import RunningServer
@@ -126,3 +136,14 @@ async def test_existing_foreign_identity_is_not_replaced_silently(
     after = (await keys_query(server, alice["access_token"], first.user_id))["master_keys"]
     assert before == after
     assert "already has cross-signing keys" in caplog.text
+
+
+async def test_sign_device_refuses_keys_other_than_the_verified_ones(tmp_path: Path) -> None:
+    """After a verification, the device object the server serves must carry the proven key."""
+    client: Any = SimpleNamespace(user_id="@b:x")  # no request may reach a homeserver
+    cross_signing = CrossSigning(client, StoreDir(tmp_path))
+    cross_signing.keys = CrossSigningKeys.generate()
+    device = {"user_id": "@b:x", "device_id": "DEV", "keys": {"ed25519:DEV": "served-key"}}
+    server = UserIdentity(None, None, None, {"DEV": device})
+    with pytest.raises(CrossSigningError, match="not the verified ones"):
+        await cross_signing.sign_device("DEV", server, ed25519="verified-key")

@@ -169,3 +169,29 @@ async def wait_to_device(peer: Peer, event_type: str, txn: str, seconds: float =
                     and event.source.get("content", {}).get("transaction_id") == txn
                 ):
                     return event
+
+
+async def test_a_mac_of_the_master_key_only_trusts_the_identity_not_the_device(
+    server: RunningServer, make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answering bot MACs its master key but not its device key: the asking bot signs that
+    identity, yet must not mark a device the MAC did not prove as verified (only interactive
+    verification trusts a device here, so that trust would be this flow's)."""
+    asker = make_bot(store="asker", trust=TrustPolicy(TrustMode.VERIFIED))
+    answerer = make_bot(store="answerer", localpart="answerer")
+
+    async def yes(prompt: SasPrompt) -> bool:
+        return True
+
+    asking, answering = Verifier(asker, yes), Verifier(answerer, yes)
+    async with running(asker, server), running(answerer, server):
+        assert asker.client is not None and answerer.client is not None
+        assert answerer.cross_signing is not None and answerer.cross_signing.keys is not None
+        master = answerer.cross_signing.keys.master_public
+        monkeypatch.setattr(answering.devices, "_own_keys", lambda: {f"ed25519:{master}": master})
+        device_id = str(answerer.client.device_id)
+        await asking.start(answerer.user_id, device_id)
+        asked = await asyncio.wait_for(asking.results.get(), 30)
+        assert (await asyncio.wait_for(answering.results.get(), 30)).verified
+        assert asked.verified and asked.master_key == master
+        assert not asker.client.device_store[answerer.user_id][device_id].verified
