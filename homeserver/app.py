@@ -63,7 +63,7 @@ from homeserver.api import (
     user_directory,
     voip,
 )
-from homeserver.api.middleware import error_middleware
+from homeserver.api.middleware import error_middleware, forwarded_middleware
 from homeserver.api.routing import index_by_version
 from homeserver.config import Config
 from homeserver.server import HomeServer, build_homeserver
@@ -150,7 +150,10 @@ async def _wake_long_polls(app: web.Application) -> None:
 
 def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
     hs = hs or build_homeserver(config)
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_request_bytes)
+    middlewares = (
+        [forwarded_middleware, error_middleware] if config.listener.x_forwarded else [error_middleware]
+    )
+    app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_request_bytes)
     app[HS_KEY] = hs
     for setup in AREAS:
         setup(app, hs)

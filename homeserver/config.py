@@ -31,6 +31,10 @@ class ListenerConfig:
     # Serve the client API over TLS itself (else put a TLS-terminating proxy in front).
     tls_certificate_path: str | None = None
     tls_private_key_path: str | None = None
+    # Behind a reverse proxy: take the client's address from the last X-Forwarded-For entry
+    # (the one the proxy added), for per-address rate limits and logs. Only with a proxy
+    # in front: anyone reaching the listener directly could name any address.
+    x_forwarded: bool = False
 
 
 @dataclass(slots=True)

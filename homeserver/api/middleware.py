@@ -50,6 +50,18 @@ def _error(status: int, errcode: str, message: str) -> web.Response:
 
 
 @web.middleware
+async def forwarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`listener.x_forwarded`: the client is the address the proxy in front appended last to
+    X-Forwarded-For (earlier entries are whatever the client claimed)."""
+    forwarded = request.headers.get("X-Forwarded-For")
+    if forwarded:
+        last = forwarded.rsplit(",", 1)[-1].strip()
+        if last:
+            request = request.clone(remote=last)
+    return await handler(request)
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "OPTIONS":
         resp: web.StreamResponse = web.Response(status=200)

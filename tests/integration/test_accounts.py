@@ -497,3 +497,31 @@ async def test_login_and_register_are_rate_limited(tmp_path: Path, http: aiohttp
             assert status == 401, (path, body)
         status, body = await raw.request("POST", "/account/deactivate", json={})
         assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED")
+
+
+@pytest.mark.parametrize("x_forwarded", [True, False])
+async def test_rate_limits_behind_a_proxy(
+    tmp_path: Path, http: aiohttp.ClientSession, x_forwarded: bool
+) -> None:
+    """With `listener.x_forwarded`, each client behind the proxy has its own login budget (the
+    proxy's own last X-Forwarded-For entry, not what the client put before it); without it,
+    the header is ignored and the connection's address counts."""
+    limits = {"enabled": True, "login_per_second": 0.001, "login_burst": 1}
+    async with run_server(str(tmp_path), rate_limits=limits, listener={"x_forwarded": x_forwarded}) as srv:
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "nobody"},
+            "password": "x",
+        }
+
+        async def attempt(forwarded: str) -> int:
+            headers = {"X-Forwarded-For": forwarded}
+            async with http.post(
+                f"{srv.base_url}/_matrix/client/v3/login", json=body, headers=headers
+            ) as resp:
+                return resp.status
+
+        assert await attempt("203.0.113.1") == 403
+        assert await attempt("203.0.113.1") == 429
+        # Another client (a spoofed first entry does not pick the bucket).
+        assert await attempt("203.0.113.1, 203.0.113.2") == (403 if x_forwarded else 429)
