@@ -5,15 +5,13 @@ kept across a restart."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from tests.integration.test_e2ee_js import JS_DIR, ensure_js_sdk
 from tests.support.http import RawClient
+from tests.support.js import run_node_script
 from tests.support.server import RunningServer, lasting_database, run_server
 
 BASE = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
@@ -202,32 +200,18 @@ async def _contains(c: RawClient, room: str, body: str) -> bool:
 async def test_matrix_js_sdk_schedules_and_manages(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
-    node = ensure_js_sdk()
     login = await server.login("caller")
     token = login["access_token"]
     caller = RawClient(http, server.base_url, token, login["user_id"])
     room = await caller.create_room(preset="public_chat")
     env = {
-        **os.environ,
         "HS_URL": server.base_url,
         "USER_ID": login["user_id"],
         "ACCESS_TOKEN": token,
         "DEVICE_ID": login["device_id"],
         "ROOM_ID": room,
     }
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        "delayed_client.mjs",
-        cwd=JS_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    line = next(x for x in out.decode().splitlines() if x.startswith("@@RESULT "))
-    result = json.loads(line.removeprefix("@@RESULT "))
+    result = await run_node_script("delayed_client.mjs", env)
     assert result == {
         "scheduled": ["m.room.message", CALL],
         "left": 0,

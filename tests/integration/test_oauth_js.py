@@ -4,32 +4,15 @@ grant, refresh, revocation and the device authorisation grant (tests/js/oauth_cl
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-
-from tests.integration.test_e2ee_js import JS_DIR, ensure_js_sdk
+from tests.support.js import run_node_script
 from tests.support.server import run_server
 
 
 async def test_matrix_js_sdk_signs_in_through_oauth(tmp_path: object) -> None:
-    node = ensure_js_sdk()
     async with run_server(str(tmp_path), oauth={"enabled": True}) as srv:
         user_id = await srv.register("jsoauth", password="a long passphrase")
-        env = {**os.environ, "HS_URL": srv.base_url, "USERNAME": "jsoauth", "PASSWORD": "a long passphrase"}
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            "oauth_client.mjs",
-            cwd=JS_DIR,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(90):
-            out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-        line = next(x for x in out.decode().splitlines() if x.startswith("@@RESULT "))
-        result = json.loads(line.removeprefix("@@RESULT "))
+        env = {"HS_URL": srv.base_url, "USERNAME": "jsoauth", "PASSWORD": "a long passphrase"}
+        result = await run_node_script("oauth_client.mjs", env, timeout=90)
         device_id = result["deviceId"]
         assert result["whoami"] == {"user_id": user_id, "device_id": device_id, "is_guest": False}
         assert result["scope"] == f"urn:matrix:client:api:* urn:matrix:client:device:{device_id}"

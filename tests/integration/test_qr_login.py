@@ -4,20 +4,14 @@ secrets handed over through the secure channel."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-
-from tests.integration.test_e2ee_js import JS_DIR, ensure_js_sdk
+from tests.support.js import run_node_script
 from tests.support.server import run_server
 
 
 async def test_a_new_device_signs_in_by_qr_code(tmp_path: object) -> None:
-    node = ensure_js_sdk()
     async with run_server(str(tmp_path), oauth={"enabled": True}) as srv:
         login = await srv.login("qruser", "a long passphrase")
         env = {
-            **os.environ,
             "HS_URL": srv.base_url,
             "USER_ID": login["user_id"],
             "ACCESS_TOKEN": login["access_token"],
@@ -25,19 +19,7 @@ async def test_a_new_device_signs_in_by_qr_code(tmp_path: object) -> None:
             "USERNAME": "qruser",
             "PASSWORD": "a long passphrase",
         }
-        proc = await asyncio.create_subprocess_exec(
-            node,
-            "qr_login.mjs",
-            cwd=JS_DIR,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with asyncio.timeout(90):
-            out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-        line = next(x for x in out.decode().splitlines() if x.startswith("@@RESULT "))
-        result = json.loads(line.removeprefix("@@RESULT "))
+        result = await run_node_script("qr_login.mjs", env, timeout=90)
         assert result["whoami"] == {
             "user_id": login["user_id"],
             "device_id": "QRNEWDEVICE",

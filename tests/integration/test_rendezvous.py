@@ -4,17 +4,13 @@ both ways between two parties (tests/js/rendezvous_client.mjs)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from homeserver.api.rendezvous import MAX_BODY, TTL_MS
-from tests.integration.test_e2ee_js import JS_DIR, ensure_js_sdk
+from tests.support.js import run_node_script
 from tests.support.server import RunningServer, run_server
 
 PATH = "/_matrix/client/unstable/org.matrix.msc4108/rendezvous"
@@ -92,20 +88,7 @@ async def test_off_without_oauth(server: RunningServer, http: aiohttp.ClientSess
 
 
 async def test_matrix_js_sdk_rendezvous_session(srv: RunningServer) -> None:
-    node = ensure_js_sdk()
-    proc = await asyncio.create_subprocess_exec(
-        node,
-        "rendezvous_client.mjs",
-        cwd=JS_DIR,
-        env={**os.environ, "HS_URL": srv.base_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
-    line = next(x for x in out.decode().splitlines() if x.startswith("@@RESULT "))
-    result: dict[str, Any] = json.loads(line.removeprefix("@@RESULT "))
+    result = await run_node_script("rendezvous_client.mjs", {"HS_URL": srv.base_url})
     assert result["url"].startswith(srv.base_url + PATH + "/")
     assert result["received"] == [
         "ping from the device showing the code",
