@@ -66,8 +66,10 @@ from clients.context import Context
 from clients.crosssigning import CrossSigning
 from clients.e2ee_setup import E2EESetup, E2EESetupError
 from clients.formatting import text_content
+from clients.oauth import OAuthSession
 from clients.secrets import SecretStorage
-from clients.store import Credentials, StoreDir, StoreLockedError
+from clients.store import OAUTH_FILE, Credentials, StoreDir, StoreLockedError
+from clients.token_refresh import TokenRefresher, TokenRefreshError
 from clients.trust import TrustManager, TrustMode, matches
 from clients.verification_types import is_verification_event
 
@@ -234,6 +236,11 @@ class Bot:
                 raise BotError(f"store {self.store.path} belongs to {creds.user_id}, not {cfg.user_id}")
             client = self._new_client(creds.homeserver, creds.user_id, creds.device_id)
             client.restore_login(creds.user_id, creds.device_id, creds.access_token)
+            oauth = self.store.read_json(OAUTH_FILE)
+            if oauth is not None:  # an OAuth login: its access token expires and is renewed
+                client.token_refresher = TokenRefresher(
+                    OAuthSession.from_json(oauth, creds.access_token), self.store
+                )
         else:
             try:
                 client = await self._first_login()
@@ -381,6 +388,8 @@ class Bot:
                 if self._stopping:
                     break
                 raise
+            except TokenRefreshError as exc:
+                raise BotError(str(exc)) from None
             finally:
                 self._current_sync = None
             if not isinstance(resp, SyncResponse):

@@ -1,6 +1,7 @@
 """`sotto-bot`: log a bot in, run a bot module, and script a Matrix account from the shell.
 
     sotto-bot login --homeserver URL --user @bot:example.org   # creates the store (asks the password)
+    sotto-bot login --homeserver URL --oauth                    # or: approve the login in a browser
     sotto-bot run echo.py                                       # runs the Bot defined in echo.py
     sotto-bot send '!room:example.org' 'hello **world**'        # prints the event ID
     sotto-bot listen '!room:example.org' --json                 # one JSON object per line
@@ -32,6 +33,8 @@ from clients.bot import Bot, BotError
 from clients.config import DEFAULT_STORE, BotConfig
 from clients.context import Context
 from clients.crosssigning import load_keys
+from clients.oauth import DeviceCode, OAuthError
+from clients.oauth_login import login_with_oauth
 from clients.store import TRUST_FILE, StoreDir
 from clients.trust import TrustState, forget_pin
 from clients.verification import SasPrompt, Verifier
@@ -57,7 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="log in and create the store (device, keys, cross-signing)")
     _store_arg(login)
     login.add_argument("--homeserver", required=True, help="e.g. https://matrix.example.org")
-    login.add_argument("--user", required=True, help="the bot's user ID, @bot:example.org")
+    login.add_argument("--user", help="the bot's user ID, @bot:example.org (with --oauth: a check)")
+    login.add_argument(
+        "--oauth",
+        action="store_true",
+        help="sign in through the server's OAuth 2.0 API: approve the printed code in a browser",
+    )
+    login.add_argument(
+        "--client-uri", help="with --oauth: the client's web page shown when approving (https://…)"
+    )
     login.add_argument(
         "--password-file", help="read the password from this file (else $SOTTO_BOT_PASSWORD or ask)"
     )
@@ -131,12 +142,41 @@ def _read_password(args: argparse.Namespace) -> str:
     return getpass.getpass(f"Password for {args.user}: ")
 
 
+async def _oauth_login(args: argparse.Namespace, store: StoreDir, out: TextIO) -> None:
+    async def show(code: DeviceCode) -> None:
+        where = code.verification_uri_complete or code.verification_uri
+        print(
+            f"To log the bot in, open {where}\n  and approve the code {code.user_code} "
+            f"(within {code.expires_in // 60} minutes) …",
+            file=out,
+            flush=True,
+        )
+
+    store.lock()  # no second login into the same store meanwhile
+    try:
+        await login_with_oauth(
+            store, args.homeserver, show, expected_user=args.user, client_uri=args.client_uri
+        )
+    except OAuthError as exc:
+        raise BotError(f"OAuth login failed: {exc}") from None
+    finally:
+        store.unlock()
+
+
 async def cmd_login(args: argparse.Namespace, out: TextIO) -> int:
     store = StoreDir(store_of(args))
     if store.load_credentials() is not None:
         print(f"{store.path} already holds a login; use another --store or remove it", file=sys.stderr)
         return 1
-    password = None if args.token else _read_password(args)
+    if args.oauth and (args.token or args.password_file):
+        print("--oauth takes no password or token", file=sys.stderr)
+        return 2
+    if not args.oauth and not args.user:
+        print("--user is needed (or --oauth)", file=sys.stderr)
+        return 2
+    if args.oauth:
+        await _oauth_login(args, store, out)
+    password = None if args.token or args.oauth else _read_password(args)
     recovery_key = None
     if args.recovery_key_file:
         recovery_key = await asyncio.to_thread(lambda: Path(args.recovery_key_file).read_text().strip())

@@ -10,6 +10,9 @@
 - Key verification: nio's own SAS state machine answers to-device verification events by itself
   with a hex commitment and mislabelled MACs that only nio accepts; we keep the events from it,
   so they only reach the bot's handlers (`clients.device_verification` runs SAS instead).
+- Token refresh (OAuth logins): with a `token_refresher`, every request first renews an access
+  token about to expire, and a 401 `M_UNKNOWN_TOKEN` with `soft_logout: true` is renewed and
+  retried once (`clients.token_refresh`).
 - `request_json`: a raw JSON call (cross-signing endpoints nio lacks) that still goes through
   nio's retry logic for rate limits and connection errors.
 """
@@ -37,6 +40,8 @@ from nio import (
     ToDeviceEvent,
 )
 from nio.api import Api
+
+from clients.token_refresh import TokenRefresher
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,34 @@ def retry_after_from_header(value: str | None, now_ms: int) -> int | None:
     return max(0, int(when.timestamp() * 1000) - now_ms)
 
 
+def is_soft_logout(resp: Any) -> bool:
+    """An expired (not revoked) access token: the client may renew it and carry on."""
+    if isinstance(resp, ErrorResponse):
+        return resp.status_code == "M_UNKNOWN_TOKEN" and bool(resp.soft_logout)
+    if isinstance(resp, JsonResponse):
+        return (
+            resp.status == 401
+            and resp.body.get("errcode") == "M_UNKNOWN_TOKEN"
+            and resp.body.get("soft_logout") is True
+        )
+    return False
+
+
 class SottoAsyncClient(AsyncClient):  # type: ignore[misc]
     before_share: BeforeShare | None = None
+    token_refresher: TokenRefresher | None = None
+
+    async def _send(self, response_class: type, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        refresher = self.token_refresher
+        if refresher is None:
+            return await super()._send(response_class, method, path, *args, **kwargs)
+        await refresher.before_request()
+        self.access_token = used = refresher.access_token
+        resp = await super()._send(response_class, method, path, *args, **kwargs)
+        if is_soft_logout(resp) and await refresher.after_soft_logout(used):
+            self.access_token = refresher.access_token
+            resp = await super()._send(response_class, method, path, *args, **kwargs)
+        return resp
 
     async def create_matrix_response(
         self,

@@ -3,6 +3,8 @@
 Layout of a store directory (created with mode 0700, files 0600):
 
     credentials.json     homeserver, user_id, device_id, access_token (written by login)
+    oauth.json           OAuth 2.0 logins only: client_id, token endpoint, refresh token and
+                         when the access token expires (renewed by clients.token_refresh)
     cross_signing.json   private cross-signing seeds (self-signing, user-signing, and the
                          master key only when the bot is configured to keep it)
     trust.json           trust-on-first-use pins: each peer's first-seen master key
@@ -26,6 +28,7 @@ CREDENTIALS_FILE = "credentials.json"
 LOCK_FILE = ".lock"
 CROSS_SIGNING_FILE = "cross_signing.json"
 TRUST_FILE = "trust.json"
+OAUTH_FILE = "oauth.json"
 
 
 class StoreLockedError(Exception):
