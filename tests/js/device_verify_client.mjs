@@ -136,15 +136,11 @@ async function main() {
         say("VERIFIED");
         // The request is done once the bot's `done` arrives.
         await phaseReached([VerificationPhase.Done, VerificationPhase.Cancelled]);
-        // Trusting the bot's identity needs a /keys/query that returns the uploaded signature
-        // (see verify_client.mjs for why Sotto's device_lists do not trigger it yet).
+        // Trusting the bot's identity needs a /keys/query that returns the uploaded signature;
+        // the server's device_lists.changed prompts it (see verify_client.mjs).
         await until(
             "the bot's identity to be verified",
-            async () => {
-                if ((await crypto.getUserVerificationStatus(botUserId)).isCrossSigningVerified()) return true;
-                await crypto.markAllTrackedUsersAsDirty();
-                return false;
-            },
+            async () => (await crypto.getUserVerificationStatus(botUserId)).isCrossSigningVerified(),
             30000,
             500,
         ).catch(() => {}); // STATUS below reports what we ended with

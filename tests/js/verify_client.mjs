@@ -131,17 +131,11 @@ async function main() {
     if (verified) {
         say("VERIFIED");
         // After the MAC, Rust signs the bot's master key with our user-signing key, uploads the
-        // signature, and trusts the bot once a /keys/query returns it. Synapse triggers that query
-        // by listing the bot in *our* next sync's device_lists.changed (its
-        // get_users_whose_signatures_changed); Sotto lists the signer instead (a homeserver bug,
-        // reported), so we re-query ourselves until the uploaded signature comes back.
+        // signature, and trusts the bot once a /keys/query returns it: the server lists the bot
+        // in our next sync's device_lists.changed (as Element relies on; no re-query forced here).
         await until(
             "the bot's identity to be verified",
-            async () => {
-                if ((await crypto.getUserVerificationStatus(botUserId)).isCrossSigningVerified()) return true;
-                await crypto.markAllTrackedUsersAsDirty();
-                return false;
-            },
+            async () => (await crypto.getUserVerificationStatus(botUserId)).isCrossSigningVerified(),
             30000,
             500,
         );
