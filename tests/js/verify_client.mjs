@@ -17,13 +17,14 @@
 // Exits 0 when done, non-zero on error or timeout.
 
 import { env, say, sleep, until } from "./common.mjs";
+import { phaseReached as sasPhaseReached, runSas } from "./sas_common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
     const cryptoApi = await import("matrix-js-sdk/lib/crypto-api/index.js");
     const { logger } = await import("matrix-js-sdk/lib/logger.js");
     logger.setLevel(process.env.JS_SDK_LOG_LEVEL || "warn");
-    const { CryptoEvent, VerificationPhase, VerificationRequestEvent, VerifierEvent } = cryptoApi;
+    const { CryptoEvent, VerificationPhase } = cryptoApi;
 
     const botUserId = env("BOT_USER_ID");
     const mode = env("MODE");
@@ -92,42 +93,8 @@ async function main() {
     }
     say(`REQUEST ${request.transactionId}`);
 
-    const phaseReached = (phases) =>
-        new Promise((resolve) => {
-            const check = () => {
-                if (phases.includes(request.phase)) {
-                    request.off(VerificationRequestEvent.Change, check);
-                    resolve(request.phase);
-                }
-            };
-            request.on(VerificationRequestEvent.Change, check);
-            check();
-        });
-
-    let verifier;
-    if (mode === "request") {
-        const phase = await phaseReached([VerificationPhase.Ready, VerificationPhase.Cancelled]);
-        if (phase === VerificationPhase.Ready) verifier = await request.startVerification("m.sas.v1");
-    } else {
-        await request.accept();
-        const phase = await phaseReached([VerificationPhase.Started, VerificationPhase.Cancelled]);
-        if (phase === VerificationPhase.Started) verifier = request.verifier;
-    }
-
-    let verified = false;
-    if (verifier) {
-        verifier.on(VerifierEvent.ShowSas, (sas) => {
-            say(`SAS ${JSON.stringify({ emoji: sas.sas.emoji.map(([symbol]) => symbol), decimal: sas.sas.decimal })}`);
-            // The person says they match; the bot has its own say.
-            sas.confirm().catch(() => {});
-        });
-        try {
-            await verifier.verify();
-            verified = true;
-        } catch {
-            verified = false;
-        }
-    }
+    const phaseReached = (phases) => sasPhaseReached(request, phases, cryptoApi);
+    const verified = await runSas(request, mode, cryptoApi);
     if (verified) {
         say("VERIFIED");
         // After the MAC, Rust signs the bot's master key with our user-signing key, uploads the
