@@ -210,7 +210,11 @@ async def test_refusals_come_back_from_the_owner(pair: Pair) -> None:
     assert missing in sender.forwarding._forwarding
 
 
-async def test_an_unreachable_owner_leaves_the_message_to_this_worker(pair: Pair) -> None:
+async def test_an_unreachable_owner_leaves_the_message_to_this_worker(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "For a while" below is RETRY_AFTER_S; a slow host could spend 2 s on the two sends.
+    monkeypatch.setattr(forwarding, "RETRY_AFTER_S", 120.0)
     owner, other = pair.owner(), pair.other()
     await owner.forwarding.stop()  # its listener is gone
     _make_busy_and_shared(other, pair.room, pair.users)

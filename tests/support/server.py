@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ def _ephemeral_low() -> int:
         return 0
 
 
+# Ports handed out lately: a test often takes several before it binds any (a federation
+# pair takes four), and a port free when checked could otherwise be handed out twice.
+_RECENT: deque[int] = deque(maxlen=512)
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range where there is one: tests
     restart servers on the same port, and a port the kernel hands out as the source port
@@ -39,6 +45,9 @@ def free_port() -> int:
     if low > PORTS_FROM + 1000:
         for _ in range(50):
             port = random.randrange(PORTS_FROM, low)
+            if port in _RECENT:
+                continue
+            _RECENT.append(port)
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))
