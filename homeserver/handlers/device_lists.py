@@ -54,6 +54,12 @@ class DeviceListHandler:
             except Exception:
                 log.exception("device list change hook failed")
 
+    def signed_for(self, signer: str) -> None:
+        """`signer` signed someone else's master key (already marked changed by the store):
+        the signature is theirs alone to see, so only their streams wake, and no other
+        server is told."""
+        self.notifier.notify(users=[signer])
+
     async def mark_and_notify(self, user_ids: Collection[str]) -> None:
         """Record a change for users whose keys changed outside this module (e.g. remote updates)."""
         await self.store.mark_changed(user_ids)

@@ -483,9 +483,7 @@ class CrossSigningHandler:
                 if changed_user == user_id:
                     await self.device_lists.changed(changed_user)
                 else:
-                    # Someone else's master key: the signature is visible to the signer alone,
-                    # so only their streams are woken, and no other server is told.
-                    self.device_lists.notifier.notify(users=[user_id])
+                    self.device_lists.signed_for(user_id)
         return {"failures": failures}
 
     async def _check_one(
