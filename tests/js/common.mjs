@@ -30,3 +30,20 @@ export async function until(what, check, ms = 30000, every = 100) {
     }
     throw new Error(`timed out waiting for ${what}`);
 }
+
+// Runs a script's main(): exit 0 when it resolves, 2 with the stack when it throws, 3 when it
+// outlives JS_TIMEOUT_MS (90 s), so a hung SDK call never hangs the Python test.
+export function runMain(main) {
+    const timeout = setTimeout(() => {
+        process.stderr.write("timed out\n");
+        process.exit(3);
+    }, Number(process.env.JS_TIMEOUT_MS || 90000));
+    timeout.unref();
+    main().then(
+        () => process.exit(0),
+        (err) => {
+            process.stderr.write(`error: ${err && err.stack ? err.stack : err}\n`);
+            process.exit(2);
+        },
+    );
+}

@@ -3,7 +3,7 @@
 //   @@RESULT <json>   what each step gave
 // Exits 0 when done, non-zero on error.
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
@@ -40,10 +40,4 @@ async function main() {
     say(`RESULT ${JSON.stringify(result)}`);
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        process.stderr.write(`${err && err.stack ? err.stack : err}\n`);
-        process.exit(1);
-    },
-);
+runMain(main);

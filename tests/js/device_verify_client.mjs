@@ -21,7 +21,7 @@
 //                             cross-signing verified, "local": bot device locally verified}
 // Exits 0 when done, non-zero on error or timeout.
 
-import { env, say, sleep, until } from "./common.mjs";
+import { env, runMain, say, sleep, until } from "./common.mjs";
 import { phaseReached as sasPhaseReached, runSas } from "./sas_common.mjs";
 
 async function main() {
@@ -131,13 +131,4 @@ async function main() {
     process.exit(0);
 }
 
-const timeout = setTimeout(() => {
-    process.stderr.write("timed out\n");
-    process.exit(3);
-}, Number(process.env.JS_TIMEOUT_MS || 90000));
-timeout.unref();
-
-main().catch((err) => {
-    process.stderr.write(`error: ${err && err.stack ? err.stack : err}\n`);
-    process.exit(2);
-});
+runMain(main);

@@ -11,7 +11,7 @@
 // Element X does: its keys and to-device messages then come through the e2ee and
 // to_device extensions.
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
@@ -93,13 +93,4 @@ async function main() {
     process.exit(0);
 }
 
-const timeout = setTimeout(() => {
-    process.stderr.write("timed out\n");
-    process.exit(3);
-}, Number(process.env.JS_TIMEOUT_MS || 90000));
-timeout.unref();
-
-main().catch((err) => {
-    process.stderr.write(`error: ${err && err.stack ? err.stack : err}\n`);
-    process.exit(2);
-});
+runMain(main);

@@ -3,7 +3,7 @@
 // script plays the user's browser (the sign-in and device pages) with fetch.
 // Reports one line: "@@RESULT <json>". Exits non-zero on any error.
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 const REDIRECT = "https://app.example.org/callback";
 
@@ -81,10 +81,4 @@ async function main() {
     say(`RESULT ${JSON.stringify(result)}`);
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        console.error(err);
-        process.exit(1);
-    },
-);
+runMain(main);

@@ -5,7 +5,7 @@
 //   @@LIVE <body>     a message that arrived while peeking (sent after PEEKED)
 // Exits 0 when done, non-zero on error or timeout.
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
@@ -37,10 +37,4 @@ async function main() {
     client.stopClient();
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        process.stderr.write(`${err && err.stack ? err.stack : err}\n`);
-        process.exit(1);
-    },
-);
+runMain(main);

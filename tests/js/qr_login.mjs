@@ -4,7 +4,7 @@
 // OAuth device authorisation grant, which the user approves on Sotto's page, and receives the
 // existing device's secrets over the secure channel. Reports "@@RESULT <json>".
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 async function approve(verificationUri, username, password) {
     const userCode = new URL(verificationUri).searchParams.get("user_code");
@@ -101,10 +101,4 @@ async function main() {
     existing.stopClient();
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        console.error(err);
-        process.exit(1);
-    },
-);
+runMain(main);

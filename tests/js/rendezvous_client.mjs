@@ -3,7 +3,7 @@
 // scanning it) exchange messages through one session; the SDK finds the endpoint through
 // /versions. Reports "@@RESULT <json>".
 
-import { env, say } from "./common.mjs";
+import { env, runMain, say } from "./common.mjs";
 
 async function main() {
     const sdk = await import("matrix-js-sdk");
@@ -29,10 +29,4 @@ async function main() {
     say(`RESULT ${JSON.stringify({ url, received, closed })}`);
 }
 
-main().then(
-    () => process.exit(0),
-    (err) => {
-        console.error(err);
-        process.exit(1);
-    },
-);
+runMain(main);
