@@ -12,6 +12,7 @@ from homeserver.appservice import accounts as appservice_accounts
 from homeserver.handlers.registration import LoginHandler
 from homeserver.handlers.sso import sso_login_flow
 from homeserver.server import HomeServer
+from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import login_token_store
 
 
@@ -22,6 +23,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     uia = get_uia(app, hs)
     devices = get_device_handler(app, hs)
     auth = hs.auth
+    oauth_sessions = OAuthStore(hs.db)
 
     flows = login_handler.flows()
     if hs.config.oidc_providers:
@@ -55,7 +57,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response(issued)
 
     async def refresh(request: web.Request) -> web.Response:
-        return json_response(await login_handler.refresh(await read_json(request), client_address(request)))
+        body = await read_json(request)
+        return json_response(await login_handler.refresh(body, client_address(request), oauth_sessions))
 
     # A locked account may still log out (the spec's only exceptions to M_USER_LOCKED).
     async def logout(request: web.Request) -> web.Response:

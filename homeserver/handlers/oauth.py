@@ -47,6 +47,8 @@ UNSTABLE_SCOPE_DEVICE = "urn:matrix:org.matrix.msc2967.client:device:"
 CODE_LIFETIME_MS = 2 * 60 * 1000
 DEVICE_GRANT_LIFETIME_MS = 10 * 60 * 1000
 DEVICE_POLL_INTERVAL_S = 5
+# A poll this much early still counts as on time (timers and networks jitter).
+DEVICE_POLL_LEEWAY_MS = 1000
 # How long an approved cross-signing reset stays usable.
 RESET_WINDOW_MS = 10 * 60 * 1000
 # RFC 6749's scope characters, and RFC 7636's code verifier.
@@ -414,8 +416,12 @@ class OAuthServer:
             await self.store.take_device_grant(th)
             raise OAuthError("access_denied", "The user refused")
         if grant.user_id is None:
-            if grant.expires_ts <= self.clock.time_ms():
+            now = self.clock.time_ms()
+            if grant.expires_ts <= now:
                 raise OAuthError("expired_token", "The device code expired")
+            interval = await self.store.note_poll(th, now, DEVICE_POLL_LEEWAY_MS)
+            if interval is not None:
+                raise OAuthError("slow_down", f"Poll at most every {interval} seconds")
             raise OAuthError("authorization_pending", "The user has not approved yet")
         if not await self.store.take_device_grant(th):
             raise OAuthError("invalid_grant", "The device code was already used")

@@ -45,6 +45,7 @@ from homeserver.handlers.users import create_account, validate_localpart
 from homeserver.ratelimit import RateLimiter
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import ExpiringTokens
 
 log = logging.getLogger(__name__)
@@ -404,10 +405,24 @@ class LoginHandler:
             "well_known": {"m.homeserver": {"base_url": self.config.baseurl + "/"}},
         }
 
-    async def refresh(self, body: Mapping[str, Any], client: str = "") -> dict[str, Any]:
-        """Handle one POST /refresh (rate limited like /login, by the caller's address)."""
+    async def refresh(
+        self, body: Mapping[str, Any], client: str = "", oauth: OAuthStore | None = None
+    ) -> dict[str, Any]:
+        """Handle one POST /refresh (rate limited like /login, by the caller's address).
+        A session from the OAuth 2.0 API renews its tokens at the token endpoint only
+        (`oauth`), which checks the client and keeps the OAuth lifetime."""
         self.limiter.check(client)
-        return await self.auth.refresh(require_str(body, "refresh_token"))
+        token = require_str(body, "refresh_token")
+        if oauth is not None:
+            info = await self.accounts.get_refresh_token(hash_token(token))
+            if info is not None and await oauth.session(info.user_id, info.device_id) is not None:
+                raise MatrixError(
+                    401,
+                    Codes.UNKNOWN_TOKEN,
+                    "Renew this session's tokens at the OAuth 2.0 token endpoint",
+                    soft_logout=False,
+                )
+        return await self.auth.refresh(token)
 
 
 class AccountHandler:

@@ -347,7 +347,8 @@ oauth_codes = Table(
 )
 
 # Device authorisation grants (RFC 8628) until the client collects its tokens: user_id is
-# set when the user approves, `denied` when they refuse.
+# set when the user approves, `denied` when they refuse. `last_poll_ts` and `interval_s`
+# (migration 0028) tell a client polling too fast to slow down.
 oauth_device_grants = Table(
     "oauth_device_grants",
     metadata,
@@ -359,6 +360,8 @@ oauth_device_grants = Table(
     Column("expires_ts", BigInteger, nullable=False),
     Column("user_id", String(255), nullable=True),
     Column("denied", Boolean, nullable=False, default=False),
+    Column("last_poll_ts", BigInteger, nullable=True),
+    Column("interval_s", Integer, nullable=False, default=5, server_default="5"),
 )
 
 # Devices signed in through the OAuth 2.0 API, and the client each was issued to.

@@ -176,6 +176,25 @@ class OAuthStore:
         async with self.db.write() as conn:
             return bool((await conn.execute(q)).rowcount)
 
+    async def note_poll(self, device_code_hash: str, now: int, leeway_ms: int) -> int | None:
+        """Record a client's poll of a pending grant. A poll sooner than the grant's interval
+        (less `leeway_ms`) after the last one lengthens the interval by five seconds, as
+        RFC 8628 says, and returns the new interval; otherwise None."""
+        t = oauth_device_grants.c
+        too_soon = t.last_poll_ts > now - t.interval_s * 1000 + leeway_ms
+        mine = t.device_code_hash == device_code_hash
+        async with self.db.write() as conn:
+            slowed = await conn.execute(
+                update(oauth_device_grants)
+                .where(mine, too_soon)
+                .values(interval_s=t.interval_s + 5, last_poll_ts=now)
+            )
+            if not slowed.rowcount:
+                await conn.execute(update(oauth_device_grants).where(mine).values(last_poll_ts=now))
+                return None
+            row = (await conn.execute(select(t.interval_s).where(mine))).first()
+        return None if row is None else int(row[0])
+
     async def take_device_grant(self, device_code_hash: str) -> bool:
         """Remove a decided grant; True for the one request that removed it."""
         t = oauth_device_grants.c

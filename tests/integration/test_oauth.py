@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -197,6 +198,13 @@ async def test_authorization_code_flow(srv: RunningServer, http: aiohttp.ClientS
     assert (await renewed.ok("GET", "/account/whoami"))["device_id"] == flow.device_id
     assert (await me.request("GET", "/account/whoami"))[0] == 401
     # (Presenting the old refresh token now would end the session: the next test.)
+    # The legacy POST /refresh does not renew an OAuth session (no client check, another
+    # lifetime); the session goes on.
+    async with http.post(
+        f"{srv.base_url}/_matrix/client/v3/refresh", json={"refresh_token": fresh["refresh_token"]}
+    ) as resp:
+        assert (resp.status, (await resp.json())["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    assert (await renewed.ok("GET", "/account/whoami"))["device_id"] == flow.device_id
     # Another client cannot use this client's refresh token.
     other = await start(srv, http, {**CLIENT, "client_name": "Other"})
     status, out = await other.token(grant_type="refresh_token", refresh_token=fresh["refresh_token"])
@@ -329,7 +337,8 @@ async def test_device_authorization_grant(srv: RunningServer, http: aiohttp.Clie
     assert out["error"] == "invalid_grant"  # another client's device code
     assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
     assert await decide(started["user_code"], "allow", password="wrong") == 403
-    assert (await poll(started["device_code"]))[1]["error"] == "authorization_pending"
+    # Polling again at once is too fast (RFC 8628's slow_down; the interval is 5 s).
+    assert (await poll(started["device_code"])) == (400, {"error": "slow_down", "error_description": ANY})
     assert await decide(started["user_code"], "allow") == 200
     assert await decide(started["user_code"], "deny") == 400  # decided once, for good
     status, tokens = await poll(started["device_code"])
