@@ -181,7 +181,8 @@ class OAuthStore:
         (less `leeway_ms`) after the last one lengthens the interval by five seconds, as
         RFC 8628 says, and returns the new interval; otherwise None."""
         t = oauth_device_grants.c
-        too_soon = t.last_poll_ts > now - t.interval_s * 1000 + leeway_ms
+        # The column on the left types the bound value: BIGINT, as a timestamp needs.
+        too_soon = t.last_poll_ts + t.interval_s * 1000 > now + leeway_ms
         mine = t.device_code_hash == device_code_hash
         async with self.db.write() as conn:
             slowed = await conn.execute(
