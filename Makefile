@@ -22,9 +22,10 @@ run: $(STAMP)
 	$(BIN)/sotto migrate --config $(CONFIG)
 	$(BIN)/sotto serve --config $(CONFIG)
 
-## Run every test (with the benchmark harness's extras: a bounded run of it is a test).
+## Run every test (with the benchmark harness's extras: a bounded run of it is a test), in two
+## lanes side by side: the PostgreSQL re-runs beside everything else (tests/run_all.py).
 test: $(BENCH_STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m tests.run_all
 
 ## ruff + mypy --strict.
 lint: $(STAMP)

@@ -3,7 +3,8 @@
 Each suite runs in a child pytest with SOTTO_TEST_DATABASE=postgres: `run_server` then gives
 each server a fresh database copied from a migrated template (`tests/support/postgres.py`),
 and a test that restarts a server keeps its database (`lasting_database`). Tests of SQLite
-itself stay in the main pass only.
+itself stay in the main pass only. `make test` runs this module beside the rest of the
+tests (tests/run_all.py).
 """
 
 from __future__ import annotations

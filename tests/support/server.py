@@ -37,14 +37,26 @@ def _ephemeral_low() -> int:
 _RECENT: deque[int] = deque(maxlen=512)
 
 
+def _port_range() -> tuple[int, int]:
+    """Where test servers' ports come from: SOTTO_TEST_PORTS=low-high when test runs go side
+    by side (tests/run_all.py gives each its own range, so one never takes a port the other
+    has just checked, or a port a test keeps for restarting its server); otherwise from
+    PORTS_FROM up to the kernel's ephemeral range."""
+    raw = os.environ.get("SOTTO_TEST_PORTS")
+    if raw:
+        low, _, high = raw.partition("-")
+        return int(low), int(high)
+    return PORTS_FROM, _ephemeral_low()
+
+
 def free_port() -> int:
     """A free loopback port below the kernel's ephemeral range where there is one: tests
     restart servers on the same port, and a port the kernel hands out as the source port
     of some outgoing connection (to PostgreSQL, say) meanwhile could not be bound again."""
-    low = _ephemeral_low()
-    if low > PORTS_FROM + 1000:
+    low, high = _port_range()
+    if high > low + 1000:
         for _ in range(50):
-            port = random.randrange(PORTS_FROM, low)
+            port = random.randrange(low, high)
             if port in _RECENT:
                 continue
             _RECENT.append(port)
