@@ -3,9 +3,11 @@
 The bot owns three Ed25519 key pairs (spec: end-to-end encryption → cross-signing): the master
 key (its identity), the self-signing key (signs the bot's own devices) and the user-signing key
 (signs other users' master keys after verification). Bootstrapping uploads all three through
-`/keys/device_signing/upload` (behind user-interactive auth with the bot's password when the
-server requires it) and signs the bot's current device through `/keys/signatures/upload`, so
-clients that refuse messages from non-cross-signed devices (Element, MSC4153) talk to the bot.
+`/keys/device_signing/upload` (behind user-interactive auth when the server requires it: the
+bot's password, or, for a bot logged in through OAuth, the `m.oauth` stage: the operator approves
+in a browser at the URL the bot logs, and the bot retries until it may) and signs the bot's
+current device through `/keys/signatures/upload`, so clients that refuse messages from
+non-cross-signed devices (Element, MSC4153) talk to the bot.
 
 Crypto: Ed25519 from libsodium through PyNaCl (already a runtime dependency, constant-time, and
 the library Synapse signs with); signed JSON is canonical JSON from `canonicaljson`. Tests check
@@ -19,6 +21,7 @@ sign its own new devices; replacing the other two keys then means a new identity
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -36,6 +39,11 @@ from clients.store import CROSS_SIGNING_FILE, StoreDir
 log = logging.getLogger(__name__)
 
 SEED_BYTES = 32
+OAUTH_STAGE = "m.oauth"
+# While the operator approves in a browser (the `m.oauth` stage), the request is retried this
+# often, for as long as the server keeps an approval (Sotto: ten minutes).
+APPROVAL_POLL_S = 2.0
+APPROVAL_WAIT_S = 600.0
 
 
 class CrossSigningError(Exception):
@@ -231,15 +239,24 @@ async def query_identity(client: SottoAsyncClient, user_id: str) -> UserIdentity
 
 
 async def post_with_uia(
-    client: SottoAsyncClient, path: str, body: dict[str, Any], password: str | None
+    client: SottoAsyncClient,
+    path: str,
+    body: dict[str, Any],
+    password: str | None,
+    *,
+    approval_poll_s: float = APPROVAL_POLL_S,
+    approval_wait_s: float = APPROVAL_WAIT_S,
 ) -> dict[str, Any]:
-    """POST behind user-interactive auth, completing it with `m.login.password` if asked."""
+    """POST behind user-interactive auth, completing it with `m.login.password`, or with the
+    `m.oauth` stage (approval in a browser), whichever the server asks for."""
     resp = await client.request_json("POST", path, body)
     if resp.status == 200:
         return resp.body
     if resp.status != 401 or "flows" not in resp.body:
         raise CrossSigningError(f"{path} failed: HTTP {resp.status} {resp.body.get('errcode', '')}")
     flows = [f.get("stages", []) for f in resp.body.get("flows", [])]
+    if [OAUTH_STAGE] in flows:
+        return await _approved_in_browser(client, path, body, resp.body, approval_poll_s, approval_wait_s)
     if ["m.login.password"] not in flows:
         raise CrossSigningError(f"{path}: no password-only auth flow offered ({flows})")
     if not password:
@@ -256,6 +273,37 @@ async def post_with_uia(
             f"{path} failed after auth: HTTP {resp.status} {resp.body.get('errcode', '')}"
         )
     return resp.body
+
+
+async def _approved_in_browser(
+    client: SottoAsyncClient,
+    path: str,
+    body: dict[str, Any],
+    challenge: dict[str, Any],
+    poll_s: float,
+    wait_s: float,
+) -> dict[str, Any]:
+    """The `m.oauth` stage: the user approves at the server's URL (the account page of an
+    OAuth login), and the request, retried with the session only, then goes through."""
+    params = (challenge.get("params") or {}).get(OAUTH_STAGE) or {}
+    url = params.get("url") if isinstance(params, dict) else None
+    if not isinstance(url, str):
+        raise CrossSigningError(f"{path}: the server asked for approval in a browser but gave no URL")
+    log.warning("%s needs your approval: open %s (waiting up to %d min)", path, url, wait_s // 60)
+    retry = {**body, "auth": {"session": challenge.get("session")}}
+    try:
+        async with asyncio.timeout(wait_s):
+            while True:
+                await asyncio.sleep(poll_s)
+                resp = await client.request_json("POST", path, retry)
+                if resp.status == 200:
+                    return resp.body
+                if resp.status != 401 or "flows" not in resp.body:
+                    raise CrossSigningError(
+                        f"{path} failed after approval: HTTP {resp.status} {resp.body.get('errcode', '')}"
+                    )
+    except TimeoutError:
+        raise CrossSigningError(f"{path}: not approved within {wait_s:.0f} s") from None
 
 
 async def upload_signatures(client: SottoAsyncClient, signed: dict[str, dict[str, Any]]) -> None:

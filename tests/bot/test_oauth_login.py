@@ -25,6 +25,8 @@ from tests.bot.conftest import running
 from tests.bot.peer import Peer, login_peer
 from tests.bot.test_bot_e2ee import joined
 from tests.bot.test_cli import sotto_bot
+from tests.integration.e2ee.fixtures import CrossSigning
+from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
 
 LIFETIME_MS = 10_000
@@ -177,3 +179,38 @@ async def test_a_refused_login_fails_clearly(oauth_server: RunningServer, tmp_pa
     assert "OAuth login failed: the login was refused at the approval page" in err
     assert not (Path(store) / "credentials.json").exists()
     assert not (Path(store) / OAUTH_FILE).exists()
+
+
+async def test_reset_cross_signing_is_approved_in_the_browser(
+    oauth_server: RunningServer, tmp_path: Path
+) -> None:
+    """An identity the bot does not hold is replaced through the `m.oauth` stage: the bot logs
+    the account page's URL and retries until the operator approves there."""
+    other = await oauth_server.login("bot", "bot-password")  # a human's session, by password
+    async with aiohttp.ClientSession() as http:
+        human = RawClient(http, oauth_server.base_url, other["access_token"], other["user_id"])
+        old = CrossSigning(human.user_id).upload_body()
+        await human.ok("POST", "/keys/device_signing/upload", json=old)
+        store = str(tmp_path / "store")
+        args = ("login", "--homeserver", oauth_server.base_url, "--oauth", "--reset-cross-signing")
+        async with sotto_bot(*args, "--store", store) as cli:
+            code = re.search(r"approve the code (\S+)", await cli.line_matching("stdout", "approve the code"))
+            assert code is not None
+            await decide(oauth_server, code.group(1), "allow")
+            line = await cli.line_matching("stderr", "needs your approval: open ")
+            url = line.split("needs your approval: open ")[1].split()[0]
+            assert "action=org.matrix.cross_signing_reset" in url
+            # Until approved the bot waits; the old identity stands.
+            query = {"device_keys": {human.user_id: []}}
+            assert (await human.ok("POST", "/keys/query", json=query))["master_keys"][human.user_id][
+                "keys"
+            ] == old["master_key"]["keys"]
+            async with http.post(url, data={"username": "bot", "password": "bot-password"}) as resp:
+                assert resp.status == 200
+            rc, out, err = await cli.finish(seconds=60)
+        assert rc == 0, err
+        master = re.search(r"cross-signing master key: (\S+)", out)
+        assert master is not None
+        keys = (await human.ok("POST", "/keys/query", json=query))["master_keys"][human.user_id]["keys"]
+        assert list(keys.values()) == [master.group(1)]
+        assert keys != old["master_key"]["keys"]
