@@ -110,8 +110,9 @@ async def test_only_the_leader_sends_and_failover(test_ca: CertAuthority, tmp_di
             lambda: _contains(bob, room_id, [f"from follower {i}" for i in range(3)]),
             what="follower's messages on B",
         )
+        # B shows the messages once stored, a moment before its answer reaches the leader.
+        await wait_for(lambda: _async(leader.queue.sent_transactions > before), what="the leader's count")
         assert follower.queue.sent_transactions == 0
-        assert leader.queue.sent_transactions > before
 
         # Failover: the leader leaves the election; the other worker takes the queue over.
         assert leader.leader is not None
@@ -121,7 +122,7 @@ async def test_only_the_leader_sends_and_failover(test_ca: CertAuthority, tmp_di
         alice_on_old = Client(leader_w.base_url, alice.user_id, alice.token, http)
         await alice_on_old.send(room_id, "after failover")
         await wait_for(lambda: _contains(bob, room_id, ["after failover"]), what="message after failover")
-        assert follower.queue.sent_transactions > 0
+        await wait_for(lambda: _async(follower.queue.sent_transactions > 0), what="the new leader's count")
 
 
 async def test_single_process_leads_at_once(test_ca: CertAuthority, tmp_dirs: tuple[str, str]) -> None:
