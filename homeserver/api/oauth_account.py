@@ -6,7 +6,9 @@ signed in through OAuth cannot do user-interactive auth, so they send the user h
   `m.oauth` UIA stage; one reset within ten minutes);
 - `org.matrix.devices_list`, `org.matrix.device_view` and `org.matrix.device_delete` (with
   `device_id`), and their older `session_*` names: the signed-in devices, and signing one out;
-- `org.matrix.account_deactivate`: closing the account.
+- `org.matrix.account_deactivate`: closing the account;
+- `sotto.password_change` (linked from the account page; the spec names no action for it):
+  a new password, for users whose app signs in through OAuth and so cannot change it.
 
 The user signs in with the password on each visit. The device list then carries a signed
 ticket (ten minutes) in its forms instead of a cookie, so no other site can post them.
@@ -14,6 +16,7 @@ ticket (ten minutes) in its forms instead of a cookie, so no other site can post
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from html import escape
@@ -23,11 +26,14 @@ from aiohttp import web
 
 from homeserver.api.devices import get_device_handler
 from homeserver.api.pages import page
-from homeserver.errors import MatrixError
+from homeserver.errors import Codes, MatrixError
 from homeserver.handlers.deactivation import Deactivator
 from homeserver.handlers.oauth import ACCOUNT_PATH, CROSS_SIGNING_RESET, DEACTIVATE, OAuthServer
+from homeserver.handlers.registration import validate_password
 from homeserver.handlers.signed_payloads import PayloadSigner
 from homeserver.server import HomeServer
+
+log = logging.getLogger(__name__)
 
 DEVICE_ACTIONS = (
     "org.matrix.devices_list",
@@ -38,6 +44,16 @@ DEVICE_ACTIONS = (
     "org.matrix.session_end",
 )
 DEVICES_URL = f"{ACCOUNT_PATH}?action=org.matrix.devices_list"
+PASSWORD_CHANGE = "sotto.password_change"
+PASSWORD_URL = f"{ACCOUNT_PATH}?action={PASSWORD_CHANGE}"
+_NEW_PASSWORD_FIELDS = (
+    '<label for="new_password">New password</label>'
+    '<input id="new_password" name="new_password" type="password" autocomplete="new-password" required>'
+    '<label for="new_password2">New password again</label>'
+    '<input id="new_password2" name="new_password2" type="password" autocomplete="new-password" required>'
+    '<p><label><input type="checkbox" name="sign_out" value="1" style="width:auto"> '
+    "Also sign out every device</label></p>"
+)
 TICKET_LIFETIME_MS = 10 * 60 * 1000
 
 SignIn = Callable[[web.Request, Any], Awaitable[str]]
@@ -93,10 +109,13 @@ def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: Sig
             return await reset(request)
         if action == DEACTIVATE:
             return await deactivate(request)
+        if action == PASSWORD_CHANGE:
+            return await change_password(request)
         if action not in DEVICE_ACTIONS and request.method == "GET":
             return page(
                 f"Your account on {server_name}",
                 f'<p><a class="button" href="{DEVICES_URL}">Your devices</a></p>'
+                f'<p><a class="button" href="{PASSWORD_URL}">Change your password</a></p>'
                 "<p>Manage your profile and rooms from your Matrix app.</p>",
             )
         focus = request.query.get("device_id")
@@ -152,6 +171,30 @@ def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: Sig
             "<p>Go back to your app to finish: it may reset your encryption identity "
             "in the next ten minutes.</p>",
         )
+
+    async def change_password(request: web.Request) -> web.Response:
+        title = "Change your password"
+        why = "<p>Sign in with your current password, then choose a new one.</p>"
+        if request.method == "GET":
+            return sign_in_page(request, title, why + _NEW_PASSWORD_FIELDS, "Change my password")
+        form = await request.post()
+        try:
+            user_id = await sign_in(request, form)
+            new = str(form.get("new_password", ""))
+            if new != form.get("new_password2"):
+                raise MatrixError(400, Codes.INVALID_PARAM, "The two new passwords differ")
+            validate_password(new)
+        except MatrixError as e:
+            return sign_in_page(
+                request, title, why + _NEW_PASSWORD_FIELDS, "Change my password", e.message, e.status
+            )
+        await hs.accounts.set_password_hash(user_id, await hs.passwords.hash(new))
+        log.info("password changed for %s on the account page", user_id)
+        note = "You may close this page."
+        if form.get("sign_out") == "1":
+            await devices.delete_other_devices(user_id, None)
+            note = "Every device was signed out: sign in again with the new password."
+        return page("Password changed", f"<p>The password of {escape(user_id)} is changed. {note}</p>")
 
     async def deactivate(request: web.Request) -> web.Response:
         title = "Deactivate your account?"

@@ -531,6 +531,43 @@ async def test_account_page_deactivates(srv: RunningServer, http: aiohttp.Client
     assert status == 404 or "displayname" not in profile
 
 
+async def test_account_page_changes_the_password(srv: RunningServer, http: aiohttp.ClientSession) -> None:
+    flow = await start(srv, http)
+    _, tokens = await flow.exchange(await flow.code())
+    me = RawClient(http, srv.base_url, tokens["access_token"], "@alice:" + srv.server_name)
+    async with http.get(flow.meta["account_management_uri"]) as landing:
+        assert "?action=sotto.password_change" in await landing.text()
+    url = f"{flow.meta['account_management_uri']}?action=sotto.password_change"
+    async with http.get(url) as page:
+        assert page.status == 200 and 'name="new_password2"' in await page.text()
+    form = {"username": "alice", "password": "password", "new_password": "n3w", "new_password2": "n3w"}
+    for wrong, status in (
+        ({"password": "wrong"}, 403),
+        ({"new_password2": "other"}, 400),
+        ({"new_password": "", "new_password2": ""}, 400),
+    ):
+        async with http.post(url, data={**form, **wrong}) as page:
+            assert page.status == status, wrong
+    assert (await srv.login("alice", "password"))["user_id"] == me.user_id  # unchanged so far
+    async with http.post(url, data=form) as page:
+        assert page.status == 200 and "is changed" in await page.text()
+    # The devices stay signed in unless asked; the new password is the one that works.
+    assert (await me.request("GET", "/account/whoami"))[0] == 200
+    login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}}
+    async with http.post(
+        f"{srv.base_url}/_matrix/client/v3/login", json={**login, "password": "password"}
+    ) as r:
+        assert r.status == 403
+    async with http.post(
+        url, data={**form, "password": "n3w", "new_password": "x", "new_password2": "x", "sign_out": "1"}
+    ) as page:
+        assert page.status == 200 and "signed out" in await page.text()
+    assert (await me.request("GET", "/account/whoami"))[0] == 401
+    assert await srv.hs.accounts.list_devices(me.user_id) == []
+    async with http.post(f"{srv.base_url}/_matrix/client/v3/login", json={**login, "password": "x"}) as r:
+        assert r.status == 200
+
+
 async def test_a_replayed_refresh_token_ends_the_session(
     srv: RunningServer, http: aiohttp.ClientSession
 ) -> None:
