@@ -105,18 +105,39 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     identity_providers = sso_login_flow(providers)["identity_providers"] if providers else []
 
     async def sign_in(request: web.Request, form: Any) -> str:
-        """The user the form's username and password name (MatrixError otherwise)."""
+        """The user the form's username and password name, or, back from single sign-on,
+        the login token in the page's URL (single use) names (MatrixError otherwise)."""
         limiter.check(client_address(request))
-        username = str(form.get("username", "")).strip()
-        claimed = qualify_user_id(username, server_name)
-        user_id = await check_password_login(
-            hs.accounts, hs.passwords, server_name, claimed, form.get("password")
-        )
+        if "loginToken" in request.query:
+            user_id = await logins.consume_login_token(request.query["loginToken"])
+        else:
+            claimed = qualify_user_id(str(form.get("username", "")).strip(), server_name)
+            user_id = await check_password_login(
+                hs.accounts, hs.passwords, server_name, claimed, form.get("password")
+            )
         moderation = await hs.accounts.get_moderation(user_id)
         if moderation is not None and moderation["locked"]:
             # After the password, as at /login: the lock is not told to whoever names the account.
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked")
         return user_id
+
+    def sso_links(request: web.Request) -> str:
+        """A link per identity provider, back to this page once signed in there."""
+        links = ""
+        for provider in identity_providers:
+            back = urlencode({"redirectUrl": hs.config.baseurl + request.path_qs})
+            sso = f"{V3_PATH}/login/sso/redirect/{quote(provider['id'], safe='')}?{back}"
+            links += (
+                f'<p><a class="button" href="{escape(sso)}">Sign in with {escape(provider["name"])}</a></p>'
+            )
+        return links
+
+    def sign_in_fields(request: web.Request) -> str:
+        """The sign-in part of a page's form: the password, or any identity provider; once
+        back from the provider, nothing more (the login token in the URL is the proof)."""
+        if "loginToken" in request.query:
+            return "<p>Signed in through your identity provider.</p>"
+        return _sign_in_fields() + sso_links(request)
 
     async def metadata(request: web.Request) -> web.Response:
         return json_response(oauth.metadata())
@@ -164,13 +185,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 + f'<p>Have an account? <a href="{sign_in_link}">Sign in</a></p>'
             )
             return page(f"Create an account on {server_name}", body, status)
-        extra = ""
-        for provider in identity_providers:
-            back = urlencode({"redirectUrl": hs.config.baseurl + request.path_qs})
-            sso = f"{V3_PATH}/login/sso/redirect/{quote(provider['id'], safe='')}?{back}"
-            extra += (
-                f'<p><a class="button" href="{escape(sso)}">Sign in with {escape(provider["name"])}</a></p>'
-            )
+        extra = sso_links(request)
         if registration_open:
             create = escape(f"{AUTHORIZE_PATH}?{urlencode({**here, 'prompt': 'create'})}")
             extra += f'<p>No account yet? <a href="{create}">Create one</a></p>'
@@ -197,9 +212,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 req.callback({"error": "access_denied", "error_description": "The user refused"})
             )
         try:
-            if "loginToken" in request.query:
-                user_id = await logins.consume_login_token(request.query["loginToken"])
-            elif form.get("register") and req.prompt == "create":
+            if form.get("register") and req.prompt == "create":
                 user_id = await registration.register_from_page(
                     str(form.get("username", "")).strip(),
                     str(form.get("password", "")),
@@ -232,14 +245,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         row_limiter.check(client_address(request))
         return await form_endpoint(request, oauth.start_device_grant)
 
-    def link_page(user_code: str, error: str = "", status: int = 200) -> web.Response:
+    def link_page(request: web.Request, user_code: str, error: str = "", status: int = 200) -> web.Response:
         problem = f'<p class="error">{escape(error)}</p>' if error else ""
         body = (
             f"<p>A device is asking to sign in to your account on <b>{escape(server_name)}</b>. "
             "Check that the code below is the one it shows.</p>"
-            f'{problem}<form method="post" action="{LINK_PATH}"><label for="user_code">Code</label>'
+            f'{problem}<form method="post" action="{escape(request.path_qs)}">'
+            '<label for="user_code">Code</label>'
             f'<input id="user_code" name="user_code" value="{escape(user_code)}" required>'
-            f"{_sign_in_fields()}"
+            f"{sign_in_fields(request)}"
             '<p><button name="action" value="allow">Sign in and allow</button> '
             '<button class="secondary" name="action" value="deny">Refuse</button></p></form>'
         )
@@ -247,19 +261,21 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def link(request: web.Request) -> web.Response:
         if request.method == "GET":
-            return link_page(request.query.get("user_code", ""))
+            return link_page(request, request.query.get("user_code", ""))
         form = await request.post()
         user_code = str(form.get("user_code", ""))
         pending = await oauth.pending_device_grant(user_code)
         if pending is None:
-            return link_page(user_code, "This code is unknown or expired. Start again on the device.", 400)
+            return link_page(
+                request, user_code, "This code is unknown or expired. Start again on the device.", 400
+            )
         try:
             user_id = await sign_in(request, form)
         except MatrixError as e:
-            return link_page(user_code, e.message, e.status)
+            return link_page(request, user_code, e.message, e.status)
         allow = form.get("action") != "deny"
         if not await oauth.decide_device_grant(user_code, user_id if allow else None):
-            return link_page(user_code, "This code was already used.", 400)
+            return link_page(request, user_code, "This code was already used.", 400)
         if not allow:
             return page("Refused", "<p>The device was not signed in. You may close this page.</p>")
         client_name = escape(str(pending[1].get("client_name") or pending[1]["client_uri"]))
@@ -267,7 +283,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             "Device signed in", f"<p><b>{client_name}</b> is now signed in. You may close this page.</p>"
         )
 
-    oauth_account.setup(app, hs, oauth, sign_in, _sign_in_fields())
+    oauth_account.setup(app, hs, oauth, sign_in, sign_in_fields)
 
     app.router.add_routes(
         [

@@ -67,8 +67,15 @@ def _when(ts: int | None) -> str:
     return datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC") if ts else "never"
 
 
-def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: SignIn, fields: str) -> None:
-    """`sign_in` checks a form's username and password (rate-limited); `fields` are its inputs."""
+def setup(
+    app: web.Application,
+    hs: HomeServer,
+    oauth: OAuthServer,
+    sign_in: SignIn,
+    fields: Callable[[web.Request], str],
+) -> None:
+    """`sign_in` checks a form's username and password, or the login token of a user back
+    from single sign-on (rate-limited); `fields` gives a page's sign-in inputs."""
     devices = get_device_handler(app, hs)
     deactivator = Deactivator(hs.accounts, devices, hs.auth, hs.events, hs.creator)
     tickets = PayloadSigner(bytes(hs.signing_key), "account page")
@@ -79,7 +86,7 @@ def setup(app: web.Application, hs: HomeServer, oauth: OAuthServer, sign_in: Sig
     ) -> web.Response:
         body = (
             f'{why}{_problem(error)}<form method="post" action="{escape(request.path_qs)}">'
-            f"{fields}<p><button>{escape(button)}</button></p></form>"
+            f"{fields(request)}<p><button>{escape(button)}</button></p></form>"
         )
         return page(title, body, status)
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from homeserver.api.http import V3
 from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import get_uia
-from homeserver.handlers.oauth import AUTHORIZE_PATH
+from homeserver.handlers.oauth import SSO_RETURN_PAGES
 from homeserver.handlers.oidc import OidcProvider
 from homeserver.handlers.registration import LoginHandler
 from homeserver.handlers.sso import (
@@ -56,7 +56,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     sso = SsoHandler(hs, uia, logins)
     app[SSO_KEY] = sso
     secure = hs.config.baseurl.startswith("https:")
-    oauth_authorize = f"{hs.config.baseurl}{AUTHORIZE_PATH}?"
+    own_pages = tuple(f"{hs.config.baseurl}{path}?" for path in SSO_RETURN_PAGES)
 
     async def close(_app: web.Application) -> None:
         await sso.close()
@@ -126,8 +126,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         except SsoError as e:
             resp = _error(str(e))
         else:
-            if isinstance(done, LoginDone) and done.redirect_url.startswith(oauth_authorize):
-                # A sign-in for the OAuth 2.0 API's page (api/oauth.py), which asks the consent.
+            if isinstance(done, LoginDone) and done.redirect_url.startswith(own_pages):
+                # A sign-in for a page of the OAuth 2.0 API (api/oauth.py, api/oauth_account.py),
+                # which asks the consent itself.
                 resp = web.Response(status=302, headers={**NO_STORE, "Location": done.redirect_url})
             elif isinstance(done, LoginDone):
                 site = urlsplit(done.redirect_url).netloc or urlsplit(done.redirect_url).scheme

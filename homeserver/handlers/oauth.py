@@ -65,6 +65,9 @@ REGISTER_PATH = "/_sotto/oauth2/register"
 TOKEN_PATH = "/_sotto/oauth2/token"
 REVOKE_PATH = "/_sotto/oauth2/revoke"
 DEVICE_PATH = "/_sotto/oauth2/device"
+# This server's pages that take a user back from single sign-on with a login token and ask
+# their own confirmation (api/sso.py sends the browser straight back to them).
+SSO_RETURN_PAGES = (AUTHORIZE_PATH, LINK_PATH, ACCOUNT_PATH)
 CROSS_SIGNING_RESET = "org.matrix.cross_signing_reset"
 DEACTIVATE = "org.matrix.account_deactivate"
 

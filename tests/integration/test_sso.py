@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from homeserver.handlers.sso import SESSION_TTL_MS
+from tests.integration.e2ee.fixtures import CrossSigning
 from tests.integration.test_oauth import callback_params
 from tests.integration.test_oauth import start as oauth_start
 from tests.security.test_admin_api import A2, user
@@ -361,4 +362,66 @@ async def test_oauth_sign_in_through_the_provider(
         assert (await me.ok("GET", "/account/whoami"))["user_id"] == f"@alice.smith:{srv.server_name}"
         # The login token was used up by the consent: the same page cannot mint a second code.
         async with http.post(back, data={"action": "allow"}, allow_redirects=False) as resp:
+            assert resp.status == 403
+
+
+async def provider_return(browser: Browser, srv: RunningServer, page_url: str) -> str:
+    """From one of the server's pages, through its "Sign in with" link and the provider, back
+    to that page with a login token (no "continue to" page on the way: the page asks itself)."""
+    status, _, page = await browser.get(page_url)
+    found = re.search(r'href="([^"]+)">Sign in with', page)
+    assert status == 200 and found, page
+    status, headers, _ = await browser.get(srv.base_url + unescape(found.group(1)))
+    status, headers, _ = await browser.get(headers["Location"])  # the provider
+    status, headers, body = await browser.get(headers["Location"])  # the callback
+    assert status == 302, body
+    back = headers["Location"]
+    assert back.startswith(page_url) and "loginToken=" in back, back
+    return back
+
+
+async def test_sso_users_approve_devices_and_resets_through_the_provider(
+    tmp_path: object, idp: FakeIdentityProvider, http: aiohttp.ClientSession
+) -> None:
+    """An account without a password uses the OAuth pages that need a sign-in: the device
+    grant's link page (sign-in by QR code) and the account pages."""
+    async with run_server(
+        str(tmp_path), oidc_providers=[idp.provider_config()], oauth={"enabled": True}
+    ) as srv:
+        flow = await oauth_start(srv, http)
+        async with http.post(
+            flow.meta["device_authorization_endpoint"],
+            data={
+                "client_id": flow.client_id,
+                "scope": f"urn:matrix:client:api:* urn:matrix:client:device:{flow.device_id}",
+            },
+        ) as resp:
+            grant = await resp.json()
+            assert resp.status == 200, grant
+        browser = Browser(http)
+        back = await provider_return(browser, srv, grant["verification_uri_complete"])
+        status, _, page = await browser.get(back)
+        assert status == 200 and grant["user_code"] in page and 'name="password"' not in page
+        form = {"user_code": grant["user_code"], "action": "allow"}
+        async with http.post(back, data=form) as resp:
+            assert resp.status == 200, await resp.text()
+        status, tokens = await flow.token(
+            grant_type="urn:ietf:params:oauth:grant-type:device_code", device_code=grant["device_code"]
+        )
+        assert status == 200, tokens
+        me = RawClient(http, srv.base_url, tokens["access_token"], f"@alice.smith:{srv.server_name}")
+        assert (await me.ok("GET", "/account/whoami"))["user_id"] == me.user_id
+
+        # The same account replaces its cross-signing keys: approved after the provider.
+        await me.ok("POST", "/keys/device_signing/upload", json=CrossSigning(me.user_id).upload_body())
+        replacement = CrossSigning(me.user_id).upload_body()
+        status, body = await me.request("POST", "/keys/device_signing/upload", json=replacement)
+        assert status == 401 and body["flows"] == [{"stages": ["m.oauth"]}]
+        back = await provider_return(browser, srv, body["params"]["m.oauth"]["url"])
+        async with http.post(back, data={}) as resp:
+            assert resp.status == 200 and "Reset allowed" in await resp.text()
+        retry = {**replacement, "auth": {"session": body["session"]}}
+        await me.ok("POST", "/keys/device_signing/upload", json=retry)
+        # The login token was used up: the page cannot approve a second reset with it.
+        async with http.post(back, data={}) as resp:
             assert resp.status == 403
