@@ -10,7 +10,8 @@ signed in through OAuth cannot do user-interactive auth, so they send the user h
 - `sotto.password_change` (linked from the account page; the spec names no action for it):
   a new password, for users whose app signs in through OAuth and so cannot change it.
 
-The user signs in with the password on each visit. The device list then carries a signed
+The user signs in with the password on each visit, or through an identity provider (which
+sends the browser back with a single-use login token). The device list then carries a signed
 ticket (ten minutes) in its forms instead of a cookie, so no other site can post them.
 """
 
@@ -181,16 +182,17 @@ def setup(
 
     async def change_password(request: web.Request) -> web.Response:
         title = "Change your password"
-        why = "<p>Sign in with your current password, then choose a new one.</p>"
+        why = "<p>Sign in, and choose a new password.</p>"
         if request.method == "GET":
             return sign_in_page(request, title, why + _NEW_PASSWORD_FIELDS, "Change my password")
         form = await request.post()
         try:
-            user_id = await sign_in(request, form)
+            # The new password first: signing in may use up a single sign-on's login token.
             new = str(form.get("new_password", ""))
             if new != form.get("new_password2"):
                 raise MatrixError(400, Codes.INVALID_PARAM, "The two new passwords differ")
             validate_password(new)
+            user_id = await sign_in(request, form)
         except MatrixError as e:
             return sign_in_page(
                 request, title, why + _NEW_PASSWORD_FIELDS, "Change my password", e.message, e.status
