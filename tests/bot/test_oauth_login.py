@@ -201,7 +201,7 @@ async def test_reset_cross_signing_is_approved_in_the_browser(
             url = line.split("needs your approval: open ")[1].split()[0]
             assert "action=org.matrix.cross_signing_reset" in url
             # Until approved the bot waits; the old identity stands.
-            query = {"device_keys": {human.user_id: []}}
+            query: dict[str, Any] = {"device_keys": {human.user_id: []}}
             assert (await human.ok("POST", "/keys/query", json=query))["master_keys"][human.user_id][
                 "keys"
             ] == old["master_key"]["keys"]
