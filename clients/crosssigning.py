@@ -243,9 +243,6 @@ async def post_with_uia(
     path: str,
     body: dict[str, Any],
     password: str | None,
-    *,
-    approval_poll_s: float = APPROVAL_POLL_S,
-    approval_wait_s: float = APPROVAL_WAIT_S,
 ) -> dict[str, Any]:
     """POST behind user-interactive auth, completing it with `m.login.password`, or with the
     `m.oauth` stage (approval in a browser), whichever the server asks for."""
@@ -256,7 +253,7 @@ async def post_with_uia(
         raise CrossSigningError(f"{path} failed: HTTP {resp.status} {resp.body.get('errcode', '')}")
     flows = [f.get("stages", []) for f in resp.body.get("flows", [])]
     if [OAUTH_STAGE] in flows:
-        return await _approved_in_browser(client, path, body, resp.body, approval_poll_s, approval_wait_s)
+        return await _approved_in_browser(client, path, body, resp.body)
     if ["m.login.password"] not in flows:
         raise CrossSigningError(f"{path}: no password-only auth flow offered ({flows})")
     if not password:
@@ -280,8 +277,6 @@ async def _approved_in_browser(
     path: str,
     body: dict[str, Any],
     challenge: dict[str, Any],
-    poll_s: float,
-    wait_s: float,
 ) -> dict[str, Any]:
     """The `m.oauth` stage: the user approves at the server's URL (the account page of an
     OAuth login), and the request, retried with the session only, then goes through."""
@@ -289,12 +284,12 @@ async def _approved_in_browser(
     url = params.get("url") if isinstance(params, dict) else None
     if not isinstance(url, str):
         raise CrossSigningError(f"{path}: the server asked for approval in a browser but gave no URL")
-    log.warning("%s needs your approval: open %s (waiting up to %d min)", path, url, wait_s // 60)
+    log.warning("%s needs your approval: open %s (waiting up to %d min)", path, url, APPROVAL_WAIT_S // 60)
     retry = {**body, "auth": {"session": challenge.get("session")}}
     try:
-        async with asyncio.timeout(wait_s):
+        async with asyncio.timeout(APPROVAL_WAIT_S):
             while True:
-                await asyncio.sleep(poll_s)
+                await asyncio.sleep(APPROVAL_POLL_S)
                 resp = await client.request_json("POST", path, retry)
                 if resp.status == 200:
                     return resp.body
@@ -303,7 +298,7 @@ async def _approved_in_browser(
                         f"{path} failed after approval: HTTP {resp.status} {resp.body.get('errcode', '')}"
                     )
     except TimeoutError:
-        raise CrossSigningError(f"{path}: not approved within {wait_s:.0f} s") from None
+        raise CrossSigningError(f"{path}: not approved within {APPROVAL_WAIT_S:.0f} s") from None
 
 
 async def upload_signatures(client: SottoAsyncClient, signed: dict[str, dict[str, Any]]) -> None:

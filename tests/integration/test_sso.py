@@ -333,38 +333,6 @@ async def test_an_admin_links_accounts_to_the_provider(
     assert (await sso_login(sso_server, http))["user_id"] == f"@someone-else:{sso_server.server_name}"
 
 
-async def test_oauth_sign_in_through_the_provider(
-    tmp_path: object, idp: FakeIdentityProvider, http: aiohttp.ClientSession
-) -> None:
-    """An account that exists only at the provider signs in to an OAuth 2.0 client: the
-    OAuth sign-in page offers the provider, which sends the browser back for the consent."""
-    async with run_server(
-        str(tmp_path), oidc_providers=[idp.provider_config()], oauth={"enabled": True}
-    ) as srv:
-        flow = await oauth_start(srv, http)
-        browser = Browser(http)
-        status, _, page = await browser.get(flow.url())
-        found = re.search(r'href="([^"]+)">Sign in with', page)
-        assert status == 200 and found, page
-        status, headers, _ = await browser.get(srv.base_url + unescape(found.group(1)))
-        status, headers, _ = await browser.get(headers["Location"])  # the provider
-        status, headers, body = await browser.get(headers["Location"])  # the callback
-        assert status == 302, body
-        back = headers["Location"]
-        assert back.startswith(srv.base_url + "/_sotto/oauth2/authorize?") and "loginToken=" in back
-        status, _, consent = await browser.get(back)
-        assert status == 200 and "Test app" in consent and "password" not in consent
-        async with http.post(back, data={"action": "allow"}, allow_redirects=False) as resp:
-            code = callback_params(resp.headers["Location"], flow.redirect_uri)["code"]
-        status, tokens = await flow.exchange(code)
-        assert status == 200
-        me = RawClient(http, srv.base_url, tokens["access_token"], "")
-        assert (await me.ok("GET", "/account/whoami"))["user_id"] == f"@alice.smith:{srv.server_name}"
-        # The login token was used up by the consent: the same page cannot mint a second code.
-        async with http.post(back, data={"action": "allow"}, allow_redirects=False) as resp:
-            assert resp.status == 403
-
-
 async def provider_return(browser: Browser, srv: RunningServer, page_url: str) -> str:
     """From one of the server's pages, through its "Sign in with" link and the provider, back
     to that page with a login token (no "continue to" page on the way: the page asks itself)."""
@@ -378,6 +346,31 @@ async def provider_return(browser: Browser, srv: RunningServer, page_url: str) -
     back = headers["Location"]
     assert back.startswith(page_url) and "loginToken=" in back, back
     return back
+
+
+async def test_oauth_sign_in_through_the_provider(
+    tmp_path: object, idp: FakeIdentityProvider, http: aiohttp.ClientSession
+) -> None:
+    """An account that exists only at the provider signs in to an OAuth 2.0 client: the
+    OAuth sign-in page offers the provider, which sends the browser back for the consent."""
+    async with run_server(
+        str(tmp_path), oidc_providers=[idp.provider_config()], oauth={"enabled": True}
+    ) as srv:
+        flow = await oauth_start(srv, http)
+        browser = Browser(http)
+        back = await provider_return(browser, srv, flow.url())
+        assert back.startswith(srv.base_url + "/_sotto/oauth2/authorize?")
+        status, _, consent = await browser.get(back)
+        assert status == 200 and "Test app" in consent and "password" not in consent
+        async with http.post(back, data={"action": "allow"}, allow_redirects=False) as resp:
+            code = callback_params(resp.headers["Location"], flow.redirect_uri)["code"]
+        status, tokens = await flow.exchange(code)
+        assert status == 200
+        me = RawClient(http, srv.base_url, tokens["access_token"], "")
+        assert (await me.ok("GET", "/account/whoami"))["user_id"] == f"@alice.smith:{srv.server_name}"
+        # The login token was used up by the consent: the same page cannot mint a second code.
+        async with http.post(back, data={"action": "allow"}, allow_redirects=False) as resp:
+            assert resp.status == 403
 
 
 async def test_sso_users_approve_devices_and_resets_through_the_provider(
