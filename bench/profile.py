@@ -39,6 +39,7 @@ from bench.scenarios import Settings, _drive, latency_round, make_users, room_wi
 from bench.targets import SottoTarget, cpu_seconds
 from tests.federation.support import make_ca
 from tests.support.appservice import AS_TOKEN, Receiver, write_registration
+from tests.support.otlp_collector import otlp_collector
 from tests.support.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,17 +245,42 @@ def describe(outcome: Outcome) -> str:
 
 
 async def main_async(
-    name: str, seconds: float, database: str, sample: bool = True, federation: bool = False
+    name: str,
+    seconds: float,
+    database: str,
+    sample: bool = True,
+    federation: bool = False,
+    tracing: float | None = None,
+) -> None:
+    if tracing is not None:
+        # Spans of every request go to a receiver in this process, as to a collector.
+        async with otlp_collector() as collector:
+            settings = {
+                "enabled": True,
+                "endpoint": collector.url,
+                "export_delay_ms": 1000,
+                "sample_ratio": tracing,
+            }
+            await _run(name, seconds, database, sample, federation, {"tracing": settings})
+        names = collections.Counter(span.name for span in collector.spans)
+        print(f"tracing: {len(collector.spans)} spans received in {collector.exports} exports")
+        for span_name, count in names.most_common(6):
+            print(f"  {count:7d}  {span_name}")
+        return
+    await _run(name, seconds, database, sample, federation, {})
+
+
+async def _run(
+    name: str, seconds: float, database: str, sample: bool, federation: bool, extra: dict[str, Any]
 ) -> None:
     os.sched_setaffinity(0, {1})
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     workdir = REPO / "bench" / "work" / f"profile-{name}-{int(time.time())}"
     ca = make_ca(str(workdir / "ca")) if name == "federation" or federation else None
-    extra: dict[str, Any] = {}
     if name == "appservice":
         workdir.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        extra = {"app_services": [write_registration(str(workdir), port)]}
+        extra = {**extra, "app_services": [write_registration(str(workdir), port)]}
     target = SottoTarget(f"profile-{name}", workdir, database=database, cpus={0}, ca=ca, extra_config=extra)
     await target.start()
     server = psutil.Process(target.pids()[0])
@@ -299,9 +325,25 @@ def main() -> None:
     parser.add_argument(
         "--federation", action="store_true", help="the server has federation on (as deployments do)"
     )
+    parser.add_argument(
+        "--tracing",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="RATIO",
+        help="the server sends traces (this share of them: 1 by default) to an OTLP receiver here",
+    )
     args = parser.parse_args()
     sample = not args.no_sample
-    asyncio.run(main_async(args.load, args.seconds, args.database, sample=sample, federation=args.federation))
+    run = main_async(
+        args.load,
+        args.seconds,
+        args.database,
+        sample=sample,
+        federation=args.federation,
+        tracing=args.tracing,
+    )
+    asyncio.run(run)
 
 
 if __name__ == "__main__":

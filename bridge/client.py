@@ -22,6 +22,7 @@ from bridge.discovery import AddressFilter, FilteringResolver, ServerResolver, i
 from bridge.xmatrix import authorization_header
 from homeserver import jsonutil
 from homeserver.clock import Clock
+from homeserver.tracing import DISABLED, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class FederationClient:
         self.filter = address_filter
         self.resolver = ServerResolver(clock, self._fetch_well_known)
         self._session: aiohttp.ClientSession | None = None
+        # Spans for requests to other servers (set by the federation service).
+        self.tracing: Tracing = DISABLED
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -171,17 +174,26 @@ class FederationClient:
         if body is not None:
             data = jsonutil.dumpb(body)
             headers["Content-Type"] = "application/json"
-        try:
-            async with self.session().request(
-                method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as resp:
-                raw = await read_limited(resp.content, max_bytes + 1)
-                if len(raw) > max_bytes:
-                    raise RemoteError(resp.status, {"errcode": "M_TOO_LARGE", "error": "response too large"})
-                return resp.status, dict(resp.headers), raw
-        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as e:
-            where = f"{method} {destination}{path.split('?')[0]}"
-            raise Unreachable(f"{where}: {type(e).__name__}: {e}") from None
+        # The endpoint without the identifiers that follow it (rooms, events, transactions).
+        endpoint = "/".join(path.split("?", 1)[0].split("/", 5)[:5])
+        attributes = {"http.request.method": method, "server.address": destination, "url.template": endpoint}
+        with self.tracing.span(f"{method} {endpoint}", attributes, client=True, root=True) as span:
+            self.tracing.inject(headers)
+            try:
+                async with self.session().request(
+                    method, url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as resp:
+                    if span is not None:
+                        span.set_attribute("http.response.status_code", resp.status)
+                    raw = await read_limited(resp.content, max_bytes + 1)
+                    if len(raw) > max_bytes:
+                        raise RemoteError(
+                            resp.status, {"errcode": "M_TOO_LARGE", "error": "response too large"}
+                        )
+                    return resp.status, dict(resp.headers), raw
+            except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as e:
+                where = f"{method} {destination}{path.split('?')[0]}"
+                raise Unreachable(f"{where}: {type(e).__name__}: {e}") from None
 
     async def get(self, destination: str, path: str, **kw: Any) -> Any:
         return await self.request("GET", destination, path, **kw)

@@ -38,9 +38,10 @@ Route = Callable[[web.Request, str, Any], Awaitable[Any]]
 
 
 def create_federation_app(fed: Federation) -> web.Application:
-    middlewares = [error_middleware, *fed.middlewares]
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_FEDERATION_BODY)
     hs = fed.hs
+    traced = hs.tracing.middleware()
+    middlewares = [*([traced] if traced is not None else []), error_middleware, *fed.middlewares]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_FEDERATION_BODY)
 
     async def authenticate(request: web.Request) -> tuple[str, Any]:
         raw = await request.read()

@@ -87,6 +87,7 @@ class Federation:
             client_context(cfg.verify_certificates, ca),
             AddressFilter(list(cfg.ip_range_whitelist)),
         )
+        self.client.tracing = hs.tracing
         self.keyring = KeyRing(
             hs.db,
             hs.clock,

@@ -141,6 +141,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.stop()
     hs.notifier.close()
     await hs.db.close()
+    await hs.tracing.close()
 
 
 async def _wake_long_polls(app: web.Application) -> None:
@@ -153,6 +154,9 @@ def create_app(config: Config, hs: HomeServer | None = None) -> web.Application:
     middlewares = (
         [forwarded_middleware, error_middleware] if config.listener.x_forwarded else [error_middleware]
     )
+    traced = hs.tracing.middleware()
+    if traced is not None:
+        middlewares.insert(0, traced)  # outermost: the span covers the whole request
     app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_request_bytes)
     app[HS_KEY] = hs
     for setup in AREAS:

@@ -304,6 +304,23 @@ class PolicyServerConfig:
 
 
 @dataclass(slots=True)
+class TracingConfig:
+    # OpenTelemetry traces (homeserver/tracing.py), sent over OTLP/HTTP (protobuf).
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    # Extra headers for the collector (an API key, say).
+    headers: dict[str, str] = field(default_factory=dict)
+    service_name: str = "sotto"
+    # Share of traces kept (0 to 1), decided where a trace starts.
+    sample_ratio: float = 1.0
+    # Follow an incoming `traceparent` header (a proxy or another server that traces
+    # started it). Off: any client could otherwise choose its trace and force sampling.
+    accept_remote_context: bool = False
+    # How long finished spans wait to be sent together.
+    export_delay_ms: int = 5_000
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -336,6 +353,7 @@ class Config:
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -390,6 +408,7 @@ _NESTED: dict[str, type[Any]] = {
     "DelayedEventsConfig": DelayedEventsConfig,
     "RtcConfig": RtcConfig,
     "OAuthConfig": OAuthConfig,
+    "TracingConfig": TracingConfig,
 }
 
 
@@ -414,6 +433,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_policy_server(cfg)
     _check_retention(cfg.retention)
     _check_media(cfg.media)
+    _check_tracing(cfg.tracing)
     oauth_lifetime = cfg.oauth.access_token_lifetime_ms
     if type(oauth_lifetime) is not int or not 10_000 <= oauth_lifetime <= 86_400_000:
         raise ConfigError("oauth.access_token_lifetime_ms must be between 10000 (10 s) and 86400000 (a day)")
@@ -447,6 +467,25 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where}: expected a list of CIDR ranges ({e})") from None
     return cfg
+
+
+def _check_tracing(tracing: TracingConfig) -> None:
+    ratio = tracing.sample_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise ConfigError("tracing.sample_ratio must be a number from 0 to 1")
+    tracing.sample_ratio = float(ratio)
+    if not isinstance(tracing.endpoint, str) or not tracing.endpoint.startswith(("http://", "https://")):
+        raise ConfigError("tracing.endpoint must be an http:// or https:// URL (OTLP/HTTP)")
+    headers = tracing.headers
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise ConfigError("tracing.headers: expected a mapping of header names to strings")
+    if not isinstance(tracing.service_name, str) or not tracing.service_name:
+        raise ConfigError("tracing.service_name must be a non-empty string")
+    delay = tracing.export_delay_ms
+    if type(delay) is not int or not 10 <= delay <= 600_000:
+        raise ConfigError("tracing.export_delay_ms must be a whole number from 10 to 600000")
 
 
 def _check_voip(voip: VoipConfig) -> None:

@@ -34,6 +34,7 @@ from homeserver.storage.filters import FilterStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.sync.handler import SyncHandler
 from homeserver.sync.notifier import Notifier
+from homeserver.tracing import DISABLED, Tracing, build_tracing
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class HomeServer:
     # extra /sync sections (to-device, device lists ...) and background services.
     sync_extensions: list[Any] = field(default_factory=list)
     background: list[Any] = field(default_factory=list)
+    # OpenTelemetry spans (homeserver/tracing.py); a no-op unless `tracing.enabled`.
+    tracing: Tracing = DISABLED
 
     @property
     def server_name(self) -> str:
@@ -94,6 +97,11 @@ class HomeServer:
 def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     clock = clock or Clock()
     db = Database(config.database.url, config.base_dir, pool_size=config.database.pool_size)
+    index = config.workers.index
+    tracing = build_tracing(
+        config.tracing, config.server_name, None if index is None else f"{config.server_name}/worker-{index}"
+    )
+    db.tracing = tracing
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
     invalidations = Invalidations()
@@ -106,6 +114,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     )
     events = EventStore(db, cache_state=db.exclusive)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
+    creator.tracing = tracing
     aliases = AliasStore(db)
     account_data = AccountDataStore(db)
     typing = TypingHandler(notifier, clock, invalidations)
@@ -148,4 +157,5 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         sync_extensions=sync_extensions,
         appservices=appservices,
         appservice_queries=queries,
+        tracing=tracing,
     )

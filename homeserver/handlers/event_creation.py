@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from signedjson.types import SigningKey
@@ -26,8 +26,11 @@ from homeserver.events.validation import EventFormatError, validate_pdu
 from homeserver.storage.events import EventStore, TxnInfo
 from homeserver.storage.message_batches import DuplicateTxn, StaleRoomHead
 from homeserver.sync.notifier import Notifier
+from homeserver.tracing import DISABLED, Tracing
 
 if TYPE_CHECKING:  # homeserver.forwarding imports this module
+    from opentelemetry.trace import SpanContext
+
     from homeserver.forwarding import RoomForwarding
 
 log = logging.getLogger(__name__)
@@ -118,12 +121,20 @@ class DerivedWork:
 class _Pending:
     """A message waiting for its room's next group commit."""
 
-    __slots__ = ("content", "duplicate_of", "future", "result", "sender", "ts", "txn", "type")
+    __slots__ = ("content", "duplicate_of", "future", "result", "sender", "trace", "ts", "txn", "type")
 
     def __init__(
-        self, type: str, sender: str, content: dict[str, Any], txn: TxnInfo | None, ts: int | None = None
+        self,
+        type: str,
+        sender: str,
+        content: dict[str, Any],
+        txn: TxnInfo | None,
+        ts: int | None = None,
+        trace: SpanContext | None = None,
     ) -> None:
         self.type = type
+        # The sending request's span: the batch's span is its child, or linked to it.
+        self.trace = trace
         self.sender = sender
         self.content = content
         self.txn = txn
@@ -187,6 +198,7 @@ class EventCreator:
         # it is stored: a room's Policy Server signs it here, or refuses it with a
         # MatrixError for the sender (bridge.policy).
         self.policy: Callable[[Event], Awaitable[None]] | None = None
+        self.tracing: Tracing = DISABLED
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
         """Do `replaces`'s work for group-committed messages with `hook`, inside their
@@ -246,7 +258,8 @@ class EventCreator:
         if room_version is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown room")
         if message:
-            return await self._enqueue(room_id, room_version, _Pending(type, sender, content, txn, ts))
+            pending = _Pending(type, sender, content, txn, ts, self.tracing.current())
+            return await self._enqueue(room_id, room_version, pending)
         async with self.room_lock(room_id):
             if txn is not None:
                 # A retry may have raced us to the lock.
@@ -321,7 +334,8 @@ class EventCreator:
                         queue = self._pending[room_id]
                         batch = queue[:MAX_BATCH]
                         del queue[: len(batch)]
-                        done = await self._commit_batch(room_id, room_version, batch)
+                        with self._batch_span(batch):
+                            done = await self._commit_batch(room_id, room_version, batch)
                         self.batches += 1
                         self.batched_messages += len(batch)
                 except Exception as e:
@@ -344,6 +358,15 @@ class EventCreator:
             self._draining.discard(room_id)
             if not self._pending.get(room_id):
                 self._pending.pop(room_id, None)
+
+    def _batch_span(self, batch: list[_Pending]) -> AbstractContextManager[Any]:
+        """The batch's span: a child of its first sender's request, linked to the others'."""
+        traces = [p.trace for p in batch if p.trace is not None]
+        if not traces:
+            return self.tracing.span("event.persist_batch", {"sotto.batch.size": len(batch)})
+        return self.tracing.span(
+            "event.persist_batch", {"sotto.batch.size": len(batch)}, parent=traces[0], links=traces[1:]
+        )
 
     async def _gather(self, room_id: str, loop: asyncio.AbstractEventLoop) -> None:
         """Wait (briefly) until every recently active sender of the room has a message queued."""

@@ -44,6 +44,7 @@ from homeserver.storage import bulk as bulk_insert
 from homeserver.storage import postgres, sqlite_inline
 from homeserver.storage.bulk import BulkInsert, Rows
 from homeserver.storage.gate import SEEN_POOL, ConnectionGate
+from homeserver.tracing import DISABLED, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,9 @@ class Database:
         # process, without workers): room locks are then this process's own, with no
         # advisory lock (two round trips per batch).
         self.sole_writer = False
+        # Spans for the transactions requests wait for (set by build_homeserver).
+        self.tracing: Tracing = DISABLED
+        self._span_attributes = {"db.system.name": "sqlite" if self.is_sqlite else "postgresql"}
         self._write_lock = asyncio.Lock()
         # Group commit (PostgreSQL): the open transaction, and how many writers wait for the lock.
         self._batch: _Batch | None = None
@@ -296,8 +300,9 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._connect(self._reader) as conn:
-            yield conn
+        with self.tracing.span("db.read", self._span_attributes):
+            async with self._connect(self._reader) as conn:
+                yield conn
 
     @asynccontextmanager
     async def write(self, gather: bool = False, defer: bool = False) -> AsyncIterator[AsyncConnection]:
@@ -311,13 +316,15 @@ class Database:
         if self._wal is not None and self._checkpointer is None:
             self._checkpointer = asyncio.create_task(self._checkpoint_forever(self._wal))
         self._writes_since_checkpoint += 1
-        self._queued += 1
-        try:
-            await self._write_lock.acquire()
-        finally:
-            self._queued -= 1
-        async with self._group_write(gather, defer) as conn:
-            yield conn
+        # The span runs until the group's commit is durable (the wait for the lock included).
+        with self.tracing.span("db.write", self._span_attributes):
+            self._queued += 1
+            try:
+                await self._write_lock.acquire()
+            finally:
+                self._queued -= 1
+            async with self._group_write(gather, defer) as conn:
+                yield conn
 
     async def insert(self, conn: AsyncConnection, bulk: BulkInsert, rows: Rows) -> None:
         """Insert rows inside the current `write()`.
