@@ -325,16 +325,13 @@ class RoomForwarding:
 
     async def _answer(self, frames: _Frames, message: Any) -> None:
         answer: dict[str, Any]
+        # The forwarding worker's span (its peers are trusted: the link is authenticated).
+        traceparent = message.get("traceparent")
+        tracing = self.creator.tracing
+        parent = tracing.extract({"traceparent": traceparent}) if isinstance(traceparent, str) else None
         try:
-            event, stream_id = await self.creator.create_and_send(
-                room_id=message["room_id"],
-                type=message["type"],
-                sender=message["sender"],
-                content=message["content"],
-                txn=TxnInfo(*message["txn"]),
-                forwarded=True,
-                check_joined=bool(message.get("check_joined")),
-            )
+            with tracing.span("worker.forwarded", parent=parent):
+                event, stream_id = await self._create(message)
         except MatrixError as e:
             answer = {"status": e.status, **e.to_json()}
         except Exception:
@@ -349,6 +346,17 @@ class RoomForwarding:
         answer["i"] = message.get("i")
         with contextlib.suppress(ConnectionError):
             frames.send(answer)
+
+    async def _create(self, message: Any) -> tuple[Event, int]:
+        return await self.creator.create_and_send(
+            room_id=message["room_id"],
+            type=message["type"],
+            sender=message["sender"],
+            content=message["content"],
+            txn=TxnInfo(*message["txn"]),
+            forwarded=True,
+            check_joined=bool(message.get("check_joined")),
+        )
 
     # The forwarding side -------------------------------------------------------------------
 
@@ -404,20 +412,28 @@ class RoomForwarding:
             "txn": [txn.user_id, txn.device_id, txn.txn_id],
             "check_joined": check_joined,
         }
-        peer: _Peer | None = None
-        try:
-            async with asyncio.timeout(FORWARD_TIMEOUT_S):
-                peer = await self._peer(owner)
-                future = peer.waiting[request_id] = asyncio.get_running_loop().create_future()
-                peer.frames.send(request)
-                answer = await future
-        except (OSError, TimeoutError) as e:
-            if peer is not None:
-                peer.waiting.pop(request_id, None)
-            self._unreachable_until[owner] = time.monotonic() + RETRY_AFTER_S
-            self.fallbacks += 1
-            log.warning("worker %d did not take a message (%s); creating it here", owner, type(e).__name__)
-            return None
+        tracing = self.creator.tracing
+        with tracing.span("worker.forward", {"sotto.worker.owner": owner}, client=True):
+            carrier: dict[str, str] = {}
+            tracing.inject(carrier)
+            if "traceparent" in carrier:
+                request["traceparent"] = carrier["traceparent"]
+            peer: _Peer | None = None
+            try:
+                async with asyncio.timeout(FORWARD_TIMEOUT_S):
+                    peer = await self._peer(owner)
+                    future = peer.waiting[request_id] = asyncio.get_running_loop().create_future()
+                    peer.frames.send(request)
+                    answer = await future
+            except (OSError, TimeoutError) as e:
+                if peer is not None:
+                    peer.waiting.pop(request_id, None)
+                self._unreachable_until[owner] = time.monotonic() + RETRY_AFTER_S
+                self.fallbacks += 1
+                log.warning(
+                    "worker %d did not take a message (%s); creating it here", owner, type(e).__name__
+                )
+                return None
         if "errcode" in answer:
             extra = {k: v for k, v in answer.items() if k not in ("i", "status", "errcode", "error")}
             raise MatrixError(int(answer["status"]), answer["errcode"], str(answer.get("error", "")), **extra)

@@ -73,6 +73,10 @@ class Tracing:
     def inject(self, headers: dict[str, str]) -> None:
         """Add the current span's `traceparent` to outgoing request headers."""
 
+    def extract(self, headers: Mapping[str, str]) -> SpanContext | None:
+        """The span a `traceparent` among these headers names (None: none, or untraced)."""
+        return None
+
     def middleware(self) -> Any:
         return None
 
@@ -168,6 +172,11 @@ class Active(Tracing):
 
     def inject(self, headers: dict[str, str]) -> None:
         self._propagator.inject(headers)
+
+    def extract(self, headers: Mapping[str, str]) -> SpanContext | None:
+        context = self._propagator.extract(headers, context=self._root)
+        found = self._trace.get_current_span(context).get_span_context()
+        return found if found.is_valid else None
 
     def middleware(self) -> Any:
         return _middleware(self)

@@ -30,10 +30,12 @@ from homeserver import forwarding
 from homeserver.forwarding import RoomForwarding, room_owner, socket_path
 from homeserver.storage.schema import event_txns, events
 from homeserver.workers import forwarding_for
+from tests.integration.test_tracing import SEND
 from tests.scale.checks import assert_exactly_once, assert_linear_chain, room_rows
 from tests.scale.matrix import SendLog, continuous_sender, register
 from tests.scale.services import SottoProcesses
 from tests.support.http import RawClient
+from tests.support.otlp_collector import otlp_collector
 from tests.support.server import RunningServer, run_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,13 +69,17 @@ def _sockets(tmp_path: Path) -> str:
 
 
 @asynccontextmanager
-async def worker_pair(pg_url: str, tmp_path: Path, links: list[dict[str, Any]]) -> AsyncIterator[Pair]:
+async def worker_pair(
+    pg_url: str, tmp_path: Path, links: list[dict[str, Any]], **extra: Any
+) -> AsyncIterator[Pair]:
     """Two workers of one homeserver in this process; `links[i]`: worker i's `workers`
-    config besides count and index (its socket directory, or TCP peers and a secret)."""
+    config besides count and index (its socket directory, or TCP peers and a secret);
+    `extra`: more config for both."""
     common: dict[str, Any] = {
         "server_name": "workers.test",
         "signing_key_path": str(tmp_path / "signing.key"),
         "database": {"url": pg_url},
+        **extra,
     }
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -149,6 +155,26 @@ async def test_a_busy_shared_room_is_forwarded_to_its_owner(pair: Pair) -> None:
     assert await other.client.send(pair.room, "forwarded", "f1") == event_id
     assert other.forwarding.forwarded == 2
     assert await _event_count(owner, pair.room) == count
+
+
+async def test_a_forwarded_message_stays_in_its_senders_trace(pg_url: str, tmp_path: Path) -> None:
+    sockets = {"sockets": _sockets(tmp_path)}
+    async with otlp_collector() as collector:
+        tracing = {"enabled": True, "endpoint": collector.url, "export_delay_ms": 50}
+        async with worker_pair(pg_url, tmp_path, [sockets, sockets], tracing=tracing) as pair:
+            other = pair.other()
+            _make_busy_and_shared(other, pair.room, pair.users)
+            await other.client.send(pair.room, "forwarded", "f1")
+            assert other.forwarding.forwarded == 1
+
+            sent = await collector.wait_for(lambda: collector.named(SEND))
+            (forward,) = await collector.wait_for(lambda: collector.children(sent[0], "worker.forward"))
+            (taken,) = await collector.wait_for(lambda: collector.children(forward, "worker.forwarded"))
+            assert await collector.wait_for(lambda: collector.children(taken, "event.persist_batch"))
+            index = room_owner(pair.room, 2)
+            assert forward.attributes["sotto.worker.owner"] == index
+            assert taken.resource["service.instance.id"] == f"workers.test/worker-{index}"
+            assert sent[0].resource["service.instance.id"] == f"workers.test/worker-{1 - index}"
 
 
 async def test_forwarding_starts_only_for_busy_shared_rooms(pair: Pair) -> None:
