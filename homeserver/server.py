@@ -126,6 +126,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         events, creator, aliases, accounts, config.server_name, config.default_room_version, account_data
     )
     if queries is not None:
+        queries.tracing = tracing
         aliases.on_missing = queries.alias
         rooms.user_exists = queries.user_exists
     return HomeServer(

@@ -23,6 +23,7 @@ import aiohttp
 from homeserver import jsonutil
 from homeserver.appservice.registration import AppService, AppServices
 from homeserver.storage.accounts import AccountStore
+from homeserver.tracing import DISABLED, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class AppServiceQueries:
         self.local = ":" + server_name
         self.accounts = accounts
         self._session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing = DISABLED
 
     async def start(self) -> None:
         return None
@@ -65,15 +67,26 @@ class AppServiceQueries:
         if body is not None:
             data = body if isinstance(body, bytes) else jsonutil.dumpb(body)
             headers["Content-Type"] = "application/json"
-        async with self._session.request(
-            method,
-            f"{service.url}{path}",
-            headers=headers,
-            params=params,
-            data=data,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
+        # The endpoint without what follows it (transaction IDs, user IDs, aliases).
+        endpoint = "/".join(path.split("/", 5)[:5])
+        attributes = {
+            "http.request.method": method,
+            "url.template": endpoint,
+            "sotto.appservice.id": service.id,
+        }
+        with self.tracing.span(f"{method} {endpoint}", attributes, client=True, root=True) as span:
+            self.tracing.inject(headers)
+            async with self._session.request(
+                method,
+                f"{service.url}{path}",
+                headers=headers,
+                params=params,
+                data=data,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", resp.status)
+                return resp.status, await resp.content.read(MAX_ANSWER_BYTES)
 
     async def user_exists(self, user_id: str) -> bool:
         """Whether a local user exists, once the services covering the ID have been asked."""

@@ -71,6 +71,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
     push_actions = NotifyingPushActionStore(hs.db)
     pusher_store = PusherStore(hs.db, hs.invalidations)
     delivery = PusherDelivery(hs.db, hs.events, push_actions, pusher_store, hs.clock, config.push)
+    delivery.tracing = hs.tracing
     push_actions.delivery = delivery
     push = PushHandler(
         hs.events,

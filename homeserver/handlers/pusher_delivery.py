@@ -40,6 +40,7 @@ from homeserver.storage.cs_schema import pushers
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import PushAction, PushActionStore, PusherStore
+from homeserver.tracing import DISABLED, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class PusherDelivery:
     dropped: int = 0
     delivered: int = 0
     guard: AddressGuard = field(init=False)
+    tracing: Tracing = DISABLED
     _queue: asyncio.Queue[_Batch | list[_Batch] | _Send] | None = field(default=None, init=False)
     _workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     _timers: set[asyncio.TimerHandle] = field(default_factory=set, init=False)
@@ -333,16 +335,20 @@ class PusherDelivery:
         session = self._session
         if session is None:
             return
+        attributes = {"http.request.method": "POST", "server.address": url.host or ""}
         try:
             self.guard.check_url(url)
-            async with session.post(url, json=send.body, allow_redirects=False) as resp:
-                status = resp.status
-                raw = b""
-                async for chunk in resp.content.iter_chunked(16 * 1024):
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raw = b""  # an answer this large is not a /notify response
-                        break
+            with self.tracing.span("POST push gateway", attributes, client=True, root=True) as span:
+                async with session.post(url, json=send.body, allow_redirects=False) as resp:
+                    status = resp.status
+                    if span is not None:
+                        span.set_attribute("http.response.status_code", status)
+                    raw = b""
+                    async for chunk in resp.content.iter_chunked(16 * 1024):
+                        raw += chunk
+                        if len(raw) > MAX_RESPONSE_BYTES:
+                            raw = b""  # an answer this large is not a /notify response
+                            break
         except (RefusedAddress, aiohttp.ClientError, TimeoutError, OSError) as e:
             if is_refusal(e):
                 log.warning(
