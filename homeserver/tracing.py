@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from yarl import URL
 if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Span, SpanContext, Tracer
 
     from homeserver.config import TracingConfig
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _NULL: AbstractContextManager[None] = contextlib.nullcontext()
+# One export, its retries included, gives up after this long (its spans are dropped).
+EXPORT_TIMEOUT_S = 10
+# How long a stopping server waits for its last spans to be taken.
+SHUTDOWN_WAIT_S = 2.0
 Handler = Any  # aiohttp's handler type, as the other middlewares take it
 
 
@@ -92,13 +98,14 @@ class Active(Tracing):
 
     enabled = True
 
-    def __init__(self, config: TracingConfig, provider: TracerProvider) -> None:
+    def __init__(self, config: TracingConfig, provider: TracerProvider, exporter: SpanExporter) -> None:
         from opentelemetry import trace
         from opentelemetry.context import Context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.config = config
         self.provider = provider
+        self.exporter = exporter
         self.tracer: Tracer = provider.get_tracer("sotto")
         self._trace = trace
         self._root = Context()
@@ -182,8 +189,30 @@ class Active(Tracing):
         return _middleware(self)
 
     async def close(self) -> None:
-        # Flushes what is queued (the exporter's own timeout bounds it), off the loop.
-        await asyncio.to_thread(self.provider.shutdown)
+        """Send what is queued, for up to SHUTDOWN_WAIT_S: a collector that is away would
+        otherwise hold the server's stop for the exporter's retries (12 s, measured)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shut_down() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop has gone
+                    loop.call_soon_threadsafe(finished)
+
+        # A daemon thread: the process never waits for it at exit.
+        threading.Thread(target=shut_down, name="sotto-tracing-close", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), SHUTDOWN_WAIT_S)
+        except TimeoutError:
+            # Ends the exporter's retries; the spans it still held are dropped.
+            self.exporter.shutdown()
+            log.warning("the trace collector did not take the last spans in %s s; dropped", SHUTDOWN_WAIT_S)
 
     def server_span(self, request: web.Request) -> AbstractContextManager[Span]:
         remote = None
@@ -277,10 +306,12 @@ def build_tracing(config: TracingConfig, server_name: str, instance: str | None 
         resource=resource,
         shutdown_on_exit=False,  # closed with the server (an atexit hook per server would pile up)
     )
-    exporter = OTLPSpanExporter(endpoint=config.endpoint, headers=dict(config.headers), timeout=10)
+    exporter = OTLPSpanExporter(
+        endpoint=config.endpoint, headers=dict(config.headers), timeout=EXPORT_TIMEOUT_S
+    )
     provider.add_span_processor(
         BatchSpanProcessor(exporter, schedule_delay_millis=config.export_delay_ms, max_queue_size=8192)
     )
     where = URL(config.endpoint).with_user(None)  # no credentials in the log
     log.info("Tracing on: spans go to %s (sampled: %s)", where, config.sample_ratio)
-    return Active(config, provider)
+    return Active(config, provider, exporter)

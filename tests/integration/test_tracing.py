@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 
 from homeserver.config import ConfigError
-from homeserver.tracing import build_tracing
+from homeserver.tracing import EXPORT_TIMEOUT_S, SHUTDOWN_WAIT_S, build_tracing
 from tests.support import server as test_server
 from tests.support.otlp_collector import Collector, ReceivedSpan, otlp_collector
-from tests.support.server import run_server
+from tests.support.server import free_port, run_server
 
 SEND = "PUT /_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}"
 SECRET_BODY = "a message body that must never reach a trace"
@@ -195,6 +195,20 @@ async def test_work_left_behind_by_a_finished_request_joins_no_trace(tmp_path: P
         assert collector.named("db.read") == []  # nothing of a trace to join: not recorded
         (outbound,) = collector.named("outbound")
         assert outbound.parent_id == ""  # a trace of its own
+
+
+async def test_a_collector_that_is_away_does_not_hold_up_the_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    away = f"http://127.0.0.1:{free_port()}/v1/traces"
+    config = test_server.test_config(str(tmp_path), 8008, tracing={"enabled": True, "endpoint": away})
+    traced = build_tracing(config.tracing, "example.org")
+    with traced.span("request", root=True):
+        pass
+    # The exporter would retry for EXPORT_TIMEOUT_S; the stop gives up well before.
+    assert SHUTDOWN_WAIT_S + 4 < EXPORT_TIMEOUT_S
+    await asyncio.wait_for(traced.close(), SHUTDOWN_WAIT_S + 4)
+    assert "did not take the last spans" in caplog.text
 
 
 async def test_spans_queued_at_shutdown_are_sent(tmp_path: Path) -> None:
