@@ -249,6 +249,7 @@ def _middleware(tracing: Active) -> Any:
     from opentelemetry.trace import StatusCode
 
     from homeserver import jsonutil
+    from homeserver.api.detached import is_handed_over
 
     @web.middleware
     async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -265,7 +266,7 @@ def _middleware(tracing: Active) -> Any:
                 if not isinstance(e, asyncio.CancelledError):
                     span.set_status(StatusCode.ERROR, type(e).__name__)
                 raise
-            if not resp.prepared and type(resp).__name__ == "_HandedOver":
+            if is_handed_over(resp):
                 # A long-poll taken out of aiohttp (homeserver.api.detached): it is answered later.
                 span.set_attribute("sotto.detached", True)
                 return resp

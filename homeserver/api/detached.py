@@ -156,3 +156,8 @@ class _HandedOver(web.StreamResponse):
 
 def handed_over() -> web.StreamResponse:
     return _HandedOver()
+
+
+def is_handed_over(resp: web.StreamResponse) -> bool:
+    """Whether a handler's answer is `handed_over()`: the request is answered later."""
+    return isinstance(resp, _HandedOver)
