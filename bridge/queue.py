@@ -73,9 +73,12 @@ class OutboundQueue:
         self._poller: asyncio.Task[None] | None = None
         # Retry state per destination, loaded once from the database and written through.
         self._retry: dict[str, RetryState] = {}
+        # Destinations whose row this process has written since it started (note_success).
+        self._recorded: set[str] = set()
         self._stopping = False
-        # Transactions successfully sent, for tests and metrics.
+        # Transactions successfully sent, and attempts that failed, for tests and metrics.
         self.sent_transactions = 0
+        self.failed_transactions = 0
 
     async def start(self, *, poll: bool = False) -> None:
         """Drain the outbox: resume every destination with queued rows; with `poll`, also
@@ -188,9 +191,21 @@ class OutboundQueue:
             self._retry[destination] = state
         return state
 
-    async def _set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
-        await self.store.set_retry(destination, state, success_ts)
+    async def _set_retry(
+        self,
+        destination: str,
+        state: RetryState,
+        success_ts: int | None = None,
+        failing_since: int | None = None,
+    ) -> None:
+        await self.store.set_retry(destination, state, success_ts, failing_since)
         self._retry[destination] = state
+
+    async def reset(self, destination: str) -> None:
+        """Forget a destination's backoff and send its backlog now (the admin API). A worker
+        that does not lead writes the state; the leader's poll finds it (`poll_once`)."""
+        await self._set_retry(destination, RetryState(0, 0, 0))
+        self.wake(destination)
 
     async def remote_up(self, destination: str) -> None:
         """The destination talked to us: forget its backoff and retry now if it has a backlog."""
@@ -226,15 +241,23 @@ class OutboundQueue:
                         continue  # woken while we looked: there may be something new
                     return
                 ok = await self._send_transaction(destination, batch.event_ids, batch.edus + ephemeral)
+                now = self.clock.time_ms()
                 if ok:
                     await self.store.remove(batch.row_ids)
                     if retry.failures:
-                        await self._set_retry(destination, RetryState(0, 0, 0), self.clock.time_ms())
+                        await self._set_retry(destination, RetryState(0, 0, 0), now)
+                    elif destination not in self._recorded:
+                        await self.store.note_success(destination, now)
+                        if len(self._recorded) > 50_000:
+                            self._recorded.clear()
+                        self._recorded.add(destination)
                 else:
+                    self.failed_transactions += 1
                     interval = min(max(retry.retry_interval_ms * 2, self.retry_min_ms), self.retry_max_ms)
                     await self._set_retry(
                         destination,
-                        RetryState(retry.failures + 1, interval, self.clock.time_ms() + interval),
+                        RetryState(retry.failures + 1, interval, now + interval),
+                        failing_since=None if retry.failures else now,
                     )
         except asyncio.CancelledError:
             raise

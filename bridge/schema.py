@@ -42,6 +42,8 @@ federation_destinations = Table(
     Column("retry_interval_ms", BigInteger, nullable=False, default=0),
     Column("next_retry_ts", BigInteger, nullable=False, default=0),
     Column("last_success_ts", BigInteger, nullable=True),
+    # When the current run of failures began (None while transactions go through).
+    Column("failure_ts", BigInteger, nullable=True),
 )
 
 federation_received_txns = Table(

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from sqlalchemy import func, select
 
+from bridge import admin
 from bridge.client import FederationClient, FederationError, RemoteError, fed_path
 from bridge.directory import FederatedDirectory
 from bridge.discovery import AddressFilter
@@ -479,6 +480,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         fed.policy.local = PolicyServer(hs, cfg, key, fed.policy)
         fed.extra_routes.append(("POST", SIGN_PATH, fed.policy.local.on_sign))
         app.router.add_get(WELL_KNOWN, fed.policy.local.well_known)
+    admin.setup(app, hs, fed)
     app[FEDERATION_KEY] = fed
     hs.background.append(fed)
 

@@ -42,6 +42,44 @@ class RetryState:
     next_retry_ts: int
 
 
+@dataclass(slots=True)
+class Destination:
+    """A server this one has sent to, as the admin API describes it."""
+
+    destination: str
+    failures: int
+    retry_interval_ms: int
+    next_retry_ts: int
+    failure_ts: int | None
+
+    @classmethod
+    def of(cls, row: Any) -> Destination:
+        return cls(
+            str(row[0]), int(row[1]), int(row[2]), int(row[3]), None if row[4] is None else int(row[4])
+        )
+
+    def admin_json(self) -> dict[str, Any]:
+        failing = self.failures > 0
+        return {
+            "destination": self.destination,
+            # The last failed attempt (0 once one succeeded) and the wait after it.
+            "retry_last_ts": self.next_retry_ts - self.retry_interval_ms if failing else 0,
+            "retry_interval": self.retry_interval_ms if failing else 0,
+            "failure_ts": self.failure_ts,
+            # Per-destination positions of sent events are not kept here.
+            "last_successful_stream_ordering": None,
+        }
+
+
+_DESTINATION = select(
+    federation_destinations.c.destination,
+    federation_destinations.c.failures,
+    federation_destinations.c.retry_interval_ms,
+    federation_destinations.c.next_retry_ts,
+    federation_destinations.c.failure_ts,
+)
+
+
 class FederationStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -173,7 +211,15 @@ class FederationStore:
             )
             return {str(r[0]): RetryState(int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
-    async def set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
+    async def set_retry(
+        self,
+        destination: str,
+        state: RetryState,
+        success_ts: int | None = None,
+        failing_since: int | None = None,
+    ) -> None:
+        """Record a destination's retry state; `failing_since`: its first failure after
+        a success (a state without failures clears it)."""
         values: dict[str, Any] = {
             "failures": state.failures,
             "retry_interval_ms": state.retry_interval_ms,
@@ -181,6 +227,10 @@ class FederationStore:
         }
         if success_ts is not None:
             values["last_success_ts"] = success_ts
+        if not state.failures:
+            values["failure_ts"] = None
+        elif failing_since is not None:
+            values["failure_ts"] = failing_since
         async with self.db.write() as conn:
             res = await conn.execute(
                 update(federation_destinations)
@@ -189,6 +239,52 @@ class FederationStore:
             )
             if res.rowcount == 0:
                 await conn.execute(insert(federation_destinations).values(destination=destination, **values))
+
+    async def note_success(self, destination: str, success_ts: int) -> None:
+        """A transaction went through to a destination that was not failing: keep its row
+        (the admin API lists every destination sent to) and its last success."""
+        async with self.db.write() as conn:
+            res = await conn.execute(
+                update(federation_destinations)
+                .where(federation_destinations.c.destination == destination)
+                .values(last_success_ts=success_ts)
+            )
+            if res.rowcount == 0:
+                row = {
+                    "failures": 0,
+                    "retry_interval_ms": 0,
+                    "next_retry_ts": 0,
+                    "last_success_ts": success_ts,
+                }
+                await conn.execute(insert(federation_destinations).values(destination=destination, **row))
+
+    async def list_destinations(
+        self, offset: int, limit: int, order_by: str, backwards: bool
+    ) -> tuple[list[Destination], int]:
+        """A page of destinations in the admin API's order, and how many there are."""
+        d = federation_destinations.c
+        orders: dict[str, list[Any]] = {
+            "destination": [d.destination],
+            "retry_last_ts": [d.next_retry_ts - d.retry_interval_ms, d.destination],
+            "retry_interval": [d.retry_interval_ms, d.destination],
+            "failure_ts": [d.failure_ts, d.destination],  # never failed: last either way
+            "last_successful_stream_ordering": [d.destination],
+        }
+        keys = orders[order_by]
+        order = [(k.desc() if backwards else k.asc()).nulls_last() for k in keys]
+        async with self.db.read() as conn:
+            total = int(
+                (await conn.execute(select(func.count()).select_from(federation_destinations))).scalar() or 0
+            )
+            rows = await conn.execute(_DESTINATION.order_by(*order).offset(offset).limit(limit))
+            return [Destination.of(r) for r in rows], total
+
+    async def get_destination(self, destination: str) -> Destination | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(_DESTINATION.where(federation_destinations.c.destination == destination))
+            ).first()
+        return None if row is None else Destination.of(row)
 
     # Received transactions -------------------------------------------------------------------
 

@@ -1,0 +1,77 @@
+"""The servers this one sends to, for server admins, in Synapse's admin API shape (the
+synapse-admin web UI's federation page uses it):
+
+    GET  /_synapse/admin/v1/federation/destinations[?from&limit&order_by&dir]
+    GET  /_synapse/admin/v1/federation/destinations/{destination}
+    POST /_synapse/admin/v1/federation/destinations/{destination}/reset_connection
+
+A destination is listed once a transaction reached it or failed to. Not kept here, so not
+served: the position of the last event sent to each destination
+(`last_successful_stream_ordering` is null) and the per-destination room list
+(`.../destinations/{destination}/rooms`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from homeserver.api.admin import V1, require_admin
+from homeserver.api.http import json_response, query_int
+from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.server import HomeServer
+
+if TYPE_CHECKING:
+    from bridge.service import Federation
+
+PATH = V1 + "/federation/destinations"
+ORDERS = ("destination", "retry_last_ts", "retry_interval", "failure_ts", "last_successful_stream_ordering")
+
+
+def setup(app: web.Application, hs: HomeServer, fed: Federation) -> None:
+    store = fed.store
+
+    async def listing(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        offset = query_int(request, "from", 0)
+        limit = query_int(request, "limit", 100, minimum=1)
+        order_by = request.query.get("order_by", "destination")
+        if order_by not in ORDERS:
+            raise MatrixError(400, Codes.INVALID_PARAM, f"order_by must be one of {', '.join(ORDERS)}")
+        direction = request.query.get("dir", "f")
+        if direction not in ("f", "b"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
+        found, total = await store.list_destinations(offset, limit, order_by, direction == "b")
+        body: dict[str, object] = {"destinations": [d.admin_json() for d in found], "total": total}
+        if offset + len(found) < total:
+            body["next_token"] = str(offset + len(found))
+        return json_response(body)
+
+    async def details(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        found = await store.get_destination(request.match_info["destination"])
+        if found is None:
+            raise not_found("Unknown destination")
+        return json_response(found.admin_json())
+
+    async def reset_connection(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        destination = request.match_info["destination"]
+        found = await store.get_destination(destination)
+        if found is None:
+            raise not_found("Unknown destination")
+        if not found.failures:
+            raise MatrixError(
+                400, Codes.UNKNOWN, "The retry timing does not need to be reset for this destination."
+            )
+        await fed.queue.reset(destination)
+        return json_response({})
+
+    app.router.add_routes(
+        [
+            web.get(PATH, listing),
+            web.get(PATH + "/{destination}", details),
+            web.post(PATH + "/{destination}/reset_connection", reset_connection),
+        ]
+    )
