@@ -201,6 +201,10 @@ class OutboundQueue:
         await self.store.set_retry(destination, state, success_ts, failing_since)
         self._retry[destination] = state
 
+    def failing_destinations(self) -> int:
+        """Destinations in backoff, as this process last saw them."""
+        return sum(1 for state in self._retry.values() if state.failures)
+
     async def reset(self, destination: str) -> None:
         """Forget a destination's backoff and send its backlog now (the admin API). A worker
         that does not lead writes the state; the leader's poll finds it (`poll_once`)."""

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bridge.queue import OutboundQueue
 from homeserver.api.sliding_sync import SLIDING_SYNC_KEY
 from homeserver.api.sync import LONG_POLLS_KEY
 from homeserver.appservice.sender import AppServiceSender
@@ -48,6 +49,10 @@ class _BatchCollector(Collector):
                         ),
                     )
                 )
+        for service in self.hs.background:
+            queue = getattr(service, "queue", None)
+            if isinstance(queue, OutboundQueue):
+                yield from _federation_metrics(queue)
         forwarding = creator.forwarder
         if isinstance(forwarding, RoomForwarding):
             # Labelled with the worker's index: the workers share a port, so a scrape reaches any.
@@ -71,6 +76,23 @@ class _BatchCollector(Collector):
                 family = CounterMetricFamily(name, doc, labels=["worker"])
                 family.add_metric([str(forwarding.index)], value)
                 yield family
+
+
+def _federation_metrics(queue: OutboundQueue) -> Iterable[Metric]:
+    """This worker's view of its transactions to other servers (one worker sends them)."""
+    yield CounterMetricFamily(
+        "sotto_federation_transactions", "Transactions other servers took", queue.sent_transactions
+    )
+    yield CounterMetricFamily(
+        "sotto_federation_failed_transactions",
+        "Attempts to send a transaction that failed (retried with backoff)",
+        queue.failed_transactions,
+    )
+    yield GaugeMetricFamily(
+        "sotto_federation_failing_destinations",
+        "Destinations whose last transaction failed (see the admin API's federation destinations)",
+        queue.failing_destinations(),
+    )
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:

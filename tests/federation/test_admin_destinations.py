@@ -58,6 +58,15 @@ async def test_destinations_are_listed_with_their_retry_state_and_can_be_reset(
             )
 
         await wait_for(listed, what="both destinations listed, the down one failing")
+        async with http.get(f"{a.base_url}/metrics") as resp:
+            metrics = {
+                name: float(value)
+                for name, _, value in (line.partition(" ") for line in (await resp.text()).splitlines())
+                if name.startswith("sotto_federation_")
+            }
+        assert metrics["sotto_federation_failing_destinations"] == 1
+        assert metrics["sotto_federation_failed_transactions_total"] >= 1
+        assert metrics["sotto_federation_transactions_total"] >= 1
         status, body = await call("GET", DESTINATIONS)
         assert body["total"] == 2 and "next_token" not in body
         healthy, failing = (
