@@ -10,8 +10,11 @@ What is traced:
   route template, with its status and errcode: `middleware`);
 - the database transactions a request waits for (`db.read`, `db.write`), and the event
   creator's batches (`event.persist_batch`, linked to every request in the batch);
-- requests to other servers (`federation.request`, a client span whose context goes along
-  in the `traceparent` header).
+- what the server sends out (client spans): requests to other servers and to application
+  services, whose context goes along in the `traceparent` header, notifications to push
+  gateways, and messages forwarded to the worker owning their room (`worker.forward`,
+  answered by the owner's `worker.forwarded`).
+Work no request waits for (background loops) is traced only when it sends something out.
 
 Never recorded: paths with their identifiers filled in, query strings, bodies, headers or
 exception messages (an access token can travel in a query string; an SQL error carries its
