@@ -85,7 +85,7 @@ async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) ->
         batch = await collector.wait_for(lambda: collector.children(send, "event.persist_batch"))
         assert batch[0].attributes["sotto.batch.size"] == 1
         writes = await collector.wait_for(lambda: collector.children(batch[0], "db.write"))
-        assert writes[0].attributes["db.system.name"] == "sqlite"
+        assert writes[0].attributes["db.system.name"] == ("sqlite" if srv.hs.db.is_sqlite else "postgresql")
 
         assert await collector.wait_for(lambda: server_span(collector, "GET /_matrix/client/v3/joined_rooms"))
         syncs = await collector.wait_for(
