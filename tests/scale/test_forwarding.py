@@ -117,10 +117,14 @@ async def pair(pg_url: str, tmp_path: Path) -> AsyncIterator[Pair]:
 
 def _make_busy_and_shared(worker: Worker, room: str, users: list[str]) -> None:
     """What the worker would have seen in a busy room both workers write to: several of its
-    own senders just now, and the other worker's writes found under the room's lock."""
+    own senders just now, and the other worker's writes found under the room's lock.
+
+    Seen a minute ahead: a sender counts for GATHER_MEMORY_S (50 ms) only, and on a loaded
+    host the test's next request can take longer than that to reach the decision."""
+    ahead = 60.0
     now = asyncio.get_running_loop().time()
-    worker.server.hs.creator._senders[room] = dict.fromkeys(users, now)
-    worker.forwarding._foreign_writes[room] = (time.monotonic(), forwarding.SHARED_AFTER_WRITES)
+    worker.server.hs.creator._senders[room] = dict.fromkeys(users, now + ahead)
+    worker.forwarding._foreign_writes[room] = (time.monotonic() + ahead, forwarding.SHARED_AFTER_WRITES)
 
 
 async def _txn_rows(worker: Worker, txn_id: str) -> list[str]:
