@@ -10,6 +10,7 @@ from urllib.parse import quote
 import aiohttp
 
 from tests.federation.support import CertAuthority, Client, fed_server, federation_of, wait_for
+from tests.security.support import raw
 
 DESTINATIONS = "/_synapse/admin/v1/federation/destinations"
 # Nothing listens on port 1: every transaction to it fails at once.
@@ -19,9 +20,8 @@ DOWN = "127.0.0.1:1"
 async def admin_call(
     http: aiohttp.ClientSession, base: str, token: str, method: str, path: str, **params: str
 ) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with http.request(method, base + path, headers=headers, params=params, json={}) as resp:
-        return resp.status, await resp.json()
+    status, body, _ = await raw(http, method, base + path, token=token, params=params, json={})
+    return status, body
 
 
 async def test_destinations_are_listed_with_their_retry_state_and_can_be_reset(

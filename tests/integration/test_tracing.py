@@ -14,6 +14,7 @@ import pytest
 
 from homeserver.config import ConfigError
 from homeserver.tracing import EXPORT_TIMEOUT_S, SHUTDOWN_WAIT_S, build_tracing
+from tests.security.support import raw
 from tests.support import server as test_server
 from tests.support.otlp_collector import Collector, ReceivedSpan, otlp_collector
 from tests.support.server import free_port, run_server
@@ -38,11 +39,8 @@ async def call(
     body: Any = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    all_headers = dict(headers or {})
-    if token is not None:
-        all_headers["Authorization"] = f"Bearer {token}"
-    async with http.request(method, url, json=body, headers=all_headers) as resp:
-        return resp.status, await resp.json()
+    status, answer, _ = await raw(http, method, url, token=token, json=body, headers=headers)
+    return status, answer
 
 
 def server_span(collector: Collector, name: str) -> ReceivedSpan | None:
