@@ -7,7 +7,8 @@ off, and the no-op `Tracing` costs a method call per span site.
 
 What is traced:
 - every request on the client and federation listeners (a server span named by method and
-  route template, with its status and errcode: `middleware`);
+  route template, with its status and errcode: `middleware`), and the answer of a waiting
+  long-poll woken by new data (`sync.answer`, linked to its request);
 - the database transactions a request waits for (`db.read`, `db.write`), and the event
   creator's batches (`event.persist_batch`, linked to every request in the batch);
 - what the server sends out (client spans): requests to other servers and to application

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -23,6 +23,9 @@ from homeserver.sync.filter_cache import FilterCache
 from homeserver.sync.handler import SyncRequest
 from homeserver.sync.tokens import SyncToken
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
 log = logging.getLogger(__name__)
 
 # At shutdown, parked long-polls are answered (the notifier is closing: at once) for at
@@ -33,14 +36,18 @@ SHUTDOWN_ANSWER_S = 5.0
 class _ParkedSync(Parked):
     """A detached long-poll: its request and deadline, and the notifier watch it waits on."""
 
-    __slots__ = ("deadline", "polls", "req", "watch")
+    __slots__ = ("deadline", "polls", "req", "trace", "watch")
 
-    def __init__(self, polls: LongPolls, req: SyncRequest, deadline: float) -> None:
+    def __init__(
+        self, polls: LongPolls, req: SyncRequest, deadline: float, trace: SpanContext | None = None
+    ) -> None:
         super().__init__()
         self.polls = polls
         self.req = req
         self.deadline = deadline
         self.watch: asyncio.Future[bool] | None = None
+        # The request's span (tracing on): the answers to wake-ups link to it.
+        self.trace = trace
 
     def __call__(self, watch: asyncio.Future[bool]) -> None:
         """The watch ended: woken (True), timed out (False) or cancelled (connection lost)."""
@@ -79,6 +86,16 @@ class LongPolls:
         await asyncio.sleep(0)
         if not conn.open:
             return
+        # A wake-up is traced as a trace of its own, linked to the request: what it cost to
+        # answer. Timeouts are not (every idle client has one per timeout).
+        links = [conn.trace] if conn.trace is not None else []
+        with self.hs.tracing.span("sync.answer", links=links, root=not timed_out) as span:
+            status = await self._compute_and_respond(conn, timed_out)
+            if span is not None and status is not None:  # else parked again: nothing new
+                span.set_attribute("http.response.status_code", status)
+
+    async def _compute_and_respond(self, conn: _ParkedSync, timed_out: bool) -> int | None:
+        """Answer the long-poll, or park it again (None); the status it was answered with."""
         outcome: dict[str, Any] | list[str] | MatrixError
         try:
             outcome = await self.hs.sync.attempt(conn.req, conn.deadline, timed_out)
@@ -90,17 +107,19 @@ class LongPolls:
         if isinstance(outcome, list):
             if conn.open:
                 self.park(conn, outcome)
-            return
+            return None
         self.parked.discard(conn)
+        status = outcome.status if isinstance(outcome, MatrixError) else 200
         try:
             if isinstance(outcome, MatrixError):
-                conn.respond(outcome.status, jsonutil.dumpb(outcome.to_json()))
+                conn.respond(status, jsonutil.dumpb(outcome.to_json()))
             else:
-                conn.respond(200, jsonutil.dumpb(outcome))
+                conn.respond(status, jsonutil.dumpb(outcome))
         except Exception:
             # Nothing else would ever answer or close this connection.
             log.exception("Could not answer a parked /sync")
             conn.close()
+        return status
 
     async def shutdown(self, _app: web.Application) -> None:
         """Answer every parked long-poll (the notifier is closed: each answers at once),
@@ -151,7 +170,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         outcome = await hs.sync.attempt(req, deadline, False)
         if not isinstance(outcome, list):
             return json_response(outcome)
-        conn = detach(request, lambda: _ParkedSync(polls, req, deadline))
+        conn = detach(request, lambda: _ParkedSync(polls, req, deadline, hs.tracing.current()))
         if conn is None:
             return json_response(await hs.sync.wait_for(req, deadline, outcome))
         polls.park(conn, outcome)

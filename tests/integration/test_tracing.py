@@ -95,6 +95,7 @@ async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) ->
         assert collector.children(syncs[0], "db.read")
         assert syncs[1].attributes["sotto.detached"] is True
         assert "http.response.status_code" not in syncs[1].attributes
+        assert not collector.named("sync.answer")  # its timeout answered it: not traced
         refused = await collector.wait_for(
             lambda: server_span(collector, "GET /_matrix/client/v3/rooms/{room_id}/state")
         )
@@ -119,6 +120,42 @@ async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) ->
                 assert SECRET_BODY not in text, span
                 assert room_id not in text, span
                 assert "!nowhere" not in text, span
+
+
+async def test_a_woken_long_poll_is_traced_and_linked_to_its_request(tmp_path: Path) -> None:
+    async with (
+        otlp_collector() as collector,
+        run_server(str(tmp_path), tracing=tracing(collector)) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        token = (await srv.login("alice"))["access_token"]
+        base = f"{srv.base_url}/_matrix/client/v3"
+        status, room = await call(http, "POST", f"{base}/createRoom", token, {})
+        assert status == 200
+        status, first = await call(http, "GET", f"{base}/sync?timeout=0", token)
+        assert status == 200
+        waiting = asyncio.create_task(
+            call(http, "GET", f"{base}/sync?timeout=30000&since={first['next_batch']}", token)
+        )
+        parked = await collector.wait_for(
+            lambda: [
+                s
+                for s in collector.named("GET /_matrix/client/v3/sync")
+                if s.attributes.get("sotto.detached")
+            ]
+        )
+        url = f"{base}/rooms/{room['room_id']}/send/m.room.message/w1"
+        status, _ = await call(http, "PUT", url, token, {"body": "wake up"})
+        assert status == 200
+        status, woken = await waiting
+        assert status == 200 and room["room_id"] in woken["rooms"]["join"]
+
+        (answer,) = await collector.wait_for(
+            lambda: [s for s in collector.named("sync.answer") if "http.response.status_code" in s.attributes]
+        )
+        assert answer.parent_id == "" and answer.links == [(parked[0].trace_id, parked[0].span_id)]
+        assert answer.attributes["http.response.status_code"] == 200
+        assert await collector.wait_for(lambda: collector.children(answer, "db.read"))
 
 
 async def test_a_batch_of_messages_is_the_child_of_one_request_and_linked_to_the_others(
