@@ -30,6 +30,7 @@ from homeserver.api.http import json_response, read_json
 from homeserver.api.profile import get_profile_handler
 from homeserver.errors import Codes, MatrixError, bad_json, optional_str, require_bool, require_str
 from homeserver.handlers.admin_users import AdminUsers
+from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
 
 
@@ -37,6 +38,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     admin = app[ADMIN_KEY]
     users = AdminUsers(admin, get_profile_handler(app, hs))
     devices = get_device_handler(app, hs)
+    push = services(app, hs).push
 
     async def put_user(request: web.Request) -> web.Response:
         requester = await require_admin(hs, request)
@@ -91,6 +93,10 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             return json_response({})
         await devices.delete_devices(user_id, [device_id])  # deleting an unknown one is done already
         return json_response({})
+
+    async def user_pushers(request: web.Request) -> web.Response:
+        found = await push.get_pushers(await target(request))
+        return json_response({"pushers": found, "total": len(found)})
 
     async def delete_devices(request: web.Request) -> web.Response:
         user_id = await target(request)
@@ -154,6 +160,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.get(path + "/admin", get_admin),
             web.put(path + "/admin", put_admin),
             web.get(path + "/joined_rooms", joined_rooms),
+            web.get(path + "/pushers", user_pushers),
             web.get(V2 + "/users/{user_id}/devices", list_devices),
             web.get(device, one_device),
             web.put(device, one_device),

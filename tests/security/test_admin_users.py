@@ -191,3 +191,29 @@ async def test_putting_a_user_in_a_room(server: RunningServer, http: aiohttp.Cli
     ):
         got, out = await admin.request("POST", f"{A1}/join/{quote(target)}", json=payload)
         assert (got, out["errcode"]) == (status, errcode), (target, payload, out)
+
+
+async def test_a_users_pushers(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    carol = await user(server, http, "carol")
+    pushers = f"{A1}/users/{quote(carol.user_id)}/pushers"
+    assert await admin.ok("GET", pushers) == {"pushers": [], "total": 0}
+    pusher = {
+        "kind": "http",
+        "app_id": "org.example.app",
+        "pushkey": "carol-key",
+        "app_display_name": "Example",
+        "device_display_name": "Phone",
+        "lang": "en",
+        "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+    }
+    await carol.ok("POST", "/pushers/set", json=pusher)
+    listed = await admin.ok("GET", pushers)
+    assert listed["total"] == 1
+    assert {k: listed["pushers"][0][k] for k in pusher} == pusher
+    # What the user sees of their own pushers, the admin sees too.
+    assert listed["pushers"] == (await carol.ok("GET", "/pushers"))["pushers"]
+    status, out = await carol.request("GET", pushers)
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
+    status, out = await admin.request("GET", f"{A1}/users/{quote(f'@nobody:{server.server_name}')}/pushers")
+    assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
