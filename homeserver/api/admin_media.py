@@ -8,6 +8,7 @@
     GET    /_synapse/admin/v1/users/{userId}/media?from=&limit=&dir=
     DELETE /_synapse/admin/v1/users/{userId}/media
     POST   /_synapse/admin/v1/purge_media_cache?before_ts=    media cached from other servers
+    GET    /_synapse/admin/v1/statistics/users/media?from=&limit=&order_by=&dir=&from_ts=&until_ts=&search_term=
 
 Deleting answers {"deleted_media": [ids], "total": n}. `keep_profiles` (true by default)
 spares media used as a user's or a room's avatar. Purging the cache answers {"deleted": n}:
@@ -34,6 +35,11 @@ from homeserver.server import HomeServer
 from homeserver.storage.media import MediaInfo
 
 MAX_PAGE = 1000
+STATISTICS_ORDERS = ("user_id", "displayname", "media_length", "media_count")
+
+
+def _invalid(message: str) -> MatrixError:
+    return MatrixError(400, Codes.INVALID_PARAM, message)
 
 
 def media_json(info: MediaInfo) -> dict[str, Any]:
@@ -168,6 +174,31 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             body["next_token"] = offset + len(found)
         return json_response(body)
 
+    async def usage_statistics(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        offset = query_int(request, "from", 0)
+        limit = min(query_int(request, "limit", 100, minimum=1), MAX_PAGE)
+        order_by = request.query.get("order_by", "user_id")
+        if order_by not in STATISTICS_ORDERS:
+            raise _invalid(f"order_by must be one of {', '.join(STATISTICS_ORDERS)}")
+        direction = request.query.get("dir", "f")
+        if direction not in ("f", "b"):
+            raise _invalid("dir must be f or b")
+        from_ts = query_int(request, "from_ts", 0)
+        until_ts = query_int(request, "until_ts", 0) if "until_ts" in request.query else None
+        if until_ts is not None and until_ts < from_ts:
+            raise _invalid("until_ts must be at least from_ts")
+        search = request.query.get("search_term")
+        if search is not None and not search:
+            raise _invalid("search_term cannot be empty")
+        found, total = await store.usage_by_user(
+            offset, limit, order_by, direction == "b", from_ts, until_ts, search
+        )
+        body: dict[str, Any] = {"users": found, "total": total}
+        if offset + len(found) < total:
+            body["next_token"] = offset + len(found)
+        return json_response(body)
+
     one = V1 + "/media/{server_name}/{media_id}"
     app.router.add_routes(
         [
@@ -177,6 +208,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             web.post(V1 + "/media/unquarantine/{server_name}/{media_id}", quarantine(False)),
             web.get(one, info),
             web.delete(one, delete_one),
+            web.get(V1 + "/statistics/users/media", usage_statistics),
             web.get(V1 + "/users/{user_id}/media", user_media),
             web.delete(V1 + "/users/{user_id}/media", user_media),
         ]

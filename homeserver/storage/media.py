@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from homeserver import jsonutil
@@ -143,6 +144,50 @@ class MediaStore:
                 update(media).where(media.c.media_id == media_id).values(quarantined=flag)
             )
         return bool(res.rowcount)
+
+    async def usage_by_user(
+        self,
+        offset: int,
+        limit: int,
+        order_by: str,
+        backwards: bool,
+        from_ts: int,
+        until_ts: int | None,
+        search: str | None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the users who uploaded media created in [from_ts, until_ts], with how
+        many items and bytes, and how many such users there are (the admin API's
+        statistics). `search`: a part of the user ID or the display name."""
+        count = func.count().label("media_count")
+        length = func.coalesce(func.sum(media.c.size), 0).label("media_length")
+        where = [media.c.uploaded_ts.is_not(None), media.c.created_ts >= from_ts]
+        if until_ts is not None:
+            where.append(media.c.created_ts <= until_ts)
+        if search:
+            where.append(
+                or_(
+                    media.c.user_id.icontains(search, autoescape=True),
+                    users.c.displayname.icontains(search, autoescape=True),
+                )
+            )
+        grouped = (
+            select(media.c.user_id, users.c.displayname, count, length)
+            .select_from(media.outerjoin(users, users.c.user_id == media.c.user_id))
+            .where(*where)
+            .group_by(media.c.user_id, users.c.displayname)
+        )
+        key = {"user_id": media.c.user_id, "displayname": users.c.displayname}.get(order_by)
+        first: Any = {"media_count": count, "media_length": length}.get(order_by, key)
+        tie = media.c.user_id.desc() if backwards else media.c.user_id.asc()
+        order = [(first.desc() if backwards else first.asc()).nulls_last(), tie]
+        async with self.db.read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()
+            rows = await conn.execute(grouped.order_by(*order).offset(offset).limit(limit))
+            found = [
+                {"user_id": r[0], "displayname": r[1], "media_count": int(r[2]), "media_length": int(r[3])}
+                for r in rows
+            ]
+        return found, int(total)
 
     async def of_user(
         self, user_id: str, offset: int, limit: int | None, newest_first: bool = True

@@ -149,3 +149,45 @@ async def test_a_users_media(server: RunningServer, http: aiohttp.ClientSession)
     assert await download(dave, server, kept) == 200
     status, out = await admin.request("GET", f"{A1}/users/{quote('@nobody:' + server.server_name)}/media")
     assert (status, out["errcode"]) == (404, "M_NOT_FOUND")
+
+
+async def test_media_statistics_per_user(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    admin = await user(server, http, "root", admin=True)
+    erin = await user(server, http, "erin")
+    frank = await user(server, http, "frank")
+    await erin.ok("PUT", f"/profile/{quote(erin.user_id)}/displayname", json={"displayname": "Erin 100%"})
+    before = int(time.time() * 1000)
+    for data in (b"a" * 10, b"b" * 20):
+        await upload(erin, data)
+    await upload(frank, b"c" * 100)
+    path = f"{A1}/statistics/users/media"
+
+    every = await admin.ok("GET", path)
+    assert every["total"] == 2 and "next_token" not in every
+    assert every["users"] == [
+        {"user_id": erin.user_id, "displayname": "Erin 100%", "media_count": 2, "media_length": 30},
+        {"user_id": frank.user_id, "displayname": "frank", "media_count": 1, "media_length": 100},
+    ]
+    by_size = await admin.ok("GET", path, params={"order_by": "media_length", "dir": "b", "limit": "1"})
+    assert [u["user_id"] for u in by_size["users"]] == [frank.user_id] and by_size["next_token"] == 1
+    by_count = await admin.ok("GET", path, params={"order_by": "media_count", "dir": "b"})
+    assert [u["user_id"] for u in by_count["users"]] == [erin.user_id, frank.user_id]
+    # The search looks at user IDs and display names; "%" is a character, not a wildcard.
+    found = await admin.ok("GET", path, params={"search_term": "%"})
+    assert [u["user_id"] for u in found["users"]] == [erin.user_id]
+    assert (await admin.ok("GET", path, params={"search_term": "FRANK"}))["total"] == 1
+    assert (await admin.ok("GET", path, params={"until_ts": str(before - 1)}))["total"] == 0
+    assert (await admin.ok("GET", path, params={"from_ts": str(before)}))["total"] == 2
+    later = str(int(time.time() * 1000) + 60_000)
+    assert (await admin.ok("GET", path, params={"from_ts": later}))["total"] == 0
+
+    for params in (
+        {"order_by": "size"},
+        {"dir": "x"},
+        {"from_ts": "5", "until_ts": "4"},
+        {"search_term": ""},
+    ):
+        status, out = await admin.request("GET", path, params=params)
+        assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), params
+    status, out = await erin.request("GET", path)
+    assert (status, out["errcode"]) == (403, "M_FORBIDDEN")
