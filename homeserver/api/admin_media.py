@@ -8,7 +8,7 @@
     GET    /_synapse/admin/v1/users/{userId}/media?from=&limit=&dir=
     DELETE /_synapse/admin/v1/users/{userId}/media
     POST   /_synapse/admin/v1/purge_media_cache?before_ts=    media cached from other servers
-    GET    /_synapse/admin/v1/statistics/users/media?from=&limit=&order_by=&dir=&from_ts=&until_ts=&search_term=
+    GET    /_synapse/admin/v1/statistics/users/media?order_by=&dir=&from_ts=&until_ts=&search_term=
 
 Deleting answers {"deleted_media": [ids], "total": n}. `keep_profiles` (true by default)
 spares media used as a user's or a room's avatar. Purging the cache answers {"deleted": n}:
