@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from homeserver.api.admin import V1, require_admin
+from homeserver.api.admin import V1, dir_backwards, require_admin
 from homeserver.api.http import json_response, query_int
-from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.errors import Codes, MatrixError, invalid_param, not_found
 from homeserver.server import HomeServer
 
 if TYPE_CHECKING:
@@ -38,11 +38,8 @@ def setup(app: web.Application, hs: HomeServer, fed: Federation) -> None:
         limit = query_int(request, "limit", 100, minimum=1)
         order_by = request.query.get("order_by", "destination")
         if order_by not in ORDERS:
-            raise MatrixError(400, Codes.INVALID_PARAM, f"order_by must be one of {', '.join(ORDERS)}")
-        direction = request.query.get("dir", "f")
-        if direction not in ("f", "b"):
-            raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
-        found, total = await store.list_destinations(offset, limit, order_by, direction == "b")
+            raise invalid_param(f"order_by must be one of {', '.join(ORDERS)}")
+        found, total = await store.list_destinations(offset, limit, order_by, dir_backwards(request))
         body: dict[str, object] = {"destinations": [d.admin_json() for d in found], "total": total}
         if offset + len(found) < total:
             body["next_token"] = str(offset + len(found))

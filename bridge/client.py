@@ -22,7 +22,7 @@ from bridge.discovery import AddressFilter, FilteringResolver, ServerResolver, i
 from bridge.xmatrix import authorization_header
 from homeserver import jsonutil
 from homeserver.clock import Clock
-from homeserver.tracing import DISABLED, Tracing
+from homeserver.tracing import DISABLED, Tracing, endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ class FederationClient:
         if body is not None:
             data = jsonutil.dumpb(body)
             headers["Content-Type"] = "application/json"
-        # The endpoint without the identifiers that follow it (rooms, events, transactions).
-        endpoint = "/".join(path.split("?", 1)[0].split("/", 5)[:5])
+        endpoint = endpoint_of(path)
         attributes = {"http.request.method": method, "server.address": destination, "url.template": endpoint}
         with self.tracing.span(f"{method} {endpoint}", attributes, client=True, root=True) as span:
             self.tracing.inject(headers)

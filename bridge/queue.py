@@ -73,7 +73,7 @@ class OutboundQueue:
         self._poller: asyncio.Task[None] | None = None
         # Retry state per destination, loaded once from the database and written through.
         self._retry: dict[str, RetryState] = {}
-        # Destinations whose row this process has written since it started (note_success).
+        # Destinations whose row this process has written since it started.
         self._recorded: set[str] = set()
         self._stopping = False
         # Transactions successfully sent, and attempts that failed, for tests and metrics.
@@ -191,14 +191,8 @@ class OutboundQueue:
             self._retry[destination] = state
         return state
 
-    async def _set_retry(
-        self,
-        destination: str,
-        state: RetryState,
-        success_ts: int | None = None,
-        failing_since: int | None = None,
-    ) -> None:
-        await self.store.set_retry(destination, state, success_ts, failing_since)
+    async def _set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
+        await self.store.set_retry(destination, state, success_ts)
         self._retry[destination] = state
 
     def failing_destinations(self) -> int:
@@ -248,10 +242,9 @@ class OutboundQueue:
                 now = self.clock.time_ms()
                 if ok:
                     await self.store.remove(batch.row_ids)
-                    if retry.failures:
+                    if retry.failures or destination not in self._recorded:
+                        # Recovered, or sent to for the first time since this process began.
                         await self._set_retry(destination, RetryState(0, 0, 0), now)
-                    elif destination not in self._recorded:
-                        await self.store.note_success(destination, now)
                         if len(self._recorded) > 50_000:
                             self._recorded.clear()
                         self._recorded.add(destination)
@@ -261,7 +254,6 @@ class OutboundQueue:
                     await self._set_retry(
                         destination,
                         RetryState(retry.failures + 1, interval, now + interval),
-                        failing_since=None if retry.failures else now,
                     )
         except asyncio.CancelledError:
             raise

@@ -211,15 +211,10 @@ class FederationStore:
             )
             return {str(r[0]): RetryState(int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
-    async def set_retry(
-        self,
-        destination: str,
-        state: RetryState,
-        success_ts: int | None = None,
-        failing_since: int | None = None,
-    ) -> None:
-        """Record a destination's retry state; `failing_since`: its first failure after
-        a success (a state without failures clears it)."""
+    async def set_retry(self, destination: str, state: RetryState, success_ts: int | None = None) -> None:
+        """Record a destination's retry state (a row for every destination sent to: the
+        admin API lists them). The first failure after a success starts `failure_ts`; a
+        state without failures clears it."""
         values: dict[str, Any] = {
             "failures": state.failures,
             "retry_interval_ms": state.retry_interval_ms,
@@ -229,8 +224,8 @@ class FederationStore:
             values["last_success_ts"] = success_ts
         if not state.failures:
             values["failure_ts"] = None
-        elif failing_since is not None:
-            values["failure_ts"] = failing_since
+        elif state.failures == 1:
+            values["failure_ts"] = state.next_retry_ts - state.retry_interval_ms  # this attempt
         async with self.db.write() as conn:
             res = await conn.execute(
                 update(federation_destinations)
@@ -239,24 +234,6 @@ class FederationStore:
             )
             if res.rowcount == 0:
                 await conn.execute(insert(federation_destinations).values(destination=destination, **values))
-
-    async def note_success(self, destination: str, success_ts: int) -> None:
-        """A transaction went through to a destination that was not failing: keep its row
-        (the admin API lists every destination sent to) and its last success."""
-        async with self.db.write() as conn:
-            res = await conn.execute(
-                update(federation_destinations)
-                .where(federation_destinations.c.destination == destination)
-                .values(last_success_ts=success_ts)
-            )
-            if res.rowcount == 0:
-                row = {
-                    "failures": 0,
-                    "retry_interval_ms": 0,
-                    "next_retry_ts": 0,
-                    "last_success_ts": success_ts,
-                }
-                await conn.execute(insert(federation_destinations).values(destination=destination, **row))
 
     async def list_destinations(
         self, offset: int, limit: int, order_by: str, backwards: bool

@@ -219,6 +219,7 @@ class Active(Tracing):
             log.warning("the trace collector did not take the last spans in %s s; dropped", SHUTDOWN_WAIT_S)
 
     def server_span(self, request: web.Request) -> AbstractContextManager[Span]:
+        """The span of a request on one of the listeners (see `_middleware`)."""
         remote = None
         if self.config.accept_remote_context:
             remote = self._propagator.extract(request.headers, context=self._root)
@@ -229,14 +230,14 @@ class Active(Tracing):
             "http.route": route or "",
         }
         name = f"{request.method} {route}" if route else request.method
-        return self.tracer.start_as_current_span(
-            name,
-            context=remote if remote is not None else self._root,
-            kind=self._trace.SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        context = remote if remote is not None else self._root
+        return self._span(name, attributes, context, (), self._trace.SpanKind.SERVER)
+
+
+def endpoint_of(path: str) -> str:
+    """An outgoing request's endpoint, without the identifiers after it (rooms, events,
+    transactions, users) or its query: `/_matrix/federation/v1/send`."""
+    return "/".join(path.split("?", 1)[0].split("/", 5)[:5])
 
 
 def _route(request: web.Request) -> str | None:
@@ -257,19 +258,10 @@ def _middleware(tracing: Active) -> Any:
 
     @web.middleware
     async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The error middleware inside answers every Matrix error; what escapes it (a
+        # cancelled request) is recorded by the span itself (`_span`).
         with tracing.server_span(request) as span:
-            try:
-                resp: web.StreamResponse = await handler(request)
-            except BaseException as e:
-                # The error middleware inside answers Matrix errors; this is what escaped it
-                # (aiohttp's redirects, a cancelled request).
-                status = getattr(e, "status", None)
-                if isinstance(status, int):
-                    span.set_attribute("http.response.status_code", status)
-                span.set_attribute("error.type", type(e).__name__)
-                if not isinstance(e, asyncio.CancelledError):
-                    span.set_status(StatusCode.ERROR, type(e).__name__)
-                raise
+            resp: web.StreamResponse = await handler(request)
             if is_handed_over(resp):
                 # A long-poll taken out of aiohttp (homeserver.api.detached): it is answered later.
                 span.set_attribute("sotto.detached", True)

@@ -57,7 +57,7 @@ def _bool_query(request: web.Request, name: str, default: bool | None) -> bool |
     return raw.lower() == "true"
 
 
-def _dir_backwards(request: web.Request) -> bool:
+def dir_backwards(request: web.Request) -> bool:
     direction = request.query.get("dir", "f")
     if direction not in ("f", "b"):
         raise MatrixError(400, Codes.INVALID_PARAM, "dir must be f or b")
@@ -109,7 +109,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 deactivated=bool(_bool_query(request, "deactivated", False)),
                 admins=_bool_query(request, "admins", None),
                 order_by=request.query.get("order_by", "name"),
-                backwards=_dir_backwards(request),
+                backwards=dir_backwards(request),
             )
         )
 
@@ -138,7 +138,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 offset=query_int(request, "from", 0),
                 limit=query_int(request, "limit", 100, minimum=1),
                 order_by=request.query.get("order_by", "name"),
-                backwards=_dir_backwards(request),
+                backwards=dir_backwards(request),
                 search_term=request.query.get("search_term"),
             )
         )

@@ -27,19 +27,15 @@ from typing import Any
 
 from aiohttp import web
 
-from homeserver.api.admin import V1, require_admin
+from homeserver.api.admin import V1, dir_backwards, require_admin
 from homeserver.api.http import json_response, query_int
-from homeserver.errors import Codes, MatrixError, not_found
+from homeserver.errors import Codes, MatrixError, invalid_param, not_found
 from homeserver.handlers.cs_services import services
 from homeserver.server import HomeServer
 from homeserver.storage.media import MediaInfo
 
 MAX_PAGE = 1000
 STATISTICS_ORDERS = ("user_id", "displayname", "media_length", "media_count")
-
-
-def _invalid(message: str) -> MatrixError:
-    return MatrixError(400, Codes.INVALID_PARAM, message)
 
 
 def media_json(info: MediaInfo) -> dict[str, Any]:
@@ -180,19 +176,16 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         limit = min(query_int(request, "limit", 100, minimum=1), MAX_PAGE)
         order_by = request.query.get("order_by", "user_id")
         if order_by not in STATISTICS_ORDERS:
-            raise _invalid(f"order_by must be one of {', '.join(STATISTICS_ORDERS)}")
-        direction = request.query.get("dir", "f")
-        if direction not in ("f", "b"):
-            raise _invalid("dir must be f or b")
+            raise invalid_param(f"order_by must be one of {', '.join(STATISTICS_ORDERS)}")
         from_ts = query_int(request, "from_ts", 0)
         until_ts = query_int(request, "until_ts", 0) if "until_ts" in request.query else None
         if until_ts is not None and until_ts < from_ts:
-            raise _invalid("until_ts must be at least from_ts")
+            raise invalid_param("until_ts must be at least from_ts")
         search = request.query.get("search_term")
         if search is not None and not search:
-            raise _invalid("search_term cannot be empty")
+            raise invalid_param("search_term cannot be empty")
         found, total = await store.usage_by_user(
-            offset, limit, order_by, direction == "b", from_ts, until_ts, search
+            offset, limit, order_by, dir_backwards(request), from_ts, until_ts, search
         )
         body: dict[str, Any] = {"users": found, "total": total}
         if offset + len(found) < total:

@@ -23,7 +23,7 @@ import aiohttp
 from homeserver import jsonutil
 from homeserver.appservice.registration import AppService, AppServices
 from homeserver.storage.accounts import AccountStore
-from homeserver.tracing import DISABLED, Tracing
+from homeserver.tracing import DISABLED, Tracing, endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ class AppServiceQueries:
         if body is not None:
             data = body if isinstance(body, bytes) else jsonutil.dumpb(body)
             headers["Content-Type"] = "application/json"
-        # The endpoint without what follows it (transaction IDs, user IDs, aliases).
-        endpoint = "/".join(path.split("/", 5)[:5])
+        endpoint = endpoint_of(path)
         attributes = {
             "http.request.method": method,
             "url.template": endpoint,

@@ -362,10 +362,9 @@ class EventCreator:
     def _batch_span(self, batch: list[_Pending]) -> AbstractContextManager[Any]:
         """The batch's span: a child of its first sender's request, linked to the others'."""
         traces = [p.trace for p in batch if p.trace is not None]
-        if not traces:
-            return self.tracing.span("event.persist_batch", {"sotto.batch.size": len(batch)})
+        parent = traces[0] if traces else None
         return self.tracing.span(
-            "event.persist_batch", {"sotto.batch.size": len(batch)}, parent=traces[0], links=traces[1:]
+            "event.persist_batch", {"sotto.batch.size": len(batch)}, parent=parent, links=traces[1:]
         )
 
     async def _gather(self, room_id: str, loop: asyncio.AbstractEventLoop) -> None:

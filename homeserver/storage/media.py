@@ -176,8 +176,13 @@ class MediaStore:
             .where(*where)
             .group_by(media.c.user_id, users.c.displayname)
         )
-        key = {"user_id": media.c.user_id, "displayname": users.c.displayname}.get(order_by)
-        first: Any = {"media_count": count, "media_length": length}.get(order_by, key)
+        orders: dict[str, Any] = {
+            "user_id": media.c.user_id,
+            "displayname": users.c.displayname,
+            "media_count": count,
+            "media_length": length,
+        }
+        first = orders[order_by]
         tie = media.c.user_id.desc() if backwards else media.c.user_id.asc()
         order = [(first.desc() if backwards else first.asc()).nulls_last(), tie]
         async with self.db.read() as conn:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -17,7 +19,7 @@ from homeserver.tracing import EXPORT_TIMEOUT_S, SHUTDOWN_WAIT_S, build_tracing
 from tests.security.support import raw
 from tests.support import server as test_server
 from tests.support.otlp_collector import Collector, ReceivedSpan, otlp_collector
-from tests.support.server import free_port, run_server
+from tests.support.server import RunningServer, free_port, run_server
 
 SEND = "PUT /_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}"
 SECRET_BODY = "a message body that must never reach a trace"
@@ -48,18 +50,32 @@ def server_span(collector: Collector, name: str) -> ReceivedSpan | None:
     return found[-1] if found else None
 
 
-async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) -> None:
+class TracedRoom(NamedTuple):
+    collector: Collector
+    srv: RunningServer
+    http: aiohttp.ClientSession
+    token: str  # alice's
+    base: str  # the client API's v3 prefix
+    room_id: str  # a room alice created
+
+
+@asynccontextmanager
+async def traced_room(tmp_path: Path) -> AsyncIterator[TracedRoom]:
+    """A server tracing to a collector, alice signed in, and a room of hers."""
     async with (
         otlp_collector() as collector,
         run_server(str(tmp_path), tracing=tracing(collector)) as srv,
         aiohttp.ClientSession() as http,
     ):
-        login = await srv.login("alice")
-        token = login["access_token"]
+        token = (await srv.login("alice"))["access_token"]
         base = f"{srv.base_url}/_matrix/client/v3"
         status, room = await call(http, "POST", f"{base}/createRoom", token, {})
         assert status == 200
-        room_id = room["room_id"]
+        yield TracedRoom(collector, srv, http, token, base, room["room_id"])
+
+
+async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) -> None:
+    async with traced_room(tmp_path) as (collector, srv, http, token, base, room_id):
         status, _ = await call(
             http, "PUT", f"{base}/rooms/{room_id}/send/m.room.message/t1", token, {"body": SECRET_BODY}
         )
@@ -123,15 +139,7 @@ async def test_requests_and_the_work_they_wait_for_are_traced(tmp_path: Path) ->
 
 
 async def test_a_woken_long_poll_is_traced_and_linked_to_its_request(tmp_path: Path) -> None:
-    async with (
-        otlp_collector() as collector,
-        run_server(str(tmp_path), tracing=tracing(collector)) as srv,
-        aiohttp.ClientSession() as http,
-    ):
-        token = (await srv.login("alice"))["access_token"]
-        base = f"{srv.base_url}/_matrix/client/v3"
-        status, room = await call(http, "POST", f"{base}/createRoom", token, {})
-        assert status == 200
+    async with traced_room(tmp_path) as (collector, _srv, http, token, base, room_id):
         status, first = await call(http, "GET", f"{base}/sync?timeout=0", token)
         assert status == 200
         waiting = asyncio.create_task(
@@ -144,11 +152,11 @@ async def test_a_woken_long_poll_is_traced_and_linked_to_its_request(tmp_path: P
                 if s.attributes.get("sotto.detached")
             ]
         )
-        url = f"{base}/rooms/{room['room_id']}/send/m.room.message/w1"
+        url = f"{base}/rooms/{room_id}/send/m.room.message/w1"
         status, _ = await call(http, "PUT", url, token, {"body": "wake up"})
         assert status == 200
         status, woken = await waiting
-        assert status == 200 and room["room_id"] in woken["rooms"]["join"]
+        assert status == 200 and room_id in woken["rooms"]["join"]
 
         (answer,) = await collector.wait_for(
             lambda: [s for s in collector.named("sync.answer") if "http.response.status_code" in s.attributes]
@@ -161,16 +169,8 @@ async def test_a_woken_long_poll_is_traced_and_linked_to_its_request(tmp_path: P
 async def test_a_batch_of_messages_is_the_child_of_one_request_and_linked_to_the_others(
     tmp_path: Path,
 ) -> None:
-    async with (
-        otlp_collector() as collector,
-        run_server(str(tmp_path), tracing=tracing(collector)) as srv,
-        aiohttp.ClientSession() as http,
-    ):
-        token = (await srv.login("alice"))["access_token"]
-        base = f"{srv.base_url}/_matrix/client/v3"
-        status, room = await call(http, "POST", f"{base}/createRoom", token, {})
-        assert status == 200
-        url = f"{base}/rooms/{room['room_id']}/send/m.room.message/"
+    async with traced_room(tmp_path) as (collector, _srv, http, token, base, room_id):
+        url = f"{base}/rooms/{room_id}/send/m.room.message/"
         sent = await asyncio.gather(
             *(call(http, "PUT", url + f"t{i}", token, {"body": "x"}) for i in range(8))
         )
