@@ -1,8 +1,6 @@
 """Media for server admins, in Synapse's admin API shape:
 
     GET    /_synapse/admin/v1/media/{serverName}/{mediaId}              {"media_info": ...}
-    POST   /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}   downloads 404 from now
-    POST   /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}
     DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}
     POST   /_synapse/admin/v1/media/delete?before_ts=&size_gt=&keep_profiles=
     GET    /_synapse/admin/v1/users/{userId}/media?from=&limit=&dir=
@@ -15,9 +13,9 @@ spares media used as a user's or a room's avatar. Purging the cache answers {"de
 the items fetched before `before_ts` (when each was last used is not recorded).
 
 Media of other servers (in the cache, homeserver.handlers.remote_media_cache) can be looked
-up, quarantined (also before it was ever fetched: it then never is), released and deleted
-from the cache one by one. Who quarantined an item is not recorded (`quarantined_by` is
-null; `quarantined` says whether it is).
+up and deleted from the cache one by one. Quarantine and protection are in
+homeserver.api.admin_quarantine. Who quarantined an item is not recorded (`quarantined_by`
+is null; `quarantined` says whether it is).
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ def media_json(info: MediaInfo) -> dict[str, Any]:
         "last_access_ts": None,
         "quarantined": info.quarantined,
         "quarantined_by": None,
-        "safe_from_quarantine": False,
+        "safe_from_quarantine": info.safe_from_quarantine,
     }
 
 
@@ -105,20 +103,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             return json_response({"media_info": media_json(await known(media_id))})
         meta = await remote_meta(server_name, media_id)
         return json_response({"media_info": remote_json(server_name, media_id, meta)})
-
-    def quarantine(flag: bool) -> Any:
-        async def handler(request: web.Request) -> web.Response:
-            await require_admin(hs, request)
-            server_name, media_id = target(request)
-            if is_local(server_name):
-                if not await store.set_quarantined(media_id, flag):
-                    raise not_found("Unknown media")
-            else:
-                # Also for media not fetched yet: it will not be.
-                await asyncio.to_thread(cache.set_quarantined, server_name, media_id, flag)
-            return json_response({})
-
-        return handler
 
     async def delete_one(request: web.Request) -> web.Response:
         await require_admin(hs, request)
@@ -197,8 +181,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         [
             web.post(V1 + "/media/delete", delete_old),
             web.post(V1 + "/purge_media_cache", purge_cache),
-            web.post(V1 + "/media/quarantine/{server_name}/{media_id}", quarantine(True)),
-            web.post(V1 + "/media/unquarantine/{server_name}/{media_id}", quarantine(False)),
             web.get(one, info),
             web.delete(one, delete_one),
             web.get(V1 + "/statistics/users/media", usage_statistics),

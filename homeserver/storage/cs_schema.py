@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 from homeserver.storage.schema import metadata
@@ -43,7 +44,10 @@ media = Table(
     # For reserved IDs: when the reservation lapses.
     Column("expires_ts", BigInteger, nullable=True),
     Column("quarantined", Boolean, nullable=False, default=False),
+    # Protected media (stickers, shared images) is skipped by every quarantine.
+    Column("safe_from_quarantine", Boolean, nullable=False, default=False, server_default=false()),
     Index("media_user_pending", "user_id", "uploaded_ts"),
+    Index("media_sha256", "sha256"),
 )
 
 media_thumbnails = Table(

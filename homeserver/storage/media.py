@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from homeserver import jsonutil
 from homeserver.storage.cs_schema import media, media_thumbnails
@@ -25,6 +27,7 @@ class MediaInfo:
     uploaded_ts: int | None
     expires_ts: int | None
     quarantined: bool
+    safe_from_quarantine: bool
 
     @property
     def uploaded(self) -> bool:
@@ -50,7 +53,30 @@ _INFO_COLUMNS = (
     media.c.uploaded_ts,
     media.c.expires_ts,
     media.c.quarantined,
+    media.c.safe_from_quarantine,
 )
+
+
+# Events read per statement when listing a room's media (one room may hold millions).
+ROOM_SCAN_CHUNK = 1000
+
+
+def _info(row: Any) -> MediaInfo:
+    return MediaInfo(*row)
+
+
+def _quarantined_copy(sha256: str) -> Any:
+    """True when an item with these bytes is quarantined: a re-upload is quarantined too."""
+    return select(exists().where(media.c.sha256 == sha256, media.c.quarantined.is_(True))).scalar_subquery()
+
+
+def _event_mxcs(event: dict[str, Any]) -> list[str]:
+    content = event.get("content")
+    if not isinstance(content, dict):
+        return []
+    info = content.get("info")
+    urls = [content.get("url"), info.get("thumbnail_url") if isinstance(info, dict) else None]
+    return [u for u in urls if isinstance(u, str) and u.startswith("mxc://")]
 
 
 class MediaStore:
@@ -108,7 +134,7 @@ class MediaStore:
                     created_ts=now,
                     uploaded_ts=now,
                     expires_ts=None,
-                    quarantined=False,
+                    quarantined=_quarantined_copy(sha256),
                 )
             )
 
@@ -127,6 +153,7 @@ class MediaStore:
                     sha256=sha256,
                     uploaded_ts=now,
                     expires_ts=None,
+                    quarantined=_quarantined_copy(sha256),
                 )
             )
         return bool(res.rowcount)
@@ -134,16 +161,56 @@ class MediaStore:
     async def get(self, media_id: str) -> MediaInfo | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(*_INFO_COLUMNS).where(media.c.media_id == media_id))).first()
-        return MediaInfo(*row) if row else None
+        return _info(row) if row else None
 
     # Administration ------------------------------------------------------------------------
 
-    async def set_quarantined(self, media_id: str, flag: bool) -> bool:
+    async def set_quarantined(
+        self, flag: bool, *, media_ids: Sequence[str] = (), user_id: str | None = None
+    ) -> int:
+        """(Un)quarantine the given media, or all of a user's, and every other item with the
+        same bytes (SHA-256); how many items changed. Quarantine skips protected media."""
+        chosen: ColumnElement[bool] = media.c.media_id.in_(list(media_ids))
+        if user_id is not None:
+            chosen = or_(chosen, media.c.user_id == user_id)
+        same_bytes = media.c.sha256.in_(select(media.c.sha256).where(chosen, media.c.sha256.is_not(None)))
+        q = update(media).where(or_(chosen, same_bytes), media.c.quarantined != flag)
+        if flag:
+            q = q.where(media.c.safe_from_quarantine.is_(False))
+        async with self.db.write() as conn:
+            res = await conn.execute(q.values(quarantined=flag))
+        return int(res.rowcount)
+
+    async def set_protected(self, media_id: str, flag: bool) -> bool:
+        """Mark an item safe from quarantine (or not); False for unknown media."""
         async with self.db.write() as conn:
             res = await conn.execute(
-                update(media).where(media.c.media_id == media_id).values(quarantined=flag)
+                update(media).where(media.c.media_id == media_id).values(safe_from_quarantine=flag)
             )
         return bool(res.rowcount)
+
+    async def mxcs_in_room(self, room_id: str) -> list[str]:
+        """The `mxc://` URIs of the room's stored events (`url` and `info.thumbnail_url`), in
+        timeline order. Encrypted events hide theirs; redacted events no longer hold theirs."""
+        found: dict[str, None] = {}
+        after: int | None = None
+        while True:
+            q = (
+                select(events.c.stream_id, events.c.json)
+                .where(events.c.room_id == room_id, events.c.json.contains("mxc://", autoescape=True))
+                .order_by(events.c.stream_id)
+                .limit(ROOM_SCAN_CHUNK)
+            )
+            if after is not None:
+                q = q.where(events.c.stream_id > after)
+            async with self.db.read() as conn:
+                rows = (await conn.execute(q)).all()
+            for stream_id, raw in rows:
+                after = stream_id
+                for uri in _event_mxcs(jsonutil.loads(raw)):
+                    found[uri] = None
+            if len(rows) < ROOM_SCAN_CHUNK:
+                return list(found)
 
     async def usage_by_user(
         self,
@@ -210,7 +277,7 @@ class MediaStore:
             total = (
                 await conn.execute(select(func.count()).select_from(media).where(media.c.user_id == user_id))
             ).scalar_one()
-            return [MediaInfo(*row) for row in await conn.execute(q)], int(total)
+            return [_info(row) for row in await conn.execute(q)], int(total)
 
     async def avatar_media_ids(self, server_name: str) -> set[str]:
         """This server's media in use as a user's avatar or as a room's current avatar."""
