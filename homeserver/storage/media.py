@@ -27,7 +27,7 @@ class MediaInfo:
     uploaded_ts: int | None
     expires_ts: int | None
     quarantined: bool
-    safe_from_quarantine: bool
+    safe_from_quarantine: bool = False  # only local media can be protected
 
     @property
     def uploaded(self) -> bool:
