@@ -4,11 +4,12 @@ synapse-admin web UI's federation page uses it):
     GET  /_synapse/admin/v1/federation/destinations[?from&limit&order_by&dir]
     GET  /_synapse/admin/v1/federation/destinations/{destination}
     POST /_synapse/admin/v1/federation/destinations/{destination}/reset_connection
+    GET  /_synapse/admin/v1/federation/destinations/{destination}/rooms[?from&limit&dir]
 
-A destination is listed once a transaction reached it or failed to. Not kept here, so not
-served: the position of the last event sent to each destination
-(`last_successful_stream_ordering` is null) and the per-destination room list
-(`.../destinations/{destination}/rooms`).
+A destination is listed once a transaction reached it or failed to. Its rooms are those
+whose events it has acknowledged, each with the position (`stream_ordering`) of the newest
+one; `last_successful_stream_ordering` is the newest of those (null before any). Synapse
+also lists rooms whose events are still queued; here a room appears once one is delivered.
 """
 
 from __future__ import annotations
@@ -65,9 +66,26 @@ def setup(app: web.Application, hs: HomeServer, fed: Federation) -> None:
         await fed.queue.reset(destination)
         return json_response({})
 
+    async def rooms(request: web.Request) -> web.Response:
+        await require_admin(hs, request)
+        destination = request.match_info["destination"]
+        if await store.get_destination(destination) is None:
+            raise not_found("Unknown destination")
+        offset = query_int(request, "from", 0)
+        limit = query_int(request, "limit", 100, minimum=1)
+        found, total = await store.destination_rooms(destination, offset, limit, dir_backwards(request))
+        body: dict[str, object] = {
+            "rooms": [{"room_id": room_id, "stream_ordering": pos} for room_id, pos in found],
+            "total": total,
+        }
+        if offset + len(found) < total:
+            body["next_token"] = str(offset + len(found))
+        return json_response(body)
+
     app.router.add_routes(
         [
             web.get(PATH, listing),
+            web.get(PATH + "/{destination}/rooms", rooms),
             web.get(PATH + "/{destination}", details),
             web.post(PATH + "/{destination}/reset_connection", reset_connection),
         ]

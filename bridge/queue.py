@@ -241,7 +241,7 @@ class OutboundQueue:
                 ok = await self._send_transaction(destination, batch.event_ids, batch.edus + ephemeral)
                 now = self.clock.time_ms()
                 if ok:
-                    await self.store.remove(batch.row_ids)
+                    await self.store.remove(batch.row_ids, destination, batch.event_ids)
                     if retry.failures or destination not in self._recorded:
                         # Recovered, or sent to for the first time since this process began.
                         await self._set_retry(destination, RetryState(0, 0, 0), now)

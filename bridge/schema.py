@@ -46,6 +46,16 @@ federation_destinations = Table(
     Column("failure_ts", BigInteger, nullable=True),
 )
 
+# Per destination and room, the position (events.stream_id) of the last event delivered.
+federation_destination_rooms = Table(
+    "federation_destination_rooms",
+    metadata,
+    Column("destination", String(255), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    PrimaryKeyConstraint("destination", "room_id"),
+)
+
 federation_received_txns = Table(
     "federation_received_txns",
     metadata,

@@ -10,13 +10,20 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bridge.schema import federation_destinations, federation_outbox, federation_received_txns
+from bridge.schema import (
+    federation_destination_rooms,
+    federation_destinations,
+    federation_outbox,
+    federation_received_txns,
+)
 from homeserver import jsonutil
 from homeserver.storage.bulk import BulkInsert
+from homeserver.storage.device_lists import dialect_insert
 from homeserver.storage.engine import Database
+from homeserver.storage.schema import events
 
 # Received transactions' responses are kept this long (a sender retries for far less).
 TXN_KEEP_MS = 7 * 24 * 3600 * 1000
@@ -51,11 +58,17 @@ class Destination:
     retry_interval_ms: int
     next_retry_ts: int
     failure_ts: int | None
+    last_delivered: int | None  # events.stream_id of the newest event it acknowledged
 
     @classmethod
     def of(cls, row: Any) -> Destination:
         return cls(
-            str(row[0]), int(row[1]), int(row[2]), int(row[3]), None if row[4] is None else int(row[4])
+            str(row[0]),
+            int(row[1]),
+            int(row[2]),
+            int(row[3]),
+            None if row[4] is None else int(row[4]),
+            None if row[5] is None else int(row[5]),
         )
 
     def admin_json(self) -> dict[str, Any]:
@@ -66,17 +79,22 @@ class Destination:
             "retry_last_ts": self.next_retry_ts - self.retry_interval_ms if failing else 0,
             "retry_interval": self.retry_interval_ms if failing else 0,
             "failure_ts": self.failure_ts,
-            # Per-destination positions of sent events are not kept here.
-            "last_successful_stream_ordering": None,
+            "last_successful_stream_ordering": self.last_delivered,
         }
 
 
+_LAST_DELIVERED = (
+    select(func.max(federation_destination_rooms.c.stream_id))
+    .where(federation_destination_rooms.c.destination == federation_destinations.c.destination)
+    .scalar_subquery()
+)
 _DESTINATION = select(
     federation_destinations.c.destination,
     federation_destinations.c.failures,
     federation_destinations.c.retry_interval_ms,
     federation_destinations.c.next_retry_ts,
     federation_destinations.c.failure_ts,
+    _LAST_DELIVERED,
 )
 
 
@@ -157,11 +175,42 @@ class FederationStore:
             batch.row_ids.append(int(row.id))
         return batch
 
-    async def remove(self, row_ids: Collection[int]) -> None:
+    async def remove(
+        self, row_ids: Collection[int], destination: str, delivered: Collection[str] = ()
+    ) -> None:
+        """Drop delivered outbox rows, and note the newest `delivered` event of each room."""
         if not row_ids:
             return
         async with self.db.write() as conn:
             await conn.execute(delete(federation_outbox).where(federation_outbox.c.id.in_(list(row_ids))))
+            if delivered:
+                newest = (
+                    select(literal(destination), events.c.room_id, func.max(events.c.stream_id))
+                    .where(events.c.event_id.in_(list(delivered)))
+                    .group_by(events.c.room_id)
+                )
+                ins = dialect_insert(conn, federation_destination_rooms).from_select(
+                    ["destination", "room_id", "stream_id"], newest
+                )
+                await conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=["destination", "room_id"], set_={"stream_id": ins.excluded.stream_id}
+                    )
+                )
+
+    async def destination_rooms(
+        self, destination: str, offset: int, limit: int, backwards: bool
+    ) -> tuple[list[tuple[str, int]], int]:
+        """A page of (room ID, last delivered position) by room ID, and how many there are."""
+        t = federation_destination_rooms.c
+        mine = t.destination == destination
+        order = t.room_id.desc() if backwards else t.room_id.asc()
+        async with self.db.read() as conn:
+            total = int((await conn.execute(select(func.count()).where(mine))).scalar() or 0)
+            rows = await conn.execute(
+                select(t.room_id, t.stream_id).where(mine).order_by(order).offset(offset).limit(limit)
+            )
+            return [(str(r[0]), int(r[1])) for r in rows], total
 
     async def pending_destinations(self) -> list[str]:
         async with self.db.read() as conn:
@@ -245,7 +294,7 @@ class FederationStore:
             "retry_last_ts": [d.next_retry_ts - d.retry_interval_ms, d.destination],
             "retry_interval": [d.retry_interval_ms, d.destination],
             "failure_ts": [d.failure_ts, d.destination],  # never failed: last either way
-            "last_successful_stream_ordering": [d.destination],
+            "last_successful_stream_ordering": [_LAST_DELIVERED, d.destination],
         }
         keys = orders[order_by]
         order = [(k.desc() if backwards else k.asc()).nulls_last() for k in keys]

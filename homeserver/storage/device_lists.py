@@ -31,16 +31,18 @@ def chunks(items: Collection[str], size: int = _CHUNK) -> Iterable[list[str]]:
         yield seq[i : i + size]
 
 
+def dialect_insert(conn: AsyncConnection, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """The connection's dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
 def upsert(
     conn: AsyncConnection, table: Table, values: dict[str, object], keys: list[str], update: list[str]
 ) -> Insert:
     """INSERT ... ON CONFLICT (keys) DO UPDATE SET update (or DO NOTHING), for SQLite and PostgreSQL."""
-    dialect = conn.dialect.name
-    ins: sqlite.Insert | postgresql.Insert
-    if dialect == "postgresql":
-        ins = postgresql.insert(table).values(**values)
-    else:
-        ins = sqlite.insert(table).values(**values)
+    ins = dialect_insert(conn, table).values(**values)
     if not update:
         return ins.on_conflict_do_nothing(index_elements=keys)
     return ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in update})
