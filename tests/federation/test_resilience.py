@@ -157,7 +157,7 @@ async def test_lost_events_are_fetched_as_missing_events(
             await alice.send(room_id, body)
         # Simulate transactions that never arrived: drop everything queued for B.
         batch = await fa.store.next_batch(b.server_name, 50, 100)
-        await fa.store.remove(batch.row_ids)
+        await fa.store.remove(batch.row_ids, b.server_name)
         await fa.queue.start()
         await alice.send(room_id, "arrives")
 
