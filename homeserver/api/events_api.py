@@ -16,7 +16,7 @@ from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.delayed_events import DELAY_PARAM
 from homeserver.handlers.messages import MessageHandler, Window
-from homeserver.handlers.power import can_redact
+from homeserver.handlers.redaction import send_redaction
 from homeserver.handlers.shadow_ban import fake_event_id
 from homeserver.server import HomeServer
 from homeserver.storage.events import TxnInfo
@@ -149,28 +149,16 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await _refuse_if_suspended(requester, target)
         if requester.shadow_banned:
             return json_response({"event_id": fake_event_id()})
-        rv = await hs.events.get_room_version(room_id)
-        assert rv is not None
-        original = await hs.events.get_event(target)
-        if (
-            original is not None
-            and original.event.room_id == room_id
-            and not await can_redact(hs.events, room_id, requester.user_id, original.event.sender)
-        ):
-            raise forbidden("You may only redact your own events without the redact power level")
-        content: dict[str, Any] = {}
-        if isinstance(body.get("reason"), str):
-            content["reason"] = body["reason"]
-        if rv.updated_redaction_rules:
-            content["redacts"] = target
+        reason = body.get("reason")
         txn = TxnInfo(requester.user_id, requester.device_id, "redact:" + request.match_info["txn_id"])
-        event, _ = await creator.create_and_send(
-            room_id=room_id,
-            type="m.room.redaction",
-            sender=requester.user_id,
-            content=content,
-            txn=txn,
-            redacts=target,
+        event = await send_redaction(
+            hs.events,
+            creator,
+            room_id,
+            requester.user_id,
+            target,
+            reason if isinstance(reason, str) else None,
+            txn,
         )
         return json_response({"event_id": event.event_id})
 

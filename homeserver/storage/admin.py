@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Table, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bridge.schema import federation_event_state
 from homeserver import jsonutil
 from homeserver.storage import all_schemas  # noqa: F401  (every table is on `metadata` for purge_room)
 from homeserver.storage.cs_schema import event_push_actions
@@ -67,6 +68,15 @@ class UserRow:
     last_seen_ts: int | None = None
     locked: bool = False
     shadow_banned: bool = False
+
+
+@dataclass(slots=True)
+class Extremity:
+    event_id: str
+    state_group: int | None
+    depth: int
+    # Synapse's received_ts; Sotto keeps no arrival time, so the event's origin_server_ts.
+    received_ts: int
 
 
 @dataclass(slots=True)
@@ -226,6 +236,48 @@ class AdminStore:
         async with self.db.read() as conn:
             q = select(func.count()).select_from(devices).where(devices.c.user_id.in_(list(user_ids)))
             return int((await conn.execute(q)).scalar_one())
+
+    # Forward extremities ---------------------------------------------------------------------
+
+    async def forward_extremities(self, room_id: str) -> list[Extremity]:
+        """The room's forward extremities, oldest first. `state_group` is the federation state
+        group after the event (bridge/), None where this server has not worked one out."""
+        fx = forward_extremities.c
+        fes = federation_event_state.c
+        q = (
+            select(fx.event_id, fes.state_group, events.c.depth, events.c.origin_server_ts)
+            .select_from(
+                forward_extremities.join(events, events.c.event_id == fx.event_id).outerjoin(
+                    federation_event_state, fes.event_id == fx.event_id
+                )
+            )
+            .where(fx.room_id == room_id)
+            .order_by(events.c.stream_id)
+        )
+        async with self.db.read() as conn:
+            rows = list(await conn.execute(q))
+        return [Extremity(str(r[0]), None if r[1] is None else int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    async def delete_extra_extremities(self, room_id: str) -> int:
+        """Synapse's trim: every forward extremity of the room but the newest (by stream
+        order) stops being one; the events stay. Returns how many went. The caller holds the
+        room lock and drops the room's cached head (`EventStore.invalidate_room`)."""
+        fx = forward_extremities.c
+        newest = (
+            select(fx.event_id)
+            .select_from(forward_extremities.join(events, events.c.event_id == fx.event_id))
+            .where(fx.room_id == room_id)
+            .order_by(events.c.stream_id.desc())
+            .limit(1)
+        )
+        async with self.db.write() as conn:
+            keep = (await conn.execute(newest)).scalar_one_or_none()
+            if keep is None:
+                return 0
+            result = await conn.execute(
+                delete(forward_extremities).where(fx.room_id == room_id, fx.event_id != keep)
+            )
+        return int(result.rowcount)
 
     # Purge ---------------------------------------------------------------------------------
 

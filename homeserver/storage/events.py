@@ -260,8 +260,11 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         senders: Collection[str] | None = None,
         lower_bound: int | None = None,
         outliers: bool = False,
+        min_ts: int | None = None,
+        max_ts: int | None = None,
     ) -> list[StoredEvent]:
-        """Timeline events with after < stream_id <= upto, newest first when backwards."""
+        """Timeline events with after < stream_id <= upto, newest first when backwards;
+        `min_ts`/`max_ts` bound their origin_server_ts (inclusive)."""
         q = select(*self._cols).where(events.c.room_id == room_id)
         if not outliers:
             q = q.where(events.c.outlier.is_(False))
@@ -277,6 +280,10 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
             q = q.where(events.c.type.not_in(list(not_types)))
         if senders:
             q = q.where(events.c.sender.in_(list(senders)))
+        if min_ts is not None:
+            q = q.where(events.c.origin_server_ts >= min_ts)
+        if max_ts is not None:
+            q = q.where(events.c.origin_server_ts <= max_ts)
         q = q.order_by(events.c.stream_id.desc() if backwards else events.c.stream_id.asc()).limit(limit)
         async with self.db.read() as conn:
             return await self._load(conn, q)

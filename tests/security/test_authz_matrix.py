@@ -251,6 +251,7 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "key": "displayname",
         "delete_id": "x",
         "purge_id": "x",
+        "redact_id": "x",
         "delay_id": "x",
         "action": "send",
         "report_id": "1",
