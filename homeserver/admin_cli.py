@@ -12,6 +12,9 @@
     sotto admin rooms [--search TEXT] [--order-by joined_members] [--from N] [--limit N]
     sotto admin room '!room:example.org'
     sotto admin delete-room '!room:example.org' [--no-purge]
+    sotto admin redact-user spammer [--room ROOM]... [--reason TEXT] [--limit N] [--use-admin] [--wait]
+    sotto admin quarantine --room ROOM | --user alice | --media mxc://server/id [--release]
+    sotto admin make-room-admin '!room:example.org' [USER]     # the caller by default
 
 The commands talk to the running server over its client listener (`public_baseurl`, else
 the listener address), with an admin's access token: that server holds the caches and the
@@ -27,6 +30,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -156,10 +160,58 @@ def cmd_admin(args: argparse.Namespace) -> None:
             A1 + "/rooms/" + quote(args.room, safe=""),
             {"purge": not args.no_purge},
         )
+    elif action == "redact-user":
+        method, path = "POST", f"{A1}/user/{quote(_user_id(args.user, name), safe='')}/redact"
+        body = {"rooms": args.rooms, "limit": args.limit, "use_admin": args.use_admin}
+        if args.reason:
+            body["reason"] = args.reason
+    elif action == "quarantine":
+        method, path = "POST", _quarantine_path(args, name)
+    elif action == "make-room-admin":
+        method, path = "POST", f"{A1}/rooms/{quote(args.room, safe='')}/make_room_admin"
+        body = {"user_id": _user_id(args.user, name)} if args.user else {}
     else:  # pragma: no cover - argparse only offers the actions above
         raise CliError(f"unknown admin action {action}")
-    out = asyncio.run(_call(config, method, path, token=_token(args), body=body, params=params))
+    token = _token(args)
+    out = asyncio.run(_call(config, method, path, token=token, body=body, params=params))
+    if action == "redact-user" and args.wait:
+        out = asyncio.run(_wait_for_redaction(config, token, out["redact_id"], print_err))
     print(json.dumps(out, indent=2, sort_keys=True))
+
+
+def print_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _quarantine_path(args: argparse.Namespace, server_name: str) -> str:
+    if args.media:
+        server, _, media_id = args.media.removeprefix("mxc://").partition("/")
+        if not server or not media_id:
+            raise CliError(f"not an mxc:// URI: {args.media}")
+        verb = "unquarantine" if args.release else "quarantine"
+        return f"{A1}/media/{verb}/{quote(server, safe='')}/{quote(media_id, safe='')}"
+    if args.release:
+        raise CliError(
+            "--release takes one item (--media): a room's or a user's media is released item by item"
+        )
+    if args.room:
+        return f"{A1}/room/{quote(args.room, safe='')}/media/quarantine"
+    return f"{A1}/user/{quote(_user_id(args.user, server_name), safe='')}/media/quarantine"
+
+
+async def _wait_for_redaction(
+    config: Config, token: str, redact_id: str, progress: Callable[[str], None], poll_s: float = 1.0
+) -> Any:
+    """Poll the redaction's status until it ends, saying how far it got meanwhile."""
+    path = f"{A1}/user/redact_status/{quote(redact_id, safe='')}"
+    while True:
+        status = await _call(config, "GET", path, token=token)
+        if status["status"] not in ("scheduled", "active"):
+            return {"redact_id": redact_id, **status}
+        progress(
+            f"redaction {redact_id}: {status['status']}, {len(status['failed_redactions'])} failed so far"
+        )
+        await asyncio.sleep(poll_s)
 
 
 def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -223,3 +275,24 @@ def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = action("delete-room", "remove every local user from a room and purge it", [auth])
     p.add_argument("room", metavar="ROOM_ID")
     p.add_argument("--no-purge", action="store_true", help="only remove users and aliases; keep the history")
+
+    p = action("redact-user", "redact a user's messages in every room they were in (or --room)", [auth])
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--room", dest="rooms", action="append", default=[], help="only this room (repeatable)")
+    p.add_argument("--reason", default=None, help="shown to the rooms' members in each redaction")
+    p.add_argument(
+        "--limit", type=int, default=1000, help="how many of their newest events to look at per room"
+    )
+    p.add_argument("--use-admin", action="store_true", help="the admin sends the redactions, not the user")
+    p.add_argument("--wait", action="store_true", help="wait until it is done and print the result")
+
+    p = action("quarantine", "make media unavailable: one item, a room's or a user's", [auth])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--room", default=None, help="every item the room's messages point at")
+    which.add_argument("--user", default=None, help="every item a local user uploaded")
+    which.add_argument("--media", default=None, metavar="MXC", help="one item (mxc://server/id)")
+    p.add_argument("--release", action="store_true", help="undo the quarantine of --media")
+
+    p = action("make-room-admin", "give a local user a room's top power level", [auth])
+    p.add_argument("room", metavar="ROOM", help="room ID or alias")
+    p.add_argument("user", metavar="USER", nargs="?", default=None, help="default: the admin running this")

@@ -110,3 +110,78 @@ async def test_admin_cli(
     monkeypatch.setenv("SOTTO_ADMIN_TOKEN", "not-a-token")
     code, _, err = await run_cli(capsys, monkeypatch, ["admin", "server-version", "--config", cfg])
     assert code == 1 and "M_UNKNOWN_TOKEN" in err
+
+
+async def test_admin_cli_moderation(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spammer's messages redacted (waiting for the job), media quarantined and released,
+    a room given a new admin: the moderation actions an operator runs from a shell."""
+    cfg = write_config(server, tmp_path)
+    root = await server.register("root", admin=True)
+    alice = await server.register("alice")
+    spammer = await server.register("spammer")
+    root_token, _ = await server.hs.auth.create_session(root, None, None)
+    monkeypatch.setenv("SOTTO_ADMIN_TOKEN", root_token)
+    tokens = {u: (await server.hs.auth.create_session(u, None, None))[0] for u in (alice, spammer)}
+
+    async def call(user: str, method: str, path: str, body: Any = None) -> Any:
+        async with http.request(
+            method, server.base_url + path, json=body, headers={"Authorization": f"Bearer {tokens[user]}"}
+        ) as resp:
+            assert resp.status == 200, (path, await resp.text())
+            return await resp.json()
+
+    async def cli(*argv: str) -> Any:
+        code, out, err = await run_cli(capsys, monkeypatch, ["admin", *argv, "--config", cfg])
+        assert code == 0, err
+        return json.loads(out)
+
+    room = (await call(alice, "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}))["room_id"]
+    await call(spammer, "POST", f"/_matrix/client/v3/join/{room}", {})
+    spam = [
+        (
+            await call(
+                spammer, "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/s{i}", {"body": "buy"}
+            )
+        )["event_id"]
+        for i in range(3)
+    ]
+    done = await cli("redact-user", "spammer", "--reason", "spam", "--wait")
+    assert (done["status"], done["failed_redactions"]) == ("complete", {})
+    for event_id in spam:
+        event = await call(alice, "GET", f"/_matrix/client/v3/rooms/{room}/event/{event_id}")
+        assert event["content"] == {} and event["unsigned"]["redacted_because"]["sender"] == spammer
+
+    async with http.post(
+        f"{server.base_url}/_matrix/media/v3/upload",
+        data=b"spam picture",
+        headers={"Authorization": f"Bearer {tokens[spammer]}", "Content-Type": "text/plain"},
+    ) as resp:
+        mxc = (await resp.json())["content_uri"]
+
+    async def download_status() -> int:
+        path = "/_matrix/client/v1/media/download/" + mxc.removeprefix("mxc://")
+        async with http.get(
+            server.base_url + path, headers={"Authorization": f"Bearer {tokens[alice]}"}
+        ) as resp:
+            return resp.status
+
+    assert await cli("quarantine", "--media", mxc) == {}
+    assert await download_status() == 404
+    assert await cli("quarantine", "--media", mxc, "--release") == {}
+    assert await download_status() == 200
+    assert await cli("quarantine", "--user", "spammer") == {"num_quarantined": 1}
+    assert await download_status() == 404
+    code, _, err = await run_cli(
+        capsys, monkeypatch, ["admin", "quarantine", "--room", room, "--release", "--config", cfg]
+    )
+    assert code == 1 and "--release" in err
+
+    assert await cli("make-room-admin", room, "spammer") == {}
+    levels = await call(alice, "GET", f"/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/")
+    assert levels["users"][spammer] == 100  # alice created the room: she outranks everyone
