@@ -24,7 +24,8 @@ Creating and changing accounts is in admin_users.py, users' reports in admin_rep
 registration tokens in admin_registration_tokens.py, local media in admin_media.py,
 quarantine in admin_quarantine.py, redacting a user's events in admin_redact.py, room repair
 (make_room_admin, forward extremities, fetch_event) in admin_rooms.py, federation
-destinations in bridge/admin.py, registration by shared secret in
+destinations in bridge/admin.py, lookups (username, SSO link, account data, invite
+and join counts) in admin_lookups.py, registration by shared secret in
 shared_secret_registration.py. Anyone else gets 403
 M_FORBIDDEN (401 without a valid token), whatever the path names.
 """

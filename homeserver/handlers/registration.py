@@ -65,6 +65,21 @@ def validate_password(password: str | None) -> None:
         raise MatrixError(400, Codes.INVALID_PARAM, "Password is too long")
 
 
+async def check_username_free(
+    accounts: AccountStore, appservices: AppServices | None, server_name: str, username: str
+) -> str:
+    """The user ID a desired username maps to, if it is valid and free; open registration is
+    the caller's concern (the admin API asks even when it is closed)."""
+    user_id = validate_localpart(username.lower(), server_name)
+    if username.isdigit():
+        raise MatrixError(400, Codes.INVALID_USERNAME, "Numeric user IDs are reserved for guest users")
+    if appservices and appservices.user_claimed_by(user_id) is not None:
+        raise MatrixError(400, Codes.EXCLUSIVE, "This user ID is reserved by an application service")
+    if await accounts.find_user_case_insensitive(user_id):
+        raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
+    return user_id
+
+
 # How long a token from POST /login/get_token may be used (the spec suggests minutes).
 LOGIN_TOKEN_LIFETIME_MS = 120_000
 
@@ -145,14 +160,7 @@ class RegistrationHandler:
     async def check_username(self, username: str) -> str:
         """Validate a desired username and check it is free; returns the user ID it maps to."""
         self._require_open()
-        user_id = validate_localpart(username.lower(), self.server_name)
-        if username.isdigit():
-            raise MatrixError(400, Codes.INVALID_USERNAME, "Numeric user IDs are reserved for guest users")
-        if self.appservices and self.appservices.user_claimed_by(user_id) is not None:
-            raise MatrixError(400, Codes.EXCLUSIVE, "This user ID is reserved by an application service")
-        if await self.accounts.find_user_case_insensitive(user_id):
-            raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
-        return user_id
+        return await check_username_free(self.accounts, self.appservices, self.server_name, username)
 
     async def token_validity(self, token: str, client: str = "") -> bool:
         self._require_open()

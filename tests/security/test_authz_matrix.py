@@ -259,6 +259,10 @@ def fill(canonical: str, world: World, actor: Actor, route_pattern: str) -> str:
         "protocol": "irc",
         "service_id": "no-such-service",
         "network_id": "irc",
+        "provider": "oidc",
+        "external_id": "x",
+        "medium": "email",
+        "address": "a@b.c",
     }
     return re.sub(r"\{(\w+)\}", lambda m: quote(values[m.group(1)], safe=""), canonical)
 
