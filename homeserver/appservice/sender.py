@@ -53,6 +53,7 @@ from homeserver.handlers.client_format import format_events
 from homeserver.server import HomeServer
 from homeserver.storage.bulk import BulkInsert
 from homeserver.storage.cs_schema import appservice_state
+from homeserver.storage.device_lists import MembershipChange
 from homeserver.storage.event_types import StoredEvent
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class AppServiceSender:
                     # Other workers' commits, should their notifications not reach us.
                     await self.hs.db.refresh_stream_position()
                 continue
-            end, wanted = position, []
+            end, found, wanted = position, [], []
             if upto > position:
                 found = await self.hs.events.events_between(position, upto, BATCH, self.local)
                 end = found[-1].stream_id if len(found) == BATCH else upto
@@ -199,8 +200,11 @@ class AppServiceSender:
             extra: dict[str, Any] = {}
             inbox: Delivered = []
             if service.encryption:
-                user_wanted = partial(self._user_wanted, service)
-                extra, inbox, capped = await self.encryption.between(service, position, end, user_wanted)
+                # The window (position, end] holds just the events read: its memberships are theirs.
+                room_wanted = partial(self._room_wanted, service)
+                extra, inbox, capped = await self.encryption.between(
+                    service, position, end, _memberships(found), room_wanted
+                )
                 if capped < end:
                     # Many to-device messages: this transaction stops at the last one read.
                     end = capped
@@ -378,3 +382,14 @@ class AppServiceSender:
         pending_json = jsonutil.dumps(pending) if pending is not None else None
         async with self.hs.db.write() as conn:
             await _UPSERT_STATE.run(conn, [(service.id, position, txn_id, pending_json)])
+
+
+def _memberships(found: list[StoredEvent]) -> list[MembershipChange]:
+    """The member events among the stream's events, in stream order."""
+    out: list[MembershipChange] = []
+    for stored in found:
+        event = stored.event
+        membership, target = event.membership, event.state_key
+        if membership is not None and target is not None and event.rejected_reason is None:
+            out.append(MembershipChange(event.room_id, target, membership, stored.stream_id))
+    return out

@@ -6,12 +6,15 @@ they started sharing a room with the requester in it (a join by either side). A 
 appears in `left` when the requester no longer shares any room with them and a leave
 (by either side) happened in the window. The requester's own changes are reported to
 them too, so their other devices notice new siblings.
+
+The same rules give an encrypting application service its `device_lists`, with the
+service's users together as the requester (`resolve_changes` with another `Viewer`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping
 from typing import Protocol
 
 from homeserver.storage.device_lists import MembershipChange
@@ -76,37 +79,78 @@ class DeviceListHandler:
         if since >= upto:
             return [], []
         joined = set(joined_room_ids)
-        changed: set[str] = set()
-        left_candidates: set[str] = set()
-
         updated = await self.store.changed_between(since, upto)
-        if updated:
-            if user_id in updated:
-                changed.add(user_id)
-            changed |= await self.store.users_sharing(joined, updated - {user_id})
-
         own = await self.store.own_membership_changes(user_id, since, upto)
         rooms_joined_now = {r for r, m in own if m == "join" and r in joined}
         rooms_left_now = {r for r, m in own if m != "join" and r not in joined}
+        latest = latest_memberships(await self.store.membership_changes(joined | rooms_left_now, since, upto))
+        viewer = _OneUser(self.store, user_id, joined)
+        return await resolve_changes(
+            self.store, viewer, updated, latest, joined, rooms_joined_now, rooms_left_now
+        )
 
-        latest: dict[tuple[str, str], str] = {}
-        for change in await self.store.membership_changes(joined | rooms_left_now, since, upto):
-            latest[(change.room_id, change.user_id)] = change.membership
-        for (room_id, other), membership in latest.items():
-            if other == user_id:
-                continue
-            if membership == "join" and room_id in joined:
-                changed.add(other)
-            elif membership in ("leave", "ban"):
-                left_candidates.add(other)
 
-        if rooms_joined_now:
-            changed |= await self.store.joined_members(rooms_joined_now)
-        if rooms_left_now:
-            left_candidates |= await self.store.joined_members(rooms_left_now)
-        left_candidates.discard(user_id)
-        left = left_candidates - await self.store.users_sharing(joined, left_candidates)
-        if user_id not in updated:
-            changed.discard(user_id)
-        changed -= left
-        return sorted(changed), sorted(left)
+class Viewer(Protocol):
+    """Whose device lists `resolve_changes` computes: one user (/sync, /keys/changes), or an
+    application service's users taken together (homeserver.appservice.encryption)."""
+
+    def is_viewer(self, user_id: str) -> bool: ...
+
+    async def sharing(self, user_ids: Collection[str]) -> set[str]:
+        """Those of `user_ids` who share a room with the viewer now (the viewer's own users too)."""
+        ...
+
+
+class _OneUser:
+    def __init__(self, store: DeviceListSource, user_id: str, joined: Collection[str]) -> None:
+        self.store = store
+        self.user_id = user_id
+        self.joined = joined
+
+    def is_viewer(self, user_id: str) -> bool:
+        return user_id == self.user_id
+
+    async def sharing(self, user_ids: Collection[str]) -> set[str]:
+        found = await self.store.users_sharing(self.joined, [u for u in user_ids if u != self.user_id])
+        if self.user_id in user_ids:
+            found.add(self.user_id)
+        return found
+
+
+def latest_memberships(changes: Iterable[MembershipChange]) -> dict[tuple[str, str], str]:
+    """(room_id, user_id) -> the last membership the changes (in stream order) give."""
+    return {(c.room_id, c.user_id): c.membership for c in changes}
+
+
+async def resolve_changes(
+    store: DeviceListSource,
+    viewer: Viewer,
+    updated: set[str],
+    latest: Mapping[tuple[str, str], str],
+    shared: Container[str],
+    rooms_joined: Collection[str],
+    rooms_left: Collection[str],
+) -> tuple[list[str], list[str]]:
+    """`changed` and `left` (sorted) for a window, from what happened in it: `updated`, the
+    users whose device lists changed; `latest`, the last membership of each (room, user) in
+    the rooms `shared` with the viewer now or `rooms_left` by it; `rooms_joined`, the rooms
+    the viewer joined (their members are new to it)."""
+    changed = await viewer.sharing(updated) if updated else set()
+    left_candidates: set[str] = set()
+    for (room_id, other), membership in latest.items():
+        if viewer.is_viewer(other):
+            continue
+        if membership == "join" and room_id in shared:
+            changed.add(other)
+        elif membership in ("leave", "ban"):
+            left_candidates.add(other)
+    if rooms_joined:
+        changed |= await store.joined_members(rooms_joined)
+    if rooms_left:
+        left_candidates |= await store.joined_members(rooms_left)
+    left_candidates = {u for u in left_candidates if not viewer.is_viewer(u)}
+    left = left_candidates - await viewer.sharing(left_candidates) if left_candidates else set()
+    # The viewer's own users are there for their own device changes only.
+    changed = {u for u in changed if u in updated or not viewer.is_viewer(u)}
+    changed -= left
+    return sorted(changed), sorted(left)

@@ -154,6 +154,22 @@ class DeviceListStore:
                     found.update(r[0] for r in rows)
         return found
 
+    async def joined_rooms_of(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        """The rooms each of `user_ids` is joined to (users joined to none are left out)."""
+        rooms: dict[str, set[str]] = {}
+        async with self.db.read() as conn:
+            for part in chunks(user_ids):
+                rows = await conn.execute(
+                    select(current_state.c.state_key, current_state.c.room_id).where(
+                        current_state.c.state_key.in_(part),
+                        current_state.c.type == "m.room.member",
+                        current_state.c.membership == "join",
+                    )
+                )
+                for user_id, room_id in rows:
+                    rooms.setdefault(user_id, set()).add(room_id)
+        return rooms
+
     async def own_membership_changes(self, user_id: str, since: int, upto: int) -> list[tuple[str, str]]:
         """(room_id, membership) for rooms where the user's current membership was set in (since, upto]."""
         async with self.db.read() as conn:
