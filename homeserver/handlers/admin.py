@@ -14,10 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -25,6 +22,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, bad_json, invalid_param, not_found
+from homeserver.handlers.admin_jobs import JobTable, new_job_id
 from homeserver.handlers.auth import AuthHandler, PasswordHasher
 from homeserver.handlers.deactivation import Deactivator, leave_rooms
 from homeserver.handlers.devices import DeviceHandler
@@ -173,9 +171,10 @@ class AdminHandler:
         self.server_name = server_name
         self.external_ids = ExternalIdStore(store.db)
         self.deactivator = Deactivator(accounts, devices, auth, events, creator)
-        self._deletes: OrderedDict[str, DeleteStatus] = OrderedDict()
-        self._purges: OrderedDict[str, PurgeStatus] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._deletes: JobTable[DeleteStatus] = JobTable(MAX_DELETE_STATUSES, "Delete ID not found")
+        self._purges: JobTable[PurgeStatus] = JobTable(
+            MAX_DELETE_STATUSES, "No such purge (or this worker did not run it)"
+        )
 
     # Users ---------------------------------------------------------------------------------
 
@@ -374,10 +373,7 @@ class AdminHandler:
     def start_purge_history(self, room_id: str, before_stream: int, local_too: bool) -> str:
         """Purge a room's history before a stream position in the background; returns the
         purge ID for `purge_status`."""
-        status = PurgeStatus(secrets.token_urlsafe(12))
-        self._purges[status.purge_id] = status
-        while len(self._purges) > MAX_DELETE_STATUSES:
-            self._purges.popitem(last=False)
+        status = PurgeStatus(new_job_id())
 
         async def run() -> None:
             try:
@@ -388,17 +384,14 @@ class AdminHandler:
                 log.info("admin purged %d events of %s's history", status.deleted, room_id)
             except Exception as e:
                 log.exception("purging the history of %s failed", room_id)
-                status.status, status.error = "failed", str(e)[:200]
+                # The type only: a database error's message carries its statement's values.
+                status.status, status.error = "failed", type(e).__name__
 
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._purges.start(status.purge_id, status, run())
         return status.purge_id
 
     def purge_status(self, purge_id: str) -> dict[str, Any]:
         status = self._purges.get(purge_id)
-        if status is None:
-            raise not_found("No such purge (or this worker did not run it)")
         out: dict[str, Any] = {"status": status.status}
         if status.error:
             out["error"] = status.error
@@ -406,10 +399,7 @@ class AdminHandler:
 
     def start_delete(self, room_id: str, *, purge: bool = True) -> str:
         """Run `delete_room` in the background (admin API v2); returns the delete ID."""
-        status = DeleteStatus(secrets.token_urlsafe(12), room_id)
-        self._deletes[status.delete_id] = status
-        while len(self._deletes) > MAX_DELETE_STATUSES:
-            self._deletes.popitem(last=False)
+        status = DeleteStatus(new_job_id(), room_id)
 
         async def run() -> None:
             status.status = "purging" if purge else "shutting_down"
@@ -422,24 +412,19 @@ class AdminHandler:
                 log.exception("deleting room %s failed", room_id)
                 status.status, status.error = "failed", type(e).__name__
 
-        task = asyncio.create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._deletes.start(status.delete_id, status, run())
         return status.delete_id
 
     def delete_status(self, delete_id: str) -> dict[str, Any]:
-        status = self._deletes.get(delete_id)
-        if status is None:
-            raise not_found("Delete ID not found")
-        return status.to_json()
+        return self._deletes.get(delete_id).to_json()
 
     def delete_statuses(self, room_id: str) -> dict[str, Any]:
-        results = [s.to_json() for s in self._deletes.values() if s.room_id == room_id]
+        results = [s.to_json() for s in self._deletes.statuses() if s.room_id == room_id]
         if not results:
             raise not_found("No delete task for this room")
         return {"results": results}
 
     async def wait_for_deletes(self) -> None:
-        """Let background deletions finish (shutdown and tests)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        """Let background deletions and purges finish (shutdown and tests)."""
+        await self._deletes.wait()
+        await self._purges.wait()

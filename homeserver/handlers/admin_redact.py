@@ -26,10 +26,7 @@ are forgotten first), and are lost on restart, as room deletions' are.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import secrets
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +41,7 @@ from homeserver.errors import (
     optional_bool,
     optional_str,
 )
+from homeserver.handlers.admin_jobs import JobTable, new_job_id
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.redaction import send_redaction
 from homeserver.storage.accounts import AccountStore
@@ -148,8 +146,7 @@ class UserRedactor:
         self.creator = creator
         self.accounts = accounts
         self.server_name = server_name
-        self._statuses: OrderedDict[str, RedactStatus] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: JobTable[RedactStatus] = JobTable(MAX_REDACT_STATUSES, "Unknown redact ID")
         self._stopping = False
 
     def _is_local(self, user_id: str) -> bool:
@@ -164,15 +161,10 @@ class UserRedactor:
                 raise not_found(f"Room not found: {room_id}")
         rooms = job.rooms or await self._rooms_of(job.user_id)
         # No await from this check to the insert: two jobs for one user would redact twice.
-        if any(s.user_id == job.user_id and s.running for s in self._statuses.values()):
+        if any(s.user_id == job.user_id and s.running for s in self._jobs.statuses()):
             raise MatrixError(400, Codes.UNKNOWN, f"Redact already in progress for user {job.user_id}")
-        status = RedactStatus(secrets.token_urlsafe(12), job.user_id)
-        self._statuses[status.redact_id] = status
-        while len(self._statuses) > MAX_REDACT_STATUSES:
-            self._statuses.popitem(last=False)
-        task = asyncio.create_task(self._run(status, admin_id, job, rooms))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        status = RedactStatus(new_job_id(), job.user_id)
+        self._jobs.start(status.redact_id, status, self._run(status, admin_id, job, rooms))
         log.info("admin %s started redaction %s of %s's events", admin_id, status.redact_id, job.user_id)
         return status.redact_id
 
@@ -182,16 +174,12 @@ class UserRedactor:
         return tuple(sorted(room for room, _, _, _ in await self.events.get_memberships_for_user(user_id)))
 
     def status(self, redact_id: str) -> dict[str, Any]:
-        status = self._statuses.get(redact_id)
-        if status is None:
-            raise not_found(f"redact id '{redact_id}' not found")
-        return status.to_json()
+        return self._jobs.get(redact_id).to_json()
 
     async def stop(self) -> None:
         """Shutdown: running jobs stop after their current redaction (status "failed")."""
         self._stopping = True
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._jobs.wait()
 
     async def _run(self, status: RedactStatus, admin_id: str, job: RedactJob, rooms: tuple[str, ...]) -> None:
         status.status = "active"
