@@ -148,6 +148,10 @@ class RateLimitConfig:
     federation_burst: int = 500
     federation_unauthenticated_per_second: float = 1.0
     federation_unauthenticated_burst: int = 20
+    # Validation emails (…/requestToken), per address and per client address (Synapse's
+    # rc_3pid_validation: one every ~5 minutes, 5 at once).
+    threepid_validation_per_second: float = 0.003
+    threepid_validation_burst: int = 5
 
 
 @dataclass(slots=True)
@@ -234,6 +238,32 @@ class OAuthConfig:
     # Access tokens issued through it expire after this long (the spec wants them
     # short-lived); clients renew them with their refresh token.
     access_token_lifetime_ms: int = 300_000
+
+
+@dataclass(slots=True)
+class EmailConfig:
+    """Email (off by default): addresses on accounts, and password resets by email. The
+    server sends validation links through this SMTP server."""
+
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_pass: str | None = None
+    # A file holding the SMTP password (instead of smtp_pass).
+    smtp_pass_file: str | None = None
+    # TLS from the first byte (SMTPS, usually port 465).
+    force_tls: bool = False
+    # Refuse to send unless the server offers STARTTLS.
+    require_transport_security: bool = False
+    # Use STARTTLS when the server offers it.
+    enable_tls: bool = True
+    # The sender, e.g. "Example Matrix <noreply@example.org>".
+    notif_from: str = ""
+    # The name emails use for the service.
+    app_name: str = "Matrix"
+    # How long a validation link works, and a validated session may be used.
+    validation_token_lifetime_ms: int = 3_600_000
 
 
 @dataclass(slots=True)
@@ -353,6 +383,7 @@ class Config:
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
@@ -408,6 +439,7 @@ _NESTED: dict[str, type[Any]] = {
     "DelayedEventsConfig": DelayedEventsConfig,
     "RtcConfig": RtcConfig,
     "OAuthConfig": OAuthConfig,
+    "EmailConfig": EmailConfig,
     "TracingConfig": TracingConfig,
 }
 
@@ -434,6 +466,7 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_retention(cfg.retention)
     _check_media(cfg.media)
     _check_tracing(cfg.tracing)
+    _check_email(cfg)
     oauth_lifetime = cfg.oauth.access_token_lifetime_ms
     if type(oauth_lifetime) is not int or not 10_000 <= oauth_lifetime <= 86_400_000:
         raise ConfigError("oauth.access_token_lifetime_ms must be between 10000 (10 s) and 86400000 (a day)")
@@ -486,6 +519,45 @@ def _check_tracing(tracing: TracingConfig) -> None:
     delay = tracing.export_delay_ms
     if type(delay) is not int or not 10 <= delay <= 600_000:
         raise ConfigError("tracing.export_delay_ms must be a whole number from 10 to 600000")
+
+
+def _check_email(cfg: Config) -> None:
+    email = cfg.email
+    for name in ("enabled", "force_tls", "require_transport_security", "enable_tls"):
+        if not isinstance(getattr(email, name), bool):
+            raise ConfigError(f"email.{name} must be true or false")
+    port, lifetime = email.smtp_port, email.validation_token_lifetime_ms
+    if type(port) is not int or not 0 < port < 65536:
+        raise ConfigError("email.smtp_port must be a port number")
+    if type(lifetime) is not int or not 60_000 <= lifetime <= 7 * 86_400_000:
+        raise ConfigError("email.validation_token_lifetime_ms must be from 60000 (a minute) to a week")
+    for name in ("smtp_host", "notif_from", "app_name"):
+        if not isinstance(getattr(email, name), str):
+            raise ConfigError(f"email.{name} must be a string")
+    for name in ("smtp_user", "smtp_pass", "smtp_pass_file"):
+        if getattr(email, name) is not None and not isinstance(getattr(email, name), str):
+            raise ConfigError(f"email.{name} must be a string")
+    if email.smtp_pass is not None and email.smtp_pass_file is not None:
+        raise ConfigError("email: set smtp_pass or smtp_pass_file, not both")
+    if email.force_tls and email.require_transport_security:
+        raise ConfigError(
+            "email: set force_tls (TLS from the start) or require_transport_security (STARTTLS)"
+        )
+    if not email.enabled:
+        return
+    if not email.smtp_host:
+        raise ConfigError("email.smtp_host is required when email is enabled")
+    if "@" not in email.notif_from:
+        raise ConfigError(
+            'email.notif_from is required when email is enabled, e.g. "Example <noreply@example.org>"'
+        )
+    if email.smtp_pass_file is not None:
+        path = cfg.resolve_path(email.smtp_pass_file)
+        try:
+            with open(path) as f:
+                email.smtp_pass = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"email.smtp_pass_file: cannot read {path} ({e.strerror})") from None
 
 
 def _check_voip(voip: VoipConfig) -> None:
@@ -632,4 +704,15 @@ oauth:
   # The spec's OAuth 2.0 API: apps such as Element X sign users in through the browser, on
   # this server's own sign-in page. The password login keeps working either way.
   enabled: false
+
+email:
+  # Email addresses on accounts, login by address and "forgot password" links, sent
+  # through this SMTP server (see config/README.md, `email`).
+  enabled: false
+  # smtp_host: smtp.example.org
+  # smtp_port: 587
+  # smtp_user: matrix@example.org
+  # smtp_pass_file: config/smtp_password
+  # require_transport_security: true
+  # notif_from: "Example Matrix <noreply@example.org>"
 """

@@ -13,8 +13,8 @@ GET /_synapse/admin/v1/users/{userId}/cumulative_joined_room_count?from_ts=<ms>
     {"cumulative_joined_room_count": n}: the rooms the user joined at or after from_ts,
     left since or not (homeserver/storage/membership_counts.py)
 
-The two lookups answer 404 M_NOT_FOUND "User not found" when no user matches; this server
-keeps no third-party identifiers (homeserver/api/threepids.py), so the 3PID one always does.
+The two lookups answer 404 M_NOT_FOUND "User not found" when no user matches (email
+addresses are matched lower-cased, as they are stored: homeserver/handlers/threepids.py).
 The per-user ones take local users only: 400 for a remote user, 404 for an unknown one.
 """
 
@@ -61,7 +61,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
 
     async def by_threepid(request: web.Request) -> web.Response:
         await require_admin(hs, request)
-        raise not_found("User not found")
+        medium, address = request.match_info["medium"], request.match_info["address"]
+        if medium == "email":
+            address = address.strip().lower()
+        found = await admin.threepids.user_for(medium, address)
+        if found is None:
+            raise not_found("User not found")
+        return json_response({"user_id": found})
 
     async def local_user(request: web.Request) -> str:
         await require_admin(hs, request)

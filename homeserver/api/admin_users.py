@@ -36,7 +36,7 @@ from homeserver.server import HomeServer
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     admin = app[ADMIN_KEY]
-    users = AdminUsers(admin, get_profile_handler(app, hs))
+    users = AdminUsers(admin, get_profile_handler(app, hs), email_enabled=hs.config.email.enabled)
     devices = get_device_handler(app, hs)
     push = services(app, hs).push
 

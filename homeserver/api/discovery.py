@@ -103,7 +103,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     "m.change_password": {"enabled": True},
                     "m.set_displayname": {"enabled": True},
                     "m.set_avatar_url": {"enabled": True},
-                    "m.3pid_changes": {"enabled": False},
+                    "m.3pid_changes": {"enabled": hs.config.email.enabled},
                     "m.get_login_token": {"enabled": True},
                     "m.profile_fields": PROFILE_FIELDS,
                     **moderation,

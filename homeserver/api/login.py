@@ -14,12 +14,15 @@ from homeserver.handlers.sso import sso_login_flow
 from homeserver.server import HomeServer
 from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import login_token_store
+from homeserver.storage.threepids import ThreepidStore
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     login_handler = LoginHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, login_token_store(hs.db)
     )
+    if hs.config.email.enabled:
+        login_handler.threepids = ThreepidStore(hs.db)
     uia = get_uia(app, hs)
     devices = get_device_handler(app, hs)
     auth = hs.auth

@@ -1,25 +1,43 @@
 """Third-party identifiers (email addresses, phone numbers) on accounts.
 
-This server binds none: it sends no email or SMS and talks to no identity server, and it
-says so in the `m.3pid_changes` capability. The endpoints still answer as the spec has a
-server without the medium answer, so clients show a clear reason instead of an unknown
-endpoint: asking for a validation token gets 400 `M_THREEPID_MEDIUM_NOT_SUPPORTED` (once
-the request is well formed), adding an identifier finds no validated session
-(`M_THREEPID_AUTH_FAILED`), binding through an identity server gets
-`M_SERVER_NOT_TRUSTED`, and removing one (there are none) succeeds with
-`id_server_unbind_result: no-support`.
+With `email.enabled` (homeserver/handlers/threepids.py does the work): `…/requestToken` for
+email sends a validation link (registering: the address must be free; adding to an account:
+free too; resetting a password: it must belong to an account, else `M_THREEPID_NOT_FOUND`),
+the link's page validates the session (the password reset page asks to confirm with a POST
+first, as Synapse's does, so that a mail scanner fetching the link validates nothing),
+`/account/3pid/add` (behind user-interactive auth) binds the validated address,
+`/account/3pid/delete` removes one, `GET /account/3pid` lists them, and `m.3pid_changes`
+is true. The links' pages are Synapse's paths:
+
+GET  /_matrix/client/unstable/registration/email/submit_token?sid&client_secret&token
+GET  /_matrix/client/unstable/add_threepid/email/submit_token?sid&client_secret&token
+GET, POST /_synapse/client/password_reset/email/submit_token?sid&client_secret&token
+
+Phone numbers (msisdn) are never supported, and no identity server is used. Without email,
+the endpoints answer as the spec has a server without the medium answer, so clients show a
+clear reason instead of an unknown endpoint: asking for a validation token gets 400
+`M_THREEPID_MEDIUM_NOT_SUPPORTED` (once the request is well formed), adding an identifier
+finds no validated session (`M_THREEPID_AUTH_FAILED`), and removing one succeeds with
+`id_server_unbind_result: no-support`. Binding through an identity server always gets
+`M_SERVER_NOT_TRUSTED`.
 """
 
 from __future__ import annotations
 
 import re
+from html import escape
 from typing import Any
 
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.api.pages import error_page, page
+from homeserver.api.register import client_address, get_uia
 from homeserver.errors import Codes, MatrixError, bad_json, require_str
+from homeserver.handlers.mailer import Mailer
+from homeserver.handlers.threepids import SUBMIT_PATHS, ThreepidHandler, TokenRequest, canonical_email
 from homeserver.server import HomeServer
+from homeserver.storage.threepids import ThreepidStore
 
 # The spec's grammar for client_secret.
 CLIENT_SECRET = re.compile(r"[0-9a-zA-Z.=_-]{1,255}")
@@ -62,24 +80,44 @@ def not_supported(medium: str) -> MatrixError:
 
 def setup(app: web.Application, hs: HomeServer) -> None:
     auth = hs.auth
+    email = hs.config.email.enabled
+    handler: ThreepidHandler | None = None
+    if email:
+        store = ThreepidStore(hs.db)
+        uia = get_uia(app, hs)
+        handler = ThreepidHandler(hs.config, store, Mailer(hs.config.email), uia, hs.clock)
+        uia.email = handler
+        uia.threepids = store
 
     async def threepids(request: web.Request) -> web.Response:
-        await auth.get_requester(request)
-        return json_response({"threepids": []})
+        requester = await auth.get_requester(request)
+        found = await handler.list(requester.user_id) if handler else []
+        return json_response({"threepids": [t.to_json() for t in found]})
 
-    def request_token(medium: str) -> Any:
-        async def handler(request: web.Request) -> web.Response:
-            check_token_request(medium, await read_json(request))
-            raise not_supported(medium)
+    def request_token(purpose: str, medium: str) -> Any:
+        async def on_request(request: web.Request) -> web.Response:
+            body = await read_json(request)
+            check_token_request(medium, body)
+            if handler is None or medium != "email":
+                raise not_supported(medium)
+            if purpose == "register" and not hs.config.registration.enabled:
+                raise MatrixError(403, Codes.FORBIDDEN, "Registration is disabled")
+            req = TokenRequest(
+                purpose, body["client_secret"], canonical_email(body["email"]), body["send_attempt"]
+            )
+            return json_response(await handler.request_token(req, client_address(request)))
 
-        return handler
+        return on_request
 
     async def add(request: web.Request) -> web.Response:
-        await auth.get_requester(request)
+        requester = await auth.get_requester(request)
         body = await read_json(request)
-        _client_secret(body)
-        require_str(body, "sid")
-        raise MatrixError(400, Codes.THREEPID_AUTH_FAILED, "No validated third-party identifier session")
+        client_secret = _client_secret(body)
+        sid = require_str(body, "sid")
+        if handler is None:
+            raise MatrixError(400, Codes.THREEPID_AUTH_FAILED, "No validated third-party identifier session")
+        await handler.add(requester, body, client_secret, sid)
+        return json_response({})
 
     async def add_legacy(request: web.Request) -> web.Response:
         await auth.get_requester(request)
@@ -99,16 +137,62 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         raise MatrixError(400, Codes.SERVER_NOT_TRUSTED, "This server does not use identity servers")
 
     async def remove(request: web.Request) -> web.Response:
-        """/delete and /unbind: the account has no identifier to remove, and no identity
-        server knows of one through this server."""
-        await auth.get_requester(request)
+        """/delete removes the identifier from the account (if it is there); /unbind has
+        nothing to do: no identity server knows of one through this server."""
+        requester = await auth.get_requester(request)
         body = await read_json(request)
-        if require_str(body, "medium") not in MEDIA:
+        medium = require_str(body, "medium")
+        if medium not in MEDIA:
             raise MatrixError(400, Codes.INVALID_PARAM, "medium must be email or msisdn")
-        require_str(body, "address")
+        address = require_str(body, "address")
         if "id_server" in body and not isinstance(body["id_server"], str):
             raise bad_json("id_server must be a string")
+        if handler is not None and request.path.endswith("/delete"):
+            await handler.remove(requester.user_id, medium, address)
         return json_response({"id_server_unbind_result": "no-support"})
+
+    async def submit_params(request: web.Request) -> tuple[str, str, str] | None:
+        """(sid, client_secret, token) from the link's query (or the confirmation form)."""
+        values = dict(request.query)
+        if request.method == "POST":
+            values.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
+        sid, secret, token = (values.get(k) for k in ("sid", "client_secret", "token"))
+        if not sid or not secret or not token:
+            return None
+        return sid, secret, token
+
+    def submit_page(purpose: str) -> Any:
+        async def on_submit(request: web.Request) -> web.Response:
+            params = await submit_params(request)
+            if handler is None:
+                return error_page("Email", "This server does not validate email addresses", status=404)
+            if params is None:
+                return error_page("Email validation", "This link is incomplete: open it as it was sent")
+            sid, secret, token = params
+            if purpose == "account/password" and request.method == "GET":
+                # Confirm first: mail scanners that fetch links must not validate anything.
+                hidden = "".join(
+                    f'<input type="hidden" name="{k}" value="{escape(v)}">'
+                    for k, v in (("sid", sid), ("client_secret", secret), ("token", token))
+                )
+                return page(
+                    "Reset your password",
+                    "<p>You asked to reset the password of your account on "
+                    f"{escape(hs.server_name)}. Confirm to continue in your app.</p>"
+                    f'<form method="post">{hidden}<button type="submit">Confirm</button></form>',
+                )
+            try:
+                await handler.validate_token(sid, secret, token)
+            except MatrixError as e:
+                return error_page("Email validation", e.message)
+            then = (
+                "Return to your app to choose a new password."
+                if purpose == "account/password"
+                else "Return to your app to continue."
+            )
+            return page("Email validated", f"<p>Your email address has been validated. {then}</p>")
+
+        return on_submit
 
     routes = [
         web.get(V3 + "/account/3pid", threepids),
@@ -120,5 +204,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     ]
     for purpose in TOKEN_PURPOSES:
         for medium in MEDIA:
-            routes.append(web.post(f"{V3}/{purpose}/{medium}/requestToken", request_token(medium)))
+            routes.append(web.post(f"{V3}/{purpose}/{medium}/requestToken", request_token(purpose, medium)))
+        routes.append(web.get(SUBMIT_PATHS[purpose], submit_page(purpose)))
+    routes.append(web.post(SUBMIT_PATHS["account/password"], submit_page("account/password")))
     app.router.add_routes(routes)

@@ -33,6 +33,7 @@ from homeserver.storage.admin import AdminStore, RoomSummary, UserRow
 from homeserver.storage.aliases import AliasStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.external_ids import ExternalIdStore
+from homeserver.storage.threepids import ThreepidStore
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class AdminHandler:
         self.clock = clock
         self.server_name = server_name
         self.external_ids = ExternalIdStore(store.db)
+        self.threepids = ThreepidStore(store.db)
         self.deactivator = Deactivator(accounts, devices, auth, events, creator)
         self._deletes: JobTable[DeleteStatus] = JobTable(MAX_DELETE_STATUSES, "Delete ID not found")
         self._purges: JobTable[PurgeStatus] = JobTable(
@@ -224,7 +226,8 @@ class AdminHandler:
         out = user_json(user)
         links = await self.external_ids.of_user(user_id)
         external_ids = [{"auth_provider": p, "external_id": e} for p, e in links]
-        out.update(threepids=[], external_ids=external_ids, appservice_id=None, consent_version=None)
+        threepids = [t.to_json() for t in await self.threepids.of_user(user_id)]
+        out.update(threepids=threepids, external_ids=external_ids, appservice_id=None, consent_version=None)
         out["devices"] = len(await self.accounts.list_devices(user_id))
         return out
 

@@ -3,8 +3,9 @@
 deactivation; an unknown user is created.
 
 Profile changes go through the profile handler, so they reach the user's rooms as other
-profile changes do. Third-party identifiers and external IDs are not kept on this server:
-asking to set any is refused rather than dropped.
+profile changes do. `threepids` and `external_ids` replace the user's email addresses
+(validated now) and single sign-on links; an address or link of another user is a 409.
+Without email configured, asking to set addresses is refused rather than dropped.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from homeserver.handlers.admin import AdminHandler
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.profile import AVATAR_URL, DISPLAYNAME, ProfileHandler
 from homeserver.handlers.registration import validate_password
+from homeserver.handlers.threepids import canonical_email
 from homeserver.handlers.users import create_account
 
 USER_TYPES = (None, "bot", "support")
 FLAGS = ("admin", "deactivated", "locked", "logout_devices")
 
 
-def check_body(body: Mapping[str, Any]) -> None:
+def check_body(body: Mapping[str, Any], threepids_allowed: bool = False) -> None:
     """The field types (the values themselves are checked where they are used)."""
     for key in FLAGS:
         if key in body and not isinstance(body[key], bool):
@@ -37,8 +39,15 @@ def check_body(body: Mapping[str, Any]) -> None:
         value = body.get(key)
         if value is not None and not isinstance(value, list):
             raise bad_json(f"{key} must be a list")
-    if body.get("threepids"):
+    if body.get("threepids") and not threepids_allowed:
         raise MatrixError(400, Codes.INVALID_PARAM, "threepids are not supported on this server")
+    for threepid in body.get("threepids") or []:
+        if not isinstance(threepid, dict) or not all(
+            isinstance(threepid.get(k), str) and threepid[k] for k in ("medium", "address")
+        ):
+            raise bad_json("each of threepids needs a medium and an address")
+        if threepid["medium"] not in ("email", "msisdn"):
+            raise MatrixError(400, Codes.INVALID_PARAM, "medium must be email or msisdn")
     for link in body.get("external_ids") or []:
         if not isinstance(link, dict) or not all(
             isinstance(link.get(k), str) and link[k] for k in ("auth_provider", "external_id")
@@ -50,11 +59,20 @@ def external_links(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(link["auth_provider"], link["external_id"]) for link in body["external_ids"]]
 
 
+def threepid_list(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (t["medium"], canonical_email(t["address"]) if t["medium"] == "email" else t["address"])
+        for t in body["threepids"] or []
+    ]
+
+
 class AdminUsers:
-    def __init__(self, admin: AdminHandler, profiles: ProfileHandler) -> None:
+    def __init__(self, admin: AdminHandler, profiles: ProfileHandler, *, email_enabled: bool = False) -> None:
         self.admin = admin
         self.profiles = profiles
         self.accounts = admin.accounts
+        # Email is configured: accounts may have addresses (see homeserver/handlers/threepids.py).
+        self.email_enabled = email_enabled
 
     async def put(
         self, requester: Requester, user_id: str, body: Mapping[str, Any]
@@ -65,7 +83,7 @@ class AdminUsers:
         localpart = user_id[1:].partition(":")[0]
         if not user_id.startswith("@") or localpart != localpart.lower():
             raise MatrixError(400, Codes.INVALID_USERNAME, "User IDs here are lower case")
-        check_body(body)
+        check_body(body, self.email_enabled)
         password = body.get("password")
         if password is not None:
             validate_password(password)
@@ -76,6 +94,10 @@ class AdminUsers:
                 owner = await self.admin.external_ids.user_for(provider, external_id)
                 if owner not in (None, user_id):
                     raise MatrixError(409, Codes.UNKNOWN, "External ID is already in use")
+        if "threepids" in body:
+            for medium, address in threepid_list(body):
+                if await self.admin.threepids.user_for(medium, address) not in (None, user_id):
+                    raise MatrixError(409, Codes.THREEPID_IN_USE, "Threepid is already in use")
         if existing is None:
             await self._create(requester, user_id, body)
             await self._links(user_id, body)
@@ -106,6 +128,10 @@ class AdminUsers:
             user_id, external_links(body)
         ):
             raise MatrixError(409, Codes.UNKNOWN, "External ID is already in use")
+        if "threepids" in body and not await self.admin.threepids.replace_for_user(
+            user_id, threepid_list(body), self.admin.clock.time_ms()
+        ):
+            raise MatrixError(409, Codes.THREEPID_IN_USE, "Threepid is already in use")
 
     async def set_admin(self, requester: Requester, user_id: str, flag: bool) -> None:
         await self.admin.query_user(user_id)  # 404 for an unknown user, 400 for a remote one

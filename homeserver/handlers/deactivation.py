@@ -1,6 +1,8 @@
 """Closing an account, for the user (POST /account/deactivate, the OAuth account pages) and
 for a server admin alike: signed out everywhere, locked, optionally erased, and out of its
-rooms. Its delayed events go with the account row's update (storage/accounts.py)."""
+rooms. Its delayed events and email addresses go with the account row's update
+(storage/accounts.py): an address of a closed account is free for another and resets no
+password."""
 
 from __future__ import annotations
 

@@ -36,9 +36,10 @@ from homeserver.handlers.uia import (
     STAGE_DUMMY,
     STAGE_REGISTRATION_TOKEN,
     Flow,
+    ThreepidLookup,
     UserInteractiveAuth,
     check_password_login,
-    user_id_from_identifier,
+    identify_user,
     valid_token_syntax,
 )
 from homeserver.handlers.users import create_account, validate_localpart
@@ -352,6 +353,8 @@ class LoginHandler:
         self.clock = clock
         self.login_tokens = login_tokens
         self.limiter = login_limiter(config, clock)
+        # Email is configured: users may name themselves by address (m.id.thirdparty).
+        self.threepids: ThreepidLookup | None = None
 
     def flows(self) -> list[dict[str, Any]]:
         # `get_login_token`: a signed-in device can issue tokens (POST /login/get_token).
@@ -392,7 +395,7 @@ class LoginHandler:
         if login_type == "m.login.token":
             user_id = await self._token_user(body)
         else:
-            claimed = user_id_from_identifier(body, server_name)
+            claimed = await identify_user(body, server_name, self.threepids)
             try:
                 user_id = await check_password_login(
                     self.accounts, self.passwords, server_name, claimed, body.get("password")
@@ -466,7 +469,7 @@ class AccountHandler:
         logout_devices = optional_bool(body, "logout_devices", True)
         result = await self.uia.check(
             operation="POST /account/password",
-            flows=self.uia.user_flows(),
+            flows=self.uia.password_flows(requester is not None),
             auth=body.get("auth"),
             requester=requester.user_id if requester else None,
         )
@@ -496,7 +499,7 @@ class AccountHandler:
         assert user_id is not None
         await self.uia.finish(result)
         await self.deactivator.deactivate(user_id, erase=erase)
-        # No third-party identifiers are bound through this server.
+        # No identity server knows of this server's third-party identifiers.
         return {"id_server_unbind_result": "no-support"}
 
 

@@ -40,7 +40,12 @@ STAGE_SSO = "m.login.sso"
 # For devices signed in through the OAuth 2.0 API: the user approves the action in the
 # account pages (homeserver/api/oauth.py), then the client sends `auth` with the session only.
 STAGE_OAUTH = "m.oauth"
-SUPPORTED_STAGES = frozenset({STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH})
+# A validated email session (homeserver/handlers/threepids.py): offered for password resets
+# without an access token, when email is configured.
+STAGE_EMAIL = "m.login.email.identity"
+SUPPORTED_STAGES = frozenset(
+    {STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH, STAGE_EMAIL}
+)
 
 SESSION_TTL_MS = 15 * 60 * 1000
 MAX_SESSIONS = 10_000
@@ -64,13 +69,27 @@ class OAuthApprovals(Protocol):
     def reset_url(self) -> str: ...
 
 
+class EmailIdentity(Protocol):
+    """What the `m.login.email.identity` stage needs (homeserver/handlers/threepids.py)."""
+
+    async def user_for_creds(self, creds: Any) -> str: ...
+
+
+class ThreepidLookup(Protocol):
+    """The account an address belongs to (homeserver/storage/threepids.py)."""
+
+    async def user_for(self, medium: str, address: str) -> str | None: ...
+
+
 class StageFailed(Exception):
     """A stage attempt that failed but may be retried (401 with errcode/error)."""
 
-    def __init__(self, errcode: Codes | str, message: str) -> None:
+    def __init__(self, errcode: Codes | str, message: str, *, counts: bool = True) -> None:
         super().__init__(message)
         self.errcode = str(errcode)
         self.message = message
+        # False: not a guess, so not one of the failed attempts that end a session.
+        self.counts = counts
 
 
 @dataclass(slots=True)
@@ -124,11 +143,35 @@ class UIAResult:
 # User identification (shared with /login) -----------------------------------------------
 
 
+def _thirdparty(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(medium, address) of an `m.id.thirdparty` identifier (or the legacy top-level pair)."""
+    identifier = body.get("identifier")
+    if identifier is None and "user" not in body and "medium" in body and "address" in body:
+        identifier = {"type": "m.id.thirdparty", "medium": body["medium"], "address": body["address"]}
+    if not isinstance(identifier, dict) or identifier.get("type") != "m.id.thirdparty":
+        return None
+    medium, address = identifier.get("medium"), identifier.get("address")
+    if not isinstance(medium, str) or not isinstance(address, str):
+        raise bad_json("identifier.medium and identifier.address must be strings")
+    return medium, address.strip().lower() if medium == "email" else address
+
+
+async def identify_user(body: Mapping[str, Any], server_name: str, threepids: ThreepidLookup | None) -> str:
+    """`user_id_from_identifier`, and with `threepids` (email is configured) the account an
+    `m.id.thirdparty` address belongs to; an unknown address is refused as a wrong password is."""
+    if threepids is not None and (found := _thirdparty(body)) is not None:
+        user_id = await threepids.user_for(*found)
+        if user_id is None:
+            raise MatrixError(403, Codes.FORBIDDEN, "Invalid username or password")
+        return user_id
+    return user_id_from_identifier(body, server_name)
+
+
 def user_id_from_identifier(body: Mapping[str, Any], server_name: str) -> str:
     """The user ID named by a login/UIA body's `identifier` (or legacy `user`).
 
-    Third-party identifiers are refused with 403: this server binds no 3PIDs,
-    and the spec asks for 403 when the 3PID is unknown.
+    Third-party identifiers are refused with 403 (`identify_user` resolves them when
+    email is configured); the spec asks for 403 when the 3PID is unknown.
     """
     identifier = body.get("identifier")
     if identifier is None:
@@ -218,11 +261,21 @@ class UserInteractiveAuth:
         self.sso_enabled = False
         # The OAuth 2.0 API is on: its devices re-authenticate through the account pages.
         self.oauth: OAuthApprovals | None = None
+        # Email is configured: addresses identify users, and prove them in password resets.
+        self.email: EmailIdentity | None = None
+        self.threepids: ThreepidLookup | None = None
 
     def user_flows(self) -> list[Flow]:
         """The flows re-authenticating a signed-in user: the password, or single sign-on
         (the only way for users who signed up through it, and have no password)."""
         return [[STAGE_PASSWORD], [STAGE_SSO]] if self.sso_enabled else [[STAGE_PASSWORD]]
+
+    def password_flows(self, authenticated: bool) -> list[Flow]:
+        """Flows for changing the password: `user_flows`, and without an access token (a
+        forgotten password) a validated email address when email is configured."""
+        if authenticated or self.email is None:
+            return self.user_flows()
+        return [*self.user_flows(), [STAGE_EMAIL]]
 
     async def reset_flows(self, user_id: str, device_id: str) -> tuple[list[Flow], dict[str, Any]]:
         """Flows and params for replacing cross-signing keys: `m.oauth` for a device signed in
@@ -324,7 +377,7 @@ class UserInteractiveAuth:
                 try:
                     await self._run_stage(session, stage, auth)
                 except StageFailed as e:
-                    session.failures += 1
+                    session.failures += 1 if e.counts else 0
                     if session.failures >= MAX_FAILED_ATTEMPTS:
                         raise MatrixError(403, Codes.FORBIDDEN, "Too many failed attempts") from None
                     self._require(session, flows, params, e.errcode, e.message)
@@ -429,6 +482,8 @@ class UserInteractiveAuth:
             if self.oauth is None or owner is None or not await self.oauth.take_reset_approval(owner):
                 raise StageFailed(Codes.FORBIDDEN, "Approve this in your account page first")
             session.user_id = owner
+        elif stage == STAGE_EMAIL:
+            await self._email_stage(session, auth)
         elif stage == STAGE_SSO:
             raise StageFailed(
                 Codes.FORBIDDEN, "Complete single sign-on in a browser (the fallback page) first"
@@ -436,7 +491,7 @@ class UserInteractiveAuth:
 
     async def _password_stage(self, session: UIASession, auth: Mapping[str, Any]) -> None:
         try:
-            claimed = user_id_from_identifier(auth, self.server_name)
+            claimed = await identify_user(auth, self.server_name, self.threepids)
             user_id = await check_password_login(
                 self.accounts, self.passwords, self.server_name, claimed, auth.get("password")
             )
@@ -446,6 +501,24 @@ class UserInteractiveAuth:
             raise StageFailed(e.errcode, e.message) from None
         if session.owner is not None and user_id != session.owner:
             raise StageFailed(Codes.FORBIDDEN, "The password given is not for the logged-in user")
+        if session.user_id is not None and user_id != session.user_id:
+            raise StageFailed(Codes.FORBIDDEN, "A different user already authenticated in this session")
+        session.user_id = user_id
+
+    async def _email_stage(self, session: UIASession, auth: Mapping[str, Any]) -> None:
+        if self.email is None:
+            raise StageFailed(Codes.UNRECOGNIZED, "Email is not configured on this server")
+        creds = auth.get("threepid_creds", auth.get("threepidCreds"))  # the latter: older clients
+        try:
+            user_id = await self.email.user_for_creds(creds)
+        except MatrixError as e:
+            if e.errcode != Codes.THREEPID_AUTH_FAILED:
+                raise
+            # Not counted (session IDs cannot be guessed), so a client may keep asking while
+            # its user opens the link.
+            raise StageFailed(e.errcode, e.message, counts=False) from None
+        if session.owner is not None and user_id != session.owner:
+            raise StageFailed(Codes.FORBIDDEN, "The email address is not the logged-in user's")
         if session.user_id is not None and user_id != session.user_id:
             raise StageFailed(Codes.FORBIDDEN, "A different user already authenticated in this session")
         session.user_id = user_id

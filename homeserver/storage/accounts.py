@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.cs_schema import delayed_events, oauth_sessions, profile_fields, spent_refresh_tokens
+from homeserver.storage.cs_schema import (
+    delayed_events,
+    oauth_sessions,
+    profile_fields,
+    spent_refresh_tokens,
+    user_threepids,
+)
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 
@@ -158,6 +164,8 @@ class AccountStore:
             # Their scheduled events go too: sent later, they would fail (the user has left) or,
             # for an account that is reactivated, speak for it long after it was closed.
             await conn.execute(delete(delayed_events).where(delayed_events.c.user_id == user_id))
+            # Their email addresses are free again (as Synapse does), and reset no password.
+            await conn.execute(delete(user_threepids).where(user_threepids.c.user_id == user_id))
 
     async def reactivate(self, user_id: str, password_hash: str) -> None:
         async with self.db.write() as conn:

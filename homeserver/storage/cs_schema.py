@@ -413,3 +413,36 @@ rendezvous_sessions = Table(
     Column("expires_ts", BigInteger, nullable=False),
     Index("rendezvous_sessions_expiry", "expires_ts"),
 )
+
+# Third-party identifiers (email addresses) on accounts (migration 0032). Email addresses are
+# stored lower-cased; an address belongs to one account at most.
+user_threepids = Table(
+    "user_threepids",
+    metadata,
+    Column("medium", String(16), nullable=False),
+    Column("address", String(255), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("validated_at", BigInteger, nullable=False),
+    Column("added_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("medium", "address"),
+    Index("user_threepids_user", "user_id"),
+)
+
+# Validation sessions for `…/requestToken` (migration 0032): one per (client_secret, medium,
+# address), as the spec's send_attempt needs. Only the SHA-256 of the emailed token is kept;
+# `expires_ts` bounds both the link and, once validated, the session's use.
+threepid_validation_sessions = Table(
+    "threepid_validation_sessions",
+    metadata,
+    Column("session_id", String(64), primary_key=True),
+    Column("client_secret", String(255), nullable=False),
+    Column("medium", String(16), nullable=False),
+    Column("address", String(255), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("send_attempt", BigInteger, nullable=False),
+    Column("created_ts", BigInteger, nullable=False),
+    Column("validated_ts", BigInteger, nullable=True),
+    Column("expires_ts", BigInteger, nullable=False),
+    Index("threepid_validation_sessions_secret", "client_secret", "medium", "address", unique=True),
+    Index("threepid_validation_sessions_expiry", "expires_ts"),
+)

@@ -44,12 +44,17 @@ PUBLIC = {
     ("GET", C + "/register/m.login.registration_token/validity"),
     ("POST", C + "/account/password"),
     ("POST", C + "/account/deactivate"),
-    # Validation tokens for third-party identifiers (this server supports no medium).
+    # Validation tokens for third-party identifiers (email, when configured), and the pages
+    # their emailed links open (the link's token is the credential).
     *(
         ("POST", f"{C}/{purpose}/{medium}/requestToken")
         for purpose in ("register", "account/3pid", "account/password")
         for medium in ("email", "msisdn")
     ),
+    ("GET", "/_matrix/client/unstable/registration/email/submit_token"),
+    ("GET", "/_matrix/client/unstable/add_threepid/email/submit_token"),
+    ("GET", "/_synapse/client/password_reset/email/submit_token"),
+    ("POST", "/_synapse/client/password_reset/email/submit_token"),
     ("GET", C + "/profile/{user_id}"),
     ("GET", C + "/profile/{user_id}/{key}"),
     ("GET", C + "/directory/room/{alias}"),

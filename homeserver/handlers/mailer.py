@@ -1,0 +1,76 @@
+"""Sending email through the configured SMTP server (`email:` in the config).
+
+One job: hand a finished message to the SMTP server. What a message says is the caller's
+business (homeserver/handlers/threepids.py). Messages carry secrets (validation links), so
+nothing here logs more than the recipient's domain.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+import aiosmtplib
+
+from homeserver.config import EmailConfig
+
+log = logging.getLogger(__name__)
+
+# An SMTP server that does not answer within this is treated as down.
+SMTP_TIMEOUT_S = 30.0
+
+
+class MailError(Exception):
+    """The message could not be handed to the SMTP server."""
+
+
+def recipient_domain(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+class Mailer:
+    def __init__(self, config: EmailConfig) -> None:
+        self.config = config
+
+    def message(self, to: str, subject: str, text: str, html: str) -> EmailMessage:
+        msg = EmailMessage()
+        msg["From"] = self.config.notif_from
+        msg["To"] = to
+        msg["Subject"] = subject
+        msg["Date"] = formatdate(localtime=False)
+        sender_domain = recipient_domain(self.config.notif_from).rstrip(">") or None
+        msg["Message-ID"] = make_msgid(domain=sender_domain)
+        msg.set_content(text)
+        msg.add_alternative(html, subtype="html")
+        return msg
+
+    async def send(self, to: str, subject: str, text: str, html: str) -> None:
+        cfg = self.config
+        msg = self.message(to, subject, text, html)
+        # STARTTLS: required, opportunistic (None: when offered) or never.
+        start_tls: bool | None = (
+            True if cfg.require_transport_security else (None if cfg.enable_tls else False)
+        )
+        try:
+            await aiosmtplib.send(
+                msg,
+                hostname=cfg.smtp_host,
+                port=cfg.smtp_port,
+                username=cfg.smtp_user,
+                password=cfg.smtp_pass if cfg.smtp_user else None,
+                use_tls=cfg.force_tls,
+                start_tls=False if cfg.force_tls else start_tls,
+                timeout=SMTP_TIMEOUT_S,
+            )
+        except (aiosmtplib.SMTPException, OSError) as e:
+            # Only the error's type and SMTP code: the server's reply may quote the address.
+            code = getattr(e, "code", None)
+            log.warning(
+                "could not send email to a recipient at %s: %s%s",
+                recipient_domain(to),
+                type(e).__name__,
+                f" ({code})" if code is not None else "",
+            )
+            raise MailError(type(e).__name__) from None
+        log.info("sent email to a recipient at %s", recipient_domain(to))

@@ -1,0 +1,230 @@
+"""Third-party identifiers on accounts (`user_threepids`) and the validation sessions that
+prove them (`threepid_validation_sessions`), in the database so every worker sees them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from homeserver.storage.cs_schema import threepid_validation_sessions as sessions
+from homeserver.storage.cs_schema import user_threepids
+from homeserver.storage.engine import Database
+
+
+@dataclass(slots=True, frozen=True)
+class Threepid:
+    medium: str
+    address: str
+    validated_at: int
+    added_at: int
+
+    def to_json(self) -> dict[str, str | int]:
+        return {
+            "medium": self.medium,
+            "address": self.address,
+            "validated_at": self.validated_at,
+            "added_at": self.added_at,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class ValidationSession:
+    session_id: str
+    client_secret: str
+    medium: str
+    address: str
+    token_hash: str
+    send_attempt: int
+    validated_ts: int | None
+    expires_ts: int
+
+
+def _session(row: object) -> ValidationSession:
+    return ValidationSession(*row)  # type: ignore[misc]
+
+
+_SESSION_COLUMNS = (
+    sessions.c.session_id,
+    sessions.c.client_secret,
+    sessions.c.medium,
+    sessions.c.address,
+    sessions.c.token_hash,
+    sessions.c.send_attempt,
+    sessions.c.validated_ts,
+    sessions.c.expires_ts,
+)
+
+
+class ThreepidStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # A user's identifiers ---------------------------------------------------------------
+
+    async def of_user(self, user_id: str) -> list[Threepid]:
+        t = user_threepids.c
+        q = (
+            select(t.medium, t.address, t.validated_at, t.added_at)
+            .where(t.user_id == user_id)
+            .order_by(t.medium, t.address)
+        )
+        async with self.db.read() as conn:
+            return [Threepid(str(m), str(a), int(v), int(d)) for m, a, v, d in await conn.execute(q)]
+
+    async def user_for(self, medium: str, address: str) -> str | None:
+        t = user_threepids.c
+        q = select(t.user_id).where(t.medium == medium, t.address == address)
+        async with self.db.read() as conn:
+            found = (await conn.execute(q)).scalar_one_or_none()
+        return str(found) if found is not None else None
+
+    async def add(self, user_id: str, medium: str, address: str, validated_at: int, added_at: int) -> bool:
+        """Bind the address to the user; False if it belongs to another user. Adding one the
+        user already has refreshes its validation time."""
+        t = user_threepids.c
+        try:
+            async with self.db.write() as conn:
+                q = select(t.user_id).where(t.medium == medium, t.address == address)
+                owner = (await conn.execute(q)).scalar_one_or_none()
+                if owner is not None and owner != user_id:
+                    return False
+                if owner is None:
+                    await conn.execute(
+                        user_threepids.insert().values(
+                            user_id=user_id,
+                            medium=medium,
+                            address=address,
+                            validated_at=validated_at,
+                            added_at=added_at,
+                        )
+                    )
+                else:
+                    await conn.execute(
+                        update(user_threepids)
+                        .where(t.medium == medium, t.address == address)
+                        .values(validated_at=validated_at)
+                    )
+        except IntegrityError:
+            # Another request bound it meanwhile.
+            return await self.user_for(medium, address) == user_id
+        return True
+
+    async def remove(self, user_id: str, medium: str, address: str) -> bool:
+        """Unbind one of the user's addresses; False if the user did not have it."""
+        t = user_threepids.c
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                delete(user_threepids).where(t.user_id == user_id, t.medium == medium, t.address == address)
+            )
+        return bool(result.rowcount)
+
+    async def replace_for_user(self, user_id: str, threepids: list[tuple[str, str]], now: int) -> bool:
+        """Make `threepids` (medium, address) the user's only ones, validated now; False (and
+        nothing changed) if one of them belongs to another user."""
+        t = user_threepids.c
+        async with self.db.write() as conn:
+            for medium, address in threepids:
+                q = select(t.user_id).where(t.medium == medium, t.address == address)
+                owner = (await conn.execute(q)).scalar_one_or_none()
+                if owner is not None and owner != user_id:
+                    return False
+            await conn.execute(delete(user_threepids).where(t.user_id == user_id))
+            for medium, address in dict.fromkeys(threepids):
+                await conn.execute(
+                    user_threepids.insert().values(
+                        user_id=user_id, medium=medium, address=address, validated_at=now, added_at=now
+                    )
+                )
+        return True
+
+    async def remove_all(self, user_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(user_threepids).where(user_threepids.c.user_id == user_id))
+
+    # Validation sessions ----------------------------------------------------------------
+
+    async def session(self, session_id: str) -> ValidationSession | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(*_SESSION_COLUMNS).where(sessions.c.session_id == session_id))
+            ).first()
+        return _session(row) if row is not None else None
+
+    async def session_for_secret(
+        self, client_secret: str, medium: str, address: str
+    ) -> ValidationSession | None:
+        q = select(*_SESSION_COLUMNS).where(
+            sessions.c.client_secret == client_secret,
+            sessions.c.medium == medium,
+            sessions.c.address == address,
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).first()
+        return _session(row) if row is not None else None
+
+    async def start_session(
+        self,
+        session_id: str,
+        client_secret: str,
+        medium: str,
+        address: str,
+        token_hash: str,
+        send_attempt: int,
+        now: int,
+        expires_ts: int,
+    ) -> bool:
+        """A new session (expired ones are dropped first); False if one for the same
+        (client_secret, medium, address) appeared meanwhile."""
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(delete(sessions).where(sessions.c.expires_ts < now))
+                await conn.execute(
+                    sessions.insert().values(
+                        session_id=session_id,
+                        client_secret=client_secret,
+                        medium=medium,
+                        address=address,
+                        token_hash=token_hash,
+                        send_attempt=send_attempt,
+                        created_ts=now,
+                        validated_ts=None,
+                        expires_ts=expires_ts,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def new_token(
+        self, session_id: str, previous_attempt: int, send_attempt: int, token_hash: str, expires_ts: int
+    ) -> bool:
+        """A new token for a resend, unless another request took this send attempt (False).
+        Keeps the session's validation: the address was proven once."""
+        c = sessions.c
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(sessions)
+                .where(c.session_id == session_id, c.send_attempt == previous_attempt)
+                .values(send_attempt=send_attempt, token_hash=token_hash, expires_ts=expires_ts)
+            )
+        return bool(result.rowcount)
+
+    async def set_send_attempt(self, session_id: str, send_attempt: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(sessions).where(sessions.c.session_id == session_id).values(send_attempt=send_attempt)
+            )
+
+    async def mark_validated(self, session_id: str, now: int, expires_ts: int) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.session_id == session_id)
+                .values(validated_ts=now, expires_ts=expires_ts)
+            )
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(delete(sessions).where(sessions.c.session_id == session_id))

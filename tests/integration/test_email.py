@@ -1,0 +1,464 @@
+"""Email addresses on accounts and password resets by email, end to end: a real server
+sends its validation emails to a real SMTP server (tests/support/smtp.py), and the test
+follows the emailed links as a browser would."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import pytest
+
+from homeserver.api.register import UIA_KEY
+from homeserver.config import ConfigError, config_from_dict
+from homeserver.handlers.threepids import ThreepidHandler
+from tests.security.support import FakeClock
+from tests.support.http import RawClient
+from tests.support.server import RunningServer, run_server
+from tests.support.smtp import MailSink, Received, smtp_server
+
+FROM = "Sotto Test <noreply@example.org>"
+A1 = "/_synapse/admin/v1"
+A2 = "/_synapse/admin/v2"
+EMAIL_STAGE = "m.login.email.identity"
+
+
+def email_config(sink: MailSink, **extra: Any) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "smtp_host": sink.host,
+        "smtp_port": sink.port,
+        "notif_from": FROM,
+        "app_name": "Sotto Test",
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def email_server(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[RunningServer, MailSink]]:
+    async with smtp_server() as sink, run_server(str(tmp_path), email=email_config(sink), **overrides) as srv:
+        yield srv, sink
+
+
+async def signed_in(
+    server: RunningServer, http: aiohttp.ClientSession, localpart: str, password: str
+) -> RawClient:
+    """A new device of the user (created first if needed), logged in over HTTP."""
+    if not await server.hs.accounts.user_exists(f"@{localpart}:{server.server_name}"):
+        await server.register(localpart, password)
+    body = await login(http, server, {"type": "m.id.user", "user": localpart}, password)
+    return RawClient(http, server.base_url, body["access_token"], body["user_id"])
+
+
+async def login(
+    http: aiohttp.ClientSession,
+    server: RunningServer,
+    identifier: dict[str, str],
+    password: str,
+    status: int = 200,
+) -> dict[str, Any]:
+    body = {"type": "m.login.password", "identifier": identifier, "password": password}
+    async with http.post(f"{server.base_url}/_matrix/client/v3/login", json=body) as resp:
+        out: dict[str, Any] = await resp.json()
+        assert resp.status == status, out
+        return out
+
+
+async def request_token(
+    http: aiohttp.ClientSession,
+    server: RunningServer,
+    purpose: str,
+    address: str,
+    secret: str,
+    attempt: int = 1,
+    medium: str = "email",
+) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"client_secret": secret, "send_attempt": attempt}
+    if medium == "email":
+        body["email"] = address
+    else:
+        body.update(country="GB", phone_number=address)
+    url = f"{server.base_url}/_matrix/client/v3/{purpose}/{medium}/requestToken"
+    async with http.post(url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+def link_in(mail: Received) -> str:
+    found = re.findall(r"https?://\S+submit_token\?\S+", mail.text)
+    assert len(found) == 1, mail.text
+    link = str(found[0])
+    assert html.escape(link) in mail.html  # the HTML part has the same link
+    return link
+
+
+async def open_link(http: aiohttp.ClientSession, link: str) -> tuple[int, str]:
+    """GET the link; a confirmation form on the page is submitted, as its user would."""
+    async with http.get(link) as resp:
+        status, page = resp.status, await resp.text()
+    if "<form" not in page:
+        return status, page
+    fields = {k: html.unescape(v) for k, v in re.findall(r'name="(\w+)" value="([^"]*)"', page)}
+    async with http.post(link, data=fields) as resp:
+        return resp.status, await resp.text()
+
+
+def password_auth(localpart: str, password: str, session: str | None = None) -> dict[str, Any]:
+    auth: dict[str, Any] = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": localpart},
+        "password": password,
+    }
+    if session:
+        auth["session"] = session
+    return auth
+
+
+async def add_threepid(client: RawClient, sid: str, secret: str, password: str) -> tuple[int, Any]:
+    body = {"client_secret": secret, "sid": sid}
+    status, out = await client.request("POST", "/account/3pid/add", json=body)
+    assert status == 401 and out["flows"] == [{"stages": ["m.login.password"]}], out
+    localpart = client.user_id[1:].partition(":")[0]
+    auth = password_auth(localpart, password, out["session"])
+    return await client.request("POST", "/account/3pid/add", json={**body, "auth": auth})
+
+
+async def admin_call(
+    root: RawClient, method: str, path: str, body: Any = None, status: int = 200
+) -> dict[str, Any]:
+    """An admin API request (RawClient would put the client API's prefix on the path)."""
+    headers = {"Authorization": f"Bearer {root.token}"}
+    async with root.session.request(method, root.base_url + path, json=body, headers=headers) as resp:
+        out: dict[str, Any] = await resp.json()
+        assert resp.status == status, (method, path, resp.status, out)
+        return out
+
+
+def threepid_handler(server: RunningServer) -> ThreepidHandler:
+    return cast(ThreepidHandler, server.runner.app[UIA_KEY].email)
+
+
+async def test_add_login_reset_and_delete(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with email_server(tmp_path) as (server, sink):
+        alice = await signed_in(server, http, "alice", "old-password")
+        other_device = await signed_in(server, http, "alice", "old-password")
+        caps = await alice.ok("GET", "/capabilities")
+        assert caps["capabilities"]["m.3pid_changes"] == {"enabled": True}
+
+        # Ask for a validation email: the address is stored lower-cased.
+        status, out = await request_token(http, server, "account/3pid", " Alice@Example.ORG", "secret-1")
+        assert status == 200, out
+        sid = out["sid"]
+        mail = await sink.wait_for(1)
+        assert mail.message["From"] == FROM
+        assert mail.message["To"] == "alice@example.org"
+        assert mail.rcpt_tos == ["alice@example.org"]
+        assert mail.message["Subject"] == f"[{server.server_name}] Validate your email"
+        link = link_in(mail)
+        assert link.startswith(f"{server.base_url}/_matrix/client/unstable/add_threepid/email/submit_token?")
+        assert f"sid={sid}" in link
+
+        # The same client_secret and send_attempt: the same session, no second email.
+        assert await request_token(http, server, "account/3pid", "alice@example.org", "secret-1") == (
+            200,
+            {"sid": sid},
+        )
+        assert len(sink.messages) == 1
+
+        # Not validated yet: nothing to add.
+        status, out = await add_threepid(alice, sid, "secret-1", "old-password")
+        assert (status, out["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), out
+
+        status, page = await open_link(http, link)
+        assert status == 200 and "validated" in page, page
+
+        # The wrong client_secret finds no session; the right one adds the address.
+        status, out = await add_threepid(alice, sid, "secret-wrong", "old-password")
+        assert (status, out["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), out
+        before = int(time.time() * 1000)
+        status, out = await add_threepid(alice, sid, "secret-1", "old-password")
+        assert (status, out) == (200, {}), out
+        listed = (await alice.ok("GET", "/account/3pid"))["threepids"]
+        assert [(t["medium"], t["address"]) for t in listed] == [("email", "alice@example.org")]
+        assert listed[0]["added_at"] >= before and listed[0]["validated_at"] <= listed[0]["added_at"]
+        # The session is used up.
+        status, out = await add_threepid(alice, sid, "secret-1", "old-password")
+        assert (status, out["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), out
+
+        # Log in by address (any case); an unknown address is refused as a wrong password is.
+        out = await login(
+            http,
+            server,
+            {"type": "m.id.thirdparty", "medium": "email", "address": "ALICE@example.org"},
+            "old-password",
+        )
+        assert out["user_id"] == alice.user_id
+        out = await login(
+            http,
+            server,
+            {"type": "m.id.thirdparty", "medium": "email", "address": "nobody@example.org"},
+            "old-password",
+            403,
+        )
+        assert out["errcode"] == "M_FORBIDDEN"
+
+        # Forgotten password: the address proves the account.
+        status, out = await request_token(http, server, "account/password", "alice@example.org", "secret-2")
+        assert status == 200, out
+        reset_sid = out["sid"]
+        mail = await sink.wait_for(2)
+        assert mail.message["Subject"] == f"[{server.server_name}] Password reset"
+        assert mail.message["To"] == "alice@example.org"
+        reset_link = link_in(mail)
+        assert urlsplit(reset_link).path == "/_synapse/client/password_reset/email/submit_token"
+
+        anonymous = RawClient(http, server.base_url)
+        change: dict[str, Any] = {"new_password": "new-password"}
+        status, out = await anonymous.request("POST", "/account/password", json=change)
+        assert status == 401 and {"stages": [EMAIL_STAGE]} in out["flows"], out
+        creds = {"sid": reset_sid, "client_secret": "secret-2"}
+        email_auth = {"type": EMAIL_STAGE, "threepid_creds": creds, "session": out["session"]}
+        status, out = await anonymous.request(
+            "POST", "/account/password", json={**change, "auth": email_auth}
+        )
+        assert (status, out["errcode"]) == (401, "M_THREEPID_AUTH_FAILED"), out
+
+        # Opening the link shows a confirmation form only: that alone validates nothing.
+        async with http.get(reset_link) as resp:
+            assert resp.status == 200 and "<form" in await resp.text()
+        status, out = await anonymous.request(
+            "POST", "/account/password", json={**change, "auth": email_auth}
+        )
+        assert (status, out["errcode"]) == (401, "M_THREEPID_AUTH_FAILED"), out
+
+        status, page = await open_link(http, reset_link)
+        assert status == 200 and "validated" in page, page
+        status, out = await anonymous.request(
+            "POST", "/account/password", json={**change, "auth": email_auth}
+        )
+        assert (status, out) == (200, {}), out
+
+        await login(http, server, {"type": "m.id.user", "user": "alice"}, "old-password", 403)
+        await login(http, server, {"type": "m.id.user", "user": "alice"}, "new-password")
+        for device in (alice, other_device):
+            status, out = await device.request("GET", "/account/whoami")
+            assert (status, out["errcode"]) == (401, "M_UNKNOWN_TOKEN"), out
+
+        # With logout_devices false, the devices stay signed in.
+        kept = await signed_in(server, http, "alice", "new-password")
+        status, out = await request_token(http, server, "account/password", "alice@example.org", "secret-3")
+        assert status == 200, out
+        await open_link(http, link_in(await sink.wait_for(3)))
+        change = {"new_password": "newer-password", "logout_devices": False}
+        email_auth = {"type": EMAIL_STAGE, "threepid_creds": {"sid": out["sid"], "client_secret": "secret-3"}}
+        status, out = await anonymous.request(
+            "POST", "/account/password", json={**change, "auth": email_auth}
+        )
+        assert (status, out) == (200, {}), out
+        assert (await kept.ok("GET", "/account/whoami"))["user_id"] == alice.user_id
+        # A validated session resets a password once: the same link cannot do it again.
+        status, out = await anonymous.request(
+            "POST", "/account/password", json={**change, "auth": email_auth}
+        )
+        assert (status, out["errcode"]) == (401, "M_THREEPID_AUTH_FAILED"), out
+        await login(http, server, {"type": "m.id.user", "user": "alice"}, "newer-password")
+
+        # Removing the address: no longer listed, no longer a way to log in.
+        gone = {"medium": "email", "address": "Alice@example.org"}
+        assert await kept.ok("POST", "/account/3pid/delete", json=gone) == {
+            "id_server_unbind_result": "no-support"
+        }
+        assert await kept.ok("GET", "/account/3pid") == {"threepids": []}
+        await login(
+            http,
+            server,
+            {"type": "m.id.thirdparty", "medium": "email", "address": "alice@example.org"},
+            "newer-password",
+            403,
+        )
+
+
+async def test_refusals_and_expiry(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with email_server(tmp_path) as (server, sink):
+        alice = await signed_in(server, http, "alice", "password")
+
+        # Resetting the password of an address no account has.
+        status, out = await request_token(http, server, "account/password", "nobody@example.org", "s1")
+        assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND"), out
+        # Phone numbers stay unsupported.
+        status, out = await request_token(http, server, "account/3pid", "07700900001", "s1", medium="msisdn")
+        assert (status, out["errcode"]) == (400, "M_THREEPID_MEDIUM_NOT_SUPPORTED"), out
+
+        # Registering: a free address gets a link to the registration page.
+        status, out = await request_token(http, server, "register", "new@example.org", "s2")
+        assert status == 200, out
+        link = link_in(await sink.wait_for(1))
+        assert urlsplit(link).path == "/_matrix/client/unstable/registration/email/submit_token"
+        wrong = re.sub(r"token=[^&]+", "token=wrong", link)
+        status, page = await open_link(http, wrong)
+        assert status == 400 and "invalid" in page, page
+        status, page = await open_link(http, link)
+        assert status == 200 and "validated" in page, page
+
+        # A later send_attempt sends a new link and the earlier one stops working.
+        status, out = await request_token(http, server, "account/3pid", "alice@example.org", "s3")
+        assert status == 200, out
+        first = link_in(await sink.wait_for(2))
+        status, again = await request_token(
+            http, server, "account/3pid", "alice@example.org", "s3", attempt=2
+        )
+        assert (status, again) == (200, out)
+        second = link_in(await sink.wait_for(3))
+        assert second != first
+        status, page = await open_link(http, first)
+        assert status == 400, page
+        status, page = await open_link(http, second)
+        assert status == 200, page
+
+        # Validated, but used after it expired; a link followed after it expired.
+        status, late = await request_token(http, server, "account/3pid", "alice2@example.org", "s4")
+        assert status == 200, late
+        late_link = link_in(await sink.wait_for(4))
+        handler = threepid_handler(server)
+        real_clock = handler.clock
+        handler.clock = FakeClock(time.time() + 2 * 3600)
+        status, body = await add_threepid(alice, out["sid"], "s3", "password")
+        assert (status, body["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), body
+        status, page = await open_link(http, late_link)
+        assert status == 400 and "expired" in page, page
+        handler.clock = real_clock
+
+        # Addresses an account has are refused for registering and for adding again.
+        await alice.ok("POST", "/account/3pid/delete", json={"medium": "email", "address": "x@example.org"})
+        root = await signed_in(server, http, "root", "password")
+        await server.hs.accounts.set_admin(root.user_id, True)
+        server.hs.auth.invalidate_user(root.user_id)
+        bob_id = f"@bob:{server.server_name}"
+        bob = {"password": "pw", "threepids": [{"medium": "email", "address": "Bob@Example.org"}]}
+        out = await admin_call(root, "PUT", f"{A2}/users/{quote(bob_id)}", bob, status=201)
+        assert [(t["medium"], t["address"]) for t in out["threepids"]] == [("email", "bob@example.org")]
+        assert (await admin_call(root, "GET", f"{A2}/users/{quote(bob_id)}"))["threepids"][0][
+            "address"
+        ] == "bob@example.org"
+        found = await admin_call(root, "GET", f"{A1}/threepid/email/users/{quote('BOB@example.org')}")
+        assert found == {"user_id": bob_id}
+        for purpose in ("register", "account/3pid"):
+            status, out = await request_token(http, server, purpose, "bob@example.org", "s5")
+            assert (status, out["errcode"]) == (400, "M_THREEPID_IN_USE"), (purpose, out)
+        carol_id = f"@carol:{server.server_name}"
+        carol = {"threepids": [{"medium": "email", "address": "bob@example.org"}]}
+        out = await admin_call(root, "PUT", f"{A2}/users/{quote(carol_id)}", carol, status=409)
+        assert out["errcode"] == "M_THREEPID_IN_USE", out
+        assert not await server.hs.accounts.user_exists(carol_id)  # the conflict changed nothing
+        await login(
+            http, server, {"type": "m.id.thirdparty", "medium": "email", "address": "bob@example.org"}, "pw"
+        )
+
+        # Deactivating the account frees its address.
+        await admin_call(root, "POST", f"{A1}/deactivate/{quote(bob_id)}", {})
+        path = f"{A1}/threepid/email/users/{quote('bob@example.org')}"
+        assert (await admin_call(root, "GET", path, status=404))["errcode"] == "M_NOT_FOUND"
+        status, out = await request_token(http, server, "register", "bob@example.org", "s6")
+        assert status == 200, out
+
+        # The admin replaces a user's list (here: with none).
+        alice_path = f"{A2}/users/{quote(alice.user_id)}"
+        await admin_call(
+            root, "PUT", alice_path, {"threepids": [{"medium": "email", "address": "a@example.org"}]}
+        )
+        assert [t["address"] for t in (await alice.ok("GET", "/account/3pid"))["threepids"]] == [
+            "a@example.org"
+        ]
+        out = await admin_call(root, "PUT", alice_path, {"threepids": []})
+        assert out["threepids"] == []
+        assert await alice.ok("GET", "/account/3pid") == {"threepids": []}
+
+
+async def test_sending_is_rate_limited(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    limits = {"enabled": True, "threepid_validation_burst": 2}
+    async with email_server(tmp_path, rate_limits=limits) as (server, sink):
+        await server.register("alice")
+        for attempt in (1, 2):
+            status, out = await request_token(http, server, "account/password", "x@example.org", "s", attempt)
+            assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND")  # checked before the limit
+        for attempt in (1, 2):
+            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", attempt)
+            assert status == 200, out
+        # Asking again for a sent attempt costs nothing; a new one is over the limit.
+        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 2)
+        assert status == 200, out
+        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 3)
+        assert (status, out["errcode"]) == (429, "M_LIMIT_EXCEEDED"), out
+        assert out["retry_after_ms"] > 0
+        assert len(sink.messages) == 2
+
+
+async def test_smtp_login_with_password_file(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    pass_file = tmp_path / "smtp_pass"
+    pass_file.write_text("smtp-secret\n")
+    os.chmod(pass_file, 0o600)
+    async with smtp_server(credentials={"sotto": "smtp-secret"}) as sink:
+        config = email_config(sink, smtp_user="sotto", smtp_pass_file=str(pass_file))
+        async with run_server(str(tmp_path), email=config) as server:
+            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s")
+            assert status == 200, out
+            assert (await sink.wait_for(1)).login == "sotto"
+
+
+async def test_smtp_failure_lets_the_client_retry(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with smtp_server(credentials={"sotto": "right"}) as sink:
+        config = email_config(sink, smtp_user="sotto", smtp_pass="wrong")
+        async with run_server(str(tmp_path), email=config) as server:
+            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s")
+            assert (status, out["errcode"]) == (500, "M_UNKNOWN"), out
+            assert sink.messages == []
+            # The failed attempt was not recorded: the same one sends once the server works.
+            sink.credentials = {"sotto": "wrong"}
+            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s")
+            assert status == 200, out
+            assert (await sink.wait_for(1)).rcpt_tos == ["a@example.org"]
+
+
+async def test_email_off_keeps_the_previous_answers(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    status, out = await request_token(http, server, "account/password", "a@example.org", "s")
+    assert (status, out["errcode"]) == (400, "M_THREEPID_MEDIUM_NOT_SUPPORTED")
+    anonymous = RawClient(http, server.base_url)
+    status, out = await anonymous.request("POST", "/account/password", json={"new_password": "x"})
+    assert status == 401 and out["flows"] == [{"stages": ["m.login.password"]}], out
+    await server.register("alice")
+    await login(
+        http,
+        server,
+        {"type": "m.id.thirdparty", "medium": "email", "address": "a@example.org"},
+        "password",
+        403,
+    )
+    async with http.get(f"{server.base_url}/_synapse/client/password_reset/email/submit_token") as resp:
+        assert resp.status == 404
+
+
+def test_config_is_checked(tmp_path: Path) -> None:
+    base = {"server_name": "example.org"}
+    good = {"enabled": True, "notif_from": FROM}
+    assert config_from_dict({**base, "email": good}).email.enabled
+    bad = [
+        ({"enabled": True}, "notif_from"),
+        ({**good, "smtp_pass": "x", "smtp_pass_file": "f"}, "not both"),
+        ({**good, "force_tls": True, "require_transport_security": True}, "force_tls"),
+        ({**good, "validation_token_lifetime_ms": 10}, "validation_token_lifetime_ms"),
+        ({**good, "smtp_port": 0}, "smtp_port"),
+        ({**good, "smtp_pass_file": str(tmp_path / "missing")}, "smtp_pass_file"),
+        ({**good, "smtp_hots": "typo"}, "unknown config key"),
+    ]
+    for email, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({**base, "email": email})
