@@ -104,6 +104,10 @@ class RegistrationConfig:
     # POST /register?kind=guest: accounts without a password that may read and join rooms
     # whose m.room.guest_access is can_join (independent of `enabled`).
     allow_guests: bool = False
+    # Every new account proves an email address (the m.login.email.identity stage); needs
+    # `email.enabled`. Off, the stage is offered as an option (Synapse's
+    # `registrations_require_3pid: [email]`).
+    require_email: bool = False
 
 
 @dataclass(slots=True)
@@ -264,6 +268,14 @@ class EmailConfig:
     app_name: str = "Matrix"
     # How long a validation link works, and a validated session may be used.
     validation_token_lifetime_ms: int = 3_600_000
+    # Email notifications (Synapse's email pusher): users' pushers of kind "email" get a
+    # summary of notifications still unread `notif_delay_ms` after they arrived, at most one
+    # email per `notif_throttle_ms` per user. Off: such pushers are stored, nothing is sent.
+    enable_notifs: bool = False
+    notif_delay_ms: int = 600_000
+    notif_throttle_ms: int = 3_600_000
+    # Where the emails' links open rooms (Synapse's `client_base_url`).
+    client_base_url: str = "https://app.element.io"
 
 
 @dataclass(slots=True)
@@ -523,9 +535,19 @@ def _check_tracing(tracing: TracingConfig) -> None:
 
 def _check_email(cfg: Config) -> None:
     email = cfg.email
-    for name in ("enabled", "force_tls", "require_transport_security", "enable_tls"):
+    for name in ("enabled", "force_tls", "require_transport_security", "enable_tls", "enable_notifs"):
         if not isinstance(getattr(email, name), bool):
             raise ConfigError(f"email.{name} must be true or false")
+    for name in ("notif_delay_ms", "notif_throttle_ms"):
+        value = getattr(email, name)
+        if type(value) is not int or not 0 <= value <= 7 * 86_400_000:
+            raise ConfigError(f"email.{name} must be milliseconds, from 0 to a week")
+    base = email.client_base_url
+    if not isinstance(base, str) or not base.startswith(("https://", "http://")):
+        raise ConfigError("email.client_base_url must be an http(s) URL")
+    email.client_base_url = base.rstrip("/")
+    if email.enable_notifs and not email.enabled:
+        raise ConfigError("email.enable_notifs needs email.enabled (the SMTP server and notif_from)")
     port, lifetime = email.smtp_port, email.validation_token_lifetime_ms
     if type(port) is not int or not 0 < port < 65536:
         raise ConfigError("email.smtp_port must be a port number")
@@ -539,6 +561,14 @@ def _check_email(cfg: Config) -> None:
             raise ConfigError(f"email.{name} must be a string")
     if email.smtp_pass is not None and email.smtp_pass_file is not None:
         raise ConfigError("email: set smtp_pass or smtp_pass_file, not both")
+    require_email = cfg.registration.require_email
+    if not isinstance(require_email, bool):
+        raise ConfigError("registration.require_email must be true or false")
+    if require_email and not email.enabled:
+        raise ConfigError(
+            "registration.require_email needs email.enabled: new accounts prove their address "
+            "through an email this server sends"
+        )
     if email.force_tls and email.require_transport_security:
         raise ConfigError(
             "email: set force_tls (TLS from the start) or require_transport_security (STARTTLS)"
@@ -715,4 +745,6 @@ email:
   # smtp_pass_file: config/smtp_password
   # require_transport_security: true
   # notif_from: "Example Matrix <noreply@example.org>"
+  # Email notifications for users who turn them on (pushers of kind "email"):
+  # enable_notifs: true
 """

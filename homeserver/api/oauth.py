@@ -96,7 +96,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     # Registrations and device grants each add a row: bounded per client address too.
     row_limiter = login_limiter(hs.config, hs.clock)
     server_name = hs.config.server_name
-    registration_open = hs.config.registration.enabled
+    # The page's form has no email stage: with `require_email`, accounts come from Matrix clients.
+    registration_open = hs.config.registration.enabled and not hs.config.registration.require_email
     registration = RegistrationHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
     )

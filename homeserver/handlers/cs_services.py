@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from homeserver.handlers.email_notifs import EmailNotifier
 from homeserver.handlers.guests import GuestHandler
+from homeserver.handlers.mailer import Mailer
 from homeserver.handlers.media import MediaRepository
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.push import PushHandler
@@ -24,11 +26,13 @@ from homeserver.handlers.search import SearchHandler
 from homeserver.handlers.spaces import SpacesHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.server import HomeServer
+from homeserver.storage.email_notifs import EmailNotifStore
 from homeserver.storage.media import MediaStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PusherStore, PushRuleStore
 from homeserver.storage.relations import RelationsStore
 from homeserver.storage.search import SearchStore
+from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.cs_extension import (
     ClientServerSyncExtension,
@@ -52,6 +56,8 @@ class ClientServerServices:
     spaces: SpacesHandler
     guests: GuestHandler
     sync_extension: ClientServerSyncExtension
+    # With email.enable_notifs: the sender of email notifications.
+    email_notifier: EmailNotifier | None = None
 
 
 CS_KEY = web.AppKey("client_server_services", ClientServerServices)
@@ -73,6 +79,8 @@ def build_services(hs: HomeServer) -> ClientServerServices:
     delivery = PusherDelivery(hs.db, hs.events, push_actions, pusher_store, hs.clock, config.push)
     delivery.tracing = hs.tracing
     push_actions.delivery = delivery
+    threepids = ThreepidStore(hs.db)
+    email_notifs = EmailNotifStore(hs.db)
     push = PushHandler(
         hs.events,
         relations_store,
@@ -83,7 +91,14 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         hs.clock,
         hs.server_name,
         hs.invalidations,
+        threepids=threepids,
+        email_notifs=email_notifs,
     )
+    email_notifier = None
+    if config.email.enable_notifs:
+        email_notifier = EmailNotifier(
+            hs, email_notifs, pusher_store, threepids, Mailer(config.email), config.email
+        )
     relations = RelationsHandler(relations_store, hs.events, hs.messages, hs.clock)
     hs.messages.bundler = relations.bundle
     presence = PresenceHandler(
@@ -107,6 +122,7 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         guests=GuestHandler(hs.events, hs.accounts, hs.rooms, hs.server_name),
         upgrades=RoomUpgradeHandler(hs.events, hs.creator, hs.rooms, hs.aliases, hs.accounts, hs.server_name),
         sync_extension=extension,
+        email_notifier=email_notifier,
     )
 
 
@@ -125,6 +141,8 @@ def services(app: web.Application, hs: HomeServer) -> ClientServerServices:
     hs.creator.add_batch_hook(svc.search.prepare_messages, replaces=svc.search.on_event)
     hs.background.append(svc.presence)
     hs.background.append(svc.pusher_delivery)
+    if svc.email_notifier is not None:
+        hs.background.append(svc.email_notifier)
     hs.sync_extensions.append(svc.sync_extension)
     hs.sync.park_hooks.append(svc.presence.user_syncing)
     return svc

@@ -177,7 +177,8 @@ class OAuthServer:
                 DEACTIVATE,
             ],
         }
-        if self.config.registration.enabled:
+        registration = self.config.registration
+        if registration.enabled and not registration.require_email:  # the page asks for no email
             out["prompt_values_supported"] = ["create"]
         return out
 

@@ -10,7 +10,8 @@ threaded ones their own). Rulesets and per-room context (members, display names,
 power levels) are cached in bounded LRUs, invalidated by rule changes and by state
 events in the room.
 
-Delivery to push gateways lives in homeserver.handlers.pusher_delivery.
+Delivery to push gateways lives in homeserver.handlers.pusher_delivery; email notifications
+(pushers of kind "email") in homeserver.handlers.email_notifs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from homeserver.handlers.client_format import client_event
 from homeserver.handlers.push_eval import RoomContext, evaluate, is_highlight, is_notify
 from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_default_rule_id, strip_actions
 from homeserver.invalidation import InvalidatedCache, Invalidations
+from homeserver.storage.email_notifs import EmailNotifStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import (
     PushAction,
@@ -37,6 +39,7 @@ from homeserver.storage.push import (
     RuleNotFound,
 )
 from homeserver.storage.relations import RelationsStore
+from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.unread import Counts
 from homeserver.sync.notifier import Notifier
 
@@ -121,8 +124,13 @@ class PushHandler:
         clock: Clock,
         server_name: str,
         invalidations: Invalidations | None = None,
+        threepids: ThreepidStore | None = None,
+        email_notifs: EmailNotifStore | None = None,
     ) -> None:
         self.events = events
+        # Email pushers: their address must be one of the user's; they start from now.
+        self.threepids = threepids
+        self.email_notifs = email_notifs
         self.relations = relations
         self.rules = rules
         self.actions = actions
@@ -445,6 +453,11 @@ class PushHandler:
             url = data.get("url")
             if not isinstance(url, str) or not url.startswith(("https://", "http://")):
                 raise MatrixError(400, Codes.INVALID_PARAM, "data.url must be an http(s) URL")
+        elif self.threepids is not None:
+            # As Synapse: the address must be validated on this account.
+            owner = await self.threepids.user_for("email", pushkey.strip().lower())
+            if owner != user_id:
+                raise MatrixError(400, Codes.THREEPID_NOT_FOUND, "Email not found")
         profile_tag = body.get("profile_tag")
         pusher = Pusher(
             user_id=user_id,
@@ -458,6 +471,8 @@ class PushHandler:
             data=data,
             device_id=device_id,
         )
+        if kind == "email" and self.email_notifs is not None:
+            await self.email_notifs.start_now(user_id)
         await self.pushers.set(pusher, bool(body.get("append", False)), self.clock.time_ms())
 
     async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:

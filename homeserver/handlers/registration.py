@@ -32,11 +32,15 @@ from homeserver.handlers.deactivation import Deactivator
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.guests import guest_localpart
+from homeserver.handlers.threepids import NO_SESSION
 from homeserver.handlers.uia import (
+    OPERATION_REGISTER,
     STAGE_DUMMY,
+    STAGE_EMAIL,
     STAGE_REGISTRATION_TOKEN,
     Flow,
     ThreepidLookup,
+    UIAResult,
     UserInteractiveAuth,
     check_password_login,
     identify_user,
@@ -48,6 +52,7 @@ from homeserver.storage.accounts import AccountStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import ExpiringTokens
+from homeserver.storage.threepids import ThreepidUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +155,14 @@ class RegistrationHandler:
 
     @property
     def flows(self) -> list[Flow]:
-        if self.config.registration.requires_token:
-            return [TOKEN_FLOW]
-        return [[STAGE_DUMMY], TOKEN_FLOW]
+        registration = self.config.registration
+        flows = [TOKEN_FLOW] if registration.requires_token else [[STAGE_DUMMY], TOKEN_FLOW]
+        if not self.config.email.enabled:
+            return flows
+        # As Synapse's: the email stage takes the place of the dummy stage (which only tells
+        # the flows apart), and with `require_email` the flows without it go.
+        with_email: list[Flow] = [[*flow[:-1], STAGE_EMAIL] for flow in flows]
+        return with_email if registration.require_email else [*flows, *with_email]
 
     def _require_open(self) -> None:
         if not self.config.registration.enabled:
@@ -195,7 +205,7 @@ class RegistrationHandler:
         # sent again with a later step is not hashed again: the first one given counts.
         remembered = {k: v for k, v in params.items() if k != "password"}
         result = await self.uia.check(
-            operation="POST /register",
+            operation=OPERATION_REGISTER,
             flows=flows,
             auth=body.get("auth"),
             client_params=remembered,
@@ -214,12 +224,8 @@ class RegistrationHandler:
                 Codes.UNAUTHORIZED,
                 "Registration token is no longer valid",
             )
-        upgrading = result.client_params.get(_UPGRADING)
         try:
-            if isinstance(upgrading, str):
-                user_id = await self._upgrade_guest(upgrading, result.password_hash)
-            else:
-                user_id = await self._create_user(req, result.password_hash)
+            user_id = await self._new_account(req, result, flows)
         except BaseException:
             # A token use counts only for a registration that succeeded.
             if token is not None:
@@ -248,6 +254,9 @@ class RegistrationHandler:
         req = RegistrationRequest.from_json({"username": username, "password": password})
         if not password:
             raise missing_param("password")
+        if self.config.registration.require_email:
+            # The page has no email stage; the account pages link here only when this is off.
+            raise forbidden("This server requires an email address: register in a Matrix client")
         if self.config.registration.requires_token:
             if not token or not await self.accounts.consume_registration_token(token, self.clock.time_ms()):
                 raise MatrixError(401, Codes.UNAUTHORIZED, "The registration token is invalid or used up")
@@ -269,8 +278,23 @@ class RegistrationHandler:
             raise forbidden("Cannot register taken user ID without valid guest credentials for that user")
         return owner.user_id
 
-    async def _upgrade_guest(self, user_id: str, password_hash: str | None) -> str:
-        if not await self.accounts.upgrade_guest(user_id, password_hash):
+    async def _new_account(self, req: RegistrationRequest, result: UIAResult, flows: list[Flow]) -> str:
+        """The account a completed registration session creates (or the guest it upgrades),
+        with the address its email stage proved."""
+        upgrading = result.client_params.get(_UPGRADING)
+        email_session = result.threepid_session if STAGE_EMAIL in result.completed else None
+        try:
+            if isinstance(upgrading, str):
+                return await self._upgrade_guest(upgrading, result.password_hash, email_session)
+            return await self._create_user(req, result.password_hash, email_session)
+        except ThreepidUnavailable as e:
+            if e.in_use:
+                raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use") from None
+            # Used by another registration meanwhile, or expired: the address is to be proven again.
+            await self.uia.reject_stage(result, STAGE_EMAIL, flows, Codes.THREEPID_AUTH_FAILED, NO_SESSION)
+
+    async def _upgrade_guest(self, user_id: str, password_hash: str | None, email_session: str | None) -> str:
+        if not await self.accounts.upgrade_guest(user_id, password_hash, email_session, self.clock.time_ms()):
             raise forbidden("This account is no longer a guest account")
         # Its tokens (the guest's own included) now belong to a full account, on every worker.
         self.auth.invalidate_user(user_id)
@@ -304,7 +328,9 @@ class RegistrationHandler:
         session = await self.auth.start_session(user_id, None, display_name, refreshable=refreshable)
         return {"user_id": user_id, "home_server": self.server_name, **session}
 
-    async def _create_user(self, req: RegistrationRequest, password_hash: str | None) -> str:
+    async def _create_user(
+        self, req: RegistrationRequest, password_hash: str | None, email_session: str | None = None
+    ) -> str:
         now = self.clock.time_ms()
         if req.username is not None:
             return await create_account(
@@ -315,6 +341,7 @@ class RegistrationHandler:
                 None,
                 now,
                 password_hash=password_hash,
+                email_session=email_session,
             )
         while True:
             # A random name; retried on the (astronomically unlikely) collision.
@@ -328,6 +355,7 @@ class RegistrationHandler:
                     None,
                     now,
                     password_hash=password_hash,
+                    email_session=email_session,
                 )
             except MatrixError as e:
                 if e.errcode != Codes.USER_IN_USE:

@@ -5,7 +5,8 @@ A validation session (`…/requestToken`) is one per (client_secret, medium, add
 again with a send_attempt no higher than the last sends nothing (the spec's idempotency).
 Its token travels only in the emailed link and is stored hashed; the link's page validates
 the session, which may then be used once (adding the address, or the
-`m.login.email.identity` UIA stage of a password reset) until it expires.
+`m.login.email.identity` UIA stage of a password reset or of a registration, whose new
+account gets the address) until it expires.
 
 Invariants:
 - An address belongs to one account at most; email addresses are lower-cased.
@@ -195,16 +196,28 @@ class ThreepidHandler:
 
     # The UIA stage m.login.email.identity (homeserver/handlers/uia.py) -----------------------
 
-    async def user_for_creds(self, creds: Any) -> str:
-        """The account whose address a validated session proves; the session is used up."""
+    async def _session_for_creds(self, creds: Any) -> ValidationSession:
         if not isinstance(creds, dict):
             raise bad_json("threepid_creds must be an object")
-        session = await self.validated_session(require_str(creds, "sid"), require_str(creds, "client_secret"))
+        return await self.validated_session(require_str(creds, "sid"), require_str(creds, "client_secret"))
+
+    async def user_for_creds(self, creds: Any) -> str:
+        """The account whose address a validated session proves; the session is used up."""
+        session = await self._session_for_creds(creds)
         user_id = await self.store.user_for(session.medium, session.address)
         if user_id is None:
             raise MatrixError(404, Codes.NOT_FOUND, "Email address not found")
         await self.store.delete_session(session.session_id)
         return user_id
+
+    async def session_for_new_account(self, creds: Any) -> str:
+        """The ID of the validated session proving a registration's address, which must be
+        free. It is used up with the account's creation (storage.threepids.bind_validated),
+        which checks the address again."""
+        session = await self._session_for_creds(creds)
+        if await self.store.user_for(session.medium, session.address) is not None:
+            raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use")
+        return session.session_id
 
     # A user's addresses ------------------------------------------------------------------
 

@@ -40,8 +40,9 @@ STAGE_SSO = "m.login.sso"
 # For devices signed in through the OAuth 2.0 API: the user approves the action in the
 # account pages (homeserver/api/oauth.py), then the client sends `auth` with the session only.
 STAGE_OAUTH = "m.oauth"
-# A validated email session (homeserver/handlers/threepids.py): offered for password resets
-# without an access token, when email is configured.
+# A validated email session (homeserver/handlers/threepids.py), when email is configured:
+# offered for password resets without an access token (the address names the account), and
+# at registration (the address must be free; the new account gets it).
 STAGE_EMAIL = "m.login.email.identity"
 SUPPORTED_STAGES = frozenset(
     {STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH, STAGE_EMAIL}
@@ -58,6 +59,9 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~\-]{1,64}$")
 
 Flow = Sequence[str]
 
+# The operation of POST /register's sessions, whose email stage proves a new account's address.
+OPERATION_REGISTER = "POST /register"
+
 
 class OAuthApprovals(Protocol):
     """What the `m.oauth` stage needs of the OAuth 2.0 server (homeserver/handlers/oauth.py)."""
@@ -73,6 +77,8 @@ class EmailIdentity(Protocol):
     """What the `m.login.email.identity` stage needs (homeserver/handlers/threepids.py)."""
 
     async def user_for_creds(self, creds: Any) -> str: ...
+
+    async def session_for_new_account(self, creds: Any) -> str: ...
 
 
 class ThreepidLookup(Protocol):
@@ -107,6 +113,8 @@ class UIASession:
     failures: int = 0
     # A new password given in the session (registration), kept only hashed.
     password_hash: str | None = None
+    # The validated email session a registration's email stage proved (used up with the account).
+    threepid_session: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # The ID and the last use are the row's key and column, not part of its data.
@@ -127,6 +135,7 @@ class UIASession:
             dict(data.get("client_params") or {}),
             int(data.get("failures") or 0),
             data.get("password_hash"),
+            data.get("threepid_session"),
         )
 
 
@@ -138,6 +147,7 @@ class UIAResult:
     registration_token: str | None
     client_params: Mapping[str, Any]
     password_hash: str | None
+    threepid_session: str | None = None
 
 
 # User identification (shared with /login) -----------------------------------------------
@@ -448,6 +458,7 @@ class UserInteractiveAuth:
             session.registration_token,
             session.client_params,
             session.password_hash,
+            session.threepid_session,
         )
 
     @staticmethod
@@ -510,6 +521,11 @@ class UserInteractiveAuth:
             raise StageFailed(Codes.UNRECOGNIZED, "Email is not configured on this server")
         creds = auth.get("threepid_creds", auth.get("threepidCreds"))  # the latter: older clients
         try:
+            if session.operation == OPERATION_REGISTER:
+                # A new account's address: the validation session is used up only with the
+                # account's creation (homeserver/handlers/registration.py).
+                session.threepid_session = await self.email.session_for_new_account(creds)
+                return
             user_id = await self.email.user_for_creds(creds)
         except MatrixError as e:
             if e.errcode != Codes.THREEPID_AUTH_FAILED:

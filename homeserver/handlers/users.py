@@ -33,16 +33,25 @@ async def create_account(
     guest: bool = False,
     password_hash: str | None = None,
     displayname: str | None = None,
+    email_session: str | None = None,
 ) -> str:
     """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID.
 
-    `password_hash`: the password, already hashed (then `password` is None)."""
+    `password_hash`: the password, already hashed (then `password` is None).
+    `email_session`: a validated email session whose address the account gets with it
+    (storage.threepids.ThreepidUnavailable, and no account, if it cannot)."""
     user_id = validate_localpart(localpart.lower() if not guest else localpart, server_name)
     if await store.find_user_case_insensitive(user_id):
         raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
     if password:
         password_hash = await passwords.hash(password)
     await store.create_user(
-        user_id, password_hash, now_ms, is_admin=admin, is_guest=guest, displayname=displayname or localpart
+        user_id,
+        password_hash,
+        now_ms,
+        is_admin=admin,
+        is_guest=guest,
+        displayname=displayname or localpart,
+        email_session=email_session,
     )
     return user_id

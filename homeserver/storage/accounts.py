@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.cs_schema import (
@@ -16,6 +17,7 @@ from homeserver.storage.cs_schema import (
 )
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
+from homeserver.storage.threepids import ThreepidUnavailable, bind_validated
 
 # How long a spent refresh token is remembered (a replay after that is an unknown token).
 SPENT_REFRESH_MEMORY_MS = 7 * 24 * 3600 * 1000
@@ -76,19 +78,29 @@ class AccountStore:
         is_admin: bool = False,
         is_guest: bool = False,
         displayname: str | None = None,
+        email_session: str | None = None,
     ) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                insert(users).values(
-                    user_id=user_id,
-                    password_hash=password_hash,
-                    is_admin=is_admin,
-                    is_guest=is_guest,
-                    deactivated=False,
-                    created_ts=created_ts,
-                    displayname=displayname,
+        """`email_session`: a validated email session whose address the account gets, in the
+        same transaction (ThreepidUnavailable, and no account, if that cannot be)."""
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    insert(users).values(
+                        user_id=user_id,
+                        password_hash=password_hash,
+                        is_admin=is_admin,
+                        is_guest=is_guest,
+                        deactivated=False,
+                        created_ts=created_ts,
+                        displayname=displayname,
+                    )
                 )
-            )
+                if email_session is not None:
+                    await bind_validated(conn, user_id, email_session, created_ts)
+        except IntegrityError:
+            if email_session is None or await self.user_exists(user_id):
+                raise
+            raise ThreepidUnavailable(in_use=True) from None
 
     async def user_exists(self, user_id: str) -> bool:
         async with self.db.read() as conn:
@@ -140,15 +152,27 @@ class AccountStore:
                 update(users).where(users.c.user_id == user_id).values(password_hash=password_hash)
             )
 
-    async def upgrade_guest(self, user_id: str, password_hash: str | None) -> bool:
-        """Make a guest account a full one (keeping its ID); False if it is not a guest."""
+    async def upgrade_guest(
+        self, user_id: str, password_hash: str | None, email_session: str | None = None, now: int = 0
+    ) -> bool:
+        """Make a guest account a full one (keeping its ID); False if it is not a guest.
+        `email_session`: as for `create_user`, the address comes with it or nothing changes."""
         q = (
             update(users)
             .where(users.c.user_id == user_id, users.c.is_guest.is_(True), users.c.deactivated.is_(False))
             .values(is_guest=False, password_hash=password_hash)
         )
-        async with self.db.write() as conn:
-            return bool((await conn.execute(q)).rowcount)
+        try:
+            async with self.db.write() as conn:
+                if not (await conn.execute(q)).rowcount:
+                    return False
+                if email_session is not None:
+                    await bind_validated(conn, user_id, email_session, now)
+                return True
+        except IntegrityError:
+            if email_session is None:
+                raise
+            raise ThreepidUnavailable(in_use=True) from None
 
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         async with self.db.write() as conn:

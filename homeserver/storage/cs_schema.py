@@ -446,3 +446,14 @@ threepid_validation_sessions = Table(
     Index("threepid_validation_sessions_secret", "client_secret", "medium", "address", unique=True),
     Index("threepid_validation_sessions_expiry", "expires_ts"),
 )
+
+# Email notifications (migration 0033): per user with an email pusher, the push-action stream
+# position emailed about so far (newer actions may be emailed) and when the last notification
+# email was sent (the throttle).
+email_notif_state = Table(
+    "email_notif_state",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+    Column("last_stream_id", BigInteger, nullable=False),
+    Column("last_sent_ts", BigInteger, nullable=False),
+)

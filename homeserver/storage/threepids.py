@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.cs_schema import threepid_validation_sessions as sessions
 from homeserver.storage.cs_schema import user_threepids
@@ -39,6 +40,39 @@ class ValidationSession:
     send_attempt: int
     validated_ts: int | None
     expires_ts: int
+
+
+class ThreepidUnavailable(Exception):
+    """A validation session cannot give its address to a new account: it is no longer there,
+    validated and unexpired (`in_use` False), or its address belongs to an account (True)."""
+
+    def __init__(self, in_use: bool) -> None:
+        super().__init__("address in use" if in_use else "no validated session")
+        self.in_use = in_use
+
+
+async def bind_validated(conn: AsyncConnection, user_id: str, session_id: str, now: int) -> None:
+    """Inside a write transaction (an account's creation): use up the validated session and
+    give its address to `user_id`. Raises ThreepidUnavailable, so that the transaction, and
+    the account with it, is rolled back. The caller maps an IntegrityError (a concurrent
+    binding of the address, on PostgreSQL) to `ThreepidUnavailable(True)`."""
+    c, t = sessions.c, user_threepids.c
+    proven = select(c.medium, c.address, c.validated_ts).where(
+        c.session_id == session_id, c.validated_ts.is_not(None), c.expires_ts >= now
+    )
+    row = (await conn.execute(proven)).first()
+    # The delete decides between two registrations racing for one session.
+    if row is None or not (await conn.execute(delete(sessions).where(c.session_id == session_id))).rowcount:
+        raise ThreepidUnavailable(in_use=False)
+    medium, address, validated_ts = row
+    owner = select(t.user_id).where(t.medium == medium, t.address == address)
+    if (await conn.execute(owner)).first() is not None:
+        raise ThreepidUnavailable(in_use=True)
+    await conn.execute(
+        user_threepids.insert().values(
+            user_id=user_id, medium=medium, address=address, validated_at=int(validated_ts), added_at=now
+        )
+    )
 
 
 def _session(row: object) -> ValidationSession:

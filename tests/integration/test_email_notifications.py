@@ -1,0 +1,209 @@
+"""Email notifications (pushers of kind "email", as Synapse's email pusher), end to end: a
+real server emails a real SMTP server (tests/support/smtp.py). The sender's clock is a
+FakeClock the test moves, and each pass is run by the test (`run_once`), so nothing waits
+on real time."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from homeserver.config import ConfigError, config_from_dict
+from homeserver.handlers.cs_services import CS_KEY
+from homeserver.handlers.email_notifs import EmailNotifier, MessageLine, RoomSummary, compose
+from tests.security.support import FakeClock
+from tests.support.http import RawClient
+from tests.support.server import RunningServer, run_server
+from tests.support.smtp import MailSink, smtp_server
+
+FROM = "Sotto Test <noreply@example.org>"
+APP = "Sotto Test"
+CLIENT = "https://chat.example.org"
+THROTTLE_MS = 600_000
+ALICE_EMAIL = "alice@example.org"
+
+
+def email_config(sink: MailSink, **extra: Any) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "smtp_host": sink.host,
+        "smtp_port": sink.port,
+        "notif_from": FROM,
+        "app_name": APP,
+        **extra,
+    }
+
+
+async def client(
+    srv: RunningServer, http: aiohttp.ClientSession, name: str, admin: bool = False
+) -> RawClient:
+    user_id = await srv.register(name, admin=admin)
+    token, _ = await srv.hs.auth.create_session(user_id, None, None)
+    return RawClient(http, srv.base_url, token, user_id)
+
+
+async def set_threepids(root: RawClient, user_id: str, addresses: list[str]) -> None:
+    """Through the admin API (RawClient would put the client API's prefix on the path)."""
+    body = {"threepids": [{"medium": "email", "address": a} for a in addresses]}
+    url = f"{root.base_url}/_synapse/admin/v2/users/{quote(user_id)}"
+    async with root.session.put(url, json=body, headers={"Authorization": f"Bearer {root.token}"}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+def email_pusher(address: str) -> dict[str, Any]:
+    return {
+        "kind": "email",
+        "app_id": "m.email",
+        "pushkey": address,
+        "app_display_name": "Email Notifications",
+        "device_display_name": address,
+        "lang": "en",
+        "data": {},
+    }
+
+
+async def setup(
+    srv: RunningServer, http: aiohttp.ClientSession
+) -> tuple[RawClient, RawClient, RawClient, str]:
+    """An admin, alice (with a validated address) and bob in bob's room; returns (root, alice,
+    bob, room)."""
+    root = await client(srv, http, "root", admin=True)
+    alice = await client(srv, http, "alice")
+    bob = await client(srv, http, "bob")
+    await set_threepids(root, alice.user_id, [ALICE_EMAIL])
+    await bob.ok("PUT", f"/profile/{quote(bob.user_id)}/displayname", json={"displayname": "Bob & <Co>"})
+    room = await bob.room_with(alice, name="Tea & <Cakes>")
+    return root, alice, bob, room
+
+
+async def test_summary_once_throttled_read_and_encrypted(tmp_path: Path) -> None:
+    async with smtp_server() as sink:
+        email = email_config(
+            sink, enable_notifs=True, notif_delay_ms=200, notif_throttle_ms=THROTTLE_MS,
+            client_base_url=CLIENT + "/",
+        )  # fmt: skip
+        async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
+            notifier = srv.runner.app[CS_KEY].email_notifier
+            assert isinstance(notifier, EmailNotifier)
+            clock = FakeClock(time.time())
+            notifier.clock = clock
+            root, alice, bob, room = await setup(srv, http)
+
+            # Only an address validated on the account may be a pushkey (as Synapse).
+            status, out = await alice.request("POST", "/pushers/set", json=email_pusher("else@example.org"))
+            assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND"), out
+            await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
+
+            # A message: nothing before the delay has passed, then one summary.
+            body = "<script>alert(1)</script> tea & biscuits?"
+            first = await bob.send(room, body, "t1")
+            assert await notifier.run_once() == 0
+            clock.now = time.time() + 1
+            # Sent by the server's own timer (a pass every 0.1 s here), within the deadline.
+            mail = await sink.wait_for(1, timeout=10.0)
+            assert mail.rcpt_tos == [ALICE_EMAIL]
+            subject = str(mail.message["Subject"])
+            assert subject.startswith(f"[{APP}]") and "Bob & <Co>" in subject and "Tea & <Cakes>" in subject
+            assert body in mail.text and "Bob & <Co>" in mail.text and "Tea & <Cakes>" in mail.text
+            assert f"{CLIENT}/#/room/{room}" in mail.text
+            assert html.escape(body) in mail.html and "<script>" not in mail.html
+            assert html.escape("Bob & <Co>") in mail.html and html.escape("Tea & <Cakes>") in mail.html
+            assert html.escape(f"{CLIENT}/#/room/{room}/{first}") in mail.html
+            sent_at = clock.now
+
+            # Not again for the same message, however long it stays unread.
+            clock.now += 2 * THROTTLE_MS / 1000
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 1
+
+            # Read before it was due: never emailed.
+            clock.now = sent_at + 1
+            read = await bob.send(room, "already read", "t2")
+            await alice.ok("POST", f"/rooms/{quote(room)}/receipt/m.read/{quote(read)}", json={})
+            clock.now = sent_at + THROTTLE_MS / 1000 + 2
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 1
+
+            # An encrypted message: named, never shown (the server cannot read it anyway).
+            secret = {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "CIPHERTEXT-XYZ", "session_id": "s"}
+            await bob.ok("PUT", f"/rooms/{quote(room)}/send/m.room.encrypted/t3", json=secret)
+            await notifier.run_once()
+            mail = await sink.wait_for(2)
+            assert "an encrypted message" in mail.text and "an encrypted message" in mail.html
+            for part in (mail.text, mail.html):
+                assert "CIPHERTEXT-XYZ" not in part and "already read" not in part and "tea &" not in part
+            second_at = clock.now
+
+            # Throttled: a newer message waits until notif_throttle_ms after the last email.
+            await bob.send(room, "third one", "t4")
+            clock.now = second_at + 1
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 2
+            clock.now = second_at + THROTTLE_MS / 1000 + 1
+            await notifier.run_once()
+            mail = await sink.wait_for(3)
+            assert "third one" in mail.text and "an encrypted message" not in mail.text
+
+            # The address is taken off the account: its pusher goes, and no email is sent.
+            await set_threepids(root, alice.user_id, [])
+            await bob.send(room, "fourth", "t5")
+            clock.now += 2 * THROTTLE_MS / 1000
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 3
+            assert (await alice.ok("GET", "/pushers"))["pushers"] == []
+
+
+async def test_notifications_off_by_default(tmp_path: Path) -> None:
+    async with (
+        smtp_server() as sink,
+        run_server(str(tmp_path), email=email_config(sink)) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        # No sender at all: email pushers are stored, nothing is sent.
+        assert srv.runner.app[CS_KEY].email_notifier is None
+        _, alice, bob, room = await setup(srv, http)
+        status, out = await alice.request("POST", "/pushers/set", json=email_pusher("else@example.org"))
+        assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND"), out
+        await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
+        await bob.send(room, "hello", "t1")
+        pushers = (await alice.ok("GET", "/pushers"))["pushers"]
+        assert [(p["kind"], p["pushkey"]) for p in pushers] == [("email", ALICE_EMAIL)]
+        assert sink.messages == []
+
+
+def test_summary_of_several_rooms() -> None:
+    named = RoomSummary("Garden", True, "https://c/#/room/!a:x", senders=["Carol"])
+    named.messages.append(MessageLine("Carol", "<b>hi</b>", "https://c/#/room/!a:x/$e"))
+    named.more = 2
+    unnamed = RoomSummary("Dan", False, "https://c/#/room/!b:x", senders=["Dan"])
+    unnamed.messages.append(MessageLine("Dan", "an encrypted message", "https://c/#/room/!b:x/$f"))
+    mail = compose(APP, "Alice", "https://c", [named, unnamed])
+    assert mail.subject == f"[{APP}] You have messages on {APP} in the Garden room and others..."
+    assert "You have 4 unread notifications" in mail.text and "and 2 more" in mail.text
+    assert "&lt;b&gt;hi&lt;/b&gt;" in mail.html and "<b>hi</b>" not in mail.html
+    only_dan = compose(APP, "Alice", "https://c", [unnamed])
+    assert only_dan.subject == f"[{APP}] You have a message on {APP} from Dan..."
+
+
+def test_config_is_checked() -> None:
+    base = {"server_name": "example.org"}
+    good = {"enabled": True, "notif_from": FROM, "enable_notifs": True}
+    email = config_from_dict({**base, "email": good}).email
+    assert (email.notif_delay_ms, email.notif_throttle_ms) == (600_000, 3_600_000)
+    assert email.client_base_url == "https://app.element.io"
+    bad = [
+        ({"notif_from": FROM, "enable_notifs": True}, "needs email.enabled"),
+        ({**good, "enable_notifs": "yes"}, "enable_notifs"),
+        ({**good, "notif_delay_ms": -1}, "notif_delay_ms"),
+        ({**good, "notif_throttle_ms": "1h"}, "notif_throttle_ms"),
+        ({**good, "client_base_url": "app.element.io"}, "client_base_url"),
+    ]
+    for email_cfg, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({**base, "email": email_cfg})
