@@ -23,23 +23,12 @@ from homeserver.handlers.threepids import ThreepidHandler
 from tests.security.support import FakeClock
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
-from tests.support.smtp import MailSink, Received, smtp_server
+from tests.support.smtp import SENDER, MailSink, Received, email_config, smtp_server
 
-FROM = "Sotto Test <noreply@example.org>"
+FROM = SENDER
 A1 = "/_synapse/admin/v1"
 A2 = "/_synapse/admin/v2"
 EMAIL_STAGE = "m.login.email.identity"
-
-
-def email_config(sink: MailSink, **extra: Any) -> dict[str, Any]:
-    return {
-        "enabled": True,
-        "smtp_host": sink.host,
-        "smtp_port": sink.port,
-        "notif_from": FROM,
-        "app_name": "Sotto Test",
-        **extra,
-    }
 
 
 @asynccontextmanager

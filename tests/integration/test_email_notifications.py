@@ -20,24 +20,13 @@ from homeserver.handlers.email_notifs import EmailNotifier, MessageLine, RoomSum
 from tests.security.support import FakeClock
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
-from tests.support.smtp import MailSink, smtp_server
+from tests.support.smtp import APP_NAME, SENDER, email_config, smtp_server
 
-FROM = "Sotto Test <noreply@example.org>"
-APP = "Sotto Test"
+FROM = SENDER
+APP = APP_NAME
 CLIENT = "https://chat.example.org"
 THROTTLE_MS = 600_000
 ALICE_EMAIL = "alice@example.org"
-
-
-def email_config(sink: MailSink, **extra: Any) -> dict[str, Any]:
-    return {
-        "enabled": True,
-        "smtp_host": sink.host,
-        "smtp_port": sink.port,
-        "notif_from": FROM,
-        "app_name": APP,
-        **extra,
-    }
 
 
 async def client(

@@ -104,3 +104,19 @@ async def smtp_server(credentials: dict[str, str] | None = None) -> AsyncIterato
     finally:
         server.close()
         await server.wait_closed()
+
+
+SENDER = "Sotto Test <noreply@example.org>"
+APP_NAME = "Sotto Test"
+
+
+def email_config(sink: MailSink, **extra: Any) -> dict[str, Any]:
+    """The homeserver's `email` section sending through `sink`."""
+    return {
+        "enabled": True,
+        "smtp_host": sink.host,
+        "smtp_port": sink.port,
+        "notif_from": SENDER,
+        "app_name": APP_NAME,
+        **extra,
+    }
