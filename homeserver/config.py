@@ -724,6 +724,8 @@ registration:
   # or enable token-based registration.
   enabled: false
   requires_token: true
+  # With email on (below), ask every new account for an address:
+  # require_email: true
   shared_secret: "{secrets.token_urlsafe(32)}"
 
 server_notices:
