@@ -21,9 +21,9 @@ from bridge.schema import (
 )
 from homeserver import jsonutil
 from homeserver.storage.bulk import BulkInsert
-from homeserver.storage.device_lists import dialect_insert
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import events
+from homeserver.storage.sqlutil import dialect_insert
 
 # Received transactions' responses are kept this long (a sender retries for far less).
 TXN_KEEP_MS = 7 * 24 * 3600 * 1000
@@ -192,9 +192,12 @@ class FederationStore:
                 ins = dialect_insert(conn, federation_destination_rooms).from_select(
                     ["destination", "room_id", "stream_id"], newest
                 )
+                # Never backwards: with several workers, events may be queued out of stream order.
+                newer = func.max if conn.dialect.name == "sqlite" else func.greatest
+                kept = newer(federation_destination_rooms.c.stream_id, ins.excluded.stream_id)
                 await conn.execute(
                     ins.on_conflict_do_update(
-                        index_elements=["destination", "room_id"], set_={"stream_id": ins.excluded.stream_id}
+                        index_elements=["destination", "room_id"], set_={"stream_id": kept}
                     )
                 )
 

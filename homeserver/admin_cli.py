@@ -52,6 +52,19 @@ MODERATION_ACTIONS = {
 }
 
 
+class ApiError(CliError):
+    """The server answered with an error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# With several workers behind a load balancer, a redaction's status is known to the worker
+# that runs it only: a poll that reaches another one gets 404, and is asked again.
+MAX_STATUS_MISSES = 30
+
+
 def _user_id(user: str, server_name: str) -> str:
     return user if user.startswith("@") else f"@{user}:{server_name}"
 
@@ -98,7 +111,7 @@ async def _call(
             if resp.status != 200:
                 errcode = out.get("errcode", "") if isinstance(out, dict) else ""
                 message = out.get("error", "") if isinstance(out, dict) else ""
-                raise CliError(f"{method} {path}: {resp.status} {errcode} {message}".rstrip())
+                raise ApiError(f"{method} {path}: {resp.status} {errcode} {message}".rstrip(), resp.status)
             return out
     except aiohttp.ClientError as e:
         raise CliError(f"cannot reach the server at {config.baseurl}: {e}") from None
@@ -204,8 +217,17 @@ async def _wait_for_redaction(
 ) -> Any:
     """Poll the redaction's status until it ends, saying how far it got meanwhile."""
     path = f"{A1}/user/redact_status/{quote(redact_id, safe='')}"
+    misses = 0
     while True:
-        status = await _call(config, "GET", path, token=token)
+        try:
+            status = await _call(config, "GET", path, token=token)
+        except ApiError as e:
+            misses += 1
+            if e.status != 404 or misses > MAX_STATUS_MISSES:
+                raise
+            await asyncio.sleep(poll_s)
+            continue
+        misses = 0
         if status["status"] not in ("scheduled", "active"):
             return {"redact_id": redact_id, **status}
         progress(

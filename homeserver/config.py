@@ -585,7 +585,7 @@ def _check_email(cfg: Config) -> None:
         path = cfg.resolve_path(email.smtp_pass_file)
         try:
             with open(path) as f:
-                email.smtp_pass = f.read().strip()
+                email.smtp_pass = f.readline().strip()  # the first line, as documented
         except OSError as e:
             raise ConfigError(f"email.smtp_pass_file: cannot read {path} ({e.strerror})") from None
 

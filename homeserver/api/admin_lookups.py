@@ -28,6 +28,7 @@ from homeserver.errors import missing_param, not_found
 from homeserver.handlers.registration import check_username_free
 from homeserver.server import HomeServer
 from homeserver.storage import membership_counts
+from homeserver.storage.threepids import email_key
 
 # The largest value a BIGINT column compares with; later times are all alike.
 MAX_TS = 2**63 - 1
@@ -63,7 +64,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         await require_admin(hs, request)
         medium, address = request.match_info["medium"], request.match_info["address"]
         if medium == "email":
-            address = address.strip().lower()
+            address = email_key(address)
         found = await admin.threepids.user_for(medium, address)
         if found is None:
             raise not_found("User not found")

@@ -12,8 +12,9 @@
 Quarantined media answers 404 to downloads and thumbnails. Quarantining a local item also
 quarantines every local item with the same bytes (SHA-256), and a later upload of those
 bytes is quarantined as it is stored; releasing one releases its copies. Protected media
-(`safe_from_quarantine`, local only) is skipped by every quarantine, including by ID: that
-answers 200 and changes nothing, as Synapse does. Media of other servers is quarantined in
+(`safe_from_quarantine`, local only) is skipped by every quarantine, including by its own ID
+(200, and the item stays available, as in Synapse); protection covers the item, not its
+unprotected copies, which that same request quarantines. Media of other servers is quarantined in
 the cache (homeserver.handlers.remote_media_cache), also before it was ever fetched.
 
 A room's media is what its stored events name in `url` and `info.thumbnail_url`: encrypted

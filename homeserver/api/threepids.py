@@ -24,7 +24,6 @@ finds no validated session (`M_THREEPID_AUTH_FAILED`), and removing one succeeds
 
 from __future__ import annotations
 
-import re
 from html import escape
 from typing import Any
 
@@ -34,14 +33,21 @@ from homeserver.api.http import V3, json_response, read_json
 from homeserver.api.pages import error_page, page
 from homeserver.api.register import client_address, get_uia
 from homeserver.errors import Codes, MatrixError, bad_json, require_str
+from homeserver.handlers.cs_services import services
 from homeserver.handlers.mailer import Mailer
-from homeserver.handlers.threepids import SUBMIT_PATHS, ThreepidHandler, TokenRequest, canonical_email
+from homeserver.handlers.threepids import (
+    CLIENT_SECRET,
+    SUBMIT_PATHS,
+    ThreepidHandler,
+    TokenRequest,
+    canonical_email,
+)
 from homeserver.server import HomeServer
 from homeserver.storage.threepids import ThreepidStore
 
-# The spec's grammar for client_secret.
-CLIENT_SECRET = re.compile(r"[0-9a-zA-Z.=_-]{1,255}")
 MEDIA = ("email", "msisdn")
+# Stored as a BIGINT; clients count up from 1.
+MAX_SEND_ATTEMPT = 2**53
 # Where a validation token may be asked for: registering, adding to an account, resetting
 # a password.
 TOKEN_PURPOSES = ("register", "account/3pid", "account/password")
@@ -62,6 +68,8 @@ def check_token_request(medium: str, body: dict[str, Any]) -> None:
         raise MatrixError(400, Codes.MISSING_PARAM, "Missing parameter: send_attempt")
     if not isinstance(attempt, int) or isinstance(attempt, bool):
         raise bad_json("send_attempt must be an integer")
+    if not 0 <= attempt <= MAX_SEND_ATTEMPT:
+        raise MatrixError(400, Codes.INVALID_PARAM, "send_attempt is out of range")
     if medium == "email":
         if "@" not in require_str(body, "email"):
             raise MatrixError(400, Codes.INVALID_PARAM, "email is not an email address")
@@ -148,7 +156,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if "id_server" in body and not isinstance(body["id_server"], str):
             raise bad_json("id_server must be a string")
         if handler is not None and request.path.endswith("/delete"):
-            await handler.remove(requester.user_id, medium, address)
+            if await handler.remove(requester.user_id, medium, address) and medium == "email":
+                await services(app, hs).push.remove_email_pushers(requester.user_id, address)
         return json_response({"id_server_unbind_result": "no-support"})
 
     async def submit_params(request: web.Request) -> tuple[str, str, str] | None:

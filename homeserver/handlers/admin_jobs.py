@@ -1,8 +1,9 @@
 """The admin API's background jobs (room deletions, history purges, user redactions): each
 runs as a task and leaves a status an admin can ask for by its ID.
 
-Statuses are kept in memory by the worker that ran the job, at most `limit` per kind (the
-oldest are forgotten first), and are lost on restart, as in Synapse.
+Statuses are kept in memory by the worker that ran the job, at most `limit` finished ones
+per kind (the oldest are forgotten first; a running job's status is always kept), and are
+lost on restart, as in Synapse.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ class JobTable(Generic[S]):
         self.limit = limit
         self.missing = missing  # the 404's message for an unknown ID
         self._statuses: OrderedDict[str, S] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     def start(self, job_id: str, status: S, work: Coroutine[Any, Any, None]) -> None:
         """Keep `status` under `job_id` and run `work` (which updates it) in the background."""
         self._statuses[job_id] = status
-        while len(self._statuses) > self.limit:
-            self._statuses.popitem(last=False)
+        finished = [j for j in self._statuses if j not in self._running and j != job_id]
+        for old in finished[: max(0, len(self._statuses) - self.limit)]:
+            del self._statuses[old]
         task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running[job_id] = task
+        task.add_done_callback(lambda _: self._running.pop(job_id, None))
 
     def get(self, job_id: str) -> S:
         status = self._statuses.get(job_id)
@@ -49,5 +51,5 @@ class JobTable(Generic[S]):
 
     async def wait(self) -> None:
         """Let running jobs finish (shutdown and tests)."""
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*list(self._running.values()), return_exceptions=True)

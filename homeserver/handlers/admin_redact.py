@@ -16,7 +16,8 @@ Follows Synapse (synapse/handlers/admin.py, `_redact_all_events`):
   job still ends `complete`, as Synapse's does.
 * An empty `rooms` means every room the user has a membership in, joined, left or banned
   (Synapse takes joined and banned ones): a spammer who left, or was deactivated, still has
-  their messages there. One job per user runs at a time (400 meanwhile), as in Synapse.
+  their messages there. One job per user runs at a time (400 meanwhile), as in Synapse; the
+  check is per worker process, where the statuses live.
 * The user's events are found through the (room_id, stream_id) index, filtered by sender:
   an occasional admin job, not worth an index that every stored event would pay for.
 

@@ -91,7 +91,8 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         hs.clock,
         hs.server_name,
         hs.invalidations,
-        threepids=threepids,
+        # Without email, no address can be on an account: email pushers are stored unchecked.
+        threepids=threepids if config.email.enabled else None,
         email_notifs=email_notifs,
     )
     email_notifier = None

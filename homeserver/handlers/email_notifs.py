@@ -14,8 +14,12 @@ newest few messages in each with their senders' names. Encrypted messages are sh
   arrives meanwhile is in the next email.
 * One worker sends (the leader of "email-notifs"); a pass looks at `MAX_USERS_PER_PASS`
   users with news (round robin), `MAX_NOTIFS_PER_EMAIL` notifications in at most
-  `MAX_ROOMS_PER_EMAIL` rooms each. A failed send is retried on a later pass; the pass stops
-  at the first failure (the SMTP server is likely down).
+  `MAX_ROOMS_PER_EMAIL` rooms each. A user is due when their oldest unread notification
+  past their position is (however many newer ones keep arriving); the email shows the newest.
+* A send the SMTP server could not take (unreachable, a timeout, a 4xx reply) is retried on
+  a later pass, and the pass stops there (the server is likely down). A message it refuses
+  for good (a 5xx reply to the recipient or the content) is not sent again: the user's
+  position moves on and the throttle counts it as sent, and the pass goes on.
 * A pusher whose address is no longer on the account is removed (Synapse removes it when
   the address is), not mailed.
 * "Arrived" is the event's `origin_server_ts`, as recorded with the push action.
@@ -41,7 +45,7 @@ from homeserver.server import HomeServer
 from homeserver.storage.email_notifs import EMAIL_KIND, EmailNotifStore, EmailState, PendingNotification
 from homeserver.storage.event_types import StoredEvent
 from homeserver.storage.push import PusherStore
-from homeserver.storage.threepids import ThreepidStore
+from homeserver.storage.threepids import ThreepidStore, email_key
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +250,7 @@ class EmailNotifier(LeaderService):
                 try:
                     sent += await self._user(state, now, upto)
                 except MailError:
-                    break  # tried again on a later pass
+                    break  # the server may be down: tried again on a later pass
             self.sent += sent
             return sent
 
@@ -254,15 +258,22 @@ class EmailNotifier(LeaderService):
         user_id = state.user_id
         rooms = {r for r, membership, _, _ in await self.events.get_memberships_for_user(user_id)
                  if membership in ("join", "invite")}  # fmt: skip
-        pending = await self.store.pending(
-            user_id, rooms, state.last_stream_id, upto, MAX_ROOMS_PER_EMAIL, MAX_NOTIFS_PER_EMAIL
+        # Due by the oldest unread notification: the newest ones shown below may keep
+        # arriving within the delay while a room is busy.
+        oldest = await self.store.oldest_pending_ts(user_id, rooms, state.last_stream_id, upto)
+        if oldest is not None and oldest + self.config.notif_delay_ms > now:
+            return 0  # none due yet; a read receipt may still come
+        pending = (
+            []
+            if oldest is None
+            else await self.store.pending(
+                user_id, rooms, state.last_stream_id, upto, MAX_ROOMS_PER_EMAIL, MAX_NOTIFS_PER_EMAIL
+            )
         )
         if not pending:
             # Read, or in rooms the user left: nothing to email up to here.
             await self.store.advance(user_id, state.last_stream_id, upto, None)
             return 0
-        if min(n.ts for n in pending) + self.config.notif_delay_ms > now:
-            return 0  # none due yet; a read receipt may still come
         addresses = await self._addresses(user_id)
         if not addresses:
             await self.store.advance(user_id, state.last_stream_id, upto, None)
@@ -272,20 +283,26 @@ class EmailNotifier(LeaderService):
             await self.store.advance(user_id, state.last_stream_id, upto, None)
             return 0
         sent = 0
-        failure: MailError | None = None
+        retry: MailError | None = None
         for address in addresses:
             try:
                 await self.mailer.send(address, email.subject, email.text, email.html)
                 sent += 1
             except MailError as e:
-                failure = e
+                if not e.permanent:
+                    retry = e
         if sent:
             # Everything up to `upto` is covered: the email listed the newest, and older
             # unread ones past the bounds are not worth a second email.
             await self.store.advance(user_id, state.last_stream_id, upto, now)
             log.info("emailed %s about %d notifications", user_id, len(pending))
-        if failure is not None and not sent:
-            raise failure
+        elif retry is not None:
+            raise retry
+        else:
+            # Refused for good at every address: as if sent (position and throttle), so
+            # it is not offered again each pass nor holds up the users after this one.
+            await self.store.advance(user_id, state.last_stream_id, upto, now)
+            log.info("the email to %s about %d notifications was refused", user_id, len(pending))
         return sent
 
     async def _addresses(self, user_id: str) -> list[str]:
@@ -296,8 +313,8 @@ class EmailNotifier(LeaderService):
         for pusher in await self.pushers.for_user(user_id):
             if pusher.kind != EMAIL_KIND:
                 continue
-            if pusher.pushkey.strip().lower() in owned:
-                out.append(pusher.pushkey)
+            if email_key(pusher.pushkey) in owned:
+                out.append(email_key(pusher.pushkey))  # the address as validated, not as typed
             else:
                 await self.pushers.delete(user_id, pusher.app_id, pusher.pushkey)
                 log.info("removed an email pusher of %s: its address is no longer on the account", user_id)

@@ -22,7 +22,23 @@ SMTP_TIMEOUT_S = 30.0
 
 
 class MailError(Exception):
-    """The message could not be handed to the SMTP server."""
+    """The message could not be handed to the SMTP server. `permanent`: the server refused
+    this message for good (a 5xx reply to its recipient or its content), so sending it
+    again will not help; otherwise (unreachable, a timeout, a 4xx reply, refused login or
+    sender) the server may take it later, and other messages fail alike meanwhile."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def is_permanent(error: Exception) -> bool:
+    """A 5xx refusal of the message's recipient(s) or content: this message only."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        return bool(error.recipients) and all(500 <= r.code < 600 for r in error.recipients)
+    if isinstance(error, (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError)):
+        return 500 <= error.code < 600
+    return False
 
 
 def recipient_domain(address: str) -> str:
@@ -55,6 +71,8 @@ class Mailer:
         try:
             await aiosmtplib.send(
                 msg,
+                # The envelope names the one address given, whatever the headers might parse to.
+                recipients=[to],
                 hostname=cfg.smtp_host,
                 port=cfg.smtp_port,
                 username=cfg.smtp_user,
@@ -72,5 +90,5 @@ class Mailer:
                 type(e).__name__,
                 f" ({code})" if code is not None else "",
             )
-            raise MailError(type(e).__name__) from None
+            raise MailError(type(e).__name__, permanent=is_permanent(e)) from None
         log.info("sent email to a recipient at %s", recipient_domain(to))

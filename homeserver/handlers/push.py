@@ -39,7 +39,7 @@ from homeserver.storage.push import (
     RuleNotFound,
 )
 from homeserver.storage.relations import RelationsStore
-from homeserver.storage.threepids import ThreepidStore
+from homeserver.storage.threepids import ThreepidStore, email_key
 from homeserver.storage.unread import Counts
 from homeserver.sync.notifier import Notifier
 
@@ -455,7 +455,7 @@ class PushHandler:
                 raise MatrixError(400, Codes.INVALID_PARAM, "data.url must be an http(s) URL")
         elif self.threepids is not None:
             # As Synapse: the address must be validated on this account.
-            owner = await self.threepids.user_for("email", pushkey.strip().lower())
+            owner = await self.threepids.user_for("email", email_key(pushkey))
             if owner != user_id:
                 raise MatrixError(400, Codes.THREEPID_NOT_FOUND, "Email not found")
         profile_tag = body.get("profile_tag")
@@ -477,3 +477,9 @@ class PushHandler:
 
     async def get_pushers(self, user_id: str) -> list[dict[str, Any]]:
         return [p.to_json() for p in await self.pushers.for_user(user_id)]
+
+    async def remove_email_pushers(self, user_id: str, address: str) -> None:
+        """The address left the account: its email pushers go too (as in Synapse)."""
+        for pusher in await self.pushers.for_user(user_id):
+            if pusher.kind == "email" and email_key(pusher.pushkey) == email_key(address):
+                await self.pushers.delete(user_id, pusher.app_id, pusher.pushkey)

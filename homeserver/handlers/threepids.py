@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from homeserver.handlers.auth import Requester
 from homeserver.handlers.mailer import Mailer, MailError
 from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.ratelimit import LimitExceeded, RateLimiter
-from homeserver.storage.threepids import Threepid, ThreepidStore, ValidationSession
+from homeserver.storage.threepids import Threepid, ThreepidStore, ValidationSession, email_key
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,24 @@ SUBMIT_PATHS = {
 NO_SESSION = "No validated 3pid session found"
 
 
+# A plain addr-spec: dot-atom local part and domain, nothing a mail header or an SMTP relay
+# would read as more than one mailbox (no commas, semicolons, colons, quotes, brackets,
+# comments), and neither `%` nor `!`, which some relays still route on.
+EMAIL_ADDRESS = re.compile(
+    r"[A-Za-z0-9#$&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9#$&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+# The spec's grammar for client_secret.
+CLIENT_SECRET = re.compile(r"[0-9a-zA-Z.=_-]{1,255}")
+
+
 def canonical_email(address: str) -> str:
-    """The stored form of an email address (as Synapse's canonicalise_email): trimmed,
-    lower-cased, exactly one @ with something on both sides."""
-    address = address.strip()
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain or "@" in local or len(address) > MAX_EMAIL_LENGTH:
+    """The stored form of a new email address: one plain mailbox (EMAIL_ADDRESS), trimmed
+    and lower-cased (storage.threepids.email_key)."""
+    key = email_key(address)
+    if len(key) > MAX_EMAIL_LENGTH or not EMAIL_ADDRESS.fullmatch(key):
         raise MatrixError(400, Codes.INVALID_PARAM, "Unable to parse email address")
-    if any(c.isspace() for c in address):
-        raise MatrixError(400, Codes.INVALID_PARAM, "Unable to parse email address")
-    return address.lower()
+    return key
 
 
 def hash_token(token: str) -> str:
@@ -96,24 +105,31 @@ class ThreepidHandler:
     # Validation sessions -----------------------------------------------------------------
 
     async def request_token(self, req: TokenRequest, client: str) -> dict[str, Any]:
-        owner = await self.store.user_for(EMAIL, req.address)
-        if req.purpose == "account/password":
-            if owner is None:
-                raise MatrixError(400, Codes.THREEPID_NOT_FOUND, "Email not found")
-        elif owner is not None:
-            raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use")
-        existing = await self.store.session_for_secret(req.client_secret, EMAIL, req.address)
-        if existing is not None and req.send_attempt <= existing.send_attempt:
-            return {"sid": existing.session_id}
-        # Per address and per client; both must have room before either is charged.
+        # Every request is charged, per address and per client, before anything is looked
+        # up (as Synapse): the answers below also say whether an address has an account.
+        # Both must have room before either is charged.
         keys = (f"address:{req.address}", f"client:{client}")
         waits = [wait for key in keys if (wait := self.limiter.retry_after_ms(key)) is not None]
         if waits:
             raise LimitExceeded(max(waits))
         for key in keys:
             self.limiter.check(key)
-        token = secrets.token_urlsafe(24)
+        owner = await self.store.user_for(EMAIL, req.address)
+        if req.purpose == "account/password":
+            if owner is None:
+                raise MatrixError(400, Codes.THREEPID_NOT_FOUND, "Email not found")
+        elif owner is not None:
+            raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use")
         now = self.clock.time_ms()
+        existing = await self.store.session_for_secret(req.client_secret, EMAIL, req.address)
+        if existing is not None and (existing.validated_ts is not None or existing.expires_ts < now):
+            # Only a pending session is continued (as Synapse): a proven one is used once,
+            # for what it was asked for, and cannot be kept alive by resends.
+            await self.store.delete_session(existing.session_id)
+            existing = None
+        if existing is not None and req.send_attempt <= existing.send_attempt:
+            return {"sid": existing.session_id}
+        token = secrets.token_urlsafe(24)
         expires = now + self.email.validation_token_lifetime_ms
         if existing is not None:
             sid = existing.session_id
@@ -134,9 +150,12 @@ class ThreepidHandler:
         try:
             await self._send(req, sid, token)
         except MailError:
-            # Let the client try again with the same send_attempt.
+            # Let the client try again with the same send_attempt; the link it already has
+            # keeps working.
             if existing is not None:
-                await self.store.set_send_attempt(sid, existing.send_attempt)
+                await self.store.new_token(
+                    sid, req.send_attempt, existing.send_attempt, existing.token_hash, existing.expires_ts
+                )
             else:
                 await self.store.delete_session(sid)
             raise MatrixError(500, Codes.UNKNOWN, "An error was encountered when sending the email") from None
@@ -175,6 +194,7 @@ class ThreepidHandler:
         now = self.clock.time_ms()
         if (
             session is None
+            or not CLIENT_SECRET.fullmatch(client_secret)  # ASCII, as compare_digest needs
             or not hmac.compare_digest(session.client_secret, client_secret)
             or not hmac.compare_digest(session.token_hash, hash_token(token))
             or session.expires_ts < now
@@ -187,6 +207,7 @@ class ThreepidHandler:
         session = await self.store.session(sid)
         if (
             session is None
+            or not CLIENT_SECRET.fullmatch(client_secret)
             or not hmac.compare_digest(session.client_secret, client_secret)
             or session.validated_ts is None
             or session.expires_ts < self.clock.time_ms()
@@ -243,6 +264,4 @@ class ThreepidHandler:
         log.info("%s added an email address", requester.user_id)
 
     async def remove(self, user_id: str, medium: str, address: str) -> bool:
-        if medium == EMAIL:
-            address = address.strip().lower()
-        return await self.store.remove(user_id, medium, address)
+        return await self.store.remove(user_id, medium, email_key(address) if medium == EMAIL else address)

@@ -29,6 +29,7 @@ from homeserver.clock import Clock
 from homeserver.errors import Codes, InteractiveAuthRequired, MatrixError, bad_json, missing_param
 from homeserver.handlers.auth import PasswordHasher
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.threepids import email_key
 from homeserver.storage.uia_sessions import UIASessionStore
 
 STAGE_DUMMY = "m.login.dummy"
@@ -163,7 +164,7 @@ def _thirdparty(body: Mapping[str, Any]) -> tuple[str, str] | None:
     medium, address = identifier.get("medium"), identifier.get("address")
     if not isinstance(medium, str) or not isinstance(address, str):
         raise bad_json("identifier.medium and identifier.address must be strings")
-    return medium, address.strip().lower() if medium == "email" else address
+    return medium, email_key(address) if medium == "email" else address
 
 
 async def identify_user(body: Mapping[str, Any], server_name: str, threepids: ThreepidLookup | None) -> str:

@@ -12,40 +12,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Insert, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.storage.e2ee_schema import device_list_changes
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import current_state, events
-
-# Keep IN (...) lists well below SQLite's bound-parameter limit.
-_CHUNK = 500
-
-
-def chunks(items: Collection[str], size: int = _CHUNK) -> Iterable[list[str]]:
-    seq = list(items)
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
-
-
-def dialect_insert(conn: AsyncConnection, table: Table) -> sqlite.Insert | postgresql.Insert:
-    """The connection's dialect's INSERT, which has ON CONFLICT (SQLite and PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
-def upsert(
-    conn: AsyncConnection, table: Table, values: dict[str, object], keys: list[str], update: list[str]
-) -> Insert:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE SET update (or DO NOTHING), for SQLite and PostgreSQL."""
-    ins = dialect_insert(conn, table).values(**values)
-    if not update:
-        return ins.on_conflict_do_nothing(index_elements=keys)
-    return ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in update})
+from homeserver.storage.sqlutil import chunks, upsert
 
 
 async def mark_changed(conn: AsyncConnection, db: Database, user_ids: Iterable[str]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, tuple_, update
 
 from homeserver import jsonutil
-from homeserver.storage.device_lists import chunks, mark_changed, upsert
+from homeserver.storage.device_lists import mark_changed
 from homeserver.storage.e2ee_schema import (
     e2e_cross_signing_keys,
     e2e_device_keys,
@@ -24,6 +24,7 @@ from homeserver.storage.e2ee_schema import (
 )
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import devices
+from homeserver.storage.sqlutil import chunks, upsert
 
 JsonDict = dict[str, Any]
 

@@ -14,6 +14,7 @@ from homeserver import jsonutil
 from homeserver.storage.cs_schema import media, media_thumbnails
 from homeserver.storage.engine import Database
 from homeserver.storage.schema import current_state, events, users
+from homeserver.storage.sqlutil import chunks
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,17 +170,22 @@ class MediaStore:
         self, flag: bool, *, media_ids: Sequence[str] = (), user_id: str | None = None
     ) -> int:
         """(Un)quarantine the given media, or all of a user's, and every other item with the
-        same bytes (SHA-256); how many items changed. Quarantine skips protected media."""
-        chosen: ColumnElement[bool] = media.c.media_id.in_(list(media_ids))
+        same bytes (SHA-256); how many items changed. Quarantine skips protected media.
+        A room's media may be many thousands of IDs: they go in chunks, in one transaction."""
+        choices: list[ColumnElement[bool]] = [media.c.media_id.in_(part) for part in chunks(media_ids)]
         if user_id is not None:
-            chosen = or_(chosen, media.c.user_id == user_id)
-        same_bytes = media.c.sha256.in_(select(media.c.sha256).where(chosen, media.c.sha256.is_not(None)))
-        q = update(media).where(or_(chosen, same_bytes), media.c.quarantined != flag)
-        if flag:
-            q = q.where(media.c.safe_from_quarantine.is_(False))
+            choices.append(media.c.user_id == user_id)
+        changed = 0
         async with self.db.write() as conn:
-            res = await conn.execute(q.values(quarantined=flag))
-        return int(res.rowcount)
+            for chosen in choices:
+                same_bytes = media.c.sha256.in_(
+                    select(media.c.sha256).where(chosen, media.c.sha256.is_not(None))
+                )
+                q = update(media).where(or_(chosen, same_bytes), media.c.quarantined != flag)
+                if flag:
+                    q = q.where(media.c.safe_from_quarantine.is_(False))
+                changed += int((await conn.execute(q.values(quarantined=flag))).rowcount)
+        return changed
 
     async def set_protected(self, media_id: str, flag: bool) -> bool:
         """Mark an item safe from quarantine (or not); False for unknown media."""

@@ -14,6 +14,12 @@ from homeserver.storage.cs_schema import user_threepids
 from homeserver.storage.engine import Database
 
 
+def email_key(address: str) -> str:
+    """How an email address is stored and looked up: trimmed and lower-cased (as Synapse).
+    New addresses are also checked (handlers.threepids.canonical_email)."""
+    return address.strip().lower()
+
+
 @dataclass(slots=True, frozen=True)
 class Threepid:
     medium: str
@@ -173,10 +179,6 @@ class ThreepidStore:
                 )
         return True
 
-    async def remove_all(self, user_id: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(delete(user_threepids).where(user_threepids.c.user_id == user_id))
-
     # Validation sessions ----------------------------------------------------------------
 
     async def session(self, session_id: str) -> ValidationSession | None:
@@ -234,8 +236,8 @@ class ThreepidStore:
     async def new_token(
         self, session_id: str, previous_attempt: int, send_attempt: int, token_hash: str, expires_ts: int
     ) -> bool:
-        """A new token for a resend, unless another request took this send attempt (False).
-        Keeps the session's validation: the address was proven once."""
+        """A new token for a resend of an unvalidated session, unless another request took
+        this send attempt (False). Also puts a failed resend's previous token back."""
         c = sessions.c
         async with self.db.write() as conn:
             result = await conn.execute(
@@ -244,12 +246,6 @@ class ThreepidStore:
                 .values(send_attempt=send_attempt, token_hash=token_hash, expires_ts=expires_ts)
             )
         return bool(result.rowcount)
-
-    async def set_send_attempt(self, session_id: str, send_attempt: int) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                update(sessions).where(sessions.c.session_id == session_id).values(send_attempt=send_attempt)
-            )
 
     async def mark_validated(self, session_id: str, now: int, expires_ts: int) -> None:
         async with self.db.write() as conn:

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 
 from homeserver import jsonutil
-from homeserver.storage.device_lists import chunks, upsert
 from homeserver.storage.e2ee_schema import device_inbox, device_inbox_txns, e2e_stream_marks
 from homeserver.storage.engine import Database
+from homeserver.storage.sqlutil import chunks, upsert
 
 _MARK = "to_device"
 

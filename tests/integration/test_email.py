@@ -371,22 +371,26 @@ async def test_refusals_and_expiry(tmp_path: Path, http: aiohttp.ClientSession) 
 
 
 async def test_sending_is_rate_limited(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    limits = {"enabled": True, "threepid_validation_burst": 2}
+    """Every request is charged (per client and per address) before anything is looked up,
+    as in Synapse: the limit bounds emails sent and questions about who has an account."""
+    limits = {"enabled": True, "threepid_validation_burst": 3}
     async with email_server(tmp_path, rate_limits=limits) as (server, sink):
         await server.register("alice")
-        for attempt in (1, 2):
-            status, out = await request_token(http, server, "account/password", "x@example.org", "s", attempt)
-            assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND")  # checked before the limit
-        for attempt in (1, 2):
-            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", attempt)
-            assert status == 200, out
-        # Asking again for a sent attempt costs nothing; a new one is over the limit.
-        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 2)
-        assert status == 200, out
-        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 3)
-        assert (status, out["errcode"]) == (429, "M_LIMIT_EXCEEDED"), out
-        assert out["retry_after_ms"] > 0
-        assert len(sink.messages) == 2
+        status, out = await request_token(http, server, "account/password", "x@example.org", "s", 1)
+        assert (status, out["errcode"]) == (400, "M_THREEPID_NOT_FOUND")
+        status, first = await request_token(http, server, "account/3pid", "a@example.org", "s", 1)
+        assert status == 200, first
+        # Asking again for a sent attempt sends nothing, and is charged all the same.
+        status, again = await request_token(http, server, "account/3pid", "a@example.org", "s", 1)
+        assert (status, again["sid"]) == (200, first["sid"])
+        for purpose, address, attempt in (
+            ("account/3pid", "a@example.org", 2),
+            ("account/password", "x@example.org", 1),
+        ):
+            status, out = await request_token(http, server, purpose, address, "s", attempt)
+            assert (status, out["errcode"]) == (429, "M_LIMIT_EXCEEDED"), out
+            assert out["retry_after_ms"] > 0
+        assert len(sink.messages) == 1
 
 
 async def test_smtp_login_with_password_file(tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -413,6 +417,60 @@ async def test_smtp_failure_lets_the_client_retry(tmp_path: Path, http: aiohttp.
             status, out = await request_token(http, server, "account/3pid", "a@example.org", "s")
             assert status == 200, out
             assert (await sink.wait_for(1)).rcpt_tos == ["a@example.org"]
+
+
+async def test_a_failed_resend_keeps_the_link_already_sent(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with smtp_server(credentials={"sotto": "right"}) as sink:
+        config = email_config(sink, smtp_user="sotto", smtp_pass="right")
+        async with run_server(str(tmp_path), email=config) as server:
+            status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 1)
+            assert status == 200, out
+            first_link = link_in(await sink.wait_for(1))
+            sink.credentials = {"sotto": "changed"}
+            status, failed = await request_token(http, server, "account/3pid", "a@example.org", "s", 2)
+            assert (status, failed["errcode"]) == (500, "M_UNKNOWN"), failed
+            status, page = await open_link(http, first_link)
+            assert status == 200 and "validated" in page, page
+
+
+async def test_hostile_addresses_secrets_and_attempts(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with email_server(tmp_path) as (server, sink):
+        # Anything a mail header or an SMTP relay could read as more than one mailbox.
+        for address in (
+            "ceo,x@evil.example",
+            "g:ceo,victim%external.example,x@evil.example;",
+            "victim%external.example@example.org",
+            '"a b"@example.org',
+            "a@example.org\r\nBcc: x@evil.example",
+            "<a@example.org>",
+            "a@[127.0.0.1]",
+        ):
+            status, out = await request_token(http, server, "account/3pid", address, "s")
+            assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), address
+        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", 2**60)
+        assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), out
+        assert sink.messages == []
+
+        # A validated session is not continued by a resend: that starts a new one.
+        status, first = await request_token(http, server, "account/3pid", "a@example.org", "s", 1)
+        assert status == 200, first
+        await open_link(http, link_in(await sink.wait_for(1)))
+        status, second = await request_token(http, server, "account/3pid", "a@example.org", "s", 2)
+        assert status == 200 and second["sid"] != first["sid"], second
+        alice = await signed_in(server, http, "alice", "pw")
+        add = {"client_secret": "s", "sid": first["sid"], "auth": password_auth("alice", "pw")}
+        status, out = await alice.request("POST", "/account/3pid/add", json=add)
+        assert (status, out["errcode"]) == (400, "M_THREEPID_AUTH_FAILED"), out
+
+        # Secrets outside the spec's grammar are refused, not crashed on.
+        link = link_in(await sink.wait_for(2)).replace("client_secret=s", "client_secret=%C3%A9")
+        async with http.get(link) as resp:
+            assert resp.status == 400
+        bad = {"client_secret": "é", "sid": second["sid"], "auth": password_auth("alice", "pw")}
+        status, out = await alice.request("POST", "/account/3pid/add", json=bad)
+        assert status == 400, out
 
 
 async def test_email_off_keeps_the_previous_answers(

@@ -5,6 +5,7 @@ on real time."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from pathlib import Path
@@ -16,7 +17,13 @@ import pytest
 
 from homeserver.config import ConfigError, config_from_dict
 from homeserver.handlers.cs_services import CS_KEY
-from homeserver.handlers.email_notifs import EmailNotifier, MessageLine, RoomSummary, compose
+from homeserver.handlers.email_notifs import (
+    MAX_NOTIFS_PER_EMAIL,
+    EmailNotifier,
+    MessageLine,
+    RoomSummary,
+    compose,
+)
 from tests.security.support import FakeClock
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
@@ -148,6 +155,82 @@ async def test_summary_once_throttled_read_and_encrypted(tmp_path: Path) -> None
             assert (await alice.ok("GET", "/pushers"))["pushers"] == []
 
 
+async def test_a_refused_recipient_holds_up_no_one(tmp_path: Path) -> None:
+    """The SMTP server refuses alice's address for good (550 to RCPT): carol, after her in
+    the pass, is still emailed, and alice's message is not offered again each pass."""
+    async with smtp_server() as sink:
+        sink.refused.add(ALICE_EMAIL)
+        email = email_config(sink, enable_notifs=True, notif_delay_ms=60_000, notif_throttle_ms=THROTTLE_MS)
+        async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
+            notifier = srv.runner.app[CS_KEY].email_notifier
+            assert isinstance(notifier, EmailNotifier)
+            clock = FakeClock(time.time())
+            notifier.clock = clock
+            root, alice, bob, room = await setup(srv, http)
+            carol = await client(srv, http, "carol")
+            assert alice.user_id < carol.user_id  # alice comes first in a pass
+            await set_threepids(root, carol.user_id, ["carol@example.org"])
+            assert (await carol.join(room))[0] == 200
+            for user, address in ((alice, ALICE_EMAIL), (carol, "carol@example.org")):
+                await user.ok("POST", "/pushers/set", json=email_pusher(address))
+
+            await bob.send(room, "anyone for tea?", "t1")
+            clock.now = time.time() + 61
+            await notifier.run_once()
+            mail = await sink.wait_for(1)
+            assert mail.rcpt_tos == ["carol@example.org"] and "anyone for tea?" in mail.text
+            assert sink.refusals == [ALICE_EMAIL]
+
+            # Refused for good: not offered again on the next passes (nor is carol's sent twice).
+            for _ in range(3):
+                clock.now += 61
+                await notifier.run_once()
+            assert sink.refusals == [ALICE_EMAIL] and len(sink.messages) == 1
+
+            # Throttled as if sent: a newer message is tried once the throttle has passed.
+            await bob.send(room, "second pot", "t2")
+            clock.now += 61
+            await notifier.run_once()
+            assert sink.refusals == [ALICE_EMAIL] and len(sink.messages) == 1
+            clock.now += THROTTLE_MS / 1000
+            await notifier.run_once()
+            mail = await sink.wait_for(2)
+            assert mail.rcpt_tos == ["carol@example.org"] and "second pot" in mail.text
+            assert sink.refusals == [ALICE_EMAIL, ALICE_EMAIL]
+
+
+async def test_a_busy_room_is_emailed(tmp_path: Path) -> None:
+    """More notifications than one email shows keep arriving within the delay: the oldest is
+    due, so the email goes out (with the newest)."""
+    delay_ms = 60_000
+    async with smtp_server() as sink:
+        email = email_config(sink, enable_notifs=True, notif_delay_ms=delay_ms, notif_throttle_ms=THROTTLE_MS)
+        async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
+            notifier = srv.runner.app[CS_KEY].email_notifier
+            assert isinstance(notifier, EmailNotifier)
+            clock = FakeClock(time.time())
+            notifier.clock = clock
+            _, alice, bob, room = await setup(srv, http)
+            await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
+
+            first = await bob.send(room, "message 0", "t0")
+            event = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(first)}")
+            first_ts = event["origin_server_ts"]
+            await asyncio.sleep(0.05)  # the others arrive later
+            for i in range(1, MAX_NOTIFS_PER_EMAIL + 5):
+                await bob.send(room, f"message {i}", f"t{i}")
+            clock.now = (first_ts + delay_ms - 1.5) / 1000
+            assert await notifier.run_once() == 0
+            # Only the first is past the delay.
+            clock.now = (first_ts + delay_ms + 0.5) / 1000
+            assert await notifier.run_once() == 1
+            mail = await sink.wait_for(1)
+            assert mail.rcpt_tos == [ALICE_EMAIL]
+            last = MAX_NOTIFS_PER_EMAIL + 4
+            assert f"message {last}" in mail.text and f"message {last - 1}" in mail.text
+            assert "message 0\n" not in mail.text
+
+
 async def test_notifications_off_by_default(tmp_path: Path) -> None:
     async with (
         smtp_server() as sink,
@@ -164,6 +247,18 @@ async def test_notifications_off_by_default(tmp_path: Path) -> None:
         pushers = (await alice.ok("GET", "/pushers"))["pushers"]
         assert [(p["kind"], p["pushkey"]) for p in pushers] == [("email", ALICE_EMAIL)]
         assert sink.messages == []
+        # The address leaves the account: its pusher goes with it (as in Synapse).
+        gone = {"medium": "email", "address": ALICE_EMAIL.upper()}
+        await alice.ok("POST", "/account/3pid/delete", json=gone)
+        assert (await alice.ok("GET", "/pushers"))["pushers"] == []
+
+
+async def test_email_pushers_are_stored_when_email_is_off(tmp_path: Path) -> None:
+    async with run_server(str(tmp_path)) as srv, aiohttp.ClientSession() as http:
+        alice = await client(srv, http, "alice")
+        await alice.ok("POST", "/pushers/set", json=email_pusher("anyone@example.org"))
+        pushers = (await alice.ok("GET", "/pushers"))["pushers"]
+        assert [(p["kind"], p["pushkey"]) for p in pushers] == [("email", "anyone@example.org")]
 
 
 def test_summary_of_several_rooms() -> None:

@@ -7,12 +7,16 @@ import io
 import json
 import os
 import sys
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from homeserver.admin_cli import ApiError, _wait_for_redaction
 from homeserver.cli import main
+from homeserver.config import Config
 from tests.support.server import RunningServer
 
 
@@ -185,3 +189,25 @@ async def test_admin_cli_moderation(
     assert await cli("make-room-admin", room, "spammer") == {}
     levels = await call(alice, "GET", f"/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/")
     assert levels["users"][spammer] == 100  # alice created the room: she outranks everyone
+
+
+async def test_waiting_for_a_redaction_rides_over_other_workers(aiohttp_server: Any) -> None:
+    """Behind a load balancer a status poll may reach a worker that did not start the job
+    (404): `--wait` asks again, and gives up only after many misses in a row."""
+    answers = [404, 404, 200]
+
+    async def status(_request: web.Request) -> web.Response:
+        code = answers.pop(0) if answers else 404
+        if code == 404:
+            return web.json_response({"errcode": "M_NOT_FOUND", "error": "unknown"}, status=404)
+        return web.json_response({"status": "complete", "failed_redactions": {}})
+
+    app = web.Application()
+    app.router.add_get("/_synapse/admin/v1/user/redact_status/{redact_id}", status)
+    srv = await aiohttp_server(app)
+    config = cast(Config, SimpleNamespace(baseurl=str(srv.make_url("")).rstrip("/")))
+    done = await _wait_for_redaction(config, "token", "job1", lambda _line: None, poll_s=0)
+    assert done == {"redact_id": "job1", "status": "complete", "failed_redactions": {}}
+    with pytest.raises(ApiError) as e:
+        await _wait_for_redaction(config, "token", "job2", lambda _line: None, poll_s=0)
+    assert e.value.status == 404

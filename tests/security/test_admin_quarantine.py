@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from homeserver.handlers.cs_services import services
 from tests.integration.test_media import png_bytes
 from tests.security.support import Client
 from tests.security.test_admin_api import A1, user
@@ -139,3 +140,14 @@ async def test_a_users_media_quarantined(server: RunningServer, http: aiohttp.Cl
         "POST", f"{A1}/user/{quote('@nobody:' + server.server_name)}/media/quarantine"
     )
     assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+
+
+async def test_many_ids_at_once(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    """A spam room can name more media than one statement may bind (32,767 parameters on
+    SQLite and PostgreSQL): they are quarantined in chunks."""
+    alice = await user(server, http, "alice")
+    real = await upload(alice, b"among many")
+    store = services(server.runner.app, server.hs).media.store
+    ids = [f"unknown{i:06d}" for i in range(40_000)] + [real]
+    assert await store.set_quarantined(True, media_ids=ids) == 1
+    assert await download(alice, server, real) == 404

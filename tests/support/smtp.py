@@ -46,7 +46,20 @@ class MailSink:
     messages: list[Received] = field(default_factory=list)
     # Accepted logins (AUTH PLAIN/LOGIN) when the server asks for one.
     credentials: dict[str, str] | None = None
+    # Recipients refused for good ("550" to RCPT), and each refusal made.
+    refused: set[str] = field(default_factory=set)
+    refusals: list[str] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.lower() in self.refused:
+            self.refusals.append(address)
+            return "550 5.1.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
