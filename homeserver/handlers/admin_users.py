@@ -23,6 +23,8 @@ from homeserver.handlers.users import create_account
 
 USER_TYPES = (None, "bot", "support")
 FLAGS = ("admin", "deactivated", "locked", "logout_devices")
+# user_threepids.address is a String(255).
+MAX_ADDRESS_LENGTH = 255
 
 
 def check_body(body: Mapping[str, Any], threepids_allowed: bool = False) -> None:
@@ -48,6 +50,8 @@ def check_body(body: Mapping[str, Any], threepids_allowed: bool = False) -> None
             raise bad_json("each of threepids needs a medium and an address")
         if threepid["medium"] not in ("email", "msisdn"):
             raise MatrixError(400, Codes.INVALID_PARAM, "medium must be email or msisdn")
+        if len(threepid["address"]) > MAX_ADDRESS_LENGTH:  # the column's size
+            raise MatrixError(400, Codes.INVALID_PARAM, "address is too long")
     for link in body.get("external_ids") or []:
         if not isinstance(link, dict) or not all(
             isinstance(link.get(k), str) and link[k] for k in ("auth_provider", "external_id")

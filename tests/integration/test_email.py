@@ -365,6 +365,9 @@ async def test_refusals_and_expiry(tmp_path: Path, http: aiohttp.ClientSession) 
         assert [t["address"] for t in (await alice.ok("GET", "/account/3pid"))["threepids"]] == [
             "a@example.org"
         ]
+        long_number = {"medium": "msisdn", "address": "4" * 256}
+        out = await admin_call(root, "PUT", alice_path, {"threepids": [long_number]}, status=400)
+        assert out["errcode"] == "M_INVALID_PARAM"
         out = await admin_call(root, "PUT", alice_path, {"threepids": []})
         assert out["threepids"] == []
         assert await alice.ok("GET", "/account/3pid") == {"threepids": []}
