@@ -1,9 +1,11 @@
 """The public room directory over federation.
 
 Inbound: `GET` and `POST /_matrix/federation/v1/publicRooms` answer other servers with
-this server's published rooms (the same list its own clients see). Outbound: a client's
-`publicRooms?server=other` asks that server, with `GET` (paging only) or `POST` (with a
-search term), and passes its answer on after checking its shape.
+this server's published rooms (the same list its own clients see) when
+room_directory.allow_public_rooms_over_federation is on; off (the default, as Synapse's),
+403 M_FORBIDDEN. Outbound: a client's `publicRooms?server=other` asks that server, with
+`GET` (paging only) or `POST` (with a search term), and passes its answer on after
+checking its shape.
 """
 
 from __future__ import annotations
@@ -20,15 +22,22 @@ PATH = "/_matrix/federation/v1/publicRooms"
 
 
 class FederatedDirectory:
-    def __init__(self, directory: RoomDirectory, client: FederationClient) -> None:
+    def __init__(self, directory: RoomDirectory, client: FederationClient, *, serve: bool = False) -> None:
         self.directory = directory
         self.client = client
+        # room_directory.allow_public_rooms_over_federation: off, other servers get 403.
+        self.serve = serve
 
     def install(self) -> None:
         self.directory.remote = self.remote_public_rooms
 
     def routes(self) -> list[tuple[str, str, Any]]:
+        def check_served(origin: str) -> None:
+            if not self.serve:
+                raise MatrixError(403, Codes.FORBIDDEN, f"Federation denied with {origin}")
+
         async def get(request: web.Request, origin: str, content: Any) -> Any:
+            check_served(origin)
             raw = request.query.get("limit", "0")
             if not raw.isdigit():
                 raise MatrixError(400, Codes.INVALID_PARAM, "limit must be a non-negative integer")
@@ -41,6 +50,7 @@ class FederatedDirectory:
             return await self.directory.local(DirectoryQuery.from_body(body))
 
         async def post(request: web.Request, origin: str, content: Any) -> Any:
+            check_served(origin)
             if not isinstance(content, dict):
                 raise MatrixError(400, Codes.BAD_JSON, "Request body must be a JSON object")
             return await self.directory.local(DirectoryQuery.from_body(content))

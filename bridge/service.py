@@ -471,7 +471,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     media = FederatedMedia(hs, cs_services(app, hs).media, fed.client)
     media.install()
     fed.extra_routes.extend(media.routes())
-    directory = FederatedDirectory(get_room_directory(app, hs), fed.client)
+    directory = FederatedDirectory(
+        get_room_directory(app, hs),
+        fed.client,
+        serve=hs.config.room_directory.allow_public_rooms_over_federation,
+    )
     directory.install()
     fed.extra_routes.extend(directory.routes())
     if hs.config.policy_server.enabled:

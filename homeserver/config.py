@@ -108,6 +108,18 @@ class RegistrationConfig:
     # `email.enabled`. Off, the stage is offered as an option (Synapse's
     # `registrations_require_3pid: [email]`).
     require_email: bool = False
+    # Policies new users accept (the m.login.terms stage; Synapse's user_consent with
+    # require_at_registration): None asks for none. Checked into a TermsConfig.
+    terms: TermsConfig | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class TermsConfig:
+    # The version of the policies, recorded with each user's acceptance: a new version is a
+    # new set of documents (give them new URLs).
+    version: str
+    # Policy ID -> language -> {"name": ..., "url": ...}; the operator hosts the documents.
+    policies: dict[str, dict[str, dict[str, str]]]
 
 
 @dataclass(slots=True)
@@ -274,6 +286,9 @@ class EmailConfig:
     enable_notifs: bool = False
     notif_delay_ms: int = 600_000
     notif_throttle_ms: int = 3_600_000
+    # With enable_notifs: an address validated at registration gets an email pusher (on, as
+    # Synapse's default).
+    notif_for_new_users: bool = True
     # Where the emails' links open rooms (Synapse's `client_base_url`).
     client_base_url: str = "https://app.element.io"
 
@@ -363,6 +378,36 @@ class TracingConfig:
 
 
 @dataclass(slots=True)
+class RoomDirectoryConfig:
+    """Who may read the public room directory (Synapse's options of the same names)."""
+
+    # GET /publicRooms without an access token (a search, POST, always needs one).
+    allow_public_rooms_without_auth: bool = False
+    # Other servers may read it (/_matrix/federation/v1/publicRooms); off: 403 M_FORBIDDEN.
+    allow_public_rooms_over_federation: bool = False
+
+
+@dataclass(slots=True)
+class UserDirectoryConfig:
+    # Search every local user and every user seen in a room. Off: only users who share a
+    # room with the searcher or are in a public room (Synapse's user_directory.search_all_users).
+    search_all_users: bool = False
+
+
+@dataclass(slots=True)
+class ProfilesConfig:
+    """GET /profile/{userId} and its fields for clients (other servers' profile queries are
+    answered either way, as Synapse does)."""
+
+    # An access token is needed (401 M_MISSING_TOKEN without one).
+    require_auth_for_profile_requests: bool = False
+    # The caller must share a joined room with the user (403 M_FORBIDDEN), or be that user.
+    # Needs to know who asks, so it implies require_auth_for_profile_requests (in Synapse,
+    # without that option it has no effect).
+    limit_profile_requests_to_users_who_share_rooms: bool = False
+
+
+@dataclass(slots=True)
 class Config:
     server_name: str = "localhost:8008"
     public_baseurl: str | None = None
@@ -397,6 +442,9 @@ class Config:
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    room_directory: RoomDirectoryConfig = field(default_factory=RoomDirectoryConfig)
+    user_directory: UserDirectoryConfig = field(default_factory=UserDirectoryConfig)
+    profiles: ProfilesConfig = field(default_factory=ProfilesConfig)
     # Single sign-on through OpenID Connect providers (homeserver/handlers/sso.py).
     oidc_providers: list[OidcProviderConfig] = field(default_factory=list)
     support: SupportConfig = field(default_factory=SupportConfig)
@@ -453,6 +501,9 @@ _NESTED: dict[str, type[Any]] = {
     "OAuthConfig": OAuthConfig,
     "EmailConfig": EmailConfig,
     "TracingConfig": TracingConfig,
+    "RoomDirectoryConfig": RoomDirectoryConfig,
+    "UserDirectoryConfig": UserDirectoryConfig,
+    "ProfilesConfig": ProfilesConfig,
 }
 
 
@@ -479,6 +530,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     _check_media(cfg.media)
     _check_tracing(cfg.tracing)
     _check_email(cfg)
+    _check_privacy(cfg)
+    cfg.registration.terms = _check_terms(cfg.registration.terms)
     oauth_lifetime = cfg.oauth.access_token_lifetime_ms
     if type(oauth_lifetime) is not int or not 10_000 <= oauth_lifetime <= 86_400_000:
         raise ConfigError("oauth.access_token_lifetime_ms must be between 10000 (10 s) and 86400000 (a day)")
@@ -514,6 +567,14 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
     return cfg
 
 
+def _check_privacy(cfg: Config) -> None:
+    for name in ("room_directory", "user_directory", "profiles"):
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(section):
+            if not isinstance(getattr(section, f.name), bool):
+                raise ConfigError(f"{name}.{f.name} must be true or false")
+
+
 def _check_tracing(tracing: TracingConfig) -> None:
     ratio = tracing.sample_ratio
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
@@ -535,7 +596,8 @@ def _check_tracing(tracing: TracingConfig) -> None:
 
 def _check_email(cfg: Config) -> None:
     email = cfg.email
-    for name in ("enabled", "force_tls", "require_transport_security", "enable_tls", "enable_notifs"):
+    flags = ("enabled", "force_tls", "require_transport_security", "enable_tls", "enable_notifs")
+    for name in (*flags, "notif_for_new_users"):
         if not isinstance(getattr(email, name), bool):
             raise ConfigError(f"email.{name} must be true or false")
     for name in ("notif_delay_ms", "notif_throttle_ms"):
@@ -588,6 +650,39 @@ def _check_email(cfg: Config) -> None:
                 email.smtp_pass = f.readline().strip()  # the first line, as documented
         except OSError as e:
             raise ConfigError(f"email.smtp_pass_file: cannot read {path} ({e.strerror})") from None
+
+
+def _check_terms(raw: Any) -> TermsConfig | None:
+    where = "registration.terms"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"version", "policies"}:
+        raise ConfigError(f"{where}: expected a mapping of version and policies")
+    version, policies = raw.get("version"), raw.get("policies")
+    if not isinstance(version, str) or not version:
+        raise ConfigError(f'{where}.version is required, as a string (quoted: "1.0")')
+    if not isinstance(policies, dict) or not policies:
+        raise ConfigError(f"{where}.policies: expected a mapping of policy IDs (e.g. privacy_policy)")
+    checked: dict[str, dict[str, dict[str, str]]] = {}
+    for policy_id, languages in policies.items():
+        at = f"{where}.policies.{policy_id}"
+        if not isinstance(policy_id, str) or not policy_id:
+            raise ConfigError(f"{where}.policies: {policy_id!r} is not a policy ID")
+        if not isinstance(languages, dict) or not languages:
+            raise ConfigError(f"{at}: expected a mapping of languages (e.g. en) to a name and url")
+        checked[policy_id] = {}
+        for language, doc in languages.items():
+            if language == "version":
+                raise ConfigError(f"{at}: the version is {where}.version, for every policy")
+            if not isinstance(language, str) or not isinstance(doc, dict) or set(doc) - {"name", "url"}:
+                raise ConfigError(f"{at}.{language}: expected a mapping of name and url")
+            name, url = doc.get("name"), doc.get("url")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{at}.{language}.name is required (the document's title)")
+            if not isinstance(url, str) or not re.fullmatch(r"https?://[^/?#\s]+\S*", url):
+                raise ConfigError(f"{at}.{language}.url is required, as an http:// or https:// URL")
+            checked[policy_id][language] = {"name": name, "url": url}
+    return TermsConfig(version, checked)
 
 
 def _check_voip(voip: VoipConfig) -> None:
@@ -736,6 +831,18 @@ oauth:
   # The spec's OAuth 2.0 API: apps such as Element X sign users in through the browser, on
   # this server's own sign-in page. The password login keeps working either way.
   enabled: false
+
+# Privacy (Synapse's defaults): the room directory is for signed-in users of this server,
+# the user directory finds people who share a room with you or are in a public room, and
+# anyone may read a profile (see config/README.md).
+# room_directory:
+#   allow_public_rooms_without_auth: true
+#   allow_public_rooms_over_federation: true
+# user_directory:
+#   search_all_users: true
+# profiles:
+#   require_auth_for_profile_requests: true
+#   limit_profile_requests_to_users_who_share_rooms: true
 
 email:
   # Email addresses on accounts, login by address and "forgot password" links, sent

@@ -98,21 +98,26 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         return json_response({})
 
     directory = get_room_directory(app, hs)
+    without_auth = hs.config.room_directory.allow_public_rooms_without_auth
 
     async def public_rooms(request: web.Request) -> web.Response:
+        server = request.query.get("server")
+        remote = server is not None and server != hs.server_name
         if request.method == "POST":
             await auth.get_requester(request)
             query = DirectoryQuery.from_body(await read_json(request, allow_empty=True))
         else:
+            if remote:
+                # Asking another server is for this server's users: no anonymous proxying.
+                await auth.get_requester(request)
+            elif not without_auth:
+                # As Synapse: the local directory is for signed-in users, guests included.
+                await auth.get_requester(request, allow_guest=True)
             paging = {
                 "limit": query_int(request, "limit", DEFAULT_LIMIT),
                 "since": request.query.get("since"),
             }
             query = DirectoryQuery.from_body(paging)
-        server = request.query.get("server")
-        if server is not None and server != hs.server_name:
-            # Asking another server is for this server's users: no anonymous proxying.
-            await auth.get_requester(request)
         return json_response(await directory.public_rooms(query, server))
 
     async def put_network_visibility(request: web.Request) -> web.Response:

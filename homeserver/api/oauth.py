@@ -28,6 +28,7 @@ from homeserver.api.devices import get_device_handler
 from homeserver.api.http import V1, json_response
 from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import client_address, get_uia
+from homeserver.config import TermsConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.handlers.oauth import (
     AUTHORIZE_PATH,
@@ -87,6 +88,26 @@ def _sign_in_fields(new_password: bool = False, username: str = "") -> str:
 _TOKEN_FIELD = '<label for="token">Registration token</label><input id="token" name="token" required>'
 
 
+def _terms_field(terms: TermsConfig, accept_language: str) -> str:
+    """The server's policies, each linked in the reader's language (Accept-Language) if the
+    operator has it, else English, else the first one given; and the box that accepts them."""
+    tags = [tag.split(";")[0].strip().lower() for tag in accept_language.split(",")]
+    # Each tag, then its language alone ("fr-ch", "fr"), in the reader's order.
+    wanted = [name for tag in tags for name in (tag, tag.split("-")[0])] + ["en"]
+    links = []
+    for docs in terms.policies.values():
+        language = next((w for w in wanted if w in docs), next(iter(docs)))
+        doc = docs[language]
+        links.append(
+            f'<a href="{escape(doc["url"])}" target="_blank" rel="noopener">{escape(doc["name"])}</a>'
+        )
+    return (
+        '<p><input id="accept_terms" name="accept_terms" type="checkbox" value="1" '
+        'style="width:auto" required> '
+        f'<label for="accept_terms" style="display:inline">I accept {", ".join(links)}</label></p>'
+    )
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
     oauth = get_oauth(app, hs)
     if oauth is None:
@@ -101,6 +122,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     registration = RegistrationHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
     )
+    # New accounts made on the page accept these with a ticked box, as in a client's m.login.terms.
+    terms = hs.config.registration.terms
     logins = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, login_token_store(hs.db))
     providers = hs.config.oidc_providers
     identity_providers = sso_login_flow(providers)["identity_providers"] if providers else []
@@ -181,6 +204,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 + form
                 + _sign_in_fields(new_password=True)
                 + (_TOKEN_FIELD if hs.config.registration.requires_token else "")
+                + (_terms_field(terms, request.headers.get("Accept-Language", "")) if terms else "")
                 + '<input type="hidden" name="register" value="1">'
                 + buttons.format("Create the account and allow")
                 + f'<p>Have an account? <a href="{sign_in_link}">Sign in</a></p>'
@@ -219,6 +243,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     str(form.get("password", "")),
                     str(form.get("token", "")) or None,
                     client_address(request),
+                    accepted_terms=form.get("accept_terms") == "1",
                 )
             else:
                 user_id = await sign_in(request, form)

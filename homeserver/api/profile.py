@@ -3,6 +3,10 @@
 `displayname` and `avatar_url` are the historical paths and the generic
 `{keyName}` route of v1.16 at once. The `ProfileHandler` is shared under
 `PROFILE_HANDLER_KEY` so federation can set its `remote_lookup`.
+
+Reading a profile may need an access token (profiles.require_auth_for_profile_requests),
+and a joined room shared with the user (profiles.limit_profile_requests_to_users_who_share_rooms),
+as in Synapse; other servers' profile queries (bridge/handler.py) are answered either way.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
+from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.events.identifiers import is_valid_user_id
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.server import HomeServer
 from homeserver.storage.profile_fields import ProfileFieldStore
+from homeserver.storage.room_lookups import mutual_rooms
 
 PROFILE_HANDLER_KEY = web.AppKey("sotto.profile_handler", ProfileHandler)
 
@@ -31,14 +38,30 @@ def get_profile_handler(app: web.Application, hs: HomeServer) -> ProfileHandler:
 def setup(app: web.Application, hs: HomeServer) -> None:
     profiles = get_profile_handler(app, hs)
     auth = hs.auth
+    shared_rooms_only = hs.config.profiles.limit_profile_requests_to_users_who_share_rooms
+    # Whether a room is shared can only be asked of a known caller: the limit implies a token.
+    require_auth = hs.config.profiles.require_auth_for_profile_requests or shared_rooms_only
+
+    async def check_lookup(request: web.Request, user_id: str) -> None:
+        if not require_auth:
+            return
+        requester = await auth.get_requester(request)
+        if not shared_rooms_only or requester.user_id == user_id:
+            return
+        if not is_valid_user_id(user_id):
+            raise MatrixError(400, Codes.INVALID_PARAM, "Invalid user ID")
+        if not await mutual_rooms(hs.db, requester.user_id, user_id, limit=1):
+            raise forbidden("Profile isn't available")
 
     async def get_profile(request: web.Request) -> web.Response:
-        return json_response(await profiles.get_profile(request.match_info["user_id"]))
+        user_id = request.match_info["user_id"]
+        await check_lookup(request, user_id)
+        return json_response(await profiles.get_profile(user_id))
 
     async def get_field(request: web.Request) -> web.Response:
-        return json_response(
-            await profiles.get_field(request.match_info["user_id"], request.match_info["key"])
-        )
+        user_id = request.match_info["user_id"]
+        await check_lookup(request, user_id)
+        return json_response(await profiles.get_field(user_id, request.match_info["key"]))
 
     async def requester_for_field(request: web.Request) -> Requester:
         # Guests may set or remove their display name, and no other field.

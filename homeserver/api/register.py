@@ -11,6 +11,8 @@ from aiohttp import web
 from homeserver.api.http import V1, V3, json_response, read_json
 from homeserver.appservice import accounts as appservice_accounts
 from homeserver.errors import missing_param
+from homeserver.handlers.cs_services import services
+from homeserver.handlers.email_notifs import pushers_for_new_user
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.uia import UserInteractiveAuth
 from homeserver.server import HomeServer
@@ -36,6 +38,13 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     registration = RegistrationHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
     )
+    email = hs.config.email
+    if email.enable_notifs and email.notif_for_new_users:
+
+        async def email_pusher(user_id: str) -> None:
+            await pushers_for_new_user(services(app, hs).push, user_id)
+
+        registration.on_email_registered = email_pusher
 
     async def register(request: web.Request) -> web.Response:
         body = await read_json(request, allow_empty=True)

@@ -227,7 +227,8 @@ class AdminHandler:
         links = await self.external_ids.of_user(user_id)
         external_ids = [{"auth_provider": p, "external_id": e} for p, e in links]
         threepids = [t.to_json() for t in await self.threepids.of_user(user_id)]
-        out.update(threepids=threepids, external_ids=external_ids, appservice_id=None, consent_version=None)
+        out.update(threepids=threepids, external_ids=external_ids, appservice_id=None)
+        out.update(consent_version=user.consent_version, consent_ts=user.consent_ts)
         out["devices"] = len(await self.accounts.list_devices(user_id))
         return out
 

@@ -117,7 +117,9 @@ def build_services(hs: HomeServer) -> ClientServerServices:
         pusher_delivery=delivery,
         relations=relations,
         presence=presence,
-        user_directory=UserDirectoryHandler(UserDirectoryStore(hs.db)),
+        user_directory=UserDirectoryHandler(
+            UserDirectoryStore(hs.db), search_all_users=config.user_directory.search_all_users
+        ),
         search=SearchHandler(SearchStore(hs.db), hs.events, hs.messages, hs.clock),
         spaces=SpacesHandler(hs.events, hs.rooms),
         guests=GuestHandler(hs.events, hs.accounts, hs.rooms, hs.server_name),

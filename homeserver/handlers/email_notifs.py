@@ -23,6 +23,13 @@ newest few messages in each with their senders' names. Encrypted messages are sh
 * A pusher whose address is no longer on the account is removed (Synapse removes it when
   the address is), not mailed.
 * "Arrived" is the event's `origin_server_ts`, as recorded with the push action.
+* Each email carries an unsubscribe link (in its footer and as `List-Unsubscribe`, with
+  `List-Unsubscribe-Post` for RFC 8058's one-click unsubscribe) to Synapse's
+  `/_synapse/client/unsubscribe?access_token&app_id&pushkey` (homeserver/api/email_unsubscribe.py),
+  which turns that address's email notifications off without signing in. Its token is signed
+  (`UnsubscribeLinks`): it works for that user, app ID and pushkey only.
+* `email.notif_for_new_users`: an address validated at registration gets an email pusher
+  (`pushers_for_new_user`), as Synapse makes one.
 
 Logs name users, never addresses (the mailer logs the domain) or message content. Message
 bodies are user input: the HTML part escapes everything it shows.
@@ -31,21 +38,27 @@ bodies are user input: the HTML part escapes everything it shows.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import html
 import logging
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from homeserver.clock import Clock
 from homeserver.config import EmailConfig
 from homeserver.handlers.leader_jobs import LeaderService
 from homeserver.handlers.mailer import Mailer, MailError
+from homeserver.handlers.signed_payloads import PayloadSigner
 from homeserver.server import HomeServer
 from homeserver.storage.email_notifs import EMAIL_KIND, EmailNotifStore, EmailState, PendingNotification
 from homeserver.storage.event_types import StoredEvent
 from homeserver.storage.push import PusherStore
 from homeserver.storage.threepids import ThreepidStore, email_key
+
+if TYPE_CHECKING:
+    from homeserver.handlers.push import PushHandler
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,74 @@ MAX_NAME_CHARS = 80
 # A pass runs every notif_delay_ms / 4, within these bounds.
 POLL_MIN_S = 0.1
 POLL_MAX_S = 60.0
+# Synapse's app ID of email pushers, and its unsubscribe link's path.
+EMAIL_APP_ID = "m.email"
+UNSUBSCRIBE_PATH = "/_synapse/client/unsubscribe"
+
+
+def _pusher_digest(app_id: str, pushkey: str) -> str:
+    digest = hashlib.sha256(f"{app_id}\x00{pushkey}".encode()).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class UnsubscribeLinks:
+    """The unsubscribe links of notification emails. The token (Synapse's `access_token`
+    parameter, there a macaroon) is a payload naming the user and (by a SHA-256 digest, which
+    keeps the link short of a header line's 998 characters) the app ID and pushkey, signed
+    with a key derived from the server's signing key (homeserver/handlers/signed_payloads.py,
+    so every worker checks it): changing any of them, or the signature, makes it worthless.
+    It does not expire (nor does Synapse's); a new signing key voids the links sent before."""
+
+    def __init__(self, signing_key: bytes, baseurl: str) -> None:
+        self._signer = PayloadSigner(signing_key, "email unsubscribe")
+        self.baseurl = baseurl
+
+    def link(self, user_id: str, app_id: str, pushkey: str) -> str:
+        token = self._signer.encode({"u": user_id, "p": _pusher_digest(app_id, pushkey)})
+        query = urlencode({"access_token": token, "app_id": app_id, "pushkey": pushkey})
+        return f"{self.baseurl}{UNSUBSCRIBE_PATH}?{query}"
+
+    def user_for(self, token: str, app_id: str, pushkey: str) -> str | None:
+        """The user the token was made for, if it is ours and for this app ID and pushkey."""
+        data = self._signer.decode(token)
+        if data is None or data.get("p") != _pusher_digest(app_id, pushkey):
+            return None
+        user_id = data.get("u")
+        return user_id if isinstance(user_id, str) else None
+
+
+def unsubscribe_headers(link: str) -> dict[str, str]:
+    """RFC 2369's `List-Unsubscribe` and RFC 8058's one-click `List-Unsubscribe-Post`."""
+    return {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+
+def new_user_pusher(address: str) -> dict[str, Any]:
+    """The email pusher Synapse sets for an address given at registration."""
+    return {
+        "kind": "email",
+        "app_id": EMAIL_APP_ID,
+        "pushkey": address,
+        "app_display_name": "Email Notifications",
+        "device_display_name": address,
+        "lang": "en",
+        "data": {},
+    }
+
+
+async def pushers_for_new_user(push: PushHandler, user_id: str) -> None:
+    """`email.notif_for_new_users`: an email pusher for each address of a new account (its
+    address from the registration's email stage). Not tied to a device: signing out of the
+    device that registered keeps it. A failure is logged: the account exists either way."""
+    try:
+        threepids = push.threepids
+        owned = await threepids.of_user(user_id) if threepids else []
+        addresses = [t.address for t in owned if t.medium == "email"]
+        for address in addresses:
+            await push.set_pusher(user_id, None, new_user_pusher(address))
+        if addresses:
+            log.info("turned on email notifications for the new user %s", user_id)
+    except Exception:
+        log.exception("could not turn on email notifications for the new user %s", user_id)
 
 
 @dataclass(slots=True, frozen=True)
@@ -157,13 +238,17 @@ def subject_for(app: str, rooms: list[RoomSummary]) -> str:
     return f"[{app}] You have messages on {app} from {first.senders[0]} and others..."
 
 
-def compose(app: str, user_name: str, client_url: str, rooms: list[RoomSummary]) -> Email:
-    """The summary email (text and HTML) for `rooms`, most recent first."""
+def compose(
+    app: str, user_name: str, client_url: str, rooms: list[RoomSummary], unsubscribe: str | None = None
+) -> Email:
+    """The summary email (text and HTML) for `rooms`, most recent first; `unsubscribe`: the
+    link that turns these emails off."""
     total = sum(len(r.messages) + r.more for r in rooms)
     intro = f"You have {total} unread notification{'s' if total != 1 else ''} on {app}."
     footer = (
-        f"You are receiving this email because you turned on email notifications on your {app} "
-        "account. You can turn them off in your client's notification settings."
+        f"You are receiving this email because email notifications are on for your {app} account. "
+        "You can turn them off in your client's notification settings"
+        + (", or with the unsubscribe link below." if unsubscribe else ".")
     )
     text = [f"Hi {user_name},", "", intro, ""]
     parts = [
@@ -190,8 +275,11 @@ def compose(app: str, user_name: str, client_url: str, rooms: list[RoomSummary])
     parts += [
         f'<p><a href="{html.escape(client_url)}">Open {html.escape(app)}</a></p>',
         f"<p><small>{html.escape(footer)}</small></p>",
-        "</body></html>",
     ]
+    if unsubscribe:
+        text.append(f"Unsubscribe: {unsubscribe}")
+        parts.append(f'<p><small><a href="{html.escape(unsubscribe)}">Unsubscribe</a></small></p>')
+    parts.append("</body></html>")
     return Email(_one_line(subject_for(app, rooms), 200), "\n".join(text) + "\n", "\n".join(parts) + "\n")
 
 
@@ -222,6 +310,7 @@ class EmailNotifier(LeaderService):
         self.accounts = hs.accounts
         self.clock: Clock = hs.clock
         self.interval_s = poll_interval_s(config.notif_delay_ms)
+        self.links = UnsubscribeLinks(bytes(hs.signing_key), hs.config.baseurl)
         self.sent = 0
         self._cursor = ""
         # One pass at a time (a test's run_once and the timer's).
@@ -278,15 +367,23 @@ class EmailNotifier(LeaderService):
         if not addresses:
             await self.store.advance(user_id, state.last_stream_id, upto, None)
             return 0
-        email = await self._compose(user_id, pending)
-        if email is None:
+        summary = await self._summary(user_id, pending)
+        if summary is None:
             await self.store.advance(user_id, state.last_stream_id, upto, None)
             return 0
+        user_name, room_summaries = summary
         sent = 0
         retry: MailError | None = None
-        for address in addresses:
+        for address, app_id, pushkey in addresses:
+            # One unsubscribe link per address (its pusher).
+            link = self.links.link(user_id, app_id, pushkey)
+            email = compose(
+                self.config.app_name, user_name, self.config.client_base_url, room_summaries, link
+            )
             try:
-                await self.mailer.send(address, email.subject, email.text, email.html)
+                await self.mailer.send(
+                    address, email.subject, email.text, email.html, unsubscribe_headers(link)
+                )
                 sent += 1
             except MailError as e:
                 if not e.permanent:
@@ -305,22 +402,26 @@ class EmailNotifier(LeaderService):
             log.info("the email to %s about %d notifications was refused", user_id, len(pending))
         return sent
 
-    async def _addresses(self, user_id: str) -> list[str]:
-        """The addresses of the user's email pushers that are still validated on the
-        account; pushers of other addresses are removed."""
+    async def _addresses(self, user_id: str) -> list[tuple[str, str, str]]:
+        """(address, app ID, pushkey) of the user's email pushers whose address is still
+        validated on the account, one per address; pushers of other addresses are removed."""
         owned = {t.address for t in await self.threepids.of_user(user_id) if t.medium == "email"}
-        out = []
+        out: dict[str, tuple[str, str, str]] = {}
         for pusher in await self.pushers.for_user(user_id):
             if pusher.kind != EMAIL_KIND:
                 continue
-            if email_key(pusher.pushkey) in owned:
-                out.append(email_key(pusher.pushkey))  # the address as validated, not as typed
+            address = email_key(pusher.pushkey)  # the address as validated, not as typed
+            if address in owned:
+                out.setdefault(address, (address, pusher.app_id, pusher.pushkey))
             else:
                 await self.pushers.delete(user_id, pusher.app_id, pusher.pushkey)
                 log.info("removed an email pusher of %s: its address is no longer on the account", user_id)
-        return list(dict.fromkeys(out))
+        return list(out.values())
 
-    async def _compose(self, user_id: str, pending: list[PendingNotification]) -> Email | None:
+    async def _summary(
+        self, user_id: str, pending: list[PendingNotification]
+    ) -> tuple[str, list[RoomSummary]] | None:
+        """The user's name and the rooms to show, for `compose`; None if none is left."""
         stored = await self.events.get_events([n.event_id for n in pending])
         base = self.config.client_base_url
         by_room: dict[str, list[tuple[PendingNotification, StoredEvent]]] = {}
@@ -359,7 +460,7 @@ class EmailNotifier(LeaderService):
             rooms.append(summary)
         profile = await self.accounts.get_profile(user_id)
         user_name = (profile[0] if profile and profile[0] else None) or user_id.partition(":")[0].lstrip("@")
-        return compose(self.config.app_name, _one_line(user_name, MAX_NAME_CHARS), base, rooms)
+        return _one_line(user_name, MAX_NAME_CHARS), rooms
 
 
 def _state_str(stored: StoredEvent | None, key: str) -> str | None:

@@ -8,7 +8,11 @@ nothing here logs more than the recipient's domain.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from email import headerregistry
 from email.message import EmailMessage
+from email.policy import Policy
+from email.policy import default as default_policy
 from email.utils import formatdate, make_msgid
 
 import aiosmtplib
@@ -45,25 +49,47 @@ def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2]
 
 
+class _UnfoldedHeader(headerregistry.UnstructuredHeader, headerregistry.BaseHeader):
+    """A header written on one line, however long: the folding of a long unstructured value
+    turns it into RFC 2047 encoded words, which mail clients do not decode in an URL
+    (`List-Unsubscribe: <https://…>`, RFC 2369). Its values are short of SMTP's 998."""
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+_HEADERS = headerregistry.HeaderRegistry()
+_HEADERS.map_to_type("list-unsubscribe", _UnfoldedHeader)
+# The message's own header classes stay when aiosmtplib writes it out with its SMTP policy.
+POLICY = default_policy.clone(header_factory=_HEADERS)
+
+
 class Mailer:
     def __init__(self, config: EmailConfig) -> None:
         self.config = config
 
-    def message(self, to: str, subject: str, text: str, html: str) -> EmailMessage:
-        msg = EmailMessage()
+    def message(
+        self, to: str, subject: str, text: str, html: str, headers: Mapping[str, str] | None = None
+    ) -> EmailMessage:
+        """`headers`: more headers (e.g. `List-Unsubscribe`)."""
+        msg = EmailMessage(policy=POLICY)
         msg["From"] = self.config.notif_from
         msg["To"] = to
         msg["Subject"] = subject
         msg["Date"] = formatdate(localtime=False)
         sender_domain = recipient_domain(self.config.notif_from).rstrip(">") or None
         msg["Message-ID"] = make_msgid(domain=sender_domain)
+        for name, value in (headers or {}).items():
+            msg[name] = value
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         return msg
 
-    async def send(self, to: str, subject: str, text: str, html: str) -> None:
+    async def send(
+        self, to: str, subject: str, text: str, html: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         cfg = self.config
-        msg = self.message(to, subject, text, html)
+        msg = self.message(to, subject, text, html, headers)
         # STARTTLS: required, opportunistic (None: when offered) or never.
         start_tls: bool | None = (
             True if cfg.require_transport_security else (None if cfg.enable_tls else False)

@@ -428,7 +428,8 @@ class PushHandler:
 
     # Pushers -----------------------------------------------------------------------------
 
-    async def set_pusher(self, user_id: str, device_id: str, body: dict[str, Any]) -> None:
+    async def set_pusher(self, user_id: str, device_id: str | None, body: dict[str, Any]) -> None:
+        """`device_id`: the device whose deletion removes the pusher (None: no device)."""
         app_id, pushkey = body.get("app_id"), body.get("pushkey")
         if not isinstance(app_id, str) or not app_id or not isinstance(pushkey, str) or not pushkey:
             raise MatrixError(400, Codes.MISSING_PARAM, "app_id and pushkey are required")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from homeserver.appservice.registration import AppServices
 from homeserver.clock import Clock
-from homeserver.config import Config
+from homeserver.config import Config, TermsConfig
 from homeserver.errors import (
     Codes,
     MatrixError,
@@ -38,6 +38,7 @@ from homeserver.handlers.uia import (
     STAGE_DUMMY,
     STAGE_EMAIL,
     STAGE_REGISTRATION_TOKEN,
+    STAGE_TERMS,
     Flow,
     ThreepidLookup,
     UIAResult,
@@ -60,6 +61,11 @@ MAX_PASSWORD_LEN = 512
 # Registration tokens come first and are followed by m.login.dummy, as Synapse offers them:
 # matrix-nio's register_with_token completes the token stage and then a dummy stage.
 TOKEN_FLOW: Flow = [STAGE_REGISTRATION_TOKEN, STAGE_DUMMY]
+
+
+def terms_params(terms: TermsConfig) -> dict[str, Any]:
+    """The m.login.terms stage's params: every policy, with the version, in each language."""
+    return {"policies": {pid: {"version": terms.version, **docs} for pid, docs in terms.policies.items()}}
 
 
 def validate_password(password: str | None) -> None:
@@ -141,6 +147,9 @@ class RegistrationHandler:
         self.uia = uia
         self.clock = clock
         self.appservices = appservices
+        # Called with the user ID once a registration's email stage gave the account its
+        # address (api/register.py sets it for `email.notif_for_new_users`).
+        self.on_email_registered: Callable[[str], Awaitable[None]] | None = None
         limits = config.rate_limits
         self.limiter = RateLimiter(
             clock, limits.register_per_second, limits.register_burst, enabled=limits.enabled
@@ -155,6 +164,13 @@ class RegistrationHandler:
 
     @property
     def flows(self) -> list[Flow]:
+        flows = self._flows_before_terms()
+        # As Synapse's: with terms, every flow ends with accepting them.
+        if self.config.registration.terms is None:
+            return flows
+        return [[*flow, STAGE_TERMS] for flow in flows]
+
+    def _flows_before_terms(self) -> list[Flow]:
         registration = self.config.registration
         flows = [TOKEN_FLOW] if registration.requires_token else [[STAGE_DUMMY], TOKEN_FLOW]
         if not self.config.email.enabled:
@@ -163,6 +179,11 @@ class RegistrationHandler:
         # the flows apart), and with `require_email` the flows without it go.
         with_email: list[Flow] = [[*flow[:-1], STAGE_EMAIL] for flow in flows]
         return with_email if registration.require_email else [*flows, *with_email]
+
+    @property
+    def terms(self) -> TermsConfig | None:
+        """The policies new users accept (None: the server has none)."""
+        return self.config.registration.terms
 
     def _require_open(self) -> None:
         if not self.config.registration.enabled:
@@ -204,11 +225,13 @@ class RegistrationHandler:
         # parameters but never the password, only its hash, made once per session. A password
         # sent again with a later step is not hashed again: the first one given counts.
         remembered = {k: v for k, v in params.items() if k != "password"}
+        terms = self.terms
         result = await self.uia.check(
             operation=OPERATION_REGISTER,
             flows=flows,
             auth=body.get("auth"),
             client_params=remembered,
+            params={STAGE_TERMS: terms_params(terms)} if terms is not None else None,
             password=req.password,
         )
         # Later requests in a session may carry only `auth`: use the parameters remembered with it.
@@ -233,6 +256,8 @@ class RegistrationHandler:
             raise
         await self.uia.finish(result)
         log.info("registered %s", user_id)
+        if self.on_email_registered is not None and STAGE_EMAIL in result.completed:
+            await self.on_email_registered(user_id)
         response: dict[str, Any] = {"user_id": user_id, "home_server": self.server_name}
         if not req.inhibit_login:
             response.update(
@@ -243,17 +268,27 @@ class RegistrationHandler:
         return response
 
     async def register_from_page(
-        self, username: str, password: str, token: str | None, client: str = ""
+        self,
+        username: str,
+        password: str,
+        token: str | None,
+        client: str = "",
+        *,
+        accepted_terms: bool = False,
     ) -> str:
         """A registration from a web page (the OAuth 2.0 API's `prompt=create`): the checks
         of POST /register, with the registration token (when the server requires one) given
-        at once instead of through user-interactive auth. Returns the new user ID."""
+        at once instead of through user-interactive auth, and the server's terms (if any)
+        accepted by a ticked box (`accepted_terms`). Returns the new user ID."""
         self.limiter.check(client)
         self._require_open()
         await self.check_username(username)
         req = RegistrationRequest.from_json({"username": username, "password": password})
         if not password:
             raise missing_param("password")
+        terms = self.terms
+        if terms is not None and not accepted_terms:
+            raise MatrixError(400, Codes.MISSING_PARAM, "Accept the terms to create an account")
         if self.config.registration.require_email:
             # The page has no email stage; the account pages link here only when this is off.
             raise forbidden("This server requires an email address: register in a Matrix client")
@@ -261,7 +296,8 @@ class RegistrationHandler:
             if not token or not await self.accounts.consume_registration_token(token, self.clock.time_ms()):
                 raise MatrixError(401, Codes.UNAUTHORIZED, "The registration token is invalid or used up")
         try:
-            user_id = await self._create_user(req, await self.passwords.hash(password))
+            consent = terms.version if terms is not None else None
+            user_id = await self._create_user(req, await self.passwords.hash(password), consent=consent)
         except BaseException:
             if token and self.config.registration.requires_token:
                 await self.accounts.refund_registration_token(token)
@@ -283,18 +319,26 @@ class RegistrationHandler:
         with the address its email stage proved."""
         upgrading = result.client_params.get(_UPGRADING)
         email_session = result.threepid_session if STAGE_EMAIL in result.completed else None
+        # Terms is the flow's last stage, done in this very request (or a retry of it): the
+        # version configured now is the one the user was shown.
+        terms = self.terms
+        consent = terms.version if terms is not None and STAGE_TERMS in result.completed else None
         try:
             if isinstance(upgrading, str):
-                return await self._upgrade_guest(upgrading, result.password_hash, email_session)
-            return await self._create_user(req, result.password_hash, email_session)
+                return await self._upgrade_guest(upgrading, result.password_hash, email_session, consent)
+            return await self._create_user(req, result.password_hash, email_session, consent)
         except ThreepidUnavailable as e:
             if e.in_use:
                 raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use") from None
             # Used by another registration meanwhile, or expired: the address is to be proven again.
             await self.uia.reject_stage(result, STAGE_EMAIL, flows, Codes.THREEPID_AUTH_FAILED, NO_SESSION)
 
-    async def _upgrade_guest(self, user_id: str, password_hash: str | None, email_session: str | None) -> str:
-        if not await self.accounts.upgrade_guest(user_id, password_hash, email_session, self.clock.time_ms()):
+    async def _upgrade_guest(
+        self, user_id: str, password_hash: str | None, email_session: str | None, consent: str | None
+    ) -> str:
+        if not await self.accounts.upgrade_guest(
+            user_id, password_hash, email_session, self.clock.time_ms(), consent
+        ):
             raise forbidden("This account is no longer a guest account")
         # Its tokens (the guest's own included) now belong to a full account, on every worker.
         self.auth.invalidate_user(user_id)
@@ -329,8 +373,13 @@ class RegistrationHandler:
         return {"user_id": user_id, "home_server": self.server_name, **session}
 
     async def _create_user(
-        self, req: RegistrationRequest, password_hash: str | None, email_session: str | None = None
+        self,
+        req: RegistrationRequest,
+        password_hash: str | None,
+        email_session: str | None = None,
+        consent: str | None = None,
     ) -> str:
+        """`consent`: the version of the terms the user accepted (recorded with the account)."""
         now = self.clock.time_ms()
         if req.username is not None:
             return await create_account(
@@ -342,6 +391,7 @@ class RegistrationHandler:
                 now,
                 password_hash=password_hash,
                 email_session=email_session,
+                consent_version=consent,
             )
         while True:
             # A random name; retried on the (astronomically unlikely) collision.
@@ -356,6 +406,7 @@ class RegistrationHandler:
                     now,
                     password_hash=password_hash,
                     email_session=email_session,
+                    consent_version=consent,
                 )
             except MatrixError as e:
                 if e.errcode != Codes.USER_IN_USE:

@@ -45,8 +45,11 @@ STAGE_OAUTH = "m.oauth"
 # offered for password resets without an access token (the address names the account), and
 # at registration (the address must be free; the new account gets it).
 STAGE_EMAIL = "m.login.email.identity"
+# The user accepted the policies in the stage's params (registration only, when the server
+# has terms): the spec asks for nothing but the session, so it is done by being sent.
+STAGE_TERMS = "m.login.terms"
 SUPPORTED_STAGES = frozenset(
-    {STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH, STAGE_EMAIL}
+    {STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH, STAGE_EMAIL, STAGE_TERMS}
 )
 
 SESSION_TTL_MS = 15 * 60 * 1000
@@ -483,7 +486,7 @@ class UserInteractiveAuth:
         raise InteractiveAuthRequired(body)
 
     async def _run_stage(self, session: UIASession, stage: str, auth: Mapping[str, Any]) -> None:
-        if stage == STAGE_DUMMY:
+        if stage in (STAGE_DUMMY, STAGE_TERMS):
             return
         if stage == STAGE_PASSWORD:
             await self._password_stage(session, auth)

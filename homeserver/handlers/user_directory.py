@@ -20,8 +20,10 @@ MAX_TERMS = 5
 
 
 class UserDirectoryHandler:
-    def __init__(self, store: UserDirectoryStore) -> None:
+    def __init__(self, store: UserDirectoryStore, *, search_all_users: bool = False) -> None:
         self.store = store
+        # user_directory.search_all_users: every user, not only those sharing a room or in a public one.
+        self.search_all_users = search_all_users
 
     async def on_event(self, event: Event, stream_id: int) -> None:
         if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
@@ -48,7 +50,7 @@ class UserDirectoryHandler:
         terms = term.split()[:MAX_TERMS]
         if not terms or limit == 0:
             return {"limited": False, "results": []}
-        found = await self.store.search(searcher, terms, limit + 1)
+        found = await self.store.search(searcher, terms, limit + 1, all_users=self.search_all_users)
         results = []
         for e in found[:limit]:
             entry: dict[str, Any] = {"user_id": e.user_id}

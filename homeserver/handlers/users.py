@@ -34,12 +34,14 @@ async def create_account(
     password_hash: str | None = None,
     displayname: str | None = None,
     email_session: str | None = None,
+    consent_version: str | None = None,
 ) -> str:
     """Create a user; raises M_USER_IN_USE if taken. Returns the full user ID.
 
     `password_hash`: the password, already hashed (then `password` is None).
     `email_session`: a validated email session whose address the account gets with it
-    (storage.threepids.ThreepidUnavailable, and no account, if it cannot)."""
+    (storage.threepids.ThreepidUnavailable, and no account, if it cannot).
+    `consent_version`: the server's terms the user accepted to register."""
     user_id = validate_localpart(localpart.lower() if not guest else localpart, server_name)
     if await store.find_user_case_insensitive(user_id):
         raise MatrixError(400, Codes.USER_IN_USE, "User ID already taken")
@@ -53,5 +55,6 @@ async def create_account(
         is_guest=guest,
         displayname=displayname or localpart,
         email_session=email_session,
+        consent_version=consent_version,
     )
     return user_id

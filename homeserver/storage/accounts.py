@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -79,9 +80,11 @@ class AccountStore:
         is_guest: bool = False,
         displayname: str | None = None,
         email_session: str | None = None,
+        consent_version: str | None = None,
     ) -> None:
         """`email_session`: a validated email session whose address the account gets, in the
-        same transaction (ThreepidUnavailable, and no account, if that cannot be)."""
+        same transaction (ThreepidUnavailable, and no account, if that cannot be).
+        `consent_version`: the terms the user accepted to register (now, with the account)."""
         try:
             async with self.db.write() as conn:
                 await conn.execute(
@@ -93,6 +96,8 @@ class AccountStore:
                         deactivated=False,
                         created_ts=created_ts,
                         displayname=displayname,
+                        consent_version=consent_version,
+                        consent_ts=created_ts if consent_version is not None else None,
                     )
                 )
                 if email_session is not None:
@@ -153,14 +158,22 @@ class AccountStore:
             )
 
     async def upgrade_guest(
-        self, user_id: str, password_hash: str | None, email_session: str | None = None, now: int = 0
+        self,
+        user_id: str,
+        password_hash: str | None,
+        email_session: str | None = None,
+        now: int = 0,
+        consent_version: str | None = None,
     ) -> bool:
         """Make a guest account a full one (keeping its ID); False if it is not a guest.
-        `email_session`: as for `create_user`, the address comes with it or nothing changes."""
+        `email_session` and `consent_version`: as for `create_user`, with it or nothing changes."""
+        values: dict[str, Any] = {"is_guest": False, "password_hash": password_hash}
+        if consent_version is not None:
+            values.update(consent_version=consent_version, consent_ts=now)
         q = (
             update(users)
             .where(users.c.user_id == user_id, users.c.is_guest.is_(True), users.c.deactivated.is_(False))
-            .values(is_guest=False, password_hash=password_hash)
+            .values(values)
         )
         try:
             async with self.db.write() as conn:

@@ -68,6 +68,9 @@ class UserRow:
     last_seen_ts: int | None = None
     locked: bool = False
     shadow_banned: bool = False
+    # The terms the user accepted at registration, and when (null if never asked).
+    consent_version: str | None = None
+    consent_ts: int | None = None
 
 
 @dataclass(slots=True)
@@ -105,6 +108,8 @@ def _user(row: Any, last_seen: int | None = None) -> UserRow:
         last_seen_ts=last_seen,
         locked=bool(row.locked),
         shadow_banned=bool(row.shadow_banned),
+        consent_version=row.consent_version,
+        consent_ts=row.consent_ts,
     )
 
 

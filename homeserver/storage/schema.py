@@ -44,6 +44,9 @@ users = Table(
     Column("suspended", Boolean, nullable=False, default=False, server_default=false()),
     # Shadow-banned: sends, invites and typing answer success and reach no one (migration 0025).
     Column("shadow_banned", Boolean, nullable=False, default=False, server_default=false()),
+    # The version of the server's terms the user accepted at registration, and when (0034).
+    Column("consent_version", Text, nullable=True),
+    Column("consent_ts", BigInteger, nullable=True),
 )
 
 devices = Table(

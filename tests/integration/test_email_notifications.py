@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -24,6 +25,7 @@ from homeserver.handlers.email_notifs import (
     RoomSummary,
     compose,
 )
+from tests.integration.test_email_registration import email_auth, start, validated
 from tests.security.support import FakeClock
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
@@ -261,6 +263,180 @@ async def test_email_pushers_are_stored_when_email_is_off(tmp_path: Path) -> Non
         assert [(p["kind"], p["pushkey"]) for p in pushers] == [("email", "anyone@example.org")]
 
 
+async def pushers_of(user: RawClient) -> list[tuple[str, str, str]]:
+    return [(p["kind"], p["app_id"], p["pushkey"]) for p in (await user.ok("GET", "/pushers"))["pushers"]]
+
+
+async def open_page(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> tuple[int, str]:
+    async with http.request(method, url, **kw) as resp:
+        return resp.status, await resp.text()
+
+
+def with_query(link: str, **changes: str) -> str:
+    """`link` with some of its query parameters replaced."""
+    parts = urlsplit(link)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    return parts._replace(query=urlencode({**query, **changes})).geturl()
+
+
+async def test_unsubscribe_link(tmp_path: Path) -> None:
+    """Each email links to a page that turns the notifications off without signing in (and
+    names it in List-Unsubscribe, with RFC 8058's one-click POST). GET only asks; POST
+    unsubscribes; a token changed in any way unsubscribes no one."""
+    async with smtp_server() as sink:
+        email = email_config(sink, enable_notifs=True, notif_delay_ms=60_000, notif_throttle_ms=THROTTLE_MS)
+        async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
+            notifier = srv.runner.app[CS_KEY].email_notifier
+            assert isinstance(notifier, EmailNotifier)
+            clock = FakeClock(time.time())
+            notifier.clock = clock
+            _, alice, bob, room = await setup(srv, http)
+            await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
+            mine = [("email", "m.email", ALICE_EMAIL)]
+
+            async def next_mail(n: int) -> Any:
+                await bob.send(room, f"message {n}", f"t{n}")
+                clock.now += 2 * THROTTLE_MS / 1000
+                assert await notifier.run_once() == 1
+                return await sink.wait_for(n)
+
+            mail = await next_mail(1)
+            found = re.findall(r"Unsubscribe: (\S+)", mail.text)
+            assert len(found) == 1, mail.text
+            link = found[0]
+            assert link.startswith(f"{srv.base_url}/_synapse/client/unsubscribe?access_token=")
+            query = parse_qs(urlsplit(link).query)
+            assert query["app_id"] == ["m.email"] and query["pushkey"] == [ALICE_EMAIL]
+            assert f'<a href="{html.escape(link)}">Unsubscribe</a>' in mail.html
+            assert mail.message["List-Unsubscribe"] == f"<{link}>"
+            assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+            # Opening the link (a person, or a mail scanner) only asks.
+            status, page = await open_page(http, "GET", link)
+            assert status == 200 and '<form method="post">' in page and ALICE_EMAIL in page, page
+            assert await pushers_of(alice) == mine
+
+            # Changed in any way: 400, and nothing is removed (neither GET nor POST).
+            token = query["access_token"][0]
+            flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+            payload, _, mac = token.partition(".")
+            tampered = [
+                with_query(link, pushkey="bob@example.org"),
+                with_query(link, pushkey=ALICE_EMAIL.upper()),
+                with_query(link, app_id="m.other"),
+                with_query(link, access_token=flipped),
+                with_query(link, access_token=payload),
+                with_query(link, access_token="." + mac),
+                with_query(link, access_token=""),
+                link.partition("&")[0],
+            ]
+            for bad in tampered:
+                for method in ("GET", "POST"):
+                    status, page = await open_page(http, method, bad, data="List-Unsubscribe=One-Click")
+                    assert status == 400 and "not valid" in page, (method, bad, page)
+                    assert token not in page and "<form" not in page
+            assert await pushers_of(alice) == mine
+
+            # The page's button posts to the same URL: unsubscribed, and no more emails.
+            _, form = await open_page(http, "GET", link)
+            fields = dict(re.findall(r'name="([\w-]+)" value="([^"]*)"', form))
+            assert fields == {"List-Unsubscribe": "One-Click"}, form
+            status, page = await open_page(http, "POST", link, data=fields)
+            assert status == 200 and "unsubscribed" in page, page
+            assert await pushers_of(alice) == []
+            await bob.send(room, "after unsubscribing", "t-after")
+            clock.now += 2 * THROTTLE_MS / 1000
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 1
+            # Again: still fine (already unsubscribed).
+            status, page = await open_page(http, "POST", link, data=fields)
+            assert status == 200 and "unsubscribed" in page, page
+
+            # Turned on again (two pushers for the address, one typed otherwise); a mail
+            # client's one-click POST to List-Unsubscribe turns both off.
+            await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
+            other = {**email_pusher(ALICE_EMAIL.upper()), "app_id": "org.example.mail", "append": True}
+            await alice.ok("POST", "/pushers/set", json=other)
+            mail = await next_mail(2)
+            header = str(mail.message["List-Unsubscribe"])
+            assert header.startswith("<") and header.endswith(">")
+            one_click = header[1:-1]
+            status, _ = await open_page(
+                http,
+                "POST",
+                one_click,
+                data=b"List-Unsubscribe=One-Click",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert status == 200
+            assert await pushers_of(alice) == []
+            await bob.send(room, "after one click", "t-click")
+            clock.now += 2 * THROTTLE_MS / 1000
+            assert await notifier.run_once() == 0
+            assert len(sink.messages) == 2
+
+
+async def register_with_email(
+    http: aiohttp.ClientSession, srv: RunningServer, sink: Any, name: str, address: str
+) -> RawClient:
+    """A new account registered through the email stage of POST /register."""
+    raw = RawClient(http, srv.base_url)
+    body = await start(raw, name)
+    creds = await validated(http, srv, sink, address, f"secret-{name}")
+    status, out = await raw.request("POST", "/register", json={"auth": email_auth(creds, body["session"])})
+    assert status == 200, out
+    return RawClient(http, srv.base_url, out["access_token"], out["user_id"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"enable_notifs": True}, True),  # notif_for_new_users is on by default, as in Synapse
+        ({"enable_notifs": True, "notif_for_new_users": False}, False),
+        ({"notif_for_new_users": True}, False),  # only with enable_notifs
+    ],
+)
+async def test_notif_for_new_users(tmp_path: Path, settings: dict[str, Any], expected: bool) -> None:
+    async with smtp_server() as sink:
+        async with (
+            run_server(str(tmp_path), email=email_config(sink, **settings)) as srv,
+            aiohttp.ClientSession() as http,
+        ):
+            alice = await register_with_email(http, srv, sink, "alice", "Alice@Example.org")
+            pushers = (await alice.ok("GET", "/pushers"))["pushers"]
+            if not expected:
+                assert pushers == []
+                return
+            assert pushers == [
+                {
+                    "kind": "email",
+                    "app_id": "m.email",
+                    "pushkey": ALICE_EMAIL,
+                    "app_display_name": "Email Notifications",
+                    "device_display_name": ALICE_EMAIL,
+                    "lang": "en",
+                    "data": {},
+                }
+            ]
+            # Not tied to the device that registered: signing it out keeps the pusher.
+            await alice.ok("POST", "/logout", json={})
+            other = await client_of(srv, http, alice.user_id)
+            assert await pushers_of(other) == [("email", "m.email", ALICE_EMAIL)]
+            # Registered without the email stage: no pusher.
+            raw = RawClient(http, srv.base_url)
+            body = await start(raw, "bob")
+            auth = {"type": "m.login.dummy", "session": body["session"]}
+            status, out = await raw.request("POST", "/register", json={"auth": auth})
+            assert status == 200, out
+            bob = RawClient(http, srv.base_url, out["access_token"], out["user_id"])
+            assert await pushers_of(bob) == []
+
+
+async def client_of(srv: RunningServer, http: aiohttp.ClientSession, user_id: str) -> RawClient:
+    token, _ = await srv.hs.auth.create_session(user_id, None, None)
+    return RawClient(http, srv.base_url, token, user_id)
+
+
 def test_summary_of_several_rooms() -> None:
     named = RoomSummary("Garden", True, "https://c/#/room/!a:x", senders=["Carol"])
     named.messages.append(MessageLine("Carol", "<b>hi</b>", "https://c/#/room/!a:x/$e"))
@@ -281,12 +457,14 @@ def test_config_is_checked() -> None:
     email = config_from_dict({**base, "email": good}).email
     assert (email.notif_delay_ms, email.notif_throttle_ms) == (600_000, 3_600_000)
     assert email.client_base_url == "https://app.element.io"
+    assert email.notif_for_new_users is True
     bad = [
         ({"notif_from": FROM, "enable_notifs": True}, "needs email.enabled"),
         ({**good, "enable_notifs": "yes"}, "enable_notifs"),
         ({**good, "notif_delay_ms": -1}, "notif_delay_ms"),
         ({**good, "notif_throttle_ms": "1h"}, "notif_throttle_ms"),
         ({**good, "client_base_url": "app.element.io"}, "client_base_url"),
+        ({**good, "notif_for_new_users": "no"}, "notif_for_new_users"),
     ]
     for email_cfg, message in bad:
         with pytest.raises(ConfigError, match=message):

@@ -55,11 +55,13 @@ PUBLIC = {
     ("GET", "/_matrix/client/unstable/add_threepid/email/submit_token"),
     ("GET", "/_synapse/client/password_reset/email/submit_token"),
     ("POST", "/_synapse/client/password_reset/email/submit_token"),
+    # A notification email's unsubscribe link (its signed token is the credential).
+    ("GET", "/_synapse/client/unsubscribe"),
+    ("POST", "/_synapse/client/unsubscribe"),
     ("GET", C + "/profile/{user_id}"),
     ("GET", C + "/profile/{user_id}/{key}"),
     ("GET", C + "/directory/room/{alias}"),
     ("GET", C + "/directory/list/room/{room_id}"),
-    ("GET", C + "/publicRooms"),
     ("GET", C + "/room_summary/{room}"),
     ("GET", "/_matrix/media/{_ver}/download/{server_name}/{media_id}"),
     ("GET", "/_matrix/media/{_ver}/download/{server_name}/{media_id}/{file_name}"),
@@ -81,6 +83,9 @@ APPSERVICE_ONLY = {("POST", "/_matrix/client/{_ver}/appservice/{service_id}/ping
 
 GUEST_OK = {
     ("GET", C + "/account/whoami"),
+    # A token is needed by default (room_directory.allow_public_rooms_without_auth), and a
+    # guest's will do, as in Synapse.
+    ("GET", C + "/publicRooms"),
     ("POST", C + "/logout"),
     ("POST", C + "/logout/all"),
     ("POST", C + "/user/{user_id}/filter"),

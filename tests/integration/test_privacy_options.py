@@ -1,0 +1,204 @@
+"""Synapse's privacy options, off (their defaults) and on: who may read the room directory
+(room_directory), whom the user directory finds (user_directory.search_all_users) and who
+may read a profile (profiles). Federation's side: tests/federation/test_directory.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+
+from homeserver.config import ConfigError, config_from_dict, generate_config_yaml
+from tests.support.http import RawClient
+from tests.support.server import RunningServer, run_server
+
+
+class MakeUser(Protocol):
+    def __call__(self, localpart: str, admin: bool = False) -> Awaitable[RawClient]: ...
+
+
+@asynccontextmanager
+async def privacy_server(tmp_path: Any, **overrides: Any) -> AsyncIterator[tuple[RunningServer, MakeUser]]:
+    async with run_server(str(tmp_path), **overrides) as srv, aiohttp.ClientSession() as http:
+
+        async def make(localpart: str, admin: bool = False) -> RawClient:
+            user_id = await srv.register(localpart, admin=admin)
+            token, _ = await srv.hs.auth.create_session(user_id, None, None)
+            return RawClient(http, srv.base_url, token, user_id)
+
+        yield srv, make
+
+
+def anonymous(user: RawClient) -> RawClient:
+    return RawClient(user.session, user.base_url)
+
+
+async def refused(client: RawClient, method: str, path: str, status: int, errcode: str, **kw: Any) -> None:
+    got, body = await client.request(method, path, **kw)
+    assert (got, body.get("errcode")) == (status, errcode), (method, path, got, body)
+
+
+# Room directory --------------------------------------------------------------------------------
+
+
+async def test_the_room_directory_needs_a_token_by_default(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path) as (_, make):
+        alice = await make("alice")
+        await alice.create_room(preset="public_chat", visibility="public", name="Lobby")
+        nobody = anonymous(alice)
+        await refused(nobody, "GET", "/publicRooms", 401, "M_MISSING_TOKEN")
+        await refused(nobody, "GET", "/publicRooms", 401, "M_MISSING_TOKEN", params={"limit": "5"})
+        await refused(nobody, "POST", "/publicRooms", 401, "M_MISSING_TOKEN", json={})
+        bad = RawClient(alice.session, alice.base_url, "syt_not_a_token")
+        await refused(bad, "GET", "/publicRooms", 401, "M_UNKNOWN_TOKEN")
+        listed = await alice.ok("GET", "/publicRooms")
+        assert [r["name"] for r in listed["chunk"]] == ["Lobby"]
+
+
+async def test_the_room_directory_without_auth(tmp_path: Any) -> None:
+    overrides = {"room_directory": {"allow_public_rooms_without_auth": True}}
+    async with privacy_server(tmp_path, **overrides) as (srv, make):
+        alice = await make("alice")
+        await alice.create_room(preset="public_chat", visibility="public", name="Lobby")
+        nobody = anonymous(alice)
+        listed = await nobody.ok("GET", "/publicRooms")
+        assert [r["name"] for r in listed["chunk"]] == ["Lobby"]
+        assert (await nobody.ok("GET", "/publicRooms", params={"server": srv.server_name}))["chunk"]
+        # A search (POST) and asking another server still need a token, as in Synapse.
+        await refused(nobody, "POST", "/publicRooms", 401, "M_MISSING_TOKEN", json={})
+        other = {"server": "elsewhere.example.org"}
+        await refused(nobody, "GET", "/publicRooms", 401, "M_MISSING_TOKEN", params=other)
+
+
+async def test_guests_read_the_room_directory(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path, registration={"allow_guests": True}) as (_, make):
+        alice = await make("alice")
+        await alice.create_room(preset="public_chat", visibility="public", name="Lobby")
+        guest = await anonymous(alice).ok("POST", "/register?kind=guest", json={})
+        as_guest = RawClient(alice.session, alice.base_url, guest["access_token"])
+        assert [r["name"] for r in (await as_guest.ok("GET", "/publicRooms"))["chunk"]] == ["Lobby"]
+
+
+# Profiles --------------------------------------------------------------------------------------
+
+
+def profile_paths(user_id: str) -> list[str]:
+    return [f"/profile/{quote(user_id)}", f"/profile/{quote(user_id)}/displayname"]
+
+
+async def test_profiles_are_public_by_default(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path) as (_, make):
+        bob = await make("bob")
+        nobody = anonymous(bob)
+        for path in profile_paths(bob.user_id):
+            assert (await nobody.ok("GET", path))["displayname"] == "bob"
+
+
+async def test_require_auth_for_profile_requests(tmp_path: Any) -> None:
+    overrides = {"profiles": {"require_auth_for_profile_requests": True}}
+    async with privacy_server(tmp_path, **overrides) as (_, make):
+        bob, stranger = await make("bob"), await make("stranger")
+        for path in profile_paths(bob.user_id):
+            await refused(anonymous(bob), "GET", path, 401, "M_MISSING_TOKEN")
+            # Any signed-in user, sharing a room or not.
+            assert (await stranger.ok("GET", path))["displayname"] == "bob"
+
+
+@pytest.mark.parametrize("with_auth_option", [True, False])
+async def test_profiles_limited_to_users_who_share_rooms(tmp_path: Any, with_auth_option: bool) -> None:
+    profiles = {"limit_profile_requests_to_users_who_share_rooms": True}
+    if with_auth_option:
+        profiles["require_auth_for_profile_requests"] = True
+    async with privacy_server(tmp_path, profiles=profiles) as (srv, make):
+        bob, carol, stranger = await make("bob"), await make("carol"), await make("stranger")
+        room = await bob.create_room(preset="public_chat")
+        assert (await carol.join(room))[0] == 200
+        for path in profile_paths(bob.user_id):
+            # Alone, the limit still needs to know who asks (in Synapse it would do nothing).
+            await refused(anonymous(bob), "GET", path, 401, "M_MISSING_TOKEN")
+            await refused(stranger, "GET", path, 403, "M_FORBIDDEN")
+            assert (await carol.ok("GET", path))["displayname"] == "bob"
+            assert (await bob.ok("GET", path))["displayname"] == "bob"  # one's own
+        # A shared room counts while both are joined; an unknown user looks like a stranger.
+        await carol.ok("POST", f"/rooms/{quote(room)}/leave", json={})
+        await refused(carol, "GET", profile_paths(bob.user_id)[0], 403, "M_FORBIDDEN")
+        assert (await stranger.join(room))[0] == 200
+        assert (await stranger.ok("GET", profile_paths(bob.user_id)[0]))["displayname"] == "bob"
+        await refused(stranger, "GET", f"/profile/@nobody:{srv.server_name}", 403, "M_FORBIDDEN")
+        await refused(stranger, "GET", "/profile/@bad%00:" + srv.server_name, 400, "M_INVALID_PARAM")
+
+
+# User directory --------------------------------------------------------------------------------
+
+
+async def search(user: RawClient, term: str) -> list[str]:
+    found = await user.ok("POST", "/user_directory/search", json={"search_term": term})
+    return [r["user_id"] for r in found["results"]]
+
+
+async def test_the_user_directory_finds_peers_and_public_rooms_by_default(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path) as (_, make):
+        searcher, peer = await make("searcher"), await make("zpeer")
+        hermit, public = await make("zhermit"), await make("zpublic")
+        await make("zloner")  # in no room at all
+        shared = await searcher.create_room(invite=[peer.user_id])
+        assert (await peer.join(shared))[0] == 200
+        await hermit.create_room()  # a private room of their own
+        lobby = await peer.create_room(preset="public_chat")
+        assert (await public.join(lobby))[0] == 200
+        assert sorted(await search(searcher, "z")) == sorted([peer.user_id, public.user_id])
+        assert await search(searcher, "zloner") == []
+
+
+async def test_search_all_users(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path, user_directory={"search_all_users": True}) as (_, make):
+        searcher, admin = await make("searcher"), await make("admin", admin=True)
+        hermit, loner, gone = await make("zhermit"), await make("zloner"), await make("zgone")
+        await hermit.create_room()
+        await gone.create_room()
+        await loner.ok(
+            "PUT", f"/profile/{quote(loner.user_id)}/displayname", json={"displayname": "Lone Wolf"}
+        )
+        async with admin.session.post(
+            f"{admin.base_url}/_synapse/admin/v1/deactivate/{quote(gone.user_id)}",
+            json={},
+            headers={"Authorization": f"Bearer {admin.token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        assert sorted(await search(searcher, "z")) == sorted([hermit.user_id, loner.user_id])
+        # A user in no room is found by their account's display name.
+        found = await searcher.ok("POST", "/user_directory/search", json={"search_term": "wolf"})
+        assert found["results"] == [{"user_id": loner.user_id, "display_name": "Lone Wolf"}]
+
+
+# Config ----------------------------------------------------------------------------------------
+
+
+def test_the_options_are_checked() -> None:
+    base = {"server_name": "example.org"}
+    cfg = config_from_dict(base)
+    assert not cfg.room_directory.allow_public_rooms_without_auth
+    assert not cfg.room_directory.allow_public_rooms_over_federation
+    assert not cfg.user_directory.search_all_users
+    assert not cfg.profiles.require_auth_for_profile_requests
+    assert not cfg.profiles.limit_profile_requests_to_users_who_share_rooms
+    for section, key in (
+        ("room_directory", "allow_public_rooms_without_auth"),
+        ("room_directory", "allow_public_rooms_over_federation"),
+        ("user_directory", "search_all_users"),
+        ("profiles", "require_auth_for_profile_requests"),
+        ("profiles", "limit_profile_requests_to_users_who_share_rooms"),
+    ):
+        assert getattr(getattr(config_from_dict({**base, section: {key: True}}), section), key) is True
+        with pytest.raises(ConfigError, match=rf"{section}\.{key} must be true or false"):
+            config_from_dict({**base, section: {key: "yes"}})
+    with pytest.raises(ConfigError, match=r"unknown config key: profiles\.limit_profile_requests"):
+        config_from_dict({**base, "profiles": {"limit_profile_requests": True}})
+    # The generated config names them, commented out.
+    generated = generate_config_yaml("example.org")
+    assert "#   allow_public_rooms_over_federation: true" in generated
+    assert "#   limit_profile_requests_to_users_who_share_rooms: true" in generated
