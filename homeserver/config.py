@@ -821,6 +821,12 @@ registration:
   requires_token: true
   # With email on (below), ask every new account for an address:
   # require_email: true
+  # Terms new users accept (m.login.terms; see config/README.md, `registration.terms`):
+  # terms:
+  #   version: "1.0"
+  #   policies:
+  #     privacy_policy:
+  #       en: {{name: Privacy policy, url: "https://example.org/privacy"}}
   shared_secret: "{secrets.token_urlsafe(32)}"
 
 server_notices:
@@ -856,4 +862,5 @@ email:
   # notif_from: "Example Matrix <noreply@example.org>"
   # Email notifications for users who turn them on (pushers of kind "email"):
   # enable_notifs: true
+  # notif_for_new_users: true   # an address given at registration gets notifications
 """
