@@ -299,6 +299,10 @@ class FederationHandler:
     # Queries ------------------------------------------------------------------------------------
 
     async def on_query_profile(self, user_id: str, field: str | None) -> dict[str, Any]:
+        if not self.hs.config.profiles.allow_profile_lookup_over_federation:
+            raise MatrixError(
+                403, Codes.FORBIDDEN, "Profile lookup over federation is disabled on this homeserver"
+            )
         if _domain(user_id) != self.hs.server_name:
             raise MatrixError(400, Codes.INVALID_PARAM, "User is not local to this server")
         profile = await self.hs.accounts.get_profile(user_id)

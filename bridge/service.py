@@ -129,6 +129,7 @@ class Federation:
         hs.rooms.remote_join = self.membership.remote_join
         hs.rooms.remote_invite = self.membership.remote_invite
         hs.rooms.remote_knock = self.membership.remote_knock
+        hs.rooms.remote_profile = self.remote_profile
         hs.rooms.remote_hierarchy = self.hierarchy.remote_hierarchy
         hs.messages.backfill = self.backfill_on_demand
         hs.messages.remote_timestamp = self.timestamps.ask

@@ -291,6 +291,9 @@ class EmailConfig:
     notif_for_new_users: bool = True
     # Where the emails' links open rooms (Synapse's `client_base_url`).
     client_base_url: str = "https://app.element.io"
+    # The hosts a requestToken's `next_link` may lead to (Synapse's
+    # `next_link_domain_whitelist`); None: any http(s) host.
+    next_link_domain_whitelist: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -396,8 +399,8 @@ class UserDirectoryConfig:
 
 @dataclass(slots=True)
 class ProfilesConfig:
-    """GET /profile/{userId} and its fields for clients (other servers' profile queries are
-    answered either way, as Synapse does)."""
+    """Who may read profiles: clients (GET /profile/{userId} and its fields), other servers
+    (their profile queries), and invitees' profiles in invites."""
 
     # An access token is needed (401 M_MISSING_TOKEN without one).
     require_auth_for_profile_requests: bool = False
@@ -405,6 +408,10 @@ class ProfilesConfig:
     # Needs to know who asks, so it implies require_auth_for_profile_requests (in Synapse,
     # without that option it has no effect).
     limit_profile_requests_to_users_who_share_rooms: bool = False
+    # Other servers' profile queries are answered (off: 403 M_FORBIDDEN).
+    allow_profile_lookup_over_federation: bool = True
+    # Invites this server makes carry the invitee's display name and avatar, as joins do.
+    include_profile_data_on_invite: bool = True
 
 
 @dataclass(slots=True)
@@ -608,6 +615,11 @@ def _check_email(cfg: Config) -> None:
     if not isinstance(base, str) or not base.startswith(("https://", "http://")):
         raise ConfigError("email.client_base_url must be an http(s) URL")
     email.client_base_url = base.rstrip("/")
+    hosts = email.next_link_domain_whitelist
+    if hosts is not None:
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+            raise ConfigError("email.next_link_domain_whitelist must be a list of host names")
+        email.next_link_domain_whitelist = [h.lower() for h in hosts]  # as urlsplit gives them
     if email.enable_notifs and not email.enabled:
         raise ConfigError("email.enable_notifs needs email.enabled (the SMTP server and notif_from)")
     port, lifetime = email.smtp_port, email.validation_token_lifetime_ms
@@ -849,6 +861,8 @@ oauth:
 # profiles:
 #   require_auth_for_profile_requests: true
 #   limit_profile_requests_to_users_who_share_rooms: true
+#   allow_profile_lookup_over_federation: false
+#   include_profile_data_on_invite: false
 
 email:
   # Email addresses on accounts, login by address and "forgot password" links, sent

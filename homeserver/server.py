@@ -123,7 +123,14 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     appservices = AppServices(load_registrations(config.app_services, config.server_name, config.base_dir))
     queries = AppServiceQueries(appservices, config.server_name, accounts) if appservices else None
     rooms = RoomHandler(
-        events, creator, aliases, accounts, config.server_name, config.default_room_version, account_data
+        events,
+        creator,
+        aliases,
+        accounts,
+        config.server_name,
+        config.default_room_version,
+        account_data,
+        profile_on_invite=config.profiles.include_profile_data_on_invite,
     )
     if queries is not None:
         queries.tracing = tracing

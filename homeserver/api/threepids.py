@@ -4,7 +4,10 @@ With `email.enabled` (homeserver/handlers/threepids.py does the work): `…/requ
 email sends a validation link (registering: the address must be free; adding to an account:
 free too; resetting a password: it must belong to an account, else `M_THREEPID_NOT_FOUND`),
 the link's page validates the session (the password reset page asks to confirm with a POST
-first, as Synapse's does, so that a mail scanner fetching the link validates nothing),
+first, as Synapse's does, so that a mail scanner fetching the link validates nothing) and
+then sends the browser to the request's `next_link` if it gave one (an http(s) URL, on a
+host of `email.next_link_domain_whitelist` when that is set; others get 400
+`M_INVALID_PARAM`),
 `/account/3pid/add` (behind user-interactive auth) binds the validated address,
 `/account/3pid/delete` removes one, `GET /account/3pid` lists them, and `m.3pid_changes`
 is true. The links' pages are Synapse's paths:
@@ -30,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from homeserver.api.http import V3, json_response, read_json
-from homeserver.api.pages import error_page, page
+from homeserver.api.pages import NO_STORE, error_page, page
 from homeserver.api.register import client_address, get_uia
 from homeserver.errors import Codes, MatrixError, bad_json, require_str
 from homeserver.handlers.cs_services import services
@@ -41,6 +44,7 @@ from homeserver.handlers.threepids import (
     ThreepidHandler,
     TokenRequest,
     canonical_email,
+    check_next_link,
 )
 from homeserver.server import HomeServer
 from homeserver.storage.threepids import ThreepidStore
@@ -110,8 +114,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 raise not_supported(medium)
             if purpose == "register" and not hs.config.registration.enabled:
                 raise MatrixError(403, Codes.FORBIDDEN, "Registration is disabled")
+            next_link = body.get("next_link")
+            if next_link is not None:
+                check_next_link(next_link, hs.config.email.next_link_domain_whitelist)
             req = TokenRequest(
-                purpose, body["client_secret"], canonical_email(body["email"]), body["send_attempt"]
+                purpose,
+                body["client_secret"],
+                canonical_email(body["email"]),
+                body["send_attempt"],
+                next_link,
             )
             return json_response(await handler.request_token(req, client_address(request)))
 
@@ -191,9 +202,12 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     f'<form method="post">{hidden}<button type="submit">Confirm</button></form>',
                 )
             try:
-                await handler.validate_token(sid, secret, token)
+                next_link = await handler.validate_token(sid, secret, token)
             except MatrixError as e:
                 return error_page("Email validation", e.message)
+            if next_link is not None:
+                # Checked when it was given (handlers.threepids.check_next_link), as Synapse.
+                return web.Response(status=302, headers={**NO_STORE, "Location": next_link})
             then = (
                 "Return to your app to choose a new password."
                 if purpose == "account/password"

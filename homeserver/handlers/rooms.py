@@ -6,6 +6,7 @@ decide what is allowed; this module only assembles the right events.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,8 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.aliases import AliasStore
 from homeserver.storage.events import EventStore
+
+log = logging.getLogger(__name__)
 
 # Room versions new rooms may be created in (older ones are known for federation only).
 SUPPORTED_ROOM_VERSIONS = ("10", "11", "12")
@@ -41,6 +44,9 @@ RemoteKnock = Callable[[str, str, list[str], dict[str, Any]], Awaitable[str]]
 # (room_id, candidate servers, suggested_only) -> a server's federation /hierarchy answer for
 # a room this server does not know, or None; set by federation.
 RemoteHierarchy = Callable[[str, list[str], bool], Awaitable[dict[str, Any] | None]]
+# (user_id, field or None) -> a remote user's profile, from their server; set by federation.
+RemoteProfile = Callable[[str, str | None], Awaitable[dict[str, Any]]]
+PROFILE_KEYS = ("displayname", "avatar_url")
 
 
 def default_power_levels(creator: str, privileged_creators: bool) -> dict[str, Any]:
@@ -79,6 +85,8 @@ class RoomHandler:
         server_name: str,
         default_room_version: str,
         account_data: AccountDataStore,
+        *,
+        profile_on_invite: bool = True,
     ) -> None:
         self.events = events
         self.creator = creator
@@ -93,6 +101,10 @@ class RoomHandler:
         # unknown one first (they register bridged users on demand).
         self.user_exists: Callable[[str], Awaitable[bool]] = accounts.user_exists
         self.remote_knock: RemoteKnock | None = None
+        # Invites carry the invitee's display name and avatar, as Synapse's do
+        # (profiles.include_profile_data_on_invite); a remote invitee's come from their server.
+        self.profile_on_invite = profile_on_invite
+        self.remote_profile: RemoteProfile | None = None
         self.remote_hierarchy: RemoteHierarchy | None = None
         # Asked before a user leaves a room (or rejects an invite) themself: raises to refuse.
         self.leave_guards: list[Callable[[str, str], Awaitable[None]]] = []
@@ -261,13 +273,33 @@ class RoomHandler:
         if not self.is_local_user(target):
             if self.remote_invite is None:
                 raise MatrixError(403, Codes.FORBIDDEN, "Federation is not enabled")
-            await self.remote_invite(sender, room_id, target, extra or {})
+            profile = await self._invitee_profile(target)
+            await self.remote_invite(sender, room_id, target, {**profile, **(extra or {})})
             return
         if not await self.user_exists(target):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown user")
         await self.invite_permission.check(target)
-        content = {"membership": "invite", **(extra or {})}
+        content = {"membership": "invite", **await self._invitee_profile(target), **(extra or {})}
         await self._send(room_id, sender, "m.room.member", content, target)
+
+    async def _invitee_profile(self, target: str) -> dict[str, str]:
+        """The invitee's display name and avatar for their invite (none when the option is
+        off, or their server will not say)."""
+        if not self.profile_on_invite:
+            return {}
+        profile: Any
+        if self.is_local_user(target):
+            profile = await self.accounts.get_user(target) or {}
+        elif self.remote_profile is not None:
+            try:
+                profile = await self.remote_profile(target, None)
+            except MatrixError as e:
+                # As Synapse: the invite goes out without them.
+                log.info("no profile for the invite of %s: %s", target, e.message)
+                return {}
+        else:
+            return {}
+        return {k: v for k in PROFILE_KEYS if isinstance(v := profile.get(k), str) and v}
 
     async def set_membership(
         self, sender: str, room_id: str, target: str, membership: str, reason: str | None = None

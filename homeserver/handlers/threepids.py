@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from homeserver.clock import Clock
 from homeserver.config import Config
@@ -72,6 +72,28 @@ def canonical_email(address: str) -> str:
     return key
 
 
+def check_next_link(next_link: str, allowed_hosts: list[str] | None) -> None:
+    """A `next_link` the link's page may send the browser to (Synapse's
+    assert_valid_next_link, stricter): an http(s) URL with a host, in `allowed_hosts` when
+    that is set. Whitespace and control characters are refused too, as they have no place
+    in a Location header."""
+    refused = MatrixError(
+        400, Codes.INVALID_PARAM, "'next_link' domain not included in whitelist, or not http(s)"
+    )
+    try:
+        url = urlsplit(next_link)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        raise refused from None
+    host = url.hostname  # lower-cased
+    if (
+        url.scheme.lower() not in ("http", "https")
+        or not host
+        or any(c.isspace() or not c.isprintable() for c in next_link)
+        or (allowed_hosts is not None and host not in allowed_hosts)
+    ):
+        raise refused
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -82,6 +104,8 @@ class TokenRequest:
     client_secret: str
     address: str
     send_attempt: int
+    # Where the link's page sends the browser once the session is validated (checked).
+    next_link: str | None = None
 
 
 class ThreepidHandler:
@@ -134,13 +158,21 @@ class ThreepidHandler:
         if existing is not None:
             sid = existing.session_id
             if not await self.store.new_token(
-                sid, existing.send_attempt, req.send_attempt, hash_token(token), expires
+                sid, existing.send_attempt, req.send_attempt, hash_token(token), expires, req.next_link
             ):
                 return {"sid": sid}  # a concurrent request with this attempt sent it
         else:
             sid = secrets.token_urlsafe(18)
             started = await self.store.start_session(
-                sid, req.client_secret, EMAIL, req.address, hash_token(token), req.send_attempt, now, expires
+                sid,
+                req.client_secret,
+                EMAIL,
+                req.address,
+                hash_token(token),
+                req.send_attempt,
+                now,
+                expires,
+                req.next_link,
             )
             if not started:
                 raced = await self.store.session_for_secret(req.client_secret, EMAIL, req.address)
@@ -154,7 +186,12 @@ class ThreepidHandler:
             # keeps working.
             if existing is not None:
                 await self.store.new_token(
-                    sid, req.send_attempt, existing.send_attempt, existing.token_hash, existing.expires_ts
+                    sid,
+                    req.send_attempt,
+                    existing.send_attempt,
+                    existing.token_hash,
+                    existing.expires_ts,
+                    existing.next_link,
                 )
             else:
                 await self.store.delete_session(sid)
@@ -187,9 +224,9 @@ class ThreepidHandler:
         )
         await self.mailer.send(req.address, subject, text, html)
 
-    async def validate_token(self, sid: str, client_secret: str, token: str) -> None:
+    async def validate_token(self, sid: str, client_secret: str, token: str) -> str | None:
         """The emailed link was followed: the session is validated (400 if the link is
-        wrong or expired)."""
+        wrong or expired). Returns the session's next_link, if its request gave one."""
         session = await self.store.session(sid)
         now = self.clock.time_ms()
         if (
@@ -202,6 +239,7 @@ class ThreepidHandler:
             raise MatrixError(400, Codes.THREEPID_AUTH_FAILED, "This link is invalid or has expired")
         if session.validated_ts is None:
             await self.store.mark_validated(sid, now, now + self.email.validation_token_lifetime_ms)
+        return session.next_link
 
     async def validated_session(self, sid: str, client_secret: str) -> ValidationSession:
         session = await self.store.session(sid)

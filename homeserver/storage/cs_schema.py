@@ -443,6 +443,8 @@ threepid_validation_sessions = Table(
     Column("created_ts", BigInteger, nullable=False),
     Column("validated_ts", BigInteger, nullable=True),
     Column("expires_ts", BigInteger, nullable=False),
+    # Where the browser is sent once the link is opened (migration 0035).
+    Column("next_link", Text, nullable=True),
     Index("threepid_validation_sessions_secret", "client_secret", "medium", "address", unique=True),
     Index("threepid_validation_sessions_expiry", "expires_ts"),
 )

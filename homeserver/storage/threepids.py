@@ -46,6 +46,8 @@ class ValidationSession:
     send_attempt: int
     validated_ts: int | None
     expires_ts: int
+    # Where the browser goes once the emailed link is opened (checked when it was given).
+    next_link: str | None = None
 
 
 class ThreepidUnavailable(Exception):
@@ -94,6 +96,7 @@ _SESSION_COLUMNS = (
     sessions.c.send_attempt,
     sessions.c.validated_ts,
     sessions.c.expires_ts,
+    sessions.c.next_link,
 )
 
 
@@ -210,6 +213,7 @@ class ThreepidStore:
         send_attempt: int,
         now: int,
         expires_ts: int,
+        next_link: str | None = None,
     ) -> bool:
         """A new session (expired ones are dropped first); False if one for the same
         (client_secret, medium, address) appeared meanwhile."""
@@ -227,6 +231,7 @@ class ThreepidStore:
                         created_ts=now,
                         validated_ts=None,
                         expires_ts=expires_ts,
+                        next_link=next_link,
                     )
                 )
         except IntegrityError:
@@ -234,16 +239,28 @@ class ThreepidStore:
         return True
 
     async def new_token(
-        self, session_id: str, previous_attempt: int, send_attempt: int, token_hash: str, expires_ts: int
+        self,
+        session_id: str,
+        previous_attempt: int,
+        send_attempt: int,
+        token_hash: str,
+        expires_ts: int,
+        next_link: str | None,
     ) -> bool:
-        """A new token for a resend of an unvalidated session, unless another request took
-        this send attempt (False). Also puts a failed resend's previous token back."""
+        """A new token (and the next_link its request gave, as Synapse keeps one per token)
+        for a resend of an unvalidated session, unless another request took this send
+        attempt (False). Also puts a failed resend's previous token back."""
         c = sessions.c
         async with self.db.write() as conn:
             result = await conn.execute(
                 update(sessions)
                 .where(c.session_id == session_id, c.send_attempt == previous_attempt)
-                .values(send_attempt=send_attempt, token_hash=token_hash, expires_ts=expires_ts)
+                .values(
+                    send_attempt=send_attempt,
+                    token_hash=token_hash,
+                    expires_ts=expires_ts,
+                    next_link=next_link,
+                )
             )
         return bool(result.rowcount)
 

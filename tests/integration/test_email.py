@@ -69,8 +69,11 @@ async def request_token(
     secret: str,
     attempt: int = 1,
     medium: str = "email",
+    next_link: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     body: dict[str, Any] = {"client_secret": secret, "send_attempt": attempt}
+    if next_link is not None:
+        body["next_link"] = next_link
     if medium == "email":
         body["email"] = address
     else:
@@ -97,6 +100,18 @@ async def open_link(http: aiohttp.ClientSession, link: str) -> tuple[int, str]:
     fields = {k: html.unescape(v) for k, v in re.findall(r'name="(\w+)" value="([^"]*)"', page)}
     async with http.post(link, data=fields) as resp:
         return resp.status, await resp.text()
+
+
+async def redirect_of(http: aiohttp.ClientSession, link: str) -> str:
+    """Open the link as open_link does, without following a redirect: where it leads."""
+    async with http.get(link, allow_redirects=False) as resp:
+        status, location, page = resp.status, resp.headers.get("Location"), await resp.text()
+    if "<form" in page:
+        fields = {k: html.unescape(v) for k, v in re.findall(r'name="(\w+)" value="([^"]*)"', page)}
+        async with http.post(link, data=fields, allow_redirects=False) as resp:
+            status, location = resp.status, resp.headers.get("Location")
+    assert status == 302 and location, (status, page)
+    return location
 
 
 def password_auth(localpart: str, password: str, session: str | None = None) -> dict[str, Any]:
@@ -476,6 +491,86 @@ async def test_hostile_addresses_secrets_and_attempts(tmp_path: Path, http: aioh
         assert status == 400, out
 
 
+async def test_next_link_leads_on_after_validation(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with email_server(tmp_path) as (server, sink):
+        alice = await signed_in(server, http, "alice", "pw")
+        await server.register("bob")
+        await threepid_handler(server).store.add(
+            f"@bob:{server.server_name}", "email", "bob@example.org", 1, 1
+        )
+        # Only http(s) URLs with a host, nothing a Location header could be made to carry.
+        for bad in (
+            "javascript:alert(1)",
+            "file:///etc/passwd",
+            "ftp://app.example/done",
+            "data:text/html,hi",
+            "https://",
+            "/relative/path",
+            "https://app.example/\r\nSet-Cookie: a=b",
+            "https://[::1/",
+        ):
+            status, out = await request_token(
+                http, server, "account/3pid", "a@example.org", "s", next_link=bad
+            )
+            assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), bad
+        assert sink.messages == []
+
+        # Adding an address: the followed link sends the browser on, the session is validated.
+        done = "https://app.example/done?step=email#top"
+        status, out = await request_token(http, server, "account/3pid", "a@example.org", "s", next_link=done)
+        assert status == 200, out
+        assert await redirect_of(http, link_in(await sink.wait_for(1))) == done
+        status, body = await add_threepid(alice, out["sid"], "s", "pw")
+        assert (status, body) == (200, {}), body
+
+        # A resend carries its own next_link, as in Synapse (one per token).
+        status, first = await request_token(
+            http, server, "register", "new@example.org", "r", next_link="http://old.example/"
+        )
+        assert status == 200, first
+        status, second = await request_token(
+            http, server, "register", "new@example.org", "r", 2, next_link="https://new.example/x"
+        )
+        assert second == first
+        assert await redirect_of(http, link_in(await sink.wait_for(3))) == "https://new.example/x"
+
+        # A password reset: the confirmation form first (no redirect), then the next_link.
+        status, out = await request_token(
+            http, server, "account/password", "bob@example.org", "p", next_link=done
+        )
+        assert status == 200, out
+        reset_link = link_in(await sink.wait_for(4))
+        async with http.get(reset_link, allow_redirects=False) as resp:
+            assert resp.status == 200 and "<form" in await resp.text()
+        assert await redirect_of(http, reset_link) == done
+
+        # Without a next_link, the page as before.
+        status, out = await request_token(http, server, "account/3pid", "c@example.org", "c")
+        assert status == 200, out
+        status, page = await open_link(http, link_in(await sink.wait_for(5)))
+        assert status == 200 and "validated" in page, page
+
+
+async def test_next_link_domain_whitelist(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with smtp_server() as sink:
+        config = email_config(sink, next_link_domain_whitelist=["App.example"])
+        async with run_server(str(tmp_path), email=config) as server:
+            for bad in (
+                "https://evil.example/",
+                "https://app.example.evil.example/",
+                "https://evil.example/?app.example",
+            ):
+                status, out = await request_token(
+                    http, server, "register", "a@example.org", "s", next_link=bad
+                )
+                assert (status, out["errcode"]) == (400, "M_INVALID_PARAM"), bad
+            assert sink.messages == []
+            good = "https://APP.example:8443/welcome"
+            status, out = await request_token(http, server, "register", "a@example.org", "s", next_link=good)
+            assert status == 200, out
+            assert await redirect_of(http, link_in(await sink.wait_for(1))) == good
+
+
 async def test_email_off_keeps_the_previous_answers(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
@@ -508,6 +603,8 @@ def test_config_is_checked(tmp_path: Path) -> None:
         ({**good, "smtp_port": 0}, "smtp_port"),
         ({**good, "smtp_pass_file": str(tmp_path / "missing")}, "smtp_pass_file"),
         ({**good, "smtp_hots": "typo"}, "unknown config key"),
+        ({**good, "next_link_domain_whitelist": "app.example"}, "next_link_domain_whitelist"),
+        ({**good, "next_link_domain_whitelist": [""]}, "next_link_domain_whitelist"),
     ]
     for email, message in bad:
         with pytest.raises(ConfigError, match=message):

@@ -132,6 +132,31 @@ async def test_profiles_limited_to_users_who_share_rooms(tmp_path: Any, with_aut
         await refused(stranger, "GET", "/profile/@bad%00:" + srv.server_name, 400, "M_INVALID_PARAM")
 
 
+@pytest.mark.parametrize("include", [True, False])
+async def test_include_profile_data_on_invite(tmp_path: Any, include: bool) -> None:
+    async with privacy_server(tmp_path, profiles={"include_profile_data_on_invite": include}) as (_, make):
+        alice, bob, carol = await make("alice"), await make("bob"), await make("carol")
+        avatar = {"avatar_url": "mxc://example.org/bob"}
+        await bob.ok("PUT", f"/profile/{quote(bob.user_id)}/avatar_url", json=avatar)
+        # Invited by /invite (with a reason) and by createRoom's invite list.
+        room = await alice.create_room(preset="private_chat")
+        await alice.ok("POST", f"/rooms/{quote(room)}/invite", json={"user_id": bob.user_id, "reason": "hi"})
+        created = await alice.ok("POST", "/createRoom", json={"invite": [carol.user_id]})
+        for where, user, expected in (
+            (room, bob, {"displayname": "bob", **avatar, "reason": "hi"}),
+            (created["room_id"], carol, {"displayname": "carol", "is_direct": False}),
+        ):
+            path = f"/rooms/{quote(where)}/state/m.room.member/{quote(user.user_id)}"
+            content = await alice.ok("GET", path)
+            profile = {k: v for k, v in expected.items() if k in ("displayname", "avatar_url")}
+            others = {k: v for k, v in expected.items() if k not in profile}
+            assert content == {"membership": "invite", **(profile if include else {}), **others}, content
+        # Joining carries the profile either way (the option is about invites).
+        assert (await bob.join(room))[0] == 200
+        path = f"/rooms/{quote(room)}/state/m.room.member/{quote(bob.user_id)}"
+        assert (await alice.ok("GET", path))["displayname"] == "bob"
+
+
 # User directory --------------------------------------------------------------------------------
 
 
@@ -186,12 +211,16 @@ def test_the_options_are_checked() -> None:
     assert not cfg.user_directory.search_all_users
     assert not cfg.profiles.require_auth_for_profile_requests
     assert not cfg.profiles.limit_profile_requests_to_users_who_share_rooms
+    assert cfg.profiles.allow_profile_lookup_over_federation
+    assert cfg.profiles.include_profile_data_on_invite
     for section, key in (
         ("room_directory", "allow_public_rooms_without_auth"),
         ("room_directory", "allow_public_rooms_over_federation"),
         ("user_directory", "search_all_users"),
         ("profiles", "require_auth_for_profile_requests"),
         ("profiles", "limit_profile_requests_to_users_who_share_rooms"),
+        ("profiles", "allow_profile_lookup_over_federation"),
+        ("profiles", "include_profile_data_on_invite"),
     ):
         assert getattr(getattr(config_from_dict({**base, section: {key: True}}), section), key) is True
         with pytest.raises(ConfigError, match=rf"{section}\.{key} must be true or false"):
