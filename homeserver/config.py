@@ -651,6 +651,11 @@ def _check_email(cfg: Config) -> None:
         return
     if not email.smtp_host:
         raise ConfigError("email.smtp_host is required when email is enabled")
+    if cfg.public_baseurl is None and cfg.listener.bind_address in ("0.0.0.0", "::", ""):
+        # The links in emails would name the wildcard address, which reaches nobody.
+        raise ConfigError(
+            "email needs public_baseurl (e.g. https://matrix.example.org): emails carry links to this server"
+        )
     if "@" not in email.notif_from:
         raise ConfigError(
             'email.notif_from is required when email is enabled, e.g. "Example <noreply@example.org>"'

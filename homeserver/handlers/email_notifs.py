@@ -108,9 +108,21 @@ class UnsubscribeLinks:
         return user_id if isinstance(user_id, str) else None
 
 
+# A header line may hold 998 characters (RFC 5322); the header is written unfolded.
+MAX_HEADER_LINE = 998
+
+
 def unsubscribe_headers(link: str) -> dict[str, str]:
-    """RFC 2369's `List-Unsubscribe` and RFC 8058's one-click `List-Unsubscribe-Post`."""
-    return {"List-Unsubscribe": f"<{link}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    """RFC 2369's `List-Unsubscribe` and, for an https link only (RFC 8058 requires it), the
+    one-click `List-Unsubscribe-Post`. None when the line would be too long for SMTP (a long
+    app ID and address): the link in the email's footer still works."""
+    header = f"<{link}>"
+    if len("List-Unsubscribe: ") + len(header) > MAX_HEADER_LINE:
+        return {}
+    out = {"List-Unsubscribe": header}
+    if link.startswith("https://"):
+        out["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return out
 
 
 def new_user_pusher(address: str) -> dict[str, Any]:
@@ -138,8 +150,11 @@ async def pushers_for_new_user(push: PushHandler, user_id: str) -> None:
             await push.set_pusher(user_id, None, new_user_pusher(address))
         if addresses:
             log.info("turned on email notifications for the new user %s", user_id)
-    except Exception:
-        log.exception("could not turn on email notifications for the new user %s", user_id)
+    except Exception as e:
+        # The type only: a database error's message carries its values (the address).
+        log.warning(
+            "could not turn on email notifications for the new user %s: %s", user_id, type(e).__name__
+        )
 
 
 @dataclass(slots=True, frozen=True)

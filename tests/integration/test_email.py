@@ -609,3 +609,8 @@ def test_config_is_checked(tmp_path: Path) -> None:
     for email, message in bad:
         with pytest.raises(ConfigError, match=message):
             config_from_dict({**base, "email": email})
+    # Listening on every address with no public_baseurl: the emails' links would reach nobody.
+    wildcard = {**base, "email": good, "listener": {"bind_address": "0.0.0.0"}}
+    with pytest.raises(ConfigError, match="public_baseurl"):
+        config_from_dict(wildcard)
+    assert config_from_dict({**wildcard, "public_baseurl": "https://matrix.example.org"}).email.enabled
