@@ -168,6 +168,9 @@ class RateLimitConfig:
     # rc_3pid_validation: one every ~5 minutes, 5 at once).
     threepid_validation_per_second: float = 0.003
     threepid_validation_burst: int = 5
+    # Per user: user directory searches (clients search as the user types; each scans the directory).
+    user_directory_search_per_second: float = 5.0
+    user_directory_search_burst: int = 20
 
 
 @dataclass(slots=True)

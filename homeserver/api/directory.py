@@ -103,15 +103,15 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     async def public_rooms(request: web.Request) -> web.Response:
         server = request.query.get("server")
         remote = server is not None and server != hs.server_name
+        # As Synapse: a guest's token will do wherever one is needed.
         if request.method == "POST":
-            await auth.get_requester(request)
+            # A search always needs a token.
+            await auth.get_requester(request, allow_guest=True)
             query = DirectoryQuery.from_body(await read_json(request, allow_empty=True))
         else:
-            if remote:
-                # Asking another server is for this server's users: no anonymous proxying.
-                await auth.get_requester(request)
-            elif not without_auth:
-                # As Synapse: the local directory is for signed-in users, guests included.
+            if remote or not without_auth:
+                # The local directory is for signed-in users unless allowed without auth;
+                # asking another server is for this server's users: no anonymous proxying.
                 await auth.get_requester(request, allow_guest=True)
             paging = {
                 "limit": query_int(request, "limit", DEFAULT_LIMIT),

@@ -88,9 +88,9 @@ def _sign_in_fields(new_password: bool = False, username: str = "") -> str:
 _TOKEN_FIELD = '<label for="token">Registration token</label><input id="token" name="token" required>'
 
 
-def _terms_field(terms: TermsConfig, accept_language: str) -> str:
-    """The server's policies, each linked in the reader's language (Accept-Language) if the
-    operator has it, else English, else the first one given; and the box that accepts them."""
+def terms_links(terms: TermsConfig, accept_language: str) -> list[str]:
+    """A link to each of the server's policies (HTML), in the reader's language
+    (Accept-Language) if the operator has it, else English, else the first one given."""
     tags = [tag.split(";")[0].strip().lower() for tag in accept_language.split(",")]
     # Each tag, then its language alone ("fr-ch", "fr"), in the reader's order.
     wanted = [name for tag in tags for name in (tag, tag.split("-")[0])] + ["en"]
@@ -101,10 +101,18 @@ def _terms_field(terms: TermsConfig, accept_language: str) -> str:
         links.append(
             f'<a href="{escape(doc["url"])}" target="_blank" rel="noopener">{escape(doc["name"])}</a>'
         )
+    return links
+
+
+def _terms_field(terms: TermsConfig, accept_language: str) -> str:
+    """The server's policies (`terms_links`) and the box that accepts them, with the version
+    shown (a registration is refused if the server's changed meanwhile)."""
     return (
         '<p><input id="accept_terms" name="accept_terms" type="checkbox" value="1" '
         'style="width:auto" required> '
-        f'<label for="accept_terms" style="display:inline">I accept {", ".join(links)}</label></p>'
+        '<label for="accept_terms" style="display:inline">'
+        f"I accept {', '.join(terms_links(terms, accept_language))}</label></p>"
+        f'<input type="hidden" name="terms_version" value="{escape(terms.version)}">'
     )
 
 
@@ -122,8 +130,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
     registration = RegistrationHandler(
         hs.config, hs.accounts, hs.passwords, hs.auth, get_uia(app, hs), hs.clock, hs.appservices
     )
-    # New accounts made on the page accept these with a ticked box, as in a client's m.login.terms.
-    terms = hs.config.registration.terms
     logins = LoginHandler(hs.config, hs.accounts, hs.passwords, hs.auth, hs.clock, login_token_store(hs.db))
     providers = hs.config.oidc_providers
     identity_providers = sso_login_flow(providers)["identity_providers"] if providers else []
@@ -195,6 +201,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if "loginToken" in here:
             # Back from single sign-on (api/sso.py sends the browser here): only the consent.
             return page(f"Continue to {req.client_name()}?", intro + form + buttons.format("Allow"), status)
+        # New accounts made on the page accept these with a ticked box, as in a client's
+        # m.login.terms (as configured now: the version shown goes with the form).
+        terms = hs.config.registration.terms
         if req.prompt == "create" and registration_open:
             sign_in_link = escape(
                 f"{AUTHORIZE_PATH}?{urlencode({k: v for k, v in here.items() if k != 'prompt'})}"
@@ -244,6 +253,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                     str(form.get("token", "")) or None,
                     client_address(request),
                     accepted_terms=form.get("accept_terms") == "1",
+                    terms_version=str(form.get("terms_version", "")) or None,
                 )
             else:
                 user_id = await sign_in(request, form)

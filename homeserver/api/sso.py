@@ -36,8 +36,9 @@ from homeserver.storage.openid import login_token_store
 
 SSO_KEY = web.AppKey("sso", SsoHandler)
 
-# The fallback completion of the spec's UIA fallback: tell the opener it may retry.
-_DONE_SCRIPT = """<script>
+# The fallback completion of the spec's UIA fallback: tell the opener it may retry (also
+# the m.login.terms fallback's, api/terms_fallback.py).
+DONE_SCRIPT = """<script>
 if (window.onAuthDone) { window.onAuthDone(); }
 else if (window.opener && window.opener.postMessage) { window.opener.postMessage("authDone", "*"); }
 </script>"""
@@ -143,7 +144,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             else:
                 resp = page(
                     "Confirmed",
-                    "<p>Thank you. You may now close this window and return to your app.</p>" + _DONE_SCRIPT,
+                    "<p>Thank you. You may now close this window and return to your app.</p>" + DONE_SCRIPT,
                 )
         resp.del_cookie(COOKIE, path=CALLBACK_PATH)
         return resp

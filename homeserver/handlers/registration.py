@@ -185,6 +185,11 @@ class RegistrationHandler:
         """The policies new users accept (None: the server has none)."""
         return self.config.registration.terms
 
+    def stage_params(self) -> dict[str, Any] | None:
+        """The params of registration's 401s: the policies of the terms stage, if any."""
+        terms = self.terms
+        return {STAGE_TERMS: terms_params(terms)} if terms is not None else None
+
     def _require_open(self) -> None:
         if not self.config.registration.enabled:
             raise forbidden("Registration has been disabled")
@@ -225,13 +230,13 @@ class RegistrationHandler:
         # parameters but never the password, only its hash, made once per session. A password
         # sent again with a later step is not hashed again: the first one given counts.
         remembered = {k: v for k, v in params.items() if k != "password"}
-        terms = self.terms
+        stage_params = self.stage_params()
         result = await self.uia.check(
             operation=OPERATION_REGISTER,
             flows=flows,
             auth=body.get("auth"),
             client_params=remembered,
-            params={STAGE_TERMS: terms_params(terms)} if terms is not None else None,
+            params=stage_params,
             password=req.password,
         )
         # Later requests in a session may carry only `auth`: use the parameters remembered with it.
@@ -246,9 +251,10 @@ class RegistrationHandler:
                 flows,
                 Codes.UNAUTHORIZED,
                 "Registration token is no longer valid",
+                stage_params,
             )
         try:
-            user_id = await self._new_account(req, result, flows)
+            user_id = await self._new_account(req, result, flows, stage_params)
         except BaseException:
             # A token use counts only for a registration that succeeded.
             if token is not None:
@@ -275,11 +281,13 @@ class RegistrationHandler:
         client: str = "",
         *,
         accepted_terms: bool = False,
+        terms_version: str | None = None,
     ) -> str:
         """A registration from a web page (the OAuth 2.0 API's `prompt=create`): the checks
         of POST /register, with the registration token (when the server requires one) given
         at once instead of through user-interactive auth, and the server's terms (if any)
-        accepted by a ticked box (`accepted_terms`). Returns the new user ID."""
+        accepted by a ticked box (`accepted_terms`) on a page that showed `terms_version`
+        (refused if the server's is another now). Returns the new user ID."""
         self.limiter.check(client)
         self._require_open()
         await self.check_username(username)
@@ -289,6 +297,10 @@ class RegistrationHandler:
         terms = self.terms
         if terms is not None and not accepted_terms:
             raise MatrixError(400, Codes.MISSING_PARAM, "Accept the terms to create an account")
+        if terms is not None and terms_version != terms.version:
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "The terms have changed: review the new version and accept it"
+            )
         if self.config.registration.require_email:
             # The page has no email stage; the account pages link here only when this is off.
             raise forbidden("This server requires an email address: register in a Matrix client")
@@ -314,15 +326,19 @@ class RegistrationHandler:
             raise forbidden("Cannot register taken user ID without valid guest credentials for that user")
         return owner.user_id
 
-    async def _new_account(self, req: RegistrationRequest, result: UIAResult, flows: list[Flow]) -> str:
+    async def _new_account(
+        self,
+        req: RegistrationRequest,
+        result: UIAResult,
+        flows: list[Flow],
+        stage_params: dict[str, Any] | None,
+    ) -> str:
         """The account a completed registration session creates (or the guest it upgrades),
-        with the address its email stage proved."""
+        with the address its email stage proved and the version of the terms it accepted
+        (the one presented to it: the session's, not necessarily the one configured now)."""
         upgrading = result.client_params.get(_UPGRADING)
         email_session = result.threepid_session if STAGE_EMAIL in result.completed else None
-        # Terms is the flow's last stage, done in this very request (or a retry of it): the
-        # version configured now is the one the user was shown.
-        terms = self.terms
-        consent = terms.version if terms is not None and STAGE_TERMS in result.completed else None
+        consent = result.terms_version if STAGE_TERMS in result.completed else None
         try:
             if isinstance(upgrading, str):
                 return await self._upgrade_guest(upgrading, result.password_hash, email_session, consent)
@@ -331,7 +347,9 @@ class RegistrationHandler:
             if e.in_use:
                 raise MatrixError(400, Codes.THREEPID_IN_USE, "Email is already in use") from None
             # Used by another registration meanwhile, or expired: the address is to be proven again.
-            await self.uia.reject_stage(result, STAGE_EMAIL, flows, Codes.THREEPID_AUTH_FAILED, NO_SESSION)
+            await self.uia.reject_stage(
+                result, STAGE_EMAIL, flows, Codes.THREEPID_AUTH_FAILED, NO_SESSION, stage_params
+            )
 
     async def _upgrade_guest(
         self, user_id: str, password_hash: str | None, email_session: str | None, consent: str | None

@@ -46,7 +46,10 @@ STAGE_OAUTH = "m.oauth"
 # at registration (the address must be free; the new account gets it).
 STAGE_EMAIL = "m.login.email.identity"
 # The user accepted the policies in the stage's params (registration only, when the server
-# has terms): the spec asks for nothing but the session, so it is done by being sent.
+# has terms): the spec asks for nothing but the session, so it is done by being sent, or
+# through the fallback page (homeserver/api/terms_fallback.py). The session remembers the
+# version its 401s presented; if the server's changed meanwhile, the stage is refused and
+# the new one presented (the spec: the server tracks which versions it presented).
 STAGE_TERMS = "m.login.terms"
 SUPPORTED_STAGES = frozenset(
     {STAGE_DUMMY, STAGE_PASSWORD, STAGE_REGISTRATION_TOKEN, STAGE_SSO, STAGE_OAUTH, STAGE_EMAIL, STAGE_TERMS}
@@ -119,6 +122,10 @@ class UIASession:
     password_hash: str | None = None
     # The validated email session a registration's email stage proved (used up with the account).
     threepid_session: str | None = None
+    # The version of the policies presented with the m.login.terms params (set by the first
+    # 401 that carries them, and again when the stage is refused or undone and they are
+    # presented anew): the version the terms stage accepts, and the one recorded.
+    terms_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # The ID and the last use are the row's key and column, not part of its data.
@@ -140,6 +147,7 @@ class UIASession:
             int(data.get("failures") or 0),
             data.get("password_hash"),
             data.get("threepid_session"),
+            data.get("terms_version"),
         )
 
 
@@ -152,6 +160,8 @@ class UIAResult:
     client_params: Mapping[str, Any]
     password_hash: str | None
     threepid_session: str | None = None
+    # The version of the policies accepted, when the terms stage is among `completed`.
+    terms_version: str | None = None
 
 
 # User identification (shared with /login) -----------------------------------------------
@@ -250,6 +260,17 @@ async def check_password_login(
 
 def flows_json(flows: Sequence[Flow]) -> list[dict[str, list[str]]]:
     return [{"stages": list(flow)} for flow in flows]
+
+
+def presented_terms_version(params: Mapping[str, Any] | None) -> str | None:
+    """The version of the policies in a 401's `m.login.terms` params (None: none there).
+    Sotto gives every policy the server's one version; a mixture is named by all of them."""
+    terms = (params or {}).get(STAGE_TERMS)
+    policies = terms.get("policies") if isinstance(terms, Mapping) else None
+    if not isinstance(policies, Mapping):
+        return None
+    versions = sorted({str(p.get("version")) for p in policies.values() if isinstance(p, Mapping)})
+    return ",".join(versions) or None
 
 
 class UserInteractiveAuth:
@@ -389,7 +410,7 @@ class UserInteractiveAuth:
                         f"{stage} cannot be completed at this point of the flow",
                     )
                 try:
-                    await self._run_stage(session, stage, auth)
+                    await self._run_stage(session, stage, auth, params)
                 except StageFailed as e:
                     session.failures += 1 if e.counts else 0
                     if session.failures >= MAX_FAILED_ATTEMPTS:
@@ -407,16 +428,66 @@ class UserInteractiveAuth:
         await self.sessions.delete(result.session_id)
 
     async def reject_stage(
-        self, result: UIAResult, stage: str, flows: Sequence[Flow], errcode: Codes | str, message: str
+        self,
+        result: UIAResult,
+        stage: str,
+        flows: Sequence[Flow],
+        errcode: Codes | str,
+        message: str,
+        params: Mapping[str, Any] | None = None,
     ) -> NoReturn:
-        """Undo a completed stage that turned out invalid when acted on (an exhausted token)."""
+        """Undo a completed stage that turned out invalid when acted on (an exhausted token),
+        and the stages after it. The 401 carries `params` (those of `check`): the stages
+        undone are asked again, with what they need to be done (the policies of the terms)."""
         session = await self._get_session(result.session_id)
         if session is None:
             raise MatrixError(403, errcode, message)
         if stage in session.completed:
             del session.completed[session.completed.index(stage) :]
+        if STAGE_TERMS not in session.completed:
+            # Presented anew by this 401, as configured now.
+            session.terms_version = None
+        try:
+            self._require(session, flows, params, errcode, message)
+        finally:
+            await self._save(session)
+
+    async def terms_stage(self, session_id: str, operation: str, flows: Sequence[Flow]) -> bool | None:
+        """For the terms fallback page: None if there is no such session of `operation`; else
+        whether its terms stage may be done now (it is next in one of `flows`, or done)."""
+        session = await self._get_session(session_id)
+        if session is None or session.operation != operation:
+            return None
+        return STAGE_TERMS in session.completed or STAGE_TERMS in self._next_stages(session, flows)
+
+    async def complete_terms(
+        self,
+        session_id: str,
+        operation: str,
+        flows: Sequence[Flow],
+        params: Mapping[str, Any],
+        accepted: str,
+    ) -> None:
+        """Mark the terms stage done from the fallback page, where the user accepted the
+        policies of version `accepted` (the one the page showed). `params` are the stage's
+        current params (those `check` would send). Raises StageFailed, whose message is for
+        the page, if the session is gone or is not at the terms stage, or if the version
+        shown is no longer the server's."""
+        session = await self._get_session(session_id)
+        if session is None or session.operation != operation:
+            raise StageFailed(Codes.FORBIDDEN, "This registration has expired. Start again from your app.")
+        if STAGE_TERMS in session.completed:
+            return  # the form sent twice
+        if STAGE_TERMS not in self._next_stages(session, flows):
+            raise StageFailed(Codes.FORBIDDEN, "Complete the other steps in your app first.")
+        current = presented_terms_version(params)
+        if current is None or accepted != current:
+            raise StageFailed(
+                Codes.FORBIDDEN, "The terms have changed: review the new version and accept it."
+            )
+        session.terms_version = current
+        session.completed.append(STAGE_TERMS)
         await self._save(session)
-        self._require(session, flows, None, errcode, message)
 
     # Internals -------------------------------------------------------------------------
 
@@ -463,6 +534,7 @@ class UserInteractiveAuth:
             session.client_params,
             session.password_hash,
             session.threepid_session,
+            session.terms_version if STAGE_TERMS in session.completed else None,
         )
 
     @staticmethod
@@ -473,6 +545,9 @@ class UserInteractiveAuth:
         errcode: str | None = None,
         error: str | None = None,
     ) -> NoReturn:
+        if session.terms_version is None:
+            # The first 401 with the policies: the version the terms stage will accept.
+            session.terms_version = presented_terms_version(params)
         body: dict[str, Any] = {
             "flows": flows_json(flows),
             "params": dict(params or {}),
@@ -485,10 +560,22 @@ class UserInteractiveAuth:
             body["error"] = error or ""
         raise InteractiveAuthRequired(body)
 
-    async def _run_stage(self, session: UIASession, stage: str, auth: Mapping[str, Any]) -> None:
-        if stage in (STAGE_DUMMY, STAGE_TERMS):
+    async def _run_stage(
+        self, session: UIASession, stage: str, auth: Mapping[str, Any], params: Mapping[str, Any] | None
+    ) -> None:
+        if stage == STAGE_DUMMY:
             return
-        if stage == STAGE_PASSWORD:
+        if stage == STAGE_TERMS:
+            current = presented_terms_version(params)
+            if current is None or current != session.terms_version:
+                # Not what the user was shown: the refusal's 401 presents the server's version.
+                session.terms_version = current
+                raise StageFailed(
+                    Codes.FORBIDDEN,
+                    "The terms have changed: review the new version and accept it",
+                    counts=False,
+                )
+        elif stage == STAGE_PASSWORD:
             await self._password_stage(session, auth)
         elif stage == STAGE_REGISTRATION_TOKEN:
             await self._registration_token_stage(session, auth)

@@ -1,7 +1,8 @@
 """User directory: kept current from member events (a listener), searched on request.
 
-Profiles come from each user's latest join event, so remote users and display-name
-changes (which update member events) are covered without extra bookkeeping.
+Remote users' profiles come from their latest join event seen here. Local users are listed
+with their account's global profile, never a display name or avatar set in one room (which
+may be private to that room): the store ignores their member events.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class UserDirectoryHandler:
         self.search_all_users = search_all_users
 
     async def on_event(self, event: Event, stream_id: int) -> None:
+        # The store records remote users only (see UserDirectoryStore.upsert).
         if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
             return
         name = event.content.get("displayname")

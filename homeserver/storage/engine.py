@@ -76,7 +76,14 @@ ROOM_LOCK_LINGER_S = 0.005
 ROOM_LOCK_REUSES = 8
 
 
+def unicode_lower(value: object) -> object:
+    """SQLite's own lower() folds ASCII only; this one folds every script (Émile, Иван), as
+    PostgreSQL's does. Registered on every SQLite connection as `unicode_lower`."""
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.create_function("unicode_lower", 1, unicode_lower, deterministic=True)
     cur = dbapi_conn.cursor()
     # WAL lets readers run while one writer commits; NORMAL sync is durable
     # against process crashes (kill -9) in WAL mode at a fraction of FULL's cost.

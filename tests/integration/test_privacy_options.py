@@ -75,12 +75,19 @@ async def test_the_room_directory_without_auth(tmp_path: Any) -> None:
 
 
 async def test_guests_read_the_room_directory(tmp_path: Any) -> None:
-    async with privacy_server(tmp_path, registration={"allow_guests": True}) as (_, make):
+    async with privacy_server(tmp_path, registration={"allow_guests": True}) as (srv, make):
         alice = await make("alice")
         await alice.create_room(preset="public_chat", visibility="public", name="Lobby")
         guest = await anonymous(alice).ok("POST", "/register?kind=guest", json={})
         as_guest = RawClient(alice.session, alice.base_url, guest["access_token"])
         assert [r["name"] for r in (await as_guest.ok("GET", "/publicRooms"))["chunk"]] == ["Lobby"]
+        # A search (POST) and naming a server take a guest's token too, as in Synapse.
+        found = await as_guest.ok("POST", "/publicRooms", json={"filter": {"generic_search_term": "lob"}})
+        assert [r["name"] for r in found["chunk"]] == ["Lobby"]
+        mine = {"server": srv.server_name}
+        for method, body in (("GET", None), ("POST", {})):
+            listed = await as_guest.ok(method, "/publicRooms", json=body, params=mine)
+            assert [r["name"] for r in listed["chunk"]] == ["Lobby"], method
 
 
 # Profiles --------------------------------------------------------------------------------------
@@ -198,6 +205,100 @@ async def test_search_all_users(tmp_path: Any) -> None:
         # A user in no room is found by their account's display name.
         found = await searcher.ok("POST", "/user_directory/search", json={"search_term": "wolf"})
         assert found["results"] == [{"user_id": loner.user_id, "display_name": "Lone Wolf"}]
+
+
+async def set_displayname(user: RawClient, name: str) -> None:
+    await user.ok("PUT", f"/profile/{quote(user.user_id)}/displayname", json={"displayname": name})
+
+
+async def admin_put(admin: RawClient, path: str, body: Any) -> None:
+    async with admin.session.put(
+        admin.base_url + path, json=body, headers={"Authorization": f"Bearer {admin.token}"}
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+@pytest.mark.parametrize("search_all_users", [False, True])
+async def test_per_room_display_names_stay_out_of_the_user_directory(
+    tmp_path: Any, search_all_users: bool
+) -> None:
+    """As in Synapse, local users are listed with their global profile: a display name or
+    avatar set in one (private) room is not searchable, nor shown, anywhere else."""
+    overrides = {"user_directory": {"search_all_users": search_all_users}}
+    async with privacy_server(tmp_path, **overrides) as (_, make):
+        searcher, zed = await make("searcher"), await make("zed")
+        shared = await searcher.create_room(invite=[zed.user_id])
+        assert (await zed.join(shared))[0] == 200
+        await set_displayname(zed, "Zed Global")
+        hideout = await zed.create_room(preset="private_chat")
+        nickname = {
+            "membership": "join",
+            "displayname": "Secret Nick",
+            "avatar_url": "mxc://example.org/nick",
+        }
+        member = f"/rooms/{quote(hideout)}/state/m.room.member/{quote(zed.user_id)}"
+        await zed.ok("PUT", member, json=nickname)
+        for term in ("secret", "Secret Nick", "nick"):
+            assert await search(searcher, term) == [], term
+        found = await searcher.ok("POST", "/user_directory/search", json={"search_term": "global"})
+        assert found["results"] == [{"user_id": zed.user_id, "display_name": "Zed Global"}]
+        # Not even in the room the nickname was set in (a peer there sees it in the room).
+        assert await search(zed, "secret") == []
+        # Names in any script are found whatever their case (SQLite's lower() folds ASCII only).
+        await set_displayname(zed, "Émile Иванов")
+        for term in ("émile", "ÉMILE", "иванов", "Иванов"):
+            found = await searcher.ok("POST", "/user_directory/search", json={"search_term": term})
+            assert [r["user_id"] for r in found["results"]] == [zed.user_id], term
+
+
+@pytest.mark.parametrize("search_all_users", [False, True])
+async def test_locked_users_are_not_listed(tmp_path: Any, search_all_users: bool) -> None:
+    overrides = {"user_directory": {"search_all_users": search_all_users}}
+    async with privacy_server(tmp_path, **overrides) as (_, make):
+        searcher, zed, admin = await make("searcher"), await make("zed"), await make("admin", admin=True)
+        await zed.join(await searcher.create_room(preset="public_chat"))
+        assert await search(searcher, "zed") == [zed.user_id]
+        lock = f"/_matrix/client/v1/admin/lock/{quote(zed.user_id)}"
+        await admin_put(admin, lock, {"locked": True})
+        assert await search(searcher, "zed") == []
+        await admin_put(admin, lock, {"locked": False})
+        assert await search(searcher, "zed") == [zed.user_id]
+        # The admin API's users PUT locks too.
+        await admin_put(admin, f"/_synapse/admin/v2/users/{quote(zed.user_id)}", {"locked": True})
+        assert await search(searcher, "zed") == []
+
+
+async def test_user_directory_searches_are_rate_limited(tmp_path: Any) -> None:
+    defaults = config_from_dict({"server_name": "example.org"}).rate_limits
+    assert (defaults.user_directory_search_per_second, defaults.user_directory_search_burst) == (5.0, 20)
+    limits = {"enabled": True, "user_directory_search_per_second": 0.01, "user_directory_search_burst": 3}
+    async with privacy_server(tmp_path, rate_limits=limits) as (_, make):
+        searcher, other, admin = await make("searcher"), await make("other"), await make("admin", admin=True)
+        for _ in range(3):
+            await search(searcher, "x")
+        status, body = await searcher.request("POST", "/user_directory/search", json={"search_term": "x"})
+        assert (status, body["errcode"]) == (429, "M_LIMIT_EXCEEDED"), body
+        assert isinstance(body["retry_after_ms"], int) and body["retry_after_ms"] > 0
+        # Per user; admins are exempt.
+        await search(other, "x")
+        for _ in range(5):
+            await search(admin, "x")
+
+
+async def test_user_directory_limit_is_capped(tmp_path: Any) -> None:
+    async with privacy_server(tmp_path, user_directory={"search_all_users": True}) as (srv, make):
+        searcher = await make("searcher")
+        for i in range(52):
+            await srv.register(f"zz{i:02d}")
+        found = await searcher.ok("POST", "/user_directory/search", json={"search_term": "zz", "limit": 1000})
+        assert (len(found["results"]), found["limited"]) == (50, True)
+        found = await searcher.ok("POST", "/user_directory/search", json={"search_term": "zz"})
+        assert (len(found["results"]), found["limited"]) == (10, True)
+        for bad in ("ten", -1, True):
+            status, body = await searcher.request(
+                "POST", "/user_directory/search", json={"search_term": "zz", "limit": bad}
+            )
+            assert (status, body["errcode"]) == (400, "M_INVALID_PARAM"), bad
 
 
 # Config ----------------------------------------------------------------------------------------

@@ -84,8 +84,9 @@ APPSERVICE_ONLY = {("POST", "/_matrix/client/{_ver}/appservice/{service_id}/ping
 GUEST_OK = {
     ("GET", C + "/account/whoami"),
     # A token is needed by default (room_directory.allow_public_rooms_without_auth), and a
-    # guest's will do, as in Synapse.
+    # guest's will do, as in Synapse; for a search (POST) and asking another server too.
     ("GET", C + "/publicRooms"),
+    ("POST", C + "/publicRooms"),
     ("POST", C + "/logout"),
     ("POST", C + "/logout/all"),
     ("POST", C + "/user/{user_id}/filter"),
