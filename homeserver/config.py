@@ -297,6 +297,10 @@ class EmailConfig:
     # The hosts a requestToken's `next_link` may lead to (Synapse's
     # `next_link_domain_whitelist`); None: any http(s) host.
     next_link_domain_whitelist: list[str] | None = None
+    # Which addresses may be registered or added to accounts: regular expressions, one of
+    # which the whole (lower-cased) address must match (Synapse's `allowed_local_3pids` for
+    # email); None: any. Password resets and the admin API are not limited by it.
+    allowed_addresses: list[str] | None = None
 
 
 @dataclass(slots=True)
@@ -618,6 +622,17 @@ def _check_email(cfg: Config) -> None:
     if not isinstance(base, str) or not base.startswith(("https://", "http://")):
         raise ConfigError("email.client_base_url must be an http(s) URL")
     email.client_base_url = base.rstrip("/")
+    patterns = email.allowed_addresses
+    if patterns is not None:
+        if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+            raise ConfigError("email.allowed_addresses must be a list of regular expressions")
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(
+                    f"email.allowed_addresses: {pattern!r} is not a regular expression ({e})"
+                ) from None
     hosts = email.next_link_domain_whitelist
     if hosts is not None:
         if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):

@@ -138,6 +138,8 @@ class ThreepidHandler:
             raise LimitExceeded(max(waits))
         for key in keys:
             self.limiter.check(key)
+        if req.purpose != "account/password" and not self.address_allowed(req.address):
+            raise MatrixError(403, Codes.THREEPID_DENIED, "This email address is not allowed on this server")
         owner = await self.store.user_for(EMAIL, req.address)
         if req.purpose == "account/password":
             if owner is None:
@@ -197,6 +199,11 @@ class ThreepidHandler:
                 await self.store.delete_session(sid)
             raise MatrixError(500, Codes.UNKNOWN, "An error was encountered when sending the email") from None
         return {"sid": sid}
+
+    def address_allowed(self, address: str) -> bool:
+        """`email.allowed_addresses`: the whole address matches one of the patterns."""
+        patterns = self.email.allowed_addresses
+        return patterns is None or any(re.fullmatch(p, address) for p in patterns)
 
     def submit_link(self, purpose: str, sid: str, client_secret: str, token: str) -> str:
         query = urlencode({"token": token, "client_secret": client_secret, "sid": sid})

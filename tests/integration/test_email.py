@@ -571,6 +571,34 @@ async def test_next_link_domain_whitelist(tmp_path: Path, http: aiohttp.ClientSe
             assert await redirect_of(http, link_in(await sink.wait_for(1))) == good
 
 
+async def test_allowed_addresses(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """email.allowed_addresses (Synapse's allowed_local_3pids): only matching addresses may
+    be registered or added; a password reset is not limited, nor is the admin API."""
+    async with smtp_server() as sink:
+        email = email_config(sink, allowed_addresses=[r"[^@]+@example\.org"])
+        async with run_server(str(tmp_path), email=email, registration={"enabled": True}) as server:
+            for purpose in ("register", "account/3pid"):
+                status, out = await request_token(http, server, purpose, "bob@elsewhere.example", "s")
+                assert (status, out["errcode"]) == (403, "M_THREEPID_DENIED"), (purpose, out)
+                # The whole address must match: a lookalike domain is refused too.
+                status, out = await request_token(http, server, purpose, "bob@example.org.evil.example", "s")
+                assert (status, out["errcode"]) == (403, "M_THREEPID_DENIED"), (purpose, out)
+            status, out = await request_token(http, server, "account/3pid", "Bob@Example.org", "s")
+            assert status == 200, out
+            # An address the admin gave an account, outside the patterns: it can still reset.
+            alice = await signed_in(server, http, "alice", "pw")
+            root = await signed_in(server, http, "root", "pw")
+            await server.hs.accounts.set_admin(root.user_id, True)
+            server.hs.auth.invalidate_user(root.user_id)
+            outside = {"threepids": [{"medium": "email", "address": "alice@elsewhere.example"}]}
+            await admin_call(root, "PUT", f"{A2}/users/{quote(alice.user_id)}", outside)
+            status, out = await request_token(
+                http, server, "account/password", "alice@elsewhere.example", "s"
+            )
+            assert status == 200, out
+        assert [m.rcpt_tos for m in sink.messages] == [["bob@example.org"], ["alice@elsewhere.example"]]
+
+
 async def test_email_off_keeps_the_previous_answers(
     server: RunningServer, http: aiohttp.ClientSession
 ) -> None:
@@ -605,6 +633,8 @@ def test_config_is_checked(tmp_path: Path) -> None:
         ({**good, "smtp_hots": "typo"}, "unknown config key"),
         ({**good, "next_link_domain_whitelist": "app.example"}, "next_link_domain_whitelist"),
         ({**good, "next_link_domain_whitelist": [""]}, "next_link_domain_whitelist"),
+        ({**good, "allowed_addresses": "example.org"}, "allowed_addresses"),
+        ({**good, "allowed_addresses": ["(unclosed"]}, "not a regular expression"),
     ]
     for email, message in bad:
         with pytest.raises(ConfigError, match=message):
