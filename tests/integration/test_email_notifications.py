@@ -55,6 +55,14 @@ async def set_threepids(root: RawClient, user_id: str, addresses: list[str]) -> 
         assert resp.status == 200, await resp.text()
 
 
+def notifier_on_a_fake_clock(srv: RunningServer) -> tuple[EmailNotifier, FakeClock]:
+    """The server's email notifier, its clock replaced by one the test moves."""
+    notifier = srv.runner.app[CS_KEY].email_notifier
+    assert isinstance(notifier, EmailNotifier)
+    notifier.clock = clock = FakeClock(time.time())
+    return notifier, clock
+
+
 def email_pusher(address: str) -> dict[str, Any]:
     return {
         "kind": "email",
@@ -88,10 +96,7 @@ async def test_summary_once_throttled_read_and_encrypted(tmp_path: Path) -> None
             client_base_url=CLIENT + "/",
         )  # fmt: skip
         async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
-            notifier = srv.runner.app[CS_KEY].email_notifier
-            assert isinstance(notifier, EmailNotifier)
-            clock = FakeClock(time.time())
-            notifier.clock = clock
+            notifier, clock = notifier_on_a_fake_clock(srv)
             root, alice, bob, room = await setup(srv, http)
 
             # Only an address validated on the account may be a pushkey (as Synapse).
@@ -165,10 +170,7 @@ async def test_a_refused_recipient_holds_up_no_one(tmp_path: Path) -> None:
         sink.refused.add(ALICE_EMAIL)
         email = email_config(sink, enable_notifs=True, notif_delay_ms=60_000, notif_throttle_ms=THROTTLE_MS)
         async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
-            notifier = srv.runner.app[CS_KEY].email_notifier
-            assert isinstance(notifier, EmailNotifier)
-            clock = FakeClock(time.time())
-            notifier.clock = clock
+            notifier, clock = notifier_on_a_fake_clock(srv)
             root, alice, bob, room = await setup(srv, http)
             carol = await client(srv, http, "carol")
             assert alice.user_id < carol.user_id  # alice comes first in a pass
@@ -209,10 +211,7 @@ async def test_a_busy_room_is_emailed(tmp_path: Path) -> None:
     async with smtp_server() as sink:
         email = email_config(sink, enable_notifs=True, notif_delay_ms=delay_ms, notif_throttle_ms=THROTTLE_MS)
         async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
-            notifier = srv.runner.app[CS_KEY].email_notifier
-            assert isinstance(notifier, EmailNotifier)
-            clock = FakeClock(time.time())
-            notifier.clock = clock
+            notifier, clock = notifier_on_a_fake_clock(srv)
             _, alice, bob, room = await setup(srv, http)
             await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
 
@@ -287,10 +286,7 @@ async def test_unsubscribe_link(tmp_path: Path) -> None:
     async with smtp_server() as sink:
         email = email_config(sink, enable_notifs=True, notif_delay_ms=60_000, notif_throttle_ms=THROTTLE_MS)
         async with run_server(str(tmp_path), email=email) as srv, aiohttp.ClientSession() as http:
-            notifier = srv.runner.app[CS_KEY].email_notifier
-            assert isinstance(notifier, EmailNotifier)
-            clock = FakeClock(time.time())
-            notifier.clock = clock
+            notifier, clock = notifier_on_a_fake_clock(srv)
             _, alice, bob, room = await setup(srv, http)
             await alice.ok("POST", "/pushers/set", json=email_pusher(ALICE_EMAIL))
             mine = [("email", "m.email", ALICE_EMAIL)]
