@@ -250,6 +250,13 @@ class DelayedEventsConfig:
 
 
 @dataclass(slots=True)
+class StickyEventsConfig:
+    """Sticky events (MSC4354, unstable: Element Call's call memberships and notifications)."""
+
+    enabled: bool = True
+
+
+@dataclass(slots=True)
 class OAuthConfig:
     """The OAuth 2.0 API (spec v1.15+): Sotto is its own authorisation server, so clients
     such as Element X sign in through the browser instead of sending the password."""
@@ -409,6 +416,7 @@ class Config:
     policy_server: PolicyServerConfig = field(default_factory=PolicyServerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
+    sticky_events: StickyEventsConfig = field(default_factory=StickyEventsConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
@@ -468,6 +476,7 @@ _NESTED: dict[str, type[Any]] = {
     "PolicyServerConfig": PolicyServerConfig,
     "RetentionConfig": RetentionConfig,
     "DelayedEventsConfig": DelayedEventsConfig,
+    "StickyEventsConfig": StickyEventsConfig,
     "RtcConfig": RtcConfig,
     "OAuthConfig": OAuthConfig,
     "EmailConfig": EmailConfig,
@@ -511,6 +520,8 @@ def config_from_dict(data: dict[str, Any], base_dir: str = ".") -> Config:
         isinstance(t, dict) and isinstance(t.get("type"), str) for t in transports
     ):
         raise ConfigError("rtc.transports: a list of mappings, each with a type")
+    if not isinstance(cfg.sticky_events.enabled, bool):
+        raise ConfigError("sticky_events.enabled must be true or false")
     delayed = cfg.delayed_events
     for name in ("max_delay_ms", "max_per_user"):
         value = getattr(delayed, name)

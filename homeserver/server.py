@@ -113,6 +113,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         not config.redis.enabled and config.workers.count <= 1 and config.workers.index is None
     )
     events = EventStore(db, cache_state=db.exclusive)
+    events.clock = clock
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     creator.tracing = tracing
     aliases = AliasStore(db)

@@ -13,6 +13,7 @@ from homeserver.events import KNOWN_ROOM_VERSIONS
 from homeserver.handlers.delayed_events import FEATURE as DELAYED_EVENTS
 from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
 from homeserver.server import HomeServer
+from homeserver.storage import sticky_events
 
 # Spec versions whose required endpoints for our supported feature set we implement.
 # v1.11 brings authenticated media (/_matrix/client/v1/media), which clients then use;
@@ -60,6 +61,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         DELAYED_EVENTS: hs.config.delayed_events.enabled,
         # QR code sign-in's rendezvous (api/rendezvous.py) comes with the OAuth 2.0 API.
         "org.matrix.msc4108": hs.config.oauth.enabled,
+        sticky_events.FEATURE: hs.config.sticky_events.enabled,
     }
 
     async def versions(request: web.Request) -> web.Response:

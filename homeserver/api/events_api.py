@@ -12,6 +12,7 @@ from homeserver.api.delayed_events import get_delayed_events
 from homeserver.api.http import V3, json_response, query_int, read_json
 from homeserver.appservice.accounts import massaged_ts
 from homeserver.errors import Codes, MatrixError, forbidden
+from homeserver.handlers import sticky_events
 from homeserver.handlers.auth import Requester, refuse_if_suspended
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.delayed_events import DELAY_PARAM
@@ -43,6 +44,9 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 return
         refuse_if_suspended(requester)
 
+    sticky_on = hs.config.sticky_events.enabled
+    sticky_events.setup(hs)
+
     async def schedule(
         request: web.Request,
         requester: Requester,
@@ -50,13 +54,22 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         event_type: str,
         content: dict[str, Any],
         state_key: str | None,
+        sticky_ms: int | None = None,
     ) -> web.Response:
         """A /send or /state with a delay: the event is scheduled (MSC4140), not sent."""
         delayed = get_delayed_events(app, hs)
         delay = delayed.parse_delay(request.query[DELAY_PARAM])
         txn_id = request.match_info.get("txn_id")
         delay_id = await delayed.schedule(
-            requester.user_id, requester.device_id, room_id, event_type, content, state_key, delay, txn_id
+            requester.user_id,
+            requester.device_id,
+            room_id,
+            event_type,
+            content,
+            state_key,
+            delay,
+            txn_id,
+            sticky_ms,
         )
         return json_response({"delay_id": delay_id})
 
@@ -70,9 +83,11 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         if requester.shadow_banned:
             await _require_joined(room_id, requester.user_id)
             return json_response({"event_id": fake_event_id()})
+        # MSC4354: a sticky message (the parameter is ignored while sticky events are off).
+        sticky_ms = sticky_events.parse_duration(request.query) if sticky_on else None
         if DELAY_PARAM in request.query:
             return await schedule(
-                request, requester, room_id, request.match_info["event_type"], content, None
+                request, requester, room_id, request.match_info["event_type"], content, None, sticky_ms
             )
         txn = TxnInfo(requester.user_id, requester.device_id, request.match_info["txn_id"])
         # The membership is checked where the event is created: with several workers that
@@ -85,6 +100,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             txn=txn,
             check_joined=True,
             ts=massaged_ts(request, requester),
+            sticky_ms=sticky_ms,
         )
         return json_response({"event_id": event.event_id})
 

@@ -50,8 +50,10 @@ def build_event(
     signing_key: SigningKey,
     redacts: str | None = None,
     unsigned: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Event:
-    """Return a fully hashed and signed :class:`Event`."""
+    """Return a fully hashed and signed :class:`Event`. `extra`: more top-level fields
+    (covered by the hashes and the signature), such as MSC4354's `msc4354_sticky`."""
     is_create = type == "m.room.create"
     if room_version.room_id_is_create_event_hash and is_create:
         if room_id is not None:
@@ -78,6 +80,8 @@ def build_event(
         pdu["room_id"] = room_id
     if state_key is not None:
         pdu["state_key"] = state_key
+    if extra:
+        pdu.update({k: v for k, v in extra.items() if k not in pdu})
     if redacts is not None:
         if room_version.updated_redaction_rules:
             content["redacts"] = redacts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.storage import sticky_events
 from homeserver.storage.events import EventStore, StoredEvent
 
 # Invite and knock previews show only these state events (stripped to type/state_key/sender/content).
@@ -25,8 +26,10 @@ def client_event(
     device_id: str | None = None,
     include_room_id: bool = True,
     redacted_because: dict[str, Any] | None = None,
+    sticky_until: int | None = None,
 ) -> dict[str, Any]:
-    """ClientEvent / ClientEventWithoutRoomID. `device_id` is the requester's, for transaction_id."""
+    """ClientEvent / ClientEventWithoutRoomID. `device_id` is the requester's, for transaction_id.
+    `sticky_until`: when a sticky event (MSC4354) stops being sticky, if it still is."""
     ev = stored.event
     out: dict[str, Any] = {
         "type": ev.type,
@@ -42,6 +45,9 @@ def client_event(
     redacts = ev.redacts
     if redacts is not None and ev.type == "m.room.redaction":
         out["redacts"] = redacts
+    sticky = ev.pdu.get(sticky_events.FIELD)
+    if sticky is not None:
+        out[sticky_events.FIELD] = sticky
     unsigned: dict[str, Any] = dict(stored.unsigned)
     unsigned["age"] = max(0, now_ms - ev.origin_server_ts)
     if stored.txn_id is not None and device_id is not None and stored.device_id == device_id:
@@ -49,6 +55,8 @@ def client_event(
     if stored.redacted_by is not None:
         unsigned.pop("prev_content", None)
         unsigned["redacted_because"] = redacted_because or {"event_id": stored.redacted_by}
+    if sticky_until is not None and sticky_until > now_ms:
+        unsigned[sticky_events.TTL_FIELD] = sticky_until - now_ms
     out["unsigned"] = unsigned
     return out
 
@@ -105,12 +113,17 @@ async def format_events(
     device_id: str | None = None,
     include_room_id: bool = True,
 ) -> list[dict[str, Any]]:
-    """Format a batch of events, fetching the redaction events of redacted ones in one query."""
+    """Format a batch of events, fetching the redaction events of redacted ones in one query
+    (and, if any are sticky, when they stop being sticky in another)."""
     redaction_ids = [s.redacted_by for s in stored if s.redacted_by]
     because: dict[str, dict[str, Any]] = {}
     if redaction_ids:
         found = await store.get_events(redaction_ids)
         because = {eid: client_event(s, now_ms) for eid, s in found.items()}
+    sticky_ids = [s.event.event_id for s in stored if sticky_events.FIELD in s.event.pdu]
+    until: dict[str, int] = {}
+    if sticky_ids:
+        until = await sticky_events.StickyEventStore(store.db).expiry_of(sticky_ids, now_ms)
     return [
         client_event(
             s,
@@ -118,6 +131,7 @@ async def format_events(
             device_id=device_id,
             include_room_id=include_room_id,
             redacted_because=because.get(s.redacted_by or ""),
+            sticky_until=until.get(s.event.event_id) if until else None,
         )
         for s in stored
     ]

@@ -80,6 +80,7 @@ class DelayedEvents(LeaderService):
         state_key: str | None,
         delay: int,
         txn_id: str | None,
+        sticky_ms: int | None = None,
     ) -> str:
         """Schedule an event; returns its delay ID (the same one again for a retried txn)."""
         if event_type == "m.room.member":
@@ -100,6 +101,7 @@ class DelayedEvents(LeaderService):
             content,
             delay,
             now,
+            sticky_ms,
         )
         next_send = await self.store.add(event, txn_id, self.config.max_per_user)
         if next_send is not None:
@@ -166,6 +168,7 @@ class DelayedEvents(LeaderService):
                 content=event.content,
                 state_key=event.state_key,
                 check_joined=event.state_key is None,
+                sticky_ms=event.sticky_duration_ms,
             )
         except MatrixError as e:
             log.info("delayed event %s in %s not sent: %s", event.delay_id, event.room_id, e.errcode)

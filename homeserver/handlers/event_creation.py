@@ -23,6 +23,7 @@ from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.events import AuthError, Event, auth_types_for_event, build_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.validation import EventFormatError, validate_pdu
+from homeserver.storage import sticky_events
 from homeserver.storage.events import EventStore, TxnInfo
 from homeserver.storage.message_batches import DuplicateTxn, StaleRoomHead
 from homeserver.sync.notifier import Notifier
@@ -234,8 +235,12 @@ class EventCreator:
         forwarded: bool = False,
         check_joined: bool = False,
         ts: int | None = None,
+        sticky_ms: int | None = None,
     ) -> tuple[Event, int]:
         """Create, authorise and persist a local event. Returns (event, stream_id).
+
+        `sticky_ms`: a sticky message (MSC4354) for this long; such messages are rare (a
+        call's memberships) and are stored on their own, not in a group commit.
 
         `ts`: the event's `origin_server_ts` instead of now (an application service's
         timestamp massaging); such messages are created here, never forwarded.
@@ -243,7 +248,7 @@ class EventCreator:
         `check_joined`: first refuse a sender who is not joined (see `require_joined`), with
         the same answer whether or not the room exists. `forwarded`: another worker sent
         this message here, to the room's owner."""
-        message = state_key is None and redacts is None and type != "m.room.redaction"
+        message = state_key is None and redacts is None and type != "m.room.redaction" and sticky_ms is None
         # Only with a transaction ID: if the owner fails mid-way, the message is created here
         # instead, and the ID keeps it from being stored twice.
         if message and self.forwarder is not None and txn is not None and not forwarded and ts is None:
@@ -268,8 +273,9 @@ class EventCreator:
                     stored = await self.store.get_event(existing)
                     if stored is not None:
                         return stored.event, stored.stream_id
+            extra = None if sticky_ms is None else {sticky_events.FIELD: {"duration_ms": sticky_ms}}
             event, auth_map, create = await self._build(
-                room_version, room_id, type, sender, content, state_key, redacts, ts=ts
+                room_version, room_id, type, sender, content, state_key, redacts, ts=ts, extra=extra
             )
             self._check(event, auth_map, create)
             if self.policy is not None:
@@ -566,6 +572,7 @@ class EventCreator:
         redacts: str | None,
         prevs: tuple[list[str], int] | None = None,
         ts: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[Event, dict[tuple[str, str], Event], Event | None]:
         # Under the room lock. room_head first: with several workers it validates the cache.
         prev_ids, depth = prevs if prevs is not None else await self.store.room_head(room_id)
@@ -588,6 +595,7 @@ class EventCreator:
             server_name=self.server_name,
             signing_key=self.signing_key,
             redacts=redacts,
+            extra=extra,
         )
         return event, auth_map, create.event if create else None
 

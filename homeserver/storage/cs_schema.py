@@ -321,9 +321,29 @@ delayed_events = Table(
     Column("delay_ms", BigInteger, nullable=False),
     Column("running_since", BigInteger, nullable=False),
     Column("send_ts", BigInteger, nullable=False),
+    # MSC4354: the event is sent sticky for this long (migration 0036).
+    Column("sticky_duration_ms", BigInteger, nullable=True),
     Index("delayed_events_user", "user_id"),
     Index("delayed_events_send_ts", "send_ts"),
     Index("delayed_events_target", "room_id", "type", "state_key"),
+)
+
+# Sticky events (MSC4354, migration 0036, homeserver/storage/sticky_events.py): the events
+# that are sticky until `expires_at`, at `position` in the server-wide stream (the event's
+# own stream ID, or a later one when a soft-failed sticky event is accepted after all).
+# Expired rows are deleted by a periodic pass; readers skip them before that.
+sticky_events = Table(
+    "sticky_events",
+    metadata,
+    Column("event_id", String(255), primary_key=True),
+    Column("room_id", String(255), nullable=False),
+    Column("sender", String(255), nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("soft_failed", Boolean, nullable=False, server_default=false()),
+    Index("sticky_events_room_position", "room_id", "position"),
+    Index("sticky_events_position", "position"),
+    Index("sticky_events_expires", "expires_at"),
 )
 
 # The OAuth 2.0 API (migration 0026, homeserver/handlers/oauth.py). Registered clients, by

@@ -25,6 +25,8 @@ class DelayedEvent:
     content: dict[str, Any]
     delay_ms: int
     running_since: int
+    # Sent as a sticky event (MSC4354) for this long.
+    sticky_duration_ms: int | None = None
 
     @property
     def send_ts(self) -> int:
@@ -55,11 +57,15 @@ _COLUMNS = (
     _t.content_json,
     _t.delay_ms,
     _t.running_since,
+    _t.sticky_duration_ms,
 )
 
 
 def _row(r: Any) -> DelayedEvent:
-    return DelayedEvent(r[0], r[1], r[2], r[3], r[4], r[5], jsonutil.loads(r[6]), int(r[7]), int(r[8]))
+    sticky = None if r[9] is None else int(r[9])
+    return DelayedEvent(
+        r[0], r[1], r[2], r[3], r[4], r[5], jsonutil.loads(r[6]), int(r[7]), int(r[8]), sticky
+    )
 
 
 class DelayedEventStore:
@@ -90,6 +96,7 @@ class DelayedEventStore:
                     delay_ms=event.delay_ms,
                     running_since=event.running_since,
                     send_ts=event.send_ts,
+                    sticky_duration_ms=event.sticky_duration_ms,
                 )
             )
         return None

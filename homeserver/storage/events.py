@@ -21,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from homeserver import jsonutil
+from homeserver.clock import Clock
 from homeserver.events import Event, get_room_version, redact
 from homeserver.events.redaction_rules import domain, redaction_applies
 from homeserver.events.room_versions import RoomVersion
+from homeserver.storage import sticky_events
 from homeserver.storage.engine import Database
 from homeserver.storage.event_federation import (
     FederatedEventWrites,
@@ -71,6 +73,8 @@ MAX_CACHED_ROOMS = 2_000
 class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
     def __init__(self, db: Database, *, cache_state: bool = True) -> None:
         self.db = db
+        # When sticky events (MSC4354) were received; tests put the server's clock here.
+        self.clock = Clock()
         # Room versions never change, so this cache needs no invalidation; it is bounded.
         self._versions: dict[str, RoomVersion] = {}
         # Called with a room's ID after the room was purged (caches kept elsewhere).
@@ -630,6 +634,8 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         await insert_events(conn, [row])
         if outlier:
             return stream_id
+        if sticky_events.FIELD in event.pdu:
+            await sticky_events.record(conn, [(event, stream_id)], self.clock.time_ms())
         if txn is not None:
             await conn.execute(
                 insert(event_txns).values(
@@ -666,10 +672,11 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         return stream_id
 
     async def _apply_redaction(self, conn: AsyncConnection, redaction: Event) -> None:
+        target_id = redaction.redacts
+        if target_id is None:
+            return
         target = (
-            await conn.execute(
-                select(events.c.json, events.c.room_id).where(events.c.event_id == redaction.redacts)
-            )
+            await conn.execute(select(events.c.json, events.c.room_id).where(events.c.event_id == target_id))
         ).first()
         if target is None or target[1] != redaction.room_id:
             return
@@ -679,9 +686,11 @@ class EventStore(MessageBatchWrites, FederatedEventWrites, RoomFlags):
         pruned = redact(jsonutil.loads(target[0]), redaction.room_version)
         await conn.execute(
             update(events)
-            .where(events.c.event_id == redaction.redacts)
+            .where(events.c.event_id == target_id)
             .values(json=jsonutil.dumps(pruned), redacted_by=redaction.event_id)
         )
+        if sticky_events.FIELD in target_pdu:
+            await sticky_events.forget(conn, target_id)
         if "state_key" in target_pdu:
             await move_state_version(conn, redaction.room_id)  # the room's cached state may hold it
 

@@ -13,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.events import Event
+from homeserver.storage import sticky_events
 from homeserver.storage.bulk import BulkInsert, columns_of
 from homeserver.storage.event_federation import event_relation
 from homeserver.storage.event_types import StoredEvent, TxnInfo
 from homeserver.storage.schema import event_txns, events, forward_extremities
 
 if TYPE_CHECKING:
+    from homeserver.clock import Clock
     from homeserver.storage.engine import Database
 
 # Statements of the message write path, built once (executed with a list of rows each).
@@ -123,6 +125,7 @@ class MessageBatchWrites:
     if TYPE_CHECKING:
         # Provided by EventStore.
         db: Database
+        clock: Clock
 
         def _cache_new_event(self, stored: StoredEvent, *, checked: bool = False) -> None: ...
 
@@ -201,6 +204,12 @@ class MessageBatchWrites:
                 raise StaleRoomHead
             if extra is not None:
                 await extra(conn, ids)
+            # Remote runs may hold sticky events (local ones are not batched: EventCreator).
+            sticky = [
+                (e, sid) for (e, _), sid in zip(batch, ids, strict=True) if sticky_events.FIELD in e.pdu
+            ]
+            if sticky:
+                await sticky_events.record(conn, sticky, self.clock.time_ms())
         for (event, txn), stream_id in zip(batch, ids, strict=True):
             self._cache_new_event(
                 StoredEvent(

@@ -29,7 +29,7 @@ from sqlalchemy.sql import Select
 
 from homeserver import jsonutil
 from homeserver.events import Event
-from homeserver.storage.cs_schema import event_push_changes, presence, push_rules_stream
+from homeserver.storage.cs_schema import event_push_changes, presence, push_rules_stream, sticky_events
 from homeserver.storage.e2ee_schema import (
     device_inbox,
     device_list_changes,
@@ -206,6 +206,7 @@ def _window_statement() -> Any:
     rc = receipts.c
     pr = presence.c
     dl = device_list_changes.c
+    st = sticky_events.c
     return union_all(
         select(literal_column("'e'"), _ev.room_id, _ev.type == "m.room.member").where(
             _ev.stream_id > since, _ev.stream_id <= upto, _ev.outlier.is_(False)
@@ -213,6 +214,7 @@ def _window_statement() -> Any:
         select(literal_column("'r'"), rc.room_id, no).where(rc.stream_id > since, rc.stream_id <= upto),
         select(literal_column("'p'"), none, no).where(pr.stream_id > since, pr.stream_id <= upto),
         select(literal_column("'d'"), none, no).where(dl.stream_id > since, dl.stream_id <= upto),
+        select(literal_column("'s'"), st.room_id, no).where(st.position > since, st.position <= upto),
     ).limit(bindparam("cap", type_=Integer))
 
 
@@ -254,6 +256,8 @@ class WindowSummary:
     receipt_rooms: set[str] = field(default_factory=set)
     presence: bool = False
     device_lists: bool = False
+    # Rooms with sticky events (MSC4354) positioned in the window, expired ones included.
+    sticky_rooms: set[str] = field(default_factory=set)
 
 
 class SyncQueries:
@@ -311,6 +315,8 @@ class SyncQueries:
                 summary.receipt_rooms.add(room_id)
             elif kind == "p":
                 summary.presence = True
+            elif kind == "s":
+                summary.sticky_rooms.add(room_id)
             else:
                 summary.device_lists = True
         return summary

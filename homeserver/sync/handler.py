@@ -30,6 +30,7 @@ from homeserver.sync.filter import SyncFilter
 from homeserver.sync.notifier import Notifier
 from homeserver.sync.sent_members import SentMembers
 from homeserver.sync.shared import SYNC_CONTEXT, ReadMemo, SyncContext
+from homeserver.sync.sticky import StickySection
 from homeserver.sync.tokens import SyncToken, pagination_token
 
 StateKey = tuple[str, str]
@@ -95,6 +96,8 @@ class SyncHandler:
         self.sent_members = SentMembers()
         # Called for every sync that parks without a computation (presence: the user syncs).
         self.park_hooks: list[Callable[[str, str | None], Awaitable[None]]] = []
+        # The sticky events section (MSC4354), when sticky events are on.
+        self.sticky: StickySection | None = None
 
     async def wait_for(self, req: SyncRequest, deadline: float, rooms: list[str]) -> dict[str, Any]:
         """The rest of a sync whose `attempt` said to wait on `rooms`, waiting in this task."""
@@ -175,6 +178,8 @@ class SyncHandler:
         since = req.since
         if since is None or req.full_state or req.timeout_ms <= 0 or self.notifier.closing:
             return None
+        if since.sticky is not None:
+            return None  # sticky events are still to be delivered
         upto = self.db.current_stream_id
         if since.stream != upto or since.ephemeral != self.notifier.ephemeral_serial:
             return None
@@ -327,8 +332,23 @@ class SyncHandler:
                     if room_id not in forgotten:
                         rooms_leave[room_id] = await self._left_room(req, room_id, since, stream, upto)
 
+        sticky_upto = None
+        if self.sticky is not None:
+            state_key = req.state_after or "state"
+
+            def new_room() -> dict[str, Any]:
+                return {
+                    "timeline": {"events": [], "limited": False},
+                    state_key: {"events": []},
+                    "ephemeral": {"events": []},
+                    "account_data": {"events": []},
+                }
+
+            sticky_upto = await self.sticky.add(
+                rooms_join, since, upto, joined, window, new_room, req.requester.device_id
+            )
         response: dict[str, Any] = {
-            "next_batch": str(SyncToken(upto, eph)),
+            "next_batch": str(SyncToken(upto, eph, sticky_upto)),
             "rooms": {"join": rooms_join, "invite": rooms_invite, "leave": rooms_leave, "knock": {}},
             "account_data": {"events": [{"type": t, "content": c} for t, c in glob_ad.items()]},
             "presence": {"events": []},

@@ -1,0 +1,96 @@
+"""The sticky events section of /sync v3 (MSC4354: `rooms.join.<room>.msc4354_sticky`).
+
+A joined room's unexpired sticky events are delivered once each, whatever the timeline's
+limit or filter: an incremental sync gets those positioned since its token; an initial
+sync, those of every joined room; a room joined since the token, all of them (the user
+could not see them before). An event the room's timeline already carries in the same
+response is left out. History visibility does not apply: any joined user may see sticky
+events while they are sticky (the MSC).
+
+At most MAX_IN_SYNC per response (rooms just joined excepted, as Synapse): the token then
+says how far they went (`SyncToken.sticky`), and the next sync continues from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.handlers.client_format import client_event
+from homeserver.storage.events import EventStore
+from homeserver.storage.sticky_events import MAX_IN_SYNC, SYNC_SECTION, StickyEventStore, StickyRow
+from homeserver.storage.sync_reads import WindowSummary
+from homeserver.sync.tokens import SyncToken
+
+
+class StickySection:
+    def __init__(self, events: EventStore, clock: Clock) -> None:
+        self.events = events
+        self.store = StickyEventStore(events.db)
+        self.clock = clock
+
+    async def add(
+        self,
+        rooms_join: dict[str, Any],
+        since: SyncToken | None,
+        upto: int,
+        joined: list[tuple[str, int]],
+        window: WindowSummary | None,
+        new_room: Callable[[], dict[str, Any]],
+        device_id: str | None,
+    ) -> int | None:
+        """Add the section to the rooms of `rooms_join` (adding rooms with only sticky
+        events, made by `new_room`). `joined`: (room, position of the user's join).
+        Returns the position sticky events were delivered up to, if short of `upto`."""
+        if not joined:
+            return None
+        now = self.clock.time_ms()
+        if since is None:
+            lower, older, newly = 0, [r for r, _ in joined], []
+        else:
+            lower = since.sticky if since.sticky is not None else since.stream
+            newly = [r for r, joined_at in joined if joined_at > since.stream]
+            older = [r for r, joined_at in joined if joined_at <= since.stream]
+            if window is not None and lower == since.stream:
+                # Only rooms with a sticky row in the window can have one to deliver.
+                older = [r for r in older if r in window.sticky_rooms]
+        rows = await self.store.in_window(older, lower, upto, now, MAX_IN_SYNC + 1) if older else []
+        reached = None
+        if len(rows) > MAX_IN_SYNC:
+            rows = rows[:MAX_IN_SYNC]
+            reached = rows[-1].position
+        if newly:
+            rows += await self.store.active_in_rooms(newly, upto, now)
+        if rows:
+            await self._add_rows(rooms_join, rows, now, new_room, device_id)
+        return reached
+
+    async def _add_rows(
+        self,
+        rooms_join: dict[str, Any],
+        rows: list[StickyRow],
+        now: int,
+        new_room: Callable[[], dict[str, Any]],
+        device_id: str | None,
+    ) -> None:
+        in_timeline = {
+            (room_id, e.get("event_id"))
+            for room_id, room in rooms_join.items()
+            for e in room.get("timeline", {}).get("events", ())
+        }
+        wanted = [r for r in rows if (r.room_id, r.event_id) not in in_timeline]
+        if not wanted:
+            return
+        found = await self.events.get_events([r.event_id for r in wanted])
+        for row in wanted:
+            stored = found.get(row.event_id)
+            if stored is None or stored.redacted_by is not None:
+                continue  # purged, or redacted since (redaction ends stickiness)
+            room = rooms_join.get(row.room_id)
+            if room is None:
+                room = rooms_join[row.room_id] = new_room()
+            event = client_event(
+                stored, now, device_id=device_id, include_room_id=False, sticky_until=row.expires_at
+            )
+            room.setdefault(SYNC_SECTION, {"events": []})["events"].append(event)
