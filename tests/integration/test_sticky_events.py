@@ -173,11 +173,8 @@ async def test_delayed_sticky_event(server: RunningServer, http: aiohttp.ClientS
         json={"msc4354_sticky_key": "DEV"},
         params={"org.matrix.msc4140.delay": "60000", PARAM: "3600000"},
     )
-    assert (
-        await RawClient(http, server.base_url).request(
-            "POST", f"/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{out['delay_id']}/send", json={}
-        )
-    )[0] == 200
+    manage = f"/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{out['delay_id']}/send"
+    assert (await RawClient(http, server.base_url).request("POST", manage, json={}))[0] == 200
     initial = await alice.sync(**limited(1, types=["m.room.message"]))
     [event] = section(initial, room)
     assert event["type"] == MEMBER and event["msc4354_sticky"] == {"duration_ms": 3_600_000}
