@@ -34,8 +34,8 @@ async def send_sticky(c: RawClient, room: str, txn: str, duration: int | str, **
     return str(out["event_id"])
 
 
-def limited(limit: int, **timeline: Any) -> dict[str, str]:
-    return {"filter": json.dumps({"room": {"timeline": {"limit": limit, **timeline}}})}
+def limited(limit: int, **timeline: Any) -> str:
+    return json.dumps({"room": {"timeline": {"limit": limit, **timeline}}})
 
 
 def section(sync: dict[str, Any], room: str) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ async def test_sticky_event_in_timeline_then_in_its_section(
     # A gappy sync whose timeline no longer reaches it: the sticky section has it.
     for i in range(5):
         await alice.send(room, f"after {i}", f"a{i}")
-    gappy = await bob.sync(start, **limited(2))
+    gappy = await bob.sync(start, filter=limited(2))
     assert gappy["rooms"]["join"][room]["timeline"]["limited"] is True
     assert sticky not in timeline_ids(gappy, room)
     [held] = section(gappy, room)
@@ -85,15 +85,15 @@ async def test_sticky_event_in_timeline_then_in_its_section(
     assert section(later, room) == []
 
     # A timeline filter that leaves the type out: the section has it (the MSC).
-    filtered = await bob.sync(start, **limited(10, not_types=[MEMBER]))
+    filtered = await bob.sync(start, filter=limited(10, not_types=[MEMBER]))
     assert [e["event_id"] for e in section(filtered, room)] == [sticky]
 
     # Initial syncs have it too, and so does a user who joins afterwards.
-    assert [e["event_id"] for e in section(await bob.sync(**limited(1)), room)] == [sticky]
+    assert [e["event_id"] for e in section(await bob.sync(filter=limited(1)), room)] == [sticky]
     carol = await client(server, http, "carol")
     carol_start = (await carol.sync())["next_batch"]
     assert (await carol.join(room))[0] == 200
-    joined = await carol.sync(carol_start, **limited(1))
+    joined = await carol.sync(carol_start, filter=limited(1))
     assert [e["event_id"] for e in section(joined, room)] == [sticky]
     # /messages shows the field too (its time left only /sync promises).
     page = await bob.ok("GET", f"/rooms/{quote(room)}/messages", params={"dir": "b", "limit": "20"})
@@ -111,7 +111,7 @@ async def test_expiry_redaction_and_bad_durations(server: RunningServer, http: a
     doomed = await send_sticky(alice, room, "d", 600_000)
     plain = await alice.send(room, "not sticky", "p")
 
-    initial = await bob.sync(**limited(1))
+    initial = await bob.sync(filter=limited(1))
     held = {e["event_id"]: e for e in section(initial, room)}
     assert set(held) == {short, capped, doomed} and plain in timeline_ids(initial, room)
     assert held[capped]["msc4354_sticky"] == {"duration_ms": 7_200_000}
@@ -121,17 +121,17 @@ async def test_expiry_redaction_and_bad_durations(server: RunningServer, http: a
     await alice.ok("PUT", f"/rooms/{quote(room)}/redact/{quote(doomed)}/r1", json={})
     redacted = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(doomed)}")
     assert "msc4354_sticky" not in redacted
-    after = await bob.sync(**limited(1))
+    after = await bob.sync(filter=limited(1))
     assert {e["event_id"] for e in section(after, room)} == {short, capped}
 
     # Past its end the short one is gone, though its row stays until the cleanup.
     real = server.hs.clock.time_ms
     server.hs.clock.time_ms = lambda: real() + 61_000  # type: ignore[method-assign]
     try:
-        later = await bob.sync(**limited(1))
+        later = await bob.sync(filter=limited(1))
         assert {e["event_id"] for e in section(later, room)} == {capped}
         assert await StickyCleanup(server.hs).run_once() == 1
-        assert {e["event_id"] for e in section(await bob.sync(**limited(1)), room)} == {capped}
+        assert {e["event_id"] for e in section(await bob.sync(filter=limited(1)), room)} == {capped}
     finally:
         del server.hs.clock.time_ms
 
@@ -152,16 +152,16 @@ async def test_more_than_a_response_holds_come_in_the_next(
     sent = [await send_sticky(alice, room, f"k{i}", 600_000) for i in range(105)]
     await alice.send(room, "last", "last")
 
-    first = await bob.sync(start, **limited(1))
+    first = await bob.sync(start, filter=limited(1))
     got = [e["event_id"] for e in section(first, room)]
     assert got == sent[:100]  # in the order they were sent, at most 100
     token = first["next_batch"]
     assert token.count("_") == 2  # says how far the sticky events went
     # The rest at once, even from a long-poll, then an ordinary token again.
-    second = await bob.sync(token, timeout=30_000, **limited(1))
+    second = await bob.sync(token, timeout=30_000, filter=limited(1))
     assert [e["event_id"] for e in section(second, room)] == sent[100:]
     assert second["next_batch"].count("_") == 1
-    assert section(await bob.sync(second["next_batch"], **limited(1)), room) == []
+    assert section(await bob.sync(second["next_batch"], filter=limited(1)), room) == []
 
 
 async def test_delayed_sticky_event(server: RunningServer, http: aiohttp.ClientSession) -> None:
@@ -175,7 +175,7 @@ async def test_delayed_sticky_event(server: RunningServer, http: aiohttp.ClientS
     )
     manage = f"/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{out['delay_id']}/send"
     assert (await RawClient(http, server.base_url).request("POST", manage, json={}))[0] == 200
-    initial = await alice.sync(**limited(1, types=["m.room.message"]))
+    initial = await alice.sync(filter=limited(1, types=["m.room.message"]))
     [event] = section(initial, room)
     assert event["type"] == MEMBER and event["msc4354_sticky"] == {"duration_ms": 3_600_000}
 
@@ -189,4 +189,4 @@ async def test_turned_off(tmp_path: str, http: aiohttp.ClientSession) -> None:
         event_id = await send_sticky(alice, room, "x", 600_000)
         pdu = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(event_id)}")
         assert "msc4354_sticky" not in pdu
-        assert section(await alice.sync(**limited(1, types=["m.room.message"])), room) == []
+        assert section(await alice.sync(filter=limited(1, types=["m.room.message"])), room) == []
