@@ -144,6 +144,14 @@ class StickyEventStore:
         async with self.db.read() as conn:
             return [StickyRow(*r) for r in await conn.execute(_IN_WINDOW, params)]
 
+    async def rooms_in_window(self, after: int, upto: int) -> set[str]:
+        """The rooms with sticky rows positioned in (after, upto], expired ones included."""
+        if after >= upto:
+            return set()
+        q = select(_t.room_id).where(_t.position > after, _t.position <= upto).distinct()
+        async with self.db.read() as conn:
+            return {r[0] for r in await conn.execute(q)}
+
     async def active_in_rooms(self, room_ids: Collection[str], upto: int, now_ms: int) -> list[StickyRow]:
         """Every unexpired sticky event of these rooms positioned up to `upto` (for rooms a
         user just joined: all of them, in stream order)."""

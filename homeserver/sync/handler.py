@@ -344,8 +344,17 @@ class SyncHandler:
                     "account_data": {"events": []},
                 }
 
+            sticky_rooms = None
+            if window is not None:
+                sticky_rooms = window.sticky_rooms
+            elif since_stream is not None:
+                # Shared by every sync of this window, as the window summary would be.
+                store, after = self.sticky.store, since_stream
+                sticky_rooms = await memo.get(
+                    upto, ("sticky_rooms", after), lambda: store.rooms_in_window(after, upto)
+                )
             sticky_upto = await self.sticky.add(
-                rooms_join, since, upto, joined, window, new_room, req.requester.device_id
+                rooms_join, since, upto, joined, sticky_rooms, new_room, req.requester.device_id
             )
         response: dict[str, Any] = {
             "next_batch": str(SyncToken(upto, eph, sticky_upto)),

@@ -20,7 +20,6 @@ from homeserver.clock import Clock
 from homeserver.handlers.client_format import client_event
 from homeserver.storage.events import EventStore
 from homeserver.storage.sticky_events import MAX_IN_SYNC, SYNC_SECTION, StickyEventStore, StickyRow
-from homeserver.storage.sync_reads import WindowSummary
 from homeserver.sync.tokens import SyncToken
 
 
@@ -36,12 +35,13 @@ class StickySection:
         since: SyncToken | None,
         upto: int,
         joined: list[tuple[str, int]],
-        window: WindowSummary | None,
+        sticky_rooms: set[str] | None,
         new_room: Callable[[], dict[str, Any]],
         device_id: str | None,
     ) -> int | None:
         """Add the section to the rooms of `rooms_join` (adding rooms with only sticky
         events, made by `new_room`). `joined`: (room, position of the user's join).
+        `sticky_rooms`: the rooms with sticky rows positioned since the token (None: unknown).
         Returns the position sticky events were delivered up to, if short of `upto`."""
         if not joined:
             return None
@@ -52,9 +52,9 @@ class StickySection:
             lower = since.sticky if since.sticky is not None else since.stream
             newly = [r for r, joined_at in joined if joined_at > since.stream]
             older = [r for r, joined_at in joined if joined_at <= since.stream]
-            if window is not None and lower == since.stream:
-                # Only rooms with a sticky row in the window can have one to deliver.
-                older = [r for r in older if r in window.sticky_rooms]
+            if sticky_rooms is not None and lower == since.stream:
+                # Only rooms with a sticky row since the token can have one to deliver.
+                older = [r for r in older if r in sticky_rooms]
         rows = await self.store.in_window(older, lower, upto, now, MAX_IN_SYNC + 1) if older else []
         reached = None
         if len(rows) > MAX_IN_SYNC:

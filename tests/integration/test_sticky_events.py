@@ -5,6 +5,7 @@ with `org.matrix.msc4354.sticky_duration_ms` on /send, delivered by /sync in the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
@@ -12,6 +13,7 @@ from urllib.parse import quote
 import aiohttp
 
 from homeserver.handlers.sticky_events import StickyCleanup
+from homeserver.storage.sticky_events import StickyEventStore
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
 
@@ -121,6 +123,8 @@ async def test_expiry_redaction_and_bad_durations(server: RunningServer, http: a
     await alice.ok("PUT", f"/rooms/{quote(room)}/redact/{quote(doomed)}/r1", json={})
     redacted = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(doomed)}")
     assert "msc4354_sticky" not in redacted
+    store = StickyEventStore(server.hs.db)
+    assert set(await store.expiry_of([short, doomed], server.hs.clock.time_ms())) == {short}
     after = await bob.sync(filter=limited(1))
     assert {e["event_id"] for e in section(after, room)} == {short, capped}
 
@@ -157,8 +161,9 @@ async def test_more_than_a_response_holds_come_in_the_next(
     assert got == sent[:100]  # in the order they were sent, at most 100
     token = first["next_batch"]
     assert token.count("_") == 2  # says how far the sticky events went
-    # The rest at once, even from a long-poll, then an ordinary token again.
-    second = await bob.sync(token, timeout=30_000, filter=limited(1))
+    # The rest at once, even from a long-poll (nothing else is new: it must not wait its
+    # minute out), then an ordinary token again.
+    second = await asyncio.wait_for(bob.sync(token, timeout=60_000, filter=limited(1)), 20)
     assert [e["event_id"] for e in section(second, room)] == sent[100:]
     assert second["next_batch"].count("_") == 1
     assert section(await bob.sync(second["next_batch"], filter=limited(1)), room) == []
@@ -190,3 +195,21 @@ async def test_turned_off(tmp_path: str, http: aiohttp.ClientSession) -> None:
         pdu = await alice.ok("GET", f"/rooms/{quote(room)}/event/{quote(event_id)}")
         assert "msc4354_sticky" not in pdu
         assert section(await alice.sync(filter=limited(1, types=["m.room.message"])), room) == []
+
+
+async def test_busy_window_without_summary(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    """A window too busy for the shared summary: the rooms with sticky rows are looked up once
+    for the window instead, with the same outcome."""
+    server.hs.sync.reads.window_rows = 0
+    alice = await client(server, http, "alice")
+    bob = await client(server, http, "bob")
+    room = await alice.room_with(bob)
+    quiet = await alice.room_with(bob)
+    start = (await bob.sync())["next_batch"]
+    sticky = await send_sticky(alice, room, "w", 600_000)
+    for i in range(3):
+        await alice.send(room, f"m{i}", f"m{i}")
+        await alice.send(quiet, f"q{i}", f"q{i}")
+    gappy = await bob.sync(start, filter=limited(1))
+    assert [e["event_id"] for e in section(gappy, room)] == [sticky]
+    assert section(gappy, quiet) == []
