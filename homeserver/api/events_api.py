@@ -125,6 +125,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
             and hs.rooms.is_local_user(state_key)
         ):
             await hs.rooms.invite_permission.check(state_key)
+            # As /invite (profiles.include_profile_data_on_invite), unless the client set them.
+            content = {**await hs.rooms.invitee_profile(state_key), **content}
         existing = await hs.events.get_current_state(room_id, [(type_, state_key)])
         prev = existing.get((type_, state_key))
         if prev is not None and prev.event.sender == requester.user_id and prev.event.content == content:

@@ -273,16 +273,16 @@ class RoomHandler:
         if not self.is_local_user(target):
             if self.remote_invite is None:
                 raise MatrixError(403, Codes.FORBIDDEN, "Federation is not enabled")
-            profile = await self._invitee_profile(target)
+            profile = await self.invitee_profile(target)
             await self.remote_invite(sender, room_id, target, {**profile, **(extra or {})})
             return
         if not await self.user_exists(target):
             raise MatrixError(404, Codes.NOT_FOUND, "Unknown user")
         await self.invite_permission.check(target)
-        content = {"membership": "invite", **await self._invitee_profile(target), **(extra or {})}
+        content = {"membership": "invite", **await self.invitee_profile(target), **(extra or {})}
         await self._send(room_id, sender, "m.room.member", content, target)
 
-    async def _invitee_profile(self, target: str) -> dict[str, str]:
+    async def invitee_profile(self, target: str) -> dict[str, str]:
         """The invitee's display name and avatar for their invite (none when the option is
         off, or their server will not say)."""
         if not self.profile_on_invite:

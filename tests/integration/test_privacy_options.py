@@ -149,6 +149,10 @@ async def test_include_profile_data_on_invite(tmp_path: Any, include: bool) -> N
         room = await alice.create_room(preset="private_chat")
         await alice.ok("POST", f"/rooms/{quote(room)}/invite", json={"user_id": bob.user_id, "reason": "hi"})
         created = await alice.ok("POST", "/createRoom", json={"invite": [carol.user_id]})
+        # And as a raw member event: a name the client sets stays.
+        raw = await alice.create_room(preset="private_chat")
+        member = {"membership": "invite", "displayname": "Bobby"}
+        await alice.ok("PUT", f"/rooms/{quote(raw)}/state/m.room.member/{quote(bob.user_id)}", json=member)
         for where, user, expected in (
             (room, bob, {"displayname": "bob", **avatar, "reason": "hi"}),
             (created["room_id"], carol, {"displayname": "carol", "is_direct": False}),
@@ -158,6 +162,8 @@ async def test_include_profile_data_on_invite(tmp_path: Any, include: bool) -> N
             profile = {k: v for k, v in expected.items() if k in ("displayname", "avatar_url")}
             others = {k: v for k, v in expected.items() if k not in profile}
             assert content == {"membership": "invite", **(profile if include else {}), **others}, content
+        content = await alice.ok("GET", f"/rooms/{quote(raw)}/state/m.room.member/{quote(bob.user_id)}")
+        assert content == {**member, **(avatar if include else {})}
         # Joining carries the profile either way (the option is about invites).
         assert (await bob.join(room))[0] == 200
         path = f"/rooms/{quote(room)}/state/m.room.member/{quote(bob.user_id)}"
