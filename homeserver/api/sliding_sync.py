@@ -21,6 +21,7 @@ from homeserver.sync.sliding.extensions import SlidingExtensions
 from homeserver.sync.sliding.handler import SlidingSyncHandler
 from homeserver.sync.sliding.room_data import RoomData
 from homeserver.sync.sliding.rooms import RoomList
+from homeserver.sync.sliding.sticky import StickyExtension
 
 PATH = UNSTABLE + "/org.matrix.simplified_msc3575/sync"
 PRESENCE_VALUES = ("online", "offline", "unavailable")
@@ -36,7 +37,14 @@ def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
         get_device_handler(app, hs).on_device_deleted.append(store.delete_devices)
     cs = services(app, hs)
     extensions = SlidingExtensions(
-        e2ee.to_device, e2ee.keys, e2ee.device_lists, hs.account_data, hs.receipts, hs.typing, cs.push
+        e2ee.to_device,
+        e2ee.keys,
+        e2ee.device_lists,
+        hs.account_data,
+        hs.receipts,
+        hs.typing,
+        cs.push,
+        StickyExtension(hs.events, hs.clock) if hs.config.sticky_events.enabled else None,
     )
     return SlidingSyncHandler(
         hs.db,

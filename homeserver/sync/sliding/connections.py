@@ -59,6 +59,8 @@ class Position:
     # and the rooms whose activity would change its answer.
     shape: Any = None
     watch: list[str] | None = None
+    # Where the sticky events extension got to (its `next_batch`), while it is on.
+    sticky: int | None = None
 
 
 @dataclass(slots=True)
@@ -135,16 +137,17 @@ def encode(position: Position) -> str:
         index = configs.setdefault(sent.config, len(configs))
         members = sorted(sent.members) if len(sent.members) <= MAX_STORED_MEMBERS else []
         rooms[room_id] = [sent.stream, sent.membership, index, members, *sent.counts]
-    return jsonutil.dumps(
-        {
-            "stream": position.stream,
-            "ephemeral": position.ephemeral,
-            "lists": position.lists,
-            "extensions": sorted(position.extensions),
-            "configs": [[c.timeline_limit, sorted(c.required_state.pairs)] for c in configs],
-            "rooms": rooms,
-        }
-    )
+    out: dict[str, Any] = {
+        "stream": position.stream,
+        "ephemeral": position.ephemeral,
+        "lists": position.lists,
+        "extensions": sorted(position.extensions),
+        "configs": [[c.timeline_limit, sorted(c.required_state.pairs)] for c in configs],
+        "rooms": rooms,
+    }
+    if position.sticky is not None:
+        out["sticky"] = position.sticky
+    return jsonutil.dumps(out)
 
 
 def decode(data: str) -> Position:
@@ -157,4 +160,11 @@ def decode(data: str) -> Position:
         room_id: RoomSent(stream, membership, configs[index], frozenset(members), (notes, highlights))
         for room_id, (stream, membership, index, members, notes, highlights) in raw["rooms"].items()
     }
-    return Position(raw["stream"], raw["ephemeral"], rooms, dict(raw["lists"]), frozenset(raw["extensions"]))
+    return Position(
+        raw["stream"],
+        raw["ephemeral"],
+        rooms,
+        dict(raw["lists"]),
+        frozenset(raw["extensions"]),
+        sticky=raw.get("sticky"),
+    )

@@ -5,7 +5,8 @@ Each is asked for with `{"enabled": true}` and stays on for the connection until
 sets `enabled: false`. An extension newly turned on starts from the beginning (all account
 data, the current typists, the latest receipts) for the rooms it covers. Receipts, typing
 and room account data cover the rooms of the request's lists and subscriptions, or those of
-the extension's own `lists` and `rooms` when given.
+the extension's own `lists` and `rooms` when given. Sticky events (MSC4480) are in
+sticky.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.sync_reads import Membership, UserProbe, WindowSummary
 from homeserver.sync.cs_extension import PushRulesSource
 from homeserver.sync.shared import device_lists_may_have_changed
+from homeserver.sync.sliding import sticky
+from homeserver.sync.sliding.sticky import StickyExtension, StickyInput
 
-NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing")
+NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing", sticky.NAME)
 TO_DEVICE_LIMIT = 100
 
 
@@ -49,6 +52,13 @@ class ExtensionInput:
     probe: UserProbe | None = None
     memberships: list[Membership] = field(default_factory=list)
     window: WindowSummary | None = None
+    # Sticky events: the position of the user's join of each joined room, the rooms any
+    # list's filters let through (in its ranges or not), the position the connection's
+    # previous response reached, and the rooms of this response.
+    joined_at: dict[str, int] = field(default_factory=dict)
+    matched: set[str] = field(default_factory=set)
+    sticky_stored: int | None = None
+    rooms_out: dict[str, Any] = field(default_factory=dict)
 
 
 def enabled_extensions(config: dict[str, dict[str, Any]], before: frozenset[str]) -> frozenset[str]:
@@ -73,6 +83,7 @@ class SlidingExtensions:
         receipts: ReceiptHandler,
         typing: TypingHandler,
         rules: PushRulesSource,
+        sticky_events: StickyExtension | None = None,
     ) -> None:
         self.to_device = to_device
         self.keys = keys
@@ -81,11 +92,18 @@ class SlidingExtensions:
         self.receipts = receipts
         self.typing = typing
         self.rules = rules
+        # None: sticky events are off on this server.
+        self.sticky_events = sticky_events
 
-    async def compute(self, inp: ExtensionInput) -> tuple[dict[str, Any], bool]:
-        """The `extensions` section, and whether it holds anything new."""
+    async def compute(self, inp: ExtensionInput) -> tuple[dict[str, Any], bool, int | None]:
+        """The `extensions` section, whether it holds anything new, and the position the
+        sticky events extension reached (None: off)."""
         out: dict[str, Any] = {}
         news = False
+        sticky_reached = None
+        if sticky.NAME in inp.enabled and self.sticky_events is not None:
+            out[sticky.NAME], sticky_reached = await self.sticky_events.compute(self._sticky_input(inp))
+            news |= bool(out[sticky.NAME]["rooms"])
         if "to_device" in inp.enabled:
             out["to_device"] = await self._to_device(inp)
             news |= bool(out["to_device"]["events"])
@@ -102,7 +120,26 @@ class SlidingExtensions:
         if "typing" in inp.enabled:
             out["typing"] = {"rooms": self._typing(inp)}
             news |= bool(out["typing"]["rooms"])
-        return out, news
+        return out, news, sticky_reached
+
+    def _sticky_input(self, inp: ExtensionInput) -> StickyInput:
+        """The joined rooms of the lists (all they match: Synapse's "interested" rooms) and
+        the subscriptions."""
+        wanted = inp.matched.union(inp.subscribed)
+        scope = {r: at for r, at in inp.joined_at.items() if r in wanted}
+        was_on = sticky.NAME in inp.was_enabled
+        return StickyInput(
+            inp.requester.device_id,
+            sticky.parse_config(inp.config.get(sticky.NAME)),
+            inp.sticky_stored if was_on else None,
+            inp.upto,
+            scope,
+            inp.since if was_on else None,
+            inp.initial_rooms,
+            inp.since,
+            inp.window.sticky_rooms if inp.window is not None else None,
+            inp.rooms_out,
+        )
 
     async def _to_device(self, inp: ExtensionInput) -> dict[str, Any]:
         """Messages after the `since` the client names (its last `next_batch`); naming it

@@ -27,6 +27,8 @@ from homeserver.sync.sliding.connections import Connections, Position
 from homeserver.sync.sliding.extensions import ExtensionInput, SlidingExtensions, enabled_extensions
 from homeserver.sync.sliding.room_data import RoomContext, RoomData
 from homeserver.sync.sliding.rooms import Entry, KnownAccountData, RoomList, known_dm_rooms
+from homeserver.sync.sliding.sticky import NAME as STICKY
+from homeserver.sync.sliding.sticky import since_for
 
 
 class UnreadCounts(Protocol):
@@ -75,6 +77,7 @@ class SlidingSyncHandler:
         timeout_ms: int,
         set_presence: str | None = None,
     ) -> dict[str, Any]:
+        since_for(req.extensions, None)  # a malformed sticky events config: 400 before anything
         key = (requester.user_id, requester.device_id or "", req.conn_id)
         conn, prev = await self.connections.resume(key, pos)
         for hook in self.presence_hooks:
@@ -118,6 +121,8 @@ class SlidingSyncHandler:
             return None
         if prev.stream != self.db.current_stream_id or prev.ephemeral != self.notifier.ephemeral_serial:
             return None
+        if prev.sticky is not None and since_for(req.extensions, prev.sticky) < prev.stream:
+            return None  # sticky events left for this request (a limit), or asked for again
         return prev.watch
 
     async def _pass(
@@ -143,9 +148,11 @@ class SlidingSyncHandler:
         in_lists: dict[str, list[str]] = {}
         list_rooms: dict[str, list[str]] = {}
         counts: dict[str, int] = {}
+        matched: set[str] = set()
         for name, lc in req.lists.items():
             matching = await self.room_list.apply(entries, lc.filters, user_id, dm_rooms)
             counts[name] = len(matching)
+            matched.update(e.room_id for e in matching)
             chosen = [e.room_id for i, e in enumerate(matching) if in_ranges(i, lc.ranges)]
             list_rooms[name] = chosen
             for room_id in chosen:
@@ -205,8 +212,9 @@ class SlidingSyncHandler:
 
         was_enabled = prev.extensions if prev is not None else frozenset()
         enabled = enabled_extensions(req.extensions, was_enabled)
-        joined = [e.room_id for e in entries if e.membership == "join"]
-        ext, ext_news = await self.extensions.compute(
+        joined_at = {e.room_id: e.stream for e in entries if e.membership == "join"}
+        joined = list(joined_at)
+        ext, ext_news, sticky = await self.extensions.compute(
             ExtensionInput(
                 requester,
                 enabled,
@@ -222,6 +230,10 @@ class SlidingSyncHandler:
                 probe,
                 memberships,
                 window,
+                joined_at,
+                matched,
+                prev.sticky if prev is not None else None,
+                rooms_out,
             )
         )
         lists_changed = prev is None or prev.lists != counts
@@ -231,14 +243,15 @@ class SlidingSyncHandler:
             "extensions": ext,
         }
         watch = [e.room_id for e in entries]
-        position = Position(upto, eph, held, counts, enabled, _shape(req), watch)
+        position = Position(upto, eph, held, counts, enabled, _shape(req), watch, sticky)
         return _Pass(response, position, bool(rooms_out) or ext_news or lists_changed, watch)
 
 
 def _shape(req: SlidingRequest) -> tuple[Any, ...]:
-    """What a request asks for, but the to-device `since` (which moves every response)."""
+    """What a request asks for, but the to-device and sticky events `since` (which move
+    every response)."""
     extensions = {
-        name: {k: v for k, v in config.items() if not (name == "to_device" and k == "since")}
+        name: {k: v for k, v in config.items() if not (name in ("to_device", STICKY) and k == "since")}
         for name, config in req.extensions.items()
     }
     return (req.lists, req.subscriptions, extensions)
