@@ -26,6 +26,7 @@ from homeserver.api import (
     admin_rooms,
     admin_users,
     appservice,
+    consent,
     delayed_events,
     devices,
     directory,
@@ -137,6 +138,7 @@ AREAS: list[AreaSetup] = [
     admin_users.setup,
     shared_secret_registration.setup,
     server_notices.setup,
+    consent.setup,  # after federation.setup: guards its remote joins, invites and knocks
     moderation.setup,
     metrics.setup,
 ]

@@ -121,6 +121,12 @@ class TermsConfig:
     version: str
     # Policy ID -> language -> {"name": ..., "url": ...}; the operator hosts the documents.
     policies: dict[str, dict[str, dict[str, str]]]
+    # Local users who have not accepted this version are refused events (403
+    # M_CONSENT_NOT_GIVEN with their consent page's link) until they do (handlers/consent.py).
+    block_events_until_consent: bool = False
+    # A server notice (m.text; `%(consent_uri)s` becomes the user's link) sent once per
+    # version to each user who syncs without having accepted it; needs server notices.
+    server_notice: str | None = None
 
 
 @dataclass(slots=True)
@@ -580,8 +586,22 @@ def _check_terms(raw: Any) -> TermsConfig | None:
     where = "registration.terms"
     if raw is None:
         return None
-    if not isinstance(raw, dict) or set(raw) - {"version", "policies"}:
-        raise ConfigError(f"{where}: expected a mapping of version and policies")
+    if not isinstance(raw, dict) or set(raw) - {
+        "version",
+        "policies",
+        "block_events_until_consent",
+        "server_notice",
+    }:
+        raise ConfigError(
+            f"{where}: expected a mapping of version and policies "
+            "(and optionally block_events_until_consent and server_notice)"
+        )
+    block = raw.get("block_events_until_consent", False)
+    if not isinstance(block, bool):
+        raise ConfigError(f"{where}.block_events_until_consent must be true or false")
+    notice = raw.get("server_notice")
+    if notice is not None and (not isinstance(notice, str) or not notice.strip()):
+        raise ConfigError(f"{where}.server_notice must be a non-empty string (the notice's text) or null")
     version, policies = raw.get("version"), raw.get("policies")
     if not isinstance(version, str) or not version:
         raise ConfigError(f'{where}.version is required, as a string (quoted: "1.0")')
@@ -606,7 +626,7 @@ def _check_terms(raw: Any) -> TermsConfig | None:
             if not isinstance(url, str) or not re.fullmatch(r"https?://[^/?#\s]+\S*", url):
                 raise ConfigError(f"{at}.{language}.url is required, as an http:// or https:// URL")
             checked[policy_id][language] = {"name": name, "url": url}
-    return TermsConfig(version, checked)
+    return TermsConfig(version, checked, block_events_until_consent=block, server_notice=notice)
 
 
 def _check_voip(voip: VoipConfig) -> None:

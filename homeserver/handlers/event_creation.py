@@ -199,6 +199,12 @@ class EventCreator:
         # it is stored: a room's Policy Server signs it here, or refuses it with a
         # MatrixError for the sender (bridge.policy).
         self.policy: Callable[[Event], Awaitable[None]] | None = None
+        # Asked first about each new local event, with (sender, room ID, type, state key,
+        # content): None to go on, or an awaitable that raises a MatrixError to refuse it
+        # (re-consent to changed terms, homeserver/handlers/consent.py). None: nothing asked.
+        self.consent: (
+            Callable[[str, str | None, str, str | None, dict[str, Any]], Awaitable[None] | None] | None
+        ) = None
         self.tracing: Tracing = DISABLED
 
     def add_batch_hook(self, hook: BatchHook, replaces: EventListener, *, remote: bool = True) -> None:
@@ -248,6 +254,10 @@ class EventCreator:
         `check_joined`: first refuse a sender who is not joined (see `require_joined`), with
         the same answer whether or not the room exists. `forwarded`: another worker sent
         this message here, to the room's owner."""
+        if self.consent is not None and not forwarded:  # a forwarded one was asked where sent
+            refusal = self.consent(sender, room_id, type, state_key, content)
+            if refusal is not None:
+                await refusal
         message = state_key is None and redacts is None and type != "m.room.redaction" and sticky_ms is None
         # Only with a transaction ID: if the owner fails mid-way, the message is created here
         # instead, and the ID keeps it from being stored twice.
@@ -541,6 +551,10 @@ class EventCreator:
         content: dict[str, Any],
     ) -> tuple[Event, int]:
         """Persist the m.room.create event of a new local room."""
+        if self.consent is not None:
+            refusal = self.consent(sender, room_id, "m.room.create", "", content)
+            if refusal is not None:
+                await refusal
         now = self.clock.time_ms()
         event = build_event(
             room_version=room_version,

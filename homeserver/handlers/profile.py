@@ -200,6 +200,9 @@ class ProfileHandler:
                 await self.creator.create_and_send(
                     room_id=room_id, type="m.room.member", sender=user_id, content=content, state_key=user_id
                 )
+            except MatrixError as e:
+                # Refused (the auth rules, unaccepted terms): the profile is saved; the others go on.
+                log.info("%s's member event in %s not updated: %s", user_id, room_id, e.errcode)
             except Exception:
-                # The profile is saved; one room refusing the update must not block the others.
+                # The profile is saved; one room failing the update must not block the others.
                 log.exception("could not update %s's member event in %s", user_id, room_id)

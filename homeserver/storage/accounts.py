@@ -187,6 +187,59 @@ class AccountStore:
                 raise
             raise ThreepidUnavailable(in_use=True) from None
 
+    # Re-consent to changed terms (homeserver/handlers/consent.py) ----------------------------
+
+    async def get_consent(self, user_id: str) -> tuple[str | None, str | None, bool] | None:
+        """(consent_version, consent_server_notice_sent, is_guest) of an active account; None
+        if unknown or deactivated."""
+        q = select(users.c.consent_version, users.c.consent_server_notice_sent, users.c.is_guest).where(
+            users.c.user_id == user_id, users.c.deactivated.is_(False)
+        )
+        async with self.db.read() as conn:
+            row = (await conn.execute(q)).first()
+        return None if row is None else (row[0], row[1], bool(row[2]))
+
+    async def set_consent(self, user_id: str, version: str, now: int) -> bool:
+        """Record that an active account accepted `version` of the terms now; False if unknown
+        or deactivated."""
+        q = (
+            update(users)
+            .where(users.c.user_id == user_id, users.c.deactivated.is_(False))
+            .values(consent_version=version, consent_ts=now)
+        )
+        async with self.db.write() as conn:
+            return bool((await conn.execute(q)).rowcount)
+
+    async def claim_consent_notice(self, user_id: str, version: str) -> bool:
+        """Mark the consent server notice for `version` as sent to the user, if it was not
+        and they have not accepted that version (one statement: of racing workers, one
+        wins); True if this call did, so the caller sends it."""
+        q = (
+            update(users)
+            .where(
+                users.c.user_id == user_id,
+                users.c.deactivated.is_(False),
+                or_(
+                    users.c.consent_server_notice_sent.is_(None),
+                    users.c.consent_server_notice_sent != version,
+                ),
+                or_(users.c.consent_version.is_(None), users.c.consent_version != version),
+            )
+            .values(consent_server_notice_sent=version)
+        )
+        async with self.db.write() as conn:
+            return bool((await conn.execute(q)).rowcount)
+
+    async def release_consent_notice(self, user_id: str, version: str) -> None:
+        """Undo `claim_consent_notice` (the notice could not be sent): a later sync tries again."""
+        q = (
+            update(users)
+            .where(users.c.user_id == user_id, users.c.consent_server_notice_sent == version)
+            .values(consent_server_notice_sent=None)
+        )
+        async with self.db.write() as conn:
+            await conn.execute(q)
+
     async def set_admin(self, user_id: str, is_admin: bool) -> None:
         async with self.db.write() as conn:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(is_admin=is_admin))

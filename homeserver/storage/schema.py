@@ -47,6 +47,8 @@ users = Table(
     # The version of the server's terms the user accepted at registration, and when (0034).
     Column("consent_version", Text, nullable=True),
     Column("consent_ts", BigInteger, nullable=True),
+    # The terms version the user was last sent a server notice about (handlers/consent.py, 0037).
+    Column("consent_server_notice_sent", Text, nullable=True),
 )
 
 devices = Table(
