@@ -19,8 +19,9 @@ local events use, so forward extremities and current state never interleave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -36,15 +37,22 @@ from homeserver.events import AuthError, Event, auth_types_for_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.server import HomeServer
 from homeserver.state import StateMap
+from homeserver.storage import sticky_events
 
 log = logging.getLogger(__name__)
 
 MISSING_EVENTS_LIMIT = 10
 MAX_FETCH_CONCURRENCY = 10
+# A PDU for a room this server is joining waits this long for the join to be stored.
+JOIN_WAIT_S = 30.0
 
 # Called after a remote event was accepted into a room's timeline; the flag says whether the
 # event creator's batch hooks (push actions, search) were written in the event's transaction.
 AcceptedListener = Callable[[Event, int, bool], Awaitable[None]]
+StateChanges = dict[tuple[str, str], tuple[str, str | None] | None]
+# Called under the room lock after a remote event changed the room's current state:
+# (the event, the current state before it, the changes).
+StateChangeHook = Callable[[Event, StateMap, StateChanges], Awaitable[None]]
 
 
 class EventRejected(Exception):
@@ -63,6 +71,10 @@ class FederationEventHandler:
         self.accepted_listeners: list[AcceptedListener] = []
         # The rooms' Policy Servers (bridge.policy): a new event they will not sign is soft-failed.
         self.policy: RoomPolicy | None = None
+        # Sticky events (bridge.sticky): told of changes to a room's current state.
+        self.state_changed: StateChangeHook | None = None
+        # Rooms this server is joining (over federation): (done, joins under way).
+        self._joins: dict[str, tuple[asyncio.Event, list[int]]] = {}
         # Runs of messages stored in one transaction (receive_run), their events, and runs
         # that needed the full checks instead.
         self.runs = 0
@@ -83,9 +95,31 @@ class FederationEventHandler:
             raise PduError(f"this server is not in room {room_id}")
         return rv
 
+    @contextlib.contextmanager
+    def joining(self, room_id: str) -> Iterator[None]:
+        """While this server joins a room: PDUs for it wait for the join (`receive`). The
+        resident server may send some before its send_join answer is stored here (sticky
+        events it pushes to a new server, messages sent just after the join)."""
+        entry = self._joins.get(room_id)
+        if entry is None:
+            entry = self._joins[room_id] = (asyncio.Event(), [0])
+        entry[1][0] += 1
+        try:
+            yield
+        finally:
+            entry[1][0] -= 1
+            if entry[1][0] == 0:
+                entry[0].set()
+                self._joins.pop(room_id, None)
+
     async def receive(self, origin: str, pdu: Any) -> Event:
         """Process one PDU from a transaction. Raises PduError (dropped) or EventRejected."""
-        rv = await self.room_version_for(pdu.get("room_id") if isinstance(pdu, dict) else None)
+        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+        join = self._joins.get(room_id) if isinstance(room_id, str) else None
+        if join is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(join[0].wait(), JOIN_WAIT_S)
+        rv = await self.room_version_for(room_id)
         event = parse_pdu(pdu, rv)
         if not await self.acl_allows(event.room_id, origin):
             raise PduError(f"server {origin} is denied by the room's server ACL")
@@ -375,12 +409,20 @@ class FederationEventHandler:
         if backfilled:
             # History older than our join: the state before it is unknown, so it is checked
             # against its auth events only, and placed before the timeline without state.
+            sticky = rejected is None and sticky_events.FIELD in event.pdu
+
             async def status(conn: AsyncConnection, _sid: int) -> None:
                 await write_outlier_status(conn, event, rejected)
+                if sticky:
+                    # Still sticky, though old: at a fresh position, so syncs deliver it.
+                    position = await self.hs.db.next_stream_id()
+                    await sticky_events.record(conn, [(event, position)], self.events.clock.time_ms())
 
-            await self.events.persist_federated_event(
+            stored = await self.events.persist_federated_event(
                 event, outlier=rejected is not None, backfilled=rejected is None, extra=status
             )
+            if sticky and stored is not None:
+                self.hs.notifier.notify(rooms=[event.room_id])
             return None, rejected, False
         state_before = await self.tracker.state_before(event)
         if state_before is None:
@@ -400,22 +442,26 @@ class FederationEventHandler:
         if soft_failed:
             log.info("soft-failing %s: not signed by the room's policy server", event.event_id)
         current = await self.events.get_current_state_ids(event.room_id)
+        # A sticky event soft-failed by the current state is checked again when that state
+        # changes (bridge.sticky); one the Policy Server refused is not.
+        sticky_soft_failed = False
         if rejected is None and not backfilled and not soft_failed:
-            auth_map = await self.auth_events_from_state(event, current)
-            try:
-                check_auth(
-                    event, auth_map, await self.create_from_state(event, current), validate_auth_events=False
-                )
-            except AuthError as e:
-                log.info("soft-failing %s: %s", event.event_id, e)
+            failure = await self.current_state_failure(event, current)
+            if failure is not None:
+                log.info("soft-failing %s: %s", event.event_id, failure)
                 soft_failed = True
+                sticky_soft_failed = self.state_changed is not None and sticky_events.FIELD in event.pdu
         state_after = dict(state_before)
         if rejected is None and event.is_state():
             state_after[event.state_key_tuple] = event.event_id
         prepared = await self.tracker.prepare(event, state_after, event.prev_event_ids)
 
-        async def extra(conn: AsyncConnection, _sid: int) -> None:
+        async def extra(conn: AsyncConnection, sid: int) -> None:
             await self.tracker.write(conn, prepared, rejected, soft_failed)
+            if sticky_soft_failed:
+                await sticky_events.record(
+                    conn, [(event, sid)], self.events.clock.time_ms(), soft_failed=True
+                )
 
         if rejected is not None or soft_failed:
             if rejected is not None:
@@ -450,18 +496,35 @@ class FederationEventHandler:
         if sid is None:
             return None, None, False
         derived.committed()
+        if changes and self.state_changed is not None:
+            try:
+                await self.state_changed(event, current, changes)
+            except Exception:
+                log.exception("state change hook failed for %s", event.event_id)
         # The hooks ran (those with nothing to write returned no work): their listeners are done.
         return sid, None, message
 
+    async def current_state_failure(self, event: Event, current: StateMap) -> str | None:
+        """Why `event` fails the auth rules against the room's current state (None if it
+        passes): the soft-failure check."""
+        auth_map = await self.auth_events_from_state(event, current)
+        try:
+            check_auth(
+                event, auth_map, await self.create_from_state(event, current), validate_auth_events=False
+            )
+        except AuthError as e:
+            return str(e)
+        return None
+
     async def state_changes(
         self, current: StateMap, new: StateMap, event: Event | None = None
-    ) -> dict[tuple[str, str], tuple[str, str | None] | None]:
+    ) -> StateChanges:
         changed = {k: v for k, v in new.items() if current.get(k) != v}
         members = [v for k, v in changed.items() if k[0] == "m.room.member"]
         found = await self.events.get_pdus(members) if members else {}
         if event is not None:
             found[event.event_id] = event
-        out: dict[tuple[str, str], tuple[str, str | None] | None] = {}
+        out: StateChanges = {}
         for k, v in changed.items():
             membership = found[v].membership if k[0] == "m.room.member" and v in found else None
             out[k] = (v, membership)

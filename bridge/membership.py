@@ -20,6 +20,7 @@ invite v2, make_leave, send_leave v2, make_knock, send_knock v1.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -75,6 +76,10 @@ class MembershipHandler:
         self.server_name = hs.server_name
         # Called with (room_id, server) after a remote join, to fetch some history.
         self.after_join: list[Any] = []
+        # Sends a membership event another server submitted here (send_join, send_leave,
+        # send_knock) on to the other servers in the room, as the spec asks of the
+        # resident server: (event, the submitting server).
+        self.relay: Callable[[Event, str], Awaitable[None]] | None = None
 
     # Building local events on top of the current state -----------------------------------------
 
@@ -142,6 +147,16 @@ class MembershipHandler:
         raise MatrixError(502 if last else 404, Codes.UNKNOWN, f"Failed to join the room: {last}"[:300])
 
     async def _join_via(self, server: str, user_id: str, room_id: str, extra: dict[str, Any]) -> str:
+        # PDUs for the room that arrive meanwhile wait for the join to be stored.
+        with self.inbound.joining(room_id):
+            await self._make_and_send_join(server, user_id, room_id, extra)
+        for hook in self.after_join:
+            await hook(room_id, server)
+        return room_id
+
+    async def _make_and_send_join(
+        self, server: str, user_id: str, room_id: str, extra: dict[str, Any]
+    ) -> None:
         made = await self.client.get(
             server,
             fed_path("/_matrix/federation/v1/make_join/{}/{}", room_id, user_id),
@@ -176,9 +191,6 @@ class MembershipHandler:
             if signed.event_id == join.event_id:
                 join = signed
         await self._store_join(server, join, response)
-        for hook in self.after_join:
-            await hook(room_id, server)
-        return room_id
 
     def _room_version_of(self, made: Any) -> RoomVersion:
         version = made.get("room_version", "1") if isinstance(made, dict) else None
@@ -625,6 +637,8 @@ class MembershipHandler:
             raise MatrixError(400, Codes.BAD_JSON, str(e)) from None
         except EventRejected as e:
             raise forbidden(str(e)) from None
+        if self.relay is not None:
+            await self.relay(event, origin)
         return event
 
     async def on_send_join(self, origin: str, room_id: str, event_id: str, pdu: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import os
 from typing import Any
 
 from bridge.client import FederationClient, FederationError, fed_path
+from bridge.sticky import unsendable
 from bridge.store import FederationStore, OutboxBatch, RetryState
 from homeserver.clock import Clock
 from homeserver.events import pdu_json
@@ -267,7 +268,9 @@ class OutboundQueue:
         self, destination: str, event_ids: list[str], edus: list[dict[str, Any]]
     ) -> bool:
         found = await self.events.get_pdus(event_ids)
-        pdus = [pdu_json(found[e]) for e in event_ids if e in found]
+        # Sticky events of erased users are not sent to a server catching up (MSC4354).
+        skipped = await unsendable(self.events.db, self.server_name, found.values())
+        pdus = [pdu_json(found[e]) for e in event_ids if e in found and e not in skipped]
         now = self.clock.time_ms()
         txn_id = f"{now}.{self._txn_prefix}.{next(self._txn_counter)}"
         body = {"origin": self.server_name, "origin_server_ts": now, "pdus": pdus, "edus": edus}

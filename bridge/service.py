@@ -37,6 +37,7 @@ from bridge.queue import OutboundQueue
 from bridge.schema import federation_event_state
 from bridge.server import create_federation_app
 from bridge.state import EventStateInfo, StateTracker
+from bridge.sticky import StickyFederation
 from bridge.store import FederationStore
 from bridge.timestamps import FederatedTimestamps
 from bridge.tls import client_context, server_context
@@ -109,6 +110,7 @@ class Federation:
         self.timestamps = FederatedTimestamps(hs, self.handler, self.client, self.inbound)
         self.edus = EduHandler(hs, self.queue)
         self.policy = RoomPolicy(hs, self.client, self.room_servers)
+        self.sticky = StickyFederation(hs, self.inbound, self.store, self.queue, self.client)
         # Other areas (E2EE) add authenticated routes: (method, path, handler(request, origin, body)).
         self.extra_routes: list[ExtraRoute] = []
         # Extra middlewares for the federation listener (per-origin rate limits: homeserver.api.guard).
@@ -138,9 +140,11 @@ class Federation:
         self.handler.edu_handlers["m.typing"] = self.edus.on_typing
         self.handler.edu_handlers["m.receipt"] = self.edus.on_receipt
         self.membership.after_join.append(self.backfill)
+        self.membership.relay = self.relay_membership
         self.inbound.accepted_listeners.append(self.on_remote_event)
         hs.creator.policy = self.policy.sign_local
         self.inbound.policy = self.policy
+        self.sticky.install()
         self._wrap_room_handler()
 
     def _wrap_room_handler(self) -> None:
@@ -248,12 +252,22 @@ class Federation:
         if event.type == "m.room.member":
             self._room_servers.pop(event.room_id, None)
         for listener in list(self.hs.creator.listeners_for(derived_written, remote=True)):
-            if listener == self.on_local_event:
-                continue
+            if listener in (self.on_local_event, self.sticky.on_local_event):
+                continue  # federation's own listeners, for local events only
             try:
                 await listener(event, stream_id)
             except Exception:
                 log.exception("event listener failed for remote event %s", event.event_id)
+
+    async def relay_membership(self, event: Event, origin: str) -> None:
+        """A membership event another server submitted here (send_join, send_leave,
+        send_knock): the other servers in the room get it from us (the spec asks it of the
+        resident server; they would otherwise learn of it only from later events)."""
+        try:
+            destinations = await self.room_servers(event.room_id) - {self.hs.server_name, origin, ""}
+            await self.queue.send_pdu(event.event_id, destinations)
+        except Exception:
+            log.exception("relaying %s to the room's other servers failed", event.event_id)
 
     # Local events out ---------------------------------------------------------------------------
 
@@ -443,6 +457,7 @@ class Federation:
     async def stop(self) -> None:
         if self.leader is not None:
             await self.leader.stop()
+        await self.sticky.stop()
         await self.queue.stop()
         if self._runner is not None:
             await self._runner.cleanup()

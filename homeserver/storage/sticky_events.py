@@ -180,3 +180,51 @@ class StickyEventStore:
         async with self.db.write() as conn:
             result = await conn.execute(delete(sticky_events).where(_t.expires_at <= now_ms))
         return int(result.rowcount or 0)
+
+
+# Federation (bridge.sticky) ---------------------------------------------------------------
+
+
+async def soft_failed_in_room(
+    conn: AsyncConnection, room_id: str, now_ms: int, senders: Collection[str] | None = None
+) -> list[str]:
+    """The room's unexpired soft-failed sticky events (only those of `senders`, if given),
+    in stream order: the ones to check again when the room's authorising state changes."""
+    q = select(_t.event_id).where(_t.room_id == room_id, _t.soft_failed.is_(True), _t.expires_at > now_ms)
+    if senders is not None:
+        if not senders:
+            return []
+        q = q.where(_t.sender.in_(sorted(senders)))
+    return [r[0] for r in await conn.execute(q.order_by(_t.position))]
+
+
+_ACCEPT = (
+    sticky_events.update()
+    .where(_t.event_id == bindparam("b_event_id"), _t.soft_failed.is_(True))
+    .values(position=bindparam("b_position"), soft_failed=False)
+)
+
+
+async def accept_soft_failed(conn: AsyncConnection, positions: dict[str, int]) -> None:
+    """Soft-failed sticky events that now pass the auth rules: no longer soft-failed, and
+    moved to these fresh stream positions, so that every syncing client gets them."""
+    if positions:
+        await conn.execute(_ACCEPT, [{"b_event_id": e, "b_position": p} for e, p in positions.items()])
+
+
+async def own_active_in_room(
+    conn: AsyncConnection, room_id: str, server_name: str, now_ms: int
+) -> list[tuple[str, str]]:
+    """(event ID, sender) of the room's unexpired, not soft-failed sticky events sent by
+    users of `server_name`, in stream order (what that server pushes to a new one)."""
+    q = (
+        select(_t.event_id, _t.sender)
+        .where(
+            _t.room_id == room_id,
+            _t.expires_at > now_ms,
+            _t.soft_failed.is_(False),
+            _t.sender.endswith(":" + server_name, autoescape=True),
+        )
+        .order_by(_t.position)
+    )
+    return [(r[0], r[1]) for r in await conn.execute(q)]

@@ -54,7 +54,13 @@ def ensure_synapse() -> Path:
 
 
 class SynapseServer:
-    def __init__(self, directory: str, ca: CertAuthority, default_room_version: str = "11") -> None:
+    def __init__(
+        self,
+        directory: str,
+        ca: CertAuthority,
+        default_room_version: str = "11",
+        experimental_features: dict[str, Any] | None = None,
+    ) -> None:
         self.dir = Path(directory)
         self.ca = ca
         self.fed_port = free_port()
@@ -62,6 +68,8 @@ class SynapseServer:
         self.server_name = f"127.0.0.1:{self.fed_port}"
         self.base_url = f"http://127.0.0.1:{self.client_port}"
         self.default_room_version = default_room_version
+        # Synapse's `experimental_features` (e.g. {"msc4354_enabled": True}); none by default.
+        self.experimental_features = dict(experimental_features or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "homeserver.log"
 
@@ -140,6 +148,8 @@ class SynapseServer:
             },
             "federation_rr_transactions_per_room_per_second": 10000,
         }
+        if self.experimental_features:
+            config["experimental_features"] = self.experimental_features
         path = self.dir / "homeserver.yaml"
         # JSON is valid YAML.
         path.write_text(json.dumps(config, indent=1))

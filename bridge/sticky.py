@@ -1,0 +1,281 @@
+"""Sticky events (MSC4354, unstable names) over federation.
+
+A server sends its users' sticky events like any other event, and the outbound queue never
+drops one: a row leaves `federation_outbox` only once the destination acknowledged it, and a
+backlog is sent in full, in order, however long (bridge.queue, bridge.store). Beyond that
+the MSC asks three things of a server, done here:
+
+- a server that joins a room (its first member's join enters the room's current state) gets
+  this server's own unexpired sticky events of the room, queued after the join, in stream
+  order: being older than its join, they would otherwise never reach it (`push_to`). They
+  are queued once the new server holds its join (asked for it: GET /event), not at once: a
+  server still storing its send_join answer drops PDUs of a room it does not know yet
+  (Synapse does: "Ignoring PDU for unknown room_id"), and the room's servers hear of the
+  join before the joining server is done with it (the resident server stores the join and
+  relays it to them, then answers send_join);
+- a remote sticky event that failed the auth rules against the room's current state is
+  stored soft-failed (bridge.events_in records it with `soft_failed` in the transaction
+  storing it) and checked again whenever the room's authorising state changes (members,
+  power levels, join rules; `recheck`): one that passes then is accepted at a fresh stream
+  position, and syncing clients get it in their sticky section;
+- sticky events of erased users are not sent to a server catching up (`unsendable`). Sotto
+  keeps no erasure flag of its own: a deactivated account stands for an erased one (its
+  stale sticky events, call memberships mostly, have no one left to speak for them).
+
+Nothing here runs on the path of an ordinary message: only a change to one of those state
+types looks at the room's soft-failed sticky rows (one indexed query), and only a member
+joining from another server looks for a new server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from bridge.client import FederationClient, FederationError, fed_path
+from homeserver.events import Event
+from homeserver.events.identifiers import domain_of
+from homeserver.server import HomeServer
+from homeserver.state import StateMap
+from homeserver.storage import sticky_events
+from homeserver.storage.engine import Database
+from homeserver.storage.schema import current_state, users
+from homeserver.storage.sqlutil import chunks
+
+if TYPE_CHECKING:
+    from bridge.events_in import FederationEventHandler, StateChanges
+    from bridge.queue import OutboundQueue
+    from bridge.store import FederationStore
+
+log = logging.getLogger(__name__)
+
+# The state a soft-failed event's fate depends on (what the MSC names, as Synapse has it).
+AUTHORISING_TYPES = frozenset({"m.room.member", "m.room.power_levels", "m.room.join_rules"})
+# Asking a new server for its join: first after this long, doubling up to the maximum; after
+# READY_WAIT_S the sticky events are queued anyway.
+READY_FIRST_S = 0.2
+READY_MAX_S = 10.0
+READY_WAIT_S = 120.0
+# New servers waited for at once, at most (each is one task asking now and then).
+MAX_WAITING = 1_000
+
+
+def _domain(user_id: str) -> str:
+    try:
+        return domain_of(user_id)
+    except ValueError:
+        return ""
+
+
+async def erased_users(db: Database, user_ids: Collection[str]) -> set[str]:
+    """Those of these local users whose accounts are deactivated (standing for erased)."""
+    out: set[str] = set()
+    async with db.read() as conn:
+        for chunk in chunks(user_ids):
+            rows = await conn.execute(
+                select(users.c.user_id).where(users.c.user_id.in_(chunk), users.c.deactivated.is_(True))
+            )
+            out.update(r[0] for r in rows)
+    return out
+
+
+async def unsendable(db: Database, server_name: str, events: Iterable[Event]) -> set[str]:
+    """The IDs of those events that are sticky events of this server's erased users: not
+    sent from the outbox (what is still queued for a server is what it has to catch up)."""
+    suffix = ":" + server_name
+    sticky = [e for e in events if sticky_events.FIELD in e.pdu and e.sender.endswith(suffix)]
+    if not sticky:
+        return set()
+    erased = await erased_users(db, {e.sender for e in sticky})
+    return {e.event_id for e in sticky if e.sender in erased}
+
+
+class StickyFederation:
+    def __init__(
+        self,
+        hs: HomeServer,
+        inbound: FederationEventHandler,
+        store: FederationStore,
+        queue: OutboundQueue,
+        client: FederationClient,
+    ) -> None:
+        self.hs = hs
+        self.inbound = inbound
+        self.store = store
+        self.queue = queue
+        self.client = client
+        # Pushes waiting for their new server to hold its join.
+        self._waiting: set[asyncio.Task[None]] = set()
+        self.ready_first_s = READY_FIRST_S
+        # Soft-failed sticky events accepted since, and sticky events pushed to each new
+        # server (tests, metrics).
+        self.accepted = 0
+        self.pushed: Counter[str] = Counter()
+
+    def install(self) -> None:
+        if not self.hs.config.sticky_events.enabled:
+            return
+        self.inbound.state_changed = self.on_remote_state_change
+        self.hs.creator.listeners.append(self.on_local_event)
+
+    async def stop(self) -> None:
+        tasks = list(self._waiting)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._waiting.clear()
+
+    # Hooks ----------------------------------------------------------------------------------
+
+    async def on_local_event(self, event: Event, stream_id: int) -> None:
+        """EventCreator listener: a local event that changed the room's authorising state."""
+        if event.type not in AUTHORISING_TYPES or not event.is_state():
+            return
+        senders = {event.state_key} if event.type == "m.room.member" and event.state_key else None
+        try:
+            async with self.hs.db.read() as conn:
+                now = self.hs.clock.time_ms()
+                if not await sticky_events.soft_failed_in_room(conn, event.room_id, now, senders):
+                    return
+            async with self.hs.creator.room_lock(event.room_id):
+                await self.recheck(event.room_id, senders)
+        except Exception:
+            log.exception("re-checking soft-failed sticky events after %s failed", event.event_id)
+
+    async def on_remote_state_change(self, event: Event, before: StateMap, changes: StateChanges) -> None:
+        """Under the room lock, after a remote event changed the room's current state."""
+        keys = [k for k in changes if k[0] in AUTHORISING_TYPES]
+        if not keys:
+            return
+        room_id = event.room_id
+        members = all(k[0] == "m.room.member" for k in keys)
+        await self.recheck(room_id, {k[1] for k in keys} if members else None)
+        joins = {
+            k[1]: v[0]
+            for k in keys
+            if k[0] == "m.room.member" and (v := changes[k]) is not None and v[1] == "join"
+        }
+        for server, join_id in sorted((await self._new_servers(room_id, before, joins)).items()):
+            self._push_when_ready(room_id, server, join_id)
+
+    # Soft-failed sticky events ----------------------------------------------------------------
+
+    async def recheck(self, room_id: str, senders: set[str] | None) -> int:
+        """Check the room's unexpired soft-failed sticky events (those of `senders`, if given)
+        against its current state, as the soft-failure check did; accept those that pass.
+        Called under the room lock. Returns how many were accepted."""
+        now = self.hs.clock.time_ms()
+        async with self.hs.db.read() as conn:
+            ids = await sticky_events.soft_failed_in_room(conn, room_id, now, senders)
+        if not ids:
+            return 0
+        found = await self.hs.events.get_pdus(ids)
+        current = await self.hs.events.get_current_state_ids(room_id)
+        passing = [
+            event_id
+            for event_id in ids
+            if event_id in found
+            and await self.inbound.current_state_failure(found[event_id], current) is None
+        ]
+        if not passing:
+            return 0
+        async with self.hs.db.write() as conn:
+            positions = {event_id: await self.hs.db.next_stream_id() for event_id in passing}
+            await sticky_events.accept_soft_failed(conn, positions)
+        log.info("%d soft-failed sticky events of %s now pass the auth rules", len(passing), room_id)
+        self.accepted += len(passing)
+        self.hs.notifier.notify(rooms=[room_id])
+        return len(passing)
+
+    # New servers ----------------------------------------------------------------------------
+
+    async def _new_servers(self, room_id: str, before: StateMap, joins: dict[str, str]) -> dict[str, str]:
+        """The other servers these joins (user ID -> join event ID) brought into the room,
+        none of whose members was joined before the change, each with one of the joins."""
+        by_server: dict[str, list[str]] = {}
+        for user_id in joins:
+            server = _domain(user_id)
+            if server and server != self.hs.server_name:
+                by_server.setdefault(server, []).append(user_id)
+        if not by_server:
+            return {}
+        prev_ids = [p for u in joins if (p := before.get(("m.room.member", u))) is not None]
+        prev = await self.hs.events.get_pdus(prev_ids) if prev_ids else {}
+        already = {_domain(e.state_key or "") for e in prev.values() if e.membership == "join"}
+        new: dict[str, str] = {}
+        for server, user_ids in by_server.items():
+            if server not in already and not await self._others_joined(room_id, server, user_ids):
+                new[server] = joins[user_ids[0]]
+        return new
+
+    async def _others_joined(self, room_id: str, server: str, user_ids: list[str]) -> bool:
+        c = current_state.c
+        q = (
+            select(c.state_key)
+            .where(
+                c.room_id == room_id,
+                c.type == "m.room.member",
+                c.membership == "join",
+                c.state_key.endswith(":" + server, autoescape=True),
+                c.state_key.not_in(user_ids),
+            )
+            .limit(1)
+        )
+        async with self.hs.db.read() as conn:
+            return (await conn.execute(q)).first() is not None
+
+    def _push_when_ready(self, room_id: str, server: str, join_id: str) -> None:
+        if len(self._waiting) >= MAX_WAITING:
+            log.warning("too many new servers waited for: not pushing sticky events to %s", server)
+            return
+        task = asyncio.create_task(self._wait_then_push(room_id, server, join_id))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _wait_then_push(self, room_id: str, server: str, join_id: str) -> None:
+        """Queue the sticky events for `server` once it holds its join `join_id` (or after
+        READY_WAIT_S: it may not serve events, or be slow; the push is worth a try)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READY_WAIT_S
+        delay = self.ready_first_s
+        path = fed_path("/_matrix/federation/v1/event/{}", join_id)
+        try:
+            while loop.time() < deadline:
+                await asyncio.sleep(delay)
+                try:
+                    await self.client.get(server, path, timeout=10)
+                    break
+                except FederationError:
+                    delay = min(delay * 2, READY_MAX_S)
+            await self.push_to(room_id, server)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pushing sticky events of %s to %s failed", room_id, server)
+
+    async def push_to(self, room_id: str, server: str) -> int:
+        """Queue this server's own unexpired sticky events of the room for `server` (after
+        what is queued for it already: its join's successors). Returns how many."""
+        now = self.hs.clock.time_ms()
+        async with self.hs.db.read() as conn:
+            rows = await sticky_events.own_active_in_room(conn, room_id, self.hs.server_name, now)
+        if not rows:
+            return 0
+        erased = await erased_users(self.hs.db, {sender for _, sender in rows})
+        event_ids = [event_id for event_id, sender in rows if sender not in erased]
+        if not event_ids:
+            return 0
+        async with self.hs.db.write() as conn:
+            await self.store.enqueue_pdus_in(conn, [server], now, event_ids)
+        self.queue.wake(server)
+        self.pushed[server] += len(event_ids)
+        log.info("pushing %d sticky events of %s to %s, new in the room", len(event_ids), room_id, server)
+        return len(event_ids)
