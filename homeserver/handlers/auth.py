@@ -20,6 +20,7 @@ from aiohttp import web
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.handlers.acting import APPSERVICE, act_as
 from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.accounts import AccountStore, TokenInfo
 
@@ -318,6 +319,7 @@ class AuthHandler:
                 self._cache.put(key, info, generation)
         if info.locked:
             raise MatrixError(401, Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
+        act_as(APPSERVICE)
         return Requester(
             info.user_id,
             info.device_id,

@@ -291,6 +291,16 @@ async def test_exempt_users_and_other_workers(tmp_path: Path, http: aiohttp.Clie
         assert (await carol.join(notice_room))[0] == 200
         # The admin himself has accepted nothing: his own events are refused.
         refused(*await admin.request("POST", "/createRoom", json={}))
+        # The admin API acting as a user who has not accepted (here a join) is the admin's
+        # doing, as in Synapse; that user's own requests are still refused.
+        dave = await make_user(server, http, "dave")
+        async with http.post(
+            f"{server.base_url}/_synapse/admin/v1/join/{quote(bridged_room)}",
+            json={"user_id": dave.user_id},
+            headers={"Authorization": f"Bearer {admin.token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        refused(*await send(dave, bridged_room, "mine"))
 
         # Accepted elsewhere (another worker's page writes only the database): the next event
         # of hers finds it, as no refusal is remembered.
