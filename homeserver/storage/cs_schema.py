@@ -338,7 +338,9 @@ sticky_events = Table(
     Column("event_id", String(255), primary_key=True),
     Column("room_id", String(255), nullable=False),
     Column("sender", String(255), nullable=False),
-    Column("position", BigInteger, nullable=False),
+    # A stream position of its own when a soft-failed event is accepted later: counted
+    # when the stream's position is loaded at start-up (Database.load_stream_position).
+    Column("position", BigInteger, nullable=False, info={"stream": True}),
     Column("expires_at", BigInteger, nullable=False),
     Column("soft_failed", Boolean, nullable=False, server_default=false()),
     Index("sticky_events_room_position", "room_id", "position"),
@@ -478,4 +480,27 @@ email_notif_state = Table(
     Column("user_id", String(255), primary_key=True),
     Column("last_stream_id", BigInteger, nullable=False),
     Column("last_sent_ts", BigInteger, nullable=False),
+)
+
+# Thread subscriptions (MSC4306, migration 0038, homeserver/storage/thread_subscriptions.py):
+# one row per (user, room, thread root) ever subscribed, holding its latest state. `stream_id`
+# comes from the server-wide stream and moves with every change (sliding sync's MSC4308
+# extension reads a user's changes by it). An unsubscription keeps where the room was then
+# (`unsubscribed_at_stream`/`_depth`), so an automatic subscription caused by an event from
+# before it is refused.
+thread_subscriptions = Table(
+    "thread_subscriptions",
+    metadata,
+    Column("user_id", String(255), nullable=False),
+    Column("room_id", String(255), nullable=False),
+    Column("event_id", String(255), nullable=False),
+    Column("subscribed", Boolean, nullable=False),
+    Column("automatic", Boolean, nullable=False),
+    Column("stream_id", BigInteger, nullable=False),
+    Column("unsubscribed_at_stream", BigInteger, nullable=True),
+    Column("unsubscribed_at_depth", BigInteger, nullable=True),
+    PrimaryKeyConstraint("user_id", "room_id", "event_id"),
+    Index("thread_subscriptions_thread", "room_id", "event_id"),
+    Index("thread_subscriptions_user_stream", "user_id", "stream_id"),
+    Index("thread_subscriptions_stream", "stream_id", unique=True),
 )

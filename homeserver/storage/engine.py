@@ -614,9 +614,12 @@ class Database:
                 best = await postgres.visible_stream(conn)
             else:
                 for table in metadata.sorted_tables:
-                    if "stream_id" in table.c:
-                        value = (await conn.execute(select(func.max(table.c.stream_id)))).scalar()
-                        best = max(best, int(value or 0))
+                    for column in table.c:
+                        # `stream_id` columns, and others holding positions taken from the
+                        # stream (marked `info={"stream": True}`: sticky_events.position).
+                        if column.name == "stream_id" or column.info.get("stream"):
+                            value = (await conn.execute(select(func.max(column)))).scalar()
+                            best = max(best, int(value or 0))
         self._stream_id = best
         self._persisted = best
         log.info("stream position loaded: %d", best)
