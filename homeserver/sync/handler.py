@@ -25,6 +25,7 @@ from homeserver.handlers.invite_permission import InvitePermission
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.join_history import joined_at
 from homeserver.storage.sync_reads import SyncQueries
 from homeserver.sync.filter import SyncFilter
 from homeserver.sync.notifier import Notifier
@@ -231,6 +232,13 @@ class SyncHandler:
             )
         )
         joined = [(r, s) for r, m, _, s in memberships if m == "join" and req.filter.allows_room(r)]
+        # Rooms joined since the token: the user's member event moved past it and they were
+        # not joined then (a new display name moves it too, and is not a join).
+        newly: set[str] = set()
+        if since is not None:
+            moved = {r: e for r, m, e, s in memberships if m == "join" and s > since.stream}
+            if moved:
+                newly = set(moved) - await joined_at(self.db, moved, since.stream)
         joined_ids = [r for r, _ in joined]
         all_joined = [r for r, m, _, _ in memberships if m == "join"]
         joined_key = tuple(joined_ids)
@@ -271,8 +279,8 @@ class SyncHandler:
         else:
             glob_ad, room_ad = await self.account_data.get_since(user_id, since_stream, upto)
 
-        for room_id, member_stream in joined:
-            newly_joined = since is not None and member_stream > since.stream
+        for room_id, _ in joined:
+            newly_joined = room_id in newly
             full = since is None or req.full_state or newly_joined
             room: dict[str, Any] = {}
             if full or (changed_rooms is not None and room_id in changed_rooms):
@@ -354,7 +362,14 @@ class SyncHandler:
                     upto, ("sticky_rooms", after), lambda: store.rooms_in_window(after, upto)
                 )
             sticky_upto = await self.sticky.add(
-                rooms_join, since, upto, joined, sticky_rooms, new_room, req.requester.device_id
+                rooms_join,
+                since,
+                upto,
+                [r for r, _ in joined],
+                newly,
+                sticky_rooms,
+                new_room,
+                req.requester.device_id,
             )
         response: dict[str, Any] = {
             "next_batch": str(SyncToken(upto, eph, sticky_upto)),

@@ -34,24 +34,25 @@ class StickySection:
         rooms_join: dict[str, Any],
         since: SyncToken | None,
         upto: int,
-        joined: list[tuple[str, int]],
+        joined: list[str],
+        newly: set[str],
         sticky_rooms: set[str] | None,
         new_room: Callable[[], dict[str, Any]],
         device_id: str | None,
     ) -> int | None:
         """Add the section to the rooms of `rooms_join` (adding rooms with only sticky
-        events, made by `new_room`). `joined`: (room, position of the user's join).
+        events, made by `new_room`). `joined`: the user's rooms; `newly`: those joined since
+        the token.
         `sticky_rooms`: the rooms with sticky rows positioned since the token (None: unknown).
         Returns the position sticky events were delivered up to, if short of `upto`."""
         if not joined:
             return None
         now = self.clock.time_ms()
         if since is None:
-            lower, older, newly = 0, [r for r, _ in joined], []
+            lower, older = 0, joined
         else:
             lower = since.sticky if since.sticky is not None else since.stream
-            newly = [r for r, joined_at in joined if joined_at > since.stream]
-            older = [r for r, joined_at in joined if joined_at <= since.stream]
+            older = [r for r in joined if r not in newly]
             if sticky_rooms is not None and lower == since.stream:
                 # Only rooms with a sticky row since the token can have one to deliver.
                 older = [r for r in older if r in sticky_rooms]

@@ -230,3 +230,25 @@ async def test_a_restart_counts_positions_held_only_by_sticky_rows(server: Runni
         await conn.execute(sticky_events.insert().values(**row))
     await db.load_stream_position()
     assert db.current_stream_id == ahead
+
+
+async def test_a_new_display_name_is_not_a_join(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    """A display name change is a member event too: the room is not sent afresh (no sticky
+    events again, no full state). Leaving and joining again is a join."""
+    alice = await client(server, http, "alice")
+    bob = await client(server, http, "bob")
+    room = await alice.room_with(bob, name="call")
+    sticky = await send_sticky(alice, room, "k", 600_000)
+    token = (await bob.sync())["next_batch"]
+    await bob.ok("PUT", f"/profile/{quote(bob.user_id)}/displayname", json={"displayname": "Robert"})
+    renamed = await bob.sync(token)
+    joined = renamed["rooms"]["join"][room]
+    assert [e["content"].get("displayname") for e in joined["timeline"]["events"]] == ["Robert"]
+    assert section(renamed, room) == []
+    assert "m.room.name" not in {e["type"] for e in joined["state"]["events"]}  # not the full state
+    token = renamed["next_batch"]
+    await bob.ok("POST", f"/rooms/{quote(room)}/leave", json={})
+    assert (await bob.join(room))[0] == 200
+    rejoined = await bob.sync(token, filter=limited(1))
+    assert [e["event_id"] for e in section(rejoined, room)] == [sticky]
+    assert "m.room.name" in {e["type"] for e in rejoined["rooms"]["join"][room]["state"]["events"]}
