@@ -73,8 +73,9 @@ class FederationEventHandler:
         self.policy: RoomPolicy | None = None
         # Sticky events (bridge.sticky): told of changes to a room's current state.
         self.state_changed: StateChangeHook | None = None
-        # Rooms this server is joining (over federation): (done, joins under way).
-        self._joins: dict[str, tuple[asyncio.Event, list[int]]] = {}
+        # Rooms this server is joining (over federation): (done, joins under way, the
+        # loop time after which PDUs for the room no longer wait).
+        self._joins: dict[str, tuple[asyncio.Event, list[int], float]] = {}
         # Runs of messages stored in one transaction (receive_run), their events, and runs
         # that needed the full checks instead.
         self.runs = 0
@@ -102,7 +103,8 @@ class FederationEventHandler:
         events it pushes to a new server, messages sent just after the join)."""
         entry = self._joins.get(room_id)
         if entry is None:
-            entry = self._joins[room_id] = (asyncio.Event(), [0])
+            deadline = asyncio.get_running_loop().time() + JOIN_WAIT_S
+            entry = self._joins[room_id] = (asyncio.Event(), [0], deadline)
         entry[1][0] += 1
         try:
             yield
@@ -112,13 +114,21 @@ class FederationEventHandler:
                 entry[0].set()
                 self._joins.pop(room_id, None)
 
+    async def wait_for_join(self, room_id: Any) -> None:
+        """If this server is joining the room: until the join is stored, or at most until
+        JOIN_WAIT_S after the join began (however many PDUs of a transaction wait for it)."""
+        join = self._joins.get(room_id) if isinstance(room_id, str) else None
+        if join is None:
+            return
+        remaining = join[2] - asyncio.get_running_loop().time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(join[0].wait(), remaining)
+
     async def receive(self, origin: str, pdu: Any) -> Event:
         """Process one PDU from a transaction. Raises PduError (dropped) or EventRejected."""
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
-        join = self._joins.get(room_id) if isinstance(room_id, str) else None
-        if join is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(join[0].wait(), JOIN_WAIT_S)
+        await self.wait_for_join(room_id)
         rv = await self.room_version_for(room_id)
         event = parse_pdu(pdu, rv)
         if not await self.acl_allows(event.room_id, origin):
@@ -410,18 +420,27 @@ class FederationEventHandler:
             # History older than our join: the state before it is unknown, so it is checked
             # against its auth events only, and placed before the timeline without state.
             sticky = rejected is None and sticky_events.FIELD in event.pdu
+            # A sticky one is delivered only if its sender may still send (the soft-failure
+            # check); otherwise it waits, soft-failed, for the state to change (bridge.sticky).
+            soft = sticky and (
+                await self.current_state_failure(
+                    event, await self.events.get_current_state_ids(event.room_id)
+                )
+                is not None
+            )
 
             async def status(conn: AsyncConnection, _sid: int) -> None:
                 await write_outlier_status(conn, event, rejected)
                 if sticky:
                     # Still sticky, though old: at a fresh position, so syncs deliver it.
                     position = await self.hs.db.next_stream_id()
-                    await sticky_events.record(conn, [(event, position)], self.events.clock.time_ms())
+                    now = self.events.clock.time_ms()
+                    await sticky_events.record(conn, [(event, position)], now, soft_failed=soft)
 
             stored = await self.events.persist_federated_event(
                 event, outlier=rejected is not None, backfilled=rejected is None, extra=status
             )
-            if sticky and stored is not None:
+            if sticky and not soft and stored is not None:
                 self.hs.notifier.notify(rooms=[event.room_id])
             return None, rejected, False
         state_before = await self.tracker.state_before(event)

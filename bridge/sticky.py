@@ -217,6 +217,7 @@ class StickyFederation:
         return new
 
     async def _others_joined(self, room_id: str, server: str, user_ids: list[str]) -> bool:
+        """Whether a user of `server` other than `user_ids` is joined to the room."""
         c = current_state.c
         q = (
             select(c.state_key)
@@ -264,6 +265,8 @@ class StickyFederation:
     async def push_to(self, room_id: str, server: str) -> int:
         """Queue this server's own unexpired sticky events of the room for `server` (after
         what is queued for it already: its join's successors). Returns how many."""
+        if not await self._others_joined(room_id, server, []):
+            return 0  # it left (or was kicked) meanwhile, or its join never took
         now = self.hs.clock.time_ms()
         async with self.hs.db.read() as conn:
             rows = await sticky_events.own_active_in_room(conn, room_id, self.hs.server_name, now)

@@ -150,6 +150,8 @@ async def test_sticky_events_reach_joined_servers_and_are_pushed_to_new_ones(
             assert event["content"]["msc4354_sticky_key"] == key
         assert federation_of(a).sticky.pushed[c.server_name] == 1  # not Dave's
         assert federation_of(b).sticky.pushed[c.server_name] == 1
+        # A server with no one in the room (left, kicked, its join never took) gets none.
+        assert await federation_of(a).sticky.push_to(room_id, "elsewhere.invalid") == 0
         await seen_by_carol.sync()
         assert seen_by_carol.has(erased) is None
         assert await c.hs.events.get_event(erased) is None
@@ -164,17 +166,27 @@ async def test_sticky_event_fetched_as_history_is_delivered(
 
     async def before_join(a: RunningServer, alice: Client, room_id: str) -> None:
         federation_of(a).inbound.state_changed = None  # no pushes, no re-checks
+        # Dave's sticky event, then Dave is banned: B must not deliver it.
+        dave = await Client.login(a, "dave", alice.session)
+        await dave.join(room_id)
+        ids.append(await send_sticky(dave, room_id, "banned"))
+        await alice.call("POST", f"/rooms/{quote(room_id)}/ban", {"user_id": dave.user_id})
         ids.append(await send_sticky(alice, room_id, "history"))
         for i in range(3):
             await alice.send(room_id, f"after {i}")
 
     async with joined_pair(test_ca, tmp_dirs, before_join=before_join) as (a, b, _alice, bob, room_id):
+        banned, history = ids
         seen = Seen(bob, room_id)
-        await seen.until(ids[0])
-        assert seen.sticky[ids[0]]["msc4354_sticky"] == {"duration_ms": DURATION}
+        await seen.until(history)
+        assert seen.sticky[history]["msc4354_sticky"] == {"duration_ms": DURATION}
         assert federation_of(a).sticky.pushed[b.server_name] == 0
-        stored = await b.hs.events.get_event(ids[0])
+        stored = await b.hs.events.get_event(history)
         assert stored is not None and stored.stream_id < 0  # backfilled
+        # The banned sender's was backfilled too, but stays soft-failed.
+        assert await b.hs.events.get_event(banned) is not None
+        await seen.sync()
+        assert banned not in seen.sticky
 
 
 async def _has_body(client: Client, room_id: str, body: str) -> bool:
