@@ -14,9 +14,11 @@ cleanup; every read skips expired ones.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -129,9 +131,38 @@ _ACTIVE_IN_ROOMS = (
 )
 
 
+# Entries of each per-database cache below.
+CACHE_SIZE = 4_096
+
+
+class _Caches:
+    """Per database (several servers may share a process in tests): the rooms with sticky
+    rows in a past window, and events' ends. Neither changes once read: a window's rows are
+    all committed when it is read (a re-accepted soft-failed event gets a new, later
+    position), and an event's end is fixed when it is recorded; rows only ever go away,
+    which readers check anyway."""
+
+    def __init__(self) -> None:
+        self.windows: OrderedDict[tuple[int, int], frozenset[str]] = OrderedDict()
+        self.ends: OrderedDict[str, int] = OrderedDict()
+
+
+_CACHES: WeakKeyDictionary[Database, _Caches] = WeakKeyDictionary()
+
+
+def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    if len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 class StickyEventStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        caches = _CACHES.get(db)
+        if caches is None:
+            caches = _CACHES[db] = _Caches()
+        self._caches = caches
 
     async def in_window(
         self, room_ids: Collection[str], after: int, upto: int, now_ms: int, limit: int
@@ -140,17 +171,29 @@ class StickyEventStore:
         order, at most `limit`."""
         if not room_ids or after >= upto:
             return []
-        params = {"room_ids": list(room_ids), "after": after, "upto": upto, "now": now_ms, "limit": limit}
+        out: list[StickyRow] = []
         async with self.db.read() as conn:
-            return [StickyRow(*r) for r in await conn.execute(_IN_WINDOW, params)]
+            for chunk in chunks(room_ids):
+                params = {"room_ids": chunk, "after": after, "upto": upto, "now": now_ms, "limit": limit}
+                out.extend(StickyRow(*r) for r in await conn.execute(_IN_WINDOW, params))
+        if len(out) > limit or len(room_ids) > 1:
+            out.sort(key=lambda r: r.position)
+        return out[:limit]
 
-    async def rooms_in_window(self, after: int, upto: int) -> set[str]:
-        """The rooms with sticky rows positioned in (after, upto], expired ones included."""
+    async def rooms_in_window(self, after: int, upto: int) -> frozenset[str]:
+        """The rooms with sticky rows positioned in (after, upto], expired ones included
+        (read once per window: every sync of the window asks)."""
         if after >= upto:
-            return set()
+            return frozenset()
+        windows = self._caches.windows
+        known = windows.get((after, upto))
+        if known is not None:
+            return known
         q = select(_t.room_id).where(_t.position > after, _t.position <= upto).distinct()
         async with self.db.read() as conn:
-            return {r[0] for r in await conn.execute(q)}
+            found = frozenset(r[0] for r in await conn.execute(q))
+        _remember(windows, (after, upto), found)
+        return found
 
     async def active_in_rooms(self, room_ids: Collection[str], upto: int, now_ms: int) -> list[StickyRow]:
         """Every unexpired sticky event of these rooms positioned up to `upto` (for rooms a
@@ -164,16 +207,23 @@ class StickyEventStore:
         return out
 
     async def expiry_of(self, event_ids: Collection[str], now_ms: int) -> dict[str, int]:
-        """event ID -> when it stops being sticky, for those still sticky."""
-        out: dict[str, int] = {}
+        """event ID -> when it stops being sticky, for those still sticky. Ends read once
+        are remembered (a call room's events are in every member's sync)."""
+        ends = self._caches.ends
+        out = {e: end for e in event_ids if (end := ends.get(e)) is not None and end > now_ms}
+        missing = [e for e in event_ids if e not in ends]
+        if not missing:
+            return out
         async with self.db.read() as conn:
-            for chunk in chunks(event_ids):
+            for chunk in chunks(missing):
                 rows = await conn.execute(
                     select(_t.event_id, _t.expires_at).where(
                         _t.event_id.in_(chunk), _t.expires_at > now_ms, _t.soft_failed.is_(False)
                     )
                 )
-                out.update({r[0]: r[1] for r in rows})
+                for event_id, end in rows:
+                    out[event_id] = end
+                    _remember(ends, event_id, end)
         return out
 
     async def delete_expired(self, now_ms: int) -> int:

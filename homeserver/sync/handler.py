@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -352,15 +352,12 @@ class SyncHandler:
                     "account_data": {"events": []},
                 }
 
-            sticky_rooms = None
+            sticky_rooms: Set[str] | None = None
             if window is not None:
                 sticky_rooms = window.sticky_rooms
             elif since_stream is not None:
-                # Shared by every sync of this window, as the window summary would be.
-                store, after = self.sticky.store, since_stream
-                sticky_rooms = await memo.get(
-                    upto, ("sticky_rooms", after), lambda: store.rooms_in_window(after, upto)
-                )
+                # Read once per window (the store remembers it), as the window summary is.
+                sticky_rooms = await self.sticky.store.rooms_in_window(since_stream, upto)
             sticky_upto = await self.sticky.add(
                 rooms_join,
                 since,

@@ -13,7 +13,7 @@ says how far they went (`SyncToken.sticky`), and the next sync continues from th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from homeserver.clock import Clock
@@ -36,7 +36,7 @@ class StickySection:
         upto: int,
         joined: list[str],
         newly: set[str],
-        sticky_rooms: set[str] | None,
+        sticky_rooms: Set[str] | None,
         new_room: Callable[[], dict[str, Any]],
         device_id: str | None,
     ) -> int | None:

@@ -25,7 +25,7 @@ History visibility does not apply: any joined user may see sticky events (the MS
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ class StickyInput:
     initial_rooms: Collection[str]
     # The rooms with sticky rows in (window_since, upto], when known.
     window_since: int | None
-    sticky_rooms: set[str] | None
+    sticky_rooms: Set[str] | None
     # The response's rooms (their timelines are not repeated).
     rooms_out: Mapping[str, Any]
 
@@ -113,11 +113,12 @@ class StickyExtension:
             return {"next_batch": token(reached), "rooms": {}}, reached
         now = self.clock.time_ms()
         scope = list(inp.joined_at)
-        if inp.sticky_rooms is not None and inp.window_since == lower:
-            # Only rooms with a sticky row in the window can have one to deliver.
-            windowed = [r for r in scope if r in inp.sticky_rooms]
-        else:
-            windowed = scope
+        # Only rooms with a sticky row in the window can have one to deliver (the window
+        # summary says which; else they are read once per window: the store remembers).
+        known = inp.sticky_rooms if inp.window_since == lower else None
+        if known is None:
+            known = await self.store.rooms_in_window(lower, inp.upto)
+        windowed = [r for r in scope if r in known]
         rows = []
         if windowed:
             rows = await self.store.in_window(windowed, lower, inp.upto, now, config.limit + 1)
