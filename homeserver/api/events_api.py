@@ -45,7 +45,6 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         refuse_if_suspended(requester)
 
     sticky_on = hs.config.sticky_events.enabled
-    sticky_events.setup(hs)
 
     async def schedule(
         request: web.Request,

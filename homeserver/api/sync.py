@@ -18,6 +18,7 @@ from homeserver import jsonutil
 from homeserver.api.detached import Parked, detach, handed_over
 from homeserver.api.http import V3, json_response, query_bool, query_int
 from homeserver.errors import Codes, MatrixError
+from homeserver.handlers import sticky_events
 from homeserver.server import HomeServer
 from homeserver.sync.filter_cache import FilterCache
 from homeserver.sync.handler import SyncRequest
@@ -137,6 +138,8 @@ UNSTABLE_STATE_AFTER = "org.matrix.msc4222"
 
 
 def setup(app: web.Application, hs: HomeServer) -> None:
+    # The sticky events section (MSC4354) and its cleanup, when sticky events are on.
+    sticky_events.setup(hs)
     max_timeout = hs.config.limits.max_sync_timeout_ms
     filters = FilterCache(hs.filters)
     polls = app[LONG_POLLS_KEY] = LongPolls(hs)

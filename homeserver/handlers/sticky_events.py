@@ -27,7 +27,7 @@ def parse_duration(query: Mapping[str, str]) -> int | None:
     except ValueError:
         raise MatrixError(400, Codes.INVALID_PARAM, f"{PARAM} must be a whole number") from None
     if not 0 <= value < 2**53:
-        raise MatrixError(400, Codes.INVALID_PARAM, f"{PARAM} must not be negative")
+        raise MatrixError(400, Codes.INVALID_PARAM, f"{PARAM} must be a whole number from 0 to 2^53 - 1")
     return value
 
 
