@@ -65,6 +65,7 @@ from homeserver.api import (
     tags,
     terms_fallback,
     thirdparty,
+    thread_subscriptions,
     threepids,
     to_device,
     user_directory,
@@ -125,6 +126,7 @@ AREAS: list[AreaSetup] = [
     appservice.setup,
     sync.setup,
     sliding_sync.setup,
+    thread_subscriptions.setup,  # after sliding_sync.setup: adds its MSC4308 extension
     federation.setup,
     guard.setup_federation,
     admin.setup,

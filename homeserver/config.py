@@ -263,6 +263,14 @@ class StickyEventsConfig:
 
 
 @dataclass(slots=True)
+class ThreadSubscriptionsConfig:
+    """Thread subscriptions (MSC4306, with MSC4308's sliding sync extension; unstable, as
+    Synapse's `experimental_features.msc4306_enabled`): Element X's thread notifications."""
+
+    enabled: bool = False
+
+
+@dataclass(slots=True)
 class OAuthConfig:
     """The OAuth 2.0 API (spec v1.15+): Sotto is its own authorisation server, so clients
     such as Element X sign in through the browser instead of sending the password."""
@@ -423,6 +431,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     delayed_events: DelayedEventsConfig = field(default_factory=DelayedEventsConfig)
     sticky_events: StickyEventsConfig = field(default_factory=StickyEventsConfig)
+    thread_subscriptions: ThreadSubscriptionsConfig = field(default_factory=ThreadSubscriptionsConfig)
     rtc: RtcConfig = field(default_factory=RtcConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
@@ -483,6 +492,7 @@ _NESTED: dict[str, type[Any]] = {
     "RetentionConfig": RetentionConfig,
     "DelayedEventsConfig": DelayedEventsConfig,
     "StickyEventsConfig": StickyEventsConfig,
+    "ThreadSubscriptionsConfig": ThreadSubscriptionsConfig,
     "RtcConfig": RtcConfig,
     "OAuthConfig": OAuthConfig,
     "EmailConfig": EmailConfig,

@@ -12,6 +12,7 @@ from homeserver.errors import not_found
 from homeserver.events import KNOWN_ROOM_VERSIONS
 from homeserver.handlers.delayed_events import FEATURE as DELAYED_EVENTS
 from homeserver.handlers.rooms import SUPPORTED_ROOM_VERSIONS
+from homeserver.handlers.thread_subscriptions import FEATURE as THREAD_SUBSCRIPTIONS
 from homeserver.server import HomeServer
 from homeserver.storage import sticky_events
 
@@ -62,6 +63,8 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         # QR code sign-in's rendezvous (api/rendezvous.py) comes with the OAuth 2.0 API.
         "org.matrix.msc4108": hs.config.oauth.enabled,
         sticky_events.FEATURE: hs.config.sticky_events.enabled,
+        # MSC4306 thread subscriptions (as Synapse's msc4306_enabled).
+        THREAD_SUBSCRIPTIONS: hs.config.thread_subscriptions.enabled,
     }
 
     async def versions(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ Delivery to push gateways lives in homeserver.handlers.pusher_delivery; email no
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,7 +27,14 @@ from homeserver.errors import Codes, MatrixError, bad_json, not_found
 from homeserver.events import Event
 from homeserver.handlers.client_format import client_event
 from homeserver.handlers.push_eval import RoomContext, evaluate, is_highlight, is_notify
-from homeserver.handlers.push_rules import KINDS, Ruleset, build_ruleset, is_default_rule_id, strip_actions
+from homeserver.handlers.push_rules import (
+    KINDS,
+    POSTCONTENT,
+    Ruleset,
+    build_ruleset,
+    is_default_rule_id,
+    strip_actions,
+)
 from homeserver.invalidation import InvalidatedCache, Invalidations
 from homeserver.storage.email_notifs import EmailNotifStore
 from homeserver.storage.events import EventStore
@@ -39,6 +47,7 @@ from homeserver.storage.push import (
     RuleNotFound,
 )
 from homeserver.storage.relations import RelationsStore
+from homeserver.storage.thread_subscriptions import ThreadSubscriptionStore
 from homeserver.storage.threepids import ThreepidStore, email_key
 from homeserver.storage.unread import Counts
 from homeserver.sync.notifier import Notifier
@@ -138,6 +147,9 @@ class PushHandler:
         self.notifier = notifier
         self.clock = clock
         self.server_name = server_name
+        # Thread subscriptions (MSC4306), when on (set by homeserver.api.thread_subscriptions):
+        # the default `postcontent` rules and their condition.
+        self.thread_subscriptions: ThreadSubscriptionStore | None = None
         self._rulesets: InvalidatedCache[str, Ruleset] = InvalidatedCache(MAX_CACHED_RULESETS)
         self._rooms: InvalidatedCache[str, RoomContext] = InvalidatedCache(MAX_CACHED_ROOMS)
         # Rules and room state change on other workers too.
@@ -161,7 +173,7 @@ class PushHandler:
             return cached
         generation = self._rulesets.generation
         user_rules, overrides = await self.rules.get_rules(user_id)
-        ruleset = build_ruleset(user_id, user_rules, overrides)
+        ruleset = build_ruleset(user_id, user_rules, overrides, self.thread_subscriptions is not None)
         self._rulesets.put(user_id, ruleset, generation)
         return ruleset
 
@@ -180,8 +192,11 @@ class PushHandler:
         # Clients learn about rule changes through m.push_rules account data in /sync.
         self.notifier.notify(users=[user_id])
 
+    def _known_kind(self, kind: str) -> bool:
+        return kind in KINDS or (kind == POSTCONTENT and self.thread_subscriptions is not None)
+
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> dict[str, Any]:
-        if kind not in KINDS:
+        if not self._known_kind(kind):
             raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
         rule = (await self.ruleset(user_id)).find(kind, rule_id)
         if rule is None:
@@ -197,6 +212,11 @@ class PushHandler:
         before: str | None,
         after: str | None,
     ) -> None:
+        if kind == POSTCONTENT and self.thread_subscriptions is not None:
+            # MSC4306: clients cannot make their own postcontent rules (yet).
+            raise MatrixError(
+                400, Codes.INVALID_PARAM, "user-defined rules using `postcontent` are not accepted"
+            )
         if kind not in KINDS:
             raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
         if is_default_rule_id(rule_id):
@@ -230,7 +250,7 @@ class PushHandler:
         self._changed(user_id)
 
     async def delete_rule(self, user_id: str, kind: str, rule_id: str) -> None:
-        if kind not in KINDS:
+        if not self._known_kind(kind):
             raise MatrixError(400, Codes.INVALID_PARAM, "Unknown rule kind")
         try:
             await self.rules.delete_rule(user_id, kind, rule_id)
@@ -375,16 +395,53 @@ class PushHandler:
         out: list[_Notify] = []
         memo: dict[str, bool] = {}
         rulesets = self._rulesets
+        # Thread subscriptions: nothing more for an event without a relation. A thread reply
+        # reads its thread's subscribers once; any other relation looks its thread up only if
+        # some recipient's rules get to ask (see RoomContext.thread_unknown).
+        asked: list[str] = []
+        unknown = False
+        if self.thread_subscriptions is not None:
+            rel = event.content.get("m.relates_to")
+            if isinstance(rel, dict) and isinstance(rel.get("rel_type"), str):
+                target = rel.get("event_id")
+                if rel["rel_type"] == "m.thread" and isinstance(target, str):
+                    thread_id = target
+                    ctx = replace(ctx, thread_subscribers=await self._subscribers(event.room_id, target))
+                else:
+                    ctx = replace(ctx, thread_unknown=True)
+                    unknown = True
         for user_id in recipients:
             ruleset = rulesets.get(user_id) or await self.ruleset(user_id)
             actions = evaluate(ruleset, flat, user_id, ctx, memo)
+            if unknown and ctx.thread_wanted:
+                ctx.thread_wanted = False
+                asked.append(user_id)
+                continue
             if not is_notify(actions):
                 continue
             if thread_id is None:
                 thread_id = await self.thread_id_for(event)
             assert actions is not None
             out.append((user_id, thread_id, is_highlight(actions), actions))
+        if asked:
+            if thread_id is None:
+                thread_id = await self.thread_id_for(event)
+            subscribers = (
+                None if thread_id == MAIN_THREAD else await self._subscribers(event.room_id, thread_id)
+            )
+            ctx = replace(ctx, thread_subscribers=subscribers, thread_unknown=False)
+            for user_id in asked:
+                actions = evaluate(
+                    rulesets.get(user_id) or await self.ruleset(user_id), flat, user_id, ctx, memo
+                )
+                if is_notify(actions):
+                    assert actions is not None
+                    out.append((user_id, thread_id, is_highlight(actions), actions))
         return out
+
+    async def _subscribers(self, room_id: str, thread_id: str) -> frozenset[str]:
+        assert self.thread_subscriptions is not None
+        return await self.thread_subscriptions.subscribers(room_id, thread_id)
 
     # Counts and notifications ------------------------------------------------------------
 

@@ -37,6 +37,14 @@ class RoomContext:
     creators: frozenset[str] = frozenset()
     # The joined members on this server (filled in by the push handler on first use).
     local_members: list[str] | None = None
+    # Thread subscriptions (MSC4306), per event (a copy of the room's context, made only for
+    # events with a relation while they are on): the local users subscribed to the event's
+    # thread, None when it is in no thread. `thread_unknown`: the event relates to another
+    # whose thread is not looked up yet; a rule asking then does not match and sets
+    # `thread_wanted`, and the push handler looks the thread up and evaluates again.
+    thread_subscribers: frozenset[str] | None = None
+    thread_unknown: bool = False
+    thread_wanted: bool = False
 
     def user_power(self, user_id: str) -> float:
         if user_id in self.creators:
@@ -179,8 +187,32 @@ def condition_matches(cond: Any, event: dict[str, Any], user_id: str, room: Room
         if not isinstance(key, str):
             return False
         return room.user_power(str(event.get("sender"))) >= room.notification_level(key)
+    if kind == THREAD_SUBSCRIPTION:
+        want = cond.get("subscribed")
+        return isinstance(want, bool) and _thread_subscription(want, user_id, room)
     # Unknown conditions never match.
     return False
+
+
+# MSC4306's condition: the recipient is (`subscribed: true`) or is not subscribed to the
+# event's thread; never true for an event outside threads (as Synapse).
+THREAD_SUBSCRIPTION = "io.element.msc4306.thread_subscription"
+
+
+def _thread_subscription(want: bool, user_id: str, room: RoomContext) -> bool:
+    subscribers = room.thread_subscribers
+    if subscribers is None:
+        if room.thread_unknown:
+            room.thread_wanted = True
+        return False
+    return (user_id in subscribers) is want
+
+
+def _has_thread_condition(kind: str, rule: dict[str, Any]) -> bool:
+    conditions = rule.get("conditions") if kind not in ("room", "sender", "content") else None
+    return isinstance(conditions, list) and any(
+        isinstance(c, dict) and c.get("kind") == THREAD_SUBSCRIPTION for c in conditions
+    )
 
 
 def rule_matches(
@@ -214,7 +246,8 @@ def evaluate(
     compiled = ruleset.compiled
     if compiled is None:
         compiled = ruleset.compiled = CompiledRuleset(ruleset)
-    for legacy, matches, actions, key in compiled.candidates(event.get("type")):
+    in_thread = room.thread_subscribers is not None or room.thread_unknown
+    for legacy, matches, actions, key in compiled.candidates(event.get("type"), in_thread):
         if has_mentions and legacy:
             continue
         if key is None or memo is None:
@@ -246,13 +279,16 @@ class CompiledRuleset:
 
     Most rules test the event type (`event_match` on `type`), which depends on nothing
     else: for each type seen, those tests are run once and rules that fail them are left
-    out of that type's list. The remaining rules still run every condition."""
+    out of that type's list. The remaining rules still run every condition. Rules with the
+    thread subscription condition (MSC4306) cannot match an event outside threads: its
+    lists leave them out."""
 
-    __slots__ = ("_by_type", "_type_tests", "rules")
+    __slots__ = ("_by_type", "_threaded", "_type_tests", "rules", "unthreaded")
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.rules: list[CompiledRule] = []
         self._type_tests: list[list[re.Pattern[str]]] = []
+        threaded: list[bool] = []
         for kind, rule in ruleset.ordered():
             if not rule.get("enabled", True):
                 continue
@@ -266,21 +302,30 @@ class CompiledRuleset:
                 )
             )
             self._type_tests.append(_type_patterns(kind, rule))
-        self._by_type: dict[str, list[CompiledRule]] = {}
+            threaded.append(_has_thread_condition(kind, rule))
+        self._threaded = threaded
+        self.unthreaded = [r for r, t in zip(self.rules, threaded, strict=True) if not t]
+        if len(self.unthreaded) == len(self.rules):
+            self.unthreaded = self.rules
+        # Per event type: the rules for events in a thread, and for the others.
+        self._by_type: dict[str, tuple[list[CompiledRule], list[CompiledRule]]] = {}
 
-    def candidates(self, event_type: Any) -> list[CompiledRule]:
+    def candidates(self, event_type: Any, in_thread: bool = True) -> list[CompiledRule]:
         if not isinstance(event_type, str):
-            return self.rules
+            return self.rules if in_thread else self.unthreaded
         found = self._by_type.get(event_type)
         if found is None:
-            found = [
-                rule
-                for rule, tests in zip(self.rules, self._type_tests, strict=True)
-                if all(t.search(event_type) is not None for t in tests)
-            ]
+            every: list[CompiledRule] = []
+            outside: list[CompiledRule] = []
+            for rule, tests, threaded in zip(self.rules, self._type_tests, self._threaded, strict=True):
+                if all(t.search(event_type) is not None for t in tests):
+                    every.append(rule)
+                    if not threaded:
+                        outside.append(rule)
+            found = (every, outside if len(outside) < len(every) else every)
             if len(self._by_type) < MAX_TYPES_PER_RULESET:
                 self._by_type[event_type] = found
-        return found
+        return found[0] if in_thread else found[1]
 
 
 def _memo_key(kind: str, rule: dict[str, Any]) -> str | None:
@@ -293,7 +338,8 @@ def _memo_key(kind: str, rule: dict[str, Any]) -> str | None:
     else:
         what = rule.get("conditions", [])
         if not isinstance(what, list) or any(
-            isinstance(c, dict) and c.get("kind") == "contains_display_name" for c in what
+            isinstance(c, dict) and c.get("kind") in ("contains_display_name", THREAD_SUBSCRIPTION)
+            for c in what
         ):
             return None
     try:
@@ -422,6 +468,21 @@ def _compile_condition(cond: Any) -> Matcher:
     if kind in ("contains_display_name", "sender_notification_permission"):
         # Depend on the room and the recipient: interpreted each time.
         return lambda event, user_id, room: condition_matches(cond, event, user_id, room)
+    if kind == THREAD_SUBSCRIPTION:
+        want = cond.get("subscribed")
+        if not isinstance(want, bool):
+            return _never
+
+        def thread_subscription(event: dict[str, Any], user_id: str, room: RoomContext) -> bool:
+            # _thread_subscription, inlined: it runs for each recipient of a thread event.
+            subscribers = room.thread_subscribers
+            if subscribers is None:
+                if room.thread_unknown:
+                    room.thread_wanted = True
+                return False
+            return (user_id in subscribers) is want
+
+        return thread_subscription
     # Unknown conditions never match.
     return _never
 

@@ -20,6 +20,9 @@ from typing import Any
 from homeserver.storage.push import Override, UserRule
 
 KINDS = ("override", "content", "room", "sender", "underride")
+# MSC4306's kind (with thread subscriptions on): server rules only, after `content`.
+POSTCONTENT = "postcontent"
+_EVALUATION_ORDER = ("override", "content", POSTCONTENT, "room", "sender", "underride")
 LEGACY_MENTION_RULES = frozenset(
     {".m.rule.contains_display_name", ".m.rule.contains_user_name", ".m.rule.roomnotif"}
 )
@@ -140,11 +143,29 @@ def _default_underrides() -> list[dict[str, Any]]:
     ]
 
 
+def _default_postcontent() -> list[dict[str, Any]]:
+    """MSC4306 (as Synapse): in a thread, those not subscribed to it are not notified and its
+    subscribers are; mentions (override rules) still notify either."""
+    return [
+        {
+            "rule_id": ".io.element.msc4306.rule.unsubscribed_thread",
+            "conditions": [{"kind": "io.element.msc4306.thread_subscription", "subscribed": False}],
+            "actions": [],
+        },
+        {
+            "rule_id": ".io.element.msc4306.rule.subscribed_thread",
+            "conditions": [{"kind": "io.element.msc4306.thread_subscription", "subscribed": True}],
+            "actions": ["notify", _SOUND],
+        },
+    ]
+
+
 MASTER = {"rule_id": ".m.rule.master", "conditions": [], "actions": [], "enabled": False}
 
 
-def default_rules(user_id: str) -> dict[str, list[dict[str, Any]]]:
-    """Server-default rules by kind (master excluded), each with default=True and enabled=True."""
+def default_rules(user_id: str, thread_subscriptions: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Server-default rules by kind (master excluded), each with default=True and enabled=True.
+    With thread subscriptions on, the `postcontent` kind too."""
     rules = {
         "override": _default_overrides(user_id),
         "content": _default_content(user_id),
@@ -152,6 +173,8 @@ def default_rules(user_id: str) -> dict[str, list[dict[str, Any]]]:
         "sender": [],
         "underride": _default_underrides(),
     }
+    if thread_subscriptions:
+        rules[POSTCONTENT] = _default_postcontent()
     for kind_rules in rules.values():
         for rule in kind_rules:
             rule["default"] = True
@@ -177,7 +200,7 @@ class Ruleset:
         return None
 
     def ordered(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(kind, rule) for kind in KINDS for rule in self.by_kind.get(kind, [])]
+        return [(kind, rule) for kind in _EVALUATION_ORDER for rule in self.by_kind.get(kind, [])]
 
 
 def _implied_conditions(kind: str, rule_id: str, rule: dict[str, Any]) -> dict[str, Any]:
@@ -190,18 +213,25 @@ def _implied_conditions(kind: str, rule_id: str, rule: dict[str, Any]) -> dict[s
     return out
 
 
-def build_ruleset(user_id: str, user_rules: list[UserRule], overrides: dict[str, Override]) -> Ruleset:
-    defaults = default_rules(user_id)
+def build_ruleset(
+    user_id: str,
+    user_rules: list[UserRule],
+    overrides: dict[str, Override],
+    thread_subscriptions: bool = False,
+) -> Ruleset:
+    defaults = default_rules(user_id, thread_subscriptions)
     mine: dict[str, list[UserRule]] = {k: [] for k in KINDS}
     for r in user_rules:
         if r.kind in mine:
             mine[r.kind].append(r)
     by_kind: dict[str, list[dict[str, Any]]] = {}
-    for kind in KINDS:
+    for kind in _EVALUATION_ORDER:
+        if kind not in defaults:
+            continue
         rules: list[dict[str, Any]] = []
         if kind == "override":
             rules.append({**copy.deepcopy(MASTER), "default": True})
-        for r in sorted(mine[kind], key=lambda r: r.priority):
+        for r in sorted(mine.get(kind, []), key=lambda r: r.priority):
             rule = _implied_conditions(kind, r.rule_id, r.rule)
             rule["enabled"] = r.enabled
             rules.append(rule)

@@ -14,6 +14,7 @@ from homeserver.storage.cs_schema import (
     oauth_sessions,
     profile_fields,
     spent_refresh_tokens,
+    thread_subscriptions,
     user_threepids,
 )
 from homeserver.storage.engine import Database
@@ -256,6 +257,8 @@ class AccountStore:
             await conn.execute(delete(delayed_events).where(delayed_events.c.user_id == user_id))
             # Their email addresses are free again (as Synapse does), and reset no password.
             await conn.execute(delete(user_threepids).where(user_threepids.c.user_id == user_id))
+            # And their thread subscriptions (MSC4306, as Synapse).
+            await conn.execute(delete(thread_subscriptions).where(thread_subscriptions.c.user_id == user_id))
 
     async def reactivate(self, user_id: str, password_hash: str) -> None:
         async with self.db.write() as conn:

@@ -61,6 +61,9 @@ class Position:
     watch: list[str] | None = None
     # Where the sticky events extension got to (its `next_batch`), while it is on.
     sticky: int | None = None
+    # The thread subscriptions extension's limit, while it is on (carried to requests that
+    # leave it out).
+    thread_limit: int | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +150,8 @@ def encode(position: Position) -> str:
     }
     if position.sticky is not None:
         out["sticky"] = position.sticky
+    if position.thread_limit is not None:
+        out["thread_limit"] = position.thread_limit
     return jsonutil.dumps(out)
 
 
@@ -167,4 +172,5 @@ def decode(data: str) -> Position:
         dict(raw["lists"]),
         frozenset(raw["extensions"]),
         sticky=raw.get("sticky"),
+        thread_limit=raw.get("thread_limit"),
     )

@@ -6,7 +6,7 @@ sets `enabled: false`. An extension newly turned on starts from the beginning (a
 data, the current typists, the latest receipts) for the rooms it covers. Receipts, typing
 and room account data cover the rooms of the request's lists and subscriptions, or those of
 the extension's own `lists` and `rooms` when given. Sticky events (MSC4480) are in
-sticky.py.
+sticky.py, thread subscriptions (MSC4308) in thread_subscriptions.py.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from homeserver.storage.sync_reads import Membership, UserProbe, WindowSummary
 from homeserver.sync.cs_extension import PushRulesSource
 from homeserver.sync.shared import device_lists_may_have_changed
 from homeserver.sync.sliding import sticky
+from homeserver.sync.sliding import thread_subscriptions as thread_subs
 from homeserver.sync.sliding.sticky import StickyExtension, StickyInput
+from homeserver.sync.sliding.thread_subscriptions import ThreadSubscriptionsExtension
 
-NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing", sticky.NAME)
+NAMES = ("to_device", "e2ee", "account_data", "receipts", "typing", sticky.NAME, thread_subs.NAME)
 TO_DEVICE_LIMIT = 100
 
 
@@ -59,6 +61,8 @@ class ExtensionInput:
     matched: set[str] = field(default_factory=set)
     sticky_stored: int | None = None
     rooms_out: dict[str, Any] = field(default_factory=dict)
+    # Thread subscriptions: the limit in force (None: the extension is off).
+    thread_limit: int | None = None
 
 
 def enabled_extensions(config: dict[str, dict[str, Any]], before: frozenset[str]) -> frozenset[str]:
@@ -94,6 +98,8 @@ class SlidingExtensions:
         self.rules = rules
         # None: sticky events are off on this server.
         self.sticky_events = sticky_events
+        # None: thread subscriptions are off (set by homeserver.api.thread_subscriptions).
+        self.thread_subscriptions: ThreadSubscriptionsExtension | None = None
 
     async def compute(self, inp: ExtensionInput) -> tuple[dict[str, Any], bool, int | None]:
         """The `extensions` section, whether it holds anything new, and the position the
@@ -104,6 +110,15 @@ class SlidingExtensions:
         if sticky.NAME in inp.enabled and self.sticky_events is not None:
             out[sticky.NAME], sticky_reached = await self.sticky_events.compute(self._sticky_input(inp))
             news |= bool(out[sticky.NAME]["rooms"])
+        if inp.thread_limit is not None and self.thread_subscriptions is not None:
+            # Changes since the previous response, or all when the extension is newly on.
+            after = inp.since if inp.since is not None and thread_subs.NAME in inp.was_enabled else 0
+            found = await self.thread_subscriptions.compute(
+                inp.requester.user_id, after, inp.upto, inp.thread_limit
+            )
+            if found is not None:
+                out[thread_subs.NAME] = found  # only when there is something, as Synapse
+                news = True
         if "to_device" in inp.enabled:
             out["to_device"] = await self._to_device(inp)
             news |= bool(out["to_device"]["events"])

@@ -29,6 +29,8 @@ from homeserver.sync.sliding.room_data import RoomContext, RoomData
 from homeserver.sync.sliding.rooms import Entry, KnownAccountData, RoomList, known_dm_rooms
 from homeserver.sync.sliding.sticky import NAME as STICKY
 from homeserver.sync.sliding.sticky import since_for
+from homeserver.sync.sliding.thread_subscriptions import NAME as THREAD_SUBS
+from homeserver.sync.sliding.thread_subscriptions import limit_for as thread_limit_for
 
 
 class UnreadCounts(Protocol):
@@ -78,6 +80,7 @@ class SlidingSyncHandler:
         set_presence: str | None = None,
     ) -> dict[str, Any]:
         since_for(req.extensions, None)  # a malformed sticky events config: 400 before anything
+        thread_limit_for(req.extensions, None)  # and thread subscriptions'
         key = (requester.user_id, requester.device_id or "", req.conn_id)
         conn, prev = await self.connections.resume(key, pos)
         for hook in self.presence_hooks:
@@ -213,6 +216,10 @@ class SlidingSyncHandler:
         was_enabled = prev.extensions if prev is not None else frozenset()
         enabled = enabled_extensions(req.extensions, was_enabled)
         joined_at = {e.room_id: e.stream for e in entries if e.membership == "join"}
+        thread_limit = None
+        if THREAD_SUBS in enabled:
+            carried = prev.thread_limit if prev is not None and THREAD_SUBS in was_enabled else None
+            thread_limit = thread_limit_for(req.extensions, carried)
         joined = list(joined_at)
         ext, ext_news, sticky = await self.extensions.compute(
             ExtensionInput(
@@ -234,6 +241,7 @@ class SlidingSyncHandler:
                 matched,
                 prev.sticky if prev is not None else None,
                 rooms_out,
+                thread_limit,
             )
         )
         lists_changed = prev is None or prev.lists != counts
@@ -243,7 +251,7 @@ class SlidingSyncHandler:
             "extensions": ext,
         }
         watch = [e.room_id for e in entries]
-        position = Position(upto, eph, held, counts, enabled, _shape(req), watch, sticky)
+        position = Position(upto, eph, held, counts, enabled, _shape(req), watch, sticky, thread_limit)
         return _Pass(response, position, bool(rooms_out) or ext_news or lists_changed, watch)
 
 
