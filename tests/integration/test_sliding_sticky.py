@@ -249,3 +249,26 @@ def test_the_position_is_kept_with_the_connection() -> None:
     assert decode(encode(position)).sticky is None
     position.sticky = 39
     assert decode(encode(position)).sticky == 39
+
+
+async def test_a_new_display_name_is_not_a_join(make_user: MakeUser) -> None:
+    """A display name change moves the user's member event: the room's sticky events are
+    not sent again for it; leaving and joining again sends them."""
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    room = await alice.room_with(bob, name="call")
+    sticky = await send_sticky(alice, room, "DEV1")
+    for i in range(3):
+        await alice.send(room, f"after {i}", f"a{i}")
+    lists = {"all": a_list([[0, 9]], 1)}
+    first = await sliding(bob, body(lists))
+    assert sticky_ids(first, room) == [sticky]
+    since = first["extensions"][EXT]["next_batch"]
+    await bob.ok("PUT", f"/profile/{quote(bob.user_id)}/displayname", json={"displayname": "Robert"})
+    renamed = await sliding(bob, body(lists, since), first["pos"])
+    assert sticky_ids(renamed, room) == []
+    since = renamed["extensions"][EXT]["next_batch"]
+    await bob.ok("POST", f"/rooms/{quote(room)}/leave", json={})
+    assert (await bob.join(room))[0] == 200
+    rejoined = await sliding(bob, body(lists, since), renamed["pos"])
+    assert sticky_ids(rejoined, room) == [sticky]

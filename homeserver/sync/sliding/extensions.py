@@ -57,7 +57,7 @@ class ExtensionInput:
     # Sticky events: the position of the user's join of each joined room, the rooms any
     # list's filters let through (in its ranges or not), the position the connection's
     # previous response reached, and the rooms of this response.
-    joined_at: dict[str, int] = field(default_factory=dict)
+    joined_at: dict[str, tuple[int, str]] = field(default_factory=dict)
     matched: set[str] = field(default_factory=set)
     sticky_stored: int | None = None
     rooms_out: dict[str, Any] = field(default_factory=dict)

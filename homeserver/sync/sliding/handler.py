@@ -215,7 +215,7 @@ class SlidingSyncHandler:
 
         was_enabled = prev.extensions if prev is not None else frozenset()
         enabled = enabled_extensions(req.extensions, was_enabled)
-        joined_at = {e.room_id: e.stream for e in entries if e.membership == "join"}
+        joined_at = {e.room_id: (e.stream, e.event_id) for e in entries if e.membership == "join"}
         thread_limit = None
         if THREAD_SUBS in enabled:
             carried = prev.thread_limit if prev is not None and THREAD_SUBS in was_enabled else None

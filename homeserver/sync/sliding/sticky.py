@@ -33,6 +33,7 @@ from homeserver.clock import Clock
 from homeserver.errors import bad_json
 from homeserver.handlers.client_format import client_event
 from homeserver.storage.events import EventStore
+from homeserver.storage.join_history import joined_at
 from homeserver.storage.sticky_events import MAX_IN_SYNC, SLIDING_EXTENSION, StickyEventStore, StickyRow
 
 NAME = SLIDING_EXTENSION
@@ -83,8 +84,8 @@ class StickyInput:
     # The position to continue from when the request carried no config.
     stored: int | None
     upto: int
-    # The rooms in scope, with the stream position of the user's join.
-    joined_at: dict[str, int]
+    # The rooms in scope, with the stream position and ID of the user's member event.
+    joined_at: dict[str, tuple[int, str]]
     # Rooms joined after this position are new to the client: the connection's previous
     # position, when the extension was on there (None: the client's `since`).
     joined_after: int | None
@@ -130,7 +131,11 @@ class StickyExtension:
             # Those before `since` of the rooms the client could not have them for.
             initial = set(inp.initial_rooms)
             after = lower if inp.joined_after is None else inp.joined_after
-            fresh = [r for r, at in inp.joined_at.items() if at > after or r in initial]
+            # Joined since: the member event moved past `after` and they were not joined
+            # then (a new display name moves it too).
+            moved = {r: event_id for r, (at, event_id) in inp.joined_at.items() if at > after}
+            fresh = set(moved) - await joined_at(self.events.db, moved, after) if moved else set()
+            fresh.update(r for r in inp.joined_at if r in initial)
             if fresh:
                 rows = await self.store.active_in_rooms(fresh, min(lower, inp.upto), now) + rows
         return {"next_batch": token(reached), "rooms": await self._rooms(inp, rows, now)}, reached
