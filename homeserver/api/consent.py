@@ -23,6 +23,7 @@ from aiohttp import web
 
 from homeserver.api.oauth import terms_links
 from homeserver.api.pages import error_page, page
+from homeserver.api.server_notices import get_server_notices
 from homeserver.config import TermsConfig
 from homeserver.handlers.consent import (
     CONSENT_PATH,
@@ -30,7 +31,6 @@ from homeserver.handlers.consent import (
     ConsentNotices,
     guard_remote_membership,
 )
-from homeserver.handlers.server_notices import ServerNotices
 from homeserver.server import HomeServer
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
         else:
             notices = ConsentNotices(
                 consent,
-                ServerNotices(
-                    hs.config.server_notices,
-                    hs.server_name,
-                    hs.accounts,
-                    hs.events,
-                    hs.rooms,
-                    hs.account_data,
-                    hs.notifier,
-                    hs.clock,
-                ),
+                get_server_notices(app, hs),
             )
             hs.sync_extensions.append(notices)
             hs.background.append(notices)

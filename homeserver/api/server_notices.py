@@ -21,17 +21,28 @@ from homeserver.server import HomeServer
 PATH = V1 + "/send_server_notice"
 
 
+SERVER_NOTICES_KEY = web.AppKey("sotto.server_notices", ServerNotices)
+
+
+def get_server_notices(app: web.Application, hs: HomeServer) -> ServerNotices:
+    """The app's one sender of server notices (the admin API's and the consent notices share
+    it, so that two notices at once to a new user do not make two rooms)."""
+    if SERVER_NOTICES_KEY not in app:
+        app[SERVER_NOTICES_KEY] = ServerNotices(
+            hs.config.server_notices,
+            hs.server_name,
+            hs.accounts,
+            hs.events,
+            hs.rooms,
+            hs.account_data,
+            hs.notifier,
+            hs.clock,
+        )
+    return app[SERVER_NOTICES_KEY]
+
+
 def setup(app: web.Application, hs: HomeServer) -> None:
-    notices = ServerNotices(
-        hs.config.server_notices,
-        hs.server_name,
-        hs.accounts,
-        hs.events,
-        hs.rooms,
-        hs.account_data,
-        hs.notifier,
-        hs.clock,
-    )
+    notices = get_server_notices(app, hs)
 
     async def refuse_rejecting(room_id: str, user_id: str) -> None:
         if await notices.is_notice_invite(room_id, user_id):
