@@ -357,7 +357,9 @@ class PushHandler:
             ctx = await self._room_context(events[0].room_id)
             if ctx is None:
                 return None
-            per_event = [await self._evaluate(e, ctx) for e in events]
+            # A batch's replies to one thread read its subscribers once.
+            threads: dict[tuple[str, str], frozenset[str]] = {}
+            per_event = [await self._evaluate(e, ctx, threads) for e in events]
         except Exception:
             log.exception("push evaluation failed for %d events", len(events))
             return None
@@ -365,8 +367,11 @@ class PushHandler:
             return None
         return _PushWork(self, events, per_event)
 
-    async def _evaluate(self, event: Event, ctx: RoomContext) -> list[_Notify]:
-        """(user, thread, highlight, actions) for every local user the event notifies."""
+    async def _evaluate(
+        self, event: Event, ctx: RoomContext, threads: dict[tuple[str, str], frozenset[str]] | None = None
+    ) -> list[_Notify]:
+        """(user, thread, highlight, actions) for every local user the event notifies.
+        `threads`: thread subscribers already read for this batch."""
         local = ctx.local_members
         if local is None:
             local = ctx.local_members = [u for u in ctx.display_names if self.is_local(u)]
@@ -406,7 +411,9 @@ class PushHandler:
                 target = rel.get("event_id")
                 if rel["rel_type"] == "m.thread" and isinstance(target, str):
                     thread_id = target
-                    ctx = replace(ctx, thread_subscribers=await self._subscribers(event.room_id, target))
+                    ctx = replace(
+                        ctx, thread_subscribers=await self._subscribers(event.room_id, target, threads)
+                    )
                 else:
                     ctx = replace(ctx, thread_unknown=True)
                     unknown = True
@@ -427,7 +434,9 @@ class PushHandler:
             if thread_id is None:
                 thread_id = await self.thread_id_for(event)
             subscribers = (
-                None if thread_id == MAIN_THREAD else await self._subscribers(event.room_id, thread_id)
+                None
+                if thread_id == MAIN_THREAD
+                else await self._subscribers(event.room_id, thread_id, threads)
             )
             ctx = replace(ctx, thread_subscribers=subscribers, thread_unknown=False)
             for user_id in asked:
@@ -439,9 +448,16 @@ class PushHandler:
                     out.append((user_id, thread_id, is_highlight(actions), actions))
         return out
 
-    async def _subscribers(self, room_id: str, thread_id: str) -> frozenset[str]:
+    async def _subscribers(
+        self, room_id: str, thread_id: str, threads: dict[tuple[str, str], frozenset[str]] | None
+    ) -> frozenset[str]:
         assert self.thread_subscriptions is not None
-        return await self.thread_subscriptions.subscribers(room_id, thread_id)
+        if threads is not None and (room_id, thread_id) in threads:
+            return threads[(room_id, thread_id)]
+        found = await self.thread_subscriptions.subscribers(room_id, thread_id)
+        if threads is not None:
+            threads[(room_id, thread_id)] = found
+        return found
 
     # Counts and notifications ------------------------------------------------------------
 

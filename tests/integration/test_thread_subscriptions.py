@@ -245,8 +245,13 @@ async def test_push_rules_and_notifications(srv: RunningServer, http: aiohttp.Cl
     root = await alice.send(room, "root", "r")
     assert await bob.ok("PUT", sub_path(room, root), json={}) == {}
     assert reads == []  # main-timeline messages read nothing
-    await reply(alice, room, root, "in thread", "t1")
+    first = await reply(alice, room, root, "in thread", "t1")
     assert reads == [(room, root)]  # one read, for both recipients
+    # A batch of replies to one thread reads its subscribers once.
+    pdus = await srv.hs.events.get_pdus([first, root])
+    reads.clear()
+    await srv.runner.app[CS_KEY].push.prepare_messages([pdus[first], pdus[first]])
+    assert reads == [(room, root)]
     bob_seen, carol_seen = await notified(bob), await notified(carol)
     assert bob_seen["in thread"] == ["notify", {"set_tweak": "sound", "value": "default"}]
     assert "in thread" not in carol_seen
