@@ -11,7 +11,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, not_found
-from homeserver.handlers.client_format import client_event
+from homeserver.handlers.client_format import client_event, format_events
 from homeserver.handlers.messages import MessageHandler, Window
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.relations import RelationsStore
@@ -85,7 +85,8 @@ class RelationsHandler:
         more = len(batch) > limit
         batch = batch[:limit]
         now = self.clock.time_ms()
-        chunk = [client_event(s, now, device_id=device_id) for s in batch]
+        # As /messages formats them (redactions' events, sticky events' time left).
+        chunk = await format_events(self.events, batch, now, device_id=device_id)
         await self.bundle(chunk, user_id)
         out: dict[str, Any] = {"chunk": chunk}
         if more and batch:

@@ -252,3 +252,15 @@ async def test_a_new_display_name_is_not_a_join(server: RunningServer, http: aio
     rejoined = await bob.sync(token, filter=limited(1))
     assert [e["event_id"] for e in section(rejoined, room)] == [sticky]
     assert "m.room.name" in {e["type"] for e in rejoined["rooms"]["join"][room]["state"]["events"]}
+
+
+async def test_relations_show_the_time_left(server: RunningServer, http: aiohttp.ClientSession) -> None:
+    alice = await client(server, http, "alice")
+    room = await alice.create_room()
+    target = await alice.send(room, "call", "c")
+    related = {"rel_type": "m.reference", "event_id": target}
+    sticky = await send_sticky(alice, room, "r", 600_000, **{"m.relates_to": related})
+    out = await alice.ok("GET", f"/_matrix/client/v1/rooms/{quote(room)}/relations/{quote(target)}")
+    [event] = out["chunk"]
+    assert event["event_id"] == sticky and event["msc4354_sticky"] == {"duration_ms": 600_000}
+    assert 590_000 < event["unsigned"]["msc4354_sticky_duration_ttl_ms"] <= 600_000
