@@ -59,6 +59,7 @@ def setup(app: web.Application, hs: HomeServer) -> None:
                 get_server_notices(app, hs),
             )
             hs.sync_extensions.append(notices)
+            hs.sync.park_hooks.append(notices.on_request)  # sliding sync too
             hs.background.append(notices)
 
     def terms_page(

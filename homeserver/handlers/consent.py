@@ -12,10 +12,11 @@ any (made by single sign-on, the admin API, before the terms existed):
   its exclusive namespaces), leaving a room, and anything in a server notices room (joined by
   the server notices user), so the user can join it and read the notice. Reads, /sync and
   receipts are untouched.
-- `server_notice`: `ConsentNotices`, a /sync extension, sends a user who syncs without having
-  accepted the current version one server notice (m.text, `%(consent_uri)s` replaced by their
-  link) per version (`users.consent_server_notice_sent`, claimed in one statement first, so
-  across restarts and workers it goes once). Not to guests (Synapse's default).
+- `server_notice`: `ConsentNotices`, a /sync extension (and a park hook, for sliding sync),
+  sends a user who syncs without having accepted the current version one server notice
+  (m.text, `%(consent_uri)s` replaced by their link) per version
+  (`users.consent_server_notice_sent`, claimed in one statement first, so across restarts
+  and workers it goes once). Not to guests (Synapse's default).
 - The consent page (homeserver/api/consent.py) at `/_matrix/consent?u=<localpart>&h=<mac>`;
   `h` is an HMAC of the user ID with a key derived from the server's signing key
   (homeserver/handlers/signed_payloads.py, purpose "user consent"), so every worker makes and
@@ -288,10 +289,19 @@ class ConsentNotices:
         self.user_syncing(requester)
 
     def user_syncing(self, requester: Requester) -> None:
+        if not requester.is_guest:
+            self._syncing(requester.user_id)
+
+    async def on_request(self, user_id: str, _set_presence: str | None) -> None:
+        """A park hook (homeserver.sync.handler): sliding sync requests, which Element X
+        makes instead of /sync, count as syncing too (guests are left out when sending)."""
+        self._syncing(user_id)
+
+    def _syncing(self, user_id: str) -> None:
         terms = self.consent.terms
-        if terms is None or terms.server_notice is None or requester.is_guest:
+        if terms is None or terms.server_notice is None:
             return
-        user_id, version = requester.user_id, terms.version
+        version = terms.version
         if self.consent.is_known(version, user_id) or user_id in self._sending:
             return
         if version != self._version:

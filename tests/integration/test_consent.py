@@ -411,3 +411,18 @@ async def test_federated_joins_invites_and_knocks(tmp_path: Path, http: aiohttp.
         assert await a.hs.accounts.set_consent(alice.user_id, "3", a.hs.clock.time_ms())
         status, out = await alice.request("POST", f"/join/{quote(remote)}", params={"via": b.server_name})
         assert status == 200, out
+
+
+async def test_the_notice_reaches_sliding_sync_users(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """Element X syncs with sliding sync only: its requests count as syncing too."""
+    config = {"registration": {"terms": terms("2")}, "server_notices": NOTICES}
+    async with run_server(str(tmp_path), **config) as server:
+        erin = await make_user(server, http, "erin")
+        path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"
+        lists = {"all": {"ranges": [[0, 9]], "timeline_limit": 1}}
+        await erin.ok("POST", path, json={"lists": lists}, params={"timeout": "0"})
+        await notices_of(server).settled()
+        (notice_room,) = (await erin.sync())["rooms"]["invite"]
+        assert (await erin.join(notice_room))[0] == 200
+        [body] = await notice_bodies(server, erin, notice_room)
+        assert "/_matrix/consent?u=erin&h=" in body
