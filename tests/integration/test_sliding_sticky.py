@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from homeserver.api.sliding_sync import SLIDING_SYNC_KEY
 from homeserver.sync.sliding.config import RequiredState, RoomConfig
 from homeserver.sync.sliding.connections import Position, RoomSent, decode, encode
 from tests.integration.test_sliding_sync import a_list, bodies, sliding
@@ -240,6 +241,10 @@ async def test_bad_config_turned_off_and_disabled(
         await dora.create_room()
         out = await sliding(dora, body(lists))
         assert EXT not in out["extensions"] and len(out["rooms"]) == 1
+        # Nor is it recorded as on (once turned on, the connection gets it from the start).
+        handler = srv.runner.app[SLIDING_SYNC_KEY]
+        [conn] = [c for c in handler.connections._conns.values()]
+        assert all(EXT not in p.extensions for p in conn.positions.values())
 
 
 def test_the_position_is_kept_with_the_connection() -> None:

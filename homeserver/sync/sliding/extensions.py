@@ -65,10 +65,14 @@ class ExtensionInput:
     thread_limit: int | None = None
 
 
-def enabled_extensions(config: dict[str, dict[str, Any]], before: frozenset[str]) -> frozenset[str]:
-    """Extensions on after this request: sticky until turned off."""
+def enabled_extensions(
+    config: dict[str, dict[str, Any]], before: frozenset[str], names: tuple[str, ...] = NAMES
+) -> frozenset[str]:
+    """Extensions on after this request: sticky until turned off. `names`: those this server
+    offers (one asked for while its feature is off does not count as on: once the feature
+    is on, the connection gets it from the beginning)."""
     on = set(before)
-    for name in NAMES:
+    for name in names:
         flag = config.get(name, {}).get("enabled")
         if flag is True:
             on.add(name)
@@ -100,6 +104,13 @@ class SlidingExtensions:
         self.sticky_events = sticky_events
         # None: thread subscriptions are off (set by homeserver.api.thread_subscriptions).
         self.thread_subscriptions: ThreadSubscriptionsExtension | None = None
+
+    def offered(self) -> tuple[str, ...]:
+        """The extensions this server offers (those of features turned off are not)."""
+        off = {sticky.NAME} if self.sticky_events is None else set()
+        if self.thread_subscriptions is None:
+            off.add(thread_subs.NAME)
+        return tuple(n for n in NAMES if n not in off)
 
     async def compute(self, inp: ExtensionInput) -> tuple[dict[str, Any], bool, int | None]:
         """The `extensions` section, whether it holds anything new, and the position the

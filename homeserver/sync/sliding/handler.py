@@ -214,7 +214,7 @@ class SlidingSyncHandler:
                 rooms_out[room_id] = result
 
         was_enabled = prev.extensions if prev is not None else frozenset()
-        enabled = enabled_extensions(req.extensions, was_enabled)
+        enabled = enabled_extensions(req.extensions, was_enabled, self.extensions.offered())
         joined_at = {e.room_id: (e.stream, e.event_id) for e in entries if e.membership == "join"}
         thread_limit = None
         if THREAD_SUBS in enabled:
