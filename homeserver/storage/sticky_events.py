@@ -176,8 +176,7 @@ class StickyEventStore:
             for chunk in chunks(room_ids):
                 params = {"room_ids": chunk, "after": after, "upto": upto, "now": now_ms, "limit": limit}
                 out.extend(StickyRow(*r) for r in await conn.execute(_IN_WINDOW, params))
-        if len(out) > limit or len(room_ids) > 1:
-            out.sort(key=lambda r: r.position)
+        out.sort(key=lambda r: r.position)  # merges the chunks' answers
         return out[:limit]
 
     async def rooms_in_window(self, after: int, upto: int) -> frozenset[str]:

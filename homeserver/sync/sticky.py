@@ -80,18 +80,35 @@ class StickySection:
             for room_id, room in rooms_join.items()
             for e in room.get("timeline", {}).get("events", ())
         }
-        wanted = [r for r in rows if (r.room_id, r.event_id) not in in_timeline]
-        if not wanted:
-            return
-        found = await self.events.get_events([r.event_id for r in wanted])
-        for row in wanted:
-            stored = found.get(row.event_id)
-            if stored is None or stored.redacted_by is not None:
-                continue  # purged, or redacted since (redaction ends stickiness)
-            room = rooms_join.get(row.room_id)
+        by_room = await format_sticky(self.events, rows, now, device_id, in_timeline)
+        for room_id, events in by_room.items():
+            room = rooms_join.get(room_id)
             if room is None:
-                room = rooms_join[row.room_id] = new_room()
-            event = client_event(
-                stored, now, device_id=device_id, include_room_id=False, sticky_until=row.expires_at
-            )
-            room.setdefault(SYNC_SECTION, {"events": []})["events"].append(event)
+                room = rooms_join[room_id] = new_room()
+            room[SYNC_SECTION] = {"events": events}
+
+
+async def format_sticky(
+    events: EventStore,
+    rows: list[StickyRow],
+    now: int,
+    device_id: str | None,
+    in_timeline: Set[tuple[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Room ID -> the sticky events of `rows` in client format, with their time left, but
+    those the response's timelines carry ((room, event ID) in `in_timeline`) and those
+    purged or redacted since (redaction ends stickiness). Shared with sliding sync."""
+    wanted = [r for r in rows if (r.room_id, r.event_id) not in in_timeline]
+    if not wanted:
+        return {}
+    found = await events.get_events([r.event_id for r in wanted])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in wanted:
+        stored = found.get(row.event_id)
+        if stored is None or stored.redacted_by is not None:
+            continue
+        event = client_event(
+            stored, now, device_id=device_id, include_room_id=False, sticky_until=row.expires_at
+        )
+        out.setdefault(row.room_id, []).append(event)
+    return out

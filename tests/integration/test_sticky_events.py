@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import pytest
 
 from homeserver.handlers.sticky_events import StickyCleanup
 from homeserver.storage.cs_schema import sticky_events
+from homeserver.storage.engine import Database
+from homeserver.storage.migrate import migrate
 from homeserver.storage.sticky_events import StickyEventStore
 from tests.support.http import RawClient
 from tests.support.server import RunningServer, run_server
@@ -217,19 +219,22 @@ async def test_busy_window_without_summary(server: RunningServer, http: aiohttp.
     assert section(gappy, quiet) == []
 
 
-async def test_a_restart_counts_positions_held_only_by_sticky_rows(server: RunningServer) -> None:
+async def test_a_restart_counts_positions_held_only_by_sticky_rows(tmp_path: Path) -> None:
     """A soft-failed sticky event accepted later gets a stream position no other row holds:
-    the stream's position loaded at start-up must not fall behind it (SQLite; PostgreSQL
-    takes positions from a sequence)."""
-    db = server.hs.db
-    if db.shared:
-        pytest.skip("PostgreSQL takes stream positions from a sequence")
-    ahead = db.current_stream_id + 50
-    row = {"event_id": "$x", "room_id": "!r:x", "sender": "@a:x", "position": ahead, "expires_at": 2**50}
-    async with db.write() as conn:
-        await conn.execute(sticky_events.insert().values(**row))
-    await db.load_stream_position()
-    assert db.current_stream_id == ahead
+    on SQLite the position loaded at start-up (the highest stored) must not fall behind it.
+    (PostgreSQL takes positions from a sequence, which never goes back.)"""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'restart.db'}")
+    try:
+        await migrate(db)
+        await db.load_stream_position()
+        ahead = db.current_stream_id + 50
+        row = {"event_id": "$x", "room_id": "!r:x", "sender": "@a:x", "position": ahead, "expires_at": 2**50}
+        async with db.write() as conn:
+            await conn.execute(sticky_events.insert().values(**row))
+        await db.load_stream_position()
+        assert db.current_stream_id == ahead
+    finally:
+        await db.close()
 
 
 async def test_a_new_display_name_is_not_a_join(server: RunningServer, http: aiohttp.ClientSession) -> None:

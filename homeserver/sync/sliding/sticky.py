@@ -31,10 +31,10 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import bad_json
-from homeserver.handlers.client_format import client_event
 from homeserver.storage.events import EventStore
 from homeserver.storage.join_history import joined_at
 from homeserver.storage.sticky_events import MAX_IN_SYNC, SLIDING_EXTENSION, StickyEventStore, StickyRow
+from homeserver.sync.sticky import format_sticky
 
 NAME = SLIDING_EXTENSION
 _TOKEN = re.compile(r"^sticky_([0-9]{1,18})$")
@@ -146,17 +146,5 @@ class StickyExtension:
             for room_id, room in inp.rooms_out.items()
             for e in room.get("timeline", ())
         }
-        wanted = [r for r in rows if (r.room_id, r.event_id) not in in_timeline]
-        if not wanted:
-            return {}
-        found = await self.events.get_events([r.event_id for r in wanted])
-        out: dict[str, Any] = {}
-        for row in wanted:
-            stored = found.get(row.event_id)
-            if stored is None or stored.redacted_by is not None:
-                continue  # purged, or redacted since (redaction ends stickiness)
-            event = client_event(
-                stored, now, device_id=inp.device_id, include_room_id=False, sticky_until=row.expires_at
-            )
-            out.setdefault(row.room_id, {"events": []})["events"].append(event)
-        return out
+        by_room = await format_sticky(self.events, rows, now, inp.device_id, in_timeline)
+        return {room_id: {"events": events} for room_id, events in by_room.items()}
