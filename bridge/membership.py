@@ -440,6 +440,14 @@ class MembershipHandler:
         candidates = list(servers)
         if invite is not None:
             candidates.append(_domain(invite.sender))
+            # A knock's sender is local: ask the servers whose state the room's server sent
+            # back with it (v12 room IDs name no server).
+            unsigned = invite.pdu.get("unsigned") or {}
+            for key in ("knock_room_state", "invite_room_state"):
+                summary = unsigned.get(key)
+                for e in summary if isinstance(summary, list) else []:
+                    if isinstance(e, dict) and isinstance(e.get("sender"), str):
+                        candidates.append(_domain(e["sender"]))
         if ":" in room_id:
             candidates.append(room_id.split(":", 1)[1])
         for server in dict.fromkeys(c for c in candidates if c and c != self.server_name):
