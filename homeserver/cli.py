@@ -5,6 +5,7 @@
     sotto register-user alice --password-stdin        # create an account
     sotto create-registration-token --uses 10         # invite-style registration
     sotto serve                                       # run the homeserver
+    sotto port-db --to postgresql+asyncpg://...       # move the SQLite data to PostgreSQL
 
 Every subcommand reads `--config` (default config/homeserver.yaml). Passwords
 are read from stdin, never from the command line (where `ps` would show them).
@@ -240,6 +241,28 @@ def cmd_create_registration_token(args: argparse.Namespace) -> None:
     print(token)
 
 
+def cmd_port_db(args: argparse.Namespace) -> None:
+    from homeserver.port_db import PortError, port
+
+    if args.source:
+        source, base_dir = args.source, os.getcwd()
+    else:
+        config = load_config(args.config)
+        source, base_dir = config.database.url, config.base_dir
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        asyncio.run(port(source, args.target, base_dir, resume=args.resume, say=say))
+    except PortError as e:
+        raise CliError(f"port-db: {e}") from None
+    print(
+        "Done. Keep the server stopped on SQLite: set database.url in the config to the PostgreSQL URL, "
+        "then start Sotto."
+    )
+
+
 # Argument parsing --------------------------------------------------------------------------
 
 
@@ -307,6 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token", default=None, help="use this token instead of a random one")
     p.set_defaults(func=cmd_create_registration_token)
+
+    p = sub.add_parser(
+        "port-db",
+        parents=[common],
+        help="copy the SQLite database into an empty PostgreSQL database (stop the server first)",
+    )
+    p.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="URL",
+        help="the PostgreSQL database, e.g. postgresql+asyncpg://sotto@127.0.0.1/sotto",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        metavar="URL",
+        help="the SQLite database (default: database.url of the config)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted port: skip the tables it copied in full",
+    )
+    p.set_defaults(func=cmd_port_db)
 
     from homeserver.admin_cli import add_admin_parser
 
