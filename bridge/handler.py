@@ -2,7 +2,8 @@
 
 No HTTP here (bridge.server parses requests and calls these methods). Every method takes the
 authenticated `origin` and answers only with what that server may see: events of rooms it
-has (or had) a member in, or world-readable rooms.
+has (or had) a member in, or world-readable rooms; in the history it fetches (backfill,
+missing events), this server's erased users' events pruned (homeserver/handlers/erasure.py).
 """
 
 from __future__ import annotations
@@ -228,7 +229,9 @@ class FederationHandler:
         await self.check_server_in_room(origin, room_id)
         limit = max(1, min(limit, MAX_BACKFILL))
         events = await self.walk_back(room_id, starts, limit, include_starts=True)
-        return self._pdus_response(events)
+        # Erased users' events go pruned (as Synapse): their hashes then fail, and the other
+        # server keeps the pruned form, as for a redaction it missed.
+        return self._pdus_response(await self.hs.erasure.for_server(events))
 
     async def walk_back(
         self,
@@ -296,7 +299,8 @@ class FederationHandler:
             room_id, latest, limit, include_starts=False, stop_at=set(earliest), min_depth=min_depth
         )
         events.sort(key=lambda e: (e.depth, e.event_id))
-        return {"events": [pdu_json(e) for e in events]}
+        # Erased users' events go pruned, as in backfill.
+        return {"events": [pdu_json(e) for e in await self.hs.erasure.for_server(events)]}
 
     # Queries ------------------------------------------------------------------------------------
 

@@ -269,7 +269,12 @@ def add_admin_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = action("deactivate", "deactivate a user: log out everywhere, leave all rooms", [auth])
     p.add_argument("user", metavar="USER")
-    p.add_argument("--erase", action="store_true", help="also remove the display name and avatar")
+    p.add_argument(
+        "--erase",
+        action="store_true",
+        help="also erase the user: their profile goes, and their messages are shown redacted to "
+        "anyone who was not in the room when they were sent and in the history other servers fetch",
+    )
 
     p = action("reset-password", "set a user's password (read from stdin)", [auth])
     p.add_argument("user", metavar="USER")

@@ -21,6 +21,7 @@ from homeserver.config import Config
 from homeserver.events import decode_signing_key, encode_signing_key, generate_signing_key
 from homeserver.handlers.auth import AuthHandler, PasswordHasher
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler
+from homeserver.handlers.erasure import ErasureFilter
 from homeserver.handlers.event_creation import EventCreator
 from homeserver.handlers.messages import MessageHandler
 from homeserver.handlers.rooms import RoomHandler
@@ -79,6 +80,8 @@ class HomeServer:
     typing: TypingHandler
     receipts: ReceiptHandler
     sync: SyncHandler
+    # Erased users' events pruned for their readers (clients and other servers).
+    erasure: ErasureFilter
     appservices: AppServices = field(default_factory=AppServices)
     # Asks the services about unknown users and aliases in their namespaces (if any are configured).
     appservice_queries: AppServiceQueries | None = None
@@ -105,7 +108,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     signing_key = load_or_create_signing_key(config.resolve_path(config.signing_key_path))
     notifier = Notifier()
     invalidations = Invalidations()
-    accounts = AccountStore(db)
+    accounts = AccountStore(db, invalidations)
     # The state cache is only correct while this process is the rooms' only writer: always on
     # SQLite, and on PostgreSQL when it runs as one process (no Redis, not one of several
     # workers; processes sharing a database without Redis are unsupported: their syncs never wake).
@@ -114,6 +117,7 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
     )
     events = EventStore(db, cache_state=db.exclusive)
     events.clock = clock
+    erasure = ErasureFilter(accounts.erased, events)
     creator = EventCreator(events, notifier, clock, config.server_name, signing_key)
     creator.tracing = tracing
     aliases = AliasStore(db)
@@ -159,10 +163,13 @@ def build_homeserver(config: Config, clock: Clock | None = None) -> HomeServer:
         account_data=account_data,
         aliases=aliases,
         rooms=rooms,
-        messages=MessageHandler(db, events, clock),
+        messages=MessageHandler(db, events, clock, erasure),
         typing=typing,
         receipts=receipts,
-        sync=SyncHandler(db, events, account_data, typing, receipts, notifier, clock, sync_extensions),
+        sync=SyncHandler(
+            db, events, account_data, typing, receipts, notifier, clock, sync_extensions, erasure
+        ),
+        erasure=erasure,
         sync_extensions=sync_extensions,
         appservices=appservices,
         appservice_queries=queries,

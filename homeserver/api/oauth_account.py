@@ -214,7 +214,8 @@ def setup(
         )
         erase = (
             '<p><label><input type="checkbox" name="erase" value="1" style="width:auto"> '
-            "Also forget my name and picture</label></p>"
+            "Also forget my name and picture, and hide my messages from people who join "
+            "rooms after they were sent</label></p>"
         )
         if request.method == "GET":
             return sign_in_page(request, title, why + erase, "Deactivate my account")

@@ -66,7 +66,8 @@ def server_version() -> str:
         return "0.1.0"
 
 
-def user_json(user: UserRow) -> dict[str, Any]:
+def user_json(user: UserRow, erased: bool = False) -> dict[str, Any]:
+    """`erased`: deactivated with `erase` (homeserver/storage/erased_users.py)."""
     return {
         "name": user.user_id,
         "displayname": user.displayname,
@@ -74,7 +75,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "admin": user.is_admin,
         "is_guest": user.is_guest,
         "deactivated": user.deactivated,
-        "erased": False,
+        "erased": erased,
         "shadow_banned": user.shadow_banned,
         "locked": user.locked,
         "approved": True,
@@ -216,14 +217,15 @@ class AdminHandler:
             order_by=order_by,
             backwards=backwards,
         )
-        out: dict[str, Any] = {"users": [user_json(u) for u in rows], "total": total}
+        erased = await self.accounts.erased.among([u.user_id for u in rows])
+        out: dict[str, Any] = {"users": [user_json(u, u.user_id in erased) for u in rows], "total": total}
         if offset + len(rows) < total:
             out["next_token"] = str(offset + len(rows))
         return out
 
     async def query_user(self, user_id: str) -> dict[str, Any]:
         user = await self._require_user(user_id)
-        out = user_json(user)
+        out = user_json(user, await self.accounts.erased.is_erased(user_id))
         links = await self.external_ids.of_user(user_id)
         external_ids = [{"auth_provider": p, "external_id": e} for p, e in links]
         threepids = [t.to_json() for t in await self.threepids.of_user(user_id)]

@@ -1,8 +1,9 @@
 """Closing an account, for the user (POST /account/deactivate, the OAuth account pages) and
-for a server admin alike: signed out everywhere, locked, optionally erased, and out of its
-rooms. Its delayed events and email addresses go with the account row's update
-(storage/accounts.py): an address of a closed account is free for another and resets no
-password."""
+for a server admin alike: signed out everywhere, locked, optionally erased (the profile
+goes, and the user's events reach those who were not in the room at the time pruned:
+homeserver/handlers/erasure.py), and out of its rooms. Its delayed events and email
+addresses go with the account row's update (storage/accounts.py): an address of a closed
+account is free for another and resets no password."""
 
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ class Deactivator:
         await self.accounts.deactivate(user_id)
         self.auth.invalidate_user(user_id)
         if erase:
-            await self.accounts.erase_profile(user_id)
+            # Before the leaves: those are the user's events too.
+            await self.accounts.erase(user_id)
         if not already:
             await leave_rooms(self.events, self.creator, user_id)
         log.info("deactivated %s", user_id)

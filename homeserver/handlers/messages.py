@@ -2,7 +2,8 @@
 
 Visibility follows the room's current m.room.history_visibility: members
 see history (from their join when it is "joined"); former members see up to
-the moment they left; "world_readable" rooms are visible to everyone.
+the moment they left; "world_readable" rooms are visible to everyone. Erased
+users' events come pruned to those who were not joined at them (handlers/erasure.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, forbidden
 from homeserver.handlers.client_format import format_events
+from homeserver.handlers.erasure import ErasureFilter
 from homeserver.storage.engine import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.sync.filter import EventFilter
@@ -31,10 +33,11 @@ class Window:
 
 
 class MessageHandler:
-    def __init__(self, db: Database, events: EventStore, clock: Clock) -> None:
+    def __init__(self, db: Database, events: EventStore, clock: Clock, erasure: ErasureFilter) -> None:
         self.db = db
         self.events = events
         self.clock = clock
+        self.erasure = erasure
         # Fetches older history over federation; returns how many events it stored (bridge/).
         self.backfill: Callable[[str], Awaitable[int]] | None = None
         # Jump to a date where this server's history falls short: asks servers in the room
@@ -44,9 +47,12 @@ class MessageHandler:
         self.bundler: Callable[[list[dict[str, Any]], str], Awaitable[None]] | None = None
 
     async def _timeline(
-        self, stored: list[StoredEvent], device_id: str | None, user_id: str
+        self, stored: list[StoredEvent], device_id: str | None, user_id: str, review: bool = False
     ) -> list[dict[str, Any]]:
-        """Timeline events as clients see them, with bundled aggregations (edits, threads ...)."""
+        """Timeline events as clients see them, with bundled aggregations (edits, threads ...).
+        `review`: a server admin's, which shows erased users' events whole."""
+        if not review:
+            stored = await self.erasure.for_client(user_id, stored)
         formatted = await self._format(stored, device_id)
         if self.bundler is not None:
             await self.bundler(formatted, user_id)
@@ -103,7 +109,8 @@ class MessageHandler:
         window: Window | None = None,
     ) -> dict[str, Any]:
         """The spec's /messages; `window`: the history the reader may see, instead of the
-        user's (a server admin's review reads all of it)."""
+        user's (a server admin's review reads all of it, erased users' events whole)."""
+        review = window is not None
         if window is None:
             window = await self.visible_window(room_id, user_id)
         limit = max(1, min(limit, MAX_LIMIT))
@@ -150,7 +157,7 @@ class MessageHandler:
         body: dict[str, Any] = {
             "start": from_token
             or pagination_token(start if start is not None else (batch[0].stream_id - 1 if batch else 0)),
-            "chunk": await self._timeline(chunk, device_id, user_id),
+            "chunk": await self._timeline(chunk, device_id, user_id, review),
         }
         if len(batch) == limit:
             last = batch[-1].stream_id
@@ -188,6 +195,7 @@ class MessageHandler:
         """The spec's /context: the filter applies to the events around and to `state`, the
         room's state at the last event returned (with lazy-loading, of the members only
         those who sent the events returned). `window`: as for `messages`."""
+        review = window is not None
         if window is None:
             window = await self.visible_window(room_id, user_id)
         stored = await self.events.get_event(event_id)
@@ -233,7 +241,7 @@ class MessageHandler:
             senders = {s.event.sender for s in (stored, *before, *after)}
             current = {k: v for k, v in current.items() if k[0] != "m.room.member" or k[1] in senders}
         state = await self._state_at(current, last)
-        formatted = await self._timeline([stored, *before, *after], device_id, user_id)
+        formatted = await self._timeline([stored, *before, *after], device_id, user_id, review)
         return {
             "event": formatted[0],
             "events_before": formatted[1 : 1 + len(before)],

@@ -12,6 +12,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError, not_found
 from homeserver.handlers.client_format import client_event, format_events
+from homeserver.handlers.erasure import pruned
 from homeserver.handlers.messages import MessageHandler, Window
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.relations import RelationsStore
@@ -85,8 +86,10 @@ class RelationsHandler:
         more = len(batch) > limit
         batch = batch[:limit]
         now = self.clock.time_ms()
-        # As /messages formats them (redactions' events, sticky events' time left).
-        chunk = await format_events(self.events, batch, now, device_id=device_id)
+        # As /messages formats them (redactions' events, sticky events' time left, erased
+        # users' events pruned).
+        shown = await self.messages.erasure.for_client(user_id, batch)
+        chunk = await format_events(self.events, shown, now, device_id=device_id)
         await self.bundle(chunk, user_id)
         out: dict[str, Any] = {"chunk": chunk}
         if more and batch:
@@ -115,7 +118,9 @@ class RelationsHandler:
             # A filtered page may be short; next_batch still continues after the whole page.
             mine = await self.store.participated(ids, user_id)
             ids = [r for r in ids if r in mine]
-        roots = await self.events.get_events(ids)
+        found = await self.events.get_events(ids)
+        shown = await self.messages.erasure.for_client(user_id, list(found.values()))
+        roots = {s.event.event_id: s for s in shown}
         now = self.clock.time_ms()
         chunk = [client_event(roots[r], now) for r in ids if r in roots and roots[r].event.room_id == room_id]
         await self.bundle(chunk, user_id)
@@ -146,6 +151,14 @@ class RelationsHandler:
         latest_edits = await self.store.latest_edits(
             [(s.event.event_id, s.event.sender) for s in latest.values()]
         )
+        # Erased users' events among them pruned for this user, as in a timeline.
+        bundled = [*edits.values(), *latest.values(), *latest_edits.values()]
+        hidden = await self.messages.erasure.hidden(user_id, bundled)
+        if hidden:
+            edits, latest, latest_edits = (
+                {k: pruned(v) if v.event.event_id in hidden else v for k, v in found.items()}
+                for found in (edits, latest, latest_edits)
+            )
         now = self.clock.time_ms()
         for e in candidates:
             eid = e["event_id"]

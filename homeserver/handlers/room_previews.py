@@ -67,6 +67,6 @@ async def room_events_since(
             break
         await hs.notifier.wait(user_id, [room_id], left)
         window = await hs.messages.visible_window(room_id, user_id)
-    chunk = await format_events(hs.events, found, hs.clock.time_ms())
+    chunk = await format_events(hs.events, await hs.erasure.for_client(user_id, found), hs.clock.time_ms())
     end = found[-1].stream_id if found else max(after, upto)
     return {"chunk": chunk, "start": pagination_token(after), "end": pagination_token(end)}

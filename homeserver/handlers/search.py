@@ -1,6 +1,7 @@
 """Server-side search (/search) over room events the user can see (unencrypted rooms only).
 
-Indexed by a listener as events are created; redacted events leave the index.
+Indexed by a listener as events are created; redacted events leave the index. An erased
+user's events are not found by those who get them pruned (handlers/erasure.py).
 Results are ordered by recency; `order_by: rank` is accepted and ranks are reported
 (term occurrences), but pages stay in recency order so pagination is stable.
 """
@@ -143,11 +144,13 @@ class SearchHandler:
             if not hits:
                 break
             stored = await self.events.get_events([h.event_id for h in hits])
+            # An erased user's event this user gets pruned has no text left to match.
+            pruned = await self.messages.erasure.hidden(user_id, list(stored.values()))
             for h in hits:
                 cursor = h.stream_id
                 s = stored.get(h.event_id)
                 w = windows.get(h.room_id)
-                if s is None or w is None or s.redacted_by is not None:
+                if s is None or w is None or s.redacted_by is not None or h.event_id in pruned:
                     continue
                 if h.stream_id > w.upper or (w.lower is not None and h.stream_id < w.lower):
                     continue
@@ -183,7 +186,7 @@ class SearchHandler:
         for rank, s in results:
             entry: dict[str, Any] = {"rank": rank, "result": client_event(s, now)}
             if context_req is not None:
-                entry["context"] = await self._context(s, context_req, windows[s.event.room_id], now)
+                entry["context"] = await self._context(user_id, s, context_req, windows[s.event.room_id], now)
             out_results.append(entry)
         out: dict[str, Any] = {
             "count": await self.store.count(list(windows), keys, terms),
@@ -214,7 +217,9 @@ class SearchHandler:
             out["groups"] = groups
         return out
 
-    async def _context(self, s: Any, req: dict[str, Any], window: Window, now: int) -> dict[str, Any]:
+    async def _context(
+        self, user_id: str, s: Any, req: dict[str, Any], window: Window, now: int
+    ) -> dict[str, Any]:
         before_n = _bounded(req.get("before_limit"), 5)
         after_n = _bounded(req.get("after_limit"), 5)
         room_id = s.event.room_id
@@ -231,6 +236,8 @@ class SearchHandler:
             if after_n
             else []
         )
+        before = await self.messages.erasure.for_client(user_id, before)
+        after = await self.messages.erasure.for_client(user_id, after)
         ctx: dict[str, Any] = {
             "events_before": [client_event(e, now) for e in before],
             "events_after": [client_event(e, now) for e in after],

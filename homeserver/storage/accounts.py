@@ -9,6 +9,7 @@ from sqlalchemy import and_, delete, func, insert, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from homeserver.invalidation import Invalidations
 from homeserver.storage.cs_schema import (
     delayed_events,
     oauth_sessions,
@@ -18,11 +19,19 @@ from homeserver.storage.cs_schema import (
     user_threepids,
 )
 from homeserver.storage.engine import Database
+from homeserver.storage.erased_users import ErasedUsers, mark_erased, mark_not_erased
 from homeserver.storage.schema import access_tokens, devices, refresh_tokens, registration_tokens, users
 from homeserver.storage.threepids import ThreepidUnavailable, bind_validated
 
 # How long a spent refresh token is remembered (a replay after that is an unknown token).
 SPENT_REFRESH_MEMORY_MS = 7 * 24 * 3600 * 1000
+
+
+async def _erase_profile(conn: AsyncConnection, user_id: str) -> None:
+    await conn.execute(
+        update(users).where(users.c.user_id == user_id).values(displayname=None, avatar_url=None)
+    )
+    await conn.execute(delete(profile_fields).where(profile_fields.c.user_id == user_id))
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,8 +77,10 @@ class RegistrationToken:
 
 
 class AccountStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, invalidations: Invalidations | None = None) -> None:
         self.db = db
+        # Accounts deactivated with `erase`, kept in memory by every worker.
+        self.erased = ErasedUsers(db, invalidations)
 
     async def create_user(
         self,
@@ -261,12 +272,15 @@ class AccountStore:
             await conn.execute(delete(thread_subscriptions).where(thread_subscriptions.c.user_id == user_id))
 
     async def reactivate(self, user_id: str, password_hash: str) -> None:
+        """The account opens again, no longer erased (as Synapse): its events are shown whole."""
         async with self.db.write() as conn:
             await conn.execute(
                 update(users)
                 .where(users.c.user_id == user_id)
                 .values(deactivated=False, password_hash=password_hash)
             )
+            await mark_not_erased(conn, user_id)
+        self.erased.changed(user_id)
 
     async def get_profile(self, user_id: str) -> tuple[str | None, str | None, bool] | None:
         """(displayname, avatar_url, deactivated), or None for an unknown user."""
@@ -285,12 +299,17 @@ class AccountStore:
             await conn.execute(update(users).where(users.c.user_id == user_id).values(**fields))
 
     async def erase_profile(self, user_id: str) -> None:
-        """Deactivation with `erase`: the display name, avatar and every other field go."""
+        """The display name, avatar and every other profile field go."""
         async with self.db.write() as conn:
-            await conn.execute(
-                update(users).where(users.c.user_id == user_id).values(displayname=None, avatar_url=None)
-            )
-            await conn.execute(delete(profile_fields).where(profile_fields.c.user_id == user_id))
+            await _erase_profile(conn, user_id)
+
+    async def erase(self, user_id: str) -> None:
+        """Deactivation with `erase`: the profile goes, and the user is marked erased (their
+        events then reach those who were not in the room at the time pruned)."""
+        async with self.db.write() as conn:
+            await _erase_profile(conn, user_id)
+            await mark_erased(conn, user_id)
+        self.erased.changed(user_id)
 
     # Devices and tokens -----------------------------------------------------------------
 

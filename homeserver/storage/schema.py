@@ -51,6 +51,16 @@ users = Table(
     Column("consent_server_notice_sent", Text, nullable=True),
 )
 
+# Local users erased at deactivation (`erase: true`; Synapse's table of the same name,
+# migration 0039): their events reach readers who were not in the room then pruned
+# (homeserver/storage/erased_users.py, homeserver/handlers/erasure.py). A table of its own,
+# not a column of `users`: every worker reads all of it into memory, and it is usually empty.
+erased_users = Table(
+    "erased_users",
+    metadata,
+    Column("user_id", String(255), primary_key=True),
+)
+
 devices = Table(
     "devices",
     metadata,

@@ -21,6 +21,7 @@ from homeserver.clock import Clock
 from homeserver.handlers.auth import Requester
 from homeserver.handlers.client_format import format_events, membership_preview
 from homeserver.handlers.ephemeral import ReceiptHandler, TypingHandler, receipts_to_edu_content
+from homeserver.handlers.erasure import ErasureFilter
 from homeserver.handlers.invite_permission import InvitePermission
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.engine import Database
@@ -77,6 +78,7 @@ class SyncHandler:
         notifier: Notifier,
         clock: Clock,
         extensions: list[SyncExtension],
+        erasure: ErasureFilter,
     ) -> None:
         self.db = db
         self.events = events
@@ -86,6 +88,8 @@ class SyncHandler:
         self.notifier = notifier
         self.clock = clock
         self.extensions = extensions
+        # Erased users' events are pruned for this user, after the shared reads.
+        self.erasure = erasure
         self.reads = SyncQueries(db, events)
         self.invite_permission = InvitePermission(account_data)
         # Room-level reads shared by the syncs computed at the same stream position.
@@ -454,10 +458,11 @@ class SyncHandler:
             self.sent_members.remember(user_id, device_id, state + timeline, window)
         now = self.clock.time_ms()
         prev = (timeline[0].stream_id - 1) if timeline else upto
+        shown = await self.erasure.for_client(user_id, timeline)
         room: dict[str, Any] = {
             "timeline": {
                 "events": await format_events(
-                    self.events, timeline, now, device_id=req.requester.device_id, include_room_id=False
+                    self.events, shown, now, device_id=req.requester.device_id, include_room_id=False
                 ),
                 "limited": limited,
                 "prev_batch": pagination_token(prev),

@@ -149,8 +149,10 @@ class RoomData:
         if ctx.is_dm:
             result["is_dm"] = True
         if timeline or sent is None:
+            # Erased users' events pruned for this user (handlers/erasure.py).
+            shown = await self.sync.erasure.for_client(user_id, timeline)
             formatted = await format_events(
-                self.events, timeline, now, device_id=ctx.device_id, include_room_id=False
+                self.events, shown, now, device_id=ctx.device_id, include_room_id=False
             )
             # Only the events the read found relations for have anything to bundle.
             bundled = [e for e in formatted if e["event_id"] in related]
