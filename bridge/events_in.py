@@ -14,6 +14,15 @@ re-resolved across its forward extremities.
 
 Invariant: events of one room are persisted one at a time, under the same per-room lock
 local events use, so forward extremities and current state never interleave.
+
+While this server joins a room (make_join/send_join), PDUs for the room wait for the join to
+be stored (`joining`, `wait_for_join`), at most JOIN_WAIT_S from the join's start. With
+several workers the joining worker also records the join in the database
+(homeserver.storage.remote_joins), and a worker that gets a PDU for a room it does not know
+looks there before dropping it: if another worker is joining the room, it waits for the room
+to appear (`wait_for_other_join`: asking the database every JOIN_POLL_S, sooner when the
+joining worker's broadcast says it is done). A PDU for a room this worker knows costs nothing
+more, and one process (SQLite, or PostgreSQL alone) writes and asks nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any
 
@@ -37,7 +47,7 @@ from homeserver.events import AuthError, Event, auth_types_for_event, check_auth
 from homeserver.events.room_versions import RoomVersion
 from homeserver.server import HomeServer
 from homeserver.state import StateMap
-from homeserver.storage import sticky_events
+from homeserver.storage import remote_joins, sticky_events
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,10 @@ MISSING_EVENTS_LIMIT = 10
 MAX_FETCH_CONCURRENCY = 10
 # A PDU for a room this server is joining waits this long for the join to be stored.
 JOIN_WAIT_S = 30.0
+# With several workers: how often a PDU for a room another worker is joining looks whether
+# the join is stored, and the topic on which the joining worker says it is done.
+JOIN_POLL_S = 0.5
+JOIN_DONE_TOPIC = "federation.join_done"
 
 # Called after a remote event was accepted into a room's timeline; the flag says whether the
 # event creator's batch hooks (push actions, search) were written in the event's transaction.
@@ -76,6 +90,16 @@ class FederationEventHandler:
         # Rooms this server is joining (over federation): (done, joins under way, the
         # loop time after which PDUs for the room no longer wait).
         self._joins: dict[str, tuple[asyncio.Event, list[int], float]] = {}
+        # With several workers: this process's name in the joins it records, the last
+        # write of each room's record (they run in order), and, per room another worker is
+        # joining, the one task waiting for it (which PDUs share) and what wakes it.
+        self._joiner = os.urandom(8).hex()
+        self._join_writes: dict[str, asyncio.Task[None]] = {}
+        self._other_joins: dict[str, asyncio.Task[bool]] = {}
+        self._join_done: dict[str, asyncio.Event] = {}
+        # PDUs' waits for another worker's join (tests, metrics).
+        self.other_join_waits = 0
+        hs.invalidations.subscribe(JOIN_DONE_TOPIC, self._on_join_done)
         # Runs of messages stored in one transaction (receive_run), their events, and runs
         # that needed the full checks instead.
         self.runs = 0
@@ -102,17 +126,28 @@ class FederationEventHandler:
         resident server may send some before its send_join answer is stored here (sticky
         events it pushes to a new server, messages sent just after the join)."""
         entry = self._joins.get(room_id)
+        shared = not self.hs.db.exclusive
         if entry is None:
             deadline = asyncio.get_running_loop().time() + JOIN_WAIT_S
             entry = self._joins[room_id] = (asyncio.Event(), [0], deadline)
+            if shared:
+                now = self.hs.clock.time_ms()
+                until = now + int(JOIN_WAIT_S * 1000)
+                self._write_join(room_id, lambda c: remote_joins.record(c, room_id, self._joiner, until, now))
         entry[1][0] += 1
+        stored = False
         try:
             yield
+            stored = True
         finally:
             entry[1][0] -= 1
             if entry[1][0] == 0:
                 entry[0].set()
                 self._joins.pop(room_id, None)
+                if shared:
+                    if not stored:
+                        self._write_join(room_id, lambda c: remote_joins.forget(c, room_id, self._joiner))
+                    self.hs.invalidations.broadcast(JOIN_DONE_TOPIC, room_id)
 
     async def wait_for_join(self, room_id: Any) -> None:
         """If this server is joining the room: until the join is stored, or at most until
@@ -125,11 +160,96 @@ class FederationEventHandler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(join[0].wait(), remaining)
 
+    def _write_join(self, room_id: str, write: Callable[[AsyncConnection], Awaitable[None]]) -> None:
+        """Write this process's record of its join of the room, after the previous write."""
+        previous = self._join_writes.get(room_id)
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                async with self.hs.db.write() as conn:
+                    await write(conn)
+            except Exception as e:
+                log.warning("recording the join of %s for other workers failed: %s", room_id, e)
+
+        task = asyncio.create_task(run())
+        self._join_writes[room_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._join_writes.get(room_id) is t:
+                del self._join_writes[room_id]
+
+        task.add_done_callback(done)
+
+    async def join_recorded(self, room_id: str) -> None:
+        """Until this process's record of its join of the room is written (tests)."""
+        task = self._join_writes.get(room_id)
+        if task is not None:
+            await asyncio.wait([task])
+
+    def _on_join_done(self, room_id: Any) -> None:
+        if isinstance(room_id, str) and (done := self._join_done.get(room_id)) is not None:
+            done.set()
+
+    async def wait_for_other_join(self, room_id: Any) -> bool:
+        """For a PDU of a room this worker does not know: if another worker is joining the
+        room, until the join is stored, or at most until JOIN_WAIT_S after it began. True if
+        it waited (the room may be known now). With one process, False at once."""
+        if self.hs.db.exclusive or not isinstance(room_id, str) or room_id in self._joins:
+            return False
+        task = self._other_joins.get(room_id)
+        if task is None:
+            task = self._other_joins[room_id] = asyncio.create_task(self._watch_other_join(room_id))
+
+            def done(t: asyncio.Task[bool]) -> None:
+                if self._other_joins.get(room_id) is t:
+                    del self._other_joins[room_id]
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _watch_other_join(self, room_id: str) -> bool:
+        clock = self.hs.clock
+        async with self.hs.db.read() as conn:
+            until = await remote_joins.joining_until(conn, room_id, clock.time_ms())
+        if until is None:
+            return False
+        self.other_join_waits += 1
+        done = self._join_done[room_id] = asyncio.Event()
+        try:
+            while until is not None and (remaining := until - clock.time_ms()) > 0:
+                if await self._knows(room_id):
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), min(JOIN_POLL_S, remaining / 1000))
+                done.clear()
+                # Gone: the join failed. Moved on: another worker is joining it too.
+                async with self.hs.db.read() as conn:
+                    until = await remote_joins.joining_until(conn, room_id, clock.time_ms())
+        finally:
+            if self._join_done.get(room_id) is done:
+                del self._join_done[room_id]
+        return True
+
+    async def _knows(self, room_id: str) -> bool:
+        try:
+            await self.room_version_for(room_id)
+        except PduError:
+            return False
+        return True
+
     async def receive(self, origin: str, pdu: Any) -> Event:
         """Process one PDU from a transaction. Raises PduError (dropped) or EventRejected."""
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         await self.wait_for_join(room_id)
-        rv = await self.room_version_for(room_id)
+        try:
+            rv = await self.room_version_for(room_id)
+        except PduError:
+            # Unknown here: another worker may be joining the room.
+            if not await self.wait_for_other_join(room_id):
+                raise
+            rv = await self.room_version_for(room_id)
         event = parse_pdu(pdu, rv)
         if not await self.acl_allows(event.room_id, origin):
             raise PduError(f"server {origin} is denied by the room's server ACL")

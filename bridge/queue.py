@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.client import FederationClient, FederationError, fed_path
@@ -77,6 +78,9 @@ class OutboundQueue:
         # Destinations whose row this process has written since it started.
         self._recorded: set[str] = set()
         self._stopping = False
+        # Called whenever this process starts draining the outbox (at start-up, or taking
+        # it over from another worker): work that only the queue's owner resumes.
+        self.start_hooks: list[Callable[[], Awaitable[object]]] = []
         # Transactions successfully sent, and attempts that failed, for tests and metrics.
         self.sent_transactions = 0
         self.failed_transactions = 0
@@ -90,6 +94,11 @@ class OutboundQueue:
             self.wake(destination)
         if poll and self._poller is None:
             self._poller = asyncio.create_task(self._poll_forever(), name="federation-outbox-poll")
+        for hook in self.start_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("resuming work on taking the federation outbox failed")
 
     async def step_down(self) -> None:
         """Stop draining the outbox (another worker leads now); ephemeral EDUs still go out."""

@@ -12,15 +12,21 @@ the MSC asks three things of a server, done here:
   server still storing its send_join answer drops PDUs of a room it does not know yet
   (Synapse does: "Ignoring PDU for unknown room_id"), and the room's servers hear of the
   join before the joining server is done with it (the resident server stores the join and
-  relays it to them, then answers send_join);
+  relays it to them, then answers send_join). A push waiting for its new server is a row of
+  `sticky_pending_pushes` (homeserver.storage.sticky_pushes), written when the join arrives
+  and deleted in the transaction that queues the push: the process that starts draining the
+  outbound queue (at start-up, or a worker taking it over) resumes every row it finds, and
+  with several workers the one draining it also takes over rows long overdue (their worker
+  died). The push sends every unexpired sticky event of the room, also those sent after the
+  join: one the server already has costs only bytes, and missing one is what this is for;
 - a remote sticky event that failed the auth rules against the room's current state is
   stored soft-failed (bridge.events_in records it with `soft_failed` in the transaction
   storing it) and checked again whenever the room's authorising state changes (members,
   power levels, join rules; `recheck`): one that passes then is accepted at a fresh stream
   position, and syncing clients get it in their sticky section;
-- sticky events of erased users are not sent to a server catching up (`unsendable`). Sotto
-  keeps no erasure flag of its own: a deactivated account stands for an erased one (its
-  stale sticky events, call memberships mostly, have no one left to speak for them).
+- sticky events of erased users (deactivated with `erase`: homeserver/storage/erased_users.py)
+  are not sent to a server catching up (`unsendable`): their stale sticky events, call
+  memberships mostly, have no one left to speak for them.
 
 Nothing here runs on the path of an ordinary message: only a change to one of those state
 types looks at the room's soft-failed sticky rows (one indexed query), and only a member
@@ -43,10 +49,12 @@ from homeserver.events import Event
 from homeserver.events.identifiers import domain_of
 from homeserver.server import HomeServer
 from homeserver.state import StateMap
-from homeserver.storage import sticky_events
+from homeserver.storage import sticky_events, sticky_pushes
 from homeserver.storage.engine import Database
-from homeserver.storage.schema import current_state, users
+from homeserver.storage.schema import current_state
+from homeserver.storage.schema import erased_users as erased_table
 from homeserver.storage.sqlutil import chunks
+from homeserver.storage.sticky_pushes import PendingPush
 
 if TYPE_CHECKING:
     from bridge.events_in import FederationEventHandler, StateChanges
@@ -62,8 +70,14 @@ AUTHORISING_TYPES = frozenset({"m.room.member", "m.room.power_levels", "m.room.j
 READY_FIRST_S = 0.2
 READY_MAX_S = 10.0
 READY_WAIT_S = 120.0
-# New servers waited for at once, at most (each is one task asking now and then).
+# New servers waited for at once, at most (each is one task asking now and then); a push
+# beyond that stays in its table for the next process to start draining the outbound queue.
 MAX_WAITING = 1_000
+# With several workers, the one draining the outbound queue looks this often for pending
+# pushes whose next attempt is ORPHANED_AFTER_MS overdue: their worker is gone (one that is
+# alive moves the attempt time on at every attempt, each at most a 10 s request late).
+SWEEP_S = 30.0
+ORPHANED_AFTER_MS = 60_000
 
 
 def _domain(user_id: str) -> str:
@@ -74,13 +88,11 @@ def _domain(user_id: str) -> str:
 
 
 async def erased_users(db: Database, user_ids: Collection[str]) -> set[str]:
-    """Those of these local users whose accounts are deactivated (standing for erased)."""
+    """Those of these local users who are erased (deactivated with `erase`)."""
     out: set[str] = set()
     async with db.read() as conn:
         for chunk in chunks(user_ids):
-            rows = await conn.execute(
-                select(users.c.user_id).where(users.c.user_id.in_(chunk), users.c.deactivated.is_(True))
-            )
+            rows = await conn.execute(select(erased_table.c.user_id).where(erased_table.c.user_id.in_(chunk)))
             out.update(r[0] for r in rows)
     return out
 
@@ -110,9 +122,14 @@ class StickyFederation:
         self.store = store
         self.queue = queue
         self.client = client
-        # Pushes waiting for their new server to hold its join.
-        self._waiting: set[asyncio.Task[None]] = set()
+        # Pushes waiting for their new server to hold its join, by (room, server): the join
+        # each waits for, and its task.
+        self._waiting: dict[tuple[str, str], tuple[str, asyncio.Task[None]]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.ready_first_s = READY_FIRST_S
+        self.sweep_s = SWEEP_S
+        # Pending pushes taken up from the table (tests, metrics).
+        self.resumed = 0
         # Soft-failed sticky events accepted since, and sticky events pushed to each new
         # server (tests, metrics).
         self.accepted = 0
@@ -123,9 +140,13 @@ class StickyFederation:
             return
         self.inbound.state_changed = self.on_remote_state_change
         self.hs.creator.listeners.append(self.on_local_event)
+        self.queue.start_hooks.append(self.resume)
 
     async def stop(self) -> None:
-        tasks = list(self._waiting)
+        tasks = [task for _, task in self._waiting.values()]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+            self._sweeper = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -164,7 +185,7 @@ class StickyFederation:
             if k[0] == "m.room.member" and (v := changes[k]) is not None and v[1] == "join"
         }
         for server, join_id in sorted((await self._new_servers(room_id, before, joins)).items()):
-            self._push_when_ready(room_id, server, join_id)
+            await self._schedule(room_id, server, join_id)
 
     # Soft-failed sticky events ----------------------------------------------------------------
 
@@ -233,52 +254,140 @@ class StickyFederation:
         async with self.hs.db.read() as conn:
             return (await conn.execute(q)).first() is not None
 
-    def _push_when_ready(self, room_id: str, server: str, join_id: str) -> None:
-        if len(self._waiting) >= MAX_WAITING:
-            log.warning("too many new servers waited for: not pushing sticky events to %s", server)
-            return
-        task = asyncio.create_task(self._wait_then_push(room_id, server, join_id))
-        self._waiting.add(task)
-        task.add_done_callback(self._waiting.discard)
-
-    async def _wait_then_push(self, room_id: str, server: str, join_id: str) -> None:
-        """Queue the sticky events for `server` once it holds its join `join_id` (or after
-        READY_WAIT_S: it may not serve events, or be slow; the push is worth a try)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_WAIT_S
-        delay = self.ready_first_s
-        path = fed_path("/_matrix/federation/v1/event/{}", join_id)
+    async def _schedule(self, room_id: str, server: str, join_id: str) -> None:
+        """Push to `server` once it holds its join `join_id`: recorded, then waited for here."""
+        now = self.hs.clock.time_ms()
+        push = PendingPush(room_id, server, join_id, now, now + int(self.ready_first_s * 1000))
+        durable = True
         try:
-            while loop.time() < deadline:
-                await asyncio.sleep(delay)
+            async with self.hs.db.write() as conn:
+                await sticky_pushes.record(conn, push)
+        except Exception:
+            # Still pushed from memory (as long as this process lives).
+            log.exception("recording the sticky push of %s to %s failed", room_id, server)
+            durable = False
+        self._start(push, durable)
+
+    def _start(self, push: PendingPush, durable: bool) -> bool:
+        """Wait for the push's server in a task, unless one waits for the same join already."""
+        key = (push.room_id, push.destination)
+        running = self._waiting.get(key)
+        if running is not None and not running[1].done():
+            if running[0] == push.join_event_id:
+                return False
+            running[1].cancel()  # an older join's: its row was replaced
+            del self._waiting[key]
+        if len(self._waiting) >= MAX_WAITING:
+            log.warning(
+                "too many new servers waited for: not pushing sticky events to %s now", push.destination
+            )
+            return False
+        task = asyncio.create_task(self._wait_then_push(push, durable))
+        self._waiting[key] = (push.join_event_id, task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if (entry := self._waiting.get(key)) is not None and entry[1] is t:
+                del self._waiting[key]
+
+        task.add_done_callback(done)
+        return True
+
+    async def _wait_then_push(self, push: PendingPush, durable: bool) -> None:
+        """Queue the sticky events for the push's server once it holds its join (or
+        READY_WAIT_S after the join arrived: it may not serve events, or be slow; the push is
+        worth a try). `durable`: the push has its row, moved on at every attempt and taken
+        when queueing (if another process took it meanwhile, this one stops)."""
+        clock = self.hs.clock
+        deadline = push.scheduled_ts + int(READY_WAIT_S * 1000)
+        delay = self.ready_first_s
+        path = fed_path("/_matrix/federation/v1/event/{}", push.join_event_id)
+        try:
+            while clock.time_ms() < deadline:
+                wait_ms = min(push.next_attempt_ts, deadline) - clock.time_ms()
+                if wait_ms > 0:
+                    await asyncio.sleep(wait_ms / 1000)
                 try:
-                    await self.client.get(server, path, timeout=10)
+                    await self.client.get(push.destination, path, timeout=10)
                     break
                 except FederationError:
                     delay = min(delay * 2, READY_MAX_S)
-            await self.push_to(room_id, server)
+                    push.next_attempt_ts = clock.time_ms() + int(delay * 1000)
+                if durable and not await self._postpone(push):
+                    return  # taken by another process, or replaced by a newer join's push
+            await self._queue_push(push.room_id, push.destination, push if durable else None)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("pushing sticky events of %s to %s failed", room_id, server)
+            log.exception("pushing sticky events of %s to %s failed", push.room_id, push.destination)
+
+    async def _postpone(self, push: PendingPush) -> bool:
+        try:
+            async with self.hs.db.write() as conn:
+                return await sticky_pushes.postpone(conn, push)
+        except Exception as e:
+            # The row keeps its older time: the attempts go on here all the same.
+            log.warning("moving on the sticky push of %s to %s failed: %s", push.room_id, push.destination, e)
+            return True
+
+    async def resume(self) -> int:
+        """Take up the pending pushes of the table (this process starts draining the outbound
+        queue: at start-up, or taking it over); with several workers, keep taking up those
+        whose worker is gone while this process drains it. Returns how many were taken up."""
+        if not self.hs.db.exclusive and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="sticky-push-sweep")
+        return await self._resume(None)
+
+    async def _resume(self, due_before: int | None) -> int:
+        async with self.hs.db.read() as conn:
+            rows = await sticky_pushes.pending(conn, due_before, MAX_WAITING)
+        taken = sum(self._start(push, True) for push in rows)
+        if taken:
+            log.info("resumed %d pending sticky pushes to new servers", taken)
+            self.resumed += taken
+        return taken
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            if not self.queue.leading:
+                return  # another worker drains the queue now (and sweeps)
+            try:
+                await self._resume(self.hs.clock.time_ms() - ORPHANED_AFTER_MS)
+            except Exception as e:
+                log.warning("looking for orphaned sticky pushes failed: %s: %s", type(e).__name__, e)
 
     async def push_to(self, room_id: str, server: str) -> int:
         """Queue this server's own unexpired sticky events of the room for `server` (after
         what is queued for it already: its join's successors). Returns how many."""
-        if not await self._others_joined(room_id, server, []):
-            return 0  # it left (or was kicked) meanwhile, or its join never took
+        return await self._queue_push(room_id, server, None)
+
+    async def _queue_push(self, room_id: str, server: str, pending: PendingPush | None) -> int:
+        """`push_to`; with `pending`, only if its row is still there, deleted in the same
+        transaction (whatever is queued, even nothing: the push is done, or given up)."""
+        event_ids = await self._sendable(room_id, server)
         now = self.hs.clock.time_ms()
-        async with self.hs.db.read() as conn:
-            rows = await sticky_events.own_active_in_room(conn, room_id, self.hs.server_name, now)
-        if not rows:
-            return 0
-        erased = await erased_users(self.hs.db, {sender for _, sender in rows})
-        event_ids = [event_id for event_id, sender in rows if sender not in erased]
+        if pending is not None or event_ids:
+            async with self.hs.db.write() as conn:
+                if pending is not None and not await sticky_pushes.take(conn, pending):
+                    return 0  # another process queued it (or a newer join's push will)
+                if event_ids:
+                    await self.store.enqueue_pdus_in(conn, [server], now, event_ids)
         if not event_ids:
             return 0
-        async with self.hs.db.write() as conn:
-            await self.store.enqueue_pdus_in(conn, [server], now, event_ids)
         self.queue.wake(server)
         self.pushed[server] += len(event_ids)
         log.info("pushing %d sticky events of %s to %s, new in the room", len(event_ids), room_id, server)
         return len(event_ids)
+
+    async def _sendable(self, room_id: str, server: str) -> list[str]:
+        """This server's own unexpired sticky events of the room that `server` gets, in
+        stream order: none if it has no one in the room."""
+        if not await self._others_joined(room_id, server, []):
+            return []  # it left (or was kicked) meanwhile, or its join never took
+        now = self.hs.clock.time_ms()
+        async with self.hs.db.read() as conn:
+            rows = await sticky_events.own_active_in_room(conn, room_id, self.hs.server_name, now)
+        if not rows:
+            return []
+        erased = await erased_users(self.hs.db, {sender for _, sender in rows})
+        return [event_id for event_id, sender in rows if sender not in erased]

@@ -258,3 +258,31 @@ server_keys = Table(
     Column("expired_ts", BigInteger, nullable=True),
     PrimaryKeyConstraint("server_name", "key_id"),
 )
+
+# Sticky events (MSC4354) waiting to be pushed to a server that newly joined a room, until it
+# holds its join (bridge/sticky.py, homeserver/storage/sticky_pushes.py; migration 0040). A
+# row lives from the join's arrival until the push is queued or given up, so a restart, or
+# another worker taking the outbound queue over, resumes it.
+sticky_pending_pushes = Table(
+    "sticky_pending_pushes",
+    metadata,
+    Column("room_id", String(255), nullable=False),
+    Column("destination", String(255), nullable=False),
+    Column("join_event_id", String(255), nullable=False),
+    Column("scheduled_ts", BigInteger, nullable=False),
+    Column("next_attempt_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "destination"),
+)
+
+# Rooms a worker is joining over federation, until when PDUs for them wait for the join
+# (bridge/events_in.py, homeserver/storage/remote_joins.py; migration 0040): written only
+# with several workers, so one that is not joining does not drop them as "unknown room".
+# `joiner` tells apart workers joining the same room at once.
+federation_joining_rooms = Table(
+    "federation_joining_rooms",
+    metadata,
+    Column("room_id", String(255), nullable=False),
+    Column("joiner", String(64), nullable=False),
+    Column("until_ts", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "joiner"),
+)
