@@ -183,7 +183,8 @@ class FederationEventHandler:
         task.add_done_callback(done)
 
     async def join_recorded(self, room_id: str) -> None:
-        """Until this process's record of its join of the room is written (tests)."""
+        """Until this process's record of its join of the room is written (before asking
+        for the join, so that the resident server's first PDUs find it on any worker)."""
         task = self._join_writes.get(room_id)
         if task is not None:
             await asyncio.wait([task])

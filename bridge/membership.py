@@ -147,8 +147,10 @@ class MembershipHandler:
         raise MatrixError(502 if last else 404, Codes.UNKNOWN, f"Failed to join the room: {last}"[:300])
 
     async def _join_via(self, server: str, user_id: str, room_id: str, extra: dict[str, Any]) -> str:
-        # PDUs for the room that arrive meanwhile wait for the join to be stored.
+        # PDUs for the room that arrive meanwhile wait for the join to be stored; with several
+        # workers, also those reaching another worker, once the join's record is written.
         with self.inbound.joining(room_id):
+            await self.inbound.join_recorded(room_id)
             await self._make_and_send_join(server, user_id, room_id, extra)
         for hook in self.after_join:
             await hook(room_id, server)
