@@ -3,7 +3,8 @@
 No HTTP here (bridge.server parses requests and calls these methods). Every method takes the
 authenticated `origin` and answers only with what that server may see: events of rooms it
 has (or had) a member in, or world-readable rooms; in the history it fetches (backfill,
-missing events), this server's erased users' events pruned (homeserver/handlers/erasure.py).
+missing events, single events), this server's erased users' events pruned
+(homeserver/handlers/erasure.py).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class FederationHandler:
         if event is None:
             raise not_found("Unknown event")
         await self.check_server_in_room(origin, event.room_id)
-        return self._pdus_response([event])
+        # As in backfill: an erased user's event goes pruned.
+        return self._pdus_response(await self.hs.erasure.for_server([event]))
 
     def _pdus_response(self, events: list[Event]) -> dict[str, Any]:
         return {

@@ -50,6 +50,9 @@ from homeserver.state import get_auth_chain
 log = logging.getLogger(__name__)
 
 MAX_PREV_EVENTS = 10
+# Stripped state events whose senders' servers a knock's retraction may ask (the remote
+# room's server chose them: a few, not a list to walk).
+MAX_STATE_SERVERS = 8
 SUPPORTED_VERSIONS = sorted(KNOWN_ROOM_VERSIONS)
 
 
@@ -444,10 +447,10 @@ class MembershipHandler:
             candidates.append(_domain(invite.sender))
             # A knock's sender is local: ask the servers whose state the room's server sent
             # back with it (v12 room IDs name no server).
-            unsigned = invite.pdu.get("unsigned") or {}
+            unsigned = invite.pdu.get("unsigned")
             for key in ("knock_room_state", "invite_room_state"):
-                summary = unsigned.get(key)
-                for e in summary if isinstance(summary, list) else []:
+                summary = unsigned.get(key) if isinstance(unsigned, dict) else None
+                for e in summary[:MAX_STATE_SERVERS] if isinstance(summary, list) else []:
                     if isinstance(e, dict) and isinstance(e.get("sender"), str):
                         candidates.append(_domain(e["sender"]))
         if ":" in room_id:

@@ -34,6 +34,7 @@ from bridge.sticky import unsendable
 from bridge.store import FederationStore, OutboxBatch, RetryState
 from homeserver.clock import Clock
 from homeserver.events import pdu_json
+from homeserver.storage.erased_users import ErasedUsers
 from homeserver.storage.events import EventStore
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,12 @@ class OutboundQueue:
         retry_min_ms: int,
         retry_max_ms: int,
         *,
+        erased: ErasedUsers,
         poll_s: float = 0.5,
     ) -> None:
         self.store = store
+        # This server's erased users, whose sticky events are not sent (bridge.sticky).
+        self.erased = erased
         self.client = client
         self.events = events
         self.clock = clock
@@ -278,7 +282,7 @@ class OutboundQueue:
     ) -> bool:
         found = await self.events.get_pdus(event_ids)
         # Sticky events of erased users are not sent to a server catching up (MSC4354).
-        skipped = await unsendable(self.events.db, self.server_name, found.values())
+        skipped = await unsendable(self.erased, self.server_name, found.values())
         pdus = [pdu_json(found[e]) for e in event_ids if e in found and e not in skipped]
         now = self.clock.time_ms()
         txn_id = f"{now}.{self._txn_prefix}.{next(self._txn_counter)}"

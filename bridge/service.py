@@ -102,7 +102,14 @@ class Federation:
         self.tracker = StateTracker(hs.events)
         self.inbound = FederationEventHandler(hs, self.tracker, self.keyring, self.client)
         self.queue = OutboundQueue(
-            self.store, self.client, hs.events, hs.clock, hs.server_name, cfg.retry_min_ms, cfg.retry_max_ms
+            self.store,
+            self.client,
+            hs.events,
+            hs.clock,
+            hs.server_name,
+            cfg.retry_min_ms,
+            cfg.retry_max_ms,
+            erased=hs.accounts.erased,
         )
         self.handler = FederationHandler(hs, self.store, self.tracker, self.inbound)
         self.membership = MembershipHandler(hs, self.client, self.tracker, self.inbound)

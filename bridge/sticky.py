@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -50,10 +50,8 @@ from homeserver.events.identifiers import domain_of
 from homeserver.server import HomeServer
 from homeserver.state import StateMap
 from homeserver.storage import sticky_events, sticky_pushes
-from homeserver.storage.engine import Database
+from homeserver.storage.erased_users import ErasedUsers
 from homeserver.storage.schema import current_state
-from homeserver.storage.schema import erased_users as erased_table
-from homeserver.storage.sqlutil import chunks
 from homeserver.storage.sticky_pushes import PendingPush
 
 if TYPE_CHECKING:
@@ -71,11 +69,11 @@ READY_FIRST_S = 0.2
 READY_MAX_S = 10.0
 READY_WAIT_S = 120.0
 # New servers waited for at once, at most (each is one task asking now and then); a push
-# beyond that stays in its table for the next process to start draining the outbound queue.
+# beyond that stays in its table until the sweep below takes it up.
 MAX_WAITING = 1_000
-# With several workers, the one draining the outbound queue looks this often for pending
-# pushes whose next attempt is ORPHANED_AFTER_MS overdue: their worker is gone (one that is
-# alive moves the attempt time on at every attempt, each at most a 10 s request late).
+# The process draining the outbound queue looks this often for pending pushes whose next
+# attempt is ORPHANED_AFTER_MS overdue: their worker is gone, or queueing them failed (one
+# waited for moves the attempt time on at every attempt, each at most a 10 s request late).
 SWEEP_S = 30.0
 ORPHANED_AFTER_MS = 60_000
 
@@ -87,24 +85,16 @@ def _domain(user_id: str) -> str:
         return ""
 
 
-async def erased_users(db: Database, user_ids: Collection[str]) -> set[str]:
-    """Those of these local users who are erased (deactivated with `erase`)."""
-    out: set[str] = set()
-    async with db.read() as conn:
-        for chunk in chunks(user_ids):
-            rows = await conn.execute(select(erased_table.c.user_id).where(erased_table.c.user_id.in_(chunk)))
-            out.update(r[0] for r in rows)
-    return out
-
-
-async def unsendable(db: Database, server_name: str, events: Iterable[Event]) -> set[str]:
+async def unsendable(erased_users: ErasedUsers, server_name: str, events: Iterable[Event]) -> set[str]:
     """The IDs of those events that are sticky events of this server's erased users: not
     sent from the outbox (what is still queued for a server is what it has to catch up)."""
+    if erased_users.nobody:
+        return set()
     suffix = ":" + server_name
     sticky = [e for e in events if sticky_events.FIELD in e.pdu and e.sender.endswith(suffix)]
     if not sticky:
         return set()
-    erased = await erased_users(db, {e.sender for e in sticky})
+    erased = await erased_users.among({e.sender for e in sticky})
     return {e.event_id for e in sticky if e.sender in erased}
 
 
@@ -331,9 +321,11 @@ class StickyFederation:
 
     async def resume(self) -> int:
         """Take up the pending pushes of the table (this process starts draining the outbound
-        queue: at start-up, or taking it over); with several workers, keep taking up those
-        whose worker is gone while this process drains it. Returns how many were taken up."""
-        if not self.hs.db.exclusive and (self._sweeper is None or self._sweeper.done()):
+        queue: at start-up, or taking it over; a push a live worker still waits for is then
+        asked about twice, and queued once), and keep taking up those overdue while this
+        process drains it: their worker is gone, or their queueing failed (a database error).
+        Returns how many were taken up."""
+        if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="sticky-push-sweep")
         return await self._resume(None)
 
@@ -389,5 +381,5 @@ class StickyFederation:
             rows = await sticky_events.own_active_in_room(conn, room_id, self.hs.server_name, now)
         if not rows:
             return []
-        erased = await erased_users(self.hs.db, {sender for _, sender in rows})
+        erased = await self.hs.accounts.erased.among({sender for _, sender in rows})
         return [event_id for event_id, sender in rows if sender not in erased]

@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="target",
         required=True,
         metavar="URL",
-        help="the PostgreSQL database, e.g. postgresql+asyncpg://sotto@127.0.0.1/sotto",
+        help="the PostgreSQL database, e.g. postgresql+asyncpg://sotto@127.0.0.1/sotto "
+        "(the password from PGPASSWORD or ~/.pgpass)",
     )
     p.add_argument(
         "--from",

@@ -8,6 +8,9 @@ This copies every table of the SQLite database into a PostgreSQL database, as Sy
 - The SQLite file is read in one `BEGIN IMMEDIATE` transaction: one consistent snapshot, and
   a server still running against the file cannot write while the copy runs (its writes
   wait, then fail). Stop the server first.
+- Values PostgreSQL would refuse and SQLite stored (too long for their column, NULs in
+  text, integers past 32 bits) are looked for first, in the same snapshot: if any, they are
+  all named and nothing is copied.
 - Each table is copied in one PostgreSQL transaction, in batches through `COPY` (asyncpg's
   `copy_records_to_table`), with progress on stdout. A table is therefore either copied in
   full or not at all, which is what makes `--resume` safe: it skips tables that already
@@ -24,13 +27,27 @@ Media files, the signing key and the config's other paths are not touched: only
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Table, create_engine, event, func, inspect, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 
@@ -85,12 +102,60 @@ def _sqlite_reader(path: str) -> Engine:
     return engine
 
 
+def _probes(table: Table) -> list[tuple[str, str]]:
+    """(SQLite condition, what it finds) for the values of `table` that PostgreSQL would
+    refuse although SQLite stored them: it keeps no length limits or integer widths, and
+    holds NUL characters in text."""
+    out = []
+    for c in table.c:
+        q = f'"{c.name}"'
+        if isinstance(c.type, String):  # Text too
+            if c.type.length:
+                out.append(
+                    (f"length({q}) > {c.type.length}", f"{c.name}: longer than {c.type.length} characters")
+                )
+            out.append((f"instr(CAST({q} AS BLOB), x'00') > 0", f"{c.name}: a NUL character"))
+        elif isinstance(c.type, Integer) and not isinstance(c.type, BigInteger):
+            out.append((f"({q} < -2147483648 OR {q} > 2147483647)", f"{c.name}: beyond a 32-bit integer"))
+    return out
+
+
+def _unstorable(conn: Connection, tables: list[Table]) -> list[str]:
+    """Every value of these tables that PostgreSQL would refuse, as lines naming the table,
+    the column and the rows (by a condition, not by their keys: those may be secrets). One
+    scan of each table, inside the port's snapshot."""
+    found = []
+    for table in tables:
+        probes = _probes(table)
+        if not probes:
+            continue
+        sums = ", ".join(f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)" for cond, _ in probes)
+        counts = conn.exec_driver_sql(f'SELECT {sums} FROM "{table.name}"').one()
+        for (cond, what), n in zip(probes, counts, strict=True):
+            if n:
+                found.append(f"{table.name}.{what}: {_rows(int(n))} (WHERE {cond})")
+    return found
+
+
 def _batches(conn: Connection, table: Table) -> Iterator[list[tuple[Any, ...]]]:
-    # Ordered by the primary key, so a failing batch can be named by its first key.
+    # Ordered by the primary key: the same order on every run.
     order = list(table.primary_key.columns) or list(table.c)
     result = conn.execution_options(yield_per=BATCH_ROWS).execute(select(table).order_by(*order))
     for part in result.partitions(BATCH_ROWS):
         yield [tuple(row) for row in part]
+
+
+@contextlib.contextmanager
+def _snapshot(conn: Connection) -> Iterator[None]:
+    """The read transaction over the SQLite file, or why it could not start."""
+    try:
+        transaction = conn.begin()
+    except OperationalError as e:
+        raise PortError(
+            f"cannot lock the SQLite file against writes ({e.orig}): stop the server using it first"
+        ) from None
+    with transaction:
+        yield
 
 
 async def _count(conn: AsyncConnection, table: Table) -> int:
@@ -109,12 +174,10 @@ async def _copy_table(
         for batch in rows:
             try:
                 await driver.copy_records_to_table(table.name, records=batch, columns=columns)
-            except Exception as e:  # the driver's or the server's refusal of a value
-                first = dict(zip(columns, batch[0], strict=True))
-                key = {c.name: first[c.name] for c in table.primary_key.columns}
+            except Exception as e:  # a value refused (which the checks missed), or the connection
                 raise PortError(
-                    f"{table.name}: PostgreSQL refused a row in the batch starting at {key or 'the start'}: "
-                    f"{type(e).__name__}: {e}"
+                    f"{table.name}: copying rows {copied + 1:,} to {copied + len(batch):,} (in primary "
+                    f"key order) failed, nothing of the table is kept: {type(e).__name__}: {e}"
                 ) from None
             copied += len(batch)
             now = time.monotonic()
@@ -194,7 +257,15 @@ async def _port(source: Database, target: Database, *, resume: bool, say: Say) -
     results: list[TableResult] = []
     started = time.monotonic()
     try:
-        with reader.connect() as conn, conn.begin():
+        with reader.connect() as conn, _snapshot(conn):
+            say("Checking that PostgreSQL can hold every value ...")
+            unstorable = _unstorable(conn, [t for t in tables if not held[t.name]])
+            if unstorable:
+                raise PortError(
+                    "PostgreSQL would refuse these values, which SQLite stored; nothing was copied. "
+                    "Mend or delete those rows in the SQLite file, then run the port again:\n  "
+                    + "\n  ".join(unstorable)
+                )
             known = {t.name for t in tables}
             strays = sorted(
                 n for n in inspect(conn).get_table_names() if n not in known and not n.startswith(_NOT_DATA)

@@ -44,7 +44,7 @@ def build_handler(app: web.Application, hs: HomeServer) -> SlidingSyncHandler:
         hs.receipts,
         hs.typing,
         cs.push,
-        StickyExtension(hs.events, hs.clock) if hs.config.sticky_events.enabled else None,
+        StickyExtension(hs.events, hs.clock, hs.accounts.erased) if hs.config.sticky_events.enabled else None,
     )
     return SlidingSyncHandler(
         hs.db,

@@ -1,7 +1,7 @@
 """Erased users' events as their readers get them (Synapse's rule, synapse/visibility.py):
 a client gets such an event pruned, as a redaction leaves it (homeserver/events/redaction.py),
 unless the reader was joined to the room at the time; another server always gets it pruned
-in the history it fetches (backfill, missing events).
+in the history it fetches (backfill, missing events, single events).
 
 This runs after history visibility chose what a reader may see, and hides nothing itself:
 it applies to the events a client reads as history (/sync timelines, v3 and sliding;

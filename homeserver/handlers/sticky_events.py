@@ -46,5 +46,5 @@ def setup(hs: HomeServer) -> None:
     """Turn on /sync's sticky section and the cleanup, when sticky events are on."""
     if not hs.config.sticky_events.enabled:
         return
-    hs.sync.sticky = StickySection(hs.events, hs.clock)
+    hs.sync.sticky = StickySection(hs.events, hs.clock, hs.accounts.erased)
     hs.background.append(StickyCleanup(hs))

@@ -15,6 +15,7 @@ Only local users are ever erased: a remote sender is never in the table.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 
 from sqlalchemy import delete, insert, select
@@ -52,6 +53,8 @@ class ErasedUsers:
         self._too_many = False
         # Bumped by every change: a read that raced one is used once, not kept.
         self._generation = 0
+        # The read of the table under way, and the generation it started in.
+        self._loading: tuple[int, asyncio.Future[frozenset[str] | None]] | None = None
         self._peers.subscribe(TOPIC, lambda _user_id: self.forget())
         self._peers.on_reset(self.forget)
 
@@ -92,10 +95,23 @@ class ErasedUsers:
         return bool(await self.among((user_id,)))
 
     async def _load(self) -> frozenset[str] | None:
-        """The whole table (None past `max_held` rows), kept unless a change raced the read."""
-        generation = self._generation
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(erased_users.c.user_id).limit(self.max_held + 1))).all()
+        """The whole table (None past `max_held` rows): one read for all the requests that
+        need it at once (every parked sync a change wakes), kept unless a change raced it."""
+        loading = self._loading
+        if loading is None or loading[0] != self._generation:
+            task = asyncio.ensure_future(self._read(self._generation))
+            # Retrieved here too, for when every waiter was cancelled.
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            loading = self._loading = (self._generation, task)
+        return await asyncio.shield(loading[1])
+
+    async def _read(self, generation: int) -> frozenset[str] | None:
+        try:
+            async with self.db.read() as conn:
+                rows = (await conn.execute(select(erased_users.c.user_id).limit(self.max_held + 1))).all()
+        finally:
+            if self._loading is not None and self._loading[0] == generation:
+                self._loading = None
         too_many = len(rows) > self.max_held
         held = None if too_many else frozenset(str(r[0]) for r in rows)
         if generation == self._generation:

@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from homeserver.storage.events import StateKey, StoredEvent, TxnInfo
 
 
+# The widths of the `events` columns holding a relation: a longer value makes no relation (an
+# event ID has at most 255 characters; relation types are short), where SQLite would store
+# it whole and PostgreSQL cut it.
+MAX_REL_TYPE = 64
+MAX_EVENT_ID = 255
+
+
 def event_relation(event: Event) -> tuple[str | None, str | None]:
     """(rel_type, target event ID) of an event's m.relates_to (replies count as m.in_reply_to)."""
     rel = event.content.get("m.relates_to")
@@ -31,10 +38,16 @@ def event_relation(event: Event) -> tuple[str | None, str | None]:
         rel_type = rel.get("rel_type")
         target = rel.get("event_id")
         if isinstance(target, str):
+            if len(target) > MAX_EVENT_ID or (isinstance(rel_type, str) and len(rel_type) > MAX_REL_TYPE):
+                return None, None
             return (rel_type if isinstance(rel_type, str) else None), target
         reply = rel.get("m.in_reply_to")
-        if isinstance(reply, dict) and isinstance(reply.get("event_id"), str):
-            return "m.in_reply_to", reply["event_id"]
+        if (
+            isinstance(reply, dict)
+            and isinstance(target := reply.get("event_id"), str)
+            and len(target) <= MAX_EVENT_ID
+        ):
+            return "m.in_reply_to", target
     return None, None
 
 

@@ -18,14 +18,16 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.handlers.client_format import client_event
+from homeserver.storage.erased_users import ErasedUsers
 from homeserver.storage.events import EventStore
 from homeserver.storage.sticky_events import MAX_IN_SYNC, SYNC_SECTION, StickyEventStore, StickyRow
 from homeserver.sync.tokens import SyncToken
 
 
 class StickySection:
-    def __init__(self, events: EventStore, clock: Clock) -> None:
+    def __init__(self, events: EventStore, clock: Clock, erased: ErasedUsers) -> None:
         self.events = events
+        self.erased = erased
         self.store = StickyEventStore(events.db)
         self.clock = clock
 
@@ -80,7 +82,7 @@ class StickySection:
             for room_id, room in rooms_join.items()
             for e in room.get("timeline", {}).get("events", ())
         }
-        by_room = await format_sticky(self.events, rows, now, device_id, in_timeline)
+        by_room = await format_sticky(self.events, self.erased, rows, now, device_id, in_timeline)
         for room_id, events in by_room.items():
             room = rooms_join.get(room_id)
             if room is None:
@@ -90,22 +92,26 @@ class StickySection:
 
 async def format_sticky(
     events: EventStore,
+    erased: ErasedUsers,
     rows: list[StickyRow],
     now: int,
     device_id: str | None,
     in_timeline: Set[tuple[str, Any]],
 ) -> dict[str, list[dict[str, Any]]]:
     """Room ID -> the sticky events of `rows` in client format, with their time left, but
-    those the response's timelines carry ((room, event ID) in `in_timeline`) and those
-    purged or redacted since (redaction ends stickiness). Shared with sliding sync."""
+    those the response's timelines carry ((room, event ID) in `in_timeline`), those
+    purged or redacted since (redaction ends stickiness) and erased users' (stale call
+    memberships mostly, not sent to other servers either: bridge.sticky). Shared with
+    sliding sync."""
     wanted = [r for r in rows if (r.room_id, r.event_id) not in in_timeline]
     if not wanted:
         return {}
     found = await events.get_events([r.event_id for r in wanted])
+    gone = set() if erased.nobody else await erased.among({s.event.sender for s in found.values()})
     out: dict[str, list[dict[str, Any]]] = {}
     for row in wanted:
         stored = found.get(row.event_id)
-        if stored is None or stored.redacted_by is not None:
+        if stored is None or stored.redacted_by is not None or stored.event.sender in gone:
             continue
         event = client_event(
             stored, now, device_id=device_id, include_room_id=False, sticky_until=row.expires_at

@@ -1,5 +1,5 @@
 """An erased user's events go pruned to other servers in the history they fetch (backfill,
-missing events), as Synapse sends them: the other server finds the content hash wrong and
+missing events, single events), as Synapse sends them: the other server finds the content hash wrong and
 keeps the pruned form, as for a redaction it missed."""
 
 from __future__ import annotations
@@ -68,6 +68,16 @@ async def test_backfill_and_missing_events_carry_erased_users_events_pruned(
         [dave_pdu] = by_body(missing["events"], dave_id)
         assert dave_pdu["content"] == {}
         assert [p["content"]["body"] for p in by_body(missing["events"], alice.user_id)] == ["alice's words"]
+
+        # Nor can it be fetched whole on its own.
+        single = await client.get(
+            a.server_name, f"/_matrix/federation/v1/event/{quote(said['dave'], safe='')}"
+        )
+        assert [p["content"] for p in single["pdus"]] == [{}]
+        alices = await client.get(
+            a.server_name, f"/_matrix/federation/v1/event/{quote(said['alice'], safe='')}"
+        )
+        assert alices["pdus"][0]["content"]["body"] == "alice's words"
 
         # A's own clients that were in the room then still read it whole.
         history = {e["event_id"]: e for e in await alice.messages(room_id)}

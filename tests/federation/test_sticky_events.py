@@ -278,9 +278,9 @@ async def test_a_long_backlog_keeps_its_sticky_events(
         erased = await send_sticky(dave, room_id, "dave")
         kept = await send_sticky(alice, room_id, "kept")
         stored = await a.hs.events.get_pdus([erased, kept])
-        assert await unsendable(a.hs.db, a.server_name, stored.values()) == set()
+        assert await unsendable(a.hs.accounts.erased, a.server_name, stored.values()) == set()
         await deactivate(a, dave.user_id, bob.session)
-        assert await unsendable(a.hs.db, a.server_name, stored.values()) == {erased}
+        assert await unsendable(a.hs.accounts.erased, a.server_name, stored.values()) == {erased}
 
 
 # With a real Synapse (MSC4354 on) --------------------------------------------------------------

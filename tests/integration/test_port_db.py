@@ -140,17 +140,41 @@ async def test_the_port_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         into_sqlite = port_db("--from", sqlite_url, "--to", f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
         assert into_sqlite.returncode == 1 and "must be a PostgreSQL" in into_sqlite.stderr
 
-        # A value PostgreSQL cannot hold (a NUL in text) is named, and its table left empty.
+        # Values PostgreSQL cannot hold (SQLite keeps no length limits and holds NULs in text)
+        # are all named before anything is copied; once mended, the port goes through.
         conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             assert port_db("--from", sqlite_url, "--to", pg_url).returncode == 0  # migrated, empty
             with sqlite3.connect(tmp_path / "homeserver.db") as lite:
-                lite.execute(
+                lite.executemany(
                     "INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?)",
-                    ("#a\x00b:x", "!r:x", "@u:x"),
+                    [
+                        ("#a\x00b:x", "!r:x", "@u:x"),
+                        ("#" + "x" * 300 + ":x", "!r:x", "@u:x"),
+                        ("#ok:x", "!r:x", "@u:x"),
+                    ],
+                )
+                lite.execute(
+                    "INSERT INTO users (user_id, is_admin, is_guest, deactivated, created_ts) "
+                    "VALUES (?, 1, 0, 0, 0)",
+                    ("@kept:x",),
                 )
             failed = port_db("--from", sqlite_url, "--to", pg_url, "--resume")
-            assert failed.returncode == 1 and "room_aliases" in failed.stderr, failed.stderr
+            assert failed.returncode == 1 and "nothing was copied" in failed.stderr, failed.stderr
+            assert "room_aliases.alias: a NUL character: 1 row" in failed.stderr
+            assert "room_aliases.alias: longer than 255 characters: 1 row" in failed.stderr
+            assert (
+                "#ok:x" not in failed.stderr and "xxxx" not in failed.stderr
+            )  # named by condition, not value
             assert await conn.fetchval("SELECT count(*) FROM room_aliases") == 0
+            assert await conn.fetchval("SELECT count(*) FROM users") == 0
+
+            with sqlite3.connect(tmp_path / "homeserver.db") as lite:
+                lite.execute("DELETE FROM room_aliases WHERE alias <> '#ok:x'")
+            mended = port_db("--from", sqlite_url, "--to", pg_url, "--resume")
+            assert mended.returncode == 0, mended.stderr
+            assert await conn.fetchval("SELECT alias FROM room_aliases") == "#ok:x"
+            # Booleans arrive as booleans (SQLite stores 0 and 1).
+            assert await conn.fetchval("SELECT is_admin FROM users WHERE user_id = '@kept:x'") is True
         finally:
             await conn.close()

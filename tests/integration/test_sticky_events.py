@@ -269,3 +269,29 @@ async def test_relations_show_the_time_left(server: RunningServer, http: aiohttp
     [event] = out["chunk"]
     assert event["event_id"] == sticky and event["msc4354_sticky"] == {"duration_ms": 600_000}
     assert 590_000 < event["unsigned"]["msc4354_sticky_duration_ttl_ms"] <= 600_000
+
+
+async def test_an_erased_users_sticky_events_are_left_out(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    alice = await client(server, http, "alice")
+    dave = await client(server, http, "dave")
+    room = await alice.room_with(dave)
+    daves = await send_sticky(dave, room, "d1", 300_000, call_id="")
+    alices = await send_sticky(alice, room, "a1", 300_000, call_id="")
+    admin_id = await server.register("admin", admin=True)
+    token, _ = await server.hs.auth.create_session(admin_id, None, None)
+    async with http.post(
+        f"{server.base_url}/_synapse/admin/v1/deactivate/{quote(dave.user_id)}",
+        json={"erase": True},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    # A user joining afterwards gets alice's sticky event, not the erased user's stale one
+    # (other servers do not get it either: bridge.sticky.unsendable).
+    carol = await client(server, http, "carol")
+    carol_start = (await carol.sync())["next_batch"]
+    assert (await carol.join(room))[0] == 200
+    joined = await carol.sync(carol_start, filter=limited(1))
+    assert [e["event_id"] for e in section(joined, room)] == [alices]
+    assert daves not in [e["event_id"] for e in section(await alice.sync(filter=limited(1)), room)]

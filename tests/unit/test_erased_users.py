@@ -4,7 +4,11 @@ bridge delivers it), and asked per batch once the table is too big to hold."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
 
 from homeserver.invalidation import Invalidations
 from homeserver.storage.accounts import AccountStore
@@ -61,3 +65,24 @@ async def test_past_the_cap_each_batch_asks(tmp_path: Path) -> None:
         await accounts.reactivate(users[1], "hash")
         assert await accounts.erased.among(set(users)) == {users[2]}
         assert accounts.erased._held == frozenset({users[2]})
+
+
+async def test_requests_needing_the_table_at_once_share_one_read(tmp_path: Path) -> None:
+    async with migrated_sqlite(tmp_path / "db.sqlite") as db:
+        accounts = AccountStore(db)
+        await accounts.create_user(ERIN, None, 0)
+        await accounts.erase(ERIN)
+        reads: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if "erased_users" in statement:
+                reads.append(statement)
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+        try:
+            # Every parked sync a change wakes asks at once.
+            found = await asyncio.gather(*(accounts.erased.among({ERIN, FRANK}) for _ in range(20)))
+        finally:
+            event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+        assert found == [{ERIN}] * 20
+        assert len(reads) == 1

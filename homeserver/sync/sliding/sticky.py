@@ -31,6 +31,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.errors import bad_json
+from homeserver.storage.erased_users import ErasedUsers
 from homeserver.storage.events import EventStore
 from homeserver.storage.join_history import joined_at
 from homeserver.storage.sticky_events import MAX_IN_SYNC, SLIDING_EXTENSION, StickyEventStore, StickyRow
@@ -99,8 +100,9 @@ class StickyInput:
 
 
 class StickyExtension:
-    def __init__(self, events: EventStore, clock: Clock) -> None:
+    def __init__(self, events: EventStore, clock: Clock, erased: ErasedUsers) -> None:
         self.events = events
+        self.erased = erased
         self.store = StickyEventStore(events.db)
         self.clock = clock
 
@@ -146,5 +148,5 @@ class StickyExtension:
             for room_id, room in inp.rooms_out.items()
             for e in room.get("timeline", ())
         }
-        by_room = await format_sticky(self.events, rows, now, inp.device_id, in_timeline)
+        by_room = await format_sticky(self.events, self.erased, rows, now, inp.device_id, in_timeline)
         return {room_id: {"events": events} for room_id, events in by_room.items()}
