@@ -7,7 +7,8 @@ This runs after history visibility chose what a reader may see, and hides nothin
 it applies to the events a client reads as history (/sync timelines, v3 and sliding;
 /messages, /context, /event, /relations, /threads and bundled aggregations, search, room
 previews). State sections are left whole, as Synapse leaves them; so is a server admin's
-review of a room (the admin API). The stored events, and every cache of them, are never
+review of a room (the admin API). Sticky sections leave erased users' sticky events out
+altogether (homeserver/sync/sticky.py), as federation does (bridge/sticky.py). The stored events, and every cache of them, are never
 changed: a pruned event is a copy.
 
 Cost: on most servers nobody is erased, and `ErasedUsers.nobody` says so without a read or
