@@ -7,12 +7,9 @@ Two in-process workers share a fresh PostgreSQL database, the server name and si
 
 from __future__ import annotations
 
-import os
 import socket
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,15 +21,15 @@ from tests.federation.support import (
     Client,
     fed_server,
     federation_of,
-    federation_overrides,
     forge_chain,
     room_bodies,
     send_pdus,
     wait_for,
 )
+from tests.federation.workers_support import two_workers
 from tests.support.diagnostics import task_dump_after
-from tests.support.postgres import available, fresh_database
-from tests.support.server import RunningServer, free_port, run_server
+from tests.support.postgres import available
+from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,24 +51,8 @@ async def _two_workers(
         pytest.skip("PostgreSQL is not reachable at 127.0.0.1:5432")
     if not _redis_up():
         pytest.skip("Redis is not reachable at 127.0.0.1:6379")
-    fed_port = free_port()
-    shared: dict[str, Any] = {
-        "signing_key_path": os.path.join(directory, "signing.key"),
-        "redis": {"enabled": True, "channel": f"sotto-test-{uuid.uuid4().hex}"},
-    }
-    async with fresh_database() as url:
-        shared["database"] = {"url": url}
-        one = federation_overrides(ca, fed_port)
-        two = federation_overrides(ca, free_port())
-        two["server_name"] = one["server_name"]
-        dirs = [os.path.join(directory, "w1"), os.path.join(directory, "w2")]
-        for d in dirs:
-            os.makedirs(d, exist_ok=True)
-        async with (
-            run_server(dirs[0], **one, **shared) as w1,
-            run_server(dirs[1], **two, **shared) as w2,
-        ):
-            yield w1, w2
+    async with two_workers(directory, ca) as pair:
+        yield pair
 
 
 def _leaders(*workers: RunningServer) -> list[Federation]:

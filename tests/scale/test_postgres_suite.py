@@ -20,15 +20,17 @@ import pytest
 from tests.support.postgres import available
 
 REPO = Path(__file__).resolve().parents[2]
-# What only SQLite has (its WAL, its group commit) or only the SQLite bench target runs.
+# What only SQLite has (its WAL, its group commit) or only the SQLite bench target runs, and
+# what picks its databases itself (the port from SQLite to PostgreSQL).
 SQLITE_ONLY = [
     "tests/integration/test_sqlite_wal.py",
     "tests/integration/test_sqlite_group_commit.py",
     "tests/integration/test_bench_smoke.py",
+    "tests/integration/test_port_db.py",
 ]
-# Each suite's child run, with a bound well above its time here (2 to 3 minutes each).
+# Each suite's child run, with a bound well above its time here when both lanes share the 2 cores.
 SUITES = {
-    "integration": ("tests/integration", 900),
+    "integration": ("tests/integration", 1500),
     "federation": ("tests/federation", 600),
     "bot": ("tests/bot", 600),
     "security": ("tests/security", 900),
