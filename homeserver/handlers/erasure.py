@@ -8,8 +8,8 @@ it applies to the events a client reads as history (/sync timelines, v3 and slid
 /messages, /context, /event, /relations, /threads and bundled aggregations, search, room
 previews). State sections are left whole, as Synapse leaves them; so is a server admin's
 review of a room (the admin API). Sticky sections leave erased users' sticky events out
-altogether (homeserver/sync/sticky.py), as federation does (bridge/sticky.py). The stored events, and every cache of them, are never
-changed: a pruned event is a copy.
+altogether (homeserver/sync/sticky.py), as federation does (bridge/sticky.py). The stored
+events, and every cache of them, are never changed: a pruned event is a copy.
 
 Cost: on most servers nobody is erased, and `ErasedUsers.nobody` says so without a read or
 a look at the events. Otherwise one set intersection over a batch's senders; only a batch
