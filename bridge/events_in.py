@@ -122,7 +122,7 @@ class FederationEventHandler:
 
     @contextlib.contextmanager
     def joining(self, room_id: str) -> Iterator[None]:
-        """While this server joins a room: PDUs for it wait for the join (`receive`). The
+        """While this server joins a room: PDUs for it wait for the join (`await_room`). The
         resident server may send some before its send_join answer is stored here (sticky
         events it pushes to a new server, messages sent just after the join)."""
         entry = self._joins.get(room_id)
@@ -240,17 +240,23 @@ class FederationEventHandler:
             return False
         return True
 
-    async def receive(self, origin: str, pdu: Any) -> Event:
-        """Process one PDU from a transaction. Raises PduError (dropped) or EventRejected."""
-        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+    async def await_room(self, room_id: Any) -> RoomVersion | None:
+        """Before a PDU of a transaction is handled: wait for a join of its room under way,
+        here or (with several workers) on another worker that this one hears of because it
+        does not know the room. Returns the room's version, if this server knows it then."""
         await self.wait_for_join(room_id)
-        try:
-            rv = await self.room_version_for(room_id)
-        except PduError:
-            # Unknown here: another worker may be joining the room.
-            if not await self.wait_for_other_join(room_id):
-                raise
-            rv = await self.room_version_for(room_id)
+        if not isinstance(room_id, str):
+            return None
+        rv = await self.events.get_room_version(room_id)
+        if rv is None and await self.wait_for_other_join(room_id):
+            rv = await self.events.get_room_version(room_id)
+        return rv
+
+    async def receive(self, origin: str, pdu: Any) -> Event:
+        """Process one PDU from a transaction (after `await_room`). Raises PduError (dropped)
+        or EventRejected."""
+        room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+        rv = await self.room_version_for(room_id)
         event = parse_pdu(pdu, rv)
         if not await self.acl_allows(event.room_id, origin):
             raise PduError(f"server {origin} is denied by the room's server ACL")

@@ -117,12 +117,8 @@ class FederationHandler:
         event_id: str | None = None
         room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
         try:
-            # A room this server is joining is known once the join is stored (the join of
-            # another worker, if this one does not know the room).
-            await self.inbound.wait_for_join(room_id)
-            rv = await self.events.get_room_version(room_id) if isinstance(room_id, str) else None
-            if rv is None and isinstance(room_id, str) and await self.inbound.wait_for_other_join(room_id):
-                rv = await self.events.get_room_version(room_id)
+            # A room this server (or another worker) is joining is known once the join is stored.
+            rv = await self.inbound.await_room(room_id)
             if rv is not None:
                 event_id = compute_event_id(pdu, rv)
         except Exception:

@@ -62,7 +62,7 @@ def pruned(stored: StoredEvent) -> StoredEvent:
 def joined_at(reader: str, stored: StoredEvent, history: History) -> bool:
     """Whether `reader`, whose member events are `history`, was joined at `stored`."""
     position = stored.stream_id
-    older = sorted(((p, m) for p, m in history if p <= position), reverse=True)
+    older = [(p, m) for p, m in history if p <= position]
     if not older:
         return False
     latest_position, membership = older[0]
@@ -133,4 +133,6 @@ class ErasureFilter:
                 break
             replaced = stored.unsigned.get("replaces_state")
             event_id = replaced if isinstance(replaced, str) else None
+        # Newest first by position (a backfilled member event may sit out of chain order).
+        out.sort(reverse=True)
         return out
